@@ -1,0 +1,1 @@
+//! hubmesh content-addressed store (work in progress).

@@ -1,0 +1,90 @@
+//! The one error boundary of the gateway.
+//!
+//! Every handler returns `Result<_, AppError>`. The response carries the status, the Hub's
+//! `X-Error-Code` (when the error has one) and `X-Error-Message` headers, and a JSON body
+//! `{"error": message}` — the shapes `huggingface_hub`'s `hf_raise_for_status` reads. A 500
+//! never carries internal detail: the cause is logged here, where it is handled, and the client
+//! sees a generic message.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+
+/// An error on its way to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// No token, or a token that is not valid.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing is routed here.
+    #[error("not found")]
+    NotFound,
+    /// Something failed inside the node.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AppError {
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(e.into())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The Hub's `X-Error-Code`, for errors the client dispatches on.
+    fn code(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Internal(source) = &self {
+            tracing::error!(error = %ErrorChain(source.as_ref()), "request failed");
+        }
+        let status = self.status();
+        let message = self.to_string();
+        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        let headers = response.headers_mut();
+        if let Some(code) = self.code() {
+            headers.insert("x-error-code", HeaderValue::from_static(code));
+        }
+        // Header values must be visible ASCII; our messages are, but never trust that.
+        if let Ok(value) = HeaderValue::from_str(&message) {
+            headers.insert("x-error-message", value);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hubmesh\""),
+            );
+        }
+        response
+    }
+}
+
+/// Displays an error with all its sources, `a: b: c`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! hubmesh's HTTP gateway: the axum router every node serves.
+//!
+//! Place in the graph: the last library before `node` (`… ← p2p ← compute/spaces/mirror ←
+//! gateway ← node`). The node binds the listener and serves [`router`]; everything the
+//! router needs lives in [`AppState`].
+//!
+//! Routes today:
+//! - `GET /health`: `{"status":"ok","version":…,"peer_id":…}`;
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text): process and HTTP request metrics;
+//! - `GET /api/whoami-v2`: the caller behind a `Bearer` token, in the Hub's shape.
+//!
+//! Errors leave through one boundary, [`error::AppError`], which sets the Hub's `X-Error-Code`
+//! and `X-Error-Message` headers and a JSON `{"error": …}` body.
+//!
+//! ```no_run
+//! # async fn serve(state: hub_gateway::AppState) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, hub_gateway::router(state)).await
+//! # }
+//! ```
+
+pub mod error;
+pub mod metrics;
+mod routes;
+
+pub use error::AppError;
+pub use routes::router;
+
+use hub_auth::AuthStore;
+use metrics::Metrics;
+use std::sync::Arc;
+
+/// What the gateway serves from. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    auth: Arc<AuthStore>,
+    p2p: hub_p2p::P2p,
+    metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(auth: Arc<AuthStore>, p2p: hub_p2p::P2p) -> Self {
+        let metrics = Metrics::new(p2p.clone());
+        Self {
+            inner: Arc::new(Inner { auth, p2p, metrics }),
+        }
+    }
+
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.inner.auth
+    }
+
+    pub fn p2p(&self) -> &hub_p2p::P2p {
+        &self.inner.p2p
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}

@@ -1,0 +1,271 @@
+//! The router and its handlers.
+
+use crate::error::AppError;
+use crate::{AppState, metrics};
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, http::header};
+use http::HeaderMap;
+use hub_auth::Principal;
+use serde_json::{Value, json};
+use std::time::Instant;
+
+/// The gateway's router, with request metrics around every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/api/whoami-v2", get(whoami))
+        .fallback(|| async { AppError::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Records every request in the HTTP metrics, under its route template.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let metrics = state.metrics();
+    metrics.in_flight().inc();
+    let response = next.run(request).await;
+    metrics.in_flight().dec();
+    metrics.observe_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": hub_protocol::VERSION,
+        "peer_id": state.p2p().peer_id().to_string(),
+    }))
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, AppError> {
+    let body = state.metrics().encode().map_err(AppError::internal)?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
+}
+
+/// `GET /api/whoami-v2`: the Hub's account summary for the caller's token.
+async fn whoami(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let principal = authenticate(&state, &headers)
+        .await?
+        .ok_or(AppError::Unauthorized("Invalid user token."))?;
+    Ok(Json(json!({
+        "type": "user",
+        "name": principal.user.name,
+        "fullname": principal.user.fullname,
+        "isPro": false,
+        "orgs": [],
+        "auth": {
+            "type": "access_token",
+            "accessToken": {
+                "displayName": principal.token.display_name,
+                "role": principal.token.scope.as_str(),
+            },
+        },
+    })))
+}
+
+/// The principal behind the request's `Authorization: Bearer` header. `Ok(None)` when the
+/// request carries no token; an error when it carries one that is not valid, since a client
+/// that sent a token expects it to be used.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or(AppError::Unauthorized("Invalid user token."))?
+        .to_owned();
+    let auth = state.auth().clone();
+    let principal = tokio::task::spawn_blocking(move || auth.authenticate(&token))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
+    principal
+        .map(Some)
+        .ok_or(AppError::Unauthorized("Invalid user token."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http::StatusCode;
+    use hub_auth::AuthStore;
+    use hub_p2p::{CancellationToken, Keypair, P2pConfig};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        app: Router,
+        token: String,
+        peer_id: String,
+        cancel: CancellationToken,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.cancel.cancel();
+        }
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Arc::new(AuthStore::open(dir.path().join("auth.redb")).unwrap());
+        let mut token = String::new();
+        auth.bootstrap_admin(&hub_protocol::name::Name::new("admin").unwrap(), |s| {
+            token = s.expose().to_owned();
+            Ok(())
+        })
+        .unwrap();
+        let cancel = CancellationToken::new();
+        let config = P2pConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..P2pConfig::default()
+        };
+        let (p2p, _task) = hub_p2p::spawn(Keypair::generate_ed25519(), config, cancel.clone())
+            .await
+            .unwrap();
+        let peer_id = p2p.peer_id().to_string();
+        Fixture {
+            _dir: dir,
+            app: router(AppState::new(auth, p2p)),
+            token,
+            peer_id,
+            cancel,
+        }
+    }
+
+    async fn call(app: &Router, path: &str, auth: Option<&str>) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::builder().uri(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_reports_version_and_peer() {
+        let f = fixture().await;
+        let (status, _, body) = call(&f.app, "/health", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["version"], hub_protocol::VERSION);
+        assert_eq!(v["peer_id"], f.peer_id);
+    }
+
+    #[tokio::test]
+    async fn metrics_count_requests_by_route_template() {
+        let f = fixture().await;
+        call(&f.app, "/health", None).await;
+        call(&f.app, "/no/such/path/123", None).await;
+        let (status, headers, body) = call(&f.app, "/metrics", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], metrics::CONTENT_TYPE);
+        assert!(
+            body.contains(r#"http_requests_total{method="GET",route="/health",status="200"} 1"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#),
+            "{body}"
+        );
+        assert!(
+            !body.contains("/no/such/path"),
+            "raw paths must not become labels"
+        );
+        for name in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "p2p_connected_peers",
+        ] {
+            assert!(body.contains(name), "missing {name}: {body}");
+        }
+        assert!(body.trim_end().ends_with("# EOF"));
+    }
+
+    #[tokio::test]
+    async fn whoami_with_valid_token() {
+        let f = fixture().await;
+        let (status, _, body) = call(
+            &f.app,
+            "/api/whoami-v2",
+            Some(&format!("Bearer {}", f.token)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["name"], "admin");
+        assert_eq!(v["orgs"], json!([]));
+        assert_eq!(v["auth"]["accessToken"]["role"], "write");
+    }
+
+    #[tokio::test]
+    async fn whoami_rejects_missing_and_bad_tokens() {
+        let f = fixture().await;
+        for auth in [
+            None,
+            Some("Bearer hf_nope"),
+            Some("Basic Zm9vOmJhcg=="),
+            Some("Bearer "),
+        ] {
+            let (status, headers, body) = call(&f.app, "/api/whoami-v2", auth).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert_eq!(headers["x-error-message"], "Invalid user token.");
+            assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"], "Invalid user token.");
+            assert!(!body.contains(&f.token));
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_route_is_json_404() {
+        let f = fixture().await;
+        let (status, _, body) = call(&f.app, "/nope", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "not found");
+    }
+}

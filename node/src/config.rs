@@ -1,0 +1,193 @@
+//! The node's configuration: a TOML file, overridden field by field by flags.
+//!
+//! ```toml
+//! data = "./hubmesh-data"
+//! http = "127.0.0.1:8080"
+//! admin = "admin"
+//!
+//! [p2p]
+//! listen = ["/ip4/0.0.0.0/tcp/0"]
+//! bootstrap = []
+//! ```
+
+use crate::cli::NodeFlags;
+use anyhow::{Context, bail};
+use hub_p2p::Multiaddr;
+use hub_protocol::name::Name;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory: keys, databases, repositories, `node.json`.
+    pub data: PathBuf,
+    /// HTTP gateway address.
+    pub http: SocketAddr,
+    /// Name of the admin account created on first start.
+    pub admin: String,
+    pub p2p: P2pSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pSection {
+    /// Listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Peers to dial at start-up.
+    pub bootstrap: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("./hubmesh-data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin: "admin".into(),
+            p2p: P2pSection::default(),
+        }
+    }
+}
+
+impl Default for P2pSection {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The config file named by `--config` (or the defaults), then the flags; validated.
+    pub fn load(flags: &NodeFlags) -> anyhow::Result<Self> {
+        let mut config = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parse config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(data) = &flags.data {
+            config.data = data.clone();
+        }
+        if let Some(http) = flags.http {
+            config.http = http;
+        }
+        if let Some(admin) = &flags.admin {
+            config.admin = admin.clone();
+        }
+        if !flags.p2p_listen.is_empty() {
+            config.p2p.listen = flags.p2p_listen.clone();
+        }
+        if !flags.bootstrap.is_empty() {
+            config.p2p.bootstrap = flags.bootstrap.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.admin_name()?;
+        self.listen_addrs()?;
+        self.bootstrap_addrs()?;
+        if self.p2p.listen.is_empty() {
+            bail!("p2p.listen is empty: give at least one address, e.g. /ip4/0.0.0.0/tcp/0");
+        }
+        Ok(())
+    }
+
+    pub fn admin_name(&self) -> anyhow::Result<Name> {
+        Name::new(self.admin.clone())
+            .with_context(|| format!("invalid admin name {:?}", self.admin))
+    }
+
+    pub fn listen_addrs(&self) -> anyhow::Result<Vec<Multiaddr>> {
+        parse_addrs("p2p listen", &self.p2p.listen)
+    }
+
+    pub fn bootstrap_addrs(&self) -> anyhow::Result<Vec<Multiaddr>> {
+        parse_addrs("bootstrap", &self.p2p.bootstrap)
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).context("render the configuration as TOML")
+    }
+}
+
+fn parse_addrs(what: &str, addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .with_context(|| format!("invalid {what} address {a:?} (expected a multiaddr like /ip4/127.0.0.1/tcp/4001)"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(&NodeFlags::default()).unwrap();
+        assert_eq!(c.data, PathBuf::from("./hubmesh-data"));
+        assert_eq!(c.http.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin, "admin");
+        assert_eq!(c.p2p.listen, ["/ip4/0.0.0.0/tcp/0"]);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_print_round_trips() {
+        let f = file(
+            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n",
+        );
+        let flags = NodeFlags {
+            config: Some(f.path().to_owned()),
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            ..NodeFlags::default()
+        };
+        let c = Config::load(&flags).unwrap();
+        assert_eq!(c.data, PathBuf::from("/srv/hub"));
+        assert_eq!(c.admin, "alice");
+        assert_eq!(c.http.port(), 0);
+        assert_eq!(c.p2p.listen, ["/ip4/127.0.0.1/tcp/0"]);
+        assert_eq!(c.p2p.bootstrap, ["/ip4/127.0.0.1/tcp/4001"]);
+        let printed: Config = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(printed, c);
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        for (text, needle) in [
+            ("colour = \"red\"\n", "unknown field"),
+            ("http = \"not an address\"\n", "invalid socket address"),
+            ("admin = \"../root\"\n", "invalid admin name"),
+            (
+                "[p2p]\nlisten = [\"tcp/1\"]\n",
+                "invalid p2p listen address",
+            ),
+            ("[p2p]\nlisten = []\n", "p2p.listen is empty"),
+        ] {
+            let f = file(text);
+            let flags = NodeFlags {
+                config: Some(f.path().to_owned()),
+                ..NodeFlags::default()
+            };
+            let err = format!("{:#}", Config::load(&flags).unwrap_err());
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+}

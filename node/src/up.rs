@@ -1,0 +1,155 @@
+//! `hubmesh up`: open the data directory, start every part, serve, shut down cleanly.
+//!
+//! Start-up order: lock the data directory → node key → accounts (first start: admin and its
+//! token) → bind HTTP → start the p2p swarm (binds and reports its addresses) → serve →
+//! write `node.json`. Nothing is announced as ready before everything is bound.
+//!
+//! Shutdown (SIGINT/SIGTERM): remove `node.json`, stop accepting, let in-flight requests
+//! finish for up to [`DRAIN_TIMEOUT`], stop the swarm, close the databases, release the lock.
+
+use crate::config::Config;
+use crate::datadir::{self, DataDir};
+use anyhow::Context;
+use hub_auth::AuthStore;
+use hub_gateway::AppState;
+use hub_p2p::{CancellationToken, P2pConfig};
+use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long in-flight HTTP requests may run after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Listen for signals first, so a signal during start-up also shuts down cleanly.
+    let mut signals = Signals::new()?;
+    let data = DataDir::open(&config.data)?;
+    let key = data.load_or_create_key()?;
+
+    let auth_path = data.join(datadir::AUTH_DB);
+    let auth = Arc::new(AuthStore::open(&auth_path).context("open the account database")?);
+    let token_path = data.join(datadir::ADMIN_TOKEN_FILE);
+    let admin = config.admin_name()?;
+    let created = auth
+        .bootstrap_admin(&admin, |secret| {
+            datadir::write_atomic(
+                &token_path,
+                format!("{}\n", secret.expose()).as_bytes(),
+                0o600,
+            )
+        })
+        .with_context(|| format!("create the admin account {admin:?}"))?;
+    match created {
+        Some(token) => tracing::info!(
+            user = %token.user,
+            token_id = %token.id,
+            "created the admin account; its write token is in {}",
+            token_path.display()
+        ),
+        None if token_path.exists() => {
+            tracing::info!("admin token is in {}", token_path.display());
+        }
+        None => {}
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("bind the HTTP gateway to {}", config.http))?;
+    let http_addr = listener.local_addr().context("read the HTTP address")?;
+
+    let cancel = CancellationToken::new();
+    let p2p_config = P2pConfig {
+        listen: config.listen_addrs()?,
+        bootstrap: config.bootstrap_addrs()?,
+        ..P2pConfig::default()
+    };
+    let (p2p, swarm_task) = hub_p2p::spawn(key, p2p_config, cancel.child_token())
+        .await
+        .context("start the p2p swarm")?;
+
+    let app = hub_gateway::router(AppState::new(auth.clone(), p2p.clone()));
+    let http_stop = cancel.child_token();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+    });
+
+    let info = NodeInfo {
+        http: http_addr.to_string(),
+        peer_id: p2p.peer_id().to_string(),
+        p2p: p2p
+            .listen_addrs()
+            .iter()
+            .map(|a| hub_p2p::with_peer_id(a, p2p.peer_id()).to_string())
+            .collect(),
+        version: hub_protocol::VERSION.to_owned(),
+    };
+    let info_path = data.join(NODE_INFO_FILE);
+    let json = serde_json::to_vec_pretty(&info).context("encode node.json")?;
+    datadir::write_atomic(&info_path, &json, 0o644)
+        .with_context(|| format!("write {}", info_path.display()))?;
+    tracing::info!(http = %info.http, peer_id = %info.peer_id, p2p = ?info.p2p, data = %data.path().display(), "hubmesh node ready");
+
+    let outcome = tokio::select! {
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down");
+            Ok(())
+        }
+        result = &mut server => {
+            // The server stopped on its own: that is a failure, reported after cleanup.
+            Err(match result {
+                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("serve HTTP"),
+                Err(e) => anyhow::Error::new(e).context("the HTTP server task failed"),
+            })
+        }
+    };
+
+    if let Err(e) = std::fs::remove_file(&info_path) {
+        tracing::warn!(error = %e, "cannot remove {}", info_path.display());
+    }
+    cancel.cancel();
+    if !server.is_finished() {
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Err(_) => {
+                tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; aborting them");
+                server.abort();
+            }
+        }
+    }
+    if let Err(e) = swarm_task.await {
+        tracing::warn!(error = %e, "p2p task failed");
+    }
+    drop(auth);
+    drop(data);
+    tracing::info!("stopped");
+    outcome
+}
+
+/// SIGINT and SIGTERM, the two ways to ask a node to stop.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listen for SIGINT")?,
+        })
+    }
+
+    /// Waits for either signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests against real `hubmesh` processes. One binary for the crate (links dominate
+//! test build time); one module per area.
+
+mod cli;
+mod node;
