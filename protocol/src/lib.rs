@@ -15,6 +15,7 @@
 pub mod manifest;
 pub mod name;
 pub mod node_info;
+pub mod repo;
 
 pub use node_info::NodeInfo;
 

@@ -67,7 +67,8 @@ pub struct SealedBlock {
 
 impl BlockWriter {
     pub fn create(tmp_path: PathBuf) -> Result<Self, StoreError> {
-        let file = File::create_new(&tmp_path).map_err(StoreError::io("create block", &tmp_path))?;
+        let file =
+            File::create_new(&tmp_path).map_err(StoreError::io("create block", &tmp_path))?;
         Ok(Self {
             tmp_path,
             file,
@@ -154,7 +155,9 @@ pub fn read_footer(file: &mut File, size: u64) -> Result<Vec<BlockEntry>, BlockD
     if &trailer[12..] != MAGIC {
         return Err(BlockDefect::Footer);
     }
-    let n = u64::from(u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]));
+    let n = u64::from(u32::from_le_bytes([
+        trailer[0], trailer[1], trailer[2], trailer[3],
+    ]));
     let mut dl = [0u8; 8];
     dl.copy_from_slice(&trailer[4..12]);
     let data_len = u64::from_le_bytes(dl);
@@ -192,7 +195,11 @@ pub fn read_footer(file: &mut File, size: u64) -> Result<Vec<BlockEntry>, BlockD
 
 /// Re-verifies a whole block file: size, footer, every chunk id and the block id. Reads the
 /// file once, in chunk-sized pieces; returns the chunk table and the bytes read.
-pub fn verify_block(path: &Path, id: &Hash, expected_size: u64) -> Result<Vec<BlockEntry>, BlockDefect> {
+pub fn verify_block(
+    path: &Path,
+    id: &Hash,
+    expected_size: u64,
+) -> Result<Vec<BlockEntry>, BlockDefect> {
     let mut file = File::open(path).map_err(|e| BlockDefect::Unreadable(e.to_string()))?;
     let actual = file
         .metadata()

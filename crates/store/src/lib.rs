@@ -1,1 +1,291 @@
-//! hubmesh content-addressed store (work in progress).
+//! hubmesh's content-addressed store for large files (model weights, datasets).
+//!
+//! Files are cut into content-defined chunks ([`chunker`], with forced cuts at safetensors and
+//! GGUF tensor boundaries), new chunks are packed into immutable block files ([`block`], the
+//! unit of replication), and a redb index ([`index`]) maps chunks to blocks and SHA-256s to
+//! manifests ([`hub_protocol::manifest`]). Identical chunks are stored once, across files.
+//!
+//! Place in the dependency graph: `protocol ← store ← repo ← …`. The store knows nothing of
+//! git, HTTP or peers; the node opens it at `DATA/store/` and the gateway and p2p layers read
+//! and write through [`Store`] (blocking) or [`AsyncStore`] (the same, on tokio's blocking
+//! pool).
+//!
+//! Guarantees: an import is visible only once it returns, and then survives `kill -9` and
+//! power loss (blocks are fsynced and renamed before the redb commit that references them);
+//! every byte read back is checked against its chunk's BLAKE3; bytes from disk never cause a
+//! panic; memory stays bounded whatever the file size.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io::Read;
+//! let dir = tempfile::tempdir()?;
+//! let store = hub_store::Store::open(dir.path())?;
+//! let info = store.import_reader(&b"some weights"[..])?;
+//! assert!(store.has(&info.sha256)?);
+//! let mut back = String::new();
+//! store.open_file(&info.sha256)?.read_to_string(&mut back)?;
+//! assert_eq!(back, "some weights");
+//! assert!(store.fsck(|_| {})?.is_clean());
+//! # Ok(()) }
+//! ```
+
+pub mod block;
+pub mod chunker;
+mod error;
+mod import;
+pub mod index;
+mod maintenance;
+mod read;
+
+pub use error::StoreError;
+pub use hub_protocol::manifest::{Hash, Manifest, Sha256};
+pub use maintenance::{CorruptBlock, FsckReport, GcReport, Progress, Stats};
+pub use read::FileReader;
+
+use index::{BLOCKS, CHUNKS, FILES, MANIFESTS, ROOTS};
+use redb::{Database, ReadableDatabase};
+use serde::Serialize;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+/// What an import returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FileInfo {
+    pub sha256: Sha256,
+    pub blake3: Hash,
+    pub size: u64,
+    pub manifest_id: Hash,
+    pub chunks: usize,
+    /// Bytes of chunks this import stored for the first time (the rest deduplicated).
+    pub new_bytes: u64,
+    /// Whether a safetensors or GGUF header placed tensor-aligned cuts.
+    pub tensor_aware: bool,
+}
+
+/// A store in one directory. Cheap to clone; all methods block on disk I/O and hashing, so
+/// call them from a blocking thread or use [`AsyncStore`].
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) root: PathBuf,
+    pub(crate) db: Database,
+    /// Imports hold it shared, `fsck` and `gc` exclusively (see [`maintenance`]).
+    pub(crate) gc_lock: RwLock<()>,
+    pub(crate) tmp_counter: AtomicU64,
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("sync directory", dir))
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if needed. Deletes what an interrupted import
+    /// left behind (temporary files, block files no committed import references).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let root = dir.as_ref().to_path_buf();
+        for sub in ["blocks", "tmp", "quarantine"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).map_err(StoreError::io("create", &p))?;
+        }
+        let db_path = root.join("index.redb");
+        let db = Database::create(&db_path).map_err(|source| StoreError::Open {
+            path: db_path.clone(),
+            source,
+        })?;
+        let txn = db.begin_write().map_err(StoreError::db)?;
+        txn.open_table(CHUNKS).map_err(StoreError::db)?;
+        txn.open_table(BLOCKS).map_err(StoreError::db)?;
+        txn.open_table(MANIFESTS).map_err(StoreError::db)?;
+        txn.open_table(FILES).map_err(StoreError::db)?;
+        txn.open_table(ROOTS).map_err(StoreError::db)?;
+        txn.commit().map_err(StoreError::db)?;
+        let inner = Inner {
+            root,
+            db,
+            gc_lock: RwLock::new(()),
+            tmp_counter: AtomicU64::new(0),
+        };
+        inner.remove_orphans()?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Imports everything `reader` yields, in one streaming pass. The file is durable and
+    /// visible when this returns, and not visible before.
+    pub fn import_reader(&self, mut reader: impl Read) -> Result<FileInfo, StoreError> {
+        import::import(&self.inner, &mut reader, None)
+    }
+
+    /// Imports the file at `path` (its size helps reject hostile headers early).
+    pub fn import_path(&self, path: impl AsRef<Path>) -> Result<FileInfo, StoreError> {
+        let path = path.as_ref();
+        let mut file = File::open(path).map_err(StoreError::io("open", path))?;
+        let size = file.metadata().map_err(StoreError::io("stat", path))?.len();
+        import::import(&self.inner, &mut file, Some(size))
+    }
+
+    /// Whether a file with this SHA-256 is stored.
+    pub fn has(&self, sha256: &Sha256) -> Result<bool, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::db)?;
+        let files = txn.open_table(FILES).map_err(StoreError::db)?;
+        Ok(redb::ReadableTable::get(&files, &sha256.0)
+            .map_err(StoreError::db)?
+            .is_some())
+    }
+
+    /// The SHA-256 of every stored file, in ascending order.
+    pub fn files(&self) -> Result<Vec<Sha256>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::db)?;
+        let files = txn.open_table(FILES).map_err(StoreError::db)?;
+        let mut out = Vec::new();
+        for row in redb::ReadableTable::iter(&files).map_err(StoreError::db)? {
+            out.push(Sha256(*row.map_err(StoreError::db)?.0.value()));
+        }
+        Ok(out)
+    }
+
+    /// The manifest of a stored file and its id.
+    pub fn manifest(&self, sha256: &Sha256) -> Result<(Hash, Manifest), StoreError> {
+        read::load_manifest(&self.inner, sha256)
+    }
+
+    /// Opens a stored file for reading, with seek and byte ranges.
+    pub fn open_file(&self, sha256: &Sha256) -> Result<FileReader, StoreError> {
+        FileReader::open(self.inner.clone(), sha256)
+    }
+
+    /// Writes a stored file to `dest` (via a temporary file and rename, fsynced). Returns the
+    /// bytes written.
+    pub fn export(&self, sha256: &Sha256, dest: impl AsRef<Path>) -> Result<u64, StoreError> {
+        let dest = dest.as_ref();
+        let mut reader = self.open_file(sha256)?;
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("export");
+        let tmp = dest.with_file_name(format!(".{name}.hubmesh-tmp"));
+        let result = (|| {
+            let mut out = File::create(&tmp).map_err(StoreError::io("create", &tmp))?;
+            let n =
+                std::io::copy(&mut reader, &mut out).map_err(StoreError::io("export to", &tmp))?;
+            out.sync_all().map_err(StoreError::io("sync", &tmp))?;
+            std::fs::rename(&tmp, dest).map_err(StoreError::io("rename", dest))?;
+            Ok(n)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Marks a file as a persistent GC root: `gc` keeps it even when the caller omits it.
+    pub fn add_root(&self, sha256: &Sha256) -> Result<(), StoreError> {
+        let txn = self.inner.db.begin_write().map_err(StoreError::db)?;
+        txn.open_table(ROOTS)
+            .map_err(StoreError::db)?
+            .insert(&sha256.0, ())
+            .map_err(StoreError::db)?;
+        txn.commit().map_err(StoreError::db)
+    }
+
+    /// Removes a persistent GC root (the file stays until the next `gc`).
+    pub fn remove_root(&self, sha256: &Sha256) -> Result<(), StoreError> {
+        let txn = self.inner.db.begin_write().map_err(StoreError::db)?;
+        txn.open_table(ROOTS)
+            .map_err(StoreError::db)?
+            .remove(&sha256.0)
+            .map_err(StoreError::db)?;
+        txn.commit().map_err(StoreError::db)
+    }
+}
+
+/// The async facade: each call runs the blocking [`Store`] method on tokio's blocking pool.
+/// Calls are not cancel-safe in the sense that dropping the future does not stop the work;
+/// an import that was started completes (or fails) on its own.
+#[derive(Debug, Clone)]
+pub struct AsyncStore {
+    store: Store,
+}
+
+impl AsyncStore {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The blocking store underneath (for `FileReader`s, on a blocking thread).
+    pub fn blocking(&self) -> &Store {
+        &self.store
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(StoreError::Task)?
+    }
+
+    pub async fn import_path(&self, path: PathBuf) -> Result<FileInfo, StoreError> {
+        self.run(move |s| s.import_path(path)).await
+    }
+
+    pub async fn import_reader(
+        &self,
+        reader: impl Read + Send + 'static,
+    ) -> Result<FileInfo, StoreError> {
+        self.run(move |s| s.import_reader(reader)).await
+    }
+
+    pub async fn has(&self, sha256: Sha256) -> Result<bool, StoreError> {
+        self.run(move |s| s.has(&sha256)).await
+    }
+
+    /// Reads `len` bytes at `offset` (clamped to the file's end), verified.
+    pub async fn read_range(
+        &self,
+        sha256: Sha256,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.run(move |s| {
+            s.open_file(&sha256)?
+                .read_range(offset, len)
+                .map_err(StoreError::io("read", s.root().join("blocks")))
+        })
+        .await
+    }
+
+    pub async fn export(&self, sha256: Sha256, dest: PathBuf) -> Result<u64, StoreError> {
+        self.run(move |s| s.export(&sha256, dest)).await
+    }
+
+    pub async fn fsck(&self) -> Result<FsckReport, StoreError> {
+        self.run(|s| s.fsck(|_| {})).await
+    }
+
+    pub async fn gc(&self, roots: Vec<Sha256>) -> Result<GcReport, StoreError> {
+        self.run(move |s| s.gc(&roots)).await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        self.run(|s| s.stats()).await
+    }
+}

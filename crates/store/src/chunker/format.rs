@@ -29,7 +29,11 @@ pub enum Probe {
 /// `file_size` is the total size when known.
 pub fn probe(prefix: &[u8], eof: bool, file_size: Option<u64>) -> Probe {
     if prefix.len() < 8 {
-        return if eof { Probe::Plain } else { Probe::NeedMore(8) };
+        return if eof {
+            Probe::Plain
+        } else {
+            Probe::NeedMore(8)
+        };
     }
     let probe = if prefix.starts_with(b"GGUF") {
         gguf(prefix, eof, file_size)

@@ -1,0 +1,46 @@
+//! hubmesh repositories: one bare git repository per repo, managed in-process with gix.
+//!
+//! Place in the graph: `protocol ← store ← repo ← {auth, search, infer} ← … ← gateway`.
+//! Git holds commits, trees, small files and LFS pointers; large-file content lives in
+//! `hub-store`, named by the SHA-256 in its pointer. The gateway turns the Hub's commit API
+//! into [`Operation`]s and calls [`Repos::commit`]; git smart HTTP and replication share the
+//! same repositories and refs.
+//!
+//! All methods block on disk (gix is synchronous): call them from `spawn_blocking`.
+//! Commits to one repository are serialised by a per-repo lock, and each moves its branch with
+//! a compare-and-swap on the ref, so a commit is all its operations or none.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! use hub_protocol::repo::{RepoId, RepoType};
+//! use hub_repo::{Author, CommitRequest, FileContent, Operation, Repos};
+//!
+//! let repos = Repos::open(dir.path())?;
+//! let id = RepoId::parse(RepoType::Model, "alice/tiny")?;
+//! let author = Author::new("alice", "alice@hubmesh.local");
+//! repos.create(&id, &author)?;
+//! let commit = repos.commit(&id, CommitRequest {
+//!     branch: "main".into(),
+//!     message: "Add config".into(),
+//!     author,
+//!     parent: None,
+//!     operations: vec![Operation::Add {
+//!         path: "config.json".into(),
+//!         content: FileContent::Regular(b"{}".to_vec()),
+//!     }],
+//! })?;
+//! assert_eq!(repos.resolve(&id, "main")?, commit.id);
+//! # Ok(()) }
+//! ```
+
+mod attributes;
+mod lfs;
+mod repos;
+
+pub use attributes::{DEFAULT_GITATTRIBUTES, LfsRules};
+pub use lfs::{LfsPointer, MAX_POINTER_SIZE};
+pub use repos::{
+    Author, CommitInfo, CommitRequest, EntryKind, FileContent, Operation, RefInfo, RepoError,
+    Repos, TreeEntry,
+};

@@ -1,0 +1,846 @@
+//! The repository collection: layout on disk, commits, refs, trees.
+//!
+//! Layout: `ROOT/{models,datasets,spaces}/{namespace}/{name}.git`, each a bare repository.
+//! A new repository is built in `ROOT/.tmp/` (init, `.gitattributes`, first commit, `HEAD`)
+//! and renamed into place, so a crash never leaves a half-made repository visible.
+
+use crate::attributes::DEFAULT_GITATTRIBUTES;
+use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind as GitEntryKind;
+use gix::refs::transaction::PreviousValue;
+use hub_protocol::repo::{PathError, RepoId, RepoType, validate_repo_path};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Who made a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+impl Author {
+    pub fn new(name: impl Into<String>, email: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            email: email.into(),
+        }
+    }
+}
+
+/// The content of a file added by a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileContent {
+    /// Stored in git as is.
+    Regular(Vec<u8>),
+    /// Stored in git as a pointer; the content lives in the chunk store.
+    Lfs(LfsPointer),
+}
+
+/// One change of a commit, as the Hub's commit API names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Add {
+        path: String,
+        content: FileContent,
+    },
+    Delete {
+        path: String,
+    },
+    DeleteFolder {
+        path: String,
+    },
+    Copy {
+        src: String,
+        /// Revision to copy from; the branch head when `None`.
+        src_revision: Option<String>,
+        dest: String,
+    },
+}
+
+/// A commit to make.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    /// Branch name (without `refs/heads/`); it must exist.
+    pub branch: String,
+    pub message: String,
+    pub author: Author,
+    /// When given, the commit fails unless the branch head is this commit (full or prefix).
+    pub parent: Option<String>,
+    pub operations: Vec<Operation>,
+}
+
+/// A commit as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// 40 lowercase hex digits.
+    pub id: String,
+    /// The first line of the message.
+    pub title: String,
+    pub message: String,
+    pub author: String,
+    /// Seconds since the Unix epoch.
+    pub timestamp: i64,
+    pub parents: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+}
+
+/// A file or directory in a tree listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// The git object id (blob or tree), 40 hex digits.
+    pub oid: String,
+    /// Size of the git blob (for LFS files: of the pointer); 0 for directories.
+    pub size: u64,
+    pub lfs: Option<LfsPointer>,
+}
+
+/// A branch or tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefInfo {
+    pub name: String,
+    pub full_ref: String,
+    /// The commit it points to.
+    pub target: String,
+}
+
+/// Errors of repository operations. The variants the API distinguishes (not found, conflict,
+/// bad input) are separate; everything from git itself is [`RepoError::Git`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    #[error("repository {repo} not found")]
+    NotFound { repo: RepoId },
+    #[error("repository {repo} already exists")]
+    AlreadyExists { repo: RepoId },
+    #[error("revision {revision:?} not found")]
+    RevisionNotFound { revision: String },
+    #[error("{path:?} not found")]
+    EntryNotFound { path: String },
+    #[error("reference {name:?} already exists")]
+    RefExists { name: String },
+    #[error("parent commit {expected} is not the head of the branch ({actual})")]
+    ParentMismatch { expected: String, actual: String },
+    #[error("invalid path {path:?}")]
+    InvalidPath {
+        path: String,
+        #[source]
+        source: PathError,
+    },
+    #[error("invalid {what} name {name:?}")]
+    InvalidRefName { what: &'static str, name: String },
+    #[error("{0}")]
+    BadOperation(String),
+    #[error("git ({context})")]
+    Git {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{context} {path}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn git(context: &'static str) -> impl FnOnce(gix::Error) -> RepoError {
+    move |e| RepoError::Git {
+        context,
+        source: Box::new(e),
+    }
+}
+
+fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
+    let path = path.to_owned();
+    move |source| RepoError::Io {
+        context,
+        path,
+        source,
+    }
+}
+
+/// All repositories of a node.
+#[derive(Debug)]
+pub struct Repos {
+    root: PathBuf,
+    locks: Mutex<HashMap<RepoId, Arc<Mutex<()>>>>,
+    tmp_counter: AtomicU64,
+}
+
+impl Repos {
+    /// Opens (creating if needed) the repository root, clearing what a crash left in `.tmp/`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self, RepoError> {
+        let root = root.as_ref().to_owned();
+        let tmp = root.join(".tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io("clear", &tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        Ok(Self {
+            root,
+            locks: Mutex::new(HashMap::new()),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The bare git directory of a repository (whether or not it exists).
+    pub fn git_dir(&self, id: &RepoId) -> PathBuf {
+        self.root
+            .join(id.kind().plural())
+            .join(id.namespace())
+            .join(format!("{}.git", id.name()))
+    }
+
+    /// The per-repo lock that serialises writers in this process.
+    fn lock(&self, id: &RepoId) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub fn exists(&self, id: &RepoId) -> bool {
+        self.git_dir(id).join("HEAD").is_file()
+    }
+
+    fn open_repo(&self, id: &RepoId) -> Result<gix::Repository, RepoError> {
+        let path = self.git_dir(id);
+        if !path.join("HEAD").is_file() {
+            return Err(RepoError::NotFound { repo: id.clone() });
+        }
+        gix::open_opts(&path, gix::open::Options::isolated()).map_err(|e| RepoError::Git {
+            context: "open repository",
+            source: Box::new(e),
+        })
+    }
+
+    /// Every repository of one type, as ids. Directories that are not valid repos are skipped.
+    pub fn list(&self, kind: RepoType) -> Result<Vec<RepoId>, RepoError> {
+        let base = self.root.join(kind.plural());
+        let mut out = Vec::new();
+        let Ok(namespaces) = std::fs::read_dir(&base) else {
+            return Ok(out);
+        };
+        for ns in namespaces.flatten() {
+            let Ok(repos) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for repo in repos.flatten() {
+                let name = repo.file_name();
+                let (Some(ns), Some(name)) = (
+                    ns.file_name().to_str().map(str::to_owned),
+                    name.to_str()
+                        .and_then(|n| n.strip_suffix(".git"))
+                        .map(str::to_owned),
+                ) else {
+                    continue;
+                };
+                if let Ok(id) = RepoId::new(kind, &ns, &name)
+                    && self.exists(&id)
+                {
+                    out.push(id);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Creates a repository with a first commit holding the default `.gitattributes` on `main`.
+    pub fn create(&self, id: &RepoId, author: &Author) -> Result<CommitInfo, RepoError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = self.git_dir(id);
+        if path.exists() {
+            return Err(RepoError::AlreadyExists { repo: id.clone() });
+        }
+        let tmp = self.root.join(".tmp").join(format!(
+            "{}-{}",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let repo = gix::init_bare(&tmp).map_err(|e| RepoError::Git {
+                context: "init repository",
+                source: Box::new(e),
+            })?;
+            std::fs::write(tmp.join("HEAD"), "ref: refs/heads/main\n")
+                .map_err(io("write", &tmp.join("HEAD")))?;
+            let blob = repo
+                .write_blob(DEFAULT_GITATTRIBUTES)
+                .map_err(git("write blob"))?;
+            let mut editor = repo
+                .edit_tree(ObjectId::empty_tree(repo.object_hash()))
+                .map_err(git("edit tree"))?;
+            editor
+                .upsert(".gitattributes", GitEntryKind::Blob, blob)
+                .map_err(git("edit tree"))?;
+            let tree = editor.write().map_err(git("write tree"))?;
+            let commit = write_commit(
+                &repo,
+                "refs/heads/main",
+                "initial commit",
+                author,
+                tree.detach(),
+                None,
+            )?;
+            commit_info(&repo, commit)
+        })();
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                std::fs::remove_dir_all(&tmp).ok();
+                return Err(e);
+            }
+        };
+        let parent = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        std::fs::rename(&tmp, &path).map_err(io("move repository into", &path))?;
+        tracing::info!(repo = %id, commit = %info.id, "created repository");
+        Ok(info)
+    }
+
+    /// Deletes a repository and everything in it.
+    pub fn delete(&self, id: &RepoId) -> Result<(), RepoError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = self.git_dir(id);
+        if !path.exists() {
+            return Err(RepoError::NotFound { repo: id.clone() });
+        }
+        // Move out of sight first, so a crash mid-delete leaves no half-deleted repo visible.
+        let trash = self.root.join(".tmp").join(format!(
+            "deleted-{}-{}",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::rename(&path, &trash).map_err(io("move away", &path))?;
+        std::fs::remove_dir_all(&trash).map_err(io("remove", &trash))?;
+        Ok(())
+    }
+
+    /// The commit a revision names: a branch, a tag, `refs/pr/N`, or a full or short commit id.
+    pub fn resolve(&self, id: &RepoId, revision: &str) -> Result<String, RepoError> {
+        let repo = self.open_repo(id)?;
+        resolve_in(&repo, revision).map(|oid| oid.to_string())
+    }
+
+    /// Makes one commit of `request.operations` on `request.branch`: all of them or none.
+    pub fn commit(&self, id: &RepoId, request: CommitRequest) -> Result<CommitInfo, RepoError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let repo = self.open_repo(id)?;
+        let ref_name = branch_ref(&request.branch)?;
+        let head = repo
+            .try_find_reference(ref_name.as_str())
+            .ok()
+            .flatten()
+            .ok_or_else(|| RepoError::RevisionNotFound {
+                revision: request.branch.clone(),
+            })?
+            .peel_to_commit()
+            .map_err(git("read branch head"))?;
+        let head_id = head.id().detach();
+        if let Some(parent) = &request.parent {
+            let full = head_id.to_string();
+            let parent_lc = parent.to_ascii_lowercase();
+            if parent_lc.len() < 5 || !full.starts_with(&parent_lc) {
+                return Err(RepoError::ParentMismatch {
+                    expected: parent.clone(),
+                    actual: full,
+                });
+            }
+        }
+        let head_tree = head.tree_id().map_err(git("read tree"))?.detach();
+        let mut editor = repo.edit_tree(head_tree).map_err(git("edit tree"))?;
+        for op in &request.operations {
+            apply(&repo, &mut editor, op, head_id)?;
+        }
+        let tree = editor.write().map_err(git("write tree"))?.detach();
+        let commit = write_commit(
+            &repo,
+            &ref_name,
+            &request.message,
+            &request.author,
+            tree,
+            Some(head_id),
+        )?;
+        let info = commit_info(&repo, commit)?;
+        tracing::info!(repo = %id, branch = %request.branch, commit = %info.id, ops = request.operations.len(), "committed");
+        Ok(info)
+    }
+
+    /// The entries under `path` ("" for the root) at `commit`; all descendants if `recursive`.
+    pub fn list_tree(
+        &self,
+        id: &RepoId,
+        commit: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<Vec<TreeEntry>, RepoError> {
+        let repo = self.open_repo(id)?;
+        let commit_id = resolve_in(&repo, commit)?;
+        let mut tree_id = commit_tree(&repo, commit_id)?;
+        let prefix = path.trim_matches('/');
+        if !prefix.is_empty() {
+            check_path(prefix)?;
+            let root = repo.find_tree(tree_id).map_err(git("read tree"))?;
+            let entry = root
+                .lookup_entry_by_path(prefix)
+                .map_err(git("read tree"))?
+                .filter(|e| e.mode().is_tree())
+                .ok_or_else(|| RepoError::EntryNotFound {
+                    path: prefix.to_owned(),
+                })?;
+            tree_id = entry.object_id();
+        }
+        let mut out = Vec::new();
+        walk(&repo, tree_id, prefix, recursive, &mut out)?;
+        Ok(out)
+    }
+
+    /// One file at `commit`: its entry and its git blob (for an LFS file, the pointer).
+    pub fn file(
+        &self,
+        id: &RepoId,
+        commit: &str,
+        path: &str,
+    ) -> Result<(TreeEntry, Vec<u8>), RepoError> {
+        check_path(path)?;
+        let repo = self.open_repo(id)?;
+        let commit_id = resolve_in(&repo, commit)?;
+        let tree = repo
+            .find_tree(commit_tree(&repo, commit_id)?)
+            .map_err(git("read tree"))?;
+        let entry = tree
+            .lookup_entry_by_path(path)
+            .map_err(git("read tree"))?
+            .filter(|e| e.mode().is_blob())
+            .ok_or_else(|| RepoError::EntryNotFound {
+                path: path.to_owned(),
+            })?;
+        let blob = repo
+            .find_blob(entry.object_id())
+            .map_err(git("read blob"))?
+            .take_data();
+        let lfs = LfsPointer::parse(&blob);
+        Ok((
+            TreeEntry {
+                path: path.to_owned(),
+                kind: EntryKind::File,
+                oid: entry.object_id().to_string(),
+                size: blob.len() as u64,
+                lfs,
+            },
+            blob,
+        ))
+    }
+
+    /// Branches and tags, sorted by name.
+    pub fn refs(&self, id: &RepoId) -> Result<(Vec<RefInfo>, Vec<RefInfo>), RepoError> {
+        let repo = self.open_repo(id)?;
+        let list = |prefix: &str| -> Result<Vec<RefInfo>, RepoError> {
+            let platform = repo.references().map_err(git("list references"))?;
+            let iter = platform.prefixed(prefix).map_err(git("list references"))?;
+            let mut out = Vec::new();
+            for r in iter {
+                let mut r = r.map_err(|e| RepoError::Git {
+                    context: "read reference",
+                    source: Box::new(e),
+                })?;
+                let full_ref = r.name().as_bstr().to_string();
+                let target = r
+                    .peel_to_commit()
+                    .map_err(git("peel reference"))?
+                    .id()
+                    .to_string();
+                out.push(RefInfo {
+                    name: full_ref
+                        .strip_prefix(prefix)
+                        .unwrap_or(&full_ref)
+                        .to_owned(),
+                    full_ref,
+                    target,
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        };
+        Ok((list("refs/heads/")?, list("refs/tags/")?))
+    }
+
+    /// Commits reachable from `revision`, newest first, at most `limit`.
+    pub fn history(
+        &self,
+        id: &RepoId,
+        revision: &str,
+        limit: usize,
+    ) -> Result<Vec<CommitInfo>, RepoError> {
+        let repo = self.open_repo(id)?;
+        let start = resolve_in(&repo, revision)?;
+        let walk = repo
+            .rev_walk([start])
+            .sorting(gix::revision::walk::Sorting::ByCommitTime(
+                Default::default(),
+            ))
+            .all()
+            .map_err(|e| RepoError::Git {
+                context: "walk history",
+                source: Box::new(e),
+            })?;
+        let mut out = Vec::new();
+        for info in walk.take(limit) {
+            let info = info.map_err(|e| RepoError::Git {
+                context: "walk history",
+                source: Box::new(e),
+            })?;
+            out.push(commit_info(&repo, info.id)?);
+        }
+        Ok(out)
+    }
+
+    /// Creates branch `name` at `revision` (the default branch head when `None`).
+    pub fn create_branch(
+        &self,
+        id: &RepoId,
+        name: &str,
+        revision: Option<&str>,
+    ) -> Result<(), RepoError> {
+        let full = branch_ref(name)?;
+        self.create_ref(id, &full, revision.unwrap_or("main"), "branch")
+    }
+
+    /// Creates tag `name` at `revision` (a lightweight tag).
+    pub fn create_tag(&self, id: &RepoId, name: &str, revision: &str) -> Result<(), RepoError> {
+        let full = format!("refs/tags/{name}");
+        validate_ref(&full, "tag", name)?;
+        self.create_ref(id, &full, revision, "tag")
+    }
+
+    fn create_ref(
+        &self,
+        id: &RepoId,
+        full: &str,
+        revision: &str,
+        what: &'static str,
+    ) -> Result<(), RepoError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let repo = self.open_repo(id)?;
+        let target = resolve_in(&repo, revision)?;
+        if repo.try_find_reference(full).ok().flatten().is_some() {
+            return Err(RepoError::RefExists {
+                name: full.to_owned(),
+            });
+        }
+        repo.reference(
+            full,
+            target,
+            PreviousValue::MustNotExist,
+            format!("{what}: created"),
+        )
+        .map_err(git("create reference"))?;
+        Ok(())
+    }
+
+    pub fn delete_branch(&self, id: &RepoId, name: &str) -> Result<(), RepoError> {
+        let full = branch_ref(name)?;
+        if name == "main" {
+            return Err(RepoError::BadOperation(
+                "the default branch cannot be deleted".into(),
+            ));
+        }
+        self.delete_ref(id, &full)
+    }
+
+    pub fn delete_tag(&self, id: &RepoId, name: &str) -> Result<(), RepoError> {
+        let full = format!("refs/tags/{name}");
+        validate_ref(&full, "tag", name)?;
+        self.delete_ref(id, &full)
+    }
+
+    fn delete_ref(&self, id: &RepoId, full: &str) -> Result<(), RepoError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let repo = self.open_repo(id)?;
+        let r = repo
+            .try_find_reference(full)
+            .ok()
+            .flatten()
+            .ok_or_else(|| RepoError::RevisionNotFound {
+                revision: full.to_owned(),
+            })?;
+        r.delete().map_err(git("delete reference"))
+    }
+}
+
+fn check_path(path: &str) -> Result<(), RepoError> {
+    validate_repo_path(path).map_err(|source| RepoError::InvalidPath {
+        path: path.chars().take(200).collect(),
+        source,
+    })
+}
+
+fn validate_ref(full: &str, what: &'static str, name: &str) -> Result<(), RepoError> {
+    let bad = || RepoError::InvalidRefName {
+        what,
+        name: name.chars().take(200).collect(),
+    };
+    if name.is_empty() || name.len() > 255 {
+        return Err(bad());
+    }
+    gix::refs::FullName::try_from(full).map_err(|_| bad())?;
+    Ok(())
+}
+
+fn branch_ref(name: &str) -> Result<String, RepoError> {
+    // `refs/pr/N` are branches in the Hub's sense (pull-request heads).
+    let full = if name.starts_with("refs/pr/") {
+        name.to_owned()
+    } else {
+        format!("refs/heads/{name}")
+    };
+    validate_ref(&full, "branch", name)?;
+    Ok(full)
+}
+
+fn resolve_in(repo: &gix::Repository, revision: &str) -> Result<ObjectId, RepoError> {
+    let not_found = || RepoError::RevisionNotFound {
+        revision: revision.chars().take(200).collect(),
+    };
+    if revision.is_empty() || revision.len() > 255 {
+        return Err(not_found());
+    }
+    let candidates: Vec<String> = if revision.starts_with("refs/") {
+        if ["refs/heads/", "refs/tags/", "refs/pr/"]
+            .iter()
+            .any(|p| revision.starts_with(p))
+        {
+            vec![revision.to_owned()]
+        } else {
+            Vec::new()
+        }
+    } else {
+        vec![
+            format!("refs/heads/{revision}"),
+            format!("refs/tags/{revision}"),
+        ]
+    };
+    for name in candidates {
+        if gix::refs::FullName::try_from(name.as_str()).is_err() {
+            continue;
+        }
+        if let Ok(Some(mut r)) = repo.try_find_reference(name.as_str()) {
+            let commit = r.peel_to_commit().map_err(git("peel reference"))?;
+            return Ok(commit.id().detach());
+        }
+    }
+    // Only plain hex goes to rev-parse: its full syntax (`HEAD~2`, `@{…}`, `:/text`) is not
+    // for users of an HTTP API.
+    if (4..=40).contains(&revision.len()) && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let spec = revision.to_ascii_lowercase();
+        let oid = if spec.len() == 40 {
+            ObjectId::from_hex(spec.as_bytes()).ok()
+        } else {
+            gix::hash::Prefix::from_hex(&spec)
+                .ok()
+                .and_then(|prefix| repo.objects.lookup_prefix(prefix, None).ok().flatten())
+                // `Err(())` is an ambiguous prefix: not found, as for git.
+                .and_then(Result::ok)
+        };
+        if let Some(oid) = oid
+            && let Ok(commit) = repo.find_commit(oid)
+        {
+            return Ok(commit.id().detach());
+        }
+    }
+    Err(not_found())
+}
+
+fn commit_tree(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, RepoError> {
+    Ok(repo
+        .find_commit(commit)
+        .map_err(git("read commit"))?
+        .tree_id()
+        .map_err(git("read commit"))?
+        .detach())
+}
+
+fn apply(
+    repo: &gix::Repository,
+    editor: &mut gix::object::tree::Editor<'_>,
+    op: &Operation,
+    head: ObjectId,
+) -> Result<(), RepoError> {
+    match op {
+        Operation::Add { path, content } => {
+            check_path(path)?;
+            let bytes = match content {
+                FileContent::Regular(bytes) => bytes.as_slice(),
+                FileContent::Lfs(pointer) => &pointer.encode().into_bytes(),
+            };
+            let blob = repo.write_blob(bytes).map_err(git("write blob"))?;
+            if editor
+                .get(path.as_str())
+                .is_some_and(|e| e.mode().is_tree())
+            {
+                return Err(RepoError::BadOperation(format!(
+                    "cannot add file {path:?}: a folder of that name exists"
+                )));
+            }
+            editor
+                .upsert(path.as_str(), GitEntryKind::Blob, blob)
+                .map_err(|e| RepoError::BadOperation(format!("cannot add file {path:?}: {e}")))?;
+        }
+        Operation::Delete { path } => {
+            check_path(path)?;
+            let is_file = editor
+                .get(path.as_str())
+                .is_some_and(|e| !e.mode().is_tree());
+            if !is_file {
+                return Err(RepoError::EntryNotFound { path: path.clone() });
+            }
+            editor.remove(path.as_str()).map_err(git("edit tree"))?;
+        }
+        Operation::DeleteFolder { path } => {
+            let path = path.trim_end_matches('/');
+            check_path(path)?;
+            if !editor.get(path).is_some_and(|e| e.mode().is_tree()) {
+                return Err(RepoError::EntryNotFound {
+                    path: path.to_owned(),
+                });
+            }
+            editor.remove(path).map_err(git("edit tree"))?;
+        }
+        Operation::Copy {
+            src,
+            src_revision,
+            dest,
+        } => {
+            check_path(src)?;
+            check_path(dest)?;
+            let from = match src_revision {
+                Some(rev) => resolve_in(repo, rev)?,
+                None => head,
+            };
+            let tree = repo
+                .find_tree(commit_tree(repo, from)?)
+                .map_err(git("read tree"))?;
+            let entry = tree
+                .lookup_entry_by_path(src.as_str())
+                .map_err(git("read tree"))?
+                .filter(|e| e.mode().is_blob())
+                .ok_or_else(|| RepoError::EntryNotFound { path: src.clone() })?;
+            editor
+                .upsert(dest.as_str(), entry.mode().kind(), entry.object_id())
+                .map_err(|e| RepoError::BadOperation(format!("cannot copy to {dest:?}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_commit(
+    repo: &gix::Repository,
+    ref_name: &str,
+    message: &str,
+    author: &Author,
+    tree: ObjectId,
+    parent: Option<ObjectId>,
+) -> Result<ObjectId, RepoError> {
+    let signature = gix::actor::Signature {
+        name: author.name.as_str().into(),
+        email: author.email.as_str().into(),
+        time: gix::date::Time::now_utc(),
+    };
+    let mut buf = gix::date::parse::TimeBuf::default();
+    let sig = signature.to_ref(&mut buf);
+    // `commit_as` moves the ref only if it still points at `parent` (or, for the first commit,
+    // does not exist): a compare-and-swap that also guards against other processes.
+    let id = repo
+        .commit_as(sig, sig, ref_name, message, tree, parent)
+        .map_err(git("write commit"))?;
+    Ok(id.detach())
+}
+
+fn commit_info(repo: &gix::Repository, id: ObjectId) -> Result<CommitInfo, RepoError> {
+    let commit = repo.find_commit(id).map_err(git("read commit"))?;
+    let message = commit.message_raw_sloppy().to_str_lossy().into_owned();
+    let author = commit.author().map_err(git("read commit"))?;
+    let timestamp = author.seconds();
+    Ok(CommitInfo {
+        id: id.to_string(),
+        title: message.lines().next().unwrap_or_default().to_owned(),
+        author: author.name.to_str_lossy().into_owned(),
+        message,
+        timestamp,
+        parents: commit.parent_ids().map(|p| p.to_string()).collect(),
+    })
+}
+
+fn walk(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    prefix: &str,
+    recursive: bool,
+    out: &mut Vec<TreeEntry>,
+) -> Result<(), RepoError> {
+    let tree = repo.find_tree(tree).map_err(git("read tree"))?;
+    let decoded = tree.decode().map_err(git("read tree"))?;
+    for entry in &decoded.entries {
+        let name = entry.filename.to_str_lossy();
+        let path = if prefix.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let oid = entry.oid.to_owned();
+        if entry.mode.is_tree() {
+            out.push(TreeEntry {
+                path: path.clone(),
+                kind: EntryKind::Directory,
+                oid: oid.to_string(),
+                size: 0,
+                lfs: None,
+            });
+            if recursive {
+                walk(repo, oid, &path, true, out)?;
+            }
+        } else if entry.mode.is_blob() {
+            let size = repo
+                .find_header(oid)
+                .map_err(git("read blob header"))?
+                .size();
+            let lfs = if size as usize <= MAX_POINTER_SIZE {
+                let blob = repo.find_blob(oid).map_err(git("read blob"))?;
+                LfsPointer::parse(&blob.data)
+            } else {
+                None
+            };
+            out.push(TreeEntry {
+                path,
+                kind: EntryKind::File,
+                oid: oid.to_string(),
+                size,
+                lfs,
+            });
+        }
+        // Submodules (commits) and other modes are not files of a Hub repo; they are skipped.
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! hub-repo against real repositories on disk, checked with the real `git` binary.
+
+use hub_protocol::repo::{RepoId, RepoType};
+use hub_repo::{
+    Author, CommitRequest, EntryKind, FileContent, LfsPointer, Operation, RepoError, Repos,
+};
+use std::process::Command;
+
+fn author() -> Author {
+    Author::new("alice", "alice@hubmesh.test")
+}
+
+fn setup() -> (tempfile::TempDir, Repos, RepoId) {
+    let dir = tempfile::tempdir().unwrap();
+    let repos = Repos::open(dir.path()).unwrap();
+    let id = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
+    repos.create(&id, &author()).unwrap();
+    (dir, repos, id)
+}
+
+fn add(path: &str, bytes: &[u8]) -> Operation {
+    Operation::Add {
+        path: path.into(),
+        content: FileContent::Regular(bytes.to_vec()),
+    }
+}
+
+fn commit(
+    repos: &Repos,
+    id: &RepoId,
+    branch: &str,
+    ops: Vec<Operation>,
+) -> Result<hub_repo::CommitInfo, RepoError> {
+    repos.commit(
+        id,
+        CommitRequest {
+            branch: branch.into(),
+            message: "update\n\nwith details".into(),
+            author: author(),
+            parent: None,
+            operations: ops,
+        },
+    )
+}
+
+/// Runs git against the bare repository and returns stdout; fails the test on a non-zero exit.
+fn git(repos: &Repos, id: &RepoId, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repos.git_dir(id))
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn paths(repos: &Repos, id: &RepoId, rev: &str) -> Vec<String> {
+    repos
+        .list_tree(id, rev, "", true)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| e.path)
+        .collect()
+}
+
+#[test]
+fn create_makes_a_valid_repo_with_gitattributes() {
+    let (_d, repos, id) = setup();
+    assert!(repos.exists(&id));
+    let head = repos.resolve(&id, "main").unwrap();
+    assert_eq!(head.len(), 40);
+    assert_eq!(git(&repos, &id, &["rev-parse", "HEAD"]).trim(), head);
+    git(&repos, &id, &["fsck", "--strict"]);
+    let attrs = git(&repos, &id, &["show", "main:.gitattributes"]);
+    assert!(attrs.contains("*.safetensors filter=lfs"));
+    assert!(matches!(
+        repos.create(&id, &author()),
+        Err(RepoError::AlreadyExists { .. })
+    ));
+    assert_eq!(repos.list(RepoType::Model).unwrap(), vec![id.clone()]);
+    assert!(repos.list(RepoType::Dataset).unwrap().is_empty());
+}
+
+#[test]
+fn commit_regular_and_lfs_files() {
+    let (_d, repos, id) = setup();
+    let pointer = LfsPointer::new(&"ab".repeat(32), 1 << 30).unwrap();
+    let info = commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            add("config.json", b"{\"a\": 1}"),
+            Operation::Add {
+                path: "weights/model.safetensors".into(),
+                content: FileContent::Lfs(pointer.clone()),
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(info.title, "update");
+    assert_eq!(info.author, "alice");
+    assert_eq!(info.parents.len(), 1);
+    git(&repos, &id, &["fsck", "--strict"]);
+    let tree = repos.list_tree(&id, &info.id, "", true).unwrap();
+    let weights = tree
+        .iter()
+        .find(|e| e.path == "weights/model.safetensors")
+        .unwrap();
+    assert_eq!(weights.lfs.as_ref(), Some(&pointer));
+    assert!(
+        tree.iter()
+            .any(|e| e.path == "weights" && e.kind == EntryKind::Directory)
+    );
+    let (entry, bytes) = repos.file(&id, "main", "config.json").unwrap();
+    assert_eq!(bytes, b"{\"a\": 1}");
+    assert_eq!(
+        entry.oid,
+        git(&repos, &id, &["rev-parse", "main:config.json"]).trim()
+    );
+    assert_eq!(
+        git(&repos, &id, &["show", "main:weights/model.safetensors"]),
+        pointer.encode()
+    );
+    // Non-recursive listing of a folder, as `/tree/main/weights` asks.
+    let top = repos.list_tree(&id, "main", "weights", false).unwrap();
+    assert_eq!(top.len(), 1);
+    assert!(matches!(
+        repos.list_tree(&id, "main", "nope", false),
+        Err(RepoError::EntryNotFound { .. })
+    ));
+}
+
+#[test]
+fn delete_copy_and_delete_folder() {
+    let (_d, repos, id) = setup();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            add("a/x.txt", b"x"),
+            add("a/y.txt", b"y"),
+            add("b.txt", b"b"),
+        ],
+    )
+    .unwrap();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            Operation::Copy {
+                src: "b.txt".into(),
+                src_revision: None,
+                dest: "c/b-copy.txt".into(),
+            },
+            Operation::Delete {
+                path: "b.txt".into(),
+            },
+            Operation::DeleteFolder { path: "a/".into() },
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        paths(&repos, &id, "main"),
+        vec![".gitattributes", "c/b-copy.txt"]
+    );
+    assert_eq!(repos.file(&id, "main", "c/b-copy.txt").unwrap().1, b"b");
+}
+
+#[test]
+fn a_failing_operation_commits_nothing() {
+    let (_d, repos, id) = setup();
+    let before = repos.resolve(&id, "main").unwrap();
+    for ops in [
+        vec![
+            add("ok.txt", b"1"),
+            Operation::Delete {
+                path: "missing.txt".into(),
+            },
+        ],
+        vec![
+            add("ok.txt", b"1"),
+            Operation::DeleteFolder {
+                path: "nodir".into(),
+            },
+        ],
+        vec![add("ok.txt", b"1"), add("../x", b"2")],
+    ] {
+        assert!(commit(&repos, &id, "main", ops).is_err());
+        assert_eq!(
+            repos.resolve(&id, "main").unwrap(),
+            before,
+            "branch must not move"
+        );
+    }
+    assert_eq!(paths(&repos, &id, "main"), vec![".gitattributes"]);
+}
+
+#[test]
+fn unsafe_paths_are_rejected() {
+    let (_d, repos, id) = setup();
+    for bad in [
+        "../x",
+        "/etc/x",
+        "a/../../x",
+        ".git/config",
+        "sub/.GIT/hooks",
+        "git~1/x",
+        "a\0b",
+        "a//b",
+        "",
+    ] {
+        let err = commit(&repos, &id, "main", vec![add(bad, b"evil")]).unwrap_err();
+        assert!(
+            matches!(err, RepoError::InvalidPath { .. }),
+            "{bad:?}: {err:?}"
+        );
+    }
+    assert_eq!(paths(&repos, &id, "main"), vec![".gitattributes"]);
+}
+
+#[test]
+fn parent_commit_is_checked() {
+    let (_d, repos, id) = setup();
+    let head = repos.resolve(&id, "main").unwrap();
+    let with_parent = |parent: &str| {
+        repos.commit(
+            &id,
+            CommitRequest {
+                branch: "main".into(),
+                message: "m".into(),
+                author: author(),
+                parent: Some(parent.into()),
+                operations: vec![add("f.txt", parent.as_bytes())],
+            },
+        )
+    };
+    assert!(matches!(
+        with_parent(&"0".repeat(40)),
+        Err(RepoError::ParentMismatch { .. })
+    ));
+    assert!(
+        matches!(
+            with_parent(&head[..4]),
+            Err(RepoError::ParentMismatch { .. })
+        ),
+        "too short a prefix"
+    );
+    with_parent(&head[..7].to_ascii_uppercase()).unwrap();
+    assert!(
+        matches!(with_parent(&head), Err(RepoError::ParentMismatch { .. })),
+        "head moved on"
+    );
+}
+
+#[test]
+fn branches_tags_and_revisions() {
+    let (_d, repos, id) = setup();
+    let first = commit(&repos, &id, "main", vec![add("v1.txt", b"1")]).unwrap();
+    repos.create_branch(&id, "dev", None).unwrap();
+    repos.create_tag(&id, "v1.0", "main").unwrap();
+    let on_dev = commit(&repos, &id, "dev", vec![add("dev.txt", b"d")]).unwrap();
+    repos.create_branch(&id, "refs/pr/1", Some("dev")).unwrap();
+    assert_eq!(repos.resolve(&id, "main").unwrap(), first.id);
+    assert_eq!(repos.resolve(&id, "dev").unwrap(), on_dev.id);
+    assert_eq!(repos.resolve(&id, "v1.0").unwrap(), first.id);
+    assert_eq!(repos.resolve(&id, "refs/tags/v1.0").unwrap(), first.id);
+    assert_eq!(repos.resolve(&id, "refs/pr/1").unwrap(), on_dev.id);
+    assert_eq!(repos.resolve(&id, &on_dev.id).unwrap(), on_dev.id);
+    assert_eq!(repos.resolve(&id, &on_dev.id[..8]).unwrap(), on_dev.id);
+    for bad in [
+        "nope",
+        "main~1",
+        "HEAD",
+        "main^",
+        ":/v1",
+        "@{0}",
+        "refs/remotes/x",
+        "",
+        &"f".repeat(40),
+    ] {
+        assert!(
+            matches!(
+                repos.resolve(&id, bad),
+                Err(RepoError::RevisionNotFound { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    let (branches, tags) = repos.refs(&id).unwrap();
+    let names: Vec<_> = branches.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["dev", "main"]);
+    assert_eq!(tags[0].name, "v1.0");
+    assert_eq!(tags[0].target, first.id);
+    assert!(matches!(
+        repos.create_tag(&id, "v1.0", "dev"),
+        Err(RepoError::RefExists { .. })
+    ));
+    assert!(matches!(
+        repos.create_branch(&id, "bad..name", None),
+        Err(RepoError::InvalidRefName { .. })
+    ));
+    repos.delete_tag(&id, "v1.0").unwrap();
+    repos.delete_branch(&id, "dev").unwrap();
+    assert!(matches!(
+        repos.delete_branch(&id, "dev"),
+        Err(RepoError::RevisionNotFound { .. })
+    ));
+    assert!(repos.delete_branch(&id, "main").is_err());
+    git(&repos, &id, &["fsck", "--strict"]);
+}
+
+#[test]
+fn history_is_newest_first() {
+    let (_d, repos, id) = setup();
+    let a = commit(&repos, &id, "main", vec![add("a", b"a")]).unwrap();
+    let b = commit(&repos, &id, "main", vec![add("b", b"b")]).unwrap();
+    let log = repos.history(&id, "main", 10).unwrap();
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0].id, b.id);
+    assert_eq!(log[1].id, a.id);
+    assert_eq!(log[2].title, "initial commit");
+    assert_eq!(repos.history(&id, "main", 1).unwrap().len(), 1);
+}
+
+#[test]
+fn concurrent_commits_are_serialised() {
+    let (_d, repos, id) = setup();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (repos, id) = (&repos, &id);
+            s.spawn(move || {
+                for i in 0..5 {
+                    commit(
+                        repos,
+                        id,
+                        "main",
+                        vec![add(&format!("t{t}/f{i}.txt"), b"x")],
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(paths(&repos, &id, "main").len(), 1 + 20);
+    assert_eq!(repos.history(&id, "main", 100).unwrap().len(), 1 + 20);
+}
+
+#[test]
+fn delete_repo_and_unknown_repo() {
+    let (_d, repos, id) = setup();
+    repos.delete(&id).unwrap();
+    assert!(!repos.exists(&id));
+    assert!(matches!(
+        repos.resolve(&id, "main"),
+        Err(RepoError::NotFound { .. })
+    ));
+    assert!(matches!(repos.delete(&id), Err(RepoError::NotFound { .. })));
+    repos.create(&id, &author()).unwrap();
+}

@@ -1,0 +1,360 @@
+//! Streaming import: one pass over the bytes, spread over threads.
+//!
+//! ```text
+//!            ┌─► sha256 thread ────────────────┐
+//! reader ────┼─► blake3 thread ────────────────┤
+//! (caller)   └─► chunker thread ─► writer ─► sealer (fsync + rename)
+//!                                   │                  │
+//!                                   └──── manifest ────┴─► one redb commit
+//! ```
+//!
+//! The caller's thread reads 1 MiB buffers and hands the same `Arc` to three bounded channels,
+//! so the bytes are read once and hashed in parallel: SHA-256 (the slowest hash, even with
+//! SHA-NI) runs alone on its thread, while gear chunking, chunk BLAKE3 and block writes run on
+//! others. Memory is bounded by the channel depths (a few MiB), plus the format prefix
+//! (at most [`MAX_HEADER`](crate::chunker::format::MAX_HEADER), only for recognised headers).
+//!
+//! Nothing is visible until the final commit: block files are durable (fsync, rename, fsync
+//! of the directory) before the redb transaction that references them commits. A crash before
+//! that leaves only orphan files, which [`Store::open`](crate::Store::open) deletes.
+
+use crate::block::{BlockEntry, BlockWriter, SealedBlock, block_path};
+use crate::chunker::Chunker;
+use crate::chunker::format::{Probe, probe};
+use crate::error::StoreError;
+use crate::index::{BLOCKS, BlockRecord, CHUNKS, ChunkLoc, FILES, MANIFESTS};
+use crate::{FileInfo, Inner};
+use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
+use redb::{ReadableDatabase, ReadableTable};
+use sha2::Digest;
+use std::collections::{BTreeSet, HashSet};
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread;
+
+const BUF: usize = 1 << 20;
+const DEPTH: usize = 4;
+
+type Buf = Arc<Vec<u8>>;
+
+/// A block made durable by this import, to be recorded in the index.
+#[derive(Debug)]
+struct NewBlock {
+    id: Hash,
+    size: u64,
+    entries: Vec<BlockEntry>,
+}
+
+/// Appends to `buf` until it holds `want` bytes or the reader ends. Returns whether it ended.
+fn fill(r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+    while buf.len() < want {
+        let old = buf.len();
+        buf.resize(want, 0);
+        match r.read(&mut buf[old..]) {
+            Ok(0) => {
+                buf.truncate(old);
+                return Ok(true);
+            }
+            Ok(n) => buf.truncate(old + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(old),
+            Err(e) => {
+                buf.truncate(old);
+                return Err(e);
+            }
+        }
+    }
+    Ok(false)
+}
+
+pub(crate) fn import(
+    inner: &Inner,
+    reader: &mut dyn Read,
+    size_hint: Option<u64>,
+) -> Result<FileInfo, StoreError> {
+    let _shared = inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+
+    // Format detection: read as much prefix as the header needs (bounded by MAX_HEADER).
+    let mut prefix = Vec::new();
+    let mut eof = fill(reader, &mut prefix, BUF).map_err(StoreError::Source)?;
+    let cuts = loop {
+        match probe(&prefix, eof, size_hint) {
+            Probe::Cuts(c) => break c,
+            Probe::NeedMore(n) if !eof && n > prefix.len() => {
+                eof = fill(reader, &mut prefix, n).map_err(StoreError::Source)?;
+            }
+            _ => break Vec::new(),
+        }
+    };
+    let tensor_aware = !cuts.is_empty();
+
+    let (size, sha, b3, written, blocks) = thread::scope(|s| {
+        let (sha_tx, sha_rx) = sync_channel::<Buf>(DEPTH);
+        let (b3_tx, b3_rx) = sync_channel::<Buf>(DEPTH);
+        let (ck_tx, ck_rx) = sync_channel::<Buf>(DEPTH);
+        let (wr_tx, wr_rx) = sync_channel::<(Buf, Vec<usize>)>(DEPTH);
+        let (seal_tx, seal_rx) = sync_channel::<SealedBlock>(1);
+
+        let sha_h = s.spawn(move || {
+            let mut h = sha2::Sha256::new();
+            for b in sha_rx {
+                h.update(&b[..]);
+            }
+            Sha256(h.finalize().into())
+        });
+        let b3_h = s.spawn(move || {
+            let mut h = blake3::Hasher::new();
+            for b in b3_rx {
+                h.update(&b[..]);
+            }
+            Hash(*h.finalize().as_bytes())
+        });
+        let ck_h = s.spawn(move || {
+            let mut chunker = Chunker::new(cuts);
+            for b in ck_rx {
+                let mut ends = Vec::new();
+                let mut off = 0;
+                while let Some(n) = chunker.next_cut(&b[off..]) {
+                    off += n;
+                    ends.push(off);
+                }
+                if wr_tx.send((b, ends)).is_err() {
+                    break;
+                }
+            }
+        });
+        let wr_h = s.spawn(move || write_chunks(inner, wr_rx, seal_tx));
+        let seal_h = s.spawn(move || seal_blocks(inner, seal_rx));
+
+        let mut size = 0u64;
+        let mut read_err = None;
+        let mut buf = prefix;
+        loop {
+            if !buf.is_empty() {
+                size += buf.len() as u64;
+                let b = Arc::new(buf);
+                if sha_tx.send(b.clone()).is_err()
+                    || b3_tx.send(b.clone()).is_err()
+                    || ck_tx.send(b).is_err()
+                {
+                    break; // a worker failed; its error is reported below
+                }
+            }
+            if eof {
+                break;
+            }
+            buf = Vec::with_capacity(BUF);
+            match fill(reader, &mut buf, BUF) {
+                Ok(e) => eof = e,
+                Err(e) => {
+                    read_err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop((sha_tx, b3_tx, ck_tx));
+        let sha = sha_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        let b3 = b3_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        ck_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        let written = wr_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        let blocks = seal_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        if let Some(e) = read_err {
+            return Err(StoreError::Source(e));
+        }
+        Ok::<_, StoreError>((size, sha, b3, written?, blocks?))
+    })?;
+
+    let (chunks, new_bytes) = written;
+    let manifest = Manifest {
+        size,
+        sha256: sha,
+        blake3: b3,
+        chunks,
+    };
+    let encoded = manifest.encode();
+    let manifest_id = Hash::of(&encoded);
+
+    let txn = inner.db.begin_write().map_err(StoreError::db)?;
+    {
+        let mut blocks_t = txn.open_table(BLOCKS).map_err(StoreError::db)?;
+        let mut chunks_t = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+        for b in &blocks {
+            let rec = BlockRecord {
+                size: b.size,
+                chunks: b.entries.len() as u32,
+            };
+            blocks_t
+                .insert(&b.id.0, &rec.encode()[..])
+                .map_err(StoreError::db)?;
+            for e in &b.entries {
+                // First writer wins: a concurrent import may have stored the same chunk.
+                if chunks_t.get(&e.id.0).map_err(StoreError::db)?.is_none() {
+                    let loc = ChunkLoc {
+                        block: b.id,
+                        offset: e.offset,
+                        len: e.len,
+                    };
+                    chunks_t
+                        .insert(&e.id.0, &loc.encode()[..])
+                        .map_err(StoreError::db)?;
+                }
+            }
+        }
+        let mut manifests_t = txn.open_table(MANIFESTS).map_err(StoreError::db)?;
+        manifests_t
+            .insert(&manifest_id.0, &encoded[..])
+            .map_err(StoreError::db)?;
+        let mut files_t = txn.open_table(FILES).map_err(StoreError::db)?;
+        files_t
+            .insert(&sha.0, &manifest_id.0)
+            .map_err(StoreError::db)?;
+    }
+    txn.commit().map_err(StoreError::db)?;
+    tracing::debug!(%sha, size, new_bytes, blocks = blocks.len(), "imported");
+
+    Ok(FileInfo {
+        sha256: sha,
+        blake3: b3,
+        size,
+        manifest_id,
+        chunks: manifest.chunks.len(),
+        new_bytes,
+        tensor_aware,
+    })
+}
+
+/// The writer thread: hashes each chunk, skips those already stored, packs new ones into
+/// blocks. Returns the file's chunk list and the bytes of new chunks written.
+fn write_chunks(
+    inner: &Inner,
+    rx: Receiver<(Buf, Vec<usize>)>,
+    seal_tx: SyncSender<SealedBlock>,
+) -> Result<(Vec<ChunkRef>, u64), StoreError> {
+    let read = inner.db.begin_read().map_err(StoreError::db)?;
+    let committed = read.open_table(CHUNKS).map_err(StoreError::db)?;
+    let mut w = Writer {
+        inner,
+        seal_tx,
+        committed,
+        seen: HashSet::new(),
+        refs: Vec::new(),
+        block: None,
+        new_bytes: 0,
+    };
+    let mut carry: Vec<u8> = Vec::new();
+    for (buf, ends) in rx {
+        let mut start = 0;
+        for end in ends {
+            if carry.is_empty() {
+                w.chunk(&buf[start..end])?;
+            } else {
+                carry.extend_from_slice(&buf[start..end]);
+                w.chunk(&carry)?;
+                carry.clear();
+            }
+            start = end;
+        }
+        carry.extend_from_slice(&buf[start..]);
+    }
+    if !carry.is_empty() {
+        w.chunk(&carry)?;
+    }
+    if let Some(b) = w.block.take() {
+        w.seal_tx
+            .send(b.seal()?)
+            .map_err(|_| StoreError::WorkerPanic)?;
+    }
+    Ok((w.refs, w.new_bytes))
+}
+
+struct Writer<'a> {
+    inner: &'a Inner,
+    seal_tx: SyncSender<SealedBlock>,
+    committed: redb::ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
+    seen: HashSet<Hash>,
+    refs: Vec<ChunkRef>,
+    block: Option<BlockWriter>,
+    new_bytes: u64,
+}
+
+impl Writer<'_> {
+    fn chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        let id = Hash::of(chunk);
+        self.refs.push(ChunkRef {
+            id,
+            len: chunk.len() as u32,
+        });
+        if self.seen.contains(&id) || self.committed.get(&id.0).map_err(StoreError::db)?.is_some() {
+            return Ok(());
+        }
+        self.seen.insert(id);
+        if let Some(full) = self.block.take_if(|b| !b.fits(chunk.len())) {
+            let full = full.seal()?;
+            // The sealer only hangs up after failing; its error is reported by the join.
+            if self.seal_tx.send(full).is_err() {
+                return Err(StoreError::WorkerPanic);
+            }
+        }
+        let block = match &mut self.block {
+            Some(b) => b,
+            None => self
+                .block
+                .insert(BlockWriter::create(self.inner.tmp_path())?),
+        };
+        block.push(id, chunk)?;
+        self.new_bytes += chunk.len() as u64;
+        Ok(())
+    }
+}
+
+/// The sealer thread: makes each block durable under its final name. Runs beside the writer
+/// so that fsync overlaps hashing of the next block.
+fn seal_blocks(inner: &Inner, rx: Receiver<SealedBlock>) -> Result<Vec<NewBlock>, StoreError> {
+    let mut out = Vec::new();
+    let mut dirs = BTreeSet::<PathBuf>::new();
+    let mut result = Ok(());
+    for b in rx {
+        if result.is_err() {
+            let _ = std::fs::remove_file(&b.tmp_path);
+            continue;
+        }
+        result = (|| {
+            b.file
+                .sync_all()
+                .map_err(StoreError::io("sync block", &b.tmp_path))?;
+            let dest = block_path(&inner.root, &b.id);
+            let dir = dest.parent().unwrap_or(&inner.root).to_path_buf();
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
+                dirs.insert(inner.root.join("blocks"));
+            }
+            std::fs::rename(&b.tmp_path, &dest).map_err(StoreError::io("rename block", &dest))?;
+            dirs.insert(dir);
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&b.tmp_path);
+        }
+        out.push(NewBlock {
+            id: b.id,
+            size: b.size,
+            entries: b.entries,
+        });
+    }
+    result?;
+    for dir in dirs {
+        crate::sync_dir(&dir)?;
+    }
+    Ok(out)
+}
+
+impl Inner {
+    pub(crate) fn tmp_path(&self) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{}-{n}.blk", std::process::id()))
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests of hub-store: the one test binary of this crate.
+
+mod crash;
+mod files;
+mod maintenance;
+mod util;
