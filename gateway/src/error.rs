@@ -20,9 +20,31 @@ pub enum AppError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// Nothing is routed here.
     #[error("not found")]
     NotFound,
+    /// The repository does not exist, or the caller may not know that it does.
+    #[error("Repository not found")]
+    RepoNotFound,
+    #[error("{0}")]
+    RevisionNotFound(String),
+    /// A file or folder is not in the tree; `commit` lets clients cache the absence.
+    #[error("{message}")]
+    EntryNotFound {
+        message: String,
+        commit: Option<String>,
+    },
+    /// The state on the server differs from what the request expects.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A `Range` that does not overlap a file of `size` bytes.
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
     /// Something failed inside the node.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -37,14 +59,26 @@ impl AppError {
         match self {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound
+            | AppError::RepoNotFound
+            | AppError::RevisionNotFound(_)
+            | AppError::EntryNotFound { .. } => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The Hub's `X-Error-Code`, for errors the client dispatches on.
     fn code(&self) -> Option<&'static str> {
-        None
+        match self {
+            AppError::RepoNotFound => Some("RepoNotFound"),
+            AppError::RevisionNotFound(_) => Some("RevisionNotFound"),
+            AppError::EntryNotFound { .. } => Some("EntryNotFound"),
+            _ => None,
+        }
     }
 }
 
@@ -63,6 +97,19 @@ impl IntoResponse for AppError {
         // Header values must be visible ASCII; our messages are, but never trust that.
         if let Ok(value) = HeaderValue::from_str(&message) {
             headers.insert("x-error-message", value);
+        }
+        if let AppError::EntryNotFound {
+            commit: Some(commit),
+            ..
+        } = &self
+            && let Ok(value) = HeaderValue::from_str(commit)
+        {
+            headers.insert("x-repo-commit", value);
+        }
+        if let AppError::RangeNotSatisfiable { size } = &self
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            headers.insert(http::header::CONTENT_RANGE, value);
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
@@ -86,5 +133,39 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = e.source();
         }
         Ok(())
+    }
+}
+
+impl From<hub_repo::RepoError> for AppError {
+    fn from(e: hub_repo::RepoError) -> Self {
+        use hub_repo::RepoError as E;
+        match e {
+            E::NotFound { .. } => AppError::RepoNotFound,
+            E::AlreadyExists { repo } => {
+                AppError::Conflict(format!("repository {} already exists", repo.hub_id()))
+            }
+            E::RevisionNotFound { revision } => {
+                AppError::RevisionNotFound(format!("Invalid rev id: {revision}"))
+            }
+            E::EntryNotFound { path } => AppError::EntryNotFound {
+                message: format!("A file with this name doesn't exist: {path}"),
+                commit: None,
+            },
+            E::RefExists { name } => AppError::Conflict(format!("reference {name} already exists")),
+            E::ParentMismatch { .. } => AppError::Conflict(e.to_string()),
+            E::InvalidPath { path, source } => {
+                AppError::BadRequest(format!("invalid path {path:?}: {source}"))
+            }
+            e @ (E::InvalidRefName { .. } | E::BadOperation(_)) => {
+                AppError::BadRequest(e.to_string())
+            }
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<hub_store::StoreError> for AppError {
+    fn from(e: hub_store::StoreError) -> Self {
+        AppError::internal(e)
     }
 }

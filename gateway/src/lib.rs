@@ -7,7 +7,8 @@
 //! Routes today:
 //! - `GET /health`: `{"status":"ok","version":…,"peer_id":…}`;
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text): process and HTTP request metrics;
-//! - `GET /api/whoami-v2`: the caller behind a `Bearer` token, in the Hub's shape.
+//! - `GET /api/whoami-v2`: the caller behind a `Bearer` token, in the Hub's shape;
+//! - the Hub API for repositories and `resolve` downloads (see the `hub` module).
 //!
 //! Errors leave through one boundary, [`error::AppError`], which sets the Hub's `X-Error-Code`
 //! and `X-Error-Message` headers and a JSON `{"error": …}` body.
@@ -20,6 +21,7 @@
 //! ```
 
 pub mod error;
+mod hub;
 pub mod metrics;
 mod routes;
 
@@ -27,6 +29,8 @@ pub use error::AppError;
 pub use routes::router;
 
 use hub_auth::AuthStore;
+use hub_repo::Repos;
+use hub_store::Store;
 use metrics::Metrics;
 use std::sync::Arc;
 
@@ -39,16 +43,32 @@ pub struct AppState {
 #[derive(Debug)]
 struct Inner {
     auth: Arc<AuthStore>,
+    repos: Arc<Repos>,
+    store: Store,
     p2p: hub_p2p::P2p,
     metrics: Metrics,
 }
 
 impl AppState {
-    pub fn new(auth: Arc<AuthStore>, p2p: hub_p2p::P2p) -> Self {
+    pub fn new(auth: Arc<AuthStore>, repos: Arc<Repos>, store: Store, p2p: hub_p2p::P2p) -> Self {
         let metrics = Metrics::new(p2p.clone());
         Self {
-            inner: Arc::new(Inner { auth, p2p, metrics }),
+            inner: Arc::new(Inner {
+                auth,
+                repos,
+                store,
+                p2p,
+                metrics,
+            }),
         }
+    }
+
+    pub fn repos(&self) -> &Arc<Repos> {
+        &self.inner.repos
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     pub fn auth(&self) -> &Arc<AuthStore> {

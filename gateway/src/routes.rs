@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/api/whoami-v2", get(whoami))
+        .merge(crate::hub::routes())
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -59,14 +60,22 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, AppErro
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
+/// The principal behind the request, or 401 when there is none.
+pub(crate) async fn require_auth(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Principal, AppError> {
+    authenticate(state, headers)
+        .await?
+        .ok_or(AppError::Unauthorized("Invalid user token."))
+}
+
 /// `GET /api/whoami-v2`: the Hub's account summary for the caller's token.
 async fn whoami(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    let principal = authenticate(&state, &headers)
-        .await?
-        .ok_or(AppError::Unauthorized("Invalid user token."))?;
+    let principal = require_auth(&state, &headers).await?;
     Ok(Json(json!({
         "type": "user",
         "name": principal.user.name,
@@ -86,7 +95,7 @@ async fn whoami(
 /// The principal behind the request's `Authorization: Bearer` header. `Ok(None)` when the
 /// request carries no token; an error when it carries one that is not valid, since a client
 /// that sent a token expects it to be used.
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Principal>, AppError> {
@@ -156,9 +165,11 @@ mod tests {
             .await
             .unwrap();
         let peer_id = p2p.peer_id().to_string();
+        let repos = Arc::new(hub_repo::Repos::open(dir.path().join("repos")).unwrap());
+        let store = hub_store::Store::open(dir.path().join("store")).unwrap();
         Fixture {
             _dir: dir,
-            app: router(AppState::new(auth, p2p)),
+            app: router(AppState::new(auth, repos, store, p2p)),
             token,
             peer_id,
             cancel,

@@ -5,6 +5,8 @@
 //!   node.lock     held (flock) while a node runs; holds its pid
 //!   node.key      ed25519 secret key (32 bytes, mode 0600), created on first start
 //!   auth.redb     accounts and tokens
+//!   repos/        bare git repositories: {models,datasets,spaces}/{ns}/{name}.git
+//!   store/        the chunk store: blocks, index.redb
 //!   admin.token   the admin's first token (mode 0600), written on first start
 //!   node.json     written once the node serves; removed on clean shutdown
 //! ```
@@ -23,6 +25,8 @@ pub const LOCK_FILE: &str = "node.lock";
 pub const KEY_FILE: &str = "node.key";
 pub const AUTH_DB: &str = "auth.redb";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const REPOS_DIR: &str = "repos";
+pub const STORE_DIR: &str = "store";
 
 /// An open data directory, locked for this process until dropped.
 #[derive(Debug)]

@@ -52,6 +52,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => {}
     }
 
+    let repos = Arc::new(
+        hub_repo::Repos::open(data.join(datadir::REPOS_DIR)).context("open the repositories")?,
+    );
+    let store =
+        hub_store::Store::open(data.join(datadir::STORE_DIR)).context("open the chunk store")?;
+
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("bind the HTTP gateway to {}", config.http))?;
@@ -67,7 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("start the p2p swarm")?;
 
-    let app = hub_gateway::router(AppState::new(auth.clone(), p2p.clone()));
+    let app = hub_gateway::router(AppState::new(auth.clone(), repos, store, p2p.clone()));
     let http_stop = cancel.child_token();
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)

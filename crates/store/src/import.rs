@@ -79,13 +79,17 @@ pub(crate) fn import(
     // Format detection: read as much prefix as the header needs (bounded by MAX_HEADER).
     let mut prefix = Vec::new();
     let mut eof = fill(reader, &mut prefix, BUF).map_err(StoreError::Source)?;
-    let cuts = loop {
-        match probe(&prefix, eof, size_hint) {
-            Probe::Cuts(c) => break c,
-            Probe::NeedMore(n) if !eof && n > prefix.len() => {
-                eof = fill(reader, &mut prefix, n).map_err(StoreError::Source)?;
+    let cuts = if !inner.config.format_aware_chunking {
+        Vec::new()
+    } else {
+        loop {
+            match probe(&prefix, eof, size_hint) {
+                Probe::Cuts(c) => break c,
+                Probe::NeedMore(n) if !eof && n > prefix.len() => {
+                    eof = fill(reader, &mut prefix, n).map_err(StoreError::Source)?;
+                }
+                _ => break Vec::new(),
             }
-            _ => break Vec::new(),
         }
     };
     let tensor_aware = !cuts.is_empty();

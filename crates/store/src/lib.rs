@@ -66,6 +66,23 @@ pub struct FileInfo {
     pub tensor_aware: bool,
 }
 
+/// How a store behaves; [`Default`] is what a node uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// Place forced cuts at safetensors / GGUF tensor boundaries (on by default; off gives
+    /// plain CDC, for comparison).
+    pub format_aware_chunking: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            format_aware_chunking: true,
+        }
+    }
+}
+
 /// A store in one directory. Cheap to clone; all methods block on disk I/O and hashing, so
 /// call them from a blocking thread or use [`AsyncStore`].
 #[derive(Debug, Clone)]
@@ -80,6 +97,7 @@ pub(crate) struct Inner {
     /// Imports hold it shared, `fsck` and `gc` exclusively (see [`maintenance`]).
     pub(crate) gc_lock: RwLock<()>,
     pub(crate) tmp_counter: AtomicU64,
+    pub(crate) config: StoreConfig,
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -92,6 +110,14 @@ impl Store {
     /// Opens the store in `dir`, creating it if needed. Deletes what an interrupted import
     /// left behind (temporary files, block files no committed import references).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_config(dir, StoreConfig::default())
+    }
+
+    /// [`Store::open`] with a non-default configuration.
+    pub fn open_with_config(
+        dir: impl AsRef<Path>,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
         let root = dir.as_ref().to_path_buf();
         for sub in ["blocks", "tmp", "quarantine"] {
             let p = root.join(sub);
@@ -114,6 +140,7 @@ impl Store {
             db,
             gc_lock: RwLock::new(()),
             tmp_counter: AtomicU64::new(0),
+            config,
         };
         inner.remove_orphans()?;
         Ok(Self {

@@ -131,9 +131,10 @@ impl FileReader {
         Ok(out)
     }
 
-    /// Reads chunk `i` into `dst` (exactly its length) and verifies it.
-    fn load(&mut self, i: usize, dst: &mut [u8]) -> io::Result<()> {
-        let (id, loc) = self.chunks[i];
+    /// Reads chunks `i..j` (contiguous in one block) into `dst`, exactly their total length,
+    /// and verifies each.
+    fn load(&mut self, i: usize, j: usize, dst: &mut [u8]) -> io::Result<()> {
+        let loc = self.chunks[i].1;
         let file = match &self.open_block {
             Some((b, f)) if *b == loc.block => f,
             _ => {
@@ -145,11 +146,18 @@ impl FileReader {
             }
         };
         file.read_exact_at(dst, loc.offset)?;
-        if self.verify && Hash::of(dst) != id {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("chunk {id} in block {} is corrupt", loc.block),
-            ));
+        if self.verify {
+            let mut at = 0;
+            for (id, l) in &self.chunks[i..j] {
+                let chunk = &dst[at..at + l.len as usize];
+                if Hash::of(chunk) != *id {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("chunk {id} in block {} is corrupt", l.block),
+                    ));
+                }
+                at += chunk.len();
+            }
         }
         Ok(())
     }
@@ -162,14 +170,28 @@ impl FileReader {
         let within = (self.pos - self.starts[i]) as usize;
         let len = self.chunks[i].1.len as usize;
         if within == 0 && out.len() >= len && self.cached != Some(i) {
-            self.load(i, &mut out[..len])?;
-            self.pos += len as u64;
-            return Ok(len);
+            // Whole chunks that fit go straight into `out`, as many adjacent ones of the same
+            // block as fit, in one read.
+            let first = self.chunks[i].1;
+            let (mut j, mut total) = (i + 1, len);
+            while let Some((_, l)) = self.chunks.get(j) {
+                if l.block != first.block
+                    || l.offset != first.offset + total as u64
+                    || total + l.len as usize > out.len()
+                {
+                    break;
+                }
+                total += l.len as usize;
+                j += 1;
+            }
+            self.load(i, j, &mut out[..total])?;
+            self.pos += total as u64;
+            return Ok(total);
         }
         if self.cached != Some(i) {
             let mut buf = std::mem::take(&mut self.buf);
             buf.resize(len, 0);
-            let loaded = self.load(i, &mut buf);
+            let loaded = self.load(i, i + 1, &mut buf);
             self.buf = buf;
             self.cached = loaded.is_ok().then_some(i);
             loaded?;

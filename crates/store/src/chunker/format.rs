@@ -121,6 +121,17 @@ enum Stop {
     Invalid,
 }
 
+/// Byte size of a fixed-width GGUF metadata value type.
+fn fixed_size(ty: u32) -> Option<u64> {
+    match ty {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -153,38 +164,28 @@ impl Cursor<'_> {
     }
     /// Skips one value of GGUF type `ty`; returns it as a u64 when it is a small integer.
     fn value(&mut self, ty: u32, depth: u32) -> Result<Option<u64>, Stop> {
-        let fixed = match ty {
-            0 | 1 | 7 => 1,
-            2 | 3 => 2,
-            4 | 5 | 6 => 4,
-            10..=12 => 8,
-            8 => {
-                self.string()?;
-                return Ok(None);
-            }
-            9 if depth == 0 => {
-                let elem = self.u32()?;
-                let count = self.u64()?;
-                let size = match elem {
-                    0 | 1 | 7 => 1u64,
-                    2 | 3 => 2,
-                    4 | 5 | 6 => 4,
-                    10..=12 => 8,
-                    _ => 0,
-                };
-                if size > 0 {
+        if ty == 8 {
+            self.string()?;
+            return Ok(None);
+        }
+        if ty == 9 && depth == 0 {
+            let elem = self.u32()?;
+            let count = self.u64()?;
+            match fixed_size(elem) {
+                Some(size) => {
                     self.take(count.checked_mul(size).ok_or(Stop::Invalid)?)?;
-                } else {
+                }
+                None => {
                     // Strings or nested arrays: each element takes at least 8 bytes, so the
                     // loop ends when the prefix does.
                     for _ in 0..count {
                         self.value(elem, depth + 1)?;
                     }
                 }
-                return Ok(None);
             }
-            _ => return Err(Stop::Invalid),
-        };
+            return Ok(None);
+        }
+        let fixed = fixed_size(ty).ok_or(Stop::Invalid)?;
         let b = self.take(fixed)?;
         Ok(match ty {
             4 => Some(u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),

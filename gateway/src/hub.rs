@@ -1,0 +1,1238 @@
+//! The Hub API (`/api/…`) and the resolve endpoint, as `huggingface_hub` uses them.
+//!
+//! What is here: repo create/delete, repo info (with `siblings`, `blobs=true`, `revision/`),
+//! tree listing (Link-paginated), refs, commit history, branches and tags, README front-matter
+//! validation, preupload, NDJSON commits, and `resolve` (HEAD and GET, single ranges, 206/416).
+//!
+//! Large files: preupload always answers `regular` (so the default Xet-enabled client sends
+//! content inline), and the commit decides server-side, with the repo's `.gitattributes`, size
+//! and binary test, which files become LFS: those are imported into `hub-store` and committed as
+//! LFS pointers. `lfsFile` lines must name an object the store already has.
+//!
+//! Not here yet: the LFS batch API, private repos, listing/search, download counts.
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::routes::{authenticate, require_auth};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use hub_auth::Principal;
+use hub_protocol::repo::{RepoId, RepoType, validate_repo_path};
+use hub_repo::{
+    Author, CommitRequest, EntryKind, FileContent, LfsPointer, LfsRules, Operation, TreeEntry,
+};
+use hub_store::Sha256;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::io::{Read, Seek, SeekFrom};
+
+/// Largest NDJSON commit body. Inline (`regular`) content is base64 in this body, so this is
+/// also the largest file an API commit can carry until streaming commits land.
+pub const MAX_COMMIT_BODY: usize = 256 * 1024 * 1024;
+/// Largest JSON body of the small endpoints.
+const MAX_SMALL_BODY: usize = 1024 * 1024;
+/// Tree entries per page.
+const TREE_PAGE: usize = 1000;
+/// Commits per page.
+const COMMITS_PAGE: usize = 50;
+/// Chunk size of streamed file bodies.
+const STREAM_CHUNK: usize = 1024 * 1024;
+
+pub(crate) fn routes() -> Router<AppState> {
+    let repo = "/api/{kind}/{ns}/{name}";
+    Router::new()
+        .route("/api/repos/create", post(create_repo))
+        .route("/api/repos/delete", axum::routing::delete(delete_repo))
+        .route("/api/validate-yaml", post(validate_yaml))
+        .route(repo, get(repo_info))
+        .route(&format!("{repo}/revision/{{rev}}"), get(repo_info_at))
+        .route(&format!("{repo}/tree/{{rev}}"), get(tree_root))
+        .route(&format!("{repo}/tree/{{rev}}/{{*path}}"), get(tree_path))
+        .route(&format!("{repo}/refs"), get(refs))
+        .route(&format!("{repo}/commits/{{rev}}"), get(commits))
+        .route(&format!("{repo}/preupload/{{rev}}"), post(preupload))
+        .route(
+            &format!("{repo}/branch/{{branch}}"),
+            post(create_branch).delete(delete_branch),
+        )
+        .route(
+            &format!("{repo}/tag/{{rev}}"),
+            post(create_tag).delete(delete_tag),
+        )
+        .route(
+            &format!("{repo}/commit/{{rev}}"),
+            post(commit).layer(DefaultBodyLimit::max(MAX_COMMIT_BODY)),
+        )
+        .route("/{ns}/{name}/resolve/{rev}/{*path}", get(resolve_model))
+        .route(
+            "/datasets/{ns}/{name}/resolve/{rev}/{*path}",
+            get(resolve_dataset),
+        )
+        .route(
+            "/spaces/{ns}/{name}/resolve/{rev}/{*path}",
+            get(resolve_space),
+        )
+        .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
+}
+
+#[derive(Debug, Deserialize)]
+struct RepoPath {
+    kind: String,
+    ns: String,
+    name: String,
+}
+
+impl RepoPath {
+    fn id(&self) -> Result<RepoId, AppError> {
+        let kind: RepoType = self.kind.parse().map_err(|_| AppError::NotFound)?;
+        if kind.plural() != self.kind {
+            return Err(AppError::NotFound);
+        }
+        RepoId::new(kind, &self.ns, &self.name).map_err(|_| AppError::RepoNotFound)
+    }
+}
+
+/// Runs blocking repository or store work off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(AppError::internal)?
+}
+
+/// `http://host` as the client addressed us, for the absolute URLs the Hub returns.
+fn endpoint(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn repo_url(headers: &HeaderMap, id: &RepoId) -> String {
+    format!(
+        "{}/{}{}",
+        endpoint(headers),
+        id.kind().url_prefix(),
+        id.hub_id()
+    )
+}
+
+/// Whether `principal` may write to repos in `namespace`: its own namespace, or any as site
+/// admin, with a write token. (Organisations and roles come with the accounts work.)
+fn check_write(principal: &Principal, namespace: &str) -> Result<(), AppError> {
+    if principal.token.scope != hub_auth::Scope::Write {
+        return Err(AppError::Forbidden("this token is read-only".into()));
+    }
+    if principal.user.name != namespace && !principal.user.site_admin {
+        return Err(AppError::Forbidden(format!(
+            "you don't have the rights to write to namespace {namespace}"
+        )));
+    }
+    Ok(())
+}
+
+fn author_of(principal: &Principal) -> Author {
+    Author::new(
+        principal.user.name.clone(),
+        format!("{}@users.hubmesh", principal.user.name),
+    )
+}
+
+/// RFC 3339 with milliseconds and a `Z`, as the Hub writes dates.
+pub(crate) fn format_date(unix_seconds: i64) -> String {
+    let days = unix_seconds.div_euclid(86_400);
+    let secs = unix_seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+// ---- repositories ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct CreateBody {
+    name: String,
+    organization: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    private: Option<bool>,
+    visibility: Option<String>,
+}
+
+async fn create_repo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let principal = require_auth(&state, &headers).await?;
+    let body: CreateBody = parse_json(&body)?;
+    let kind: RepoType = body
+        .kind
+        .as_deref()
+        .unwrap_or("model")
+        .parse()
+        .map_err(|e: hub_protocol::repo::RepoIdError| AppError::BadRequest(e.to_string()))?;
+    let namespace = body
+        .organization
+        .clone()
+        .unwrap_or_else(|| principal.user.name.clone());
+    let id = RepoId::new(kind, &namespace, &body.name).map_err(|e| {
+        AppError::BadRequest(format!("invalid repo id {namespace}/{}: {e}", body.name))
+    })?;
+    check_write(&principal, &namespace)?;
+    if body.private == Some(true) || body.visibility.as_deref().is_some_and(|v| v != "public") {
+        return Err(AppError::BadRequest(
+            "private repositories are not supported by this node yet".into(),
+        ));
+    }
+    let url = repo_url(&headers, &id);
+    let repos = state.repos().clone();
+    let author = author_of(&principal);
+    let created = {
+        let id = id.clone();
+        blocking(move || Ok(repos.create(&id, &author))).await?
+    };
+    match created {
+        Ok(_) => Ok(Json(json!({ "url": url, "name": id.hub_id() })).into_response()),
+        Err(hub_repo::RepoError::AlreadyExists { .. }) => {
+            // `create_repo(exist_ok=True)` reads `url` from the 409 body.
+            let message = format!("You already created this {} repo", kind.as_str());
+            let mut resp = (
+                StatusCode::CONFLICT,
+                Json(json!({ "error": message, "url": url })),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&message) {
+                resp.headers_mut().insert("x-error-message", v);
+            }
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteBody {
+    name: String,
+    organization: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+async fn delete_repo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let principal = require_auth(&state, &headers).await?;
+    let body: DeleteBody = parse_json(&body)?;
+    let kind: RepoType = body
+        .kind
+        .as_deref()
+        .unwrap_or("model")
+        .parse()
+        .map_err(|e: hub_protocol::repo::RepoIdError| AppError::BadRequest(e.to_string()))?;
+    let namespace = body
+        .organization
+        .unwrap_or_else(|| principal.user.name.clone());
+    let id = RepoId::new(kind, &namespace, &body.name).map_err(|_| AppError::RepoNotFound)?;
+    let repos = state.repos().clone();
+    if !repos.exists(&id) {
+        return Err(AppError::RepoNotFound);
+    }
+    check_write(&principal, &namespace)?;
+    blocking(move || Ok(repos.delete(&id)?)).await?;
+    Ok(Json(json!({})))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Opens a repo for reading: unknown ids are `RepoNotFound`.
+fn readable(state: &AppState, path: &RepoPath) -> Result<RepoId, AppError> {
+    let id = path.id()?;
+    if !state.repos().exists(&id) {
+        return Err(AppError::RepoNotFound);
+    }
+    Ok(id)
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct InfoQuery {
+    blobs: Option<String>,
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    v.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+async fn repo_info(
+    State(state): State<AppState>,
+    Path(path): Path<RepoPath>,
+    Query(q): Query<InfoQuery>,
+) -> Result<Json<Value>, AppError> {
+    info(state, path, "main".into(), truthy(q.blobs.as_deref())).await
+}
+
+#[derive(Debug, Deserialize)]
+struct RevPath {
+    kind: String,
+    ns: String,
+    name: String,
+    rev: String,
+}
+
+impl RevPath {
+    fn repo(&self) -> RepoPath {
+        RepoPath {
+            kind: self.kind.clone(),
+            ns: self.ns.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+async fn repo_info_at(
+    State(state): State<AppState>,
+    Path(path): Path<RevPath>,
+    Query(q): Query<InfoQuery>,
+) -> Result<Json<Value>, AppError> {
+    info(state, path.repo(), path.rev, truthy(q.blobs.as_deref())).await
+}
+
+async fn info(
+    state: AppState,
+    path: RepoPath,
+    rev: String,
+    blobs: bool,
+) -> Result<Json<Value>, AppError> {
+    let id = readable(&state, &path)?;
+    let repos = state.repos().clone();
+    blocking(move || {
+        let sha = repos.resolve(&id, &rev)?;
+        let head = repos.history(&id, &sha, 1)?;
+        let entries = repos.list_tree(&id, &sha, "", true)?;
+        let siblings: Vec<Value> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| {
+                let mut s = json!({ "rfilename": e.path });
+                if blobs {
+                    s["blobId"] = json!(e.oid);
+                    s["size"] = json!(e.lfs.as_ref().map_or(e.size, |l| l.size));
+                    if let Some(lfs) = &e.lfs {
+                        s["lfs"] = json!({ "sha256": lfs.sha256, "size": lfs.size, "pointerSize": e.size });
+                    }
+                }
+                s
+            })
+            .collect();
+        let last_modified = head.first().map(|c| format_date(c.timestamp));
+        let hub_id = id.hub_id();
+        let mut body = json!({
+            "_id": hub_id,
+            "id": hub_id,
+            "author": id.namespace(),
+            "sha": sha,
+            "lastModified": last_modified,
+            "private": false,
+            "disabled": false,
+            "gated": false,
+            "tags": [],
+            "siblings": siblings,
+        });
+        if id.kind() == RepoType::Model {
+            body["modelId"] = json!(hub_id);
+        }
+        Ok(Json(body))
+    })
+    .await
+}
+
+// ---- trees, refs, commits -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize, Default)]
+struct TreeQuery {
+    recursive: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TreePath {
+    kind: String,
+    ns: String,
+    name: String,
+    rev: String,
+    path: String,
+}
+
+async fn tree_root(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    Query(q): Query<TreeQuery>,
+) -> Result<Response, AppError> {
+    tree(state, headers, p.repo(), p.rev, String::new(), q).await
+}
+
+async fn tree_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<TreePath>,
+    Query(q): Query<TreeQuery>,
+) -> Result<Response, AppError> {
+    let repo = RepoPath {
+        kind: p.kind,
+        ns: p.ns,
+        name: p.name,
+    };
+    tree(state, headers, repo, p.rev, p.path, q).await
+}
+
+fn tree_entry_json(e: &TreeEntry) -> Value {
+    match e.kind {
+        EntryKind::Directory => {
+            json!({ "type": "directory", "oid": e.oid, "size": 0, "path": e.path })
+        }
+        EntryKind::File => {
+            let mut v = json!({
+                "type": "file",
+                "oid": e.oid,
+                "size": e.lfs.as_ref().map_or(e.size, |l| l.size),
+                "path": e.path,
+            });
+            if let Some(lfs) = &e.lfs {
+                v["lfs"] = json!({ "oid": lfs.sha256, "size": lfs.size, "pointerSize": e.size });
+            }
+            v
+        }
+    }
+}
+
+async fn tree(
+    state: AppState,
+    headers: HeaderMap,
+    repo: RepoPath,
+    rev: String,
+    path: String,
+    q: TreeQuery,
+) -> Result<Response, AppError> {
+    let id = readable(&state, &repo)?;
+    let recursive = truthy(q.recursive.as_deref());
+    let start: usize = match q.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| AppError::BadRequest("invalid cursor".into()))?,
+    };
+    let repos = state.repos().clone();
+    let (entries, rev_for_link) = {
+        let id = id.clone();
+        let path = path.clone();
+        blocking(move || {
+            let sha = repos.resolve(&id, &rev)?;
+            let entries = repos.list_tree(&id, &sha, &path, recursive).map_err(|e| {
+                match AppError::from(e) {
+                    AppError::EntryNotFound { message, .. } => AppError::EntryNotFound {
+                        message,
+                        commit: Some(sha.clone()),
+                    },
+                    other => other,
+                }
+            })?;
+            Ok((entries, rev))
+        })
+        .await?
+    };
+    let page: Vec<Value> = entries
+        .iter()
+        .skip(start)
+        .take(TREE_PAGE)
+        .map(tree_entry_json)
+        .collect();
+    let mut resp = Json(page).into_response();
+    if entries.len() > start + TREE_PAGE {
+        let mut url = format!(
+            "{}/api/{}/{}/tree/{}",
+            endpoint(&headers),
+            id.kind().plural(),
+            id.hub_id(),
+            percent_encode(&rev_for_link, false)
+        );
+        if !path.is_empty() {
+            url.push('/');
+            url.push_str(&percent_encode(&path, false));
+        }
+        url.push_str(&format!(
+            "?recursive={recursive}&cursor={}",
+            start + TREE_PAGE
+        ));
+        if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// Percent-encodes everything but unreserved characters (and `/` when `keep_slash`).
+fn percent_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RefsQuery {
+    include_prs: Option<String>,
+}
+
+async fn refs(
+    State(state): State<AppState>,
+    Path(path): Path<RepoPath>,
+    Query(q): Query<RefsQuery>,
+) -> Result<Json<Value>, AppError> {
+    let id = readable(&state, &path)?;
+    let repos = state.repos().clone();
+    let (branches, tags) = blocking(move || Ok(repos.refs(&id)?)).await?;
+    let item = |r: &hub_repo::RefInfo| json!({ "name": r.name, "ref": r.full_ref, "targetCommit": r.target });
+    let mut body = json!({
+        "branches": branches.iter().map(item).collect::<Vec<_>>(),
+        "converts": [],
+        "tags": tags.iter().map(item).collect::<Vec<_>>(),
+    });
+    if truthy(q.include_prs.as_deref()) {
+        body["pullRequests"] = json!([]);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct CommitsQuery {
+    p: Option<usize>,
+}
+
+async fn commits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    Query(q): Query<CommitsQuery>,
+) -> Result<Response, AppError> {
+    let id = readable(&state, &p.repo())?;
+    let page = q.p.unwrap_or(0);
+    let repos = state.repos().clone();
+    let rev = p.rev.clone();
+    let log = {
+        let id = id.clone();
+        let want = (page + 1)
+            .checked_mul(COMMITS_PAGE)
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(|| AppError::BadRequest("page out of range".into()))?;
+        blocking(move || Ok(repos.history(&id, &rev, want)?)).await?
+    };
+    let items: Vec<Value> = log
+        .iter()
+        .skip(page * COMMITS_PAGE)
+        .take(COMMITS_PAGE)
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "title": c.title,
+                "message": c.message,
+                "authors": [{ "user": c.author }],
+                "date": format_date(c.timestamp),
+            })
+        })
+        .collect();
+    let mut resp = Json(items).into_response();
+    if log.len() > (page + 1) * COMMITS_PAGE {
+        let url = format!(
+            "{}/api/{}/{}/commits/{}?p={}",
+            endpoint(&headers),
+            id.kind().plural(),
+            id.hub_id(),
+            percent_encode(&p.rev, false),
+            page + 1
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(resp)
+}
+
+// ---- branches and tags ----------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct BranchPath {
+    kind: String,
+    ns: String,
+    name: String,
+    branch: String,
+}
+
+async fn writable(
+    state: &AppState,
+    headers: &HeaderMap,
+    repo: &RepoPath,
+) -> Result<(RepoId, Principal), AppError> {
+    let principal = require_auth(state, headers).await?;
+    let id = readable(state, repo)?;
+    check_write(&principal, id.namespace())?;
+    Ok((id, principal))
+}
+
+async fn create_branch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<BranchPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let repo = RepoPath {
+        kind: p.kind,
+        ns: p.ns,
+        name: p.name,
+    };
+    let (id, _) = writable(&state, &headers, &repo).await?;
+    let start: Option<String> = if body.is_empty() {
+        None
+    } else {
+        parse_json::<Value>(&body)?
+            .get("startingPoint")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let repos = state.repos().clone();
+    blocking(move || Ok(repos.create_branch(&id, &p.branch, start.as_deref())?)).await?;
+    Ok(Json(json!({})))
+}
+
+async fn delete_branch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<BranchPath>,
+) -> Result<Json<Value>, AppError> {
+    let repo = RepoPath {
+        kind: p.kind,
+        ns: p.ns,
+        name: p.name,
+    };
+    let (id, _) = writable(&state, &headers, &repo).await?;
+    let repos = state.repos().clone();
+    blocking(move || Ok(repos.delete_branch(&id, &p.branch)?)).await?;
+    Ok(Json(json!({})))
+}
+
+async fn create_tag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let (id, _) = writable(&state, &headers, &p.repo()).await?;
+    let body: Value = parse_json(&body)?;
+    let tag = body
+        .get("tag")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AppError::BadRequest("missing \"tag\"".into()))?
+        .to_owned();
+    let repos = state.repos().clone();
+    blocking(move || Ok(repos.create_tag(&id, &tag, &p.rev)?)).await?;
+    Ok(Json(json!({})))
+}
+
+async fn delete_tag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+) -> Result<Json<Value>, AppError> {
+    let (id, _) = writable(&state, &headers, &p.repo()).await?;
+    let repos = state.repos().clone();
+    blocking(move || Ok(repos.delete_tag(&id, &p.rev)?)).await?;
+    Ok(Json(json!({})))
+}
+
+// ---- uploads ----------------------------------------------------------------------------------
+
+/// `POST /api/validate-yaml`: checks the README's front matter is delimited. (A full YAML
+/// check needs a YAML parser; this catches the unterminated block, the error users make.)
+async fn validate_yaml(body: Bytes) -> Result<Response, AppError> {
+    let body: Value = parse_json(&body)?;
+    let content = body
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    if let Some(rest) = content
+        .strip_prefix("---\n")
+        .or_else(|| content.strip_prefix("---\r\n"))
+        && !rest.lines().any(|l| l.trim_end() == "---")
+    {
+        errors.push(
+            json!({ "message": "README.md front matter starts with '---' but is never closed" }),
+        );
+    }
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((status, Json(json!({ "errors": errors, "warnings": [] }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct PreuploadBody {
+    files: Vec<PreuploadFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PreuploadFile {
+    path: String,
+}
+
+async fn preupload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let (id, _) = writable(&state, &headers, &p.repo()).await?;
+    let body: PreuploadBody = parse_json(&body)?;
+    if body.files.len() > 1000 {
+        return Err(AppError::BadRequest(
+            "at most 1000 files per preupload call".into(),
+        ));
+    }
+    let repos = state.repos().clone();
+    let rev = p.rev.clone();
+    blocking(move || repos.resolve(&id, &rev).map(|_| ()).map_err(AppError::from)).await?;
+    let mut files = Vec::with_capacity(body.files.len());
+    for f in body.files {
+        validate_repo_path(&f.path)
+            .map_err(|e| AppError::BadRequest(format!("invalid path {:?}: {e}", f.path)))?;
+        // Inline upload for every file; the commit moves large and binary ones to the store.
+        files.push(json!({ "path": f.path, "uploadMode": "regular", "shouldIgnore": false }));
+    }
+    Ok(Json(json!({ "files": files })))
+}
+
+#[derive(Debug, Deserialize)]
+struct CommitLine {
+    key: String,
+    value: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct HeaderValueJson {
+    summary: Option<String>,
+    description: Option<String>,
+    #[serde(rename = "parentCommit")]
+    parent_commit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileLine {
+    path: String,
+    content: String,
+    encoding: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LfsFileLine {
+    path: String,
+    oid: String,
+    algo: Option<String>,
+    size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PathLine {
+    path: String,
+}
+
+/// An added file before it is stored: inline bytes or an object the store has.
+enum Pending {
+    Inline {
+        path: String,
+        bytes: Vec<u8>,
+    },
+    Lfs {
+        path: String,
+        sha256: Sha256,
+        size: Option<u64>,
+    },
+    Other(Operation),
+}
+
+async fn commit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let (id, principal) = writable(&state, &headers, &p.repo()).await?;
+    let (header_line, pending) = parse_commit_body(&body)?;
+    drop(body);
+    let message = {
+        let summary = header_line.summary.unwrap_or_default();
+        let summary = if summary.trim().is_empty() {
+            "Update".to_owned()
+        } else {
+            summary
+        };
+        match header_line.description.filter(|d| !d.trim().is_empty()) {
+            Some(d) => format!("{summary}\n\n{d}"),
+            None => summary,
+        }
+    };
+    let repos = state.repos().clone();
+    let store = state.store().clone();
+    let branch = p.rev.clone();
+    let author = author_of(&principal);
+    let info = blocking(move || {
+        let rules = match repos.file(&id, &branch, ".gitattributes") {
+            Ok((_, bytes)) => LfsRules::parse(&String::from_utf8_lossy(&bytes)),
+            Err(hub_repo::RepoError::EntryNotFound { .. }) => LfsRules::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut operations = Vec::with_capacity(pending.len());
+        for item in pending {
+            operations.push(match item {
+                Pending::Inline { path, bytes } => {
+                    validate_repo_path(&path)
+                        .map_err(|e| AppError::BadRequest(format!("invalid path {path:?}: {e}")))?;
+                    if rules.wants_lfs(&path, bytes.len() as u64, &bytes) {
+                        let info = store.import_reader(bytes.as_slice())?;
+                        store.add_root(&info.sha256)?;
+                        let pointer = LfsPointer::new(&info.sha256.to_string(), info.size)
+                            .ok_or_else(|| {
+                                AppError::internal("store returned a malformed sha256")
+                            })?;
+                        Operation::Add {
+                            path,
+                            content: FileContent::Lfs(pointer),
+                        }
+                    } else {
+                        Operation::Add {
+                            path,
+                            content: FileContent::Regular(bytes),
+                        }
+                    }
+                }
+                Pending::Lfs { path, sha256, size } => {
+                    let stored = match store.open_file(&sha256) {
+                        Ok(reader) => reader.len(),
+                        Err(hub_store::StoreError::NotFound { .. }) => {
+                            return Err(AppError::BadRequest(format!(
+                                "LFS object {sha256} for {path:?} has not been uploaded"
+                            )));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if size.is_some_and(|s| s != stored) {
+                        return Err(AppError::BadRequest(format!(
+                            "LFS object {sha256} for {path:?} is {stored} bytes, not {}",
+                            size.unwrap_or_default()
+                        )));
+                    }
+                    store.add_root(&sha256)?;
+                    let pointer = LfsPointer::new(&sha256.to_string(), stored)
+                        .ok_or_else(|| AppError::internal("malformed sha256"))?;
+                    Operation::Add {
+                        path,
+                        content: FileContent::Lfs(pointer),
+                    }
+                }
+                Pending::Other(op) => op,
+            });
+        }
+        Ok(repos.commit(
+            &id,
+            CommitRequest {
+                branch,
+                message,
+                author,
+                parent: header_line.parent_commit,
+                operations,
+            },
+        )?)
+        .map(|info| (info, id))
+    })
+    .await;
+    let (info, id) = info?;
+    let url = format!("{}/commit/{}", repo_url(&headers, &id), info.id);
+    Ok(Json(json!({
+        "success": true,
+        "commitOid": info.id,
+        "commitUrl": url,
+        "pullRequestUrl": null,
+    })))
+}
+
+/// Parses the NDJSON commit body: a header line, then file operations. Every line is checked
+/// before anything is written.
+fn parse_commit_body(body: &[u8]) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
+    let bad = |msg: String| AppError::BadRequest(msg);
+    let mut header_line = None;
+    let mut pending = Vec::new();
+    for (n, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let line: CommitLine = serde_json::from_slice(raw)
+            .map_err(|e| bad(format!("commit body line {}: invalid JSON: {e}", n + 1)))?;
+        let field =
+            |e: serde_json::Error| bad(format!("commit body line {} ({}): {e}", n + 1, line.key));
+        match line.key.as_str() {
+            "header" if header_line.is_none() && pending.is_empty() => {
+                header_line = Some(
+                    serde_json::from_value::<HeaderValueJson>(line.value.clone()).map_err(field)?,
+                );
+            }
+            "header" => {
+                return Err(bad(format!(
+                    "commit body line {}: unexpected header",
+                    n + 1
+                )));
+            }
+            "file" => {
+                let f: FileLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                let bytes = match f.encoding.as_deref() {
+                    Some("base64") => base64::engine::general_purpose::STANDARD
+                        .decode(f.content.as_bytes())
+                        .map_err(|e| {
+                            bad(format!("commit body line {}: invalid base64: {e}", n + 1))
+                        })?,
+                    None | Some("utf-8") => f.content.into_bytes(),
+                    Some(other) => return Err(bad(format!("unsupported encoding {other:?}"))),
+                };
+                pending.push(Pending::Inline {
+                    path: f.path,
+                    bytes,
+                });
+            }
+            "lfsFile" => {
+                let f: LfsFileLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                if f.algo.as_deref().is_some_and(|a| a != "sha256") {
+                    return Err(bad(format!("unsupported LFS hash algorithm {:?}", f.algo)));
+                }
+                validate_repo_path(&f.path)
+                    .map_err(|e| bad(format!("invalid path {:?}: {e}", f.path)))?;
+                let sha256: Sha256 = f
+                    .oid
+                    .parse()
+                    .map_err(|_| bad(format!("invalid LFS oid {:?}", f.oid)))?;
+                pending.push(Pending::Lfs {
+                    path: f.path,
+                    sha256,
+                    size: f.size,
+                });
+            }
+            "deletedFile" => {
+                let f: PathLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                pending.push(Pending::Other(Operation::Delete { path: f.path }));
+            }
+            "deletedFolder" => {
+                let f: PathLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                pending.push(Pending::Other(Operation::DeleteFolder { path: f.path }));
+            }
+            other => {
+                return Err(bad(format!(
+                    "commit body line {}: unknown key {other:?}",
+                    n + 1
+                )));
+            }
+        }
+    }
+    let header_line = header_line.ok_or_else(|| bad("commit body has no header line".into()))?;
+    if pending.is_empty() {
+        return Err(bad("commit has no operations".into()));
+    }
+    Ok((header_line, pending))
+}
+
+// ---- resolve ----------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct ResolvePath {
+    ns: String,
+    name: String,
+    rev: String,
+    path: String,
+}
+
+async fn resolve_model(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(p): Path<ResolvePath>,
+) -> Result<Response, AppError> {
+    resolve(state, method, headers, RepoType::Model, p).await
+}
+
+async fn resolve_dataset(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(p): Path<ResolvePath>,
+) -> Result<Response, AppError> {
+    resolve(state, method, headers, RepoType::Dataset, p).await
+}
+
+async fn resolve_space(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(p): Path<ResolvePath>,
+) -> Result<Response, AppError> {
+    resolve(state, method, headers, RepoType::Space, p).await
+}
+
+/// A single byte range, resolved against the file size: `[start, end]` inclusive.
+fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, AppError> {
+    let Some(spec) = value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Multiple ranges: serve the whole file, as RFC 9110 allows.
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let unsatisfiable = AppError::RangeNotSatisfiable { size };
+    let range = if a.is_empty() {
+        let n: u64 = b
+            .parse()
+            .map_err(|_| AppError::BadRequest("invalid Range".into()))?;
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable);
+        }
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let start: u64 = a
+            .parse()
+            .map_err(|_| AppError::BadRequest("invalid Range".into()))?;
+        let end: u64 = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| AppError::BadRequest("invalid Range".into()))?
+                .min(size.saturating_sub(1))
+        };
+        if start >= size || end < start {
+            return Err(unsatisfiable);
+        }
+        (start, end)
+    };
+    Ok(Some(range))
+}
+
+async fn resolve(
+    state: AppState,
+    method: Method,
+    headers: HeaderMap,
+    kind: RepoType,
+    p: ResolvePath,
+) -> Result<Response, AppError> {
+    let id = RepoId::new(kind, &p.ns, &p.name).map_err(|_| AppError::RepoNotFound)?;
+    // Resolve is readable by anyone for public repos; a token, if sent, must be valid.
+    authenticate(&state, &headers).await?;
+    if !state.repos().exists(&id) {
+        return Err(AppError::RepoNotFound);
+    }
+    let repos = state.repos().clone();
+    let (commit, entry, blob) = {
+        let id = id.clone();
+        let (rev, path) = (p.rev.clone(), p.path.clone());
+        blocking(move || {
+            let commit = repos.resolve(&id, &rev)?;
+            match repos.file(&id, &commit, &path) {
+                Ok((entry, blob)) => Ok((commit, entry, blob)),
+                Err(e) => Err(match AppError::from(e) {
+                    AppError::EntryNotFound { message, .. } => AppError::EntryNotFound {
+                        message,
+                        commit: Some(commit),
+                    },
+                    other => other,
+                }),
+            }
+        })
+        .await?
+    };
+    let size = entry.lfs.as_ref().map_or(blob.len() as u64, |l| l.size);
+    let range = parse_range(headers.get(header::RANGE), size)?;
+    let mut builder = Response::builder()
+        .header("x-repo-commit", &commit)
+        .header(header::ETAG, format!("\"{}\"", entry.oid))
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(lfs) = &entry.lfs {
+        builder = builder
+            .header("x-linked-etag", format!("\"{}\"", lfs.sha256))
+            .header("x-linked-size", lfs.size.to_string());
+    }
+    let (status, start, len) = match range {
+        Some((a, b)) => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{size}"));
+            (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    builder = builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, len.to_string());
+    if method == Method::HEAD {
+        return builder.body(Body::empty()).map_err(AppError::internal);
+    }
+    let body = match &entry.lfs {
+        None => {
+            let (start, end) = (start as usize, (start + len) as usize);
+            Body::from(blob[start..end].to_vec())
+        }
+        Some(lfs) => {
+            let sha256: Sha256 = lfs
+                .sha256
+                .parse()
+                .map_err(|_| AppError::internal("malformed LFS pointer"))?;
+            stream_from_store(state.store().clone(), sha256, start, len).await?
+        }
+    };
+    builder.body(body).map_err(AppError::internal)
+}
+
+/// Streams `len` bytes from `start` of a stored file: a blocking reader feeds a bounded
+/// channel, so memory stays at a few chunks whatever the file size, and a client that goes
+/// away stops the reader.
+async fn stream_from_store(
+    store: hub_store::Store,
+    sha256: Sha256,
+    start: u64,
+    len: u64,
+) -> Result<Body, AppError> {
+    let mut reader = blocking(move || {
+        let mut r = store.open_file(&sha256).map_err(|e| match e {
+            hub_store::StoreError::NotFound { .. } => {
+                AppError::internal(format!("LFS object {sha256} is missing from the store"))
+            }
+            other => other.into(),
+        })?;
+        r.seek(SeekFrom::Start(start)).map_err(AppError::internal)?;
+        Ok(r)
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let n = STREAM_CHUNK.min(usize::try_from(left).unwrap_or(STREAM_CHUNK));
+            let mut buf = vec![0u8; n];
+            let item = reader.read_exact(&mut buf).map(|()| Bytes::from(buf));
+            let failed = item.is_err();
+            if let Err(e) = &item {
+                tracing::error!(%sha256, error = %e, "reading a stored file failed");
+            }
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+            left -= n as u64;
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok(Body::from_stream(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_hub_style() {
+        assert_eq!(format_date(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_date(1_714_564_800), "2024-05-01T12:00:00.000Z");
+        assert_eq!(format_date(951_782_400), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn ranges() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(parse_range(None, 10).unwrap(), None);
+        assert_eq!(
+            parse_range(Some(&h("bytes=0-3")), 10).unwrap(),
+            Some((0, 3))
+        );
+        assert_eq!(parse_range(Some(&h("bytes=5-")), 10).unwrap(), Some((5, 9)));
+        assert_eq!(parse_range(Some(&h("bytes=-4")), 10).unwrap(), Some((6, 9)));
+        assert_eq!(
+            parse_range(Some(&h("bytes=8-100")), 10).unwrap(),
+            Some((8, 9))
+        );
+        assert_eq!(parse_range(Some(&h("bytes=0-1,3-4")), 10).unwrap(), None);
+        assert!(matches!(
+            parse_range(Some(&h("bytes=10-")), 10),
+            Err(AppError::RangeNotSatisfiable { size: 10 })
+        ));
+        assert!(matches!(
+            parse_range(Some(&h("bytes=5-2")), 10),
+            Err(AppError::RangeNotSatisfiable { .. })
+        ));
+        assert!(matches!(
+            parse_range(Some(&h("bytes=x-2")), 10),
+            Err(AppError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn commit_bodies() {
+        let ok = b"{\"key\":\"header\",\"value\":{\"summary\":\"s\"}}\n{\"key\":\"file\",\"value\":{\"path\":\"a.txt\",\"content\":\"aGk=\",\"encoding\":\"base64\"}}\n";
+        let (h, ops) = parse_commit_body(ok).unwrap();
+        assert_eq!(h.summary.as_deref(), Some("s"));
+        assert!(matches!(&ops[0], Pending::Inline { bytes, .. } if bytes == b"hi"));
+        for bad in [
+            &b""[..],
+            b"{\"key\":\"header\",\"value\":{}}\n",
+            b"{\"key\":\"file\",\"value\":{\"path\":\"a\",\"content\":\"\"}}\n",
+            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"file\",\"value\":{\"path\":\"a\",\"cont",
+            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"lfsFile\",\"value\":{\"path\":\"../x\",\"oid\":\"00\"}}\n",
+            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"file\",\"value\":{\"path\":\"a\",\"content\":\"!!\",\"encoding\":\"base64\"}}\n",
+            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"nope\",\"value\":{}}\n",
+        ] {
+            assert!(matches!(parse_commit_body(bad), Err(AppError::BadRequest(_))), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
