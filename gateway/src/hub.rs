@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use hub_auth::Principal;
+use hub_auth::{Access, Decision, Principal};
 use hub_protocol::repo::{RepoId, RepoType, validate_repo_path};
 use hub_repo::{
     Author, CommitRequest, EntryKind, FileContent, LfsPointer, LfsRules, Operation, TreeEntry,
@@ -31,9 +31,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::{Read, Seek, SeekFrom};
 
-/// Largest NDJSON commit body. Inline (`regular`) content is base64 in this body, so this is
-/// also the largest file an API commit can carry until streaming commits land.
-pub const MAX_COMMIT_BODY: usize = 256 * 1024 * 1024;
+/// Largest NDJSON commit body (inline content is base64 in it; big lines stream to the store).
+pub const MAX_COMMIT_BODY: u64 = 64 * 1024 * 1024 * 1024;
+/// Most lines (operations) in one commit.
+const MAX_COMMIT_LINES: usize = 100_000;
 /// Largest JSON body of the small endpoints.
 const MAX_SMALL_BODY: usize = 1024 * 1024;
 /// Tree entries per page.
@@ -54,6 +55,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(&format!("{repo}/tree/{{rev}}"), get(tree_root))
         .route(&format!("{repo}/tree/{{rev}}/{{*path}}"), get(tree_path))
         .route(&format!("{repo}/refs"), get(refs))
+        .route(&format!("{repo}/settings"), axum::routing::put(settings))
         .route(&format!("{repo}/commits/{{rev}}"), get(commits))
         .route(&format!("{repo}/preupload/{{rev}}"), post(preupload))
         .route(
@@ -66,7 +68,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route(
             &format!("{repo}/commit/{{rev}}"),
-            post(commit).layer(DefaultBodyLimit::max(MAX_COMMIT_BODY)),
+            post(commit).layer(DefaultBodyLimit::disable()),
         )
         .route("/{ns}/{name}/resolve/{rev}/{*path}", get(resolve_model))
         .route(
@@ -125,18 +127,37 @@ fn repo_url(headers: &HeaderMap, id: &RepoId) -> String {
     )
 }
 
-/// Whether `principal` may write to repos in `namespace`: its own namespace, or any as site
-/// admin, with a write token. (Organisations and roles come with the accounts work.)
-fn check_write(principal: &Principal, namespace: &str) -> Result<(), AppError> {
-    if principal.token.scope != hub_auth::Scope::Write {
-        return Err(AppError::Forbidden("this token is read-only".into()));
+/// Asks hub-auth whether the caller may `access` repo `id` (whose visibility is `private`)
+/// and turns the answer into the Hub's errors: a repo the caller may not see is the same
+/// `RepoNotFound` as a missing one.
+async fn authorize(
+    state: &AppState,
+    principal: Option<&Principal>,
+    id: &RepoId,
+    private: bool,
+    access: Access,
+) -> Result<(), AppError> {
+    let auth = state.auth().clone();
+    let (caller, repo) = (principal.cloned(), id.clone());
+    let decision = blocking(move || {
+        auth.decide(caller.as_ref(), &repo, private, access)
+            .map_err(AppError::internal)
+    })
+    .await?;
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::NotFound => Err(AppError::RepoNotFound),
+        Decision::Unauthorized => Err(AppError::Unauthorized("Invalid user token.")),
+        Decision::Forbidden => Err(AppError::Forbidden(format!(
+            "You don't have the rights to {} {}",
+            if access == Access::Write {
+                "write to"
+            } else {
+                "read"
+            },
+            id.hub_id()
+        ))),
     }
-    if principal.user.name != namespace && !principal.user.site_admin {
-        return Err(AppError::Forbidden(format!(
-            "you don't have the rights to write to namespace {namespace}"
-        )));
-    }
-    Ok(())
 }
 
 fn author_of(principal: &Principal) -> Author {
@@ -200,18 +221,24 @@ async fn create_repo(
     let id = RepoId::new(kind, &namespace, &body.name).map_err(|e| {
         AppError::BadRequest(format!("invalid repo id {namespace}/{}: {e}", body.name))
     })?;
-    check_write(&principal, &namespace)?;
-    if body.private == Some(true) || body.visibility.as_deref().is_some_and(|v| v != "public") {
-        return Err(AppError::BadRequest(
-            "private repositories are not supported by this node yet".into(),
-        ));
+    authorize(&state, Some(&principal), &id, false, Access::Write).await?;
+    let auth = state.auth().clone();
+    let ns = namespace.clone();
+    if blocking(move || auth.namespace_kind(&ns).map_err(AppError::internal))
+        .await?
+        .is_none()
+    {
+        return Err(AppError::Forbidden(format!(
+            "namespace {namespace} does not exist on this node"
+        )));
     }
+    let private = visibility(body.private, body.visibility.as_deref())?.unwrap_or(false);
     let url = repo_url(&headers, &id);
     let repos = state.repos().clone();
     let author = author_of(&principal);
     let created = {
         let id = id.clone();
-        blocking(move || Ok(repos.create(&id, &author))).await?
+        blocking(move || Ok(repos.create_with(&id, &author, private))).await?
     };
     match created {
         Ok(_) => Ok(Json(json!({ "url": url, "name": id.hub_id() })).into_response()),
@@ -257,13 +284,27 @@ async fn delete_repo(
         .organization
         .unwrap_or_else(|| principal.user.name.clone());
     let id = RepoId::new(kind, &namespace, &body.name).map_err(|_| AppError::RepoNotFound)?;
+    let meta = repo_meta(&state, &id).await?;
+    authorize(&state, Some(&principal), &id, meta.private, Access::Write).await?;
     let repos = state.repos().clone();
-    if !repos.exists(&id) {
-        return Err(AppError::RepoNotFound);
-    }
-    check_write(&principal, &namespace)?;
     blocking(move || Ok(repos.delete(&id)?)).await?;
     Ok(Json(json!({})))
+}
+
+/// The requested visibility: `private` (0.x clients) or `visibility` (1.x and later).
+fn visibility(private: Option<bool>, visibility: Option<&str>) -> Result<Option<bool>, AppError> {
+    match (private, visibility) {
+        (Some(_), Some(_)) => Err(AppError::BadRequest(
+            "give either \"private\" or \"visibility\", not both".into(),
+        )),
+        (Some(p), None) => Ok(Some(p)),
+        (None, Some("private")) => Ok(Some(true)),
+        (None, Some("public")) => Ok(Some(false)),
+        (None, Some(other)) => Err(AppError::BadRequest(format!(
+            "visibility {other:?} is not supported (public or private)"
+        ))),
+        (None, None) => Ok(None),
+    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
@@ -271,13 +312,40 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError
         .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-/// Opens a repo for reading: unknown ids are `RepoNotFound`.
-fn readable(state: &AppState, path: &RepoPath) -> Result<RepoId, AppError> {
+/// Checks that the caller may read the repo. Unknown repos, and private repos the caller may
+/// not see, are the same `RepoNotFound`; a token that is sent must be valid (401 otherwise).
+async fn readable(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &RepoPath,
+) -> Result<RepoId, AppError> {
     let id = path.id()?;
-    if !state.repos().exists(&id) {
-        return Err(AppError::RepoNotFound);
-    }
+    let principal = authenticate(state, headers).await?;
+    read_access(state, principal.as_ref(), &id).await?;
     Ok(id)
+}
+
+/// The repo's metadata; `RepoNotFound` when it does not exist.
+async fn repo_meta(state: &AppState, id: &RepoId) -> Result<hub_repo::RepoMeta, AppError> {
+    let repos = state.repos().clone();
+    let lookup = id.clone();
+    blocking(move || match repos.meta(&lookup) {
+        Ok(meta) => Ok(meta),
+        Err(hub_repo::RepoError::NotFound { .. }) => Err(AppError::RepoNotFound),
+        Err(e) => Err(e.into()),
+    })
+    .await
+}
+
+/// Read access: public repos are open to all, private ones to those hub-auth allows.
+async fn read_access(
+    state: &AppState,
+    principal: Option<&Principal>,
+    id: &RepoId,
+) -> Result<hub_repo::RepoMeta, AppError> {
+    let meta = repo_meta(state, id).await?;
+    authorize(state, principal, id, meta.private, Access::Read).await?;
+    Ok(meta)
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -291,10 +359,18 @@ fn truthy(v: Option<&str>) -> bool {
 
 async fn repo_info(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(path): Path<RepoPath>,
     Query(q): Query<InfoQuery>,
 ) -> Result<Json<Value>, AppError> {
-    info(state, path, "main".into(), truthy(q.blobs.as_deref())).await
+    info(
+        state,
+        headers,
+        path,
+        "main".into(),
+        truthy(q.blobs.as_deref()),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,21 +393,33 @@ impl RevPath {
 
 async fn repo_info_at(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(path): Path<RevPath>,
     Query(q): Query<InfoQuery>,
 ) -> Result<Json<Value>, AppError> {
-    info(state, path.repo(), path.rev, truthy(q.blobs.as_deref())).await
+    info(
+        state,
+        headers,
+        path.repo(),
+        path.rev,
+        truthy(q.blobs.as_deref()),
+    )
+    .await
 }
 
 async fn info(
     state: AppState,
+    headers: HeaderMap,
     path: RepoPath,
     rev: String,
     blobs: bool,
 ) -> Result<Json<Value>, AppError> {
-    let id = readable(&state, &path)?;
+    let id = path.id()?;
+    let principal = authenticate(&state, &headers).await?;
+    let meta = read_access(&state, principal.as_ref(), &id).await?;
     let repos = state.repos().clone();
     blocking(move || {
+        let downloads = repos.downloads(&id)?;
         let sha = repos.resolve(&id, &rev)?;
         let head = repos.history(&id, &sha, 1)?;
         let entries = repos.list_tree(&id, &sha, "", true)?;
@@ -358,7 +446,9 @@ async fn info(
             "author": id.namespace(),
             "sha": sha,
             "lastModified": last_modified,
-            "private": false,
+            "createdAt": format_date(meta.created_at),
+            "private": meta.private,
+            "downloads": downloads,
             "disabled": false,
             "gated": false,
             "tags": [],
@@ -370,6 +460,29 @@ async fn info(
         Ok(Json(body))
     })
     .await
+}
+
+#[derive(Debug, Deserialize)]
+struct SettingsBody {
+    private: Option<bool>,
+    visibility: Option<String>,
+}
+
+/// `PUT /api/{type}s/{ns}/{name}/settings`: visibility (`private` or `visibility`).
+async fn settings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<RepoPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let (id, _) = writable(&state, &headers, &path).await?;
+    let body: SettingsBody = parse_json(&body)?;
+    let private = visibility(body.private, body.visibility.as_deref())?;
+    if let Some(private) = private {
+        let repos = state.repos().clone();
+        blocking(move || Ok(repos.set_private(&id, private)?)).await?;
+    }
+    Ok(Json(json!({})))
 }
 
 // ---- trees, refs, commits -------------------------------------------------------------------
@@ -440,7 +553,7 @@ async fn tree(
     path: String,
     q: TreeQuery,
 ) -> Result<Response, AppError> {
-    let id = readable(&state, &repo)?;
+    let id = readable(&state, &headers, &repo).await?;
     let recursive = truthy(q.recursive.as_deref());
     let start: usize = match q.cursor.as_deref() {
         None => 0,
@@ -517,10 +630,11 @@ struct RefsQuery {
 
 async fn refs(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(path): Path<RepoPath>,
     Query(q): Query<RefsQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let id = readable(&state, &path)?;
+    let id = readable(&state, &headers, &path).await?;
     let repos = state.repos().clone();
     let (branches, tags) = blocking(move || Ok(repos.refs(&id)?)).await?;
     let item = |r: &hub_repo::RefInfo| json!({ "name": r.name, "ref": r.full_ref, "targetCommit": r.target });
@@ -546,7 +660,7 @@ async fn commits(
     Path(p): Path<RevPath>,
     Query(q): Query<CommitsQuery>,
 ) -> Result<Response, AppError> {
-    let id = readable(&state, &p.repo())?;
+    let id = readable(&state, &headers, &p.repo()).await?;
     let page = q.p.unwrap_or(0);
     let repos = state.repos().clone();
     let rev = p.rev.clone();
@@ -605,8 +719,9 @@ async fn writable(
     repo: &RepoPath,
 ) -> Result<(RepoId, Principal), AppError> {
     let principal = require_auth(state, headers).await?;
-    let id = readable(state, repo)?;
-    check_write(&principal, id.namespace())?;
+    let id = repo.id()?;
+    let meta = repo_meta(state, &id).await?;
+    authorize(state, Some(&principal), &id, meta.private, Access::Write).await?;
     Ok((id, principal))
 }
 
@@ -778,11 +893,16 @@ struct PathLine {
     path: String,
 }
 
-/// An added file before it is stored: inline bytes or an object the store has.
+/// An added file before it is stored: inline bytes, a big inline file already streamed into
+/// the store, or an object uploaded before (`lfsFile`).
 enum Pending {
     Inline {
         path: String,
         bytes: Vec<u8>,
+    },
+    Stored {
+        path: String,
+        info: hub_store::FileInfo,
     },
     Lfs {
         path: String,
@@ -796,11 +916,17 @@ async fn commit(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(p): Path<RevPath>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, AppError> {
     let (id, principal) = writable(&state, &headers, &p.repo()).await?;
-    let (header_line, pending) = parse_commit_body(&body)?;
-    drop(body);
+    let lines = crate::ndjson::read_lines(
+        body,
+        state.store().clone(),
+        MAX_COMMIT_BODY,
+        MAX_COMMIT_LINES,
+    )
+    .await?;
+    let (header_line, pending) = parse_commit_lines(lines)?;
     let message = {
         let summary = header_line.summary.unwrap_or_default();
         let summary = if summary.trim().is_empty() {
@@ -841,6 +967,35 @@ async fn commit(
                             content: FileContent::Lfs(pointer),
                         }
                     } else {
+                        Operation::Add {
+                            path,
+                            content: FileContent::Regular(bytes),
+                        }
+                    }
+                }
+                Pending::Stored { path, info } => {
+                    validate_repo_path(&path)
+                        .map_err(|e| AppError::BadRequest(format!("invalid path {path:?}: {e}")))?;
+                    let mut reader = store.open_file(&info.sha256)?;
+                    let mut head = Vec::with_capacity(8000);
+                    (&mut reader)
+                        .take(8000)
+                        .read_to_end(&mut head)
+                        .map_err(AppError::internal)?;
+                    if rules.wants_lfs(&path, info.size, &head) {
+                        store.add_root(&info.sha256)?;
+                        let pointer = LfsPointer::new(&info.sha256.to_string(), info.size)
+                            .ok_or_else(|| {
+                                AppError::internal("store returned a malformed sha256")
+                            })?;
+                        Operation::Add {
+                            path,
+                            content: FileContent::Lfs(pointer),
+                        }
+                    } else {
+                        // Under the LFS size threshold and text: it belongs in git after all.
+                        let mut bytes = head;
+                        reader.read_to_end(&mut bytes).map_err(AppError::internal)?;
                         Operation::Add {
                             path,
                             content: FileContent::Regular(bytes),
@@ -897,17 +1052,26 @@ async fn commit(
     })))
 }
 
-/// Parses the NDJSON commit body: a header line, then file operations. Every line is checked
-/// before anything is written.
-fn parse_commit_body(body: &[u8]) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
+/// Parses the lines of an NDJSON commit body: a header line, then file operations. Every line
+/// is checked before anything is committed.
+fn parse_commit_lines(
+    lines: Vec<crate::ndjson::Line>,
+) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
     let bad = |msg: String| AppError::BadRequest(msg);
     let mut header_line = None;
     let mut pending = Vec::new();
-    for (n, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
+    for (n, raw) in lines.into_iter().enumerate() {
+        let raw = match raw {
+            crate::ndjson::Line::Small(raw) => raw,
+            crate::ndjson::Line::StoredFile { path, info } => {
+                if header_line.is_none() {
+                    return Err(bad("commit body must start with a header line".into()));
+                }
+                pending.push(Pending::Stored { path, info });
+                continue;
+            }
+        };
+        let raw = raw.strip_suffix(b"\r").unwrap_or(&raw);
         let line: CommitLine = serde_json::from_slice(raw)
             .map_err(|e| bad(format!("commit body line {}: invalid JSON: {e}", n + 1)))?;
         let field =
@@ -1017,6 +1181,19 @@ async fn resolve_space(
     resolve(state, method, headers, RepoType::Space, p).await
 }
 
+/// Whether a request for `path` counts as a download of the repo. As on the Hub: every
+/// request (HEAD or GET) for a "query file" counts — by default the top-level `config.json`,
+/// `config.yaml`, `hyperparams.yaml` and `meta.yaml` — so a model downloaded as many files
+/// counts once per fetch of its config, not once per shard. GGUF files count too (the Hub's
+/// rule for the gguf library, whose repos have no config.json).
+fn counts_download(kind: RepoType, path: &str) -> bool {
+    kind == RepoType::Model
+        && (matches!(
+            path,
+            "config.json" | "config.yaml" | "hyperparams.yaml" | "meta.yaml"
+        ) || path.ends_with(".gguf"))
+}
+
 /// A single byte range, resolved against the file size: `[start, end]` inclusive.
 fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, AppError> {
     let Some(spec) = value
@@ -1069,11 +1246,8 @@ async fn resolve(
     p: ResolvePath,
 ) -> Result<Response, AppError> {
     let id = RepoId::new(kind, &p.ns, &p.name).map_err(|_| AppError::RepoNotFound)?;
-    // Resolve is readable by anyone for public repos; a token, if sent, must be valid.
-    authenticate(&state, &headers).await?;
-    if !state.repos().exists(&id) {
-        return Err(AppError::RepoNotFound);
-    }
+    let principal = authenticate(&state, &headers).await?;
+    read_access(&state, principal.as_ref(), &id).await?;
     let repos = state.repos().clone();
     let (commit, entry, blob) = {
         let id = id.clone();
@@ -1093,6 +1267,9 @@ async fn resolve(
         })
         .await?
     };
+    if counts_download(kind, &entry.path) {
+        state.repos().count_download(&id);
+    }
     let size = entry.lfs.as_ref().map_or(blob.len() as u64, |l| l.size);
     let range = parse_range(headers.get(header::RANGE), size)?;
     let mut builder = Response::builder()
@@ -1215,6 +1392,15 @@ mod tests {
             parse_range(Some(&h("bytes=x-2")), 10),
             Err(AppError::BadRequest(_))
         ));
+    }
+
+    fn parse_commit_body(body: &[u8]) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
+        let lines = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|l| crate::ndjson::Line::Small(l.to_vec()))
+            .collect();
+        parse_commit_lines(lines)
     }
 
     #[test]

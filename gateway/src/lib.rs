@@ -20,9 +20,11 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod error;
 mod hub;
 pub mod metrics;
+mod ndjson;
 mod routes;
 
 pub use error::AppError;

@@ -20,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/whoami-v2", get(whoami))
         .merge(crate::hub::routes())
+        .merge(crate::admin::routes())
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -70,24 +71,48 @@ pub(crate) async fn require_auth(
         .ok_or(AppError::Unauthorized("Invalid user token."))
 }
 
-/// `GET /api/whoami-v2`: the Hub's account summary for the caller's token.
+/// `GET /api/whoami-v2`: the Hub's account summary for the caller's token: the user, their
+/// organisations with their role in each, and the token's role (`read`, `write`,
+/// `fineGrained`, the last with its grants).
 async fn whoami(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let principal = require_auth(&state, &headers).await?;
+    let auth = state.auth().clone();
+    let user = principal.user.name.clone();
+    let orgs = tokio::task::spawn_blocking(move || auth.orgs_of(&user))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
+    let token = &principal.token;
+    let mut access_token = json!({
+        "displayName": token.display_name,
+        "role": token.role().as_str(),
+    });
+    if !token.grants.is_empty() {
+        access_token["fineGrained"] = json!({
+            "scoped": token.grants.iter().map(|g| json!({
+                "entity": g.target.to_string(),
+                "permissions": match g.access {
+                    hub_auth::Access::Read => vec!["repo.content.read"],
+                    hub_auth::Access::Write => vec!["repo.content.read", "repo.write"],
+                },
+            })).collect::<Vec<_>>(),
+        });
+    }
     Ok(Json(json!({
         "type": "user",
         "name": principal.user.name,
         "fullname": principal.user.fullname,
         "isPro": false,
-        "orgs": [],
+        "orgs": orgs
+            .iter()
+            .map(|(name, role)| json!({"type": "org", "name": name, "roleInOrg": role.as_str()}))
+            .collect::<Vec<_>>(),
         "auth": {
             "type": "access_token",
-            "accessToken": {
-                "displayName": principal.token.display_name,
-                "role": principal.token.scope.as_str(),
-            },
+            "accessToken": access_token,
         },
     })))
 }

@@ -26,6 +26,15 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage user accounts of a running node (needs a site admin's write token).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage organisations and their members on a running node.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Create, list and revoke access tokens on a running node.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,4 +64,115 @@ pub struct NodeFlags {
     /// Name of the admin account created on first start [default: admin].
     #[arg(long, value_name = "NAME")]
     pub admin: Option<String>,
+}
+
+/// How account commands reach a running node: its `node.json` and `admin.token` in the data
+/// directory, or an explicit URL and token.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientFlags {
+    /// Data directory of the running node; its node.json gives the address and its
+    /// admin.token the token [default: ./hubmesh-data].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// URL of the node's HTTP gateway, e.g. http://127.0.0.1:8080 (instead of node.json).
+    #[arg(long, value_name = "URL")]
+    pub node: Option<String>,
+    /// A site admin's write token (instead of DATA/admin.token).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print the node's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user account.
+    Add {
+        /// The user name (letters, digits, '-', '_', '.'; shared with organisation names).
+        name: String,
+        /// The user's full name [default: the user name].
+        #[arg(long, value_name = "TEXT")]
+        fullname: Option<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organisation (a namespace owned by its members).
+    Add {
+        /// The organisation name (shared with user names).
+        name: String,
+        /// The organisation's full name [default: the name].
+        #[arg(long, value_name = "TEXT")]
+        fullname: Option<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Manage the members of an organisation.
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add a user to an organisation, or change their role.
+    ///
+    /// Roles: read (sees private repos), contributor (also writes), write (also force-pushes),
+    /// admin (also manages the organisation).
+    Add {
+        /// The organisation.
+        org: String,
+        /// The user.
+        user: String,
+        /// The member's role.
+        #[arg(long, value_name = "ROLE", value_parser = ["read", "contributor", "write", "admin"])]
+        role: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a user and print it once on stdout.
+    ///
+    /// Without --repo or --namespace the token is coarse: it reads (or, with --scope write,
+    /// writes) everything the user may. With them it is fine-grained: it reaches private repos
+    /// and writes only where one of them covers the repo, with the access given by --scope.
+    Create {
+        /// The user the token acts for.
+        user: String,
+        /// What the token may do.
+        #[arg(long, value_name = "SCOPE", default_value = "read", value_parser = ["read", "write"])]
+        scope: String,
+        /// Limit the token to this repo: type/namespace/name or namespace/name (a model);
+        /// repeatable.
+        #[arg(long = "repo", value_name = "ID")]
+        repos: Vec<String>,
+        /// Limit the token to the repos of this user or organisation; repeatable.
+        #[arg(long = "namespace", value_name = "NS")]
+        namespaces: Vec<String>,
+        /// A label for the token [default: "created by <admin>"].
+        #[arg(long = "name", value_name = "TEXT")]
+        display_name: Option<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// List a user's tokens (ids and permissions, never secrets).
+    List {
+        /// The user.
+        user: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Revoke a token by its id; it stops working at once.
+    Revoke {
+        /// The token id (from `token create` or `token list`).
+        id: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
 }

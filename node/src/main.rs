@@ -1,10 +1,12 @@
 //! `hubmesh`: the one binary a node operator runs.
 //!
-//! `hubmesh up` starts a node; `hubmesh config print` shows the effective configuration.
+//! `hubmesh up` starts a node; `hubmesh config print` shows the effective configuration;
+//! `hubmesh user|org|token …` manage the accounts of a running node over HTTP (`client`).
 //! This crate is the only place with a CLI, a config file, environment variables and process
 //! concerns (signals, the data-directory lock); the libraries below it take typed config.
 
 mod cli;
+mod client;
 mod config;
 mod datadir;
 mod up;
@@ -40,6 +42,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             print!("{}", config.to_toml()?);
             Ok(())
         }
+        cli::Command::User(command) => client::user(command),
+        cli::Command::Org(command) => client::org(command),
+        cli::Command::Token(command) => client::token(command),
     }
 }
 

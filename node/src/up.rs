@@ -17,6 +17,9 @@ use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often download counts go from memory to disk.
+const FLUSH_PERIOD: Duration = Duration::from_secs(5);
+
 /// How long in-flight HTTP requests may run after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,7 +76,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("start the p2p swarm")?;
 
-    let app = hub_gateway::router(AppState::new(auth.clone(), repos, store, p2p.clone()));
+    let app = hub_gateway::router(AppState::new(
+        auth.clone(),
+        repos.clone(),
+        store,
+        p2p.clone(),
+    ));
+    let flusher = tokio::spawn(flush_downloads_every(
+        repos.clone(),
+        FLUSH_PERIOD,
+        cancel.child_token(),
+    ));
     let http_stop = cancel.child_token();
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -130,10 +143,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = swarm_task.await {
         tracing::warn!(error = %e, "p2p task failed");
     }
+    flusher.await.ok();
+    if let Err(e) = repos.flush_downloads() {
+        tracing::warn!(error = %e, "cannot save download counts");
+    }
     drop(auth);
     drop(data);
     tracing::info!("stopped");
     outcome
+}
+
+/// Persists download counts every `period` until `cancel` fires.
+async fn flush_downloads_every(
+    repos: Arc<hub_repo::Repos>,
+    period: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let repos = repos.clone();
+        match tokio::task::spawn_blocking(move || repos.flush_downloads()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save download counts"),
+            Err(e) => tracing::warn!(error = %e, "download count task failed"),
+        }
+    }
 }
 
 /// SIGINT and SIGTERM, the two ways to ask a node to stop.

@@ -21,6 +21,12 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 struct Args {
     size_mib: u64,
+    /// Run only this section (ingest, rss, read, dedup, micro); all when empty.
+    only: String,
+    /// GiB imported by the memory check.
+    rss_gib: u64,
+    /// Internal: act as the memory-check child, importing this many GiB into this store.
+    rss_child: Option<PathBuf>,
     data: PathBuf,
     out: PathBuf,
 }
@@ -28,6 +34,9 @@ struct Args {
 fn args() -> Result<Args> {
     let mut a = Args {
         size_mib: 1024,
+        only: String::new(),
+        rss_gib: 10,
+        rss_child: None,
         data: PathBuf::from("benches/data"),
         out: PathBuf::from("benches/results/store.md"),
     };
@@ -37,6 +46,9 @@ fn args() -> Result<Args> {
         match flag.as_str() {
             "--size-mib" => a.size_mib = value.parse().context("parse --size-mib")?,
             "--data" => a.data = value.into(),
+            "--only" => a.only = value,
+            "--rss-gib" => a.rss_gib = value.parse().context("parse --rss-gib")?,
+            "--rss-child" => a.rss_child = Some(value.into()),
             "--out" => a.out = value.into(),
             _ => bail!("unknown flag {flag}"),
         }
@@ -70,6 +82,20 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((v, t.elapsed().as_secs_f64()))
 }
 
+/// Best (shortest) of `REPS` runs, to keep other load on the machine out of the numbers.
+const REPS: usize = 3;
+
+fn best<T>(mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
+    let mut out = timed(&mut f)?;
+    for _ in 1..REPS {
+        let (v, t) = timed(&mut f)?;
+        if t < out.1 {
+            out = (v, t);
+        }
+    }
+    Ok(out)
+}
+
 fn peak_rss_mib() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -84,6 +110,9 @@ fn peak_rss_mib() -> String {
 
 fn main() -> Result<()> {
     let a = args()?;
+    if let Some(dir) = &a.rss_child {
+        return rss_child(dir, a.rss_gib);
+    }
     std::fs::create_dir_all(&a.data).context("create data dir")?;
     let work = tempfile::tempdir_in(&a.data).context("create work dir")?;
     let mut md = String::new();
@@ -109,10 +138,22 @@ fn main() -> Result<()> {
         }
         f.sync_all()?;
     }
-    ingest(&mut md, &file, size, work.path())?;
-    read(&mut md, &file, size, work.path())?;
-    dedup(&mut md, work.path())?;
-    micro(&mut md)?;
+    let run = |name: &str| a.only.is_empty() || a.only == name;
+    if run("ingest") {
+        ingest(&mut md, &file, size, work.path())?;
+    }
+    if run("rss") {
+        rss(&mut md, a.rss_gib, work.path())?;
+    }
+    if run("read") {
+        read(&mut md, &file, size, work.path())?;
+    }
+    if run("dedup") {
+        dedup(&mut md, work.path())?;
+    }
+    if run("micro") {
+        micro(&mut md)?;
+    }
 
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -160,23 +201,38 @@ fn ingest(md: &mut String, file: &Path, size: u64, work: &Path) -> Result<()> {
     eprintln!("ingest: warming the page cache");
     sha256_file(file)?; // warm the page cache
     let mb = size as f64 / MIB;
-    let (_, t_sha) = timed(|| sha256_file(file))?;
+    let (_, t_sha) = best(|| sha256_file(file))?;
     eprintln!("ingest: sha256 floor {:.0} MiB/s", mb / t_sha);
 
     let store_dir = work.join("ingest-store");
-    let store = Store::open(&store_dir)?;
-    let (info, t_store) = timed(|| Ok(store.import_path(file)?))?;
+    let (info, t_store) = best(|| {
+        if store_dir.exists() {
+            std::fs::remove_dir_all(&store_dir)?;
+        }
+        let store = Store::open(&store_dir)?;
+        Ok(store.import_path(file)?)
+    })?;
     eprintln!("ingest: hubmesh {:.0} MiB/s", mb / t_store);
     let rss = peak_rss_mib();
-    let (_, t_again) = timed(|| Ok(store.import_path(file)?))?;
+    let store = Store::open(&store_dir)?;
+    let (_, t_again) = best(|| Ok(store.import_path(file)?))?;
     drop(store);
 
     let lfs = git_lfs_clean(file, work)?;
+    // The disk floor: copy the file and fsync it, as a durable import must.
+    let copy = work.join("copy.bin");
+    let (_, t_copy) = best(|| {
+        let mut out = File::create(&copy)?;
+        std::io::copy(&mut File::open(file)?, &mut out)?;
+        out.sync_all()?;
+        Ok(())
+    })?;
+    std::fs::remove_file(&copy)?;
 
     writeln!(md, "## 1. Ingest of a {mb:.0} MiB file\n")?;
     writeln!(
         md,
-        "Random (incompressible) data, read from the page cache. hubmesh computes SHA-256, \
+        "Random (incompressible) data, read from the page cache; best of {REPS} runs each. hubmesh computes SHA-256, \
          BLAKE3, chunk ids and writes blocks in one pass, and fsyncs the blocks and the index \
          before returning. Goal: ≥ 0.7× the SHA-256 floor, faster than `git lfs clean`.\n"
     )?;
@@ -191,6 +247,7 @@ fn ingest(md: &mut String, file: &Path, size: u64, work: &Path) -> Result<()> {
         )
     };
     row(md, "SHA-256 floor (sha2, read + hash)", t_sha)?;
+    row(md, "disk floor: copy the file + fsync", t_copy)?;
     row(md, "hubmesh import (new data, fsynced)", t_store)?;
     row(
         md,
@@ -209,6 +266,75 @@ fn ingest(md: &mut String, file: &Path, size: u64, work: &Path) -> Result<()> {
         size as f64 / info.chunks.max(1) as f64 / 1024.0
     )?;
     std::fs::remove_dir_all(&store_dir)?;
+    Ok(())
+}
+
+/// A reader producing `len` pseudo-random bytes without holding them.
+struct NoiseReader {
+    noise: Noise,
+    left: u64,
+}
+
+impl Read for NoiseReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.left as usize) & !7;
+        let n = if n == 0 {
+            buf.len().min(self.left as usize)
+        } else {
+            n
+        };
+        self.noise.fill(&mut buf[..n]);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The memory-check child: imports `gib` GiB of generated data, prints its peak RSS.
+fn rss_child(dir: &Path, gib: u64) -> Result<()> {
+    let store = Store::open(dir)?;
+    let (info, t) = timed(|| {
+        Ok(store.import_reader(NoiseReader {
+            noise: Noise(3),
+            left: gib << 30,
+        })?)
+    })?;
+    println!("{} {t:.1} {}", peak_rss_mib(), info.chunks);
+    Ok(())
+}
+
+fn rss(md: &mut String, gib: u64, work: &Path) -> Result<()> {
+    eprintln!("rss: importing {gib} GiB in a child process");
+    let dir = work.join("rss-store");
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--rss-gib", &gib.to_string(), "--rss-child"])
+        .arg(&dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run the memory-check child")?;
+    if !out.status.success() {
+        bail!("memory-check child failed: {}", out.status);
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (rss, secs, chunks) = (
+        f.first().copied().unwrap_or("?"),
+        f.get(2).copied().unwrap_or("?"),
+        f.get(3).copied().unwrap_or("?"),
+    );
+    writeln!(
+        md,
+        "## Memory of a {gib} GiB import
+"
+    )?;
+    writeln!(
+        md,
+        "A separate process imports {gib} GiB streamed from a generator (no input file), \
+         fsynced like any import: peak RSS (VmHWM) **{rss} {}**, {} s, {chunks} chunks. \
+         Goal: under 256 MiB.\n",
+        f.get(1).copied().unwrap_or(""),
+        secs
+    )?;
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
@@ -264,13 +390,14 @@ fn read(md: &mut String, file: &Path, size: u64, work: &Path) -> Result<()> {
     // Warm both.
     seq(&mut File::open(file)?, &mut buf)?;
     seq(&mut store.open_file(&sha)?, &mut buf)?;
-    let (_, t_plain) = timed(|| seq(&mut File::open(file)?, &mut buf))?;
-    let (_, t_ver) = timed(|| seq(&mut store.open_file(&sha)?, &mut buf))?;
-    let (_, t_raw) = timed(|| {
+    let (_, t_plain) = best(|| seq(&mut File::open(file)?, &mut buf))?;
+    let (_, t_ver) = best(|| seq(&mut store.open_file(&sha)?, &mut buf))?;
+    let (_, t_raw) = best(|| {
         let mut r = store.open_file(&sha)?;
         r.set_verify(false);
         seq(&mut r, &mut buf)
     })?;
+    let (_, t_open) = best(|| Ok(store.open_file(&sha)?))?;
 
     const RANGE: usize = 10 << 20;
     const RANGES: usize = 100;
@@ -290,9 +417,9 @@ fn read(md: &mut String, file: &Path, size: u64, work: &Path) -> Result<()> {
         }
         Ok(())
     };
-    let (_, r_plain) = timed(|| ranges(&mut File::open(file)?, &mut range))?;
-    let (_, r_ver) = timed(|| ranges(&mut store.open_file(&sha)?, &mut range))?;
-    let (_, r_raw) = timed(|| {
+    let (_, r_plain) = best(|| ranges(&mut File::open(file)?, &mut range))?;
+    let (_, r_ver) = best(|| ranges(&mut store.open_file(&sha)?, &mut range))?;
+    let (_, r_raw) = best(|| {
         let mut r = store.open_file(&sha)?;
         r.set_verify(false);
         ranges(&mut r, &mut range)
@@ -302,7 +429,7 @@ fn read(md: &mut String, file: &Path, size: u64, work: &Path) -> Result<()> {
     writeln!(md, "## 2. Read of a stored {mb:.0} MiB file\n")?;
     writeln!(
         md,
-        "Both from the page cache, 1 MiB reads; random ranges are {RANGES} reads of 10 MiB at \
+        "Both from the page cache, 1 MiB reads, best of {REPS} runs; random ranges are {RANGES} reads of 10 MiB at \
          random offsets (not chunk-aligned). \"verified\" checks every chunk against its BLAKE3 \
          id before returning it (the default); \"unverified\" skips that. Goal: ≥ 0.8× the plain \
          file.\n"
@@ -329,6 +456,12 @@ fn read(md: &mut String, file: &Path, size: u64, work: &Path) -> Result<()> {
         r_plain / r_ver,
         rmb / r_raw,
         r_plain / r_raw
+    )?;
+    writeln!(
+        md,
+        "Opening the stored file (manifest + chunk locations from the index) takes {:.1} ms \
+         of the sequential times above.\n",
+        t_open * 1000.0
     )?;
     drop(store);
     std::fs::remove_dir_all(&store_dir)?;
@@ -396,8 +529,8 @@ fn base_model() -> Vec<Tensor> {
         push(format!("{p}.self_attn.k_proj.weight"), vec![256, 1024]);
         push(format!("{p}.self_attn.v_proj.weight"), vec![256, 1024]);
         push(format!("{p}.self_attn.o_proj.weight"), vec![1024, 1024]);
-        push(format!("{p}.mlp.up_proj.weight"), vec![1536, 1024]);
-        push(format!("{p}.mlp.down_proj.weight"), vec![1024, 1536]);
+        push(format!("{p}.mlp.up_proj.weight"), vec![1152, 1024]);
+        push(format!("{p}.mlp.down_proj.weight"), vec![1024, 1152]);
         push(format!("{p}.input_layernorm.weight"), vec![1024]);
         push(format!("{p}.post_attention_layernorm.weight"), vec![1024]);
     }
@@ -412,12 +545,21 @@ fn dedup(md: &mut String, work: &Path) -> Result<()> {
     let base = base_model();
     let base_bytes: usize = base.iter().map(|t| t.data.len()).sum();
 
-    // Fine-tune: every 4th tensor changed in every value (low mantissa bits perturbed).
+    // Fine-tune: the last 3 of 12 layers and the head bias, 25 of 100 tensors, changed in
+    // every value (low mantissa bits perturbed), as when training the top of a model.
     let mut noise = Noise(11);
     let mut tuned = base.clone();
     let mut changed_bytes = 0;
-    for (i, t) in tuned.iter_mut().enumerate() {
-        if i % 4 == 1 {
+    let mut changed_tensors = 0;
+    for t in tuned.iter_mut() {
+        let top = [
+            "model.layers.9.",
+            "model.layers.10.",
+            "model.layers.11.",
+            "lm_head.",
+        ];
+        if top.iter().any(|p| t.name.starts_with(p)) {
+            changed_tensors += 1;
             let mut delta = noise.bytes(t.data.len());
             for (b, d) in t.data.iter_mut().zip(delta.iter_mut()).step_by(4) {
                 *b ^= *d | 1;
@@ -470,7 +612,7 @@ fn dedup(md: &mut String, work: &Path) -> Result<()> {
     writeln!(
         md,
         "Base: {} tensors, {:.1} MiB of F32 weights (random values), safetensors. The fine-tune \
-         changes every value of every 4th tensor ({:.1}% of the weight bytes). Each row adds \
+         changes every value of {changed_tensors} tensors ({:.1}% of the weight bytes). Each row adds \
          its files to stores that already hold the rows above; cells are the *new* stored \
          bytes (block files, footers included) and their share of the row's file size. \
          git-lfs stores whole files by SHA-256; plain CDC is the same chunker with tensor cuts \

@@ -36,10 +36,12 @@
 
 mod attributes;
 mod lfs;
+mod meta;
 mod repos;
 
 pub use attributes::{DEFAULT_GITATTRIBUTES, LfsRules};
 pub use lfs::{LfsPointer, MAX_POINTER_SIZE};
+pub use meta::RepoMeta;
 pub use repos::{
     Author, CommitInfo, CommitRequest, EntryKind, FileContent, Operation, RefInfo, RepoError,
     Repos, TreeEntry,

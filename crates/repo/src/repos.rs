@@ -6,6 +6,7 @@
 
 use crate::attributes::DEFAULT_GITATTRIBUTES;
 use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
+use crate::meta::{MetaDb, RepoMeta};
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind as GitEntryKind;
@@ -148,6 +149,8 @@ pub enum RepoError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("repository metadata")]
+    Meta(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{context} {path}")]
     Io {
         context: &'static str,
@@ -164,6 +167,10 @@ fn git(context: &'static str) -> impl FnOnce(gix::Error) -> RepoError {
     }
 }
 
+fn meta_err(e: impl std::error::Error + Send + Sync + 'static) -> RepoError {
+    RepoError::Meta(Box::new(e))
+}
+
 fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
     let path = path.to_owned();
     move |source| RepoError::Io {
@@ -177,6 +184,7 @@ fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Repo
 #[derive(Debug)]
 pub struct Repos {
     root: PathBuf,
+    meta: MetaDb,
     locks: Mutex<HashMap<RepoId, Arc<Mutex<()>>>>,
     tmp_counter: AtomicU64,
 }
@@ -190,7 +198,10 @@ impl Repos {
             std::fs::remove_dir_all(&tmp).map_err(io("clear", &tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        let meta = MetaDb::open(&root.join("meta.redb")).map_err(meta_err)?;
+        meta.init().map_err(meta_err)?;
         Ok(Self {
+            meta,
             root,
             locks: Mutex::new(HashMap::new()),
             tmp_counter: AtomicU64::new(0),
@@ -262,8 +273,20 @@ impl Repos {
         Ok(out)
     }
 
-    /// Creates a repository with a first commit holding the default `.gitattributes` on `main`.
+    /// Creates a public repository with a first commit holding the default `.gitattributes` on
+    /// `main`.
     pub fn create(&self, id: &RepoId, author: &Author) -> Result<CommitInfo, RepoError> {
+        self.create_with(id, author, false)
+    }
+
+    /// Creates a repository, private or public. The metadata record is written before the
+    /// repository appears, so a private repo is never visible as public, even after a crash.
+    pub fn create_with(
+        &self,
+        id: &RepoId,
+        author: &Author,
+        private: bool,
+    ) -> Result<CommitInfo, RepoError> {
         let lock = self.lock(id);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let path = self.git_dir(id);
@@ -309,6 +332,15 @@ impl Repos {
                 return Err(e);
             }
         };
+        self.meta
+            .put(
+                id,
+                RepoMeta {
+                    private,
+                    created_at: info.timestamp,
+                },
+            )
+            .map_err(meta_err)?;
         let parent = path.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         std::fs::rename(&tmp, &path).map_err(io("move repository into", &path))?;
@@ -332,7 +364,45 @@ impl Repos {
         ));
         std::fs::rename(&path, &trash).map_err(io("move away", &path))?;
         std::fs::remove_dir_all(&trash).map_err(io("remove", &trash))?;
+        self.meta.remove(id).map_err(meta_err)?;
         Ok(())
+    }
+
+    /// Visibility and creation time. A repository with no record (made by an older version,
+    /// or mid-creation) is private: the safe default.
+    pub fn meta(&self, id: &RepoId) -> Result<RepoMeta, RepoError> {
+        if !self.exists(id) {
+            return Err(RepoError::NotFound { repo: id.clone() });
+        }
+        Ok(self.meta.get(id).map_err(meta_err)?.unwrap_or(RepoMeta {
+            private: true,
+            created_at: 0,
+        }))
+    }
+
+    /// Makes a repository private or public.
+    pub fn set_private(&self, id: &RepoId, private: bool) -> Result<(), RepoError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let meta = self.meta(id)?;
+        self.meta
+            .put(id, RepoMeta { private, ..meta })
+            .map_err(meta_err)
+    }
+
+    /// Counts one download (in memory until [`Repos::flush_downloads`]).
+    pub fn count_download(&self, id: &RepoId) {
+        self.meta.count_download(id);
+    }
+
+    /// Downloads counted so far, flushed or not.
+    pub fn downloads(&self, id: &RepoId) -> Result<u64, RepoError> {
+        self.meta.downloads(id).map_err(meta_err)
+    }
+
+    /// Persists the download counts gathered in memory; returns how many repos changed.
+    pub fn flush_downloads(&self) -> Result<usize, RepoError> {
+        self.meta.flush().map_err(meta_err)
     }
 
     /// The commit a revision names: a branch, a tag, `refs/pr/N`, or a full or short commit id.

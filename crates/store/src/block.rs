@@ -19,7 +19,7 @@
 use crate::error::StoreError;
 use hub_protocol::manifest::{Hash, MAX_CHUNK_LEN};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Upper bound on a block's chunk data.
@@ -28,6 +28,7 @@ pub const MAX_BLOCK_DATA: u64 = 64 * 1024 * 1024;
 pub const MAX_BLOCK_CHUNKS: usize = 8192;
 
 const MAGIC: &[u8; 8] = b"HMBLOCK1";
+const WRITE_BUF: usize = 1 << 20;
 const TRAILER_LEN: u64 = 4 + 8 + 8;
 const ENTRY_LEN: u64 = 36;
 
@@ -49,7 +50,9 @@ pub fn block_path(root: &Path, id: &Hash) -> PathBuf {
 #[derive(Debug)]
 pub struct BlockWriter {
     pub tmp_path: PathBuf,
-    file: File,
+    /// Chunks are ~64 KiB; writing them 1 MiB at a time halves the write syscalls and lets
+    /// the page cache use large folios, which makes reads of the block faster later.
+    file: BufWriter<File>,
     hasher: blake3::Hasher,
     pub entries: Vec<BlockEntry>,
     pub data_len: u64,
@@ -71,7 +74,7 @@ impl BlockWriter {
             File::create_new(&tmp_path).map_err(StoreError::io("create block", &tmp_path))?;
         Ok(Self {
             tmp_path,
-            file,
+            file: BufWriter::with_capacity(WRITE_BUF, file),
             hasher: blake3::Hasher::new(),
             entries: Vec::new(),
             data_len: 0,
@@ -117,11 +120,15 @@ impl BlockWriter {
             .write_all(&footer)
             .map_err(StoreError::io("write block", &self.tmp_path))?;
         self.hasher.update(&footer);
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| StoreError::io("write block", &self.tmp_path)(e.into_error()))?;
         Ok(SealedBlock {
             id: Hash(*self.hasher.finalize().as_bytes()),
             size: self.data_len + footer.len() as u64,
             tmp_path: self.tmp_path,
-            file: self.file,
+            file,
             entries: self.entries,
         })
     }

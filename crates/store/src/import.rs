@@ -1,17 +1,19 @@
 //! Streaming import: one pass over the bytes, spread over threads.
 //!
 //! ```text
-//!            ┌─► sha256 thread ────────────────┐
-//! reader ────┼─► blake3 thread ────────────────┤
-//! (caller)   └─► chunker thread ─► writer ─► sealer (fsync + rename)
-//!                                   │                  │
-//!                                   └──── manifest ────┴─► one redb commit
+//!            ┌─► sha256 thread ──────────────────────────────────────────┐
+//! reader ────┼─► blake3 thread (whole file) ─────────────────────────────┤
+//! (caller)   └─► chunker ─► chunk ids + dedup ─► packer ─► sealer        │
+//!                 (gear)     (BLAKE3, index)    (write,   (fsync,        │
+//!                                  │             block id) rename)       │
+//!                                  └──── manifest ──────────────┴────────┴─► one redb commit
 //! ```
 //!
 //! The caller's thread reads 1 MiB buffers and hands the same `Arc` to three bounded channels,
-//! so the bytes are read once and hashed in parallel: SHA-256 (the slowest hash, even with
-//! SHA-NI) runs alone on its thread, while gear chunking, chunk BLAKE3 and block writes run on
-//! others. Memory is bounded by the channel depths (a few MiB), plus the format prefix
+//! so the bytes are read once and hashed in parallel: SHA-256 (the slowest stage, even with
+//! SHA-NI) runs alone on its thread, while chunking, chunk ids, block writes and fsync run on
+//! others, all connected by bounded channels. On 2 cores the stages share the CPU; the split
+//! keeps any one of them from being the bottleneck. Memory is bounded by the channel depths (a few MiB), plus the format prefix
 //! (at most [`MAX_HEADER`](crate::chunker::format::MAX_HEADER), only for recognised headers).
 //!
 //! Nothing is visible until the final commit: block files are durable (fsync, rename, fsync
@@ -129,7 +131,9 @@ pub(crate) fn import(
                 }
             }
         });
-        let wr_h = s.spawn(move || write_chunks(inner, wr_rx, seal_tx));
+        let (pack_tx, pack_rx) = sync_channel::<(Hash, Piece)>(4 * DEPTH);
+        let wr_h = s.spawn(move || write_chunks(inner, wr_rx, pack_tx));
+        let pack_h = s.spawn(move || pack_blocks(inner, pack_rx, seal_tx));
         let seal_h = s.spawn(move || seal_blocks(inner, seal_rx));
 
         let mut size = 0u64;
@@ -162,12 +166,31 @@ pub(crate) fn import(
         let sha = sha_h.join().map_err(|_| StoreError::WorkerPanic)?;
         let b3 = b3_h.join().map_err(|_| StoreError::WorkerPanic)?;
         ck_h.join().map_err(|_| StoreError::WorkerPanic)?;
-        let written = wr_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        let chunks = wr_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        let new_bytes = pack_h.join().map_err(|_| StoreError::WorkerPanic)?;
         let blocks = seal_h.join().map_err(|_| StoreError::WorkerPanic)?;
         if let Some(e) = read_err {
             return Err(StoreError::Source(e));
         }
-        Ok::<_, StoreError>((size, sha, b3, written?, blocks?))
+        match (chunks, new_bytes, blocks) {
+            (Ok(c), Ok(n), Ok(b)) => Ok((size, sha, b3, (c, n), b)),
+            // A stage that fails hangs up its channels, so the others fail with
+            // `WorkerPanic`; report the stage that failed first.
+            (c, n, b) => {
+                let errs = [c.err(), n.err(), b.err()].into_iter().flatten();
+                let mut first = None;
+                for e in errs {
+                    if first.is_none() || !matches!(e, StoreError::WorkerPanic) {
+                        let cause = !matches!(e, StoreError::WorkerPanic);
+                        first = Some(e);
+                        if cause {
+                            break;
+                        }
+                    }
+                }
+                Err(first.unwrap_or(StoreError::WorkerPanic))
+            }
+        }
     })?;
 
     let (chunks, new_bytes) = written;
@@ -229,88 +252,98 @@ pub(crate) fn import(
     })
 }
 
-/// The writer thread: hashes each chunk, skips those already stored, packs new ones into
-/// blocks. Returns the file's chunk list and the bytes of new chunks written.
+/// Bytes of one chunk: a range of a shared read buffer, or its own copy when the chunk
+/// spans two buffers.
+enum Piece {
+    Shared(Buf, usize, usize),
+    Owned(Vec<u8>),
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Shared(b, start, end) => &b[*start..*end],
+            Piece::Owned(v) => v,
+        }
+    }
+}
+
+/// The chunk-id thread: hashes each chunk and passes on those not stored yet. Returns the
+/// file's chunk list.
 fn write_chunks(
     inner: &Inner,
     rx: Receiver<(Buf, Vec<usize>)>,
-    seal_tx: SyncSender<SealedBlock>,
-) -> Result<(Vec<ChunkRef>, u64), StoreError> {
+    pack_tx: SyncSender<(Hash, Piece)>,
+) -> Result<Vec<ChunkRef>, StoreError> {
     let read = inner.db.begin_read().map_err(StoreError::db)?;
     let committed = read.open_table(CHUNKS).map_err(StoreError::db)?;
-    let mut w = Writer {
-        inner,
-        seal_tx,
-        committed,
-        seen: HashSet::new(),
-        refs: Vec::new(),
-        block: None,
-        new_bytes: 0,
+    let mut seen = HashSet::new();
+    let mut refs = Vec::new();
+    let mut chunk = |piece: Piece| -> Result<(), StoreError> {
+        let id = Hash::of(piece.bytes());
+        refs.push(ChunkRef {
+            id,
+            len: piece.bytes().len() as u32,
+        });
+        if seen.contains(&id) || committed.get(&id.0).map_err(StoreError::db)?.is_some() {
+            return Ok(());
+        }
+        seen.insert(id);
+        // The packer only hangs up after failing; its error is reported by the join.
+        pack_tx
+            .send((id, piece))
+            .map_err(|_| StoreError::WorkerPanic)
     };
     let mut carry: Vec<u8> = Vec::new();
     for (buf, ends) in rx {
         let mut start = 0;
         for end in ends {
             if carry.is_empty() {
-                w.chunk(&buf[start..end])?;
+                chunk(Piece::Shared(buf.clone(), start, end))?;
             } else {
                 carry.extend_from_slice(&buf[start..end]);
-                w.chunk(&carry)?;
-                carry.clear();
+                chunk(Piece::Owned(std::mem::take(&mut carry)))?;
             }
             start = end;
         }
         carry.extend_from_slice(&buf[start..]);
     }
     if !carry.is_empty() {
-        w.chunk(&carry)?;
+        chunk(Piece::Owned(carry))?;
     }
-    if let Some(b) = w.block.take() {
-        w.seal_tx
+    Ok(refs)
+}
+
+/// The packer thread: appends new chunks to block files (write + block hash), and hands each
+/// full block to the sealer. Returns the bytes of new chunks written.
+fn pack_blocks(
+    inner: &Inner,
+    rx: Receiver<(Hash, Piece)>,
+    seal_tx: SyncSender<SealedBlock>,
+) -> Result<u64, StoreError> {
+    let mut block: Option<BlockWriter> = None;
+    let mut new_bytes = 0;
+    for (id, piece) in rx {
+        let data = piece.bytes();
+        if let Some(full) = block.take_if(|b| !b.fits(data.len())) {
+            // The sealer only hangs up after failing; its error is reported by the join.
+            seal_tx
+                .send(full.seal()?)
+                .map_err(|_| StoreError::WorkerPanic)?;
+        }
+        let b = match &mut block {
+            Some(b) => b,
+            None => block.insert(BlockWriter::create(inner.tmp_path())?),
+        };
+        b.push(id, data)?;
+        new_bytes += data.len() as u64;
+    }
+    if let Some(b) = block {
+        seal_tx
             .send(b.seal()?)
             .map_err(|_| StoreError::WorkerPanic)?;
     }
-    Ok((w.refs, w.new_bytes))
-}
-
-struct Writer<'a> {
-    inner: &'a Inner,
-    seal_tx: SyncSender<SealedBlock>,
-    committed: redb::ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
-    seen: HashSet<Hash>,
-    refs: Vec<ChunkRef>,
-    block: Option<BlockWriter>,
-    new_bytes: u64,
-}
-
-impl Writer<'_> {
-    fn chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        let id = Hash::of(chunk);
-        self.refs.push(ChunkRef {
-            id,
-            len: chunk.len() as u32,
-        });
-        if self.seen.contains(&id) || self.committed.get(&id.0).map_err(StoreError::db)?.is_some() {
-            return Ok(());
-        }
-        self.seen.insert(id);
-        if let Some(full) = self.block.take_if(|b| !b.fits(chunk.len())) {
-            let full = full.seal()?;
-            // The sealer only hangs up after failing; its error is reported by the join.
-            if self.seal_tx.send(full).is_err() {
-                return Err(StoreError::WorkerPanic);
-            }
-        }
-        let block = match &mut self.block {
-            Some(b) => b,
-            None => self
-                .block
-                .insert(BlockWriter::create(self.inner.tmp_path())?),
-        };
-        block.push(id, chunk)?;
-        self.new_bytes += chunk.len() as u64;
-        Ok(())
-    }
+    Ok(new_bytes)
 }
 
 /// The sealer thread: makes each block durable under its final name. Runs beside the writer

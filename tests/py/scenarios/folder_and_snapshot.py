@@ -14,7 +14,7 @@ api.create_repo("folder")
 work = Path(os.environ["SCENARIO_WORKDIR"])
 folder = work / "model"
 (folder / "configs").mkdir(parents=True)
-for i in range(60):
+for i in range(200):
     (folder / "configs" / f"c{i:03}.json").write_text(f'{{"i": {i}}}')
 (folder / "README.md").write_text("---\nlicense: mit\ntags: [test]\n---\n# A model\n")
 weights = {f"w{i}.bin": os.urandom(200_000 + i) for i in range(3)}
@@ -22,7 +22,7 @@ for name, data in weights.items():
     (folder / name).write_bytes(data)
 api.upload_folder(folder_path=str(folder), repo_id=repo)
 files = api.list_repo_files(repo)
-assert len(files) == 1 + 60 + 1 + 3, len(files)
+assert len(files) == 1 + 200 + 1 + 3, len(files)
 lfs = {e.path for e in api.list_repo_tree(repo) if getattr(e, "lfs", None)}
 assert lfs == set(weights), lfs
 snap = Path(snapshot_download(repo, allow_patterns=["*.bin", "README.md"]))

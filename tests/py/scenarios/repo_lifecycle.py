@@ -29,4 +29,27 @@ try:
 except RepositoryNotFoundError:
     pass
 api.delete_repo(f"{user}/m1", missing_ok=True)
+
+# Private repos: visible to the owner, the same RepositoryNotFoundError as a missing repo to
+# anyone else, on every route; visibility can be changed.
+priv = f"{user}/ds-private"
+api.create_repo(priv, repo_type="dataset", private=True)
+assert api.dataset_info(priv).private is True
+anon = HfApi(token=False)
+for call in (
+    lambda: anon.dataset_info(priv),
+    lambda: anon.list_repo_files(priv, repo_type="dataset"),
+    lambda: anon.list_repo_refs(priv, repo_type="dataset"),
+    lambda: anon.list_repo_commits(priv, repo_type="dataset"),
+):
+    try:
+        call()
+        raise SystemExit("private repo leaked to an anonymous caller")
+    except RepositoryNotFoundError:
+        pass
+assert not anon.repo_exists(priv, repo_type="dataset")
+api.update_repo_settings(priv, repo_type="dataset", private=False)
+assert anon.dataset_info(priv).private is False
+api.update_repo_settings(priv, repo_type="dataset", private=True)
+assert not anon.repo_exists(priv, repo_type="dataset")
 print("ok")

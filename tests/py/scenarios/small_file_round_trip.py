@@ -26,4 +26,15 @@ assert f"snapshots/{commit.oid}/sub/hello.txt" in path, path
 assert os.path.realpath(path).endswith(f"blobs/{git_sha1}")
 files = api.list_repo_files(repo)
 assert sorted(files) == [".gitattributes", "sub/hello.txt"], files
+
+# Download counting: requests for the query file config.json count, other files do not.
+assert api.model_info(repo).downloads == 0
+api.upload_file(path_or_fileobj=b'{"model_type": "llama"}', path_in_repo="config.json", repo_id=repo)
+hf_hub_download(repo, "sub/hello.txt", force_download=True)
+assert api.model_info(repo).downloads == 0, "non-query files do not count"
+hf_hub_download(repo, "config.json")
+first = api.model_info(repo).downloads
+assert first >= 1, first
+hf_hub_download(repo, "config.json", force_download=True)
+assert api.model_info(repo).downloads > first
 print("ok")

@@ -366,3 +366,45 @@ fn delete_repo_and_unknown_repo() {
     assert!(matches!(repos.delete(&id), Err(RepoError::NotFound { .. })));
     repos.create(&id, &author()).unwrap();
 }
+
+#[test]
+fn visibility_and_download_counts_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = RepoId::parse(RepoType::Model, "alice/pub").unwrap();
+    let private = RepoId::parse(RepoType::Dataset, "alice/priv").unwrap();
+    {
+        let repos = Repos::open(dir.path()).unwrap();
+        repos.create(&public, &author()).unwrap();
+        repos.create_with(&private, &author(), true).unwrap();
+        assert!(!repos.meta(&public).unwrap().private);
+        assert!(repos.meta(&private).unwrap().private);
+        assert!(repos.meta(&public).unwrap().created_at > 1_600_000_000);
+        for _ in 0..3 {
+            repos.count_download(&public);
+        }
+        assert_eq!(
+            repos.downloads(&public).unwrap(),
+            3,
+            "pending counts are visible"
+        );
+        assert_eq!(repos.flush_downloads().unwrap(), 1);
+        repos.count_download(&public);
+        repos.flush_downloads().unwrap();
+        repos.set_private(&public, true).unwrap();
+    }
+    let repos = Repos::open(dir.path()).unwrap();
+    assert_eq!(repos.downloads(&public).unwrap(), 4);
+    assert!(repos.meta(&public).unwrap().private);
+    repos.delete(&public).unwrap();
+    assert!(matches!(
+        repos.meta(&public),
+        Err(RepoError::NotFound { .. })
+    ));
+    repos.create(&public, &author()).unwrap();
+    assert_eq!(
+        repos.downloads(&public).unwrap(),
+        0,
+        "a re-created repo starts from zero"
+    );
+    assert!(!repos.meta(&public).unwrap().private);
+}

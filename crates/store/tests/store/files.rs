@@ -1,6 +1,6 @@
 //! Import, read back, ranges, dedup and tensor-aware chunking through the public API.
 
-use crate::util::{noise, safetensors, sha256};
+use crate::util::{gguf, noise, safetensors, sha256};
 use hub_store::{AsyncStore, Hash, Sha256, Store, StoreError};
 use proptest::prelude::*;
 use std::io::{Read, Seek, SeekFrom};
@@ -135,6 +135,37 @@ fn hostile_header_falls_back_to_plain_cdc() {
         assert!(!info.tensor_aware);
         assert_eq!(read_all(&store, &info.sha256), data);
     }
+}
+
+#[test]
+fn gguf_tensors_dedup_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let t: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("blk.{i}.ffn_up.weight"),
+                noise(100 + i, 200_000 + i as usize * 999),
+            )
+        })
+        .collect();
+    let a = store.import_reader(&gguf(&t)[..]).unwrap();
+    assert!(a.tensor_aware);
+    // Renamed tensors and one changed: only the header and the changed tensor are new.
+    let mut t2: Vec<(String, Vec<u8>)> = t
+        .iter()
+        .map(|(n, d)| (format!("model.{n}"), d.clone()))
+        .collect();
+    t2[2].1 = noise(999, t2[2].1.len());
+    let file = gguf(&t2);
+    let b = store.import_reader(&file[..]).unwrap();
+    assert!(b.tensor_aware);
+    assert!(
+        b.new_bytes <= t2[2].1.len() as u64 + 4096,
+        "{}",
+        b.new_bytes
+    );
+    assert_eq!(read_all(&store, &b.sha256), file);
 }
 
 #[tokio::test]

@@ -45,3 +45,32 @@ pub fn safetensors(tensors: &[(String, Vec<u8>)]) -> Vec<u8> {
     }
     out
 }
+
+/// A GGUF v3 file: one metadata string, then `tensors` (name, bytes) at 32-byte alignment.
+pub fn gguf(tensors: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut v = b"GGUF".to_vec();
+    v.extend_from_slice(&3u32.to_le_bytes());
+    v.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    v.extend_from_slice(&1u64.to_le_bytes());
+    let string = |v: &mut Vec<u8>, s: &str| {
+        v.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        v.extend_from_slice(s.as_bytes());
+    };
+    string(&mut v, "general.name");
+    v.extend_from_slice(&8u32.to_le_bytes());
+    string(&mut v, "test model");
+    let mut offset = 0u64;
+    for (name, data) in tensors {
+        string(&mut v, name);
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        v.extend_from_slice(&24u32.to_le_bytes()); // I8
+        v.extend_from_slice(&offset.to_le_bytes());
+        offset += (data.len() as u64).div_ceil(32) * 32;
+    }
+    for (_, data) in tensors {
+        v.resize(v.len().div_ceil(32) * 32, 0);
+        v.extend_from_slice(data);
+    }
+    v
+}

@@ -1,0 +1,169 @@
+//! Repository metadata that is not git: visibility, creation time, download counts.
+//!
+//! Kept in one redb database beside the repositories (`ROOT/meta.redb`), keyed by the repo id
+//! (`type/ns/name`). Visibility and creation time are written in their own transaction when
+//! they change (rare, acknowledged writes). Downloads are counted in memory and flushed in one
+//! transaction by [`crate::Repos::flush_downloads`] (the node calls it every few seconds and at
+//! shutdown): a download count is a statistic, not an acknowledged write, and a redb commit per
+//! download request would put an fsync on the download path.
+
+use hub_protocol::repo::RepoId;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos");
+const DOWNLOADS: TableDefinition<&str, u64> = TableDefinition::new("downloads");
+
+/// What the metadata database knows about one repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RepoMeta {
+    pub private: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+impl RepoMeta {
+    fn encode(self) -> [u8; 9] {
+        let mut out = [0u8; 9];
+        out[0] = u8::from(self.private);
+        out[1..].copy_from_slice(&self.created_at.to_le_bytes());
+        out
+    }
+
+    /// Decodes a record; `None` for bytes this version did not write.
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (flag, time) = bytes.split_first()?;
+        Some(Self {
+            private: *flag == 1,
+            created_at: i64::from_le_bytes(time.try_into().ok()?),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct MetaDb {
+    db: Database,
+    pending: Mutex<HashMap<String, u64>>,
+}
+
+pub(crate) type MetaResult<T> = Result<T, redb::Error>;
+
+impl MetaDb {
+    pub(crate) fn open(path: &Path) -> Result<Self, redb::DatabaseError> {
+        let db = Database::create(path)?;
+        Ok(Self {
+            db,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn init(&self) -> MetaResult<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(REPOS)?;
+        tx.open_table(DOWNLOADS)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, id: &RepoId) -> MetaResult<Option<RepoMeta>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REPOS)?;
+        Ok(table
+            .get(id.to_string().as_str())?
+            .and_then(|v| RepoMeta::decode(v.value())))
+    }
+
+    pub(crate) fn put(&self, id: &RepoId, meta: RepoMeta) -> MetaResult<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(REPOS)?
+            .insert(id.to_string().as_str(), meta.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, id: &RepoId) -> MetaResult<()> {
+        let key = id.to_string();
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        let tx = self.db.begin_write()?;
+        tx.open_table(REPOS)?.remove(key.as_str())?;
+        tx.open_table(DOWNLOADS)?.remove(key.as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn count_download(&self, id: &RepoId) {
+        *self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.to_string())
+            .or_default() += 1;
+    }
+
+    pub(crate) fn downloads(&self, id: &RepoId) -> MetaResult<u64> {
+        let key = id.to_string();
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        let tx = self.db.begin_read()?;
+        let stored = tx
+            .open_table(DOWNLOADS)?
+            .get(key.as_str())?
+            .map_or(0, |v| v.value());
+        Ok(stored.saturating_add(pending))
+    }
+
+    /// Writes the pending counts in one transaction; returns how many repos changed.
+    pub(crate) fn flush(&self) -> MetaResult<usize> {
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let result = (|| {
+            let tx = self.db.begin_write()?;
+            {
+                let mut table = tx.open_table(DOWNLOADS)?;
+                for (key, n) in &pending {
+                    let old = table.get(key.as_str())?.map_or(0, |v| v.value());
+                    table.insert(key.as_str(), old.saturating_add(*n))?;
+                }
+            }
+            tx.commit()?;
+            Ok(pending.len())
+        })();
+        if result.is_err() {
+            // Keep the counts for the next flush rather than losing them.
+            let mut guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, n) in pending {
+                *guard.entry(key).or_default() += n;
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trip_and_garbage() {
+        let m = RepoMeta {
+            private: true,
+            created_at: 1_700_000_000,
+        };
+        assert_eq!(RepoMeta::decode(&m.encode()), Some(m));
+        assert_eq!(RepoMeta::decode(&[]), None);
+        assert_eq!(RepoMeta::decode(&[1, 2, 3]), None);
+    }
+}

@@ -1,0 +1,491 @@
+//! Streaming reader for the Hub's NDJSON commit body.
+//!
+//! `huggingface_hub` sends file content inline, base64 in a JSON string, when preupload says
+//! `regular` — which this gateway answers for every file, so that clients with Xet enabled can
+//! upload at all (see the `hub` module). A single `file` line can then be gigabytes long. Lines
+//! up to [`SMALL_LINE`] bytes are buffered and parsed with serde; a longer line must be a `file`
+//! line whose `content` comes first (as every `huggingface_hub` version writes it), and its
+//! content is base64-decoded as it arrives and streamed straight into the chunk store. Memory
+//! stays at a few body frames whatever the file size.
+
+use crate::error::AppError;
+use axum::body::Body;
+use base64::Engine;
+use futures::StreamExt;
+use hub_store::{FileInfo, Store};
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Lines up to this size are parsed whole.
+pub(crate) const SMALL_LINE: usize = 1024 * 1024;
+
+/// One line of the body: a small line to parse, or a big `file` line already in the store.
+#[derive(Debug)]
+pub(crate) enum Line {
+    Small(Vec<u8>),
+    StoredFile { path: String, info: FileInfo },
+}
+
+fn bad(msg: impl Into<String>) -> AppError {
+    AppError::BadRequest(msg.into())
+}
+
+/// Reads the whole body into lines, streaming big file lines into `store`. `max_total` bounds
+/// the body; `max_lines` bounds the number of lines (each small line is kept until the commit).
+pub(crate) async fn read_lines(
+    body: Body,
+    store: Store,
+    max_total: u64,
+    max_lines: usize,
+) -> Result<Vec<Line>, AppError> {
+    let mut stream = body.into_data_stream();
+    let mut lines = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut big: Option<BigLine> = None;
+    let mut total: u64 = 0;
+    while let Some(frame) = stream.next().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                drop(big.take());
+                return Err(bad(format!("reading the commit body failed: {e}")));
+            }
+        };
+        total = total.saturating_add(frame.len() as u64);
+        if total > max_total {
+            drop(big.take());
+            return Err(AppError::PayloadTooLarge(format!(
+                "commit body exceeds {max_total} bytes"
+            )));
+        }
+        let mut data: &[u8] = &frame;
+        while !data.is_empty() {
+            if let Some(b) = big.as_mut() {
+                let (used, done) = b.feed(data).await?;
+                data = &data[used..];
+                if done {
+                    let finished = big.take().map(BigLine::finish);
+                    if let Some(f) = finished {
+                        lines.push(f.await?);
+                    }
+                }
+                continue;
+            }
+            // Never buffer more than SMALL_LINE + 1 bytes of one line, whatever the framing.
+            let room = (SMALL_LINE + 1).saturating_sub(buf.len()).max(1);
+            let window = &data[..data.len().min(room)];
+            match window.iter().position(|&c| c == b'\n') {
+                Some(i) => {
+                    buf.extend_from_slice(&window[..i]);
+                    data = &data[i + 1..];
+                    if !buf.iter().all(u8::is_ascii_whitespace) {
+                        lines.push(Line::Small(std::mem::take(&mut buf)));
+                    }
+                    buf.clear();
+                }
+                None => {
+                    buf.extend_from_slice(window);
+                    data = &data[window.len()..];
+                    if buf.len() > SMALL_LINE {
+                        let mut started = BigLine::start(&buf, store.clone())?;
+                        buf.clear();
+                        let pending = std::mem::take(&mut started.leftover);
+                        let (used, done) = started.feed(&pending).await?;
+                        big = Some(started);
+                        if done {
+                            // The line ended inside what was buffered: hand back the rest.
+                            let rest = pending[used..].to_vec();
+                            let finished = big.take().map(BigLine::finish);
+                            if let Some(f) = finished {
+                                lines.push(f.await?);
+                            }
+                            buf = rest;
+                        }
+                    }
+                }
+            }
+            if lines.len() > max_lines {
+                drop(big.take());
+                return Err(bad(format!("commit has more than {max_lines} lines")));
+            }
+        }
+    }
+    if big.take().is_some() {
+        return Err(bad("commit body ends inside a file line"));
+    }
+    if !buf.iter().all(u8::is_ascii_whitespace) {
+        lines.push(Line::Small(buf));
+    }
+    Ok(lines)
+}
+
+/// Skips JSON whitespace.
+fn ws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// Expects `lit` at `i` (after whitespace); returns the index after it.
+fn expect(s: &[u8], i: usize, lit: &[u8]) -> Option<usize> {
+    let i = ws(s, i);
+    s.get(i..i + lit.len())
+        .filter(|got| *got == lit)
+        .map(|_| i + lit.len())
+}
+
+/// The prefix of a big line: `{"key": "file", "value": {"content": "`. Returns the index of
+/// the first content character.
+fn content_start(prefix: &[u8]) -> Option<usize> {
+    let mut i = expect(prefix, 0, b"{")?;
+    i = expect(prefix, i, b"\"key\"")?;
+    i = expect(prefix, i, b":")?;
+    i = expect(prefix, i, b"\"file\"")?;
+    i = expect(prefix, i, b",")?;
+    i = expect(prefix, i, b"\"value\"")?;
+    i = expect(prefix, i, b":")?;
+    i = expect(prefix, i, b"{")?;
+    i = expect(prefix, i, b"\"content\"")?;
+    i = expect(prefix, i, b":")?;
+    expect(prefix, i, b"\"")
+}
+
+type Chunk = Result<Vec<u8>, std::io::Error>;
+
+/// A `Read` over chunks sent from the async side. The end of the channel is the end of the
+/// file only if the sender did not abort: an aborted line must fail its import, never commit
+/// a truncated file.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    current: Vec<u8>,
+    pos: usize,
+    aborted: Arc<AtomicBool>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None if self.aborted.load(Ordering::SeqCst) => {
+                    return Err(std::io::Error::other("commit body aborted"));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+enum Phase {
+    /// Inside the base64 string; `escape` after a backslash.
+    Content { escape: bool },
+    /// After the closing quote, up to the newline.
+    Tail,
+}
+
+/// A `file` line too long to buffer, streaming into the store.
+struct BigLine {
+    phase: Phase,
+    /// Base64 characters not yet decoded (fewer than 4 after each feed).
+    b64: Vec<u8>,
+    tail: Vec<u8>,
+    /// Bytes of the started line after the content's opening quote, fed on start.
+    leftover: Vec<u8>,
+    tx: Option<tokio::sync::mpsc::Sender<Chunk>>,
+    aborted: Arc<AtomicBool>,
+    import: Option<tokio::task::JoinHandle<Result<FileInfo, hub_store::StoreError>>>,
+    finished: bool,
+}
+
+impl Drop for BigLine {
+    /// A line dropped before [`BigLine::finish`] (bad content, a body error, a client that went
+    /// away) must not leave a truncated file behind: the reader turns the end of the channel
+    /// into an error, so `import_reader` fails and records nothing.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.aborted.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl BigLine {
+    fn start(prefix: &[u8], store: Store) -> Result<Self, AppError> {
+        let at = content_start(prefix).ok_or_else(|| {
+            bad(format!(
+                "a commit line longer than {SMALL_LINE} bytes must be a file line with its content first"
+            ))
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(8);
+        let aborted = Arc::new(AtomicBool::new(false));
+        let reader = ChannelReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+            aborted: aborted.clone(),
+        };
+        let import = tokio::task::spawn_blocking(move || store.import_reader(reader));
+        Ok(Self {
+            phase: Phase::Content { escape: false },
+            b64: Vec::with_capacity(256 * 1024),
+            tail: Vec::new(),
+            leftover: prefix[at..].to_vec(),
+            tx: Some(tx),
+            aborted,
+            import: Some(import),
+            finished: false,
+        })
+    }
+
+    /// Consumes bytes of the line; returns how many were used and whether the line ended.
+    async fn feed(&mut self, data: &[u8]) -> Result<(usize, bool), AppError> {
+        let mut i = 0;
+        while i < data.len() {
+            match &mut self.phase {
+                Phase::Content { escape } => {
+                    if *escape {
+                        if data[i] != b'/' {
+                            return Err(bad("file content may only escape '/'"));
+                        }
+                        *escape = false;
+                        self.b64.push(b'/');
+                        i += 1;
+                        continue;
+                    }
+                    // Take the run up to the next quote or backslash in one go.
+                    let run_end = data[i..]
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\')
+                        .map_or(data.len(), |p| i + p);
+                    let run = &data[i..run_end];
+                    if !run
+                        .iter()
+                        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
+                    {
+                        return Err(bad("file content is not base64"));
+                    }
+                    self.b64.extend_from_slice(run);
+                    i = run_end;
+                    if self.b64.len() >= 256 * 1024 {
+                        self.decode(false).await?;
+                    }
+                    if i < data.len() {
+                        let c = data[i];
+                        i += 1;
+                        if c == b'\\' {
+                            if let Phase::Content { escape } = &mut self.phase {
+                                *escape = true;
+                            }
+                        } else {
+                            self.decode(true).await?;
+                            self.phase = Phase::Tail;
+                        }
+                    }
+                }
+                Phase::Tail => {
+                    if let Some(nl) = data[i..].iter().position(|&c| c == b'\n') {
+                        self.tail.extend_from_slice(&data[i..i + nl]);
+                        return Ok((i + nl + 1, true));
+                    }
+                    self.tail.extend_from_slice(&data[i..]);
+                    if self.tail.len() > 64 * 1024 {
+                        return Err(bad("file line has too much after its content"));
+                    }
+                    return Ok((data.len(), false));
+                }
+            }
+        }
+        Ok((data.len(), false))
+    }
+
+    /// Decodes whole base64 quads (all of them when `last`) and sends them to the import.
+    async fn decode(&mut self, last: bool) -> Result<(), AppError> {
+        let n = if last {
+            self.b64.len()
+        } else {
+            self.b64.len() / 4 * 4
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&self.b64[..n])
+            .map_err(|e| bad(format!("file content is not valid base64: {e}")))?;
+        self.b64.drain(..n);
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| AppError::internal("file line already finished"))?;
+        tx.send(Ok(decoded))
+            .await
+            .map_err(|_| AppError::internal("the store import stopped early"))?;
+        Ok(())
+    }
+
+    /// Ends the line: closes the import and parses what followed the content.
+    async fn finish(mut self) -> Result<Line, AppError> {
+        self.finished = true;
+        drop(self.tx.take());
+        let tail = std::mem::take(&mut self.tail);
+        let import = self
+            .import
+            .take()
+            .ok_or_else(|| AppError::internal("file line already finished"))?;
+        let info = import
+            .await
+            .map_err(AppError::internal)?
+            .map_err(AppError::from)?;
+        // The tail is `, "path": "…", "encoding": "base64"}}`: the rest of the value object,
+        // then the line's closing brace.
+        let tail = String::from_utf8(tail).map_err(|_| bad("file line is not UTF-8"))?;
+        let inner = tail
+            .trim()
+            .strip_suffix('}')
+            .map(str::trim_end)
+            .and_then(|t| t.strip_prefix(','))
+            .ok_or_else(|| bad("malformed file line after its content"))?;
+        #[derive(serde::Deserialize)]
+        struct Rest {
+            path: String,
+            encoding: Option<String>,
+        }
+        let rest: Rest = serde_json::from_str(&format!("{{{inner}"))
+            .map_err(|e| bad(format!("malformed file line after its content: {e}")))?;
+        if rest.encoding.as_deref() != Some("base64") {
+            return Err(bad("a long file line must be base64-encoded"));
+        }
+        Ok(Line::StoredFile {
+            path: rest.path,
+            info,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    fn body_in_chunks(data: Vec<u8>, chunk: usize) -> Body {
+        let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+            data.chunks(chunk.max(1)).map(|c| Ok(c.to_vec())).collect();
+        Body::from_stream(stream::iter(parts))
+    }
+
+    fn file_line(path: &str, content: &[u8]) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+        // Exactly as Python's json.dumps writes it.
+        format!(
+            "{{\"key\": \"file\", \"value\": {{\"content\": \"{b64}\", \"path\": \"{path}\", \"encoding\": \"base64\"}}}}\n"
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn big_lines_stream_into_the_store_whatever_the_chunking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut body = b"{\"key\": \"header\", \"value\": {\"summary\": \"s\"}}\n".to_vec();
+        body.extend(file_line("w/model.bin", &content));
+        body.extend(file_line("small.txt", b"tiny"));
+        for chunk in [1000, 65_536, 777_777, 10_000_000] {
+            let lines = read_lines(
+                body_in_chunks(body.clone(), chunk),
+                store.clone(),
+                u64::MAX,
+                100,
+            )
+            .await
+            .unwrap();
+            assert_eq!(lines.len(), 3, "chunk {chunk}");
+            assert!(matches!(&lines[0], Line::Small(_)));
+            match &lines[1] {
+                Line::StoredFile { path, info } => {
+                    assert_eq!(path, "w/model.bin");
+                    assert_eq!(info.size, content.len() as u64);
+                    let mut back = Vec::new();
+                    store
+                        .open_file(&info.sha256)
+                        .unwrap()
+                        .read_to_end(&mut back)
+                        .unwrap();
+                    assert_eq!(back, content);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(&lines[2], Line::Small(l) if l.ends_with(b"}}")));
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_big_lines_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = "A".repeat(SMALL_LINE + 10);
+        let cases = vec![
+            // Not a file line.
+            format!("{{\"key\": \"lfsFile\", \"value\": {{\"content\": \"{big}\"}}}}\n"),
+            // Content not first.
+            format!(
+                "{{\"key\": \"file\", \"value\": {{\"path\": \"a\", \"content\": \"{big}\"}}}}\n"
+            ),
+            // Not base64.
+            format!(
+                "{{\"key\": \"file\", \"value\": {{\"content\": \"{big}!!\", \"path\": \"a\", \"encoding\": \"base64\"}}}}\n"
+            ),
+            // Truncated.
+            format!("{{\"key\": \"file\", \"value\": {{\"content\": \"{big}"),
+        ];
+        for case in cases {
+            match read_lines(
+                body_in_chunks(case.into_bytes(), 65_536),
+                store.clone(),
+                u64::MAX,
+                10,
+            )
+            .await
+            {
+                Ok(lines) => panic!("accepted a malformed line ({} lines)", lines.len()),
+                Err(err) => assert!(matches!(err, AppError::BadRequest(_)), "{err:?}"),
+            }
+        }
+        assert!(
+            store.files().unwrap().is_empty(),
+            "nothing half-imported is visible"
+        );
+        // A complete content with a bad tail is refused too (its bytes are stored but
+        // referenced by nothing, so gc removes them).
+        let missing_path = format!(
+            "{{\"key\": \"file\", \"value\": {{\"content\": \"{big}\", \"encoding\": \"base64\"}}}}\n"
+        );
+        match read_lines(
+            body_in_chunks(missing_path.into_bytes(), 65_536),
+            store.clone(),
+            u64::MAX,
+            10,
+        )
+        .await
+        {
+            Ok(lines) => panic!("accepted a file line without path ({} lines)", lines.len()),
+            Err(err) => assert!(matches!(err, AppError::BadRequest(_)), "{err:?}"),
+        }
+        let too_big = read_lines(
+            body_in_chunks(vec![b'x'; 5000], 100),
+            store.clone(),
+            4000,
+            10,
+        )
+        .await;
+        assert!(matches!(too_big, Err(AppError::PayloadTooLarge(_))));
+    }
+}

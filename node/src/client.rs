@@ -1,0 +1,296 @@
+//! Commands that talk to a running node over HTTP: `user`, `org` and `token`.
+//!
+//! They find the node through its data directory (`node.json` gives the HTTP address,
+//! `admin.token` the site admin's token), or take `--node URL --token TOKEN`, and call the
+//! gateway's `/api/admin/` routes. Results go to stdout (`--json`: the node's JSON answer),
+//! progress and errors to stderr. A token secret is printed once, by `token create`, and
+//! nowhere else.
+
+use crate::cli::{ClientFlags, MemberCommand, OrgCommand, TokenCommand, UserCommand};
+use crate::datadir::ADMIN_TOKEN_FILE;
+use anyhow::{Context, bail};
+use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An authenticated connection to a node's admin API.
+struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    fn new(flags: &ClientFlags) -> anyhow::Result<Self> {
+        let data = flags
+            .data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./hubmesh-data"));
+        let base = match &flags.node {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", read_node_info(&data)?.http),
+        };
+        let token = match &flags.token {
+            Some(t) => t.trim().to_owned(),
+            None => read_admin_token(&data)?,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(TIMEOUT))
+            .build()
+            .into();
+        Ok(Self { base, token, agent })
+    }
+
+    /// Sends `method path` with an optional JSON body; the JSON answer on 2xx, else an error
+    /// carrying the node's message.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let sent = match (method, body) {
+            ("POST", Some(body)) => self
+                .agent
+                .post(&url)
+                .header("authorization", &auth)
+                .send_json(body),
+            ("GET", None) => self.agent.get(&url).header("authorization", &auth).call(),
+            ("DELETE", None) => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
+            _ => bail!("unsupported request {method} {path}"),
+        };
+        let mut response = sent.map_err(|e| {
+            anyhow::anyhow!(e).context(format!(
+                "cannot reach the node at {}: is it running? (a node.json left by a killed \
+                 node names an address nobody serves)",
+                self.base
+            ))
+        })?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("read the answer to {method} {path}"))?;
+        let value: Option<Value> = serde_json::from_str(&text).ok();
+        if !status.is_success() {
+            let message = value
+                .as_ref()
+                .and_then(|v| v["error"].as_str())
+                .map_or_else(|| text.chars().take(200).collect(), str::to_owned);
+            let hint = match status.as_u16() {
+                401 => " (the token is not valid: pass a site admin's write token)",
+                403 => " (this needs a site admin's write token)",
+                _ => "",
+            };
+            bail!("{method} {path}: the node answered {status}: {message}{hint}");
+        }
+        value.with_context(|| format!("{method} {path}: the node's answer is not JSON"))
+    }
+}
+
+fn read_node_info(data: &Path) -> anyhow::Result<NodeInfo> {
+    let path = data.join(NODE_INFO_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no running node found: {} does not exist (start one with `hubmesh up --data {}`, \
+             or pass --node URL --token TOKEN)",
+            path.display(),
+            data.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+}
+
+fn read_admin_token(data: &Path) -> anyhow::Result<String> {
+    let path = data.join(ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "read the admin token from {} (pass --token TOKEN to use another)",
+            path.display()
+        )
+    })?;
+    Ok(token.trim().to_owned())
+}
+
+/// Path segments are names the gateway validates; still, never let one add a segment.
+fn segment(s: &str) -> anyhow::Result<&str> {
+    if s.is_empty() || s.contains(['/', '?', '#', '%']) || s.chars().any(char::is_whitespace) {
+        bail!("{s:?} is not a valid name or id");
+    }
+    Ok(s)
+}
+
+/// Prints `value` as JSON when asked to, else `text`.
+fn output(flags: &ClientFlags, value: &Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if flags.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+pub fn user(command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add {
+            name,
+            fullname,
+            client: flags,
+        } => {
+            let v = Client::new(&flags)?.call(
+                "POST",
+                "/api/admin/users",
+                Some(&json!({ "name": name, "fullname": fullname })),
+            )?;
+            output(&flags, &v, || {
+                format!("created user {}", v["name"].as_str().unwrap_or(&name))
+            })
+        }
+    }
+}
+
+pub fn org(command: OrgCommand) -> anyhow::Result<()> {
+    match command {
+        OrgCommand::Add {
+            name,
+            fullname,
+            client: flags,
+        } => {
+            let v = Client::new(&flags)?.call(
+                "POST",
+                "/api/admin/orgs",
+                Some(&json!({ "name": name, "fullname": fullname })),
+            )?;
+            output(&flags, &v, || {
+                format!(
+                    "created organisation {}",
+                    v["name"].as_str().unwrap_or(&name)
+                )
+            })
+        }
+        OrgCommand::Member(MemberCommand::Add {
+            org,
+            user,
+            role,
+            client: flags,
+        }) => {
+            let path = format!("/api/admin/orgs/{}/members", segment(&org)?);
+            let v = Client::new(&flags)?.call(
+                "POST",
+                &path,
+                Some(&json!({ "user": user, "role": role })),
+            )?;
+            output(&flags, &v, || format!("{user} is now {role} in {org}"))
+        }
+    }
+}
+
+pub fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            user,
+            scope,
+            repos,
+            namespaces,
+            display_name,
+            client: flags,
+        } => {
+            let v = Client::new(&flags)?.call(
+                "POST",
+                "/api/admin/tokens",
+                Some(&json!({
+                    "user": user,
+                    "scope": scope,
+                    "repos": repos,
+                    "namespaces": namespaces,
+                    "displayName": display_name,
+                })),
+            )?;
+            let secret = v["token"]
+                .as_str()
+                .context("the node's answer carries no token")?;
+            if flags.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                eprintln!(
+                    "created {} token {} for {user}; it is shown only now:",
+                    v["role"].as_str().unwrap_or("a"),
+                    v["id"].as_str().unwrap_or("?"),
+                );
+                println!("{secret}");
+            }
+            Ok(())
+        }
+        TokenCommand::List {
+            user,
+            client: flags,
+        } => {
+            let path = format!("/api/admin/users/{}/tokens", segment(&user)?);
+            let v = Client::new(&flags)?.call("GET", &path, None)?;
+            output(&flags, &v, || {
+                let tokens = v.as_array().map(Vec::as_slice).unwrap_or_default();
+                let mut lines: Vec<String> = tokens.iter().map(describe_token).collect();
+                if lines.is_empty() {
+                    lines.push(format!("{user} has no tokens"));
+                }
+                lines.join("\n")
+            })
+        }
+        TokenCommand::Revoke { id, client: flags } => {
+            let path = format!("/api/admin/tokens/{}", segment(&id)?);
+            let v = Client::new(&flags)?
+                .call("DELETE", &path, None)
+                .with_context(|| format!("revoke token {id}"))?;
+            output(&flags, &v, || {
+                format!(
+                    "revoked token {id} of {}",
+                    v["user"].as_str().unwrap_or("?")
+                )
+            })
+        }
+    }
+}
+
+/// `ID  ROLE  NAME  [grants]`: one line per token.
+fn describe_token(t: &Value) -> String {
+    let grants: Vec<String> = t["grants"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|g| {
+            format!(
+                "{}:{}",
+                g["target"].as_str().unwrap_or("?"),
+                g["access"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let mut line = format!(
+        "{}\t{}\t{}",
+        t["id"].as_str().unwrap_or("?"),
+        t["role"].as_str().unwrap_or("?"),
+        t["displayName"].as_str().unwrap_or(""),
+    );
+    if !grants.is_empty() {
+        line.push('\t');
+        line.push_str(&grants.join(","));
+    }
+    line
+}
