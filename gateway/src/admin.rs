@@ -322,48 +322,9 @@ mod tests {
     use axum::body::Body;
     use axum::extract::Request;
     use http::{StatusCode, header};
-    use hub_p2p::{CancellationToken, Keypair, P2pConfig};
     use tower::ServiceExt;
 
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        app: Router,
-        admin: String,
-        cancel: CancellationToken,
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            self.cancel.cancel();
-        }
-    }
-
-    async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let auth = Arc::new(AuthStore::open(dir.path().join("auth.redb")).unwrap());
-        let mut admin = String::new();
-        auth.bootstrap_admin(&Name::new("admin").unwrap(), |s| {
-            admin = s.expose().to_owned();
-            Ok(())
-        })
-        .unwrap();
-        let cancel = CancellationToken::new();
-        let config = P2pConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..P2pConfig::default()
-        };
-        let (p2p, _task) = hub_p2p::spawn(Keypair::generate_ed25519(), config, cancel.clone())
-            .await
-            .unwrap();
-        let repos = Arc::new(hub_repo::Repos::open(dir.path().join("repos")).unwrap());
-        let store = hub_store::Store::open(dir.path().join("store")).unwrap();
-        Fixture {
-            _dir: dir,
-            app: crate::router(AppState::new(auth, repos, store, p2p)),
-            admin,
-            cancel,
-        }
-    }
+    use crate::testing::fixture;
 
     async fn call(
         app: &Router,

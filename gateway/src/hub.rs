@@ -99,8 +99,19 @@ impl RepoPath {
     }
 }
 
+/// Re-derives a repository's listing entry after a change, before the response goes out, so
+/// a client that lists right after a write sees it (see [`crate::listing`]).
+async fn reindex(state: &AppState, id: &RepoId) {
+    let (repos, search, id) = (state.repos().clone(), state.search().clone(), id.clone());
+    if let Err(e) =
+        tokio::task::spawn_blocking(move || crate::listing::reindex(&repos, &search, &id)).await
+    {
+        tracing::warn!(error = %e, "reindex task failed");
+    }
+}
+
 /// Runs blocking repository or store work off the async executor.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
 ) -> Result<T, AppError> {
     tokio::task::spawn_blocking(f)
@@ -109,7 +120,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// `http://host` as the client addressed us, for the absolute URLs the Hub returns.
-fn endpoint(headers: &HeaderMap) -> String {
+pub(crate) fn endpoint(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -130,7 +141,7 @@ fn repo_url(headers: &HeaderMap, id: &RepoId) -> String {
 /// Asks hub-auth whether the caller may `access` repo `id` (whose visibility is `private`)
 /// and turns the answer into the Hub's errors: a repo the caller may not see is the same
 /// `RepoNotFound` as a missing one.
-async fn authorize(
+pub(crate) async fn authorize(
     state: &AppState,
     principal: Option<&Principal>,
     id: &RepoId,
@@ -241,7 +252,10 @@ async fn create_repo(
         blocking(move || Ok(repos.create_with(&id, &author, private))).await?
     };
     match created {
-        Ok(_) => Ok(Json(json!({ "url": url, "name": id.hub_id() })).into_response()),
+        Ok(_) => {
+            reindex(&state, &id).await;
+            Ok(Json(json!({ "url": url, "name": id.hub_id() })).into_response())
+        }
         Err(hub_repo::RepoError::AlreadyExists { .. }) => {
             // `create_repo(exist_ok=True)` reads `url` from the 409 body.
             let message = format!("You already created this {} repo", kind.as_str());
@@ -287,7 +301,9 @@ async fn delete_repo(
     let meta = repo_meta(&state, &id).await?;
     authorize(&state, Some(&principal), &id, meta.private, Access::Write).await?;
     let repos = state.repos().clone();
-    blocking(move || Ok(repos.delete(&id)?)).await?;
+    let deleted = id.clone();
+    blocking(move || Ok(repos.delete(&deleted)?)).await?;
+    reindex(&state, &id).await;
     Ok(Json(json!({})))
 }
 
@@ -326,7 +342,10 @@ async fn readable(
 }
 
 /// The repo's metadata; `RepoNotFound` when it does not exist.
-async fn repo_meta(state: &AppState, id: &RepoId) -> Result<hub_repo::RepoMeta, AppError> {
+pub(crate) async fn repo_meta(
+    state: &AppState,
+    id: &RepoId,
+) -> Result<hub_repo::RepoMeta, AppError> {
     let repos = state.repos().clone();
     let lookup = id.clone();
     blocking(move || match repos.meta(&lookup) {
@@ -338,7 +357,7 @@ async fn repo_meta(state: &AppState, id: &RepoId) -> Result<hub_repo::RepoMeta, 
 }
 
 /// Read access: public repos are open to all, private ones to those hub-auth allows.
-async fn read_access(
+pub(crate) async fn read_access(
     state: &AppState,
     principal: Option<&Principal>,
     id: &RepoId,
@@ -439,6 +458,12 @@ async fn info(
             })
             .collect();
         let last_modified = head.first().map(|c| format_date(c.timestamp));
+        let card = match repos.file(&id, &sha, "README.md") {
+            Ok((entry, bytes)) if entry.lfs.is_none() => {
+                hub_search::parse_card(&String::from_utf8_lossy(&bytes))
+            }
+            _ => hub_search::Card::default(),
+        };
         let hub_id = id.hub_id();
         let mut body = json!({
             "_id": hub_id,
@@ -451,9 +476,16 @@ async fn info(
             "downloads": downloads,
             "disabled": false,
             "gated": false,
-            "tags": [],
+            "tags": card.tags,
+            "cardData": card.card_data,
             "siblings": siblings,
         });
+        if let Some(t) = &card.pipeline_tag {
+            body["pipeline_tag"] = json!(t);
+        }
+        if let Some(l) = &card.library_name {
+            body["library_name"] = json!(l);
+        }
         if id.kind() == RepoType::Model {
             body["modelId"] = json!(hub_id);
         }
@@ -480,7 +512,9 @@ async fn settings(
     let private = visibility(body.private, body.visibility.as_deref())?;
     if let Some(private) = private {
         let repos = state.repos().clone();
-        blocking(move || Ok(repos.set_private(&id, private)?)).await?;
+        let changed = id.clone();
+        blocking(move || Ok(repos.set_private(&changed, private)?)).await?;
+        reindex(&state, &id).await;
     }
     Ok(Json(json!({})))
 }
@@ -797,24 +831,19 @@ async fn delete_tag(
 
 // ---- uploads ----------------------------------------------------------------------------------
 
-/// `POST /api/validate-yaml`: checks the README's front matter is delimited. (A full YAML
-/// check needs a YAML parser; this catches the unterminated block, the error users make.)
+/// `POST /api/validate-yaml`: parses the README's YAML front matter (delimiters, YAML syntax,
+/// a mapping at the top) and reports what is wrong.
 async fn validate_yaml(body: Bytes) -> Result<Response, AppError> {
     let body: Value = parse_json(&body)?;
     let content = body
         .get("content")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let mut errors = Vec::new();
-    if let Some(rest) = content
-        .strip_prefix("---\n")
-        .or_else(|| content.strip_prefix("---\r\n"))
-        && !rest.lines().any(|l| l.trim_end() == "---")
-    {
-        errors.push(
-            json!({ "message": "README.md front matter starts with '---' but is never closed" }),
-        );
-    }
+    let errors: Vec<Value> = hub_search::parse_card(content)
+        .error
+        .into_iter()
+        .map(|message| json!({ "message": message }))
+        .collect();
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {
@@ -831,6 +860,41 @@ struct PreuploadBody {
 #[derive(Debug, Deserialize)]
 struct PreuploadFile {
     path: String,
+    #[serde(default)]
+    sample: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// Whether a client can upload `lfs`-mode files through the LFS batch API. huggingface_hub
+/// 1.20 and later upload `lfs` files through Xet whenever hf_xet is installed, with no
+/// fallback, and the server cannot tell whether it is; such clients (and unknown ones) get
+/// `regular` for every file, and the commit stores big and binary files in LFS server-side.
+/// Older clients use the LFS batch API when the server says `lfs`.
+fn client_uses_lfs_batch(headers: &HeaderMap) -> bool {
+    let Some(ua) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    ua.split(';')
+        .map(str::trim)
+        .find_map(|part| {
+            part.strip_prefix("huggingface_hub/")
+                .or_else(|| part.strip_prefix("hf_hub/"))
+        })
+        .and_then(|version| {
+            let mut parts = version.split('.').map(|p| {
+                p.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse::<u32>()
+                    .ok()
+            });
+            Some((parts.next()??, parts.next()??))
+        })
+        .is_some_and(|(major, minor)| (major, minor) < (1, 20))
 }
 
 async fn preupload(
@@ -848,13 +912,30 @@ async fn preupload(
     }
     let repos = state.repos().clone();
     let rev = p.rev.clone();
-    blocking(move || repos.resolve(&id, &rev).map(|_| ()).map_err(AppError::from)).await?;
+    let rules = blocking(move || {
+        let commit = repos.resolve(&id, &rev)?;
+        Ok(match repos.file(&id, &commit, ".gitattributes") {
+            Ok((_, bytes)) => LfsRules::parse(&String::from_utf8_lossy(&bytes)),
+            Err(hub_repo::RepoError::EntryNotFound { .. }) => LfsRules::default(),
+            Err(e) => return Err(e.into()),
+        })
+    })
+    .await?;
+    let lfs_batch = client_uses_lfs_batch(&headers);
     let mut files = Vec::with_capacity(body.files.len());
     for f in body.files {
         validate_repo_path(&f.path)
             .map_err(|e| AppError::BadRequest(format!("invalid path {:?}: {e}", f.path)))?;
-        // Inline upload for every file; the commit moves large and binary ones to the store.
-        files.push(json!({ "path": f.path, "uploadMode": "regular", "shouldIgnore": false }));
+        let sample = base64::engine::general_purpose::STANDARD
+            .decode(f.sample.as_bytes())
+            .unwrap_or_default();
+        let mode = if lfs_batch && rules.wants_lfs(&f.path, f.size, &sample) {
+            "lfs"
+        } else {
+            // Inline upload; the commit moves big and binary files to the store.
+            "regular"
+        };
+        files.push(json!({ "path": f.path, "uploadMode": mode, "shouldIgnore": false }));
     }
     Ok(Json(json!({ "files": files })))
 }
@@ -1043,6 +1124,7 @@ async fn commit(
     })
     .await;
     let (info, id) = info?;
+    reindex(&state, &id).await;
     let url = format!("{}/commit/{}", repo_url(&headers, &id), info.id);
     Ok(Json(json!({
         "success": true,
@@ -1269,6 +1351,16 @@ async fn resolve(
     };
     if counts_download(kind, &entry.path) {
         state.repos().count_download(&id);
+        let (repos, search, id) = (state.repos().clone(), state.search().clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = repos
+                .downloads(&id)
+                .map_err(|e| e.to_string())
+                .and_then(|n| search.set_downloads(&id, n).map_err(|e| e.to_string()))
+            {
+                tracing::warn!(repo = %id, %error, "download count not indexed");
+            }
+        });
     }
     let size = entry.lfs.as_ref().map_or(blob.len() as u64, |l| l.size);
     let range = parse_range(headers.get(header::RANGE), size)?;
@@ -1314,7 +1406,7 @@ async fn resolve(
 /// Streams `len` bytes from `start` of a stored file: a blocking reader feeds a bounded
 /// channel, so memory stays at a few chunks whatever the file size, and a client that goes
 /// away stops the reader.
-async fn stream_from_store(
+pub(crate) async fn stream_from_store(
     store: hub_store::Store,
     sha256: Sha256,
     start: u64,
@@ -1357,6 +1449,29 @@ async fn stream_from_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lfs_batch_only_for_clients_before_xet_by_default() {
+        let ua = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::USER_AGENT, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(client_uses_lfs_batch(&ua(
+            "huggingface_hub/0.36.2; python/3.11.7; torch/2.1"
+        )));
+        assert!(client_uses_lfs_batch(&ua(
+            "transformers/4.40; hf_hub/1.19.3; python/3.11"
+        )));
+        assert!(!client_uses_lfs_batch(&ua(
+            "huggingface_hub/2.4.0; python/3.11.7"
+        )));
+        assert!(!client_uses_lfs_batch(&ua(
+            "huggingface_hub/1.20.0.dev0; python/3.11.7"
+        )));
+        assert!(!client_uses_lfs_batch(&ua("curl/8.0")));
+        assert!(!client_uses_lfs_batch(&HeaderMap::new()));
+    }
 
     #[test]
     fn dates_are_hub_style() {

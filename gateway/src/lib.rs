@@ -21,17 +21,25 @@
 //! ```
 
 mod admin;
+#[cfg(test)]
+mod api_tests;
 pub mod error;
 mod hub;
+mod import;
+mod lfs;
+pub mod listing;
 pub mod metrics;
 mod ndjson;
 mod routes;
+#[cfg(test)]
+mod testing;
 
 pub use error::AppError;
 pub use routes::router;
 
 use hub_auth::AuthStore;
 use hub_repo::Repos;
+use hub_search::SearchIndex;
 use hub_store::Store;
 use metrics::Metrics;
 use std::sync::Arc;
@@ -42,27 +50,73 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
+/// Settings of the gateway itself.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Items per page of the list endpoints (`/api/models`, …); more pages follow by `Link`.
+    pub list_page_size: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            list_page_size: 100,
+        }
+    }
+}
+
+/// Everything the gateway serves from.
+#[derive(Debug)]
+pub struct Parts {
+    pub auth: Arc<AuthStore>,
+    pub repos: Arc<Repos>,
+    pub store: Store,
+    pub search: Arc<SearchIndex>,
+    pub p2p: hub_p2p::P2p,
+    pub config: GatewayConfig,
+}
+
 #[derive(Debug)]
 struct Inner {
     auth: Arc<AuthStore>,
     repos: Arc<Repos>,
     store: Store,
+    search: Arc<SearchIndex>,
     p2p: hub_p2p::P2p,
+    config: GatewayConfig,
     metrics: Metrics,
 }
 
 impl AppState {
-    pub fn new(auth: Arc<AuthStore>, repos: Arc<Repos>, store: Store, p2p: hub_p2p::P2p) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            auth,
+            repos,
+            store,
+            search,
+            p2p,
+            config,
+        } = parts;
         let metrics = Metrics::new(p2p.clone());
         Self {
             inner: Arc::new(Inner {
                 auth,
                 repos,
                 store,
+                search,
                 p2p,
+                config,
                 metrics,
             }),
         }
+    }
+
+    pub fn search(&self) -> &Arc<SearchIndex> {
+        &self.inner.search
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
     }
 
     pub fn repos(&self) -> &Arc<Repos> {

@@ -9,13 +9,13 @@
 //! stays at a few body frames whatever the file size.
 
 use crate::error::AppError;
+use crate::import::StreamImport;
 use axum::body::Body;
 use base64::Engine;
 use futures::StreamExt;
 use hub_store::{FileInfo, Store};
+#[cfg(test)]
 use std::io::Read;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Lines up to this size are parsed whole.
 pub(crate) const SMALL_LINE: usize = 1024 * 1024;
@@ -152,40 +152,6 @@ fn content_start(prefix: &[u8]) -> Option<usize> {
     expect(prefix, i, b"\"")
 }
 
-type Chunk = Result<Vec<u8>, std::io::Error>;
-
-/// A `Read` over chunks sent from the async side. The end of the channel is the end of the
-/// file only if the sender did not abort: an aborted line must fail its import, never commit
-/// a truncated file.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Chunk>,
-    current: Vec<u8>,
-    pos: usize,
-    aborted: Arc<AtomicBool>,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None if self.aborted.load(Ordering::SeqCst) => {
-                    return Err(std::io::Error::other("commit body aborted"));
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 enum Phase {
     /// Inside the base64 string; `escape` after a backslash.
     Content { escape: bool },
@@ -201,21 +167,9 @@ struct BigLine {
     tail: Vec<u8>,
     /// Bytes of the started line after the content's opening quote, fed on start.
     leftover: Vec<u8>,
-    tx: Option<tokio::sync::mpsc::Sender<Chunk>>,
-    aborted: Arc<AtomicBool>,
-    import: Option<tokio::task::JoinHandle<Result<FileInfo, hub_store::StoreError>>>,
-    finished: bool,
-}
-
-impl Drop for BigLine {
-    /// A line dropped before [`BigLine::finish`] (bad content, a body error, a client that went
-    /// away) must not leave a truncated file behind: the reader turns the end of the channel
-    /// into an error, so `import_reader` fails and records nothing.
-    fn drop(&mut self) {
-        if !self.finished {
-            self.aborted.store(true, Ordering::SeqCst);
-        }
-    }
+    /// Dropped before [`BigLine::finish`] (bad content, a body error, a client that went
+    /// away), the import fails and records nothing.
+    import: StreamImport,
 }
 
 impl BigLine {
@@ -225,24 +179,12 @@ impl BigLine {
                 "a commit line longer than {SMALL_LINE} bytes must be a file line with its content first"
             ))
         })?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(8);
-        let aborted = Arc::new(AtomicBool::new(false));
-        let reader = ChannelReader {
-            rx,
-            current: Vec::new(),
-            pos: 0,
-            aborted: aborted.clone(),
-        };
-        let import = tokio::task::spawn_blocking(move || store.import_reader(reader));
         Ok(Self {
             phase: Phase::Content { escape: false },
             b64: Vec::with_capacity(256 * 1024),
             tail: Vec::new(),
             leftover: prefix[at..].to_vec(),
-            tx: Some(tx),
-            aborted,
-            import: Some(import),
-            finished: false,
+            import: StreamImport::start(store),
         })
     }
 
@@ -321,29 +263,14 @@ impl BigLine {
             .decode(&self.b64[..n])
             .map_err(|e| bad(format!("file content is not valid base64: {e}")))?;
         self.b64.drain(..n);
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| AppError::internal("file line already finished"))?;
-        tx.send(Ok(decoded))
-            .await
-            .map_err(|_| AppError::internal("the store import stopped early"))?;
+        self.import.send(decoded).await?;
         Ok(())
     }
 
     /// Ends the line: closes the import and parses what followed the content.
-    async fn finish(mut self) -> Result<Line, AppError> {
-        self.finished = true;
-        drop(self.tx.take());
-        let tail = std::mem::take(&mut self.tail);
-        let import = self
-            .import
-            .take()
-            .ok_or_else(|| AppError::internal("file line already finished"))?;
-        let info = import
-            .await
-            .map_err(AppError::internal)?
-            .map_err(AppError::from)?;
+    async fn finish(self) -> Result<Line, AppError> {
+        let Self { tail, import, .. } = self;
+        let info = import.finish().await?;
         // The tail is `, "path": "…", "encoding": "base64"}}`: the rest of the value object,
         // then the line's closing brace.
         let tail = String::from_utf8(tail).map_err(|_| bad("file line is not UTF-8"))?;

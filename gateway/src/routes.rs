@@ -20,6 +20,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/whoami-v2", get(whoami))
         .merge(crate::hub::routes())
+        .merge(crate::listing::routes())
+        .merge(crate::lfs::routes())
         .merge(crate::admin::routes())
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -35,16 +37,15 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    // The path only: query strings can carry capabilities (signed LFS URLs).
+    let path = request.uri().path().to_owned();
     let metrics = state.metrics();
     metrics.in_flight().inc();
     let response = next.run(request).await;
     metrics.in_flight().dec();
-    metrics.observe_request(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let elapsed = started.elapsed();
+    metrics.observe_request(&method, &route, response.status().as_u16(), elapsed);
+    tracing::debug!(%method, %path, status = response.status().as_u16(), ?elapsed, "request");
     response
 }
 
@@ -117,6 +118,27 @@ async fn whoami(
     })))
 }
 
+/// The token in an `Authorization` header: `Bearer <token>` (the Hub API) or
+/// `Basic base64(user:<token>)` (git and git-lfs, which take the token as the password).
+fn bearer_or_basic(value: &http::HeaderValue) -> Option<String> {
+    let v = value.to_str().ok()?.trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(rest.to_owned())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (_user, password) = text.split_once(':')?;
+        Some(password.to_owned())
+    } else {
+        None
+    }
+}
+
 /// The principal behind the request's `Authorization: Bearer` header. `Ok(None)` when the
 /// request carries no token; an error when it carries one that is not valid, since a client
 /// that sent a token expects it to be used.
@@ -127,17 +149,9 @@ pub(crate) async fn authenticate(
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+    let token = bearer_or_basic(value)
         .filter(|t| !t.is_empty() && t.len() <= 256)
-        .ok_or(AppError::Unauthorized("Invalid user token."))?
-        .to_owned();
+        .ok_or(AppError::Unauthorized("Invalid user token."))?;
     let auth = state.auth().clone();
     let principal = tokio::task::spawn_blocking(move || auth.authenticate(&token))
         .await
@@ -153,53 +167,9 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use http::StatusCode;
-    use hub_auth::AuthStore;
-    use hub_p2p::{CancellationToken, Keypair, P2pConfig};
-    use std::sync::Arc;
     use tower::ServiceExt;
 
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        app: Router,
-        token: String,
-        peer_id: String,
-        cancel: CancellationToken,
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            self.cancel.cancel();
-        }
-    }
-
-    async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let auth = Arc::new(AuthStore::open(dir.path().join("auth.redb")).unwrap());
-        let mut token = String::new();
-        auth.bootstrap_admin(&hub_protocol::name::Name::new("admin").unwrap(), |s| {
-            token = s.expose().to_owned();
-            Ok(())
-        })
-        .unwrap();
-        let cancel = CancellationToken::new();
-        let config = P2pConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..P2pConfig::default()
-        };
-        let (p2p, _task) = hub_p2p::spawn(Keypair::generate_ed25519(), config, cancel.clone())
-            .await
-            .unwrap();
-        let peer_id = p2p.peer_id().to_string();
-        let repos = Arc::new(hub_repo::Repos::open(dir.path().join("repos")).unwrap());
-        let store = hub_store::Store::open(dir.path().join("store")).unwrap();
-        Fixture {
-            _dir: dir,
-            app: router(AppState::new(auth, repos, store, p2p)),
-            token,
-            peer_id,
-            cancel,
-        }
-    }
+    use crate::testing::fixture;
 
     async fn call(app: &Router, path: &str, auth: Option<&str>) -> (StatusCode, HeaderMap, String) {
         let mut req = Request::builder().uri(path);
@@ -267,7 +237,7 @@ mod tests {
         let (status, _, body) = call(
             &f.app,
             "/api/whoami-v2",
-            Some(&format!("Bearer {}", f.token)),
+            Some(&format!("Bearer {}", f.admin)),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -292,7 +262,7 @@ mod tests {
             assert!(headers.contains_key(header::WWW_AUTHENTICATE));
             let v: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["error"], "Invalid user token.");
-            assert!(!body.contains(&f.token));
+            assert!(!body.contains(&f.admin));
         }
     }
 

@@ -8,6 +8,9 @@
 //! [p2p]
 //! listen = ["/ip4/0.0.0.0/tcp/0"]
 //! bootstrap = []
+//!
+//! [gateway]
+//! list_page_size = 100
 //! ```
 
 use crate::cli::NodeFlags;
@@ -28,6 +31,22 @@ pub struct Config {
     /// Name of the admin account created on first start.
     pub admin: String,
     pub p2p: P2pSection,
+    pub gateway: GatewaySection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Items per page of `/api/models`, `/api/datasets`, `/api/spaces`; more follow by `Link`.
+    pub list_page_size: usize,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            list_page_size: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +65,7 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin: "admin".into(),
             p2p: P2pSection::default(),
+            gateway: GatewaySection::default(),
         }
     }
 }
@@ -94,6 +114,9 @@ impl Config {
         self.admin_name()?;
         self.listen_addrs()?;
         self.bootstrap_addrs()?;
+        if !(1..=1000).contains(&self.gateway.list_page_size) {
+            bail!("gateway.list_page_size must be between 1 and 1000");
+        }
         if self.p2p.listen.is_empty() {
             bail!("p2p.listen is empty: give at least one address, e.g. /ip4/0.0.0.0/tcp/0");
         }

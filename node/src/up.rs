@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::datadir::{self, DataDir};
 use anyhow::Context;
 use hub_auth::AuthStore;
-use hub_gateway::AppState;
+use hub_gateway::{AppState, GatewayConfig, Parts};
 use hub_p2p::{CancellationToken, P2pConfig};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
 use std::sync::Arc;
@@ -60,6 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let store =
         hub_store::Store::open(data.join(datadir::STORE_DIR)).context("open the chunk store")?;
+    let search = open_search(&data, &repos).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
@@ -76,12 +77,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("start the p2p swarm")?;
 
-    let app = hub_gateway::router(AppState::new(
-        auth.clone(),
-        repos.clone(),
+    let app = hub_gateway::router(AppState::new(Parts {
+        auth: auth.clone(),
+        repos: repos.clone(),
         store,
-        p2p.clone(),
-    ));
+        search,
+        p2p: p2p.clone(),
+        config: GatewayConfig {
+            list_page_size: config.gateway.list_page_size,
+        },
+    }));
     let flusher = tokio::spawn(flush_downloads_every(
         repos.clone(),
         FLUSH_PERIOD,
@@ -151,6 +156,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(data);
     tracing::info!("stopped");
     outcome
+}
+
+/// The listing index is derived from the repositories, so it is rebuilt at every start: a
+/// crash between a commit and its reindex, or an index from another version, can never
+/// leave the listing wrong.
+async fn open_search(
+    data: &DataDir,
+    repos: &Arc<hub_repo::Repos>,
+) -> anyhow::Result<Arc<hub_search::SearchIndex>> {
+    let dir = data.join(datadir::SEARCH_DIR);
+    let repos = repos.clone();
+    tokio::task::spawn_blocking(move || {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clear {}", dir.display()))?;
+        }
+        let search = hub_search::SearchIndex::open(&dir).context("open the search index")?;
+        let started = std::time::Instant::now();
+        let n = hub_gateway::listing::rebuild(&repos, &search)
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("index the repositories")?;
+        tracing::info!(repos = n, elapsed = ?started.elapsed(), "search index rebuilt");
+        Ok(Arc::new(search))
+    })
+    .await
+    .context("index task failed")?
 }
 
 /// Persists download counts every `period` until `cancel` fires.

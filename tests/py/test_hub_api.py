@@ -16,7 +16,21 @@ import pytest
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 
-def run_scenario(node, tmp_path, name, disable_xet):
+REPO = Path(__file__).resolve().parents[2]
+
+# (client, xet): the current client with Xet on (its default) and off, and the 0.x client.
+CLIENTS = [("2.4.0", "xet-default"), ("2.4.0", "xet-disabled"), ("0.36.2", "default")]
+
+
+def client_python(version):
+    if version == "2.4.0":
+        return sys.executable
+    python = os.environ.get("HFH036_PYTHON", str(REPO / ".venv-hfh036" / "bin" / "python"))
+    assert Path(python).exists(), f"{python} missing: run ./scripts/test, which creates it"
+    return python
+
+
+def run_scenario(node, tmp_path, name, disable_xet, python=sys.executable):
     env = {
         **os.environ,
         "HF_ENDPOINT": node.url,
@@ -31,7 +45,7 @@ def run_scenario(node, tmp_path, name, disable_xet):
         env.pop("HF_HUB_DISABLE_XET", None)
     (tmp_path / "work").mkdir(exist_ok=True)
     out = subprocess.run(
-        [sys.executable, str(SCENARIOS / f"{name}.py")],
+        [python, str(SCENARIOS / f"{name}.py")],
         env=env,
         capture_output=True,
         text=True,
@@ -41,10 +55,32 @@ def run_scenario(node, tmp_path, name, disable_xet):
     return out.stdout
 
 
-@pytest.mark.parametrize("disable_xet", [False, True], ids=["xet-default", "xet-disabled"])
+@pytest.mark.parametrize("client", CLIENTS, ids=["-".join(c) for c in CLIENTS])
 @pytest.mark.parametrize(
     "name",
-    ["repo_lifecycle", "small_file_round_trip", "large_file", "folder_and_snapshot", "branches_and_history", "errors"],
+    [
+        "repo_lifecycle",
+        "small_file_round_trip",
+        "large_file",
+        "folder_and_snapshot",
+        "branches_and_history",
+        "errors",
+        "listing",
+    ],
 )
-def test_scenario(node, tmp_path, name, disable_xet):
-    run_scenario(node, tmp_path, name, disable_xet)
+def test_scenario(paging_node, tmp_path, name, client):
+    version, xet = client
+    run_scenario(paging_node, tmp_path, name, xet == "xet-disabled", client_python(version))
+    if name == "large_file":
+        # 0.x clients upload LFS files through the LFS batch API (PUT to a signed URL, then
+        # verify); 2.x clients get `regular` and the server stores the file in LFS itself.
+        via_batch = "LFS object stored" in paging_node.log()
+        assert via_batch == (version == "0.36.2"), paging_node.log()[-3000:]
+
+
+@pytest.fixture
+def paging_node(node_factory, tmp_path):
+    """A node that lists 2 repos per page, so listings span several Link-paginated pages."""
+    config = tmp_path / "hubmesh.toml"
+    config.write_text("[gateway]\nlist_page_size = 2\n")
+    return node_factory("node", "--config", str(config))

@@ -48,7 +48,7 @@ pub fn block_path(root: &Path, id: &Hash) -> PathBuf {
 
 /// A block being written to a temporary file.
 #[derive(Debug)]
-pub struct BlockWriter {
+pub(crate) struct BlockWriter {
     pub tmp_path: PathBuf,
     /// Chunks are ~64 KiB; writing them 1 MiB at a time halves the write syscalls and lets
     /// the page cache use large folios, which makes reads of the block faster later.
@@ -60,7 +60,7 @@ pub struct BlockWriter {
 
 /// A block whose bytes are complete (not yet fsynced or renamed).
 #[derive(Debug)]
-pub struct SealedBlock {
+pub(crate) struct SealedBlock {
     pub id: Hash,
     pub tmp_path: PathBuf,
     pub file: File,
@@ -84,10 +84,6 @@ impl BlockWriter {
     /// Whether `len` more bytes of chunk data still fit.
     pub fn fits(&self, len: usize) -> bool {
         self.entries.len() < MAX_BLOCK_CHUNKS && self.data_len + len as u64 <= MAX_BLOCK_DATA
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Appends one chunk and returns its offset.

@@ -32,6 +32,8 @@ pub enum StoreError {
     Task(#[source] tokio::task::JoinError),
     #[error("import worker panicked")]
     WorkerPanic,
+    #[error("an import stage stopped early")]
+    StageStopped,
 }
 
 impl StoreError {

@@ -174,21 +174,19 @@ pub(crate) fn import(
         }
         match (chunks, new_bytes, blocks) {
             (Ok(c), Ok(n), Ok(b)) => Ok((size, sha, b3, (c, n), b)),
-            // A stage that fails hangs up its channels, so the others fail with
-            // `WorkerPanic`; report the stage that failed first.
+            // A stage that fails hangs up its channels, so the stages feeding it fail with
+            // `StageStopped`; report the real cause.
             (c, n, b) => {
-                let errs = [c.err(), n.err(), b.err()].into_iter().flatten();
-                let mut first = None;
-                for e in errs {
-                    if first.is_none() || !matches!(e, StoreError::WorkerPanic) {
-                        let cause = !matches!(e, StoreError::WorkerPanic);
-                        first = Some(e);
-                        if cause {
-                            break;
-                        }
-                    }
-                }
-                Err(first.unwrap_or(StoreError::WorkerPanic))
+                let errs: Vec<StoreError> =
+                    [c.err(), n.err(), b.err()].into_iter().flatten().collect();
+                let cause = errs
+                    .iter()
+                    .position(|e| !matches!(e, StoreError::StageStopped))
+                    .unwrap_or(0);
+                Err(errs
+                    .into_iter()
+                    .nth(cause)
+                    .unwrap_or(StoreError::StageStopped))
             }
         }
     })?;
@@ -292,7 +290,7 @@ fn write_chunks(
         // The packer only hangs up after failing; its error is reported by the join.
         pack_tx
             .send((id, piece))
-            .map_err(|_| StoreError::WorkerPanic)
+            .map_err(|_| StoreError::StageStopped)
     };
     let mut carry: Vec<u8> = Vec::new();
     for (buf, ends) in rx {
@@ -329,7 +327,7 @@ fn pack_blocks(
             // The sealer only hangs up after failing; its error is reported by the join.
             seal_tx
                 .send(full.seal()?)
-                .map_err(|_| StoreError::WorkerPanic)?;
+                .map_err(|_| StoreError::StageStopped)?;
         }
         let b = match &mut block {
             Some(b) => b,
@@ -341,7 +339,7 @@ fn pack_blocks(
     if let Some(b) = block {
         seal_tx
             .send(b.seal()?)
-            .map_err(|_| StoreError::WorkerPanic)?;
+            .map_err(|_| StoreError::StageStopped)?;
     }
     Ok(new_bytes)
 }

@@ -2,8 +2,12 @@
 //!
 //! Files are cut into content-defined chunks ([`chunker`], with forced cuts at safetensors and
 //! GGUF tensor boundaries), new chunks are packed into immutable block files ([`block`], the
-//! unit of replication), and a redb index ([`index`]) maps chunks to blocks and SHA-256s to
+//! unit of replication), and a redb index (`index.redb`: chunk → block location, block
+//! liveness, manifests, sha256 → manifest, gc roots) maps chunks to blocks and SHA-256s to
 //! manifests ([`hub_protocol::manifest`]). Identical chunks are stored once, across files.
+//!
+//! On disk, in the directory given to [`Store::open`]: `index.redb`, `blocks/ab/<block id>`,
+//! `tmp/` (blocks being written) and `quarantine/` (blocks `fsck` found corrupt).
 //!
 //! Place in the dependency graph: `protocol ← store ← repo ← …`. The store knows nothing of
 //! git, HTTP or peers; the node opens it at `DATA/store/` and the gateway and p2p layers read
@@ -33,7 +37,7 @@ pub mod block;
 pub mod chunker;
 mod error;
 mod import;
-pub mod index;
+mod index;
 mod maintenance;
 mod read;
 

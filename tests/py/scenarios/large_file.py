@@ -4,7 +4,7 @@ import hashlib
 import os
 from pathlib import Path
 
-import httpx2 as httpx
+import _http
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
 api = HfApi()
@@ -24,9 +24,9 @@ assert meta.etag == sha and meta.size == len(data), meta
 out = hf_hub_download(repo, "model.safetensors")
 assert Path(out).read_bytes() == data
 url = hf_hub_url(repo, "model.safetensors")
-r = httpx.get(url, headers={"Range": "bytes=100-199"})
+r = _http.get(url, headers={"Range": "bytes=100-199"})
 assert r.status_code == 206 and r.content == data[100:200], r.status_code
 assert r.headers["content-range"] == f"bytes 100-199/{len(data)}"
-r = httpx.get(url, headers={"Range": f"bytes={len(data)}-"})
+r = _http.get(url, headers={"Range": f"bytes={len(data)}-"})
 assert r.status_code == 416, r.status_code
 print("ok")

@@ -168,6 +168,47 @@ fn gguf_tensors_dedup_across_files() {
     assert_eq!(read_all(&store, &b.sha256), file);
 }
 
+/// A reader that fails after `left` bytes.
+struct Failing {
+    data: Vec<u8>,
+    left: usize,
+}
+
+impl Read for Failing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("disk on fire"));
+        }
+        let n = buf.len().min(self.left);
+        let start = self.data.len() - self.left;
+        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn failed_import_leaves_nothing_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Large enough to seal a full 64 MiB block before the failure.
+    let data = noise(41, 70 << 20);
+    let err = store
+        .import_reader(Failing {
+            data: data.clone(),
+            left: 69 << 20,
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Source(_)), "{err:?}");
+    assert!(store.files().unwrap().is_empty());
+    assert_eq!(store.stats().unwrap().blocks, 0);
+    assert!(store.fsck(|_| {}).unwrap().is_clean());
+    // The same data imports fine afterwards.
+    let info = store.import_reader(&data[..]).unwrap();
+    assert_eq!(info.sha256, sha256(&data));
+    assert!(store.fsck(|_| {}).unwrap().is_clean());
+}
+
 #[tokio::test]
 async fn async_facade() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,1223 @@
+//! Router tests, in-process, for every Hub API endpoint's success and error paths. The
+//! real-client tests (tests/py) show the same behaviour end to end; these pin the exact
+//! statuses, headers and bodies and run in milliseconds.
+
+use crate::GatewayConfig;
+use crate::testing::{Fixture, Reply, fixture, fixture_with, send};
+use base64::Engine;
+use hub_auth::{Permissions, Scope};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const UA_2X: (&str, &str) = ("user-agent", "huggingface_hub/2.4.0; python/3.11.7");
+const UA_0X: (&str, &str) = ("user-agent", "unknown/None; hf_hub/0.36.2; python/3.11.7");
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn git_blob_sha1(bytes: &[u8]) -> String {
+    use sha1_like::git_sha1;
+    git_sha1(bytes)
+}
+
+/// git's blob id, computed independently of gix (SHA-1 over `blob <len>\0<bytes>`).
+mod sha1_like {
+    pub fn git_sha1(bytes: &[u8]) -> String {
+        let out = std::process::Command::new("git")
+            .args(["hash-object", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(bytes)?;
+                child.wait_with_output()
+            })
+            .expect("run git hash-object");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+async fn create(f: &Fixture, name: &str, extra: Value) -> Reply {
+    let mut body = json!({ "name": name, "organization": null });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        Some(&f.admin),
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}
+
+fn ndjson(lines: &[Value]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+async fn commit(f: &Fixture, repo: &str, branch: &str, lines: &[Value]) -> Reply {
+    send(
+        &f.app,
+        "POST",
+        &format!("/api/models/{repo}/commit/{branch}"),
+        Some(&f.admin),
+        &[("content-type", "application/x-ndjson")],
+        ndjson(lines),
+    )
+    .await
+}
+
+fn header_line() -> Value {
+    json!({ "key": "header", "value": { "summary": "test commit", "description": "" } })
+}
+
+fn file_line(path: &str, bytes: &[u8]) -> Value {
+    json!({ "key": "file", "value": { "content": b64(bytes), "path": path, "encoding": "base64" } })
+}
+
+fn token(f: &Fixture, user: &str, scope: Scope) -> String {
+    let auth = f.state.auth();
+    if auth.user(user).unwrap().is_none() {
+        auth.create_user(&hub_protocol::name::Name::new(user).unwrap(), None)
+            .unwrap();
+    }
+    auth.create_token(user, "test", Permissions::Scope(scope))
+        .unwrap()
+        .1
+        .expose()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn create_repo_and_its_errors() {
+    let f = fixture().await;
+    let r = create(&f, "m1", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["url"], "http://localhost/admin/m1");
+    let again = create(&f, "m1", json!({})).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(
+        again.json()["url"],
+        "http://localhost/admin/m1",
+        "exist_ok reads url from the 409"
+    );
+    let ds = create(
+        &f,
+        "d1",
+        json!({ "type": "dataset", "visibility": "private" }),
+    )
+    .await;
+    assert_eq!(ds.json()["url"], "http://localhost/datasets/admin/d1");
+    for bad in [
+        json!({ "name": "..", "organization": null }),
+        json!({ "name": "a/b" }),
+        json!({ "name": "x".repeat(97) }),
+    ] {
+        let r = send(
+            &f.app,
+            "POST",
+            "/api/repos/create",
+            Some(&f.admin),
+            &[],
+            bad.to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = create(
+        &f,
+        "both",
+        json!({ "private": true, "visibility": "public" }),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        None,
+        &[],
+        json!({ "name": "anon" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let read = token(&f, "bob", Scope::Read);
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        Some(&read),
+        &[],
+        json!({ "name": "m" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "read tokens cannot create");
+    let write = token(&f, "bob", Scope::Write);
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        Some(&write),
+        &[],
+        json!({ "name": "m", "organization": "admin" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "not in someone else's namespace");
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        Some(&f.admin),
+        &[],
+        json!({ "name": "m", "organization": "ghost" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "unknown namespace: {}", r.text());
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        Some(&f.admin),
+        &[],
+        "{not json",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("invalid JSON"));
+}
+
+#[tokio::test]
+async fn info_tree_refs_commits() {
+    let f = fixture().await;
+    create(&f, "m", json!({})).await;
+    let readme = "---\nlicense: mit\ntags: [demo]\npipeline_tag: text-generation\n---\n# M\n";
+    let c = commit(
+        &f,
+        "admin/m",
+        "main",
+        &[
+            header_line(),
+            file_line("README.md", readme.as_bytes()),
+            file_line("f/sub/a.txt", b"aaa"),
+            file_line("w.bin", b"\0\x01binary"),
+        ],
+    )
+    .await;
+    assert_eq!(c.status, 200, "{}", c.text());
+    let sha = c.json()["commitOid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.json()["commitUrl"],
+        format!("http://localhost/admin/m/commit/{sha}")
+    );
+
+    let info = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m?blobs=true",
+        None,
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(info["id"], "admin/m");
+    assert_eq!(info["sha"], sha);
+    assert_eq!(info["private"], false);
+    assert_eq!(info["cardData"]["license"], "mit");
+    assert!(
+        info["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("license:mit"))
+    );
+    assert_eq!(info["pipeline_tag"], "text-generation");
+    assert!(info["lastModified"].as_str().unwrap().ends_with('Z'));
+    let sib: Vec<&Value> = info["siblings"].as_array().unwrap().iter().collect();
+    let a = sib
+        .iter()
+        .find(|s| s["rfilename"] == "f/sub/a.txt")
+        .unwrap();
+    assert_eq!(a["blobId"], git_blob_sha1(b"aaa"));
+    assert_eq!(a["size"], 3);
+    let w = sib.iter().find(|s| s["rfilename"] == "w.bin").unwrap();
+    assert_eq!(
+        w["lfs"]["sha256"],
+        sha256_hex(b"\0\x01binary"),
+        "binary content goes to LFS"
+    );
+    assert_eq!(
+        send(
+            &f.app,
+            "GET",
+            &format!("/api/models/admin/m/revision/{sha}"),
+            None,
+            &[],
+            ""
+        )
+        .await
+        .json()["sha"],
+        sha
+    );
+
+    let r = send(&f.app, "GET", "/api/models/admin/nope", None, &[], "").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-error-code")),
+        (404, Some("RepoNotFound"))
+    );
+    let r = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m/revision/nope",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-error-code")),
+        (404, Some("RevisionNotFound"))
+    );
+    let r = send(&f.app, "GET", "/api/bogus/admin/m", None, &[], "").await;
+    assert_eq!(r.status, 404);
+
+    let tree = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m/tree/main/f%2Fsub?recursive=false",
+        None,
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(
+        tree,
+        json!([{ "type": "file", "oid": git_blob_sha1(b"aaa"), "size": 3, "path": "f/sub/a.txt" }])
+    );
+    let all = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m/tree/main?recursive=True",
+        None,
+        &[],
+        "",
+    )
+    .await
+    .json();
+    let paths: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ".gitattributes",
+            "README.md",
+            "f",
+            "f/sub",
+            "f/sub/a.txt",
+            "w.bin"
+        ]
+    );
+    let w = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "w.bin")
+        .unwrap();
+    assert_eq!(w["size"], 8);
+    assert_eq!(w["lfs"]["oid"], sha256_hex(b"\0\x01binary"));
+    assert!(w.get("xetHash").is_none());
+    let r = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m/tree/main/nope",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (
+            r.status.as_u16(),
+            r.header("x-error-code"),
+            r.header("x-repo-commit")
+        ),
+        (404, Some("EntryNotFound"), Some(sha.as_str()))
+    );
+
+    let refs = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m/refs?include_prs=1",
+        None,
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(
+        refs["branches"],
+        json!([{ "name": "main", "ref": "refs/heads/main", "targetCommit": sha }])
+    );
+    assert_eq!(refs["converts"], json!([]));
+    assert_eq!(refs["pullRequests"], json!([]));
+    let log = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m/commits/main",
+        None,
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(log[0]["id"], sha);
+    assert_eq!(log[0]["title"], "test commit");
+    assert_eq!(log[0]["authors"], json!([{ "user": "admin" }]));
+    assert_eq!(log[1]["title"], "initial commit");
+}
+
+async fn head_of(f: &Fixture) -> String {
+    send(&f.app, "GET", "/api/models/admin/m", None, &[], "")
+        .await
+        .json()["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn commits_and_their_errors_change_nothing_when_refused() {
+    let f = fixture().await;
+    create(&f, "m", json!({})).await;
+    let before = head_of(&f).await;
+    let cases: Vec<(String, u16, Option<&str>)> = vec![
+        (
+            ndjson(&[
+                header_line(),
+                json!({ "key": "deletedFile", "value": { "path": "missing.txt" } }),
+            ]),
+            404,
+            Some("EntryNotFound"),
+        ),
+        (ndjson(&[header_line(), file_line("../x", b"x")]), 400, None),
+        (
+            ndjson(&[header_line(), file_line(".git/config", b"x")]),
+            400,
+            None,
+        ),
+        (
+            ndjson(&[header_line(), file_line("/etc/x", b"x")]),
+            400,
+            None,
+        ),
+        (ndjson(&[header_line(), file_line("a\0b", b"x")]), 400, None),
+        (
+            format!(
+                "{}{{\"key\":\"file\",\"value\":{{\"path\":\"t\",\"cont",
+                ndjson(&[header_line()])
+            ),
+            400,
+            None,
+        ),
+        (
+            ndjson(&[
+                header_line(),
+                json!({ "key": "lfsFile", "value": { "path": "w.bin", "algo": "sha256", "oid": "ab".repeat(32), "size": 3 } }),
+            ]),
+            400,
+            None,
+        ),
+        (
+            ndjson(&[
+                json!({ "key": "header", "value": { "summary": "s", "parentCommit": "0".repeat(40) } }),
+                file_line("a", b"a"),
+            ]),
+            409,
+            None,
+        ),
+        (ndjson(&[file_line("a", b"a")]), 400, None),
+        (ndjson(&[header_line()]), 400, None),
+        ("not json\n".into(), 400, None),
+    ];
+    for (body, status, code) in cases {
+        let r = send(
+            &f.app,
+            "POST",
+            "/api/models/admin/m/commit/main",
+            Some(&f.admin),
+            &[],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.header("x-error-code")),
+            (status, code),
+            "{body:?}: {}",
+            r.text()
+        );
+        assert!(r.json()["error"].is_string());
+        assert_eq!(head_of(&f).await, before, "a refused commit moves nothing");
+    }
+    let r = commit(
+        &f,
+        "admin/m",
+        "nobranch",
+        &[header_line(), file_line("a", b"a")],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-error-code")),
+        (404, Some("RevisionNotFound"))
+    );
+    let read = token(&f, "admin", Scope::Read);
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/commit/main",
+        Some(&read),
+        &[],
+        ndjson(&[header_line(), file_line("a", b"a")]),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let ok = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/commit/main",
+        Some(&f.admin),
+        &[],
+        ndjson(&[
+            json!({ "key": "header", "value": { "summary": "s", "parentCommit": before } }),
+            file_line("a", b"a"),
+        ]),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+#[tokio::test]
+async fn branches_tags_settings_delete() {
+    let f = fixture().await;
+    create(&f, "m", json!({})).await;
+    let post = |uri: String, body: Value| {
+        let app = f.app.clone();
+        let token = f.admin.clone();
+        async move { send(&app, "POST", &uri, Some(&token), &[], body.to_string()).await }
+    };
+    assert_eq!(
+        post("/api/models/admin/m/branch/dev".into(), json!({}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post("/api/models/admin/m/branch/dev".into(), json!({}))
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        post(
+            "/api/models/admin/m/branch/refs%2Fpr%2F1".into(),
+            json!({ "startingPoint": "dev" })
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        post(
+            "/api/models/admin/m/branch/x".into(),
+            json!({ "startingPoint": "nope" })
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        post("/api/models/admin/m/branch/bad..name".into(), json!({}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        post(
+            "/api/models/admin/m/tag/main".into(),
+            json!({ "tag": "v1" })
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        post(
+            "/api/models/admin/m/tag/main".into(),
+            json!({ "tag": "v1" })
+        )
+        .await
+        .status,
+        409
+    );
+    assert_eq!(
+        post("/api/models/admin/m/tag/main".into(), json!({}))
+            .await
+            .status,
+        400
+    );
+    let refs = send(&f.app, "GET", "/api/models/admin/m/refs", None, &[], "")
+        .await
+        .json();
+    assert_eq!(refs["tags"][0]["name"], "v1");
+    let del = |uri: &'static str| send(&f.app, "DELETE", uri, Some(&f.admin), &[], "");
+    assert_eq!(del("/api/models/admin/m/tag/v1").await.status, 200);
+    assert_eq!(
+        del("/api/models/admin/m/tag/v1")
+            .await
+            .header("x-error-code"),
+        Some("RevisionNotFound")
+    );
+    assert_eq!(del("/api/models/admin/m/branch/dev").await.status, 200);
+    assert_eq!(del("/api/models/admin/m/branch/main").await.status, 400);
+
+    // Visibility: private hides the repo from everyone else, on every route.
+    let r = send(
+        &f.app,
+        "PUT",
+        "/api/models/admin/m/settings",
+        Some(&f.admin),
+        &[],
+        json!({ "visibility": "private" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for uri in [
+        "/api/models/admin/m",
+        "/api/models/admin/m/tree/main",
+        "/api/models/admin/m/refs",
+        "/admin/m/resolve/main/.gitattributes",
+    ] {
+        let r = send(&f.app, "GET", uri, None, &[], "").await;
+        assert_eq!(
+            (r.status.as_u16(), r.header("x-error-code")),
+            (404, Some("RepoNotFound")),
+            "{uri}"
+        );
+    }
+    let bob = token(&f, "bob", Scope::Write);
+    let r = send(&f.app, "GET", "/api/models/admin/m", Some(&bob), &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        send(
+            &f.app,
+            "GET",
+            "/api/models/admin/m",
+            Some(&f.admin),
+            &[],
+            ""
+        )
+        .await
+        .json()["private"],
+        true
+    );
+    let r = send(
+        &f.app,
+        "PUT",
+        "/api/models/admin/m/settings",
+        None,
+        &[],
+        json!({ "private": false }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = send(
+        &f.app,
+        "PUT",
+        "/api/models/admin/m/settings",
+        Some(&f.admin),
+        &[],
+        json!({ "private": false }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        send(&f.app, "GET", "/api/models/admin/m", None, &[], "")
+            .await
+            .json()["private"],
+        false
+    );
+
+    let r = send(
+        &f.app,
+        "DELETE",
+        "/api/repos/delete",
+        Some(&bob),
+        &[],
+        json!({ "name": "m", "organization": "admin" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = send(
+        &f.app,
+        "DELETE",
+        "/api/repos/delete",
+        Some(&f.admin),
+        &[],
+        json!({ "name": "m", "organization": "admin" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        &f.app,
+        "DELETE",
+        "/api/repos/delete",
+        Some(&f.admin),
+        &[],
+        json!({ "name": "m", "organization": "admin" }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-error-code")),
+        (404, Some("RepoNotFound"))
+    );
+}
+
+#[tokio::test]
+async fn validate_yaml_and_preupload() {
+    let f = fixture().await;
+    create(&f, "m", json!({})).await;
+    let ok = send(
+        &f.app,
+        "POST",
+        "/api/validate-yaml",
+        None,
+        &[],
+        json!({ "content": "---\nlicense: mit\n---\n", "repoType": "model" }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (ok.status.as_u16(), ok.json()),
+        (200, json!({ "errors": [], "warnings": [] }))
+    );
+    let bad = send(
+        &f.app,
+        "POST",
+        "/api/validate-yaml",
+        None,
+        &[],
+        json!({ "content": "---\nlicense: [mit\n---\n" }).to_string(),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["errors"][0]["message"].is_string());
+
+    let files = json!({ "files": [
+        { "path": "model.safetensors", "sample": b64(b"x"), "size": 100 },
+        { "path": "notes.txt", "sample": b64(b"hello"), "size": 5 },
+        { "path": "blob.dat", "sample": b64(b"\0\0"), "size": 2 },
+    ] })
+    .to_string();
+    let modes = |r: Reply| -> Vec<(String, String)> {
+        r.json()["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                assert_eq!(f["shouldIgnore"], false);
+                (
+                    f["path"].as_str().unwrap().to_owned(),
+                    f["uploadMode"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let new = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/preupload/main",
+        Some(&f.admin),
+        &[UA_2X],
+        files.clone(),
+    )
+    .await;
+    assert!(
+        modes(new).iter().all(|(_, m)| m == "regular"),
+        "2.x clients would go to Xet for lfs files"
+    );
+    let old = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/preupload/main",
+        Some(&f.admin),
+        &[UA_0X],
+        files.clone(),
+    )
+    .await;
+    assert_eq!(
+        modes(old),
+        [
+            ("model.safetensors".into(), "lfs".into()),
+            ("notes.txt".into(), "regular".into()),
+            ("blob.dat".into(), "lfs".into())
+        ]
+    );
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/preupload/main",
+        Some(&f.admin),
+        &[],
+        json!({ "files": [{ "path": "../x", "sample": "", "size": 1 }] }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/preupload/nope",
+        Some(&f.admin),
+        &[],
+        files,
+    )
+    .await;
+    assert_eq!(r.header("x-error-code"), Some("RevisionNotFound"));
+}
+
+#[tokio::test]
+async fn resolve_regular_and_lfs_with_ranges() {
+    let f = fixture().await;
+    create(&f, "m", json!({})).await;
+    let weights: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let c = commit(
+        &f,
+        "admin/m",
+        "main",
+        &[
+            header_line(),
+            file_line("config.json", b"{\"a\": 1}\n"),
+            file_line("w.safetensors", &weights),
+        ],
+    )
+    .await;
+    let sha = c.json()["commitOid"].as_str().unwrap().to_owned();
+
+    let head = send(
+        &f.app,
+        "HEAD",
+        "/admin/m/resolve/main/config.json",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-repo-commit"), Some(sha.as_str()));
+    assert_eq!(
+        head.header("etag"),
+        Some(format!("\"{}\"", git_blob_sha1(b"{\"a\": 1}\n")).as_str())
+    );
+    assert_eq!(
+        head.header("content-length"),
+        Some("9"),
+        "HEAD keeps the real length"
+    );
+    assert!(head.body.is_empty());
+    let get = send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/config.json",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(&get.body[..], b"{\"a\": 1}\n");
+
+    let head = send(
+        &f.app,
+        "HEAD",
+        "/admin/m/resolve/main/w.safetensors",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        head.header("x-linked-etag"),
+        Some(format!("\"{}\"", sha256_hex(&weights)).as_str())
+    );
+    assert_eq!(head.header("x-linked-size"), Some("300000"));
+    assert_eq!(head.header("content-length"), Some("300000"));
+    let get = send(
+        &f.app,
+        "GET",
+        &format!("/admin/m/resolve/{sha}/w.safetensors"),
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(get.body.len(), weights.len());
+    assert!(get.body[..] == weights[..]);
+    let part = send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/w.safetensors",
+        None,
+        &[("range", "bytes=1000-1999")],
+        "",
+    )
+    .await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some("bytes 1000-1999/300000"));
+    assert!(part.body[..] == weights[1000..2000]);
+    let tail = send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/config.json",
+        None,
+        &[("range", "bytes=5-")],
+        "",
+    )
+    .await;
+    assert_eq!((tail.status.as_u16(), &tail.body[..]), (206, &b" 1}\n"[..]));
+    let past = send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/w.safetensors",
+        None,
+        &[("range", "bytes=300000-")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (past.status.as_u16(), past.header("content-range")),
+        (416, Some("bytes */300000"))
+    );
+
+    let r = send(
+        &f.app,
+        "HEAD",
+        "/admin/m/resolve/main/missing.txt",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (
+            r.status.as_u16(),
+            r.header("x-error-code"),
+            r.header("x-repo-commit")
+        ),
+        (404, Some("EntryNotFound"), Some(sha.as_str()))
+    );
+    let r = send(
+        &f.app,
+        "HEAD",
+        "/admin/m/resolve/nobranch/config.json",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.header("x-error-code"), Some("RevisionNotFound"));
+    let r = send(
+        &f.app,
+        "HEAD",
+        "/admin/nope/resolve/main/config.json",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.header("x-error-code"), Some("RepoNotFound"));
+    let r = send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/config.json",
+        Some("hf_bad"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 401, "a token that is sent must be valid");
+
+    // Download counting: the query file counts, others do not.
+    let before = send(&f.app, "GET", "/api/models/admin/m", None, &[], "")
+        .await
+        .json()["downloads"]
+        .as_u64()
+        .unwrap();
+    send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/w.safetensors",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/config.json",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    let after = send(&f.app, "GET", "/api/models/admin/m", None, &[], "")
+        .await
+        .json()["downloads"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before + 1);
+}
+
+#[tokio::test]
+async fn listing_paginates_with_absolute_links() {
+    let f = fixture_with(GatewayConfig { list_page_size: 2 }).await;
+    for name in ["a-one", "b-two", "c-three", "other"] {
+        create(&f, name, json!({})).await;
+    }
+    create(&f, "hidden", json!({ "private": true })).await;
+    let first = send(
+        &f.app,
+        "GET",
+        "/api/models?search=-&sort=createdAt",
+        None,
+        &[("host", "hub.test:8080")],
+        "",
+    )
+    .await;
+    let page: Vec<String> = first
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(page.len(), 2);
+    let link = first.header("link").unwrap().to_owned();
+    assert!(
+        link.starts_with("<http://hub.test:8080/api/models?"),
+        "{link}"
+    );
+    assert!(
+        link.contains("search=-") && link.contains("cursor=2") && link.ends_with("rel=\"next\""),
+        "{link}"
+    );
+    let next = link
+        .trim_start_matches("<http://hub.test:8080")
+        .split('>')
+        .next()
+        .unwrap()
+        .to_owned();
+    let second = send(&f.app, "GET", &next, None, &[], "").await;
+    let rest: Vec<String> = second
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rest.len(), 1);
+    assert!(second.header("link").is_none());
+    let mut all = [page, rest].concat();
+    all.sort();
+    assert_eq!(all, ["admin/a-one", "admin/b-two", "admin/c-three"]);
+    let anon = send(
+        &f.app,
+        "GET",
+        "/api/models?author=admin&limit=10",
+        None,
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert!(
+        anon.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["id"] != "admin/hidden")
+    );
+    let mine = send(
+        &f.app,
+        "GET",
+        "/api/models?search=hidden",
+        Some(&f.admin),
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(mine[0]["id"], "admin/hidden");
+    assert_eq!(
+        send(&f.app, "GET", "/api/models?sort=bogus", None, &[], "")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        send(&f.app, "GET", "/api/datasets", None, &[], "")
+            .await
+            .json(),
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn lfs_batch_upload_verify_commit_and_download() {
+    let f = fixture().await;
+    create(&f, "m", json!({})).await;
+    let data = b"large file content".repeat(10_000);
+    let oid = sha256_hex(&data);
+    let batch = |op: &str, token: Option<&str>| {
+        let body = json!({ "operation": op, "transfers": ["basic", "multipart"], "objects": [{ "oid": oid, "size": data.len() }], "hash_algo": "sha256" }).to_string();
+        let app = f.app.clone();
+        let token = token.map(str::to_owned);
+        async move {
+            send(
+                &app,
+                "POST",
+                "/admin/m.git/info/lfs/objects/batch",
+                token.as_deref(),
+                &[("content-type", "application/vnd.git-lfs+json")],
+                body,
+            )
+            .await
+        }
+    };
+    let r = batch("upload", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("lfs-authenticate"),
+        Some("Basic realm=\"hubmesh\"")
+    );
+    assert!(r.json()["message"].is_string());
+    let r = batch("upload", Some(&f.admin)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let obj = &r.json()["objects"][0];
+    let href = obj["actions"]["upload"]["href"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://localhost")
+        .to_owned();
+    assert!(
+        obj["actions"]["verify"]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with("/admin/m.git/info/lfs/objects/verify")
+    );
+    // A tampered signature, and content that is not the object, are refused.
+    let forged = href.replace("sig=", "sig=00");
+    assert_eq!(
+        send(&f.app, "PUT", &forged, None, &[], data.clone())
+            .await
+            .status,
+        403
+    );
+    let mut wrong = data.clone();
+    wrong[0] ^= 1;
+    assert_eq!(
+        send(&f.app, "PUT", &href, None, &[], wrong).await.status,
+        400
+    );
+    let verify = json!({ "oid": oid, "size": data.len() }).to_string();
+    let r = send(
+        &f.app,
+        "POST",
+        "/admin/m.git/info/lfs/objects/verify",
+        Some(&f.admin),
+        &[],
+        verify.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 404, "nothing stored yet");
+    assert_eq!(
+        send(&f.app, "PUT", &href, None, &[], data.clone())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(
+            &f.app,
+            "POST",
+            "/admin/m.git/info/lfs/objects/verify",
+            Some(&f.admin),
+            &[],
+            verify
+        )
+        .await
+        .status,
+        200
+    );
+    let again = batch("upload", Some(&f.admin)).await.json();
+    assert!(
+        again["objects"][0].get("actions").is_none(),
+        "stored objects need no upload"
+    );
+
+    let c = commit(&f, "admin/m", "main", &[header_line(), json!({ "key": "lfsFile", "value": { "path": "big.bin", "algo": "sha256", "oid": oid, "size": data.len() } })]).await;
+    assert_eq!(c.status, 200, "{}", c.text());
+    let got = send(
+        &f.app,
+        "GET",
+        "/admin/m/resolve/main/big.bin",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert!(got.body[..] == data[..]);
+
+    let dl = batch("download", Some(&f.admin)).await.json();
+    let href = dl["objects"][0]["actions"]["download"]["href"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://localhost")
+        .to_owned();
+    let got = send(&f.app, "GET", &href, None, &[], "").await;
+    assert!(got.status == 200 && got.body[..] == data[..]);
+    assert_eq!(
+        send(&f.app, "PUT", &href, None, &[], data.clone())
+            .await
+            .status,
+        403,
+        "a download URL does not upload"
+    );
+    let locks = send(
+        &f.app,
+        "POST",
+        "/admin/m.git/info/lfs/locks/verify",
+        Some(&f.admin),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(locks.status, 501);
+    let bad = send(
+        &f.app,
+        "POST",
+        "/admin/m.git/info/lfs/objects/batch",
+        Some(&f.admin),
+        &[],
+        json!({ "operation": "upload", "objects": [{ "oid": "xyz", "size": 1 }] }).to_string(),
+    )
+    .await;
+    assert_eq!(bad.json()["objects"][0]["error"]["code"], 422);
+}
