@@ -1221,3 +1221,114 @@ async fn lfs_batch_upload_verify_commit_and_download() {
     .await;
     assert_eq!(bad.json()["objects"][0]["error"]["code"], 422);
 }
+
+#[tokio::test]
+async fn paths_info_and_move() {
+    let f = fixture().await;
+    create(&f, "m", json!({})).await;
+    commit(
+        &f,
+        "admin/m",
+        "main",
+        &[
+            header_line(),
+            file_line("d/a.txt", b"a"),
+            file_line("w.bin", b"\0bin"),
+        ],
+    )
+    .await;
+    let form = "paths=d%2Fa.txt&paths=d&paths=w.bin&paths=missing&paths=..%2Fx&expand=false";
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/paths-info/main",
+        None,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entries = r.json();
+    let mut got: Vec<(String, String)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("d".into(), "directory".into()),
+            ("d/a.txt".into(), "file".into()),
+            ("w.bin".into(), "file".into())
+        ]
+    );
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "w.bin" && e["lfs"]["oid"] == sha256_hex(b"\0bin"))
+    );
+
+    let mv = |from: &str, to: &str, token: Option<&str>| {
+        let body = json!({ "fromRepo": from, "toRepo": to, "type": "model" }).to_string();
+        let app = f.app.clone();
+        let token = token.map(str::to_owned);
+        async move { send(&app, "POST", "/api/repos/move", token.as_deref(), &[], body).await }
+    };
+    let bob = token(&f, "bob", Scope::Write);
+    assert_eq!(mv("admin/m", "bob/m", Some(&bob)).await.status, 403);
+    assert_eq!(mv("admin/m", "admin/renamed", None).await.status, 401);
+    assert_eq!(
+        mv("admin/m", "admin/renamed", Some(&f.admin)).await.status,
+        200
+    );
+    assert_eq!(
+        send(&f.app, "GET", "/api/models/admin/m", None, &[], "")
+            .await
+            .header("x-error-code"),
+        Some("RepoNotFound")
+    );
+    let moved = send(
+        &f.app,
+        "GET",
+        "/admin/renamed/resolve/main/d/a.txt",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(&moved.body[..], b"a");
+    let listed = send(&f.app, "GET", "/api/models?author=admin", None, &[], "")
+        .await
+        .json();
+    assert_eq!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["admin/renamed"]
+    );
+    assert_eq!(
+        mv("admin/nope", "admin/x", Some(&f.admin))
+            .await
+            .header("x-error-code"),
+        Some("RepoNotFound")
+    );
+    create(&f, "taken", json!({})).await;
+    assert_eq!(
+        mv("admin/renamed", "admin/taken", Some(&f.admin))
+            .await
+            .status,
+        409
+    );
+}

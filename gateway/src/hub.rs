@@ -49,12 +49,14 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/repos/create", post(create_repo))
         .route("/api/repos/delete", axum::routing::delete(delete_repo))
+        .route("/api/repos/move", post(move_repo))
         .route("/api/validate-yaml", post(validate_yaml))
         .route(repo, get(repo_info))
         .route(&format!("{repo}/revision/{{rev}}"), get(repo_info_at))
         .route(&format!("{repo}/tree/{{rev}}"), get(tree_root))
         .route(&format!("{repo}/tree/{{rev}}/{{*path}}"), get(tree_path))
         .route(&format!("{repo}/refs"), get(refs))
+        .route(&format!("{repo}/paths-info/{{rev}}"), post(paths_info))
         .route(&format!("{repo}/settings"), axum::routing::put(settings))
         .route(&format!("{repo}/commits/{{rev}}"), get(commits))
         .route(&format!("{repo}/preupload/{{rev}}"), post(preupload))
@@ -321,6 +323,44 @@ fn visibility(private: Option<bool>, visibility: Option<&str>) -> Result<Option<
         ))),
         (None, None) => Ok(None),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct MoveBody {
+    #[serde(rename = "fromRepo")]
+    from_repo: String,
+    #[serde(rename = "toRepo")]
+    to_repo: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `POST /api/repos/move`: rename a repository (same type), keeping history and settings.
+async fn move_repo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let principal = require_auth(&state, &headers).await?;
+    let body: MoveBody = parse_json(&body)?;
+    let kind: RepoType = body
+        .kind
+        .as_deref()
+        .unwrap_or("model")
+        .parse()
+        .map_err(|e: hub_protocol::repo::RepoIdError| AppError::BadRequest(e.to_string()))?;
+    let from = RepoId::parse(kind, &body.from_repo).map_err(|_| AppError::RepoNotFound)?;
+    let to = RepoId::parse(kind, &body.to_repo)
+        .map_err(|e| AppError::BadRequest(format!("invalid target {:?}: {e}", body.to_repo)))?;
+    let meta = repo_meta(&state, &from).await?;
+    authorize(&state, Some(&principal), &from, meta.private, Access::Write).await?;
+    authorize(&state, Some(&principal), &to, false, Access::Write).await?;
+    let repos = state.repos().clone();
+    let (f, t) = (from.clone(), to.clone());
+    blocking(move || Ok(repos.rename(&f, &t)?)).await?;
+    reindex(&state, &from).await;
+    reindex(&state, &to).await;
+    Ok(Json(json!({})))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
@@ -735,6 +775,56 @@ async fn commits(
         }
     }
     Ok(resp)
+}
+
+/// `POST …/paths-info/{rev}` (form body `paths=a&paths=b&expand=…`): the entries of the
+/// given paths, files or folders; paths that do not exist are left out, as on the Hub.
+async fn paths_info(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let id = readable(&state, &headers, &p.repo()).await?;
+    let mut paths: Vec<String> = form_urlencoded::parse(&body)
+        .filter(|(k, _)| k == "paths")
+        .map(|(_, v)| v.trim_matches('/').to_owned())
+        .collect();
+    if paths.len() > 10_000 {
+        return Err(AppError::BadRequest("at most 10000 paths per call".into()));
+    }
+    paths.dedup();
+    let repos = state.repos().clone();
+    let rev = p.rev.clone();
+    let entries = blocking(move || {
+        let commit = repos.resolve(&id, &rev)?;
+        let mut out = Vec::new();
+        // Group by parent folder: one listing per folder, whatever the number of paths.
+        let mut by_parent: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for path in paths {
+            if validate_repo_path(&path).is_err() {
+                continue;
+            }
+            let parent = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+            by_parent.entry(parent).or_default().push(path);
+        }
+        for (parent, wanted) in by_parent {
+            let listing = match repos.list_tree(&id, &commit, &parent, false) {
+                Ok(l) => l,
+                Err(hub_repo::RepoError::EntryNotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.extend(
+                listing
+                    .iter()
+                    .filter(|e| wanted.contains(&e.path))
+                    .map(tree_entry_json),
+            );
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(Value::Array(entries)))
 }
 
 // ---- branches and tags ----------------------------------------------------------------------

@@ -122,6 +122,22 @@ impl MetaDb {
         Ok(stored.saturating_add(pending))
     }
 
+    /// Adds `n` to a repo's stored count (used when a repo is renamed).
+    pub(crate) fn add_downloads(&self, id: &RepoId, n: u64) -> MetaResult<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let key = id.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(DOWNLOADS)?;
+            let old = table.get(key.as_str())?.map_or(0, |v| v.value());
+            table.insert(key.as_str(), old.saturating_add(n))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Writes the pending counts in one transaction; returns how many repos changed.
     pub(crate) fn flush(&self) -> MetaResult<usize> {
         let pending =

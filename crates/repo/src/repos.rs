@@ -368,6 +368,38 @@ impl Repos {
         Ok(())
     }
 
+    /// Renames (moves) a repository, possibly to another namespace or type, keeping its
+    /// history, refs, visibility and download count. Fails if the target exists.
+    pub fn rename(&self, from: &RepoId, to: &RepoId) -> Result<(), RepoError> {
+        // Lock both in a fixed order so two opposite renames cannot deadlock.
+        let (first, second) = if from <= to { (from, to) } else { (to, from) };
+        let (a, b) = (self.lock(first), self.lock(second));
+        let _ga = a.lock().unwrap_or_else(PoisonError::into_inner);
+        let _gb = (first != second).then(|| b.lock().unwrap_or_else(PoisonError::into_inner));
+        let src = self.git_dir(from);
+        let dst = self.git_dir(to);
+        if !src.join("HEAD").is_file() {
+            return Err(RepoError::NotFound { repo: from.clone() });
+        }
+        if dst.exists() {
+            return Err(RepoError::AlreadyExists { repo: to.clone() });
+        }
+        let meta = self.meta.get(from).map_err(meta_err)?.unwrap_or(RepoMeta {
+            private: true,
+            created_at: 0,
+        });
+        let downloads = self.meta.downloads(from).map_err(meta_err)?;
+        // The target's record first (so it is never public by accident), then the move.
+        self.meta.put(to, meta).map_err(meta_err)?;
+        let parent = dst.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        std::fs::rename(&src, &dst).map_err(io("move repository to", &dst))?;
+        self.meta.remove(from).map_err(meta_err)?;
+        self.meta.add_downloads(to, downloads).map_err(meta_err)?;
+        tracing::info!(from = %from, to = %to, "renamed repository");
+        Ok(())
+    }
+
     /// Visibility and creation time. A repository with no record (made by an older version,
     /// or mid-creation) is private: the safe default.
     pub fn meta(&self, id: &RepoId) -> Result<RepoMeta, RepoError> {

@@ -1,5 +1,5 @@
 """Branches, tags, history, downloads by branch / tag / commit, delete operations."""
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
+from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete, HfApi, hf_hub_download
 from pathlib import Path
 
 api = HfApi()
@@ -24,4 +24,19 @@ assert "v.txt" not in api.list_repo_files(repo, revision="dev")
 api.delete_tag(repo, tag="v1")
 api.delete_branch(repo, branch="dev")
 assert [b.name for b in api.list_repo_refs(repo).branches] == ["main"]
+# Copies go through paths-info (regular files are re-sent, LFS files referenced by oid).
+api.create_commit(repo, [CommitOperationAdd("w.bin", b"\0lfs content")], commit_message="lfs")
+api.create_commit(
+    repo,
+    [CommitOperationCopy("v.txt", "copies/v.txt"), CommitOperationCopy("w.bin", "copies/w.bin")],
+    commit_message="copy",
+)
+assert Path(hf_hub_download(repo, "copies/v.txt")).read_bytes() == b"one"
+assert Path(hf_hub_download(repo, "copies/w.bin")).read_bytes() == b"\0lfs content"
+infos = {p.path: p for p in api.get_paths_info(repo, ["v.txt", "copies", "nope"])}
+assert set(infos) == {"v.txt", "copies"}, infos
+# Renaming keeps history.
+api.move_repo(repo, f"{user}/hist-renamed")
+assert api.list_repo_commits(f"{user}/hist-renamed")[0].title == "copy"
+assert not api.repo_exists(repo)
 print("ok")

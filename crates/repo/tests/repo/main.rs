@@ -408,3 +408,29 @@ fn visibility_and_download_counts_persist() {
     );
     assert!(!repos.meta(&public).unwrap().private);
 }
+
+#[test]
+fn rename_keeps_history_visibility_and_downloads() {
+    let (_d, repos, id) = setup();
+    commit(&repos, &id, "main", vec![add("a.txt", b"a")]).unwrap();
+    repos.set_private(&id, true).unwrap();
+    repos.count_download(&id);
+    repos.flush_downloads().unwrap();
+    let head = repos.resolve(&id, "main").unwrap();
+    let to = RepoId::parse(RepoType::Model, "bob/renamed").unwrap();
+    repos.rename(&id, &to).unwrap();
+    assert!(!repos.exists(&id));
+    assert_eq!(repos.resolve(&to, "main").unwrap(), head);
+    assert!(repos.meta(&to).unwrap().private);
+    assert_eq!(repos.downloads(&to).unwrap(), 1);
+    assert!(matches!(
+        repos.rename(&id, &to),
+        Err(RepoError::NotFound { .. })
+    ));
+    repos.create(&id, &author()).unwrap();
+    assert!(matches!(
+        repos.rename(&id, &to),
+        Err(RepoError::AlreadyExists { .. })
+    ));
+    assert_eq!(repos.downloads(&id).unwrap(), 0);
+}
