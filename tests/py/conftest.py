@@ -96,7 +96,8 @@ def start_node(data: Path, *extra: str) -> Node:
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+        # Debug logs by default, so that the secret check below sees everything a node logs.
+        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "debug")},
     )
     log.close()
     node = Node(data=data, proc=proc, log_path=log_path)
@@ -125,6 +126,16 @@ def node_factory(tmp_path):
     yield make
     for node in started:
         node.kill()
+    # Secrets never reach the logs: not the admin token, nor any token a test created.
+    for node in started:
+        log = node.log()
+        for secret in {node.admin_token, *SECRETS_SEEN}:
+            assert secret not in log, f"a token appears in the log of {node.data}"
+    SECRETS_SEEN.clear()
+
+
+# Tokens created by tests (CLI output); checked against every node log at teardown.
+SECRETS_SEEN: set[str] = set()
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """Who may read and write what, through the real client: a second user, read and write
 tokens, a fine-grained token, an organisation with roles, private repos."""
 
+import json
 import subprocess
 
 import pytest
-from conftest import hubmesh_bin
+from conftest import SECRETS_SEEN, hubmesh_bin
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
@@ -17,7 +18,10 @@ def cli(node, *args):
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    stdout = out.stdout.strip()
+    if args[:2] == ("token", "create"):
+        SECRETS_SEEN.add(json.loads(stdout)["token"] if "--json" in args else stdout)
+    return stdout
 
 
 def status_of(call):

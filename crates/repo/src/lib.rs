@@ -37,11 +37,15 @@
 mod attributes;
 mod lfs;
 mod meta;
+mod receive;
 mod repos;
 
 pub use attributes::{DEFAULT_GITATTRIBUTES, LfsRules};
 pub use lfs::{LfsPointer, MAX_POINTER_SIZE};
 pub use meta::RepoMeta;
+pub use receive::{
+    Checked, MAX_NEW_COMMITS, Quarantine, ReceiveError, RefCommand, Rejection, ZERO_ID,
+};
 pub use repos::{
     Author, CommitInfo, CommitRequest, EntryKind, FileContent, Operation, RefInfo, RepoError,
     Repos, TreeEntry,

@@ -217,7 +217,7 @@ impl Repos {
     }
 
     /// The per-repo lock that serialises writers in this process.
-    fn lock(&self, id: &RepoId) -> Arc<Mutex<()>> {
+    pub(crate) fn lock(&self, id: &RepoId) -> Arc<Mutex<()>> {
         self.locks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -230,7 +230,7 @@ impl Repos {
         self.git_dir(id).join("HEAD").is_file()
     }
 
-    fn open_repo(&self, id: &RepoId) -> Result<gix::Repository, RepoError> {
+    pub(crate) fn open_repo(&self, id: &RepoId) -> Result<gix::Repository, RepoError> {
         let path = self.git_dir(id);
         if !path.join("HEAD").is_file() {
             return Err(RepoError::NotFound { repo: id.clone() });
