@@ -35,6 +35,30 @@ pub enum Command {
     /// Create, list and revoke access tokens on a running node.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check and inspect the chunk store of a stopped node.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Re-verify every block, chunk and manifest; quarantine what is corrupt.
+    ///
+    /// Works on a stopped node's data directory. Progress goes to stderr, the report to
+    /// stdout. Exits with status 1 when corruption was found.
+    Fsck(StoreArgs),
+    /// Files, logical bytes, stored bytes, blocks, chunks and the dedup ratio.
+    Stats(StoreArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Data directory of the (stopped) node.
+    #[arg(long, value_name = "DIR", default_value = "./hubmesh-data")]
+    pub data: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod config;
 mod datadir;
+mod store_cmd;
 mod up;
 
 use clap::Parser;
@@ -45,6 +46,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::User(command) => client::user(command),
         cli::Command::Org(command) => client::org(command),
         cli::Command::Token(command) => client::token(command),
+        cli::Command::Store(command) => store_cmd::run(command),
     }
 }
 

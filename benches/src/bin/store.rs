@@ -106,6 +106,32 @@ fn best<T>(mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
     Ok(out)
 }
 
+/// Empties the page cache (needs root), so the next read comes from the disk. `false` when
+/// the kernel does not allow it here.
+fn drop_caches() -> bool {
+    // `sync` first, so dirty pages are written and can be dropped.
+    std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+/// Best of `REPS` runs, each starting from an empty page cache; `None` if caches cannot be
+/// dropped on this machine.
+fn best_cold<T>(mut f: impl FnMut() -> Result<T>) -> Result<Option<(T, f64)>> {
+    let mut out: Option<(T, f64)> = None;
+    for _ in 0..REPS {
+        if !drop_caches() {
+            return Ok(None);
+        }
+        let (v, t) = timed(&mut f)?;
+        if out.as_ref().is_none_or(|(_, best)| t < *best) {
+            out = Some((v, t));
+        }
+    }
+    Ok(out)
+}
+
 fn peak_rss_mib() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -466,11 +492,37 @@ fn read(md: &mut String, goals: &mut Goals, file: &Path, size: u64, work: &Path)
     })?;
     let rmb = (RANGE * RANGES) as f64 / MIB;
 
+    // From disk: the same reads, each run starting with an empty page cache — the comparison
+    // the goal names ("vs. reading the same plain file from disk").
+    let cold_seq_plain = best_cold(|| seq(&mut File::open(file)?, &mut buf))?;
+    let cold_seq_ver = best_cold(|| seq(&mut store.open_file(&sha)?, &mut buf))?;
+    let cold_rng_plain = best_cold(|| ranges(&mut File::open(file)?, &mut range))?;
+    let cold_rng_ver = best_cold(|| ranges(&mut store.open_file(&sha)?, &mut range))?;
+    let cold = match (cold_seq_plain, cold_seq_ver, cold_rng_plain, cold_rng_ver) {
+        (Some((_, a)), Some((_, b)), Some((_, c)), Some((_, d))) => Some((a, b, c, d)),
+        _ => None,
+    };
+    if let Some((sp, sv, rp, rv)) = cold {
+        for (what, plain, ours) in [
+            ("from disk: sequential read, verified", sp, sv),
+            ("from disk: random 10 MiB ranges, verified", rp, rv),
+        ] {
+            goals.add(
+                &format!("{what}: ≥ 0.8× plain file"),
+                format!("{:.2}×", plain / ours),
+                plain / ours >= 0.8,
+            );
+        }
+    }
     for (what, plain, ours) in [
-        ("sequential read, verified", t_plain, t_ver),
-        ("random 10 MiB ranges, verified", r_plain, r_ver),
-        ("sequential read, unverified", t_plain, t_raw),
-        ("random 10 MiB ranges, unverified", r_plain, r_raw),
+        ("page cache: sequential read, verified", t_plain, t_ver),
+        ("page cache: random 10 MiB ranges, verified", r_plain, r_ver),
+        ("page cache: sequential read, unverified", t_plain, t_raw),
+        (
+            "page cache: random 10 MiB ranges, unverified",
+            r_plain,
+            r_raw,
+        ),
     ] {
         goals.add(
             &format!("{what}: ≥ 0.8× plain file"),
@@ -481,10 +533,46 @@ fn read(md: &mut String, goals: &mut Goals, file: &Path, size: u64, work: &Path)
     writeln!(md, "## 2. Read of a stored {mb:.0} MiB file\n")?;
     writeln!(
         md,
-        "Both from the page cache, 1 MiB reads, best of {REPS} runs; random ranges are {RANGES} reads of 10 MiB at \
-         random offsets (not chunk-aligned). \"verified\" checks every chunk against its BLAKE3 \
-         id before returning it (the default); \"unverified\" skips that. Goal: ≥ 0.8× the plain \
-         file.\n"
+        "1 MiB reads, best of {REPS} runs; random ranges are {RANGES} reads of 10 MiB at random \
+         offsets (not chunk-aligned). \"verified\" checks every chunk against its BLAKE3 id \
+         before returning it (the default); \"unverified\" skips that. Goal: ≥ 0.8× the plain \
+         file read from disk.\n"
+    )?;
+    match cold {
+        Some((sp, sv, rp, rv)) => {
+            writeln!(
+                md,
+                "From disk (the page cache is dropped before each run):\n"
+            )?;
+            writeln!(
+                md,
+                "| read | plain file MiB/s | hubmesh verified MiB/s | × |"
+            )?;
+            writeln!(md, "|---|---:|---:|---:|")?;
+            writeln!(
+                md,
+                "| sequential | {:.0} | {:.0} | {:.2}× |",
+                mb / sp,
+                mb / sv,
+                sp / sv
+            )?;
+            writeln!(
+                md,
+                "| random 10 MiB ranges | {:.0} | {:.0} | {:.2}× |\n",
+                rmb / rp,
+                rmb / rv,
+                rp / rv
+            )?;
+        }
+        None => writeln!(
+            md,
+            "From disk: not measured (this machine does not allow dropping the page cache).\n"
+        )?,
+    }
+    writeln!(
+        md,
+        "Both from the page cache (memory speed: here the plain file is a memcpy, and hubmesh's \
+         verified reads are bound by BLAKE3 of every byte):\n"
     )?;
     writeln!(
         md,

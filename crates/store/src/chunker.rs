@@ -10,9 +10,9 @@
 //! without hashing them: the result is exactly what hashing them would give, about 11% cheaper.
 //!
 //! **Forced cuts.** The caller may pass sorted absolute offsets (tensor boundaries, the end of
-//! a safetensors header, see [`format`]). A chunk always ends at a forced cut and the hash state
-//! restarts there, so the chunks inside a tensor depend only on the tensor's bytes: an unchanged
-//! tensor yields the same chunks whatever surrounds it.
+//! a safetensors header, see [`format`](mod@format)). A chunk always ends at a forced cut and
+//! the hash state restarts there, so the chunks inside a tensor depend only on the tensor's
+//! bytes: an unchanged tensor yields the same chunks whatever surrounds it.
 //!
 //! The [`Chunker`] is streaming: feed it buffers of any size with [`Chunker::next_cut`]; the
 //! cuts it reports do not depend on how the input was split into buffers.
