@@ -72,16 +72,30 @@ pub(crate) fn routes() -> Router<AppState> {
             &format!("{repo}/commit/{{rev}}"),
             post(commit).layer(DefaultBodyLimit::disable()),
         )
-        .route("/{ns}/{name}/resolve/{rev}/{*path}", get(resolve_model))
-        .route(
-            "/datasets/{ns}/{name}/resolve/{rev}/{*path}",
-            get(resolve_dataset),
-        )
-        .route(
-            "/spaces/{ns}/{name}/resolve/{rev}/{*path}",
-            get(resolve_space),
-        )
+        .merge(resolve_routes())
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
+}
+
+/// `/{prefix}{ns}/{name}/resolve/{rev}/{*path}` for each repo type.
+fn resolve_routes() -> Router<AppState> {
+    let mut router = Router::new();
+    for kind in RepoType::ALL {
+        router = router.route(
+            &format!(
+                "/{}{{ns}}/{{name}}/resolve/{{rev}}/{{*path}}",
+                kind.url_prefix()
+            ),
+            get(
+                move |State(state): State<AppState>,
+                      method: Method,
+                      headers: HeaderMap,
+                      Path(p): Path<ResolvePath>| {
+                    resolve(state, method, headers, kind, p)
+                },
+            ),
+        );
+    }
+    router
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,12 +235,7 @@ async fn create_repo(
 ) -> Result<Response, AppError> {
     let principal = require_auth(&state, &headers).await?;
     let body: CreateBody = parse_json(&body)?;
-    let kind: RepoType = body
-        .kind
-        .as_deref()
-        .unwrap_or("model")
-        .parse()
-        .map_err(|e: hub_protocol::repo::RepoIdError| AppError::BadRequest(e.to_string()))?;
+    let kind = body_kind(body.kind.as_deref())?;
     let namespace = body
         .organization
         .clone()
@@ -290,12 +299,7 @@ async fn delete_repo(
 ) -> Result<Json<Value>, AppError> {
     let principal = require_auth(&state, &headers).await?;
     let body: DeleteBody = parse_json(&body)?;
-    let kind: RepoType = body
-        .kind
-        .as_deref()
-        .unwrap_or("model")
-        .parse()
-        .map_err(|e: hub_protocol::repo::RepoIdError| AppError::BadRequest(e.to_string()))?;
+    let kind = body_kind(body.kind.as_deref())?;
     let namespace = body
         .organization
         .unwrap_or_else(|| principal.user.name.clone());
@@ -307,6 +311,13 @@ async fn delete_repo(
     blocking(move || Ok(repos.delete(&deleted)?)).await?;
     reindex(&state, &id).await;
     Ok(Json(json!({})))
+}
+
+/// The `type` of a request body: `model` when absent.
+fn body_kind(kind: Option<&str>) -> Result<RepoType, AppError> {
+    kind.unwrap_or("model")
+        .parse()
+        .map_err(|e: hub_protocol::repo::RepoIdError| AppError::BadRequest(e.to_string()))
 }
 
 /// The requested visibility: `private` (0.x clients) or `visibility` (1.x and later).
@@ -343,12 +354,7 @@ async fn move_repo(
 ) -> Result<Json<Value>, AppError> {
     let principal = require_auth(&state, &headers).await?;
     let body: MoveBody = parse_json(&body)?;
-    let kind: RepoType = body
-        .kind
-        .as_deref()
-        .unwrap_or("model")
-        .parse()
-        .map_err(|e: hub_protocol::repo::RepoIdError| AppError::BadRequest(e.to_string()))?;
+    let kind = body_kind(body.kind.as_deref())?;
     let from = RepoId::parse(kind, &body.from_repo).map_err(|_| AppError::RepoNotFound)?;
     let to = RepoId::parse(kind, &body.to_repo)
         .map_err(|e| AppError::BadRequest(format!("invalid target {:?}: {e}", body.to_repo)))?;
@@ -1324,33 +1330,6 @@ struct ResolvePath {
     name: String,
     rev: String,
     path: String,
-}
-
-async fn resolve_model(
-    State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    Path(p): Path<ResolvePath>,
-) -> Result<Response, AppError> {
-    resolve(state, method, headers, RepoType::Model, p).await
-}
-
-async fn resolve_dataset(
-    State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    Path(p): Path<ResolvePath>,
-) -> Result<Response, AppError> {
-    resolve(state, method, headers, RepoType::Dataset, p).await
-}
-
-async fn resolve_space(
-    State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    Path(p): Path<ResolvePath>,
-) -> Result<Response, AppError> {
-    resolve(state, method, headers, RepoType::Space, p).await
 }
 
 /// Whether a request for `path` counts as a download of the repo. As on the Hub: every

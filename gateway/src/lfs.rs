@@ -41,35 +41,33 @@ const MAX_OBJECT_SIZE: u64 = 50 * 1024 * 1024 * 1024;
 const MAX_BATCH: usize = 1000;
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/{ns}/{name}/info/lfs/objects/batch", post(batch_model))
-        .route(
-            "/datasets/{ns}/{name}/info/lfs/objects/batch",
-            post(batch_dataset),
-        )
-        .route(
-            "/spaces/{ns}/{name}/info/lfs/objects/batch",
-            post(batch_space),
-        )
-        .route("/{ns}/{name}/info/lfs/objects/verify", post(verify_model))
-        .route(
-            "/datasets/{ns}/{name}/info/lfs/objects/verify",
-            post(verify_dataset),
-        )
-        .route(
-            "/spaces/{ns}/{name}/info/lfs/objects/verify",
-            post(verify_space),
-        )
-        .route("/{ns}/{name}/info/lfs/locks/verify", post(locks_verify))
-        .route(
-            "/datasets/{ns}/{name}/info/lfs/locks/verify",
-            post(locks_verify),
-        )
-        .route(
-            "/spaces/{ns}/{name}/info/lfs/locks/verify",
-            post(locks_verify),
-        )
-        .route("/lfs-objects/{oid}", get(download).put(upload))
+    let mut router = Router::new();
+    for kind in RepoType::ALL {
+        let base = format!("/{}{{ns}}/{{name}}/info/lfs", kind.url_prefix());
+        router = router
+            .route(
+                &format!("{base}/objects/batch"),
+                post(
+                    move |state: State<AppState>,
+                          headers: HeaderMap,
+                          Path(p): Path<RepoPathParams>,
+                          body: Bytes| { batch(state, headers, kind, p, body) },
+                ),
+            )
+            .route(
+                &format!("{base}/objects/verify"),
+                post(
+                    move |state: State<AppState>,
+                          headers: HeaderMap,
+                          Path(p): Path<RepoPathParams>,
+                          body: Bytes| {
+                        verify(state, headers, kind, p, body)
+                    },
+                ),
+            )
+            .route(&format!("{base}/locks/verify"), post(locks_verify));
+    }
+    router.route("/lfs-objects/{oid}", get(download).put(upload))
 }
 
 /// An error in git-lfs's shape: `{"message"}` with the LFS content type; 401s carry the
@@ -195,31 +193,6 @@ struct RepoPathParams {
     name: String,
 }
 
-async fn batch_model(
-    state: State<AppState>,
-    headers: HeaderMap,
-    Path(p): Path<RepoPathParams>,
-    body: Bytes,
-) -> Response {
-    batch(state, headers, RepoType::Model, p, body).await
-}
-async fn batch_dataset(
-    state: State<AppState>,
-    headers: HeaderMap,
-    Path(p): Path<RepoPathParams>,
-    body: Bytes,
-) -> Response {
-    batch(state, headers, RepoType::Dataset, p, body).await
-}
-async fn batch_space(
-    state: State<AppState>,
-    headers: HeaderMap,
-    Path(p): Path<RepoPathParams>,
-    body: Bytes,
-) -> Response {
-    batch(state, headers, RepoType::Space, p, body).await
-}
-
 async fn batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -318,7 +291,7 @@ async fn batch_inner(
                     "oid": oid, "size": obj.size, "authenticated": true,
                     "actions": {
                         "upload": { "href": href, "expires_in": expires_in },
-                        "verify": { "href": verify_href, "expires_in": expires_in },
+                        "verify": verify_action(headers, &verify_href, expires_in),
                     }
                 }));
             }
@@ -335,6 +308,19 @@ async fn batch_inner(
         }
     }
     Ok(json!({ "transfer": "basic", "objects": objects, "hash_algo": "sha256" }))
+}
+
+/// The `verify` action: git-lfs sends the action's `header` and no credentials of its own,
+/// so the caller's `Authorization` goes back to it there (huggingface_hub sends its own).
+fn verify_action(headers: &HeaderMap, href: &str, expires_in: u64) -> Value {
+    let mut action = json!({ "href": href, "expires_in": expires_in });
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        action["header"] = json!({ "Authorization": auth });
+    }
+    action
 }
 
 /// `PUT /lfs-objects/{oid}`: streams the body into the store; accepted only if the content
@@ -414,31 +400,6 @@ async fn download(
 struct VerifyBody {
     oid: String,
     size: u64,
-}
-
-async fn verify_model(
-    state: State<AppState>,
-    headers: HeaderMap,
-    Path(p): Path<RepoPathParams>,
-    body: Bytes,
-) -> Response {
-    verify(state, headers, RepoType::Model, p, body).await
-}
-async fn verify_dataset(
-    state: State<AppState>,
-    headers: HeaderMap,
-    Path(p): Path<RepoPathParams>,
-    body: Bytes,
-) -> Response {
-    verify(state, headers, RepoType::Dataset, p, body).await
-}
-async fn verify_space(
-    state: State<AppState>,
-    headers: HeaderMap,
-    Path(p): Path<RepoPathParams>,
-    body: Bytes,
-) -> Response {
-    verify(state, headers, RepoType::Space, p, body).await
 }
 
 /// `POST …/objects/verify`: 200 when the store has the object with that size.

@@ -24,6 +24,7 @@ mod admin;
 #[cfg(test)]
 mod api_tests;
 pub mod error;
+mod git;
 mod hub;
 mod import;
 mod lfs;

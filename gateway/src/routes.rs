@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::hub::routes())
         .merge(crate::listing::routes())
         .merge(crate::lfs::routes())
+        .merge(crate::git::routes())
         .merge(crate::admin::routes())
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))

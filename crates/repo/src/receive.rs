@@ -3,7 +3,7 @@
 //!
 //! The flow, driven by the gateway's `git-receive-pack` handler:
 //!
-//! 1. [`Repos::quarantine`] makes a private object directory inside the repository's git dir
+//! 1. [`Repos::quarantine`] makes a private object directory (under the root's `.tmp/`)
 //!    whose `info/alternates` names the repository's objects, so thin packs resolve against
 //!    what the repository has while nothing new is visible to readers.
 //! 2. [`Quarantine::index_pack`] streams the pack into `git index-pack --stdin --fix-thin`
@@ -193,8 +193,14 @@ impl Repos {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let dir = git_dir.join(format!(
-            "hubmesh-incoming-{}-{nanos:x}-{:x}",
+        // Under the root's `.tmp/`, which `Repos::open` clears, so a crash mid-push leaves
+        // nothing behind; same filesystem as the repository, so accepting is a rename.
+        let root = git_dir
+            .ancestors()
+            .nth(3)
+            .ok_or_else(|| RepoError::NotFound { repo: id.clone() })?;
+        let dir = root.join(".tmp").join(format!(
+            "push-{}-{nanos:x}-{:x}",
             std::process::id(),
             NEXT_QUARANTINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
@@ -205,11 +211,10 @@ impl Repos {
         };
         let info = dir.join("objects").join("info");
         std::fs::create_dir_all(&info).map_err(io("create", &info))?;
-        std::fs::create_dir_all(dir.join("objects").join("pack"))
-            .map_err(io("create", &dir))?;
+        std::fs::create_dir_all(dir.join("objects").join("pack")).map_err(io("create", &dir))?;
         std::fs::create_dir_all(dir.join("refs")).map_err(io("create", &dir))?;
-        let objects = std::fs::canonicalize(git_dir.join("objects"))
-            .map_err(io("resolve", &git_dir))?;
+        let objects =
+            std::fs::canonicalize(git_dir.join("objects")).map_err(io("resolve", &git_dir))?;
         let alternates = info.join("alternates");
         std::fs::write(&alternates, format!("{}\n", objects.display()))
             .map_err(io("write", &alternates))?;
@@ -246,8 +251,8 @@ impl Repos {
                 rejections[i] = Some(Rejection::Stale);
                 continue;
             }
-            let name = gix::refs::FullName::try_from(c.name.as_str())
-                .map_err(git_err("ref name"))?;
+            let name =
+                gix::refs::FullName::try_from(c.name.as_str()).map_err(git_err("ref name"))?;
             let expected = match old {
                 Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
                 None => PreviousValue::MustNotExist,
@@ -295,7 +300,7 @@ impl Repos {
         for r in platform.all().map_err(git_err("list references"))? {
             let r = r.map_err(|e| RepoError::Git {
                 context: "list references",
-                source: e,
+                source: e.into(),
             })?;
             if let Some(target) = r.target().try_id() {
                 out.push((r.name().as_bstr().to_string(), target.to_string()));
@@ -382,8 +387,7 @@ impl Quarantine {
         if !status.success() {
             let message = String::from_utf8_lossy(&stderr)
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("failed")
                 .trim()
                 .trim_start_matches("fatal: ")
@@ -628,16 +632,22 @@ impl Walk<'_> {
         let header = self
             .q
             .try_find_header(oid)
-            .map_err(|_| Rejection::Malformed { id: oid.to_string() })?
-            .ok_or_else(|| Rejection::MissingObject { id: oid.to_string() })?;
+            .map_err(|_| Rejection::Malformed {
+                id: oid.to_string(),
+            })?
+            .ok_or_else(|| Rejection::MissingObject {
+                id: oid.to_string(),
+            })?;
         if header.kind() != gix::object::Kind::Blob {
-            return Err(Rejection::Malformed { id: oid.to_string() });
+            return Err(Rejection::Malformed {
+                id: oid.to_string(),
+            });
         }
         if header.size() > MAX_POINTER_SIZE as u64 {
             return Ok(());
         }
-        let obj = self.read(oid)?;
-        if let Some(pointer) = LfsPointer::parse(&obj.data)
+        let pointer = LfsPointer::parse(&self.read(oid)?.data);
+        if let Some(pointer) = pointer
             && !(self.has_lfs)(&pointer.sha256)
         {
             return Err(Rejection::MissingLfs {

@@ -1,5 +1,7 @@
 //! hub-repo against real repositories on disk, checked with the real `git` binary.
 
+mod receive;
+
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_repo::{
     Author, CommitRequest, EntryKind, FileContent, LfsPointer, Operation, RepoError, Repos,

@@ -1,0 +1,689 @@
+//! git smart HTTP: `git clone`, `fetch`, `pull` and `push` against the same bare repositories
+//! the Hub API writes, at `/{ns}/{name}[.git]` (models), `/datasets/…` and `/spaces/…`.
+//!
+//! What is ours and what is delegated (see `docs/adr/0003-git-smart-http.md`):
+//! - **Every decision is ours**: who may read or write (hub-auth, the same `authorize` the
+//!   API uses; private repos are 404 to those who may not see them, and an anonymous caller
+//!   is challenged with `401 WWW-Authenticate: Basic`), which ref updates are allowed, and
+//!   what a pushed tree may contain (hub-repo's `Quarantine::check`).
+//! - **Fetches** (read-only) are delegated, after our access check, to `git http-backend`
+//!   running `git upload-pack --stateless-rpc` for that one repository: protocol v0 and v2,
+//!   shallow and partial clones, gzip-encoded requests. Request and response bodies stream
+//!   through bounded channels; nothing buffers a pack.
+//! - **Pushes** are ours: we advertise refs, parse the commands (see [`pkt`]), stream the
+//!   pack into a quarantine where `git index-pack` indexes it, check it with gix, and only
+//!   then move objects in and update refs with compare-and-swap under the per-repo lock;
+//!   the answer is `report-status`, inside `side-band-64k` when the client asked for it.
+//!   Pushes are atomic: if any ref is refused, none moves.
+
+mod pkt;
+#[cfg(test)]
+mod tests;
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::hub::{authorize, blocking, repo_meta};
+use crate::routes::authenticate;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hub_auth::{Access, Decision, Principal};
+use hub_protocol::repo::{RepoId, RepoType};
+use hub_repo::{Checked, Quarantine, ReceiveError, RefCommand, Rejection};
+use pkt::{PushRequest, flush, write_pkt};
+use serde::Deserialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest pack one push may send (5 GiB); LFS content goes to the store, not into git.
+pub(crate) const MAX_PACK_BYTES: u64 = 5 << 30;
+
+/// Capabilities our receive-pack advertises.
+const RECEIVE_CAPS: &str =
+    "report-status delete-refs side-band-64k quiet ofs-delta object-format=sha1 agent=hubmesh";
+
+/// Chunks in flight between the HTTP body and a git process, each way.
+const CHANNEL_DEPTH: usize = 8;
+
+/// Most bytes of CGI headers we accept from `git http-backend`.
+const MAX_CGI_HEADERS: usize = 16 * 1024;
+
+pub(crate) fn routes() -> Router<AppState> {
+    let mut router = Router::new();
+    for (prefix, kind) in [
+        ("", RepoType::Model),
+        ("/datasets", RepoType::Dataset),
+        ("/spaces", RepoType::Space),
+    ] {
+        router = router
+            .route(
+                &format!("{prefix}/{{ns}}/{{name}}/info/refs"),
+                info_refs_route(kind),
+            )
+            .route(
+                &format!("{prefix}/{{ns}}/{{name}}/git-upload-pack"),
+                upload_pack_route(kind),
+            )
+            .route(
+                &format!("{prefix}/{{ns}}/{{name}}/git-receive-pack"),
+                receive_pack_route(kind),
+            );
+    }
+    router.layer(DefaultBodyLimit::disable())
+}
+
+#[derive(Debug, Deserialize)]
+struct ServiceQuery {
+    service: Option<String>,
+}
+
+fn info_refs_route(kind: RepoType) -> MethodRouter<AppState> {
+    get(
+        move |State(state): State<AppState>,
+              Path((ns, name)): Path<(String, String)>,
+              Query(q): Query<ServiceQuery>,
+              headers: HeaderMap| async move {
+            info_refs(state, kind, ns, name, q, headers)
+                .await
+                .unwrap_or_else(git_error)
+        },
+    )
+}
+
+fn upload_pack_route(kind: RepoType) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>,
+              Path((ns, name)): Path<(String, String)>,
+              headers: HeaderMap,
+              body: Body| async move {
+            upload_pack(state, kind, ns, name, headers, body)
+                .await
+                .unwrap_or_else(git_error)
+        },
+    )
+}
+
+fn receive_pack_route(kind: RepoType) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>,
+              Path((ns, name)): Path<(String, String)>,
+              headers: HeaderMap,
+              body: Body| async move {
+            receive_pack(state, kind, ns, name, headers, body)
+                .await
+                .unwrap_or_else(git_error)
+        },
+    )
+}
+
+/// Our error responses, with the challenge git understands on a 401.
+fn git_error(err: AppError) -> Response {
+    let mut resp = err.into_response();
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"hubmesh\""),
+        );
+    }
+    resp
+}
+
+/// A caller allowed to use one repository.
+struct Allowed {
+    id: RepoId,
+    private: bool,
+    principal: Option<Principal>,
+}
+
+/// Authenticates and authorises. Anonymous callers who are refused (a push, a private or
+/// missing repo) get 401 so git retries with credentials; whether the repo exists is not
+/// revealed to them. Authenticated callers who may not see a repo get 404.
+async fn allow(
+    state: &AppState,
+    kind: RepoType,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<Allowed, AppError> {
+    let principal = authenticate(state, headers).await?;
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    let anonymous_refusal = || AppError::Unauthorized("Authentication required.");
+    let id = match RepoId::new(kind, ns, name) {
+        Ok(id) => id,
+        Err(_) if principal.is_none() => return Err(anonymous_refusal()),
+        Err(_) => return Err(AppError::RepoNotFound),
+    };
+    if principal.is_none() && access == Access::Write {
+        return Err(anonymous_refusal());
+    }
+    let meta = match repo_meta(state, &id).await {
+        Ok(meta) => meta,
+        Err(AppError::RepoNotFound) if principal.is_none() => return Err(anonymous_refusal()),
+        Err(e) => return Err(e),
+    };
+    match authorize(state, principal.as_ref(), &id, meta.private, access).await {
+        Ok(()) => {}
+        Err(AppError::RepoNotFound) if principal.is_none() => return Err(anonymous_refusal()),
+        Err(e) => return Err(e),
+    }
+    Ok(Allowed {
+        id,
+        private: meta.private,
+        principal,
+    })
+}
+
+/// The `Git-Protocol` header, passed to git only when it is plain `key=value:…` text.
+fn git_protocol(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("git-protocol")?.to_str().ok()?;
+    (v.len() <= 256
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=:._-".contains(&b)))
+    .then(|| v.to_owned())
+}
+
+async fn info_refs(
+    state: AppState,
+    kind: RepoType,
+    ns: String,
+    name: String,
+    q: ServiceQuery,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    match q.service.as_deref() {
+        Some("git-upload-pack") => {
+            let allowed = allow(&state, kind, &ns, &name, &headers, Access::Read).await?;
+            http_backend(&state, &allowed.id, "info/refs", &headers, Body::empty()).await
+        }
+        Some("git-receive-pack") => {
+            let allowed = allow(&state, kind, &ns, &name, &headers, Access::Write).await?;
+            let repos = state.repos().clone();
+            let id = allowed.id.clone();
+            let refs = blocking(move || Ok(repos.advertised_refs(&id)?)).await?;
+            let mut body = Vec::new();
+            write_pkt(&mut body, b"# service=git-receive-pack\n");
+            flush(&mut body);
+            if refs.is_empty() {
+                let line = format!("{} capabilities^{{}}\0{RECEIVE_CAPS}\n", hub_repo::ZERO_ID);
+                write_pkt(&mut body, line.as_bytes());
+            }
+            for (i, (name, target)) in refs.iter().enumerate() {
+                let line = if i == 0 {
+                    format!("{target} {name}\0{RECEIVE_CAPS}\n")
+                } else {
+                    format!("{target} {name}\n")
+                };
+                write_pkt(&mut body, line.as_bytes());
+            }
+            flush(&mut body);
+            Ok(git_response(
+                "application/x-git-receive-pack-advertisement",
+                Body::from(body),
+            ))
+        }
+        // The dumb protocol is not served.
+        _ => Err(AppError::NotFound),
+    }
+}
+
+fn git_response(content_type: &'static str, body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CACHE_CONTROL,
+                "no-cache, max-age=0, must-revalidate",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn upload_pack(
+    state: AppState,
+    kind: RepoType,
+    ns: String,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let allowed = allow(&state, kind, &ns, &name, &headers, Access::Read).await?;
+    http_backend(&state, &allowed.id, "git-upload-pack", &headers, body).await
+}
+
+/// Feeds an HTTP body into a bounded channel (for a blocking reader).
+fn pump(body: Body) -> mpsc::Receiver<std::io::Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let item = chunk.map_err(std::io::Error::other);
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A blocking `Read` over the chunks [`pump`] sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    buf: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.buf = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Runs `git http-backend` (CGI) for one upload-pack request on one repository, after our
+/// access check. The request body streams to its stdin and its stdout streams back.
+async fn http_backend(
+    state: &AppState,
+    id: &RepoId,
+    service_path: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let git_dir = state.repos().git_dir(id);
+    let (Some(root), Some(dir_name)) = (git_dir.parent(), git_dir.file_name()) else {
+        return Err(AppError::internal("repository path has no parent"));
+    };
+    let root: PathBuf = root.to_owned();
+    let path_info = format!("/{}/{service_path}", dir_name.to_string_lossy());
+    let is_post = service_path != "info/refs";
+    let mut cmd = Command::new("git");
+    cmd.arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", &root)
+        .env("PATH_INFO", &path_info)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", &root)
+        .env("REQUEST_METHOD", if is_post { "POST" } else { "GET" })
+        .env(
+            "QUERY_STRING",
+            if is_post {
+                ""
+            } else {
+                "service=git-upload-pack"
+            },
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = git_protocol(headers) {
+        cmd.env("GIT_PROTOCOL", p);
+    }
+    if is_post {
+        cmd.env("CONTENT_TYPE", "application/x-git-upload-pack-request");
+        if let Some(len) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.parse::<u64>().is_ok())
+        {
+            cmd.env("CONTENT_LENGTH", len);
+        }
+        match headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+        {
+            None => {}
+            Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
+                cmd.env("HTTP_CONTENT_ENCODING", "gzip");
+            }
+            Some(_) => return Err(AppError::BadRequest("unsupported Content-Encoding".into())),
+        }
+    }
+    let mut child = cmd.spawn().map_err(AppError::internal)?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let repo = id.to_string();
+
+    // Request body -> stdin.
+    let mut reader = ChannelReader {
+        rx: pump(body),
+        buf: Bytes::new(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let _ = std::io::copy(&mut reader, &mut stdin);
+    });
+    // stderr -> log (bounded).
+    tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let _ = stderr.take(4096).read_to_string(&mut text);
+        if !text.trim().is_empty() {
+            tracing::warn!(%repo, stderr = %text.trim(), "git http-backend");
+        }
+    });
+    // stdout -> CGI headers, then body chunks.
+    let (head_tx, head_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break Some((i, 4));
+            }
+            if let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
+                break Some((i, 2));
+            }
+            if buf.len() > MAX_CGI_HEADERS {
+                break None;
+            }
+            match stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let Some((end, sep)) = head_end else {
+            let _ = head_tx.send(None);
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let rest = Bytes::copy_from_slice(&buf[end + sep..]);
+        if head_tx.send(Some(head)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        if !rest.is_empty() && tx.blocking_send(Ok(rest)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        loop {
+            match stdout.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&chunk[..n])))
+                        .is_err()
+                    {
+                        // The client went away.
+                        let _ = child.kill();
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    let _ = child.kill();
+                    break;
+                }
+            }
+        }
+        let _ = child.wait();
+    });
+    let head = head_rx
+        .await
+        .map_err(AppError::internal)?
+        .ok_or_else(|| AppError::internal("git http-backend sent no headers"))?;
+    let mut status = StatusCode::OK;
+    let mut content_type = None;
+    for line in head.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("status") {
+            let code = v.split(' ').next().and_then(|c| c.parse::<u16>().ok());
+            status = code
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        } else if k.eq_ignore_ascii_case("content-type") {
+            content_type = HeaderValue::from_str(v).ok();
+        }
+    }
+    if !status.is_success() {
+        tracing::warn!(repo = %id, %status, "git http-backend refused");
+        return Err(AppError::internal(format!("git http-backend: {status}")));
+    }
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let headers = resp.headers_mut();
+    if let Some(ct) = content_type {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+    );
+    Ok(resp)
+}
+
+/// What one push came to, for the report.
+struct PushOutcome {
+    unpack: Result<(), String>,
+    refs: Vec<(String, Result<(), String>)>,
+}
+
+async fn receive_pack(
+    state: AppState,
+    kind: RepoType,
+    ns: String,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let allowed = allow(&state, kind, &ns, &name, &headers, Access::Write).await?;
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(AppError::BadRequest(
+            "compressed receive-pack requests are not supported".into(),
+        ));
+    }
+    let mut reader = ChannelReader {
+        rx: pump(body),
+        buf: Bytes::new(),
+    };
+    let worker_state = state.clone();
+    let id = allowed.id.clone();
+    // The work does not depend on this future: it runs to completion (or to the end of the
+    // request body) on the blocking pool even if the client goes away.
+    let (request, outcome) = blocking(move || {
+        let request = pkt::read_push_request(&mut reader)
+            .map_err(|e| AppError::BadRequest(format!("receive-pack request: {e}")))?;
+        let outcome = receive(&worker_state, &allowed, &request, &mut reader);
+        Ok((request, outcome))
+    })
+    .await?;
+    let moved = outcome.unpack.is_ok() && outcome.refs.iter().all(|(_, r)| r.is_ok());
+    if moved {
+        let (repos, search) = (state.repos().clone(), state.search().clone());
+        let _ = tokio::task::spawn_blocking(move || crate::listing::reindex(&repos, &search, &id))
+            .await;
+    }
+    Ok(git_response(
+        "application/x-git-receive-pack-result",
+        Body::from(report(&request, &outcome)),
+    ))
+}
+
+/// Receives the pack, checks it and moves refs; never panics, and on any refusal leaves the
+/// repository as it was.
+fn receive(
+    state: &AppState,
+    allowed: &Allowed,
+    request: &PushRequest,
+    pack: &mut dyn Read,
+) -> PushOutcome {
+    let commands = &request.commands;
+    let fail_all = |reason: &str| PushOutcome {
+        unpack: Ok(()),
+        refs: commands
+            .iter()
+            .map(|c| (c.name.clone(), Err(reason.to_owned())))
+            .collect(),
+    };
+    let unpack_error = |e: &dyn std::fmt::Display| {
+        tracing::info!(repo = %allowed.id, error = %e, "push: unpack failed");
+        PushOutcome {
+            unpack: Err(e.to_string()),
+            refs: commands
+                .iter()
+                .map(|c| (c.name.clone(), Err("unpacker error".to_owned())))
+                .collect(),
+        }
+    };
+    let quarantine: Quarantine = match state.repos().quarantine(&allowed.id) {
+        Ok(q) => q,
+        Err(e) => return unpack_error(&e),
+    };
+    if commands.iter().any(|c| !c.is_delete())
+        && let Err(e) = quarantine.index_pack(pack, MAX_PACK_BYTES)
+    {
+        return match e {
+            ReceiveError::TooLarge { .. } | ReceiveError::IndexPack { .. } => unpack_error(&e),
+            other => unpack_error(&other),
+        };
+    }
+    let store = state.store().clone();
+    let mut has_lfs = |hex: &str| {
+        hex.parse::<hub_protocol::manifest::Sha256>()
+            .ok()
+            .is_some_and(|oid| store.has(&oid).unwrap_or(false))
+    };
+    let checks = match quarantine.check(commands, &mut has_lfs) {
+        Ok(c) => c,
+        Err(e) => return unpack_error(&e),
+    };
+    let needs_force = checks.iter().any(|c| {
+        matches!(
+            c,
+            Ok(Checked {
+                fast_forward: false
+            })
+        )
+    });
+    let may_force = needs_force
+        && matches!(
+            state.auth().decide_force_push(
+                allowed.principal.as_ref(),
+                &allowed.id,
+                allowed.private
+            ),
+            Ok(Decision::Allow)
+        );
+    let verdicts: Vec<Result<(), Rejection>> = checks
+        .into_iter()
+        .map(|c| match c {
+            Ok(Checked {
+                fast_forward: false,
+            }) if !may_force => Err(Rejection::NonFastForward),
+            Ok(_) => Ok(()),
+            Err(r) => Err(r),
+        })
+        .collect();
+    if verdicts.iter().any(Result::is_err) {
+        tracing::info!(repo = %allowed.id, "push refused");
+        return PushOutcome {
+            unpack: Ok(()),
+            refs: commands
+                .iter()
+                .zip(verdicts)
+                .map(|(c, v)| {
+                    let reason = v.err().unwrap_or(Rejection::Atomic);
+                    (c.name.clone(), Err(reason.to_string()))
+                })
+                .collect(),
+        };
+    }
+    match state.repos().apply_push(quarantine, commands) {
+        Ok(Ok(())) => {
+            tracing::info!(repo = %allowed.id, refs = commands.len(), "push accepted");
+            PushOutcome {
+                unpack: Ok(()),
+                refs: commands.iter().map(|c| (c.name.clone(), Ok(()))).collect(),
+            }
+        }
+        Ok(Err(rejections)) => PushOutcome {
+            unpack: Ok(()),
+            refs: commands
+                .iter()
+                .zip(rejections)
+                .map(|(c, r): (&RefCommand, Option<Rejection>)| {
+                    (
+                        c.name.clone(),
+                        Err(r.unwrap_or(Rejection::Atomic).to_string()),
+                    )
+                })
+                .collect(),
+        },
+        Err(e) => {
+            tracing::error!(repo = %allowed.id, error = %e, "push: apply failed");
+            fail_all("internal error")
+        }
+    }
+}
+
+/// The `report-status` answer, wrapped in side-band 1 when the client asked for it.
+fn report(request: &PushRequest, outcome: &PushOutcome) -> Vec<u8> {
+    if !request.has("report-status") {
+        return if request.has("side-band-64k") {
+            b"0000".to_vec()
+        } else {
+            Vec::new()
+        };
+    }
+    let mut status = Vec::new();
+    let unpack = match &outcome.unpack {
+        Ok(()) => "unpack ok\n".to_owned(),
+        Err(e) => format!("unpack {}\n", one_line(e)),
+    };
+    write_pkt(&mut status, unpack.as_bytes());
+    for (name, result) in &outcome.refs {
+        let line = match result {
+            Ok(()) => format!("ok {name}\n"),
+            Err(reason) => format!("ng {name} {}\n", one_line(reason)),
+        };
+        write_pkt(&mut status, line.as_bytes());
+    }
+    flush(&mut status);
+    if !request.has("side-band-64k") {
+        return status;
+    }
+    let mut out = Vec::new();
+    for chunk in status.chunks(pkt::MAX_PKT_LEN - 5) {
+        let mut data = Vec::with_capacity(chunk.len() + 1);
+        data.push(1);
+        data.extend_from_slice(chunk);
+        write_pkt(&mut out, &data);
+    }
+    flush(&mut out);
+    out
+}
+
+/// A reason fit for one pkt-line: no newlines, bounded.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect()
+}
