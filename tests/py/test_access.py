@@ -1,8 +1,13 @@
 """Who may read and write what, through the real client: a second user, read and write
 tokens, a fine-grained token, an organisation with roles, private repos."""
 
+import base64
+import hashlib
 import json
+import os
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 from conftest import SECRETS_SEEN, hubmesh_bin
@@ -37,13 +42,22 @@ def status_of(call):
 @pytest.fixture
 def site(node, tmp_path):
     cli(node, "user", "add", "bob")
+    cli(node, "user", "add", "carol")
+    cli(node, "user", "add", "dave")
     cli(node, "org", "add", "acme")
     cli(node, "org", "member", "add", "acme", "bob", "--role", "contributor")
+    cli(node, "org", "member", "add", "acme", "carol", "--role", "read")
+    revoked = json.loads(cli(node, "token", "create", "bob", "--scope", "write", "--json"))
+    cli(node, "token", "revoke", revoked["id"])
     tokens = {
         "admin": node.admin_token,
         "bob_write": cli(node, "token", "create", "bob", "--scope", "write"),
         "bob_read": cli(node, "token", "create", "bob", "--scope", "read"),
         "bob_fine_other": cli(node, "token", "create", "bob", "--scope", "write", "--repo", "admin/elsewhere"),
+        "bob_fine_team": cli(node, "token", "create", "bob", "--scope", "write", "--repo", "acme/team"),
+        "carol_write": cli(node, "token", "create", "carol", "--scope", "write"),
+        "dave_write": cli(node, "token", "create", "dave", "--scope", "write"),
+        "revoked": revoked["token"],
     }
     admin = HfApi(endpoint=node.url, token=tokens["admin"])
     admin.create_repo("admin/public")
@@ -54,36 +68,114 @@ def site(node, tmp_path):
     return node, tokens
 
 
-def test_access_matrix(site, tmp_path):
+def http_status(method, url, token, body=None, headers=None):
+    """Status of one raw request; the token goes as Bearer (API) or Basic (git, LFS)."""
+    h = dict(headers or {})
+    if token and token.startswith("basic:"):
+        h["authorization"] = "Basic " + base64.b64encode(f"x:{token[6:]}".encode()).decode()
+    elif token:
+        h["authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    if data is not None:
+        h.setdefault("content-type", "application/json")
+    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+# Who may do what, on each surface. Columns: API info, API tree, resolve, API commit,
+# LFS batch download, LFS batch upload, git fetch (info/refs of upload-pack), git push
+# (info/refs of receive-pack). The Hub's answers: 200 allowed; 401 no or bad credentials
+# (git and LFS ask for them with a challenge, also for private repos, so that git retries
+# with the token); 403 may see but not write; 404 RepoNotFound — a private repo the caller
+# may not see is indistinguishable from a missing one.
+MATRIX = {
+    (None, "admin/public"):             (200, 200, 200, 401, 200, 401, 200, 401),
+    (None, "admin/secret"):             (404, 404, 404, 401, 401, 401, 401, 401),
+    ("bob_read", "admin/public"):       (200, 200, 200, 403, 200, 403, 200, 403),
+    ("bob_read", "admin/secret"):       (404, 404, 404, 404, 404, 404, 404, 404),
+    ("bob_write", "admin/public"):      (200, 200, 200, 403, 200, 403, 200, 403),
+    ("bob_write", "acme/team"):         (200, 200, 200, 200, 200, 200, 200, 200),
+    ("bob_read", "acme/team"):          (200, 200, 200, 403, 200, 403, 200, 403),
+    ("carol_write", "acme/team"):       (200, 200, 200, 403, 200, 403, 200, 403),
+    ("dave_write", "acme/team"):        (404, 404, 404, 404, 404, 404, 404, 404),
+    ("bob_fine_other", "acme/team"):    (404, 404, 404, 404, 404, 404, 404, 404),
+    ("bob_fine_other", "admin/public"): (200, 200, 200, 403, 200, 403, 200, 403),
+    ("bob_fine_team", "acme/team"):     (200, 200, 200, 200, 200, 200, 200, 200),
+    ("bob_fine_team", "admin/public"):  (200, 200, 200, 403, 200, 403, 200, 403),
+    ("revoked", "admin/public"):        (401, 401, 401, 401, 401, 401, 401, 401),
+    ("admin", "admin/secret"):          (200, 200, 200, 200, 200, 200, 200, 200),
+}
+
+
+def test_access_matrix(site):
     node, t = site
-    api = lambda token: HfApi(endpoint=node.url, token=token)  # noqa: E731
-    cache = str(tmp_path / "cache")
-
-    def read(token, repo):
-        return status_of(lambda: (api(token).model_info(repo), hf_hub_download(repo, "config.json", endpoint=node.url, token=token, cache_dir=cache, force_download=True)))
-
-    def write(token, repo):
-        return status_of(lambda: api(token).create_commit(repo, [CommitOperationAdd("x.txt", b"x")], commit_message="w"))
-
-    expected = {
-        # (token, repo): (read status, write status)
-        (False, "admin/public"): (200, 401),
-        (False, "admin/secret"): (404, 401),
-        ("bob_read", "admin/public"): (200, 403),
-        ("bob_read", "admin/secret"): (404, 404),
-        ("bob_write", "admin/public"): (200, 403),
-        ("bob_write", "admin/secret"): (404, 404),
-        ("bob_write", "acme/team"): (200, 200),
-        ("bob_read", "acme/team"): (200, 403),
-        ("bob_fine_other", "acme/team"): (404, 404),
-        ("bob_fine_other", "admin/public"): (200, 403),
-        ("admin", "admin/secret"): (200, 200),
-    }
+    u = node.url
+    oid = hashlib.sha256(b"{}").hexdigest()
     got = {}
-    for (who, repo), _ in expected.items():
-        token = t[who] if who else False
-        got[(who, repo)] = (read(token, repo)[0], write(token, repo)[0])
-    assert got == expected
+    for (who, repo) in MATRIX:
+        token = t[who] if who else None
+        basic = f"basic:{token}" if token else None
+        commit = b'{"key":"header","value":{"summary":"w"}}\n{"key":"file","value":{"path":"x.txt","content":"eA==","encoding":"base64"}}\n'
+        lfs = lambda op: http_status(  # noqa: E731
+            "POST", f"{u}/{repo}.git/info/lfs/objects/batch", basic,
+            {"operation": op, "transfers": ["basic"], "objects": [{"oid": oid, "size": 2}]},
+            {"accept": "application/vnd.git-lfs+json"},
+        )
+        req = urllib.request.Request(f"{u}/api/models/{repo}/commit/main", data=commit, method="POST",
+                                     headers={"content-type": "application/x-ndjson", **({"authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                commit_status = r.status
+        except urllib.error.HTTPError as e:
+            commit_status = e.code
+        got[(who, repo)] = (
+            http_status("GET", f"{u}/api/models/{repo}", token),
+            http_status("GET", f"{u}/api/models/{repo}/tree/main", token),
+            http_status("GET", f"{u}/{repo}/resolve/main/config.json", token),
+            commit_status,
+            lfs("download"),
+            lfs("upload"),
+            http_status("GET", f"{u}/{repo}/info/refs?service=git-upload-pack", basic),
+            http_status("GET", f"{u}/{repo}/info/refs?service=git-receive-pack", basic),
+        )
+    wrong = {k: (got[k], v) for k, v in MATRIX.items() if got[k] != v}
+    assert not wrong, "\n".join(f"{k}: got {g}, want {w}" for k, (g, w) in wrong.items())
+
+
+def test_real_clients_agree_with_the_matrix(site, tmp_path):
+    """The same rules through huggingface_hub and git themselves."""
+    node, t = site
+    cache = str(tmp_path / "cache")
+    api = lambda token: HfApi(endpoint=node.url, token=token)  # noqa: E731
+    assert status_of(lambda: api(t["bob_write"]).model_info("acme/team"))[0] == 200
+    assert status_of(lambda: api(t["dave_write"]).model_info("acme/team"))[:2] == (404, "RepoNotFound")
+    assert status_of(lambda: hf_hub_download("admin/secret", "config.json", endpoint=node.url, token=False, cache_dir=cache))[0] == 404
+    assert status_of(lambda: api(t["carol_write"]).create_commit("acme/team", [CommitOperationAdd("y.txt", b"y")], commit_message="w"))[0] == 403
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    url = lambda who, repo: node.url.replace("http://", f"http://{who}:{t[who + '_write']}@") + f"/{repo}"  # noqa: E731
+    run = lambda *a, cwd=None: subprocess.run(["git", *a], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)  # noqa: E731
+    assert run("clone", url("dave", "acme/team"), str(tmp_path / "d")).returncode != 0, "non-members cannot clone"
+    clone = run("clone", url("carol", "acme/team"), str(tmp_path / "c"))
+    assert clone.returncode == 0, clone.stderr
+    (tmp_path / "c" / "carol.txt").write_text("c")
+    run("add", ".", cwd=tmp_path / "c")
+    run("commit", "-m", "c", cwd=tmp_path / "c")
+    push = run("push", "origin", "HEAD:main", cwd=tmp_path / "c")
+    assert push.returncode != 0, "a read-role member cannot push"
+    b = run("clone", url("bob", "acme/team"), str(tmp_path / "b"))
+    assert b.returncode == 0, b.stderr
+    (tmp_path / "b" / "bob.txt").write_text("b")
+    run("add", ".", cwd=tmp_path / "b")
+    run("commit", "-m", "b", cwd=tmp_path / "b")
+    push = run("push", "origin", "HEAD:main", cwd=tmp_path / "b")
+    assert push.returncode == 0, push.stderr
+    assert "bob.txt" in api(t["admin"]).list_repo_files("acme/team")
+    assert "carol.txt" not in api(t["admin"]).list_repo_files("acme/team")
 
 
 def test_revoked_token_is_refused_at_once(site):
