@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod name;
 pub mod node_info;
 pub mod repo;
+pub mod signed;
 
 pub use node_info::NodeInfo;
 

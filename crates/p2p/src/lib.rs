@@ -29,10 +29,12 @@
 //! # Ok(()) }
 //! ```
 
+mod state;
 mod swarm;
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
+pub use state::{RefStore, RefStoreError};
 pub use swarm::{P2p, P2pConfig, P2pError, spawn};
 pub use tokio_util::sync::CancellationToken;
 

@@ -1,0 +1,42 @@
+//! hubmesh's inference engine: a Llama-family forward pass of our own over a paged KV cache,
+//! token sampling, and a continuous-batching scheduler, on candle.
+//!
+//! Place in the crate graph: `protocol ← store ← repo ← {auth, search, infer} ← … ← gateway`.
+//! This crate depends on none of them yet: it takes a model directory (`config.json` +
+//! safetensors) and token ids, and produces token ids. Fetching weights peer-to-peer,
+//! tokenizers, chat templates and the OpenAI/TGI/HF HTTP APIs live above it.
+//!
+//! Modules, bottom-up:
+//! - [`config`]: the `config.json` subset we implement (and rejection of what we do not);
+//! - [`kv_cache`]: block allocator (free list + block tables) and the K/V slot tensors;
+//! - [`model`]: the packed ragged-batch forward pass (RoPE per token, RMSNorm, SwiGLU, GQA);
+//! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty, seeded;
+//! - [`scheduler`]: the vLLM-V1-style token-budget state machine (no threads, no clocks);
+//! - [`engine`]: ties them together behind `add_request` / `cancel` / `step`.
+//!
+//! CPU by default; the `cuda` feature forwards to candle's CUDA backend (needs `nvcc` to
+//! build). All weights are computed in f32 (f16/bf16 checkpoints are converted on load).
+//!
+//! ```no_run
+//! use hub_infer::engine::{Engine, EngineConfig, GenerateRequest};
+//! use hub_infer::model::Llama;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let model = Llama::from_dir("models/smollm2".as_ref(), &candle_core::Device::Cpu)?;
+//! let mut engine = Engine::new(model, EngineConfig::default())?;
+//! engine.add_request(GenerateRequest::greedy(1, vec![1, 9690, 28], 16))?;
+//! while engine.has_work() {
+//!     for event in engine.step()? {
+//!         println!("request {} token {} finish {:?}", event.id, event.token, event.finish);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod engine;
+pub mod kv_cache;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;

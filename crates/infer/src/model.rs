@@ -1,0 +1,559 @@
+//! Our own Llama-family forward pass over a ragged batch and the paged KV cache.
+//!
+//! Why not candle-transformers' `Llama`: its cache is one contiguous tensor per layer inside the
+//! model, grown by concatenation, with one position offset for the whole batch — it cannot mix a
+//! 300-token prefill chunk with twenty 1-token decodes of different lengths. Here:
+//!
+//! - The batch is *packed*: all new tokens of all sequences form one `(T, hidden)` matrix, so
+//!   embeddings, norms, projections and the MLP are single large matmuls regardless of how the
+//!   tokens split across sequences (this is where batching pays on CPU and GPU alike).
+//! - Every token carries its own position (`start_pos + i` of its sequence); RoPE reads its
+//!   cos/sin row from a precomputed table, so sequences at different offsets share a step.
+//! - Only attention is per sequence: new K/V are written into the sequence's cache slots, then
+//!   its whole context is gathered from its blocks (see [`crate::kv_cache`] for the cost) and
+//!   attended with a causal mask relative to absolute positions. GQA is done without repeating
+//!   K/V: the `g = heads / kv_heads` query heads sharing a K/V head are stacked as rows.
+//!
+//! Weights are held in f32 whatever their on-disk dtype (f16/bf16 are converted at load): the
+//! CPU backend's f32 matmuls are its fastest path, and it keeps one numeric path to test.
+//! Quantized GGUF weights are future work.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::config::{ConfigError, LlamaConfig};
+use crate::kv_cache::{KvStore, slot_of};
+
+/// Failure to load a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error("read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("read safetensors {path}")]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("parse {path}: no weight_map")]
+    Index { path: PathBuf },
+    #[error("missing tensor {name}")]
+    MissingTensor { name: String },
+    #[error("tensor {name}: shape {actual:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("tensor {name}: unsupported dtype {dtype}")]
+    DType { name: String, dtype: String },
+    #[error("prepare tensors")]
+    Tensor(#[source] candle_core::Error),
+}
+
+/// Failure of a forward step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    #[error("tensor op")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// One sequence's share of a step: its new tokens and where they go.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchItem<'a> {
+    /// New tokens (a prefill chunk, or the one token being decoded); non-empty.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; positions `0..start_pos` must already be in the cache.
+    pub start_pos: usize,
+    /// The sequence's blocks; must cover positions `0..start_pos + tokens.len()`.
+    pub block_table: &'a [u32],
+    /// Return logits for every new token instead of only the last.
+    pub all_logits: bool,
+}
+
+/// Logits of one sequence: `rows × vocab`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqLogits {
+    pub vocab: usize,
+    pub data: Vec<f32>,
+}
+
+impl SeqLogits {
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.vocab.max(1)
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// Logits of the last position (the one a sampler reads).
+    pub fn last(&self) -> &[f32] {
+        self.row(self.rows() - 1)
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// A projection `x W^T (+ b)`; biases are Qwen2's (q/k/v) or Llama's `attention_bias`.
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Named checkpoint tensors being moved into the model (checked, converted to f32).
+struct Weights<'a> {
+    tensors: HashMap<String, Tensor>,
+    device: &'a Device,
+}
+
+impl Weights<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| LoadError::MissingTensor { name: name.into() })?;
+        if t.dims() != shape {
+            return Err(LoadError::Shape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                actual: t.dims().to_vec(),
+            });
+        }
+        match t.dtype() {
+            DType::F32 | DType::F16 | DType::BF16 => {}
+            other => {
+                return Err(LoadError::DType {
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        }
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.to_device(self.device))
+            .map_err(tensor_err)
+    }
+
+    /// `{prefix}.weight` and, when present (or `require_bias`), `{prefix}.bias`.
+    fn linear(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        require_bias: bool,
+    ) -> Result<Linear, LoadError> {
+        let weight = self.take(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = if require_bias || self.tensors.contains_key(&bias_name) {
+            Some(self.take(&bias_name, &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+}
+
+/// A loaded Llama-family model (weights only; the cache is a separate [`KvStore`]).
+#[derive(Debug)]
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+fn tensor_err(e: candle_core::Error) -> LoadError {
+    LoadError::Tensor(e)
+}
+
+impl Llama {
+    /// Loads `config.json` and `model.safetensors` (or the shards named by
+    /// `model.safetensors.index.json`) from a model directory.
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self, LoadError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| LoadError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config = LlamaConfig::from_json(&text).map_err(|source| LoadError::Config {
+            path: config_path,
+            source,
+        })?;
+        let index = dir.join("model.safetensors.index.json");
+        let files =
+            if index.exists() {
+                let text = std::fs::read_to_string(&index).map_err(|source| LoadError::Io {
+                    path: index.clone(),
+                    source,
+                })?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|_| LoadError::Index {
+                        path: index.clone(),
+                    })?;
+                let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or(
+                    LoadError::Index {
+                        path: index.clone(),
+                    },
+                )?;
+                let mut files: Vec<PathBuf> = map
+                    .values()
+                    .filter_map(|f| f.as_str())
+                    .map(|f| dir.join(f))
+                    .collect();
+                files.sort();
+                files.dedup();
+                files
+            } else {
+                vec![dir.join("model.safetensors")]
+            };
+        Self::from_safetensors(config, &files, device)
+    }
+
+    /// Loads weights from safetensors files (f32, f16 or bf16; converted to f32).
+    pub fn from_safetensors(
+        config: LlamaConfig,
+        files: &[PathBuf],
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        let mut tensors = HashMap::new();
+        for path in files {
+            let loaded = candle_core::safetensors::load(path, device).map_err(|source| {
+                LoadError::Safetensors {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            tensors.extend(loaded);
+        }
+        Self::from_tensors(config, tensors, device)
+    }
+
+    /// Builds the model from named tensors (Hugging Face names).
+    pub fn from_tensors(
+        config: LlamaConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        config.validate().map_err(|source| LoadError::Config {
+            path: PathBuf::from("<config>"),
+            source,
+        })?;
+        let h = config.hidden_size;
+        let d = config.head_dim();
+        let nq = config.num_attention_heads * d;
+        let nkv = config.num_kv_heads() * d;
+        let inter = config.intermediate_size;
+        let mut w = Weights { tensors, device };
+        let bias = config.attention_bias;
+        let embed = w.take("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: w.take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q: w.linear(&format!("{p}.self_attn.q_proj"), nq, h, bias)?,
+                k: w.linear(&format!("{p}.self_attn.k_proj"), nkv, h, bias)?,
+                v: w.linear(&format!("{p}.self_attn.v_proj"), nkv, h, bias)?,
+                o: w.linear(&format!("{p}.self_attn.o_proj"), h, nq, bias)?,
+                post_norm: w.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate: w.take(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
+                up: w.take(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
+                down: w.take(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
+            });
+        }
+        let norm = w.take("model.norm.weight", &[h])?;
+        let lm_head = if config.tie_word_embeddings {
+            embed.clone()
+        } else {
+            w.take("lm_head.weight", &[config.vocab_size, h])?
+        };
+        let (cos, sin) = rope_tables(&config, device).map_err(tensor_err)?;
+        Ok(Self {
+            config,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A KV store shaped for this model.
+    pub fn new_kv_store(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> candle_core::Result<KvStore> {
+        KvStore::new(
+            self.config.num_hidden_layers,
+            num_blocks,
+            block_size,
+            self.config.num_kv_heads(),
+            self.config.head_dim(),
+            &self.device,
+        )
+    }
+
+    fn check_batch(&self, kv: &KvStore, batch: &[BatchItem<'_>]) -> Result<(), ForwardError> {
+        let bad = |m: String| Err(ForwardError::InvalidBatch(m));
+        if kv.layers.len() != self.layers.len() {
+            return bad(format!(
+                "kv store has {} layers, model {}",
+                kv.layers.len(),
+                self.layers.len()
+            ));
+        }
+        for (i, item) in batch.iter().enumerate() {
+            let end = item.start_pos + item.tokens.len();
+            if item.tokens.is_empty() {
+                return bad(format!("item {i}: no tokens"));
+            }
+            if let Some(t) = item
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
+                return bad(format!("item {i}: token {t} outside vocabulary"));
+            }
+            if end > self.config.max_position_embeddings {
+                return bad(format!(
+                    "item {i}: position {end} beyond max_position_embeddings"
+                ));
+            }
+            if item.block_table.len() * kv.block_size < end {
+                return bad(format!("item {i}: block table too short for {end} tokens"));
+            }
+            if let Some(b) = item
+                .block_table
+                .iter()
+                .find(|&&b| b as usize >= kv.num_blocks)
+            {
+                return bad(format!("item {i}: block {b} outside the store"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step over a ragged batch: writes the new tokens' K/V into their cache slots and
+    /// returns, per item, the logits of its last token (or all its tokens when `all_logits`).
+    pub fn forward(
+        &self,
+        kv: &KvStore,
+        batch: &[BatchItem<'_>],
+    ) -> Result<Vec<SeqLogits>, ForwardError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_batch(kv, batch)?;
+        let cfg = &self.config;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        let dev = &self.device;
+
+        // Packed token ids and per-token positions.
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut offsets = Vec::with_capacity(batch.len());
+        for item in batch {
+            offsets.push(ids.len());
+            ids.extend_from_slice(item.tokens);
+            positions
+                .extend((item.start_pos..item.start_pos + item.tokens.len()).map(|p| p as u32));
+        }
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, dev)?;
+        let positions = Tensor::from_vec(positions, total, dev)?;
+        let cos = self.cos.index_select(&positions, 0)?;
+        let sin = self.sin.index_select(&positions, 0)?;
+
+        // Per item: slots of the new tokens (runs of consecutive slots) and of the whole context.
+        let mut write_runs = Vec::with_capacity(batch.len());
+        let mut context_slots = Vec::with_capacity(batch.len());
+        let mut masks = Vec::with_capacity(batch.len());
+        let groups = nh / nkv;
+        for item in batch {
+            let end = item.start_pos + item.tokens.len();
+            let slots: Vec<u32> = (0..end)
+                .map(|p| slot_of(item.block_table, kv.block_size, p).map(|s| s as u32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ForwardError::InvalidBatch("block table too short".into()))?;
+            let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (token offset, slot, len)
+            for (i, &slot) in slots[item.start_pos..].iter().enumerate() {
+                match runs.last_mut() {
+                    Some((_, s, len)) if *s + *len == slot as usize => *len += 1,
+                    _ => runs.push((i, slot as usize, 1)),
+                }
+            }
+            write_runs.push(runs);
+            context_slots.push(Tensor::from_vec(slots, end, dev)?);
+            let n = item.tokens.len();
+            masks.push(if n > 1 {
+                // Row r is query token r % n (the g query heads of a K/V head are stacked).
+                let mut m = vec![0f32; groups * n * end];
+                for r in 0..groups * n {
+                    let pos = item.start_pos + r % n;
+                    m[r * end + pos + 1..(r + 1) * end].fill(f32::NEG_INFINITY);
+                }
+                Some(Tensor::from_vec(m, (groups * n, end), dev)?)
+            } else {
+                None
+            });
+        }
+
+        let scale = 1.0 / (hd as f64).sqrt();
+        let eps = cfg.rms_norm_eps as f32;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&kv.layers) {
+            let residual = &x;
+            let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
+            let q = layer.q.forward(&h)?.reshape((1, total, nh, hd))?;
+            let k = layer.k.forward(&h)?.reshape((1, total, nkv, hd))?;
+            let v = layer.v.forward(&h)?.reshape((total, nkv, hd))?;
+            let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?.squeeze(0)?;
+            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?.squeeze(0)?;
+
+            let mut outs = Vec::with_capacity(batch.len());
+            for (s, item) in batch.iter().enumerate() {
+                let off = offsets[s];
+                let n = item.tokens.len();
+                for &(t, slot, len) in &write_runs[s] {
+                    k_cache.slice_set(&k.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
+                    v_cache.slice_set(&v.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
+                }
+                let ctx = context_slots[s].dims1()?;
+                // (ctx, kv, d) -> (kv, ctx, d)
+                let ks = k_cache
+                    .index_select(&context_slots[s], 0)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                let vs = v_cache
+                    .index_select(&context_slots[s], 0)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                // (n, h, d) -> (h, n, d) -> (kv, g*n, d)
+                let qs = q
+                    .narrow(0, off, n)?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .reshape((nkv, groups * n, hd))?;
+                let mut att = (qs.matmul(&ks.t()?)? * scale)?;
+                if let Some(mask) = &masks[s] {
+                    att = att.broadcast_add(mask)?;
+                }
+                let att = candle_nn::ops::softmax_last_dim(&att)?;
+                debug_assert_eq!(att.dims(), &[nkv, groups * n, ctx]);
+                let o = att
+                    .matmul(&vs)?
+                    .reshape((nh, n, hd))?
+                    .transpose(0, 1)?
+                    .reshape((n, nh * hd))?;
+                outs.push(o);
+            }
+            let attn = layer.o.forward(&Tensor::cat(&outs, 0)?)?;
+            let x1 = (residual + attn)?;
+            let h = candle_nn::ops::rms_norm(&x1, &layer.post_norm, eps)?;
+            let gate = candle_nn::ops::silu(&h.matmul(&layer.gate.t()?)?)?;
+            let up = h.matmul(&layer.up.t()?)?;
+            let mlp = (gate * up)?.matmul(&layer.down.t()?)?;
+            x = (x1 + mlp)?;
+        }
+
+        // Only the rows somebody reads go through the (vocab-sized) head.
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(batch.len());
+        for (s, item) in batch.iter().enumerate() {
+            let n = item.tokens.len();
+            let first = if item.all_logits { 0 } else { n - 1 };
+            rows.extend((first..n).map(|i| (offsets[s] + i) as u32));
+            counts.push(n - first);
+        }
+        let num_rows = rows.len();
+        let rows = Tensor::from_vec(rows, num_rows, dev)?;
+        let x =
+            candle_nn::ops::rms_norm(&x.index_select(&rows, 0)?.contiguous()?, &self.norm, eps)?;
+        let logits = x.matmul(&self.lm_head.t()?)?;
+        let vocab = logits.dim(D::Minus1)?;
+        let mut flat = logits.flatten_all()?.to_vec1::<f32>()?.into_iter();
+        Ok(counts
+            .into_iter()
+            .map(|c| SeqLogits {
+                vocab,
+                data: flat.by_ref().take(c * vocab).collect(),
+            })
+            .collect())
+    }
+}
+
+/// cos/sin tables `(max_position_embeddings, head_dim / 2)`, computed in f64.
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let d = cfg.head_dim();
+    let half = d / 2;
+    let max = cfg.max_position_embeddings;
+    let inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(max * half);
+    let mut sin = Vec::with_capacity(max * half);
+    for p in 0..max {
+        for f in &inv {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (max, half), device)?,
+        Tensor::from_vec(sin, (max, half), device)?,
+    ))
+}

@@ -1,0 +1,409 @@
+//! The persisted trust state of replication: namespace chains and accepted signed refs.
+//!
+//! [`RefStore`] wraps hub-protocol's sans-IO [`RefState`] with a small redb database, so
+//! that what a node accepted survives restarts. This is what makes "no rollback" hold: the
+//! last accepted `seq` of each repo is durable before the update counts as accepted, so a
+//! replay of an older, validly signed update is refused after a restart exactly as before
+//! it. The namespace chains are stored too, because a restarted node that forgot them would
+//! take the next genesis it hears for a name as the first claim.
+//!
+//! Tables (values are hub-protocol's canonical encodings, so the signatures are kept and can
+//! be checked or re-gossiped as they are):
+//! - `namespace_docs`: `(name, index in chain)` → [`SignedNamespaceDoc`];
+//! - `ref_updates`: `type/namespace/name` → last accepted [`SignedRefUpdate`];
+//! - `meta`: `"schema"` → the table layout version ([`SCHEMA`]).
+//!
+//! Every accepted message is committed in its own write transaction *before* the in-memory
+//! state moves (check, commit, apply), so the state in memory never runs ahead of the disk.
+//! On open the chains are verified again (signatures included) by [`RefState::restore`].
+//!
+//! All methods block on disk I/O (a commit syncs): the replication task owns the store and
+//! calls it from a blocking thread.
+//!
+//! ```no_run
+//! # fn run(update: hub_protocol::signed::SignedRefUpdate) -> Result<(), hub_p2p::RefStoreError> {
+//! let mut store = hub_p2p::RefStore::open("hubmesh-data/refs.redb")?;
+//! let repo = update.update.repo.clone();
+//! match store.apply_ref_update(&repo, update, 1_700_000_000) {
+//!     Ok(accepted) => println!("{repo} is at seq {}", accepted.update.seq),
+//!     Err(hub_p2p::RefStoreError::Rejected(reason)) => println!("refused: {reason}"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(()) }
+//! ```
+
+use hub_protocol::repo::RepoId;
+use hub_protocol::signed::{
+    DecodeError, DocAccepted, DocReject, RefReject, RefState, RestoreError, SignedNamespaceDoc,
+    SignedRefUpdate,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const NAMESPACE_DOCS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("namespace_docs");
+const REF_UPDATES: TableDefinition<&str, &[u8]> = TableDefinition::new("ref_updates");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Version of the table layout this code writes.
+pub const SCHEMA: u64 = 1;
+
+/// Why the store failed or refused a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefStoreError {
+    /// The ref update was refused; the store is unchanged.
+    #[error("ref update rejected")]
+    Rejected(#[source] RefReject),
+    /// The namespace document was refused; the store is unchanged.
+    #[error("namespace document rejected")]
+    DocRejected(#[source] DocReject),
+    #[error("open ref store {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("ref store")]
+    Db(#[source] redb::Error),
+    #[error("ref store schema {found} is not {SCHEMA}")]
+    Schema { found: u64 },
+    #[error("ref store holds an undecodable {what} at {key}")]
+    Corrupt {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("ref store is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("restore ref store")]
+    Restore(#[source] RestoreError),
+}
+
+fn db_error(e: impl Into<redb::Error>) -> RefStoreError {
+    RefStoreError::Db(e.into())
+}
+
+/// Accepted namespace chains and signed refs, on disk and in memory.
+#[derive(Debug)]
+pub struct RefStore {
+    db: Database,
+    state: RefState,
+}
+
+impl RefStore {
+    /// Opens (or creates) the store at `path` and loads it into a [`RefState`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, RefStoreError> {
+        let path = path.as_ref();
+        let db = Database::create(path).map_err(|source| RefStoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let tx = db.begin_write().map_err(db_error)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_error)?;
+            let found = meta.get("schema").map_err(db_error)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA).map_err(db_error)?;
+                }
+                Some(SCHEMA) => {}
+                Some(found) => return Err(RefStoreError::Schema { found }),
+            }
+            tx.open_table(NAMESPACE_DOCS).map_err(db_error)?;
+            tx.open_table(REF_UPDATES).map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)?;
+        let state = load(&db)?;
+        Ok(Self { db, state })
+    }
+
+    /// The state as accepted so far.
+    pub fn state(&self) -> &RefState {
+        &self.state
+    }
+
+    /// Decides on a namespace document; if it is new and accepted, persists it, then
+    /// applies it.
+    pub fn apply_namespace_doc(
+        &mut self,
+        signed: SignedNamespaceDoc,
+    ) -> Result<DocAccepted, RefStoreError> {
+        let verdict = self
+            .state
+            .check_namespace_doc(&signed)
+            .map_err(RefStoreError::DocRejected)?;
+        if matches!(verdict, DocAccepted::Known { .. }) {
+            return Ok(verdict);
+        }
+        let name = signed.doc.name().to_owned();
+        let index = u32::try_from(self.state.chain(&name).len())
+            .map_err(|_| RefStoreError::Inconsistent(format!("chain of {name:?} too long")))?;
+        let tx = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut docs = tx.open_table(NAMESPACE_DOCS).map_err(db_error)?;
+            docs.insert((name.as_str(), index), signed.encode().as_slice())
+                .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)?;
+        self.state
+            .apply_namespace_doc(signed)
+            .map_err(RefStoreError::DocRejected)
+    }
+
+    /// [`RefStore::apply_namespace_doc`] on wire bytes.
+    pub fn apply_namespace_doc_bytes(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<DocAccepted, RefStoreError> {
+        let signed = SignedNamespaceDoc::decode(bytes)
+            .map_err(|e| RefStoreError::DocRejected(DocReject::Malformed(e)))?;
+        self.apply_namespace_doc(signed)
+    }
+
+    /// Decides on an update offered for `repo` at `now` (seconds since the Unix epoch); if
+    /// accepted, persists it as the repo's last accepted update, then applies it.
+    pub fn apply_ref_update(
+        &mut self,
+        repo: &RepoId,
+        signed: SignedRefUpdate,
+        now: u64,
+    ) -> Result<&SignedRefUpdate, RefStoreError> {
+        self.state
+            .check_ref_update(repo, &signed, now)
+            .map_err(RefStoreError::Rejected)?;
+        let key = repo.to_string();
+        let tx = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut updates = tx.open_table(REF_UPDATES).map_err(db_error)?;
+            updates
+                .insert(key.as_str(), signed.encode().as_slice())
+                .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)?;
+        self.state
+            .apply_ref_update(repo, signed, now)
+            .map_err(RefStoreError::Rejected)
+    }
+
+    /// [`RefStore::apply_ref_update`] on wire bytes.
+    pub fn apply_ref_update_bytes(
+        &mut self,
+        repo: &RepoId,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<&SignedRefUpdate, RefStoreError> {
+        let signed = SignedRefUpdate::decode(bytes)
+            .map_err(|e| RefStoreError::Rejected(RefReject::Malformed(e)))?;
+        self.apply_ref_update(repo, signed, now)
+    }
+}
+
+/// Reads every table and rebuilds the state, checking the chains again.
+fn load(database: &Database) -> Result<RefState, RefStoreError> {
+    let tx = database.begin_read().map_err(db_error)?;
+    let docs = tx.open_table(NAMESPACE_DOCS).map_err(db_error)?;
+    let mut chains: BTreeMap<String, Vec<SignedNamespaceDoc>> = BTreeMap::new();
+    // Keys iterate sorted by (name, index), so each chain arrives in order.
+    for row in docs.iter().map_err(db_error)? {
+        let (key, value) = row.map_err(db_error)?;
+        let (name, index) = key.value();
+        let signed =
+            SignedNamespaceDoc::decode(value.value()).map_err(|source| RefStoreError::Corrupt {
+                what: "namespace document",
+                key: format!("{name}#{index}"),
+                source,
+            })?;
+        let chain = chains.entry(name.to_owned()).or_default();
+        if index as usize != chain.len() || signed.doc.name() != name {
+            return Err(RefStoreError::Inconsistent(format!(
+                "namespace document {name}#{index} is out of place"
+            )));
+        }
+        chain.push(signed);
+    }
+    let updates = tx.open_table(REF_UPDATES).map_err(db_error)?;
+    let mut accepted = Vec::new();
+    for row in updates.iter().map_err(db_error)? {
+        let (key, value) = row.map_err(db_error)?;
+        let key = key.value();
+        let signed =
+            SignedRefUpdate::decode(value.value()).map_err(|source| RefStoreError::Corrupt {
+                what: "ref update",
+                key: key.to_owned(),
+                source,
+            })?;
+        if signed.update.repo.to_string() != key {
+            return Err(RefStoreError::Inconsistent(format!(
+                "ref update filed under {key} is for {}",
+                signed.update.repo
+            )));
+        }
+        accepted.push((signed.update.repo.clone(), signed));
+    }
+    RefState::restore(chains.into_values(), accepted).map_err(RefStoreError::Restore)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub_protocol::repo::RepoType;
+    use hub_protocol::signed::{
+        DocId, NamespaceDoc, RefUpdate, SIGNING_CONTEXT, Signature, SigningKey, Visibility,
+    };
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i; 32])
+    }
+
+    fn update(repo: &RepoId, doc: DocId, seq: u64) -> RefUpdate {
+        let mut u = RefUpdate::new(repo.clone(), doc, seq, NOW);
+        u.refs.insert("refs/heads/main".into(), [seq as u8; 20]);
+        u
+    }
+
+    #[test]
+    fn replays_stay_rejected_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refs.redb");
+        let (a, b) = (key(1), key(2));
+        let doc =
+            NamespaceDoc::new("org", vec![a.public(), b.public()], 1, Visibility::Public).unwrap();
+        let repo = RepoId::parse(RepoType::Model, "org/model").unwrap();
+        let old = update(&repo, doc.id(), 1).sign(&a).unwrap();
+        let current = update(&repo, doc.id(), 2).sign(&b).unwrap();
+        {
+            let mut store = RefStore::open(&path).unwrap();
+            store
+                .apply_namespace_doc_bytes(&doc.sign_genesis(&[&a]).encode())
+                .unwrap();
+            store.apply_ref_update(&repo, old.clone(), NOW).unwrap();
+            store
+                .apply_ref_update_bytes(&repo, &current.encode(), NOW)
+                .unwrap();
+        }
+
+        // "Restart": a fresh process would do exactly this.
+        let mut store = RefStore::open(&path).unwrap();
+        assert_eq!(store.state().last_seq(&repo), Some(2));
+        assert_eq!(store.state().head("org"), Some(&doc));
+        for replay in [&old, &current] {
+            assert!(matches!(
+                store.apply_ref_update_bytes(&repo, &replay.encode(), NOW),
+                Err(RefStoreError::Rejected(RefReject::StaleSeq { last: 2, .. }))
+            ));
+        }
+        // The first claim on `org` still stands against a rival genesis.
+        let rival =
+            NamespaceDoc::new("org", vec![key(66).public()], 1, Visibility::Public).unwrap();
+        assert!(matches!(
+            store.apply_namespace_doc(rival.sign_genesis(&[&key(66)])),
+            Err(RefStoreError::DocRejected(
+                DocReject::ConflictingClaim { .. }
+            ))
+        ));
+        // A non-delegate stays one.
+        assert!(matches!(
+            store.apply_ref_update(
+                &repo,
+                update(&repo, doc.id(), 3).sign(&key(66)).unwrap(),
+                NOW
+            ),
+            Err(RefStoreError::Rejected(RefReject::NotADelegate { .. }))
+        ));
+        // Progress continues and is persisted too.
+        let next = update(&repo, doc.id(), 3).sign(&a).unwrap();
+        store.apply_ref_update(&repo, next.clone(), NOW).unwrap();
+        drop(store);
+        let mut store = RefStore::open(&path).unwrap();
+        assert_eq!(store.state().last_accepted(&repo), Some(&next));
+        assert!(store.apply_ref_update(&repo, current, NOW).is_err());
+    }
+
+    #[test]
+    fn rotation_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refs.redb");
+        let (a, b) = (key(1), key(2));
+        let v1 = NamespaceDoc::new("org", vec![a.public()], 1, Visibility::Public).unwrap();
+        let v2 = NamespaceDoc::new("org", vec![b.public()], 1, Visibility::Public).unwrap();
+        {
+            let mut store = RefStore::open(&path).unwrap();
+            store.apply_namespace_doc(v1.sign_genesis(&[&a])).unwrap();
+            store
+                .apply_namespace_doc(v2.sign_change(Some(v1.id()), &[&a]))
+                .unwrap();
+            // Re-delivery writes nothing and changes nothing.
+            assert_eq!(
+                store.apply_namespace_doc(v1.sign_genesis(&[&a])).unwrap(),
+                DocAccepted::Known { id: v1.id() }
+            );
+        }
+        let mut store = RefStore::open(&path).unwrap();
+        assert_eq!(store.state().chain("org").len(), 2);
+        let repo = RepoId::parse(RepoType::Model, "org/model").unwrap();
+        assert!(matches!(
+            store.apply_ref_update(&repo, update(&repo, v2.id(), 1).sign(&a).unwrap(), NOW),
+            Err(RefStoreError::Rejected(RefReject::NotADelegate { .. }))
+        ));
+        store
+            .apply_ref_update(&repo, update(&repo, v2.id(), 1).sign(&b).unwrap(), NOW)
+            .unwrap();
+    }
+
+    /// The node key file holds a 32-byte ed25519 secret that libp2p reads with
+    /// `Keypair::ed25519_from_bytes`; hub-protocol's [`SigningKey::from_bytes`] on the same
+    /// bytes is the same key, and signatures made by either verify under the other.
+    #[test]
+    fn node_key_is_the_same_ed25519_key_in_libp2p_and_hub_protocol() {
+        for seed in [[0u8; 32], [7; 32], *b"0123456789abcdef0123456789abcdef"] {
+            let ours = SigningKey::from_bytes(&seed);
+            let libp2p_key = libp2p::identity::Keypair::ed25519_from_bytes(seed).unwrap();
+            let libp2p_public = libp2p_key.public().try_into_ed25519().unwrap();
+            assert_eq!(ours.public().0, libp2p_public.to_bytes());
+
+            // A ref update signed by libp2p's key verifies in hub-protocol...
+            let repo = RepoId::parse(RepoType::Model, "org/model").unwrap();
+            let mut signed = update(&repo, DocId([1; 32]), 1).sign(&ours).unwrap();
+            let mut message = SIGNING_CONTEXT.to_vec();
+            message.extend(signed.update.encode());
+            let by_libp2p: [u8; 64] = libp2p_key.sign(&message).unwrap().try_into().unwrap();
+            // (ed25519 is deterministic: both sign the same bytes identically.)
+            assert_eq!(signed.signature, Signature(by_libp2p));
+            signed.signature = Signature(by_libp2p);
+            signed.verify_signature().unwrap();
+            // ...and one signed by hub-protocol verifies in libp2p.
+            assert!(libp2p_key.public().verify(&message, &signed.signature.0));
+        }
+    }
+
+    #[test]
+    fn garbage_on_disk_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refs.redb");
+        {
+            let store = RefStore::open(&path).unwrap();
+            let tx = store.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(REF_UPDATES).unwrap();
+                t.insert("model/org/model", [1u8, 5, 0].as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert!(matches!(
+            RefStore::open(&path),
+            Err(RefStoreError::Corrupt {
+                what: "ref update",
+                ..
+            })
+        ));
+        std::fs::write(&path, b"not a database").unwrap();
+        assert!(matches!(
+            RefStore::open(&path),
+            Err(RefStoreError::Open { .. })
+        ));
+    }
+}
