@@ -1332,3 +1332,120 @@ async fn paths_info_and_move() {
         409
     );
 }
+
+#[tokio::test]
+async fn knowing_a_hash_is_not_having_the_content() {
+    let f = fixture().await;
+    create(&f, "secret", json!({ "private": true })).await;
+    let data = b"private weights".repeat(1000);
+    let oid = sha256_hex(&data);
+    let objects = json!([{ "oid": oid, "size": data.len() }]);
+    let batch = |repo: &'static str, op: &'static str, token: String| {
+        let app = f.app.clone();
+        let body =
+            json!({ "operation": op, "transfers": ["basic"], "objects": objects }).to_string();
+        async move {
+            send(
+                &app,
+                "POST",
+                &format!("/{repo}.git/info/lfs/objects/batch"),
+                Some(&token),
+                &[],
+                body,
+            )
+            .await
+            .json()
+        }
+    };
+    // The admin uploads the object to the private repo.
+    let up = batch("admin/secret", "upload", f.admin.clone()).await;
+    let href = up["objects"][0]["actions"]["upload"]["href"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://localhost")
+        .to_owned();
+    assert_eq!(
+        send(&f.app, "PUT", &href, None, &[], data.clone())
+            .await
+            .status,
+        200
+    );
+
+    // Bob knows the hash but not the content.
+    let bob = token(&f, "bob", Scope::Write);
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        Some(&bob),
+        &[],
+        json!({ "name": "m" }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let lfs_line = json!({ "key": "lfsFile", "value": { "path": "stolen.bin", "algo": "sha256", "oid": oid, "size": data.len() } });
+    let body = ndjson(&[header_line(), lfs_line.clone()]);
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/bob/m/commit/main",
+        Some(&bob),
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("has not been uploaded to this repository")
+    );
+    let down = batch("bob/m", "download", bob.clone()).await;
+    assert_eq!(
+        down["objects"][0]["error"]["code"], 404,
+        "no download through another repo"
+    );
+    let verify = send(
+        &f.app,
+        "POST",
+        "/bob/m.git/info/lfs/objects/verify",
+        Some(&bob),
+        &[],
+        json!({ "oid": oid, "size": data.len() }).to_string(),
+    )
+    .await;
+    assert_eq!(verify.status, 404);
+    // The batch answer does not reveal that the node has the object: bob must upload it.
+    let up = batch("bob/m", "upload", bob.clone()).await;
+    let href = up["objects"][0]["actions"]["upload"]["href"]
+        .as_str()
+        .expect("must upload")
+        .trim_start_matches("http://localhost")
+        .to_owned();
+    // A URL signed for bob's repo cannot be replayed for another repo's object set.
+    let forged = href.replace("repo=model%2Fbob%2Fm", "repo=model%2Fadmin%2Fsecret");
+    assert_eq!(
+        send(&f.app, "PUT", &forged, None, &[], data.clone())
+            .await
+            .status,
+        403
+    );
+    // Once bob has sent the bytes, they are his to reference (stored once, deduplicated).
+    assert_eq!(
+        send(&f.app, "PUT", &href, None, &[], data.clone())
+            .await
+            .status,
+        200
+    );
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/bob/m/commit/main",
+        Some(&bob),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -516,9 +516,7 @@ async fn receive_pack(
     .await?;
     let moved = outcome.unpack.is_ok() && outcome.refs.iter().all(|(_, r)| r.is_ok());
     if moved {
-        let (repos, search) = (state.repos().clone(), state.search().clone());
-        let _ = tokio::task::spawn_blocking(move || crate::listing::reindex(&repos, &search, &id))
-            .await;
+        crate::hub::reindex(&state, &id).await;
     }
     Ok(git_response(
         "application/x-git-receive-pack-result",
@@ -564,11 +562,16 @@ fn receive(
             other => unpack_error(&other),
         };
     }
-    let store = state.store().clone();
+    // An LFS pointer may only name an object uploaded to this repository (the store is
+    // shared; a hash alone is no proof of having the content).
+    let (store, repos) = (state.store().clone(), state.repos().clone());
     let mut has_lfs = |hex: &str| {
         hex.parse::<hub_protocol::manifest::Sha256>()
             .ok()
-            .is_some_and(|oid| store.has(&oid).unwrap_or(false))
+            .is_some_and(|oid| {
+                repos.has_lfs_object(&allowed.id, &oid.0).unwrap_or(false)
+                    && store.has(&oid).unwrap_or(false)
+            })
     };
     let checks = match quarantine.check(commands, &mut has_lfs) {
         Ok(c) => c,

@@ -115,9 +115,13 @@ impl RepoPath {
     }
 }
 
-/// Re-derives a repository's listing entry after a change, before the response goes out, so
-/// a client that lists right after a write sees it (see [`crate::listing`]).
-async fn reindex(state: &AppState, id: &RepoId) {
+/// The one hook after every successful write to a repository (create, commit, settings,
+/// branch or tag, move, delete; git pushes call it too): re-derives its listing entry before
+/// the response goes out, so a client that lists right after a write sees it (see
+/// [`crate::listing`]), and tells replication, which signs and gossips the new refs of public
+/// repos (hub-p2p's `P2p::repo_changed`; it never blocks).
+pub(crate) async fn reindex(state: &AppState, id: &RepoId) {
+    state.p2p().repo_changed(id);
     let (repos, search, id) = (state.repos().clone(), state.search().clone(), id.clone());
     if let Err(e) =
         tokio::task::spawn_blocking(move || crate::listing::reindex(&repos, &search, &id)).await
@@ -876,7 +880,9 @@ async fn create_branch(
             .map(str::to_owned)
     };
     let repos = state.repos().clone();
+    let changed = id.clone();
     blocking(move || Ok(repos.create_branch(&id, &p.branch, start.as_deref())?)).await?;
+    reindex(&state, &changed).await;
     Ok(Json(json!({})))
 }
 
@@ -892,7 +898,9 @@ async fn delete_branch(
     };
     let (id, _) = writable(&state, &headers, &repo).await?;
     let repos = state.repos().clone();
+    let changed = id.clone();
     blocking(move || Ok(repos.delete_branch(&id, &p.branch)?)).await?;
+    reindex(&state, &changed).await;
     Ok(Json(json!({})))
 }
 
@@ -910,7 +918,9 @@ async fn create_tag(
         .ok_or_else(|| AppError::BadRequest("missing \"tag\"".into()))?
         .to_owned();
     let repos = state.repos().clone();
+    let changed = id.clone();
     blocking(move || Ok(repos.create_tag(&id, &tag, &p.rev)?)).await?;
+    reindex(&state, &changed).await;
     Ok(Json(json!({})))
 }
 
@@ -921,7 +931,9 @@ async fn delete_tag(
 ) -> Result<Json<Value>, AppError> {
     let (id, _) = writable(&state, &headers, &p.repo()).await?;
     let repos = state.repos().clone();
+    let changed = id.clone();
     blocking(move || Ok(repos.delete_tag(&id, &p.rev)?)).await?;
+    reindex(&state, &changed).await;
     Ok(Json(json!({})))
 }
 
@@ -1135,6 +1147,7 @@ async fn commit(
                     if rules.wants_lfs(&path, bytes.len() as u64, &bytes) {
                         let info = store.import_reader(bytes.as_slice())?;
                         store.add_root(&info.sha256)?;
+                        repos.add_lfs_objects(&id, &[info.sha256.0])?;
                         let pointer = LfsPointer::new(&info.sha256.to_string(), info.size)
                             .ok_or_else(|| {
                                 AppError::internal("store returned a malformed sha256")
@@ -1161,6 +1174,7 @@ async fn commit(
                         .map_err(AppError::internal)?;
                     if rules.wants_lfs(&path, info.size, &head) {
                         store.add_root(&info.sha256)?;
+                        repos.add_lfs_objects(&id, &[info.sha256.0])?;
                         let pointer = LfsPointer::new(&info.sha256.to_string(), info.size)
                             .ok_or_else(|| {
                                 AppError::internal("store returned a malformed sha256")
@@ -1180,13 +1194,19 @@ async fn commit(
                     }
                 }
                 Pending::Lfs { path, sha256, size } => {
+                    // Only objects uploaded to this repository (or already in it) count: the
+                    // store is shared, and knowing a hash is no proof of having the content.
+                    let not_uploaded = || {
+                        AppError::BadRequest(format!(
+                            "LFS object {sha256} for {path:?} has not been uploaded to this repository"
+                        ))
+                    };
+                    if !repos.has_lfs_object(&id, &sha256.0)? {
+                        return Err(not_uploaded());
+                    }
                     let stored = match store.open_file(&sha256) {
                         Ok(reader) => reader.len(),
-                        Err(hub_store::StoreError::NotFound { .. }) => {
-                            return Err(AppError::BadRequest(format!(
-                                "LFS object {sha256} for {path:?} has not been uploaded"
-                            )));
-                        }
+                        Err(hub_store::StoreError::NotFound { .. }) => return Err(not_uploaded()),
                         Err(e) => return Err(e.into()),
                     };
                     if size.is_some_and(|s| s != stored) {

@@ -120,8 +120,9 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn sign(op: &str, oid: &Sha256, size: u64, expires: u64) -> Result<String, AppError> {
-    let msg = format!("{op}\n{oid}\n{size}\n{expires}");
+/// The MAC of one transfer: operation, repository, object, size, expiry.
+fn sign(op: &str, repo: &str, oid: &Sha256, size: u64, expires: u64) -> Result<String, AppError> {
+    let msg = format!("{op}\n{repo}\n{oid}\n{size}\n{expires}");
     Ok(blake3::keyed_hash(key()?, msg.as_bytes())
         .to_hex()
         .to_string())
@@ -130,15 +131,18 @@ fn sign(op: &str, oid: &Sha256, size: u64, expires: u64) -> Result<String, AppEr
 fn signed_url(
     headers: &HeaderMap,
     op: &str,
+    repo: &RepoId,
     oid: &Sha256,
     size: u64,
 ) -> Result<(String, u64), AppError> {
     let expires = now() + URL_LIFETIME_SECS;
-    let sig = sign(op, oid, size, expires)?;
+    let repo = repo.to_string();
+    let sig = sign(op, &repo, oid, size, expires)?;
     Ok((
         format!(
-            "{}/lfs-objects/{oid}?op={op}&size={size}&exp={expires}&sig={sig}",
-            endpoint(headers)
+            "{}/lfs-objects/{oid}?op={op}&repo={}&size={size}&exp={expires}&sig={sig}",
+            endpoint(headers),
+            repo.replace('/', "%2F")
         ),
         URL_LIFETIME_SECS,
     ))
@@ -147,6 +151,8 @@ fn signed_url(
 #[derive(Debug, Deserialize)]
 struct Signed {
     op: String,
+    /// The repository the transfer is for (`type/ns/name`).
+    repo: String,
     size: u64,
     exp: u64,
     sig: String,
@@ -154,7 +160,7 @@ struct Signed {
 
 /// Checks a transfer URL's signature, operation and expiry.
 fn check_signed(q: &Signed, op: &str, oid: &Sha256) -> Result<(), AppError> {
-    let expected = sign(op, oid, q.size, q.exp)?;
+    let expected = sign(op, &q.repo, oid, q.size, q.exp)?;
     // Constant-time comparison of the hex strings.
     let same = expected.len() == q.sig.len()
         && expected
@@ -245,7 +251,11 @@ async fn batch_inner(
         .iter()
         .map(|o| (o.oid.clone(), o.size))
         .collect();
-    // Per object: its parsed oid, and the size the store holds it with (None: not stored).
+    // Per object: its parsed oid, and the size it is stored with *for this repository* (None:
+    // not uploaded to it — another repository's copy in the shared store does not count, so
+    // the answer reveals nothing about other repositories and a hash is no proof of content).
+    let repos = state.repos().clone();
+    let repo = id.clone();
     let present: Vec<Option<(Sha256, Option<u64>)>> = blocking(move || {
         wanted
             .iter()
@@ -253,6 +263,9 @@ async fn batch_inner(
                 let Ok(sha) = oid.parse::<Sha256>() else {
                     return Ok(None);
                 };
+                if !repos.has_lfs_object(&repo, &sha.0)? {
+                    return Ok(Some((sha, None)));
+                }
                 match store.open_file(&sha) {
                     Ok(r) => Ok(Some((sha, Some(r.len())))),
                     Err(hub_store::StoreError::NotFound { .. }) => Ok(Some((sha, None))),
@@ -286,7 +299,7 @@ async fn batch_inner(
                 objects.push(json!({ "oid": oid, "size": obj.size, "authenticated": true }));
             }
             Access::Write => {
-                let (href, expires_in) = signed_url(headers, "upload", &sha, obj.size)?;
+                let (href, expires_in) = signed_url(headers, "upload", &id, &sha, obj.size)?;
                 objects.push(json!({
                     "oid": oid, "size": obj.size, "authenticated": true,
                     "actions": {
@@ -296,7 +309,7 @@ async fn batch_inner(
                 }));
             }
             Access::Read if has => {
-                let (href, expires_in) = signed_url(headers, "download", &sha, obj.size)?;
+                let (href, expires_in) = signed_url(headers, "download", &id, &sha, obj.size)?;
                 objects.push(json!({
                     "oid": oid, "size": obj.size, "authenticated": true,
                     "actions": { "download": { "href": href, "expires_in": expires_in } }
@@ -364,6 +377,9 @@ async fn upload(
                 info.sha256
             )));
         }
+        let repo = signed_repo(&q)?;
+        let repos = state.repos().clone();
+        blocking(move || Ok(repos.add_lfs_objects(&repo, &[sha.0])?)).await?;
         tracing::info!(%sha, size = info.size, new_bytes = info.new_bytes, "LFS object stored");
         Ok(StatusCode::OK)
     }
@@ -396,6 +412,18 @@ async fn download(
     result.unwrap_or_else(lfs_error)
 }
 
+/// The repository a (verified) transfer URL was signed for.
+fn signed_repo(q: &Signed) -> Result<RepoId, AppError> {
+    let (kind, rest) = q
+        .repo
+        .split_once('/')
+        .ok_or_else(|| AppError::BadRequest("invalid transfer URL".into()))?;
+    let kind: RepoType = kind
+        .parse()
+        .map_err(|_| AppError::BadRequest("invalid transfer URL".into()))?;
+    RepoId::parse(kind, rest).map_err(|_| AppError::BadRequest("invalid transfer URL".into()))
+}
+
 #[derive(Debug, Deserialize)]
 struct VerifyBody {
     oid: String,
@@ -424,10 +452,17 @@ async fn verify(
             .parse()
             .map_err(|_| AppError::BadRequest("invalid oid".into()))?;
         let store = state.store().clone();
-        let size = blocking(move || match store.open_file(&sha) {
-            Ok(r) => Ok(Some(r.len())),
-            Err(hub_store::StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(AppError::from(e)),
+        let repos = state.repos().clone();
+        let repo = id.clone();
+        let size = blocking(move || {
+            if !repos.has_lfs_object(&repo, &sha.0)? {
+                return Ok(None);
+            }
+            match store.open_file(&sha) {
+                Ok(r) => Ok(Some(r.len())),
+                Err(hub_store::StoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(AppError::from(e)),
+            }
         })
         .await?;
         match size {

@@ -52,7 +52,7 @@ pub fn document(repos: &Repos, id: &RepoId) -> Result<RepoDoc, hub_repo::RepoErr
 /// Re-derives one repository's document (or removes it when the repository is gone). Errors
 /// are logged, not returned: the write that triggered it has already succeeded, and the next
 /// start-up rebuilds the index anyway.
-pub(crate) fn reindex(repos: &Repos, search: &SearchIndex, id: &RepoId) {
+pub fn reindex(repos: &Repos, search: &SearchIndex, id: &RepoId) {
     let result = match document(repos, id) {
         Ok(doc) => search.upsert(doc).map_err(|e| e.to_string()),
         Err(hub_repo::RepoError::NotFound { .. }) => search.remove(id).map_err(|e| e.to_string()),

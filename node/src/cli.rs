@@ -85,6 +85,10 @@ pub struct NodeFlags {
     /// Peer to join at start-up, e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3… (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
+    /// Replicate repos matching this pattern from peers: `*`, `alice/*` or `alice/model`
+    /// (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub seed: Vec<String>,
     /// Name of the admin account created on first start [default: admin].
     #[arg(long, value_name = "NAME")]
     pub admin: Option<String>,

@@ -8,6 +8,7 @@
 //! [p2p]
 //! listen = ["/ip4/0.0.0.0/tcp/0"]
 //! bootstrap = []
+//! seed = ["alice/*"]
 //!
 //! [gateway]
 //! list_page_size = 100
@@ -17,6 +18,7 @@ use crate::cli::NodeFlags;
 use anyhow::{Context, bail};
 use hub_p2p::Multiaddr;
 use hub_protocol::name::Name;
+use hub_protocol::replication::SeedPattern;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +58,8 @@ pub struct P2pSection {
     pub listen: Vec<String>,
     /// Peers to dial at start-up.
     pub bootstrap: Vec<String>,
+    /// Repos to replicate from peers: `*`, `namespace/*` or `namespace/name`.
+    pub seed: Vec<String>,
 }
 
 impl Default for Config {
@@ -75,6 +79,7 @@ impl Default for P2pSection {
         Self {
             listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
             bootstrap: Vec::new(),
+            seed: Vec::new(),
         }
     }
 }
@@ -106,6 +111,9 @@ impl Config {
         if !flags.bootstrap.is_empty() {
             config.p2p.bootstrap = flags.bootstrap.clone();
         }
+        if !flags.seed.is_empty() {
+            config.p2p.seed = flags.seed.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -114,6 +122,7 @@ impl Config {
         self.admin_name()?;
         self.listen_addrs()?;
         self.bootstrap_addrs()?;
+        self.seed_patterns()?;
         if !(1..=1000).contains(&self.gateway.list_page_size) {
             bail!("gateway.list_page_size must be between 1 and 1000");
         }
@@ -134,6 +143,14 @@ impl Config {
 
     pub fn bootstrap_addrs(&self) -> anyhow::Result<Vec<Multiaddr>> {
         parse_addrs("bootstrap", &self.p2p.bootstrap)
+    }
+
+    pub fn seed_patterns(&self) -> anyhow::Result<Vec<SeedPattern>> {
+        self.p2p
+            .seed
+            .iter()
+            .map(|p| SeedPattern::parse(p).context("invalid p2p.seed"))
+            .collect()
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {
@@ -180,9 +197,12 @@ mod tests {
             config: Some(f.path().to_owned()),
             http: Some("127.0.0.1:0".parse().unwrap()),
             p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            seed: vec!["alice/*".into(), "*".into()],
             ..NodeFlags::default()
         };
         let c = Config::load(&flags).unwrap();
+        assert_eq!(c.p2p.seed, ["alice/*", "*"]);
+        assert_eq!(c.seed_patterns().unwrap().len(), 2);
         assert_eq!(c.data, PathBuf::from("/srv/hub"));
         assert_eq!(c.admin, "alice");
         assert_eq!(c.http.port(), 0);
@@ -203,6 +223,7 @@ mod tests {
                 "invalid p2p listen address",
             ),
             ("[p2p]\nlisten = []\n", "p2p.listen is empty"),
+            ("[p2p]\nseed = [\"alice\"]\n", "invalid seed pattern"),
         ] {
             let f = file(text);
             let flags = NodeFlags {

@@ -8,6 +8,7 @@
 //!   repos/        bare git repositories: {models,datasets,spaces}/{ns}/{name}.git
 //!   store/        the chunk store: blocks, index.redb
 //!   search/       the listing index (tantivy), rebuilt from repos/ at every start
+//!   refs.redb     accepted namespace documents and signed ref updates (replication)
 //!   admin.token   the admin's first token (mode 0600), written on first start
 //!   node.json     written once the node serves; removed on clean shutdown
 //! ```
@@ -28,6 +29,7 @@ pub const AUTH_DB: &str = "auth.redb";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const REPOS_DIR: &str = "repos";
 pub const STORE_DIR: &str = "store";
+pub const REFS_DB: &str = "refs.redb";
 pub const SEARCH_DIR: &str = "search";
 
 /// An open data directory, locked for this process until dropped.

@@ -73,9 +73,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bootstrap: config.bootstrap_addrs()?,
         ..P2pConfig::default()
     };
-    let (p2p, swarm_task) = hub_p2p::spawn(key, p2p_config, cancel.child_token())
-        .await
-        .context("start the p2p swarm")?;
+    let secret: [u8; 32] = key
+        .clone()
+        .try_into_ed25519()
+        .context("the node key is ed25519")?
+        .secret()
+        .as_ref()
+        .try_into()
+        .context("an ed25519 secret is 32 bytes")?;
+    let replication = hub_p2p::Replication {
+        repos: repos.clone(),
+        ref_store: data.join(datadir::REFS_DB),
+        secret,
+        seeds: config.seed_patterns()?,
+        on_replicated: {
+            let (repos, search) = (repos.clone(), search.clone());
+            Arc::new(move |id| hub_gateway::listing::reindex(&repos, &search, id))
+        },
+    };
+    let (p2p, swarm_task) =
+        hub_p2p::spawn_replicating(key, p2p_config, replication, cancel.child_token())
+            .await
+            .context("start the p2p swarm")?;
 
     let app = hub_gateway::router(AppState::new(Parts {
         auth: auth.clone(),

@@ -15,6 +15,7 @@
 pub mod manifest;
 pub mod name;
 pub mod node_info;
+pub mod replication;
 pub mod repo;
 pub mod signed;
 

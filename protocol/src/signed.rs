@@ -77,7 +77,7 @@
 //! assert!(state.apply_ref_update_bytes(&repo, &wire, 1_700_000_000).is_err());
 //! ```
 
-mod codec;
+pub(crate) mod codec;
 mod doc;
 mod refs;
 pub mod state;
@@ -106,6 +106,9 @@ pub(crate) mod kind {
     pub const DOC_CHANGE: u8 = 3;
     pub const SIGNED_NAMESPACE_DOC: u8 = 4;
     pub const SIGNED_REF_UPDATE: u8 = 5;
+    /// `/hubmesh/git-pack/1` request and response (see [`crate::replication`]).
+    pub const PACK_REQUEST: u8 = 6;
+    pub const PACK_RESPONSE: u8 = 7;
 }
 
 fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {

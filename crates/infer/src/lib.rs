@@ -3,13 +3,18 @@
 //!
 //! Place in the crate graph: `protocol ← store ← repo ← {auth, search, infer} ← … ← gateway`.
 //! This crate depends on none of them yet: it takes a model directory (`config.json` +
-//! safetensors) and token ids, and produces token ids. Fetching weights peer-to-peer,
-//! tokenizers, chat templates and the OpenAI/TGI/HF HTTP APIs live above it.
+//! safetensors) or a GGUF file, and turns text into token ids and token ids into text.
+//! Fetching weights peer-to-peer and the OpenAI/TGI/HF HTTP APIs live above it.
 //!
 //! Modules, bottom-up:
 //! - [`config`]: the `config.json` subset we implement (and rejection of what we do not);
+//! - [`gguf`]: GGUF metadata, the Llama config in it, bounds-checked tensor reads;
+//! - [`tokenizer`]: our [`tokenizer::Tokenizer`] trait on HF `tokenizers` (from
+//!   `tokenizer.json` or rebuilt from GGUF metadata) and streaming detokenization;
+//! - [`chat`]: Jinja chat templates (`minijinja`);
 //! - [`kv_cache`]: block allocator (free list + block tables) and the K/V slot tensors;
-//! - [`model`]: the packed ragged-batch forward pass (RoPE per token, RMSNorm, SwiGLU, GQA);
+//! - [`model`]: the packed ragged-batch forward pass (RoPE per token, RMSNorm, SwiGLU, GQA),
+//!   from safetensors (f32) or GGUF (quantized `QMatMul`s);
 //! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty, seeded;
 //! - [`scheduler`]: the vLLM-V1-style token-budget state machine (no threads, no clocks);
 //! - [`engine`]: ties them together behind `add_request` / `cancel` / `step`.
@@ -34,9 +39,12 @@
 //! # }
 //! ```
 
+pub mod chat;
 pub mod config;
 pub mod engine;
+pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
+pub mod tokenizer;

@@ -3,8 +3,10 @@
 //! Place in the graph: `… ← {auth, search, infer} ← p2p ← compute/spaces/mirror ← gateway ←
 //! node`. Today it runs the libp2p swarm that gives a node its network identity and
 //! connectivity: TCP with noise and yamux, `identify` and `ping`, hard connection limits, and
-//! dialling the `--bootstrap` peers. Discovery (kademlia), gossip, request-response and the
-//! iroh-blobs data plane build on this swarm.
+//! dialling the `--bootstrap` peers; and git-metadata replication on top of it: gossipsub for
+//! signed ref updates and namespace documents, kademlia provider records per repo, and the
+//! `/hubmesh/git-pack/1` request-response protocol for packs of the difference (see
+//! [`spawn_replicating`] and the `replicate` module). The iroh-blobs data plane comes later.
 //!
 //! Who spawns whom: the node calls [`spawn`], which binds every listen address, waits until
 //! each listener reports an address, dials the bootstrap peers and then moves the swarm into
@@ -29,13 +31,16 @@
 //! # Ok(()) }
 //! ```
 
+mod codec;
+mod replicate;
 mod state;
 mod swarm;
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
+pub use replicate::{OnReplicated, Replication, ReplicationError, spawn_replicating};
 pub use state::{RefStore, RefStoreError};
-pub use swarm::{P2p, P2pConfig, P2pError, spawn};
+pub use swarm::{MAX_PACK_STREAMS, P2p, P2pConfig, P2pError, PACK_TIMEOUT, Topic, spawn};
 pub use tokio_util::sync::CancellationToken;
 
 /// Appends `/p2p/<peer_id>` to `addr` unless it already names a peer.

@@ -1,16 +1,138 @@
-//! The swarm task: listeners, bootstrap dials, connection bookkeeping.
+//! The swarm task: listeners, bootstrap dials, connection bookkeeping, and the protocols of
+//! replication (gossipsub, kademlia, `/hubmesh/git-pack/1`).
+//!
+//! The task owns the [`Swarm`]. Everyone else talks to it through the [`P2p`] handle, which
+//! sends [`Command`]s over a bounded channel, and (the replication task only) reads
+//! [`NetEvent`]s from a bounded channel the swarm fills with `try_send`: when the reader
+//! falls behind, events are dropped and counted rather than queued without bound or
+//! blocking the swarm.
+//!
+//! Limits: gossip messages up to [`MAX_GOSSIP_MESSAGE`] (gossipsub drops larger frames),
+//! strict message signing (every message carries its author's peer id and signature) and
+//! application validation (a message is forwarded only after the replication task accepted
+//! it); git-pack requests and responses bounded by [`MAX_REQUEST_LEN`] and
+//! [`MAX_RESPONSE_LEN`] while they are read, [`MAX_PACK_STREAMS`] concurrent streams per
+//! connection and a [`PACK_TIMEOUT`].
 
+use crate::codec::PackCodec;
 use futures::StreamExt;
+use hub_protocol::replication::{
+    GIT_PACK_PROTOCOL, MAX_GOSSIP_MESSAGE, PackRequest, PackResponse, TOPIC_NAMESPACES, TOPIC_REFS,
+};
+use hub_protocol::repo::RepoId;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, noise, ping, tcp, yamux};
-use std::collections::HashSet;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, noise,
+    ping, tcp, yamux,
+};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Commands queued for the swarm task.
+pub(crate) const COMMAND_QUEUE: usize = 256;
+/// Events queued for the replication task.
+pub(crate) const EVENT_QUEUE: usize = 1024;
+/// Concurrent git-pack streams per connection.
+pub const MAX_PACK_STREAMS: usize = 8;
+/// How long a git-pack request may take, pack transfer included.
+pub const PACK_TIMEOUT: Duration = Duration::from_secs(120);
+/// The kademlia protocol name (a private DHT, not the IPFS one).
+const KAD_PROTOCOL: &str = "/hubmesh/kad/1";
+
+/// The gossip topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// Signed ref updates ([`TOPIC_REFS`]).
+    Refs,
+    /// Signed namespace documents ([`TOPIC_NAMESPACES`]).
+    Namespaces,
+}
+
+impl Topic {
+    fn ident(self) -> gossipsub::IdentTopic {
+        gossipsub::IdentTopic::new(match self {
+            Self::Refs => TOPIC_REFS,
+            Self::Namespaces => TOPIC_NAMESPACES,
+        })
+    }
+
+    fn from_hash(hash: &gossipsub::TopicHash) -> Option<Self> {
+        [Self::Refs, Self::Namespaces]
+            .into_iter()
+            .find(|t| t.ident().hash() == *hash)
+    }
+}
+
+/// The DHT key under which a node provides a repo (one record per repo, never per chunk).
+pub(crate) fn provider_key(repo: &RepoId) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("hubmesh/repo/{repo}"))
+}
+
+/// How the replication task judged a gossip message (forwarded only if accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Accept,
+    /// Invalid (bad signature, not a delegate, malformed): the sender is penalised.
+    Reject,
+    /// Valid but useless (a replay, an update we cannot place yet): dropped quietly.
+    Ignore,
+}
+
+pub(crate) enum Command {
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    Validate {
+        id: gossipsub::MessageId,
+        source: PeerId,
+        verdict: Verdict,
+    },
+    Provide(RepoId),
+    Providers {
+        repo: RepoId,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    FetchPack {
+        peer: PeerId,
+        request: PackRequest,
+        reply: oneshot::Sender<Result<PackResponse, String>>,
+    },
+    Respond {
+        channel: ResponseChannel<PackResponse>,
+        response: PackResponse,
+    },
+}
+
+/// What the swarm hands to the replication task.
+#[derive(Debug)]
+pub(crate) enum NetEvent {
+    Gossip {
+        topic: Topic,
+        id: gossipsub::MessageId,
+        /// The peer that forwarded it.
+        propagation_source: PeerId,
+        /// The peer that signed (published) it.
+        author: Option<PeerId>,
+        data: Vec<u8>,
+    },
+    /// A peer subscribed to one of our topics: a chance to catch it up.
+    Subscribed { peer: PeerId, topic: Topic },
+    PackRequest {
+        peer: PeerId,
+        request: PackRequest,
+        channel: ResponseChannel<PackResponse>,
+    },
+}
 
 /// The identify protocol name; peers of another network are told apart by it.
 const PROTOCOL_VERSION: &str = "/hubmesh/0.1.0";
@@ -66,19 +188,41 @@ struct Behaviour {
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    pack: request_response::Behaviour<PackCodec>,
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     connected_peers: AtomicU64,
+    /// Events dropped because the replication task's queue was full.
+    pub(crate) events_dropped: AtomicU64,
+    /// Gossip messages the replication task accepted / rejected or ignored.
+    pub(crate) gossip_accepted: AtomicU64,
+    pub(crate) gossip_refused: AtomicU64,
+    /// Repos brought up to date from a peer's pack.
+    pub(crate) repos_replicated: AtomicU64,
 }
 
 /// A handle on the running swarm. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct P2p {
     peer_id: PeerId,
     listen_addrs: Arc<Vec<Multiaddr>>,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
+    commands: mpsc::Sender<Command>,
+    /// Set when a replication task runs: repos written locally, waiting to be announced.
+    pub(crate) changes: Option<Arc<crate::replicate::Changes>>,
+}
+
+impl std::fmt::Debug for P2p {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2p")
+            .field("peer_id", &self.peer_id)
+            .field("listen_addrs", &self.listen_addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl P2p {
@@ -95,6 +239,84 @@ impl P2p {
     pub fn connected_peers(&self) -> u64 {
         self.counters.connected_peers.load(Ordering::Relaxed)
     }
+
+    /// Gossip messages accepted so far (namespace documents and ref updates).
+    pub fn gossip_accepted(&self) -> u64 {
+        self.counters.gossip_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Gossip messages refused so far (rejected as invalid, or ignored as replays).
+    pub fn gossip_refused(&self) -> u64 {
+        self.counters.gossip_refused.load(Ordering::Relaxed)
+    }
+
+    /// Repos brought up to date from a peer's pack so far.
+    pub fn repos_replicated(&self) -> u64 {
+        self.counters.repos_replicated.load(Ordering::Relaxed)
+    }
+
+    /// Tells replication that a repo was written locally (commit, push, branch, tag, create,
+    /// settings). Never blocks: changes are coalesced per repo (so the queue is bounded by
+    /// the number of repos) and announced by the replication task, which skips private
+    /// repos. A no-op when no replication task runs.
+    pub fn repo_changed(&self, repo: &RepoId) {
+        if let Some(changes) = &self.changes {
+            changes.push(repo.clone());
+        }
+    }
+
+    /// Publishes raw bytes on a gossip topic, as they are. Nodes use the replication task to
+    /// publish; this exists for tools and tests (a crafted message is judged by every
+    /// receiver like any other).
+    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Publish {
+            topic,
+            data,
+            done: Some(done),
+        })
+        .await?;
+        rx.await.map_err(|_| "swarm stopped".to_owned())?
+    }
+
+    /// Peers that provide `repo` in the DHT (possibly this node itself).
+    pub async fn providers(&self, repo: &RepoId) -> Result<Vec<PeerId>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Providers {
+            repo: repo.clone(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| "swarm stopped".to_owned())
+    }
+
+    /// Asks `peer` for a pack over `/hubmesh/git-pack/1`.
+    pub async fn fetch_pack(
+        &self,
+        peer: PeerId,
+        request: PackRequest,
+    ) -> Result<PackResponse, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FetchPack {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| "swarm stopped".to_owned())?
+    }
+
+    pub(crate) async fn send(&self, command: Command) -> Result<(), String> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| "swarm stopped".to_owned())
+    }
+
+    /// Queues a command without waiting; `false` when the queue is full or the swarm stopped.
+    pub(crate) fn try_send(&self, command: Command) -> bool {
+        self.commands.try_send(command).is_ok()
+    }
 }
 
 /// Builds the swarm, binds every listen address, dials the bootstrap peers and spawns the task
@@ -104,6 +326,16 @@ pub async fn spawn(
     config: P2pConfig,
     cancel: CancellationToken,
 ) -> Result<(P2p, JoinHandle<()>), P2pError> {
+    let (p2p, _events, task) = spawn_with_events(key, config, cancel).await?;
+    Ok((p2p, task))
+}
+
+/// [`spawn`], also returning the events for the replication task.
+pub(crate) async fn spawn_with_events(
+    key: Keypair,
+    config: P2pConfig,
+    cancel: CancellationToken,
+) -> Result<(P2p, mpsc::Receiver<NetEvent>, JoinHandle<()>), P2pError> {
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
@@ -116,18 +348,59 @@ pub async fn spawn(
             yamux::Config::default,
         )
         .map_err(|e| P2pError::Transport(e.into()))?
-        .with_behaviour(|key| Behaviour {
-            limits: connection_limits::Behaviour::new(limits),
-            identify: identify::Behaviour::new(identify::Config::new(
-                PROTOCOL_VERSION.into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::default(),
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .max_transmit_size(MAX_GOSSIP_MESSAGE)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .heartbeat_interval(Duration::from_secs(1))
+                .build()?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            let peer_id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+            );
+            // Answer DHT queries even before an external address is confirmed (loopback,
+            // private networks).
+            kad.set_mode(Some(kad::Mode::Server));
+            let pack = request_response::Behaviour::with_codec(
+                PackCodec,
+                [(
+                    StreamProtocol::new(GIT_PACK_PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(PACK_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_PACK_STREAMS),
+            );
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    PROTOCOL_VERSION.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                gossipsub,
+                kad,
+                pack,
+            })
         })
         .map_err(|e| P2pError::Transport(e.into()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     let peer_id = *swarm.local_peer_id();
+    for topic in [Topic::Refs, Topic::Namespaces] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic.ident())
+            .map_err(|e| P2pError::Transport(e.to_string().into()))?;
+    }
 
     let mut waiting: Vec<(ListenerId, Multiaddr)> = Vec::new();
     for addr in &config.listen {
@@ -186,6 +459,9 @@ pub async fn spawn(
     let listen_addrs: Vec<Multiaddr> = swarm.listeners().cloned().collect();
 
     for addr in &config.bootstrap {
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
         match swarm.dial(addr.clone()) {
             Ok(()) => tracing::info!(%addr, "dialling bootstrap peer"),
             Err(error) => tracing::warn!(%addr, %error, "cannot dial bootstrap peer"),
@@ -193,22 +469,119 @@ pub async fn spawn(
     }
 
     let counters = Arc::new(Counters::default());
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let handle = P2p {
         peer_id,
         listen_addrs: Arc::new(listen_addrs),
         counters: counters.clone(),
+        commands,
+        changes: None,
     };
-    let task = tokio::spawn(drive(swarm, counters, cancel));
-    Ok((handle, task))
+    let driver = Driver {
+        swarm,
+        counters,
+        events: event_tx,
+        fetches: HashMap::new(),
+        provider_queries: HashMap::new(),
+    };
+    let task = tokio::spawn(driver.run(command_rx, cancel));
+    Ok((handle, event_rx, task))
 }
 
-async fn drive(mut swarm: Swarm<Behaviour>, counters: Arc<Counters>, cancel: CancellationToken) {
-    let mut connected: HashSet<PeerId> = HashSet::new();
-    loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => break,
-            event = swarm.select_next_some() => event,
-        };
+type FetchReply = oneshot::Sender<Result<PackResponse, String>>;
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    counters: Arc<Counters>,
+    events: mpsc::Sender<NetEvent>,
+    fetches: HashMap<OutboundRequestId, FetchReply>,
+    provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        let mut connected: HashSet<PeerId> = HashSet::new();
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => break,
+                // Disabled once every handle is gone; the swarm keeps serving peers.
+                Some(command) = commands.recv() => {
+                    self.command(command);
+                    continue;
+                }
+                event = self.swarm.select_next_some() => event,
+            };
+            self.event(event, &mut connected);
+            self.counters
+                .connected_peers
+                .store(connected.len() as u64, Ordering::Relaxed);
+        }
+        tracing::debug!("p2p swarm stopped");
+    }
+
+    fn emit(&self, event: NetEvent) {
+        if self.events.try_send(event).is_err() && !self.events.is_closed() {
+            self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("replication queue full; dropped a network event");
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::Publish { topic, data, done } => {
+                let result = behaviour
+                    .gossipsub
+                    .publish(topic.ident(), data)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                } else if let Err(error) = result {
+                    tracing::debug!(?topic, %error, "gossip not published");
+                }
+            }
+            Command::Validate {
+                id,
+                source,
+                verdict,
+            } => {
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                behaviour
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Provide(repo) => {
+                if let Err(error) = behaviour.kad.start_providing(provider_key(&repo)) {
+                    tracing::warn!(%repo, %error, "cannot provide repo in the DHT");
+                }
+            }
+            Command::Providers { repo, reply } => {
+                let id = behaviour.kad.get_providers(provider_key(&repo));
+                self.provider_queries.insert(id, (reply, HashSet::new()));
+            }
+            Command::FetchPack {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = behaviour.pack.send_request(&peer, request);
+                self.fetches.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if behaviour.pack.send_response(channel, response).is_err() {
+                    tracing::debug!("pack requester went away before the response");
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>, connected: &mut HashSet<PeerId>) {
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -235,14 +608,114 @@ async fn drive(mut swarm: Swarm<Behaviour>, counters: Arc<Counters>, cancel: Can
                 ..
             })) => {
                 tracing::debug!(peer = %peer_id, agent = %info.agent_version, protocol = %info.protocol_version, "identified peer");
+                if info.protocol_version == PROTOCOL_VERSION {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.gossip(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Pack(event)) => self.pack(event),
+            _ => {}
+        }
+    }
+
+    fn gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let Some(topic) = Topic::from_hash(&message.topic) else {
+                    return;
+                };
+                self.emit(NetEvent::Gossip {
+                    topic,
+                    id: message_id,
+                    propagation_source,
+                    author: message.source,
+                    data: message.data,
+                });
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                if let Some(topic) = Topic::from_hash(&topic) {
+                    self.emit(NetEvent::Subscribed {
+                        peer: peer_id,
+                        topic,
+                    });
+                }
             }
             _ => {}
         }
-        counters
-            .connected_peers
-            .store(connected.len() as u64, Ordering::Relaxed);
     }
-    tracing::debug!("p2p swarm stopped");
+
+    fn kad(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = event
+        else {
+            return;
+        };
+        let kad::QueryResult::GetProviders(result) = result else {
+            return;
+        };
+        if let Some((_, found)) = self.provider_queries.get_mut(&id)
+            && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+        {
+            found.extend(providers);
+        }
+        if step.last
+            && let Some((reply, found)) = self.provider_queries.remove(&id)
+        {
+            let _ = reply.send(found.into_iter().collect());
+        }
+    }
+
+    fn pack(&mut self, event: request_response::Event<PackRequest, PackResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.emit(NetEvent::PackRequest {
+                peer,
+                request,
+                channel,
+            }),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.fetches.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "pack request failed");
+                if let Some(reply) = self.fetches.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "serving a pack failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ mod attributes;
 mod lfs;
 mod meta;
 mod receive;
+mod replica;
 mod repos;
 
 pub use attributes::{DEFAULT_GITATTRIBUTES, LfsRules};
@@ -46,6 +47,7 @@ pub use meta::RepoMeta;
 pub use receive::{
     Checked, MAX_NEW_COMMITS, Quarantine, ReceiveError, RefCommand, Rejection, ZERO_ID,
 };
+pub use replica::{ReplicaError, ReplicaOutcome};
 pub use repos::{
     Author, CommitInfo, CommitRequest, EntryKind, FileContent, Operation, RefInfo, RepoError,
     Repos, TreeEntry,

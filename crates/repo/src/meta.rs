@@ -15,6 +15,9 @@ use std::sync::{Mutex, PoisonError};
 
 const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos");
 const DOWNLOADS: TableDefinition<&str, u64> = TableDefinition::new("downloads");
+/// (repo, sha256) of every LFS object a repository may reference: uploaded to it, or stored
+/// from content sent to it. See [`crate::Repos::add_lfs_objects`].
+const LFS: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("lfs_objects");
 
 /// What the metadata database knows about one repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,8 +66,44 @@ impl MetaDb {
         let tx = self.db.begin_write()?;
         tx.open_table(REPOS)?;
         tx.open_table(DOWNLOADS)?;
+        tx.open_table(LFS)?;
         tx.commit()?;
         Ok(())
+    }
+
+    pub(crate) fn add_lfs(&self, id: &RepoId, objects: &[[u8; 32]]) -> MetaResult<()> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let key = id.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(LFS)?;
+            for sha in objects {
+                table.insert((key.as_str(), sha), ())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn has_lfs(&self, id: &RepoId, sha: &[u8; 32]) -> MetaResult<bool> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(LFS)?;
+        Ok(table.get((id.to_string().as_str(), sha))?.is_some())
+    }
+
+    /// Every LFS object of `from`, re-keyed to `to` (a rename), in one transaction.
+    fn lfs_of(
+        table: &impl ReadableTable<(&'static str, &'static [u8; 32]), ()>,
+        key: &str,
+    ) -> MetaResult<Vec<[u8; 32]>> {
+        let mut out = Vec::new();
+        for item in table.range((key, &[0u8; 32])..=(key, &[0xffu8; 32]))? {
+            let (k, _) = item?;
+            out.push(*k.value().1);
+        }
+        Ok(out)
     }
 
     pub(crate) fn get(&self, id: &RepoId) -> MetaResult<Option<RepoMeta>> {
@@ -92,6 +131,26 @@ impl MetaDb {
         let tx = self.db.begin_write()?;
         tx.open_table(REPOS)?.remove(key.as_str())?;
         tx.open_table(DOWNLOADS)?.remove(key.as_str())?;
+        {
+            let mut lfs = tx.open_table(LFS)?;
+            for sha in Self::lfs_of(&lfs, &key)? {
+                lfs.remove((key.as_str(), &sha))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Copies `from`'s LFS objects to `to` (before `from`'s records are removed on a rename).
+    pub(crate) fn copy_lfs(&self, from: &RepoId, to: &RepoId) -> MetaResult<()> {
+        let (from, to) = (from.to_string(), to.to_string());
+        let tx = self.db.begin_write()?;
+        {
+            let mut lfs = tx.open_table(LFS)?;
+            for sha in Self::lfs_of(&lfs, &from)? {
+                lfs.insert((to.as_str(), &sha), ())?;
+            }
+        }
         tx.commit()?;
         Ok(())
     }

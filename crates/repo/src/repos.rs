@@ -348,6 +348,49 @@ impl Repos {
         Ok(info)
     }
 
+    /// Creates an empty public repository (no commits, `HEAD` naming `main`) to receive a
+    /// replica of a peer's repo; `created_at` comes from the signed update that announced it.
+    /// Its refs are then set by [`Repos::apply_replica`].
+    pub fn create_replica(&self, id: &RepoId, created_at: i64) -> Result<(), RepoError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = self.git_dir(id);
+        if path.exists() {
+            return Err(RepoError::AlreadyExists { repo: id.clone() });
+        }
+        let tmp = self.root.join(".tmp").join(format!(
+            "{}-{}",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            gix::init_bare(&tmp).map_err(|e| RepoError::Git {
+                context: "init repository",
+                source: Box::new(e),
+            })?;
+            std::fs::write(tmp.join("HEAD"), "ref: refs/heads/main\n")
+                .map_err(io("write", &tmp.join("HEAD")))
+        })();
+        if let Err(e) = result {
+            std::fs::remove_dir_all(&tmp).ok();
+            return Err(e);
+        }
+        self.meta
+            .put(
+                id,
+                RepoMeta {
+                    private: false,
+                    created_at,
+                },
+            )
+            .map_err(meta_err)?;
+        let parent = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        std::fs::rename(&tmp, &path).map_err(io("move repository into", &path))?;
+        tracing::info!(repo = %id, "created replica repository");
+        Ok(())
+    }
+
     /// Deletes a repository and everything in it.
     pub fn delete(&self, id: &RepoId) -> Result<(), RepoError> {
         let lock = self.lock(id);
@@ -391,6 +434,7 @@ impl Repos {
         let downloads = self.meta.downloads(from).map_err(meta_err)?;
         // The target's record first (so it is never public by accident), then the move.
         self.meta.put(to, meta).map_err(meta_err)?;
+        self.meta.copy_lfs(from, to).map_err(meta_err)?;
         let parent = dst.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         std::fs::rename(&src, &dst).map_err(io("move repository to", &dst))?;
@@ -420,6 +464,20 @@ impl Repos {
         self.meta
             .put(id, RepoMeta { private, ..meta })
             .map_err(meta_err)
+    }
+
+    /// Records that `id` may reference these LFS objects (by SHA-256): the caller proved it has
+    /// their content — it uploaded them to this repository, or sent them inline. The store is
+    /// shared by all repositories, so possession, not mere presence in the store, is what lets
+    /// a commit or a push point at an object: knowing a private file's hash is not enough to
+    /// publish it through another repository.
+    pub fn add_lfs_objects(&self, id: &RepoId, objects: &[[u8; 32]]) -> Result<(), RepoError> {
+        self.meta.add_lfs(id, objects).map_err(meta_err)
+    }
+
+    /// Whether `id` may reference the LFS object `sha256` (see [`Repos::add_lfs_objects`]).
+    pub fn has_lfs_object(&self, id: &RepoId, sha256: &[u8; 32]) -> Result<bool, RepoError> {
+        self.meta.has_lfs(id, sha256).map_err(meta_err)
     }
 
     /// Counts one download (in memory until [`Repos::flush_downloads`]).

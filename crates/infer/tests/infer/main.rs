@@ -5,4 +5,6 @@
 
 mod engine;
 mod fixture;
+mod gguf;
 mod reference;
+mod smollm2;

@@ -36,14 +36,14 @@ struct RefResult {
     steps: Vec<RefStep>,
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The Python with NumPy for the reference: `$HUBMESH_INFER_PYTHON` (scripts/test creates it
 /// before any test runs), else `.venv-infer/bin/python`, created from
 /// `tests/py/requirements-infer.txt` when missing (for `cargo test` on its own).
-fn python() -> Result<PathBuf> {
+pub fn python() -> Result<PathBuf> {
     if let Some(py) = std::env::var_os("HUBMESH_INFER_PYTHON") {
         return Ok(PathBuf::from(py));
     }

@@ -1,6 +1,7 @@
 //! hub-repo against real repositories on disk, checked with the real `git` binary.
 
 mod receive;
+mod replica;
 
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_repo::{
@@ -435,4 +436,28 @@ fn rename_keeps_history_visibility_and_downloads() {
         Err(RepoError::AlreadyExists { .. })
     ));
     assert_eq!(repos.downloads(&id).unwrap(), 0);
+}
+
+#[test]
+fn lfs_objects_belong_to_repos_and_follow_renames() {
+    let (_d, repos, id) = setup();
+    let other = RepoId::parse(RepoType::Model, "alice/other").unwrap();
+    repos.create(&other, &author()).unwrap();
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    repos.add_lfs_objects(&id, &[a, b]).unwrap();
+    assert!(repos.has_lfs_object(&id, &a).unwrap());
+    assert!(
+        !repos.has_lfs_object(&other, &a).unwrap(),
+        "objects are per repository"
+    );
+    let to = RepoId::parse(RepoType::Model, "alice/renamed").unwrap();
+    repos.rename(&id, &to).unwrap();
+    assert!(repos.has_lfs_object(&to, &b).unwrap());
+    assert!(!repos.has_lfs_object(&id, &b).unwrap());
+    repos.delete(&to).unwrap();
+    repos.create(&to, &author()).unwrap();
+    assert!(
+        !repos.has_lfs_object(&to, &a).unwrap(),
+        "a re-created repo starts empty"
+    );
 }

@@ -1,0 +1,669 @@
+//! The replication task: publishes signed refs of the repos this node hosts, judges what peers
+//! gossip, and brings seeded repos up to date with packs of the difference.
+//!
+//! Who spawns whom: [`spawn_replicating`] starts the swarm task (which owns the swarm) and
+//! this task (which owns the [`RefStore`] and the seeding policy). They are connected by two
+//! bounded channels: commands to the swarm (through the [`P2p`] handle) and [`NetEvent`]s
+//! back. The gateway reports local writes with [`P2p::repo_changed`], coalesced per repo in
+//! [`Changes`]. Disk and git work (the store's commits, `pack-objects`, `index-pack`) runs on
+//! the blocking pool; fetches run as one task per repo at a time.
+//!
+//! Publishing (the hosting node): on a change to a *public* repo, the node makes sure its
+//! namespace has a document (a genesis naming the node key as the only delegate, created on
+//! first need and gossiped), then signs a [`RefUpdate`] of all `refs/heads/*` and
+//! `refs/tags/*` with `seq = last + 1`, accepts it into its own store (which persists the
+//! seq) and gossips it. The `lfs` map stays empty in this slice: LFS content does not
+//! replicate yet. Private repos are never announced. When a peer subscribes, the node
+//! re-gossips its documents and latest updates, so a peer that joined late catches up.
+//!
+//! Seeding: every gossiped document and update goes through [`RefStore`] (signature, delegate,
+//! seq, binding); refusals are logged and reported to gossipsub so they are not forwarded.
+//! An update that names a namespace document not heard yet waits (bounded) for it. For an
+//! accepted update of a repo matching a [`SeedPattern`], the task asks the publisher (then
+//! the forwarder, then DHT providers) for the pack of the difference and applies it with
+//! hub-repo's push machinery; the listing is then refreshed through the `on_replicated` hook.
+
+use crate::state::{RefStore, RefStoreError};
+use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
+use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern};
+use hub_protocol::repo::RepoId;
+use hub_protocol::signed::{
+    NamespaceDoc, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate, SigningKey, Visibility,
+};
+use hub_repo::{RepoError, Repos};
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Updates that wait for their namespace document, at most.
+const MAX_PENDING: usize = 256;
+/// Most updates re-gossiped to a peer that subscribed.
+const MAX_CATCH_UP: usize = 1024;
+/// How often repos whose fetch failed are tried again.
+const RETRY_PERIOD: Duration = Duration::from_secs(5);
+
+/// Called (on a blocking thread) after a repo was replicated, e.g. to refresh the listing.
+pub type OnReplicated = Arc<dyn Fn(&RepoId) + Send + Sync>;
+
+/// What the replication task needs.
+pub struct Replication {
+    /// The repositories (published from, replicated into).
+    pub repos: Arc<Repos>,
+    /// Where the [`RefStore`] lives (`DATA/refs.redb`).
+    pub ref_store: PathBuf,
+    /// The node's 32-byte ed25519 secret (`DATA/node.key`): signs documents and updates.
+    pub secret: [u8; 32],
+    /// Which repos this node seeds.
+    pub seeds: Vec<SeedPattern>,
+    pub on_replicated: OnReplicated,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("ref_store", &self.ref_store)
+            .field("seeds", &self.seeds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why replication could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Swarm(#[from] P2pError),
+    #[error(transparent)]
+    RefStore(#[from] RefStoreError),
+}
+
+/// Repos written locally and not announced yet: a set, so repeated writes coalesce and the
+/// queue never outgrows the number of repos.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pending: Mutex<BTreeSet<RepoId>>,
+    notify: Notify,
+}
+
+impl Changes {
+    pub(crate) fn push(&self, repo: RepoId) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(repo);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> BTreeSet<RepoId> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Starts the swarm and the replication task; the returned task ends when both have.
+pub async fn spawn_replicating(
+    key: Keypair,
+    config: P2pConfig,
+    replication: Replication,
+    cancel: CancellationToken,
+) -> Result<(P2p, JoinHandle<()>), ReplicationError> {
+    let path = replication.ref_store.clone();
+    let store = tokio::task::spawn_blocking(move || RefStore::open(path))
+        .await
+        .map_err(|_| RefStoreError::Inconsistent("open task failed".into()))??;
+    let (mut p2p, events, swarm_task) =
+        crate::swarm::spawn_with_events(key, config, cancel.clone()).await?;
+    let changes = Arc::new(Changes::default());
+    p2p.changes = Some(changes.clone());
+    let (done_tx, done_rx) = mpsc::channel(64);
+    let task = Task {
+        p2p: p2p.clone(),
+        ctx: Arc::new(Ctx {
+            store: Mutex::new(store),
+            key: SigningKey::from_bytes(&replication.secret),
+            repos: replication.repos,
+            on_replicated: replication.on_replicated,
+            p2p: p2p.clone(),
+        }),
+        seeds: replication.seeds,
+        changes,
+        pending: HashMap::new(),
+        fetching: HashMap::new(),
+        failed: HashMap::new(),
+        done_tx,
+    };
+    let replication_task = tokio::spawn(task.run(events, done_rx, cancel));
+    let joined = tokio::spawn(async move {
+        let _ = replication_task.await;
+        let _ = swarm_task.await;
+    });
+    Ok((p2p, joined))
+}
+
+/// What fetch tasks and the main loop share.
+struct Ctx {
+    /// Used only on blocking threads (its methods sync to disk).
+    store: Mutex<RefStore>,
+    key: SigningKey,
+    repos: Arc<Repos>,
+    on_replicated: OnReplicated,
+    p2p: P2p,
+}
+
+impl Ctx {
+    fn store(&self) -> std::sync::MutexGuard<'_, RefStore> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Task {
+    p2p: P2p,
+    ctx: Arc<Ctx>,
+    seeds: Vec<SeedPattern>,
+    changes: Arc<Changes>,
+    /// Updates waiting for their namespace document: repo → (bytes, publisher, forwarder).
+    pending: HashMap<RepoId, (Vec<u8>, Option<PeerId>, PeerId)>,
+    /// Repos with a fetch running; `true` when another accepted update arrived meanwhile.
+    fetching: HashMap<RepoId, (bool, Vec<PeerId>)>,
+    /// Repos whose last fetch failed, with the peers to try again.
+    failed: HashMap<RepoId, Vec<PeerId>>,
+    done_tx: mpsc::Sender<(RepoId, bool)>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetEvent>,
+        mut done: mpsc::Receiver<(RepoId, bool)>,
+        cancel: CancellationToken,
+    ) {
+        let mut retry = tokio::time::interval(RETRY_PERIOD);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.changes.notify.notified() => {
+                    for repo in self.changes.take() {
+                        self.publish(repo).await;
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(event) => self.event(event).await,
+                    None => break,
+                },
+                Some((repo, ok)) = done.recv() => self.fetched(repo, ok),
+                _ = retry.tick() => {
+                    for (repo, peers) in std::mem::take(&mut self.failed) {
+                        self.fetch(repo, peers);
+                    }
+                }
+            }
+        }
+        tracing::debug!("replication task stopped");
+    }
+
+    /// Signs and gossips the state of a locally written repo (public ones only).
+    async fn publish(&mut self, repo: RepoId) {
+        let ctx = self.ctx.clone();
+        let id = repo.clone();
+        let signed = blocking(move || sign_update(&mut ctx.store(), &ctx.key, &ctx.repos, &id))
+            .await
+            .flatten();
+        let Some((doc, update)) = signed else {
+            return;
+        };
+        if let Some(doc) = doc {
+            self.gossip(Topic::Namespaces, doc.encode());
+        }
+        tracing::info!(%repo, seq = update.update.seq, "announcing signed refs");
+        self.gossip(Topic::Refs, update.encode());
+        self.p2p.try_send(Command::Provide(repo));
+    }
+
+    fn gossip(&self, topic: Topic, data: Vec<u8>) {
+        if !self.p2p.try_send(Command::Publish {
+            topic,
+            data,
+            done: None,
+        }) {
+            tracing::warn!(?topic, "swarm command queue full; gossip dropped");
+        }
+    }
+
+    async fn event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Gossip {
+                topic,
+                id,
+                propagation_source,
+                author,
+                data,
+            } => {
+                let verdict = match topic {
+                    Topic::Namespaces => self.on_doc(data).await,
+                    Topic::Refs => self.on_update(data, author, propagation_source).await,
+                };
+                let counter = if verdict == Verdict::Accept {
+                    &self.p2p.counters.gossip_accepted
+                } else {
+                    &self.p2p.counters.gossip_refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.p2p.try_send(Command::Validate {
+                    id,
+                    source: propagation_source,
+                    verdict,
+                });
+            }
+            NetEvent::Subscribed { peer, topic } => {
+                tracing::debug!(%peer, ?topic, "peer subscribed; re-gossiping our state");
+                let ctx = self.ctx.clone();
+                let messages = blocking(move || own_state(&ctx, topic))
+                    .await
+                    .unwrap_or_default();
+                for data in messages {
+                    self.gossip(topic, data);
+                }
+            }
+            NetEvent::PackRequest {
+                peer,
+                request,
+                channel,
+            } => {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let repo = request.repo.clone();
+                    let response = blocking({
+                        let ctx = ctx.clone();
+                        move || serve_pack(&ctx.repos, &request)
+                    })
+                    .await
+                    .unwrap_or(PackResponse::Failed);
+                    tracing::debug!(%peer, %repo, ok = matches!(response, PackResponse::Pack(_)), "served pack request");
+                    let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
+                });
+            }
+        }
+    }
+
+    async fn on_doc(&mut self, data: Vec<u8>) -> Verdict {
+        let ctx = self.ctx.clone();
+        let result = blocking(move || ctx.store().apply_namespace_doc_bytes(&data)).await;
+        match result {
+            Some(Ok(accepted)) => {
+                tracing::debug!(?accepted, "namespace document accepted");
+                // Updates that waited for a document get another chance.
+                for (_, (bytes, author, via)) in std::mem::take(&mut self.pending) {
+                    Box::pin(self.on_update(bytes, author, via)).await;
+                }
+                Verdict::Accept
+            }
+            Some(Err(RefStoreError::DocRejected(reason))) => {
+                tracing::warn!(%reason, "namespace document rejected");
+                Verdict::Reject
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "namespace document not stored");
+                Verdict::Ignore
+            }
+            None => Verdict::Ignore,
+        }
+    }
+
+    async fn on_update(&mut self, data: Vec<u8>, author: Option<PeerId>, via: PeerId) -> Verdict {
+        let signed = match SignedRefUpdate::decode(&data) {
+            Ok(signed) => signed,
+            Err(error) => {
+                tracing::warn!(%via, %error, "malformed ref update rejected");
+                return Verdict::Reject;
+            }
+        };
+        let repo = signed.update.repo.clone();
+        let ctx = self.ctx.clone();
+        let id = repo.clone();
+        let result = blocking(move || {
+            ctx.store()
+                .apply_ref_update(&id, signed, now())
+                .map(|u| u.update.seq)
+        })
+        .await;
+        match result {
+            Some(Ok(seq)) => {
+                tracing::info!(%repo, seq, %via, "ref update accepted");
+                if self.seeds.iter().any(|p| p.matches(&repo)) {
+                    let peers = author.into_iter().chain([via]).collect();
+                    self.fetch(repo, peers);
+                }
+                Verdict::Accept
+            }
+            Some(Err(RefStoreError::Rejected(RefReject::UnknownNamespaceDoc { doc }))) => {
+                tracing::debug!(%repo, %doc, "ref update waits for its namespace document");
+                if self.pending.len() < MAX_PENDING || self.pending.contains_key(&repo) {
+                    self.pending.insert(repo, (data, author, via));
+                }
+                Verdict::Ignore
+            }
+            Some(Err(RefStoreError::Rejected(reason @ RefReject::StaleSeq { .. }))) => {
+                tracing::debug!(%repo, %reason, "ref update ignored");
+                Verdict::Ignore
+            }
+            Some(Err(RefStoreError::Rejected(reason))) => {
+                tracing::warn!(%repo, %via, author = ?author, %reason, "ref update rejected");
+                Verdict::Reject
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%repo, %error, "ref update not stored");
+                Verdict::Ignore
+            }
+            None => Verdict::Ignore,
+        }
+    }
+
+    /// Starts (or re-arms) the fetch of a seeded repo.
+    fn fetch(&mut self, repo: RepoId, peers: Vec<PeerId>) {
+        if let Some((again, known)) = self.fetching.get_mut(&repo) {
+            *again = true;
+            *known = peers;
+            return;
+        }
+        self.fetching.insert(repo.clone(), (false, peers.clone()));
+        let (ctx, done) = (self.ctx.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let ok = match fetch_repo(&ctx, &repo, peers).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%repo, %error, "replication fetch failed; will retry");
+                    false
+                }
+            };
+            let _ = done.send((repo, ok)).await;
+        });
+    }
+
+    fn fetched(&mut self, repo: RepoId, ok: bool) {
+        let Some((again, peers)) = self.fetching.remove(&repo) else {
+            return;
+        };
+        if again {
+            self.fetch(repo, peers);
+        } else if !ok {
+            self.failed.insert(repo, peers);
+        }
+    }
+}
+
+/// Builds (and accepts into our own store) the next signed update of `repo`, plus the
+/// namespace genesis when this is the namespace's first update. `None` when the repo is
+/// private, gone, or in a namespace this node is not a delegate of.
+fn sign_update(
+    store: &mut RefStore,
+    key: &SigningKey,
+    repos: &Repos,
+    repo: &RepoId,
+) -> Option<(Option<SignedNamespaceDoc>, SignedRefUpdate)> {
+    match repos.meta(repo) {
+        Ok(meta) if !meta.private => {}
+        Ok(_) | Err(RepoError::NotFound { .. }) => return None,
+        Err(error) => {
+            tracing::warn!(%repo, %error, "cannot read repo metadata; not announced");
+            return None;
+        }
+    }
+    let refs = match repos.public_refs(repo) {
+        Ok(refs) => refs,
+        Err(error) => {
+            tracing::warn!(%repo, %error, "cannot read refs; not announced");
+            return None;
+        }
+    };
+    let me = key.public();
+    let mut genesis = None;
+    let doc = match store.state().head(repo.namespace()) {
+        Some(doc) => doc.clone(),
+        None => {
+            let doc = NamespaceDoc::new(repo.namespace(), vec![me], 1, Visibility::Public)
+                .inspect_err(
+                    |error| tracing::warn!(%repo, %error, "cannot make a namespace document"),
+                )
+                .ok()?;
+            let signed = doc.sign_genesis(&[key]);
+            if let Err(error) = store.apply_namespace_doc(signed.clone()) {
+                tracing::warn!(%repo, %error, "own namespace document refused");
+                return None;
+            }
+            genesis = Some(signed);
+            doc
+        }
+    };
+    if !doc.is_delegate(&me) {
+        tracing::debug!(%repo, "not a delegate of the namespace; not announced");
+        return None;
+    }
+    let seq = store.state().last_seq(repo).unwrap_or(0) + 1;
+    let mut update = RefUpdate::new(repo.clone(), doc.id(), seq, now());
+    update.refs = refs;
+    let signed = update
+        .sign(key)
+        .inspect_err(|error| tracing::warn!(%repo, %error, "cannot sign ref update"))
+        .ok()?;
+    if let Err(error) = store.apply_ref_update(repo, signed.clone(), now()) {
+        tracing::warn!(%repo, %error, "own ref update refused");
+        return None;
+    }
+    Some((genesis, signed))
+}
+
+/// Our namespace documents, or the latest updates of repos we are a delegate of.
+fn own_state(ctx: &Ctx, topic: Topic) -> Vec<Vec<u8>> {
+    let me = ctx.key.public();
+    let store = ctx.store();
+    let state = store.state();
+    let ours = |ns: &str| state.head(ns).is_some_and(|d| d.is_delegate(&me));
+    match topic {
+        Topic::Namespaces => state
+            .namespaces()
+            .filter(|ns| ours(ns))
+            .flat_map(|ns| state.chain(ns).iter().map(SignedNamespaceDoc::encode))
+            .take(MAX_CATCH_UP)
+            .collect(),
+        Topic::Refs => state
+            .accepted()
+            .filter(|(repo, _)| ours(repo.namespace()))
+            // Never re-gossip a repo that has become private since.
+            .filter(|(repo, _)| ctx.repos.meta(repo).is_ok_and(|m| !m.private))
+            .map(|(_, update)| update.encode())
+            .take(MAX_CATCH_UP)
+            .collect(),
+    }
+}
+
+/// Answers a pack request: only for public repos, only with objects the repo has.
+fn serve_pack(repos: &Repos, request: &PackRequest) -> PackResponse {
+    match repos.meta(&request.repo) {
+        Ok(meta) if !meta.private => {}
+        _ => return PackResponse::NotFound,
+    }
+    match repos.build_pack(
+        &request.repo,
+        &request.want,
+        &request.have,
+        MAX_PACK_LEN as u64,
+    ) {
+        Ok(pack) => PackResponse::Pack(pack),
+        Err(hub_repo::ReplicaError::MissingObject { .. }) => PackResponse::NotFound,
+        Err(hub_repo::ReplicaError::TooLarge { limit }) => PackResponse::TooLarge { limit },
+        Err(error) => {
+            tracing::warn!(repo = %request.repo, %error, "cannot build pack");
+            PackResponse::Failed
+        }
+    }
+}
+
+/// Brings `repo` to its last accepted update: asks each candidate peer in turn (then DHT
+/// providers) for the pack of the difference and applies the first good one.
+async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Result<(), String> {
+    let (c, id) = (ctx.clone(), repo.clone());
+    let target = blocking(move || {
+        let update = c.store().state().last_accepted(&id).cloned()?;
+        let local = c.repos.exists(&id);
+        if local && c.repos.meta(&id).is_ok_and(|m| m.private) {
+            // A private repo of this node under the same name is never overwritten.
+            return None;
+        }
+        let have = if local {
+            c.repos.ref_tips(&id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let current = if local {
+            c.repos.public_refs(&id).unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        Some((update, have, current, local))
+    })
+    .await
+    .flatten();
+    let Some((update, have, current, local)) = target else {
+        return Ok(());
+    };
+    if local && current == update.update.refs {
+        return Ok(());
+    }
+    let mut want: Vec<[u8; 20]> = update.update.refs.values().copied().collect();
+    want.sort_unstable();
+    want.dedup();
+    let request = PackRequest {
+        repo: repo.clone(),
+        want,
+        have,
+    };
+    // The gossip peers first; DHT providers only when none of them could serve (a DHT query
+    // can take as long as its timeout).
+    let me = ctx.p2p.peer_id();
+    let mut tried = std::collections::HashSet::from([me]);
+    peers.retain(|p| tried.insert(*p));
+    let mut last_error = match try_peers(ctx, &request, &update, &peers).await {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    if let Ok(mut providers) = ctx.p2p.providers(repo).await {
+        providers.retain(|p| tried.insert(*p));
+        if !providers.is_empty() {
+            last_error = match try_peers(ctx, &request, &update, &providers).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+        }
+    }
+    Err(last_error)
+}
+
+/// Asks each peer in turn for the pack and applies the first good one.
+async fn try_peers(
+    ctx: &Arc<Ctx>,
+    request: &PackRequest,
+    update: &SignedRefUpdate,
+    peers: &[PeerId],
+) -> Result<(), String> {
+    let repo = &request.repo;
+    let mut last_error = "no peer to fetch from".to_owned();
+    for &peer in peers {
+        let pack = match ctx.p2p.fetch_pack(peer, request.clone()).await {
+            Ok(PackResponse::Pack(pack)) => pack,
+            Ok(other) => {
+                last_error = format!("{peer} answered {other:?}");
+                continue;
+            }
+            Err(error) => {
+                last_error = format!("{peer}: {error}");
+                continue;
+            }
+        };
+        let (c, id, refs) = (ctx.clone(), repo.clone(), update.update.refs.clone());
+        let created_at = i64::try_from(update.update.time).unwrap_or(0);
+        let applied = blocking(move || {
+            if !c.repos.exists(&id) {
+                c.repos
+                    .create_replica(&id, created_at)
+                    .map_err(hub_repo::ReplicaError::from)?;
+            }
+            let outcome = c.repos.apply_replica(&id, &pack, &refs)?;
+            (c.on_replicated)(&id);
+            Ok::<_, hub_repo::ReplicaError>(outcome)
+        })
+        .await;
+        match applied {
+            Some(Ok(outcome)) => {
+                tracing::info!(%repo, %peer, seq = update.update.seq, ?outcome, "replicated");
+                ctx.p2p
+                    .counters
+                    .repos_replicated
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Some(Err(error)) => last_error = format!("apply pack from {peer}: {error}"),
+            None => last_error = "apply task failed".into(),
+        }
+    }
+    Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub_protocol::repo::RepoType;
+    use hub_repo::Author;
+
+    #[test]
+    fn publishing_numbers_updates_across_restarts_and_skips_private_and_foreign_repos() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repos::open(dir.path().join("repos")).unwrap();
+        let path = dir.path().join("refs.redb");
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let author = Author::new("alice", "alice@hubmesh.test");
+        let public = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
+        let private = RepoId::parse(RepoType::Model, "alice/secret").unwrap();
+        repos.create(&public, &author).unwrap();
+        repos.create_with(&private, &author, true).unwrap();
+        {
+            let mut store = RefStore::open(&path).unwrap();
+            let (genesis, first) = sign_update(&mut store, &key, &repos, &public).unwrap();
+            let genesis = genesis.expect("first update of a namespace brings its genesis");
+            assert_eq!(genesis.doc.delegates(), [key.public()]);
+            assert_eq!(first.update.seq, 1);
+            assert_eq!(first.update.namespace_doc, genesis.doc.id());
+            assert_eq!(first.update.refs, repos.public_refs(&public).unwrap());
+            assert!(first.update.lfs.is_empty());
+            let (again, second) = sign_update(&mut store, &key, &repos, &public).unwrap();
+            assert!(again.is_none());
+            assert_eq!(second.update.seq, 2);
+            assert!(sign_update(&mut store, &key, &repos, &private).is_none());
+            let missing = RepoId::parse(RepoType::Model, "alice/gone").unwrap();
+            assert!(sign_update(&mut store, &key, &repos, &missing).is_none());
+        }
+        // After a restart the sequence continues, never repeats.
+        let mut store = RefStore::open(&path).unwrap();
+        let (_, third) = sign_update(&mut store, &key, &repos, &public).unwrap();
+        assert_eq!(third.update.seq, 3);
+        // Another node's key is not a delegate of alice: it announces nothing.
+        let other = SigningKey::from_bytes(&[6; 32]);
+        assert!(sign_update(&mut store, &other, &repos, &public).is_none());
+    }
+}

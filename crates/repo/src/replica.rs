@@ -1,0 +1,235 @@
+//! Replication of git metadata between nodes: building the pack a peer asks for, and
+//! applying a pack received from a peer.
+//!
+//! Applying reuses the push machinery of [`crate::receive`]: the pack goes into a quarantine
+//! through `git index-pack`, every new object is checked (paths, modes, connectivity), and
+//! all refs move in one compare-and-swap transaction. What a push checks on top (write
+//! rights, fast-forward for non-force pushes) does not apply: a replica follows the refs of a
+//! signed update that hub-p2p already accepted, so authority comes from the signature, and a
+//! force-push upstream is followed as it is.
+//!
+//! LFS: in this slice only git objects replicate. A pointer's content is not fetched, so the
+//! check that a push's pointers name content in the store is skipped for replicas; a download
+//! of such a file from the replica fails until the block data plane lands.
+
+use crate::receive::{Quarantine, ReceiveError, RefCommand, Rejection, ZERO_ID};
+use crate::repos::{RepoError, Repos};
+use gix::ObjectId;
+use hub_protocol::repo::RepoId;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+/// Why a pack could not be built or applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+    #[error("object {id} is not in the repository")]
+    MissingObject { id: String },
+    #[error("pack exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("git pack-objects failed: {message}")]
+    PackObjects { message: String },
+    #[error("run git pack-objects")]
+    Spawn(#[source] std::io::Error),
+    #[error("ref {name} refused: {reason}")]
+    Rejected {
+        name: String,
+        #[source]
+        reason: Rejection,
+    },
+}
+
+/// What [`Repos::apply_replica`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaOutcome {
+    /// The refs already had the wanted values; nothing was written.
+    UpToDate,
+    /// This many refs were created, moved or deleted.
+    Updated { refs: usize },
+}
+
+fn hex(oid: &[u8; 20]) -> String {
+    ObjectId::from_bytes_or_panic(oid).to_string()
+}
+
+impl Repos {
+    /// The ref tips of a repository, as raw oids (what a requester sends as `have`).
+    pub fn ref_tips(&self, id: &RepoId) -> Result<Vec<[u8; 20]>, RepoError> {
+        let mut out = Vec::new();
+        for (_, target) in self.advertised_refs(id)? {
+            if let Ok(oid) = ObjectId::from_hex(target.as_bytes())
+                && let Ok(bytes) = <[u8; 20]>::try_from(oid.as_bytes())
+            {
+                out.push(bytes);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The refs under `refs/heads/` and `refs/tags/` with their raw oids (what a publisher
+    /// signs).
+    pub fn public_refs(&self, id: &RepoId) -> Result<BTreeMap<String, [u8; 20]>, RepoError> {
+        let mut out = BTreeMap::new();
+        for (name, target) in self.advertised_refs(id)? {
+            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+                continue;
+            }
+            if let Ok(oid) = ObjectId::from_hex(target.as_bytes())
+                && let Ok(bytes) = <[u8; 20]>::try_from(oid.as_bytes())
+            {
+                out.insert(name, bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builds a pack of the objects reachable from `want` and not from `have` (haves the
+    /// repository does not know are ignored). Every wanted object must exist. At most `limit`
+    /// bytes; a larger pack is [`ReplicaError::TooLarge`].
+    pub fn build_pack(
+        &self,
+        id: &RepoId,
+        want: &[[u8; 20]],
+        have: &[[u8; 20]],
+        limit: u64,
+    ) -> Result<Vec<u8>, ReplicaError> {
+        let repo = self.open_repo(id)?;
+        let mut input = String::new();
+        for oid in want {
+            let oid = ObjectId::from_bytes_or_panic(oid);
+            if !repo.has_object(oid) {
+                return Err(ReplicaError::MissingObject {
+                    id: oid.to_string(),
+                });
+            }
+            input.push_str(&format!("{oid}\n"));
+        }
+        for oid in have {
+            let oid = ObjectId::from_bytes_or_panic(oid);
+            if repo.has_object(oid) {
+                input.push_str(&format!("^{oid}\n"));
+            }
+        }
+        let mut child = Command::new("git")
+            .args([
+                "pack-objects",
+                "--stdout",
+                "--revs",
+                "--delta-base-offset",
+                "-q",
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("GIT_DIR", self.git_dir(id))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(ReplicaError::Spawn)?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        // Feed and drain on threads so neither pipe can fill up and block the other.
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = (&mut stderr).take(16 * 1024).read_to_end(&mut buf);
+            let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+            buf
+        });
+        let mut pack = Vec::new();
+        let read = (&mut stdout).take(limit + 1).read_to_end(&mut pack);
+        let too_large = pack.len() as u64 > limit;
+        if too_large || read.is_err() {
+            let _ = child.kill();
+        }
+        drop(stdout);
+        let status = child.wait().map_err(ReplicaError::Spawn)?;
+        writer.join().ok();
+        let stderr = err_reader.join().unwrap_or_default();
+        if too_large {
+            return Err(ReplicaError::TooLarge { limit });
+        }
+        read.map_err(ReplicaError::Spawn)?;
+        if !status.success() {
+            return Err(ReplicaError::PackObjects {
+                message: String::from_utf8_lossy(&stderr)
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect(),
+            });
+        }
+        Ok(pack)
+    }
+
+    /// Makes the repository's `refs/heads/*` and `refs/tags/*` exactly `refs`, with the
+    /// objects from `pack`: quarantine, `index-pack`, object checks, then one compare-and-swap
+    /// transaction (see the module docs for what is not checked). `main` is never deleted.
+    pub fn apply_replica(
+        &self,
+        id: &RepoId,
+        pack: &[u8],
+        refs: &BTreeMap<String, [u8; 20]>,
+    ) -> Result<ReplicaOutcome, ReplicaError> {
+        let current = self.public_refs(id)?;
+        let mut commands = Vec::new();
+        for (name, oid) in refs {
+            if current.get(name) != Some(oid) {
+                commands.push(RefCommand {
+                    old: current.get(name).map_or_else(|| ZERO_ID.to_owned(), hex),
+                    new: hex(oid),
+                    name: name.clone(),
+                });
+            }
+        }
+        for (name, oid) in &current {
+            if !refs.contains_key(name) && name != "refs/heads/main" {
+                commands.push(RefCommand {
+                    old: hex(oid),
+                    new: ZERO_ID.to_owned(),
+                    name: name.clone(),
+                });
+            }
+        }
+        if commands.is_empty() {
+            return Ok(ReplicaOutcome::UpToDate);
+        }
+        let quarantine: Quarantine = self.quarantine(id)?;
+        if !pack.is_empty() {
+            quarantine.index_pack(&mut &pack[..], pack.len() as u64)?;
+        }
+        // LFS content is not replicated in this slice (module docs).
+        let checked = quarantine.check(&commands, &mut |_| true)?;
+        for (command, verdict) in commands.iter().zip(checked) {
+            if let Err(reason) = verdict {
+                return Err(ReplicaError::Rejected {
+                    name: command.name.clone(),
+                    reason,
+                });
+            }
+        }
+        if let Err(rejections) = self.apply_push(quarantine, &commands)? {
+            let (name, reason) = commands
+                .iter()
+                .zip(rejections)
+                .find_map(|(c, r)| r.map(|r| (c.name.clone(), r)))
+                .unwrap_or_else(|| (String::new(), Rejection::Atomic));
+            return Err(ReplicaError::Rejected { name, reason });
+        }
+        Ok(ReplicaOutcome::Updated {
+            refs: commands.len(),
+        })
+    }
+}
