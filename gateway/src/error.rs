@@ -42,6 +42,9 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// Temporarily unavailable (content still arriving from peers); clients retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// A `Range` that does not overlap a file of `size` bytes.
     #[error("requested range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
@@ -67,6 +70,7 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -110,6 +114,9 @@ impl IntoResponse for AppError {
             && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             headers.insert(http::header::CONTENT_RANGE, value);
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(

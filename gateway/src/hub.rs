@@ -1420,13 +1420,29 @@ async fn resolve(
     let principal = authenticate(&state, &headers).await?;
     read_access(&state, principal.as_ref(), &id).await?;
     let repos = state.repos().clone();
+    let store = state.store().clone();
     let (commit, entry, blob) = {
         let id = id.clone();
         let (rev, path) = (p.rev.clone(), p.path.clone());
         blocking(move || {
             let commit = repos.resolve(&id, &rev)?;
             match repos.file(&id, &commit, &path) {
-                Ok((entry, blob)) => Ok((commit, entry, blob)),
+                Ok((entry, blob)) => {
+                    // An LFS file whose content is not here yet (a replica still fetching it):
+                    // a retryable 503, on HEAD as on GET, not a 500 halfway through a body.
+                    if let Some(lfs) = &entry.lfs {
+                        let sha: Sha256 = lfs
+                            .sha256
+                            .parse()
+                            .map_err(|_| AppError::internal("malformed LFS pointer"))?;
+                        if !store.has(&sha)? {
+                            return Err(AppError::Unavailable(format!(
+                                "the content of {path} is not on this node yet; retry shortly"
+                            )));
+                        }
+                    }
+                    Ok((commit, entry, blob))
+                }
                 Err(e) => Err(match AppError::from(e) {
                     AppError::EntryNotFound { message, .. } => AppError::EntryNotFound {
                         message,

@@ -8,7 +8,9 @@
 //! - `GET /health`: `{"status":"ok","version":…,"peer_id":…}`;
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text): process and HTTP request metrics;
 //! - `GET /api/whoami-v2`: the caller behind a `Bearer` token, in the Hub's shape;
-//! - the Hub API for repositories and `resolve` downloads (see the `hub` module).
+//! - the Hub API for repositories and `resolve` downloads (see the `hub` module);
+//! - inference: OpenAI `/v1/*`, TGI `/generate*`, HF `/models/{ns}/{name}` (the `inference`
+//!   module), once the node calls [`AppState::enable_inference`].
 //!
 //! Errors leave through one boundary, [`error::AppError`], which sets the Hub's `X-Error-Code`
 //! and `X-Error-Message` headers and a JSON `{"error": …}` body.
@@ -27,8 +29,10 @@ pub mod error;
 mod git;
 mod hub;
 mod import;
+mod inference;
 mod lfs;
 pub mod listing;
+mod mesh;
 pub mod metrics;
 mod ndjson;
 mod routes;
@@ -36,6 +40,7 @@ mod routes;
 mod testing;
 
 pub use error::AppError;
+pub use inference::InferenceConfig;
 pub use routes::router;
 
 use hub_auth::AuthStore;
@@ -86,6 +91,8 @@ struct Inner {
     p2p: hub_p2p::P2p,
     config: GatewayConfig,
     metrics: Metrics,
+    /// Set once by [`AppState::enable_inference`]; the inference routes answer 503 until then.
+    inference: std::sync::OnceLock<Arc<inference::Inference>>,
 }
 
 impl AppState {
@@ -108,6 +115,7 @@ impl AppState {
                 p2p,
                 config,
                 metrics,
+                inference: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -138,5 +146,18 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Serves the inference routes (OpenAI, TGI, HF Inference API) from models on this node.
+    /// Returns `false` when inference was enabled already (the first configuration stays).
+    pub fn enable_inference(&self, config: InferenceConfig) -> bool {
+        self.inner
+            .inference
+            .set(Arc::new(inference::Inference::new(config)))
+            .is_ok()
+    }
+
+    pub(crate) fn inference(&self) -> Option<&Arc<inference::Inference>> {
+        self.inner.inference.get()
     }
 }

@@ -24,6 +24,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::lfs::routes())
         .merge(crate::git::routes())
         .merge(crate::admin::routes())
+        .merge(crate::mesh::routes())
+        .merge(crate::inference::routes())
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

@@ -35,6 +35,10 @@ pub enum Command {
     /// Create, list and revoke access tokens on a running node.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// List the peers a running node is connected to, with its replication counters.
+    ///
+    /// Reads `GET /api/mesh/peers` of the node found through --data (node.json) or --node.
+    Peers(ClientFlags),
     /// Check and inspect the chunk store of a stopped node.
     #[command(subcommand)]
     Store(StoreCommand),

@@ -1,4 +1,4 @@
-//! Commands that talk to a running node over HTTP: `user`, `org` and `token`.
+//! Commands that talk to a running node over HTTP: `user`, `org`, `token` and `peers`.
 //!
 //! They find the node through its data directory (`node.json` gives the HTTP address,
 //! `admin.token` the site admin's token), or take `--node URL --token TOKEN`, and call the
@@ -34,6 +34,11 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     fn new(flags: &ClientFlags) -> anyhow::Result<Self> {
+        Self::connect(flags, true)
+    }
+
+    /// Connects; without `need_token`, a missing token is no error (read-only routes).
+    fn connect(flags: &ClientFlags, need_token: bool) -> anyhow::Result<Self> {
         let data = flags
             .data
             .clone()
@@ -44,7 +49,8 @@ impl Client {
         };
         let token = match &flags.token {
             Some(t) => t.trim().to_owned(),
-            None => read_admin_token(&data)?,
+            None if need_token => read_admin_token(&data)?,
+            None => read_admin_token(&data).unwrap_or_default(),
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -65,6 +71,7 @@ impl Client {
                 .post(&url)
                 .header("authorization", &auth)
                 .send_json(body),
+            ("GET", None) if self.token.is_empty() => self.agent.get(&url).call(),
             ("GET", None) => self.agent.get(&url).header("authorization", &auth).call(),
             ("DELETE", None) => self
                 .agent
@@ -144,6 +151,35 @@ fn output(flags: &ClientFlags, value: &Value, text: impl FnOnce() -> String) -> 
         println!("{}", text());
     }
     Ok(())
+}
+
+/// `hubmesh peers`: the node's peer id, counters and connected peers.
+pub fn peers(flags: ClientFlags) -> anyhow::Result<()> {
+    let v = Client::connect(&flags, false)?.call("GET", "/api/mesh/peers", None)?;
+    output(&flags, &v, || {
+        let mut out = format!(
+            "{} ({} connected)",
+            v["peer_id"].as_str().unwrap_or("?"),
+            v["counters"]["connected_peers"]
+        );
+        for p in v["peers"].as_array().into_iter().flatten() {
+            let addrs: Vec<&str> = p["addrs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            out.push_str(&format!(
+                "\n{}  received {} B  sent {} B  bad chunks {}  {}",
+                p["peer_id"].as_str().unwrap_or("?"),
+                p["chunk_bytes_received"],
+                p["chunk_bytes_sent"],
+                p["bad_chunks"],
+                addrs.join(" ")
+            ));
+        }
+        out
+    })
 }
 
 pub fn user(command: UserCommand) -> anyhow::Result<()> {

@@ -47,6 +47,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Org(command) => client::org(command),
         cli::Command::Token(command) => client::token(command),
         cli::Command::Store(command) => store_cmd::run(command),
+        cli::Command::Peers(flags) => client::peers(flags),
     }
 }
 

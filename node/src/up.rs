@@ -11,14 +11,22 @@ use crate::config::Config;
 use crate::datadir::{self, DataDir};
 use anyhow::Context;
 use hub_auth::AuthStore;
-use hub_gateway::{AppState, GatewayConfig, Parts};
+use hub_gateway::{AppState, GatewayConfig, InferenceConfig, Parts};
 use hub_p2p::{CancellationToken, P2pConfig};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Test-only: with this set to `1`, the node serves every LFS chunk batch with one bit
+/// flipped, so end-to-end tests can check that seeders reject a misbehaving provider. Never
+/// set it on a real node.
+const CORRUPT_CHUNKS_ENV: &str = "HUBMESH_TEST_CORRUPT_CHUNKS";
+
 /// How often download counts go from memory to disk.
 const FLUSH_PERIOD: Duration = Duration::from_secs(5);
+
+/// Where models served for inference are materialized (by repo and commit), in the data dir.
+const MODEL_CACHE_DIR: &str = "model-cache";
 
 /// How long in-flight HTTP requests may run after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +93,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         repos: repos.clone(),
         ref_store: data.join(datadir::REFS_DB),
         secret,
+        store: store.clone(),
         seeds: config.seed_patterns()?,
+        corrupt_chunks_for_tests: std::env::var_os(CORRUPT_CHUNKS_ENV).is_some_and(|v| v == "1"),
         on_replicated: {
             let (repos, search) = (repos.clone(), search.clone());
             Arc::new(move |id| hub_gateway::listing::reindex(&repos, &search, id))
@@ -96,7 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("start the p2p swarm")?;
 
-    let app = hub_gateway::router(AppState::new(Parts {
+    let state = AppState::new(Parts {
         auth: auth.clone(),
         repos: repos.clone(),
         store,
@@ -105,7 +115,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: GatewayConfig {
             list_page_size: config.gateway.list_page_size,
         },
-    }));
+    });
+    state.enable_inference(InferenceConfig::new(data.join(MODEL_CACHE_DIR)));
+    let app = hub_gateway::router(state);
     let flusher = tokio::spawn(flush_downloads_every(
         repos.clone(),
         FLUSH_PERIOD,

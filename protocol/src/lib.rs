@@ -12,6 +12,7 @@
 //! assert!(validate_name_part("..").is_err());
 //! ```
 
+pub mod blocks;
 pub mod manifest;
 pub mod name;
 pub mod node_info;

@@ -109,6 +109,9 @@ pub(crate) mod kind {
     /// `/hubmesh/git-pack/1` request and response (see [`crate::replication`]).
     pub const PACK_REQUEST: u8 = 6;
     pub const PACK_RESPONSE: u8 = 7;
+    /// `/hubmesh/blocks/1` request and response (see [`crate::blocks`]).
+    pub const BLOCK_REQUEST: u8 = 8;
+    pub const BLOCK_RESPONSE: u8 = 9;
 }
 
 fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -6,12 +6,16 @@ of the difference; B serves the same commits and bytes. Private repos never reac
 """
 
 import json
+import os
+import subprocess
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+
+from conftest import hubmesh_bin
 
 DEADLINE = 60.0
 
@@ -87,3 +91,124 @@ def test_public_repo_replicates_to_a_seeding_node(node_factory, tmp_path):
     assert status == 200
     assert [m["id"] for m in listed] == ["alice/tiny"]
     assert "ref update accepted" in b.log()
+
+
+def safetensors_bytes(mib):
+    """A safetensors file of about `mib` MiB of pseudo-random (incompressible) weights."""
+    body = os.urandom(mib * 1024 * 1024)
+    header = json.dumps(
+        {"w": {"dtype": "U8", "shape": [len(body)], "data_offsets": [0, len(body)]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + body
+
+
+def wait_for(what, check, node):
+    """Polls `check()` until it returns a truthy value; fails at the deadline."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    pytest.fail(f"{what} never happened on {node.url}\n{node.log()[-4000:]}")
+
+
+def mesh_peers(node):
+    status, body = get(f"{node.url}/api/mesh/peers")
+    assert status == 200, body
+    return body
+
+
+def test_lfs_content_replicates_verified_and_once(node_factory, tmp_path):
+    a = node_factory("a", "--admin", "alice")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    weights = safetensors_bytes(6)
+    api.create_repo("alice/weights")
+    api.upload_file(
+        path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id="alice/weights"
+    )
+    sha = api.model_info("alice/weights").sha
+    wait_for_sha(b, "alice/weights", sha)
+
+    def fetched():
+        status, body = get(f"{b.url}/api/mesh/repos/model/alice/weights")
+        return status == 200 and body["lfs"]["fetched"] == 1 and body["lfs"]["missing"] == 0
+
+    wait_for("the LFS object to replicate", fetched, b)
+    got = hf_hub_download(
+        "alice/weights", "model.safetensors", endpoint=b.url, cache_dir=tmp_path / "c", token=False
+    )
+    assert open(got, "rb").read() == weights
+
+    # Bytes on the wire: about the file, once.
+    received = mesh_peers(b)["counters"]["chunk_bytes_received"]
+    assert len(weights) <= received <= len(weights) * 1.05, received
+    assert mesh_peers(b)["counters"]["chunks_rejected"] == 0
+    peers = mesh_peers(b)["peers"]
+    assert [p["peer_id"] for p in peers] == [a.info["peer_id"]]
+    assert peers[0]["chunk_bytes_received"] == received
+    status, repo = get(f"{b.url}/api/mesh/repos/model/alice/weights")
+    assert repo["last_seq"] >= 2 and repo["seeded"] and repo["last_error"] is None
+    assert a.info["peer_id"] in repo["providers"]
+    assert get(f"{b.url}/api/mesh/repos/model/alice/nothing")[0] == 404
+
+    # A second commit adding a small file does not move the big one again.
+    api.upload_file(path_or_fileobj=b"v2\n", path_in_repo="notes.txt", repo_id="alice/weights")
+    sha2 = api.model_info("alice/weights").sha
+    wait_for_sha(b, "alice/weights", sha2)
+    got = hf_hub_download(
+        "alice/weights", "notes.txt", endpoint=b.url, cache_dir=tmp_path / "c2", token=False
+    )
+    assert open(got, "rb").read() == b"v2\n"
+    assert mesh_peers(b)["counters"]["chunk_bytes_received"] == received
+
+    # The CLI reads the same API.
+    out = subprocess.run(
+        [str(hubmesh_bin()), "peers", "--data", str(b.data), "--json"],
+        check=True, capture_output=True, text=True,
+    )
+    assert json.loads(out.stdout)["peers"][0]["peer_id"] == a.info["peer_id"]
+
+    # After a restart nothing is fetched again; the store is clean.
+    assert b.terminate() == 0
+    fsck = subprocess.run(
+        [str(hubmesh_bin()), "store", "fsck", "--data", str(b.data)],
+        capture_output=True, text=True,
+    )
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    b2 = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    got = hf_hub_download(
+        "alice/weights", "model.safetensors", endpoint=b2.url, cache_dir=tmp_path / "c3",
+        token=False,
+    )
+    assert open(got, "rb").read() == weights
+    assert mesh_peers(b2)["counters"]["chunk_bytes_received"] == 0
+
+
+def test_a_provider_sending_corrupt_chunks_is_refused(node_factory, monkeypatch):
+    monkeypatch.setenv("HUBMESH_TEST_CORRUPT_CHUNKS", "1")
+    a = node_factory("a", "--admin", "alice")
+    monkeypatch.delenv("HUBMESH_TEST_CORRUPT_CHUNKS")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    api.create_repo("alice/bad")
+    api.upload_file(
+        path_or_fileobj=safetensors_bytes(1), path_in_repo="model.safetensors", repo_id="alice/bad"
+    )
+    wait_for_sha(b, "alice/bad", api.model_info("alice/bad").sha)
+    wait_for("a corrupt chunk to be refused",
+             lambda: mesh_peers(b)["counters"]["chunks_rejected"] >= 1, b)
+    status, repo = get(f"{b.url}/api/mesh/repos/model/alice/bad")
+    assert repo["lfs"]["missing"] == 1 and repo["lfs"]["fetched"] == 0
+    assert mesh_peers(b)["peers"][0]["bad_chunks"] >= 1
+    # Not served: content a replica lacks is a retryable 503, never corrupt bytes.
+    status, _ = get(f"{b.url}/alice/bad/resolve/main/model.safetensors")
+    assert status == 503
+    assert b.terminate() == 0
+    out = subprocess.run(
+        [str(hubmesh_bin()), "store", "stats", "--data", str(b.data), "--json"],
+        check=True, capture_output=True, text=True,
+    )
+    assert json.loads(out.stdout)["files"] == 0, out.stdout

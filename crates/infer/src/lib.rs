@@ -17,7 +17,9 @@
 //!   from safetensors (f32) or GGUF (quantized `QMatMul`s);
 //! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty, seeded;
 //! - [`scheduler`]: the vLLM-V1-style token-budget state machine (no threads, no clocks);
-//! - [`engine`]: ties them together behind `add_request` / `cancel` / `step`.
+//! - [`engine`]: ties them together behind `add_request` / `cancel` / `step`;
+//! - [`serve`]: an engine thread per model behind a bounded channel, token streams with stop
+//!   strings and cancellation on drop, and a registry of warm models (LRU).
 //!
 //! CPU by default; the `cuda` feature forwards to candle's CUDA backend (needs `nvcc` to
 //! build). All weights are computed in f32 (f16/bf16 checkpoints are converted on load).
@@ -47,4 +49,5 @@ pub mod kv_cache;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
+pub mod serve;
 pub mod tokenizer;

@@ -5,8 +5,9 @@
 //! connectivity: TCP with noise and yamux, `identify` and `ping`, hard connection limits, and
 //! dialling the `--bootstrap` peers; and git-metadata replication on top of it: gossipsub for
 //! signed ref updates and namespace documents, kademlia provider records per repo, and the
-//! `/hubmesh/git-pack/1` request-response protocol for packs of the difference (see
-//! [`spawn_replicating`] and the `replicate` module). The iroh-blobs data plane comes later.
+//! `/hubmesh/git-pack/1` request-response protocol for packs of the difference, and
+//! `/hubmesh/blocks/1` for LFS content verified chunk by chunk (see [`spawn_replicating`] and
+//! the `replicate` and `lfs` modules). The iroh-blobs data plane comes later.
 //!
 //! Who spawns whom: the node calls [`spawn`], which binds every listen address, waits until
 //! each listener reports an address, dials the bootstrap peers and then moves the swarm into
@@ -32,6 +33,7 @@
 //! ```
 
 mod codec;
+mod lfs;
 mod replicate;
 mod state;
 mod swarm;
@@ -40,7 +42,10 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 pub use replicate::{OnReplicated, Replication, ReplicationError, spawn_replicating};
 pub use state::{RefStore, RefStoreError};
-pub use swarm::{MAX_PACK_STREAMS, P2p, P2pConfig, P2pError, PACK_TIMEOUT, Topic, spawn};
+pub use swarm::{
+    BLOCKS_TIMEOUT, MAX_PACK_STREAMS, P2p, P2pConfig, P2pError, PACK_TIMEOUT, PeerInfo, RepoState,
+    Topic, spawn,
+};
 pub use tokio_util::sync::CancellationToken;
 
 /// Appends `/p2p/<peer_id>` to `addr` unless it already names a peer.

@@ -12,8 +12,11 @@
 //! namespace has a document (a genesis naming the node key as the only delegate, created on
 //! first need and gossiped), then signs a [`RefUpdate`] of all `refs/heads/*` and
 //! `refs/tags/*` with `seq = last + 1`, accepts it into its own store (which persists the
-//! seq) and gossips it. The `lfs` map stays empty in this slice: LFS content does not
-//! replicate yet. Private repos are never announced. When a peer subscribes, the node
+//! seq) and gossips it. The `lfs` map binds the SHA-256 of every LFS pointer in the trees of
+//! the signed tips (not their history; at most [`MAX_LFS`], the smallest SHA-256s when there
+//! are more) to the id of the manifest the local store holds for it, so the signature covers
+//! the manifests and a seeder verifies LFS content from its first chunk. Private repos are
+//! never announced. When a peer subscribes, the node
 //! re-gossips its documents and latest updates, so a peer that joined late catches up.
 //!
 //! Seeding: every gossiped document and update goes through [`RefStore`] (signature, delegate,
@@ -22,13 +25,21 @@
 //! accepted update of a repo matching a [`SeedPattern`], the task asks the publisher (then
 //! the forwarder, then DHT providers) for the pack of the difference and applies it with
 //! hub-repo's push machinery; the listing is then refreshed through the `on_replicated` hook.
+//! Then (also when the refs were already current) the LFS objects the tips reference and the
+//! store lacks are fetched over `/hubmesh/blocks/1` (module `lfs`), one at a time, from the
+//! gossip peers, then the connected peers, then DHT providers. A repo with objects still
+//! missing counts as failed and is synced again after [`RETRY_PERIOD`]; at start-up every
+//! seeded repo with an accepted update is synced once, which resumes interrupted fetches.
 
 use crate::state::{RefStore, RefStoreError};
 use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
+use hub_protocol::blocks::BlockResponse;
+use hub_protocol::manifest::Sha256;
 use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern};
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{
-    NamespaceDoc, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate, SigningKey, Visibility,
+    MAX_LFS, NamespaceDoc, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate, SigningKey,
+    Visibility,
 };
 use hub_repo::{RepoError, Repos};
 use libp2p::PeerId;
@@ -60,9 +71,13 @@ pub struct Replication {
     pub ref_store: PathBuf,
     /// The node's 32-byte ed25519 secret (`DATA/node.key`): signs documents and updates.
     pub secret: [u8; 32],
+    /// The chunk store: LFS content is published from and fetched into it.
+    pub store: hub_store::Store,
     /// Which repos this node seeds.
     pub seeds: Vec<SeedPattern>,
     pub on_replicated: OnReplicated,
+    /// Tests only: serve every chunk batch with one bit flipped (a misbehaving provider).
+    pub corrupt_chunks_for_tests: bool,
 }
 
 impl std::fmt::Debug for Replication {
@@ -128,8 +143,10 @@ pub async fn spawn_replicating(
             store: Mutex::new(store),
             key: SigningKey::from_bytes(&replication.secret),
             repos: replication.repos,
+            chunks: replication.store,
             on_replicated: replication.on_replicated,
             p2p: p2p.clone(),
+            corrupt_chunks: replication.corrupt_chunks_for_tests,
         }),
         seeds: replication.seeds,
         changes,
@@ -152,8 +169,10 @@ struct Ctx {
     store: Mutex<RefStore>,
     key: SigningKey,
     repos: Arc<Repos>,
+    chunks: hub_store::Store,
     on_replicated: OnReplicated,
     p2p: P2p,
+    corrupt_chunks: bool,
 }
 
 impl Ctx {
@@ -195,6 +214,7 @@ impl Task {
     ) {
         let mut retry = tokio::time::interval(RETRY_PERIOD);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.resume().await;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -218,20 +238,51 @@ impl Task {
         tracing::debug!("replication task stopped");
     }
 
+    /// Records the accepted seqs, and schedules a sync of every seeded repo with an accepted
+    /// update: it fetches what an earlier run left missing (nothing, when all is stored).
+    async fn resume(&mut self) {
+        let ctx = self.ctx.clone();
+        let accepted = blocking(move || {
+            let store = ctx.store();
+            store
+                .state()
+                .accepted()
+                .map(|(repo, update)| (repo.clone(), update.update.seq))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (repo, seq) in accepted {
+            let seeded = self.seeds.iter().any(|p| p.matches(&repo));
+            self.p2p.repo_states.update(&repo, |s| {
+                s.last_seq = Some(seq);
+                s.seeded = seeded;
+            });
+            if seeded {
+                self.failed.insert(repo, Vec::new());
+            }
+        }
+    }
+
     /// Signs and gossips the state of a locally written repo (public ones only).
     async fn publish(&mut self, repo: RepoId) {
         let ctx = self.ctx.clone();
         let id = repo.clone();
-        let signed = blocking(move || sign_update(&mut ctx.store(), &ctx.key, &ctx.repos, &id))
-            .await
-            .flatten();
+        let signed =
+            blocking(move || sign_update(&mut ctx.store(), &ctx.key, &ctx.repos, &ctx.chunks, &id))
+                .await
+                .flatten();
         let Some((doc, update)) = signed else {
             return;
         };
         if let Some(doc) = doc {
             self.gossip(Topic::Namespaces, doc.encode());
         }
-        tracing::info!(%repo, seq = update.update.seq, "announcing signed refs");
+        tracing::info!(%repo, seq = update.update.seq, lfs = update.update.lfs.len(), "announcing signed refs");
+        let seq = update.update.seq;
+        self.p2p
+            .repo_states
+            .update(&repo, |s| s.last_seq = Some(seq));
         self.gossip(Topic::Refs, update.encode());
         self.p2p.try_send(Command::Provide(repo));
     }
@@ -299,6 +350,35 @@ impl Task {
                     let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
                 });
             }
+            NetEvent::BlockRequest {
+                peer,
+                request,
+                channel,
+            } => {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let response = blocking({
+                        let ctx = ctx.clone();
+                        move || {
+                            crate::lfs::serve(&ctx.repos, &ctx.chunks, &request, ctx.corrupt_chunks)
+                        }
+                    })
+                    .await
+                    .unwrap_or(BlockResponse::Failed);
+                    if let BlockResponse::Chunks(chunks) = &response {
+                        let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                        ctx.p2p
+                            .counters
+                            .chunk_bytes_sent
+                            .fetch_add(bytes, Ordering::Relaxed);
+                        ctx.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
+                    }
+                    let _ = ctx
+                        .p2p
+                        .send(Command::RespondBlocks { channel, response })
+                        .await;
+                });
+            }
         }
     }
 
@@ -346,7 +426,12 @@ impl Task {
         match result {
             Some(Ok(seq)) => {
                 tracing::info!(%repo, seq, %via, "ref update accepted");
-                if self.seeds.iter().any(|p| p.matches(&repo)) {
+                let seeded = self.seeds.iter().any(|p| p.matches(&repo));
+                self.p2p.repo_states.update(&repo, |s| {
+                    s.last_seq = Some(seq);
+                    s.seeded = seeded;
+                });
+                if seeded {
                     let peers = author.into_iter().chain([via]).collect();
                     self.fetch(repo, peers);
                 }
@@ -386,9 +471,15 @@ impl Task {
         let (ctx, done) = (self.ctx.clone(), self.done_tx.clone());
         tokio::spawn(async move {
             let ok = match fetch_repo(&ctx, &repo, peers).await {
-                Ok(()) => true,
+                Ok(()) => {
+                    ctx.p2p.repo_states.update(&repo, |s| s.last_error = None);
+                    true
+                }
                 Err(error) => {
                     tracing::warn!(%repo, %error, "replication fetch failed; will retry");
+                    ctx.p2p
+                        .repo_states
+                        .update(&repo, |s| s.last_error = Some(error));
                     false
                 }
             };
@@ -415,6 +506,7 @@ fn sign_update(
     store: &mut RefStore,
     key: &SigningKey,
     repos: &Repos,
+    chunks: &hub_store::Store,
     repo: &RepoId,
 ) -> Option<(Option<SignedNamespaceDoc>, SignedRefUpdate)> {
     match repos.meta(repo) {
@@ -457,7 +549,25 @@ fn sign_update(
     }
     let seq = store.state().last_seq(repo).unwrap_or(0) + 1;
     let mut update = RefUpdate::new(repo.clone(), doc.id(), seq, now());
+    let mut tips: Vec<[u8; 20]> = refs.values().copied().collect();
+    tips.sort_unstable();
+    tips.dedup();
     update.refs = refs;
+    match repos.lfs_pointers(repo, &tips, MAX_LFS) {
+        Ok(pointers) => {
+            for sha in pointers.into_keys() {
+                match chunks.manifest(&Sha256(sha)) {
+                    Ok((id, _)) => {
+                        update.lfs.insert(Sha256(sha), id);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%repo, sha256 = %Sha256(sha), %error, "LFS object without a manifest; not bound");
+                    }
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%repo, %error, "cannot list LFS pointers; none bound"),
+    }
     let signed = update
         .sign(key)
         .inspect_err(|error| tracing::warn!(%repo, %error, "cannot sign ref update"))
@@ -543,8 +653,9 @@ async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Re
     let Some((update, have, current, local)) = target else {
         return Ok(());
     };
+    let gossip_peers = peers.clone();
     if local && current == update.update.refs {
-        return Ok(());
+        return sync_lfs(ctx, repo, &update, gossip_peers).await;
     }
     let mut want: Vec<[u8; 20]> = update.update.refs.values().copied().collect();
     want.sort_unstable();
@@ -560,19 +671,104 @@ async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Re
     let mut tried = std::collections::HashSet::from([me]);
     peers.retain(|p| tried.insert(*p));
     let mut last_error = match try_peers(ctx, &request, &update, &peers).await {
-        Ok(()) => return Ok(()),
+        Ok(()) => return sync_lfs(ctx, repo, &update, gossip_peers).await,
         Err(error) => error,
     };
     if let Ok(mut providers) = ctx.p2p.providers(repo).await {
         providers.retain(|p| tried.insert(*p));
         if !providers.is_empty() {
             last_error = match try_peers(ctx, &request, &update, &providers).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return sync_lfs(ctx, repo, &update, gossip_peers).await,
                 Err(error) => error,
             };
         }
     }
     Err(last_error)
+}
+
+/// Fetches the LFS objects the repo's tips reference and the store lacks (module `lfs`).
+/// An error when some could not be fetched: the repo is synced again later.
+async fn sync_lfs(
+    ctx: &Arc<Ctx>,
+    repo: &RepoId,
+    update: &SignedRefUpdate,
+    gossip_peers: Vec<PeerId>,
+) -> Result<(), String> {
+    let (c, id, binding) = (ctx.clone(), repo.clone(), update.update.lfs.clone());
+    let missing = blocking(move || crate::lfs::missing(&c.repos, &c.chunks, &id, &binding))
+        .await
+        .ok_or("LFS scan task failed")??;
+    let set_missing = |n: usize| {
+        ctx.p2p.repo_states.update(repo, |s| {
+            s.lfs_missing = n as u64;
+            s.lfs_unbound = missing.unbound as u64;
+        })
+    };
+    set_missing(missing.wanted.len());
+    if missing.unbound > 0 {
+        tracing::warn!(%repo, unbound = missing.unbound, "LFS pointers the signed update binds to no manifest; not fetched");
+    }
+    if missing.wanted.is_empty() {
+        return Ok(());
+    }
+    // Publisher and forwarder first, then every connected peer; DHT providers only when
+    // those could not serve an object (a DHT query can take as long as its timeout).
+    let me = ctx.p2p.peer_id();
+    let mut seen = std::collections::HashSet::from([me]);
+    let mut peers: Vec<PeerId> = gossip_peers
+        .into_iter()
+        .chain(ctx.p2p.connected())
+        .filter(|p| seen.insert(*p))
+        .collect();
+    let mut asked_dht = false;
+    let mut left = missing.wanted.len();
+    let mut last_error = None;
+    for wanted in missing.wanted {
+        let mut result = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, &peers).await;
+        if result.is_err() && !asked_dht {
+            asked_dht = true;
+            if let Ok(providers) = ctx.p2p.providers(repo).await {
+                let more: Vec<PeerId> = providers.into_iter().filter(|p| seen.insert(*p)).collect();
+                if !more.is_empty() {
+                    peers.extend(more);
+                    result = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, &peers).await;
+                }
+            }
+        }
+        match result {
+            Ok(bytes) => {
+                let (c, id, sha) = (ctx.clone(), repo.clone(), wanted.sha256);
+                let recorded = blocking(move || {
+                    c.chunks.add_root(&sha).map_err(|e| e.to_string())?;
+                    c.repos
+                        .add_lfs_objects(&id, &[sha.0])
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .ok_or("record task failed")?;
+                recorded?;
+                left -= 1;
+                ctx.p2p
+                    .counters
+                    .lfs_objects_fetched
+                    .fetch_add(1, Ordering::Relaxed);
+                ctx.p2p.repo_states.update(repo, |s| {
+                    s.lfs_fetched += 1;
+                    s.chunk_bytes_received += bytes;
+                });
+                set_missing(left);
+                tracing::info!(%repo, sha256 = %wanted.sha256, size = wanted.size, bytes, "LFS object replicated");
+            }
+            Err(error) => {
+                tracing::warn!(%repo, sha256 = %wanted.sha256, %error, "LFS object not fetched");
+                last_error = Some(error);
+            }
+        }
+    }
+    match last_error {
+        None => Ok(()),
+        Some(error) => Err(format!("{left} LFS objects still missing; last: {error}")),
+    }
 }
 
 /// Asks each peer in turn for the pack and applies the first good one.
@@ -635,6 +831,7 @@ mod tests {
     fn publishing_numbers_updates_across_restarts_and_skips_private_and_foreign_repos() {
         let dir = tempfile::tempdir().unwrap();
         let repos = Repos::open(dir.path().join("repos")).unwrap();
+        let chunks = hub_store::Store::open(dir.path().join("store")).unwrap();
         let path = dir.path().join("refs.redb");
         let key = SigningKey::from_bytes(&[5; 32]);
         let author = Author::new("alice", "alice@hubmesh.test");
@@ -644,26 +841,26 @@ mod tests {
         repos.create_with(&private, &author, true).unwrap();
         {
             let mut store = RefStore::open(&path).unwrap();
-            let (genesis, first) = sign_update(&mut store, &key, &repos, &public).unwrap();
+            let (genesis, first) = sign_update(&mut store, &key, &repos, &chunks, &public).unwrap();
             let genesis = genesis.expect("first update of a namespace brings its genesis");
             assert_eq!(genesis.doc.delegates(), [key.public()]);
             assert_eq!(first.update.seq, 1);
             assert_eq!(first.update.namespace_doc, genesis.doc.id());
             assert_eq!(first.update.refs, repos.public_refs(&public).unwrap());
             assert!(first.update.lfs.is_empty());
-            let (again, second) = sign_update(&mut store, &key, &repos, &public).unwrap();
+            let (again, second) = sign_update(&mut store, &key, &repos, &chunks, &public).unwrap();
             assert!(again.is_none());
             assert_eq!(second.update.seq, 2);
-            assert!(sign_update(&mut store, &key, &repos, &private).is_none());
+            assert!(sign_update(&mut store, &key, &repos, &chunks, &private).is_none());
             let missing = RepoId::parse(RepoType::Model, "alice/gone").unwrap();
-            assert!(sign_update(&mut store, &key, &repos, &missing).is_none());
+            assert!(sign_update(&mut store, &key, &repos, &chunks, &missing).is_none());
         }
         // After a restart the sequence continues, never repeats.
         let mut store = RefStore::open(&path).unwrap();
-        let (_, third) = sign_update(&mut store, &key, &repos, &public).unwrap();
+        let (_, third) = sign_update(&mut store, &key, &repos, &chunks, &public).unwrap();
         assert_eq!(third.update.seq, 3);
         // Another node's key is not a delegate of alice: it announces nothing.
         let other = SigningKey::from_bytes(&[6; 32]);
-        assert!(sign_update(&mut store, &other, &repos, &public).is_none());
+        assert!(sign_update(&mut store, &other, &repos, &chunks, &public).is_none());
     }
 }

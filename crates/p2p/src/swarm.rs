@@ -12,10 +12,15 @@
 //! application validation (a message is forwarded only after the replication task accepted
 //! it); git-pack requests and responses bounded by [`MAX_REQUEST_LEN`] and
 //! [`MAX_RESPONSE_LEN`] while they are read, [`MAX_PACK_STREAMS`] concurrent streams per
-//! connection and a [`PACK_TIMEOUT`].
+//! connection and a [`PACK_TIMEOUT`]; `/hubmesh/blocks/1` (LFS manifests and chunks) the same
+//! way with the bounds of [`hub_protocol::blocks`] and a [`BLOCKS_TIMEOUT`].
+//!
+//! The handle also reads what the task records per peer ([`PeerInfo`]: addresses, bytes of
+//! chunks received and sent, bad chunks) for the mesh inspection API.
 
-use crate::codec::PackCodec;
+use crate::codec::{BlockCodec, PackCodec};
 use futures::StreamExt;
+use hub_protocol::blocks::{BLOCKS_PROTOCOL, BlockRequest, BlockResponse};
 use hub_protocol::replication::{
     GIT_PACK_PROTOCOL, MAX_GOSSIP_MESSAGE, PackRequest, PackResponse, TOPIC_NAMESPACES, TOPIC_REFS,
 };
@@ -28,9 +33,9 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, noise,
     ping, tcp, yamux,
 };
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -44,6 +49,8 @@ pub(crate) const EVENT_QUEUE: usize = 1024;
 pub const MAX_PACK_STREAMS: usize = 8;
 /// How long a git-pack request may take, pack transfer included.
 pub const PACK_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a `/hubmesh/blocks/1` request may take (one batch of at most 8 MiB).
+pub const BLOCKS_TIMEOUT: Duration = Duration::from_secs(60);
 /// The kademlia protocol name (a private DHT, not the IPFS one).
 const KAD_PROTOCOL: &str = "/hubmesh/kad/1";
 
@@ -111,6 +118,15 @@ pub(crate) enum Command {
         channel: ResponseChannel<PackResponse>,
         response: PackResponse,
     },
+    FetchBlocks {
+        peer: PeerId,
+        request: BlockRequest,
+        reply: oneshot::Sender<Result<BlockResponse, String>>,
+    },
+    RespondBlocks {
+        channel: ResponseChannel<BlockResponse>,
+        response: BlockResponse,
+    },
 }
 
 /// What the swarm hands to the replication task.
@@ -131,6 +147,11 @@ pub(crate) enum NetEvent {
         peer: PeerId,
         request: PackRequest,
         channel: ResponseChannel<PackResponse>,
+    },
+    BlockRequest {
+        peer: PeerId,
+        request: BlockRequest,
+        channel: ResponseChannel<BlockResponse>,
     },
 }
 
@@ -191,6 +212,7 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     pack: request_response::Behaviour<PackCodec>,
+    blocks: request_response::Behaviour<BlockCodec>,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +225,111 @@ pub(crate) struct Counters {
     pub(crate) gossip_refused: AtomicU64,
     /// Repos brought up to date from a peer's pack.
     pub(crate) repos_replicated: AtomicU64,
+    /// Chunk bytes received / sent over `/hubmesh/blocks/1` (good and bad).
+    pub(crate) chunk_bytes_received: AtomicU64,
+    pub(crate) chunk_bytes_sent: AtomicU64,
+    /// Chunks (or manifests) from peers that failed verification and were dropped.
+    pub(crate) chunks_rejected: AtomicU64,
+    /// LFS objects fetched, verified and imported.
+    pub(crate) lfs_objects_fetched: AtomicU64,
+}
+
+/// What this node knows of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// Addresses the peer was reached at or announced (identify), newest last, at most 8.
+    pub addrs: Vec<Multiaddr>,
+    pub connected: bool,
+    /// Chunk bytes received from / sent to the peer over `/hubmesh/blocks/1`.
+    pub chunk_bytes_received: u64,
+    pub chunk_bytes_sent: u64,
+    /// Chunks or manifests from the peer that failed verification.
+    pub bad_chunks: u64,
+}
+
+/// What replication knows of one repo, for the mesh inspection API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepoState {
+    /// The sequence number of the last signed update accepted for the repo.
+    pub last_seq: Option<u64>,
+    /// Whether this node seeds the repo (fetches its packs and LFS content).
+    pub seeded: bool,
+    /// LFS objects its tips reference that are not stored yet (after the last sync).
+    pub lfs_missing: u64,
+    /// LFS objects fetched from peers since start.
+    pub lfs_fetched: u64,
+    /// Pointers the signed update binds to no manifest (cannot be fetched verified).
+    pub lfs_unbound: u64,
+    /// Chunk bytes received for the repo since start.
+    pub chunk_bytes_received: u64,
+    /// Why the last sync failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// Most repos whose state is remembered.
+const MAX_REPO_STATES: usize = 65_536;
+
+#[derive(Debug, Default)]
+pub(crate) struct RepoStates(Mutex<BTreeMap<RepoId, RepoState>>);
+
+impl RepoStates {
+    pub(crate) fn update(&self, repo: &RepoId, f: impl FnOnce(&mut RepoState)) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = map.get_mut(repo) {
+            f(state);
+        } else if map.len() < MAX_REPO_STATES {
+            f(map.entry(repo.clone()).or_default());
+        }
+    }
+
+    fn get(&self, repo: &RepoId) -> Option<RepoState> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(repo).cloned()
+    }
+}
+
+/// Most peers remembered (connected ones are always kept).
+const MAX_PEERS: usize = 1024;
+/// Most addresses remembered per peer.
+const MAX_PEER_ADDRS: usize = 8;
+
+/// Per-peer bookkeeping shared by the swarm task (connections) and the replication task
+/// (bytes, bad chunks).
+#[derive(Debug, Default)]
+pub(crate) struct Peers(Mutex<BTreeMap<PeerId, PeerInfo>>);
+
+impl Peers {
+    pub(crate) fn update(&self, peer: PeerId, f: impl FnOnce(&mut PeerInfo)) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !map.contains_key(&peer) && map.len() >= MAX_PEERS {
+            let stale = map.iter().find(|(_, p)| !p.connected).map(|(id, _)| *id);
+            match stale {
+                Some(id) => {
+                    map.remove(&id);
+                }
+                None => return,
+            }
+        }
+        f(map.entry(peer).or_default());
+    }
+
+    fn add_addr(&self, peer: PeerId, addr: Multiaddr) {
+        self.update(peer, |p| {
+            if !p.addrs.contains(&addr) {
+                if p.addrs.len() >= MAX_PEER_ADDRS {
+                    p.addrs.remove(0);
+                }
+                p.addrs.push(addr);
+            }
+        });
+    }
+
+    fn snapshot(&self) -> Vec<(PeerId, PeerInfo)> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter().map(|(id, p)| (*id, p.clone())).collect()
+    }
 }
 
 /// A handle on the running swarm. Cheap to clone.
@@ -211,6 +338,8 @@ pub struct P2p {
     peer_id: PeerId,
     listen_addrs: Arc<Vec<Multiaddr>>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) repo_states: Arc<RepoStates>,
     commands: mpsc::Sender<Command>,
     /// Set when a replication task runs: repos written locally, waiting to be announced.
     pub(crate) changes: Option<Arc<crate::replicate::Changes>>,
@@ -253,6 +382,46 @@ impl P2p {
     /// Repos brought up to date from a peer's pack so far.
     pub fn repos_replicated(&self) -> u64 {
         self.counters.repos_replicated.load(Ordering::Relaxed)
+    }
+
+    /// Chunk bytes received from peers so far (verified or not).
+    pub fn chunk_bytes_received(&self) -> u64 {
+        self.counters.chunk_bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Chunk bytes served to peers so far.
+    pub fn chunk_bytes_sent(&self) -> u64 {
+        self.counters.chunk_bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Chunks or manifests from peers that failed verification so far.
+    pub fn chunks_rejected(&self) -> u64 {
+        self.counters.chunks_rejected.load(Ordering::Relaxed)
+    }
+
+    /// LFS objects fetched from peers, verified and imported so far.
+    pub fn lfs_objects_fetched(&self) -> u64 {
+        self.counters.lfs_objects_fetched.load(Ordering::Relaxed)
+    }
+
+    /// Every peer this node remembers, connected or not, by peer id.
+    pub fn peers(&self) -> Vec<(PeerId, PeerInfo)> {
+        self.peers.snapshot()
+    }
+
+    /// What replication knows of `repo` (`None`: nothing yet, or no replication task).
+    pub fn repo_state(&self, repo: &RepoId) -> Option<RepoState> {
+        self.repo_states.get(repo)
+    }
+
+    /// The peers connected now.
+    pub fn connected(&self) -> Vec<PeerId> {
+        self.peers
+            .snapshot()
+            .into_iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Tells replication that a repo was written locally (commit, push, branch, tag, create,
@@ -298,6 +467,23 @@ impl P2p {
     ) -> Result<PackResponse, String> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::FetchPack {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| "swarm stopped".to_owned())?
+    }
+
+    /// Asks `peer` for a manifest or chunks over `/hubmesh/blocks/1`. The answer is not
+    /// verified here (see [`hub_protocol::blocks::check_manifest`] and `check_chunks`).
+    pub async fn fetch_blocks(
+        &self,
+        peer: PeerId,
+        request: BlockRequest,
+    ) -> Result<BlockResponse, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FetchBlocks {
             peer,
             request,
             reply,
@@ -378,7 +564,15 @@ pub(crate) async fn spawn_with_events(
                     .with_request_timeout(PACK_TIMEOUT)
                     .with_max_concurrent_streams(MAX_PACK_STREAMS),
             );
+            let blocks = request_response::Behaviour::with_codec(
+                BlockCodec,
+                [(StreamProtocol::new(BLOCKS_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(BLOCKS_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_PACK_STREAMS),
+            );
             Ok(Behaviour {
+                blocks,
                 limits: connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(identify::Config::new(
                     PROTOCOL_VERSION.into(),
@@ -469,18 +663,23 @@ pub(crate) async fn spawn_with_events(
     }
 
     let counters = Arc::new(Counters::default());
+    let peers = Arc::new(Peers::default());
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let handle = P2p {
         peer_id,
         listen_addrs: Arc::new(listen_addrs),
         counters: counters.clone(),
+        peers: peers.clone(),
+        repo_states: Arc::default(),
         commands,
         changes: None,
     };
     let driver = Driver {
         swarm,
         counters,
+        peers,
+        block_fetches: HashMap::new(),
         events: event_tx,
         fetches: HashMap::new(),
         provider_queries: HashMap::new(),
@@ -491,9 +690,13 @@ pub(crate) async fn spawn_with_events(
 
 type FetchReply = oneshot::Sender<Result<PackResponse, String>>;
 
+type BlockReply = oneshot::Sender<Result<BlockResponse, String>>;
+
 struct Driver {
     swarm: Swarm<Behaviour>,
     counters: Arc<Counters>,
+    peers: Arc<Peers>,
+    block_fetches: HashMap<OutboundRequestId, BlockReply>,
     events: mpsc::Sender<NetEvent>,
     fetches: HashMap<OutboundRequestId, FetchReply>,
     provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
@@ -578,6 +781,19 @@ impl Driver {
                     tracing::debug!("pack requester went away before the response");
                 }
             }
+            Command::FetchBlocks {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = behaviour.blocks.send_request(&peer, request);
+                self.block_fetches.insert(id, reply);
+            }
+            Command::RespondBlocks { channel, response } => {
+                if behaviour.blocks.send_response(channel, response).is_err() {
+                    tracing::debug!("block requester went away before the response");
+                }
+            }
         }
     }
 
@@ -585,8 +801,15 @@ impl Driver {
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
-            } if connected.insert(peer_id) => {
-                tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                self.peers.update(peer_id, |p| p.connected = true);
+                if endpoint.is_dialer() {
+                    self.peers.add_addr(peer_id, addr.clone());
+                }
+                if connected.insert(peer_id) {
+                    tracing::info!(peer = %peer_id, %addr, "peer connected");
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -594,6 +817,7 @@ impl Driver {
                 cause,
                 ..
             } if num_established == 0 && connected.remove(&peer_id) => {
+                self.peers.update(peer_id, |p| p.connected = false);
                 tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -610,6 +834,7 @@ impl Driver {
                 tracing::debug!(peer = %peer_id, agent = %info.agent_version, protocol = %info.protocol_version, "identified peer");
                 if info.protocol_version == PROTOCOL_VERSION {
                     for addr in info.listen_addrs {
+                        self.peers.add_addr(peer_id, addr.clone());
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
@@ -617,6 +842,7 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Pack(event)) => self.pack(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => self.blocks(event),
             _ => {}
         }
     }
@@ -670,6 +896,50 @@ impl Driver {
             && let Some((reply, found)) = self.provider_queries.remove(&id)
         {
             let _ = reply.send(found.into_iter().collect());
+        }
+    }
+
+    fn blocks(&mut self, event: request_response::Event<BlockRequest, BlockResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.emit(NetEvent::BlockRequest {
+                peer,
+                request,
+                channel,
+            }),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.block_fetches.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "block request failed");
+                if let Some(reply) = self.block_fetches.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "serving blocks failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 

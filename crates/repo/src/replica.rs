@@ -8,9 +8,11 @@
 //! signed update that hub-p2p already accepted, so authority comes from the signature, and a
 //! force-push upstream is followed as it is.
 //!
-//! LFS: in this slice only git objects replicate. A pointer's content is not fetched, so the
-//! check that a push's pointers name content in the store is skipped for replicas; a download
-//! of such a file from the replica fails until the block data plane lands.
+//! LFS: applying a pack moves refs only. The check that a push's pointers name content the
+//! repo possesses is skipped for replicas: hub-p2p fetches the content afterwards (verified
+//! against the manifest ids of the signed update), and until it has, a download of such a file
+//! from the replica answers 404. [`Repos::lfs_pointers`] lists what the tips reference, both
+//! for the publisher (what it signs) and the seeder (what it still has to fetch).
 
 use crate::receive::{Quarantine, ReceiveError, RefCommand, Rejection, ZERO_ID};
 use crate::repos::{RepoError, Repos};
@@ -53,6 +55,23 @@ pub enum ReplicaOutcome {
     Updated { refs: usize },
 }
 
+/// Parses 64 hex digits into `out`; false when they are not.
+fn decode_hex32(hex: &[u8], out: &mut [u8; 32]) -> bool {
+    if hex.len() != 64 {
+        return false;
+    }
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        match std::str::from_utf8(pair)
+            .ok()
+            .and_then(|s| u8::from_str_radix(s, 16).ok())
+        {
+            Some(b) => out[i] = b,
+            None => return false,
+        }
+    }
+    true
+}
+
 fn hex(oid: &[u8; 20]) -> String {
     ObjectId::from_bytes_or_panic(oid).to_string()
 }
@@ -86,6 +105,40 @@ impl Repos {
             {
                 out.insert(name, bytes);
             }
+        }
+        Ok(out)
+    }
+
+    /// The LFS pointers in the trees of the commits `tips` (not their history), sha256 →
+    /// size, at most `limit` of them (the smallest sha256s when there are more). Tips that are
+    /// not commits (or tags of commits) are skipped.
+    pub fn lfs_pointers(
+        &self,
+        id: &RepoId,
+        tips: &[[u8; 20]],
+        limit: usize,
+    ) -> Result<BTreeMap<[u8; 32], u64>, RepoError> {
+        let mut out = BTreeMap::new();
+        for tip in tips {
+            let entries = match self.list_tree(id, &hex(tip), "", true) {
+                Ok(entries) => entries,
+                Err(RepoError::NotFound { .. }) => {
+                    return Err(RepoError::NotFound { repo: id.clone() });
+                }
+                Err(error) => {
+                    tracing::debug!(repo = %id, tip = %hex(tip), %error, "tip skipped for LFS");
+                    continue;
+                }
+            };
+            for pointer in entries.into_iter().filter_map(|e| e.lfs) {
+                let mut sha = [0u8; 32];
+                if decode_hex32(pointer.sha256.as_bytes(), &mut sha) {
+                    out.insert(sha, pointer.size);
+                }
+            }
+        }
+        while out.len() > limit {
+            out.pop_last();
         }
         Ok(out)
     }

@@ -83,6 +83,8 @@ async fn node(
             on_replicated: Arc::new(move |_| {
                 counter.fetch_add(1, Ordering::Relaxed);
             }),
+            store: hub_store::Store::open(dir.path().join("store")).unwrap(),
+            corrupt_chunks_for_tests: false,
         },
         cancel.clone(),
     )

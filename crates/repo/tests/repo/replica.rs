@@ -68,3 +68,37 @@ fn missing_objects_and_limits_are_errors() {
     assert!(b.apply_replica(&id, b"PACK garbage", &refs).is_err());
     assert!(b.public_refs(&id).unwrap().is_empty());
 }
+
+#[test]
+fn lfs_pointers_lists_what_the_tips_reference() {
+    use hub_repo::{FileContent, LfsPointer, Operation};
+    let (_d, repos, id) = setup();
+    let lfs = |path: &str, hex: &str, size: u64| Operation::Add {
+        path: path.into(),
+        content: FileContent::Lfs(LfsPointer::new(&hex.repeat(32), size).unwrap()),
+    };
+    commit(&repos, &id, "main", vec![lfs("old.bin", "01", 5)]).unwrap();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            hub_repo::Operation::Delete {
+                path: "old.bin".into(),
+            },
+            lfs("w/model.safetensors", "ab", 1 << 20),
+            lfs("b.bin", "cd", 7),
+            add("config.json", b"{}"),
+        ],
+    )
+    .unwrap();
+    let tips = repos.ref_tips(&id).unwrap();
+    let all = repos.lfs_pointers(&id, &tips, 10).unwrap();
+    // Only the tip's tree counts: the deleted pointer of the first commit is not listed.
+    assert_eq!(
+        all.into_iter().collect::<Vec<_>>(),
+        vec![([0xab; 32], 1 << 20), ([0xcd; 32], 7)]
+    );
+    assert_eq!(repos.lfs_pointers(&id, &tips, 1).unwrap().len(), 1);
+    assert!(repos.lfs_pointers(&id, &[[9; 20]], 10).unwrap().is_empty());
+}

@@ -1,0 +1,692 @@
+//! Serving: one engine thread per loaded model, a registry of warm models, and text streams.
+//!
+//! Who spawns whom, and which channels connect them:
+//! - [`ModelHandle::spawn`] starts a dedicated OS thread that owns one [`Engine`] (the forward
+//!   pass is CPU-heavy and synchronous, so it never runs on the async executor). The handle is a
+//!   cheap `Clone` around the sending side of a **bounded** command channel.
+//! - [`ModelHandle::submit`] sends a request and awaits the thread's answer (queued, or
+//!   refused: queue full, too long, …). On success the caller holds a per-request receiver of
+//!   [`StreamEvent`]s. It is bounded by `max_tokens + 1` events, the most a request can ever
+//!   produce, so the engine thread never blocks on a slow client and never drops a token.
+//! - Between steps the thread drops requests whose receiver is gone (`is_closed`): a client
+//!   that disconnects frees its KV blocks before the next step.
+//! - When every handle is dropped the thread finishes the requests it has, then exits.
+//! - [`TextStream`] turns token events into text (incremental detokenization) and applies stop
+//!   strings, holding back text that could be the start of one. Dropping it cancels.
+//! - [`Registry`] maps `(repo, commit)` to a handle: it loads a model on first use (with a
+//!   caller-supplied loader, so this crate does not know about repositories or stores), keeps
+//!   it warm, and evicts the least recently used beyond `max_models`. Evicting drops the
+//!   registry's handle; requests in flight finish first.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::{Receiver as StdReceiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use candle_core::Device;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chat::{ChatTemplate, ChatTemplateError};
+use crate::engine::{Engine, EngineConfig, EngineInitError, GenerateRequest, TokenEvent};
+use crate::gguf::{GgufError, GgufFile};
+use crate::model::{GgufWeights, Llama, LoadError};
+use crate::sampling::SamplingParams;
+use crate::scheduler::{AddError, FinishReason, RequestId};
+use crate::tokenizer::{HfTokenizer, IncrementalDecoder, Tokenizer, TokenizerError};
+
+/// Serving limits of one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    pub engine: EngineConfig,
+    /// Commands (submissions, cancellations) that may wait for the engine thread.
+    pub command_queue: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            command_queue: 64,
+        }
+    }
+}
+
+/// A model with what serving it needs besides the weights.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: HfTokenizer,
+    /// `None` when the repository has no chat template (chat requests are then refused).
+    pub template: Option<ChatTemplate>,
+}
+
+/// A model directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelLoadError {
+    #[error("read model directory {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Model(#[from] LoadError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Template(#[from] ChatTemplateError),
+}
+
+impl LoadedModel {
+    /// Loads a model directory: a `*.gguf` file (the first by name; dequantized to f32, which
+    /// is ~20× faster than candle's quantized CPU kernels in this build), or else
+    /// `config.json` + safetensors + `tokenizer.json`. A missing chat template is not an error.
+    /// On the CPU (serving on accelerators is future work).
+    pub fn from_dir(dir: &Path) -> Result<Self, ModelLoadError> {
+        let device = &Device::Cpu;
+        let io = |source| ModelLoadError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut ggufs = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "gguf") {
+                ggufs.push(path);
+            }
+        }
+        ggufs.sort();
+        let optional = |t: Result<ChatTemplate, ChatTemplateError>| match t {
+            Ok(t) => Ok(Some(t)),
+            Err(ChatTemplateError::Missing(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
+        if let Some(path) = ggufs.first() {
+            let gguf = GgufFile::open(path)?;
+            let model = Llama::from_gguf(&gguf, GgufWeights::DequantizeToF32, device)?;
+            let tokenizer = HfTokenizer::from_gguf(&gguf)?;
+            let special = tokenizer.special_tokens().clone();
+            let template = optional(ChatTemplate::from_gguf(
+                &gguf,
+                special.bos_text(),
+                special.eos_text(),
+            ))?;
+            return Ok(Self {
+                model,
+                tokenizer,
+                template,
+            });
+        }
+        let model = Llama::from_dir(dir, device)?;
+        let tokenizer = HfTokenizer::from_dir(dir)?;
+        let special = tokenizer.special_tokens().clone();
+        let template = optional(ChatTemplate::from_dir(
+            dir,
+            special.bos_text(),
+            special.eos_text(),
+        ))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+        })
+    }
+}
+
+/// What a client asks of a model, in tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Keep generating past the model's end-of-sequence tokens.
+    pub ignore_eos: bool,
+}
+
+/// What the engine thread sends for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Token(TokenEvent),
+    /// The step computing this request failed; the request is gone.
+    Failed(String),
+}
+
+/// A request was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// Too many requests wait already (HTTP 429).
+    #[error("model is overloaded: too many requests waiting")]
+    QueueFull,
+    /// The request can never run (empty prompt, too long, …).
+    #[error(transparent)]
+    Invalid(AddError),
+    /// The engine thread has stopped.
+    #[error("model is shutting down")]
+    Closed,
+}
+
+/// Engine counters, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub free_blocks: usize,
+    pub total_blocks: usize,
+    /// Requests dropped because their receiver went away.
+    pub cancelled: u64,
+}
+
+enum Command {
+    Submit {
+        request: SubmitRequest,
+        reply: oneshot::Sender<Result<mpsc::Receiver<StreamEvent>, SubmitError>>,
+    },
+    Stats(oneshot::Sender<EngineStats>),
+}
+
+/// A loaded model served by its engine thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ModelHandle {
+    inner: Arc<HandleInner>,
+}
+
+#[derive(Debug)]
+struct HandleInner {
+    commands: SyncSender<Command>,
+    tokenizer: HfTokenizer,
+    template: Option<ChatTemplate>,
+    /// Longest prompt + generation a request may have.
+    max_len: usize,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Submit { request, .. } => f
+                .debug_struct("Submit")
+                .field("prompt_len", &request.prompt.len())
+                .finish(),
+            Command::Stats(_) => f.write_str("Stats"),
+        }
+    }
+}
+
+impl ModelHandle {
+    /// Starts the engine thread for `loaded`.
+    pub fn spawn(loaded: LoadedModel, config: ServeConfig) -> Result<Self, EngineInitError> {
+        let LoadedModel {
+            model,
+            tokenizer,
+            template,
+        } = loaded;
+        let engine = Engine::new(model, config.engine.clone())?;
+        let limits = engine.scheduler().config();
+        let max_len = limits
+            .max_model_len
+            .min(limits.num_blocks * limits.block_size);
+        let (commands, rx) = std::sync::mpsc::sync_channel(config.command_queue.max(1));
+        std::thread::Builder::new()
+            .name("hub-infer-engine".into())
+            .spawn(move || engine_loop(engine, rx))
+            .map_err(|_| EngineInitError::InvalidConfig("spawn engine thread"))?;
+        Ok(Self {
+            inner: Arc::new(HandleInner {
+                commands,
+                tokenizer,
+                template,
+                max_len,
+            }),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &HfTokenizer {
+        &self.inner.tokenizer
+    }
+
+    pub fn template(&self) -> Option<&ChatTemplate> {
+        self.inner.template.as_ref()
+    }
+
+    /// The most tokens (prompt + generated) one request may have.
+    pub fn max_len(&self) -> usize {
+        self.inner.max_len
+    }
+
+    /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
+    /// cancels the request. Cancel-safe: a dropped future leaves at most a request whose
+    /// receiver is gone, which the engine thread drops before its next step.
+    pub async fn submit(
+        &self,
+        request: SubmitRequest,
+    ) -> Result<mpsc::Receiver<StreamEvent>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        match self
+            .inner
+            .commands
+            .try_send(Command::Submit { request, reply })
+        {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(SubmitError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => return Err(SubmitError::Closed),
+        }
+        answer.await.map_err(|_| SubmitError::Closed)?
+    }
+
+    /// Submits and wraps the events in a [`TextStream`].
+    pub async fn submit_text(
+        &self,
+        request: SubmitRequest,
+        stop: Vec<String>,
+    ) -> Result<TextStream, SubmitError> {
+        let events = self.submit(request).await?;
+        Ok(TextStream::new(self.clone(), events, stop))
+    }
+
+    /// The engine's counters (answered between steps).
+    pub async fn stats(&self) -> Result<EngineStats, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .try_send(Command::Stats(reply))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => SubmitError::QueueFull,
+                TrySendError::Disconnected(_) => SubmitError::Closed,
+            })?;
+        answer.await.map_err(|_| SubmitError::Closed)
+    }
+}
+
+fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>) {
+    let mut streams: HashMap<RequestId, mpsc::Sender<StreamEvent>> = HashMap::new();
+    let mut next_id: RequestId = 0;
+    let mut disconnected = false;
+    let mut cancelled = 0;
+    loop {
+        if !engine.has_work() {
+            if disconnected {
+                return;
+            }
+            match commands.recv() {
+                Ok(cmd) => handle(&mut engine, &mut streams, &mut next_id, cancelled, cmd),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match commands.try_recv() {
+                Ok(cmd) => handle(&mut engine, &mut streams, &mut next_id, cancelled, cmd),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        streams.retain(|&id, tx| {
+            let open = !tx.is_closed();
+            if !open && engine.cancel(id) {
+                cancelled += 1;
+            }
+            open
+        });
+        if !engine.has_work() {
+            continue;
+        }
+        match engine.step() {
+            Ok(events) => {
+                for event in events {
+                    let Some(tx) = streams.get(&event.id) else {
+                        continue;
+                    };
+                    // Capacity covers every event a request can produce, so `Full` cannot
+                    // happen; `Closed` means the client left.
+                    let sent = tx.try_send(StreamEvent::Token(event)).is_ok();
+                    if event.finish.is_some() {
+                        streams.remove(&event.id);
+                    } else if !sent {
+                        streams.remove(&event.id);
+                        engine.cancel(event.id);
+                        cancelled += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                let message = format!("{e}: {}", e.source);
+                for id in e.aborted {
+                    if let Some(tx) = streams.remove(&id) {
+                        let _ = tx.try_send(StreamEvent::Failed(message.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn handle(
+    engine: &mut Engine,
+    streams: &mut HashMap<RequestId, mpsc::Sender<StreamEvent>>,
+    next_id: &mut RequestId,
+    cancelled: u64,
+    cmd: Command,
+) {
+    match cmd {
+        Command::Submit { request, reply } => {
+            let id = *next_id;
+            *next_id += 1;
+            let capacity = request.max_tokens.saturating_add(1).max(1);
+            let added = engine.add_request(GenerateRequest {
+                id,
+                prompt: request.prompt,
+                max_tokens: request.max_tokens,
+                sampling: request.sampling,
+                stop_token_ids: Vec::new(),
+                ignore_eos: request.ignore_eos,
+            });
+            let answer = match added {
+                Ok(()) => {
+                    let (tx, rx) = mpsc::channel(capacity);
+                    streams.insert(id, tx);
+                    Ok(rx)
+                }
+                Err(AddError::QueueFull { .. }) => Err(SubmitError::QueueFull),
+                Err(e) => Err(SubmitError::Invalid(e)),
+            };
+            if let Err(Ok(_)) = reply.send(answer) {
+                // The submitter went away before hearing back.
+                engine.cancel(id);
+                streams.remove(&id);
+            }
+        }
+        Command::Stats(reply) => {
+            let s = engine.scheduler();
+            let _ = reply.send(EngineStats {
+                running: s.num_running(),
+                waiting: s.num_waiting(),
+                free_blocks: s.num_free_blocks(),
+                total_blocks: s.config().num_blocks,
+                cancelled,
+            });
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// `max_tokens` reached (or the model's length).
+    Length,
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// A stop string matched.
+    StopSequence,
+}
+
+impl Finish {
+    /// OpenAI's `finish_reason`.
+    pub fn openai(self) -> &'static str {
+        match self {
+            Finish::Length => "length",
+            Finish::Eos | Finish::StopSequence => "stop",
+        }
+    }
+
+    /// TGI's `finish_reason`.
+    pub fn tgi(self) -> &'static str {
+        match self {
+            Finish::Length => "length",
+            Finish::Eos => "eos_token",
+            Finish::StopSequence => "stop_sequence",
+        }
+    }
+}
+
+/// One generated token and the text it released.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextChunk {
+    pub token: u32,
+    pub logprob: f32,
+    pub special: bool,
+    /// Text released by this token (empty while a character or possible stop string is
+    /// incomplete).
+    pub text: String,
+    /// Set on the last chunk.
+    pub finish: Option<Finish>,
+}
+
+/// The generation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("generation failed: {0}")]
+pub struct GenerationError(pub String);
+
+/// Text of a request, chunk by chunk; dropping it cancels the request.
+#[derive(Debug)]
+pub struct TextStream {
+    model: ModelHandle,
+    events: mpsc::Receiver<StreamEvent>,
+    decoder: IncrementalDecoder,
+    stop: Vec<String>,
+    /// Decoded text not yet released (it may begin a stop string).
+    pending: String,
+    done: bool,
+    generated: usize,
+}
+
+impl TextStream {
+    fn new(model: ModelHandle, events: mpsc::Receiver<StreamEvent>, stop: Vec<String>) -> Self {
+        Self {
+            model,
+            events,
+            decoder: IncrementalDecoder::new(true),
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+            done: false,
+            generated: 0,
+        }
+    }
+
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> usize {
+        self.generated
+    }
+
+    /// The next chunk; `None` after the last. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<TextChunk, GenerationError>> {
+        if self.done {
+            return None;
+        }
+        let event = match self.events.recv().await {
+            Some(StreamEvent::Token(e)) => e,
+            Some(StreamEvent::Failed(m)) => {
+                self.done = true;
+                return Some(Err(GenerationError(m)));
+            }
+            None => {
+                self.done = true;
+                return Some(Err(GenerationError("engine stopped".into())));
+            }
+        };
+        self.generated += 1;
+        let tokenizer = self.model.tokenizer();
+        let special = tokenizer
+            .decode(&[event.token], true)
+            .is_ok_and(|t| t.is_empty());
+        let mut finish = event.finish.map(|f| match f {
+            FinishReason::Length => Finish::Length,
+            FinishReason::Stop => Finish::Eos,
+        });
+        let step = self.decoder.step(tokenizer, event.token);
+        let delta = match step {
+            Ok(d) => d.unwrap_or_default(),
+            Err(e) => {
+                self.done = true;
+                return Some(Err(GenerationError(e.to_string())));
+            }
+        };
+        self.pending.push_str(&delta);
+        if finish.is_some() {
+            match self.decoder.finish(tokenizer) {
+                Ok(rest) => self.pending.push_str(&rest),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(GenerationError(e.to_string())));
+                }
+            }
+        }
+        let text = if let Some(at) = self.first_stop() {
+            self.pending.truncate(at);
+            finish = Some(Finish::StopSequence);
+            std::mem::take(&mut self.pending)
+        } else if finish.is_some() {
+            std::mem::take(&mut self.pending)
+        } else {
+            let keep = self.held_back();
+            let released = self.pending[..self.pending.len() - keep].to_owned();
+            self.pending.drain(..self.pending.len() - keep);
+            released
+        };
+        if finish.is_some() {
+            // Dropping the receiver (with `self`) cancels a request stopped by a string.
+            self.done = true;
+            self.events.close();
+        }
+        Some(Ok(TextChunk {
+            token: event.token,
+            logprob: event.logprob,
+            special,
+            text,
+            finish,
+        }))
+    }
+
+    /// Byte offset of the earliest stop string in `pending`.
+    fn first_stop(&self) -> Option<usize> {
+        self.stop.iter().filter_map(|s| self.pending.find(s)).min()
+    }
+
+    /// Length of the longest suffix of `pending` that is a proper prefix of a stop string.
+    fn held_back(&self) -> usize {
+        let p = &self.pending;
+        self.stop
+            .iter()
+            .flat_map(|s| {
+                (1..s.len().min(p.len() + 1))
+                    .filter(|&n| s.is_char_boundary(n) && p.ends_with(&s[..n]))
+                    .max()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Which model: a repository and the commit its revision resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelKey {
+    pub repo: String,
+    pub commit: String,
+}
+
+/// Registry limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Models kept loaded; the least recently used beyond this is dropped.
+    pub max_models: usize,
+    pub serve: ServeConfig,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            max_models: 2,
+            serve: ServeConfig::default(),
+        }
+    }
+}
+
+type Slot = Arc<Mutex<Option<ModelHandle>>>;
+
+/// Loaded models by key, least recently used evicted (see the module docs). Blocking: call
+/// it from a blocking thread, since a first use loads the model.
+#[derive(Debug, Default)]
+pub struct Registry {
+    config: RegistryConfig,
+    /// Most recently used last.
+    slots: Mutex<Vec<(ModelKey, Slot)>>,
+}
+
+/// [`Registry::get_or_load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError<E> {
+    #[error("load model")]
+    Load(#[source] E),
+    #[error("start engine")]
+    Engine(#[source] EngineInitError),
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig) -> Self {
+        Self {
+            config,
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The handle of `key`, loading it with `load` on first use. Concurrent first uses of one
+    /// key load it once; other keys are not blocked meanwhile. A failed load is not cached.
+    pub fn get_or_load<E>(
+        &self,
+        key: &ModelKey,
+        load: impl FnOnce() -> Result<LoadedModel, E>,
+    ) -> Result<ModelHandle, RegistryError<E>> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = match slots.iter().position(|(k, _)| k == key) {
+                Some(i) => slots.remove(i).1,
+                None => Slot::default(),
+            };
+            slots.push((key.clone(), slot.clone()));
+            slot
+        };
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = guard.as_ref() {
+            return Ok(handle.clone());
+        }
+        let loaded = load().map_err(RegistryError::Load);
+        let handle = loaded.and_then(|loaded| {
+            ModelHandle::spawn(loaded, self.config.serve.clone()).map_err(RegistryError::Engine)
+        });
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        match handle {
+            Ok(handle) => {
+                *guard = Some(handle.clone());
+                // Evict the least recently used beyond the limit (never the one just loaded,
+                // which is last).
+                let excess = slots.len().saturating_sub(self.config.max_models.max(1));
+                slots.drain(..excess);
+                Ok(handle)
+            }
+            Err(e) => {
+                // A failed load is not cached and takes no place in the LRU.
+                slots.retain(|(_, s)| !Arc::ptr_eq(s, &slot));
+                Err(e)
+            }
+        }
+    }
+
+    /// Keys of the models loaded now, most recently used first.
+    pub fn loaded(&self) -> Vec<ModelKey> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .iter()
+            .rev()
+            .filter(|(_, s)| s.try_lock().map(|g| g.is_some()).unwrap_or(false))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+pub mod fixture;
+#[cfg(test)]
+mod tests;

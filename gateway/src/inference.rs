@@ -1,0 +1,1156 @@
+//! Inference over HTTP: the OpenAI, TGI and HF Inference API text-generation routes, served by
+//! hub-infer's engine threads from models stored on this node.
+//!
+//! Routes:
+//! - `POST /v1/chat/completions`, `POST /v1/completions` (OpenAI; SSE streams end with
+//!   `data: [DONE]`), `GET /v1/models` (the loaded models the caller may read);
+//! - `POST /generate`, `POST /generate_stream` (TGI; the model is the body's `model` field, a
+//!   hubmesh extension since a TGI server has one model; streams have no `[DONE]`);
+//! - `POST /models/{ns}/{name}` (HF Inference API, text-generation: `[{"generated_text"}]`).
+//!
+//! A model is a model repository id, `ns/name`, optionally `ns/name:revision`. The caller needs
+//! read access to the repository (a private model is "not found" to others). The revision is
+//! resolved to a commit on every request; the registry keys loaded models by commit, so a push
+//! is served from the next request on, and the old engine ages out of the LRU.
+//!
+//! Loading (first use of a commit, on a blocking thread): the repository's root files that a
+//! model needs (`*.json`, `*.jinja`, one `*.gguf` or the `*.safetensors`) are written to
+//! `<cache_dir>/<ns>--<name>/<commit>/` — small files from git, LFS files exported from the
+//! store — through a `.partial` directory renamed when complete, so a crash never leaves a
+//! half-written model that looks whole. Weights not in this node's store are a 503.
+//!
+//! Errors use each API's shape: OpenAI `{"error":{"message","type","code"}}` (bad requests are
+//! 400), TGI `{"error","error_type"}` (bad requests are 422, like TGI's validation errors).
+//! Requests that can never run (`max_tokens` past the context) are refused before any work;
+//! a full queue is 429. Work is not tied to the request future: when the client goes away the
+//! token stream is dropped and the engine frees the request's KV blocks before its next step.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::Stream;
+use http::{HeaderMap, StatusCode};
+use hub_infer::chat::ChatMessage;
+use hub_infer::sampling::SamplingParams;
+use hub_infer::serve::{
+    Finish, LoadedModel, ModelHandle, ModelKey, Registry, RegistryConfig, RegistryError,
+    SubmitError, SubmitRequest, TextChunk, TextStream,
+};
+use hub_infer::tokenizer::Tokenizer;
+use hub_protocol::repo::{RepoId, RepoType};
+use hub_repo::{EntryKind, Repos};
+use hub_store::{Sha256, Store};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::hub::{blocking, read_access};
+use crate::routes::authenticate;
+
+/// Settings of the inference routes.
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    /// Where model files are materialized (see the module docs).
+    pub cache_dir: PathBuf,
+    pub registry: RegistryConfig,
+}
+
+impl InferenceConfig {
+    /// Default limits (two models warm, hub-infer's default engine), files under `cache_dir`.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            cache_dir,
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+/// The loaded models and where their files go.
+#[derive(Debug)]
+pub(crate) struct Inference {
+    cache_dir: PathBuf,
+    registry: Arc<Registry>,
+}
+
+impl Inference {
+    pub(crate) fn new(config: InferenceConfig) -> Self {
+        Self {
+            cache_dir: config.cache_dir,
+            registry: Arc::new(Registry::new(config.registry)),
+        }
+    }
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/generate", post(generate))
+        .route("/generate_stream", post(generate_stream))
+        .route("/models/{ns}/{name}", post(hf_inference))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Tgi,
+}
+
+/// An error in the shape of the API it answers.
+#[derive(Debug)]
+struct ApiError {
+    api: Api,
+    status: StatusCode,
+    /// OpenAI's `type` / TGI's `error_type`.
+    kind: &'static str,
+    /// OpenAI's `code`.
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl ApiError {
+    fn new(api: Api, status: StatusCode, kind: &'static str, message: String) -> Self {
+        Self {
+            api,
+            status,
+            kind,
+            code: None,
+            message,
+        }
+    }
+
+    fn invalid(api: Api, message: impl Into<String>) -> Self {
+        match api {
+            Api::OpenAi => Self::new(
+                api,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                message.into(),
+            ),
+            Api::Tgi => Self::new(
+                api,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                format!("Input validation error: {}", message.into()),
+            ),
+        }
+    }
+
+    fn model_not_found(api: Api, model: &str) -> Self {
+        let mut e = Self::new(
+            api,
+            StatusCode::NOT_FOUND,
+            match api {
+                Api::OpenAi => "invalid_request_error",
+                Api::Tgi => "not_found",
+            },
+            format!("The model `{model}` does not exist or you do not have access to it."),
+        );
+        e.code = Some("model_not_found");
+        e
+    }
+
+    fn overloaded(api: Api) -> Self {
+        Self::new(
+            api,
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            "Model is overloaded".into(),
+        )
+    }
+
+    fn unavailable(api: Api, message: String) -> Self {
+        Self::new(api, StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    fn internal(api: Api, what: &str, e: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "{what}");
+        Self::new(
+            api,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            match api {
+                Api::OpenAi => "server_error",
+                Api::Tgi => "generation",
+            },
+            "internal error".into(),
+        )
+    }
+
+    fn from_app(api: Api, model: &str, e: AppError) -> Self {
+        match e {
+            AppError::RepoNotFound | AppError::RevisionNotFound(_) | AppError::NotFound => {
+                Self::model_not_found(api, model)
+            }
+            AppError::Unauthorized(m) => Self::new(
+                api,
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                m.into(),
+            ),
+            AppError::Forbidden(m) => Self::new(api, StatusCode::FORBIDDEN, "permission_error", m),
+            e => Self::internal(api, "inference request", &e),
+        }
+    }
+
+    fn from_submit(api: Api, e: SubmitError) -> Self {
+        match e {
+            SubmitError::QueueFull => Self::overloaded(api),
+            SubmitError::Closed => Self::unavailable(api, "model is shutting down".into()),
+            e => Self::invalid(api, e.to_string()),
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self.api {
+            Api::OpenAi => json!({"error": {
+                "message": self.message,
+                "type": self.kind,
+                "code": self.code,
+                "param": null,
+            }}),
+            Api::Tgi => json!({"error": self.message, "error_type": self.kind}),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+fn parse<T: DeserializeOwned>(api: Api, body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(api, format!("invalid request body: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+/// Resolves `model` (`ns/name[:revision]`) for the caller and returns its loaded engine.
+async fn open_model(
+    state: &AppState,
+    headers: &HeaderMap,
+    api: Api,
+    model: &str,
+) -> Result<ModelHandle, ApiError> {
+    let Some(inference) = state.inference().cloned() else {
+        return Err(ApiError::unavailable(
+            api,
+            "inference is not enabled on this node".into(),
+        ));
+    };
+    let (repo, revision) = model.split_once(':').unwrap_or((model, "main"));
+    let id =
+        RepoId::parse(RepoType::Model, repo).map_err(|_| ApiError::model_not_found(api, model))?;
+    let principal = authenticate(state, headers)
+        .await
+        .map_err(|e| ApiError::from_app(api, model, e))?;
+    read_access(state, principal.as_ref(), &id)
+        .await
+        .map_err(|e| ApiError::from_app(api, model, e))?;
+    let (repos, store) = (state.repos().clone(), state.store().clone());
+    let (revision, name) = (revision.to_owned(), model.to_owned());
+    blocking(move || {
+        let commit = match repos.resolve(&id, &revision) {
+            Ok(commit) => commit,
+            Err(_) => return Ok(Err(ApiError::model_not_found(api, &name))),
+        };
+        let key = ModelKey {
+            repo: id.hub_id(),
+            commit: commit.clone(),
+        };
+        let handle = inference.registry.get_or_load(&key, || {
+            let dir = materialize(&repos, &store, &id, &commit, &inference.cache_dir)?;
+            LoadedModel::from_dir(&dir).map_err(|e| LoadFailure::Model(e.into()))
+        });
+        Ok(handle.map_err(|e| match e {
+            RegistryError::Load(LoadFailure::NotLocal(path)) => ApiError::unavailable(
+                api,
+                format!("the weights of `{name}` ({path}) are not on this node yet"),
+            ),
+            RegistryError::Load(LoadFailure::Model(e)) => {
+                tracing::warn!(model = %name, error = %error_chain(&*e), "cannot load model");
+                ApiError::new(
+                    api,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unsupported_model",
+                    // The cause names paths in the data directory: it goes to the log only.
+                    format!(
+                        "the model `{name}` cannot be served by this node: unsupported or invalid model files"
+                    ),
+                )
+            }
+            RegistryError::Load(LoadFailure::Io(e)) => {
+                ApiError::internal(api, "materialize model", &e)
+            }
+            RegistryError::Engine(e) => ApiError::internal(api, "start engine", &e),
+        }))
+    })
+    .await
+    .map_err(|e| ApiError::from_app(api, model, e))?
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoadFailure {
+    #[error("weights not in the local store: {0}")]
+    NotLocal(String),
+    #[error(transparent)]
+    Model(Box<dyn std::error::Error + Send + Sync>),
+    #[error("write model files")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes the files a model needs into the cache (see the module docs); returns the directory.
+fn materialize(
+    repos: &Repos,
+    store: &Store,
+    id: &RepoId,
+    commit: &str,
+    cache: &Path,
+) -> Result<PathBuf, LoadFailure> {
+    let dir = cache.join(id.hub_id().replace('/', "--")).join(commit);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let other = |e: hub_repo::RepoError| LoadFailure::Model(e.into());
+    let entries = repos.list_tree(id, commit, "", false).map_err(other)?;
+    let files: Vec<_> = entries
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    let gguf = files
+        .iter()
+        .filter(|e| e.path.ends_with(".gguf"))
+        .map(|e| e.path.clone())
+        .min();
+    let wanted = |p: &str| {
+        p.ends_with(".json")
+            || p.ends_with(".jinja")
+            || match &gguf {
+                Some(g) => p == g,
+                None => p.ends_with(".safetensors"),
+            }
+    };
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    for entry in files.iter().filter(|e| wanted(&e.path)) {
+        let dest = partial.join(&entry.path);
+        match &entry.lfs {
+            Some(lfs) => {
+                let sha: Sha256 = lfs
+                    .sha256
+                    .parse()
+                    .map_err(|_| LoadFailure::NotLocal(entry.path.clone()))?;
+                if !store.has(&sha).unwrap_or(false) {
+                    return Err(LoadFailure::NotLocal(entry.path.clone()));
+                }
+                store
+                    .export(&sha, &dest)
+                    .map_err(|e| LoadFailure::Model(e.into()))?;
+            }
+            None => {
+                let (_, blob) = repos.file(id, commit, &entry.path).map_err(other)?;
+                std::fs::write(&dest, blob)?;
+            }
+        }
+    }
+    std::fs::rename(&partial, &dir)?;
+    Ok(dir)
+}
+
+async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let api = Api::OpenAi;
+    let principal = match authenticate(&state, &headers).await {
+        Ok(p) => p,
+        Err(e) => return ApiError::from_app(api, "", e).into_response(),
+    };
+    let mut data = Vec::new();
+    let loaded = state
+        .inference()
+        .map(|i| i.registry.loaded())
+        .unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    for key in loaded {
+        if !seen.insert(key.repo.clone()) {
+            continue;
+        }
+        let Ok(id) = RepoId::parse(RepoType::Model, &key.repo) else {
+            continue;
+        };
+        if read_access(&state, principal.as_ref(), &id).await.is_ok() {
+            data.push(json!({
+                "id": key.repo,
+                "object": "model",
+                "created": 0,
+                "owned_by": id.namespace(),
+            }));
+        }
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared generation
+
+/// A validated generation: prompt tokens and limits.
+struct Job {
+    model: ModelHandle,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+}
+
+impl Job {
+    /// Checks the length against the model's context at once (no queueing for the impossible).
+    fn new(
+        api: Api,
+        model: ModelHandle,
+        prompt: Vec<u32>,
+        max_tokens: Option<u64>,
+        default_max: usize,
+        sampling: SamplingParams,
+        stop: Vec<String>,
+    ) -> Result<Self, ApiError> {
+        let limit = model.max_len();
+        if prompt.is_empty() {
+            return Err(ApiError::invalid(api, "the prompt is empty"));
+        }
+        let remaining = limit.saturating_sub(prompt.len());
+        let max_tokens = match max_tokens {
+            Some(0) => return Err(ApiError::invalid(api, "max_tokens must be at least 1")),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => default_max.min(remaining),
+        };
+        if max_tokens == 0 || max_tokens > remaining {
+            return Err(ApiError::invalid(
+                api,
+                format!(
+                    "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({} in the prompt, {max_tokens} for the completion). Please reduce the prompt or max_tokens.",
+                    prompt.len().saturating_add(max_tokens),
+                    prompt.len()
+                ),
+            ));
+        }
+        if stop.len() > 8 {
+            return Err(ApiError::invalid(api, "at most 8 stop sequences"));
+        }
+        Ok(Self {
+            model,
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+        })
+    }
+
+    async fn start(self, api: Api) -> Result<TextStream, ApiError> {
+        self.model
+            .submit_text(
+                SubmitRequest {
+                    prompt: self.prompt,
+                    max_tokens: self.max_tokens,
+                    sampling: self.sampling,
+                    ignore_eos: false,
+                },
+                self.stop,
+            )
+            .await
+            .map_err(|e| ApiError::from_submit(api, e))
+    }
+}
+
+/// A whole generation.
+struct Output {
+    text: String,
+    chunks: Vec<TextChunk>,
+    finish: Finish,
+}
+
+async fn run_to_end(api: Api, mut stream: TextStream) -> Result<Output, ApiError> {
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::internal(api, "generation", &e))?;
+        text.push_str(&chunk.text);
+        let finish = chunk.finish;
+        chunks.push(chunk);
+        if let Some(finish) = finish {
+            return Ok(Output {
+                text,
+                chunks,
+                finish,
+            });
+        }
+    }
+    Err(ApiError::internal(api, "generation", &"stream ended early"))
+}
+
+/// What an SSE renderer is shown.
+enum Step<'a> {
+    Chunk {
+        chunk: &'a TextChunk,
+        /// Tokens generated so far, this one included.
+        generated: usize,
+    },
+    Error(String),
+}
+
+/// An SSE response of `stream`'s chunks, each rendered to events by `render`; `tail` events
+/// follow the last chunk (not an error).
+fn sse(
+    stream: TextStream,
+    head: Vec<Event>,
+    render: impl FnMut(Step<'_>) -> Vec<Event> + Send + 'static,
+    tail: Vec<Event>,
+) -> Response {
+    struct St<R> {
+        stream: TextStream,
+        queue: VecDeque<Event>,
+        tail: Vec<Event>,
+        render: R,
+        done: bool,
+    }
+    let st = St {
+        stream,
+        queue: head.into(),
+        tail,
+        render,
+        done: false,
+    };
+    let events = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(e), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.stream.next().await {
+                Some(Ok(chunk)) => {
+                    let generated = st.stream.generated_tokens();
+                    st.queue.extend((st.render)(Step::Chunk {
+                        chunk: &chunk,
+                        generated,
+                    }));
+                    if chunk.finish.is_some() {
+                        st.queue.extend(std::mem::take(&mut st.tail));
+                        st.done = true;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "generation failed mid-stream");
+                    st.queue.extend((st.render)(Step::Error(e.to_string())));
+                    st.done = true;
+                }
+                None => st.done = true,
+            }
+        }
+    });
+    sse_response(events)
+}
+
+fn sse_response(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    (
+        [("x-accel-buffering", "no")],
+        Sse::new(events).keep_alive(KeepAlive::default()),
+    )
+        .into_response()
+}
+
+fn json_event(v: &Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn request_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 12];
+    let _ = getrandom::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The sampling fields OpenAI's two endpoints share.
+#[derive(Debug, Deserialize)]
+struct OpenAiSampling {
+    model: String,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<OneOrMany>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    n: Option<u32>,
+}
+
+impl OpenAiSampling {
+    fn params(&self) -> Result<SamplingParams, ApiError> {
+        let api = Api::OpenAi;
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                api,
+                format!("temperature must be between 0 and 2, got {temperature}"),
+            ));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(ApiError::invalid(
+                api,
+                format!("top_p must be in (0, 1], got {p}"),
+            ));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(api, "only n = 1 is supported"));
+        }
+        Ok(SamplingParams {
+            temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            ..SamplingParams::default()
+        })
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    messages: Vec<Message>,
+    #[serde(flatten)]
+    sampling: OpenAiSampling,
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let api = Api::OpenAi;
+    let req: ChatRequest = parse(api, &body)?;
+    let params = req.sampling.params()?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(api, "messages must not be empty"));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid(
+                                api,
+                                format!("unsupported content part of type {kind:?}"),
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        messages.push(ChatMessage::new(m.role, content));
+    }
+    let name = req.sampling.model.clone();
+    let model = open_model(&state, &headers, api, &name).await?;
+    let Some(template) = model.template() else {
+        return Err(ApiError::invalid(
+            api,
+            format!("the model `{name}` has no chat template; use /v1/completions"),
+        ));
+    };
+    let text = template
+        .render(&messages, true)
+        .map_err(|e| ApiError::invalid(api, e.to_string()))?;
+    let prompt = model
+        .tokenizer()
+        .encode(&text, false)
+        .map_err(|e| ApiError::internal(api, "tokenize", &e))?;
+    let prompt_len = prompt.len();
+    let include_usage = req.sampling.include_usage();
+    let max = req
+        .sampling
+        .max_completion_tokens
+        .or(req.sampling.max_tokens);
+    let stop = req
+        .sampling
+        .stop
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default();
+    let job = Job::new(api, model, prompt, max, usize::MAX, params, stop)?;
+    let stream = job.start(api).await?;
+    let (id, created) = (request_id("chatcmpl"), now());
+    if !req.sampling.stream {
+        let out = run_to_end(api, stream).await?;
+        return Ok(axum::Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": out.text},
+                "logprobs": null,
+                "finish_reason": out.finish.openai(),
+            }],
+            "usage": usage(prompt_len, out.chunks.len()),
+        }))
+        .into_response());
+    }
+    let chunk = {
+        let (id, name) = (id.clone(), name.clone());
+        move |delta: Value, finish: Option<&str>| {
+            json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": name,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            })
+        }
+    };
+    let head = vec![json_event(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        None,
+    ))];
+    let render = move |step: Step<'_>| match step {
+        Step::Chunk {
+            chunk: c,
+            generated,
+        } => {
+            let mut events = Vec::new();
+            if !c.text.is_empty() {
+                events.push(json_event(&chunk(json!({"content": c.text}), None)));
+            }
+            if let Some(f) = c.finish {
+                events.push(json_event(&chunk(json!({}), Some(f.openai()))));
+                if include_usage {
+                    events.push(json_event(&json!({
+                        "id": id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": name,
+                        "choices": [],
+                        "usage": usage(prompt_len, generated),
+                    })));
+                }
+            }
+            events
+        }
+        Step::Error(m) => vec![json_event(
+            &json!({"error": {"message": m, "type": "server_error", "code": null}}),
+        )],
+    };
+    let tail = vec![Event::default().data("[DONE]")];
+    Ok(sse(stream, head, render, tail))
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    prompt: OneOrMany,
+    suffix: Option<String>,
+    #[serde(flatten)]
+    sampling: OpenAiSampling,
+}
+
+async fn completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let api = Api::OpenAi;
+    let req: CompletionRequest = parse(api, &body)?;
+    let params = req.sampling.params()?;
+    if req.suffix.is_some() {
+        return Err(ApiError::invalid(api, "suffix is not supported"));
+    }
+    let mut prompts = req.prompt.into_vec();
+    if prompts.len() != 1 {
+        return Err(ApiError::invalid(
+            api,
+            "exactly one prompt per request is supported",
+        ));
+    }
+    let prompt_text = prompts.remove(0);
+    let name = req.sampling.model.clone();
+    let model = open_model(&state, &headers, api, &name).await?;
+    let prompt = model
+        .tokenizer()
+        .encode(&prompt_text, true)
+        .map_err(|e| ApiError::internal(api, "tokenize", &e))?;
+    let prompt_len = prompt.len();
+    let include_usage = req.sampling.include_usage();
+    let max = req
+        .sampling
+        .max_tokens
+        .or(req.sampling.max_completion_tokens);
+    let stop = req
+        .sampling
+        .stop
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default();
+    // OpenAI's default for the legacy endpoint.
+    let job = Job::new(api, model, prompt, max, 16, params, stop)?;
+    let stream = job.start(api).await?;
+    let (id, created) = (request_id("cmpl"), now());
+    if !req.sampling.stream {
+        let out = run_to_end(api, stream).await?;
+        return Ok(axum::Json(json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "choices": [{
+                "index": 0,
+                "text": out.text,
+                "logprobs": null,
+                "finish_reason": out.finish.openai(),
+            }],
+            "usage": usage(prompt_len, out.chunks.len()),
+        }))
+        .into_response());
+    }
+    let render = move |step: Step<'_>| match step {
+        Step::Chunk {
+            chunk: c,
+            generated,
+        } => {
+            if c.text.is_empty() && c.finish.is_none() {
+                return Vec::new();
+            }
+            let mut v = json!({
+                "id": id,
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": [{
+                    "index": 0,
+                    "text": c.text,
+                    "logprobs": null,
+                    "finish_reason": c.finish.map(Finish::openai),
+                }],
+            });
+            if c.finish.is_some() && include_usage {
+                v["usage"] = usage(prompt_len, generated);
+            }
+            vec![json_event(&v)]
+        }
+        Step::Error(m) => vec![json_event(
+            &json!({"error": {"message": m, "type": "server_error", "code": null}}),
+        )],
+    };
+    Ok(sse(
+        stream,
+        Vec::new(),
+        render,
+        vec![Event::default().data("[DONE]")],
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// TGI and the HF Inference API
+
+#[derive(Debug, Deserialize, Default)]
+struct TgiParameters {
+    max_new_tokens: Option<u64>,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    #[serde(default)]
+    do_sample: bool,
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Vec<String>,
+    #[serde(default)]
+    details: bool,
+    #[serde(default)]
+    return_full_text: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct TgiRequest {
+    inputs: String,
+    #[serde(default)]
+    parameters: TgiParameters,
+    /// hubmesh extension: the model repository (a TGI server has exactly one model).
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+impl TgiParameters {
+    fn sampling(&self) -> Result<SamplingParams, ApiError> {
+        let api = Api::Tgi;
+        if let Some(t) = self.temperature
+            && t <= 0.0
+        {
+            return Err(ApiError::invalid(
+                api,
+                "`temperature` must be strictly positive",
+            ));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p < 1.0)
+        {
+            return Err(ApiError::invalid(api, "`top_p` must be > 0.0 and < 1.0"));
+        }
+        if self.top_k == Some(0) {
+            return Err(ApiError::invalid(api, "`top_k` must be strictly positive"));
+        }
+        if let Some(r) = self.repetition_penalty
+            && r <= 0.0
+        {
+            return Err(ApiError::invalid(
+                api,
+                "`repetition_penalty` must be strictly positive",
+            ));
+        }
+        // As TGI: any warping parameter turns sampling on.
+        let sample = self.do_sample
+            || self.temperature.is_some_and(|t| t != 1.0)
+            || self.top_k.is_some()
+            || self.top_p.is_some();
+        Ok(SamplingParams {
+            temperature: if sample {
+                self.temperature.unwrap_or(1.0)
+            } else {
+                0.0
+            },
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Parses and validates a TGI request against `model` (the body's when `None`).
+async fn tgi_job(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    model: Option<String>,
+) -> Result<(TgiRequest, Job), ApiError> {
+    let api = Api::Tgi;
+    let req: TgiRequest = parse(api, body)?;
+    let sampling = req.parameters.sampling()?;
+    let Some(name) = model.or_else(|| req.model.clone()) else {
+        return Err(ApiError::invalid(
+            api,
+            "`model` is required: the model repository to generate with, `ns/name`",
+        ));
+    };
+    let handle = open_model(state, headers, api, &name).await?;
+    let prompt = handle
+        .tokenizer()
+        .encode(&req.inputs, true)
+        .map_err(|e| ApiError::internal(api, "tokenize", &e))?;
+    let stop = req.parameters.stop.clone();
+    let job = Job::new(
+        api,
+        handle,
+        prompt,
+        req.parameters.max_new_tokens,
+        100,
+        sampling,
+        stop,
+    )?;
+    Ok((req, job))
+}
+
+fn tgi_token(c: &TextChunk) -> Value {
+    json!({"id": c.token, "text": c.text, "logprob": c.logprob, "special": c.special})
+}
+
+async fn tgi_generate_value(req: &TgiRequest, job: Job) -> Result<Value, ApiError> {
+    let seed = job.sampling.seed;
+    let stream = job.start(Api::Tgi).await?;
+    let out = run_to_end(Api::Tgi, stream).await?;
+    let text = if req.parameters.return_full_text {
+        format!("{}{}", req.inputs, out.text)
+    } else {
+        out.text
+    };
+    let mut v = json!({"generated_text": text});
+    if req.parameters.details {
+        v["details"] = json!({
+            "finish_reason": out.finish.tgi(),
+            "generated_tokens": out.chunks.len(),
+            "seed": seed,
+            "prefill": [],
+            "tokens": out.chunks.iter().map(tgi_token).collect::<Vec<_>>(),
+        });
+    }
+    Ok(v)
+}
+
+async fn tgi_stream(req: TgiRequest, job: Job) -> Result<Response, ApiError> {
+    let seed = job.sampling.seed;
+    let input_length = job.prompt.len();
+    let details = req.parameters.details;
+    let mut text = if req.parameters.return_full_text {
+        req.inputs.clone()
+    } else {
+        String::new()
+    };
+    let stream = job.start(Api::Tgi).await?;
+    let render = move |step: Step<'_>| match step {
+        Step::Chunk {
+            chunk: c,
+            generated,
+        } => {
+            text.push_str(&c.text);
+            let last = c.finish.is_some();
+            vec![json_event(&json!({
+                "index": generated,
+                "token": tgi_token(c),
+                "generated_text": last.then(|| text.clone()),
+                "details": (last && details).then(|| json!({
+                    "finish_reason": c.finish.map(Finish::tgi),
+                    "generated_tokens": generated,
+                    "seed": seed,
+                    "input_length": input_length,
+                })),
+            }))]
+        }
+        Step::Error(m) => vec![json_event(&json!({"error": m, "error_type": "generation"}))],
+    };
+    Ok(sse(stream, Vec::new(), render, Vec::new()))
+}
+
+async fn generate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (req, job) = tgi_job(&state, &headers, &body, None).await?;
+    Ok(axum::Json(tgi_generate_value(&req, job).await?).into_response())
+}
+
+async fn generate_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (req, job) = tgi_job(&state, &headers, &body, None).await?;
+    tgi_stream(req, job).await
+}
+
+/// `POST /models/{ns}/{name}`: text-generation; the result is wrapped in an array, as the HF
+/// Inference API (and TGI's `/` route) do.
+async fn hf_inference(
+    State(state): State<AppState>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (req, job) = tgi_job(&state, &headers, &body, Some(format!("{ns}/{name}"))).await?;
+    if req.stream {
+        return tgi_stream(req, job).await;
+    }
+    Ok(axum::Json(json!([tgi_generate_value(&req, job).await?])).into_response())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+//! The mesh inspection API: what this node sees of the peer-to-peer mesh.
+//!
+//! - `GET /api/mesh/peers`: this node's peer id and listen addresses, its replication
+//!   counters, and the peers connected now (addresses, chunk bytes received and sent, chunks
+//!   that failed verification).
+//! - `GET /api/mesh/repos/{type}/{namespace}/{name}`: the DHT providers of a repo, the last
+//!   accepted signed-update seq, whether this node seeds it, and the state of its LFS
+//!   replication (objects missing, fetched, unbound; bytes; last error).
+//!
+//! Both are read-only and need no token: they say nothing a peer could not learn from the
+//! mesh itself (identify, gossip, the DHT). A private repo of this node answers 404, as a
+//! missing one does.
+
+use crate::AppState;
+use crate::error::AppError;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use hub_protocol::repo::{RepoId, RepoType};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// How long a repo query waits for the DHT's providers.
+const PROVIDERS_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/mesh/peers", get(peers))
+        .route("/api/mesh/repos/{kind}/{namespace}/{name}", get(repo))
+}
+
+async fn peers(State(state): State<AppState>) -> Json<Value> {
+    let p2p = state.p2p();
+    let peers: Vec<Value> = p2p
+        .peers()
+        .into_iter()
+        .filter(|(_, p)| p.connected)
+        .map(|(id, p)| {
+            json!({
+                "peer_id": id.to_string(),
+                "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "chunk_bytes_received": p.chunk_bytes_received,
+                "chunk_bytes_sent": p.chunk_bytes_sent,
+                "bad_chunks": p.bad_chunks,
+            })
+        })
+        .collect();
+    Json(json!({
+        "peer_id": p2p.peer_id().to_string(),
+        "listen_addrs": p2p.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "counters": {
+            "connected_peers": p2p.connected_peers(),
+            "gossip_accepted": p2p.gossip_accepted(),
+            "gossip_refused": p2p.gossip_refused(),
+            "repos_replicated": p2p.repos_replicated(),
+            "lfs_objects_fetched": p2p.lfs_objects_fetched(),
+            "chunk_bytes_received": p2p.chunk_bytes_received(),
+            "chunk_bytes_sent": p2p.chunk_bytes_sent(),
+            "chunks_rejected": p2p.chunks_rejected(),
+        },
+        "peers": peers,
+    }))
+}
+
+async fn repo(
+    State(state): State<AppState>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, AppError> {
+    let kind: RepoType = kind.parse().map_err(|_| AppError::NotFound)?;
+    let id = RepoId::new(kind, &namespace, &name).map_err(|_| AppError::RepoNotFound)?;
+    let repos = state.repos().clone();
+    let local = {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || repos.meta(&id).ok())
+            .await
+            .map_err(|_| AppError::Internal("repo metadata task failed".into()))?
+    };
+    let replication = state.p2p().repo_state(&id);
+    match (&local, &replication) {
+        (Some(meta), _) if meta.private => return Err(AppError::RepoNotFound),
+        (None, None) => return Err(AppError::RepoNotFound),
+        _ => {}
+    }
+    let providers = tokio::time::timeout(PROVIDERS_TIMEOUT, state.p2p().providers(&id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let replication = replication.unwrap_or_default();
+    Ok(Json(json!({
+        "id": format!("{}/{}", id.namespace(), id.name()),
+        "type": kind.as_str(),
+        "local": local.is_some(),
+        "providers": providers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "last_seq": replication.last_seq,
+        "seeded": replication.seeded,
+        "lfs": {
+            "missing": replication.lfs_missing,
+            "fetched": replication.lfs_fetched,
+            "unbound": replication.lfs_unbound,
+            "chunk_bytes_received": replication.chunk_bytes_received,
+        },
+        "last_error": replication.last_error,
+    })))
+}
