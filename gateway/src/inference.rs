@@ -1,12 +1,21 @@
-//! Inference over HTTP: the OpenAI, TGI and HF Inference API text-generation routes, served by
-//! hub-infer's engine threads from models stored on this node.
+//! Inference over HTTP: the OpenAI, TGI and HF Inference API routes, served from models stored
+//! on this node — text generation by hub-infer's engine threads, sentence embeddings by its
+//! BERT [`Embedder`] on blocking threads.
 //!
 //! Routes:
 //! - `POST /v1/chat/completions`, `POST /v1/completions` (OpenAI; SSE streams end with
 //!   `data: [DONE]`), `GET /v1/models` (the loaded models the caller may read);
+//! - `POST /v1/embeddings` (OpenAI; `input` a string or a list, `encoding_format` `float` or
+//!   `base64`);
 //! - `POST /generate`, `POST /generate_stream` (TGI; the model is the body's `model` field, a
 //!   hubmesh extension since a TGI server has one model; streams have no `[DONE]`);
-//! - `POST /models/{ns}/{name}` (HF Inference API, text-generation: `[{"generated_text"}]`).
+//! - `GET /info?model=…`, `POST /tokenize` (TGI, the model named the same way);
+//! - `POST /models/{ns}/{name}` (HF Inference API), by the model card's `pipeline_tag` (else
+//!   the model's kind): text-generation `[{"generated_text"}]`, feature-extraction nested
+//!   floats, sentence-similarity scores.
+//!
+//! Which kind a model is comes from its files: `config.json` with `model_type: "bert"` is an
+//! embedding model (see `hub_infer::bert`), anything else goes to the generation engine.
 //!
 //! A model is a model repository id, `ns/name`, optionally `ns/name:revision`. The caller needs
 //! read access to the repository (a private model is "not found" to others). The revision is
@@ -28,24 +37,25 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::Stream;
 use http::{HeaderMap, StatusCode};
+use hub_infer::bert::{Embedder, Embeddings};
 use hub_infer::chat::ChatMessage;
 use hub_infer::sampling::SamplingParams;
 use hub_infer::serve::{
     Finish, LoadedModel, ModelHandle, ModelKey, Registry, RegistryConfig, RegistryError,
-    SubmitError, SubmitRequest, TextChunk, TextStream,
+    ServeObserver, SubmitError, SubmitRequest, TextChunk, TextStream,
 };
-use hub_infer::tokenizer::Tokenizer;
+use hub_infer::tokenizer::{HfTokenizer, Tokenizer};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_repo::{EntryKind, Repos};
 use hub_store::{Sha256, Store};
@@ -81,14 +91,43 @@ impl InferenceConfig {
 pub(crate) struct Inference {
     cache_dir: PathBuf,
     registry: Arc<Registry>,
+    /// Loaded embedding models, most recently used last (at most `max_models`). They have no
+    /// engine thread: a request embeds its inputs on a blocking thread.
+    embedders: Mutex<Vec<(ModelKey, Arc<Embedder>)>>,
+    max_models: usize,
 }
 
 impl Inference {
-    pub(crate) fn new(config: InferenceConfig) -> Self {
+    pub(crate) fn new(config: InferenceConfig, observer: Arc<dyn ServeObserver>) -> Self {
         Self {
             cache_dir: config.cache_dir,
-            registry: Arc::new(Registry::new(config.registry)),
+            max_models: config.registry.max_models.max(1),
+            registry: Arc::new(Registry::new(config.registry).with_observer(observer)),
+            embedders: Mutex::new(Vec::new()),
         }
+    }
+
+    fn cached_embedder(&self, key: &ModelKey) -> Option<Arc<Embedder>> {
+        let mut slots = self
+            .embedders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = slots.iter().position(|(k, _)| k == key)?;
+        let slot = slots.remove(i);
+        let e = slot.1.clone();
+        slots.push(slot);
+        Some(e)
+    }
+
+    fn insert_embedder(&self, key: ModelKey, e: Arc<Embedder>) {
+        let mut slots = self
+            .embedders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slots.retain(|(k, _)| *k != key);
+        slots.push((key, e));
+        let excess = slots.len().saturating_sub(self.max_models);
+        slots.drain(..excess);
     }
 }
 
@@ -100,6 +139,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/generate", post(generate))
         .route("/generate_stream", post(generate_stream))
         .route("/models/{ns}/{name}", post(hf_inference))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/info", get(info))
+        .route("/tokenize", post(tokenize))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,6 +284,31 @@ fn parse<T: DeserializeOwned>(api: Api, body: &[u8]) -> Result<T, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Models
 
+/// A loaded model of either kind.
+#[derive(Clone)]
+enum Served {
+    Generate(ModelHandle),
+    Embed(Arc<Embedder>),
+}
+
+/// A model opened for a request.
+struct Opened {
+    served: Served,
+    commit: String,
+    /// The model card's `pipeline_tag`, else `feature-extraction` for an embedding model and
+    /// `text-generation` for the rest.
+    pipeline_tag: String,
+}
+
+impl Opened {
+    fn tokenizer(&self) -> &HfTokenizer {
+        match &self.served {
+            Served::Generate(h) => h.tokenizer(),
+            Served::Embed(e) => e.tokenizer(),
+        }
+    }
+}
+
 /// Resolves `model` (`ns/name[:revision]`) for the caller and returns its loaded engine.
 async fn open_model(
     state: &AppState,
@@ -249,6 +316,23 @@ async fn open_model(
     api: Api,
     model: &str,
 ) -> Result<ModelHandle, ApiError> {
+    match open_served(state, headers, api, model).await?.served {
+        Served::Generate(h) => Ok(h),
+        Served::Embed(_) => Err(ApiError::invalid(
+            api,
+            format!("`{model}` is an embedding model: use /v1/embeddings"),
+        )),
+    }
+}
+
+/// Resolves `model` for the caller and loads it: a BERT directory (`model_type: "bert"`) as
+/// an [`Embedder`], anything else as a generation engine.
+async fn open_served(
+    state: &AppState,
+    headers: &HeaderMap,
+    api: Api,
+    model: &str,
+) -> Result<Opened, ApiError> {
     let Some(inference) = state.inference().cloned() else {
         return Err(ApiError::unavailable(
             api,
@@ -271,39 +355,86 @@ async fn open_model(
             Ok(commit) => commit,
             Err(_) => return Ok(Err(ApiError::model_not_found(api, &name))),
         };
+        let card_tag = repos
+            .file(&id, &commit, "README.md")
+            .ok()
+            .and_then(|(_, bytes)| {
+                hub_search::parse_card(&String::from_utf8_lossy(&bytes)).pipeline_tag
+            });
         let key = ModelKey {
             repo: id.hub_id(),
             commit: commit.clone(),
         };
-        let handle = inference.registry.get_or_load(&key, || {
-            let dir = materialize(&repos, &store, &id, &commit, &inference.cache_dir)?;
-            LoadedModel::from_dir(&dir).map_err(|e| LoadFailure::Model(e.into()))
-        });
-        Ok(handle.map_err(|e| match e {
-            RegistryError::Load(LoadFailure::NotLocal(path)) => ApiError::unavailable(
-                api,
-                format!("the weights of `{name}` ({path}) are not on this node yet"),
-            ),
-            RegistryError::Load(LoadFailure::Model(e)) => {
-                tracing::warn!(model = %name, error = %error_chain(&*e), "cannot load model");
-                ApiError::new(
-                    api,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unsupported_model",
-                    // The cause names paths in the data directory: it goes to the log only.
-                    format!(
-                        "the model `{name}` cannot be served by this node: unsupported or invalid model files"
-                    ),
-                )
+        let served = if let Some(e) = inference.cached_embedder(&key) {
+            Ok(Served::Embed(e))
+        } else {
+            load_served(&inference, &repos, &store, &id, &key)
+        };
+        Ok(served.map_err(|e| load_error(api, &name, e)).map(|served| {
+            let pipeline_tag = card_tag.unwrap_or_else(|| {
+                match served {
+                    Served::Embed(_) => "feature-extraction",
+                    Served::Generate(_) => "text-generation",
+                }
+                .to_owned()
+            });
+            Opened {
+                served,
+                commit,
+                pipeline_tag,
             }
-            RegistryError::Load(LoadFailure::Io(e)) => {
-                ApiError::internal(api, "materialize model", &e)
-            }
-            RegistryError::Engine(e) => ApiError::internal(api, "start engine", &e),
         }))
     })
     .await
     .map_err(|e| ApiError::from_app(api, model, e))?
+}
+
+/// Blocking: materializes the model and loads it (or finds its engine in the registry).
+fn load_served(
+    inference: &Inference,
+    repos: &Repos,
+    store: &Store,
+    id: &RepoId,
+    key: &ModelKey,
+) -> Result<Served, RegistryError<LoadFailure>> {
+    let dir = materialize(repos, store, id, &key.commit, &inference.cache_dir)
+        .map_err(RegistryError::Load)?;
+    if hub_infer::bert::is_bert_dir(&dir) {
+        let e = Embedder::from_dir(&dir)
+            .map_err(|e| RegistryError::Load(LoadFailure::Model(e.into())))?;
+        let e = Arc::new(e);
+        inference.insert_embedder(key.clone(), e.clone());
+        return Ok(Served::Embed(e));
+    }
+    inference
+        .registry
+        .get_or_load(key, || {
+            LoadedModel::from_dir(&dir).map_err(|e| LoadFailure::Model(e.into()))
+        })
+        .map(Served::Generate)
+}
+
+fn load_error(api: Api, name: &str, e: RegistryError<LoadFailure>) -> ApiError {
+    match e {
+        RegistryError::Load(LoadFailure::NotLocal(path)) => ApiError::unavailable(
+            api,
+            format!("the weights of `{name}` ({path}) are not on this node yet"),
+        ),
+        RegistryError::Load(LoadFailure::Model(e)) => {
+            tracing::warn!(model = %name, error = %error_chain(&*e), "cannot load model");
+            ApiError::new(
+                api,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported_model",
+                // The cause names paths in the data directory: it goes to the log only.
+                format!(
+                    "the model `{name}` cannot be served by this node: unsupported or invalid model files"
+                ),
+            )
+        }
+        RegistryError::Load(LoadFailure::Io(e)) => ApiError::internal(api, "materialize model", &e),
+        RegistryError::Engine(e) => ApiError::internal(api, "start engine", &e),
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -340,17 +471,22 @@ fn materialize(
         return Ok(dir);
     }
     let other = |e: hub_repo::RepoError| LoadFailure::Model(e.into());
-    let entries = repos.list_tree(id, commit, "", false).map_err(other)?;
+    // Recursive for sentence-transformers module configs (`1_Pooling/config.json`).
+    let entries = repos.list_tree(id, commit, "", true).map_err(other)?;
     let files: Vec<_> = entries
         .into_iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
     let gguf = files
         .iter()
-        .filter(|e| e.path.ends_with(".gguf"))
+        .filter(|e| e.path.ends_with(".gguf") && !e.path.contains('/'))
         .map(|e| e.path.clone())
         .min();
     let wanted = |p: &str| {
+        let depth = p.matches('/').count();
+        if depth > 0 {
+            return depth == 1 && p.ends_with("/config.json");
+        }
         p.ends_with(".json")
             || p.ends_with(".jinja")
             || match &gguf {
@@ -363,6 +499,9 @@ fn materialize(
     std::fs::create_dir_all(&partial)?;
     for entry in files.iter().filter(|e| wanted(&e.path)) {
         let dest = partial.join(&entry.path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         match &entry.lfs {
             Some(lfs) => {
                 let sha: Sha256 = lfs
@@ -395,7 +534,12 @@ async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let mut data = Vec::new();
     let loaded = state
         .inference()
-        .map(|i| i.registry.loaded())
+        .map(|i| {
+            let mut keys = i.registry.loaded();
+            let embedders = i.embedders.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.extend(embedders.iter().rev().map(|(k, _)| k.clone()));
+            keys
+        })
         .unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
     for key in loaded {
@@ -1137,19 +1281,275 @@ async fn generate_stream(
     tgi_stream(req, job).await
 }
 
-/// `POST /models/{ns}/{name}`: text-generation; the result is wrapped in an array, as the HF
-/// Inference API (and TGI's `/` route) do.
+/// `POST /models/{ns}/{name}`, dispatched on the model's pipeline tag:
+/// - `text-generation`: `[{"generated_text"}]` (wrapped in an array, as the HF Inference API
+///   and TGI's `/` route do), or an SSE stream with `"stream": true`;
+/// - `feature-extraction`: `{"inputs": text | [text]}` → one embedding per text, nested
+///   (`[[f32]]`, as text-embeddings-inference answers);
+/// - `sentence-similarity`: `{"inputs": {"source_sentence", "sentences"}}` → cosine scores.
 async fn hf_inference(
     State(state): State<AppState>,
     UrlPath((ns, name)): UrlPath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (req, job) = tgi_job(&state, &headers, &body, Some(format!("{ns}/{name}"))).await?;
-    if req.stream {
-        return tgi_stream(req, job).await;
+    let api = Api::Tgi;
+    let model = format!("{ns}/{name}");
+    let opened = open_served(&state, &headers, api, &model).await?;
+    let embedder = match (&opened.served, opened.pipeline_tag.as_str()) {
+        (Served::Embed(e), "feature-extraction" | "sentence-similarity") => Some(e.clone()),
+        (Served::Generate(_), "text-generation") => None,
+        (Served::Embed(_), tag) | (Served::Generate(_), tag) => {
+            return Err(ApiError::new(
+                api,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported_model",
+                format!("the pipeline `{tag}` of `{model}` is not served by this node"),
+            ));
+        }
+    };
+    let Some(embedder) = embedder else {
+        let (req, job) = tgi_job(&state, &headers, &body, Some(model)).await?;
+        if req.stream {
+            return tgi_stream(req, job).await;
+        }
+        return Ok(axum::Json(json!([tgi_generate_value(&req, job).await?])).into_response());
+    };
+    let req: HfEmbedRequest = parse(api, &body)?;
+    match req.inputs {
+        HfInputs::Texts(texts) => {
+            let texts = texts.into_vec();
+            check_inputs(api, &texts)?;
+            let out = run_embed(api, embedder, texts).await?;
+            Ok(axum::Json(json!(out.vectors)).into_response())
+        }
+        HfInputs::Similarity {
+            source_sentence,
+            sentences,
+        } => {
+            check_inputs(api, &sentences)?;
+            let mut texts = vec![source_sentence];
+            texts.extend(sentences);
+            let out = run_embed(api, embedder, texts).await?;
+            let (source, rest) = out.vectors.split_first().expect("one vector per input");
+            let scores: Vec<f32> = rest.iter().map(|v| cosine(source, v)).collect();
+            Ok(axum::Json(json!(scores)).into_response())
+        }
     }
-    Ok(axum::Json(json!([tgi_generate_value(&req, job).await?])).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// Most texts in one embedding request.
+const MAX_EMBED_INPUTS: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HfInputs {
+    Texts(OneOrMany),
+    Similarity {
+        source_sentence: String,
+        sentences: Vec<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct HfEmbedRequest {
+    inputs: HfInputs,
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: OneOrMany,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+}
+
+fn check_inputs(api: Api, texts: &[String]) -> Result<(), ApiError> {
+    if texts.is_empty() {
+        return Err(ApiError::invalid(api, "the input is empty"));
+    }
+    if texts.len() > MAX_EMBED_INPUTS {
+        return Err(ApiError::invalid(
+            api,
+            format!("at most {MAX_EMBED_INPUTS} inputs per request"),
+        ));
+    }
+    Ok(())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b)).max(1e-12)
+}
+
+/// Embeds on a blocking thread (the forward pass is CPU-heavy); not tied to the request.
+async fn run_embed(
+    api: Api,
+    embedder: Arc<Embedder>,
+    texts: Vec<String>,
+) -> Result<Embeddings, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        embedder.embed(&refs)
+    })
+    .await
+    .map_err(|e| ApiError::internal(api, "embed", &e))?
+    .map_err(|e| ApiError::internal(api, "embed", &e))
+}
+
+/// `POST /v1/embeddings` (OpenAI): `input` a string or a list of strings; `encoding_format`
+/// `float` (default) or `base64` (little-endian f32, what the `openai` Python client asks for).
+async fn embeddings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let api = Api::OpenAi;
+    let req: EmbeddingsRequest = parse(api, &body)?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                api,
+                format!("unsupported encoding_format `{other}`: use `float` or `base64`"),
+            ));
+        }
+    };
+    let texts = req.input.into_vec();
+    check_inputs(api, &texts)?;
+    let opened = open_served(&state, &headers, api, &req.model).await?;
+    let Served::Embed(embedder) = opened.served else {
+        return Err(ApiError::invalid(
+            api,
+            format!("`{}` is not an embedding model", req.model),
+        ));
+    };
+    if let Some(d) = req.dimensions
+        && d != embedder.dim()
+    {
+        return Err(ApiError::invalid(
+            api,
+            format!(
+                "`{}` has {} dimensions; `dimensions` cannot change it",
+                req.model,
+                embedder.dim()
+            ),
+        ));
+    }
+    let out = run_embed(api, embedder, texts).await?;
+    let data: Vec<Value> = out
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    bytes
+                ))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": req.model,
+        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
+    }))
+    .into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TGI /info and /tokenize
+
+#[derive(Debug, Deserialize)]
+struct InfoQuery {
+    model: Option<String>,
+}
+
+/// `GET /info?model=ns/name` (TGI's `Info`; the query names the model, a hubmesh extension).
+async fn info(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<InfoQuery>,
+) -> Result<Response, ApiError> {
+    let api = Api::Tgi;
+    let Some(model) = q.model else {
+        return Err(ApiError::invalid(
+            api,
+            "`model` is required: `/info?model=ns/name`",
+        ));
+    };
+    let opened = open_served(&state, &headers, api, &model).await?;
+    let (max_input, max_total) = match &opened.served {
+        Served::Generate(h) => (h.max_len().saturating_sub(1), h.max_len()),
+        Served::Embed(e) => (e.max_len(), e.max_len()),
+    };
+    Ok(axum::Json(json!({
+        "model_id": model.split_once(':').map_or(model.as_str(), |(m, _)| m),
+        "model_sha": opened.commit,
+        "model_pipeline_tag": opened.pipeline_tag,
+        "max_concurrent_requests": 128,
+        "max_best_of": 1,
+        "max_stop_sequences": 8,
+        "max_input_tokens": max_input,
+        "max_total_tokens": max_total,
+        "validation_workers": 1,
+        "max_client_batch_size": MAX_EMBED_INPUTS,
+        "router": "hubmesh",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenizeRequest {
+    inputs: String,
+    model: Option<String>,
+    #[serde(default = "yes")]
+    add_special_tokens: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /tokenize` (TGI): `[{"id", "text", "start", "stop"}]`, byte offsets into `inputs`.
+async fn tokenize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let api = Api::Tgi;
+    let req: TokenizeRequest = parse(api, &body)?;
+    let Some(model) = req.model else {
+        return Err(ApiError::invalid(
+            api,
+            "`model` is required: the model repository whose tokenizer to use, `ns/name`",
+        ));
+    };
+    let opened = open_served(&state, &headers, api, &model).await?;
+    let tokens = opened
+        .tokenizer()
+        .encode_with_offsets(&req.inputs, req.add_special_tokens)
+        .map_err(|e| ApiError::internal(api, "tokenize", &e))?;
+    let out: Vec<Value> = tokens
+        .into_iter()
+        .map(|(id, (start, stop))| {
+            let text = req.inputs.get(start..stop).unwrap_or_default();
+            json!({"id": id, "text": text, "start": start, "stop": stop})
+        })
+        .collect();
+    Ok(axum::Json(json!(out)).into_response())
 }
 
 #[cfg(test)]

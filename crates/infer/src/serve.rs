@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{Receiver as StdReceiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use tokio::sync::{mpsc, oneshot};
@@ -180,6 +181,86 @@ pub struct EngineStats {
     pub cancelled: u64,
 }
 
+/// What engine threads report for monitoring, implemented above this crate (the gateway's
+/// Prometheus metrics), so this crate needs no metrics library. Called on engine threads
+/// between steps: implementations must be cheap and never block (atomics).
+pub trait ServeObserver: Send + Sync + std::fmt::Debug {
+    /// Changes of one engine's load since its last report. Gauges summed over engines stay
+    /// right: an engine that exits reports its remaining load negated.
+    fn load_changed(&self, waiting: i64, running: i64, kv_blocks_used: i64);
+    /// Tokens generated in one step.
+    fn generated(&self, tokens: u64);
+    /// Time from a request's admission to its first generated token.
+    fn first_token(&self, after: Duration);
+}
+
+/// The load last reported to the observer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Load {
+    waiting: i64,
+    running: i64,
+    kv_blocks_used: i64,
+}
+
+impl Load {
+    fn of(engine: &Engine) -> Self {
+        let s = engine.scheduler();
+        Self {
+            waiting: s.num_waiting() as i64,
+            running: s.num_running() as i64,
+            kv_blocks_used: (s.config().num_blocks - s.num_free_blocks()) as i64,
+        }
+    }
+}
+
+/// Reports load changes, first tokens and token counts to an optional observer.
+#[derive(Debug)]
+struct Reporter {
+    observer: Option<Arc<dyn ServeObserver>>,
+    last: Load,
+    /// Admission times of requests that have not produced a token yet.
+    admitted: HashMap<RequestId, Instant>,
+}
+
+impl Reporter {
+    fn admitted(&mut self, id: RequestId) {
+        if self.observer.is_some() {
+            self.admitted.insert(id, Instant::now());
+        }
+    }
+
+    fn token(&mut self, id: RequestId) {
+        if let (Some(o), Some(t)) = (&self.observer, self.admitted.remove(&id)) {
+            o.first_token(t.elapsed());
+        }
+    }
+
+    fn report(&mut self, now: Load, generated: u64) {
+        let Some(o) = &self.observer else { return };
+        if generated > 0 {
+            o.generated(generated);
+        }
+        if now != self.last {
+            o.load_changed(
+                now.waiting - self.last.waiting,
+                now.running - self.last.running,
+                now.kv_blocks_used - self.last.kv_blocks_used,
+            );
+            self.last = now;
+        }
+    }
+
+    fn forget(&mut self, id: RequestId) {
+        self.admitted.remove(&id);
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.report(Load::default(), 0);
+    }
+}
+
 enum Command {
     Submit {
         request: SubmitRequest,
@@ -218,6 +299,15 @@ impl std::fmt::Debug for Command {
 impl ModelHandle {
     /// Starts the engine thread for `loaded`.
     pub fn spawn(loaded: LoadedModel, config: ServeConfig) -> Result<Self, EngineInitError> {
+        Self::spawn_observed(loaded, config, None)
+    }
+
+    /// Starts the engine thread for `loaded`, reporting to `observer`.
+    pub fn spawn_observed(
+        loaded: LoadedModel,
+        config: ServeConfig,
+        observer: Option<Arc<dyn ServeObserver>>,
+    ) -> Result<Self, EngineInitError> {
         let LoadedModel {
             model,
             tokenizer,
@@ -231,7 +321,14 @@ impl ModelHandle {
         let (commands, rx) = std::sync::mpsc::sync_channel(config.command_queue.max(1));
         std::thread::Builder::new()
             .name("hub-infer-engine".into())
-            .spawn(move || engine_loop(engine, rx))
+            .spawn(move || {
+                let reporter = Reporter {
+                    observer,
+                    last: Load::default(),
+                    admitted: HashMap::new(),
+                };
+                engine_loop(engine, rx, reporter)
+            })
             .map_err(|_| EngineInitError::InvalidConfig("spawn engine thread"))?;
         Ok(Self {
             inner: Arc::new(HandleInner {
@@ -300,7 +397,7 @@ impl ModelHandle {
     }
 }
 
-fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>) {
+fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>, mut reporter: Reporter) {
     let mut streams: HashMap<RequestId, mpsc::Sender<StreamEvent>> = HashMap::new();
     let mut next_id: RequestId = 0;
     let mut disconnected = false;
@@ -311,13 +408,27 @@ fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>) {
                 return;
             }
             match commands.recv() {
-                Ok(cmd) => handle(&mut engine, &mut streams, &mut next_id, cancelled, cmd),
+                Ok(cmd) => handle(
+                    &mut engine,
+                    &mut streams,
+                    &mut next_id,
+                    cancelled,
+                    &mut reporter,
+                    cmd,
+                ),
                 Err(_) => return,
             }
         }
         loop {
             match commands.try_recv() {
-                Ok(cmd) => handle(&mut engine, &mut streams, &mut next_id, cancelled, cmd),
+                Ok(cmd) => handle(
+                    &mut engine,
+                    &mut streams,
+                    &mut next_id,
+                    cancelled,
+                    &mut reporter,
+                    cmd,
+                ),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     disconnected = true;
@@ -327,16 +438,27 @@ fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>) {
         }
         streams.retain(|&id, tx| {
             let open = !tx.is_closed();
-            if !open && engine.cancel(id) {
-                cancelled += 1;
+            if !open {
+                reporter.forget(id);
+                if engine.cancel(id) {
+                    cancelled += 1;
+                }
             }
             open
         });
+        reporter.report(Load::of(&engine), 0);
         if !engine.has_work() {
             continue;
         }
         match engine.step() {
             Ok(events) => {
+                let generated = events.len() as u64;
+                for event in &events {
+                    reporter.token(event.id);
+                }
+                // Before the events go out: a client that has its last token sees metrics
+                // that count it.
+                reporter.report(Load::of(&engine), generated);
                 for event in events {
                     let Some(tx) = streams.get(&event.id) else {
                         continue;
@@ -356,6 +478,7 @@ fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>) {
             Err(e) => {
                 let message = format!("{e}: {}", e.source);
                 for id in e.aborted {
+                    reporter.forget(id);
                     if let Some(tx) = streams.remove(&id) {
                         let _ = tx.try_send(StreamEvent::Failed(message.clone()));
                     }
@@ -370,6 +493,7 @@ fn handle(
     streams: &mut HashMap<RequestId, mpsc::Sender<StreamEvent>>,
     next_id: &mut RequestId,
     cancelled: u64,
+    reporter: &mut Reporter,
     cmd: Command,
 ) {
     match cmd {
@@ -389,6 +513,7 @@ fn handle(
                 Ok(()) => {
                     let (tx, rx) = mpsc::channel(capacity);
                     streams.insert(id, tx);
+                    reporter.admitted(id);
                     Ok(rx)
                 }
                 Err(AddError::QueueFull { .. }) => Err(SubmitError::QueueFull),
@@ -398,6 +523,7 @@ fn handle(
                 // The submitter went away before hearing back.
                 engine.cancel(id);
                 streams.remove(&id);
+                reporter.forget(id);
             }
         }
         Command::Stats(reply) => {
@@ -612,6 +738,8 @@ type Slot = Arc<Mutex<Option<ModelHandle>>>;
 #[derive(Debug, Default)]
 pub struct Registry {
     config: RegistryConfig,
+    /// Passed to every engine thread the registry starts.
+    observer: Option<Arc<dyn ServeObserver>>,
     /// Most recently used last.
     slots: Mutex<Vec<(ModelKey, Slot)>>,
 }
@@ -629,8 +757,15 @@ impl Registry {
     pub fn new(config: RegistryConfig) -> Self {
         Self {
             config,
+            observer: None,
             slots: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Engines started from now on report to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn ServeObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The handle of `key`, loading it with `load` on first use. Concurrent first uses of one
@@ -655,7 +790,8 @@ impl Registry {
         }
         let loaded = load().map_err(RegistryError::Load);
         let handle = loaded.and_then(|loaded| {
-            ModelHandle::spawn(loaded, self.config.serve.clone()).map_err(RegistryError::Engine)
+            ModelHandle::spawn_observed(loaded, self.config.serve.clone(), self.observer.clone())
+                .map_err(RegistryError::Engine)
         });
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         match handle {

@@ -37,6 +37,9 @@ use tokenizers::{AddedToken, PreTokenizerWrapper};
 
 use crate::gguf::GgufFile;
 
+/// A byte range `(start, end)` of a token in its text.
+pub type Span = (usize, usize);
+
 /// A boxed error from the `tokenizers` crate.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -126,7 +129,11 @@ const MAX_GGUF_VOCAB: usize = 1 << 21;
 impl HfTokenizer {
     /// Wraps a `tokenizers` tokenizer; `bos`/`eos` name the special tokens (looked up in the
     /// vocabulary; names that are not in it are ignored).
-    pub fn new(inner: tokenizers::Tokenizer, bos: Option<&str>, eos: &[&str]) -> Self {
+    ///
+    /// Padding configured in the file (all-MiniLM-L6-v2's pads every encoding to 128) is
+    /// turned off: callers batch ragged sequences themselves and count real tokens.
+    pub fn new(mut inner: tokenizers::Tokenizer, bos: Option<&str>, eos: &[&str]) -> Self {
+        inner.with_padding(None);
         let lookup = |t: &str| inner.token_to_id(t).map(|id| (id, t.to_owned()));
         let special = SpecialTokens {
             bos: bos.and_then(lookup),
@@ -134,6 +141,36 @@ impl HfTokenizer {
             pad: None,
         };
         Self { inner, special }
+    }
+
+    /// Truncates encodings to `max` tokens, special tokens included (`None`: no truncation).
+    pub fn set_max_length(&mut self, max: Option<usize>) -> Result<(), TokenizerError> {
+        let params = max.map(|max_length| tokenizers::TruncationParams {
+            max_length,
+            ..Default::default()
+        });
+        self.inner
+            .with_truncation(params)
+            .map_err(TokenizerError::Build)?;
+        Ok(())
+    }
+
+    /// Token ids of `text` with their byte spans in it (special tokens have empty spans).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<(u32, Span)>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode(text, add_special)
+            .map_err(TokenizerError::Encode)?;
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .copied()
+            .zip(encoding.get_offsets().iter().copied())
+            .collect())
     }
 
     /// Parses `tokenizer.json` bytes.

@@ -4,27 +4,30 @@
 //! Fetching one object (see [`hub_protocol::blocks`] for the messages and bounds): the
 //! manifest comes from the first candidate peer whose answer passes
 //! [`check_manifest`] against the signed binding (`RefUpdate.lfs`: sha256 → manifest id) and
-//! the pointer's size. Chunks are then asked for in order, a batch at a time, from the peer
-//! that served the last good batch, falling back to the next candidates. Every chunk is
-//! checked against its BLAKE3 id ([`check_chunks`]) before it goes anywhere; a peer that sends
-//! a bad chunk (or manifest) is logged, counted against it (`PeerInfo::bad_chunks`) and not
-//! asked again for this object, and the batch is asked of the next peer. Verified chunks
-//! stream through a bounded channel into [`Store::import_reader`] on a blocking thread, which
+//! the pointer's size. Chunks the store already holds (an unchanged tensor of an earlier
+//! revision) are read locally; the rest is cut into batches that module `schedule` spreads
+//! over several peers at once, up to three in flight, each to the best-scored idle peer (by
+//! rate, failures and bad data). Every chunk is checked against its BLAKE3 id
+//! ([`check_chunks`]) before it goes anywhere; a peer that sends a bad chunk (or manifest) is
+//! logged, counted against it (`PeerInfo::bad_chunks`) and not asked again for this object,
+//! and the batch goes to another peer. Verified chunks, reordered into file order,
+//! //! stream through a bounded channel into [`Store::import_reader`] on a blocking thread, which
 //! recomputes the SHA-256; only when it equals the signed one is the object added to the
 //! repo's LFS set and made a GC root. A fetch that stops halfway makes the import fail, so
 //! nothing partial is ever visible.
 //!
 //! Resumption: what a repo misses is recomputed from its tips ([`Repos::lfs_pointers`]) each
 //! time the replication task syncs it, at start-up too; stored objects are never fetched
-//! again (a partially fetched object is fetched again from its first chunk).
+//! again (chunks of a partially fetched object are fetched again, except those an earlier
+//! revision left in the store).
 //!
 //! Serving: only objects in the LFS set of a public repo this node hosts or seeds; anything
 //! else is `NotFound`, the same answer as an unknown object.
 
 use crate::swarm::P2p;
+use futures::StreamExt;
 use hub_protocol::blocks::{
-    BlockRequest, BlockResponse, MAX_BATCH_BYTES, MAX_CHUNKS_PER_REQUEST, MAX_MANIFEST_LEN,
-    check_chunks, check_manifest,
+    BlockRequest, BlockResponse, MAX_BATCH_BYTES, MAX_MANIFEST_LEN, check_chunks, check_manifest,
 };
 use hub_protocol::manifest::{Hash, Manifest, Sha256};
 use hub_protocol::repo::{RepoId, RepoType};
@@ -184,10 +187,20 @@ fn read_chunks(
     Ok(out)
 }
 
-/// Reads the verified chunks the fetch sends, in order, as one file stream. The stream ends
-/// with an error, not EOF, if the sender stops before `size` bytes.
+/// What the fetch passes to the import thread, in file order.
+enum Piece {
+    /// A chunk received from a peer and verified.
+    Data(Vec<u8>),
+    /// A chunk the store already holds (an unchanged tensor of an earlier revision): read
+    /// here, on the import thread, and checked against its id by the store.
+    Local(Hash),
+}
+
+/// Reads the pieces the fetch sends, in order, as one file stream. The stream ends with an
+/// error, not EOF, if the sender stops before `size` bytes or a local chunk is gone.
 struct ChunkStream {
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Piece>,
+    store: Store,
     buf: Vec<u8>,
     pos: usize,
     remaining: u64,
@@ -199,18 +212,21 @@ impl Read for ChunkStream {
             if self.remaining == 0 {
                 return Ok(0);
             }
-            match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    self.buf = chunk;
-                    self.pos = 0;
-                }
+            self.buf = match self.rx.blocking_recv() {
+                Some(Piece::Data(chunk)) => chunk,
+                Some(Piece::Local(id)) => self
+                    .store
+                    .read_chunk(&id)
+                    .map_err(io::Error::other)?
+                    .ok_or_else(|| io::Error::other(format!("local chunk {id} is gone")))?,
                 None => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "fetch stopped before the end of the file",
                     ));
                 }
-            }
+            };
+            self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -227,18 +243,40 @@ fn penalise(p2p: &P2p, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::Displ
     p2p.peers.update(peer, |p| p.bad_chunks += 1);
 }
 
-/// Fetches one object from `peers` (in order of preference), verified, into `store`.
-/// Returns the bytes of chunks received for it.
-pub(crate) async fn fetch_object(
+/// Fetches one object from `peers` (in order of preference), verified, into `store`: the
+/// chunks the store lacks, in batches spread over several peers at once (module `schedule`).
+/// `more` is asked once for further candidates when those run out. Returns the bytes of
+/// chunks received for it.
+pub(crate) async fn fetch_object<F, Fut>(
     p2p: &P2p,
     store: &Store,
     wanted: Wanted,
     peers: &[PeerId],
-) -> Result<u64, String> {
+    more: F,
+) -> Result<u64, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Vec<PeerId>>,
+{
     let sha256 = wanted.sha256;
     let mut candidates: Vec<PeerId> = peers.to_vec();
+    let mut more = Some(more);
     let mut manifest = None;
-    for (i, &peer) in peers.iter().enumerate() {
+    let mut i = 0;
+    while manifest.is_none() {
+        if i == candidates.len() {
+            match more.take() {
+                Some(more) => {
+                    let extra = more().await;
+                    candidates.extend(extra.into_iter().filter(|p| !peers.contains(p)));
+                    if i == candidates.len() {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        let peer = candidates[i];
         match p2p
             .fetch_blocks(peer, BlockRequest::Manifest { sha256 })
             .await
@@ -249,85 +287,130 @@ pub(crate) async fn fetch_object(
                         // The peer that had the manifest is asked for chunks first.
                         candidates.swap(0, i);
                         manifest = Some(m);
-                        break;
+                        continue;
                     }
                     Err(error) => {
                         penalise(p2p, peer, &sha256, &error);
-                        candidates.retain(|p| *p != peer);
+                        candidates.remove(i);
+                        continue;
                     }
                 }
             }
             Ok(other) => tracing::debug!(%peer, %sha256, ?other, "no manifest from peer"),
             Err(error) => tracing::debug!(%peer, %sha256, %error, "manifest request failed"),
         }
+        i += 1;
     }
     let manifest = manifest.ok_or_else(|| format!("no peer served the manifest of {sha256}"))?;
+
+    let ids: Vec<Hash> = manifest.chunks.iter().map(|c| c.id).collect();
+    let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
+    let checker = store.clone();
+    let local = tokio::task::spawn_blocking(move || checker.has_chunks(&ids))
+        .await
+        .map_err(|e| format!("chunk lookup task: {e}"))?
+        .map_err(|e| format!("look up chunks of {sha256}: {e}"))?;
+    let batches = crate::schedule::plan(&lens, &local);
+    let mut scheduler = crate::schedule::Scheduler::new(&batches, &candidates);
 
     let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
     let stream = ChunkStream {
         rx,
+        store: store.clone(),
         buf: Vec::new(),
         pos: 0,
         remaining: manifest.size,
     };
     let importer = store.clone();
     let import = tokio::task::spawn_blocking(move || importer.import_reader(stream));
-    let total = manifest.chunks.len();
-    let (mut next, mut received) = (0usize, 0u64);
+    let total = manifest.chunks.len() as u32;
+    let mut frontier = 0u32;
+    let mut received = 0u64;
+    // Verified batches that arrived ahead of the frontier.
+    let mut ready: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut flying = futures::stream::FuturesUnordered::new();
     let mut failure = None;
-    'batches: while next < total {
-        let count = (total - next).min(MAX_CHUNKS_PER_REQUEST as usize) as u32;
-        let request = BlockRequest::Chunks {
-            sha256,
-            first: next as u32,
-            count,
-        };
-        let mut batch = None;
-        for peer in candidates.clone() {
-            let chunks = match p2p.fetch_blocks(peer, request.clone()).await {
-                Ok(BlockResponse::Chunks(chunks)) => chunks,
-                Ok(other) => {
-                    tracing::debug!(%peer, %sha256, ?other, "no chunks from peer");
-                    continue;
-                }
-                Err(error) => {
-                    tracing::debug!(%peer, %sha256, %error, "chunk request failed");
-                    continue;
-                }
+    'fetch: loop {
+        // Pass on, in order, everything up to the first chunk still to come.
+        while frontier < total {
+            let piece = if local[frontier as usize] {
+                frontier += 1;
+                vec![Piece::Local(manifest.chunks[frontier as usize - 1].id)]
+            } else if let Some(chunks) = ready.remove(&frontier) {
+                frontier += chunks.len() as u32;
+                chunks.into_iter().map(Piece::Data).collect()
+            } else {
+                break;
             };
-            let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            received += bytes;
-            p2p.counters
-                .chunk_bytes_received
-                .fetch_add(bytes, Ordering::Relaxed);
-            p2p.peers.update(peer, |p| p.chunk_bytes_received += bytes);
-            match check_chunks(&manifest, next as u64, &chunks) {
-                Ok(()) => {
-                    // Prefer the peer that just served a good batch.
-                    candidates.retain(|p| *p != peer);
-                    candidates.insert(0, peer);
-                    batch = Some(chunks);
-                    break;
-                }
-                Err(error) => {
-                    penalise(p2p, peer, &sha256, &error);
-                    candidates.retain(|p| *p != peer);
+            for piece in piece {
+                if tx.send(piece).await.is_err() {
+                    // The import stopped early; its error says why.
+                    break 'fetch;
                 }
             }
         }
-        let Some(chunks) = batch else {
+        if frontier == total {
+            break;
+        }
+        while let Some(a) = scheduler.next(std::time::Instant::now(), frontier) {
+            let request = BlockRequest::Chunks {
+                sha256,
+                first: a.batch.first,
+                count: a.batch.count,
+            };
+            let p2p = p2p.clone();
+            flying.push(async move { (a, p2p.fetch_blocks(a.peer, request).await) });
+        }
+        if scheduler.in_flight() == 0 {
+            if scheduler.is_stuck()
+                && let Some(more) = more.take()
+            {
+                for peer in more().await {
+                    scheduler.add_provider(peer);
+                }
+                continue;
+            }
             failure = Some(format!(
-                "no peer served chunks {next}.. of {sha256} that verified"
+                "no peer served chunks {frontier}.. of {sha256} that verified"
             ));
             break;
-        };
-        for chunk in chunks {
-            next += 1;
-            if tx.send(chunk).await.is_err() {
-                // The import stopped early; its error says why.
-                break 'batches;
-            }
         }
+        let Some((a, result)) = flying.next().await else {
+            continue;
+        };
+        let now = std::time::Instant::now();
+        let peer = a.peer;
+        let outcome = match result {
+            Ok(BlockResponse::Chunks(mut chunks)) if !chunks.is_empty() => {
+                chunks.truncate(a.batch.count as usize);
+                let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                received += bytes;
+                p2p.counters
+                    .chunk_bytes_received
+                    .fetch_add(bytes, Ordering::Relaxed);
+                p2p.peers.update(peer, |p| p.chunk_bytes_received += bytes);
+                match check_chunks(&manifest, u64::from(a.batch.first), &chunks) {
+                    Ok(()) => {
+                        let n = chunks.len() as u32;
+                        ready.insert(a.batch.first, chunks);
+                        crate::schedule::Outcome::Served { chunks: n, bytes }
+                    }
+                    Err(error) => {
+                        penalise(p2p, peer, &sha256, &error);
+                        crate::schedule::Outcome::Bad
+                    }
+                }
+            }
+            Ok(other) => {
+                tracing::debug!(%peer, %sha256, ?other, "no chunks from peer");
+                crate::schedule::Outcome::Failed
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %sha256, %error, "chunk request failed");
+                crate::schedule::Outcome::Failed
+            }
+        };
+        scheduler.finish(a.id, now, outcome);
     }
     drop(tx);
     let imported = import.await.map_err(|e| format!("import task: {e}"))?;
@@ -352,6 +435,7 @@ pub(crate) async fn fetch_object(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hub_protocol::blocks::MAX_CHUNKS_PER_REQUEST;
     use hub_repo::{Author, CommitRequest, FileContent, LfsPointer, Operation};
 
     #[test]

@@ -35,6 +35,7 @@
 mod codec;
 mod lfs;
 mod replicate;
+mod schedule;
 mod state;
 mod swarm;
 

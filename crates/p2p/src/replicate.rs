@@ -16,8 +16,10 @@
 //! the signed tips (not their history; at most [`MAX_LFS`], the smallest SHA-256s when there
 //! are more) to the id of the manifest the local store holds for it, so the signature covers
 //! the manifests and a seeder verifies LFS content from its first chunk. Private repos are
-//! never announced. When a peer subscribes, the node
-//! re-gossips its documents and latest updates, so a peer that joined late catches up.
+//! never announced. When a peer subscribes, the node re-gossips the documents and latest
+//! updates it holds (its own and those it accepted from others), so a peer that joined late,
+//! or joined through a seeder, catches up. A seeder that has synced a repo completely
+//! provides it in the DHT, so later fetchers find it as one more source.
 //!
 //! Seeding: every gossiped document and update goes through [`RefStore`] (signature, delegate,
 //! seq, binding); refusals are logged and reported to gossipsub so they are not forwarded.
@@ -59,6 +61,8 @@ const MAX_PENDING: usize = 256;
 const MAX_CATCH_UP: usize = 1024;
 /// How often repos whose fetch failed are tried again.
 const RETRY_PERIOD: Duration = Duration::from_secs(5);
+/// How long a sync waits for the DHT's providers of a repo.
+const PROVIDERS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Called (on a blocking thread) after a repo was replicated, e.g. to refresh the listing.
 pub type OnReplicated = Arc<dyn Fn(&RepoId) + Send + Sync>;
@@ -491,6 +495,10 @@ impl Task {
         let Some((again, peers)) = self.fetching.remove(&repo) else {
             return;
         };
+        if ok {
+            // A seeder with the whole repo is one more provider of it.
+            self.p2p.try_send(Command::Provide(repo.clone()));
+        }
         if again {
             self.fetch(repo, peers);
         } else if !ok {
@@ -579,24 +587,23 @@ fn sign_update(
     Some((genesis, signed))
 }
 
-/// Our namespace documents, or the latest updates of repos we are a delegate of.
+/// What a peer that just subscribed is sent to catch up: every namespace chain and every
+/// accepted update of a public repo, ours or relayed (a node that joined through a seeder
+/// hears of repos whose publisher it is not connected to, or that is gone). Receivers judge
+/// them like any gossip; what they hold already is ignored as a replay.
 fn own_state(ctx: &Ctx, topic: Topic) -> Vec<Vec<u8>> {
-    let me = ctx.key.public();
     let store = ctx.store();
     let state = store.state();
-    let ours = |ns: &str| state.head(ns).is_some_and(|d| d.is_delegate(&me));
     match topic {
         Topic::Namespaces => state
             .namespaces()
-            .filter(|ns| ours(ns))
             .flat_map(|ns| state.chain(ns).iter().map(SignedNamespaceDoc::encode))
             .take(MAX_CATCH_UP)
             .collect(),
         Topic::Refs => state
             .accepted()
-            .filter(|(repo, _)| ours(repo.namespace()))
-            // Never re-gossip a repo that has become private since.
-            .filter(|(repo, _)| ctx.repos.meta(repo).is_ok_and(|m| !m.private))
+            // Never re-gossip a repo that is private here.
+            .filter(|(repo, _)| !ctx.repos.meta(repo).is_ok_and(|m| m.private))
             .map(|(_, update)| update.encode())
             .take(MAX_CATCH_UP)
             .collect(),
@@ -711,30 +718,35 @@ async fn sync_lfs(
     if missing.wanted.is_empty() {
         return Ok(());
     }
-    // Publisher and forwarder first, then every connected peer; DHT providers only when
-    // those could not serve an object (a DHT query can take as long as its timeout).
+    // Publisher and forwarder first, then every connected peer, then the DHT's providers
+    // (other seeders): chunk batches are spread over several of them at once.
     let me = ctx.p2p.peer_id();
     let mut seen = std::collections::HashSet::from([me]);
-    let mut peers: Vec<PeerId> = gossip_peers
+    let providers = tokio::time::timeout(PROVIDERS_TIMEOUT, ctx.p2p.providers(repo))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let peers: Vec<PeerId> = gossip_peers
         .into_iter()
         .chain(ctx.p2p.connected())
+        .chain(providers)
         .filter(|p| seen.insert(*p))
         .collect();
-    let mut asked_dht = false;
     let mut left = missing.wanted.len();
     let mut last_error = None;
     for wanted in missing.wanted {
-        let mut result = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, &peers).await;
-        if result.is_err() && !asked_dht {
-            asked_dht = true;
-            if let Ok(providers) = ctx.p2p.providers(repo).await {
-                let more: Vec<PeerId> = providers.into_iter().filter(|p| seen.insert(*p)).collect();
-                if !more.is_empty() {
-                    peers.extend(more);
-                    result = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, &peers).await;
-                }
-            }
-        }
+        let more = || async {
+            tokio::time::timeout(PROVIDERS_TIMEOUT, ctx.p2p.providers(repo))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| *p != me)
+                .collect()
+        };
+        let result = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, &peers, more).await;
         match result {
             Ok(bytes) => {
                 let (c, id, sha) = (ctx.clone(), repo.clone(), wanted.sha256);

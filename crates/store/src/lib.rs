@@ -225,6 +225,52 @@ impl Store {
         result
     }
 
+    /// Which of `ids` the store holds as chunks, in order. A fetch asks peers only for the
+    /// chunks a file lacks: an unchanged tensor of a new revision is already here.
+    pub fn has_chunks(&self, ids: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::db)?;
+        let chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+        ids.iter()
+            .map(|id| {
+                redb::ReadableTable::get(&chunks, &id.0)
+                    .map(|v| v.is_some())
+                    .map_err(StoreError::db)
+            })
+            .collect()
+    }
+
+    /// Reads one stored chunk by id, checked against its BLAKE3 id; `None` when the store does
+    /// not hold it (any more: a `gc` may have removed it since [`Store::has_chunks`]).
+    pub fn read_chunk(&self, id: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let loc = {
+            let txn = self.inner.db.begin_read().map_err(StoreError::db)?;
+            let chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+            let Some(loc) = redb::ReadableTable::get(&chunks, &id.0)
+                .map_err(StoreError::db)?
+                .and_then(|g| index::ChunkLoc::decode(g.value()))
+            else {
+                return Ok(None);
+            };
+            loc
+        };
+        let path = block::block_path(&self.inner.root, &loc.block);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("open", &path)(e)),
+        };
+        let mut buf = vec![0u8; loc.len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, loc.offset)
+            .map_err(StoreError::io("read", &path))?;
+        if Hash::of(&buf) != *id {
+            return Err(StoreError::Corrupt {
+                what: "corrupt chunk",
+                id: *id,
+            });
+        }
+        Ok(Some(buf))
+    }
+
     /// Marks a file as a persistent GC root: `gc` keeps it even when the caller omits it.
     pub fn add_root(&self, sha256: &Sha256) -> Result<(), StoreError> {
         let txn = self.inner.db.begin_write().map_err(StoreError::db)?;

@@ -417,3 +417,286 @@ async fn client_disconnect_cancels_and_frees_blocks() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Commits `files` (plus a README with `readme` when given) to a new public `admin/{name}`.
+async fn commit_model(f: &Fixture, name: &str, files: Vec<(&str, Vec<u8>)>, readme: Option<&str>) {
+    let r = post(
+        f,
+        "/api/repos/create",
+        Some(&f.admin),
+        json!({"name": name, "organization": null, "private": false}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let mut lines =
+        vec![json!({"key": "header", "value": {"summary": "embedding model", "description": ""}})];
+    let readme = readme.map(|r| ("README.md", r.as_bytes().to_vec()));
+    for (path, bytes) in files.into_iter().chain(readme) {
+        let content = base64::engine::general_purpose::STANDARD.encode(bytes);
+        lines.push(json!({"key": "file", "value": {"content": content, "path": path, "encoding": "base64"}}));
+    }
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let r = send(
+        &f.app,
+        "POST",
+        &format!("/api/models/admin/{name}/commit/main"),
+        Some(&f.admin),
+        &[("content-type", "application/x-ndjson")],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+/// `admin/tiny` (Llama), `admin/bert` (no card: feature-extraction by its config) and
+/// `admin/bert-sim` (card says sentence-similarity).
+async fn setup_bert() -> (Fixture, tempfile::TempDir) {
+    let (f, cache) = setup(EngineConfig::default()).await;
+    commit_model(&f, "bert", hub_infer::bert::fixture::files(), None).await;
+    commit_model(
+        &f,
+        "bert-sim",
+        hub_infer::bert::fixture::files(),
+        Some("---\npipeline_tag: sentence-similarity\n---\n# bert\n"),
+    )
+    .await;
+    (f, cache)
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[tokio::test]
+async fn openai_embeddings_float_base64_and_single_input_agree() {
+    let (f, _cache) = setup_bert().await;
+    let body = |input: Value, format: &str| json!({"model": "admin/bert", "input": input, "encoding_format": format});
+    let r = post(
+        &f,
+        "/v1/embeddings",
+        None,
+        body(json!(["w10 w11 w12", "user"]), "float"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "admin/bert");
+    assert_eq!(v["usage"], json!({"prompt_tokens": 4, "total_tokens": 4}));
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let vectors: Vec<Vec<f32>> = data.iter().map(|d| floats(&d["embedding"])).collect();
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["object"], "embedding");
+        assert_eq!(d["index"], i);
+        assert_eq!(vectors[i].len(), 32);
+        let norm: f32 = vectors[i].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+    assert_ne!(vectors[0], vectors[1]);
+
+    let r = post(
+        &f,
+        "/v1/embeddings",
+        None,
+        body(json!(["w10 w11 w12", "user"]), "base64"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for (i, d) in r.json()["data"].as_array().unwrap().iter().enumerate() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(d["embedding"].as_str().unwrap())
+            .unwrap();
+        let decoded: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(decoded, vectors[i]);
+    }
+
+    // One string alone: the same vector as inside the batch.
+    let mut single = body(json!("user"), "float");
+    single.as_object_mut().unwrap().remove("encoding_format");
+    let r = post(&f, "/v1/embeddings", None, single).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let alone = floats(&r.json()["data"][0]["embedding"]);
+    let diff = alone
+        .iter()
+        .zip(&vectors[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-5, "{diff}");
+
+    // Wrong kinds of model and input are 400s in OpenAI's shape.
+    for bad in [
+        json!({"model": MODEL, "input": "w10"}),
+        json!({"model": "admin/bert", "input": []}),
+        json!({"model": "admin/bert", "input": "w10", "encoding_format": "int8"}),
+        json!({"model": "admin/bert", "input": "w10", "dimensions": 8}),
+    ] {
+        let r = post(&f, "/v1/embeddings", None, bad.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        assert!(r.json()["error"]["message"].is_string());
+    }
+    let r = post(
+        &f,
+        "/v1/chat/completions",
+        None,
+        chat(json!({"model": "admin/bert"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+}
+
+#[tokio::test]
+async fn hf_route_dispatches_on_pipeline_tag() {
+    let (f, _cache) = setup_bert().await;
+    let r = post(&f, "/models/admin/bert", None, json!({"inputs": "w10 w11"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let nested = r.json();
+    assert_eq!(nested.as_array().unwrap().len(), 1);
+    assert_eq!(nested[0].as_array().unwrap().len(), 32);
+    let r = post(
+        &f,
+        "/models/admin/bert",
+        None,
+        json!({"inputs": ["w10 w11", "w40"]}),
+    )
+    .await;
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    let diff = floats(&r.json()[0])
+        .iter()
+        .zip(floats(&nested[0]))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-5, "batched differs from alone by {diff}");
+
+    let r = post(
+        &f,
+        "/models/admin/bert-sim",
+        None,
+        json!({"inputs": {"source_sentence": "w10 w11", "sentences": ["w10 w11", "w40 w41 w42"]}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let scores = floats(&r.json());
+    assert_eq!(scores.len(), 2);
+    assert!((scores[0] - 1.0).abs() < 1e-5, "{scores:?}");
+    assert!(scores[1] < scores[0]);
+
+    // The Llama repository still generates.
+    let r = post(
+        &f,
+        "/models/admin/tiny",
+        None,
+        json!({"inputs": "w10 w11", "parameters": {"max_new_tokens": 3}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.json()[0]["generated_text"].is_string());
+}
+
+#[tokio::test]
+async fn tgi_info_and_tokenize() {
+    let (f, _cache) = setup_bert().await;
+    let get = |uri: String| {
+        let app = f.app.clone();
+        async move { send(&app, "GET", &uri, None, &[], String::new()).await }
+    };
+    let r = get("/info?model=admin/bert".into()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["model_id"], "admin/bert");
+    assert_eq!(v["model_pipeline_tag"], "feature-extraction");
+    assert_eq!(v["model_sha"].as_str().unwrap().len(), 40);
+    assert_eq!(v["max_input_tokens"], 64);
+    let r = get(format!("/info?model={MODEL}")).await;
+    assert_eq!(r.json()["model_pipeline_tag"], "text-generation");
+    assert_eq!(r.json()["max_total_tokens"], 4096);
+    let r = get("/info".into()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+
+    let r = post(
+        &f,
+        "/tokenize",
+        None,
+        json!({"inputs": "w10 w11", "model": MODEL}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!([
+            {"id": 10, "text": "w10", "start": 0, "stop": 3},
+            {"id": 11, "text": "w11", "start": 4, "stop": 7},
+        ])
+    );
+    let r = post(
+        &f,
+        "/tokenize",
+        None,
+        json!({"inputs": "w10", "model": "admin/bert"}),
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!([{"id": 10, "text": "w10", "start": 0, "stop": 3}])
+    );
+    let r = post(
+        &f,
+        "/tokenize",
+        None,
+        json!({"inputs": "w10", "model": "admin/nope"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+}
+
+/// The value of an unlabelled sample `name` in the OpenMetrics text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_generated_tokens_and_first_tokens() {
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    let scrape = || async {
+        let r = send(&f.app, "GET", "/metrics", None, &[], String::new()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.text()
+    };
+    let before = scrape().await;
+    assert_eq!(sample(&before, "inference_generated_tokens_total"), 0.0);
+    assert_eq!(
+        sample(&before, "inference_time_to_first_token_seconds_count"),
+        0.0
+    );
+    let mut generated = 0;
+    for _ in 0..2 {
+        let r = post(&f, "/v1/chat/completions", None, chat(json!({}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        generated += r.json()["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    // Engines report before a step's tokens go out, so the answers above are all counted.
+    let after = scrape().await;
+    assert_eq!(
+        sample(&after, "inference_generated_tokens_total"),
+        generated as f64
+    );
+    assert_eq!(
+        sample(&after, "inference_time_to_first_token_seconds_count"),
+        2.0
+    );
+    assert_eq!(sample(&after, "inference_queue_depth"), 0.0);
+    assert_eq!(sample(&after, "inference_running_sequences"), 0.0);
+    assert_eq!(sample(&after, "inference_kv_blocks_used"), 0.0);
+}

@@ -6,5 +6,6 @@
 mod engine;
 mod fixture;
 mod gguf;
+mod minilm;
 mod reference;
 mod smollm2;

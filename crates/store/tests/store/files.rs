@@ -322,3 +322,26 @@ proptest! {
         prop_assert_eq!(read_all(&store, &info.sha256), data);
     }
 }
+
+#[test]
+fn chunks_are_looked_up_and_read_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let data = noise(11, 3 << 20);
+    let info = store.import_reader(&data[..]).unwrap();
+    let (_, manifest) = store.manifest(&info.sha256).unwrap();
+    let mut ids: Vec<Hash> = manifest.chunks.iter().map(|c| c.id).collect();
+    ids.push(Hash::of(b"never stored"));
+    let held = store.has_chunks(&ids).unwrap();
+    assert_eq!(held.len(), ids.len());
+    assert!(held[..held.len() - 1].iter().all(|h| *h));
+    assert!(!held[held.len() - 1]);
+    let mut rebuilt = Vec::new();
+    for c in &manifest.chunks {
+        let chunk = store.read_chunk(&c.id).unwrap().unwrap();
+        assert_eq!(chunk.len(), c.len as usize);
+        rebuilt.extend(chunk);
+    }
+    assert_eq!(rebuilt, data);
+    assert_eq!(store.read_chunk(&Hash::of(b"never stored")).unwrap(), None);
+}
