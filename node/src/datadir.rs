@@ -45,6 +45,11 @@ impl DataDir {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(path)
             .with_context(|| format!("create data directory {}", path.display()))?;
+        // Absolute from here on: child processes (git) run in other working directories, and
+        // the default `./hubmesh-data` is relative.
+        let absolute = fs::canonicalize(path)
+            .with_context(|| format!("resolve data directory {}", path.display()))?;
+        let path = absolute.as_path();
         let lock_path = path.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)
