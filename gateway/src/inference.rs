@@ -22,7 +22,26 @@
 //! resolved to a commit on every request; the registry keys loaded models by commit, so a push
 //! is served from the next request on, and the old engine ages out of the LRU.
 //!
-//! Loading (first use of a commit, on a blocking thread): the repository's root files that a
+//! Log-probabilities come from the model's raw distribution (before temperature, top-k/top-p
+//! and penalties), as OpenAI reports them: chat `logprobs: true` + `top_logprobs: N` (≤ 20) →
+//! `choices[].logprobs.content[{token, logprob, bytes, top_logprobs}]`; legacy completions
+//! `logprobs: N` → `{tokens, token_logprobs, top_logprobs, text_offset}`; TGI `details: true`
+//! token logprobs, `top_n_tokens` → `top_tokens`, `decoder_input_details` → `details.prefill`
+//! (the prompt's tokens, the first without a logprob; not with streaming, as in TGI). Streamed,
+//! a token whose text is held back (an incomplete character or possible stop string) has its
+//! entry sent with the next chunk that carries text, so each token is reported exactly once.
+//! A token's `token`/`text` is that token decoded alone.
+//!
+//! Loading runs in the background: the first request for a model not loaded starts its load on
+//! a blocking thread of its own, shared by every request for that model, and not aborted when
+//! the request goes away. While it loads, `POST /models/{ns}/{name}` answers 503
+//! `{"error", "error_type": "loading", "estimated_time"}` at once unless the request has
+//! `x-wait-for-model: true` (as the HF Inference API); the OpenAI and TGI routes wait up to
+//! [`InferenceConfig::load_wait`] (default [`DEFAULT_LOAD_WAIT`]) and then answer 503. The
+//! registry keeps models within a memory budget (weights + KV cache); one larger than the
+//! budget is a 422, one that would need busy models unloaded a 503.
+//!
+//! Loading (first use of a commit): the repository's root files that a
 //! model needs (`*.json`, `*.jinja`, one `*.gguf` or the `*.safetensors`) are written to
 //! `<cache_dir>/<ns>--<name>/<commit>/` — small files from git, LFS files exported from the
 //! store — through a `.partial` directory renamed when complete, so a crash never leaves a
@@ -34,11 +53,11 @@
 //! a full queue is 429. Work is not tied to the request future: when the client goes away the
 //! token stream is dropped and the engine frees the request's KV blocks before its next step.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -62,11 +81,23 @@ use hub_store::{Sha256, Store};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::AppState;
 use crate::error::AppError;
 use crate::hub::{blocking, read_access};
 use crate::routes::authenticate;
+
+/// How long the OpenAI and TGI routes wait for a model that is loading before they answer
+/// 503 (the HF route answers at once unless asked to wait with `x-wait-for-model: true`).
+pub const DEFAULT_LOAD_WAIT: Duration = Duration::from_secs(120);
+
+/// The `estimated_time` of a 503 for a loading model: a fixed guess (loading SmolLM2-135M
+/// from a local GGUF takes a few seconds on a 2-core machine) less the time already spent.
+const LOAD_ESTIMATE: Duration = Duration::from_secs(20);
+
+/// Embedding models kept loaded (they are small: BERT-base is ~440 MB in f32).
+const MAX_EMBEDDERS: usize = 2;
 
 /// Settings of the inference routes.
 #[derive(Debug, Clone)]
@@ -74,16 +105,30 @@ pub struct InferenceConfig {
     /// Where model files are materialized (see the module docs).
     pub cache_dir: PathBuf,
     pub registry: RegistryConfig,
+    /// How long a request waits for its model to load (see [`DEFAULT_LOAD_WAIT`]).
+    pub load_wait: Duration,
 }
 
 impl InferenceConfig {
-    /// Default limits (two models warm, hub-infer's default engine), files under `cache_dir`.
+    /// Default limits (a memory budget of half the machine's RAM, hub-infer's default engine),
+    /// files under `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Self {
         Self {
             cache_dir,
             registry: RegistryConfig::default(),
+            load_wait: DEFAULT_LOAD_WAIT,
         }
     }
+}
+
+/// The outcome of a background load, shared by every request waiting for it.
+type LoadResult = Result<Served, Arc<RegistryError<LoadFailure>>>;
+
+/// A load in progress: its start and where its outcome will appear.
+#[derive(Debug, Clone)]
+struct Loading {
+    started: Instant,
+    outcome: watch::Receiver<Option<LoadResult>>,
 }
 
 /// The loaded models and where their files go.
@@ -91,20 +136,84 @@ impl InferenceConfig {
 pub(crate) struct Inference {
     cache_dir: PathBuf,
     registry: Arc<Registry>,
-    /// Loaded embedding models, most recently used last (at most `max_models`). They have no
-    /// engine thread: a request embeds its inputs on a blocking thread.
+    /// Loaded embedding models, most recently used last (at most [`MAX_EMBEDDERS`]). They have
+    /// no engine thread: a request embeds its inputs on a blocking thread.
     embedders: Mutex<Vec<(ModelKey, Arc<Embedder>)>>,
-    max_models: usize,
+    /// Loads in progress, by model. A load runs on a blocking thread of its own, not in the
+    /// request that started it: a client that leaves does not abort it, and later requests
+    /// for the model wait on the same load.
+    loads: Mutex<HashMap<ModelKey, Loading>>,
+    load_wait: Duration,
+    /// Tests: runs on the loading thread before a model loads (to hold a load open).
+    #[cfg(test)]
+    load_hook: std::sync::OnceLock<LoadHook>,
+}
+
+/// Tests: see [`Inference::load_hook`].
+#[cfg(test)]
+pub(crate) struct LoadHook(pub(crate) Arc<dyn Fn(&ModelKey) + Send + Sync>);
+
+#[cfg(test)]
+impl std::fmt::Debug for LoadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadHook")
+    }
 }
 
 impl Inference {
     pub(crate) fn new(config: InferenceConfig, observer: Arc<dyn ServeObserver>) -> Self {
         Self {
             cache_dir: config.cache_dir,
-            max_models: config.registry.max_models.max(1),
             registry: Arc::new(Registry::new(config.registry).with_observer(observer)),
             embedders: Mutex::new(Vec::new()),
+            loads: Mutex::new(HashMap::new()),
+            load_wait: config.load_wait,
+            #[cfg(test)]
+            load_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The model if it is loaded now; never waits for a load.
+    fn cached(&self, key: &ModelKey) -> Option<Served> {
+        if let Some(e) = self.cached_embedder(key) {
+            return Some(Served::Embed(e));
+        }
+        self.registry.get(key).map(Served::Generate)
+    }
+
+    /// The load of `key`, started on a blocking thread unless one is in progress.
+    fn load(
+        self: &Arc<Self>,
+        repos: Arc<Repos>,
+        store: Store,
+        id: RepoId,
+        key: ModelKey,
+    ) -> Loading {
+        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = loads.get(&key) {
+            return l.clone();
+        }
+        let (tx, outcome) = watch::channel(None);
+        let loading = Loading {
+            started: Instant::now(),
+            outcome,
+        };
+        loads.insert(key.clone(), loading.clone());
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if let Some(hook) = this.load_hook.get() {
+                (hook.0)(&key);
+            }
+            let result = load_served(&this, &repos, &store, &id, &key).map_err(Arc::new);
+            // Published before the entry goes, so no request sees neither.
+            let _ = tx.send(Some(result));
+            this.loads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        });
+        loading
     }
 
     fn cached_embedder(&self, key: &ModelKey) -> Option<Arc<Embedder>> {
@@ -126,7 +235,7 @@ impl Inference {
             .unwrap_or_else(PoisonError::into_inner);
         slots.retain(|(k, _)| *k != key);
         slots.push((key, e));
-        let excess = slots.len().saturating_sub(self.max_models);
+        let excess = slots.len().saturating_sub(MAX_EMBEDDERS);
         slots.drain(..excess);
     }
 }
@@ -163,6 +272,8 @@ struct ApiError {
     /// OpenAI's `code`.
     code: Option<&'static str>,
     message: String,
+    /// The HF Inference API's `estimated_time` (seconds) of a model still loading.
+    estimated_time: Option<f64>,
 }
 
 impl ApiError {
@@ -173,6 +284,7 @@ impl ApiError {
             kind,
             code: None,
             message,
+            estimated_time: None,
         }
     }
 
@@ -265,7 +377,13 @@ impl ApiError {
                 "code": self.code,
                 "param": null,
             }}),
-            Api::Tgi => json!({"error": self.message, "error_type": self.kind}),
+            Api::Tgi => {
+                let mut v = json!({"error": self.message, "error_type": self.kind});
+                if let Some(t) = self.estimated_time {
+                    v["estimated_time"] = json!(t);
+                }
+                v
+            }
         }
     }
 }
@@ -285,7 +403,7 @@ fn parse<T: DeserializeOwned>(api: Api, body: &[u8]) -> Result<T, ApiError> {
 // Models
 
 /// A loaded model of either kind.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 enum Served {
     Generate(ModelHandle),
     Embed(Arc<Embedder>),
@@ -309,6 +427,26 @@ impl Opened {
     }
 }
 
+/// How long a request waits for its model to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Answer 503 with `estimated_time` at once (the HF Inference API's default).
+    No,
+    /// Wait up to the configured bound, then 503.
+    Bounded,
+}
+
+impl Wait {
+    /// The HF Inference API's `x-wait-for-model: true` asks to wait.
+    fn hf(headers: &HeaderMap) -> Self {
+        let wait = headers
+            .get("x-wait-for-model")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        if wait { Wait::Bounded } else { Wait::No }
+    }
+}
+
 /// Resolves `model` (`ns/name[:revision]`) for the caller and returns its loaded engine.
 async fn open_model(
     state: &AppState,
@@ -316,7 +454,10 @@ async fn open_model(
     api: Api,
     model: &str,
 ) -> Result<ModelHandle, ApiError> {
-    match open_served(state, headers, api, model).await?.served {
+    match open_served(state, headers, api, model, Wait::Bounded)
+        .await?
+        .served
+    {
         Served::Generate(h) => Ok(h),
         Served::Embed(_) => Err(ApiError::invalid(
             api,
@@ -326,12 +467,14 @@ async fn open_model(
 }
 
 /// Resolves `model` for the caller and loads it: a BERT directory (`model_type: "bert"`) as
-/// an [`Embedder`], anything else as a generation engine.
+/// an [`Embedder`], anything else as a generation engine. A model not loaded yet is loaded in
+/// the background; the request waits for it as `wait` says.
 async fn open_served(
     state: &AppState,
     headers: &HeaderMap,
     api: Api,
     model: &str,
+    wait: Wait,
 ) -> Result<Opened, ApiError> {
     let Some(inference) = state.inference().cloned() else {
         return Err(ApiError::unavailable(
@@ -349,44 +492,99 @@ async fn open_served(
         .await
         .map_err(|e| ApiError::from_app(api, model, e))?;
     let (repos, store) = (state.repos().clone(), state.store().clone());
-    let (revision, name) = (revision.to_owned(), model.to_owned());
-    blocking(move || {
-        let commit = match repos.resolve(&id, &revision) {
-            Ok(commit) => commit,
-            Err(_) => return Ok(Err(ApiError::model_not_found(api, &name))),
-        };
-        let card_tag = repos
-            .file(&id, &commit, "README.md")
-            .ok()
-            .and_then(|(_, bytes)| {
-                hub_search::parse_card(&String::from_utf8_lossy(&bytes)).pipeline_tag
-            });
-        let key = ModelKey {
-            repo: id.hub_id(),
-            commit: commit.clone(),
-        };
-        let served = if let Some(e) = inference.cached_embedder(&key) {
-            Ok(Served::Embed(e))
-        } else {
-            load_served(&inference, &repos, &store, &id, &key)
-        };
-        Ok(served.map_err(|e| load_error(api, &name, e)).map(|served| {
-            let pipeline_tag = card_tag.unwrap_or_else(|| {
-                match served {
-                    Served::Embed(_) => "feature-extraction",
-                    Served::Generate(_) => "text-generation",
-                }
-                .to_owned()
-            });
-            Opened {
-                served,
-                commit,
-                pipeline_tag,
-            }
-        }))
+    let resolved = {
+        let (repos, inference, id) = (repos.clone(), inference.clone(), id.clone());
+        let revision = revision.to_owned();
+        blocking(move || {
+            let Ok(commit) = repos.resolve(&id, &revision) else {
+                return Ok(None);
+            };
+            let card_tag = repos
+                .file(&id, &commit, "README.md")
+                .ok()
+                .and_then(|(_, bytes)| {
+                    hub_search::parse_card(&String::from_utf8_lossy(&bytes)).pipeline_tag
+                });
+            let key = ModelKey {
+                repo: id.hub_id(),
+                commit: commit.clone(),
+            };
+            let cached = inference.cached(&key);
+            Ok(Some((commit, card_tag, key, cached)))
+        })
+        .await
+        .map_err(|e| ApiError::from_app(api, model, e))?
+    };
+    let Some((commit, card_tag, key, cached)) = resolved else {
+        return Err(ApiError::model_not_found(api, model));
+    };
+    let served = match cached {
+        Some(served) => served,
+        None => {
+            let loading = inference.load(repos, store, id, key);
+            await_load(api, model, loading, wait, inference.load_wait).await?
+        }
+    };
+    let pipeline_tag = card_tag.unwrap_or_else(|| {
+        match served {
+            Served::Embed(_) => "feature-extraction",
+            Served::Generate(_) => "text-generation",
+        }
+        .to_owned()
+    });
+    Ok(Opened {
+        served,
+        commit,
+        pipeline_tag,
     })
-    .await
-    .map_err(|e| ApiError::from_app(api, model, e))?
+}
+
+/// The outcome of `loading`, waiting as `wait` says (at most `bound`); 503 while it loads.
+/// Cancel-safe: dropping it leaves the load running.
+async fn await_load(
+    api: Api,
+    model: &str,
+    mut loading: Loading,
+    wait: Wait,
+    bound: Duration,
+) -> Result<Served, ApiError> {
+    let outcome = match wait {
+        Wait::No => loading.outcome.borrow().clone(),
+        Wait::Bounded => {
+            match tokio::time::timeout(bound, loading.outcome.wait_for(Option::is_some)).await {
+                Ok(Ok(outcome)) => outcome.clone(),
+                // The loading thread panicked.
+                Ok(Err(_)) => {
+                    return Err(ApiError::internal(api, "load model", &"loader stopped"));
+                }
+                Err(_) => None,
+            }
+        }
+    };
+    match outcome {
+        Some(Ok(served)) => Ok(served),
+        Some(Err(e)) => Err(load_error(api, model, &e)),
+        None => {
+            let mut e = ApiError::unavailable(
+                api,
+                match wait {
+                    Wait::No => format!("Model {model} is currently loading"),
+                    Wait::Bounded => format!(
+                        "Model {model} is still loading after {} s; retry later",
+                        bound.as_secs()
+                    ),
+                },
+            );
+            e.kind = "loading";
+            e.estimated_time = Some(
+                LOAD_ESTIMATE
+                    .saturating_sub(loading.started.elapsed())
+                    .as_secs_f64()
+                    .max(1.0),
+            );
+            Err(e)
+        }
+    }
 }
 
 /// Blocking: materializes the model and loads it (or finds its engine in the registry).
@@ -414,14 +612,14 @@ fn load_served(
         .map(Served::Generate)
 }
 
-fn load_error(api: Api, name: &str, e: RegistryError<LoadFailure>) -> ApiError {
+fn load_error(api: Api, name: &str, e: &RegistryError<LoadFailure>) -> ApiError {
     match e {
         RegistryError::Load(LoadFailure::NotLocal(path)) => ApiError::unavailable(
             api,
             format!("the weights of `{name}` ({path}) are not on this node yet"),
         ),
         RegistryError::Load(LoadFailure::Model(e)) => {
-            tracing::warn!(model = %name, error = %error_chain(&*e), "cannot load model");
+            tracing::warn!(model = %name, error = %error_chain(&**e), "cannot load model");
             ApiError::new(
                 api,
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -432,8 +630,21 @@ fn load_error(api: Api, name: &str, e: RegistryError<LoadFailure>) -> ApiError {
                 ),
             )
         }
-        RegistryError::Load(LoadFailure::Io(e)) => ApiError::internal(api, "materialize model", &e),
-        RegistryError::Engine(e) => ApiError::internal(api, "start engine", &e),
+        RegistryError::Load(LoadFailure::Io(e)) => ApiError::internal(api, "materialize model", e),
+        RegistryError::Engine(e) => ApiError::internal(api, "start engine", e),
+        RegistryError::TooLarge { needed, budget } => ApiError::new(
+            api,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported_model",
+            format!(
+                "the model `{name}` needs {} MiB of memory, more than this node's inference budget of {} MiB",
+                needed >> 20,
+                budget >> 20
+            ),
+        ),
+        e @ RegistryError::Busy { .. } => {
+            ApiError::unavailable(api, format!("cannot load `{name}` now: {e}"))
+        }
     }
 }
 
@@ -494,7 +705,15 @@ fn materialize(
                 None => p.ends_with(".safetensors"),
             }
     };
-    let partial = dir.with_extension("partial");
+    // Unique per process and call: two loads of one model (a text and an embedding request,
+    // or two processes sharing a data dir's cache by mistake) never write into one directory;
+    // the first rename wins and the other copy is dropped.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let partial = dir.with_extension(format!(
+        "partial-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
     for entry in files.iter().filter(|e| wanted(&e.path)) {
@@ -521,7 +740,12 @@ fn materialize(
             }
         }
     }
-    std::fs::rename(&partial, &dir)?;
+    if let Err(e) = std::fs::rename(&partial, &dir) {
+        let _ = std::fs::remove_dir_all(&partial);
+        if !dir.is_dir() {
+            return Err(e.into());
+        }
+    }
     Ok(dir)
 }
 
@@ -857,8 +1081,75 @@ impl OpenAiSampling {
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     messages: Vec<Message>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<u32>,
     #[serde(flatten)]
     sampling: OpenAiSampling,
+}
+
+/// Most alternatives per token: OpenAI's `top_logprobs` limit (also applied to the legacy
+/// `logprobs` and TGI's `top_n_tokens`).
+const MAX_TOP_LOGPROBS: u32 = 20;
+
+fn check_top(api: Api, field: &str, n: u32) -> Result<usize, ApiError> {
+    if n > MAX_TOP_LOGPROBS {
+        return Err(ApiError::invalid(
+            api,
+            format!("{field} must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+        ));
+    }
+    Ok(n as usize)
+}
+
+/// The text of one token on its own (the `token` of a logprobs entry).
+fn token_text(tokenizer: &HfTokenizer, id: u32) -> String {
+    tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+/// A token of OpenAI chat `logprobs.content`: `{token, logprob, bytes, top_logprobs}`.
+fn chat_logprob(tokenizer: &HfTokenizer, c: &TextChunk) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let token = token_text(tokenizer, id);
+        json!({"bytes": token.as_bytes(), "token": token, "logprob": logprob})
+    };
+    let mut v = entry(c.token, c.logprob);
+    v["top_logprobs"] = c
+        .top_logprobs
+        .iter()
+        .map(|t| entry(t.token, t.logprob))
+        .collect();
+    v
+}
+
+/// OpenAI legacy completion `logprobs` of `chunks`: parallel `tokens`, `token_logprobs`,
+/// `top_logprobs` (token text → logprob) and `text_offset` (characters, from `offset`).
+/// Returns the offset after the last token.
+fn completion_logprobs(
+    tokenizer: &HfTokenizer,
+    chunks: &[&TextChunk],
+    offset: usize,
+) -> (Value, usize) {
+    let mut offset = offset;
+    let (mut tokens, mut logprobs, mut tops, mut offsets) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in chunks {
+        let token = token_text(tokenizer, c.token);
+        offsets.push(offset);
+        offset += token.chars().count();
+        tokens.push(token);
+        logprobs.push(c.logprob);
+        let top: serde_json::Map<String, Value> = c
+            .top_logprobs
+            .iter()
+            .map(|t| (token_text(tokenizer, t.token), json!(t.logprob)))
+            .collect();
+        tops.push(Value::Object(top));
+    }
+    (
+        json!({"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}),
+        offset,
+    )
 }
 
 async fn chat_completions(
@@ -868,7 +1159,19 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let api = Api::OpenAi;
     let req: ChatRequest = parse(api, &body)?;
-    let params = req.sampling.params()?;
+    let mut params = req.sampling.params()?;
+    let top = req
+        .top_logprobs
+        .map(|n| check_top(api, "top_logprobs", n))
+        .transpose()?;
+    if top.is_some_and(|n| n > 0) && !req.logprobs {
+        return Err(ApiError::invalid(
+            api,
+            "top_logprobs requires logprobs to be true",
+        ));
+    }
+    let logprobs = req.logprobs;
+    params.top_logprobs = top.unwrap_or(0);
     if req.messages.is_empty() {
         return Err(ApiError::invalid(api, "messages must not be empty"));
     }
@@ -921,11 +1224,17 @@ async fn chat_completions(
         .stop
         .map(OneOrMany::into_vec)
         .unwrap_or_default();
+    let tokenizer = model.clone();
     let job = Job::new(api, model, prompt, max, usize::MAX, params, stop)?;
     let stream = job.start(api).await?;
     let (id, created) = (request_id("chatcmpl"), now());
     if !req.sampling.stream {
         let out = run_to_end(api, stream).await?;
+        let content: Vec<Value> = out
+            .chunks
+            .iter()
+            .map(|c| chat_logprob(tokenizer.tokenizer(), c))
+            .collect();
         return Ok(axum::Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -934,7 +1243,7 @@ async fn chat_completions(
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": out.text},
-                "logprobs": null,
+                "logprobs": logprobs.then(|| json!({"content": content, "refusal": null})),
                 "finish_reason": out.finish.openai(),
             }],
             "usage": usage(prompt_len, out.chunks.len()),
@@ -943,31 +1252,50 @@ async fn chat_completions(
     }
     let chunk = {
         let (id, name) = (id.clone(), name.clone());
-        move |delta: Value, finish: Option<&str>| {
+        move |delta: Value, logprobs: Value, finish: Option<&str>| {
             json!({
                 "id": id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": name,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
             })
         }
     };
     let head = vec![json_event(&chunk(
         json!({"role": "assistant", "content": ""}),
+        Value::Null,
         None,
     ))];
+    // Tokens whose text is held back (an incomplete character or stop string) have their
+    // logprobs sent with the next chunk that has text, so every token is reported once.
+    let mut pending: Vec<Value> = Vec::new();
+    let mut take_pending = move |c: &TextChunk| {
+        if !logprobs {
+            return Value::Null;
+        }
+        pending.push(chat_logprob(tokenizer.tokenizer(), c));
+        if c.text.is_empty() && c.finish.is_none() {
+            return Value::Null;
+        }
+        json!({"content": std::mem::take(&mut pending), "refusal": null})
+    };
     let render = move |step: Step<'_>| match step {
         Step::Chunk {
             chunk: c,
             generated,
         } => {
             let mut events = Vec::new();
+            let mut lp = take_pending(c);
             if !c.text.is_empty() {
-                events.push(json_event(&chunk(json!({"content": c.text}), None)));
+                events.push(json_event(&chunk(
+                    json!({"content": c.text}),
+                    std::mem::take(&mut lp),
+                    None,
+                )));
             }
             if let Some(f) = c.finish {
-                events.push(json_event(&chunk(json!({}), Some(f.openai()))));
+                events.push(json_event(&chunk(json!({}), lp, Some(f.openai()))));
                 if include_usage {
                     events.push(json_event(&json!({
                         "id": id,
@@ -993,6 +1321,8 @@ async fn chat_completions(
 struct CompletionRequest {
     prompt: OneOrMany,
     suffix: Option<String>,
+    /// Alternatives per token to report (`null` = no logprobs).
+    logprobs: Option<u32>,
     #[serde(flatten)]
     sampling: OpenAiSampling,
 }
@@ -1004,7 +1334,13 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let api = Api::OpenAi;
     let req: CompletionRequest = parse(api, &body)?;
-    let params = req.sampling.params()?;
+    let mut params = req.sampling.params()?;
+    let logprobs = req
+        .logprobs
+        .map(|n| check_top(api, "logprobs", n))
+        .transpose()?;
+    params.top_logprobs = logprobs.unwrap_or(0);
+    let logprobs = logprobs.is_some();
     if req.suffix.is_some() {
         return Err(ApiError::invalid(api, "suffix is not supported"));
     }
@@ -1034,11 +1370,14 @@ async fn completions(
         .map(OneOrMany::into_vec)
         .unwrap_or_default();
     // OpenAI's default for the legacy endpoint.
+    let tokenizer = model.clone();
     let job = Job::new(api, model, prompt, max, 16, params, stop)?;
     let stream = job.start(api).await?;
     let (id, created) = (request_id("cmpl"), now());
     if !req.sampling.stream {
         let out = run_to_end(api, stream).await?;
+        let chunks: Vec<&TextChunk> = out.chunks.iter().collect();
+        let lp = logprobs.then(|| completion_logprobs(tokenizer.tokenizer(), &chunks, 0).0);
         return Ok(axum::Json(json!({
             "id": id,
             "object": "text_completion",
@@ -1047,21 +1386,34 @@ async fn completions(
             "choices": [{
                 "index": 0,
                 "text": out.text,
-                "logprobs": null,
+                "logprobs": lp,
                 "finish_reason": out.finish.openai(),
             }],
             "usage": usage(prompt_len, out.chunks.len()),
         }))
         .into_response());
     }
+    // As for chat: logprobs of tokens without text yet go out with the next chunk.
+    let mut pending: Vec<TextChunk> = Vec::new();
+    let mut offset = 0;
     let render = move |step: Step<'_>| match step {
         Step::Chunk {
             chunk: c,
             generated,
         } => {
+            if logprobs {
+                pending.push(c.clone());
+            }
             if c.text.is_empty() && c.finish.is_none() {
                 return Vec::new();
             }
+            let lp = logprobs.then(|| {
+                let chunks: Vec<&TextChunk> = pending.iter().collect();
+                let (lp, end) = completion_logprobs(tokenizer.tokenizer(), &chunks, offset);
+                offset = end;
+                pending.clear();
+                lp
+            });
             let mut v = json!({
                 "id": id,
                 "object": "text_completion",
@@ -1070,7 +1422,7 @@ async fn completions(
                 "choices": [{
                     "index": 0,
                     "text": c.text,
-                    "logprobs": null,
+                    "logprobs": lp,
                     "finish_reason": c.finish.map(Finish::openai),
                 }],
             });
@@ -1108,6 +1460,11 @@ struct TgiParameters {
     stop: Vec<String>,
     #[serde(default)]
     details: bool,
+    /// Also return the prompt tokens with their log-probabilities (`details.prefill`).
+    #[serde(default)]
+    decoder_input_details: bool,
+    /// Alternatives per generated token (`top_tokens`).
+    top_n_tokens: Option<u32>,
     #[serde(default)]
     return_full_text: bool,
 }
@@ -1165,6 +1522,12 @@ impl TgiParameters {
             top_p: self.top_p,
             repetition_penalty: self.repetition_penalty,
             seed: self.seed,
+            top_logprobs: self
+                .top_n_tokens
+                .map(|n| check_top(api, "`top_n_tokens`", n))
+                .transpose()?
+                .unwrap_or(0),
+            prompt_logprobs: self.decoder_input_details,
         })
     }
 }
@@ -1179,6 +1542,13 @@ async fn tgi_job(
     let api = Api::Tgi;
     let req: TgiRequest = parse(api, body)?;
     let sampling = req.parameters.sampling()?;
+    if req.parameters.decoder_input_details && req.stream {
+        // As TGI: prefill details exist only in a whole response.
+        return Err(ApiError::invalid(
+            api,
+            "`decoder_input_details` == true is not supported when streaming tokens",
+        ));
+    }
     let Some(name) = model.or_else(|| req.model.clone()) else {
         return Err(ApiError::invalid(
             api,
@@ -1207,8 +1577,23 @@ fn tgi_token(c: &TextChunk) -> Value {
     json!({"id": c.token, "text": c.text, "logprob": c.logprob, "special": c.special})
 }
 
+/// TGI's `top_tokens` of one step: `[{id, text, logprob, special}]`, most likely first.
+fn tgi_top_tokens(tokenizer: &HfTokenizer, c: &TextChunk) -> Value {
+    c.top_logprobs
+        .iter()
+        .map(|t| {
+            let special = tokenizer
+                .decode(&[t.token], true)
+                .is_ok_and(|s| s.is_empty());
+            json!({"id": t.token, "text": token_text(tokenizer, t.token), "logprob": t.logprob, "special": special})
+        })
+        .collect()
+}
+
 async fn tgi_generate_value(req: &TgiRequest, job: Job) -> Result<Value, ApiError> {
     let seed = job.sampling.seed;
+    let model = job.model.clone();
+    let prompt = job.prompt.clone();
     let stream = job.start(Api::Tgi).await?;
     let out = run_to_end(Api::Tgi, stream).await?;
     let text = if req.parameters.return_full_text {
@@ -1225,6 +1610,30 @@ async fn tgi_generate_value(req: &TgiRequest, job: Job) -> Result<Value, ApiErro
             "prefill": [],
             "tokens": out.chunks.iter().map(tgi_token).collect::<Vec<_>>(),
         });
+        if req.parameters.top_n_tokens.is_some_and(|n| n > 0) {
+            v["details"]["top_tokens"] = out
+                .chunks
+                .iter()
+                .map(|c| tgi_top_tokens(model.tokenizer(), c))
+                .collect();
+        }
+        if req.parameters.decoder_input_details {
+            // The first prompt token has no logprob (nothing precedes it), as in TGI.
+            let logprobs = out
+                .chunks
+                .first()
+                .and_then(|c| c.prompt_logprobs.as_deref());
+            v["details"]["prefill"] = prompt
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| {
+                    let logprob = i
+                        .checked_sub(1)
+                        .and_then(|i| logprobs.and_then(|l| l.get(i)));
+                    json!({"id": id, "text": token_text(model.tokenizer(), id), "logprob": logprob})
+                })
+                .collect();
+        }
     }
     Ok(v)
 }
@@ -1238,6 +1647,8 @@ async fn tgi_stream(req: TgiRequest, job: Job) -> Result<Response, ApiError> {
     } else {
         String::new()
     };
+    let model = job.model.clone();
+    let top = req.parameters.top_n_tokens.is_some_and(|n| n > 0);
     let stream = job.start(Api::Tgi).await?;
     let render = move |step: Step<'_>| match step {
         Step::Chunk {
@@ -1246,7 +1657,7 @@ async fn tgi_stream(req: TgiRequest, job: Job) -> Result<Response, ApiError> {
         } => {
             text.push_str(&c.text);
             let last = c.finish.is_some();
-            vec![json_event(&json!({
+            let mut v = json!({
                 "index": generated,
                 "token": tgi_token(c),
                 "generated_text": last.then(|| text.clone()),
@@ -1256,7 +1667,11 @@ async fn tgi_stream(req: TgiRequest, job: Job) -> Result<Response, ApiError> {
                     "seed": seed,
                     "input_length": input_length,
                 })),
-            }))]
+            });
+            if top {
+                v["top_tokens"] = tgi_top_tokens(model.tokenizer(), c);
+            }
+            vec![json_event(&v)]
         }
         Step::Error(m) => vec![json_event(&json!({"error": m, "error_type": "generation"}))],
     };
@@ -1295,7 +1710,7 @@ async fn hf_inference(
 ) -> Result<Response, ApiError> {
     let api = Api::Tgi;
     let model = format!("{ns}/{name}");
-    let opened = open_served(&state, &headers, api, &model).await?;
+    let opened = open_served(&state, &headers, api, &model, Wait::hf(&headers)).await?;
     let embedder = match (&opened.served, opened.pipeline_tag.as_str()) {
         (Served::Embed(e), "feature-extraction" | "sentence-similarity") => Some(e.clone()),
         (Served::Generate(_), "text-generation") => None,
@@ -1422,7 +1837,7 @@ async fn embeddings(
     };
     let texts = req.input.into_vec();
     check_inputs(api, &texts)?;
-    let opened = open_served(&state, &headers, api, &req.model).await?;
+    let opened = open_served(&state, &headers, api, &req.model, Wait::Bounded).await?;
     let Served::Embed(embedder) = opened.served else {
         return Err(ApiError::invalid(
             api,
@@ -1489,7 +1904,7 @@ async fn info(
             "`model` is required: `/info?model=ns/name`",
         ));
     };
-    let opened = open_served(&state, &headers, api, &model).await?;
+    let opened = open_served(&state, &headers, api, &model, Wait::Bounded).await?;
     let (max_input, max_total) = match &opened.served {
         Served::Generate(h) => (h.max_len().saturating_sub(1), h.max_len()),
         Served::Embed(e) => (e.max_len(), e.max_len()),
@@ -1537,7 +1952,7 @@ async fn tokenize(
             "`model` is required: the model repository whose tokenizer to use, `ns/name`",
         ));
     };
-    let opened = open_served(&state, &headers, api, &model).await?;
+    let opened = open_served(&state, &headers, api, &model, Wait::Bounded).await?;
     let tokens = opened
         .tokenizer()
         .encode_with_offsets(&req.inputs, req.add_special_tokens)

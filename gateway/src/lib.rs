@@ -40,7 +40,7 @@ mod routes;
 mod testing;
 
 pub use error::AppError;
-pub use inference::InferenceConfig;
+pub use inference::{DEFAULT_LOAD_WAIT, InferenceConfig};
 pub use routes::router;
 
 use hub_auth::AuthStore;

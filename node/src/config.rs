@@ -12,6 +12,10 @@
 //!
 //! [gateway]
 //! list_page_size = 100
+//!
+//! [inference]
+//! memory_budget_mib = 8192  # default: half the machine's RAM
+//! load_wait_secs = 120
 //! ```
 
 use crate::cli::NodeFlags;
@@ -34,6 +38,27 @@ pub struct Config {
     pub admin: String,
     pub p2p: P2pSection,
     pub gateway: GatewaySection,
+    pub inference: InferenceSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceSection {
+    /// Memory the loaded models may take together (weights + KV cache), in MiB; the least
+    /// recently used idle models are unloaded to make room. Unset: half the machine's RAM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget_mib: Option<u64>,
+    /// Seconds the OpenAI and TGI routes wait for a model to load before answering 503.
+    pub load_wait_secs: u64,
+}
+
+impl Default for InferenceSection {
+    fn default() -> Self {
+        Self {
+            memory_budget_mib: None,
+            load_wait_secs: hub_gateway::DEFAULT_LOAD_WAIT.as_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +95,7 @@ impl Default for Config {
             admin: "admin".into(),
             p2p: P2pSection::default(),
             gateway: GatewaySection::default(),
+            inference: InferenceSection::default(),
         }
     }
 }
@@ -125,6 +151,9 @@ impl Config {
         self.seed_patterns()?;
         if !(1..=1000).contains(&self.gateway.list_page_size) {
             bail!("gateway.list_page_size must be between 1 and 1000");
+        }
+        if self.inference.memory_budget_mib == Some(0) {
+            bail!("inference.memory_budget_mib must be positive");
         }
         if self.p2p.listen.is_empty() {
             bail!("p2p.listen is empty: give at least one address, e.g. /ip4/0.0.0.0/tcp/0");
@@ -191,7 +220,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_print_round_trips() {
         let f = file(
-            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n",
+            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n[inference]\nmemory_budget_mib = 512\n",
         );
         let flags = NodeFlags {
             config: Some(f.path().to_owned()),
@@ -208,6 +237,8 @@ mod tests {
         assert_eq!(c.http.port(), 0);
         assert_eq!(c.p2p.listen, ["/ip4/127.0.0.1/tcp/0"]);
         assert_eq!(c.p2p.bootstrap, ["/ip4/127.0.0.1/tcp/4001"]);
+        assert_eq!(c.inference.memory_budget_mib, Some(512));
+        assert_eq!(c.inference.load_wait_secs, 120);
         let printed: Config = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(printed, c);
     }
@@ -224,6 +255,10 @@ mod tests {
             ),
             ("[p2p]\nlisten = []\n", "p2p.listen is empty"),
             ("[p2p]\nseed = [\"alice\"]\n", "invalid seed pattern"),
+            (
+                "[inference]\nmemory_budget_mib = 0\n",
+                "memory_budget_mib must be positive",
+            ),
         ] {
             let f = file(text);
             let flags = NodeFlags {

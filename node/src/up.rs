@@ -116,7 +116,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             list_page_size: config.gateway.list_page_size,
         },
     });
-    state.enable_inference(InferenceConfig::new(data.join(MODEL_CACHE_DIR)));
+    let mut inference = InferenceConfig::new(data.join(MODEL_CACHE_DIR));
+    if let Some(mib) = config.inference.memory_budget_mib {
+        inference.registry.memory_budget = mib.saturating_mul(1 << 20);
+    }
+    inference.load_wait = Duration::from_secs(config.inference.load_wait_secs);
+    state.enable_inference(inference);
     let app = hub_gateway::router(state);
     let flusher = tokio::spawn(flush_downloads_every(
         repos.clone(),

@@ -124,6 +124,50 @@ def test_chat_and_completions_with_the_openai_client(served):
     assert body["generated_text"] == comp.choices[0].text
 
 
+def test_logprobs_with_the_openai_client(served):
+    node, client = served
+    # Chat, greedy: each token is the most likely one; alternatives sorted, mass at most 1.
+    resp = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                          max_tokens=8, logprobs=True, top_logprobs=5)
+    content = resp.choices[0].logprobs.content
+    assert len(content) == resp.usage.completion_tokens
+    for entry in content:
+        tops = entry.top_logprobs
+        assert len(tops) == 5
+        assert tops[0].token == entry.token and tops[0].logprob == entry.logprob
+        assert all(a.logprob >= b.logprob for a, b in zip(tops, tops[1:]))
+        assert sum(math.exp(t.logprob) for t in tops) <= 1.0 + 1e-5
+        assert bytes(entry.bytes).decode() == entry.token
+
+    # Streamed: the same tokens and values.
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                            max_tokens=8, logprobs=True, top_logprobs=5,
+                                            stream=True)
+    streamed = [e for chunk in stream for c in chunk.choices
+                if c.logprobs and c.logprobs.content for e in c.logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+
+    # Legacy completions: `logprobs: N`.
+    comp = client.completions.create(model=MODEL, prompt="The capital of France is",
+                                     max_tokens=4, temperature=0, logprobs=3)
+    lp = comp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    for logprob, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert 1 <= len(top) <= 3 and max(top.values()) == logprob
+
+    # TGI details: token logprobs and the prompt's (first one null).
+    status, body = post_json(f"{node.url}/generate", {
+        "model": MODEL, "inputs": "The capital of France is",
+        "parameters": {"max_new_tokens": 3, "details": True, "decoder_input_details": True},
+    })
+    assert status == 200, body
+    details = body["details"]
+    assert len(details["tokens"]) == 3
+    assert all(t["logprob"] <= 0 for t in details["tokens"])
+    assert details["prefill"][0]["logprob"] is None
+    assert all(t["logprob"] <= 0 for t in details["prefill"][1:])
+
+
 def test_errors_are_clear_and_immediate(served):
     node, client = served
     with pytest.raises(openai.NotFoundError) as e:

@@ -15,7 +15,7 @@ use candle_core::Device;
 
 use crate::kv_cache::KvStore;
 use crate::model::{BatchItem, ForwardError, Llama};
-use crate::sampling::{Rng, Sampler, SamplingParams};
+use crate::sampling::{Rng, Sampled, Sampler, SamplingParams, log_softmax_at, top_logprobs};
 use crate::scheduler::{AddError, FinishReason, RequestId, Scheduler, SchedulerConfig, SeqRequest};
 
 /// Engine limits; see [`SchedulerConfig`] for the scheduling ones.
@@ -75,12 +75,17 @@ impl GenerateRequest {
 }
 
 /// One generated token.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenEvent {
     pub id: RequestId,
     pub token: u32,
     /// Log-probability under the model's raw distribution.
     pub logprob: f32,
+    /// The [`SamplingParams::top_logprobs`] most likely tokens at this step, most likely first.
+    pub top_logprobs: Vec<Sampled>,
+    /// On the first token of a request with [`SamplingParams::prompt_logprobs`]: the
+    /// log-probability of each prompt token after the first, given the tokens before it.
+    pub prompt_logprobs: Option<Vec<f32>>,
     /// Set on the request's last token.
     pub finish: Option<FinishReason>,
 }
@@ -112,6 +117,9 @@ pub struct Engine {
     kv: KvStore,
     scheduler: Scheduler,
     samplers: HashMap<RequestId, Sampler>,
+    /// Requests that want prompt log-probabilities: prompt length and those computed so far
+    /// (prefill may span several steps).
+    prompt_logprobs: HashMap<RequestId, (usize, Vec<f32>)>,
     eos: Vec<u32>,
     seed: u64,
 }
@@ -149,6 +157,7 @@ impl Engine {
             kv,
             scheduler,
             samplers: HashMap::new(),
+            prompt_logprobs: HashMap::new(),
             seed: config.seed,
         })
     }
@@ -176,6 +185,7 @@ impl Engine {
         if !req.ignore_eos {
             stop.extend(&self.eos);
         }
+        let prompt_len = req.prompt.len();
         self.scheduler.add_request(SeqRequest {
             id: req.id,
             prompt: req.prompt,
@@ -183,6 +193,10 @@ impl Engine {
             stop_token_ids: stop,
         })?;
         let default_seed = Rng::new(self.seed ^ req.id).next_u64();
+        if req.sampling.prompt_logprobs {
+            self.prompt_logprobs
+                .insert(req.id, (prompt_len, Vec::with_capacity(prompt_len)));
+        }
         self.samplers
             .insert(req.id, Sampler::new(req.sampling, default_seed));
         Ok(())
@@ -191,6 +205,7 @@ impl Engine {
     /// Cancels a request and frees its KV blocks now.
     pub fn cancel(&mut self, id: RequestId) -> bool {
         self.samplers.remove(&id);
+        self.prompt_logprobs.remove(&id);
         self.scheduler.cancel(id)
     }
 
@@ -214,7 +229,11 @@ impl Engine {
                     .expect("scheduled request is live")[s.start_pos..s.start_pos + s.num_tokens],
                 start_pos: s.start_pos,
                 block_table: self.scheduler.block_table(s.id),
-                all_logits: false,
+                // Prompt log-probabilities need a row per prefill token.
+                all_logits: self
+                    .prompt_logprobs
+                    .get(&s.id)
+                    .is_some_and(|(len, _)| s.start_pos < *len),
             })
             .collect();
         let logits = match self.model.forward(&self.kv, &items) {
@@ -230,6 +249,21 @@ impl Engine {
         let mut events = Vec::new();
         let mut sampled = Vec::new();
         for (s, logits) in schedule.seqs.iter().zip(&logits) {
+            if let Some((len, lps)) = self.prompt_logprobs.get_mut(&s.id)
+                && logits.rows() == s.num_tokens
+            {
+                let tokens = self
+                    .scheduler
+                    .tokens(s.id)
+                    .expect("scheduled request is live");
+                // Row `i` predicts position `start_pos + i + 1`.
+                for i in 0..s.num_tokens {
+                    let target = s.start_pos + i + 1;
+                    if target < *len && target == lps.len() + 1 {
+                        lps.push(log_softmax_at(logits.row(i))(tokens[target]));
+                    }
+                }
+            }
             if !s.samples {
                 continue;
             }
@@ -242,16 +276,20 @@ impl Engine {
                 .tokens(s.id)
                 .expect("scheduled request is live");
             let out = sampler.sample(logits.last(), context);
+            let top = top_logprobs(logits.last(), sampler.params().top_logprobs);
             sampled.push((s.id, out.token));
             events.push(TokenEvent {
                 id: s.id,
                 token: out.token,
                 logprob: out.logprob,
+                top_logprobs: top,
+                prompt_logprobs: self.prompt_logprobs.remove(&s.id).map(|(_, lps)| lps),
                 finish: None,
             });
         }
         for (id, reason) in self.scheduler.update(&schedule, &sampled) {
             self.samplers.remove(&id);
+            self.prompt_logprobs.remove(&id);
             if let Some(e) = events.iter_mut().find(|e| e.id == id) {
                 e.finish = Some(reason);
             }

@@ -151,6 +151,21 @@ impl Linear {
         }
     }
 
+    /// Bytes of this projection's weights, unless they are `shared` (a tied embedding).
+    fn size_bytes(&self, shared: Option<&Tensor>) -> u64 {
+        let w = match &self.weight {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                if shared.is_some_and(|s| s.id() == t.id()) {
+                    0
+                } else {
+                    tensor_bytes(t)
+                }
+            }
+        };
+        w + self.bias.as_ref().map_or(0, tensor_bytes)
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.weight.forward(x)?;
         match &self.bias {
@@ -158,6 +173,10 @@ impl Linear {
             None => Ok(y),
         }
     }
+}
+
+fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
 /// Named checkpoint tensors being moved into the model (checked, converted to f32).
@@ -461,6 +480,34 @@ impl Llama {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Bytes held by the weights (a tied embedding counted once).
+    pub fn weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|p| p.size_bytes(None))
+                    .sum::<u64>()
+                    + tensor_bytes(&l.input_norm)
+                    + tensor_bytes(&l.post_norm)
+            })
+            .sum();
+        tensor_bytes(&self.embed)
+            + layers
+            + tensor_bytes(&self.norm)
+            + self.lm_head.size_bytes(Some(&self.embed))
+    }
+
+    /// Bytes of a KV store of `num_blocks` blocks of `block_size` tokens for this model (what
+    /// [`Llama::new_kv_store`] allocates: K and V, f32, every layer).
+    pub fn kv_store_bytes(&self, num_blocks: usize, block_size: usize) -> u64 {
+        let c = &self.config;
+        (2 * c.num_hidden_layers * num_blocks * block_size * c.num_kv_heads() * c.head_dim() * 4)
+            as u64
     }
 
     /// A KV store shaped for this model.

@@ -28,6 +28,12 @@ pub struct SamplingParams {
     pub repetition_penalty: Option<f32>,
     /// RNG seed; the engine picks one when absent.
     pub seed: Option<u64>,
+    /// Report this many most likely tokens with each generated one (OpenAI's `top_logprobs`,
+    /// TGI's `top_n_tokens`); 0 = none. From the raw distribution, like [`Sampled::logprob`].
+    pub top_logprobs: usize,
+    /// Report the log-probability of each prompt token after the first (TGI's
+    /// `decoder_input_details`, vLLM's `prompt_logprobs`). Costs a logits row per prompt token.
+    pub prompt_logprobs: bool,
 }
 
 impl Default for SamplingParams {
@@ -38,6 +44,8 @@ impl Default for SamplingParams {
             top_p: None,
             repetition_penalty: None,
             seed: None,
+            top_logprobs: 0,
+            prompt_logprobs: false,
         }
     }
 }
@@ -137,15 +145,52 @@ pub fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
-fn log_softmax_at(logits: &[f32]) -> impl Fn(u32) -> f32 + '_ {
+/// `log(sum(exp(logits)))`, computed stably (in f64).
+fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max
-        + logits
-            .iter()
-            .map(|&x| ((x - max) as f64).exp())
-            .sum::<f64>()
-            .ln() as f32;
+    max + logits
+        .iter()
+        .map(|&x| ((x - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+}
+
+/// The log-softmax of `logits`, evaluated at one token.
+pub fn log_softmax_at(logits: &[f32]) -> impl Fn(u32) -> f32 + '_ {
+    let lse = log_sum_exp(logits);
     move |t| logits[t as usize] - lse
+}
+
+/// The `n` most likely tokens of the raw distribution `logits` with their log-probabilities,
+/// most likely first (ties to the lower id, as greedy). NaN logits are never chosen.
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<Sampled> {
+    if n == 0 || logits.is_empty() {
+        return Vec::new();
+    }
+    let n = n.min(logits.len());
+    // One pass keeping the best `n` sorted: `n` is small (OpenAI allows 20), the vocabulary
+    // large, so this beats sorting the whole row.
+    let better = |a: (f32, u32), b: (f32, u32)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    let mut best: Vec<(f32, u32)> = Vec::with_capacity(n + 1);
+    for (i, &x) in logits.iter().enumerate() {
+        if x.is_nan() {
+            continue;
+        }
+        let cand = (x, i as u32);
+        if best.len() == n && !better(cand, best[n - 1]) {
+            continue;
+        }
+        let at = best.partition_point(|&b| better(b, cand));
+        best.insert(at, cand);
+        best.truncate(n);
+    }
+    let lse = log_sum_exp(logits);
+    best.into_iter()
+        .map(|(x, token)| Sampled {
+            token,
+            logprob: x - lse,
+        })
+        .collect()
 }
 
 /// `transformers`' `RepetitionPenaltyLogitsProcessor`: each distinct context token once.
@@ -224,6 +269,28 @@ mod tests {
         let expected = 3.0 - logits.iter().map(|x: &f32| x.exp()).sum::<f32>().ln();
         assert!((out.logprob - expected).abs() < 1e-6);
         assert_eq!(argmax(&[f32::NAN, 1.0]), 1);
+    }
+
+    #[test]
+    fn top_logprobs_are_sorted_normalised_and_start_with_greedy() {
+        let logits: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 * 0.05).collect();
+        let top = top_logprobs(&logits, 20);
+        assert_eq!(top.len(), 20);
+        assert!(
+            top.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+            "{top:?}"
+        );
+        let greedy = Sampler::new(SamplingParams::greedy(), 0).sample(&logits, &[]);
+        assert_eq!(top[0], greedy);
+        let all = top_logprobs(&logits, logits.len());
+        let sum: f64 = all.iter().map(|s| (s.logprob as f64).exp()).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+        let sum20: f64 = top.iter().map(|s| (s.logprob as f64).exp()).sum();
+        assert!(sum20 <= 1.0 + 1e-6);
+        // Ties go to the lower id; NaN is skipped; `n` past the vocabulary is clamped.
+        let t = top_logprobs(&[1.0, f32::NAN, 2.0, 2.0], 9);
+        assert_eq!(t.iter().map(|s| s.token).collect::<Vec<_>>(), [2, 3, 0]);
+        assert!(top_logprobs(&logits, 0).is_empty());
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //!   strings, holding back text that could be the start of one. Dropping it cancels.
 //! - [`Registry`] maps `(repo, commit)` to a handle: it loads a model on first use (with a
 //!   caller-supplied loader, so this crate does not know about repositories or stores), keeps
-//!   it warm, and evicts the least recently used beyond `max_models`. Evicting drops the
-//!   registry's handle; requests in flight finish first.
+//!   it warm within a memory budget (weights + KV cache per model), evicting the least
+//!   recently used *idle* models (no request holds their handle) to make room. A model larger
+//!   than the whole budget, or one that would need busy models evicted, is refused. Evicting
+//!   drops the registry's handle; the engine thread exits with its last handle.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,7 +33,7 @@ use crate::chat::{ChatTemplate, ChatTemplateError};
 use crate::engine::{Engine, EngineConfig, EngineInitError, GenerateRequest, TokenEvent};
 use crate::gguf::{GgufError, GgufFile};
 use crate::model::{GgufWeights, Llama, LoadError};
-use crate::sampling::SamplingParams;
+use crate::sampling::{Sampled, SamplingParams};
 use crate::scheduler::{AddError, FinishReason, RequestId};
 use crate::tokenizer::{HfTokenizer, IncrementalDecoder, Tokenizer, TokenizerError};
 
@@ -282,6 +284,8 @@ struct HandleInner {
     template: Option<ChatTemplate>,
     /// Longest prompt + generation a request may have.
     max_len: usize,
+    /// Weights + KV cache.
+    memory_bytes: u64,
 }
 
 impl std::fmt::Debug for Command {
@@ -313,7 +317,9 @@ impl ModelHandle {
             tokenizer,
             template,
         } = loaded;
+        let weight_bytes = model.weight_bytes();
         let engine = Engine::new(model, config.engine.clone())?;
+        let memory_bytes = weight_bytes + engine.kv_cache_bytes() as u64;
         let limits = engine.scheduler().config();
         let max_len = limits
             .max_model_len
@@ -336,6 +342,7 @@ impl ModelHandle {
                 tokenizer,
                 template,
                 max_len,
+                memory_bytes,
             }),
         })
     }
@@ -346,6 +353,11 @@ impl ModelHandle {
 
     pub fn template(&self) -> Option<&ChatTemplate> {
         self.inner.template.as_ref()
+    }
+
+    /// Bytes this model holds: its weights and its engine's KV cache.
+    pub fn memory_bytes(&self) -> u64 {
+        self.inner.memory_bytes
     }
 
     /// The most tokens (prompt + generated) one request may have.
@@ -460,17 +472,18 @@ fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>, mut reporter:
                 // that count it.
                 reporter.report(Load::of(&engine), generated);
                 for event in events {
-                    let Some(tx) = streams.get(&event.id) else {
+                    let (id, last) = (event.id, event.finish.is_some());
+                    let Some(tx) = streams.get(&id) else {
                         continue;
                     };
                     // Capacity covers every event a request can produce, so `Full` cannot
                     // happen; `Closed` means the client left.
                     let sent = tx.try_send(StreamEvent::Token(event)).is_ok();
-                    if event.finish.is_some() {
-                        streams.remove(&event.id);
+                    if last {
+                        streams.remove(&id);
                     } else if !sent {
-                        streams.remove(&event.id);
-                        engine.cancel(event.id);
+                        streams.remove(&id);
+                        engine.cancel(id);
                         cancelled += 1;
                     }
                 }
@@ -573,7 +586,14 @@ impl Finish {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextChunk {
     pub token: u32,
+    /// Log-probability of `token` under the model's raw distribution.
     pub logprob: f32,
+    /// The most likely tokens at this step, most likely first (as many as the request's
+    /// [`SamplingParams::top_logprobs`]).
+    pub top_logprobs: Vec<Sampled>,
+    /// On the first chunk of a request with [`SamplingParams::prompt_logprobs`]: the
+    /// log-probability of each prompt token after the first.
+    pub prompt_logprobs: Option<Vec<f32>>,
     pub special: bool,
     /// Text released by this token (empty while a character or possible stop string is
     /// incomplete).
@@ -681,6 +701,8 @@ impl TextStream {
         Some(Ok(TextChunk {
             token: event.token,
             logprob: event.logprob,
+            top_logprobs: event.top_logprobs,
+            prompt_logprobs: event.prompt_logprobs,
             special,
             text,
             finish,
@@ -717,31 +739,68 @@ pub struct ModelKey {
 /// Registry limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
-    /// Models kept loaded; the least recently used beyond this is dropped.
-    pub max_models: usize,
+    /// Bytes the loaded models may take together, each counted as its weights plus its KV
+    /// cache ([`ModelHandle::memory_bytes`]). Loading a model evicts the least recently used
+    /// idle models until it fits; see [`default_memory_budget`] for the default.
+    pub memory_budget: u64,
     pub serve: ServeConfig,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            max_models: 2,
+            memory_budget: default_memory_budget(),
             serve: ServeConfig::default(),
         }
     }
 }
 
+/// The budget when none is configured: half the machine's memory (`MemTotal` in
+/// `/proc/meminfo`), else 4 GiB where that cannot be read.
+pub fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| parse_mem_total(&t))
+        .map_or(4 << 30, |total| total / 2)
+}
+
+/// `MemTotal` of a `/proc/meminfo` text, in bytes.
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+/// Estimated resident bytes of serving `model` with `engine`: weights plus the KV cache the
+/// engine allocates up front. Activations are transient and not counted.
+pub fn estimate_memory(model: &Llama, engine: &EngineConfig) -> u64 {
+    model.weight_bytes() + model.kv_store_bytes(engine.num_blocks, engine.block_size)
+}
+
 type Slot = Arc<Mutex<Option<ModelHandle>>>;
 
-/// Loaded models by key, least recently used evicted (see the module docs). Blocking: call
-/// it from a blocking thread, since a first use loads the model.
+/// Loaded models by key, least recently used evicted when the memory budget needs room (see
+/// the module docs). Blocking: call it from a blocking thread, since a first use loads the
+/// model.
 #[derive(Debug, Default)]
 pub struct Registry {
     config: RegistryConfig,
     /// Passed to every engine thread the registry starts.
     observer: Option<Arc<dyn ServeObserver>>,
-    /// Most recently used last.
-    slots: Mutex<Vec<(ModelKey, Slot)>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Most recently used last. A slot whose mutex is held is loading.
+    slots: Vec<(ModelKey, Slot)>,
+    /// Bytes of models admitted to the budget whose engine is still starting.
+    reserved: u64,
 }
 
 /// [`Registry::get_or_load`] failed.
@@ -751,6 +810,54 @@ pub enum RegistryError<E> {
     Load(#[source] E),
     #[error("start engine")]
     Engine(#[source] EngineInitError),
+    /// The model alone needs more than the whole budget.
+    #[error("model needs {needed} bytes of memory, more than the budget of {budget} bytes")]
+    TooLarge { needed: u64, budget: u64 },
+    /// The model fits the budget, but the models that would have to go are serving requests.
+    #[error(
+        "model needs {needed} bytes of memory and only {available} bytes can be freed now: the other models are busy"
+    )]
+    Busy { needed: u64, available: u64 },
+}
+
+/// A loaded model as the eviction planner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resident {
+    bytes: u64,
+    /// No request holds it: evicting it interrupts nobody.
+    idle: bool,
+}
+
+/// Which of `loaded` (least recently used first) to evict so that `needed` more bytes fit in
+/// `budget` beside `reserved` ones: the least recently used idle ones first, as few as
+/// possible in that order. Returns indices into `loaded`.
+fn plan_eviction<E>(
+    loaded: &[Resident],
+    reserved: u64,
+    needed: u64,
+    budget: u64,
+) -> Result<Vec<usize>, RegistryError<E>> {
+    if needed > budget {
+        return Err(RegistryError::TooLarge { needed, budget });
+    }
+    let mut used = reserved + loaded.iter().map(|r| r.bytes).sum::<u64>();
+    let mut evict = Vec::new();
+    for (i, r) in loaded.iter().enumerate() {
+        if used + needed <= budget {
+            break;
+        }
+        if r.idle {
+            used -= r.bytes;
+            evict.push(i);
+        }
+    }
+    if used + needed > budget {
+        return Err(RegistryError::Busy {
+            needed,
+            available: budget.saturating_sub(used),
+        });
+    }
+    Ok(evict)
 }
 
 impl Registry {
@@ -758,7 +865,7 @@ impl Registry {
         Self {
             config,
             observer: None,
-            slots: Mutex::new(Vec::new()),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -768,58 +875,135 @@ impl Registry {
         self
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The handle of `key` if it is loaded now (marking it used); never blocks on a load.
+    pub fn get(&self, key: &ModelKey) -> Option<ModelHandle> {
+        let mut state = self.lock();
+        let i = state.slots.iter().position(|(k, _)| k == key)?;
+        let handle = state.slots[i].1.try_lock().ok()?.clone()?;
+        let entry = state.slots.remove(i);
+        state.slots.push(entry);
+        Some(handle)
+    }
+
     /// The handle of `key`, loading it with `load` on first use. Concurrent first uses of one
     /// key load it once; other keys are not blocked meanwhile. A failed load is not cached.
+    /// Before its engine starts, the least recently used idle models are evicted until the
+    /// new one fits the memory budget; a model that cannot fit is refused (and dropped). The
+    /// check runs once the weights are loaded (their size is known exactly then), so memory
+    /// briefly exceeds the budget by one model's weights at most; its KV cache is allocated
+    /// only after the check.
     pub fn get_or_load<E>(
         &self,
         key: &ModelKey,
         load: impl FnOnce() -> Result<LoadedModel, E>,
     ) -> Result<ModelHandle, RegistryError<E>> {
         let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            let slot = match slots.iter().position(|(k, _)| k == key) {
-                Some(i) => slots.remove(i).1,
+            let mut state = self.lock();
+            let slot = match state.slots.iter().position(|(k, _)| k == key) {
+                Some(i) => state.slots.remove(i).1,
                 None => Slot::default(),
             };
-            slots.push((key.clone(), slot.clone()));
+            state.slots.push((key.clone(), slot.clone()));
             slot
         };
         let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(handle) = guard.as_ref() {
             return Ok(handle.clone());
         }
-        let loaded = load().map_err(RegistryError::Load);
-        let handle = loaded.and_then(|loaded| {
-            ModelHandle::spawn_observed(loaded, self.config.serve.clone(), self.observer.clone())
-                .map_err(RegistryError::Engine)
-        });
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let forget = |state: &mut State| state.slots.retain(|(_, s)| !Arc::ptr_eq(s, &slot));
+        let loaded = match load() {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // A failed load is not cached and takes no place in the LRU.
+                forget(&mut self.lock());
+                return Err(RegistryError::Load(e));
+            }
+        };
+        let needed = estimate_memory(&loaded.model, &self.config.serve.engine);
+        {
+            let mut state = self.lock();
+            // Other models, least recently used first; one whose slot is locked is loading
+            // (its bytes are in `reserved` once admitted).
+            let mut candidates = Vec::new();
+            let mut residents = Vec::new();
+            for (_, s) in &state.slots {
+                if Arc::ptr_eq(s, &slot) {
+                    continue;
+                }
+                if let Ok(g) = s.try_lock()
+                    && let Some(h) = g.as_ref()
+                {
+                    residents.push(Resident {
+                        bytes: h.memory_bytes(),
+                        idle: Arc::strong_count(&h.inner) == 1,
+                    });
+                    candidates.push(s.clone());
+                }
+            }
+            match plan_eviction(
+                &residents,
+                state.reserved,
+                needed,
+                self.config.memory_budget,
+            ) {
+                Ok(evict) => {
+                    for i in evict {
+                        let victim = &candidates[i];
+                        // Emptied as well as removed, so a request that has just found the
+                        // slot loads the model again instead of using an uncounted engine.
+                        if let Ok(mut g) = victim.try_lock() {
+                            g.take();
+                        }
+                        state.slots.retain(|(_, s)| !Arc::ptr_eq(s, victim));
+                    }
+                    state.reserved += needed;
+                }
+                Err(e) => {
+                    forget(&mut state);
+                    return Err(e);
+                }
+            }
+        }
+        let handle =
+            ModelHandle::spawn_observed(loaded, self.config.serve.clone(), self.observer.clone());
+        let mut state = self.lock();
+        state.reserved -= needed;
         match handle {
             Ok(handle) => {
                 *guard = Some(handle.clone());
-                // Evict the least recently used beyond the limit (never the one just loaded,
-                // which is last).
-                let excess = slots.len().saturating_sub(self.config.max_models.max(1));
-                slots.drain(..excess);
                 Ok(handle)
             }
             Err(e) => {
-                // A failed load is not cached and takes no place in the LRU.
-                slots.retain(|(_, s)| !Arc::ptr_eq(s, &slot));
-                Err(e)
+                forget(&mut state);
+                Err(RegistryError::Engine(e))
             }
         }
     }
 
     /// Keys of the models loaded now, most recently used first.
     pub fn loaded(&self) -> Vec<ModelKey> {
-        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots
+        let state = self.lock();
+        state
+            .slots
             .iter()
             .rev()
             .filter(|(_, s)| s.try_lock().map(|g| g.is_some()).unwrap_or(false))
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Bytes the loaded models take ([`ModelHandle::memory_bytes`] summed).
+    pub fn memory_used(&self) -> u64 {
+        let state = self.lock();
+        state
+            .slots
+            .iter()
+            .filter_map(|(_, s)| s.try_lock().ok()?.as_ref().map(ModelHandle::memory_bytes))
+            .sum()
     }
 }
 

@@ -12,17 +12,23 @@ const MODEL: &str = "admin/tiny";
 
 /// A fixture with inference enabled and `admin/tiny` committed (plus `admin/secret`, private).
 async fn setup(engine: EngineConfig) -> (Fixture, tempfile::TempDir) {
+    setup_waiting(engine, DEFAULT_LOAD_WAIT).await
+}
+
+/// [`setup`] with requests waiting up to `load_wait` for a model to load.
+async fn setup_waiting(engine: EngineConfig, load_wait: Duration) -> (Fixture, tempfile::TempDir) {
     let f = fixture().await;
     let cache = tempfile::tempdir().unwrap();
     assert!(f.state.enable_inference(InferenceConfig {
         cache_dir: cache.path().to_owned(),
         registry: RegistryConfig {
-            max_models: 2,
+            memory_budget: 1 << 30,
             serve: ServeConfig {
                 engine,
                 command_queue: 16,
             },
         },
+        load_wait,
     }));
     for (name, private) in [("tiny", false), ("secret", true)] {
         let r = post(
@@ -61,6 +67,22 @@ async fn post(f: &Fixture, uri: &str, token: Option<&str>, body: Value) -> Reply
         uri,
         token,
         &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}
+
+/// A POST to the HF Inference API route that waits for the model to load.
+async fn post_hf(f: &Fixture, uri: &str, token: Option<&str>, body: Value) -> Reply {
+    send(
+        &f.app,
+        "POST",
+        uri,
+        token,
+        &[
+            ("content-type", "application/json"),
+            ("x-wait-for-model", "true"),
+        ],
         body.to_string(),
     )
     .await
@@ -215,7 +237,7 @@ async fn completions_tgi_and_hf_routes_agree() {
             .all(|e| e["generated_text"].is_null())
     );
 
-    let r = post(
+    let r = post_hf(
         &f,
         &format!("/models/{MODEL}"),
         None,
@@ -335,7 +357,7 @@ async fn errors_use_each_apis_shape() {
     )
     .await;
     tgi(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation");
-    let r = post(
+    let r = post_hf(
         &f,
         "/models/admin/tiny",
         None,
@@ -555,12 +577,12 @@ async fn openai_embeddings_float_base64_and_single_input_agree() {
 #[tokio::test]
 async fn hf_route_dispatches_on_pipeline_tag() {
     let (f, _cache) = setup_bert().await;
-    let r = post(&f, "/models/admin/bert", None, json!({"inputs": "w10 w11"})).await;
+    let r = post_hf(&f, "/models/admin/bert", None, json!({"inputs": "w10 w11"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let nested = r.json();
     assert_eq!(nested.as_array().unwrap().len(), 1);
     assert_eq!(nested[0].as_array().unwrap().len(), 32);
-    let r = post(
+    let r = post_hf(
         &f,
         "/models/admin/bert",
         None,
@@ -575,7 +597,7 @@ async fn hf_route_dispatches_on_pipeline_tag() {
         .fold(0f32, f32::max);
     assert!(diff < 1e-5, "batched differs from alone by {diff}");
 
-    let r = post(
+    let r = post_hf(
         &f,
         "/models/admin/bert-sim",
         None,
@@ -589,7 +611,7 @@ async fn hf_route_dispatches_on_pipeline_tag() {
     assert!(scores[1] < scores[0]);
 
     // The Llama repository still generates.
-    let r = post(
+    let r = post_hf(
         &f,
         "/models/admin/tiny",
         None,
@@ -699,4 +721,282 @@ async fn metrics_count_generated_tokens_and_first_tokens() {
     assert_eq!(sample(&after, "inference_queue_depth"), 0.0);
     assert_eq!(sample(&after, "inference_running_sequences"), 0.0);
     assert_eq!(sample(&after, "inference_kv_blocks_used"), 0.0);
+}
+
+/// Checks one OpenAI chat `logprobs.content` entry of a greedy generation.
+fn check_greedy_entry(e: &Value, n: usize) {
+    let lp = e["logprob"].as_f64().unwrap();
+    assert!(lp <= 0.0);
+    assert_eq!(
+        e["bytes"],
+        json!(e["token"].as_str().unwrap().as_bytes()),
+        "{e}"
+    );
+    let top = e["top_logprobs"].as_array().unwrap();
+    assert_eq!(top.len(), n);
+    // Greedy: the chosen token is the most likely one.
+    assert_eq!(top[0]["token"], e["token"]);
+    assert_eq!(top[0]["logprob"].as_f64().unwrap(), lp);
+    let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+    assert!(lps.windows(2).all(|w| w[0] >= w[1]), "{lps:?}");
+    assert!(lps.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-5);
+}
+
+#[tokio::test]
+async fn openai_logprobs_are_greedy_maxima_streamed_and_not() {
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    let body = chat(json!({"logprobs": true, "top_logprobs": 3}));
+    let r = post(&f, "/v1/chat/completions", None, body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    content.iter().for_each(|e| check_greedy_entry(e, 3));
+
+    // Streamed: the same entries, each token once, spread over the chunks.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let r = post(&f, "/v1/chat/completions", None, stream).await;
+    let data = sse_data(&r);
+    let streamed: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(&streamed, content);
+
+    // Without `logprobs` there are none; limits are checked.
+    let r = post(&f, "/v1/chat/completions", None, chat(json!({}))).await;
+    assert!(r.json()["choices"][0]["logprobs"].is_null());
+    for bad in [
+        json!({"logprobs": true, "top_logprobs": 21}),
+        json!({"top_logprobs": 2}),
+    ] {
+        let r = post(&f, "/v1/chat/completions", None, chat(bad)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    }
+
+    // Legacy completions: parallel arrays, streamed and not.
+    let body = json!({"model": MODEL, "prompt": "w20 w21", "max_tokens": 5, "temperature": 0, "logprobs": 2});
+    let r = post(&f, "/v1/completions", None, body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let lp = r.json()["choices"][0]["logprobs"].clone();
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 5);
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 2);
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert_eq!(best, lp["token_logprobs"][i].as_f64().unwrap());
+    }
+    let mut stream = body;
+    stream["stream"] = json!(true);
+    let r = post(&f, "/v1/completions", None, stream).await;
+    let data = sse_data(&r);
+    let mut streamed_tokens = Vec::new();
+    let mut offsets = Vec::new();
+    for d in &data[..data.len() - 1] {
+        let c: Value = serde_json::from_str(d).unwrap();
+        let l = &c["choices"][0]["logprobs"];
+        streamed_tokens.extend(l["tokens"].as_array().unwrap().iter().cloned());
+        offsets.extend(l["text_offset"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(&streamed_tokens, tokens);
+    assert_eq!(offsets, lp["text_offset"].as_array().unwrap().clone());
+}
+
+#[tokio::test]
+async fn tgi_details_report_token_top_and_prefill_logprobs() {
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    let inputs = "w20 w21 w22";
+    let r = post(
+        &f,
+        "/generate",
+        None,
+        json!({"model": MODEL, "inputs": inputs, "parameters": {
+            "max_new_tokens": 4, "details": true, "decoder_input_details": true, "top_n_tokens": 4,
+        }}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let details = r.json()["details"].clone();
+    let tokens = details["tokens"].as_array().unwrap();
+    let tops = details["top_tokens"].as_array().unwrap();
+    assert_eq!(tops.len(), tokens.len());
+    for (t, top) in tokens.iter().zip(tops) {
+        let top = top.as_array().unwrap();
+        assert_eq!(top.len(), 4);
+        assert_eq!(top[0]["id"], t["id"]);
+        assert_eq!(top[0]["logprob"], t["logprob"]);
+        assert!(top.iter().all(|x| x["special"].is_boolean()));
+    }
+    let prompt_ids: Vec<u64> = post(
+        &f,
+        "/tokenize",
+        None,
+        json!({"model": MODEL, "inputs": inputs}),
+    )
+    .await
+    .json()
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|t| t["id"].as_u64().unwrap())
+    .collect();
+    let prefill = details["prefill"].as_array().unwrap();
+    assert_eq!(
+        prefill
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        prompt_ids
+    );
+    assert!(prefill[0]["logprob"].is_null());
+    assert!(
+        prefill[1..]
+            .iter()
+            .all(|t| t["logprob"].as_f64().is_some_and(|l| l <= 0.0))
+    );
+
+    // Streamed: `top_tokens` on every event; prefill details are refused, as in TGI.
+    let body = json!({"model": MODEL, "inputs": inputs, "parameters": {"max_new_tokens": 4, "top_n_tokens": 2}});
+    let r = post(&f, "/generate_stream", None, body).await;
+    for d in sse_data(&r) {
+        let e: Value = serde_json::from_str(&d).unwrap();
+        assert_eq!(e["top_tokens"][0]["id"], e["token"]["id"], "{e}");
+        assert_eq!(e["top_tokens"].as_array().unwrap().len(), 2);
+    }
+    let r = post(
+        &f,
+        "/models/admin/tiny",
+        None,
+        json!({"inputs": inputs, "stream": true, "parameters": {"decoder_input_details": true}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+}
+
+/// Makes every model load wait until the returned sender sends (or is dropped); counts loads.
+fn hold_loads(
+    f: &Fixture,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = loads.clone();
+    let hook: Arc<dyn Fn(&ModelKey) + Send + Sync> = Arc::new(move |_| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = released.lock().unwrap().recv();
+    });
+    assert!(
+        f.state
+            .inference()
+            .unwrap()
+            .load_hook
+            .set(LoadHook(hook))
+            .is_ok()
+    );
+    (release, loads)
+}
+
+#[tokio::test]
+async fn loading_model_is_503_for_hf_and_awaited_in_the_background() {
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    let (release, loads) = hold_loads(&f);
+    let body = json!({"inputs": "w10", "parameters": {"max_new_tokens": 2}});
+    // HF without `x-wait-for-model`: 503 at once; the load it started goes on without it.
+    let r = post(&f, "/models/admin/tiny", None, body.clone()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    let v = r.json();
+    assert!(v["error"].as_str().unwrap().contains("loading"), "{v}");
+    assert!(v["estimated_time"].as_f64().unwrap() >= 1.0);
+    // Waiting clients: HF with the header and OpenAI chat.
+    let app = f.app.clone();
+    let hf = tokio::spawn({
+        let (app, body) = (app.clone(), body.clone());
+        async move {
+            send(
+                &app,
+                "POST",
+                "/models/admin/tiny",
+                None,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-wait-for-model", "true"),
+                ],
+                body.to_string(),
+            )
+            .await
+        }
+    });
+    let openai = |app: Router| async move {
+        send(
+            &app,
+            "POST",
+            "/v1/chat/completions",
+            None,
+            &[("content-type", "application/json")],
+            chat(json!({"max_tokens": 2})).to_string(),
+        )
+        .await
+    };
+    let chat_req = tokio::spawn(openai(app.clone()));
+    release.send(()).unwrap();
+    let r = hf.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = chat_req.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Loaded once, by the load the first (503) request started; now served at once.
+    let r = post(&f, "/models/admin/tiny", None, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn openai_and_tgi_give_up_on_a_slow_load_with_503() {
+    let (f, _cache) = setup_waiting(EngineConfig::default(), Duration::ZERO).await;
+    let (release, _loads) = hold_loads(&f);
+    let r = post(&f, "/v1/chat/completions", None, chat(json!({}))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    let m = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(m.contains("still loading"), "{m}");
+    let r = post(
+        &f,
+        "/generate",
+        None,
+        json!({"model": MODEL, "inputs": "w1"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.json()["error_type"], "loading");
+    drop(release);
+}
+
+#[tokio::test]
+async fn model_over_the_memory_budget_is_a_clear_error() {
+    let f = fixture().await;
+    let cache = tempfile::tempdir().unwrap();
+    assert!(f.state.enable_inference(InferenceConfig {
+        cache_dir: cache.path().to_owned(),
+        registry: RegistryConfig {
+            memory_budget: 1024,
+            serve: ServeConfig::default(),
+        },
+        load_wait: DEFAULT_LOAD_WAIT,
+    }));
+    commit_model(&f, "tiny", model_fixture::files(4096), None).await;
+    let r = post(&f, "/v1/chat/completions", None, chat(json!({}))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    let m = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(m.contains("memory") && m.contains("budget"), "{m}");
 }

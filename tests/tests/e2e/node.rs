@@ -217,14 +217,24 @@ fn bootstrap_connects_two_nodes() -> anyhow::Result<()> {
 fn a_relative_data_dir_works_for_git_pushes_too() -> anyhow::Result<()> {
     // The default data dir (`./hubmesh-data`) is relative; git runs in other directories.
     let dir = tempfile::tempdir()?;
-    let mut child = hubmesh(&["up", "--data", "rel-data", "--http", "127.0.0.1:0", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"])?
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut child = hubmesh(&[
+        "up",
+        "--data",
+        "rel-data",
+        "--http",
+        "127.0.0.1:0",
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ])?
+    .current_dir(dir.path())
+    .stderr(std::process::Stdio::null())
+    .spawn()?;
     let info_path = dir.path().join("rel-data/node.json");
     let result = (|| -> anyhow::Result<()> {
         let info: hub_protocol::NodeInfo = wait_for("node.json", Duration::from_secs(60), || {
-            Ok(std::fs::read(&info_path).ok().and_then(|b| serde_json::from_slice(&b).ok()))
+            Ok(std::fs::read(&info_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()))
         })?;
         let token = std::fs::read_to_string(dir.path().join("rel-data/admin.token"))?;
         let token = token.trim();
@@ -244,10 +254,17 @@ fn a_relative_data_dir_works_for_git_pushes_too() -> anyhow::Result<()> {
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("HOME", dir.path())
                 .output()?;
-            anyhow::ensure!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            anyhow::ensure!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             Ok(())
         };
-        git(&["clone", &url, work.to_str().unwrap_or_default()], dir.path())?;
+        git(
+            &["clone", &url, work.to_str().unwrap_or_default()],
+            dir.path(),
+        )?;
         std::fs::write(work.join("a.txt"), "a")?;
         git(&["add", "a.txt"], &work)?;
         git(&["commit", "-m", "a"], &work)?;

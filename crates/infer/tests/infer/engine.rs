@@ -80,6 +80,7 @@ fn seeded_sampling_is_batch_invariant() -> Result<()> {
         top_p: Some(0.95),
         repetition_penalty: Some(1.1),
         seed: Some(1000 + id),
+        ..SamplingParams::default()
     };
     let expected = alone(params)?;
     let mut e = engine(EngineConfig {

@@ -69,7 +69,9 @@ pub fn minilm_dir() -> Result<PathBuf> {
             find()?.context("all_minilm_l6_v2 not found after install")?
         }
     };
-    let partial = dir.with_extension("partial");
+    // nextest runs tests in parallel processes: each extracts into its own directory and the
+    // first rename wins; a loser finds the finished directory in place.
+    let partial = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     let status = Command::new(&py)
         .args([
@@ -81,7 +83,12 @@ pub fn minilm_dir() -> Result<PathBuf> {
         .status()
         .context("extract model.zip")?;
     ensure!(status.success(), "extract {zip:?} failed");
-    std::fs::rename(&partial, &dir).context("rename the extracted model")?;
+    if let Err(e) = std::fs::rename(&partial, &dir) {
+        let _ = std::fs::remove_dir_all(&partial);
+        if !dir.join("model.safetensors").exists() {
+            return Err(e).context("rename the extracted model");
+        }
+    }
     Ok(dir)
 }
 
