@@ -9,9 +9,59 @@ use hub_protocol::blocks::{
 use hub_protocol::replication::{MAX_REQUEST_LEN, MAX_RESPONSE_LEN, PackRequest, PackResponse};
 use libp2p::StreamProtocol;
 use std::io;
+use std::marker::PhantomData;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PackCodec;
+/// A message of one of our request-response protocols: its hub-protocol encoding.
+pub(crate) trait Wire: Sized + Send {
+    fn to_wire(&self) -> Vec<u8>;
+    fn from_wire(bytes: &[u8]) -> io::Result<Self>;
+}
+
+macro_rules! wire {
+    ($($t:ty),*) => {$(
+        impl Wire for $t {
+            fn to_wire(&self) -> Vec<u8> {
+                self.encode()
+            }
+            fn from_wire(bytes: &[u8]) -> io::Result<Self> {
+                <$t>::decode(bytes).map_err(invalid)
+            }
+        }
+    )*};
+}
+wire!(PackRequest, PackResponse, BlockRequest, BlockResponse);
+
+/// A codec that writes one message per stream direction and reads it back with a hard byte
+/// bound (`REQ` for requests, `RESP` for responses) before decoding it.
+pub(crate) struct Bounded<Req, Resp, const REQ: usize, const RESP: usize>(
+    PhantomData<fn() -> (Req, Resp)>,
+);
+
+impl<Req, Resp, const REQ: usize, const RESP: usize> Default for Bounded<Req, Resp, REQ, RESP> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<Req, Resp, const REQ: usize, const RESP: usize> Clone for Bounded<Req, Resp, REQ, RESP> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<Req, Resp, const REQ: usize, const RESP: usize> std::fmt::Debug
+    for Bounded<Req, Resp, REQ, RESP>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bounded<{REQ}, {RESP}>")
+    }
+}
+
+/// `/hubmesh/git-pack/1`.
+pub(crate) type PackCodec = Bounded<PackRequest, PackResponse, MAX_REQUEST_LEN, MAX_RESPONSE_LEN>;
+/// `/hubmesh/blocks/1`.
+pub(crate) type BlockCodec =
+    Bounded<BlockRequest, BlockResponse, MAX_BLOCK_REQUEST_LEN, MAX_BLOCK_RESPONSE_LEN>;
 
 /// Reads the whole stream, failing once it is longer than `max` bytes.
 async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
@@ -30,35 +80,37 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl libp2p::request_response::Codec for PackCodec {
+impl<Req: Wire, Resp: Wire, const REQ: usize, const RESP: usize> libp2p::request_response::Codec
+    for Bounded<Req, Resp, REQ, RESP>
+{
     type Protocol = StreamProtocol;
-    type Request = PackRequest;
-    type Response = PackResponse;
+    type Request = Req;
+    type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<PackRequest>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        PackRequest::decode(&read_bounded(io, MAX_REQUEST_LEN).await?).map_err(invalid)
+        Req::from_wire(&read_bounded(io, REQ).await?)
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<PackResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        PackResponse::decode(&read_bounded(io, MAX_RESPONSE_LEN).await?).map_err(invalid)
+        Resp::from_wire(&read_bounded(io, RESP).await?)
     }
 
     async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: PackRequest,
+        request: Req,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&request.encode()).await?;
+        io.write_all(&request.to_wire()).await?;
         io.close().await
     }
 
@@ -66,65 +118,12 @@ impl libp2p::request_response::Codec for PackCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        response: PackResponse,
+        response: Resp,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&response.encode()).await?;
-        io.close().await
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BlockCodec;
-
-impl libp2p::request_response::Codec for BlockCodec {
-    type Protocol = StreamProtocol;
-    type Request = BlockRequest;
-    type Response = BlockResponse;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlockRequest>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        BlockRequest::decode(&read_bounded(io, MAX_BLOCK_REQUEST_LEN).await?).map_err(invalid)
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<BlockResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        BlockResponse::decode(&read_bounded(io, MAX_BLOCK_RESPONSE_LEN).await?).map_err(invalid)
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: BlockRequest,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&request.encode()).await?;
-        io.close().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: BlockResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&response.encode()).await?;
+        io.write_all(&response.to_wire()).await?;
         io.close().await
     }
 }
@@ -138,25 +137,28 @@ mod tests {
     async fn oversized_and_garbage_streams_are_errors() {
         let protocol = StreamProtocol::new(hub_protocol::replication::GIT_PACK_PROTOCOL);
         let big = vec![0u8; MAX_REQUEST_LEN + 1];
-        let err = PackCodec
+        let err = PackCodec::default()
             .read_request(&protocol, &mut futures::io::Cursor::new(big))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        let err = PackCodec
+        let err = PackCodec::default()
             .read_response(&protocol, &mut futures::io::Cursor::new(b"junk".to_vec()))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 
         let mut wire = futures::io::Cursor::new(Vec::new());
-        PackCodec
+        PackCodec::default()
             .write_response(&protocol, &mut wire, PackResponse::Pack(b"PACK".to_vec()))
             .await
             .unwrap();
         wire.set_position(0);
         assert_eq!(
-            PackCodec.read_response(&protocol, &mut wire).await.unwrap(),
+            PackCodec::default()
+                .read_response(&protocol, &mut wire)
+                .await
+                .unwrap(),
             PackResponse::Pack(b"PACK".to_vec())
         );
     }
@@ -165,13 +167,13 @@ mod tests {
     async fn block_codec_bounds_and_round_trips() {
         let protocol = StreamProtocol::new(hub_protocol::blocks::BLOCKS_PROTOCOL);
         let big = vec![0u8; MAX_BLOCK_REQUEST_LEN + 1];
-        let err = BlockCodec
+        let err = BlockCodec::default()
             .read_request(&protocol, &mut futures::io::Cursor::new(big))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let big = vec![0u8; MAX_BLOCK_RESPONSE_LEN + 1];
-        let err = BlockCodec
+        let err = BlockCodec::default()
             .read_response(&protocol, &mut futures::io::Cursor::new(big))
             .await
             .unwrap_err();
@@ -179,13 +181,13 @@ mod tests {
 
         let response = BlockResponse::Chunks(vec![b"chunk".to_vec(), vec![7; 100]]);
         let mut wire = futures::io::Cursor::new(Vec::new());
-        BlockCodec
+        BlockCodec::default()
             .write_response(&protocol, &mut wire, response.clone())
             .await
             .unwrap();
         wire.set_position(0);
         assert_eq!(
-            BlockCodec
+            BlockCodec::default()
                 .read_response(&protocol, &mut wire)
                 .await
                 .unwrap(),
@@ -195,13 +197,13 @@ mod tests {
             sha256: hub_protocol::manifest::Sha256([1; 32]),
         };
         let mut wire = futures::io::Cursor::new(Vec::new());
-        BlockCodec
+        BlockCodec::default()
             .write_request(&protocol, &mut wire, request.clone())
             .await
             .unwrap();
         wire.set_position(0);
         assert_eq!(
-            BlockCodec.read_request(&protocol, &mut wire).await.unwrap(),
+            BlockCodec::default().read_request(&protocol, &mut wire).await.unwrap(),
             request
         );
     }

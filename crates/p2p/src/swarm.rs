@@ -555,7 +555,7 @@ pub(crate) async fn spawn_with_events(
             // private networks).
             kad.set_mode(Some(kad::Mode::Server));
             let pack = request_response::Behaviour::with_codec(
-                PackCodec,
+                PackCodec::default(),
                 [(
                     StreamProtocol::new(GIT_PACK_PROTOCOL),
                     ProtocolSupport::Full,
@@ -565,7 +565,7 @@ pub(crate) async fn spawn_with_events(
                     .with_max_concurrent_streams(MAX_PACK_STREAMS),
             );
             let blocks = request_response::Behaviour::with_codec(
-                BlockCodec,
+                BlockCodec::default(),
                 [(StreamProtocol::new(BLOCKS_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(BLOCKS_TIMEOUT)
