@@ -203,7 +203,10 @@ mod tests {
             .unwrap();
         wire.set_position(0);
         assert_eq!(
-            BlockCodec::default().read_request(&protocol, &mut wire).await.unwrap(),
+            BlockCodec::default()
+                .read_request(&protocol, &mut wire)
+                .await
+                .unwrap(),
             request
         );
     }
