@@ -233,6 +233,20 @@ impl GgufFile {
         {
             return Err(unsupported(format!("llama.rope.scaling.type = {kind:?}")));
         }
+        // llama.cpp stores Llama 3.1 rope scaling as per-frequency divisors in `rope_freqs`, and
+        // Qwen3-style per-head q/k norms as `attn_{q,k}_norm`; the GGUF path applies neither, so
+        // such files are refused rather than silently computed wrong.
+        for name in [
+            "rope_freqs.weight",
+            "blk.0.attn_q_norm.weight",
+            "blk.0.attn_k_norm.weight",
+        ] {
+            if self.tensor_info(name).is_some() {
+                return Err(unsupported(format!(
+                    "tensor {name} (not implemented for GGUF)"
+                )));
+            }
+        }
         let (embd_shape, _) =
             self.tensor_info("token_embd.weight")
                 .ok_or_else(|| GgufError::MissingTensor {
@@ -279,6 +293,7 @@ impl GgufFile {
                 .meta_u64("tokenizer.ggml.bos_token_id")
                 .and_then(|id| u32::try_from(id).ok()),
             rope_scaling: None,
+            model_type: None,
             attention_bias: false,
             use_sliding_window: None,
             sliding_window: None,

@@ -129,6 +129,9 @@ struct Layer {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Qwen3's per-head RMSNorm of queries and keys (over `head_dim`, before RoPE).
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     post_norm: Tensor,
     gate: Linear,
     up: Linear,
@@ -343,11 +346,23 @@ impl Llama {
         let inter = config.intermediate_size;
         let mut w = Weights { tensors, device };
         let bias = config.attention_bias;
+        let qk_norm = config.requires_qk_norm();
         let embed = w.take("model.embed_tokens.weight", &[config.vocab_size, h])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let mut head_norm = |which: &str| {
+                let name = format!("{p}.self_attn.{which}_norm.weight");
+                if qk_norm || w.tensors.contains_key(&name) {
+                    w.take(&name, &[d]).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (q_norm, k_norm) = (head_norm("q")?, head_norm("k")?);
             layers.push(Layer {
+                q_norm,
+                k_norm,
                 input_norm: w.take(&format!("{p}.input_layernorm.weight"), &[h])?,
                 q: w.linear(&format!("{p}.self_attn.q_proj"), nq, h, bias)?,
                 k: w.linear(&format!("{p}.self_attn.k_proj"), nkv, h, bias)?,
@@ -365,7 +380,7 @@ impl Llama {
         } else {
             w.take("lm_head.weight", &[config.vocab_size, h])?
         });
-        let (cos, sin) = rope_tables(&config, device).map_err(tensor_err)?;
+        let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self {
             config,
             device: device.clone(),
@@ -440,6 +455,8 @@ impl Llama {
             };
             layers.push(Layer {
                 input_norm: norm("attn_norm")?,
+                q_norm: None,
+                k_norm: None,
                 post_norm: norm("ffn_norm")?,
                 q,
                 k,
@@ -461,7 +478,7 @@ impl Llama {
             "output.weight"
         };
         let lm_head = matmul(read(head_name, &[config.vocab_size, h], None)?, head_name)?;
-        let (cos, sin) = rope_tables(&config, device).map_err(tensor_err)?;
+        let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self {
             config,
             device: device.clone(),
@@ -494,6 +511,11 @@ impl Llama {
                     .sum::<u64>()
                     + tensor_bytes(&l.input_norm)
                     + tensor_bytes(&l.post_norm)
+                    + [&l.q_norm, &l.k_norm]
+                        .iter()
+                        .filter_map(|n| n.as_ref())
+                        .map(tensor_bytes)
+                        .sum::<u64>()
             })
             .sum();
         tensor_bytes(&self.embed)
@@ -640,6 +662,14 @@ impl Llama {
             let q = layer.q.forward(&h)?.reshape((1, total, nh, hd))?;
             let k = layer.k.forward(&h)?.reshape((1, total, nkv, hd))?;
             let v = layer.v.forward(&h)?.reshape((total, nkv, hd))?;
+            let q = match &layer.q_norm {
+                Some(w) => candle_nn::ops::rms_norm(&q, w, eps)?,
+                None => q,
+            };
+            let k = match &layer.k_norm {
+                Some(w) => candle_nn::ops::rms_norm(&k, w, eps)?,
+                None => k,
+            };
             let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?.squeeze(0)?;
             let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?.squeeze(0)?;
 
@@ -715,14 +745,15 @@ impl Llama {
     }
 }
 
-/// cos/sin tables `(max_position_embeddings, head_dim / 2)`, computed in f64.
-fn rope_tables(cfg: &LlamaConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let d = cfg.head_dim();
-    let half = d / 2;
+/// cos/sin tables `(max_position_embeddings, head_dim / 2)`, computed in f64 from
+/// [`LlamaConfig::rope_inv_freq`] (rope scaling included).
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), LoadError> {
+    let half = cfg.head_dim() / 2;
     let max = cfg.max_position_embeddings;
-    let inv: Vec<f64> = (0..half)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
-        .collect();
+    let inv = cfg.rope_inv_freq().map_err(|source| LoadError::Config {
+        path: PathBuf::from("<config>"),
+        source,
+    })?;
     let mut cos = Vec::with_capacity(max * half);
     let mut sin = Vec::with_capacity(max * half);
     for p in 0..max {
@@ -733,7 +764,7 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> candle_core::Result<(Tenso
         }
     }
     Ok((
-        Tensor::from_vec(cos, (max, half), device)?,
-        Tensor::from_vec(sin, (max, half), device)?,
+        Tensor::from_vec(cos, (max, half), device).map_err(tensor_err)?,
+        Tensor::from_vec(sin, (max, half), device).map_err(tensor_err)?,
     ))
 }

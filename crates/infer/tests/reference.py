@@ -13,7 +13,10 @@ no paging, no batching) and prints JSON:
 
 It follows transformers' LlamaForCausalLM: RMSNorm (x * rsqrt(mean(x^2) + eps) * w),
 rotate-half RoPE with inv_freq = theta^(-2i/d), repeat_kv for GQA, causal softmax attention
-scaled by 1/sqrt(d), SwiGLU MLP, optional projection biases (Qwen2), optional tied lm_head.
+scaled by 1/sqrt(d), SwiGLU MLP, optional projection biases (Qwen2), optional tied lm_head,
+Qwen3's per-head RMSNorm of q and k (`self_attn.{q,k}_norm.weight`, over head_dim, before
+RoPE), and `rope_scaling` of type `linear` (inv_freq / factor) or `llama3` (transformers'
+`_compute_llama3_parameters`, vectorised with np.where as there).
 """
 
 import json
@@ -58,6 +61,30 @@ class Llama:
         self.eps = c.get("rms_norm_eps", 1e-6)
         self.theta = c.get("rope_theta", 10000.0)
         self.tied = c.get("tie_word_embeddings", False)
+        self.inv_freq = self.rope_inv_freq(c.get("rope_scaling"))
+
+    def rope_inv_freq(self, scaling):
+        d = self.head_dim
+        inv = 1.0 / (self.theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+        if scaling is None:
+            return inv
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind == "default":
+            return inv
+        if kind == "linear":
+            return inv / scaling["factor"]
+        if kind != "llama3":
+            raise ValueError(f"unsupported rope_scaling {kind}")
+        factor = scaling["factor"]
+        lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        lo_wavelen, hi_wavelen = old / lo, old / hi
+        wavelen = 2 * np.pi / inv
+        out = np.where(wavelen > lo_wavelen, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < hi_wavelen) & ~(wavelen > lo_wavelen)
+        return np.where(medium, smoothed, out)
 
     def linear(self, x, name):
         # Biases are optional (Qwen2 has q/k/v biases).
@@ -69,8 +96,7 @@ class Llama:
     def rope(self, x, pos):
         # x: (heads, T, d); rotate_half convention.
         d = self.head_dim
-        inv = self.theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
-        ang = np.outer(pos, inv)  # (T, d/2)
+        ang = np.outer(pos, self.inv_freq)  # (T, d/2)
         cos = np.concatenate([np.cos(ang), np.cos(ang)], axis=-1)
         sin = np.concatenate([np.sin(ang), np.sin(ang)], axis=-1)
         x1, x2 = x[..., : d // 2], x[..., d // 2 :]
@@ -90,6 +116,9 @@ class Llama:
             q = self.linear(h, f"{p}.self_attn.q_proj").reshape(t, self.heads, -1).transpose(1, 0, 2)
             k = self.linear(h, f"{p}.self_attn.k_proj").reshape(t, self.kv_heads, -1).transpose(1, 0, 2)
             v = self.linear(h, f"{p}.self_attn.v_proj").reshape(t, self.kv_heads, -1).transpose(1, 0, 2)
+            if f"{p}.self_attn.q_norm.weight" in w:  # Qwen3: per head, over head_dim
+                q = self.rms_norm(q, w[f"{p}.self_attn.q_norm.weight"])
+                k = self.rms_norm(k, w[f"{p}.self_attn.k_norm.weight"])
             q, k = self.rope(q, pos), self.rope(k, pos)
             k = np.repeat(k, g, axis=0)  # repeat_kv: head j uses kv head j // g
             v = np.repeat(v, g, axis=0)

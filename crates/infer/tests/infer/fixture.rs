@@ -34,7 +34,14 @@ pub fn tiny_config_json() -> serde_json::Value {
 
 /// Random f32 weights with Hugging Face names; deterministic in `seed`.
 pub fn tiny_weights(seed: u64) -> Result<HashMap<String, Tensor>> {
-    let config: LlamaConfig = serde_json::from_value(tiny_config_json())?;
+    weights_for(&tiny_config_json(), seed)
+}
+
+/// Random f32 weights shaped for `config` (honouring an explicit `head_dim`); Qwen3's per-head
+/// `q_norm`/`k_norm` weights are added when `model_type` is `"qwen3"`. For the tiny config
+/// this draws the same numbers as it always did.
+pub fn weights_for(config: &serde_json::Value, seed: u64) -> Result<HashMap<String, Tensor>> {
+    let config: LlamaConfig = serde_json::from_value(config.clone())?;
     let mut rng = Rng::new(seed);
     let mut uniform = |shape: &[usize], scale: f64, offset: f64| -> Result<Tensor> {
         let n: usize = shape.iter().product();
@@ -48,7 +55,9 @@ pub fn tiny_weights(seed: u64) -> Result<HashMap<String, Tensor>> {
         config.intermediate_size,
         config.vocab_size,
     );
-    let kv = config.num_kv_heads() * config.head_dim();
+    let d = config.head_dim();
+    let kv = config.num_kv_heads() * d;
+    let nq = config.num_attention_heads * d;
     let lin = |fan_in: usize| 1.5 / (fan_in as f64).sqrt();
     let mut w = HashMap::new();
     w.insert(
@@ -63,7 +72,7 @@ pub fn tiny_weights(seed: u64) -> Result<HashMap<String, Tensor>> {
         );
         w.insert(
             format!("{p}.self_attn.q_proj.weight"),
-            uniform(&[h, h], lin(h), 0.0)?,
+            uniform(&[nq, h], lin(h), 0.0)?,
         );
         w.insert(
             format!("{p}.self_attn.k_proj.weight"),
@@ -75,8 +84,16 @@ pub fn tiny_weights(seed: u64) -> Result<HashMap<String, Tensor>> {
         );
         w.insert(
             format!("{p}.self_attn.o_proj.weight"),
-            uniform(&[h, h], lin(h), 0.0)?,
+            uniform(&[h, nq], lin(nq), 0.0)?,
         );
+        if config.requires_qk_norm() {
+            for which in ["q", "k"] {
+                w.insert(
+                    format!("{p}.self_attn.{which}_norm.weight"),
+                    uniform(&[d], 0.5, 1.0)?,
+                );
+            }
+        }
         w.insert(
             format!("{p}.post_attention_layernorm.weight"),
             uniform(&[h], 0.2, 1.0)?,
@@ -122,6 +139,30 @@ pub fn qwen2_style(
             );
         }
     }
+    Ok((config, weights))
+}
+
+/// Qwen3-style config: explicit `head_dim` 24 (≠ hidden 64 / 4 heads), per-head q/k RMSNorm,
+/// no biases, tied lm_head.
+pub fn qwen3_config_json() -> serde_json::Value {
+    let mut config = tiny_config_json();
+    config["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
+    config["model_type"] = "qwen3".into();
+    config["head_dim"] = 24.into();
+    config["tie_word_embeddings"] = true.into();
+    config["rms_norm_eps"] = 1e-6.into();
+    config["rope_theta"] = 1_000_000.0.into();
+    config["attention_bias"] = false.into();
+    config["use_sliding_window"] = false.into();
+    config["sliding_window"] = serde_json::Value::Null;
+    config
+}
+
+/// The Qwen3-style config and its weights (no `lm_head`: tied).
+pub fn qwen3_style(seed: u64) -> Result<(serde_json::Value, HashMap<String, Tensor>)> {
+    let config = qwen3_config_json();
+    let mut weights = weights_for(&config, seed)?;
+    weights.remove("lm_head.weight");
     Ok((config, weights))
 }
 

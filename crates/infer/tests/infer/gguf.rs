@@ -74,9 +74,18 @@ fn tokenizer_metadata() -> Vec<(String, Value)> {
 
 /// Writes the tiny model (seed 7) as GGUF with matrices in `dtype` (norms stay F32).
 fn write_tiny_gguf(path: &Path, dtype: GgmlDType) -> Result<()> {
+    write_tiny_gguf_with(path, dtype, Vec::new())
+}
+
+/// The tiny GGUF plus `extra` tensors.
+fn write_tiny_gguf_with(
+    path: &Path,
+    dtype: GgmlDType,
+    extra: Vec<(String, QTensor)>,
+) -> Result<()> {
     let c: LlamaConfig = serde_json::from_value(tiny_config_json())?;
     let w = tiny_weights(7)?;
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut tensors: Vec<(String, QTensor)> = extra;
     let mut add = |name: String, t: &Tensor, dtype: GgmlDType| -> Result<()> {
         tensors.push((name, QTensor::quantize(t, dtype)?));
         Ok(())
@@ -298,6 +307,30 @@ fn gguf_tokenizer_and_chat_template_from_metadata() -> Result<()> {
 
 /// Truncations, random byte flips and hostile headers are errors, never panics or huge
 /// allocations.
+#[test]
+fn gguf_rope_freqs_and_qk_norms_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("m.gguf");
+    let ones = |n: usize| -> Result<QTensor> {
+        Ok(QTensor::quantize(
+            &Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?,
+            GgmlDType::F32,
+        )?)
+    };
+    for (name, n) in [
+        ("rope_freqs.weight", 8),
+        ("blk.0.attn_q_norm.weight", 16),
+        ("blk.0.attn_k_norm.weight", 16),
+    ] {
+        write_tiny_gguf_with(&path, GgmlDType::F32, vec![(name.into(), ones(n)?)])?;
+        let gguf = GgufFile::open(&path)?;
+        let err = Llama::from_gguf(&gguf, GgufWeights::Quantized, &Device::Cpu).unwrap_err();
+        let msg = format!("{:#}", anyhow::Error::from(err));
+        assert!(msg.contains(name), "{name}: {msg}");
+    }
+    Ok(())
+}
+
 #[test]
 fn malformed_gguf_files_are_errors() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 use candle_core::{DType, Device};
 
-use crate::fixture::{prompt, qwen2_style, tiny_model, tiny_weights, write_model_with};
+use crate::fixture::{
+    prompt, qwen2_style, qwen3_style, tiny_config_json, tiny_model, tiny_weights, write_model_with,
+};
 
 const TOL: f32 = 1e-4;
 const BLOCK: usize = 16;
@@ -203,6 +205,97 @@ fn qwen2_style_biases_and_tied_head_match_reference() -> Result<()> {
     write_model_with(dir.path(), &config, &weights, DType::F32)?;
     let model = Llama::from_dir(dir.path(), &Device::Cpu)?;
     compare_with_reference(dir.path(), &model)
+}
+
+/// Qwen3: explicit head_dim (24 ≠ 64 / 4), per-head q/k RMSNorm before RoPE, tied head.
+#[test]
+fn qwen3_style_qk_norm_and_head_dim_match_reference() -> Result<()> {
+    let (config, weights) = qwen3_style(13)?;
+    let dir = tempfile::tempdir()?;
+    write_model_with(dir.path(), &config, &weights, DType::F32)?;
+    let model = Llama::from_dir(dir.path(), &Device::Cpu)?;
+    assert_eq!(model.config().head_dim(), 24);
+    compare_with_reference(dir.path(), &model)?;
+
+    // The norms are not a no-op, and a qwen3 checkpoint without them is refused.
+    let mut plain = weights.clone();
+    plain.retain(|k, _| !k.contains("_norm.weight") || k.contains("layernorm"));
+    let mut llama_config = config.clone();
+    llama_config["model_type"] = "llama".into();
+    let without = Llama::from_tensors(
+        serde_json::from_value(llama_config)?,
+        plain.clone(),
+        &Device::Cpu,
+    )?;
+    let p = prompt(9, 5);
+    ensure!(
+        max_diff(&last_logits(&model, &p)?, &last_logits(&without, &p)?) > 1e-2,
+        "q/k norms changed nothing"
+    );
+    let refused = Llama::from_tensors(serde_json::from_value(config)?, plain, &Device::Cpu);
+    ensure!(
+        refused.is_err(),
+        "qwen3 without q_norm/k_norm must be refused"
+    );
+    Ok(())
+}
+
+/// Llama 3.1 rope scaling. With head_dim 16 and theta 1e4 the wavelengths are 6.3, 19.9, 62.8,
+/// 199, …: against original_max_position_embeddings 64 and low/high factors 1/4 (wavelength
+/// bounds 64 and 16) the table has kept, interpolated and divided frequencies.
+#[test]
+fn llama3_rope_scaling_matches_reference() -> Result<()> {
+    let mut config = tiny_config_json();
+    config["rope_scaling"] = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+    });
+    scaled_rope_matches_reference(config)
+}
+
+/// Linear position interpolation, spelled with the legacy `type` key.
+#[test]
+fn linear_rope_scaling_matches_reference() -> Result<()> {
+    let mut config = tiny_config_json();
+    config["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 4.0});
+    scaled_rope_matches_reference(config)
+}
+
+fn scaled_rope_matches_reference(config: serde_json::Value) -> Result<()> {
+    let weights = tiny_weights(17)?;
+    let dir = tempfile::tempdir()?;
+    write_model_with(dir.path(), &config, &weights, DType::F32)?;
+    let model = Llama::from_dir(dir.path(), &Device::Cpu)?;
+    compare_with_reference(dir.path(), &model)?;
+    // Scaling must change the numbers (else the comparison above proves nothing about it).
+    let unscaled = Llama::from_tensors(
+        serde_json::from_value(tiny_config_json())?,
+        weights,
+        &Device::Cpu,
+    )?;
+    let p = prompt(33, 3);
+    ensure!(
+        max_diff(&last_logits(&model, &p)?, &last_logits(&unscaled, &p)?) > 1e-2,
+        "rope scaling changed nothing"
+    );
+    Ok(())
+}
+
+/// Last-position logits of one prompt, prefilled in one step.
+fn last_logits(model: &Llama, tokens: &[u32]) -> Result<Vec<f32>> {
+    let blocks = tokens.len().div_ceil(BLOCK);
+    let kv = model.new_kv_store(blocks, BLOCK)?;
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let out = model.forward(
+        &kv,
+        &[BatchItem {
+            tokens,
+            start_pos: 0,
+            block_table: &table,
+            all_logits: false,
+        }],
+    )?;
+    Ok(out[0].last().to_vec())
 }
 
 fn compare_with_reference(dir: &Path, model: &Llama) -> Result<()> {
