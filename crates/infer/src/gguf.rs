@@ -417,26 +417,7 @@ pub fn unpermute_rope_rows(
     row_bytes: usize,
     heads: usize,
 ) -> Option<Vec<u8>> {
-    if heads == 0 || !rows.is_multiple_of(heads) || data.len() != rows * row_bytes {
-        return None;
-    }
-    let d = rows / heads;
-    if !d.is_multiple_of(2) {
-        return None;
-    }
-    let half = d / 2;
-    let mut out = vec![0u8; data.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for a in 0..2 {
-                let src = h * d + 2 * j + a;
-                let dst = h * d + a * half + j;
-                out[dst * row_bytes..(dst + 1) * row_bytes]
-                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
-            }
-        }
-    }
-    Some(out)
+    move_rope_rows(data, rows, row_bytes, heads, true)
 }
 
 /// llama.cpp's `permute(w, n_head)` (Hugging Face → GGUF row order), for writing test files.
@@ -445,6 +426,18 @@ pub fn permute_rope_rows(
     rows: usize,
     row_bytes: usize,
     heads: usize,
+) -> Option<Vec<u8>> {
+    move_rope_rows(data, rows, row_bytes, heads, false)
+}
+
+/// The one row mapping behind both directions: interleaved (GGUF) row `h*d + 2j + a` ↔ split
+/// (Hugging Face) row `h*d + a*d/2 + j`.
+fn move_rope_rows(
+    data: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    heads: usize,
+    to_hf: bool,
 ) -> Option<Vec<u8>> {
     if heads == 0 || !rows.is_multiple_of(heads) || data.len() != rows * row_bytes {
         return None;
@@ -458,8 +451,13 @@ pub fn permute_rope_rows(
     for h in 0..heads {
         for j in 0..half {
             for a in 0..2 {
-                let dst = h * d + 2 * j + a;
-                let src = h * d + a * half + j;
+                let interleaved = h * d + 2 * j + a;
+                let split = h * d + a * half + j;
+                let (src, dst) = if to_hf {
+                    (interleaved, split)
+                } else {
+                    (split, interleaved)
+                };
                 out[dst * row_bytes..(dst + 1) * row_bytes]
                     .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
             }
