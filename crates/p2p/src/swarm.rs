@@ -900,92 +900,76 @@ impl Driver {
     }
 
     fn blocks(&mut self, event: request_response::Event<BlockRequest, BlockResponse>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.emit(NetEvent::BlockRequest {
+        if let Some((peer, request, channel)) =
+            request_response_event(event, &mut self.block_fetches, "block")
+        {
+            self.emit(NetEvent::BlockRequest {
                 peer,
                 request,
                 channel,
-            }),
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.block_fetches.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "block request failed");
-                if let Some(reply) = self.block_fetches.remove(&request_id) {
-                    let _ = reply.send(Err(error.to_string()));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "serving blocks failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+            });
         }
     }
 
     fn pack(&mut self, event: request_response::Event<PackRequest, PackResponse>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.emit(NetEvent::PackRequest {
+        if let Some((peer, request, channel)) =
+            request_response_event(event, &mut self.fetches, "pack")
+        {
+            self.emit(NetEvent::PackRequest {
                 peer,
                 request,
                 channel,
-            }),
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.fetches.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "pack request failed");
-                if let Some(reply) = self.fetches.remove(&request_id) {
-                    let _ = reply.send(Err(error.to_string()));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "serving a pack failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+            });
         }
     }
+}
+
+/// One request-response event of either of our protocols: an incoming request is returned for
+/// the replication task; the outcome of one of our own requests goes to its waiter in
+/// `pending`; failures are logged with `what` ("pack", "block").
+fn request_response_event<Req, Resp>(
+    event: request_response::Event<Req, Resp>,
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, String>>>,
+    what: &str,
+) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
+    match event {
+        request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } => return Some((peer, request, channel)),
+        request_response::Event::Message {
+            message:
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            tracing::debug!(%peer, %error, "{what} request failed");
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(error.to_string()));
+            }
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "serving a {what} request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+    None
 }
 
 #[cfg(test)]
