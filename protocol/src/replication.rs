@@ -19,7 +19,7 @@
 //! assert!(SeedPattern::parse("alice/*").unwrap().matches(&repo));
 //! ```
 
-use crate::repo::{RepoId, RepoType};
+use crate::repo::RepoId;
 use crate::signed::codec::{Reader, Writer};
 use crate::signed::{DecodeError, FORMAT_VERSION, GitOid, MAX_REFS, kind};
 
@@ -65,14 +65,6 @@ pub enum PackResponse {
     Failed,
 }
 
-fn repo_type_byte(kind: RepoType) -> u8 {
-    match kind {
-        RepoType::Model => 0,
-        RepoType::Dataset => 1,
-        RepoType::Space => 2,
-    }
-}
-
 fn write_oids(w: &mut Writer, oids: &[GitOid]) {
     w.u32(oids.len() as u32);
     for oid in oids {
@@ -98,9 +90,7 @@ impl PackRequest {
         let mut w = Writer::with_capacity(64 + 20 * (self.want.len() + self.have.len()));
         w.u8(FORMAT_VERSION);
         w.u8(kind::PACK_REQUEST);
-        w.u8(repo_type_byte(self.repo.kind()));
-        w.str8(self.repo.namespace());
-        w.str8(self.repo.name());
+        w.repo(&self.repo);
         write_oids(&mut w, &self.want[..self.want.len().min(MAX_OIDS)]);
         write_oids(&mut w, &self.have[..self.have.len().min(MAX_OIDS)]);
         w.finish()
@@ -116,16 +106,7 @@ impl PackRequest {
         }
         let mut r = Reader::new(bytes);
         r.header(kind::PACK_REQUEST)?;
-        let kind = match r.u8()? {
-            0 => RepoType::Model,
-            1 => RepoType::Dataset,
-            2 => RepoType::Space,
-            _ => return Err(DecodeError::NotCanonical("unknown repo type")),
-        };
-        let namespace = r.str8()?;
-        let name = r.str8()?;
-        let repo = RepoId::new(kind, namespace, name)
-            .map_err(|_| DecodeError::NotCanonical("invalid repo id"))?;
+        let repo = r.repo()?;
         let want = read_oids(&mut r)?;
         let have = read_oids(&mut r)?;
         r.end()?;
@@ -234,6 +215,7 @@ impl SeedPattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::RepoType;
     use proptest::prelude::*;
 
     fn repo(s: &str) -> RepoId {

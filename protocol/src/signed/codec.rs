@@ -5,6 +5,7 @@
 //! input *before* it allocates, so a hostile length costs nothing, and it never panics.
 
 use super::DecodeError;
+use crate::repo::{RepoId, RepoType};
 
 /// Appends fields to a buffer.
 #[derive(Debug, Default)]
@@ -44,6 +45,18 @@ impl Writer {
         debug_assert!(s.len() <= u8::MAX as usize);
         self.u8(s.len() as u8);
         self.bytes(s.as_bytes());
+    }
+
+    /// A repo id: its type as one byte (model 0, dataset 1, space 2), then namespace and name
+    /// as `str8` (both ≤ 96 bytes by validation).
+    pub(crate) fn repo(&mut self, repo: &RepoId) {
+        self.u8(match repo.kind() {
+            RepoType::Model => 0,
+            RepoType::Dataset => 1,
+            RepoType::Space => 2,
+        });
+        self.str8(repo.namespace());
+        self.str8(repo.name());
     }
 
     /// A string of at most 65535 bytes behind a `u16` length. Callers validate the length first.
@@ -104,6 +117,19 @@ impl<'a> Reader<'a> {
     pub(crate) fn str8(&mut self) -> Result<&'a str, DecodeError> {
         let n = self.u8()? as usize;
         std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Utf8)
+    }
+
+    /// A repo id written by [`Writer::repo`]; an unknown type or an invalid id is an error.
+    pub(crate) fn repo(&mut self) -> Result<RepoId, DecodeError> {
+        let kind = match self.u8()? {
+            0 => RepoType::Model,
+            1 => RepoType::Dataset,
+            2 => RepoType::Space,
+            _ => return Err(DecodeError::NotCanonical("unknown repo type")),
+        };
+        let namespace = self.str8()?;
+        let name = self.str8()?;
+        RepoId::new(kind, namespace, name).map_err(|_| DecodeError::NotCanonical("invalid repo id"))
     }
 
     pub(crate) fn str16(&mut self) -> Result<&'a str, DecodeError> {

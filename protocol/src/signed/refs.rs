@@ -21,7 +21,7 @@ use super::{
     verify_payload,
 };
 use crate::manifest::{Hash, Sha256};
-use crate::repo::{RepoId, RepoType};
+use crate::repo::RepoId;
 use std::collections::BTreeMap;
 
 /// A git object id (SHA-1).
@@ -108,13 +108,7 @@ impl RefUpdate {
         );
         w.u8(super::FORMAT_VERSION);
         w.u8(kind::REF_UPDATE);
-        w.u8(match self.repo.kind() {
-            RepoType::Model => 0,
-            RepoType::Dataset => 1,
-            RepoType::Space => 2,
-        });
-        w.str8(self.repo.namespace());
-        w.str8(self.repo.name());
+        w.repo(&self.repo);
         w.bytes(&self.namespace_doc.0);
         w.u64(self.seq);
         w.u64(self.time);
@@ -141,16 +135,7 @@ impl RefUpdate {
         }
         let mut r = Reader::new(bytes);
         r.header(kind::REF_UPDATE)?;
-        let kind = match r.u8()? {
-            0 => RepoType::Model,
-            1 => RepoType::Dataset,
-            2 => RepoType::Space,
-            _ => return Err(DecodeError::NotCanonical("unknown repo type")),
-        };
-        let namespace = r.str8()?;
-        let name = r.str8()?;
-        let repo = RepoId::new(kind, namespace, name)
-            .map_err(|_| DecodeError::NotCanonical("invalid repo id"))?;
+        let repo = r.repo()?;
         let namespace_doc = DocId(r.array()?);
         let seq = r.u64()?;
         let time = r.u64()?;
@@ -293,6 +278,7 @@ impl SignedRefUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::RepoType;
     use proptest::prelude::*;
 
     fn repo() -> RepoId {
