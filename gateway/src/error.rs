@@ -48,6 +48,13 @@ pub enum AppError {
     /// A `Range` that does not overlap a file of `size` bytes.
     #[error("requested range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
+    /// A refusal with its own `X-Error-Code` (e.g. `NamespaceHostedElsewhere`).
+    #[error("{message}")]
+    Coded {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     /// Something failed inside the node.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -71,6 +78,7 @@ impl AppError {
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Coded { status, .. } => *status,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +89,7 @@ impl AppError {
             AppError::RepoNotFound => Some("RepoNotFound"),
             AppError::RevisionNotFound(_) => Some("RevisionNotFound"),
             AppError::EntryNotFound { .. } => Some("EntryNotFound"),
+            AppError::Coded { code, .. } => Some(code),
             _ => None,
         }
     }

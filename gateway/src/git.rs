@@ -122,9 +122,26 @@ fn receive_pack_route(kind: RepoType) -> MethodRouter<AppState> {
     )
 }
 
-/// Our error responses, with the challenge git understands on a 401.
+/// Our error responses, with the challenge git understands on a 401. A 403 carries its
+/// message as `text/plain`, which git prints to the user (`remote: …`), e.g. which node
+/// hosts a namespace.
 fn git_error(err: AppError) -> Response {
     let mut resp = err.into_response();
+    if resp.status() == StatusCode::FORBIDDEN
+        && let Some(message) = resp
+            .headers()
+            .get("x-error-message")
+            .and_then(|v| v.to_str().ok())
+            .map(|m| format!("{m}\n"))
+    {
+        *resp.body_mut() = Body::from(message);
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if resp.status() == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -162,6 +179,10 @@ async fn allow(
     };
     if principal.is_none() && access == Access::Write {
         return Err(anonymous_refusal());
+    }
+    if access == Access::Write {
+        // A push to a namespace another node hosts: say where it belongs.
+        crate::hub::hosted_here(state, &id).await?;
     }
     let meta = match repo_meta(state, &id).await {
         Ok(meta) => meta,

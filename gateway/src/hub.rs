@@ -30,6 +30,7 @@ use hub_store::Sha256;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
 
 /// Largest NDJSON commit body (inline content is base64 in it; big lines stream to the store).
 pub const MAX_COMMIT_BODY: u64 = 64 * 1024 * 1024 * 1024;
@@ -168,6 +169,9 @@ pub(crate) async fn authorize(
     private: bool,
     access: Access,
 ) -> Result<(), AppError> {
+    if access == Access::Write {
+        hosted_here(state, id).await?;
+    }
     let auth = state.auth().clone();
     let (caller, repo) = (principal.cloned(), id.clone());
     let decision = blocking(move || {
@@ -391,19 +395,77 @@ async fn readable(
     Ok(id)
 }
 
+/// How long a request for a repo this node does not hold waits for its git data from peers.
+const ENSURE_REPO_WAIT: Duration = Duration::from_secs(30);
+/// How long a download waits for LFS content still arriving from peers (HEAD / GET).
+const ENSURE_LFS_WAIT_HEAD: Duration = Duration::from_secs(8);
+const ENSURE_LFS_WAIT_GET: Duration = Duration::from_secs(25);
+
 /// The repo's metadata; `RepoNotFound` when it does not exist.
+///
+/// Any gateway serves the whole mesh: a public repo this node does not hold, but for which
+/// it accepted a signed ref update from the mesh, is fetched on demand (the pack of the
+/// difference, then its LFS content in the background) and remembered as seeded; the
+/// request waits up to [`ENSURE_REPO_WAIT`] for the git part, else answers a retryable 503.
 pub(crate) async fn repo_meta(
     state: &AppState,
     id: &RepoId,
 ) -> Result<hub_repo::RepoMeta, AppError> {
-    let repos = state.repos().clone();
-    let lookup = id.clone();
-    blocking(move || match repos.meta(&lookup) {
-        Ok(meta) => Ok(meta),
-        Err(hub_repo::RepoError::NotFound { .. }) => Err(AppError::RepoNotFound),
-        Err(e) => Err(e.into()),
+    let lookup = || {
+        let repos = state.repos().clone();
+        let lookup = id.clone();
+        blocking(move || match repos.meta(&lookup) {
+            Ok(meta) => Ok(meta),
+            Err(hub_repo::RepoError::NotFound { .. }) => Err(AppError::RepoNotFound),
+            Err(e) => Err(e.into()),
+        })
+    };
+    match lookup().await {
+        Err(AppError::RepoNotFound) => {}
+        other => return other,
+    }
+    let deadline = tokio::time::Instant::now() + ENSURE_REPO_WAIT;
+    match state.p2p().ensure_repo(id, deadline).await {
+        Ok(()) => {
+            tracing::info!(repo = %id, "served from the mesh: fetched on demand");
+            lookup().await
+        }
+        Err(hub_p2p::EnsureError::Pending(why)) => Err(AppError::Unavailable(format!(
+            "{} is being fetched from the mesh ({why}); retry shortly",
+            id.hub_id()
+        ))),
+        Err(_) => Err(AppError::RepoNotFound),
+    }
+}
+
+/// Refuses writes to a namespace whose accepted namespace document does not list this
+/// node's key as a delegate: the write would never be announced (only delegates sign), so
+/// the caller is told which node hosts it.
+pub(crate) async fn hosted_here(state: &AppState, id: &RepoId) -> Result<(), AppError> {
+    let Some(hosts) = state.p2p().namespace_hosts(id.namespace()).await else {
+        return Ok(());
+    };
+    let hosts: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+    let message = match hosts.as_slice() {
+        [] => format!(
+            "namespace {:?} is hosted by other nodes of the mesh; send writes to them",
+            id.namespace()
+        ),
+        [one] => format!(
+            "namespace {:?} is hosted by node {one}; send writes to that node",
+            id.namespace()
+        ),
+        many => format!(
+            "namespace {:?} is hosted by nodes {}; send writes to one of them",
+            id.namespace(),
+            many.join(", ")
+        ),
+    };
+    Err(AppError::Coded {
+        status: StatusCode::FORBIDDEN,
+        code: "NamespaceHostedElsewhere",
+        message,
     })
-    .await
 }
 
 /// Read access: public repos are open to all, private ones to those hub-auth allows.
@@ -854,6 +916,7 @@ async fn writable(
 ) -> Result<(RepoId, Principal), AppError> {
     let principal = require_auth(state, headers).await?;
     let id = repo.id()?;
+    hosted_here(state, &id).await?;
     let meta = repo_meta(state, &id).await?;
     authorize(state, Some(&principal), &id, meta.private, Access::Write).await?;
     Ok((id, principal))
@@ -1421,27 +1484,25 @@ async fn resolve(
     read_access(&state, principal.as_ref(), &id).await?;
     let repos = state.repos().clone();
     let store = state.store().clone();
-    let (commit, entry, blob) = {
+    let (commit, entry, blob, missing) = {
         let id = id.clone();
         let (rev, path) = (p.rev.clone(), p.path.clone());
         blocking(move || {
             let commit = repos.resolve(&id, &rev)?;
             match repos.file(&id, &commit, &path) {
                 Ok((entry, blob)) => {
-                    // An LFS file whose content is not here yet (a replica still fetching it):
-                    // a retryable 503, on HEAD as on GET, not a 500 halfway through a body.
+                    // An LFS file whose content is not here yet (a replica still fetching it).
+                    let mut missing = None;
                     if let Some(lfs) = &entry.lfs {
                         let sha: Sha256 = lfs
                             .sha256
                             .parse()
                             .map_err(|_| AppError::internal("malformed LFS pointer"))?;
                         if !store.has(&sha)? {
-                            return Err(AppError::Unavailable(format!(
-                                "the content of {path} is not on this node yet; retry shortly"
-                            )));
+                            missing = Some((sha, lfs.size));
                         }
                     }
-                    Ok((commit, entry, blob))
+                    Ok((commit, entry, blob, missing))
                 }
                 Err(e) => Err(match AppError::from(e) {
                     AppError::EntryNotFound { message, .. } => AppError::EntryNotFound {
@@ -1454,6 +1515,23 @@ async fn resolve(
         })
         .await?
     };
+    if let Some((sha, size)) = missing {
+        // Fetched from peers ahead of the rest and waited for (bounded); else a retryable
+        // 503, on HEAD as on GET, never a 500 halfway through a body.
+        let wait = if method == Method::HEAD {
+            ENSURE_LFS_WAIT_HEAD
+        } else {
+            ENSURE_LFS_WAIT_GET
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        if let Err(error) = state.p2p().ensure_lfs(&id, sha, size, deadline).await {
+            tracing::debug!(repo = %id, %sha, %error, "LFS content not here yet");
+            return Err(AppError::Unavailable(format!(
+                "the content of {} is not on this node yet; retry shortly",
+                p.path
+            )));
+        }
+    }
     if counts_download(kind, &entry.path) {
         state.repos().count_download(&id);
         let (repos, search, id) = (state.repos().clone(), state.search().clone(), id.clone());

@@ -144,6 +144,8 @@ pub(crate) struct Inference {
     /// for the model wait on the same load.
     loads: Mutex<HashMap<ModelKey, Loading>>,
     load_wait: Duration,
+    /// The registry's limits, for capacity adverts.
+    limits: RegistryConfig,
     /// Tests: runs on the loading thread before a model loads (to hold a load open).
     #[cfg(test)]
     load_hook: std::sync::OnceLock<LoadHook>,
@@ -164,6 +166,7 @@ impl Inference {
     pub(crate) fn new(config: InferenceConfig, observer: Arc<dyn ServeObserver>) -> Self {
         Self {
             cache_dir: config.cache_dir,
+            limits: config.registry.clone(),
             registry: Arc::new(Registry::new(config.registry).with_observer(observer)),
             embedders: Mutex::new(Vec::new()),
             loads: Mutex::new(HashMap::new()),
@@ -171,6 +174,32 @@ impl Inference {
             #[cfg(test)]
             load_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The loaded models (generation and embedding), for capacity adverts and routing.
+    pub(crate) fn loaded_models(&self) -> Vec<ModelKey> {
+        let mut keys = self.registry.loaded();
+        let embedders = self
+            .embedders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        keys.extend(embedders.iter().map(|(k, _)| k.clone()));
+        keys
+    }
+
+    /// Bytes the loaded generation models take, and the budget they share.
+    pub(crate) fn memory(&self) -> (u64, u64) {
+        (self.registry.memory_used(), self.limits.memory_budget)
+    }
+
+    /// The limits each generation engine runs with (queue, KV blocks).
+    pub(crate) fn engine_limits(&self) -> &hub_infer::engine::EngineConfig {
+        &self.limits.serve.engine
+    }
+
+    /// How long OpenAI and TGI requests wait for a model (see [`DEFAULT_LOAD_WAIT`]).
+    pub(crate) fn load_wait(&self) -> Duration {
+        self.load_wait
     }
 
     /// The model if it is loaded now; never waits for a load.
@@ -386,6 +415,25 @@ impl ApiError {
             }
         }
     }
+}
+
+/// An error in the shape of the API a path belongs to (OpenAI under `/v1/`, TGI and the HF
+/// Inference API otherwise), for the compute mesh's routing layer.
+pub(crate) fn api_error(
+    path: &str,
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    estimated_time: Option<f64>,
+) -> Response {
+    let api = if path.starts_with("/v1/") {
+        Api::OpenAi
+    } else {
+        Api::Tgi
+    };
+    let mut e = ApiError::new(api, status, kind, message);
+    e.estimated_time = estimated_time;
+    e.into_response()
 }
 
 impl IntoResponse for ApiError {

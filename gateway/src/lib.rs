@@ -25,6 +25,7 @@
 mod admin;
 #[cfg(test)]
 mod api_tests;
+mod compute;
 pub mod error;
 mod git;
 mod hub;
@@ -39,6 +40,7 @@ mod routes;
 #[cfg(test)]
 mod testing;
 
+pub use compute::ComputeConfig;
 pub use error::AppError;
 pub use inference::{DEFAULT_LOAD_WAIT, InferenceConfig};
 pub use routes::router;
@@ -93,6 +95,7 @@ struct Inner {
     metrics: Metrics,
     /// Set once by [`AppState::enable_inference`]; the inference routes answer 503 until then.
     inference: std::sync::OnceLock<Arc<inference::Inference>>,
+    compute: std::sync::OnceLock<Arc<compute::Compute>>,
 }
 
 impl AppState {
@@ -116,6 +119,7 @@ impl AppState {
                 config,
                 metrics,
                 inference: std::sync::OnceLock::new(),
+                compute: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -162,5 +166,21 @@ impl AppState {
 
     pub(crate) fn inference(&self) -> Option<&Arc<inference::Inference>> {
         self.inner.inference.get()
+    }
+
+    /// Turns on the compute mesh (capacity adverts, routing, forwarding, response cache; see
+    /// the `compute` module) and starts its tasks; call inside the runtime, once, after
+    /// [`AppState::enable_inference`]. Without it every inference request runs here.
+    pub fn enable_compute(&self, config: ComputeConfig) -> bool {
+        let compute = Arc::new(compute::Compute::new(config));
+        if self.inner.compute.set(compute.clone()).is_err() {
+            return false;
+        }
+        compute::start(self, &compute);
+        true
+    }
+
+    pub(crate) fn compute(&self) -> Option<&Arc<compute::Compute>> {
+        self.inner.compute.get()
     }
 }

@@ -7,15 +7,27 @@
 //!   accepted signed-update seq, whether this node seeds it, and the state of its LFS
 //!   replication (objects missing, fetched, unbound; bytes; last error).
 //!
-//! Both are read-only and need no token: they say nothing a peer could not learn from the
-//! mesh itself (identify, gossip, the DHT). A private repo of this node answers 404, as a
-//! missing one does.
+//! - `GET /api/mesh/seeds`: the seeding policy, each entry with its source (`config`:
+//!   `--seed` / `[p2p] seed`, fixed while the node runs; `runtime`: added with
+//!   `hubmesh seed add`; `fetched`: a repo users fetched through this gateway).
+//! - `POST /api/mesh/seeds` `{"pattern": "alice/*"}` and `DELETE /api/mesh/seeds?pattern=…`:
+//!   change the run-time policy (persisted in the data directory). They need a site admin's
+//!   write token. Refusals carry `X-Error-Code`: `InvalidSeedPattern` (400),
+//!   `SeedPatternFromConfig` (409), `SeedPatternNotFound` (404).
+//!
+//! The reads need no token: they say nothing a peer could not learn from the mesh itself
+//! (identify, gossip, the DHT). A private repo of this node answers 404, as a missing one
+//! does.
 
 use crate::AppState;
 use crate::error::AppError;
-use axum::extract::{Path, State};
+use crate::routes::require_auth;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
+use hub_p2p::SeedError;
 use hub_protocol::repo::{RepoId, RepoType};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -27,6 +39,106 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/mesh/peers", get(peers))
         .route("/api/mesh/repos/{kind}/{namespace}/{name}", get(repo))
+        .route(
+            "/api/mesh/seeds",
+            get(list_seeds).post(add_seed).delete(remove_seed),
+        )
+}
+
+fn seeds_json(state: &AppState) -> Value {
+    let seeds: Vec<Value> = state
+        .p2p()
+        .seeds()
+        .into_iter()
+        .map(|e| {
+            json!({
+                "pattern": e.pattern,
+                "type": e.kind.map(|k| k.as_str()),
+                "source": e.source.as_str(),
+            })
+        })
+        .collect();
+    Value::Array(seeds)
+}
+
+async fn list_seeds(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "seeds": seeds_json(&state) }))
+}
+
+/// Changing the policy is site administration.
+async fn require_site_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    let principal = require_auth(state, headers).await?;
+    if !principal.user.site_admin || !principal.token.is_coarse_write() {
+        return Err(AppError::Forbidden(
+            "changing the seeding policy needs a site admin's write token".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn seed_error(e: SeedError) -> AppError {
+    let (status, code) = match &e {
+        SeedError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidSeedPattern"),
+        SeedError::FromConfig(_) => (StatusCode::CONFLICT, "SeedPatternFromConfig"),
+        SeedError::NotFound(_) => (StatusCode::NOT_FOUND, "SeedPatternNotFound"),
+        SeedError::NoReplication => (StatusCode::SERVICE_UNAVAILABLE, "ReplicationUnavailable"),
+        _ => return AppError::internal(e),
+    };
+    AppError::Coded {
+        status,
+        code,
+        message: e.to_string(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PatternBody {
+    pattern: String,
+}
+
+async fn add_seed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    require_site_admin(&state, &headers).await?;
+    let body: PatternBody = serde_json::from_slice(&body)
+        .map_err(|e| AppError::BadRequest(format!("expected {{\"pattern\": \"ns/*\"}}: {e}")))?;
+    let added = state
+        .p2p()
+        .add_seed(&body.pattern)
+        .await
+        .map_err(seed_error)?;
+    tracing::info!(pattern = %body.pattern, added, "seed pattern added");
+    Ok(Json(json!({
+        "pattern": body.pattern,
+        "added": added,
+        "seeds": seeds_json(&state),
+    })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PatternQuery {
+    pattern: String,
+}
+
+async fn remove_seed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PatternQuery>,
+) -> Result<Json<Value>, AppError> {
+    require_site_admin(&state, &headers).await?;
+    state
+        .p2p()
+        .remove_seed(&q.pattern)
+        .await
+        .map_err(seed_error)?;
+    tracing::info!(pattern = %q.pattern, "seed pattern removed");
+    Ok(Json(json!({
+        "pattern": q.pattern,
+        "removed": true,
+        "seeds": seeds_json(&state),
+    })))
 }
 
 async fn peers(State(state): State<AppState>) -> Json<Value> {

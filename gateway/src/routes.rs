@@ -15,6 +15,15 @@ use std::time::Instant;
 
 /// The gateway's router, with request metrics around every route.
 pub fn router(state: AppState) -> Router {
+    // The inference routes behind the compute mesh's routing layer; the same stack serves
+    // the jobs peers forward here.
+    let inference = crate::inference::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::compute::layer,
+    ));
+    if let Some(compute) = state.compute() {
+        compute.set_local_router(inference.clone().with_state(state.clone()));
+    }
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -25,7 +34,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::git::routes())
         .merge(crate::admin::routes())
         .merge(crate::mesh::routes())
-        .merge(crate::inference::routes())
+        .merge(crate::compute::routes())
+        .merge(inference)
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

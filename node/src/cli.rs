@@ -39,9 +39,43 @@ pub enum Command {
     ///
     /// Reads `GET /api/mesh/peers` of the node found through --data (node.json) or --node.
     Peers(ClientFlags),
+    /// Change which repos a running node replicates, while it runs.
+    ///
+    /// Patterns: `*`, `alice/*` or `alice/model`. Added patterns are saved in the data
+    /// directory (they survive restarts) and merged with --seed / `[p2p] seed` (listed with
+    /// source "config"; change those in the configuration). Repos users fetched through the
+    /// node's gateway are listed with source "fetched".
+    #[command(subcommand)]
+    Seed(SeedCommand),
+    /// Show the compute mesh as a running node sees it: its own capacity and the live,
+    /// verified capacity adverts of its peers (mode, queue, memory, models loaded, speed).
+    ///
+    /// Reads `GET /api/mesh/compute` of the node found through --data (node.json) or --node.
+    Compute(ClientFlags),
     /// Check and inspect the chunk store of a stopped node.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeedCommand {
+    /// Seed repos matching PATTERN: matching repos the node heard of start syncing now.
+    Add {
+        /// `*`, `namespace/*` or `namespace/name`.
+        pattern: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Stop seeding PATTERN (a run-time pattern, or a fetched repo `namespace/name`); what
+    /// was replicated stays.
+    Rm {
+        /// The pattern as `seed list` shows it.
+        pattern: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// List the seeding policy with each entry's source.
+    List(ClientFlags),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,7 +117,8 @@ pub struct NodeFlags {
     /// HTTP gateway address; port 0 picks a free port [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// p2p listen address (repeatable); port 0 picks a free port [default: /ip4/0.0.0.0/tcp/0].
+    /// p2p listen address (repeatable); port 0 picks a free port [default: /ip4/0.0.0.0/tcp/0 and
+    /// /ip4/0.0.0.0/udp/0/quic-v1].
     #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
     pub p2p_listen: Vec<String>,
     /// Peer to join at start-up, e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3… (repeatable).
@@ -96,6 +131,14 @@ pub struct NodeFlags {
     /// Name of the admin account created on first start [default: admin].
     #[arg(long, value_name = "NAME")]
     pub admin: Option<String>,
+    /// Find peers on the local network with mDNS (announces this node on the link).
+    #[arg(long)]
+    pub mdns: bool,
+    /// What this node does with inference requests: `local` serves its own gateway's users
+    /// (routing to peers when they are better placed), `mesh` also runs peers' jobs, `off`
+    /// never runs models and always routes [default: local].
+    #[arg(long, value_name = "MODE")]
+    pub inference: Option<String>,
 }
 
 /// How account commands reach a running node: its `node.json` and `admin.token` in the data

@@ -1,4 +1,5 @@
-//! Commands that talk to a running node over HTTP: `user`, `org`, `token` and `peers`.
+//! Commands that talk to a running node over HTTP: `user`, `org`, `token`, `peers` and
+//! `seed`.
 //!
 //! They find the node through its data directory (`node.json` gives the HTTP address,
 //! `admin.token` the site admin's token), or take `--node URL --token TOKEN`, and call the
@@ -6,7 +7,7 @@
 //! progress and errors to stderr. A token secret is printed once, by `token create`, and
 //! nowhere else.
 
-use crate::cli::{ClientFlags, MemberCommand, OrgCommand, TokenCommand, UserCommand};
+use crate::cli::{ClientFlags, MemberCommand, OrgCommand, SeedCommand, TokenCommand, UserCommand};
 use crate::datadir::ADMIN_TOKEN_FILE;
 use anyhow::{Context, bail};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
@@ -180,6 +181,130 @@ pub fn peers(flags: ClientFlags) -> anyhow::Result<()> {
         }
         out
     })
+}
+
+/// `hubmesh compute`: this node's capacity and the adverts it holds, one node per line.
+pub fn compute(flags: ClientFlags) -> anyhow::Result<()> {
+    let v = Client::connect(&flags, false)?.call("GET", "/api/mesh/compute", None)?;
+    output(&flags, &v, || {
+        let line = |who: &str, n: &Value| {
+            let models: Vec<String> = n["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    format!(
+                        "{}@{:.7} {:.1} tok/s",
+                        m["repo"].as_str().unwrap_or("?"),
+                        m["commit"].as_str().unwrap_or("?"),
+                        m["decode_tokens_per_s"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            format!(
+                "{who}  {}{}  queue {}/{}  running {}  free {} MiB  {}  {}",
+                n["mode"].as_str().unwrap_or("?"),
+                if n["accepts_remote"] == Value::Bool(true) {
+                    " (accepts jobs)"
+                } else {
+                    ""
+                },
+                n["queue_depth"],
+                n["queue_limit"],
+                n["running"],
+                n["memory_free_bytes"].as_u64().unwrap_or(0) >> 20,
+                n["device_name"].as_str().unwrap_or("?"),
+                if models.is_empty() {
+                    "no models loaded".to_owned()
+                } else {
+                    models.join(", ")
+                },
+            )
+        };
+        let mut out = line(
+            &format!("{} (this node)", v["peer_id"].as_str().unwrap_or("?")),
+            &v["local"],
+        );
+        let nodes = v["table"]["nodes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if nodes.is_empty() {
+            out.push_str("\nno capacity adverts from peers");
+        }
+        for n in nodes {
+            out.push('\n');
+            out.push_str(&line(n["peer_id"].as_str().unwrap_or("?"), n));
+        }
+        out
+    })
+}
+
+/// Percent-encodes a query value (all but unreserved characters).
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `PATTERN  SOURCE` lines of a `{"seeds": […]}` answer.
+fn describe_seeds(v: &Value) -> String {
+    let seeds = v["seeds"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if seeds.is_empty() {
+        return "this node seeds nothing".to_owned();
+    }
+    seeds
+        .iter()
+        .map(|s| {
+            let pattern = s["pattern"].as_str().unwrap_or("?");
+            let source = s["source"].as_str().unwrap_or("?");
+            match s["type"].as_str() {
+                Some(kind) => format!("{pattern}\t{source}\t{kind}"),
+                None => format!("{pattern}\t{source}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `hubmesh seed add|rm|list`: the node's seeding policy (`/api/mesh/seeds`).
+pub fn seed(command: SeedCommand) -> anyhow::Result<()> {
+    match command {
+        SeedCommand::Add {
+            pattern,
+            client: flags,
+        } => {
+            let v = Client::new(&flags)?.call(
+                "POST",
+                "/api/mesh/seeds",
+                Some(&json!({ "pattern": pattern })),
+            )?;
+            output(&flags, &v, || {
+                if v["added"].as_bool() == Some(true) {
+                    format!("now seeding {pattern}")
+                } else {
+                    format!("already seeding {pattern}")
+                }
+            })
+        }
+        SeedCommand::Rm {
+            pattern,
+            client: flags,
+        } => {
+            let path = format!("/api/mesh/seeds?pattern={}", query_value(&pattern));
+            let v = Client::new(&flags)?.call("DELETE", &path, None)?;
+            output(&flags, &v, || format!("no longer seeding {pattern}"))
+        }
+        SeedCommand::List(flags) => {
+            let v = Client::connect(&flags, false)?.call("GET", "/api/mesh/seeds", None)?;
+            output(&flags, &v, || describe_seeds(&v))
+        }
+    }
 }
 
 pub fn user(command: UserCommand) -> anyhow::Result<()> {

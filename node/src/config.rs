@@ -6,9 +6,10 @@
 //! admin = "admin"
 //!
 //! [p2p]
-//! listen = ["/ip4/0.0.0.0/tcp/0"]
+//! listen = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
 //! bootstrap = []
 //! seed = ["alice/*"]
+//! mdns = false
 //!
 //! [gateway]
 //! list_page_size = 100
@@ -16,6 +17,12 @@
 //! [inference]
 //! memory_budget_mib = 8192  # default: half the machine's RAM
 //! load_wait_secs = 120
+//! mode = "local"            # local | mesh (also run peers' jobs) | off (always route)
+//! advert_period_secs = 5    # capacity adverts; they expire after twice this
+//! max_running = 64          # sequences decoded together per model
+//! max_waiting = 256         # queued per model; more is 429 (or routed to a peer)
+//! allow_peers = []          # peers whose jobs a `mesh` node runs; empty: every peer
+//! cache_entries = 256       # response cache of deterministic requests (0: off)
 //! ```
 
 use crate::cli::NodeFlags;
@@ -50,6 +57,18 @@ pub struct InferenceSection {
     pub memory_budget_mib: Option<u64>,
     /// Seconds the OpenAI and TGI routes wait for a model to load before answering 503.
     pub load_wait_secs: u64,
+    /// `local`, `mesh` or `off` (see `hubmesh up --inference`).
+    pub mode: String,
+    /// Seconds between capacity adverts.
+    pub advert_period_secs: u64,
+    /// Sequences each model decodes together.
+    pub max_running: usize,
+    /// Requests each model queues; more are refused (429) or routed to a peer.
+    pub max_waiting: usize,
+    /// Peer ids whose jobs this node runs in `mesh` mode; empty: every peer of the mesh.
+    pub allow_peers: Vec<String>,
+    /// Responses of deterministic requests kept (0 turns the cache off).
+    pub cache_entries: usize,
 }
 
 impl Default for InferenceSection {
@@ -57,6 +76,12 @@ impl Default for InferenceSection {
         Self {
             memory_budget_mib: None,
             load_wait_secs: hub_gateway::DEFAULT_LOAD_WAIT.as_secs(),
+            mode: "local".into(),
+            advert_period_secs: 5,
+            max_running: 64,
+            max_waiting: 256,
+            allow_peers: Vec::new(),
+            cache_entries: 256,
         }
     }
 }
@@ -85,6 +110,8 @@ pub struct P2pSection {
     pub bootstrap: Vec<String>,
     /// Repos to replicate from peers: `*`, `namespace/*` or `namespace/name`.
     pub seed: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
 }
 
 impl Default for Config {
@@ -103,9 +130,13 @@ impl Default for Config {
 impl Default for P2pSection {
     fn default() -> Self {
         Self {
-            listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
             bootstrap: Vec::new(),
             seed: Vec::new(),
+            mdns: false,
         }
     }
 }
@@ -140,6 +171,12 @@ impl Config {
         if !flags.seed.is_empty() {
             config.p2p.seed = flags.seed.clone();
         }
+        if flags.mdns {
+            config.p2p.mdns = true;
+        }
+        if let Some(mode) = &flags.inference {
+            config.inference.mode = mode.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -151,6 +188,14 @@ impl Config {
         self.seed_patterns()?;
         if !(1..=1000).contains(&self.gateway.list_page_size) {
             bail!("gateway.list_page_size must be between 1 and 1000");
+        }
+        self.inference_mode()?;
+        self.allow_peers()?;
+        if self.inference.advert_period_secs == 0 || self.inference.advert_period_secs > 3600 {
+            bail!("inference.advert_period_secs must be between 1 and 3600");
+        }
+        if self.inference.max_running == 0 {
+            bail!("inference.max_running must be positive");
         }
         if self.inference.memory_budget_mib == Some(0) {
             bail!("inference.memory_budget_mib must be positive");
@@ -179,6 +224,26 @@ impl Config {
             .seed
             .iter()
             .map(|p| SeedPattern::parse(p).context("invalid p2p.seed"))
+            .collect()
+    }
+
+    pub fn inference_mode(&self) -> anyhow::Result<hub_compute::Mode> {
+        self.inference.mode.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid inference mode {:?} (expected local, mesh or off)",
+                self.inference.mode
+            )
+        })
+    }
+
+    pub fn allow_peers(&self) -> anyhow::Result<Vec<hub_p2p::PeerId>> {
+        self.inference
+            .allow_peers
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .with_context(|| format!("invalid peer id {p:?} in inference.allow_peers"))
+            })
             .collect()
     }
 
@@ -214,7 +279,10 @@ mod tests {
         assert_eq!(c.data, PathBuf::from("./hubmesh-data"));
         assert_eq!(c.http.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin, "admin");
-        assert_eq!(c.p2p.listen, ["/ip4/0.0.0.0/tcp/0"]);
+        assert_eq!(
+            c.p2p.listen,
+            ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Token(command) => client::token(command),
         cli::Command::Store(command) => store_cmd::run(command),
         cli::Command::Peers(flags) => client::peers(flags),
+        cli::Command::Compute(flags) => client::compute(flags),
+        cli::Command::Seed(command) => client::seed(command),
     }
 }
 

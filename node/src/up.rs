@@ -79,6 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let p2p_config = P2pConfig {
         listen: config.listen_addrs()?,
         bootstrap: config.bootstrap_addrs()?,
+        mdns: config.p2p.mdns,
         ..P2pConfig::default()
     };
     let secret: [u8; 32] = key
@@ -121,7 +122,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inference.registry.memory_budget = mib.saturating_mul(1 << 20);
     }
     inference.load_wait = Duration::from_secs(config.inference.load_wait_secs);
+    let engine = &mut inference.registry.serve.engine;
+    engine.max_running = config.inference.max_running;
+    engine.max_waiting = config.inference.max_waiting;
     state.enable_inference(inference);
+    state.enable_compute(hub_gateway::ComputeConfig {
+        mode: config.inference_mode()?,
+        secret,
+        advert_period: Duration::from_secs(config.inference.advert_period_secs),
+        allow_peers: config.allow_peers()?,
+        cache_entries: config.inference.cache_entries,
+    });
     let app = hub_gateway::router(state);
     let flusher = tokio::spawn(flush_downloads_every(
         repos.clone(),

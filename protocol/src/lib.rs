@@ -13,6 +13,8 @@
 //! ```
 
 pub mod blocks;
+pub mod capacity;
+pub mod forward;
 pub mod manifest;
 pub mod name;
 pub mod node_info;

@@ -25,6 +25,8 @@ use crate::signed::{DecodeError, FORMAT_VERSION, GitOid, MAX_REFS, kind};
 
 /// Gossip topic of [`crate::signed::SignedRefUpdate`]s.
 pub const TOPIC_REFS: &str = "hubmesh/refs/1";
+/// The gossipsub topic of signed capacity adverts (the compute mesh).
+pub const TOPIC_CAPACITY: &str = "hubmesh/capacity/1";
 /// Gossip topic of [`crate::signed::SignedNamespaceDoc`]s.
 pub const TOPIC_NAMESPACES: &str = "hubmesh/namespaces/1";
 /// Largest gossip message (both topics). A signed update at the limits of

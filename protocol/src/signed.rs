@@ -112,6 +112,9 @@ pub(crate) mod kind {
     /// `/hubmesh/blocks/1` request and response (see [`crate::blocks`]).
     pub const BLOCK_REQUEST: u8 = 8;
     pub const BLOCK_RESPONSE: u8 = 9;
+    /// Compute capacity adverts (see [`crate::capacity`]): the signed payload and the wire message.
+    pub const CAPACITY_ADVERT: u8 = 10;
+    pub const SIGNED_CAPACITY_ADVERT: u8 = 11;
 }
 
 fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {

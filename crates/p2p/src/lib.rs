@@ -36,16 +36,18 @@ mod codec;
 mod lfs;
 mod replicate;
 mod schedule;
+mod seeds;
 mod state;
 mod swarm;
 
 pub use libp2p::identity::Keypair;
-pub use libp2p::{Multiaddr, PeerId};
-pub use replicate::{OnReplicated, Replication, ReplicationError, spawn_replicating};
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+pub use replicate::{EnsureError, OnReplicated, Replication, ReplicationError, spawn_replicating};
+pub use seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedSource};
 pub use state::{RefStore, RefStoreError};
 pub use swarm::{
-    BLOCKS_TIMEOUT, MAX_PACK_STREAMS, P2p, P2pConfig, P2pError, PACK_TIMEOUT, PeerInfo, RepoState,
-    Topic, spawn,
+    BLOCKS_TIMEOUT, GossipMessage, MAX_PACK_STREAMS, P2p, P2pConfig, P2pError, PACK_TIMEOUT,
+    PeerInfo, RepoState, Topic, Verdict, spawn,
 };
 pub use tokio_util::sync::CancellationToken;
 
@@ -58,5 +60,43 @@ pub fn with_peer_id(addr: &Multiaddr, peer_id: PeerId) -> Multiaddr {
         addr.clone()
     } else {
         addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer_id))
+    }
+}
+
+/// The peer id of a node key: node keys are the same ed25519 keys in libp2p and in
+/// `hub_protocol::signed` (namespace delegates, capacity adverts). `None` for bytes that are
+/// not a valid ed25519 point.
+pub fn peer_id_of_key(key: &[u8; 32]) -> Option<PeerId> {
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(key).ok()?;
+    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
+
+/// The ed25519 node key a peer id embeds (ed25519 peer ids inline their public key); `None`
+/// for peer ids of other key types.
+pub fn key_of_peer_id(peer: &PeerId) -> Option<[u8; 32]> {
+    let multihash = multihash_digest(peer)?;
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(&multihash).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
+}
+
+/// The digest of an identity-multihash peer id (the protobuf-encoded public key).
+fn multihash_digest(peer: &PeerId) -> Option<Vec<u8>> {
+    let bytes = peer.to_bytes();
+    // Identity multihash: code 0x00, then a varint length (< 128 for ed25519 keys).
+    match bytes.as_slice() {
+        [0x00, len, digest @ ..] if usize::from(*len) == digest.len() => Some(digest.to_vec()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    #[test]
+    fn peer_ids_and_node_keys_convert_both_ways() {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let peer = keypair.public().to_peer_id();
+        let key = super::key_of_peer_id(&peer).expect("ed25519 peer id");
+        assert_eq!(super::peer_id_of_key(&key), Some(peer));
+        assert_eq!(key, keypair.public().try_into_ed25519().unwrap().to_bytes());
     }
 }

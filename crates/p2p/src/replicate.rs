@@ -32,7 +32,19 @@
 //! gossip peers, then the connected peers, then DHT providers. A repo with objects still
 //! missing counts as failed and is synced again after [`RETRY_PERIOD`]; at start-up every
 //! seeded repo with an accepted update is synced once, which resumes interrupted fetches.
+//!
+//! The seeding policy ([`SeedPolicy`], module `seeds`) is shared with the [`P2p`] handle
+//! through [`Control`]: `hubmesh seed add|rm` change it at run time (persisted next to the
+//! ref store) and send [`ControlMsg::SeedsChanged`], after which newly covered repos sync.
+//! Any gateway serves the whole mesh: [`P2p::ensure_repo`] fetches a public repo this node
+//! does not hold but has an accepted update for (remembered as fetched, so it stays
+//! seeded) and waits for its git part; [`P2p::ensure_lfs`] fetches one LFS object ahead of
+//! the repo's sync for a waiting download. One fetch per LFS object runs at a time
+//! ([`fetch_lfs_once`]). [`P2p::namespace_hosts`] names the delegates of a namespace this
+//! node is not a delegate of, so the gateway can send writes there.
 
+use crate::lfs::Wanted;
+use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{RefStore, RefStoreError};
 use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
 use hub_protocol::blocks::BlockResponse;
@@ -40,19 +52,20 @@ use hub_protocol::manifest::Sha256;
 use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern};
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{
-    MAX_LFS, NamespaceDoc, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate, SigningKey,
-    Visibility,
+    MAX_LFS, NamespaceDoc, PublicKey, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate,
+    SigningKey, Visibility,
 };
 use hub_repo::{RepoError, Repos};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Updates that wait for their namespace document, at most.
@@ -63,6 +76,14 @@ const MAX_CATCH_UP: usize = 1024;
 const RETRY_PERIOD: Duration = Duration::from_secs(5);
 /// How long a sync waits for the DHT's providers of a repo.
 const PROVIDERS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests from the gateway side (seeding changes, on-demand fetches) waiting for the task.
+const CONTROL_QUEUE: usize = 256;
+/// Pack and block requests served at once, over all peers (each holds a blocking thread
+/// and up to one answer in memory); more wait.
+const MAX_SERVING: usize = 32;
+/// Pack and block requests of one peer served at once; more are refused (`Failed`). An
+/// honest fetcher keeps at most 3 in flight per provider.
+const MAX_SERVING_PER_PEER: usize = 8;
 
 /// Called (on a blocking thread) after a repo was replicated, e.g. to refresh the listing.
 pub type OnReplicated = Arc<dyn Fn(&RepoId) + Send + Sync>;
@@ -77,7 +98,8 @@ pub struct Replication {
     pub secret: [u8; 32],
     /// The chunk store: LFS content is published from and fetched into it.
     pub store: hub_store::Store,
-    /// Which repos this node seeds.
+    /// Which repos this node seeds, from its configuration. Patterns added at run time and
+    /// repos fetched on demand are persisted in [`SEEDS_FILE`] next to `ref_store` and merged.
     pub seeds: Vec<SeedPattern>,
     pub on_replicated: OnReplicated,
     /// Tests only: serve every chunk batch with one bit flipped (a misbehaving provider).
@@ -101,6 +123,8 @@ pub enum ReplicationError {
     Swarm(#[from] P2pError),
     #[error(transparent)]
     RefStore(#[from] RefStoreError),
+    #[error("open the seeding policy: {0}")]
+    Seeds(std::io::Error),
 }
 
 /// Repos written locally and not announced yet: a set, so repeated writes coalesce and the
@@ -125,6 +149,211 @@ impl Changes {
     }
 }
 
+/// Requests from the gateway side ([`P2p`] methods) to the replication task.
+#[derive(Debug)]
+pub(crate) enum ControlMsg {
+    /// The seeding policy changed: sync every accepted repo it now covers.
+    SeedsChanged,
+    /// A user asked this node for a repo it does not hold: remember it and fetch it now.
+    Ensure(RepoId),
+    /// A download waits for one LFS object: fetch it ahead of the others.
+    Lfs {
+        repo: RepoId,
+        sha256: Sha256,
+        size: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// What the [`P2p`] handle reaches of a running replication task (no [`P2p`] inside: no
+/// reference cycle).
+pub(crate) struct Control {
+    seeds: Arc<SeedPolicy>,
+    store: Arc<Mutex<RefStore>>,
+    repos: Arc<Repos>,
+    /// This node's delegate key.
+    me: PublicKey,
+    tx: mpsc::Sender<ControlMsg>,
+    synced: Arc<watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("seeds", &self.seeds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`P2p::ensure_repo`] could not bring a repo here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnsureError {
+    /// No accepted signed update names the repo: the mesh does not know it (private repos
+    /// are never announced), or this node runs no replication.
+    #[error("no peer announced this repository")]
+    Unknown,
+    /// Announced, but its git data had not arrived by the deadline.
+    #[error("the repository is still being fetched from peers ({0})")]
+    Pending(String),
+}
+
+/// The libp2p peer id of a delegate key (node keys are the same ed25519 keys).
+fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
+    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
+
+/// The seeding policy, on-demand fetches and namespace hosting, for the gateway.
+impl P2p {
+    fn control(&self) -> Option<Arc<Control>> {
+        self.control.clone()
+    }
+
+    /// The merged seeding policy: configuration, run-time patterns, repos fetched on demand.
+    pub fn seeds(&self) -> Vec<SeedEntry> {
+        self.control().map(|c| c.seeds.list()).unwrap_or_default()
+    }
+
+    /// Adds a run-time seed pattern (persisted); matching repos with an accepted update start
+    /// syncing. `Ok(false)`: the policy had it already.
+    pub async fn add_seed(&self, pattern: &str) -> Result<bool, SeedError> {
+        let control = self.control().ok_or(SeedError::NoReplication)?;
+        let (seeds, pattern) = (control.seeds.clone(), pattern.to_owned());
+        let added = blocking(move || seeds.add(&pattern))
+            .await
+            .ok_or_else(|| SeedError::Io("seed task failed".into()))??;
+        if added {
+            let _ = control.tx.send(ControlMsg::SeedsChanged).await;
+        }
+        Ok(added)
+    }
+
+    /// Removes a run-time pattern, or a repo fetched on demand (`ns/name`); future updates
+    /// of repos no longer covered are not fetched (what is stored stays).
+    pub async fn remove_seed(&self, pattern: &str) -> Result<(), SeedError> {
+        let control = self.control().ok_or(SeedError::NoReplication)?;
+        let (seeds, pattern) = (control.seeds.clone(), pattern.to_owned());
+        blocking(move || seeds.remove(&pattern))
+            .await
+            .ok_or_else(|| SeedError::Io("seed task failed".into()))??;
+        let _ = control.tx.send(ControlMsg::SeedsChanged).await;
+        Ok(())
+    }
+
+    /// Makes sure this node holds `repo`, which it does not host: when an accepted signed
+    /// update names it (and this node is no delegate of its namespace), the repo is remembered as fetched (seeded from now on) and fetched
+    /// now; this waits until its refs are those of the update, or until `deadline` (then a
+    /// repo with some refs is good enough). LFS content follows in the background (see
+    /// [`P2p::ensure_lfs`]).
+    pub async fn ensure_repo(&self, repo: &RepoId, deadline: Instant) -> Result<(), EnsureError> {
+        let control = self.control().ok_or(EnsureError::Unknown)?;
+        let mut synced = control.synced.subscribe();
+        let check = {
+            let (c, id) = (control.clone(), repo.clone());
+            move || {
+                let refs = {
+                    let store = c.store.lock().unwrap_or_else(PoisonError::into_inner);
+                    let state = store.state();
+                    if state
+                        .head(id.namespace())
+                        .is_some_and(|doc| doc.is_delegate(&c.me))
+                    {
+                        // This node hosts the namespace: a repo it lacks was deleted here,
+                        // and no peer's copy brings it back.
+                        return None;
+                    }
+                    state.last_accepted(&id).map(|u| u.update.refs.clone())?
+                };
+                Some(c.repos.exists(&id) && c.repos.public_refs(&id).is_ok_and(|r| r == refs))
+            }
+        };
+        match blocking(check.clone()).await.flatten() {
+            None => return Err(EnsureError::Unknown),
+            Some(true) => return Ok(()),
+            Some(false) => {}
+        }
+        if control
+            .tx
+            .send(ControlMsg::Ensure(repo.clone()))
+            .await
+            .is_err()
+        {
+            return Err(EnsureError::Pending("replication stopped".into()));
+        }
+        loop {
+            tokio::select! {
+                changed = synced.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+            if blocking(check.clone()).await.flatten() == Some(true) {
+                return Ok(());
+            }
+        }
+        let (c, id) = (control.clone(), repo.clone());
+        let partial = blocking(move || {
+            c.repos.exists(&id) && c.repos.public_refs(&id).is_ok_and(|r| !r.is_empty())
+        })
+        .await
+        .unwrap_or(false);
+        if partial {
+            return Ok(());
+        }
+        let why = self
+            .repo_state(repo)
+            .and_then(|s| s.last_error)
+            .unwrap_or_else(|| "not arrived yet".into());
+        Err(EnsureError::Pending(why))
+    }
+
+    /// Fetches one LFS object of `repo` (named by its pointer) ahead of the repo's sync and
+    /// waits until it is stored, or until `deadline`.
+    pub async fn ensure_lfs(
+        &self,
+        repo: &RepoId,
+        sha256: Sha256,
+        size: u64,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let control = self.control().ok_or("this node runs no replication")?;
+        let (reply, rx) = oneshot::channel();
+        let msg = ControlMsg::Lfs {
+            repo: repo.clone(),
+            sha256,
+            size,
+            reply,
+        };
+        control
+            .tx
+            .send(msg)
+            .await
+            .map_err(|_| "replication stopped".to_owned())?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("replication stopped".into()),
+            Err(_) => Err("still arriving from peers".into()),
+        }
+    }
+
+    /// The nodes (delegates) hosting `namespace`, when its accepted namespace document does
+    /// not list this node: writes belong there. `None`: this node is a delegate, or no
+    /// document is known (a namespace of this node's own that was never announced).
+    pub async fn namespace_hosts(&self, namespace: &str) -> Option<Vec<PeerId>> {
+        let control = self.control()?;
+        let ns = namespace.to_owned();
+        blocking(move || {
+            let store = control.store.lock().unwrap_or_else(PoisonError::into_inner);
+            let doc = store.state().head(&ns)?;
+            if doc.is_delegate(&control.me) {
+                return None;
+            }
+            Some(doc.delegates().iter().filter_map(peer_id_of).collect())
+        })
+        .await
+        .flatten()
+    }
+}
+
 /// Starts the swarm and the replication task; the returned task ends when both have.
 pub async fn spawn_replicating(
     key: Keypair,
@@ -136,30 +365,53 @@ pub async fn spawn_replicating(
     let store = tokio::task::spawn_blocking(move || RefStore::open(path))
         .await
         .map_err(|_| RefStoreError::Inconsistent("open task failed".into()))??;
+    let seeds_path = replication.ref_store.with_file_name(SEEDS_FILE);
+    let configured = replication.seeds.clone();
+    let seeds = tokio::task::spawn_blocking(move || SeedPolicy::open(Some(seeds_path), configured))
+        .await
+        .map_err(|e| ReplicationError::Seeds(std::io::Error::other(e)))?
+        .map_err(ReplicationError::Seeds)?;
+    let seeds = Arc::new(seeds);
     let (mut p2p, events, swarm_task) =
         crate::swarm::spawn_with_events(key, config, cancel.clone()).await?;
     let changes = Arc::new(Changes::default());
     p2p.changes = Some(changes.clone());
+    let store = Arc::new(Mutex::new(store));
+    let key = SigningKey::from_bytes(&replication.secret);
+    let synced = Arc::new(watch::channel(0u64).0);
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    p2p.control = Some(Arc::new(Control {
+        seeds: seeds.clone(),
+        store: store.clone(),
+        repos: replication.repos.clone(),
+        me: key.public(),
+        tx: control_tx,
+        synced: synced.clone(),
+    }));
     let (done_tx, done_rx) = mpsc::channel(64);
     let task = Task {
         p2p: p2p.clone(),
         ctx: Arc::new(Ctx {
-            store: Mutex::new(store),
-            key: SigningKey::from_bytes(&replication.secret),
+            store,
+            key,
             repos: replication.repos,
             chunks: replication.store,
             on_replicated: replication.on_replicated,
             p2p: p2p.clone(),
             corrupt_chunks: replication.corrupt_chunks_for_tests,
+            seeds,
+            synced,
+            inflight: Mutex::default(),
+            serving: Mutex::default(),
+            serve_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
         }),
-        seeds: replication.seeds,
         changes,
         pending: HashMap::new(),
         fetching: HashMap::new(),
         failed: HashMap::new(),
         done_tx,
     };
-    let replication_task = tokio::spawn(task.run(events, done_rx, cancel));
+    let replication_task = tokio::spawn(task.run(events, done_rx, control_rx, cancel));
     let joined = tokio::spawn(async move {
         let _ = replication_task.await;
         let _ = swarm_task.await;
@@ -170,13 +422,76 @@ pub async fn spawn_replicating(
 /// What fetch tasks and the main loop share.
 struct Ctx {
     /// Used only on blocking threads (its methods sync to disk).
-    store: Mutex<RefStore>,
+    store: Arc<Mutex<RefStore>>,
     key: SigningKey,
     repos: Arc<Repos>,
     chunks: hub_store::Store,
     on_replicated: OnReplicated,
     p2p: P2p,
     corrupt_chunks: bool,
+    /// Which repos this node seeds (configuration, run time, fetched on demand).
+    seeds: Arc<SeedPolicy>,
+    /// Bumped whenever a fetch applied a pack or finished: on-demand waiters re-check.
+    synced: Arc<watch::Sender<u64>>,
+    /// LFS objects being fetched now; a second fetcher of one waits for the first.
+    inflight: Mutex<BTreeMap<Sha256, watch::Receiver<()>>>,
+    /// Requests being served per peer (bounded by [`MAX_SERVING_PER_PEER`]).
+    serving: Mutex<HashMap<PeerId, usize>>,
+    serve_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// One request being served for a peer; frees its place when dropped.
+struct Serving {
+    ctx: Arc<Ctx>,
+    peer: PeerId,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let mut serving = self
+            .ctx
+            .serving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = serving.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                serving.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A place to serve one more request of `peer`: `None` when it has
+/// [`MAX_SERVING_PER_PEER`] running already; waits while all [`MAX_SERVING`] are busy.
+async fn admit(ctx: &Arc<Ctx>, peer: PeerId) -> Option<Serving> {
+    {
+        let mut serving = ctx.serving.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = serving.entry(peer).or_default();
+        if *n >= MAX_SERVING_PER_PEER {
+            tracing::debug!(%peer, "peer over its request limit; refused");
+            return None;
+        }
+        *n += 1;
+    }
+    // Counted before the wait, so a peer cannot queue more than its share either.
+    let slot = ctx.serve_slots.clone().acquire_owned().await;
+    let mut serving = ctx.serving.lock().unwrap_or_else(PoisonError::into_inner);
+    match slot {
+        Ok(slot) => Some(Serving {
+            ctx: ctx.clone(),
+            peer,
+            _slot: slot,
+        }),
+        // The semaphore is never closed; undo the count all the same.
+        Err(_) => {
+            if let Some(n) = serving.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+            }
+            None
+        }
+    }
 }
 
 impl Ctx {
@@ -188,7 +503,6 @@ impl Ctx {
 struct Task {
     p2p: P2p,
     ctx: Arc<Ctx>,
-    seeds: Vec<SeedPattern>,
     changes: Arc<Changes>,
     /// Updates waiting for their namespace document: repo → (bytes, publisher, forwarder).
     pending: HashMap<RepoId, (Vec<u8>, Option<PeerId>, PeerId)>,
@@ -214,6 +528,7 @@ impl Task {
         mut self,
         mut events: mpsc::Receiver<NetEvent>,
         mut done: mpsc::Receiver<(RepoId, bool)>,
+        mut control: mpsc::Receiver<ControlMsg>,
         cancel: CancellationToken,
     ) {
         let mut retry = tokio::time::interval(RETRY_PERIOD);
@@ -232,9 +547,13 @@ impl Task {
                     None => break,
                 },
                 Some((repo, ok)) = done.recv() => self.fetched(repo, ok),
+                Some(msg) = control.recv() => self.on_control(msg).await,
                 _ = retry.tick() => {
                     for (repo, peers) in std::mem::take(&mut self.failed) {
-                        self.fetch(repo, peers);
+                        // A repo no longer seeded (`seed rm`) is not fetched again.
+                        if self.ctx.seeds.matches(&repo) {
+                            self.fetch(repo, peers);
+                        }
                     }
                 }
             }
@@ -257,7 +576,7 @@ impl Task {
         .await
         .unwrap_or_default();
         for (repo, seq) in accepted {
-            let seeded = self.seeds.iter().any(|p| p.matches(&repo));
+            let seeded = self.ctx.seeds.matches(&repo);
             self.p2p.repo_states.update(&repo, |s| {
                 s.last_seq = Some(seq);
                 s.seeded = seeded;
@@ -313,6 +632,8 @@ impl Task {
                 let verdict = match topic {
                     Topic::Namespaces => self.on_doc(data).await,
                     Topic::Refs => self.on_update(data, author, propagation_source).await,
+                    // Routed to the compute mesh by the swarm; never reaches this task.
+                    Topic::Capacity => Verdict::Ignore,
                 };
                 let counter = if verdict == Verdict::Accept {
                     &self.p2p.counters.gossip_accepted
@@ -343,6 +664,11 @@ impl Task {
             } => {
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
+                    let Some(_serving) = admit(&ctx, peer).await else {
+                        let response = PackResponse::Failed;
+                        let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
+                        return;
+                    };
                     let repo = request.repo.clone();
                     let response = blocking({
                         let ctx = ctx.clone();
@@ -361,6 +687,14 @@ impl Task {
             } => {
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
+                    let Some(_serving) = admit(&ctx, peer).await else {
+                        let response = BlockResponse::Failed;
+                        let _ = ctx
+                            .p2p
+                            .send(Command::RespondBlocks { channel, response })
+                            .await;
+                        return;
+                    };
                     let response = blocking({
                         let ctx = ctx.clone();
                         move || {
@@ -430,7 +764,7 @@ impl Task {
         match result {
             Some(Ok(seq)) => {
                 tracing::info!(%repo, seq, %via, "ref update accepted");
-                let seeded = self.seeds.iter().any(|p| p.matches(&repo));
+                let seeded = self.ctx.seeds.matches(&repo);
                 self.p2p.repo_states.update(&repo, |s| {
                     s.last_seq = Some(seq);
                     s.seeded = seeded;
@@ -464,6 +798,74 @@ impl Task {
         }
     }
 
+    async fn on_control(&mut self, msg: ControlMsg) {
+        match msg {
+            ControlMsg::SeedsChanged => {
+                let ctx = self.ctx.clone();
+                let accepted = blocking(move || {
+                    ctx.store()
+                        .state()
+                        .accepted()
+                        .map(|(repo, _)| repo.clone())
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for repo in accepted {
+                    let seeded = self.ctx.seeds.matches(&repo);
+                    let was = self.p2p.repo_state(&repo).is_some_and(|s| s.seeded);
+                    self.p2p.repo_states.update(&repo, |s| s.seeded = seeded);
+                    if seeded && !was {
+                        tracing::info!(%repo, "now seeded; syncing");
+                        self.fetch(repo, Vec::new());
+                    } else if !seeded {
+                        self.failed.remove(&repo);
+                    }
+                }
+            }
+            ControlMsg::Ensure(repo) => {
+                let (seeds, id) = (self.ctx.seeds.clone(), repo.clone());
+                // Remembered only when no pattern covers it already.
+                let remember = move || {
+                    if seeds.matches(&id) {
+                        Ok(false)
+                    } else {
+                        seeds.add_fetched(&id)
+                    }
+                };
+                match blocking(remember).await {
+                    Some(Ok(true)) => {
+                        tracing::info!(%repo, "fetching on demand; seeded from now on");
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%repo, %error, "fetched repo not remembered");
+                    }
+                    _ => {}
+                }
+                self.p2p.repo_states.update(&repo, |s| s.seeded = true);
+                if !self.fetching.contains_key(&repo) {
+                    let peers = self.failed.remove(&repo).unwrap_or_default();
+                    self.fetch(repo, peers);
+                }
+            }
+            ControlMsg::Lfs {
+                repo,
+                sha256,
+                size,
+                reply,
+            } => {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let result = priority_lfs(&ctx, &repo, sha256, size).await;
+                    if let Err(error) = &result {
+                        tracing::warn!(%repo, %sha256, %error, "LFS object wanted by a download not fetched");
+                    }
+                    let _ = reply.send(result);
+                });
+            }
+        }
+    }
+
     /// Starts (or re-arms) the fetch of a seeded repo.
     fn fetch(&mut self, repo: RepoId, peers: Vec<PeerId>) {
         if let Some((again, known)) = self.fetching.get_mut(&repo) {
@@ -492,6 +894,7 @@ impl Task {
     }
 
     fn fetched(&mut self, repo: RepoId, ok: bool) {
+        self.ctx.synced.send_modify(|n| *n += 1);
         let Some((again, peers)) = self.fetching.remove(&repo) else {
             return;
         };
@@ -595,6 +998,8 @@ fn own_state(ctx: &Ctx, topic: Topic) -> Vec<Vec<u8>> {
     let store = ctx.store();
     let state = store.state();
     match topic {
+        // Adverts are periodic; a new peer hears the next round.
+        Topic::Capacity => Vec::new(),
         Topic::Namespaces => state
             .namespaces()
             .flat_map(|ns| state.chain(ns).iter().map(SignedNamespaceDoc::encode))
@@ -660,6 +1065,11 @@ async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Re
     let Some((update, have, current, local)) = target else {
         return Ok(());
     };
+    if peers.is_empty() {
+        // Resumed, retried or fetched on demand: no gossip peer to prefer; the connected
+        // peers first (a quick NotFound from those without it), then the DHT's providers.
+        peers = ctx.p2p.connected();
+    }
     let gossip_peers = peers.clone();
     if local && current == update.update.refs {
         return sync_lfs(ctx, repo, &update, gossip_peers).await;
@@ -736,40 +1146,10 @@ async fn sync_lfs(
     let mut left = missing.wanted.len();
     let mut last_error = None;
     for wanted in missing.wanted {
-        let more = || async {
-            tokio::time::timeout(PROVIDERS_TIMEOUT, ctx.p2p.providers(repo))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| *p != me)
-                .collect()
-        };
-        let result = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, &peers, more).await;
-        match result {
-            Ok(bytes) => {
-                let (c, id, sha) = (ctx.clone(), repo.clone(), wanted.sha256);
-                let recorded = blocking(move || {
-                    c.chunks.add_root(&sha).map_err(|e| e.to_string())?;
-                    c.repos
-                        .add_lfs_objects(&id, &[sha.0])
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .ok_or("record task failed")?;
-                recorded?;
+        match fetch_lfs_once(ctx, repo, wanted, &peers).await {
+            Ok(()) => {
                 left -= 1;
-                ctx.p2p
-                    .counters
-                    .lfs_objects_fetched
-                    .fetch_add(1, Ordering::Relaxed);
-                ctx.p2p.repo_states.update(repo, |s| {
-                    s.lfs_fetched += 1;
-                    s.chunk_bytes_received += bytes;
-                });
                 set_missing(left);
-                tracing::info!(%repo, sha256 = %wanted.sha256, size = wanted.size, bytes, "LFS object replicated");
             }
             Err(error) => {
                 tracing::warn!(%repo, sha256 = %wanted.sha256, %error, "LFS object not fetched");
@@ -781,6 +1161,134 @@ async fn sync_lfs(
         None => Ok(()),
         Some(error) => Err(format!("{left} LFS objects still missing; last: {error}")),
     }
+}
+
+/// Ends an in-flight LFS fetch: waiters wake (the sender drops) and re-check the store.
+struct Inflight {
+    ctx: Arc<Ctx>,
+    sha256: Sha256,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.ctx
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.sha256);
+    }
+}
+
+/// Fetches one LFS object for `repo` (module `lfs`) from `peers`, then the DHT's providers,
+/// and records it (GC root, the repo's LFS set). One fetch per object at a time: a second
+/// caller (a download that wants the object while the repo's sync fetches it, or the other
+/// way round) waits for the first and re-checks the store.
+async fn fetch_lfs_once(
+    ctx: &Arc<Ctx>,
+    repo: &RepoId,
+    wanted: Wanted,
+    peers: &[PeerId],
+) -> Result<(), String> {
+    let sha = wanted.sha256;
+    let (waiting, guard) = {
+        let mut map = ctx.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(&sha) {
+            Some(rx) => (Some(rx.clone()), None),
+            None => {
+                let (tx, rx) = watch::channel(());
+                map.insert(sha, rx);
+                let guard = Inflight {
+                    ctx: ctx.clone(),
+                    sha256: sha,
+                    _done: tx,
+                };
+                (None, Some(guard))
+            }
+        }
+    };
+    if let Some(mut rx) = waiting {
+        // Resolves when the other fetch ends (its sender drops).
+        let _ = rx.changed().await;
+        let (c, s) = (ctx.clone(), sha);
+        let stored = blocking(move || c.chunks.has(&s).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if !stored {
+            return Err("a concurrent fetch of this object failed".into());
+        }
+        return record_lfs(ctx, repo, sha).await;
+    }
+    let me = ctx.p2p.peer_id();
+    let more = || async {
+        tokio::time::timeout(PROVIDERS_TIMEOUT, ctx.p2p.providers(repo))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect()
+    };
+    let bytes = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, peers, more).await?;
+    record_lfs(ctx, repo, sha).await?;
+    drop(guard);
+    ctx.p2p
+        .counters
+        .lfs_objects_fetched
+        .fetch_add(1, Ordering::Relaxed);
+    ctx.p2p.repo_states.update(repo, |s| {
+        s.lfs_fetched += 1;
+        s.chunk_bytes_received += bytes;
+    });
+    tracing::info!(%repo, sha256 = %wanted.sha256, size = wanted.size, bytes, "LFS object replicated");
+    Ok(())
+}
+
+/// A stored object joins the GC roots and `repo`'s LFS set.
+async fn record_lfs(ctx: &Arc<Ctx>, repo: &RepoId, sha: Sha256) -> Result<(), String> {
+    let (c, id) = (ctx.clone(), repo.clone());
+    blocking(move || {
+        c.chunks.add_root(&sha).map_err(|e| e.to_string())?;
+        c.repos
+            .add_lfs_objects(&id, &[sha.0])
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .ok_or("record task failed")?
+}
+
+/// A download waits for one LFS object of `repo`: fetch it now, ahead of the repo's sync
+/// (which fetches objects one at a time), verified against the last accepted update.
+async fn priority_lfs(
+    ctx: &Arc<Ctx>,
+    repo: &RepoId,
+    sha256: Sha256,
+    size: u64,
+) -> Result<(), String> {
+    let (c, id) = (ctx.clone(), repo.clone());
+    let (manifest_id, stored) = blocking(move || {
+        let manifest = c
+            .store()
+            .state()
+            .last_accepted(&id)
+            .and_then(|u| u.update.lfs.get(&sha256).copied());
+        (manifest, c.chunks.has(&sha256).unwrap_or(false))
+    })
+    .await
+    .ok_or("lookup task failed")?;
+    if stored {
+        return record_lfs(ctx, repo, sha256).await;
+    }
+    let manifest_id =
+        manifest_id.ok_or("no accepted signed update binds this object to a manifest")?;
+    let wanted = Wanted {
+        sha256,
+        size,
+        manifest_id,
+    };
+    let peers = ctx.p2p.connected();
+    fetch_lfs_once(ctx, repo, wanted, &peers).await
 }
 
 /// Asks each peer in turn for the pack and applies the first good one.
@@ -820,6 +1328,7 @@ async fn try_peers(
         match applied {
             Some(Ok(outcome)) => {
                 tracing::info!(%repo, %peer, seq = update.update.seq, ?outcome, "replicated");
+                ctx.synced.send_modify(|n| *n += 1);
                 ctx.p2p
                     .counters
                     .repos_replicated
@@ -874,5 +1383,13 @@ mod tests {
         // Another node's key is not a delegate of alice: it announces nothing.
         let other = SigningKey::from_bytes(&[6; 32]);
         assert!(sign_update(&mut store, &other, &repos, &chunks, &public).is_none());
+    }
+
+    #[test]
+    fn a_delegate_key_names_the_node_with_that_key() {
+        let mut secret = [7u8; 32];
+        let key = SigningKey::from_bytes(&secret);
+        let node = Keypair::ed25519_from_bytes(&mut secret).unwrap();
+        assert_eq!(peer_id_of(&key.public()), Some(node.public().to_peer_id()));
     }
 }

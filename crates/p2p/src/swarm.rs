@@ -22,16 +22,17 @@ use crate::codec::{BlockCodec, PackCodec};
 use futures::StreamExt;
 use hub_protocol::blocks::{BLOCKS_PROTOCOL, BlockRequest, BlockResponse};
 use hub_protocol::replication::{
-    GIT_PACK_PROTOCOL, MAX_GOSSIP_MESSAGE, PackRequest, PackResponse, TOPIC_NAMESPACES, TOPIC_REFS,
+    GIT_PACK_PROTOCOL, MAX_GOSSIP_MESSAGE, PackRequest, PackResponse, TOPIC_CAPACITY,
+    TOPIC_NAMESPACES, TOPIC_REFS,
 };
 use hub_protocol::repo::RepoId;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, noise,
-    ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, mdns,
+    noise, ping, tcp, yamux,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const COMMAND_QUEUE: usize = 256;
 /// Events queued for the replication task.
 pub(crate) const EVENT_QUEUE: usize = 1024;
+/// Capacity adverts queued for their consumer (the compute mesh).
+const CAPACITY_QUEUE: usize = 256;
 /// Concurrent git-pack streams per connection.
 pub const MAX_PACK_STREAMS: usize = 8;
 /// How long a git-pack request may take, pack transfer included.
@@ -61,6 +64,9 @@ pub enum Topic {
     Refs,
     /// Signed namespace documents ([`TOPIC_NAMESPACES`]).
     Namespaces,
+    /// Signed capacity adverts of the compute mesh ([`TOPIC_CAPACITY`]); judged by their
+    /// consumer (see [`P2p::take_capacity_adverts`]), not by the replication task.
+    Capacity,
 }
 
 impl Topic {
@@ -68,11 +74,12 @@ impl Topic {
         gossipsub::IdentTopic::new(match self {
             Self::Refs => TOPIC_REFS,
             Self::Namespaces => TOPIC_NAMESPACES,
+            Self::Capacity => TOPIC_CAPACITY,
         })
     }
 
     fn from_hash(hash: &gossipsub::TopicHash) -> Option<Self> {
-        [Self::Refs, Self::Namespaces]
+        [Self::Refs, Self::Namespaces, Self::Capacity]
             .into_iter()
             .find(|t| t.ident().hash() == *hash)
     }
@@ -83,9 +90,9 @@ pub(crate) fn provider_key(repo: &RepoId) -> kad::RecordKey {
     kad::RecordKey::new(&format!("hubmesh/repo/{repo}"))
 }
 
-/// How the replication task judged a gossip message (forwarded only if accepted).
+/// How a gossip message was judged (forwarded only if accepted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     Accept,
     /// Invalid (bad signature, not a delegate, malformed): the sender is penalised.
     Reject,
@@ -155,6 +162,18 @@ pub(crate) enum NetEvent {
     },
 }
 
+/// A gossip message on a topic judged outside this crate (capacity adverts). Its consumer
+/// must report a [`Verdict`] with [`P2p::judge`]: gossipsub forwards it only once accepted.
+#[derive(Debug)]
+pub struct GossipMessage {
+    id: gossipsub::MessageId,
+    /// The peer that forwarded it.
+    pub source: PeerId,
+    /// The peer that signed (published) it: gossipsub checked its signature.
+    pub author: Option<PeerId>,
+    pub data: Vec<u8>,
+}
+
 /// The identify protocol name; peers of another network are told apart by it.
 const PROTOCOL_VERSION: &str = "/hubmesh/0.1.0";
 
@@ -173,6 +192,9 @@ pub struct P2pConfig {
     pub max_pending_incoming: u32,
     /// How long `spawn` waits for every listener to report an address.
     pub listen_timeout: Duration,
+    /// Discover peers on the local network with mDNS (off by default: it announces the node
+    /// to everyone on the link).
+    pub mdns: bool,
 }
 
 impl Default for P2pConfig {
@@ -184,6 +206,7 @@ impl Default for P2pConfig {
             max_connections_per_peer: 2,
             max_pending_incoming: 64,
             listen_timeout: Duration::from_secs(10),
+            mdns: false,
         }
     }
 }
@@ -192,7 +215,7 @@ impl Default for P2pConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum P2pError {
-    #[error("set up the tcp transport")]
+    #[error("set up the transports")]
     Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("listen on {addr}")]
     Listen {
@@ -213,6 +236,9 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     pack: request_response::Behaviour<PackCodec>,
     blocks: request_response::Behaviour<BlockCodec>,
+    /// Protocols that stream both ways (`/hubmesh/infer/1`), driven through [`P2p::streams`].
+    stream: libp2p_stream::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 #[derive(Debug, Default)]
@@ -246,6 +272,8 @@ pub struct PeerInfo {
     pub chunk_bytes_sent: u64,
     /// Chunks or manifests from the peer that failed verification.
     pub bad_chunks: u64,
+    /// The last round-trip time `ping` measured.
+    pub rtt: Option<Duration>,
 }
 
 /// What replication knows of one repo, for the mesh inspection API.
@@ -343,6 +371,10 @@ pub struct P2p {
     commands: mpsc::Sender<Command>,
     /// Set when a replication task runs: repos written locally, waiting to be announced.
     pub(crate) changes: Option<Arc<crate::replicate::Changes>>,
+    /// Set when a replication task runs: seeding policy, on-demand fetches, trust state.
+    pub(crate) control: Option<Arc<crate::replicate::Control>>,
+    streams: libp2p_stream::Control,
+    capacity: Arc<Mutex<Option<mpsc::Receiver<GossipMessage>>>>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -492,6 +524,33 @@ impl P2p {
         rx.await.map_err(|_| "swarm stopped".to_owned())?
     }
 
+    /// Opens and accepts raw streams of a protocol (`/hubmesh/infer/1`). Opening dials the
+    /// peer when it is not connected. The control has one guaranteed queue slot per clone, so
+    /// keep one per concurrent opener rather than cloning for every stream.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    /// The capacity adverts peers gossip, for their one consumer (`None` once taken). Each
+    /// must be judged with [`P2p::judge`]. When the consumer falls behind, adverts are dropped
+    /// (they are periodic: the next one replaces it).
+    pub fn take_capacity_adverts(&self) -> Option<mpsc::Receiver<GossipMessage>> {
+        self.capacity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Reports how a [`GossipMessage`] was judged: only accepted ones are forwarded, and
+    /// the sender of a rejected one is penalised.
+    pub fn judge(&self, message: &GossipMessage, verdict: Verdict) {
+        self.try_send(Command::Validate {
+            id: message.id.clone(),
+            source: message.source,
+            verdict,
+        });
+    }
+
     pub(crate) async fn send(&self, command: Command) -> Result<(), String> {
         self.commands
             .send(command)
@@ -534,6 +593,7 @@ pub(crate) async fn spawn_with_events(
             yamux::Config::default,
         )
         .map_err(|e| P2pError::Transport(e.into()))?
+        .with_quic()
         .with_behaviour(|key| {
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .max_transmit_size(MAX_GOSSIP_MESSAGE)
@@ -571,7 +631,17 @@ pub(crate) async fn spawn_with_events(
                     .with_request_timeout(BLOCKS_TIMEOUT)
                     .with_max_concurrent_streams(MAX_PACK_STREAMS),
             );
+            let mdns = if config.mdns {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
             Ok(Behaviour {
+                stream: libp2p_stream::Behaviour::new(),
+                mdns: mdns.into(),
                 blocks,
                 limits: connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(identify::Config::new(
@@ -588,7 +658,7 @@ pub(crate) async fn spawn_with_events(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     let peer_id = *swarm.local_peer_id();
-    for topic in [Topic::Refs, Topic::Namespaces] {
+    for topic in [Topic::Refs, Topic::Namespaces, Topic::Capacity] {
         swarm
             .behaviour_mut()
             .gossipsub
@@ -666,7 +736,10 @@ pub(crate) async fn spawn_with_events(
     let peers = Arc::new(Peers::default());
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let (capacity_tx, capacity_rx) = mpsc::channel(CAPACITY_QUEUE);
     let handle = P2p {
+        streams: swarm.behaviour().stream.new_control(),
+        capacity: Arc::new(Mutex::new(Some(capacity_rx))),
         peer_id,
         listen_addrs: Arc::new(listen_addrs),
         counters: counters.clone(),
@@ -674,6 +747,7 @@ pub(crate) async fn spawn_with_events(
         repo_states: Arc::default(),
         commands,
         changes: None,
+        control: None,
     };
     let driver = Driver {
         swarm,
@@ -681,6 +755,7 @@ pub(crate) async fn spawn_with_events(
         peers,
         block_fetches: HashMap::new(),
         events: event_tx,
+        capacity: capacity_tx,
         fetches: HashMap::new(),
         provider_queries: HashMap::new(),
     };
@@ -698,6 +773,7 @@ struct Driver {
     peers: Arc<Peers>,
     block_fetches: HashMap<OutboundRequestId, BlockReply>,
     events: mpsc::Sender<NetEvent>,
+    capacity: mpsc::Sender<GossipMessage>,
     fetches: HashMap<OutboundRequestId, FetchReply>,
     provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
 }
@@ -839,10 +915,34 @@ impl Driver {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.peers.update(peer, |p| p.rtt = Some(rtt)),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Pack(event)) => self.pack(event),
             SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => self.blocks(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if peer == *self.swarm.local_peer_id() {
+                        continue;
+                    }
+                    tracing::info!(%peer, %addr, "peer discovered with mDNS");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    self.peers.add_addr(peer, addr.clone());
+                    if !self.swarm.is_connected(&peer)
+                        && let Err(error) =
+                            self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a))
+                    {
+                        tracing::debug!(%peer, %error, "cannot dial an mDNS peer");
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -857,6 +957,27 @@ impl Driver {
                 let Some(topic) = Topic::from_hash(&message.topic) else {
                     return;
                 };
+                if topic == Topic::Capacity {
+                    let advert = GossipMessage {
+                        id: message_id,
+                        source: propagation_source,
+                        author: message.source,
+                        data: message.data,
+                    };
+                    // No consumer, or one that fell behind: dropped, never held unjudged.
+                    if let Err(error) = self.capacity.try_send(advert) {
+                        let advert = error.into_inner();
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .report_message_validation_result(
+                                &advert.id,
+                                &advert.source,
+                                gossipsub::MessageAcceptance::Ignore,
+                            );
+                    }
+                    return;
+                }
                 self.emit(NetEvent::Gossip {
                     topic,
                     id: message_id,
@@ -1009,6 +1130,65 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        cancel.cancel();
+        ta.await.unwrap();
+        tb.await.unwrap();
+    }
+
+    async fn connected(a: &P2p, b: &P2p, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while a.connected_peers() == 0 || b.connected_peers() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn swarms_connect_over_quic() {
+        let cancel = CancellationToken::new();
+        let quic = |bootstrap| P2pConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            bootstrap,
+            ..P2pConfig::default()
+        };
+        let (a, ta) = spawn(Keypair::generate_ed25519(), quic(vec![]), cancel.clone())
+            .await
+            .unwrap();
+        let addr = a.listen_addrs()[0].clone();
+        assert!(addr.to_string().contains("/quic-v1"), "{addr}");
+        let boot = crate::with_peer_id(&addr, a.peer_id());
+        let (b, tb) = spawn(
+            Keypair::generate_ed25519(),
+            quic(vec![boot]),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        connected(&a, &b, "quic").await;
+        // A raw stream protocol works over it too.
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        let protocol = StreamProtocol::new("/hubmesh/test-echo/1");
+        let mut incoming = a.streams().accept(protocol.clone()).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                let mut buf = [0u8; 5];
+                stream.read_exact(&mut buf).await.unwrap();
+                stream.write_all(&buf).await.unwrap();
+                stream.close().await.unwrap();
+            }
+        });
+        let mut stream = b
+            .streams()
+            .open_stream(a.peer_id(), protocol)
+            .await
+            .unwrap();
+        stream.write_all(b"hello").await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"hello");
         cancel.cancel();
         ta.await.unwrap();
         tb.await.unwrap();

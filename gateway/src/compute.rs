@@ -1,0 +1,1115 @@
+//! The compute mesh in the gateway: capacity adverts, routing of inference requests to the
+//! best node, forwarding over `/hubmesh/infer/1`, and the response cache.
+//!
+//! Every inference route (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//! `/generate`, `/generate_stream`, `/models/{ns}/{name}`) passes through [`layer`]:
+//!
+//! 1. The request's model is read from the body (`model`) or the path; the caller's read
+//!    access is checked here, at the gateway that received the request (a model this node
+//!    does not hold is one the mesh announced: public).
+//! 2. [`hub_compute::route`] orders the candidates from this node's own state and the live
+//!    capacity adverts of its peers (and their ping RTTs); the choice and its reason are
+//!    logged.
+//! 3. Candidates are tried in order. A peer that cannot be reached, refuses the job, answers
+//!    429/5xx, or fails or times out before the first byte of its answer is replaced by the
+//!    next candidate; the client never sees it. Once the first body bytes are passed on, a
+//!    failure ends the SSE stream with an error event (`data: {"error": …}`), never a hang.
+//!    Every answer names the node that ran it in `x-hubmesh-served-by: <peer id>`.
+//! 4. Run here ([`run_local`]): a model this node does not hold is fetched from the mesh first
+//!    (git data, then the LFS files a model needs; the HF route answers 503 with
+//!    `estimated_time` meanwhile unless `x-wait-for-model`, the others wait up to the load
+//!    wait), then the request goes to the inference handlers. Deterministic requests
+//!    ([`hub_compute::is_deterministic`]) that are not streamed are answered from the
+//!    response cache when the same request hit the same commit before:
+//!    `x-hubmesh-cache: hit|miss`.
+//!
+//! The serving side ([`serve_streams`]) accepts `/hubmesh/infer/1` streams only in mode
+//! `mesh` and only from peers of the allow-list (every peer when it is empty), at most
+//! [`MAX_REMOTE_JOBS`] at once; the request runs through the same layer (marked
+//! [`Forwarded`], so it is never forwarded again) as an anonymous caller, so only public
+//! models serve peers. The response streams back frame by frame; when the forwarding gateway
+//! goes away, the next write fails, the response body is dropped and the engine frees the
+//! sequence.
+//!
+//! Adverts ([`advertise`]) go out every advert period, signed by the node key, expiring after
+//! two periods; received ones ([`collect_adverts`]) are checked by [`CapacityTable`] (forged,
+//! malformed → gossipsub `Reject`; stale, replayed, rate-limited → `Ignore`).
+
+use crate::AppState;
+use crate::hub::read_access;
+use crate::inference::api_error;
+use crate::routes::authenticate;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use hub_compute::{
+    CacheKey, CachedResponse, CapacityAdvert, CapacityTable, Decision, DeviceKind, LoadedModel,
+    LocalState, Mode, ResponseCache, RouteRequest, SignedCapacityAdvert, TableConfig, Target,
+};
+use hub_p2p::{PeerId, StreamProtocol, Topic, Verdict};
+use hub_protocol::forward::{ForwardRequest, Frame, INFER_PROTOCOL, MAX_BODY, ResponseHead};
+use hub_protocol::repo::{RepoId, RepoType};
+use hub_protocol::signed::{PublicKey, SigningKey};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+/// Remote jobs this node runs at once; more are refused (the forwarder tries another node).
+pub const MAX_REMOTE_JOBS: usize = 64;
+/// How long opening a stream to a peer may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a forwarded request waits for the serving node's first bytes when the model is
+/// warm there (a cold node gets the load wait).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a peer may take to send its request after opening a stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest non-streamed answer relayed or cached.
+const MAX_RESPONSE: usize = 16 << 20;
+/// Largest answer the cache keeps.
+const MAX_CACHED: usize = 1 << 20;
+/// Total bytes the response cache keeps.
+const CACHE_BYTES: usize = 64 << 20;
+
+pub const SERVED_BY: &str = "x-hubmesh-served-by";
+pub const CACHE: &str = "x-hubmesh-cache";
+
+/// Settings of the compute mesh.
+#[derive(Debug, Clone)]
+pub struct ComputeConfig {
+    pub mode: Mode,
+    /// The node key (signs adverts).
+    pub secret: [u8; 32],
+    /// How often capacity adverts go out; they expire after twice this.
+    pub advert_period: Duration,
+    /// Peers whose jobs a `mesh` node runs; empty: every peer.
+    pub allow_peers: Vec<PeerId>,
+    /// Responses the cache keeps (0: no cache).
+    pub cache_entries: usize,
+}
+
+/// Marks a request that a peer forwarded here: it runs here, never forwarded again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarded(pub(crate) PeerId);
+
+pub(crate) struct Compute {
+    mode: Mode,
+    key: SigningKey,
+    me: PublicKey,
+    allow: Vec<PeerId>,
+    period: Duration,
+    table: Mutex<CapacityTable>,
+    cache: Option<Mutex<ResponseCache>>,
+    /// The inference routes behind [`layer`], for jobs that peers forward here.
+    local: OnceLock<Router>,
+    jobs: Arc<Semaphore>,
+    /// Decode speed measured over the last advert period with generation (tokens/s).
+    speed: Mutex<Speed>,
+    pub(crate) counters: Counters,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) served_here: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) failovers: AtomicU64,
+    pub(crate) remote_jobs: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Speed {
+    tokens: u64,
+    at: Option<Instant>,
+    rate: f32,
+}
+
+impl std::fmt::Debug for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compute")
+            .field("mode", &self.mode)
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Compute {
+    pub(crate) fn new(config: ComputeConfig) -> Self {
+        let key = SigningKey::from_bytes(&config.secret);
+        Self {
+            mode: config.mode,
+            me: key.public(),
+            key,
+            allow: config.allow_peers,
+            period: config.advert_period,
+            table: Mutex::new(CapacityTable::new(TableConfig {
+                // A node may advertise about twice per period at most.
+                min_interval_secs: config.advert_period.as_secs() / 2,
+                ..TableConfig::default()
+            })),
+            cache: (config.cache_entries > 0)
+                .then(|| Mutex::new(ResponseCache::new(config.cache_entries, CACHE_BYTES))),
+            local: OnceLock::new(),
+            jobs: Arc::new(Semaphore::new(MAX_REMOTE_JOBS)),
+            speed: Mutex::new(Speed::default()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn set_local_router(&self, router: Router) {
+        let _ = self.local.set(router);
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, CapacityTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The capacity table as this node sees it, plus its own advert, for `/api/mesh/compute`.
+    pub(crate) fn view(&self, state: &AppState) -> Value {
+        let now = unix_now();
+        let mut view = serde_json::to_value(self.table().view(now)).unwrap_or(Value::Null);
+        if let Some(nodes) = view.get_mut("nodes").and_then(Value::as_array_mut) {
+            for node in nodes {
+                let peer = node
+                    .get("node")
+                    .and_then(Value::as_str)
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .and_then(|k| hub_p2p::peer_id_of_key(&k));
+                let rtt = peer
+                    .and_then(|p| state.p2p().peers().into_iter().find(|(id, _)| *id == p))
+                    .and_then(|(_, info)| info.rtt);
+                node["peer_id"] = json!(peer.map(|p| p.to_string()));
+                node["rtt_ms"] = json!(rtt.map(|d| d.as_secs_f64() * 1e3));
+            }
+        }
+        let own = self.advert(state, now);
+        let c = &self.counters;
+        json!({
+            "peer_id": state.p2p().peer_id().to_string(),
+            "mode": self.mode,
+            "local": serde_json::to_value(hub_compute::NodeView::from(&own)).unwrap_or(Value::Null),
+            "table": view,
+            "counters": {
+                "served_here": c.served_here.load(Ordering::Relaxed),
+                "forwarded": c.forwarded.load(Ordering::Relaxed),
+                "failovers": c.failovers.load(Ordering::Relaxed),
+                "remote_jobs": c.remote_jobs.load(Ordering::Relaxed),
+                "cache_hits": c.cache_hits.load(Ordering::Relaxed),
+            },
+        })
+    }
+
+    /// This node's advert now (unsigned).
+    fn advert(&self, state: &AppState, now: u64) -> CapacityAdvert {
+        let (waiting, running, kv_used, generated) = state.metrics().inference_load();
+        let rate = {
+            let mut speed = self.speed.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(at) = speed.at {
+                let secs = at.elapsed().as_secs_f32();
+                let tokens = generated.saturating_sub(speed.tokens);
+                if tokens > 0 && secs > 0.0 {
+                    speed.rate = tokens as f32 / secs;
+                }
+            }
+            speed.tokens = generated;
+            speed.at = Some(Instant::now());
+            speed.rate
+        };
+        // Milliseconds: strictly increasing across restarts without a stored counter.
+        let seq = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut advert = CapacityAdvert::new(self.me, seq, now);
+        advert.expires_at = now + 2 * self.period.as_secs().max(1);
+        advert.mode = self.mode;
+        advert.accepts_remote = self.mode == Mode::Mesh;
+        advert.device = DeviceKind::Cpu;
+        advert.device_name = format!("cpu ({} threads)", num_threads());
+        if let Some(inference) = state.inference().filter(|_| self.mode != Mode::Off) {
+            let (used, budget) = inference.memory();
+            let limits = inference.engine_limits();
+            let loaded = inference.loaded_models();
+            advert.memory_total_bytes = budget;
+            advert.memory_free_bytes = budget.saturating_sub(used);
+            advert.queue_depth = u32::try_from(waiting + running).unwrap_or(u32::MAX);
+            advert.queue_limit = u32::try_from(limits.max_running + limits.max_waiting)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(u32::try_from(loaded.len().max(1)).unwrap_or(1));
+            advert.running = u32::try_from(running).unwrap_or(u32::MAX);
+            let blocks = limits.num_blocks.saturating_mul(loaded.len()) as u64;
+            advert.free_kv_blocks = u32::try_from(blocks.saturating_sub(kv_used)).unwrap_or(0);
+            advert.kv_block_tokens = u32::try_from(limits.block_size).unwrap_or(0);
+            let mut seen = std::collections::BTreeSet::new();
+            for key in loaded {
+                let (Ok(repo), Some(commit)) =
+                    (RepoId::parse(RepoType::Model, &key.repo), oid(&key.commit))
+                else {
+                    continue;
+                };
+                if advert.models.len() < hub_protocol::capacity::MAX_MODELS
+                    && seen.insert(repo.clone())
+                {
+                    advert.models.push(LoadedModel {
+                        repo,
+                        commit,
+                        decode_tokens_per_s: rate,
+                        running: 0,
+                    });
+                }
+            }
+        }
+        advert
+    }
+
+    /// Where `model` should run, from this node's state and the live adverts.
+    async fn decide(&self, state: &AppState, model: &RepoId) -> Decision {
+        let now = unix_now();
+        let mut local = LocalState::idle(self.me, self.mode);
+        if let Some(inference) = state.inference().filter(|_| self.mode != Mode::Off) {
+            let (waiting, running, _, _) = state.metrics().inference_load();
+            let limits = inference.engine_limits();
+            let hub_id = model.hub_id();
+            local.warm = inference.loaded_models().iter().any(|k| k.repo == hub_id);
+            local.queue_depth = u32::try_from(waiting + running).unwrap_or(u32::MAX);
+            local.queue_limit =
+                u32::try_from(limits.max_running + limits.max_waiting).unwrap_or(u32::MAX);
+            let (repos, id) = (state.repos().clone(), model.clone());
+            local.can_load = tokio::task::spawn_blocking(move || repos.exists(&id))
+                .await
+                .unwrap_or(false);
+        }
+        let rtts: HashMap<PublicKey, Duration> = state
+            .p2p()
+            .peers()
+            .into_iter()
+            .filter_map(|(peer, info)| {
+                let key = hub_p2p::key_of_peer_id(&peer)?;
+                Some((PublicKey(key), info.rtt?))
+            })
+            .collect();
+        let request = RouteRequest {
+            model: model.clone(),
+            commit: None,
+            load_bytes: 0,
+        };
+        let table = self.table();
+        hub_compute::route(&request, &local, table.live(now), &rtts, now)
+    }
+
+    fn allowed(&self, peer: &PeerId) -> bool {
+        self.allow.is_empty() || self.allow.contains(peer)
+    }
+}
+
+fn num_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn oid(hex_commit: &str) -> Option<[u8; 20]> {
+    hex::decode(hex_commit).ok()?.try_into().ok()
+}
+
+/// `GET /api/mesh/compute`: the capacity table as this node sees it (read-only, no token:
+/// adverts are public to the mesh).
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/api/mesh/compute",
+        axum::routing::get(|State(state): State<AppState>| async move {
+            match state.compute() {
+                Some(compute) => axum::Json(compute.view(&state)).into_response(),
+                None => axum::Json(json!({
+                    "peer_id": state.p2p().peer_id().to_string(),
+                    "mode": "local",
+                    "table": {"nodes": []},
+                }))
+                .into_response(),
+            }
+        }),
+    )
+}
+
+/// Starts the advert, table and stream tasks; they end when the swarm stops.
+pub(crate) fn start(state: &AppState, compute: &Arc<Compute>) {
+    tokio::spawn(advertise(state.clone(), compute.clone()));
+    tokio::spawn(collect_adverts(state.clone(), compute.clone()));
+    if compute.mode == Mode::Mesh {
+        tokio::spawn(serve_streams(state.clone(), compute.clone()));
+    }
+}
+
+/// Gossips this node's signed advert every period.
+async fn advertise(state: AppState, compute: Arc<Compute>) {
+    let mut tick = tokio::time::interval(compute.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let advert = compute.advert(&state, unix_now());
+        let signed = match advert.sign(&compute.key) {
+            Ok(signed) => signed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot sign capacity advert");
+                continue;
+            }
+        };
+        match state.p2p().publish(Topic::Capacity, signed.encode()).await {
+            Ok(()) => {}
+            Err(error) if error == "swarm stopped" => break,
+            // No peers subscribed yet, and the like: the next period tries again.
+            Err(error) => tracing::trace!(%error, "capacity advert not published"),
+        }
+    }
+}
+
+/// Judges the adverts peers gossip and keeps the good ones.
+async fn collect_adverts(state: AppState, compute: Arc<Compute>) {
+    let Some(mut adverts) = state.p2p().take_capacity_adverts() else {
+        return;
+    };
+    while let Some(message) = adverts.recv().await {
+        let verdict = match SignedCapacityAdvert::decode(&message.data) {
+            Err(error) => {
+                tracing::debug!(source = %message.source, %error, "malformed capacity advert");
+                Verdict::Reject
+            }
+            // Gossipsub checked the author's signature over the message: a node may only
+            // publish its own advert.
+            Ok(signed)
+                if message.author.and_then(|a| hub_p2p::key_of_peer_id(&a))
+                    != Some(signed.advert.node.0) =>
+            {
+                tracing::debug!(source = %message.source, "capacity advert published by another node");
+                Verdict::Reject
+            }
+            Ok(signed) => match compute.table().insert(signed, unix_now()) {
+                Ok(_) => Verdict::Accept,
+                Err(rejected) if rejected.penalise() => {
+                    tracing::warn!(source = %message.source, %rejected, "capacity advert rejected");
+                    Verdict::Reject
+                }
+                Err(rejected) => {
+                    tracing::trace!(%rejected, "capacity advert ignored");
+                    Verdict::Ignore
+                }
+            },
+        };
+        state.p2p().judge(&message, verdict);
+    }
+}
+
+/// The model of an inference request: the body's `model` (`ns/name[:revision]`), or the
+/// HF Inference API's path.
+fn model_of(path: &str, body: &[u8]) -> Option<(RepoId, String)> {
+    let name = match path.strip_prefix("/models/") {
+        Some(rest) => rest.to_owned(),
+        None => serde_json::from_slice::<Value>(body)
+            .ok()?
+            .get("model")?
+            .as_str()?
+            .to_owned(),
+    };
+    let (repo, revision) = name.split_once(':').unwrap_or((&name, "main"));
+    Some((
+        RepoId::parse(RepoType::Model, repo).ok()?,
+        revision.to_owned(),
+    ))
+}
+
+/// The routing layer in front of the inference routes (see the module docs).
+pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(compute) = state.compute().cloned() else {
+        return next.run(request).await;
+    };
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return api_error(
+                &path,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("request body over {} MiB", MAX_BODY >> 20),
+                None,
+            );
+        }
+    };
+    let Some((model, revision)) = model_of(&path, &bytes) else {
+        // Malformed: the handler gives the API's own error.
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    };
+    let forwarded = parts.extensions.get::<Forwarded>().copied();
+    if let Some(Forwarded(peer)) = forwarded {
+        tracing::debug!(%model, %peer, "running a job forwarded by a peer");
+        return run_local(&state, &compute, parts, bytes, &model, &revision, next).await;
+    }
+    // The caller's rights are checked here, where the request arrived. A model this node
+    // does not hold is one the mesh announced, and only public repos are announced.
+    let (repos, id) = (state.repos().clone(), model.clone());
+    let held = tokio::task::spawn_blocking(move || repos.exists(&id))
+        .await
+        .unwrap_or(false);
+    if held {
+        let principal = authenticate(&state, &parts.headers).await.ok().flatten();
+        if read_access(&state, principal.as_ref(), &model)
+            .await
+            .is_err()
+        {
+            // The handler answers in the API's shape (401/403/404).
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        }
+    }
+    let announced = state
+        .p2p()
+        .repo_state(&model)
+        .is_some_and(|s| s.last_seq.is_some());
+    if !held && !announced {
+        // Nobody has it: the handler answers "model not found" in the API's shape.
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
+    let decision = compute.decide(&state, &model).await;
+    tracing::info!(
+        %model,
+        candidates = ?decision.candidates.iter().map(|c| (target_name(&c.target), c.reason.as_str())).collect::<Vec<_>>(),
+        "routing inference request"
+    );
+    let mut last_failure = None;
+    for (i, candidate) in decision.candidates.iter().enumerate() {
+        if i > 0 {
+            compute.counters.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+        match candidate.target {
+            Target::Local => {
+                tracing::info!(%model, reason = %candidate.reason, "running here");
+                return run_local(&state, &compute, parts, bytes, &model, &revision, next).await;
+            }
+            Target::Remote(key) => {
+                let Some(peer) = hub_p2p::peer_id_of_key(&key.0) else {
+                    continue;
+                };
+                match forward(&state, peer, &parts, &bytes).await {
+                    Ok(response) => {
+                        tracing::info!(%model, %peer, reason = %candidate.reason, "forwarded");
+                        compute.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                        return response;
+                    }
+                    Err(Failure { why, answer }) => {
+                        tracing::warn!(%model, %peer, %why, "peer failed before its first token; trying the next candidate");
+                        if answer.is_some() {
+                            last_failure = answer;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    last_failure.unwrap_or_else(|| {
+        api_error(
+            &path,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            if decision.candidates.is_empty() {
+                format!(
+                    "no node of the mesh can serve `{}` now (this node's inference mode is {})",
+                    model.hub_id(),
+                    compute.mode
+                )
+            } else {
+                format!(
+                    "every node that could serve `{}` failed; retry later",
+                    model.hub_id()
+                )
+            },
+            None,
+        )
+    })
+}
+
+fn target_name(target: &Target) -> String {
+    match target {
+        Target::Local => "local".into(),
+        Target::Remote(key) => {
+            hub_p2p::peer_id_of_key(&key.0).map_or_else(|| "?".into(), |p| p.to_string())
+        }
+    }
+}
+
+/// Runs the request on this node: fetches a model it does not hold from the mesh, then
+/// answers from the cache or the inference handlers.
+async fn run_local(
+    state: &AppState,
+    compute: &Compute,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    model: &RepoId,
+    revision: &str,
+    next: Next,
+) -> Response {
+    let path = parts.uri.path().to_owned();
+    compute.counters.served_here.fetch_add(1, Ordering::Relaxed);
+    if let Err(response) = fetch_if_missing(state, &parts, model, revision, &path).await {
+        return with_served_by(state, response);
+    }
+    let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let streamed = json
+        .as_ref()
+        .and_then(|v| v.get("stream"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || path == "/generate_stream";
+    let cache_key = match (&compute.cache, &json) {
+        (Some(_), Some(body)) if !streamed && hub_compute::is_deterministic(body) => {
+            let (repos, id, rev) = (state.repos().clone(), model.clone(), revision.to_owned());
+            let commit = tokio::task::spawn_blocking(move || repos.resolve(&id, &rev).ok())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| oid(&c));
+            commit.map(|c| CacheKey::new(&path, model, &c, body))
+        }
+        _ => None,
+    };
+    if let (Some(cache), Some(key)) = (&compute.cache, &cache_key) {
+        let hit = cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key);
+        if let Some(hit) = hit {
+            compute.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            let mut response = Response::new(Body::from(hit.body.clone()));
+            if let Ok(v) = HeaderValue::from_str(&hit.content_type) {
+                response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            }
+            response
+                .headers_mut()
+                .insert(CACHE, HeaderValue::from_static("hit"));
+            return with_served_by(state, response);
+        }
+    }
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let response = match (&compute.cache, cache_key) {
+        (Some(cache), Some(key)) if response.status() == StatusCode::OK => {
+            let (mut head, body) = response.into_parts();
+            match axum::body::to_bytes(body, MAX_CACHED).await {
+                Ok(body) => {
+                    let content_type = head
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("application/json")
+                        .to_owned();
+                    cache.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                        key,
+                        CachedResponse {
+                            content_type,
+                            body: body.to_vec(),
+                        },
+                    );
+                    head.headers.insert(CACHE, HeaderValue::from_static("miss"));
+                    Response::from_parts(head, Body::from(body))
+                }
+                Err(_) => api_error(
+                    &path,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "response too large".into(),
+                    None,
+                ),
+            }
+        }
+        (Some(_), Some(_)) | (Some(_), None) | (None, _) => response,
+    };
+    with_served_by(state, response)
+}
+
+fn with_served_by(state: &AppState, mut response: Response) -> Response {
+    if !response.headers().contains_key(SERVED_BY)
+        && let Ok(v) = HeaderValue::from_str(&state.p2p().peer_id().to_string())
+    {
+        response.headers_mut().insert(SERVED_BY, v);
+    }
+    response
+}
+
+/// Cold start: a model this node does not hold (or whose weights have not all arrived) is
+/// fetched from the mesh. The HF route answers 503 with `estimated_time` while that runs
+/// (unless `x-wait-for-model: true`); the others wait up to the load wait.
+async fn fetch_if_missing(
+    state: &AppState,
+    parts: &http::request::Parts,
+    model: &RepoId,
+    revision: &str,
+    path: &str,
+) -> Result<(), Response> {
+    let (repos, id) = (state.repos().clone(), model.clone());
+    let held = tokio::task::spawn_blocking(move || repos.exists(&id))
+        .await
+        .unwrap_or(false);
+    let missing = if held {
+        missing_weights(state, model, revision).await
+    } else {
+        None
+    };
+    if held && missing.as_ref().is_none_or(Vec::is_empty) {
+        return Ok(());
+    }
+    // Not here and never announced by a peer: the handler answers "model not found".
+    let announced = state
+        .p2p()
+        .repo_state(model)
+        .is_some_and(|s| s.last_seq.is_some());
+    if !held && !announced {
+        return Ok(());
+    }
+    let name = model.hub_id();
+    let wait = state
+        .inference()
+        .map_or(crate::DEFAULT_LOAD_WAIT, |i| i.load_wait());
+    let waits = !path.starts_with("/models/")
+        || parts
+            .headers
+            .get("x-wait-for-model")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    let fetch = {
+        let (state, model, revision) = (state.clone(), model.clone(), revision.to_owned());
+        async move { fetch_model(&state, &model, &revision, Instant::now() + wait).await }
+    };
+    if !waits {
+        tokio::spawn(fetch);
+        return Err(api_error(
+            path,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading",
+            format!("Model {name} is currently loading"),
+            Some(20.0),
+        ));
+    }
+    fetch.await.map_err(|why| {
+        api_error(
+            path,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the model `{name}` is not on this node and could not be fetched from the mesh: {why}"),
+            None,
+        )
+    })
+}
+
+/// The LFS files of a model's root this node lacks: `(sha256, size)`. `None` when the
+/// revision cannot be read.
+async fn missing_weights(
+    state: &AppState,
+    model: &RepoId,
+    revision: &str,
+) -> Option<Vec<(hub_store::Sha256, u64)>> {
+    let (repos, store, id, rev) = (
+        state.repos().clone(),
+        state.store().clone(),
+        model.clone(),
+        revision.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let commit = repos.resolve(&id, &rev).ok()?;
+        let entries = repos.list_tree(&id, &commit, "", false).ok()?;
+        Some(
+            entries
+                .into_iter()
+                .filter_map(|e| {
+                    let lfs = e.lfs?;
+                    let wanted = [".safetensors", ".gguf", ".json"]
+                        .iter()
+                        .any(|x| e.path.ends_with(x));
+                    let sha: hub_store::Sha256 = lfs.sha256.parse().ok()?;
+                    (wanted && !store.has(&sha).unwrap_or(false)).then_some((sha, lfs.size))
+                })
+                .collect(),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Brings a model's repo and weights here from the mesh, by `deadline`.
+async fn fetch_model(
+    state: &AppState,
+    model: &RepoId,
+    revision: &str,
+    deadline: Instant,
+) -> Result<(), String> {
+    let started = Instant::now();
+    state
+        .p2p()
+        .ensure_repo(model, deadline.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    for (sha, size) in missing_weights(state, model, revision)
+        .await
+        .unwrap_or_default()
+    {
+        state
+            .p2p()
+            .ensure_lfs(model, sha, size, deadline.into())
+            .await?;
+    }
+    tracing::info!(%model, elapsed = ?started.elapsed(), "model fetched from the mesh");
+    Ok(())
+}
+
+/// Why a peer did not answer usefully before its first byte; `answer` is its error response
+/// (429, 5xx) when it sent one, returned if every candidate fails.
+struct Failure {
+    why: String,
+    answer: Option<Response>,
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Self { why, answer: None }
+    }
+}
+
+/// Headers a forwarded request carries to the serving node.
+const REQUEST_HEADERS: [&str; 3] = ["content-type", "accept", "x-wait-for-model"];
+/// Headers never relayed from a serving node's answer (hop by hop, or recomputed).
+const HOP_HEADERS: [&str; 4] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+];
+
+async fn write_frame(stream: &mut hub_p2p::Stream, frame: &Frame) -> std::io::Result<()> {
+    stream.write_all(&frame.encode()).await?;
+    stream.flush().await
+}
+
+async fn read_frame(stream: &mut hub_p2p::Stream) -> Result<Frame, String> {
+    let mut prefix = [0u8; 4];
+    stream
+        .read_exact(&mut prefix)
+        .await
+        .map_err(|e| format!("stream closed: {e}"))?;
+    let n = hub_protocol::forward::frame_len(prefix).map_err(|e| e.to_string())?;
+    let mut payload = vec![0u8; n];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(|e| format!("stream closed: {e}"))?;
+    Frame::decode(&payload).map_err(|e| e.to_string())
+}
+
+fn head_headers(head: &ResponseHead) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &head.headers {
+        if HOP_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    headers
+}
+
+/// Sends the request to `peer` and relays its answer (see the module docs for failover).
+async fn forward(
+    state: &AppState,
+    peer: PeerId,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let headers = REQUEST_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = parts.headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), value.to_owned()))
+        })
+        .collect();
+    let mut control = state.p2p().streams();
+    let mut stream = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        control.open_stream(peer, StreamProtocol::new(INFER_PROTOCOL)),
+    )
+    .await
+    .map_err(|_| "timed out opening a stream".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let request = Frame::Request(ForwardRequest {
+        path: path.clone(),
+        headers,
+        body: body.to_vec(),
+    });
+    write_frame(&mut stream, &request)
+        .await
+        .map_err(|e| format!("send the request: {e}"))?;
+    // A cold peer fetches and loads the model before its first byte.
+    let first_bytes = FIRST_BYTES_TIMEOUT.max(
+        state
+            .inference()
+            .map_or(crate::DEFAULT_LOAD_WAIT, |i| i.load_wait()),
+    );
+    let deadline = tokio::time::Instant::now() + first_bytes;
+    let head = match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
+        Err(_) => return Err("no answer before the timeout".to_owned().into()),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(Frame::Head(head))) => head,
+        Ok(Ok(Frame::Error(m))) => return Err(format!("refused: {m}").into()),
+        Ok(Ok(other)) => return Err(format!("protocol error: {other:?} before the head").into()),
+    };
+    let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = head_headers(&head);
+    if !headers.contains_key(SERVED_BY)
+        && let Ok(v) = HeaderValue::from_str(&peer.to_string())
+    {
+        headers.insert(SERVED_BY, v);
+    }
+    let sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let build = |status, headers: HeaderMap, body: Body| {
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    };
+    if !sse {
+        // A JSON answer is relayed whole, so a failure part way is still a failover.
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
+                Err(_) => return Err("answer not complete before the timeout".to_owned().into()),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(Frame::Data(d))) if out.len() + d.len() <= MAX_RESPONSE => {
+                    out.extend_from_slice(&d);
+                }
+                Ok(Ok(Frame::Data(_))) => return Err("answer too large".to_owned().into()),
+                Ok(Ok(Frame::End)) => break,
+                Ok(Ok(Frame::Error(m))) => return Err(format!("failed: {m}").into()),
+                Ok(Ok(other)) => return Err(format!("protocol error: {other:?}").into()),
+            }
+        }
+        let response = build(status, headers, Body::from(out));
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(Failure {
+                why: format!("answered {status}"),
+                answer: Some(response),
+            });
+        }
+        return Ok(response);
+    }
+    // Streamed: wait for the first event before committing to this peer.
+    let first = match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
+        Err(_) => return Err("no first token before the timeout".to_owned().into()),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(Frame::Data(d))) => Some(d),
+        Ok(Ok(Frame::End)) => None,
+        Ok(Ok(Frame::Error(m))) => return Err(format!("failed: {m}").into()),
+        Ok(Ok(other)) => return Err(format!("protocol error: {other:?}").into()),
+    };
+    let Some(first) = first else {
+        return Ok(build(status, headers, Body::empty()));
+    };
+    let rest = futures::stream::unfold(Some(stream), move |stream| async move {
+        let mut stream = stream?;
+        match read_frame(&mut stream).await {
+            Ok(Frame::Data(d)) => Some((Ok::<_, std::io::Error>(Bytes::from(d)), Some(stream))),
+            Ok(Frame::End) => None,
+            Ok(Frame::Error(m)) => Some((Ok(sse_error(&m)), None)),
+            Ok(other) => Some((Ok(sse_error(&format!("protocol error: {other:?}"))), None)),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "serving peer failed mid-stream");
+                Some((
+                    Ok(sse_error(&format!(
+                        "the node serving this request failed: {e}"
+                    ))),
+                    None,
+                ))
+            }
+        }
+    });
+    let body = futures::stream::once(async move { Ok(Bytes::from(first)) }).chain(rest);
+    Ok(build(status, headers, Body::from_stream(body)))
+}
+
+/// An SSE event that ends a stream with an error, as OpenAI's streams report one.
+fn sse_error(message: &str) -> Bytes {
+    let event = json!({"error": {"message": message, "type": "upstream_error", "code": null}});
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+/// Accepts `/hubmesh/infer/1` streams and runs their requests here (mode `mesh` only).
+async fn serve_streams(state: AppState, compute: Arc<Compute>) {
+    let mut incoming = match state
+        .p2p()
+        .streams()
+        .accept(StreamProtocol::new(INFER_PROTOCOL))
+    {
+        Ok(incoming) => incoming,
+        Err(error) => {
+            tracing::warn!(%error, "cannot accept forwarded inference requests");
+            return;
+        }
+    };
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let refused = if !compute.allowed(&peer) {
+            Some("this node does not run jobs of this peer")
+        } else {
+            None
+        };
+        let permit = compute.jobs.clone().try_acquire_owned().ok();
+        match (refused, permit) {
+            (None, Some(permit)) => {
+                let compute = compute.clone();
+                tokio::spawn(async move {
+                    serve_stream(&compute, peer, stream).await;
+                    drop(permit);
+                });
+            }
+            (refused, _) => {
+                let why = refused.unwrap_or("too many remote jobs running");
+                tracing::info!(%peer, why, "forwarded request refused");
+                tokio::spawn(async move {
+                    let _ = write_frame(&mut stream, &Frame::Error(why.into())).await;
+                    let _ = stream.close().await;
+                });
+            }
+        }
+    }
+}
+
+async fn serve_stream(compute: &Compute, peer: PeerId, mut stream: hub_p2p::Stream) {
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
+        Ok(Ok(Frame::Request(request))) => request,
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            tracing::debug!(%peer, "bad or missing forwarded request");
+            let _ = write_frame(&mut stream, &Frame::Error("expected a request".into())).await;
+            return;
+        }
+    };
+    let Some(router) = compute.local.get().cloned() else {
+        let _ = write_frame(&mut stream, &Frame::Error("inference not enabled".into())).await;
+        return;
+    };
+    compute.counters.remote_jobs.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%peer, path = %request.path, "running a forwarded request");
+    let mut http_request = Request::new(Body::from(request.body));
+    *http_request.method_mut() = Method::POST;
+    match request.path.parse() {
+        Ok(uri) => *http_request.uri_mut() = uri,
+        Err(_) => {
+            let _ = write_frame(&mut stream, &Frame::Error("invalid path".into())).await;
+            return;
+        }
+    }
+    for (name, value) in &request.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            http_request.headers_mut().append(n, v);
+        }
+    }
+    http_request.extensions_mut().insert(Forwarded(peer));
+    let response = match tower::ServiceExt::oneshot(router, http_request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let head = Frame::Head(ResponseHead {
+        status: response.status().as_u16(),
+        headers: response
+            .headers()
+            .iter()
+            .filter(|(n, _)| !HOP_HEADERS.contains(&n.as_str()))
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+    });
+    if write_frame(&mut stream, &head).await.is_err() {
+        return;
+    }
+    let mut body = response.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let _ = write_frame(&mut stream, &Frame::Error(error.to_string())).await;
+                return;
+            }
+        };
+        for part in chunk.chunks(MAX_BODY) {
+            if write_frame(&mut stream, &Frame::Data(part.to_vec()))
+                .await
+                .is_err()
+            {
+                // The forwarding gateway went away: dropping the body cancels the request.
+                tracing::debug!(%peer, "forwarding peer went away; cancelling");
+                return;
+            }
+        }
+    }
+    let _ = write_frame(&mut stream, &Frame::End).await;
+    let _ = stream.close().await;
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        self.answer
+            .unwrap_or_else(|| (StatusCode::BAD_GATEWAY, self.why).into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_comes_from_the_body_or_the_hf_path() {
+        let (id, rev) = model_of("/v1/chat/completions", br#"{"model":"bob/tiny:dev"}"#).unwrap();
+        assert_eq!((id.hub_id().as_str(), rev.as_str()), ("bob/tiny", "dev"));
+        let (id, rev) = model_of("/models/bob/tiny", b"{}").unwrap();
+        assert_eq!((id.hub_id().as_str(), rev.as_str()), ("bob/tiny", "main"));
+        assert!(model_of("/generate", br#"{"inputs":"x"}"#).is_none());
+        assert!(model_of("/generate", b"not json").is_none());
+        assert!(model_of("/v1/completions", br#"{"model":"../etc"}"#).is_none());
+    }
+
+    #[test]
+    fn sse_errors_are_openai_shaped_events() {
+        let event = sse_error("peer gone");
+        let text = std::str::from_utf8(&event).unwrap();
+        let json: Value =
+            serde_json::from_str(text.strip_prefix("data: ").unwrap().trim()).unwrap();
+        assert_eq!(json["error"]["message"], "peer gone");
+        assert!(text.ends_with("\n\n"));
+    }
+}
