@@ -82,6 +82,7 @@ fn seed_error(e: SeedError) -> AppError {
         SeedError::FromConfig(_) => (StatusCode::CONFLICT, "SeedPatternFromConfig"),
         SeedError::NotFound(_) => (StatusCode::NOT_FOUND, "SeedPatternNotFound"),
         SeedError::NoReplication => (StatusCode::SERVICE_UNAVAILABLE, "ReplicationUnavailable"),
+        SeedError::TooManyFetched => (StatusCode::INSUFFICIENT_STORAGE, "TooManyFetchedRepos"),
         _ => return AppError::internal(e),
     };
     AppError::Coded {

@@ -139,6 +139,20 @@ def test_compute_mesh_routes_fails_over_and_caches(mesh):
     deltas = [ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices]
     assert "".join(deltas) == first
 
+    # A client that goes away mid-stream cancels the sequence on B (it would run ~300 tokens).
+    stream = client_for(a).chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0.9, max_tokens=300, stream=True)
+    chunks = iter(stream)
+    next(chunks)
+    next(chunks)
+    assert metric(b, "inference_running_sequences") == 1
+    stream.close()
+    wait_for("B to drop the cancelled sequence",
+             lambda: metric(b, "inference_running_sequences") == 0, timeout=15)
+    generated = metric(b, "inference_generated_tokens_total")
+    time.sleep(1)
+    assert metric(b, "inference_generated_tokens_total") == generated
+
     # 3. Saturate B (one running, one queued): the excess goes to C, which fetches the model
     #    from B over p2p, loads it and serves; every request succeeds.
     def sampled(i):

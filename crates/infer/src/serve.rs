@@ -419,6 +419,9 @@ fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>, mut reporter:
             if disconnected {
                 return;
             }
+            // Requests cancelled after the last step (their client left) changed the load:
+            // report it before waiting, or the gauges stay stale while the engine is idle.
+            reporter.report(Load::of(&engine), 0);
             match commands.recv() {
                 Ok(cmd) => handle(
                     &mut engine,

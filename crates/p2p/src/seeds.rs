@@ -25,6 +25,11 @@ use std::sync::{Mutex, PoisonError, RwLock};
 /// The file the run-time policy lives in, next to the ref store.
 pub const SEEDS_FILE: &str = "seeds.list";
 
+/// Most repos remembered as fetched: any reader of a gateway can make it fetch a public repo,
+/// so the list (and what the node keeps syncing) is bounded. Past it, a repo is still fetched
+/// for the request that asked, but not kept in sync; `hubmesh seed rm` makes room.
+pub const MAX_FETCHED: usize = 4096;
+
 /// Where a seeding entry comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -74,6 +79,10 @@ pub enum SeedError {
     Io(String),
     #[error("this node runs no replication")]
     NoReplication,
+    #[error(
+        "already {MAX_FETCHED} repos remembered as fetched; remove some with `hubmesh seed rm`"
+    )]
+    TooManyFetched,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -211,7 +220,15 @@ impl SeedPolicy {
     /// Remembers a repo a user fetched through the gateway (blocking: writes the file).
     /// `false`: it was remembered already.
     pub(crate) fn add_fetched(&self, repo: &RepoId) -> Result<bool, SeedError> {
-        self.change(|state| Ok(state.fetched.insert(repo.clone())))
+        self.change(|state| {
+            if state.fetched.contains(repo) {
+                return Ok(false);
+            }
+            if state.fetched.len() >= MAX_FETCHED {
+                return Err(SeedError::TooManyFetched);
+            }
+            Ok(state.fetched.insert(repo.clone()))
+        })
     }
 
     /// Applies `f` to a copy of the state; when it reports a change, persists the copy and
@@ -352,6 +369,25 @@ mod tests {
         assert!(policy.list().is_empty());
         assert!(!policy.matches(&tiny));
         assert!(!path.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn the_fetched_list_is_bounded() {
+        let policy = SeedPolicy::open(None, Vec::new()).unwrap();
+        for i in 0..MAX_FETCHED {
+            let id = repo(RepoType::Model, &format!("ns/r{i}"));
+            assert!(policy.add_fetched(&id).unwrap());
+        }
+        let one_more = repo(RepoType::Model, "ns/extra");
+        assert!(matches!(
+            policy.add_fetched(&one_more),
+            Err(SeedError::TooManyFetched)
+        ));
+        assert!(!policy.matches(&one_more));
+        // Known ones are still "already remembered", not an error.
+        assert!(!policy.add_fetched(&repo(RepoType::Model, "ns/r0")).unwrap());
+        policy.remove("ns/r0").unwrap();
+        assert!(policy.add_fetched(&one_more).unwrap());
     }
 
     #[test]

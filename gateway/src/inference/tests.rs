@@ -425,6 +425,21 @@ async fn client_disconnect_cancels_and_frees_blocks() {
     assert_eq!(busy.running + busy.waiting, 1, "{busy:?}");
     drop(frames);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The metrics alone (no command wakes the engine) show the sequence gone: an engine
+    // that went idle after cancelling reported its load first.
+    loop {
+        let r = send(&f.app, "GET", "/metrics", None, &[], String::new()).await;
+        let text = r.text();
+        if sample(&text, "inference_running_sequences") == 0.0 {
+            assert_eq!(sample(&text, "inference_kv_blocks_used"), 0.0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the running gauge never dropped:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     loop {
         let s = handle.stats().await.unwrap();
         if s.cancelled == 1 {
