@@ -9,7 +9,6 @@ update (gossip + catch-up), so the mesh inspection API shows `last_seq` before a
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -18,8 +17,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.utils import HfHubHTTPError
 
 from conftest import hubmesh_bin
-
-DEADLINE = 60.0
+from test_replication import wait_for
 
 
 def request(method, url, body=None, token=None):
@@ -40,16 +38,6 @@ def request(method, url, body=None, token=None):
 def mesh_repo(node, repo):
     status, _, body = request("GET", f"{node.url}/api/mesh/repos/model/{repo}")
     return body if status == 200 else None
-
-
-def wait_for(what, check, node):
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    pytest.fail(f"{what} never happened on {node.url}\n{node.log()[-4000:]}")
 
 
 def wait_heard(node, origin, repo):

@@ -17,6 +17,7 @@
 //! end; results go to `--out` (default `benches/results/p2p.md`).
 
 use anyhow::{Context, Result, bail};
+use hub_benches::Noise;
 use serde_json::Value;
 use sha2::Digest;
 use std::fmt::Write as _;
@@ -71,21 +72,6 @@ fn args() -> Result<Args> {
         bail!("--reps must be at least 1");
     }
     Ok(a)
-}
-
-/// Fast deterministic pseudo-random bytes (xorshift64*), incompressible like real weights.
-struct Noise(u64);
-
-impl Noise {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
 }
 
 /// Writes a safetensors file of one U8 tensor of `body` random bytes; returns its size and

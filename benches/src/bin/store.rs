@@ -8,6 +8,7 @@
 //! end; results go to `--out` (default `benches/results/store.md`).
 
 use anyhow::{Context, Result, bail};
+use hub_benches::Noise;
 use hub_store::{Store, StoreConfig};
 use sha2::Digest;
 use std::fmt::Write as _;
@@ -54,26 +55,6 @@ fn args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// Fast deterministic pseudo-random bytes (xorshift64*), incompressible like real weights.
-struct Noise(u64);
-
-impl Noise {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        self.fill(&mut v);
-        v
-    }
 }
 
 /// Goal rows for the summary table: goal, measured value, met.

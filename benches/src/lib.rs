@@ -1,0 +1,23 @@
+//! What the benchmark binaries share.
+
+/// Fast deterministic pseudo-random bytes (xorshift64*), incompressible like real weights.
+#[derive(Debug, Clone)]
+pub struct Noise(pub u64);
+
+impl Noise {
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+}
