@@ -179,6 +179,40 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
     .await;
     assert_eq!(refs(&b.repos, &tiny), before);
 
+    // A replay: an update of alice/tiny validly signed by A's own key, with a seq B has
+    // passed already (A announced seq 1 and 2).
+    let mut old = RefUpdate::new(tiny.clone(), doc, 1, now());
+    old.refs.insert("refs/heads/main".into(), [0xdd; 20]);
+    let old = old.sign(&SigningKey::from_bytes(&[1; 32])).unwrap();
+    // A graft: the rogue's key, delegate of its own namespace document, signing an update
+    // of alice/tiny bound to that document instead of alice's.
+    let rogue_key = SigningKey::from_bytes(&[66; 32]);
+    let rogue_doc = hub_protocol::signed::NamespaceDoc::new(
+        "alice",
+        vec![rogue_key.public()],
+        1,
+        hub_protocol::signed::Visibility::Public,
+    )
+    .unwrap()
+    .sign_genesis(&[&rogue_key]);
+    let mut grafted = RefUpdate::new(tiny.clone(), rogue_doc.doc.id(), 1_001, now());
+    grafted.refs.insert("refs/heads/main".into(), [0xcc; 20]);
+    let grafted = grafted.sign(&rogue_key).unwrap();
+    for (what, topic, message) in [
+        ("replayed update", Topic::Refs, old.encode()),
+        (
+            "conflicting namespace claim",
+            Topic::Namespaces,
+            rogue_doc.encode(),
+        ),
+        ("grafted update", Topic::Refs, grafted.encode()),
+    ] {
+        let refused = b.p2p.gossip_refused();
+        rogue.publish(topic, message).await.unwrap();
+        wait_for(what, || b.p2p.gossip_refused() > refused).await;
+        assert_eq!(refs(&b.repos, &tiny), before, "{what} moved a ref");
+    }
+
     // The forged seq did not count: the owner's next update (seq 3) is still accepted.
     commit(&a.repos, &tiny, "notes.txt", b"third");
     a.p2p.repo_changed(&tiny);
