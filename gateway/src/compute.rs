@@ -233,7 +233,8 @@ impl Compute {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut advert = CapacityAdvert::new(self.me, seq, now);
-        advert.expires_at = now + 2 * self.period.as_secs().max(1);
+        // Two periods, plus a second for clocks read in whole seconds on both ends.
+        advert.expires_at = now + 2 * self.period.as_secs().max(1) + 1;
         advert.mode = self.mode;
         advert.accepts_remote = self.mode == Mode::Mesh;
         advert.device = DeviceKind::Cpu;

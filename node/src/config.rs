@@ -191,8 +191,10 @@ impl Config {
         }
         self.inference_mode()?;
         self.allow_peers()?;
-        if self.inference.advert_period_secs == 0 || self.inference.advert_period_secs > 3600 {
-            bail!("inference.advert_period_secs must be between 1 and 3600");
+        // Adverts live two periods (and a second), at most MAX_ADVERT_LIFETIME_SECS.
+        let max_period = (hub_protocol::capacity::MAX_ADVERT_LIFETIME_SECS - 1) / 2;
+        if !(1..=max_period).contains(&self.inference.advert_period_secs) {
+            bail!("inference.advert_period_secs must be between 1 and {max_period}");
         }
         if self.inference.max_running == 0 {
             bail!("inference.max_running must be positive");

@@ -80,7 +80,7 @@ def chat(node, **kw):
 def mesh(node_factory, gguf, tmp_path):  # noqa: F811
     def config(name, running, waiting):
         path = tmp_path / f"{name}.toml"
-        path.write_text("[inference]\nadvert_period_secs = 1\n"
+        path.write_text("[inference]\nadvert_period_secs = 2\n"
                         f"max_running = {running}\nmax_waiting = {waiting}\n")
         return str(path)
 

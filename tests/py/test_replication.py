@@ -297,22 +297,28 @@ def test_line_topology_replicates_through_the_middle_node(node_factory, tmp_path
     assert mesh_peers(c)["counters"]["chunks_rejected"] == 0
 
 
-def test_a_late_node_fetches_from_several_seeders_at_once(node_factory, tmp_path):
-    """B and C seed A's repo; A stops; D joins through C only and fetches the file's chunk
-    batches from both B and C (found through gossip catch-up and the DHT), verified."""
+def seeded_by_two_then_origin_stopped(node_factory, repo, weights):
+    """A (alice) hosts `repo` with `weights` as model.safetensors; B (from A) and C (from B
+    only) seed it until both hold it whole; then A stops. Returns (b, c, weights, sha)."""
     a = node_factory("a", "--admin", "alice")
     b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
     c = node_factory("c", "--bootstrap", b.info["p2p"][0], "--seed", "alice/*")
     api = HfApi(endpoint=a.url, token=a.admin_token)
-    _, weights = safetensors_tensors(16, 1)
-    api.create_repo("alice/multi")
-    api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors",
-                    repo_id="alice/multi")
-    sha = api.model_info("alice/multi").sha
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id=repo)
+    sha = api.model_info(repo).sha
     for node in (b, c):
-        wait_for_sha(node, "alice/multi", sha)
-        lfs_settled(node, "alice/multi", 1)
+        wait_for_sha(node, repo, sha)
+        lfs_settled(node, repo, 1)
     assert a.terminate() == 0
+    return b, c, weights, sha
+
+
+def test_a_late_node_fetches_from_several_seeders_at_once(node_factory, tmp_path):
+    """B and C seed A's repo; A stops; D joins through C only and fetches the file's chunk
+    batches from both B and C (found through gossip catch-up and the DHT), verified."""
+    b, c, weights, sha = seeded_by_two_then_origin_stopped(
+        node_factory, "alice/multi", safetensors_tensors(16, 1)[1])
 
     d = node_factory("d", "--bootstrap", c.info["p2p"][0], "--seed", "alice/*")
     wait_for_sha(d, "alice/multi", sha)
@@ -344,11 +350,6 @@ def poll_peers_until(node, what, check, deadline=DEADLINE):
     pytest.fail(f"{what} never happened on {node.url}\n{node.log()[-4000:]}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #6: a partially fetched LFS object is fetched again from its first chunk "
-    "after a restart (the store drops an interrupted import's blocks as orphans)",
-)
 def test_a_seeder_killed_mid_fetch_resumes_without_fetching_it_all_again(
     node_factory, tmp_path
 ):
@@ -373,6 +374,14 @@ def test_a_seeder_killed_mid_fetch_resumes_without_fetching_it_all_again(
     first_run = seen["counters"]["chunk_bytes_received"]
     assert seen["counters"]["lfs_objects_fetched"] == 0, "fetched before the kill: too fast"
     assert 0 < first_run < len(weights), first_run
+    # The killed fetch left the store consistent, and its verified chunks in a spool.
+    fsck = subprocess.run(
+        [str(hubmesh_bin()), "store", "fsck", "--data", str(b.data)],
+        capture_output=True, text=True,
+    )
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    partial = b.data / "store" / "partial"
+    assert [p.suffix for p in partial.iterdir()] == [".part"]
 
     b2 = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
     wait_for_sha(b2, "alice/resume", sha)
@@ -390,24 +399,21 @@ def test_a_seeder_killed_mid_fetch_resumes_without_fetching_it_all_again(
         f"{first_run} bytes before the kill + {second_run} after the restart = "
         f"{total / size:.2f}× the file of {size}"
     )
+    # The spool went with the completed import; the store is clean.
+    assert list(partial.iterdir()) == []
+    assert b2.terminate() == 0
+    fsck = subprocess.run(
+        [str(hubmesh_bin()), "store", "fsck", "--data", str(b2.data)],
+        capture_output=True, text=True,
+    )
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 def test_a_multi_source_fetch_survives_a_seeder_killed_mid_download(node_factory, tmp_path):
     """B and C seed A's repo; A stops; D fetches from B and C at once, and B is SIGKILLed
     once both have sent some of the file: D finishes from C, verified, with A's bytes."""
-    a = node_factory("a", "--admin", "alice")
-    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
-    c = node_factory("c", "--bootstrap", b.info["p2p"][0], "--seed", "alice/*")
-    api = HfApi(endpoint=a.url, token=a.admin_token)
-    _, weights = safetensors_tensors(BIG_MIB // 4, 4)
-    api.create_repo("alice/survive")
-    api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors",
-                    repo_id="alice/survive")
-    sha = api.model_info("alice/survive").sha
-    for node in (b, c):
-        wait_for_sha(node, "alice/survive", sha)
-        lfs_settled(node, "alice/survive", 1)
-    assert a.terminate() == 0
+    b, c, weights, _ = seeded_by_two_then_origin_stopped(
+        node_factory, "alice/survive", safetensors_tensors(BIG_MIB // 4, 4)[1])
 
     d = node_factory("d", "--bootstrap", c.info["p2p"][0], "--seed", "alice/*")
     ids = b.info["peer_id"], c.info["peer_id"]

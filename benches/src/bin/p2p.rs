@@ -819,13 +819,14 @@ print(api.model_info(sys.argv[3]).sha)
     writeln!(md, "## Where the time goes (one source)\n")?;
     writeln!(
         md,
-        "A fetch moves the object in batches of at most {} MiB (`MAX_BATCH_BYTES`), one request \
-         in flight per provider (`schedule.rs`: each in-flight batch on its own provider). With \
-         one source every batch is a round trip: the provider looks the chunks up, reads and \
-         verifies them, encodes and encrypts them (noise) and sends them; the seeder decrypts, \
-         checks every chunk's BLAKE3 and queues them for the import (SHA-256, chunking, block \
-         writes, fsync), waiting while that 64-chunk queue is full, before it asks for the \
-         next batch. Per batch, from this run's CPU counters (a node's CPU seconds over the \
+        "A fetch moves the object in batches of at most {} MiB (`MAX_BATCH_BYTES`), up to 2 \
+         requests in flight per provider and 8 (32 MiB) in all (`schedule.rs`: \
+         `MAX_PER_PROVIDER`, `MAX_BYTES_IN_FLIGHT`). With one source the requests are \
+         pipelined: the provider looks the next batch's chunks up by id, reads and verifies \
+         them, encodes and encrypts them (noise) and sends them, while the seeder decrypts the \
+         last one, checks every chunk's BLAKE3 and queues them for the import (SHA-256, \
+         chunking, block writes, fsync), asking for no more while that 64-chunk queue is \
+         full. Per batch, from this run's CPU counters (a node's CPU seconds over the \
          whole replication ÷ batches); *cores busy* is both nodes' CPU time ÷ wall time, out \
          of {cores}: near {cores} the two nodes are bound by the machine's CPU, near 1 they \
          mostly take turns.\n",
@@ -866,8 +867,8 @@ print(api.model_info(sys.argv[3]).sha)
          {provider_p2p:.1} s serving over `/hubmesh/blocks/1`, against {:.1} s serving the same \
          file to curl over HTTP; the seeding node spends {seeder_p2p:.1} s receiving, verifying \
          and importing it (curl to /dev/null does none of that; see also the \"HTTP to disk\" \
-         rows for a plain write of the bytes). With two sources, two batches are in flight at \
-         once, on three node processes sharing {cores} cores.\n",
+         rows for a plain write of the bytes). With two sources, up to four batches are in \
+         flight at once (two per source), on three node processes sharing {cores} cores.\n",
         http_cpu / gib
     )?;
     Ok(md)

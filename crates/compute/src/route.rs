@@ -13,7 +13,10 @@
 //! 3. **local, can load**: the model is not loaded here but fits, and there is queue room.
 //! 4. **peers, can load**: free memory of at least `load_bytes`; CUDA before CPU, then
 //!    shorter queue, lower RTT, more free memory. They fetch the weights from the mesh.
-//! 5. **local, fallback**: this node if it is not listed yet (warm with a full queue, or unable
+//! 5. **peers, warm, queue full** by their last advert, as a last resort: adverts are up to
+//!    two periods old, so a queue that was full may have drained; a peer that is still full
+//!    answers 429 at once and the next candidate is tried. Same order as tier 2.
+//! 6. **local, fallback**: this node if it is not listed yet (warm with a full queue, or unable
 //!    to load the model) and its mode is not `off`, so the request fails here with the
 //!    engine's own error (queue full, out of memory) rather than "no node".
 //!
@@ -119,28 +122,32 @@ pub fn route<'a>(
 ) -> Decision {
     let commit = request.commit.as_ref();
     let mut warm = Vec::new();
+    let mut warm_full = Vec::new();
     let mut cold = Vec::new();
     for a in adverts {
         if !a.is_live(now) || !a.serves_peers() || a.node == local.node {
             continue;
         }
-        if a.queue_depth >= a.queue_limit {
-            continue;
-        }
         let rtt = rtts.get(&a.node).copied();
+        let full = a.queue_depth >= a.queue_limit;
         if let Some(m) = a.model(&request.model, commit) {
-            warm.push((a, m.decode_tokens_per_s, rtt));
-        } else if a.memory_free_bytes >= request.load_bytes {
+            let tier = if full { &mut warm_full } else { &mut warm };
+            tier.push((a, m.decode_tokens_per_s, rtt));
+        } else if !full && a.memory_free_bytes >= request.load_bytes {
             cold.push((a, rtt));
         }
     }
-    warm.sort_by(|(a, tps_a, rtt_a), (b, tps_b, rtt_b)| {
-        tps_b
-            .total_cmp(tps_a)
-            .then(a.queue_depth.cmp(&b.queue_depth))
-            .then(rtt_order(*rtt_a, *rtt_b))
-            .then(a.node.cmp(&b.node))
-    });
+    let by_speed =
+        |(a, tps_a, rtt_a): &(&CapacityAdvert, f32, Option<Duration>),
+         (b, tps_b, rtt_b): &(&CapacityAdvert, f32, Option<Duration>)| {
+            tps_b
+                .total_cmp(tps_a)
+                .then(a.queue_depth.cmp(&b.queue_depth))
+                .then(rtt_order(*rtt_a, *rtt_b))
+                .then(a.node.cmp(&b.node))
+        };
+    warm.sort_by(by_speed);
+    warm_full.sort_by(by_speed);
     cold.sort_by(|(a, rtt_a), (b, rtt_b)| {
         (b.device == DeviceKind::Cuda)
             .cmp(&(a.device == DeviceKind::Cuda))
@@ -180,6 +187,15 @@ pub fn route<'a>(
         let reason = format!(
             "can load ({:.1} GiB free, {device}), queue {}/{}, {}",
             a.memory_free_bytes as f64 / (1u64 << 30) as f64,
+            a.queue_depth,
+            a.queue_limit,
+            show_rtt(rtt)
+        );
+        decision.push(Target::Remote(a.node), reason);
+    }
+    for (a, tps, rtt) in warm_full {
+        let reason = format!(
+            "last resort: warm, queue {}/{} full by its last advert, {tps:.0} tok/s, {}",
             a.queue_depth,
             a.queue_limit,
             show_rtt(rtt)
@@ -300,7 +316,11 @@ mod tests {
             &HashMap::new(),
             NOW,
         );
-        assert!(d.candidates.is_empty(), "{d:?}");
+        // Only the warm peer, as a last resort (its advert may be stale); a full cold one
+        // and one without the memory are not candidates.
+        assert_eq!(d.candidates.len(), 1, "{d:?}");
+        assert_eq!(d.candidates[0].target, Target::Remote(full.node));
+        assert!(d.candidates[0].reason.starts_with("last resort"), "{d:?}");
     }
 
     #[test]
@@ -463,6 +483,7 @@ mod tests {
                 assert_eq!(d.first().unwrap().target, Target::Local, "seed {seed}");
             }
             let mut seen_cold = false;
+            let mut seen_full = false;
             let mut last_warm_tps = f32::INFINITY;
             for c in &d.candidates {
                 let Target::Remote(node) = c.target else {
@@ -470,7 +491,17 @@ mod tests {
                 };
                 let a = adverts.iter().find(|a| a.node == node).unwrap();
                 assert!(a.is_live(now) && a.serves_peers(), "seed {seed}: {a:?}");
-                assert!(a.queue_depth < a.queue_limit, "seed {seed}");
+                if a.queue_depth >= a.queue_limit {
+                    // Full peers come last, warm ones only.
+                    assert!(
+                        a.model(&req.model, req.commit.as_ref()).is_some(),
+                        "seed {seed}"
+                    );
+                    assert!(c.reason.starts_with("last resort"), "seed {seed}");
+                    seen_full = true;
+                    continue;
+                }
+                assert!(!seen_full, "seed {seed}: a peer with room after a full one");
                 match a.model(&req.model, req.commit.as_ref()) {
                     Some(m) => {
                         assert!(!seen_cold, "seed {seed}: warm after cold");
@@ -485,13 +516,14 @@ mod tests {
                     }
                 }
             }
-            // Every capable peer is listed exactly once.
+            // Every capable peer is listed exactly once: warm ones (with room or, last, full)
+            // and cold ones with room and memory.
             let capable = adverts
                 .iter()
-                .filter(|a| a.is_live(now) && a.serves_peers() && a.queue_depth < a.queue_limit)
+                .filter(|a| a.is_live(now) && a.serves_peers())
                 .filter(|a| {
                     a.model(&req.model, req.commit.as_ref()).is_some()
-                        || a.memory_free_bytes >= req.load_bytes
+                        || (a.queue_depth < a.queue_limit && a.memory_free_bytes >= req.load_bytes)
                 })
                 .count();
             assert_eq!(

@@ -6,20 +6,30 @@
 //! [`check_manifest`] against the signed binding (`RefUpdate.lfs`: sha256 → manifest id) and
 //! the pointer's size. Chunks the store already holds (an unchanged tensor of an earlier
 //! revision) are read locally; the rest is cut into batches that module `schedule` spreads
-//! over several peers at once, up to three in flight, each to the best-scored idle peer (by
-//! rate, failures and bad data). Every chunk is checked against its BLAKE3 id
+//! over several peers at once, pipelined (up to 2 requests in flight per peer, 32 MiB in all),
+//! each to the best-scored peer (by rate, failures and bad data). Every chunk is checked against its BLAKE3 id
 //! ([`check_chunks`]) before it goes anywhere; a peer that sends a bad chunk (or manifest) is
 //! logged, counted against it (`PeerInfo::bad_chunks`) and not asked again for this object,
-//! and the batch goes to another peer. Verified chunks, reordered into file order,
-//! //! stream through a bounded channel into [`Store::import_reader`] on a blocking thread, which
-//! recomputes the SHA-256; only when it equals the signed one is the object added to the
-//! repo's LFS set and made a GC root. A fetch that stops halfway makes the import fail, so
-//! nothing partial is ever visible.
+//! and the batch goes to another peer. Each verified batch is appended at once to the
+//! object's spool (below); verified chunks, reordered into file order, stream through a
+//! bounded channel into [`Store::import_reader`] on a blocking thread, which recomputes the
+//! SHA-256; only when it equals the signed one is the object added to the repo's LFS set and
+//! made a GC root. A fetch that stops halfway makes the import fail, so nothing partial is
+//! ever visible in the store.
 //!
 //! Resumption: what a repo misses is recomputed from its tips ([`Repos::lfs_pointers`]) each
 //! time the replication task syncs it, at start-up too; stored objects are never fetched
-//! again (chunks of a partially fetched object are fetched again, except those an earlier
-//! revision left in the store).
+//! again. A partially fetched object (a failed fetch, or a node killed mid-fetch) resumes
+//! where it stopped: its verified chunks are kept in a spool, `partial/<sha256>.part` in the
+//! store's directory (`Spool`: the manifest id, then `u32 index | chunk bytes` records),
+//! outside the store's index, so a crash at any point leaves the store consistent. The next
+//! fetch re-checks every record against the manifest, cuts the file at the first short,
+//! duplicate or bad one, asks peers only for the chunks neither the store nor the spool
+//! holds, and feeds the spooled ones to the import (checked again as they are read back).
+//! At most the batches in flight at a kill are fetched again. Disk use: a spool is at most
+//! its object's size (plus 4 bytes a chunk), exists only for objects being fetched, and goes
+//! once the object is stored (or seen stored, after a crash in between); spools not written
+//! to for a week, or of objects the store holds, are removed when the next fetch starts.
 //!
 //! Serving: only objects in the LFS set of a public repo this node hosts or seeds; anything
 //! else is `NotFound`, the same answer as an unknown object.
@@ -35,9 +45,14 @@ use hub_protocol::signed::MAX_LFS;
 use hub_repo::Repos;
 use hub_store::Store;
 use libp2p::PeerId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 /// Verified chunks waiting for the import thread (at most 64 × 128 KiB in memory).
@@ -76,6 +91,8 @@ pub(crate) fn missing(
     for (sha, size) in pointers {
         let sha256 = Sha256(sha);
         if store.has(&sha256).map_err(|e| e.to_string())? {
+            // Left behind by a crash between the import's commit and the spool's removal.
+            remove_spool(store, &sha256);
             if !repos
                 .has_lfs_object(repo, &sha)
                 .map_err(|e| e.to_string())?
@@ -122,9 +139,13 @@ pub(crate) fn serve(
     if !servable(repos, sha256) {
         return BlockResponse::NotFound;
     }
-    let manifest = match store.manifest(sha256) {
-        Ok((_, manifest)) => manifest,
-        Err(_) => return BlockResponse::NotFound,
+    let manifest = match cached_manifest(store, sha256) {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => return BlockResponse::NotFound,
+        Err(error) => {
+            tracing::warn!(sha256 = %sha256, %error, "cannot load a manifest to serve");
+            return BlockResponse::NotFound;
+        }
     };
     match *request {
         BlockRequest::Manifest { .. } => {
@@ -153,8 +174,49 @@ pub(crate) fn serve(
     }
 }
 
+/// Manifests decoded for serving, most recently used last, keyed by manifest id (a hash of
+/// the manifest, so an entry is never stale). A fetch asks for one batch of the same object
+/// after another; decoding its manifest (about 36 bytes per chunk) for each would make
+/// serving a file quadratic in its size.
+static MANIFESTS: Mutex<Vec<(Hash, Arc<Manifest>)>> = Mutex::new(Vec::new());
+/// Manifests kept in [`MANIFESTS`] (each at most [`MAX_MANIFEST_LEN`] encoded).
+const CACHED_MANIFESTS: usize = 4;
+
+/// The manifest of a stored file, from [`MANIFESTS`] when it is there; `None` when the file
+/// is not stored.
+fn cached_manifest(store: &Store, sha256: &Sha256) -> Result<Option<Arc<Manifest>>, String> {
+    let Some(id) = store.manifest_id(sha256).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    {
+        let mut cache = MANIFESTS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = cache.iter().position(|(k, _)| *k == id) {
+            let entry = cache.remove(i);
+            let manifest = entry.1.clone();
+            cache.push(entry);
+            return Ok(Some(manifest));
+        }
+    }
+    let (id, manifest) = match store.manifest(sha256) {
+        Ok(found) => found,
+        // Removed (gc) since the lookup above.
+        Err(hub_store::StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let manifest = Arc::new(manifest);
+    let mut cache = MANIFESTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if !cache.iter().any(|(k, _)| *k == id) {
+        if cache.len() == CACHED_MANIFESTS {
+            cache.remove(0);
+        }
+        cache.push((id, manifest.clone()));
+    }
+    Ok(Some(manifest))
+}
+
 /// Chunks `first..first + count` of a stored file, stopping once the batch reaches
-/// [`MAX_BATCH_BYTES`]; every byte is verified by the store's reader.
+/// [`MAX_BATCH_BYTES`]: read by id (one index lookup per chunk of the batch, not of the
+/// file), every byte verified against its chunk's BLAKE3 by the store.
 fn read_chunks(
     store: &Store,
     manifest: &Manifest,
@@ -164,27 +226,29 @@ fn read_chunks(
     let Some(chunks) = manifest.chunks.get(first..) else {
         return Ok(Vec::new());
     };
-    let mut offset: u64 = manifest.chunks[..first]
+    let mut bytes = 0usize;
+    let ids: Vec<Hash> = chunks
         .iter()
-        .map(|c| u64::from(c.len))
-        .sum();
-    let mut reader = store
-        .open_file(&manifest.sha256)
-        .map_err(io::Error::other)?;
-    let (mut out, mut bytes) = (Vec::new(), 0usize);
-    for chunk in chunks.iter().take(count) {
-        if bytes >= MAX_BATCH_BYTES {
-            break;
-        }
-        let data = reader.read_range(offset, chunk.len as usize)?;
-        if data.len() != chunk.len as usize {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short chunk"));
-        }
-        offset += u64::from(chunk.len);
-        bytes += data.len();
-        out.push(data);
-    }
-    Ok(out)
+        .take(count)
+        .take_while(|c| {
+            let more = bytes < MAX_BATCH_BYTES;
+            bytes += c.len as usize;
+            more
+        })
+        .map(|c| c.id)
+        .collect();
+    let read = store.read_chunks(&ids).map_err(io::Error::other)?;
+    read.into_iter()
+        .zip(chunks)
+        .map(|(data, chunk)| match data {
+            Some(data) if data.len() == chunk.len as usize => Ok(data),
+            Some(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "chunk length")),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("chunk {} is gone", chunk.id),
+            )),
+        })
+        .collect()
 }
 
 /// What the fetch passes to the import thread, in file order.
@@ -194,6 +258,9 @@ enum Piece {
     /// A chunk the store already holds (an unchanged tensor of an earlier revision): read
     /// here, on the import thread, and checked against its id by the store.
     Local(Hash),
+    /// A run of chunks a spool kept from an earlier, interrupted fetch: (offset in the spool,
+    /// id, length) each, read on the import thread and checked against the id again.
+    Spooled(Vec<(u64, Hash, u32)>),
 }
 
 /// Reads the pieces the fetch sends, in order, as one file stream. The stream ends with an
@@ -204,6 +271,41 @@ struct ChunkStream {
     buf: Vec<u8>,
     pos: usize,
     remaining: u64,
+    /// The spool that [`Piece::Spooled`] chunks are read from.
+    spool: Option<Arc<File>>,
+    /// Spooled chunks still to read, in order.
+    spooled: VecDeque<(u64, Hash, u32)>,
+}
+
+impl ChunkStream {
+    fn new(rx: mpsc::Receiver<Piece>, store: Store, size: u64, spool: Option<Arc<File>>) -> Self {
+        Self {
+            rx,
+            store,
+            buf: Vec::new(),
+            pos: 0,
+            remaining: size,
+            spool,
+            spooled: VecDeque::new(),
+        }
+    }
+
+    /// One chunk read back from the spool, checked against its id.
+    fn read_spooled(&self, at: u64, id: Hash, len: u32) -> io::Result<Vec<u8>> {
+        let file = self
+            .spool
+            .as_ref()
+            .ok_or_else(|| io::Error::other("spooled chunk without a spool"))?;
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, at)?;
+        if Hash::of(&buf) != id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("spooled chunk {id} changed on disk"),
+            ));
+        }
+        Ok(buf)
+    }
 }
 
 impl Read for ChunkStream {
@@ -212,8 +314,17 @@ impl Read for ChunkStream {
             if self.remaining == 0 {
                 return Ok(0);
             }
+            if let Some((at, id, len)) = self.spooled.pop_front() {
+                self.buf = self.read_spooled(at, id, len)?;
+                self.pos = 0;
+                continue;
+            }
             self.buf = match self.rx.blocking_recv() {
                 Some(Piece::Data(chunk)) => chunk,
+                Some(Piece::Spooled(run)) => {
+                    self.spooled.extend(run);
+                    continue;
+                }
                 Some(Piece::Local(id)) => self
                     .store
                     .read_chunk(&id)
@@ -233,6 +344,174 @@ impl Read for ChunkStream {
         self.pos += n;
         self.remaining = self.remaining.saturating_sub(n as u64);
         Ok(n)
+    }
+}
+
+/// Spools of partially fetched objects live in `partial/` of the store's directory (the
+/// store itself never looks there).
+const SPOOL_DIR: &str = "partial";
+/// First bytes of a spool, followed by the manifest id it was written against.
+const SPOOL_MAGIC: &[u8; 8] = b"HMSPOOL1";
+const SPOOL_HEADER: u64 = 8 + 32;
+/// A spool not written to for this long belongs to an object no longer fetched: removed.
+const SPOOL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// `Spool::at` of a chunk the spool does not hold.
+const NOT_SPOOLED: u64 = u64::MAX;
+
+fn spool_path(store: &Store, sha256: &Sha256) -> PathBuf {
+    store.root().join(SPOOL_DIR).join(format!("{sha256}.part"))
+}
+
+/// Removes the spool of `sha256`, if any (the object is stored, or useless).
+fn remove_spool(store: &Store, sha256: &Sha256) {
+    let path = spool_path(store, sha256);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::debug!(%sha256, "spool removed"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove spool"),
+    }
+}
+
+/// Removes spools other than `keep`'s that are stale: for an object the store now holds, not
+/// written to for [`SPOOL_MAX_AGE`], or not a spool at all (blocking, best effort).
+fn prune_spools(store: &Store, keep: &Sha256) {
+    let dir = store.root().join(SPOOL_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let sha = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".part"))
+            .and_then(|n| n.parse::<Sha256>().ok());
+        let stale = match sha {
+            Some(sha) if sha == *keep => false,
+            Some(sha) => {
+                store.has(&sha).unwrap_or(false)
+                    || entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > SPOOL_MAX_AGE)
+            }
+            None => true,
+        };
+        if stale {
+            tracing::info!(path = %path.display(), "removing stale spool");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The verified chunks of one object received so far, kept across restarts:
+/// `partial/<sha256>.part` holds a header (magic, manifest id) and then records of
+/// `u32 chunk index (LE) | chunk bytes` (the length is the manifest's), in arrival order.
+/// Nothing in it is trusted: [`Spool::open`] re-checks every record against the manifest
+/// and cuts the file at the first short, duplicate or bad one, and the import re-checks each
+/// chunk it reads back. Written without fsync: after a power loss the check drops whatever
+/// did not reach the disk.
+struct Spool {
+    file: Arc<File>,
+    /// Where the next record goes.
+    end: u64,
+    /// Per manifest chunk: offset of its bytes in the file, or [`NOT_SPOOLED`].
+    at: Vec<u64>,
+    /// A write failed: what is held stays readable, nothing more is written.
+    failed: bool,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool of `manifest`'s object and keeps its good records.
+    fn open(store: &Store, manifest_id: &Hash, manifest: &Manifest) -> io::Result<Self> {
+        let path = spool_path(store, &manifest.sha256);
+        std::fs::create_dir_all(path.parent().unwrap_or(store.root()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        // In use again: not stale, whatever its age (see `prune_spools`).
+        let _ = file.set_modified(std::time::SystemTime::now());
+        let len = file.metadata()?.len();
+        let mut header = [0u8; SPOOL_HEADER as usize];
+        let same = len >= SPOOL_HEADER
+            && file.read_exact_at(&mut header, 0).is_ok()
+            && header[..8] == SPOOL_MAGIC[..]
+            && header[8..] == manifest_id.0;
+        let mut at = vec![NOT_SPOOLED; manifest.chunks.len()];
+        let mut end = SPOOL_HEADER;
+        if same {
+            let mut buf = Vec::new();
+            let mut index = [0u8; 4];
+            while file.read_exact_at(&mut index, end).is_ok() {
+                let i = u32::from_le_bytes(index) as usize;
+                let Some(chunk) = manifest.chunks.get(i) else {
+                    break;
+                };
+                if at[i] != NOT_SPOOLED {
+                    break;
+                }
+                buf.resize(chunk.len as usize, 0);
+                if file.read_exact_at(&mut buf, end + 4).is_err() || Hash::of(&buf) != chunk.id {
+                    break;
+                }
+                at[i] = end + 4;
+                end += 4 + u64::from(chunk.len);
+            }
+            if end < len {
+                tracing::info!(sha256 = %manifest.sha256, kept = end, dropped = len - end, "spool cut at its first bad record");
+            }
+        } else {
+            header[..8].copy_from_slice(SPOOL_MAGIC);
+            header[8..].copy_from_slice(&manifest_id.0);
+            file.write_all_at(&header, 0)?;
+        }
+        if end != len {
+            file.set_len(end)?;
+        }
+        Ok(Self {
+            file: Arc::new(file),
+            end,
+            at,
+            failed: false,
+        })
+    }
+
+    /// Chunks held, of all in the manifest.
+    fn held(&self) -> usize {
+        self.at.iter().filter(|&&a| a != NOT_SPOOLED).count()
+    }
+
+    /// Appends the verified chunks `first..` it lacks. On an error the file is cut back to
+    /// its last whole record and nothing more is written.
+    fn append(&mut self, first: u32, chunks: &[Vec<u8>]) -> io::Result<()> {
+        let mut records = Vec::new();
+        let mut offsets = Vec::new();
+        for (i, chunk) in (first as usize..).zip(chunks) {
+            if self.at.get(i) != Some(&NOT_SPOOLED) {
+                continue;
+            }
+            records.extend_from_slice(&(i as u32).to_le_bytes());
+            offsets.push((i, self.end + records.len() as u64));
+            records.extend_from_slice(chunk);
+        }
+        if records.is_empty() || self.failed {
+            return Ok(());
+        }
+        if let Err(error) = self.file.write_all_at(&records, self.end) {
+            self.failed = true;
+            let _ = self.file.set_len(self.end);
+            return Err(error);
+        }
+        for (i, offset) in offsets {
+            self.at[i] = offset;
+        }
+        self.end += records.len() as u64;
+        Ok(())
     }
 }
 
@@ -303,26 +582,48 @@ where
     }
     let manifest = manifest.ok_or_else(|| format!("no peer served the manifest of {sha256}"))?;
 
-    let ids: Vec<Hash> = manifest.chunks.iter().map(|c| c.id).collect();
-    let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
+    // Which chunks are here already: in the store, or in the spool of an earlier try.
     let checker = store.clone();
-    let local = tokio::task::spawn_blocking(move || checker.has_chunks(&ids))
-        .await
-        .map_err(|e| format!("chunk lookup task: {e}"))?
-        .map_err(|e| format!("look up chunks of {sha256}: {e}"))?;
-    let batches = crate::schedule::plan(&lens, &local);
+    let manifest_id = wanted.manifest_id;
+    let (manifest, local, mut spool) = tokio::task::spawn_blocking(move || {
+        let ids: Vec<Hash> = manifest.chunks.iter().map(|c| c.id).collect();
+        let local = checker.has_chunks(&ids);
+        prune_spools(&checker, &manifest.sha256);
+        let spool = Spool::open(&checker, &manifest_id, &manifest)
+            .inspect_err(|error| {
+                tracing::warn!(sha256 = %manifest.sha256, %error, "cannot open spool; fetching without one");
+            })
+            .ok();
+        (manifest, local, spool)
+    })
+    .await
+    .map_err(|e| format!("chunk lookup task: {e}"))?;
+    let local = local.map_err(|e| format!("look up chunks of {sha256}: {e}"))?;
+    let spooled = |i: usize| spool.as_ref().is_some_and(|s| s.at[i] != NOT_SPOOLED);
+    let have: Vec<bool> = (0..local.len()).map(|i| local[i] || spooled(i)).collect();
+    if let Some(s) = spool.as_ref().filter(|s| s.held() > 0) {
+        tracing::info!(%sha256, chunks = s.held(), of = local.len(), "resuming from the spool of an earlier fetch");
+    }
+    let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
+    let batches = crate::schedule::plan(&lens, &have);
     let mut scheduler = crate::schedule::Scheduler::new(&batches, &candidates);
 
     let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
-    let stream = ChunkStream {
+    let stream = ChunkStream::new(
         rx,
-        store: store.clone(),
-        buf: Vec::new(),
-        pos: 0,
-        remaining: manifest.size,
-    };
+        store.clone(),
+        manifest.size,
+        spool.as_ref().map(|s| s.file.clone()),
+    );
     let importer = store.clone();
-    let import = tokio::task::spawn_blocking(move || importer.import_reader(stream));
+    let import = tokio::task::spawn_blocking(move || {
+        let imported = importer.import_reader(stream);
+        if imported.is_ok() {
+            // Stored (or, with a wrong SHA-256, useless): the spool has served its purpose.
+            remove_spool(&importer, &sha256);
+        }
+        imported
+    });
     let total = manifest.chunks.len() as u32;
     let mut frontier = 0u32;
     let mut received = 0u64;
@@ -339,6 +640,22 @@ where
             } else if let Some(chunks) = ready.remove(&frontier) {
                 frontier += chunks.len() as u32;
                 chunks.into_iter().map(Piece::Data).collect()
+            } else if let Some(s) = spool
+                .as_ref()
+                .filter(|s| s.at[frontier as usize] != NOT_SPOOLED)
+            {
+                // The whole run at once: the import thread reads it at its own pace.
+                let mut run = Vec::new();
+                while frontier < total
+                    && !local[frontier as usize]
+                    && s.at[frontier as usize] != NOT_SPOOLED
+                    && !ready.contains_key(&frontier)
+                {
+                    let chunk = &manifest.chunks[frontier as usize];
+                    run.push((s.at[frontier as usize], chunk.id, chunk.len));
+                    frontier += 1;
+                }
+                vec![Piece::Spooled(run)]
             } else {
                 break;
             };
@@ -392,6 +709,31 @@ where
                 match check_chunks(&manifest, u64::from(a.batch.first), &chunks) {
                     Ok(()) => {
                         let n = chunks.len() as u32;
+                        // Kept on disk at once, so that a restart does not fetch them again.
+                        let chunks = match spool.take() {
+                            Some(mut s) => {
+                                let first = a.batch.first;
+                                let written = tokio::task::spawn_blocking(move || {
+                                    let result = s.append(first, &chunks);
+                                    (s, chunks, result)
+                                })
+                                .await;
+                                match written {
+                                    Ok((s, chunks, result)) => {
+                                        if let Err(error) = result {
+                                            tracing::warn!(%sha256, %error, "cannot write spool; a restart fetches these chunks again");
+                                        }
+                                        spool = Some(s);
+                                        chunks
+                                    }
+                                    Err(error) => {
+                                        failure = Some(format!("spool task: {error}"));
+                                        break 'fetch;
+                                    }
+                                }
+                            }
+                            None => chunks,
+                        };
                         ready.insert(a.batch.first, chunks);
                         crate::schedule::Outcome::Served { chunks: n, bytes }
                     }
@@ -525,6 +867,10 @@ mod tests {
         let repos = Repos::open(dir.path().join("repos")).unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
         let stored = store.import_reader(&b"already here"[..]).unwrap();
+        // A spool left by a crash after the import's commit goes when the object is seen.
+        let spool = spool_path(&store, &stored.sha256);
+        std::fs::create_dir_all(spool.parent().unwrap()).unwrap();
+        std::fs::write(&spool, b"leftover").unwrap();
         let id = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
         let author = Author::new("alice", "a@hubmesh.test");
         repos.create(&id, &author).unwrap();
@@ -563,5 +909,156 @@ mod tests {
         );
         assert_eq!(out.unbound, 1);
         assert!(repos.has_lfs_object(&id, &stored.sha256.0).unwrap());
+        assert!(!spool.exists());
+    }
+
+    /// A file of `len` pseudo-random bytes, stored in a fresh store: its manifest and chunks.
+    fn published(dir: &std::path::Path, len: usize) -> (Hash, Manifest, Vec<Vec<u8>>) {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let source = Store::open(dir.join("source")).unwrap();
+        let info = source.import_reader(&data[..]).unwrap();
+        let (id, manifest) = source.manifest(&info.sha256).unwrap();
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for chunk in &manifest.chunks {
+            chunks.push(data[at..at + chunk.len as usize].to_vec());
+            at += chunk.len as usize;
+        }
+        assert!(chunks.len() >= 8, "{} chunks", chunks.len());
+        (id, manifest, chunks)
+    }
+
+    fn held(spool: &Spool) -> Vec<usize> {
+        (0..spool.at.len())
+            .filter(|&i| spool.at[i] != NOT_SPOOLED)
+            .collect()
+    }
+
+    /// Feeds `store` the object: spooled chunks from the spool, the rest as received data.
+    fn import_with(store: &Store, spool: &Spool, manifest: &Manifest, chunks: &[Vec<u8>]) {
+        let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
+        let stream = ChunkStream::new(rx, store.clone(), manifest.size, Some(spool.file.clone()));
+        let importer = store.clone();
+        let import = std::thread::spawn(move || importer.import_reader(stream));
+        for (i, chunk) in manifest.chunks.iter().enumerate() {
+            let piece = match spool.at[i] {
+                NOT_SPOOLED => Piece::Data(chunks[i].clone()),
+                at => Piece::Spooled(vec![(at, chunk.id, chunk.len)]),
+            };
+            tx.blocking_send(piece).unwrap();
+        }
+        drop(tx);
+        let info = import.join().unwrap().unwrap();
+        assert_eq!(info.sha256, manifest.sha256);
+    }
+
+    #[test]
+    fn a_spool_keeps_verified_chunks_across_restarts_and_feeds_the_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, manifest, chunks) = published(dir.path(), 1_500_000);
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let path = spool_path(&store, &manifest.sha256);
+
+        let mut spool = Spool::open(&store, &id, &manifest).unwrap();
+        assert_eq!(spool.held(), 0);
+        // Batches arrive out of order; a repeated one is not written twice.
+        spool.append(2, &chunks[2..5]).unwrap();
+        spool.append(0, &chunks[0..1]).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        spool.append(3, &chunks[3..4]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        drop(spool);
+
+        // A restart finds them all, verified, and the import takes them from the spool.
+        let spool = Spool::open(&store, &id, &manifest).unwrap();
+        assert_eq!(held(&spool), [0, 2, 3, 4]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        import_with(&store, &spool, &manifest, &chunks);
+        assert!(store.has(&manifest.sha256).unwrap());
+        assert!(store.fsck(|_| {}).unwrap().is_clean());
+
+        // Once the object is stored, its spool goes, and so do stale ones.
+        remove_spool(&store, &manifest.sha256);
+        assert!(!path.exists());
+        let other = Sha256([7; 32]);
+        let (fresh, old, junk) = (
+            spool_path(&store, &other),
+            spool_path(&store, &Sha256([8; 32])),
+            path.with_file_name("junk"),
+        );
+        for file in [&path, &fresh, &old, &junk] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - SPOOL_MAX_AGE * 2)
+            .unwrap();
+        prune_spools(&store, &other);
+        // The stored object's, the old one and the stray file go; the fresh one stays.
+        assert!(fresh.exists());
+        assert!(!path.exists() && !old.exists() && !junk.exists());
+    }
+
+    #[test]
+    fn a_truncated_or_corrupted_spool_keeps_only_its_good_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, manifest, chunks) = published(dir.path(), 1_500_000);
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let path = spool_path(&store, &manifest.sha256);
+        let mut spool = Spool::open(&store, &id, &manifest).unwrap();
+        spool.append(0, &chunks[0..6]).unwrap();
+        let starts: Vec<u64> = (0..6).map(|i| spool.at[i] - 4).collect();
+        drop(spool);
+
+        // A torn last record (kill mid-write): the five whole ones stay, the file is cut.
+        let file = File::options().read(true).write(true).open(&path).unwrap();
+        file.set_len(starts[5] + 10).unwrap();
+        let spool = Spool::open(&store, &id, &manifest).unwrap();
+        assert_eq!(held(&spool), [0, 1, 2, 3, 4]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), starts[5]);
+        drop(spool);
+
+        // A flipped byte in chunk 2: only chunks 0 and 1 are used, nothing after the damage.
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, starts[2] + 4 + 100).unwrap();
+        file.write_all_at(&[byte[0] ^ 1], starts[2] + 4 + 100)
+            .unwrap();
+        let mut spool = Spool::open(&store, &id, &manifest).unwrap();
+        assert_eq!(held(&spool), [0, 1]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), starts[2]);
+        // Fetched again, the rest is appended after the good prefix.
+        spool.append(2, &chunks[2..]).unwrap();
+        drop(spool);
+        let spool = Spool::open(&store, &id, &manifest).unwrap();
+        assert_eq!(spool.held(), manifest.chunks.len());
+
+        // A chunk that changes on disk after the check is caught when read back.
+        let mut stream = ChunkStream::new(
+            mpsc::channel(1).1,
+            store.clone(),
+            manifest.size,
+            Some(spool.file.clone()),
+        );
+        let c = &manifest.chunks[1];
+        stream.spooled.push_back((spool.at[1], c.id, c.len));
+        file.write_all_at(&[0xff, 0xff], spool.at[1]).unwrap();
+        let error = stream.read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        drop(spool);
+
+        // A spool of another manifest (or no spool format at all) is started afresh.
+        let spool = Spool::open(&store, &Hash([9; 32]), &manifest).unwrap();
+        assert_eq!(spool.held(), 0);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SPOOL_HEADER);
     }
 }

@@ -7,7 +7,10 @@
 //! signed ref updates and namespace documents, kademlia provider records per repo, and the
 //! `/hubmesh/git-pack/1` request-response protocol for packs of the difference, and
 //! `/hubmesh/blocks/1` for LFS content verified chunk by chunk (see [`spawn_replicating`] and
-//! the `replicate` and `lfs` modules). The iroh-blobs data plane comes later.
+//! the `replicate` and `lfs` modules; why not iroh-blobs: ADR 0005). QUIC listens next to
+//! TCP; mDNS discovery is opt-in. For the compute mesh it carries capacity adverts on their own
+//! gossip topic (judged by their consumer, [`P2p::take_capacity_adverts`]) and raw streams
+//! (`/hubmesh/infer/1`, [`P2p::streams`]).
 //!
 //! Who spawns whom: the node calls [`spawn`], which binds every listen address, waits until
 //! each listener reports an address, dials the bootstrap peers and then moves the swarm into

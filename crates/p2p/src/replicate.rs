@@ -82,7 +82,8 @@ const CONTROL_QUEUE: usize = 256;
 /// and up to one answer in memory); more wait.
 const MAX_SERVING: usize = 32;
 /// Pack and block requests of one peer served at once; more are refused (`Failed`). An
-/// honest fetcher keeps at most 3 in flight per provider.
+/// honest fetcher keeps at most 2 in flight per provider and object
+/// (`schedule::MAX_PER_PROVIDER`).
 const MAX_SERVING_PER_PEER: usize = 8;
 
 /// Called (on a blocking thread) after a repo was replicated, e.g. to refresh the listing.

@@ -5,24 +5,36 @@
 //! `lfs::fetch_object`, which does the requests. The object's missing chunks are cut into
 //! batches (runs of missing chunks, at most [`MAX_CHUNKS_PER_REQUEST`] chunks and
 //! [`MAX_BATCH_BYTES`] bytes, so a provider answers each in full). Up to [`MAX_IN_FLIGHT`]
-//! batches are in flight at once, each on a different provider: the lowest pending batch goes
-//! to the best-scored idle provider. A provider's score is its measured rate (bytes over the
-//! time from request to verified answer, an exponential moving average, so latency counts)
-//! divided by `(1 + failures)²`; a provider not measured yet scores [`UNMEASURED`], above any
-//! real rate, so every candidate is tried once and the fast ones then win. A failure (no
-//! answer, `NotFound`, a transport error) counts against the provider and puts the batch back;
-//! after [`MAX_FAILURES`] the provider is not asked again for this object. A provider that
-//! sent a chunk that failed verification is dropped at once. Batches are only handed out
-//! within [`WINDOW_CHUNKS`] of the import frontier (the first chunk not yet passed on in
-//! order), which bounds the reorder buffer when one provider is slower than the others.
+//! batches are in flight at once (so at most [`MAX_BYTES_IN_FLIGHT`] bytes), up to
+//! [`MAX_PER_PROVIDER`] of them on one provider: pipelined, so a provider reads and sends the
+//! next batch while the requester receives and verifies the last one. The lowest pending batch
+//! goes to the provider with the best score per request it already has in flight, so idle
+//! providers are asked first and a fast one then takes more. A provider's score is its
+//! measured rate (bytes over the time from request to verified answer, an exponential moving
+//! average, so latency counts) divided by `(1 + failures)²`; a provider not measured yet
+//! scores [`UNMEASURED`], above any real rate, so every candidate is tried once and the fast
+//! ones then win. A failure (no answer, `NotFound`, a transport error) counts against the
+//! provider and puts the batch back; after [`MAX_FAILURES`] the provider is not asked again
+//! for this object. A provider that sent a chunk that failed verification is dropped at once.
+//! Batches are only handed out within [`WINDOW_CHUNKS`] of the import frontier (the first
+//! chunk not yet passed on in order), which bounds the reorder buffer when one provider is
+//! slower than the others.
 
 use hub_protocol::blocks::{MAX_BATCH_BYTES, MAX_CHUNKS_PER_REQUEST};
 use libp2p::PeerId;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// Batches in flight at once for one object (each on its own provider).
-pub(crate) const MAX_IN_FLIGHT: usize = 3;
+/// Bytes of batches in flight at once for one object, at most (each batch holds at most
+/// [`MAX_BATCH_BYTES`], see [`plan`]).
+pub(crate) const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
+/// Batches in flight at once for one object, over all its providers.
+pub(crate) const MAX_IN_FLIGHT: usize = MAX_BYTES_IN_FLIGHT / MAX_BATCH_BYTES;
+const _: () = assert!(MAX_IN_FLIGHT >= 1 && MAX_IN_FLIGHT * MAX_BATCH_BYTES <= MAX_BYTES_IN_FLIGHT);
+/// Batches in flight at once on one provider for one object. A provider serves at most 8
+/// requests of one peer at once (`replicate::MAX_SERVING_PER_PEER`), so up to four objects
+/// can be fetched from it at the same time.
+pub(crate) const MAX_PER_PROVIDER: u32 = 2;
 /// How far past the import frontier batches are handed out, in chunks.
 pub(crate) const WINDOW_CHUNKS: u32 = 8 * MAX_CHUNKS_PER_REQUEST;
 /// Failures after which a provider is not asked again for this object.
@@ -64,7 +76,8 @@ struct Provider {
     rate: Option<f64>,
     failures: u32,
     bad: bool,
-    busy: bool,
+    /// Requests in flight on it.
+    busy: u32,
 }
 
 impl Provider {
@@ -81,6 +94,11 @@ impl Provider {
             (None, _) => 1.0,
         };
         rate / (penalty * penalty)
+    }
+
+    /// The score shared with the requests already in flight on it: who gets the next one.
+    fn share(&self) -> f64 {
+        self.score() / f64::from(1 + self.busy)
     }
 }
 
@@ -168,11 +186,11 @@ impl Scheduler {
         let (peer, provider) = self
             .providers
             .iter_mut()
-            .filter(|(_, p)| p.usable() && !p.busy)
+            .filter(|(_, p)| p.usable() && p.busy < MAX_PER_PROVIDER)
             // The first of equal scores wins: `max_by` keeps the last, so compare reversed.
             .rev()
-            .max_by(|(_, a), (_, b)| a.score().total_cmp(&b.score()))?;
-        provider.busy = true;
+            .max_by(|(_, a), (_, b)| a.share().total_cmp(&b.share()))?;
+        provider.busy += 1;
         let peer = *peer;
         self.pending.remove(&first);
         let batch = Batch { first, count };
@@ -190,7 +208,7 @@ impl Scheduler {
         let Some((_, provider)) = self.providers.iter_mut().find(|(p, _)| *p == peer) else {
             return;
         };
-        provider.busy = false;
+        provider.busy = provider.busy.saturating_sub(1);
         match outcome {
             Outcome::Served { chunks, bytes } if chunks > 0 => {
                 let elapsed = now
@@ -293,15 +311,63 @@ mod tests {
     #[test]
     fn batches_spread_over_idle_providers_up_to_the_limit() {
         let t = Instant::now();
-        let ps = peers(4);
-        let mut s = Scheduler::new(&batches(6), &ps);
+        let ps = peers(6);
+        let mut s = Scheduler::new(&batches(20), &ps);
         let got: Vec<Assignment> = std::iter::from_fn(|| s.next(t, 0)).collect();
         assert_eq!(got.len(), MAX_IN_FLIGHT);
-        let mut used: Vec<PeerId> = got.iter().map(|a| a.peer).collect();
-        used.dedup();
-        assert_eq!(used, ps[..3], "one batch per provider, in preference order");
+        // Every idle provider first, in preference order, then a second request each.
+        let used: Vec<PeerId> = got.iter().map(|a| a.peer).collect();
+        assert_eq!(used[..6], ps[..]);
+        assert_eq!(used[6..], ps[..MAX_IN_FLIGHT - 6]);
         assert_eq!(got[0].batch.first, 0);
         assert_eq!(got[2].batch.first, 128);
+    }
+
+    #[test]
+    fn one_provider_is_pipelined_up_to_its_limit() {
+        let t = Instant::now();
+        let ps = peers(1);
+        let mut s = Scheduler::new(&batches(10), &ps);
+        let got: Vec<Assignment> = std::iter::from_fn(|| s.next(t, 0)).collect();
+        assert_eq!(got.len(), MAX_PER_PROVIDER as usize);
+        assert!(got.iter().all(|a| a.peer == ps[0]));
+        assert_eq!(s.in_flight(), MAX_PER_PROVIDER as usize);
+        // Each answer frees one place, and the next batch in order takes it.
+        let served = Outcome::Served {
+            chunks: 64,
+            bytes: 4 << 20,
+        };
+        s.finish(got[0].id, t + Duration::from_millis(5), served);
+        let next = s.next(t, 0).unwrap();
+        assert_eq!(next.batch.first, 64 * MAX_PER_PROVIDER);
+        assert_eq!(s.next(t, 0), None);
+        // A failure also frees its place; the batch goes back and is asked for again first.
+        s.finish(got[1].id, t, Outcome::Failed);
+        assert_eq!(s.next(t, 0).unwrap().batch, got[1].batch);
+    }
+
+    #[test]
+    fn a_fast_provider_takes_a_second_request_before_a_slow_one_is_idle() {
+        let t = Instant::now();
+        let ps = peers(3);
+        let mut s = Scheduler::new(&batches(20), &ps);
+        let first: Vec<Assignment> = (0..3).map(|_| s.next(t, 0).unwrap()).collect();
+        // Measure: peer 0 at 400 MB/s, peer 1 at 40 MB/s, peer 2 at 100 MB/s.
+        for (a, ms) in first.iter().zip([10, 100, 40]) {
+            s.finish(
+                a.id,
+                t + Duration::from_millis(ms),
+                Outcome::Served {
+                    chunks: 64,
+                    bytes: 4_000_000,
+                },
+            );
+        }
+        let order: Vec<PeerId> = std::iter::from_fn(|| s.next(t, 192))
+            .map(|a| a.peer)
+            .collect();
+        // 400, then 400/2 = 200 before 100, then 100, then 100/2 = 50 before 40, then 40s.
+        assert_eq!(order, [ps[0], ps[0], ps[2], ps[2], ps[1], ps[1]]);
     }
 
     #[test]

@@ -271,6 +271,66 @@ impl Store {
         Ok(Some(buf))
     }
 
+    /// The id of a stored file's manifest (`None` when the file is not stored), without
+    /// loading the manifest: a cache of decoded manifests can be keyed by it.
+    pub fn manifest_id(&self, sha256: &Sha256) -> Result<Option<Hash>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::db)?;
+        let files = txn.open_table(FILES).map_err(StoreError::db)?;
+        Ok(redb::ReadableTable::get(&files, &sha256.0)
+            .map_err(StoreError::db)?
+            .map(|g| Hash(*g.value())))
+    }
+
+    /// Reads stored chunks by id, in order, each checked against its BLAKE3 id, with one
+    /// index lookup for all of them (unlike [`Store::open_file`], which resolves every chunk
+    /// of the file). `None` for a chunk the store does not hold (any more); a corrupt one is an
+    /// error, as with [`Store::read_chunk`]. Memory: the chunks returned.
+    pub fn read_chunks(&self, ids: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let locs = {
+            let txn = self.inner.db.begin_read().map_err(StoreError::db)?;
+            let chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+            ids.iter()
+                .map(|id| {
+                    redb::ReadableTable::get(&chunks, &id.0)
+                        .map(|g| g.and_then(|g| index::ChunkLoc::decode(g.value())))
+                        .map_err(StoreError::db)
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut open: Option<(Hash, Option<File>)> = None;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, loc) in ids.iter().zip(locs) {
+            let Some(loc) = loc else {
+                out.push(None);
+                continue;
+            };
+            let path = block::block_path(&self.inner.root, &loc.block);
+            if open.as_ref().is_none_or(|(b, _)| *b != loc.block) {
+                let file = match File::open(&path) {
+                    Ok(file) => Some(file),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(StoreError::io("open", &path)(e)),
+                };
+                open = Some((loc.block, file));
+            }
+            let Some((_, Some(file))) = &open else {
+                out.push(None);
+                continue;
+            };
+            let mut buf = vec![0u8; loc.len as usize];
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, loc.offset)
+                .map_err(StoreError::io("read", &path))?;
+            if Hash::of(&buf) != *id {
+                return Err(StoreError::Corrupt {
+                    what: "corrupt chunk",
+                    id: *id,
+                });
+            }
+            out.push(Some(buf));
+        }
+        Ok(out)
+    }
+
     /// Marks a file as a persistent GC root: `gc` keeps it even when the caller omits it.
     pub fn add_root(&self, sha256: &Sha256) -> Result<(), StoreError> {
         let txn = self.inner.db.begin_write().map_err(StoreError::db)?;

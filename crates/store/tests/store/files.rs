@@ -345,3 +345,50 @@ fn chunks_are_looked_up_and_read_by_id() {
     assert_eq!(rebuilt, data);
     assert_eq!(store.read_chunk(&Hash::of(b"never stored")).unwrap(), None);
 }
+
+#[test]
+fn chunks_are_read_by_id_in_batches_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let data = noise(12, 3 << 20);
+    let info = store.import_reader(&data[..]).unwrap();
+    assert_eq!(
+        store.manifest_id(&info.sha256).unwrap(),
+        Some(info.manifest_id)
+    );
+    assert_eq!(store.manifest_id(&Sha256([7; 32])).unwrap(), None);
+    let (_, manifest) = store.manifest(&info.sha256).unwrap();
+    let mut ids: Vec<Hash> = manifest.chunks.iter().map(|c| c.id).collect();
+    ids.insert(1, Hash::of(b"never stored"));
+    let got = store.read_chunks(&ids).unwrap();
+    assert_eq!(got.len(), ids.len());
+    assert_eq!(got[1], None);
+    let rebuilt: Vec<u8> = got
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .flat_map(|(_, c)| c.clone().unwrap())
+        .collect();
+    assert_eq!(rebuilt, data);
+    assert!(store.read_chunks(&[]).unwrap().is_empty());
+
+    // A flipped byte in the block is an error, never wrong bytes.
+    let sub = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let block = std::fs::read_dir(sub.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&block).unwrap();
+    bytes[manifest.chunks[0].len as usize / 2] ^= 1;
+    std::fs::write(&block, &bytes).unwrap();
+    assert!(matches!(
+        store.read_chunks(&ids[..1]),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
