@@ -312,6 +312,8 @@ async fn delete_repo(
         .organization
         .unwrap_or_else(|| principal.user.name.clone());
     let id = RepoId::new(kind, &namespace, &body.name).map_err(|_| AppError::RepoNotFound)?;
+    // Before the lookup: a delete must not fetch the repo from the mesh first.
+    hosted_here(&state, &id).await?;
     let meta = repo_meta(&state, &id).await?;
     authorize(&state, Some(&principal), &id, meta.private, Access::Write).await?;
     let repos = state.repos().clone();
@@ -366,6 +368,7 @@ async fn move_repo(
     let from = RepoId::parse(kind, &body.from_repo).map_err(|_| AppError::RepoNotFound)?;
     let to = RepoId::parse(kind, &body.to_repo)
         .map_err(|e| AppError::BadRequest(format!("invalid target {:?}: {e}", body.to_repo)))?;
+    hosted_here(&state, &from).await?;
     let meta = repo_meta(&state, &from).await?;
     authorize(&state, Some(&principal), &from, meta.private, Access::Write).await?;
     authorize(&state, Some(&principal), &to, false, Access::Write).await?;

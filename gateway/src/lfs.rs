@@ -238,6 +238,11 @@ async fn batch_inner(
         other => return Err(AppError::BadRequest(format!("unknown operation {other:?}"))),
     };
     let principal = authenticate(state, headers).await?;
+    if access == Access::Write {
+        // Uploads to a namespace another node hosts are refused by name, not as "not found"
+        // (and never fetch the repo from the mesh first).
+        crate::hub::hosted_here(state, &id).await?;
+    }
     let meta = repo_meta(state, &id).await?;
     if principal.is_none() && (access == Access::Write || meta.private) {
         // git-lfs sends its first request without credentials and expects a challenge.

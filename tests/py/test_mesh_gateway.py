@@ -20,6 +20,34 @@ from conftest import hubmesh_bin
 from test_replication import wait_for
 
 
+class LfsRefused(Exception):
+    """An error answer to a git-lfs batch request, shaped like an HfHubHTTPError's response."""
+
+    def __init__(self, status, headers, text):
+        super().__init__(f"{status}: {text}")
+        self.response = self
+        self.status_code = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.text = text
+
+
+def lfs_upload_batch(node, repo):
+    """A git-lfs batch upload request, as `git lfs push` sends it; raises LfsRefused on an
+    error status."""
+    body = {"operation": "upload", "transfers": ["basic"],
+            "objects": [{"oid": "a" * 64, "size": 1}]}
+    req = urllib.request.Request(
+        f"{node.url}/{repo}.git/info/lfs/objects/batch", data=json.dumps(body).encode(),
+        headers={"content-type": "application/vnd.git-lfs+json",
+                 "accept": "application/vnd.git-lfs+json",
+                 "authorization": f"Bearer {node.admin_token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        raise LfsRefused(e.code, dict(e.headers), e.read().decode()) from None
+
+
 def request(method, url, body=None, token=None):
     """(status, headers, parsed JSON or text) of one request."""
     data = json.dumps(body).encode() if body is not None else None
@@ -208,8 +236,12 @@ def test_any_gateway_serves_public_repos_it_does_not_hold(node_factory, tmp_path
                                   repo_id="alice/weights"),
         lambda: c_api.upload_file(path_or_fileobj=b"x\n", path_in_repo="x.txt",
                                   repo_id="alice/unknown"),
+        lambda: c_api.delete_repo("alice/weights"),
+        lambda: c_api.delete_repo("alice/never-heard-of"),
+        lambda: c_api.move_repo("alice/weights", "alice/renamed"),
+        lambda: lfs_upload_batch(c, "alice/never-heard-of"),
     ):
-        with pytest.raises(HfHubHTTPError) as err:
+        with pytest.raises((HfHubHTTPError, LfsRefused)) as err:
             write()
         response = err.value.response
         assert response.status_code == 403, response.text
