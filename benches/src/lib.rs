@@ -21,3 +21,14 @@ impl Noise {
         v
     }
 }
+
+/// Writes a results file (creating its directory), echoes it to stdout and says where it went.
+pub fn write_results(out: &std::path::Path, md: &str) -> std::io::Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, md)?;
+    print!("{md}");
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}

@@ -17,7 +17,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.utils import HfHubHTTPError
 
 from conftest import hubmesh_bin
-from test_replication import wait_for
+from test_replication import safetensors_bytes, wait_for
 
 
 class LfsRefused(Exception):
@@ -152,15 +152,6 @@ def test_seed_commands_change_what_a_running_node_replicates(node_factory):
     wait_heard(b, a, "alice/tiny")
     assert mesh_repo(b, "alice/tiny")["seeded"] is False
     assert local_sha(b, "alice/tiny") == sha2
-
-
-def safetensors_bytes(mib):
-    body = os.urandom(mib * 1024 * 1024)
-    header = json.dumps(
-        {"w": {"dtype": "U8", "shape": [len(body)], "data_offsets": [0, len(body)]}}
-    ).encode()
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + body
 
 
 def test_any_gateway_serves_public_repos_it_does_not_hold(node_factory, tmp_path):

@@ -441,13 +441,7 @@ fn main() -> Result<()> {
         a.decode_tokens, a.stream_tokens, a.reps
     )?;
 
-    if let Some(parent) = a.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&a.out, &md).with_context(|| format!("write {}", a.out.display()))?;
-    print!("{md}");
-    eprintln!("wrote {}", a.out.display());
-    Ok(())
+    hub_benches::write_results(&a.out, &md).with_context(|| format!("write {}", a.out.display()))
 }
 
 /// What the goal rows come down to, true of this build whatever the run measures.

@@ -514,13 +514,7 @@ fn main() -> Result<()> {
     let result = run(&a);
     let _ = std::fs::remove_dir_all(&a.data);
     let md = result?;
-    if let Some(dir) = a.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&a.out, &md).with_context(|| format!("write {}", a.out.display()))?;
-    print!("{md}");
-    eprintln!("wrote {}", a.out.display());
-    Ok(())
+    hub_benches::write_results(&a.out, &md).with_context(|| format!("write {}", a.out.display()))
 }
 
 fn loadavg() -> String {
