@@ -1518,7 +1518,20 @@ async fn resolve(
         })
         .await?
     };
-    if let Some((sha, size)) = missing {
+    // A whole-file GET of LFS content still arriving from peers streams it as its chunks
+    // arrive (each verified); a fetch that fails part way ends the body short.
+    let mut arriving = None;
+    if let Some((sha, size)) = missing
+        && method == Method::GET
+        && !headers.contains_key(header::RANGE)
+    {
+        let deadline = tokio::time::Instant::now() + ENSURE_LFS_WAIT_HEAD;
+        arriving = state.p2p().stream_lfs(&id, sha, size, deadline).await;
+        if arriving.is_some() {
+            tracing::info!(repo = %id, %sha, "streaming LFS content while it arrives from peers");
+        }
+    }
+    if let Some((sha, size)) = missing.filter(|_| arriving.is_none()) {
         // Fetched from peers ahead of the rest and waited for (bounded); else a retryable
         // 503, on HEAD as on GET, never a 500 halfway through a body.
         let wait = if method == Method::HEAD {
@@ -1577,6 +1590,12 @@ async fn resolve(
         None => {
             let (start, end) = (start as usize, (start + len) as usize);
             Body::from(blob[start..end].to_vec())
+        }
+        Some(_) if let Some(rx) = arriving => {
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item.map(Bytes::from), rx))
+            });
+            Body::from_stream(stream)
         }
         Some(lfs) => {
             let sha256: Sha256 = lfs

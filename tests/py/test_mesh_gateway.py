@@ -249,3 +249,37 @@ def test_any_gateway_serves_public_repos_it_does_not_hold(node_factory, tmp_path
                             capture_output=True, text=True, timeout=60)
     assert pushed.returncode != 0 and "403" in pushed.stderr, pushed.stderr
     assert a.info["peer_id"] in pushed.stderr, pushed.stderr
+
+
+def test_a_download_streams_lfs_content_while_it_arrives(node_factory):
+    """C holds nothing of A's repo: a plain GET of its large LFS file on C is answered from the
+    first verified chunks on, while the rest still arrives from A; the bytes are A's."""
+    import hashlib
+
+    a = node_factory("a", "--admin", "alice")
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    api.create_repo("alice/stream")
+    weights = safetensors_bytes(96)
+    api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors",
+                    repo_id="alice/stream")
+    c = node_factory("c", "--bootstrap", a.info["p2p"][0])
+    wait_heard(c, a, "alice/stream")
+
+    url = f"{c.url}/alice/stream/resolve/main/model.safetensors"
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        assert resp.status == 200
+        assert int(resp.headers["content-length"]) == len(weights)
+        # The answer started before the object was stored (96 MiB take seconds to arrive).
+        counters = request("GET", f"{c.url}/api/mesh/peers")[2]["counters"]
+        assert counters["lfs_objects_fetched"] == 0, counters
+        digest = hashlib.sha256()
+        while block := resp.read(1 << 20):
+            digest.update(block)
+    assert digest.hexdigest() == hashlib.sha256(weights).hexdigest()
+    assert "streaming LFS content while it arrives from peers" in c.log()
+    # Stored too, and served from the store from now on.
+    wait_for("the object stored on C",
+             lambda: request("GET", f"{c.url}/api/mesh/peers")[2]["counters"][
+                 "lfs_objects_fetched"] >= 1, c)
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        assert hashlib.sha256(resp.read()).hexdigest() == hashlib.sha256(weights).hexdigest()

@@ -515,6 +515,115 @@ impl Spool {
     }
 }
 
+/// A fetch in progress as readers see it, so that a download can stream the object while its
+/// chunks arrive: chunks below `frontier` are verified and readable, from the store (`local`)
+/// or from the spool (`at`). Registered in [`Arrivals`] while [`fetch_object`] runs with a
+/// spool; the fetch alone holds the sending side of `frontier`, so when it ends, however it
+/// ends, readers waiting for more see it.
+#[derive(Clone)]
+pub(crate) struct Arriving {
+    manifest: Arc<Manifest>,
+    local: Arc<Vec<bool>>,
+    /// The spool, open: its records stay readable after the file is removed at the end.
+    spool: Arc<File>,
+    /// Per chunk, its offset in the spool (or [`NOT_SPOOLED`]), as batches are spooled.
+    at: Arc<Mutex<Vec<u64>>>,
+    /// Chunks verified and readable, in order from the first.
+    frontier: tokio::sync::watch::Receiver<u32>,
+}
+
+/// The objects being fetched now, by SHA-256 (at most one fetch per object runs at a time).
+#[derive(Default)]
+pub(crate) struct Arrivals(Mutex<BTreeMap<Sha256, Arriving>>);
+
+impl Arriving {
+    /// Waits until the first chunk is verified and readable (`true`), or the fetch ended
+    /// without it, or `deadline` passed (`false`): a download commits to streaming only once
+    /// something good has arrived, so a fetch that cannot start is still a clean 503.
+    pub(crate) async fn started(&self, deadline: tokio::time::Instant) -> bool {
+        let mut frontier = self.frontier.clone();
+        tokio::time::timeout_at(deadline, frontier.wait_for(|&n| n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl Arrivals {
+    pub(crate) fn get(&self, sha256: &Sha256) -> Option<Arriving> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(sha256).cloned()
+    }
+}
+
+impl std::fmt::Debug for Arrivals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Arrivals")
+    }
+}
+
+/// Takes an object out of [`Arrivals`] when its fetch ends, however it ends.
+struct Registered<'a> {
+    arrivals: &'a Arrivals,
+    sha256: Sha256,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .arrivals
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(&self.sha256);
+    }
+}
+
+/// Streams an object that is still arriving, in order, from its first byte: each chunk as
+/// soon as it is verified and readable (from the store, or the spool, where its BLAKE3 is
+/// checked again). Runs on a blocking thread; ends with an error when the fetch fails or a
+/// chunk cannot be read, so the client sees a short body, never a wrong byte.
+pub(crate) fn stream_arriving(
+    arriving: Arriving,
+    store: Store,
+) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel(8);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut frontier = arriving.frontier.clone();
+        let total = arriving.manifest.chunks.len() as u32;
+        for i in 0..total {
+            while *frontier.borrow_and_update() <= i {
+                if runtime.block_on(frontier.changed()).is_err() {
+                    let _ = tx.blocking_send(Err(io::Error::other(
+                        "the fetch from peers stopped before the object was complete",
+                    )));
+                    return;
+                }
+            }
+            let chunk = &arriving.manifest.chunks[i as usize];
+            let bytes = if arriving.local[i as usize] {
+                match store.read_chunks(&[chunk.id]) {
+                    Ok(mut found) => found.pop().flatten(),
+                    Err(_) => None,
+                }
+            } else {
+                let at = arriving.at.lock().unwrap_or_else(PoisonError::into_inner)[i as usize];
+                let mut buf = vec![0u8; chunk.len as usize];
+                (at != NOT_SPOOLED
+                    && arriving.spool.read_exact_at(&mut buf, at).is_ok()
+                    && Hash::of(&buf) == chunk.id)
+                    .then_some(buf)
+            };
+            let item = bytes.ok_or_else(|| io::Error::other(format!("chunk {i} unreadable")));
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Records a bad answer from `peer`.
 fn penalise(p2p: &P2p, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::Display) {
     tracing::warn!(%peer, %sha256, reason = %what, "peer sent data that failed verification; asking another peer");
@@ -604,6 +713,27 @@ where
     if let Some(s) = spool.as_ref().filter(|s| s.held() > 0) {
         tracing::info!(%sha256, chunks = s.held(), of = local.len(), "resuming from the spool of an earlier fetch");
     }
+    // Readers may stream the object while it arrives (chunks in the store or the spool).
+    let (frontier_tx, frontier_rx) = tokio::sync::watch::channel(0u32);
+    let arriving = spool.as_ref().map(|s| Arriving {
+        manifest: Arc::new(manifest.clone()),
+        local: Arc::new(local.clone()),
+        spool: s.file.clone(),
+        at: Arc::new(Mutex::new(s.at.clone())),
+        frontier: frontier_rx,
+    });
+    let _registered = arriving.as_ref().map(|a| {
+        let mut map = p2p
+            .arrivals
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(sha256, a.clone());
+        Registered {
+            arrivals: &p2p.arrivals,
+            sha256,
+        }
+    });
     let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
     let batches = crate::schedule::plan(&lens, &have);
     let mut scheduler = crate::schedule::Scheduler::new(&batches, &candidates);
@@ -665,6 +795,7 @@ where
                     break 'fetch;
                 }
             }
+            frontier_tx.send_replace(frontier);
         }
         if frontier == total {
             break;
@@ -722,6 +853,13 @@ where
                                     Ok((s, chunks, result)) => {
                                         if let Err(error) = result {
                                             tracing::warn!(%sha256, %error, "cannot write spool; a restart fetches these chunks again");
+                                        }
+                                        if let Some(a) = &arriving {
+                                            let mut at =
+                                                a.at.lock().unwrap_or_else(PoisonError::into_inner);
+                                            let range = first as usize
+                                                ..(first as usize + chunks.len()).min(at.len());
+                                            at[range.clone()].copy_from_slice(&s.at[range]);
                                         }
                                         spool = Some(s);
                                         chunks
@@ -1060,5 +1198,59 @@ mod tests {
         let spool = Spool::open(&store, &Hash([9; 32]), &manifest).unwrap();
         assert_eq!(spool.held(), 0);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), SPOOL_HEADER);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_streams_verified_chunks_in_order_and_stops_short_on_a_failed_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, manifest, chunks) = published(dir.path(), 1_500_000);
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let mut spool = Spool::open(&store, &id, &manifest).unwrap();
+        let n = chunks.len();
+        assert!(n >= 4, "{n} chunks");
+        let arriving = |spool: &Spool, frontier| Arriving {
+            manifest: Arc::new(manifest.clone()),
+            local: Arc::new(vec![false; n]),
+            spool: spool.file.clone(),
+            at: Arc::new(Mutex::new(spool.at.clone())),
+            frontier,
+        };
+        let wait = std::time::Duration::from_secs(10);
+        let (frontier, frontier_rx) = tokio::sync::watch::channel(0u32);
+        let view = arriving(&spool, frontier_rx);
+        let mut rx = stream_arriving(view.clone(), store.clone());
+        let publish = |spool: &Spool, upto: u32| {
+            view.at.lock().unwrap().copy_from_slice(&spool.at);
+            frontier.send_replace(upto);
+        };
+        // Chunks 2.. arrive first: nothing is passed on before chunk 0 is there.
+        spool.append(2, &chunks[2..n]).unwrap();
+        publish(&spool, 0);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(100), rx.recv()).await;
+        assert!(early.is_err(), "nothing before the frontier moves");
+        spool.append(0, &chunks[0..2]).unwrap();
+        publish(&spool, 2);
+        for chunk in &chunks[..2] {
+            let got = tokio::time::timeout(wait, rx.recv()).await.unwrap();
+            assert_eq!(&got.unwrap().unwrap(), chunk);
+        }
+        // A spooled chunk changed on disk is caught on the way out, not passed on.
+        spool.file.write_all_at(b"!", spool.at[2]).unwrap();
+        publish(&spool, 3);
+        let got = tokio::time::timeout(wait, rx.recv()).await.unwrap();
+        assert!(got.unwrap().is_err());
+        assert!(rx.recv().await.is_none());
+
+        // A fetch that ends part way (its sender goes, though readers hold the rest) ends
+        // the stream with an error after what had arrived.
+        let (frontier, frontier_rx) = tokio::sync::watch::channel(2u32);
+        let mut rx = stream_arriving(arriving(&spool, frontier_rx), store.clone());
+        for chunk in &chunks[..2] {
+            let got = tokio::time::timeout(wait, rx.recv()).await.unwrap();
+            assert_eq!(&got.unwrap().unwrap(), chunk);
+        }
+        drop(frontier);
+        let got = tokio::time::timeout(wait, rx.recv()).await.unwrap();
+        assert!(got.unwrap().is_err());
     }
 }

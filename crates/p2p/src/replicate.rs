@@ -176,6 +176,8 @@ pub(crate) struct Control {
     me: PublicKey,
     tx: mpsc::Sender<ControlMsg>,
     synced: Arc<watch::Sender<u64>>,
+    /// The chunk store (downloads stream arriving objects from it and the spool).
+    chunks: hub_store::Store,
 }
 
 impl std::fmt::Debug for Control {
@@ -336,6 +338,45 @@ impl P2p {
         }
     }
 
+    /// Starts fetching one LFS object of `repo` ahead of the repo's sync (as
+    /// [`P2p::ensure_lfs`]) and, once its manifest is verified and its spool open (by
+    /// `deadline`) and its first chunk verified, streams it from its first byte as its chunks
+    /// arrive, each verified. `None`: the object is stored already, or nothing good had
+    /// arrived by the deadline (the caller waits or answers 503). The stream ends with an
+    /// error if the fetch fails part way (the client sees a short body, never a wrong byte).
+    pub async fn stream_lfs(
+        &self,
+        repo: &RepoId,
+        sha256: Sha256,
+        size: u64,
+        deadline: Instant,
+    ) -> Option<mpsc::Receiver<std::io::Result<Vec<u8>>>> {
+        let control = self.control()?;
+        let (reply, _) = oneshot::channel();
+        let msg = ControlMsg::Lfs {
+            repo: repo.clone(),
+            sha256,
+            size,
+            reply,
+        };
+        control.tx.send(msg).await.ok()?;
+        loop {
+            if let Some(arriving) = self.arrivals.get(&sha256) {
+                if !arriving.started(deadline).await {
+                    return None;
+                }
+                return Some(crate::lfs::stream_arriving(
+                    arriving,
+                    control.chunks.clone(),
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The nodes (delegates) hosting `namespace`, when its accepted namespace document does
     /// not list this node: writes belong there. `None`: this node is a delegate, or no
     /// document is known (a namespace of this node's own that was never announced).
@@ -388,6 +429,7 @@ pub async fn spawn_replicating(
         me: key.public(),
         tx: control_tx,
         synced: synced.clone(),
+        chunks: replication.store.clone(),
     }));
     let (done_tx, done_rx) = mpsc::channel(64);
     let task = Task {

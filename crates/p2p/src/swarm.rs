@@ -375,6 +375,8 @@ pub struct P2p {
     pub(crate) control: Option<Arc<crate::replicate::Control>>,
     streams: libp2p_stream::Control,
     capacity: Arc<Mutex<Option<mpsc::Receiver<GossipMessage>>>>,
+    /// LFS objects being fetched now, for downloads that stream them as they arrive.
+    pub(crate) arrivals: Arc<crate::lfs::Arrivals>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -739,6 +741,7 @@ pub(crate) async fn spawn_with_events(
     let (capacity_tx, capacity_rx) = mpsc::channel(CAPACITY_QUEUE);
     let handle = P2p {
         streams: swarm.behaviour().stream.new_control(),
+        arrivals: Arc::default(),
         capacity: Arc::new(Mutex::new(Some(capacity_rx))),
         peer_id,
         listen_addrs: Arc::new(listen_addrs),
