@@ -218,3 +218,26 @@ def _ignore(f):
         f()
     except Exception:  # noqa: BLE001  (the node running it may be killed)
         pass
+
+
+def test_a_serving_node_refuses_peers_outside_its_allow_list(node_factory, gguf, tmp_path):  # noqa: F811
+    """B runs peers' jobs only for the peers it lists: A is not one, so A's request is refused
+    by B (never run there) and A answers 503 naming the model, with no other node to try."""
+    stranger = "12D3KooWQBKFBDFSxTEt6k1wW7xMyXpCDqrtB4JRHSRovJQZaYCH"
+    config = tmp_path / "b.toml"
+    config.write_text(f'[inference]\nadvert_period_secs = 2\nallow_peers = ["{stranger}"]\n')
+    b = node_factory("b", "--admin", "bob", "--inference", "mesh", "--config", str(config))
+    a = node_factory("a", "--admin", "alice", "--inference", "off",
+                     "--bootstrap", b.info["p2p"][0])
+    api = HfApi(endpoint=b.url, token=b.admin_token)
+    api.create_repo(MODEL)
+    api.upload_file(path_or_fileobj=str(gguf), path_in_repo=GGUF_NAME, repo_id=MODEL)
+    chat(b, temperature=0, max_tokens=1)
+    wait_for("B's advert with the model at A", lambda: any(
+        m["repo"] == MODEL for m in (advertised(a, b.info["peer_id"]) or {}).get("models", [])))
+    with pytest.raises(openai.APIStatusError) as err:
+        chat(a, temperature=0, max_tokens=4)
+    assert err.value.status_code == 503, err.value
+    assert MODEL in str(err.value)
+    assert "forwarded request refused" in b.log()
+    assert metric(b, "inference_generated_tokens_total") == 1.0
