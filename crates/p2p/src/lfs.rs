@@ -534,7 +534,11 @@ pub(crate) struct Arriving {
 
 /// The objects being fetched now, by SHA-256 (at most one fetch per object runs at a time).
 #[derive(Default)]
-pub(crate) struct Arrivals(Mutex<BTreeMap<Sha256, Arriving>>);
+pub(crate) struct Arrivals {
+    map: Mutex<BTreeMap<Sha256, Arriving>>,
+    /// Woken whenever a fetch registers, for downloads waiting for theirs.
+    added: tokio::sync::Notify,
+}
 
 impl Arriving {
     /// Waits until the first chunk is verified and readable (`true`), or the fetch ended
@@ -550,8 +554,39 @@ impl Arriving {
 
 impl Arrivals {
     pub(crate) fn get(&self, sha256: &Sha256) -> Option<Arriving> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(sha256).cloned()
+    }
+
+    /// The fetch of `sha256` once it registers; `None` when `done` resolves first without
+    /// one (the fetch ended: stored already, or it ran without a spool) or at `deadline`.
+    pub(crate) async fn wait_for(
+        &self,
+        sha256: &Sha256,
+        done: impl std::future::Future,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arriving> {
+        let mut done = std::pin::pin!(done);
+        loop {
+            // Armed before the check, so a registration in between is not missed.
+            let mut added = std::pin::pin!(self.added.notified());
+            added.as_mut().enable();
+            if let Some(arriving) = self.get(sha256) {
+                return Some(arriving);
+            }
+            tokio::select! {
+                () = &mut added => {}
+                _ = &mut done => return self.get(sha256),
+                () = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
+    fn register(&self, sha256: Sha256, arriving: Arriving) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(sha256, arriving);
+        drop(map);
+        self.added.notify_waiters();
     }
 }
 
@@ -571,7 +606,7 @@ impl Drop for Registered<'_> {
     fn drop(&mut self) {
         let mut map = self
             .arrivals
-            .0
+            .map
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.remove(&self.sha256);
@@ -723,12 +758,7 @@ where
         frontier: frontier_rx,
     });
     let _registered = arriving.as_ref().map(|a| {
-        let mut map = p2p
-            .arrivals
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.insert(sha256, a.clone());
+        p2p.arrivals.register(sha256, a.clone());
         Registered {
             arrivals: &p2p.arrivals,
             sha256,

@@ -203,8 +203,7 @@ pub enum EnsureError {
 
 /// The libp2p peer id of a delegate key (node keys are the same ed25519 keys).
 fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
-    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
-    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+    crate::peer_id_of_key(&key.0)
 }
 
 /// The seeding policy, on-demand fetches and namespace hosting, for the gateway.
@@ -352,7 +351,7 @@ impl P2p {
         deadline: Instant,
     ) -> Option<mpsc::Receiver<std::io::Result<Vec<u8>>>> {
         let control = self.control()?;
-        let (reply, _) = oneshot::channel();
+        let (reply, done) = oneshot::channel();
         let msg = ControlMsg::Lfs {
             repo: repo.clone(),
             sha256,
@@ -360,21 +359,14 @@ impl P2p {
             reply,
         };
         control.tx.send(msg).await.ok()?;
-        loop {
-            if let Some(arriving) = self.arrivals.get(&sha256) {
-                if !arriving.started(deadline).await {
-                    return None;
-                }
-                return Some(crate::lfs::stream_arriving(
-                    arriving,
-                    control.chunks.clone(),
-                ));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let arriving = self.arrivals.wait_for(&sha256, done, deadline).await?;
+        if !arriving.started(deadline).await {
+            return None;
         }
+        Some(crate::lfs::stream_arriving(
+            arriving,
+            control.chunks.clone(),
+        ))
     }
 
     /// The nodes (delegates) hosting `namespace`, when its accepted namespace document does

@@ -1125,14 +1125,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while a.connected_peers() == 0 || b.connected_peers() == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "peers never connected"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        connected(&a, &b, "tcp").await;
         cancel.cancel();
         ta.await.unwrap();
         tb.await.unwrap();
