@@ -180,6 +180,12 @@ impl Compute {
     pub(crate) fn view(&self, state: &AppState) -> Value {
         let now = unix_now();
         let mut view = serde_json::to_value(self.table().view(now)).unwrap_or(Value::Null);
+        let rtts: HashMap<PeerId, Duration> = state
+            .p2p()
+            .peers()
+            .into_iter()
+            .filter_map(|(id, info)| Some((id, info.rtt?)))
+            .collect();
         if let Some(nodes) = view.get_mut("nodes").and_then(Value::as_array_mut) {
             for node in nodes {
                 let peer = node
@@ -188,9 +194,7 @@ impl Compute {
                     .and_then(|h| hex::decode(h).ok())
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
                     .and_then(|k| hub_p2p::peer_id_of_key(&k));
-                let rtt = peer
-                    .and_then(|p| state.p2p().peers().into_iter().find(|(id, _)| *id == p))
-                    .and_then(|(_, info)| info.rtt);
+                let rtt = peer.and_then(|p| rtts.get(&p));
                 node["peer_id"] = json!(peer.map(|p| p.to_string()));
                 node["rtt_ms"] = json!(rtt.map(|d| d.as_secs_f64() * 1e3));
             }
@@ -212,22 +216,30 @@ impl Compute {
         })
     }
 
-    /// This node's advert now (unsigned).
-    fn advert(&self, state: &AppState, now: u64) -> CapacityAdvert {
-        let (waiting, running, kv_used, generated) = state.metrics().inference_load();
-        let rate = {
-            let mut speed = self.speed.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(at) = speed.at {
-                let secs = at.elapsed().as_secs_f32();
-                let tokens = generated.saturating_sub(speed.tokens);
-                if tokens > 0 && secs > 0.0 {
-                    speed.rate = tokens as f32 / secs;
-                }
+    /// Measures the decode speed since the last call (once per advert period): tokens
+    /// generated over the time since, kept from the last period that generated any.
+    fn measure_speed(&self, state: &AppState) {
+        let (_, _, _, generated) = state.metrics().inference_load();
+        let mut speed = self.speed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = speed.at {
+            let secs = at.elapsed().as_secs_f32();
+            let tokens = generated.saturating_sub(speed.tokens);
+            if tokens > 0 && secs > 0.0 {
+                speed.rate = tokens as f32 / secs;
             }
-            speed.tokens = generated;
-            speed.at = Some(Instant::now());
-            speed.rate
-        };
+        }
+        speed.tokens = generated;
+        speed.at = Some(Instant::now());
+    }
+
+    /// This node's advert now (unsigned), with the last measured speed.
+    fn advert(&self, state: &AppState, now: u64) -> CapacityAdvert {
+        let (waiting, running, kv_used, _) = state.metrics().inference_load();
+        let rate = self
+            .speed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rate;
         // Milliseconds: strictly increasing across restarts without a stored counter.
         let seq = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -276,7 +288,7 @@ impl Compute {
     }
 
     /// Where `model` should run, from this node's state and the live adverts.
-    async fn decide(&self, state: &AppState, model: &RepoId) -> Decision {
+    fn decide(&self, state: &AppState, model: &RepoId, presence: Presence) -> Decision {
         let now = unix_now();
         let mut local = LocalState::idle(self.me, self.mode);
         if let Some(inference) = state.inference().filter(|_| self.mode != Mode::Off) {
@@ -287,10 +299,7 @@ impl Compute {
             local.queue_depth = u32::try_from(waiting + running).unwrap_or(u32::MAX);
             local.queue_limit =
                 u32::try_from(limits.max_running + limits.max_waiting).unwrap_or(u32::MAX);
-            let (repos, id) = (state.repos().clone(), model.clone());
-            local.can_load = tokio::task::spawn_blocking(move || repos.exists(&id))
-                .await
-                .unwrap_or(false);
+            local.can_load = presence.held;
         }
         let rtts: HashMap<PublicKey, Duration> = state
             .p2p()
@@ -357,6 +366,7 @@ async fn advertise(state: AppState, compute: Arc<Compute>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        compute.measure_speed(&state);
         let advert = compute.advert(&state, unix_now());
         let signed = match advert.sign(&compute.key) {
             Ok(signed) => signed,
@@ -410,6 +420,27 @@ async fn collect_adverts(state: AppState, compute: Arc<Compute>) {
     }
 }
 
+/// Whether this node holds a model's repo, and whether the mesh announced it.
+#[derive(Debug, Clone, Copy)]
+struct Presence {
+    held: bool,
+    announced: bool,
+}
+
+impl Presence {
+    async fn of(state: &AppState, model: &RepoId) -> Self {
+        let (repos, id) = (state.repos().clone(), model.clone());
+        let held = tokio::task::spawn_blocking(move || repos.exists(&id))
+            .await
+            .unwrap_or(false);
+        let announced = state
+            .p2p()
+            .repo_state(model)
+            .is_some_and(|s| s.last_seq.is_some());
+        Self { held, announced }
+    }
+}
+
 /// The model of an inference request: the body's `model` (`ns/name[:revision]`), or the
 /// HF Inference API's path.
 fn model_of(path: &str, body: &[u8]) -> Option<(RepoId, String)> {
@@ -457,17 +488,15 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
             .await;
     };
     let forwarded = parts.extensions.get::<Forwarded>().copied();
+    let presence = Presence::of(&state, &model).await;
     if let Some(Forwarded(peer)) = forwarded {
         tracing::debug!(%model, %peer, "running a job forwarded by a peer");
-        return run_local(&state, &compute, parts, bytes, &model, &revision, next).await;
+        let request = (parts, bytes);
+        return run_local(&state, &compute, request, &model, &revision, presence, next).await;
     }
     // The caller's rights are checked here, where the request arrived. A model this node
     // does not hold is one the mesh announced, and only public repos are announced.
-    let (repos, id) = (state.repos().clone(), model.clone());
-    let held = tokio::task::spawn_blocking(move || repos.exists(&id))
-        .await
-        .unwrap_or(false);
-    if held {
+    if presence.held {
         let principal = authenticate(&state, &parts.headers).await.ok().flatten();
         if read_access(&state, principal.as_ref(), &model)
             .await
@@ -479,17 +508,13 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
                 .await;
         }
     }
-    let announced = state
-        .p2p()
-        .repo_state(&model)
-        .is_some_and(|s| s.last_seq.is_some());
-    if !held && !announced {
+    if !presence.held && !presence.announced {
         // Nobody has it: the handler answers "model not found" in the API's shape.
         return next
             .run(Request::from_parts(parts, Body::from(bytes)))
             .await;
     }
-    let decision = compute.decide(&state, &model).await;
+    let decision = compute.decide(&state, &model, presence);
     tracing::info!(
         %model,
         candidates = ?decision.candidates.iter().map(|c| (target_name(&c.target), c.reason.as_str())).collect::<Vec<_>>(),
@@ -503,7 +528,9 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
         match candidate.target {
             Target::Local => {
                 tracing::info!(%model, reason = %candidate.reason, "running here");
-                return run_local(&state, &compute, parts, bytes, &model, &revision, next).await;
+                let request = (parts, bytes);
+                return run_local(&state, &compute, request, &model, &revision, presence, next)
+                    .await;
             }
             Target::Remote(key) => {
                 let Some(peer) = hub_p2p::peer_id_of_key(&key.0) else {
@@ -561,15 +588,15 @@ fn target_name(target: &Target) -> String {
 async fn run_local(
     state: &AppState,
     compute: &Compute,
-    parts: http::request::Parts,
-    bytes: Bytes,
+    (parts, bytes): (http::request::Parts, Bytes),
     model: &RepoId,
     revision: &str,
+    presence: Presence,
     next: Next,
 ) -> Response {
     let path = parts.uri.path().to_owned();
     compute.counters.served_here.fetch_add(1, Ordering::Relaxed);
-    if let Err(response) = fetch_if_missing(state, &parts, model, revision, &path).await {
+    if let Err(response) = fetch_if_missing(state, &parts, model, revision, presence).await {
         return with_served_by(state, response);
     }
     let json: Option<Value> = serde_json::from_slice(&bytes).ok();
@@ -663,26 +690,19 @@ async fn fetch_if_missing(
     parts: &http::request::Parts,
     model: &RepoId,
     revision: &str,
-    path: &str,
+    presence: Presence,
 ) -> Result<(), Response> {
-    let (repos, id) = (state.repos().clone(), model.clone());
-    let held = tokio::task::spawn_blocking(move || repos.exists(&id))
-        .await
-        .unwrap_or(false);
-    let missing = if held {
+    let path = parts.uri.path();
+    let missing = if presence.held {
         missing_weights(state, model, revision).await
     } else {
         None
     };
-    if held && missing.as_ref().is_none_or(Vec::is_empty) {
+    if presence.held && missing.as_ref().is_none_or(Vec::is_empty) {
         return Ok(());
     }
     // Not here and never announced by a peer: the handler answers "model not found".
-    let announced = state
-        .p2p()
-        .repo_state(model)
-        .is_some_and(|s| s.last_seq.is_some());
-    if !held && !announced {
+    if !presence.held && !presence.announced {
         return Ok(());
     }
     let name = model.hub_id();
@@ -705,7 +725,7 @@ async fn fetch_if_missing(
             StatusCode::SERVICE_UNAVAILABLE,
             "loading",
             format!("Model {name} is currently loading"),
-            Some(20.0),
+            Some(crate::inference::LOAD_ESTIMATE.as_secs_f64()),
         ));
     }
     fetch.await.map_err(|why| {
@@ -734,17 +754,15 @@ async fn missing_weights(
     );
     tokio::task::spawn_blocking(move || {
         let commit = repos.resolve(&id, &rev).ok()?;
-        let entries = repos.list_tree(&id, &commit, "", false).ok()?;
+        // The same files loading materializes.
+        let files = crate::inference::model_files(&repos, &id, &commit).ok()?;
         Some(
-            entries
+            files
                 .into_iter()
                 .filter_map(|e| {
                     let lfs = e.lfs?;
-                    let wanted = [".safetensors", ".gguf", ".json"]
-                        .iter()
-                        .any(|x| e.path.ends_with(x));
                     let sha: hub_store::Sha256 = lfs.sha256.parse().ok()?;
-                    (wanted && !store.has(&sha).unwrap_or(false)).then_some((sha, lfs.size))
+                    (!store.has(&sha).unwrap_or(false)).then_some((sha, lfs.size))
                 })
                 .collect(),
         )

@@ -94,7 +94,7 @@ pub const DEFAULT_LOAD_WAIT: Duration = Duration::from_secs(120);
 
 /// The `estimated_time` of a 503 for a loading model: a fixed guess (loading SmolLM2-135M
 /// from a local GGUF takes a few seconds on a 2-core machine) less the time already spent.
-const LOAD_ESTIMATE: Duration = Duration::from_secs(20);
+pub(crate) const LOAD_ESTIMATE: Duration = Duration::from_secs(20);
 
 /// Embedding models kept loaded (they are small: BERT-base is ~440 MB in f32).
 const MAX_EMBEDDERS: usize = 2;
@@ -717,22 +717,16 @@ enum LoadFailure {
     Io(#[from] std::io::Error),
 }
 
-/// Writes the files a model needs into the cache (see the module docs); returns the directory.
-fn materialize(
+/// The files of a commit a model needs (see the module docs): root `*.json` and `*.jinja`,
+/// one `*.gguf` or else the `*.safetensors`, and module configs one level down
+/// (`1_Pooling/config.json`, listed recursively for sentence-transformers).
+pub(crate) fn model_files(
     repos: &Repos,
-    store: &Store,
     id: &RepoId,
     commit: &str,
-    cache: &Path,
-) -> Result<PathBuf, LoadFailure> {
-    let dir = cache.join(id.hub_id().replace('/', "--")).join(commit);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let other = |e: hub_repo::RepoError| LoadFailure::Model(e.into());
-    // Recursive for sentence-transformers module configs (`1_Pooling/config.json`).
-    let entries = repos.list_tree(id, commit, "", true).map_err(other)?;
-    let files: Vec<_> = entries
+) -> Result<Vec<hub_repo::TreeEntry>, hub_repo::RepoError> {
+    let files: Vec<_> = repos
+        .list_tree(id, commit, "", true)?
         .into_iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
@@ -753,6 +747,23 @@ fn materialize(
                 None => p.ends_with(".safetensors"),
             }
     };
+    Ok(files.into_iter().filter(|e| wanted(&e.path)).collect())
+}
+
+/// Writes the files a model needs into the cache (see the module docs); returns the directory.
+fn materialize(
+    repos: &Repos,
+    store: &Store,
+    id: &RepoId,
+    commit: &str,
+    cache: &Path,
+) -> Result<PathBuf, LoadFailure> {
+    let dir = cache.join(id.hub_id().replace('/', "--")).join(commit);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let other = |e: hub_repo::RepoError| LoadFailure::Model(e.into());
+    let files = model_files(repos, id, commit).map_err(other)?;
     // Unique per process and call: two loads of one model (a text and an embedding request,
     // or two processes sharing a data dir's cache by mistake) never write into one directory;
     // the first rename wins and the other copy is dropped.
@@ -764,7 +775,7 @@ fn materialize(
     ));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
-    for entry in files.iter().filter(|e| wanted(&e.path)) {
+    for entry in &files {
         let dest = partial.join(&entry.path);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;

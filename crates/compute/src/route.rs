@@ -167,13 +167,16 @@ pub fn route<'a>(
             .unwrap_or_default();
         decision.push(Target::Local, format!("local, warm, {queue}{speed}"));
     }
-    for (a, tps, rtt) in warm {
-        let reason = format!(
-            "warm, queue {}/{}, {tps:.0} tok/s, {}",
+    let warm_reason = |prefix: &str, a: &CapacityAdvert, tps: f32, rtt, full: &str| {
+        format!(
+            "{prefix}warm, queue {}/{}{full}, {tps:.0} tok/s, {}",
             a.queue_depth,
             a.queue_limit,
             show_rtt(rtt)
-        );
+        )
+    };
+    for (a, tps, rtt) in warm {
+        let reason = warm_reason("", a, tps, rtt, "");
         decision.push(Target::Remote(a.node), reason);
     }
     if runs_local && !local.warm && local.can_load && local.has_room() {
@@ -194,12 +197,7 @@ pub fn route<'a>(
         decision.push(Target::Remote(a.node), reason);
     }
     for (a, tps, rtt) in warm_full {
-        let reason = format!(
-            "last resort: warm, queue {}/{} full by its last advert, {tps:.0} tok/s, {}",
-            a.queue_depth,
-            a.queue_limit,
-            show_rtt(rtt)
-        );
+        let reason = warm_reason("last resort: ", a, tps, rtt, " full by its last advert");
         decision.push(Target::Remote(a.node), reason);
     }
     if runs_local && !decision.includes_local {
