@@ -31,31 +31,7 @@ async fn setup_waiting(engine: EngineConfig, load_wait: Duration) -> (Fixture, t
         load_wait,
     }));
     for (name, private) in [("tiny", false), ("secret", true)] {
-        let r = post(
-            &f,
-            "/api/repos/create",
-            Some(&f.admin),
-            json!({"name": name, "organization": null, "private": private}),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        let mut lines =
-            vec![json!({"key": "header", "value": {"summary": "tiny model", "description": ""}})];
-        for (path, bytes) in model_fixture::files(4096) {
-            let content = base64::engine::general_purpose::STANDARD.encode(bytes);
-            lines.push(json!({"key": "file", "value": {"content": content, "path": path, "encoding": "base64"}}));
-        }
-        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let r = send(
-            &f.app,
-            "POST",
-            &format!("/api/models/admin/{name}/commit/main"),
-            Some(&f.admin),
-            &[("content-type", "application/x-ndjson")],
-            body,
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        commit_model_with(&f, name, private, model_fixture::files(4096), None).await;
     }
     (f, cache)
 }
@@ -457,16 +433,27 @@ async fn client_disconnect_cancels_and_frees_blocks() {
 
 /// Commits `files` (plus a README with `readme` when given) to a new public `admin/{name}`.
 async fn commit_model(f: &Fixture, name: &str, files: Vec<(&str, Vec<u8>)>, readme: Option<&str>) {
+    commit_model_with(f, name, false, files, readme).await;
+}
+
+/// Creates `admin/{name}` (private or not) and commits `files` (plus a README) to it.
+async fn commit_model_with(
+    f: &Fixture,
+    name: &str,
+    private: bool,
+    files: Vec<(&str, Vec<u8>)>,
+    readme: Option<&str>,
+) {
     let r = post(
         f,
         "/api/repos/create",
         Some(&f.admin),
-        json!({"name": name, "organization": null, "private": false}),
+        json!({"name": name, "organization": null, "private": private}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let mut lines =
-        vec![json!({"key": "header", "value": {"summary": "embedding model", "description": ""}})];
+        vec![json!({"key": "header", "value": {"summary": "model", "description": ""}})];
     let readme = readme.map(|r| ("README.md", r.as_bytes().to_vec()));
     for (path, bytes) in files.into_iter().chain(readme) {
         let content = base64::engine::general_purpose::STANDARD.encode(bytes);

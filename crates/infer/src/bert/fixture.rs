@@ -4,12 +4,7 @@
 //! The word-level tokenizer of [`crate::serve::fixture`] (vocab 128), hidden 32, 2 layers,
 //! 4 heads, mean pooling then Normalize as a sentence-transformers repository lists them.
 
-use std::collections::HashMap;
-
-use candle_core::{Device, Tensor};
-
-use crate::sampling::Rng;
-use crate::serve::fixture::{VOCAB, tokenizer_json};
+use crate::serve::fixture::{VOCAB, random_safetensors, tokenizer_json};
 
 const HIDDEN: usize = 32;
 const INTER: usize = 64;
@@ -86,28 +81,7 @@ pub fn safetensors(seed: u64) -> Vec<u8> {
             shapes.push((format!("{p}.{name}.bias"), vec![h], 0.1, 0.0));
         }
     }
-    let mut rng = Rng::new(seed);
-    let tensors: HashMap<String, Tensor> = shapes
-        .into_iter()
-        .map(|(name, shape, scale, offset)| {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n)
-                .map(|_| (offset + scale * (2.0 * rng.next_f64() - 1.0)) as f32)
-                .collect();
-            let t = Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data");
-            (name, t)
-        })
-        .collect();
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!(
-        "hub-infer-bert-fixture-{}-{n}.safetensors",
-        std::process::id()
-    ));
-    candle_core::safetensors::save(&tensors, &path).expect("write fixture safetensors");
-    let bytes = std::fs::read(&path).expect("read fixture safetensors");
-    let _ = std::fs::remove_file(&path);
-    bytes
+    random_safetensors(shapes, seed)
 }
 
 /// Every file of the repository, by path.

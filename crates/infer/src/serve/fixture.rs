@@ -125,6 +125,12 @@ pub fn safetensors(seed: u64) -> Vec<u8> {
     }
     shapes.push(("model.norm.weight".into(), vec![h], 0.2, 1.0));
     shapes.push(("lm_head.weight".into(), vec![v, h], 2.0 * lin(h), 0.0));
+    random_safetensors(shapes, seed)
+}
+
+/// A safetensors file of f32 tensors `(name, shape, scale, offset)`, each value
+/// `offset + scale * u` with `u` uniform in [-1, 1) from a seeded generator.
+pub fn random_safetensors(shapes: Vec<(String, Vec<usize>, f64, f64)>, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let tensors: HashMap<String, Tensor> = shapes
         .into_iter()
