@@ -1102,6 +1102,14 @@ struct OpenAiSampling {
 }
 
 impl OpenAiSampling {
+    /// The stop strings (`stop`: one or a list), taken out of the request.
+    fn take_stop(&mut self) -> Vec<String> {
+        self.stop
+            .take()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+    }
+
     fn params(&self) -> Result<SamplingParams, ApiError> {
         let api = Api::OpenAi;
         let temperature = self.temperature.unwrap_or(1.0);
@@ -1217,7 +1225,7 @@ async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let api = Api::OpenAi;
-    let req: ChatRequest = parse(api, &body)?;
+    let mut req: ChatRequest = parse(api, &body)?;
     let mut params = req.sampling.params()?;
     let top = req
         .top_logprobs
@@ -1278,11 +1286,7 @@ async fn chat_completions(
         .sampling
         .max_completion_tokens
         .or(req.sampling.max_tokens);
-    let stop = req
-        .sampling
-        .stop
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default();
+    let stop = req.sampling.take_stop();
     let tokenizer = model.clone();
     let job = Job::new(api, model, prompt, max, usize::MAX, params, stop)?;
     let stream = job.start(api).await?;
@@ -1392,7 +1396,7 @@ async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let api = Api::OpenAi;
-    let req: CompletionRequest = parse(api, &body)?;
+    let mut req: CompletionRequest = parse(api, &body)?;
     let mut params = req.sampling.params()?;
     let logprobs = req
         .logprobs
@@ -1423,11 +1427,7 @@ async fn completions(
         .sampling
         .max_tokens
         .or(req.sampling.max_completion_tokens);
-    let stop = req
-        .sampling
-        .stop
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default();
+    let stop = req.sampling.take_stop();
     // OpenAI's default for the legacy endpoint.
     let tokenizer = model.clone();
     let job = Job::new(api, model, prompt, max, 16, params, stop)?;
