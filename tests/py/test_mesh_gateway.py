@@ -69,10 +69,11 @@ def mesh_repo(node, repo):
 
 
 def wait_heard(node, origin, repo):
-    """Waits until `node` accepted the signed update `origin` published last for `repo`."""
+    """Waits until `node` accepted the signed update `origin` published last for `repo` (or a
+    later one: `origin` may announce again while this waits)."""
     seq = mesh_repo(origin, repo)["last_seq"]
     wait_for(f"{repo} seq {seq} to be accepted",
-             lambda: (mesh_repo(node, repo) or {}).get("last_seq") == seq, node)
+             lambda: ((mesh_repo(node, repo) or {}).get("last_seq") or 0) >= seq, node)
     return seq
 
 
