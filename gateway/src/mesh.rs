@@ -161,6 +161,7 @@ async fn peers(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "peer_id": p2p.peer_id().to_string(),
         "listen_addrs": p2p.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "blob_addrs": p2p.blob_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "counters": {
             "connected_peers": p2p.connected_peers(),
             "gossip_accepted": p2p.gossip_accepted(),
@@ -169,6 +170,8 @@ async fn peers(State(state): State<AppState>) -> Json<Value> {
             "lfs_objects_fetched": p2p.lfs_objects_fetched(),
             "chunk_bytes_received": p2p.chunk_bytes_received(),
             "chunk_bytes_sent": p2p.chunk_bytes_sent(),
+            "blob_bytes_received": p2p.blob_bytes_received(),
+            "blob_bytes_sent": p2p.blob_bytes_sent(),
             "chunks_rejected": p2p.chunks_rejected(),
         },
         "peers": peers,

@@ -134,6 +134,9 @@ pub struct NodeFlags {
     /// Find peers on the local network with mDNS (announces this node on the link).
     #[arg(long)]
     pub mdns: bool,
+    /// Move LFS chunks over the libp2p swarm only, without the iroh blob endpoint.
+    #[arg(long)]
+    pub no_blobs: bool,
     /// What this node does with inference requests: `local` serves its own gateway's users
     /// (routing to peers when they are better placed), `mesh` also runs peers' jobs, `off`
     /// never runs models and always routes [default: local].

@@ -10,6 +10,7 @@
 //! bootstrap = []
 //! seed = ["alice/*"]
 //! mdns = false
+//! blobs = true              # LFS chunks over iroh (ADR 0005); false: over libp2p only
 //!
 //! [gateway]
 //! list_page_size = 100
@@ -112,6 +113,9 @@ pub struct P2pSection {
     pub seed: Vec<String>,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
+    /// Move LFS chunks over the blob data plane (iroh, verified streaming; ADR 0005). Off:
+    /// over the libp2p swarm only.
+    pub blobs: bool,
 }
 
 impl Default for Config {
@@ -137,6 +141,7 @@ impl Default for P2pSection {
             bootstrap: Vec::new(),
             seed: Vec::new(),
             mdns: false,
+            blobs: true,
         }
     }
 }
@@ -170,6 +175,9 @@ impl Config {
         }
         if !flags.seed.is_empty() {
             config.p2p.seed = flags.seed.clone();
+        }
+        if flags.no_blobs {
+            config.p2p.blobs = false;
         }
         if flags.mdns {
             config.p2p.mdns = true;

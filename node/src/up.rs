@@ -80,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listen: config.listen_addrs()?,
         bootstrap: config.bootstrap_addrs()?,
         mdns: config.p2p.mdns,
+        blobs: config.p2p.blobs,
         ..P2pConfig::default()
     };
     let secret: [u8; 32] = key

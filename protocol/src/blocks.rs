@@ -11,6 +11,11 @@
 //! chunk is caught within one chunk (at most [`MAX_CHUNK_LEN`] bytes), and the batch is asked
 //! of another peer.
 //!
+//! The chunks themselves normally travel over the blob data plane instead (iroh QUIC with
+//! iroh-blobs' verified streaming, see `hub-p2p`'s `blobs` module): a peer learns where
+//! another's iroh endpoint listens with [`BlockRequest::Blobs`]. [`BlockRequest::Chunks`]
+//! stays for peers that run without it.
+//!
 //! Limits: at most [`MAX_CHUNKS_PER_REQUEST`] chunks per request; a responder stops adding
 //! chunks once a batch holds [`MAX_BATCH_BYTES`] (always at least one chunk), so the requester
 //! asks again from where the batch ended; a manifest is at most [`MAX_MANIFEST_LEN`] bytes
@@ -50,6 +55,8 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_MANIFEST_LEN: usize = 16 * 1024 * 1024;
 /// Largest encoded request.
 pub const MAX_BLOCK_REQUEST_LEN: usize = 2 + 1 + 32 + 4 + 4;
+/// Most addresses a [`BlockResponse::Blobs`] lists.
+pub const MAX_BLOB_ADDRS: usize = 8;
 /// Largest encoded response (a full batch of maximal chunks, or a maximal manifest).
 pub const MAX_BLOCK_RESPONSE_LEN: usize = {
     let chunks = 4 + MAX_CHUNKS_PER_REQUEST as usize * (4 + MAX_CHUNK_LEN as usize);
@@ -68,6 +75,8 @@ pub enum BlockRequest {
         first: u32,
         count: u32,
     },
+    /// Where the peer's blob endpoint (iroh) listens.
+    Blobs,
 }
 
 /// The answer to a [`BlockRequest`].
@@ -80,14 +89,19 @@ pub enum BlockResponse {
     Chunks(Vec<Vec<u8>>),
     /// The responder serves no public repo with this object.
     NotFound,
+    /// The socket addresses of the responder's blob endpoint (at most [`MAX_BLOB_ADDRS`];
+    /// empty when it runs without one). Its endpoint id is the responder's node key.
+    Blobs(Vec<std::net::SocketAddr>),
     /// The responder failed; try another peer or later.
     Failed,
 }
 
 impl BlockRequest {
-    pub fn sha256(&self) -> &Sha256 {
+    /// The object asked about (`None` for [`BlockRequest::Blobs`]).
+    pub fn sha256(&self) -> Option<&Sha256> {
         match self {
-            Self::Manifest { sha256 } | Self::Chunks { sha256, .. } => sha256,
+            Self::Manifest { sha256 } | Self::Chunks { sha256, .. } => Some(sha256),
+            Self::Blobs => None,
         }
     }
 
@@ -110,6 +124,7 @@ impl BlockRequest {
                 w.u32(*first);
                 w.u32(*count);
             }
+            Self::Blobs => w.u8(2),
         }
         w.finish()
     }
@@ -142,6 +157,7 @@ impl BlockRequest {
                     count,
                 }
             }
+            2 => Self::Blobs,
             _ => return Err(DecodeError::NotCanonical("unknown block request")),
         };
         r.end()?;
@@ -154,6 +170,7 @@ impl BlockResponse {
         let len = match self {
             Self::Manifest(m) => 8 + m.len(),
             Self::Chunks(c) => 4 + c.iter().map(|c| 4 + c.len()).sum::<usize>(),
+            Self::Blobs(addrs) => 1 + addrs.len() * 19,
             _ => 0,
         };
         let mut w = Writer::with_capacity(3 + len);
@@ -175,6 +192,24 @@ impl BlockResponse {
             }
             Self::NotFound => w.u8(2),
             Self::Failed => w.u8(3),
+            Self::Blobs(addrs) => {
+                w.u8(4);
+                let addrs = &addrs[..addrs.len().min(MAX_BLOB_ADDRS)];
+                w.u8(addrs.len() as u8);
+                for addr in addrs {
+                    match addr.ip() {
+                        std::net::IpAddr::V4(ip) => {
+                            w.u8(4);
+                            w.bytes(&ip.octets());
+                        }
+                        std::net::IpAddr::V6(ip) => {
+                            w.u8(6);
+                            w.bytes(&ip.octets());
+                        }
+                    }
+                    w.u16(addr.port());
+                }
+            }
         }
         w.finish()
     }
@@ -214,6 +249,22 @@ impl BlockResponse {
             }
             2 => Self::NotFound,
             3 => Self::Failed,
+            4 => {
+                let n = usize::from(r.u8()?);
+                if n > MAX_BLOB_ADDRS {
+                    return Err(DecodeError::NotCanonical("address count"));
+                }
+                let mut addrs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let ip = match r.u8()? {
+                        4 => std::net::IpAddr::from(r.array::<4>()?),
+                        6 => std::net::IpAddr::from(r.array::<16>()?),
+                        _ => return Err(DecodeError::NotCanonical("address family")),
+                    };
+                    addrs.push(std::net::SocketAddr::new(ip, r.u16()?));
+                }
+                Self::Blobs(addrs)
+            }
             _ => return Err(DecodeError::NotCanonical("unknown block response")),
         };
         r.end()?;
@@ -323,6 +374,7 @@ mod tests {
                 first: 7,
                 count: MAX_CHUNKS_PER_REQUEST,
             },
+            BlockRequest::Blobs,
         ] {
             let bytes = request.encode();
             assert!(bytes.len() <= MAX_BLOCK_REQUEST_LEN);
@@ -333,6 +385,11 @@ mod tests {
             BlockResponse::Chunks(vec![b"ab".to_vec(), vec![0; MAX_CHUNK_LEN as usize]]),
             BlockResponse::NotFound,
             BlockResponse::Failed,
+            BlockResponse::Blobs(Vec::new()),
+            BlockResponse::Blobs(vec![
+                "127.0.0.1:4433".parse().unwrap(),
+                "[::1]:9".parse().unwrap(),
+            ]),
         ] {
             assert_eq!(BlockResponse::decode(&response.encode()).unwrap(), response);
         }
@@ -417,8 +474,13 @@ mod tests {
         }
 
         #[test]
-        fn mutated_responses_never_panic(flip in 0usize..64, value: u8) {
-            let mut bytes = BlockResponse::Chunks(vec![vec![5; 9], vec![6; 3]]).encode();
+        fn mutated_responses_never_panic(flip in 0usize..64, value: u8, blobs: bool) {
+            let mut bytes = if blobs {
+                BlockResponse::Blobs(vec!["10.1.2.3:7".parse().unwrap(), "[::1]:9".parse().unwrap()])
+                    .encode()
+            } else {
+                BlockResponse::Chunks(vec![vec![5; 9], vec![6; 3]]).encode()
+            };
             let at = flip % bytes.len();
             bytes[at] = value;
             if let Ok(decoded) = BlockResponse::decode(&bytes) {

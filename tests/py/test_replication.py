@@ -148,6 +148,10 @@ def test_lfs_content_replicates_verified_and_once(node_factory, tmp_path):
     received = mesh_peers(b)["counters"]["chunk_bytes_received"]
     assert len(weights) <= received <= len(weights) * 1.05, received
     assert mesh_peers(b)["counters"]["chunks_rejected"] == 0
+    # Over the blob data plane (iroh, verified streaming), not the libp2p fallback.
+    assert mesh_peers(b)["counters"]["blob_bytes_received"] == received
+    assert mesh_peers(a)["counters"]["blob_bytes_sent"] == received
+    assert mesh_peers(a)["blob_addrs"] and mesh_peers(b)["blob_addrs"]
     peers = mesh_peers(b)["peers"]
     assert [p["peer_id"] for p in peers] == [a.info["peer_id"]]
     assert peers[0]["chunk_bytes_received"] == received

@@ -397,8 +397,9 @@ fn replicate(
     sources: &[&Node],
     sha: &str,
     size: u64,
+    flags: &[&'static str],
 ) -> Result<(Node, Replication)> {
-    let mut extra: Vec<&str> = Vec::new();
+    let mut extra: Vec<&str> = flags.to_vec();
     for s in sources {
         extra.extend(["--bootstrap", s.p2p.as_str()]);
     }
@@ -600,7 +601,7 @@ print(api.model_info(sys.argv[3]).sha)
     let http_mib_s = size as f64 / MIB / http_best;
 
     // (b) One seeder B from A.
-    let (node_b, rep_b) = replicate(a, "B", "B from A", &[&node_a], &commit, size)?;
+    let (node_b, rep_b) = replicate(a, "B", "B from A", &[&node_a], &commit, size, &[])?;
     let sha_b = sha256_url(&url(&node_b))?;
     if sha_b != sha256 {
         bail!("B serves {sha_b}, not {sha256}");
@@ -616,6 +617,7 @@ print(api.model_info(sys.argv[3]).sha)
             &[&node_a, &node_b],
             &commit,
             size,
+            &[],
         )?;
         if i == 0 && sha256_url(&url(&c))? != sha256 {
             bail!("C serves other bytes");
@@ -633,9 +635,26 @@ print(api.model_info(sys.argv[3]).sha)
             &[&node_a],
             &commit,
             size,
+            &[],
         )?;
         d.stop()?;
         one.push(rep);
+    }
+    // (d) The other data plane: E from A alone with `--no-blobs` (chunks over libp2p
+    // request-response), alternating with nothing else running.
+    let mut libp2p = Vec::new();
+    for i in 0..a.reps {
+        let (e, rep) = replicate(
+            a,
+            "E",
+            &format!("E from A alone, --no-blobs (#{})", i + 1),
+            &[&node_a],
+            &commit,
+            size,
+            &["--no-blobs"],
+        )?;
+        e.stop()?;
+        libp2p.push(rep);
     }
     node_a.stop()?;
 
@@ -682,8 +701,8 @@ print(api.model_info(sys.argv[3]).sha)
          - **Replication**: the clock starts when the seeder process is spawned \
          (`hubmesh up --bootstrap <source> … --seed 'alice/*'`, fresh data directory) and stops \
          when its `/api/mesh/peers` counter `lfs_objects_fetched` reaches 1, polled every \
-         {} ms: the object was fetched over `/hubmesh/blocks/1`, every chunk checked against \
-         its BLAKE3 id, imported into the store, SHA-256 checked and fsynced. It includes node \
+         {} ms: the object was fetched over the blob endpoint (iroh) unless the row says \
+         `--no-blobs`, every chunk checked against its BLAKE3 id, imported into the store, SHA-256 checked and fsynced. It includes node \
          start-up, connecting, gossip catch-up and the git pack. *LFS phase* is from the first \
          chunk bytes counted (the counter moves when a whole batch of up to 4 MiB has arrived, so \
          this start is one batch late) to stored. After the fetch the seeder's `/api/mesh/repos` shows \
@@ -721,7 +740,11 @@ print(api.model_info(sys.argv[3]).sha)
             http_best / secs
         )?;
     }
-    for r in std::iter::once(&rep_b).chain(one.iter()).chain(two.iter()) {
+    for r in std::iter::once(&rep_b)
+        .chain(one.iter())
+        .chain(two.iter())
+        .chain(libp2p.iter())
+    {
         writeln!(
             md,
             "| p2p: {}, spawn → stored | {:.2} | {:.0} | {:.2}× |",
@@ -778,7 +801,11 @@ print(api.model_info(sys.argv[3]).sha)
         "| run | node.json | commit served | first chunk | stored | chunk bytes by source | total ÷ file | CPU s by process |\n\
          |---|---:|---:|---:|---:|---|---:|---|"
     )?;
-    for r in std::iter::once(&rep_b).chain(two.iter()).chain(one.iter()) {
+    for r in std::iter::once(&rep_b)
+        .chain(two.iter())
+        .chain(one.iter())
+        .chain(libp2p.iter())
+    {
         let by = r
             .by_peer
             .iter()
@@ -832,7 +859,10 @@ print(api.model_info(sys.argv[3]).sha)
          |---|---:|---:|---:|---:|---:|"
     )?;
     let batches = size.div_ceil(hub_protocol::blocks::MAX_BATCH_BYTES as u64) as f64;
-    for r in std::iter::once(&rep_b).chain(one.iter()) {
+    for r in std::iter::once(&rep_b)
+        .chain(one.iter())
+        .chain(libp2p.iter())
+    {
         let wall = (r.done - r.first_byte) / batches * 1e3;
         let seeder = r.cpu[0].1 / batches * 1e3;
         let provider = r.cpu[1].1 / batches * 1e3;
@@ -857,13 +887,59 @@ print(api.model_info(sys.argv[3]).sha)
     ) / gib;
     writeln!(
         md,
-        "\nCPU per GiB moved (medians of the one-source runs): the providing node spends \
-         {provider_p2p:.1} s serving over `/hubmesh/blocks/1`, against {:.1} s serving the same \
+        "\nCPU per GiB moved (medians of the one-source runs over the blob endpoint): the \
+         providing node spends {provider_p2p:.1} s serving, against {:.1} s serving the same \
          file to curl over HTTP; the seeding node spends {seeder_p2p:.1} s receiving, verifying \
          and importing it (curl to /dev/null does none of that; see also the \"HTTP to disk\" \
          rows for a plain write of the bytes). With two sources, up to four batches are in \
          flight at once (two per source), on three node processes sharing {cores} cores.\n",
         http_cpu / gib
+    )?;
+
+    // The data-plane comparison (ADR 0005).
+    let blobs_med = median(one_all.iter().map(|r| r.mib_s(size)).collect());
+    let blobs_lfs_med = median(one_all.iter().map(|r| r.lfs_mib_s(size)).collect());
+    let libp2p_med = median(libp2p.iter().map(|r| r.mib_s(size)).collect());
+    let libp2p_lfs_med = median(libp2p.iter().map(|r| r.lfs_mib_s(size)).collect());
+    let cpu_med =
+        |runs: &[&Replication], i: usize| median(runs.iter().map(|r| r.cpu[i].1).collect()) / gib;
+    let libp2p_all: Vec<&Replication> = libp2p.iter().collect();
+    writeln!(
+        md,
+        "## Data plane: iroh blobs vs. libp2p request-response
+"
+    )?;
+    writeln!(
+        md,
+        "The same one-source replication from A with the seeder's blob endpoint on (the \
+         default: chunks as iroh-blobs `GetMany` over iroh QUIC, bao-verified per 16 KiB \
+         group) and off (`--no-blobs`: chunks over `/hubmesh/blocks/1` on the libp2p swarm, \
+         verified per chunk). Medians over {} and {} runs.\n",
+        one_all.len(),
+        libp2p_all.len()
+    )?;
+    writeln!(
+        md,
+        "| data plane | MiB/s spawn → stored | MiB/s LFS phase | provider CPU s / GiB | seeder CPU s / GiB |\n\
+         |---|---:|---:|---:|---:|"
+    )?;
+    writeln!(
+        md,
+        "| iroh blobs | {blobs_med:.0} | {blobs_lfs_med:.0} | {:.1} | {:.1} |",
+        cpu_med(&one_all, 1),
+        cpu_med(&one_all, 0)
+    )?;
+    writeln!(
+        md,
+        "| libp2p request-response | {libp2p_med:.0} | {libp2p_lfs_med:.0} | {:.1} | {:.1} |",
+        cpu_med(&libp2p_all, 1),
+        cpu_med(&libp2p_all, 0)
+    )?;
+    writeln!(
+        md,
+        "\niroh ÷ libp2p: {:.2}× spawn → stored, {:.2}× LFS phase.",
+        blobs_med / libp2p_med,
+        blobs_lfs_med / libp2p_lfs_med
     )?;
     Ok(md)
 }

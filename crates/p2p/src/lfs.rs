@@ -39,13 +39,13 @@ use futures::StreamExt;
 use hub_protocol::blocks::{
     BlockRequest, BlockResponse, MAX_BATCH_BYTES, MAX_MANIFEST_LEN, check_chunks, check_manifest,
 };
-use hub_protocol::manifest::{Hash, Manifest, Sha256};
+use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::MAX_LFS;
 use hub_repo::Repos;
 use hub_store::Store;
 use libp2p::PeerId;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -135,7 +135,10 @@ pub(crate) fn serve(
     request: &BlockRequest,
     corrupt_for_tests: bool,
 ) -> BlockResponse {
-    let sha256 = request.sha256();
+    let Some(sha256) = request.sha256() else {
+        // Answered by the replication task, which knows the blob endpoint.
+        return BlockResponse::NotFound;
+    };
     if !servable(repos, sha256) {
         return BlockResponse::NotFound;
     }
@@ -156,6 +159,7 @@ pub(crate) fn serve(
             }
             BlockResponse::Manifest(bytes)
         }
+        BlockRequest::Blobs => BlockResponse::NotFound,
         BlockRequest::Chunks { first, count, .. } => {
             match read_chunks(store, &manifest, first as usize, count as usize) {
                 Ok(mut chunks) if !chunks.is_empty() => {
@@ -172,6 +176,96 @@ pub(crate) fn serve(
             }
         }
     }
+}
+
+/// Which stored file a manifest id belongs to, for requests over the blob endpoint (they
+/// name the file by its manifest id). Filled from the store's file list, at most once a
+/// second, when a request names a manifest it does not know.
+#[derive(Debug, Default)]
+pub(crate) struct ManifestIndex {
+    files: HashMap<Hash, Sha256>,
+    scanned: Option<std::time::Instant>,
+    /// The chunk ids of recently served manifests, most recently used last.
+    chunk_sets: Vec<(Hash, Arc<HashSet<Hash>>)>,
+}
+
+/// How often [`ManifestIndex`] may rescan the store.
+const INDEX_RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl ManifestIndex {
+    fn sha256_of(&mut self, store: &Store, manifest_id: &Hash) -> Result<Option<Sha256>, String> {
+        if let Some(sha256) = self.files.get(manifest_id) {
+            return Ok(Some(*sha256));
+        }
+        if self.scanned.is_some_and(|t| t.elapsed() < INDEX_RESCAN) {
+            return Ok(None);
+        }
+        self.scanned = Some(std::time::Instant::now());
+        let mut files = HashMap::new();
+        for sha256 in store.files().map_err(|e| e.to_string())? {
+            if let Some(id) = store.manifest_id(&sha256).map_err(|e| e.to_string())? {
+                files.insert(id, sha256);
+            }
+        }
+        self.files = files;
+        Ok(self.files.get(manifest_id).copied())
+    }
+
+    fn chunk_set(&mut self, id: Hash, manifest: &Manifest) -> Arc<HashSet<Hash>> {
+        if let Some(i) = self.chunk_sets.iter().position(|(k, _)| *k == id) {
+            let entry = self.chunk_sets.remove(i);
+            let set = entry.1.clone();
+            self.chunk_sets.push(entry);
+            return set;
+        }
+        let set: Arc<HashSet<Hash>> = Arc::new(manifest.chunks.iter().map(|c| c.id).collect());
+        if self.chunk_sets.len() == CACHED_MANIFESTS {
+            self.chunk_sets.remove(0);
+        }
+        self.chunk_sets.push((id, set.clone()));
+        set
+    }
+}
+
+/// Reads chunks for a request over the blob endpoint (blocking): `ids` must all be chunks
+/// of the file whose manifest is `manifest_id`, and that file must be in a public repo held
+/// here. The chunks are not hashed here: the blob endpoint checks each against its id when
+/// it computes the chunk's bao tree (whose root is the chunk's BLAKE3) to serve it.
+pub(crate) fn serve_blobs(
+    repos: &Repos,
+    store: &Store,
+    index: &Mutex<ManifestIndex>,
+    manifest_id: &Hash,
+    ids: &[Hash],
+) -> Result<Vec<Vec<u8>>, String> {
+    let sha256 = index
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .sha256_of(store, manifest_id)?
+        .ok_or_else(|| format!("no stored file has manifest {manifest_id}"))?;
+    if !servable(repos, &sha256) {
+        return Err(format!("{sha256} is in no public repo held here"));
+    }
+    if store.manifest_id(&sha256).map_err(|e| e.to_string())? != Some(*manifest_id) {
+        return Err(format!(
+            "{sha256} is not stored with manifest {manifest_id}"
+        ));
+    }
+    let manifest = cached_manifest(store, &sha256)?.ok_or_else(|| format!("{sha256} is gone"))?;
+    let set = index
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .chunk_set(*manifest_id, &manifest);
+    if let Some(stranger) = ids.iter().find(|id| !set.contains(id)) {
+        return Err(format!("{stranger} is not a chunk of {sha256}"));
+    }
+    let read = store
+        .read_chunks_unchecked(ids)
+        .map_err(|e| e.to_string())?;
+    read.into_iter()
+        .zip(ids)
+        .map(|(data, id)| data.ok_or_else(|| format!("chunk {id} is gone")))
+        .collect()
 }
 
 /// Manifests decoded for serving, most recently used last, keyed by manifest id (a hash of
@@ -659,6 +753,69 @@ pub(crate) fn stream_arriving(
     rx
 }
 
+/// What one batch request brought.
+enum Batch {
+    /// The chunks, and whether they were verified on the way (the blob endpoint checks
+    /// every 16 KiB group; `/hubmesh/blocks/1` answers are checked by the caller).
+    Chunks(Vec<Vec<u8>>, bool),
+    /// The peer sent data that failed verification after `bytes` of good chunk data.
+    Bad { bytes: u64, reason: String },
+    /// No answer, a refusal or an error.
+    Failed(String),
+}
+
+/// Asks `peer` for chunks `first..first + wanted.len()` of a file: over the blob endpoint
+/// when both sides run one (learning where the peer's listens on first use), else over
+/// `/hubmesh/blocks/1`.
+async fn fetch_batch(
+    p2p: &P2p,
+    peer: PeerId,
+    sha256: Sha256,
+    manifest_id: Hash,
+    first: u32,
+    wanted: &[ChunkRef],
+) -> Batch {
+    if let Some(blobs) = &p2p.blobs {
+        let addrs = match blobs.addrs_of(&peer) {
+            Some(addrs) => addrs,
+            None => match p2p.fetch_blocks(peer, BlockRequest::Blobs).await {
+                Ok(BlockResponse::Blobs(addrs)) => {
+                    blobs.learn(peer, addrs.clone());
+                    addrs
+                }
+                Ok(_) => {
+                    blobs.learn(peer, Vec::new());
+                    Vec::new()
+                }
+                Err(error) => return Batch::Failed(error),
+            },
+        };
+        if !addrs.is_empty() {
+            return match blobs.get(peer, &addrs, &manifest_id, wanted).await {
+                Ok(chunks) => {
+                    let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                    p2p.counters
+                        .blob_bytes_received
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    Batch::Chunks(chunks, true)
+                }
+                Err(crate::blobs::GetError::Bad { bytes, reason }) => Batch::Bad { bytes, reason },
+                Err(crate::blobs::GetError::Failed(reason)) => Batch::Failed(reason),
+            };
+        }
+    }
+    let request = BlockRequest::Chunks {
+        sha256,
+        first,
+        count: wanted.len() as u32,
+    };
+    match p2p.fetch_blocks(peer, request).await {
+        Ok(BlockResponse::Chunks(chunks)) if !chunks.is_empty() => Batch::Chunks(chunks, false),
+        Ok(other) => Batch::Failed(format!("{other:?}")),
+        Err(error) => Batch::Failed(error),
+    }
+}
+
 /// Records a bad answer from `peer`.
 fn penalise(p2p: &P2p, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::Display) {
     tracing::warn!(%peer, %sha256, reason = %what, "peer sent data that failed verification; asking another peer");
@@ -831,13 +988,13 @@ where
             break;
         }
         while let Some(a) = scheduler.next(std::time::Instant::now(), frontier) {
-            let request = BlockRequest::Chunks {
-                sha256,
-                first: a.batch.first,
-                count: a.batch.count,
-            };
             let p2p = p2p.clone();
-            flying.push(async move { (a, p2p.fetch_blocks(a.peer, request).await) });
+            let range = a.batch.first as usize..(a.batch.first + a.batch.count) as usize;
+            let wanted = manifest.chunks[range].to_vec();
+            flying.push(async move {
+                let got = fetch_batch(&p2p, a.peer, sha256, manifest_id, a.batch.first, &wanted);
+                (a, got.await)
+            });
         }
         if scheduler.in_flight() == 0 {
             if scheduler.is_stuck()
@@ -859,7 +1016,7 @@ where
         let now = std::time::Instant::now();
         let peer = a.peer;
         let outcome = match result {
-            Ok(BlockResponse::Chunks(mut chunks)) if !chunks.is_empty() => {
+            Batch::Chunks(mut chunks, verified) => {
                 chunks.truncate(a.batch.count as usize);
                 let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
                 received += bytes;
@@ -867,7 +1024,13 @@ where
                     .chunk_bytes_received
                     .fetch_add(bytes, Ordering::Relaxed);
                 p2p.peers.update(peer, |p| p.chunk_bytes_received += bytes);
-                match check_chunks(&manifest, u64::from(a.batch.first), &chunks) {
+                let checked = if verified {
+                    Ok(())
+                } else {
+                    check_chunks(&manifest, u64::from(a.batch.first), &chunks)
+                        .map_err(|e| e.to_string())
+                };
+                match checked {
                     Ok(()) => {
                         let n = chunks.len() as u32;
                         // Kept on disk at once, so that a restart does not fetch them again.
@@ -911,11 +1074,16 @@ where
                     }
                 }
             }
-            Ok(other) => {
-                tracing::debug!(%peer, %sha256, ?other, "no chunks from peer");
-                crate::schedule::Outcome::Failed
+            Batch::Bad { bytes, reason } => {
+                received += bytes;
+                p2p.counters
+                    .chunk_bytes_received
+                    .fetch_add(bytes, Ordering::Relaxed);
+                p2p.peers.update(peer, |p| p.chunk_bytes_received += bytes);
+                penalise(p2p, peer, &sha256, &reason);
+                crate::schedule::Outcome::Bad
             }
-            Err(error) => {
+            Batch::Failed(error) => {
                 tracing::debug!(%peer, %sha256, %error, "chunk request failed");
                 crate::schedule::Outcome::Failed
             }

@@ -35,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+mod blobs;
 mod codec;
 mod lfs;
 mod replicate;

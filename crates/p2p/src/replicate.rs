@@ -47,8 +47,8 @@ use crate::lfs::Wanted;
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{RefStore, RefStoreError};
 use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
-use hub_protocol::blocks::BlockResponse;
-use hub_protocol::manifest::Sha256;
+use hub_protocol::blocks::{BlockRequest, BlockResponse};
+use hub_protocol::manifest::{Hash, Sha256};
 use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern};
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{
@@ -424,22 +424,28 @@ pub async fn spawn_replicating(
         chunks: replication.store.clone(),
     }));
     let (done_tx, done_rx) = mpsc::channel(64);
+    let ctx = Arc::new(Ctx {
+        store,
+        key,
+        repos: replication.repos,
+        chunks: replication.store,
+        on_replicated: replication.on_replicated,
+        p2p: p2p.clone(),
+        corrupt_chunks: replication.corrupt_chunks_for_tests,
+        seeds,
+        synced,
+        inflight: Mutex::default(),
+        serving: Mutex::default(),
+        serve_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
+        manifests: Mutex::default(),
+    });
+    if let Some(blobs) = &p2p.blobs {
+        let ctx: Arc<dyn crate::blobs::Source> = ctx.clone();
+        blobs.serve(Arc::downgrade(&ctx));
+    }
     let task = Task {
         p2p: p2p.clone(),
-        ctx: Arc::new(Ctx {
-            store,
-            key,
-            repos: replication.repos,
-            chunks: replication.store,
-            on_replicated: replication.on_replicated,
-            p2p: p2p.clone(),
-            corrupt_chunks: replication.corrupt_chunks_for_tests,
-            seeds,
-            synced,
-            inflight: Mutex::default(),
-            serving: Mutex::default(),
-            serve_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
-        }),
+        ctx,
         changes,
         pending: HashMap::new(),
         fetching: HashMap::new(),
@@ -473,6 +479,39 @@ struct Ctx {
     /// Requests being served per peer (bounded by [`MAX_SERVING_PER_PEER`]).
     serving: Mutex<HashMap<PeerId, usize>>,
     serve_slots: Arc<tokio::sync::Semaphore>,
+    /// Manifest ids of stored files, for the blob endpoint.
+    manifests: Mutex<crate::lfs::ManifestIndex>,
+}
+
+impl crate::blobs::Source for Ctx {
+    fn knows(&self, peer: &PeerId) -> bool {
+        self.p2p.peers.is_connected(peer)
+    }
+
+    fn admit(self: Arc<Self>, peer: PeerId) -> crate::blobs::Admission {
+        Box::pin(async move {
+            admit(&self, peer)
+                .await
+                .map(|s| Box::new(s) as crate::blobs::Place)
+        })
+    }
+
+    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, String> {
+        crate::lfs::serve_blobs(&self.repos, &self.chunks, &self.manifests, manifest, ids)
+    }
+
+    fn served(&self, peer: PeerId, bytes: u64) {
+        let counters = &self.p2p.counters;
+        counters
+            .chunk_bytes_sent
+            .fetch_add(bytes, Ordering::Relaxed);
+        counters.blob_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        self.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
+    }
+
+    fn corrupt(&self) -> Option<usize> {
+        self.corrupt_chunks.then_some(0)
+    }
 }
 
 /// One request being served for a peer; frees its place when dropped.
@@ -720,6 +759,12 @@ impl Task {
                 request,
                 channel,
             } => {
+                if matches!(request, BlockRequest::Blobs) {
+                    let response = BlockResponse::Blobs(self.p2p.blob_addrs());
+                    self.p2p
+                        .try_send(Command::RespondBlocks { channel, response });
+                    return;
+                }
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     let Some(_serving) = admit(&ctx, peer).await else {

@@ -195,6 +195,9 @@ pub struct P2pConfig {
     /// Discover peers on the local network with mDNS (off by default: it announces the node
     /// to everyone on the link).
     pub mdns: bool,
+    /// Run the blob data plane (an iroh endpoint next to the swarm, ADR 0005). Without it,
+    /// chunks travel over `/hubmesh/blocks/1`.
+    pub blobs: bool,
 }
 
 impl Default for P2pConfig {
@@ -207,6 +210,7 @@ impl Default for P2pConfig {
             max_pending_incoming: 64,
             listen_timeout: Duration::from_secs(10),
             mdns: false,
+            blobs: true,
         }
     }
 }
@@ -251,13 +255,16 @@ pub(crate) struct Counters {
     pub(crate) gossip_refused: AtomicU64,
     /// Repos brought up to date from a peer's pack.
     pub(crate) repos_replicated: AtomicU64,
-    /// Chunk bytes received / sent over `/hubmesh/blocks/1` (good and bad).
+    /// Chunk bytes received / sent (good and bad), over either transport.
     pub(crate) chunk_bytes_received: AtomicU64,
     pub(crate) chunk_bytes_sent: AtomicU64,
     /// Chunks (or manifests) from peers that failed verification and were dropped.
     pub(crate) chunks_rejected: AtomicU64,
     /// LFS objects fetched, verified and imported.
     pub(crate) lfs_objects_fetched: AtomicU64,
+    /// Of `chunk_bytes_received` / `chunk_bytes_sent`: over the blob endpoint (iroh).
+    pub(crate) blob_bytes_received: AtomicU64,
+    pub(crate) blob_bytes_sent: AtomicU64,
 }
 
 /// What this node knows of one peer.
@@ -354,6 +361,11 @@ impl Peers {
         });
     }
 
+    pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(peer).is_some_and(|p| p.connected)
+    }
+
     fn snapshot(&self) -> Vec<(PeerId, PeerInfo)> {
         let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         map.iter().map(|(id, p)| (*id, p.clone())).collect()
@@ -377,6 +389,8 @@ pub struct P2p {
     capacity: Arc<Mutex<Option<mpsc::Receiver<GossipMessage>>>>,
     /// LFS objects being fetched now, for downloads that stream them as they arrive.
     pub(crate) arrivals: Arc<crate::lfs::Arrivals>,
+    /// The blob data plane (`None` when [`P2pConfig::blobs`] is off).
+    pub(crate) blobs: Option<Arc<crate::blobs::Blobs>>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -426,6 +440,26 @@ impl P2p {
     /// Chunk bytes served to peers so far.
     pub fn chunk_bytes_sent(&self) -> u64 {
         self.counters.chunk_bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Chunk bytes received over the blob endpoint (iroh) so far: part of
+    /// [`P2p::chunk_bytes_received`].
+    pub fn blob_bytes_received(&self) -> u64 {
+        self.counters.blob_bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Chunk bytes served over the blob endpoint so far: part of [`P2p::chunk_bytes_sent`].
+    pub fn blob_bytes_sent(&self) -> u64 {
+        self.counters.blob_bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Where this node's blob endpoint (iroh) listens; empty when it runs without one. Its
+    /// endpoint id is the node key, the same as the peer id's.
+    pub fn blob_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.blobs
+            .as_ref()
+            .map(|b| b.local_addrs())
+            .unwrap_or_default()
     }
 
     /// Chunks or manifests from peers that failed verification so far.
@@ -587,6 +621,7 @@ pub(crate) async fn spawn_with_events(
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
         .with_max_pending_incoming(Some(config.max_pending_incoming));
+    let key_copy = key.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -723,6 +758,25 @@ pub(crate) async fn spawn_with_events(
         }
     }
     let listen_addrs: Vec<Multiaddr> = swarm.listeners().cloned().collect();
+    let blobs = if config.blobs {
+        let secret = key_secret(&key_copy).ok_or_else(|| {
+            P2pError::Transport("the blob endpoint needs an ed25519 node key".into())
+        })?;
+        let ip = blob_ip(&config.listen);
+        let blobs = crate::blobs::Blobs::bind(secret, ip)
+            .await
+            .map_err(|e| P2pError::Transport(e.into()))?;
+        let blobs = Arc::new(blobs);
+        let closing = blobs.clone();
+        let cancelled = cancel.clone();
+        tokio::spawn(async move {
+            cancelled.cancelled().await;
+            closing.shutdown().await;
+        });
+        Some(blobs)
+    } else {
+        None
+    };
 
     for addr in &config.bootstrap {
         if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
@@ -751,6 +805,7 @@ pub(crate) async fn spawn_with_events(
         commands,
         changes: None,
         control: None,
+        blobs: blobs.clone(),
     };
     let driver = Driver {
         swarm,
@@ -761,9 +816,31 @@ pub(crate) async fn spawn_with_events(
         capacity: capacity_tx,
         fetches: HashMap::new(),
         provider_queries: HashMap::new(),
+        blobs,
     };
     let task = tokio::spawn(driver.run(command_rx, cancel));
     Ok((handle, event_rx, task))
+}
+
+/// The 32-byte ed25519 secret of a node key (`None` for other key types).
+fn key_secret(key: &Keypair) -> Option<[u8; 32]> {
+    let ed = key.clone().try_into_ed25519().ok()?;
+    ed.secret().as_ref().try_into().ok()
+}
+
+/// Where the blob endpoint binds: the address of the first IP listen address (so a node
+/// listening on loopback only stays on loopback), else every IPv4 interface.
+fn blob_ip(listen: &[Multiaddr]) -> std::net::IpAddr {
+    use libp2p::multiaddr::Protocol;
+    listen
+        .iter()
+        .flat_map(|a| a.iter())
+        .find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        })
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 type FetchReply = oneshot::Sender<Result<PackResponse, String>>;
@@ -779,6 +856,8 @@ struct Driver {
     capacity: mpsc::Sender<GossipMessage>,
     fetches: HashMap<OutboundRequestId, FetchReply>,
     provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    /// The blob endpoint, told when a peer goes away (its address may change).
+    blobs: Option<Arc<crate::blobs::Blobs>>,
 }
 
 impl Driver {
@@ -897,6 +976,10 @@ impl Driver {
                 ..
             } if num_established == 0 && connected.remove(&peer_id) => {
                 self.peers.update(peer_id, |p| p.connected = false);
+                if let Some(blobs) = &self.blobs {
+                    // Asked again on reconnection: a restarted peer listens elsewhere.
+                    blobs.forget(&peer_id);
+                }
                 tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
