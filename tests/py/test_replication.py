@@ -220,6 +220,53 @@ def test_a_provider_sending_corrupt_chunks_is_refused(node_factory, monkeypatch)
     assert json.loads(out.stdout)["files"] == 0, out.stdout
 
 
+def test_an_honest_and_a_corrupt_provider_the_download_completes(
+    node_factory, tmp_path, monkeypatch
+):
+    """D fetches a 16 MiB file from honest A and corrupt B at once (B flips the first byte
+    of every batch it serves; its own copy, fetched from A, is intact). B's answers fail
+    verification in their first 16 KiB group, so not one byte of them is accepted; B is
+    penalised and dropped, A serves the rest, and D's bytes and store are correct."""
+    a = node_factory("a", "--admin", "alice")
+    monkeypatch.setenv("HUBMESH_TEST_CORRUPT_CHUNKS", "1")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    monkeypatch.delenv("HUBMESH_TEST_CORRUPT_CHUNKS")
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    api.create_repo("alice/mixed")
+    weights = safetensors_tensors(16, 1)[1]
+    api.upload_file(
+        path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id="alice/mixed"
+    )
+    sha = api.model_info("alice/mixed").sha
+    wait_for_sha(b, "alice/mixed", sha)
+    lfs_settled(b, "alice/mixed", 1)
+
+    d = node_factory("d", "--bootstrap", a.info["p2p"][0], "--bootstrap", b.info["p2p"][0],
+                     "--seed", "alice/*")
+    wait_for_sha(d, "alice/mixed", sha)
+    lfs_settled(d, "alice/mixed", 1)
+    got = hf_hub_download("alice/mixed", "model.safetensors", endpoint=d.url,
+                          cache_dir=tmp_path / "d", token=False)
+    assert open(got, "rb").read() == weights
+
+    body = mesh_peers(d)
+    peers = {p["peer_id"]: p for p in body["peers"]}
+    honest, corrupt = peers[a.info["peer_id"]], peers[b.info["peer_id"]]
+    assert corrupt["bad_chunks"] >= 1, peers
+    assert honest["bad_chunks"] == 0, peers
+    assert corrupt["chunk_bytes_received"] == 0, peers
+    assert len(weights) <= honest["chunk_bytes_received"] <= len(weights) * 1.05, peers
+    counters = body["counters"]
+    assert counters["chunks_rejected"] >= 1
+    assert counters["blob_bytes_received"] == counters["chunk_bytes_received"]
+    assert d.terminate() == 0
+    fsck = subprocess.run(
+        [str(hubmesh_bin()), "store", "fsck", "--data", str(d.data)],
+        capture_output=True, text=True,
+    )
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
 def safetensors_tensors(tensors, mib_each):
     """A safetensors file of `tensors` pseudo-random tensors of `mib_each` MiB each."""
     bodies = [os.urandom(mib_each * 1024 * 1024) for _ in range(tensors)]
