@@ -843,11 +843,13 @@ print(api.model_info(sys.argv[3]).sha)
         "A fetch moves the object in batches of at most {} MiB (`MAX_BATCH_BYTES`), up to 2 \
          requests in flight per provider and 8 (32 MiB) in all (`schedule.rs`: \
          `MAX_PER_PROVIDER`, `MAX_BYTES_IN_FLIGHT`). With one source the requests are \
-         pipelined: the provider looks the next batch's chunks up by id, reads and verifies \
-         them, encodes and encrypts them (noise) and sends them, while the seeder decrypts the \
-         last one, checks every chunk's BLAKE3 and queues them for the import (SHA-256, \
-         chunking, block writes, fsync), asking for no more while that 64-chunk queue is \
-         full. Per batch, from this run's CPU counters (a node's CPU seconds over the \
+         pipelined: the provider looks the next batch's chunks up by id, reads them, computes \
+         each chunk's bao tree (checking its root against the id) and streams the encoding \
+         over iroh QUIC (with `--no-blobs`: checks each chunk's BLAKE3 and sends the batch \
+         over libp2p, noise-encrypted), while the seeder decrypts the last one, verifies it \
+         (every 16 KiB group against the chunk id; with `--no-blobs` every chunk's BLAKE3), \
+         spools it and queues it for the import (SHA-256, chunking, block writes, fsync), \
+         asking for no more while that 64-chunk queue is full. Per batch, from this run's CPU counters (a node's CPU seconds over the \
          whole replication ÷ batches); *cores busy* is both nodes' CPU time ÷ wall time, out \
          of {cores}: near {cores} the two nodes are bound by the machine's CPU, near 1 they \
          mostly take turns.\n",

@@ -35,7 +35,6 @@
 //! else is `NotFound`, the same answer as an unknown object.
 
 use crate::swarm::P2p;
-use futures::StreamExt;
 use hub_protocol::blocks::{
     BlockRequest, BlockResponse, MAX_BATCH_BYTES, MAX_MANIFEST_LEN, check_chunks, check_manifest,
 };
@@ -583,7 +582,7 @@ impl Spool {
     /// Appends the verified chunks `first..` it lacks. On an error the file is cut back to
     /// its last whole record and nothing more is written.
     fn append(&mut self, first: u32, chunks: &[Vec<u8>]) -> io::Result<()> {
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(chunks.iter().map(|c| 4 + c.len()).sum::<usize>());
         let mut offsets = Vec::new();
         for (i, chunk) in (first as usize..).zip(chunks) {
             if self.at.get(i) != Some(&NOT_SPOOLED) {
@@ -946,7 +945,9 @@ where
     let mut received = 0u64;
     // Verified batches that arrived ahead of the frontier.
     let mut ready: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut flying = futures::stream::FuturesUnordered::new();
+    // Each batch runs as its own task, so that a connection's data keeps being read (and its
+    // flow-control window reopened) while this loop waits for the spool or the import.
+    let mut flying = tokio::task::JoinSet::new();
     let mut failure = None;
     'fetch: loop {
         // Pass on, in order, everything up to the first chunk still to come.
@@ -991,7 +992,7 @@ where
             let p2p = p2p.clone();
             let range = a.batch.first as usize..(a.batch.first + a.batch.count) as usize;
             let wanted = manifest.chunks[range].to_vec();
-            flying.push(async move {
+            flying.spawn(async move {
                 let got = fetch_batch(&p2p, a.peer, sha256, manifest_id, a.batch.first, &wanted);
                 (a, got.await)
             });
@@ -1010,8 +1011,13 @@ where
             ));
             break;
         }
-        let Some((a, result)) = flying.next().await else {
-            continue;
+        let (a, result) = match flying.join_next().await {
+            Some(Ok(done)) => done,
+            Some(Err(error)) => {
+                failure = Some(format!("chunk batch task: {error}"));
+                break;
+            }
+            None => continue,
         };
         let now = std::time::Instant::now();
         let peer = a.peer;
