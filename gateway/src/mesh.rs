@@ -172,6 +172,7 @@ async fn peers(State(state): State<AppState>) -> Json<Value> {
             "chunk_bytes_sent": p2p.chunk_bytes_sent(),
             "blob_bytes_received": p2p.blob_bytes_received(),
             "blob_bytes_sent": p2p.blob_bytes_sent(),
+            "pack_blob_bytes_received": p2p.pack_blob_bytes_received(),
             "chunks_rejected": p2p.chunks_rejected(),
         },
         "peers": peers,

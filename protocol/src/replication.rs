@@ -6,7 +6,9 @@
 //! [`TOPIC_NAMESPACES`]. A seeding node that accepts an update asks the publisher for the
 //! objects it lacks with a [`PackRequest`] (the oids the update names, plus the ref tips it
 //! already has) and gets a [`PackResponse`]: a git pack of the difference, bounded by
-//! [`MAX_PACK_LEN`]. Encodings follow the rules of [`crate::signed`]: version byte, kind
+//! [`MAX_PACK_LEN`] — or, when the requester can fetch blobs, the BLAKE3 hash and size of
+//! the pack ([`PackResponse::Blob`], up to [`MAX_BLOB_PACK_LEN`]), held for it on the
+//! responder's blob endpoint and fetched with verified streaming. Encodings follow the rules of [`crate::signed`]: version byte, kind
 //! byte, little-endian lengths checked before allocating, no trailing bytes.
 //!
 //! ```
@@ -14,7 +16,7 @@
 //! use hub_protocol::repo::{RepoId, RepoType};
 //!
 //! let repo = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
-//! let request = PackRequest { repo: repo.clone(), want: vec![[1; 20]], have: vec![] };
+//! let request = PackRequest { repo: repo.clone(), want: vec![[1; 20]], have: vec![], blob: true };
 //! assert_eq!(PackRequest::decode(&request.encode()).unwrap(), request);
 //! assert!(SeedPattern::parse("alice/*").unwrap().matches(&repo));
 //! ```
@@ -35,12 +37,15 @@ pub const MAX_GOSSIP_MESSAGE: usize = 4 * 1024 * 1024;
 /// The request-response protocol that carries packs.
 pub const GIT_PACK_PROTOCOL: &str = "/hubmesh/git-pack/1";
 /// Largest pack one response carries; a larger difference is refused with
-/// [`PackResponse::TooLarge`] (chunked transfer comes with the blob data plane).
+/// [`PackResponse::TooLarge`].
 pub const MAX_PACK_LEN: usize = 64 * 1024 * 1024;
+/// Largest pack offered as a blob ([`PackResponse::Blob`]): it streams over the blob data
+/// plane instead of travelling in one message.
+pub const MAX_BLOB_PACK_LEN: u64 = 256 * 1024 * 1024;
 /// Most oids in either list of a request.
 pub const MAX_OIDS: usize = MAX_REFS;
 /// Largest encoded request.
-pub const MAX_REQUEST_LEN: usize = 2 + 1 + 2 * 256 + 2 * (4 + 20 * MAX_OIDS);
+pub const MAX_REQUEST_LEN: usize = 2 + 1 + 2 * 256 + 2 * (4 + 20 * MAX_OIDS) + 1;
 /// Largest encoded response.
 pub const MAX_RESPONSE_LEN: usize = 2 + 1 + 8 + MAX_PACK_LEN;
 
@@ -52,6 +57,8 @@ pub struct PackRequest {
     pub want: Vec<GitOid>,
     /// Ref tips the requester already has; the pack leaves out what they reach.
     pub have: Vec<GitOid>,
+    /// The requester can fetch the pack as a blob ([`PackResponse::Blob`]).
+    pub blob: bool,
 }
 
 /// The answer to a [`PackRequest`].
@@ -65,6 +72,9 @@ pub enum PackResponse {
     TooLarge { limit: u64 },
     /// The responder failed; try another peer or later.
     Failed,
+    /// The pack, `size` bytes with BLAKE3 `hash`, is held for the requester on the
+    /// responder's blob endpoint for a short while (at most [`MAX_BLOB_PACK_LEN`]).
+    Blob { hash: [u8; 32], size: u64 },
 }
 
 fn write_oids(w: &mut Writer, oids: &[GitOid]) {
@@ -95,6 +105,7 @@ impl PackRequest {
         w.repo(&self.repo);
         write_oids(&mut w, &self.want[..self.want.len().min(MAX_OIDS)]);
         write_oids(&mut w, &self.have[..self.have.len().min(MAX_OIDS)]);
+        w.u8(u8::from(self.blob));
         w.finish()
     }
 
@@ -111,8 +122,18 @@ impl PackRequest {
         let repo = r.repo()?;
         let want = read_oids(&mut r)?;
         let have = read_oids(&mut r)?;
+        let blob = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(DecodeError::NotCanonical("blob flag")),
+        };
         r.end()?;
-        Ok(Self { repo, want, have })
+        Ok(Self {
+            repo,
+            want,
+            have,
+            blob,
+        })
     }
 }
 
@@ -137,6 +158,11 @@ impl PackResponse {
                 w.u64(*limit);
             }
             Self::Failed => w.u8(3),
+            Self::Blob { hash, size } => {
+                w.u8(4);
+                w.bytes(hash);
+                w.u64(*size);
+            }
         }
         w.finish()
     }
@@ -162,6 +188,14 @@ impl PackResponse {
             1 => Self::NotFound,
             2 => Self::TooLarge { limit: r.u64()? },
             3 => Self::Failed,
+            4 => {
+                let hash = r.array()?;
+                let size = r.u64()?;
+                if size > MAX_BLOB_PACK_LEN {
+                    return Err(DecodeError::NotCanonical("blob pack size"));
+                }
+                Self::Blob { hash, size }
+            }
             _ => return Err(DecodeError::NotCanonical("unknown response status")),
         };
         r.end()?;
@@ -230,14 +264,24 @@ mod tests {
             repo: RepoId::parse(RepoType::Dataset, "org/data").unwrap(),
             want: vec![[1; 20], [2; 20]],
             have: vec![[3; 20]],
+            blob: false,
         };
         assert_eq!(PackRequest::decode(&request.encode()).unwrap(), request);
+        let blob = PackRequest {
+            blob: true,
+            ..request
+        };
+        assert_eq!(PackRequest::decode(&blob.encode()).unwrap(), blob);
         for response in [
             PackResponse::Pack(b"PACK\0\0\0\x02".to_vec()),
             PackResponse::Pack(Vec::new()),
             PackResponse::NotFound,
             PackResponse::TooLarge { limit: 7 },
             PackResponse::Failed,
+            PackResponse::Blob {
+                hash: [5; 32],
+                size: MAX_BLOB_PACK_LEN,
+            },
         ] {
             assert_eq!(PackResponse::decode(&response.encode()).unwrap(), response);
         }
@@ -249,15 +293,24 @@ mod tests {
             repo: repo("a/b"),
             want: vec![],
             have: vec![],
+            blob: false,
         }
         .encode();
         // The `want` count claims a billion entries.
-        let at = bytes.len() - 8;
+        let at = bytes.len() - 9;
         bytes[at..at + 4].copy_from_slice(&1_000_000_000u32.to_le_bytes());
         assert!(PackRequest::decode(&bytes).is_err());
         let mut response = PackResponse::Pack(vec![0; 4]).encode();
         response[3..11].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(PackResponse::decode(&response).is_err());
+        let mut blob = PackResponse::Blob {
+            hash: [1; 32],
+            size: 1,
+        }
+        .encode();
+        let at = blob.len() - 8;
+        blob[at..].copy_from_slice(&(MAX_BLOB_PACK_LEN + 1).to_le_bytes());
+        assert!(PackResponse::decode(&blob).is_err());
         // A refs message is not a pack request.
         assert!(matches!(
             PackRequest::decode(&PackResponse::NotFound.encode()),
@@ -301,6 +354,7 @@ mod tests {
                 repo: repo("alice/tiny"),
                 want: vec![[9; 20]; 3],
                 have: vec![[8; 20]; 2],
+                blob: true,
             }.encode();
             let at = flip % bytes.len();
             bytes[at] = value;

@@ -152,6 +152,8 @@ def test_lfs_content_replicates_verified_and_once(node_factory, tmp_path):
     assert mesh_peers(b)["counters"]["blob_bytes_received"] == received
     assert mesh_peers(a)["counters"]["blob_bytes_sent"] == received
     assert mesh_peers(a)["blob_addrs"] and mesh_peers(b)["blob_addrs"]
+    # The git objects came as a pack blob too.
+    assert mesh_peers(b)["counters"]["pack_blob_bytes_received"] > 0
     peers = mesh_peers(b)["peers"]
     assert [p["peer_id"] for p in peers] == [a.info["peer_id"]]
     assert peers[0]["chunk_bytes_received"] == received

@@ -1,5 +1,5 @@
-//! The blob data plane: LFS chunks move between nodes over iroh (QUIC), in iroh-blobs'
-//! request format with BLAKE3 verified streaming (ADR 0005).
+//! The blob data plane: LFS chunks and git packs move between nodes over iroh (QUIC), in
+//! iroh-blobs' request format with BLAKE3 verified streaming (ADR 0005).
 //!
 //! - **Endpoint.** Every node binds an iroh [`Endpoint`] with its node key (so its endpoint
 //!   id is its libp2p identity), relays and address lookup off. Peers learn each other's
@@ -9,6 +9,9 @@
 //!   file's manifest id, with no ranges (it names the file, so the provider can check the
 //!   file is public and the chunks are its own), followed by the chunk ids, each with the
 //!   ranges wanted (all of it, or the part a resumed fetch lacks).
+//! - **Packs.** A git pack is built for the peer that asked for it over libp2p and held for
+//!   that peer alone ([`Blobs::offer`]: bounded, short-lived, gone once served); the peer
+//!   fetches it with an iroh-blobs `Get` of its hash.
 //! - **Verification.** The provider streams each chunk bao-encoded in 16 KiB groups
 //!   (`IROH_BLOCK_SIZE`); the requester decodes with iroh-blobs' get state machine, which
 //!   checks every group against the chunk id before handing it over. A bad byte is caught
@@ -47,6 +50,13 @@ use hub_protocol::blocks::BlockRequest;
 
 /// Most chunk requests one connection may have open at once (QUIC stream credit).
 pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 8;
+/// Packs held for peers at once, and their bytes in all.
+const MAX_OFFERS: usize = 16;
+const MAX_OFFERED_BYTES: usize = 512 << 20;
+/// How long a pack is held for the peer that asked for it.
+const OFFER_TTL: Duration = Duration::from_secs(120);
+/// How long fetching one pack may take.
+const PACK_TIMEOUT: Duration = crate::swarm::PACK_TIMEOUT;
 /// Most connections the provider serves at once.
 const MAX_CONNECTIONS: usize = 256;
 /// How long connecting to a provider may take.
@@ -95,6 +105,8 @@ pub(crate) struct Blobs {
     endpoint: Endpoint,
     router: Router,
     source: Arc<OnceLock<Weak<dyn Source>>>,
+    /// Packs held for the peers that asked for them.
+    offers: Arc<Offers>,
     /// Open connections to providers, by peer.
     connections: Mutex<HashMap<PeerId, Connection>>,
     /// Where peers' endpoints listen (learned over libp2p); empty: the peer has none.
@@ -135,8 +147,10 @@ impl Blobs {
             .await
             .map_err(|e| format!("bind the blob endpoint: {e}"))?;
         let source: Arc<OnceLock<Weak<dyn Source>>> = Arc::new(OnceLock::new());
+        let offers = Arc::new(Offers::default());
         let provider = Provider {
             source: source.clone(),
+            offers: offers.clone(),
             open: Arc::new(AtomicUsize::new(0)),
         };
         let router = Router::builder(endpoint.clone())
@@ -147,6 +161,7 @@ impl Blobs {
             endpoint,
             router,
             source,
+            offers,
             connections: Mutex::new(HashMap::new()),
             addrs: Mutex::new(HashMap::new()),
         })
@@ -178,6 +193,16 @@ impl Blobs {
         addrs.dedup();
         addrs.truncate(MAX_BLOB_ADDRS);
         addrs
+    }
+
+    /// The port of a socket bound to every interface of `ip`'s family (`None` when the
+    /// endpoint is bound to a specific address), for addresses the swarm knows it has.
+    pub(crate) fn wildcard_port(&self, ip: &IpAddr) -> Option<u16> {
+        self.endpoint
+            .bound_sockets()
+            .iter()
+            .find(|a| a.ip().is_unspecified() && a.is_ipv4() == ip.is_ipv4())
+            .map(SocketAddr::port)
     }
 
     /// Where `peer`'s endpoint listens, if it was learned (`Some(empty)`: it has none).
@@ -289,6 +314,35 @@ impl Blobs {
             }
         }
         result
+    }
+
+    /// Holds `pack` for `peer` to fetch as a blob (blocking: hashes it). Returns its BLAKE3
+    /// hash and size. Offers are bounded ([`MAX_OFFERS`], [`MAX_OFFERED_BYTES`], the oldest
+    /// go first), expire after [`OFFER_TTL`] and go once served whole.
+    pub(crate) fn offer(&self, peer: PeerId, pack: Vec<u8>) -> ([u8; 32], u64) {
+        self.offers.offer(peer, pack)
+    }
+
+    /// Fetches the pack `hash` of `size` bytes that `peer` offered, verified group by group.
+    pub(crate) async fn get_pack(
+        &self,
+        peer: PeerId,
+        addrs: &[SocketAddr],
+        hash: [u8; 32],
+        size: u64,
+    ) -> Result<Vec<u8>, GetError> {
+        if size > MAX_OFFERED_BYTES as u64 {
+            return Err(GetError::Failed(format!(
+                "a {size}-byte pack is over the limit"
+            )));
+        }
+        let connection = self
+            .connection(peer, addrs)
+            .await
+            .map_err(GetError::Failed)?;
+        tokio::time::timeout(PACK_TIMEOUT, get_one(connection, hash, size))
+            .await
+            .unwrap_or_else(|_| Err(GetError::Failed("pack transfer timed out".into())))
     }
 
     /// Stops serving and closes every connection.
@@ -413,10 +467,134 @@ async fn get_many(
     Ok(out)
 }
 
+/// One `Get` of a whole blob (a pack) on a fresh stream of `connection`.
+async fn get_one(connection: Connection, hash: [u8; 32], size: u64) -> Result<Vec<u8>, GetError> {
+    let hash = iroh_blobs::Hash::from_bytes(hash);
+    let request = iroh_blobs::protocol::GetRequest::blob(hash);
+    let connected = fsm::start(connection, request, Default::default())
+        .next()
+        .await
+        .map_err(|e| GetError::Failed(format!("open stream: {e}")))?;
+    let root = match connected.next().await {
+        Ok(fsm::ConnectedNext::StartRoot(root)) => root,
+        Ok(_) => return Err(GetError::Failed("unexpected answer shape".into())),
+        Err(e) => return Err(GetError::Failed(format!("send request: {e}"))),
+    };
+    let (content, announced) = root
+        .next()
+        .next()
+        .await
+        .map_err(|e| GetError::Failed(format!("pack not served: {e}")))?;
+    if announced != size {
+        return Err(GetError::Bad {
+            bytes: 0,
+            reason: format!("pack announced as {announced} bytes, not {size}"),
+        });
+    }
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut content = content;
+    let end = loop {
+        match content.next().await {
+            fsm::BlobContentNext::More((next, item)) => {
+                match item {
+                    Ok(bao_tree::io::BaoContentItem::Leaf(leaf)) => {
+                        data.extend_from_slice(&leaf.data);
+                        if data.len() as u64 > size {
+                            return Err(GetError::Bad {
+                                bytes: size,
+                                reason: "pack longer than announced".into(),
+                            });
+                        }
+                    }
+                    Ok(bao_tree::io::BaoContentItem::Parent(_)) => {}
+                    Err(
+                        e @ (fsm::DecodeError::LeafHashMismatch { .. }
+                        | fsm::DecodeError::ParentHashMismatch { .. }),
+                    ) => {
+                        return Err(GetError::Bad {
+                            bytes: data.len() as u64,
+                            reason: format!("pack failed verification: {e}"),
+                        });
+                    }
+                    Err(e) => return Err(GetError::Failed(format!("pack: {e}"))),
+                }
+                content = next;
+            }
+            fsm::BlobContentNext::Done(end) => break end,
+        }
+    };
+    if data.len() as u64 != size {
+        return Err(GetError::Failed("pack arrived short".into()));
+    }
+    if let fsm::EndBlobNext::Closing(closing) = end.next() {
+        let _ = closing.next().await;
+    }
+    Ok(data)
+}
+
+/// A pack held for one peer: its bytes and bao tree.
+struct Offer {
+    peer: PeerId,
+    hash: [u8; 32],
+    data: Arc<Vec<u8>>,
+    outboard: Arc<PreOrderMemOutboard>,
+    expires: std::time::Instant,
+}
+
+/// What [`Offers::find`] returns: a pack and its bao tree.
+type Held = (Arc<Vec<u8>>, Arc<PreOrderMemOutboard>);
+
+/// Packs held for peers (oldest first), bounded by count and bytes.
+#[derive(Default)]
+struct Offers(Mutex<std::collections::VecDeque<Offer>>);
+
+impl Offers {
+    fn offer(&self, peer: PeerId, pack: Vec<u8>) -> ([u8; 32], u64) {
+        let outboard = PreOrderMemOutboard::create(&pack, IROH_BLOCK_SIZE);
+        let hash = *outboard.root.as_bytes();
+        let size = pack.len() as u64;
+        let mut offers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        offers.retain(|o| o.expires > now && !(o.peer == peer && o.hash == hash));
+        let mut bytes: usize = offers.iter().map(|o| o.data.len()).sum();
+        while !offers.is_empty()
+            && (offers.len() >= MAX_OFFERS || bytes + pack.len() > MAX_OFFERED_BYTES)
+        {
+            if let Some(old) = offers.pop_front() {
+                bytes -= old.data.len();
+            }
+        }
+        offers.push_back(Offer {
+            peer,
+            hash,
+            data: Arc::new(pack),
+            outboard: Arc::new(outboard),
+            expires: now + OFFER_TTL,
+        });
+        (hash, size)
+    }
+
+    /// The pack `hash` held for `peer`, if any.
+    fn find(&self, peer: &PeerId, hash: &[u8; 32]) -> Option<Held> {
+        let offers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        offers
+            .iter()
+            .find(|o| o.peer == *peer && o.hash == *hash && o.expires > now)
+            .map(|o| (o.data.clone(), o.outboard.clone()))
+    }
+
+    fn remove(&self, peer: &PeerId, hash: &[u8; 32]) {
+        let mut offers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        offers.retain(|o| !(o.peer == *peer && o.hash == *hash));
+    }
+}
+
 /// The provider: iroh-blobs' protocol, answered from the chunk store.
 #[derive(Clone)]
 struct Provider {
     source: Arc<OnceLock<Weak<dyn Source>>>,
+    offers: Arc<Offers>,
     open: Arc<AtomicUsize>,
 }
 
@@ -467,7 +645,7 @@ impl ProtocolHandler for Provider {
             let Some(source) = self.source.get().and_then(Weak::upgrade) else {
                 break;
             };
-            streams.spawn(serve_stream(source, peer, send, recv));
+            streams.spawn(serve_stream(source, self.offers.clone(), peer, send, recv));
             while streams.try_join_next().is_some() {}
         }
         streams.abort_all();
@@ -475,19 +653,35 @@ impl ProtocolHandler for Provider {
     }
 }
 
-/// Answers one request: a `GetMany` naming a manifest, then chunks of that file.
+/// Answers one request: a `GetMany` naming a manifest, then chunks of that file; or a
+/// `Get` of a pack held for the peer.
 async fn serve_stream(
     source: Arc<dyn Source>,
+    offers: Arc<Offers>,
     peer: PeerId,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let served = tokio::time::timeout(REQUEST_TIMEOUT, async {
+    let served = tokio::time::timeout(REQUEST_TIMEOUT.max(PACK_TIMEOUT), async {
         let (request, _) = Request::read_async(&mut recv)
             .await
             .map_err(|e| (REFUSED, format!("read request: {e}")))?;
-        let Request::GetMany(request) = request else {
-            return Err((REFUSED, "only GetMany requests are served".to_owned()));
+        let request = match request {
+            Request::GetMany(request) => request,
+            Request::Get(request) => {
+                let _place = source
+                    .clone()
+                    .admit(peer)
+                    .await
+                    .ok_or_else(|| (REFUSED, "over the per-peer request limit".to_owned()))?;
+                return serve_pack(&offers, peer, &request, &mut send).await;
+            }
+            _ => {
+                return Err((
+                    REFUSED,
+                    "only Get and GetMany requests are served".to_owned(),
+                ));
+            }
         };
         let n = request.hashes.len();
         if !(2..=1 + MAX_CHUNKS_PER_REQUEST as usize).contains(&n) {
@@ -543,6 +737,92 @@ async fn serve_stream(
             tracing::debug!(%peer, %reason, "blob request not served");
             let _ = send.reset(VarInt::from_u32(code));
         }
+    }
+}
+
+/// Streams a pack held for `peer`: its size, then the bao encoding of the ranges asked of
+/// it, encoded a piece at a time (at most a few MiB of encoding in memory besides the pack).
+async fn serve_pack(
+    offers: &Offers,
+    peer: PeerId,
+    request: &iroh_blobs::protocol::GetRequest,
+    send: &mut SendStream,
+) -> Result<u64, (u32, String)> {
+    let hash = *request.hash.as_bytes();
+    let (data, outboard) = offers
+        .find(&peer, &hash)
+        .ok_or_else(|| (REFUSED, "no such pack held for this peer".to_owned()))?;
+    let ranges = request
+        .ranges
+        .iter_infinite()
+        .next()
+        .cloned()
+        .unwrap_or_else(ChunkRanges::empty);
+    if ranges.is_empty() {
+        return Err((REFUSED, "no ranges of the pack asked for".into()));
+    }
+    let size = data.len() as u64;
+    send.write_all(&size.to_le_bytes())
+        .await
+        .map_err(|e| (FAILED, format!("write: {e}")))?;
+    // Encoded on a blocking thread into bounded pieces, written here as they come.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let encoder = tokio::task::spawn_blocking(move || {
+        let mut writer = Pieces {
+            tx,
+            buf: Vec::with_capacity(PIECE),
+        };
+        bao_tree::io::sync::encode_ranges(&data[..], &*outboard, &ranges, &mut writer)
+            .map_err(|e| e.to_string())?;
+        writer.flush_piece().map_err(|e| e.to_string())
+    });
+    while let Some(piece) = rx.recv().await {
+        send.write_all(&piece)
+            .await
+            .map_err(|e| (FAILED, format!("write: {e}")))?;
+    }
+    encoder
+        .await
+        .map_err(|e| (FAILED, format!("encoder: {e}")))?
+        .map_err(|e| (FAILED, format!("encode: {e}")))?;
+    send.finish()
+        .map_err(|e| (FAILED, format!("finish: {e}")))?;
+    offers.remove(&peer, &hash);
+    Ok(size)
+}
+
+/// Bytes of bao encoding handed over at a time.
+const PIECE: usize = 1 << 20;
+
+/// A `Write` that hands its bytes to a channel in pieces of [`PIECE`].
+struct Pieces {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Pieces {
+    fn flush_piece(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE));
+        self.tx
+            .blocking_send(piece)
+            .map_err(|_| std::io::Error::other("the stream was closed"))
+    }
+}
+
+impl std::io::Write for Pieces {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= PIECE {
+            self.flush_piece()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -616,6 +896,10 @@ mod tests {
         fn corrupt(&self) -> Option<usize> {
             *self.corrupt.lock().unwrap()
         }
+    }
+
+    fn blake3_of(bytes: &[u8]) -> bao_tree::blake3::Hash {
+        bao_tree::blake3::hash(bytes)
     }
 
     fn peer_of_secret(secret: [u8; 32]) -> PeerId {
@@ -723,9 +1007,37 @@ mod tests {
             chunks[1..3]
         );
 
+        // A pack held for B: B gets it, verified; C (another peer) does not; once served it
+        // is gone.
+        let c = Blobs::bind(secret_c, loopback).await.unwrap();
+        let pack: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+            .map(|i| (i * 131 % 251) as u8)
+            .collect();
+        let (hash, size) = a.offer(peer_of_secret(secret_b), pack.clone());
+        assert_eq!(size, pack.len() as u64);
+        assert_eq!(hash, *blake3_of(&pack).as_bytes());
+        assert!(matches!(
+            c.get_pack(provider, &addrs, hash, size).await,
+            Err(GetError::Failed(_))
+        ));
+        assert!(matches!(
+            b.get_pack(provider, &addrs, hash, size + 1).await,
+            Err(GetError::Bad { .. })
+        ));
+        // (Held again, in case the provider finished sending before B hung up.)
+        a.offer(peer_of_secret(secret_b), pack.clone());
+        assert_eq!(
+            b.get_pack(provider, &addrs, hash, size).await.unwrap(),
+            pack
+        );
+        assert!(matches!(
+            b.get_pack(provider, &addrs, hash, size).await,
+            Err(GetError::Failed(_))
+        ));
+        c.forget(&provider);
+
         // A node the provider does not count as a peer cannot connect.
         source.open_to_all.store(false, Ordering::Relaxed);
-        let c = Blobs::bind(secret_c, loopback).await.unwrap();
         assert!(matches!(
             c.get(provider, &addrs, &source.manifest, &wanted).await,
             Err(GetError::Failed(_))

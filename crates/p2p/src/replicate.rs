@@ -49,7 +49,9 @@ use crate::state::{RefStore, RefStoreError};
 use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
 use hub_protocol::blocks::{BlockRequest, BlockResponse};
 use hub_protocol::manifest::{Hash, Sha256};
-use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern};
+use hub_protocol::replication::{
+    MAX_BLOB_PACK_LEN, MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern,
+};
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{
     MAX_LFS, NamespaceDoc, PublicKey, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate,
@@ -746,7 +748,7 @@ impl Task {
                     let repo = request.repo.clone();
                     let response = blocking({
                         let ctx = ctx.clone();
-                        move || serve_pack(&ctx.repos, &request)
+                        move || serve_pack(&ctx.repos, ctx.p2p.blobs.as_deref(), peer, &request)
                     })
                     .await
                     .unwrap_or(PackResponse::Failed);
@@ -1096,18 +1098,31 @@ fn own_state(ctx: &Ctx, topic: Topic) -> Vec<Vec<u8>> {
 }
 
 /// Answers a pack request: only for public repos, only with objects the repo has.
-fn serve_pack(repos: &Repos, request: &PackRequest) -> PackResponse {
+/// Answers a pack request (blocking): the pack in the answer, or, when both sides run the
+/// blob data plane, held for `peer` as a blob (up to [`MAX_BLOB_PACK_LEN`]).
+fn serve_pack(
+    repos: &Repos,
+    blobs: Option<&crate::blobs::Blobs>,
+    peer: PeerId,
+    request: &PackRequest,
+) -> PackResponse {
     match repos.meta(&request.repo) {
         Ok(meta) if !meta.private => {}
         _ => return PackResponse::NotFound,
     }
-    match repos.build_pack(
-        &request.repo,
-        &request.want,
-        &request.have,
-        MAX_PACK_LEN as u64,
-    ) {
-        Ok(pack) => PackResponse::Pack(pack),
+    let blobs = blobs.filter(|_| request.blob);
+    let limit = match blobs {
+        Some(_) => MAX_BLOB_PACK_LEN,
+        None => MAX_PACK_LEN as u64,
+    };
+    match repos.build_pack(&request.repo, &request.want, &request.have, limit) {
+        Ok(pack) => match blobs {
+            Some(blobs) => {
+                let (hash, size) = blobs.offer(peer, pack);
+                PackResponse::Blob { hash, size }
+            }
+            None => PackResponse::Pack(pack),
+        },
         Err(hub_repo::ReplicaError::MissingObject { .. }) => PackResponse::NotFound,
         Err(hub_repo::ReplicaError::TooLarge { limit }) => PackResponse::TooLarge { limit },
         Err(error) => {
@@ -1161,6 +1176,7 @@ async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Re
         repo: repo.clone(),
         want,
         have,
+        blob: ctx.p2p.blobs.is_some(),
     };
     // The gossip peers first; DHT providers only when none of them could serve (a DHT query
     // can take as long as its timeout).
@@ -1372,6 +1388,42 @@ async fn priority_lfs(
 }
 
 /// Asks each peer in turn for the pack and applies the first good one.
+/// Fetches a pack `peer` holds for this node as a blob, verified group by group.
+async fn fetch_pack_blob(
+    ctx: &Arc<Ctx>,
+    peer: PeerId,
+    hash: [u8; 32],
+    size: u64,
+) -> Result<Vec<u8>, String> {
+    let blobs = ctx
+        .p2p
+        .blobs
+        .as_deref()
+        .ok_or("offered a blob without a blob endpoint")?;
+    let addrs = crate::lfs::blob_addrs_of(&ctx.p2p, blobs, peer).await;
+    if addrs.is_empty() {
+        return Err("no address of its blob endpoint".into());
+    }
+    match blobs.get_pack(peer, &addrs, hash, size).await {
+        Ok(pack) => {
+            ctx.p2p
+                .counters
+                .pack_blob_bytes_received
+                .fetch_add(pack.len() as u64, Ordering::Relaxed);
+            Ok(pack)
+        }
+        Err(crate::blobs::GetError::Bad { bytes, reason }) => {
+            ctx.p2p.peers.update(peer, |p| p.bad_chunks += 1);
+            ctx.p2p
+                .counters
+                .chunks_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            Err(format!("{reason} (after {bytes} good bytes)"))
+        }
+        Err(crate::blobs::GetError::Failed(reason)) => Err(reason),
+    }
+}
+
 async fn try_peers(
     ctx: &Arc<Ctx>,
     request: &PackRequest,
@@ -1383,6 +1435,15 @@ async fn try_peers(
     for &peer in peers {
         let pack = match ctx.p2p.fetch_pack(peer, request.clone()).await {
             Ok(PackResponse::Pack(pack)) => pack,
+            Ok(PackResponse::Blob { hash, size }) => {
+                match fetch_pack_blob(ctx, peer, hash, size).await {
+                    Ok(pack) => pack,
+                    Err(error) => {
+                        last_error = format!("pack blob from {peer}: {error}");
+                        continue;
+                    }
+                }
+            }
             Ok(other) => {
                 last_error = format!("{peer} answered {other:?}");
                 continue;

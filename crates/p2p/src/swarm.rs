@@ -265,6 +265,8 @@ pub(crate) struct Counters {
     /// Of `chunk_bytes_received` / `chunk_bytes_sent`: over the blob endpoint (iroh).
     pub(crate) blob_bytes_received: AtomicU64,
     pub(crate) blob_bytes_sent: AtomicU64,
+    /// Git pack bytes fetched as blobs over the blob endpoint.
+    pub(crate) pack_blob_bytes_received: AtomicU64,
 }
 
 /// What this node knows of one peer.
@@ -453,13 +455,41 @@ impl P2p {
         self.counters.blob_bytes_sent.load(Ordering::Relaxed)
     }
 
+    /// Git pack bytes fetched as blobs over the blob endpoint so far.
+    pub fn pack_blob_bytes_received(&self) -> u64 {
+        self.counters
+            .pack_blob_bytes_received
+            .load(Ordering::Relaxed)
+    }
+
     /// Where this node's blob endpoint (iroh) listens; empty when it runs without one. Its
     /// endpoint id is the node key, the same as the peer id's.
     pub fn blob_addrs(&self) -> Vec<std::net::SocketAddr> {
-        self.blobs
-            .as_ref()
-            .map(|b| b.local_addrs())
-            .unwrap_or_default()
+        let Some(blobs) = &self.blobs else {
+            return Vec::new();
+        };
+        let mut addrs = blobs.local_addrs();
+        // Bound to every interface: also the interface addresses the swarm listens on
+        // (iroh reports no loopback address, for one).
+        let listen_ips = self
+            .listen_addrs
+            .iter()
+            .flat_map(|a| a.iter())
+            .filter_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            });
+        for ip in listen_ips {
+            if let Some(port) = blobs.wildcard_port(&ip) {
+                let addr = std::net::SocketAddr::new(ip, port);
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+        addrs.truncate(hub_protocol::blocks::MAX_BLOB_ADDRS);
+        addrs
     }
 
     /// Chunks or manifests from peers that failed verification so far.
