@@ -44,7 +44,7 @@ use hub_protocol::signed::MAX_LFS;
 use hub_repo::Repos;
 use hub_store::Store;
 use libp2p::PeerId;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -177,51 +177,24 @@ pub(crate) fn serve(
     }
 }
 
-/// Which stored file a manifest id belongs to, for requests over the blob endpoint (they
-/// name the file by its manifest id). Filled from the store's file list, at most once a
-/// second, when a request names a manifest it does not know.
+/// The chunk ids of files recently served over the blob endpoint, by manifest id, most
+/// recently used last (a request's ids are checked against them).
 #[derive(Debug, Default)]
-pub(crate) struct ManifestIndex {
-    files: HashMap<Hash, Sha256>,
-    scanned: Option<std::time::Instant>,
-    /// The chunk ids of recently served manifests, most recently used last.
-    chunk_sets: Vec<(Hash, Arc<HashSet<Hash>>)>,
-}
+pub(crate) struct ChunkSets(Vec<(Hash, Arc<HashSet<Hash>>)>);
 
-/// How often [`ManifestIndex`] may rescan the store.
-const INDEX_RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl ManifestIndex {
-    fn sha256_of(&mut self, store: &Store, manifest_id: &Hash) -> Result<Option<Sha256>, String> {
-        if let Some(sha256) = self.files.get(manifest_id) {
-            return Ok(Some(*sha256));
-        }
-        if self.scanned.is_some_and(|t| t.elapsed() < INDEX_RESCAN) {
-            return Ok(None);
-        }
-        self.scanned = Some(std::time::Instant::now());
-        let mut files = HashMap::new();
-        for sha256 in store.files().map_err(|e| e.to_string())? {
-            if let Some(id) = store.manifest_id(&sha256).map_err(|e| e.to_string())? {
-                files.insert(id, sha256);
-            }
-        }
-        self.files = files;
-        Ok(self.files.get(manifest_id).copied())
-    }
-
-    fn chunk_set(&mut self, id: Hash, manifest: &Manifest) -> Arc<HashSet<Hash>> {
-        if let Some(i) = self.chunk_sets.iter().position(|(k, _)| *k == id) {
-            let entry = self.chunk_sets.remove(i);
+impl ChunkSets {
+    fn of(&mut self, id: Hash, manifest: &Manifest) -> Arc<HashSet<Hash>> {
+        if let Some(i) = self.0.iter().position(|(k, _)| *k == id) {
+            let entry = self.0.remove(i);
             let set = entry.1.clone();
-            self.chunk_sets.push(entry);
+            self.0.push(entry);
             return set;
         }
         let set: Arc<HashSet<Hash>> = Arc::new(manifest.chunks.iter().map(|c| c.id).collect());
-        if self.chunk_sets.len() == CACHED_MANIFESTS {
-            self.chunk_sets.remove(0);
+        if self.0.len() == CACHED_MANIFESTS {
+            self.0.remove(0);
         }
-        self.chunk_sets.push((id, set.clone()));
+        self.0.push((id, set.clone()));
         set
     }
 }
@@ -233,28 +206,25 @@ impl ManifestIndex {
 pub(crate) fn serve_blobs(
     repos: &Repos,
     store: &Store,
-    index: &Mutex<ManifestIndex>,
+    sets: &Mutex<ChunkSets>,
     manifest_id: &Hash,
     ids: &[Hash],
 ) -> Result<Vec<Vec<u8>>, String> {
-    let sha256 = index
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .sha256_of(store, manifest_id)?
-        .ok_or_else(|| format!("no stored file has manifest {manifest_id}"))?;
-    if !servable(repos, &sha256) {
-        return Err(format!("{sha256} is in no public repo held here"));
-    }
+    let manifest = cached_manifest_by_id(store, manifest_id)?
+        .ok_or_else(|| format!("no manifest {manifest_id} here"))?;
+    let sha256 = manifest.sha256;
     if store.manifest_id(&sha256).map_err(|e| e.to_string())? != Some(*manifest_id) {
         return Err(format!(
             "{sha256} is not stored with manifest {manifest_id}"
         ));
     }
-    let manifest = cached_manifest(store, &sha256)?.ok_or_else(|| format!("{sha256} is gone"))?;
-    let set = index
+    if !servable(repos, &sha256) {
+        return Err(format!("{sha256} is in no public repo held here"));
+    }
+    let set = sets
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .chunk_set(*manifest_id, &manifest);
+        .of(*manifest_id, &manifest);
     if let Some(stranger) = ids.iter().find(|id| !set.contains(id)) {
         return Err(format!("{stranger} is not a chunk of {sha256}"));
     }
@@ -281,14 +251,8 @@ fn cached_manifest(store: &Store, sha256: &Sha256) -> Result<Option<Arc<Manifest
     let Some(id) = store.manifest_id(sha256).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    {
-        let mut cache = MANIFESTS.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = cache.iter().position(|(k, _)| *k == id) {
-            let entry = cache.remove(i);
-            let manifest = entry.1.clone();
-            cache.push(entry);
-            return Ok(Some(manifest));
-        }
+    if let Some(manifest) = cache_get(&id) {
+        return Ok(Some(manifest));
     }
     let (id, manifest) = match store.manifest(sha256) {
         Ok(found) => found,
@@ -296,6 +260,29 @@ fn cached_manifest(store: &Store, sha256: &Sha256) -> Result<Option<Arc<Manifest
         Err(hub_store::StoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
+    Ok(Some(cache_put(id, manifest)))
+}
+
+/// A manifest by its id, from [`MANIFESTS`] when it is there; `None` when the store has none
+/// by that id.
+fn cached_manifest_by_id(store: &Store, id: &Hash) -> Result<Option<Arc<Manifest>>, String> {
+    if let Some(manifest) = cache_get(id) {
+        return Ok(Some(manifest));
+    }
+    let manifest = store.manifest_by_id(id).map_err(|e| e.to_string())?;
+    Ok(manifest.map(|m| cache_put(*id, m)))
+}
+
+fn cache_get(id: &Hash) -> Option<Arc<Manifest>> {
+    let mut cache = MANIFESTS.lock().unwrap_or_else(PoisonError::into_inner);
+    let i = cache.iter().position(|(k, _)| k == id)?;
+    let entry = cache.remove(i);
+    let manifest = entry.1.clone();
+    cache.push(entry);
+    Some(manifest)
+}
+
+fn cache_put(id: Hash, manifest: Manifest) -> Arc<Manifest> {
     let manifest = Arc::new(manifest);
     let mut cache = MANIFESTS.lock().unwrap_or_else(PoisonError::into_inner);
     if !cache.iter().any(|(k, _)| *k == id) {
@@ -304,7 +291,7 @@ fn cached_manifest(store: &Store, sha256: &Sha256) -> Result<Option<Arc<Manifest
         }
         cache.push((id, manifest.clone()));
     }
-    Ok(Some(manifest))
+    manifest
 }
 
 /// Chunks `first..first + count` of a stored file, stopping once the batch reaches

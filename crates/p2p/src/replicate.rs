@@ -439,7 +439,7 @@ pub async fn spawn_replicating(
         inflight: Mutex::default(),
         serving: Mutex::default(),
         serve_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
-        manifests: Mutex::default(),
+        chunk_sets: Mutex::default(),
     });
     if let Some(blobs) = &p2p.blobs {
         let ctx: Arc<dyn crate::blobs::Source> = ctx.clone();
@@ -481,8 +481,8 @@ struct Ctx {
     /// Requests being served per peer (bounded by [`MAX_SERVING_PER_PEER`]).
     serving: Mutex<HashMap<PeerId, usize>>,
     serve_slots: Arc<tokio::sync::Semaphore>,
-    /// Manifest ids of stored files, for the blob endpoint.
-    manifests: Mutex<crate::lfs::ManifestIndex>,
+    /// Chunk ids of files served over the blob endpoint.
+    chunk_sets: Mutex<crate::lfs::ChunkSets>,
 }
 
 impl crate::blobs::Source for Ctx {
@@ -499,7 +499,7 @@ impl crate::blobs::Source for Ctx {
     }
 
     fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, String> {
-        crate::lfs::serve_blobs(&self.repos, &self.chunks, &self.manifests, manifest, ids)
+        crate::lfs::serve_blobs(&self.repos, &self.chunks, &self.chunk_sets, manifest, ids)
     }
 
     fn served(&self, peer: PeerId, bytes: u64) {

@@ -196,6 +196,12 @@ impl Store {
         read::load_manifest(&self.inner, sha256)
     }
 
+    /// A manifest by its id (`None` when the store holds none by that id). Whether the
+    /// file it describes is stored is [`Store::manifest_id`] of its `sha256`.
+    pub fn manifest_by_id(&self, id: &Hash) -> Result<Option<Manifest>, StoreError> {
+        read::load_manifest_by_id(&self.inner, id)
+    }
+
     /// Opens a stored file for reading, with seek and byte ranges.
     pub fn open_file(&self, sha256: &Sha256) -> Result<FileReader, StoreError> {
         FileReader::open(self.inner.clone(), sha256)

@@ -36,6 +36,24 @@ pub struct FileReader {
     buf: Vec<u8>,
 }
 
+/// Looks up a manifest by its id (`None` when the store has none by that id).
+pub(crate) fn load_manifest_by_id(
+    inner: &Inner,
+    id: &Hash,
+) -> Result<Option<Manifest>, StoreError> {
+    let txn = inner.db.begin_read().map_err(StoreError::db)?;
+    let manifests = txn.open_table(MANIFESTS).map_err(StoreError::db)?;
+    let Some(bytes) = manifests.get(&id.0).map_err(StoreError::db)? else {
+        return Ok(None);
+    };
+    Manifest::decode(bytes.value())
+        .map(Some)
+        .map_err(|_| StoreError::Corrupt {
+            what: "undecodable manifest",
+            id: *id,
+        })
+}
+
 /// Looks up a file's manifest by SHA-256.
 pub(crate) fn load_manifest(
     inner: &Inner,

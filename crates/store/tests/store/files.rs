@@ -31,9 +31,11 @@ fn import_read_round_trip() {
         let (mid, manifest) = store.manifest(&info.sha256).unwrap();
         assert_eq!(mid, info.manifest_id);
         assert_eq!(manifest.chunks.len(), info.chunks);
+        assert_eq!(store.manifest_by_id(&mid).unwrap(), Some(manifest));
         assert_eq!(read_all(&store, &info.sha256), data);
     }
     assert!(!store.has(&Sha256([0; 32])).unwrap());
+    assert_eq!(store.manifest_by_id(&Hash([0; 32])).unwrap(), None);
     assert!(matches!(
         store.open_file(&Sha256([0; 32])),
         Err(StoreError::NotFound { .. })
