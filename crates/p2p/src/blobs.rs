@@ -91,6 +91,19 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn corrupt(&self) -> Option<usize>;
 }
 
+impl GetError {
+    /// The same failure, counting `earlier` good bytes (of a batch's earlier chunks) too.
+    fn after(self, earlier: u64) -> Self {
+        match self {
+            Self::Bad { bytes, reason } => Self::Bad {
+                bytes: earlier + bytes,
+                reason,
+            },
+            failed => failed,
+        }
+    }
+}
+
 /// Why a [`Blobs::get`] failed.
 #[derive(Debug)]
 pub(crate) enum GetError {
@@ -395,58 +408,9 @@ async fn get_many(
         let (content, size) = header.next().await.map_err(|e| {
             GetError::Failed(format!("chunk {} of the batch not served: {e}", index - 1))
         })?;
-        if size != u64::from(chunk.len) {
-            return Err(GetError::Bad {
-                bytes,
-                reason: format!(
-                    "chunk {} announced as {size} bytes, not {}",
-                    chunk.id, chunk.len
-                ),
-            });
-        }
-        // Group by group: each leaf is checked against the chunk id before it is handed over.
-        let mut data = Vec::with_capacity(chunk.len as usize);
-        let mut content = content;
-        let end = loop {
-            match content.next().await {
-                fsm::BlobContentNext::More((next, item)) => {
-                    match item {
-                        Ok(bao_tree::io::BaoContentItem::Leaf(leaf)) => {
-                            if data.len() + leaf.data.len() > chunk.len as usize {
-                                return Err(GetError::Bad {
-                                    bytes: bytes + data.len() as u64,
-                                    reason: format!("chunk {} is longer than announced", chunk.id),
-                                });
-                            }
-                            data.extend_from_slice(&leaf.data);
-                        }
-                        Ok(bao_tree::io::BaoContentItem::Parent(_)) => {}
-                        Err(
-                            e @ (fsm::DecodeError::LeafHashMismatch { .. }
-                            | fsm::DecodeError::ParentHashMismatch { .. }),
-                        ) => {
-                            return Err(GetError::Bad {
-                                bytes: bytes + data.len() as u64,
-                                reason: format!(
-                                    "chunk {} failed verification after {} good bytes: {e}",
-                                    chunk.id,
-                                    data.len()
-                                ),
-                            });
-                        }
-                        Err(e) => return Err(GetError::Failed(format!("chunk {}: {e}", chunk.id))),
-                    }
-                    content = next;
-                }
-                fsm::BlobContentNext::Done(end) => break end,
-            }
-        };
-        if data.len() != chunk.len as usize {
-            return Err(GetError::Failed(format!(
-                "chunk {} arrived short",
-                chunk.id
-            )));
-        }
+        let (end, data) = read_verified(content, size, u64::from(chunk.len), &chunk.id)
+            .await
+            .map_err(|e| e.after(bytes))?;
         bytes += data.len() as u64;
         out.push(data);
         match end.next() {
@@ -467,6 +431,62 @@ async fn get_many(
     Ok(out)
 }
 
+/// Reads one blob the provider announced as `announced` bytes, where `size` were expected,
+/// leaf by leaf: every 16 KiB group is checked against the blob's hash by iroh-blobs' state
+/// machine before it is kept. A wrong size or a group that fails is `Bad`, counting the good
+/// bytes before it; `what` names the blob in errors.
+async fn read_verified(
+    mut content: fsm::AtBlobContent,
+    announced: u64,
+    size: u64,
+    what: &(dyn std::fmt::Display + Sync),
+) -> Result<(fsm::AtEndBlob, Vec<u8>), GetError> {
+    if announced != size {
+        return Err(GetError::Bad {
+            bytes: 0,
+            reason: format!("{what} announced as {announced} bytes, not {size}"),
+        });
+    }
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let end = loop {
+        match content.next().await {
+            fsm::BlobContentNext::More((next, item)) => {
+                match item {
+                    Ok(bao_tree::io::BaoContentItem::Leaf(leaf)) => {
+                        if (data.len() + leaf.data.len()) as u64 > size {
+                            return Err(GetError::Bad {
+                                bytes: data.len() as u64,
+                                reason: format!("{what} is longer than announced"),
+                            });
+                        }
+                        data.extend_from_slice(&leaf.data);
+                    }
+                    Ok(bao_tree::io::BaoContentItem::Parent(_)) => {}
+                    Err(
+                        e @ (fsm::DecodeError::LeafHashMismatch { .. }
+                        | fsm::DecodeError::ParentHashMismatch { .. }),
+                    ) => {
+                        return Err(GetError::Bad {
+                            bytes: data.len() as u64,
+                            reason: format!(
+                                "{what} failed verification after {} good bytes: {e}",
+                                data.len()
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(GetError::Failed(format!("{what}: {e}"))),
+                }
+                content = next;
+            }
+            fsm::BlobContentNext::Done(end) => break end,
+        }
+    };
+    if data.len() as u64 != size {
+        return Err(GetError::Failed(format!("{what} arrived short")));
+    }
+    Ok((end, data))
+}
+
 /// One `Get` of a whole blob (a pack) on a fresh stream of `connection`.
 async fn get_one(connection: Connection, hash: [u8; 32], size: u64) -> Result<Vec<u8>, GetError> {
     let hash = iroh_blobs::Hash::from_bytes(hash);
@@ -485,47 +505,7 @@ async fn get_one(connection: Connection, hash: [u8; 32], size: u64) -> Result<Ve
         .next()
         .await
         .map_err(|e| GetError::Failed(format!("pack not served: {e}")))?;
-    if announced != size {
-        return Err(GetError::Bad {
-            bytes: 0,
-            reason: format!("pack announced as {announced} bytes, not {size}"),
-        });
-    }
-    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    let mut content = content;
-    let end = loop {
-        match content.next().await {
-            fsm::BlobContentNext::More((next, item)) => {
-                match item {
-                    Ok(bao_tree::io::BaoContentItem::Leaf(leaf)) => {
-                        data.extend_from_slice(&leaf.data);
-                        if data.len() as u64 > size {
-                            return Err(GetError::Bad {
-                                bytes: size,
-                                reason: "pack longer than announced".into(),
-                            });
-                        }
-                    }
-                    Ok(bao_tree::io::BaoContentItem::Parent(_)) => {}
-                    Err(
-                        e @ (fsm::DecodeError::LeafHashMismatch { .. }
-                        | fsm::DecodeError::ParentHashMismatch { .. }),
-                    ) => {
-                        return Err(GetError::Bad {
-                            bytes: data.len() as u64,
-                            reason: format!("pack failed verification: {e}"),
-                        });
-                    }
-                    Err(e) => return Err(GetError::Failed(format!("pack: {e}"))),
-                }
-                content = next;
-            }
-            fsm::BlobContentNext::Done(end) => break end,
-        }
-    };
-    if data.len() as u64 != size {
-        return Err(GetError::Failed("pack arrived short".into()));
-    }
+    let (end, data) = read_verified(content, announced, size, &"pack").await?;
     if let fsm::EndBlobNext::Closing(closing) = end.next() {
         let _ = closing.next().await;
     }
