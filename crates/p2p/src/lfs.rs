@@ -750,29 +750,6 @@ enum Batch {
     Failed(String),
 }
 
-/// Where `peer`'s blob endpoint listens: remembered, or asked over `/hubmesh/blocks/1`.
-/// Empty for a peer without one (or one that cannot say): it is asked again once it
-/// reconnects.
-pub(crate) async fn blob_addrs_of(
-    p2p: &P2p,
-    blobs: &crate::blobs::Blobs,
-    peer: PeerId,
-) -> Vec<std::net::SocketAddr> {
-    if let Some(addrs) = blobs.addrs_of(&peer) {
-        return addrs;
-    }
-    let addrs = match p2p.fetch_blocks(peer, BlockRequest::Blobs).await {
-        Ok(BlockResponse::Blobs(addrs)) => addrs,
-        Ok(_) => Vec::new(),
-        Err(error) => {
-            tracing::debug!(%peer, %error, "no blob endpoint address; using libp2p");
-            Vec::new()
-        }
-    };
-    blobs.learn(peer, addrs.clone());
-    addrs
-}
-
 /// Asks `peer` for chunks `first..first + wanted.len()` of a file: over the blob endpoint
 /// when both sides run one (learning where the peer's listens on first use), else over
 /// `/hubmesh/blocks/1`.
@@ -785,7 +762,7 @@ async fn fetch_batch(
     wanted: &[ChunkRef],
 ) -> Batch {
     if let Some(blobs) = &p2p.blobs {
-        let addrs = blob_addrs_of(p2p, blobs, peer).await;
+        let addrs = p2p.blob_addrs_of(blobs, peer).await;
         if !addrs.is_empty() {
             return match blobs.get(peer, &addrs, &manifest_id, wanted).await {
                 Ok(chunks) => {

@@ -1400,7 +1400,7 @@ async fn fetch_pack_blob(
         .blobs
         .as_deref()
         .ok_or("offered a blob without a blob endpoint")?;
-    let addrs = crate::lfs::blob_addrs_of(&ctx.p2p, blobs, peer).await;
+    let addrs = ctx.p2p.blob_addrs_of(blobs, peer).await;
     if addrs.is_empty() {
         return Err("no address of its blob endpoint".into());
     }

@@ -492,6 +492,29 @@ impl P2p {
         addrs
     }
 
+    /// Where `peer`'s blob endpoint listens: remembered, or asked over `/hubmesh/blocks/1`.
+    /// Empty for a peer without one (or one that cannot say): it is asked again once it
+    /// reconnects.
+    pub(crate) async fn blob_addrs_of(
+        &self,
+        blobs: &crate::blobs::Blobs,
+        peer: PeerId,
+    ) -> Vec<std::net::SocketAddr> {
+        if let Some(addrs) = blobs.addrs_of(&peer) {
+            return addrs;
+        }
+        let addrs = match self.fetch_blocks(peer, BlockRequest::Blobs).await {
+            Ok(BlockResponse::Blobs(addrs)) => addrs,
+            Ok(_) => Vec::new(),
+            Err(error) => {
+                tracing::debug!(%peer, %error, "no blob endpoint address; using libp2p");
+                Vec::new()
+            }
+        };
+        blobs.learn(peer, addrs.clone());
+        addrs
+    }
+
     /// Chunks or manifests from peers that failed verification so far.
     pub fn chunks_rejected(&self) -> u64 {
         self.counters.chunks_rejected.load(Ordering::Relaxed)
