@@ -181,11 +181,7 @@ def test_lfs_content_replicates_verified_and_once(node_factory, tmp_path):
 
     # After a restart nothing is fetched again; the store is clean.
     assert b.terminate() == 0
-    fsck = subprocess.run(
-        [str(hubmesh_bin()), "store", "fsck", "--data", str(b.data)],
-        capture_output=True, text=True,
-    )
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert_store_clean(b)
     b2 = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
     got = hf_hub_download(
         "alice/weights", "model.safetensors", endpoint=b2.url, cache_dir=tmp_path / "c3",
@@ -262,8 +258,13 @@ def test_an_honest_and_a_corrupt_provider_the_download_completes(
     assert counters["chunks_rejected"] >= 1
     assert counters["blob_bytes_received"] == counters["chunk_bytes_received"]
     assert d.terminate() == 0
+    assert_store_clean(d)
+
+
+def assert_store_clean(node):
+    """`hubmesh store fsck` on a stopped node's data directory finds nothing wrong."""
     fsck = subprocess.run(
-        [str(hubmesh_bin()), "store", "fsck", "--data", str(d.data)],
+        [str(hubmesh_bin()), "store", "fsck", "--data", str(node.data)],
         capture_output=True, text=True,
     )
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -428,11 +429,7 @@ def test_a_seeder_killed_mid_fetch_resumes_without_fetching_it_all_again(
     assert seen["counters"]["lfs_objects_fetched"] == 0, "fetched before the kill: too fast"
     assert 0 < first_run < len(weights), first_run
     # The killed fetch left the store consistent, and its verified chunks in a spool.
-    fsck = subprocess.run(
-        [str(hubmesh_bin()), "store", "fsck", "--data", str(b.data)],
-        capture_output=True, text=True,
-    )
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert_store_clean(b)
     partial = b.data / "store" / "partial"
     assert [p.suffix for p in partial.iterdir()] == [".part"]
 
@@ -455,11 +452,7 @@ def test_a_seeder_killed_mid_fetch_resumes_without_fetching_it_all_again(
     # The spool went with the completed import; the store is clean.
     assert list(partial.iterdir()) == []
     assert b2.terminate() == 0
-    fsck = subprocess.run(
-        [str(hubmesh_bin()), "store", "fsck", "--data", str(b2.data)],
-        capture_output=True, text=True,
-    )
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert_store_clean(b2)
 
 
 def test_a_multi_source_fetch_survives_a_seeder_killed_mid_download(node_factory, tmp_path):

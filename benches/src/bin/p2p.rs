@@ -607,55 +607,39 @@ print(api.model_info(sys.argv[3]).sha)
         bail!("B serves {sha_b}, not {sha256}");
     }
 
-    // (c) Fresh seeders from A and B at once, then (B stopped) from A alone.
-    let mut two = Vec::new();
-    for i in 0..a.reps {
-        let (c, rep) = replicate(
-            a,
-            "C",
-            &format!("C from A + B (#{})", i + 1),
-            &[&node_a, &node_b],
-            &commit,
-            size,
-            &[],
-        )?;
-        if i == 0 && sha256_url(&url(&c))? != sha256 {
-            bail!("C serves other bytes");
+    // `a.reps` fresh seeders in a row, each stopped before the next; the first one's gateway
+    // must serve the uploaded bytes when `check` is set.
+    let series = |name: &'static str,
+                  label: &str,
+                  sources: &[&Node],
+                  flags: &[&'static str],
+                  check: bool|
+     -> Result<Vec<Replication>> {
+        let mut reps = Vec::new();
+        for i in 0..a.reps {
+            let label = format!("{label} (#{})", i + 1);
+            let (node, rep) = replicate(a, name, &label, sources, &commit, size, flags)?;
+            if check && i == 0 && sha256_url(&url(&node))? != sha256 {
+                bail!("{name} serves other bytes");
+            }
+            node.stop()?;
+            reps.push(rep);
         }
-        c.stop()?;
-        two.push(rep);
-    }
+        Ok(reps)
+    };
+    // (c) Fresh seeders from A and B at once, then (B stopped) from A alone.
+    let two = series("C", "C from A + B", &[&node_a, &node_b], &[], true)?;
     node_b.stop()?;
-    let mut one = Vec::new();
-    for i in 0..a.reps {
-        let (d, rep) = replicate(
-            a,
-            "D",
-            &format!("D from A alone (#{})", i + 1),
-            &[&node_a],
-            &commit,
-            size,
-            &[],
-        )?;
-        d.stop()?;
-        one.push(rep);
-    }
+    let one = series("D", "D from A alone", &[&node_a], &[], false)?;
     // (d) The other data plane: E from A alone with `--no-blobs` (chunks over libp2p
-    // request-response), alternating with nothing else running.
-    let mut libp2p = Vec::new();
-    for i in 0..a.reps {
-        let (e, rep) = replicate(
-            a,
-            "E",
-            &format!("E from A alone, --no-blobs (#{})", i + 1),
-            &[&node_a],
-            &commit,
-            size,
-            &["--no-blobs"],
-        )?;
-        e.stop()?;
-        libp2p.push(rep);
-    }
+    // request-response), after the D runs.
+    let libp2p = series(
+        "E",
+        "E from A alone, --no-blobs",
+        &[&node_a],
+        &["--no-blobs"],
+        false,
+    )?;
     node_a.stop()?;
 
     let load_end = loadavg();
