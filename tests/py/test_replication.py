@@ -139,10 +139,7 @@ def test_lfs_content_replicates_verified_and_once(node_factory, tmp_path):
         return status == 200 and body["lfs"]["fetched"] == 1 and body["lfs"]["missing"] == 0
 
     wait_for("the LFS object to replicate", fetched, b)
-    got = hf_hub_download(
-        "alice/weights", "model.safetensors", endpoint=b.url, cache_dir=tmp_path / "c", token=False
-    )
-    assert open(got, "rb").read() == weights
+    assert_downloads(b, "alice/weights", weights, tmp_path / "c")
 
     # Bytes on the wire: about the file, once.
     received = mesh_peers(b)["counters"]["chunk_bytes_received"]
@@ -183,11 +180,7 @@ def test_lfs_content_replicates_verified_and_once(node_factory, tmp_path):
     assert b.terminate() == 0
     assert_store_clean(b)
     b2 = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
-    got = hf_hub_download(
-        "alice/weights", "model.safetensors", endpoint=b2.url, cache_dir=tmp_path / "c3",
-        token=False,
-    )
-    assert open(got, "rb").read() == weights
+    assert_downloads(b2, "alice/weights", weights, tmp_path / "c3")
     assert mesh_peers(b2)["counters"]["chunk_bytes_received"] == 0
 
 
@@ -243,9 +236,7 @@ def test_an_honest_and_a_corrupt_provider_the_download_completes(
                      "--seed", "alice/*")
     wait_for_sha(d, "alice/mixed", sha)
     lfs_settled(d, "alice/mixed", 1)
-    got = hf_hub_download("alice/mixed", "model.safetensors", endpoint=d.url,
-                          cache_dir=tmp_path / "d", token=False)
-    assert open(got, "rb").read() == weights
+    assert_downloads(d, "alice/mixed", weights, tmp_path / "d")
 
     body = mesh_peers(d)
     peers = {p["peer_id"]: p for p in body["peers"]}
@@ -259,6 +250,13 @@ def test_an_honest_and_a_corrupt_provider_the_download_completes(
     assert counters["blob_bytes_received"] == counters["chunk_bytes_received"]
     assert d.terminate() == 0
     assert_store_clean(d)
+
+
+def assert_downloads(node, repo, data, cache_dir):
+    """`hf_hub_download` of the repo's model.safetensors from `node`'s gateway gives `data`."""
+    got = hf_hub_download(repo, "model.safetensors", endpoint=node.url, cache_dir=cache_dir,
+                          token=False)
+    assert open(got, "rb").read() == data
 
 
 def assert_store_clean(node):
@@ -318,9 +316,7 @@ def test_line_topology_replicates_through_the_middle_node(node_factory, tmp_path
     wait_for_sha(c, "alice/line", sha)
     lfs_settled(c, "alice/line", 1)
 
-    got = hf_hub_download("alice/line", "model.safetensors", endpoint=c.url,
-                          cache_dir=tmp_path / "c1", token=False)
-    assert open(got, "rb").read() == weights
+    assert_downloads(c, "alice/line", weights, tmp_path / "c1")
     snap = snapshot_download("alice/line", endpoint=c.url, cache_dir=tmp_path / "c2",
                              token=False)
     for path, data in [("model.safetensors", weights), ("config.json", FILES["config.json"]),
@@ -343,9 +339,7 @@ def test_line_topology_replicates_through_the_middle_node(node_factory, tmp_path
     sha2 = api.model_info("alice/line").sha
     wait_for_sha(c, "alice/line", sha2)
     lfs_settled(c, "alice/line", 2)
-    got = hf_hub_download("alice/line", "model.safetensors", endpoint=c.url,
-                          cache_dir=tmp_path / "c3", token=False)
-    assert open(got, "rb").read() == weights2
+    assert_downloads(c, "alice/line", weights2, tmp_path / "c3")
     delta = mesh_peers(c)["counters"]["chunk_bytes_received"] - before
     assert 0 < delta < len(weights2) * 0.25, (delta, len(weights2))
     assert mesh_peers(c)["counters"]["chunks_rejected"] == 0
@@ -377,9 +371,7 @@ def test_a_late_node_fetches_from_several_seeders_at_once(node_factory, tmp_path
     d = node_factory("d", "--bootstrap", c.info["p2p"][0], "--seed", "alice/*")
     wait_for_sha(d, "alice/multi", sha)
     lfs_settled(d, "alice/multi", 1)
-    got = hf_hub_download("alice/multi", "model.safetensors", endpoint=d.url,
-                          cache_dir=tmp_path / "d", token=False)
-    assert open(got, "rb").read() == weights
+    assert_downloads(d, "alice/multi", weights, tmp_path / "d")
     by_peer = {p["peer_id"]: p["chunk_bytes_received"] for p in mesh_peers(d)["peers"]}
     from_b, from_c = by_peer.get(b.info["peer_id"], 0), by_peer.get(c.info["peer_id"], 0)
     assert from_b > 0 and from_c > 0, by_peer
@@ -436,9 +428,7 @@ def test_a_seeder_killed_mid_fetch_resumes_without_fetching_it_all_again(
     b2 = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
     wait_for_sha(b2, "alice/resume", sha)
     lfs_settled(b2, "alice/resume", 1)
-    got = hf_hub_download("alice/resume", "model.safetensors", endpoint=b2.url,
-                          cache_dir=tmp_path / "b", token=False)
-    assert open(got, "rb").read() == weights
+    assert_downloads(b2, "alice/resume", weights, tmp_path / "b")
     counters = mesh_peers(b2)["counters"]
     assert counters["chunks_rejected"] == 0
     second_run = counters["chunk_bytes_received"]
@@ -477,9 +467,7 @@ def test_a_multi_source_fetch_survives_a_seeder_killed_mid_download(node_factory
     assert at_kill < len(weights), at_kill
 
     lfs_settled(d, "alice/survive", 1)
-    got = hf_hub_download("alice/survive", "model.safetensors", endpoint=d.url,
-                          cache_dir=tmp_path / "d", token=False)
-    assert open(got, "rb").read() == weights
+    assert_downloads(d, "alice/survive", weights, tmp_path / "d")
     counters = mesh_peers(d)["counters"]
     assert counters["chunks_rejected"] == 0
     assert counters["chunk_bytes_received"] > at_kill, "nothing arrived after the kill"
