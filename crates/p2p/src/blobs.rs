@@ -185,37 +185,30 @@ impl Blobs {
         let _ = self.source.set(source);
     }
 
-    /// The socket addresses peers can reach this endpoint at (at most [`MAX_BLOB_ADDRS`]).
-    pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
-        let bound = self.endpoint.bound_sockets();
-        let mut addrs: Vec<SocketAddr> = bound
-            .iter()
-            .copied()
-            .filter(|a| !a.ip().is_unspecified())
-            .collect();
-        if addrs.len() < bound.len() {
-            // Bound to every interface: the addresses the endpoint found for itself.
-            addrs.extend(
-                self.endpoint
-                    .addr()
-                    .ip_addrs()
+    /// The socket addresses peers can reach this endpoint at (at most [`MAX_BLOB_ADDRS`]):
+    /// its bound sockets, a socket bound to every interface once per address in
+    /// `interfaces` of its family (the swarm's listen addresses).
+    pub(crate) fn local_addrs(&self, interfaces: &[IpAddr]) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for bound in self.endpoint.bound_sockets() {
+            let ips: Vec<IpAddr> = if bound.ip().is_unspecified() {
+                interfaces
+                    .iter()
                     .copied()
-                    .filter(|a| !a.ip().is_unspecified()),
-            );
+                    .filter(|ip| ip.is_ipv4() == bound.is_ipv4() && !ip.is_unspecified())
+                    .collect()
+            } else {
+                vec![bound.ip()]
+            };
+            for ip in ips {
+                let addr = SocketAddr::new(ip, bound.port());
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
         }
-        addrs.dedup();
         addrs.truncate(MAX_BLOB_ADDRS);
         addrs
-    }
-
-    /// The port of a socket bound to every interface of `ip`'s family (`None` when the
-    /// endpoint is bound to a specific address), for addresses the swarm knows it has.
-    pub(crate) fn wildcard_port(&self, ip: &IpAddr) -> Option<u16> {
-        self.endpoint
-            .bound_sockets()
-            .iter()
-            .find(|a| a.ip().is_unspecified() && a.is_ipv4() == ip.is_ipv4())
-            .map(SocketAddr::port)
     }
 
     /// Where `peer`'s endpoint listens, if it was learned (`Some(empty)`: it has none).
@@ -903,7 +896,7 @@ mod tests {
         let a = Blobs::bind(secret_a, loopback).await.unwrap();
         let b = Blobs::bind(secret_b, loopback).await.unwrap();
         let provider = peer_of_secret(secret_a);
-        let addrs = a.local_addrs();
+        let addrs = a.local_addrs(&[]);
         assert!(
             !addrs.is_empty() && addrs.iter().all(|a| a.ip() == loopback),
             "{addrs:?}"

@@ -468,28 +468,7 @@ impl P2p {
         let Some(blobs) = &self.blobs else {
             return Vec::new();
         };
-        let mut addrs = blobs.local_addrs();
-        // Bound to every interface: also the interface addresses the swarm listens on
-        // (iroh reports no loopback address, for one).
-        let listen_ips = self
-            .listen_addrs
-            .iter()
-            .flat_map(|a| a.iter())
-            .filter_map(|p| match p {
-                libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-                libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-                _ => None,
-            });
-        for ip in listen_ips {
-            if let Some(port) = blobs.wildcard_port(&ip) {
-                let addr = std::net::SocketAddr::new(ip, port);
-                if !addrs.contains(&addr) {
-                    addrs.push(addr);
-                }
-            }
-        }
-        addrs.truncate(hub_protocol::blocks::MAX_BLOB_ADDRS);
-        addrs
+        blobs.local_addrs(&ip_addrs(&self.listen_addrs))
     }
 
     /// Where `peer`'s blob endpoint listens: remembered, or asked over `/hubmesh/blocks/1`.
@@ -881,18 +860,26 @@ fn key_secret(key: &Keypair) -> Option<[u8; 32]> {
     ed.secret().as_ref().try_into().ok()
 }
 
-/// Where the blob endpoint binds: the address of the first IP listen address (so a node
-/// listening on loopback only stays on loopback), else every IPv4 interface.
-fn blob_ip(listen: &[Multiaddr]) -> std::net::IpAddr {
+/// The IP addresses in `addrs`, in order.
+fn ip_addrs(addrs: &[Multiaddr]) -> Vec<std::net::IpAddr> {
     use libp2p::multiaddr::Protocol;
-    listen
+    addrs
         .iter()
         .flat_map(|a| a.iter())
-        .find_map(|p| match p {
+        .filter_map(|p| match p {
             Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
             Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
             _ => None,
         })
+        .collect()
+}
+
+/// Where the blob endpoint binds: the address of the first IP listen address (so a node
+/// listening on loopback only stays on loopback), else every IPv4 interface.
+fn blob_ip(listen: &[Multiaddr]) -> std::net::IpAddr {
+    ip_addrs(listen)
+        .first()
+        .copied()
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
