@@ -18,15 +18,14 @@
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::routes::require_auth;
+use crate::extract::SiteAdmin;
+use crate::util::parse_json;
+use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{delete, get, post};
-use axum::{Json, http::HeaderMap};
-use hub_auth::{
-    AuthError, AuthStore, Grant, GrantTarget, Permissions, Principal, Role, Scope, TokenRecord,
-};
+use hub_auth::{AuthError, AuthStore, Grant, GrantTarget, Permissions, Role, Scope, TokenRecord};
 use hub_protocol::name::Name;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -46,17 +45,6 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/admin/tokens", post(create_token))
         .route("/api/admin/tokens/{id}", delete(revoke_token))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-}
-
-/// The caller, who must be a site admin using a coarse write token.
-async fn require_site_admin(state: &AppState, headers: &HeaderMap) -> Result<Principal, AppError> {
-    let principal = require_auth(state, headers).await?;
-    if !principal.user.site_admin || !principal.token.is_coarse_write() {
-        return Err(AppError::Forbidden(
-            "site administration needs a site admin's write token".into(),
-        ));
-    }
-    Ok(principal)
 }
 
 /// Runs `f` on the account store off the async executor.
@@ -82,11 +70,6 @@ fn admin_error(e: AuthError) -> AppError {
         AuthError::NoSuchToken { .. } => AppError::NotFound,
         other => AppError::internal(other),
     }
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn parse_name(name: &str) -> Result<Name, AppError> {
@@ -117,11 +100,10 @@ impl NamedBody {
 /// `POST /api/admin/users`.
 async fn create_user(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SiteAdmin(admin): SiteAdmin,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let admin = require_site_admin(&state, &headers).await?;
-    let body: NamedBody = parse_body(&body)?;
+    let body: NamedBody = parse_json(&body)?;
     let name = parse_name(&body.name)?;
     let fullname = body.fullname()?;
     let user = with_store(&state, move |s| s.create_user(&name, fullname.as_deref())).await?;
@@ -137,11 +119,10 @@ async fn create_user(
 /// `POST /api/admin/orgs`.
 async fn create_org(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SiteAdmin(admin): SiteAdmin,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let admin = require_site_admin(&state, &headers).await?;
-    let body: NamedBody = parse_body(&body)?;
+    let body: NamedBody = parse_json(&body)?;
     let name = parse_name(&body.name)?;
     let fullname = body.fullname()?;
     let org = with_store(&state, move |s| s.create_org(&name, fullname.as_deref())).await?;
@@ -163,12 +144,11 @@ struct MemberBody {
 /// `POST /api/admin/orgs/{org}/members`.
 async fn add_member(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SiteAdmin(admin): SiteAdmin,
     Path(org): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let admin = require_site_admin(&state, &headers).await?;
-    let body: MemberBody = parse_body(&body)?;
+    let body: MemberBody = parse_json(&body)?;
     let role: Role = body
         .role
         .parse()
@@ -263,11 +243,10 @@ fn token_json(t: &TokenRecord) -> Value {
 /// `POST /api/admin/tokens`: the only answer that ever carries a token's secret.
 async fn create_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SiteAdmin(admin): SiteAdmin,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let admin = require_site_admin(&state, &headers).await?;
-    let body: TokenBody = parse_body(&body)?;
+    let body: TokenBody = parse_json(&body)?;
     let permissions = body.permissions()?;
     let display_name = body
         .display_name
@@ -287,10 +266,9 @@ async fn create_token(
 /// `GET /api/admin/users/{name}/tokens`.
 async fn list_tokens(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: SiteAdmin,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    require_site_admin(&state, &headers).await?;
     let tokens = with_store(&state, move |s| {
         Ok(match s.user(&name)? {
             Some(_) => Some(s.list_tokens(&name)?),
@@ -305,10 +283,9 @@ async fn list_tokens(
 /// `DELETE /api/admin/tokens/{id}`.
 async fn revoke_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SiteAdmin(admin): SiteAdmin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    let admin = require_site_admin(&state, &headers).await?;
     let record = with_store(&state, move |s| s.revoke_token(&id)).await?;
     tracing::info!(admin = %admin.user.name, user = %record.user, token_id = %record.id, "token revoked");
     let mut out = token_json(&record);

@@ -3,11 +3,12 @@
 //! statuses, headers and bodies and run in milliseconds.
 
 use crate::GatewayConfig;
-use crate::testing::{Fixture, Reply, fixture, fixture_with, send};
+use crate::testing::{Fixture, Reply, fixture, fixture_with, fixture_with_mesh, send};
 use base64::Engine;
 use hub_auth::{Permissions, Scope};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 const UA_2X: (&str, &str) = ("user-agent", "huggingface_hub/2.4.0; python/3.11.7");
 const UA_0X: (&str, &str) = ("user-agent", "unknown/None; hf_hub/0.36.2; python/3.11.7");
@@ -1448,4 +1449,564 @@ async fn knowing_a_hash_is_not_having_the_content() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+// ---- hub-core's rules, seen through the router -----------------------------------------------
+
+fn org_member(f: &Fixture, org: &str, user: &str, role: hub_auth::Role) -> String {
+    let auth = f.state.auth();
+    if auth.org(org).unwrap().is_none() {
+        auth.create_org(&hub_protocol::name::Name::new(org).unwrap(), None)
+            .unwrap();
+    }
+    let t = token(f, user, Scope::Write);
+    auth.set_member(org, user, role).unwrap();
+    t
+}
+
+async fn json_call(f: &Fixture, method: &str, uri: &str, token: &str, body: Value) -> Reply {
+    send(
+        &f.app,
+        method,
+        uri,
+        Some(token),
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn writes_to_a_namespace_hosted_elsewhere_are_refused_by_name_and_fetch_nothing() {
+    let mesh = Arc::new(hub_core::FakeMesh::new());
+    let f = fixture_with_mesh(mesh.clone()).await;
+    mesh.host_elsewhere("bob", &["12D3KooWHost"]);
+    let hosted = |r: &Reply| {
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.header("x-error-code"), Some("NamespaceHostedElsewhere"));
+        assert!(r.text().contains("12D3KooWHost"), "{}", r.text());
+    };
+    let r = json_call(
+        &f,
+        "POST",
+        "/api/repos/create",
+        &f.admin,
+        json!({"name": "x", "organization": "bob"}),
+    )
+    .await;
+    hosted(&r);
+    hosted(
+        &commit(
+            &f,
+            "bob/x",
+            "main",
+            &[header_line(), file_line("a.txt", b"a")],
+        )
+        .await,
+    );
+    hosted(
+        &json_call(
+            &f,
+            "DELETE",
+            "/api/repos/delete",
+            &f.admin,
+            json!({"name": "x", "organization": "bob"}),
+        )
+        .await,
+    );
+    hosted(
+        &json_call(
+            &f,
+            "POST",
+            "/api/models/bob/x/branch/dev",
+            &f.admin,
+            json!({}),
+        )
+        .await,
+    );
+    hosted(
+        &json_call(
+            &f,
+            "PUT",
+            "/api/models/bob/x/settings",
+            &f.admin,
+            json!({"private": true}),
+        )
+        .await,
+    );
+    let batch = json!({"operation": "upload", "transfers": ["basic"], "objects": [{"oid": sha256_hex(b"x"), "size": 1}]});
+    hosted(
+        &json_call(
+            &f,
+            "POST",
+            "/bob/x.git/info/lfs/objects/batch",
+            &f.admin,
+            batch,
+        )
+        .await,
+    );
+    // Moving a repo of this node into that namespace is refused the same way.
+    assert_eq!(create(&f, "mine", json!({})).await.status, 200);
+    hosted(
+        &json_call(
+            &f,
+            "POST",
+            "/api/repos/move",
+            &f.admin,
+            json!({"fromRepo": "admin/mine", "toRepo": "bob/mine"}),
+        )
+        .await,
+    );
+    assert!(
+        mesh.ensured().is_empty(),
+        "a write fetched {:?} from the mesh",
+        mesh.ensured()
+    );
+}
+
+#[tokio::test]
+async fn reads_fetch_announced_repos_on_demand_once() {
+    let mesh = Arc::new(hub_core::FakeMesh::new());
+    let f = fixture_with_mesh(mesh.clone()).await;
+    let id =
+        hub_protocol::repo::RepoId::parse(hub_protocol::repo::RepoType::Model, "carol/m").unwrap();
+    let repos = f.state.repos().clone();
+    let arriving = id.clone();
+    mesh.announce(
+        &id,
+        Some(Arc::new(move || {
+            let author = hub_repo::Author::new("carol", "carol@users.hubmesh");
+            repos
+                .create_with(&arriving, &author, false)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })),
+    );
+    let r = send(&f.app, "GET", "/api/models/carol/m", None, &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], "carol/m");
+    assert_eq!(mesh.ensured(), vec![id.clone()]);
+    // Held now: no second fetch.
+    assert_eq!(
+        send(&f.app, "GET", "/api/models/carol/m", None, &[], "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(mesh.ensured().len(), 1);
+
+    // Announced but not arrived: a retryable 503; unknown to the mesh: RepoNotFound.
+    let pending =
+        hub_protocol::repo::RepoId::parse(hub_protocol::repo::RepoType::Model, "carol/slow")
+            .unwrap();
+    mesh.announce(&pending, None);
+    let r = send(&f.app, "GET", "/api/models/carol/slow", None, &[], "").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let r = send(&f.app, "GET", "/api/models/carol/none", None, &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-error-code"), Some("RepoNotFound"));
+    assert_eq!(mesh.ensured().len(), 3);
+}
+
+#[tokio::test]
+async fn every_write_tells_the_mesh_after_it_lands() {
+    let mesh = Arc::new(hub_core::FakeMesh::new());
+    let f = fixture_with_mesh(mesh.clone()).await;
+    let id =
+        hub_protocol::repo::RepoId::parse(hub_protocol::repo::RepoType::Model, "admin/m").unwrap();
+    assert_eq!(create(&f, "m", json!({})).await.status, 200);
+    assert_eq!(
+        commit(
+            &f,
+            "admin/m",
+            "main",
+            &[header_line(), file_line("a.txt", b"a")]
+        )
+        .await
+        .status,
+        200
+    );
+    // A refused commit changes nothing and tells nobody.
+    let refused = commit(
+        &f,
+        "admin/m",
+        "main",
+        &[header_line(), file_line("../x", b"a")],
+    )
+    .await;
+    assert!(refused.status.is_client_error());
+    assert_eq!(mesh.changed(), vec![id.clone(), id]);
+}
+
+#[tokio::test]
+async fn org_roles_follow_the_hub_read_contributor_write_admin() {
+    use hub_auth::Role;
+    let f = fixture().await;
+    let admin_t = org_member(&f, "acme", "ada", Role::Admin);
+    let write_t = org_member(&f, "acme", "wes", Role::Write);
+    let contrib_t = org_member(&f, "acme", "cody", Role::Contributor);
+    let read_t = org_member(&f, "acme", "rae", Role::Read);
+    let r = json_call(
+        &f,
+        "POST",
+        "/api/repos/create",
+        &admin_t,
+        json!({"name": "m", "organization": "acme"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = |r: Reply| r.status.as_u16();
+    for (who, t) in [
+        ("admin", &admin_t),
+        ("write", &write_t),
+        ("contributor", &contrib_t),
+    ] {
+        let c = send(
+            &f.app,
+            "POST",
+            "/api/models/acme/m/commit/main",
+            Some(t),
+            &[],
+            ndjson(&[header_line(), file_line(&format!("{who}.txt"), b"x")]),
+        )
+        .await;
+        assert_eq!(c.status, 200, "{who} may add commits: {}", c.text());
+        assert_eq!(
+            status(
+                json_call(
+                    &f,
+                    "POST",
+                    &format!("/api/models/acme/m/branch/{who}"),
+                    t,
+                    json!({})
+                )
+                .await
+            ),
+            200,
+            "{who} creates a branch"
+        );
+        assert_eq!(
+            status(
+                json_call(
+                    &f,
+                    "POST",
+                    "/api/models/acme/m/tag/main",
+                    t,
+                    json!({"tag": format!("t-{who}")})
+                )
+                .await
+            ),
+            200,
+            "{who} creates a tag"
+        );
+    }
+    let c = send(
+        &f.app,
+        "POST",
+        "/api/models/acme/m/commit/main",
+        Some(&read_t),
+        &[],
+        ndjson(&[header_line(), file_line("r.txt", b"x")]),
+    )
+    .await;
+    assert_eq!(c.status, 403, "read may not commit");
+
+    // Deleting branches and tags removes history: write and admin only.
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "DELETE",
+                "/api/models/acme/m/branch/contributor",
+                &contrib_t,
+                json!({})
+            )
+            .await
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "DELETE",
+                "/api/models/acme/m/tag/t-contributor",
+                &contrib_t,
+                json!({})
+            )
+            .await
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "DELETE",
+                "/api/models/acme/m/branch/contributor",
+                &write_t,
+                json!({})
+            )
+            .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "DELETE",
+                "/api/models/acme/m/tag/t-contributor",
+                &write_t,
+                json!({})
+            )
+            .await
+        ),
+        200
+    );
+
+    // Visibility, moves and deletion: admin only.
+    for t in [&contrib_t, &write_t] {
+        assert_eq!(
+            status(
+                json_call(
+                    &f,
+                    "PUT",
+                    "/api/models/acme/m/settings",
+                    t,
+                    json!({"private": true})
+                )
+                .await
+            ),
+            403
+        );
+        assert_eq!(
+            status(
+                json_call(
+                    &f,
+                    "POST",
+                    "/api/repos/move",
+                    t,
+                    json!({"fromRepo": "acme/m", "toRepo": "acme/n"})
+                )
+                .await
+            ),
+            403
+        );
+        assert_eq!(
+            status(
+                json_call(
+                    &f,
+                    "DELETE",
+                    "/api/repos/delete",
+                    t,
+                    json!({"name": "m", "organization": "acme"})
+                )
+                .await
+            ),
+            403
+        );
+    }
+    // Moving an org repo into one's own namespace is a move: refused to a contributor.
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "POST",
+                "/api/repos/move",
+                &contrib_t,
+                json!({"fromRepo": "acme/m", "toRepo": "cody/m"})
+            )
+            .await
+        ),
+        403
+    );
+    let info = send(&f.app, "GET", "/api/models/acme/m", None, &[], "").await;
+    assert_eq!(info.status, 200, "still public and in place");
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "PUT",
+                "/api/models/acme/m/settings",
+                &admin_t,
+                json!({"private": true})
+            )
+            .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "POST",
+                "/api/repos/move",
+                &admin_t,
+                json!({"fromRepo": "acme/m", "toRepo": "acme/n"})
+            )
+            .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            json_call(
+                &f,
+                "DELETE",
+                "/api/repos/delete",
+                &admin_t,
+                json!({"name": "n", "organization": "acme"})
+            )
+            .await
+        ),
+        200
+    );
+}
+
+#[tokio::test]
+async fn listing_applies_a_fine_grained_tokens_scope_per_repo() {
+    let f = fixture().await;
+    let alice = token(&f, "alice", Scope::Write);
+    for (name, private) in [("pub", false), ("priv", true), ("priv2", true)] {
+        let r = json_call(
+            &f,
+            "POST",
+            "/api/repos/create",
+            &alice,
+            json!({"name": name, "private": private}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let c = send(
+            &f.app,
+            "POST",
+            &format!("/api/models/alice/{name}/commit/main"),
+            Some(&alice),
+            &[],
+            ndjson(&[header_line(), file_line("secret-name.txt", b"x")]),
+        )
+        .await;
+        assert_eq!(c.status, 200);
+    }
+    let grant = |target: &str, access| hub_auth::Grant {
+        target: target.parse().unwrap(),
+        access,
+    };
+    let scoped = |grants: Vec<hub_auth::Grant>| {
+        f.state
+            .auth()
+            .create_token("alice", "scoped", Permissions::FineGrained(grants))
+            .unwrap()
+            .1
+            .expose()
+            .to_owned()
+    };
+    let only_pub = scoped(vec![grant("alice/pub", hub_auth::Access::Read)]);
+    let one_priv = scoped(vec![grant("alice/priv", hub_auth::Access::Read)]);
+    let names = |r: Reply| -> Vec<String> {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut v: Vec<String> = r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    for q in ["author=alice", "search=priv", "author=alice&full=true", ""] {
+        let listed = names(
+            send(
+                &f.app,
+                "GET",
+                &format!("/api/models?{q}"),
+                Some(&only_pub),
+                &[],
+                "",
+            )
+            .await,
+        );
+        assert!(
+            !listed.iter().any(|n| n.contains("priv")),
+            "{q}: {listed:?}"
+        );
+        let listed = names(
+            send(
+                &f.app,
+                "GET",
+                &format!("/api/models?{q}"),
+                Some(&one_priv),
+                &[],
+                "",
+            )
+            .await,
+        );
+        assert!(
+            !listed.contains(&"alice/priv2".to_owned()),
+            "{q}: {listed:?}"
+        );
+    }
+    let listed = names(
+        send(
+            &f.app,
+            "GET",
+            "/api/models?author=alice",
+            Some(&one_priv),
+            &[],
+            "",
+        )
+        .await,
+    );
+    assert_eq!(listed, vec!["alice/priv", "alice/pub"]);
+    let listed = names(
+        send(
+            &f.app,
+            "GET",
+            "/api/models?author=alice",
+            Some(&alice),
+            &[],
+            "",
+        )
+        .await,
+    );
+    assert_eq!(listed, vec!["alice/priv", "alice/priv2", "alice/pub"]);
+}
+
+#[tokio::test]
+async fn lfs_batch_answers_anonymous_callers_alike_for_private_and_missing_repos() {
+    let f = fixture().await;
+    assert_eq!(
+        create(&f, "secret", json!({"private": true})).await.status,
+        200
+    );
+    for op in ["download", "upload"] {
+        let body = json!({"operation": op, "transfers": ["basic"], "objects": [{"oid": sha256_hex(b"x"), "size": 1}]}).to_string();
+        let private = send(
+            &f.app,
+            "POST",
+            "/admin/secret.git/info/lfs/objects/batch",
+            None,
+            &[],
+            body.clone(),
+        )
+        .await;
+        let missing = send(
+            &f.app,
+            "POST",
+            "/admin/nothing.git/info/lfs/objects/batch",
+            None,
+            &[],
+            body,
+        )
+        .await;
+        assert_eq!(private.status, 401, "{op}: {}", private.text());
+        assert_eq!(
+            (private.status, private.text()),
+            (missing.status, missing.text()),
+            "{op}"
+        );
+    }
 }

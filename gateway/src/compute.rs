@@ -36,9 +36,9 @@
 //! malformed → gossipsub `Reject`; stale, replayed, rate-limited → `Ignore`).
 
 use crate::AppState;
-use crate::hub::read_access;
+use crate::access::read_access;
+use crate::extract::authenticate;
 use crate::inference::api_error;
-use crate::routes::authenticate;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -780,19 +780,17 @@ async fn fetch_model(
     deadline: Instant,
 ) -> Result<(), String> {
     let started = Instant::now();
-    state
-        .p2p()
-        .ensure_repo(model, deadline.into())
+    let mesh = state.hub().mesh();
+    mesh.ensure_repo(model, deadline.into())
         .await
         .map_err(|e| e.to_string())?;
     for (sha, size) in missing_weights(state, model, revision)
         .await
         .unwrap_or_default()
     {
-        state
-            .p2p()
-            .ensure_lfs(model, sha, size, deadline.into())
-            .await?;
+        mesh.ensure_lfs(model, sha, size, deadline.into())
+            .await
+            .map_err(|e| e.to_string())?;
     }
     tracing::info!(%model, elapsed = ?started.elapsed(), "model fetched from the mesh");
     Ok(())

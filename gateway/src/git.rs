@@ -22,8 +22,8 @@ mod tests;
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::hub::{authorize, blocking, repo_meta};
-use crate::routes::authenticate;
+use crate::extract::authenticate;
+use crate::util::blocking;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -32,6 +32,7 @@ use axum::routing::{MethodRouter, get, post};
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hub_auth::{Access, Decision, Principal};
+use hub_core::{AccessError, Need};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_repo::{Checked, Quarantine, ReceiveError, RefCommand, Rejection};
 use pkt::{PushRequest, flush, write_pkt};
@@ -180,20 +181,15 @@ async fn allow(
     if principal.is_none() && access == Access::Write {
         return Err(anonymous_refusal());
     }
-    if access == Access::Write {
-        // A push to a namespace another node hosts: say where it belongs.
-        crate::hub::hosted_here(state, &id).await?;
-    }
-    let meta = match repo_meta(state, &id).await {
-        Ok(meta) => meta,
-        Err(AppError::RepoNotFound) if principal.is_none() => return Err(anonymous_refusal()),
-        Err(e) => return Err(e),
+    let need = match access {
+        Access::Read => Need::Read,
+        Access::Write => Need::Write,
     };
-    match authorize(state, principal.as_ref(), &id, meta.private, access).await {
-        Ok(()) => {}
-        Err(AppError::RepoNotFound) if principal.is_none() => return Err(anonymous_refusal()),
-        Err(e) => return Err(e),
-    }
+    let meta = match state.hub().access(principal.as_ref(), &id, need).await {
+        Ok(granted) => granted.meta,
+        Err(AccessError::NotFound) if principal.is_none() => return Err(anonymous_refusal()),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Allowed {
         id,
         private: meta.private,
@@ -537,7 +533,7 @@ async fn receive_pack(
     .await?;
     let moved = outcome.unpack.is_ok() && outcome.refs.iter().all(|(_, r)| r.is_ok());
     if moved {
-        crate::hub::reindex(&state, &id).await;
+        state.hub().after_write(&id).await;
     }
     Ok(git_response(
         "application/x-git-receive-pack-result",
@@ -585,19 +581,18 @@ fn receive(
     }
     // An LFS pointer may only name an object uploaded to this repository (the store is
     // shared; a hash alone is no proof of having the content).
-    let (store, repos) = (state.store().clone(), state.repos().clone());
+    let hub = state.hub();
     let mut has_lfs = |hex: &str| {
         hex.parse::<hub_protocol::manifest::Sha256>()
             .ok()
-            .is_some_and(|oid| {
-                repos.has_lfs_object(&allowed.id, &oid.0).unwrap_or(false)
-                    && store.has(&oid).unwrap_or(false)
-            })
+            .is_some_and(|oid| hub.owns_lfs(&allowed.id, &oid).unwrap_or(false))
     };
     let checks = match quarantine.check(commands, &mut has_lfs) {
         Ok(c) => c,
         Err(e) => return unpack_error(&e),
     };
+    // Rewriting history (a non-fast-forward update) and deleting a ref need more than adding
+    // commits: the owner, a site admin, or org role write/admin (`contributor` may not).
     let needs_force = checks.iter().any(|c| {
         matches!(
             c,
@@ -606,7 +601,8 @@ fn receive(
             })
         )
     });
-    let may_force = needs_force
+    let deletes = commands.iter().any(RefCommand::is_delete);
+    let may_force = (needs_force || deletes)
         && matches!(
             state.auth().decide_force_push(
                 allowed.principal.as_ref(),
@@ -617,7 +613,9 @@ fn receive(
         );
     let verdicts: Vec<Result<(), Rejection>> = checks
         .into_iter()
-        .map(|c| match c {
+        .zip(commands)
+        .map(|(c, command)| match c {
+            Ok(_) if command.is_delete() && !may_force => Err(Rejection::DeleteForbidden),
             Ok(Checked {
                 fast_forward: false,
             }) if !may_force => Err(Rejection::NonFastForward),

@@ -12,8 +12,10 @@
 //! Not here yet: the LFS batch API, private repos, listing/search, download counts.
 
 use crate::AppState;
+use crate::access::{access, read_access};
 use crate::error::AppError;
-use crate::routes::{authenticate, require_auth};
+use crate::extract::{authenticate, require_auth};
+use crate::util::{blocking, endpoint, format_date, parse_json, stream_from_store, truthy};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -21,15 +23,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use hub_auth::{Access, Decision, Principal};
+use hub_auth::Principal;
+use hub_core::{Need, Pending};
 use hub_protocol::repo::{RepoId, RepoType, validate_repo_path};
-use hub_repo::{
-    Author, CommitRequest, EntryKind, FileContent, LfsPointer, LfsRules, Operation, TreeEntry,
-};
+use hub_repo::{Author, CommitRequest, EntryKind, LfsRules, Operation, TreeEntry};
 use hub_store::Sha256;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
 /// Largest NDJSON commit body (inline content is base64 in it; big lines stream to the store).
@@ -42,8 +42,6 @@ const MAX_SMALL_BODY: usize = 1024 * 1024;
 const TREE_PAGE: usize = 1000;
 /// Commits per page.
 const COMMITS_PAGE: usize = 50;
-/// Chunk size of streamed file bodies.
-const STREAM_CHUNK: usize = 1024 * 1024;
 
 pub(crate) fn routes() -> Router<AppState> {
     let repo = "/api/{kind}/{ns}/{name}";
@@ -116,40 +114,6 @@ impl RepoPath {
     }
 }
 
-/// The one hook after every successful write to a repository (create, commit, settings,
-/// branch or tag, move, delete; git pushes call it too): re-derives its listing entry before
-/// the response goes out, so a client that lists right after a write sees it (see
-/// [`crate::listing`]), and tells replication, which signs and gossips the new refs of public
-/// repos (hub-p2p's `P2p::repo_changed`; it never blocks).
-pub(crate) async fn reindex(state: &AppState, id: &RepoId) {
-    state.p2p().repo_changed(id);
-    let (repos, search, id) = (state.repos().clone(), state.search().clone(), id.clone());
-    if let Err(e) =
-        tokio::task::spawn_blocking(move || crate::listing::reindex(&repos, &search, &id)).await
-    {
-        tracing::warn!(error = %e, "reindex task failed");
-    }
-}
-
-/// Runs blocking repository or store work off the async executor.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
-) -> Result<T, AppError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(AppError::internal)?
-}
-
-/// `http://host` as the client addressed us, for the absolute URLs the Hub returns.
-pub(crate) fn endpoint(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
-}
-
 fn repo_url(headers: &HeaderMap, id: &RepoId) -> String {
     format!(
         "{}/{}{}",
@@ -159,68 +123,10 @@ fn repo_url(headers: &HeaderMap, id: &RepoId) -> String {
     )
 }
 
-/// Asks hub-auth whether the caller may `access` repo `id` (whose visibility is `private`)
-/// and turns the answer into the Hub's errors: a repo the caller may not see is the same
-/// `RepoNotFound` as a missing one.
-pub(crate) async fn authorize(
-    state: &AppState,
-    principal: Option<&Principal>,
-    id: &RepoId,
-    private: bool,
-    access: Access,
-) -> Result<(), AppError> {
-    if access == Access::Write {
-        hosted_here(state, id).await?;
-    }
-    let auth = state.auth().clone();
-    let (caller, repo) = (principal.cloned(), id.clone());
-    let decision = blocking(move || {
-        auth.decide(caller.as_ref(), &repo, private, access)
-            .map_err(AppError::internal)
-    })
-    .await?;
-    match decision {
-        Decision::Allow => Ok(()),
-        Decision::NotFound => Err(AppError::RepoNotFound),
-        Decision::Unauthorized => Err(AppError::Unauthorized("Invalid user token.")),
-        Decision::Forbidden => Err(AppError::Forbidden(format!(
-            "You don't have the rights to {} {}",
-            if access == Access::Write {
-                "write to"
-            } else {
-                "read"
-            },
-            id.hub_id()
-        ))),
-    }
-}
-
 fn author_of(principal: &Principal) -> Author {
     Author::new(
         principal.user.name.clone(),
         format!("{}@users.hubmesh", principal.user.name),
-    )
-}
-
-/// RFC 3339 with milliseconds and a `Z`, as the Hub writes dates.
-pub(crate) fn format_date(unix_seconds: i64) -> String {
-    let days = unix_seconds.div_euclid(86_400);
-    let secs = unix_seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
     )
 }
 
@@ -251,7 +157,7 @@ async fn create_repo(
     let id = RepoId::new(kind, &namespace, &body.name).map_err(|e| {
         AppError::BadRequest(format!("invalid repo id {namespace}/{}: {e}", body.name))
     })?;
-    authorize(&state, Some(&principal), &id, false, Access::Write).await?;
+    state.hub().access_new(&principal, &id).await?;
     let auth = state.auth().clone();
     let ns = namespace.clone();
     if blocking(move || auth.namespace_kind(&ns).map_err(AppError::internal))
@@ -272,7 +178,7 @@ async fn create_repo(
     };
     match created {
         Ok(_) => {
-            reindex(&state, &id).await;
+            state.hub().after_write(&id).await;
             Ok(Json(json!({ "url": url, "name": id.hub_id() })).into_response())
         }
         Err(hub_repo::RepoError::AlreadyExists { .. }) => {
@@ -312,14 +218,11 @@ async fn delete_repo(
         .organization
         .unwrap_or_else(|| principal.user.name.clone());
     let id = RepoId::new(kind, &namespace, &body.name).map_err(|_| AppError::RepoNotFound)?;
-    // Before the lookup: a delete must not fetch the repo from the mesh first.
-    hosted_here(&state, &id).await?;
-    let meta = repo_meta(&state, &id).await?;
-    authorize(&state, Some(&principal), &id, meta.private, Access::Write).await?;
+    access(&state, Some(&principal), &id, Need::Admin).await?;
     let repos = state.repos().clone();
     let deleted = id.clone();
     blocking(move || Ok(repos.delete(&deleted)?)).await?;
-    reindex(&state, &id).await;
+    state.hub().after_write(&id).await;
     Ok(Json(json!({})))
 }
 
@@ -368,21 +271,14 @@ async fn move_repo(
     let from = RepoId::parse(kind, &body.from_repo).map_err(|_| AppError::RepoNotFound)?;
     let to = RepoId::parse(kind, &body.to_repo)
         .map_err(|e| AppError::BadRequest(format!("invalid target {:?}: {e}", body.to_repo)))?;
-    hosted_here(&state, &from).await?;
-    let meta = repo_meta(&state, &from).await?;
-    authorize(&state, Some(&principal), &from, meta.private, Access::Write).await?;
-    authorize(&state, Some(&principal), &to, false, Access::Write).await?;
+    access(&state, Some(&principal), &from, Need::Admin).await?;
+    state.hub().access_new(&principal, &to).await?;
     let repos = state.repos().clone();
     let (f, t) = (from.clone(), to.clone());
     blocking(move || Ok(repos.rename(&f, &t)?)).await?;
-    reindex(&state, &from).await;
-    reindex(&state, &to).await;
+    state.hub().after_write(&from).await;
+    state.hub().after_write(&to).await;
     Ok(Json(json!({})))
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Checks that the caller may read the repo. Unknown repos, and private repos the caller may
@@ -398,97 +294,13 @@ async fn readable(
     Ok(id)
 }
 
-/// How long a request for a repo this node does not hold waits for its git data from peers.
-const ENSURE_REPO_WAIT: Duration = Duration::from_secs(30);
 /// How long a download waits for LFS content still arriving from peers (HEAD / GET).
 const ENSURE_LFS_WAIT_HEAD: Duration = Duration::from_secs(8);
 const ENSURE_LFS_WAIT_GET: Duration = Duration::from_secs(25);
 
-/// The repo's metadata; `RepoNotFound` when it does not exist.
-///
-/// Any gateway serves the whole mesh: a public repo this node does not hold, but for which
-/// it accepted a signed ref update from the mesh, is fetched on demand (the pack of the
-/// difference, then its LFS content in the background) and remembered as seeded; the
-/// request waits up to [`ENSURE_REPO_WAIT`] for the git part, else answers a retryable 503.
-pub(crate) async fn repo_meta(
-    state: &AppState,
-    id: &RepoId,
-) -> Result<hub_repo::RepoMeta, AppError> {
-    let lookup = || {
-        let repos = state.repos().clone();
-        let lookup = id.clone();
-        blocking(move || match repos.meta(&lookup) {
-            Ok(meta) => Ok(meta),
-            Err(hub_repo::RepoError::NotFound { .. }) => Err(AppError::RepoNotFound),
-            Err(e) => Err(e.into()),
-        })
-    };
-    match lookup().await {
-        Err(AppError::RepoNotFound) => {}
-        other => return other,
-    }
-    let deadline = tokio::time::Instant::now() + ENSURE_REPO_WAIT;
-    match state.p2p().ensure_repo(id, deadline).await {
-        Ok(()) => {
-            tracing::info!(repo = %id, "served from the mesh: fetched on demand");
-            lookup().await
-        }
-        Err(hub_p2p::EnsureError::Pending(why)) => Err(AppError::Unavailable(format!(
-            "{} is being fetched from the mesh ({why}); retry shortly",
-            id.hub_id()
-        ))),
-        Err(_) => Err(AppError::RepoNotFound),
-    }
-}
-
-/// Refuses writes to a namespace whose accepted namespace document does not list this
-/// node's key as a delegate: the write would never be announced (only delegates sign), so
-/// the caller is told which node hosts it.
-pub(crate) async fn hosted_here(state: &AppState, id: &RepoId) -> Result<(), AppError> {
-    let Some(hosts) = state.p2p().namespace_hosts(id.namespace()).await else {
-        return Ok(());
-    };
-    let hosts: Vec<String> = hosts.iter().map(ToString::to_string).collect();
-    let message = match hosts.as_slice() {
-        [] => format!(
-            "namespace {:?} is hosted by other nodes of the mesh; send writes to them",
-            id.namespace()
-        ),
-        [one] => format!(
-            "namespace {:?} is hosted by node {one}; send writes to that node",
-            id.namespace()
-        ),
-        many => format!(
-            "namespace {:?} is hosted by nodes {}; send writes to one of them",
-            id.namespace(),
-            many.join(", ")
-        ),
-    };
-    Err(AppError::Coded {
-        status: StatusCode::FORBIDDEN,
-        code: "NamespaceHostedElsewhere",
-        message,
-    })
-}
-
-/// Read access: public repos are open to all, private ones to those hub-auth allows.
-pub(crate) async fn read_access(
-    state: &AppState,
-    principal: Option<&Principal>,
-    id: &RepoId,
-) -> Result<hub_repo::RepoMeta, AppError> {
-    let meta = repo_meta(state, id).await?;
-    authorize(state, principal, id, meta.private, Access::Read).await?;
-    Ok(meta)
-}
-
 #[derive(Debug, Deserialize, Default)]
 struct InfoQuery {
     blobs: Option<String>,
-}
-
-fn truthy(v: Option<&str>) -> bool {
-    v.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 async fn repo_info(
@@ -622,14 +434,14 @@ async fn settings(
     Path(path): Path<RepoPath>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &path).await?;
+    let (id, _) = writable(&state, &headers, &path, Need::Admin).await?;
     let body: SettingsBody = parse_json(&body)?;
     let private = visibility(body.private, body.visibility.as_deref())?;
     if let Some(private) = private {
         let repos = state.repos().clone();
         let changed = id.clone();
         blocking(move || Ok(repos.set_private(&changed, private)?)).await?;
-        reindex(&state, &id).await;
+        state.hub().after_write(&id).await;
     }
     Ok(Json(json!({})))
 }
@@ -912,16 +724,16 @@ struct BranchPath {
     branch: String,
 }
 
+/// The repo of `repo`, when the caller may do what `need` says to it (a token is required).
 async fn writable(
     state: &AppState,
     headers: &HeaderMap,
     repo: &RepoPath,
+    need: Need,
 ) -> Result<(RepoId, Principal), AppError> {
     let principal = require_auth(state, headers).await?;
     let id = repo.id()?;
-    hosted_here(state, &id).await?;
-    let meta = repo_meta(state, &id).await?;
-    authorize(state, Some(&principal), &id, meta.private, Access::Write).await?;
+    access(state, Some(&principal), &id, need).await?;
     Ok((id, principal))
 }
 
@@ -936,7 +748,7 @@ async fn create_branch(
         ns: p.ns,
         name: p.name,
     };
-    let (id, _) = writable(&state, &headers, &repo).await?;
+    let (id, _) = writable(&state, &headers, &repo, Need::Write).await?;
     let start: Option<String> = if body.is_empty() {
         None
     } else {
@@ -948,7 +760,7 @@ async fn create_branch(
     let repos = state.repos().clone();
     let changed = id.clone();
     blocking(move || Ok(repos.create_branch(&id, &p.branch, start.as_deref())?)).await?;
-    reindex(&state, &changed).await;
+    state.hub().after_write(&changed).await;
     Ok(Json(json!({})))
 }
 
@@ -962,11 +774,11 @@ async fn delete_branch(
         ns: p.ns,
         name: p.name,
     };
-    let (id, _) = writable(&state, &headers, &repo).await?;
+    let (id, _) = writable(&state, &headers, &repo, Need::RewriteHistory).await?;
     let repos = state.repos().clone();
     let changed = id.clone();
     blocking(move || Ok(repos.delete_branch(&id, &p.branch)?)).await?;
-    reindex(&state, &changed).await;
+    state.hub().after_write(&changed).await;
     Ok(Json(json!({})))
 }
 
@@ -976,7 +788,7 @@ async fn create_tag(
     Path(p): Path<RevPath>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &p.repo()).await?;
+    let (id, _) = writable(&state, &headers, &p.repo(), Need::Write).await?;
     let body: Value = parse_json(&body)?;
     let tag = body
         .get("tag")
@@ -986,7 +798,7 @@ async fn create_tag(
     let repos = state.repos().clone();
     let changed = id.clone();
     blocking(move || Ok(repos.create_tag(&id, &tag, &p.rev)?)).await?;
-    reindex(&state, &changed).await;
+    state.hub().after_write(&changed).await;
     Ok(Json(json!({})))
 }
 
@@ -995,11 +807,11 @@ async fn delete_tag(
     headers: HeaderMap,
     Path(p): Path<RevPath>,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &p.repo()).await?;
+    let (id, _) = writable(&state, &headers, &p.repo(), Need::RewriteHistory).await?;
     let repos = state.repos().clone();
     let changed = id.clone();
     blocking(move || Ok(repos.delete_tag(&id, &p.rev)?)).await?;
-    reindex(&state, &changed).await;
+    state.hub().after_write(&changed).await;
     Ok(Json(json!({})))
 }
 
@@ -1077,7 +889,7 @@ async fn preupload(
     Path(p): Path<RevPath>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &p.repo()).await?;
+    let (id, _) = writable(&state, &headers, &p.repo(), Need::Write).await?;
     let body: PreuploadBody = parse_json(&body)?;
     if body.files.len() > 1000 {
         return Err(AppError::BadRequest(
@@ -1148,32 +960,13 @@ struct PathLine {
     path: String,
 }
 
-/// An added file before it is stored: inline bytes, a big inline file already streamed into
-/// the store, or an object uploaded before (`lfsFile`).
-enum Pending {
-    Inline {
-        path: String,
-        bytes: Vec<u8>,
-    },
-    Stored {
-        path: String,
-        info: hub_store::FileInfo,
-    },
-    Lfs {
-        path: String,
-        sha256: Sha256,
-        size: Option<u64>,
-    },
-    Other(Operation),
-}
-
 async fn commit(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(p): Path<RevPath>,
     body: Body,
 ) -> Result<Json<Value>, AppError> {
-    let (id, principal) = writable(&state, &headers, &p.repo()).await?;
+    let (id, principal) = writable(&state, &headers, &p.repo(), Need::Write).await?;
     let lines = crate::ndjson::read_lines(
         body,
         state.store().clone(),
@@ -1194,119 +987,14 @@ async fn commit(
             None => summary,
         }
     };
-    let repos = state.repos().clone();
-    let store = state.store().clone();
-    let branch = p.rev.clone();
-    let author = author_of(&principal);
-    let info = blocking(move || {
-        let rules = match repos.file(&id, &branch, ".gitattributes") {
-            Ok((_, bytes)) => LfsRules::parse(&String::from_utf8_lossy(&bytes)),
-            Err(hub_repo::RepoError::EntryNotFound { .. }) => LfsRules::default(),
-            Err(e) => return Err(e.into()),
-        };
-        let mut operations = Vec::with_capacity(pending.len());
-        for item in pending {
-            operations.push(match item {
-                Pending::Inline { path, bytes } => {
-                    validate_repo_path(&path)
-                        .map_err(|e| AppError::BadRequest(format!("invalid path {path:?}: {e}")))?;
-                    if rules.wants_lfs(&path, bytes.len() as u64, &bytes) {
-                        let info = store.import_reader(bytes.as_slice())?;
-                        store.add_root(&info.sha256)?;
-                        repos.add_lfs_objects(&id, &[info.sha256.0])?;
-                        let pointer = LfsPointer::new(&info.sha256.to_string(), info.size)
-                            .ok_or_else(|| {
-                                AppError::internal("store returned a malformed sha256")
-                            })?;
-                        Operation::Add {
-                            path,
-                            content: FileContent::Lfs(pointer),
-                        }
-                    } else {
-                        Operation::Add {
-                            path,
-                            content: FileContent::Regular(bytes),
-                        }
-                    }
-                }
-                Pending::Stored { path, info } => {
-                    validate_repo_path(&path)
-                        .map_err(|e| AppError::BadRequest(format!("invalid path {path:?}: {e}")))?;
-                    let mut reader = store.open_file(&info.sha256)?;
-                    let mut head = Vec::with_capacity(8000);
-                    (&mut reader)
-                        .take(8000)
-                        .read_to_end(&mut head)
-                        .map_err(AppError::internal)?;
-                    if rules.wants_lfs(&path, info.size, &head) {
-                        store.add_root(&info.sha256)?;
-                        repos.add_lfs_objects(&id, &[info.sha256.0])?;
-                        let pointer = LfsPointer::new(&info.sha256.to_string(), info.size)
-                            .ok_or_else(|| {
-                                AppError::internal("store returned a malformed sha256")
-                            })?;
-                        Operation::Add {
-                            path,
-                            content: FileContent::Lfs(pointer),
-                        }
-                    } else {
-                        // Under the LFS size threshold and text: it belongs in git after all.
-                        let mut bytes = head;
-                        reader.read_to_end(&mut bytes).map_err(AppError::internal)?;
-                        Operation::Add {
-                            path,
-                            content: FileContent::Regular(bytes),
-                        }
-                    }
-                }
-                Pending::Lfs { path, sha256, size } => {
-                    // Only objects uploaded to this repository (or already in it) count: the
-                    // store is shared, and knowing a hash is no proof of having the content.
-                    let not_uploaded = || {
-                        AppError::BadRequest(format!(
-                            "LFS object {sha256} for {path:?} has not been uploaded to this repository"
-                        ))
-                    };
-                    if !repos.has_lfs_object(&id, &sha256.0)? {
-                        return Err(not_uploaded());
-                    }
-                    let stored = match store.open_file(&sha256) {
-                        Ok(reader) => reader.len(),
-                        Err(hub_store::StoreError::NotFound { .. }) => return Err(not_uploaded()),
-                        Err(e) => return Err(e.into()),
-                    };
-                    if size.is_some_and(|s| s != stored) {
-                        return Err(AppError::BadRequest(format!(
-                            "LFS object {sha256} for {path:?} is {stored} bytes, not {}",
-                            size.unwrap_or_default()
-                        )));
-                    }
-                    store.add_root(&sha256)?;
-                    let pointer = LfsPointer::new(&sha256.to_string(), stored)
-                        .ok_or_else(|| AppError::internal("malformed sha256"))?;
-                    Operation::Add {
-                        path,
-                        content: FileContent::Lfs(pointer),
-                    }
-                }
-                Pending::Other(op) => op,
-            });
-        }
-        Ok(repos.commit(
-            &id,
-            CommitRequest {
-                branch,
-                message,
-                author,
-                parent: header_line.parent_commit,
-                operations,
-            },
-        )?)
-        .map(|info| (info, id))
-    })
-    .await;
-    let (info, id) = info?;
-    reindex(&state, &id).await;
+    let request = CommitRequest {
+        branch: p.rev.clone(),
+        message,
+        author: author_of(&principal),
+        parent: header_line.parent_commit,
+        operations: Vec::new(),
+    };
+    let info = state.hub().commit(&id, request, pending).await?;
     let url = format!("{}/commit/{}", repo_url(&headers, &id), info.id);
     Ok(Json(json!({
         "success": true,
@@ -1526,7 +1214,11 @@ async fn resolve(
         && !headers.contains_key(header::RANGE)
     {
         let deadline = tokio::time::Instant::now() + ENSURE_LFS_WAIT_HEAD;
-        arriving = state.p2p().stream_lfs(&id, sha, size, deadline).await;
+        arriving = state
+            .hub()
+            .mesh()
+            .stream_lfs(&id, sha, size, deadline)
+            .await;
         if arriving.is_some() {
             tracing::info!(repo = %id, %sha, "streaming LFS content while it arrives from peers");
         }
@@ -1540,7 +1232,12 @@ async fn resolve(
             ENSURE_LFS_WAIT_GET
         };
         let deadline = tokio::time::Instant::now() + wait;
-        if let Err(error) = state.p2p().ensure_lfs(&id, sha, size, deadline).await {
+        if let Err(error) = state
+            .hub()
+            .mesh()
+            .ensure_lfs(&id, sha, size, deadline)
+            .await
+        {
             tracing::debug!(repo = %id, %sha, %error, "LFS content not here yet");
             return Err(AppError::Unavailable(format!(
                 "the content of {} is not on this node yet; retry shortly",
@@ -1606,49 +1303,6 @@ async fn resolve(
         }
     };
     builder.body(body).map_err(AppError::internal)
-}
-
-/// Streams `len` bytes from `start` of a stored file: a blocking reader feeds a bounded
-/// channel, so memory stays at a few chunks whatever the file size, and a client that goes
-/// away stops the reader.
-pub(crate) async fn stream_from_store(
-    store: hub_store::Store,
-    sha256: Sha256,
-    start: u64,
-    len: u64,
-) -> Result<Body, AppError> {
-    let mut reader = blocking(move || {
-        let mut r = store.open_file(&sha256).map_err(|e| match e {
-            hub_store::StoreError::NotFound { .. } => {
-                AppError::internal(format!("LFS object {sha256} is missing from the store"))
-            }
-            other => other.into(),
-        })?;
-        r.seek(SeekFrom::Start(start)).map_err(AppError::internal)?;
-        Ok(r)
-    })
-    .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut left = len;
-        while left > 0 {
-            let n = STREAM_CHUNK.min(usize::try_from(left).unwrap_or(STREAM_CHUNK));
-            let mut buf = vec![0u8; n];
-            let item = reader.read_exact(&mut buf).map(|()| Bytes::from(buf));
-            let failed = item.is_err();
-            if let Err(e) = &item {
-                tracing::error!(%sha256, error = %e, "reading a stored file failed");
-            }
-            if tx.blocking_send(item).is_err() || failed {
-                return;
-            }
-            left -= n as u64;
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Ok(Body::from_stream(stream))
 }
 
 #[cfg(test)]

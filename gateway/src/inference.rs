@@ -84,9 +84,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::AppState;
+use crate::access::read_access;
 use crate::error::AppError;
-use crate::hub::{blocking, read_access};
-use crate::routes::authenticate;
+use crate::extract::authenticate;
+use crate::util::blocking;
 
 /// How long the OpenAI and TGI routes wait for a model that is loading before they answer
 /// 503 (the HF route answers at once unless asked to wait with `x-wait-for-model: true`).

@@ -13,10 +13,11 @@
 //! the ones signed. `verify` checks that the store has the object.
 
 use crate::AppState;
+use crate::access::read_access;
 use crate::error::AppError;
-use crate::hub::{authorize, blocking, endpoint, read_access, repo_meta};
+use crate::extract::authenticate;
 use crate::import::StreamImport;
-use crate::routes::authenticate;
+use crate::util::{blocking, endpoint, stream_from_store};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -25,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use hub_auth::Access;
+use hub_core::{AccessError, Need};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_store::Sha256;
 use serde::Deserialize;
@@ -238,19 +240,23 @@ async fn batch_inner(
         other => return Err(AppError::BadRequest(format!("unknown operation {other:?}"))),
     };
     let principal = authenticate(state, headers).await?;
-    if access == Access::Write {
-        // Uploads to a namespace another node hosts are refused by name, not as "not found"
-        // (and never fetch the repo from the mesh first).
-        crate::hub::hosted_here(state, &id).await?;
-    }
-    let meta = repo_meta(state, &id).await?;
-    if principal.is_none() && (access == Access::Write || meta.private) {
-        // git-lfs sends its first request without credentials and expects a challenge.
-        return Err(AppError::Unauthorized("authentication required"));
-    }
-    authorize(state, principal.as_ref(), &id, meta.private, access).await?;
+    let need = match access {
+        Access::Read => Need::Read,
+        Access::Write => Need::Write,
+    };
+    // Uploads to a namespace another node hosts are refused by name (hub-core checks that
+    // before any lookup, so nothing is fetched from the mesh first).
+    let granted = match state.hub().access(principal.as_ref(), &id, need).await {
+        Ok(granted) => granted,
+        // git-lfs sends its first request without credentials and expects a challenge; a
+        // missing repo and one the caller may not see answer alike (nothing leaks).
+        Err(AccessError::NotFound | AccessError::Unauthorized) if principal.is_none() => {
+            return Err(AppError::Unauthorized("authentication required"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let id = granted.id;
 
-    let store = state.store().clone();
     let wanted: Vec<(String, u64)> = req
         .objects
         .iter()
@@ -259,7 +265,7 @@ async fn batch_inner(
     // Per object: its parsed oid, and the size it is stored with *for this repository* (None:
     // not uploaded to it — another repository's copy in the shared store does not count, so
     // the answer reveals nothing about other repositories and a hash is no proof of content).
-    let repos = state.repos().clone();
+    let hub = state.hub().clone();
     let repo = id.clone();
     let present: Vec<Option<(Sha256, Option<u64>)>> = blocking(move || {
         wanted
@@ -268,14 +274,7 @@ async fn batch_inner(
                 let Ok(sha) = oid.parse::<Sha256>() else {
                     return Ok(None);
                 };
-                if !repos.has_lfs_object(&repo, &sha.0)? {
-                    return Ok(Some((sha, None)));
-                }
-                match store.open_file(&sha) {
-                    Ok(r) => Ok(Some((sha, Some(r.len())))),
-                    Err(hub_store::StoreError::NotFound { .. }) => Ok(Some((sha, None))),
-                    Err(e) => Err(AppError::from(e)),
-                }
+                Ok(Some((sha, hub.lfs_size(&repo, &sha)?)))
             })
             .collect()
     })
@@ -383,8 +382,8 @@ async fn upload(
             )));
         }
         let repo = signed_repo(&q)?;
-        let repos = state.repos().clone();
-        blocking(move || Ok(repos.add_lfs_objects(&repo, &[sha.0])?)).await?;
+        let hub = state.hub().clone();
+        blocking(move || Ok(hub.adopt_lfs(&repo, &sha)?)).await?;
         tracing::info!(%sha, size = info.size, new_bytes = info.new_bytes, "LFS object stored");
         Ok(StatusCode::OK)
     }
@@ -406,7 +405,7 @@ async fn download(
             .parse()
             .map_err(|_| AppError::BadRequest("invalid oid".into()))?;
         check_signed(&q, "download", &sha)?;
-        let body = crate::hub::stream_from_store(state.store().clone(), sha, 0, q.size).await?;
+        let body = stream_from_store(state.store().clone(), sha, 0, q.size).await?;
         Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, q.size.to_string())
@@ -456,20 +455,9 @@ async fn verify(
             .oid
             .parse()
             .map_err(|_| AppError::BadRequest("invalid oid".into()))?;
-        let store = state.store().clone();
-        let repos = state.repos().clone();
+        let hub = state.hub().clone();
         let repo = id.clone();
-        let size = blocking(move || {
-            if !repos.has_lfs_object(&repo, &sha.0)? {
-                return Ok(None);
-            }
-            match store.open_file(&sha) {
-                Ok(r) => Ok(Some(r.len())),
-                Err(hub_store::StoreError::NotFound { .. }) => Ok(None),
-                Err(e) => Err(AppError::from(e)),
-            }
-        })
-        .await?;
+        let size = blocking(move || Ok(hub.lfs_size(&repo, &sha)?)).await?;
         match size {
             Some(s) if s == req.size => {
                 Ok(([(header::CONTENT_TYPE, LFS_JSON)], Json(json!({}))).into_response())

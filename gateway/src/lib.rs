@@ -22,23 +22,26 @@
 //! # }
 //! ```
 
+mod access;
 mod admin;
 #[cfg(test)]
 mod api_tests;
 mod compute;
 pub mod error;
+mod extract;
 mod git;
 mod hub;
 mod import;
 mod inference;
 mod lfs;
-pub mod listing;
+mod listing;
 mod mesh;
 pub mod metrics;
 mod ndjson;
 mod routes;
 #[cfg(test)]
 mod testing;
+mod util;
 
 pub use compute::ComputeConfig;
 pub use error::AppError;
@@ -46,6 +49,7 @@ pub use inference::{DEFAULT_LOAD_WAIT, InferenceConfig};
 pub use routes::router;
 
 use hub_auth::AuthStore;
+use hub_core::{Hub, HubParts, MeshPort};
 use hub_repo::Repos;
 use hub_search::SearchIndex;
 use hub_store::Store;
@@ -81,15 +85,14 @@ pub struct Parts {
     pub store: Store,
     pub search: Arc<SearchIndex>,
     pub p2p: hub_p2p::P2p,
+    /// The mesh as the Hub's rules see it: `p2p` itself in a node, a fake in tests.
+    pub mesh: Arc<dyn MeshPort>,
     pub config: GatewayConfig,
 }
 
 #[derive(Debug)]
 struct Inner {
-    auth: Arc<AuthStore>,
-    repos: Arc<Repos>,
-    store: Store,
-    search: Arc<SearchIndex>,
+    hub: Hub,
     p2p: hub_p2p::P2p,
     config: GatewayConfig,
     metrics: Metrics,
@@ -106,15 +109,19 @@ impl AppState {
             store,
             search,
             p2p,
+            mesh,
             config,
         } = parts;
         let metrics = Metrics::new(p2p.clone());
         Self {
             inner: Arc::new(Inner {
-                auth,
-                repos,
-                store,
-                search,
+                hub: Hub::new(HubParts {
+                    auth,
+                    repos,
+                    store,
+                    search,
+                    mesh,
+                }),
                 p2p,
                 config,
                 metrics,
@@ -124,8 +131,13 @@ impl AppState {
         }
     }
 
+    /// The Hub's rules (`hub-core`): access, LFS objects, commits, the after-write hook.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
     pub fn search(&self) -> &Arc<SearchIndex> {
-        &self.inner.search
+        self.inner.hub.search()
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -133,15 +145,15 @@ impl AppState {
     }
 
     pub fn repos(&self) -> &Arc<Repos> {
-        &self.inner.repos
+        self.inner.hub.repos()
     }
 
     pub fn store(&self) -> &Store {
-        &self.inner.store
+        self.inner.hub.store()
     }
 
     pub fn auth(&self) -> &Arc<AuthStore> {
-        &self.inner.auth
+        self.inner.hub.auth()
     }
 
     pub fn p2p(&self) -> &hub_p2p::P2p {

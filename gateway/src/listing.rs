@@ -1,82 +1,22 @@
-//! Listing (`GET /api/models|datasets|spaces`) and keeping the search index in step with the
-//! repositories.
-//!
-//! The index (`hub-search`) is derived data: every change to a repository (create, commit,
-//! settings, branch or tag, delete) re-derives its document with [`reindex`], and the node
-//! rebuilds the whole index from the repositories at start-up ([`rebuild`]), so a crash
-//! between a commit and its reindex can never leave the listing wrong for long.
+//! Listing (`GET /api/models|datasets|spaces`): the HTTP side. Which repos a caller may see,
+//! and the index documents themselves, are `hub-core`'s ([`hub_core::listing`]).
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::hub::{blocking, endpoint, format_date};
-use crate::routes::authenticate;
+use crate::extract::Caller;
+use crate::util::{blocking, endpoint, format_date, truthy};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get};
-use hub_protocol::repo::{RepoId, RepoType};
-use hub_repo::{EntryKind, Repos};
-use hub_search::{ListQuery, RepoDoc, SearchIndex, Sort};
+use hub_core::listing::ListError;
+use hub_protocol::repo::RepoType;
+use hub_repo::EntryKind;
+use hub_search::{ListQuery, Sort};
 use serde_json::{Value, json};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/api/{kind}", get(list))
-}
-
-/// Builds the index document of one repository from its `main` branch and metadata.
-pub fn document(repos: &Repos, id: &RepoId) -> Result<RepoDoc, hub_repo::RepoError> {
-    let meta = repos.meta(id)?;
-    let mut doc = RepoDoc::new(id.clone());
-    doc.private = meta.private;
-    doc.created_at = meta.created_at;
-    doc.downloads = repos.downloads(id)?;
-    if let Some(head) = repos.history(id, "main", 1)?.into_iter().next() {
-        doc.sha = head.id;
-        doc.last_modified = head.timestamp;
-    }
-    match repos.file(id, "main", "README.md") {
-        Ok((entry, bytes)) if entry.lfs.is_none() => {
-            let card = hub_search::parse_card(&String::from_utf8_lossy(&bytes));
-            doc.tags = card.tags;
-            doc.card_data = card.card_data;
-            doc.pipeline_tag = card.pipeline_tag;
-            doc.library_name = card.library_name;
-        }
-        Ok(_) | Err(hub_repo::RepoError::EntryNotFound { .. }) => {}
-        Err(hub_repo::RepoError::RevisionNotFound { .. }) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(doc)
-}
-
-/// Re-derives one repository's document (or removes it when the repository is gone). Errors
-/// are logged, not returned: the write that triggered it has already succeeded, and the next
-/// start-up rebuilds the index anyway.
-pub fn reindex(repos: &Repos, search: &SearchIndex, id: &RepoId) {
-    let result = match document(repos, id) {
-        Ok(doc) => search.upsert(doc).map_err(|e| e.to_string()),
-        Err(hub_repo::RepoError::NotFound { .. }) => search.remove(id).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(error) = result {
-        tracing::warn!(repo = %id, %error, "search index not updated");
-    }
-}
-
-/// Rebuilds the whole index from the repositories (start-up). Returns the number of repos.
-pub fn rebuild(
-    repos: &Repos,
-    search: &SearchIndex,
-) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-    let mut docs = Vec::new();
-    for kind in RepoType::ALL {
-        for id in repos.list(kind)? {
-            docs.push(document(repos, &id)?);
-        }
-    }
-    let n = docs.len();
-    search.upsert_many(docs)?;
-    Ok(n)
 }
 
 /// Query parameters of the list endpoints; repeated keys (`filter`, `expand`) accumulate.
@@ -94,7 +34,6 @@ struct ListParams {
 
 fn parse_params(raw: Option<&str>) -> Result<ListParams, AppError> {
     let mut p = ListParams::default();
-    let truthy = |v: &str| v.eq_ignore_ascii_case("true") || v == "1";
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         let value = value.into_owned();
         match key.as_ref() {
@@ -127,8 +66,8 @@ fn parse_params(raw: Option<&str>) -> Result<ListParams, AppError> {
                     .parse()
                     .map_err(|_| AppError::BadRequest("invalid cursor".into()))?;
             }
-            "full" => p.full = truthy(&value),
-            "cardData" => p.card_data = truthy(&value),
+            "full" => p.full = truthy(Some(&value)),
+            "cardData" => p.card_data = truthy(Some(&value)),
             _ => {}
         }
     }
@@ -137,24 +76,13 @@ fn parse_params(raw: Option<&str>) -> Result<ListParams, AppError> {
 
 async fn list(
     State(state): State<AppState>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     Path(kind): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AppError> {
     let kind: RepoType = kind.parse().map_err(|_| AppError::NotFound)?;
     let params = parse_params(raw.as_deref())?;
-    let principal = authenticate(&state, &headers).await?;
-    let visible = match &principal {
-        Some(p) => {
-            let auth = state.auth().clone();
-            let user = p.user.name.clone();
-            let mut namespaces = vec![user.clone()];
-            let orgs = blocking(move || auth.orgs_of(&user).map_err(AppError::internal)).await?;
-            namespaces.extend(orgs.into_iter().map(|(org, _)| org));
-            namespaces
-        }
-        None => Vec::new(),
-    };
     let page_size = state.config().list_page_size.max(1);
     let want = params.limit.unwrap_or(usize::MAX);
     let mut query = ListQuery::new(kind);
@@ -164,12 +92,17 @@ async fn list(
     query.sort = params.sort;
     query.offset = params.cursor;
     query.limit = want.min(page_size).min(hub_search::MAX_LIMIT);
-    query.include_private_of = visible;
-    let search = state.search().clone();
+    let page = state
+        .hub()
+        .list(principal.as_ref(), query)
+        .await
+        .map_err(|e| match e {
+            ListError::Storage(e) => AppError::from(e),
+            other => AppError::internal(other),
+        })?;
     let repos = state.repos().clone();
     let full = params.full;
     let (page, siblings) = blocking(move || {
-        let page = search.query(&query).map_err(AppError::internal)?;
         let mut siblings = Vec::new();
         if full {
             for doc in &page.items {

@@ -21,10 +21,10 @@
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::routes::require_auth;
+use crate::extract::SiteAdmin;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use hub_p2p::SeedError;
@@ -65,17 +65,6 @@ async fn list_seeds(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "seeds": seeds_json(&state) }))
 }
 
-/// Changing the policy is site administration.
-async fn require_site_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    let principal = require_auth(state, headers).await?;
-    if !principal.user.site_admin || !principal.token.is_coarse_write() {
-        return Err(AppError::Forbidden(
-            "changing the seeding policy needs a site admin's write token".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn seed_error(e: SeedError) -> AppError {
     let (status, code) = match &e {
         SeedError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidSeedPattern"),
@@ -99,10 +88,9 @@ struct PatternBody {
 
 async fn add_seed(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: SiteAdmin,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    require_site_admin(&state, &headers).await?;
     let body: PatternBody = serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("expected {{\"pattern\": \"ns/*\"}}: {e}")))?;
     let added = state
@@ -125,10 +113,9 @@ struct PatternQuery {
 
 async fn remove_seed(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: SiteAdmin,
     Query(q): Query<PatternQuery>,
 ) -> Result<Json<Value>, AppError> {
-    require_site_admin(&state, &headers).await?;
     state
         .p2p()
         .remove_seed(&q.pattern)

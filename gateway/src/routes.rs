@@ -1,6 +1,7 @@
 //! The router and its handlers.
 
 use crate::error::AppError;
+use crate::extract::Authed;
 use crate::{AppState, metrics};
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
@@ -8,8 +9,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, http::header};
-use http::HeaderMap;
-use hub_auth::Principal;
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -75,24 +74,13 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, AppErro
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
-/// The principal behind the request, or 401 when there is none.
-pub(crate) async fn require_auth(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Principal, AppError> {
-    authenticate(state, headers)
-        .await?
-        .ok_or(AppError::Unauthorized("Invalid user token."))
-}
-
 /// `GET /api/whoami-v2`: the Hub's account summary for the caller's token: the user, their
 /// organisations with their role in each, and the token's role (`read`, `write`,
 /// `fineGrained`, the last with its grants).
 async fn whoami(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(principal): Authed,
 ) -> Result<Json<Value>, AppError> {
-    let principal = require_auth(&state, &headers).await?;
     let auth = state.auth().clone();
     let user = principal.user.name.clone();
     let orgs = tokio::task::spawn_blocking(move || auth.orgs_of(&user))
@@ -131,54 +119,11 @@ async fn whoami(
     })))
 }
 
-/// The token in an `Authorization` header: `Bearer <token>` (the Hub API) or
-/// `Basic base64(user:<token>)` (git and git-lfs, which take the token as the password).
-fn bearer_or_basic(value: &http::HeaderValue) -> Option<String> {
-    let v = value.to_str().ok()?.trim();
-    let (scheme, rest) = v.split_once(' ')?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        Some(rest.to_owned())
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        use base64::Engine;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        let (_user, password) = text.split_once(':')?;
-        Some(password.to_owned())
-    } else {
-        None
-    }
-}
-
-/// The principal behind the request's `Authorization: Bearer` header. `Ok(None)` when the
-/// request carries no token; an error when it carries one that is not valid, since a client
-/// that sent a token expects it to be used.
-pub(crate) async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Principal>, AppError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let token = bearer_or_basic(value)
-        .filter(|t| !t.is_empty() && t.len() <= 256)
-        .ok_or(AppError::Unauthorized("Invalid user token."))?;
-    let auth = state.auth().clone();
-    let principal = tokio::task::spawn_blocking(move || auth.authenticate(&token))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::internal)?;
-    principal
-        .map(Some)
-        .ok_or(AppError::Unauthorized("Invalid user token."))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
+    use http::HeaderMap;
     use http::StatusCode;
     use tower::ServiceExt;
 

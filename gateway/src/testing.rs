@@ -34,6 +34,16 @@ pub(crate) async fn fixture() -> Fixture {
 }
 
 pub(crate) async fn fixture_with(config: GatewayConfig) -> Fixture {
+    fixture_on(config, None).await
+}
+
+/// A fixture whose Hub rules see `mesh` (an in-memory [`hub_core::FakeMesh`]) instead of the
+/// real swarm.
+pub(crate) async fn fixture_with_mesh(mesh: Arc<dyn hub_core::MeshPort>) -> Fixture {
+    fixture_on(GatewayConfig::default(), Some(mesh)).await
+}
+
+async fn fixture_on(config: GatewayConfig, mesh: Option<Arc<dyn hub_core::MeshPort>>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let auth = Arc::new(AuthStore::open(dir.path().join("auth.redb")).unwrap());
     let mut admin = String::new();
@@ -56,6 +66,7 @@ pub(crate) async fn fixture_with(config: GatewayConfig) -> Fixture {
         repos: Arc::new(hub_repo::Repos::open(dir.path().join("repos")).unwrap()),
         store: hub_store::Store::open(dir.path().join("store")).unwrap(),
         search: Arc::new(hub_search::SearchIndex::open(&dir.path().join("search")).unwrap()),
+        mesh: mesh.unwrap_or_else(|| Arc::new(p2p.clone())),
         p2p,
         config,
     });

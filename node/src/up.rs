@@ -100,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         corrupt_chunks_for_tests: std::env::var_os(CORRUPT_CHUNKS_ENV).is_some_and(|v| v == "1"),
         on_replicated: {
             let (repos, search) = (repos.clone(), search.clone());
-            Arc::new(move |id| hub_gateway::listing::reindex(&repos, &search, id))
+            Arc::new(move |id| hub_core::listing::reindex(&repos, &search, id))
         },
     };
     let (p2p, swarm_task) =
@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store,
         search,
         p2p: p2p.clone(),
+        mesh: Arc::new(p2p.clone()),
         config: GatewayConfig {
             list_page_size: config.gateway.list_page_size,
         },
@@ -221,7 +222,7 @@ async fn open_search(
         }
         let search = hub_search::SearchIndex::open(&dir).context("open the search index")?;
         let started = std::time::Instant::now();
-        let n = hub_gateway::listing::rebuild(&repos, &search)
+        let n = hub_core::listing::rebuild(&repos, &search)
             .map_err(|e| anyhow::anyhow!(e))
             .context("index the repositories")?;
         tracing::info!(repos = n, elapsed = ?started.elapsed(), "search index rebuilt");

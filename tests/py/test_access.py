@@ -197,3 +197,77 @@ def test_whoami_lists_orgs(site):
     me = HfApi(endpoint=node.url, token=t["bob_write"]).whoami()
     assert me["name"] == "bob"
     assert [o["name"] for o in me["orgs"]] == ["acme"]
+
+
+def test_org_roles_follow_the_hub(site):
+    """read < contributor < write < admin, through the real client: contributors add commits
+    but do not delete branches or tags, change visibility, move or delete the repo; write
+    members may delete branches and tags; only admins administer the repo."""
+    node, t = site
+    cli(node, "user", "add", "wes")
+    cli(node, "user", "add", "ada")
+    cli(node, "org", "member", "add", "acme", "wes", "--role", "write")
+    cli(node, "org", "member", "add", "acme", "ada", "--role", "admin")
+    api = {who: HfApi(endpoint=node.url, token=tok) for who, tok in [
+        ("contributor", t["bob_write"]),
+        ("write", cli(node, "token", "create", "wes", "--scope", "write")),
+        ("admin", cli(node, "token", "create", "ada", "--scope", "write")),
+    ]}
+    repo = "acme/roles"
+    api["admin"].create_repo(repo)
+    for who, a in api.items():
+        a.create_commit(repo, [CommitOperationAdd(f"{who}.txt", b"x")], commit_message=who)
+        a.create_branch(repo, branch=f"b-{who}")
+        a.create_tag(repo, tag=f"t-{who}")
+
+    c = api["contributor"]
+    assert status_of(lambda: c.delete_branch(repo, branch="b-contributor"))[0] == 403
+    assert status_of(lambda: c.delete_tag(repo, tag="t-contributor"))[0] == 403
+    for who in ("contributor", "write"):
+        a = api[who]
+        assert status_of(lambda: a.update_repo_settings(repo, private=True))[0] == 403, who
+        assert status_of(lambda: a.move_repo(repo, "acme/renamed"))[0] == 403, who
+        assert status_of(lambda: a.delete_repo(repo))[0] == 403, who
+    # Moving an org repo into one's own namespace is a move, too.
+    assert status_of(lambda: c.move_repo(repo, "bob/roles"))[0] == 403
+    assert not api["admin"].repo_info(repo).private
+    assert {r.name for r in api["admin"].list_repo_refs(repo).branches} >= {"b-contributor"}
+
+    w = api["write"]
+    w.delete_branch(repo, branch="b-contributor")
+    w.delete_tag(repo, tag="t-contributor")
+    a = api["admin"]
+    a.update_repo_settings(repo, private=True)
+    assert a.repo_info(repo).private
+    a.move_repo(repo, "acme/renamed")
+    a.delete_repo("acme/renamed")
+    assert status_of(lambda: a.repo_info("acme/renamed"))[0] == 404
+
+
+def test_contributor_cannot_delete_a_branch_with_git_push(site, tmp_path):
+    node, t = site
+    admin = HfApi(endpoint=node.url, token=t["admin"])
+    admin.create_repo("acme/pushed")
+    admin.create_commit("acme/pushed", [CommitOperationAdd("a.txt", b"a")], commit_message="a")
+    admin.create_branch("acme/pushed", branch="dev")
+    url = node.url.replace("http://", f"http://bob:{t['bob_write']}@") + "/acme/pushed"
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    out = subprocess.run(["git", "push", url, "--delete", "dev"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, out.stderr
+    assert "deleting a ref needs" in out.stderr, out.stderr
+    assert "dev" in {b.name for b in admin.list_repo_refs("acme/pushed").branches}
+
+
+def test_listing_applies_a_scoped_tokens_rights_per_repo(site):
+    node, t = site
+    admin = HfApi(endpoint=node.url, token=t["admin"])
+    admin.create_repo("acme/open")
+    scoped = HfApi(endpoint=node.url, token=t["bob_fine_other"])  # write on admin/elsewhere only
+    for kwargs in ({"author": "acme"}, {"search": "team"}, {"author": "acme", "full": True}, {}):
+        names = {m.id for m in scoped.list_models(**kwargs)}
+        assert "acme/team" not in names, (kwargs, names)
+    assert "acme/open" in {m.id for m in scoped.list_models(author="acme")}
+    # bob's own write token still lists the private org repo he may read.
+    full = HfApi(endpoint=node.url, token=t["bob_write"])
+    assert "acme/team" in {m.id for m in full.list_models(author="acme")}

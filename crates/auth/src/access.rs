@@ -15,8 +15,11 @@
 //!   on that repo (coarse `write`, or a fine-grained grant covering the repo or its namespace
 //!   with `write`), and a user who owns the namespace, is a site admin, or is an org member with
 //!   role `contributor`, `write` or `admin`; otherwise [`Decision::Forbidden`];
-//! - force pushes (rewriting history) additionally need the owner, a site admin, or role
-//!   `write`/`admin`: `contributor` may add commits but not rewrite them.
+//! - force pushes and deleting a branch or tag (rewriting history) additionally need the
+//!   owner, a site admin, or role `write`/`admin`: `contributor` may add commits but not
+//!   rewrite or remove them ([`decide_force_push`]);
+//! - administering a repo — changing its visibility, renaming or moving it, deleting it —
+//!   additionally needs the owner, a site admin, or role `admin` ([`decide_admin`]).
 
 use crate::{Access, Principal, Role};
 use hub_protocol::repo::RepoId;
@@ -116,6 +119,19 @@ pub fn decide_force_push(caller: Option<&Caller<'_>>, repo: &RepoId, private: bo
     match caller.map(|c| c.standing(repo.namespace())) {
         Some(Standing::Owner) => Decision::Allow,
         Some(Standing::Member(role)) if role >= Role::Write => Decision::Allow,
+        _ => Decision::Forbidden,
+    }
+}
+
+/// May `caller` administer `repo`: change its visibility, rename or move it, delete it? Needs
+/// everything a write needs, and the owner, a site admin, or org role `admin`.
+pub fn decide_admin(caller: Option<&Caller<'_>>, repo: &RepoId, private: bool) -> Decision {
+    let write = decide(caller, repo, private, Access::Write);
+    if write != Decision::Allow {
+        return write;
+    }
+    match caller.map(|c| c.standing(repo.namespace())) {
+        Some(Standing::Owner | Standing::Member(Role::Admin)) => Decision::Allow,
         _ => Decision::Forbidden,
     }
 }
@@ -335,6 +351,35 @@ mod tests {
             assert_eq!(decide_force_push(Some(c), &repo("alice/m"), true), A);
             assert_eq!(decide_force_push(Some(c), &repo("alice/n"), true), N);
             assert_eq!(decide_force_push(Some(c), &repo("alice/n"), false), F);
+        });
+    }
+
+    #[test]
+    fn administering_needs_owner_site_admin_or_admin_role() {
+        let r = repo("acme/m");
+        let admin = |p: &Principal, orgs: &[(&str, Role)], private| {
+            with(p, orgs, |c| decide_admin(Some(c), &r, private))
+        };
+        let carol = principal("carol", false, Scope::Write, &[]);
+        for private in [false, true] {
+            assert_eq!(admin(&carol, &[("acme", Role::Admin)], private), A);
+            // The Hub's roles: write and contributor may not change visibility, move or delete.
+            assert_eq!(admin(&carol, &[("acme", Role::Write)], private), F);
+            assert_eq!(admin(&carol, &[("acme", Role::Contributor)], private), F);
+            assert_eq!(admin(&carol, &[("acme", Role::Read)], private), F);
+            assert_eq!(decide_admin(None, &r, private), U);
+        }
+        assert_eq!(admin(&carol, &[], false), F);
+        assert_eq!(admin(&carol, &[], true), N);
+        // The token still bounds what an admin may do.
+        let carol_read = principal("carol", false, Scope::Read, &[]);
+        assert_eq!(admin(&carol_read, &[("acme", Role::Admin)], false), F);
+        let root = principal("root", true, Scope::Write, &[]);
+        assert_eq!(admin(&root, &[], true), A);
+        let alice = principal("alice", false, Scope::Write, &[]);
+        with(&alice, &[], |c| {
+            assert_eq!(decide_admin(Some(c), &repo("alice/m"), true), A);
+            assert_eq!(decide_admin(Some(c), &repo("acme/m"), false), F);
         });
     }
 

@@ -58,7 +58,7 @@ mod access;
 mod store;
 mod token;
 
-pub use access::{Caller, Decision, decide, decide_force_push};
+pub use access::{Caller, Decision, decide, decide_admin, decide_force_push};
 pub use store::{AuthError, AuthStore};
 pub use token::TokenSecret;
 

@@ -411,6 +411,17 @@ impl AuthStore {
         self.with_caller(principal, |c| access::decide_force_push(c, repo, private))
     }
 
+    /// May `principal` administer `repo` (visibility, move, delete)? See
+    /// [`access::decide_admin`].
+    pub fn decide_admin(
+        &self,
+        principal: Option<&Principal>,
+        repo: &RepoId,
+        private: bool,
+    ) -> Result<Decision, AuthError> {
+        self.with_caller(principal, |c| access::decide_admin(c, repo, private))
+    }
+
     fn with_caller<T>(
         &self,
         principal: Option<&Principal>,

@@ -92,15 +92,7 @@ pub(crate) fn missing(
         if store.has(&sha256).map_err(|e| e.to_string())? {
             // Left behind by a crash between the import's commit and the spool's removal.
             remove_spool(store, &sha256);
-            if !repos
-                .has_lfs_object(repo, &sha)
-                .map_err(|e| e.to_string())?
-            {
-                store.add_root(&sha256).map_err(|e| e.to_string())?;
-                repos
-                    .add_lfs_objects(repo, &[sha])
-                    .map_err(|e| e.to_string())?;
-            }
+            hub_core::lfs_objects::adopt(repos, store, repo, &sha256).map_err(|e| e.to_string())?;
             continue;
         }
         match lfs.get(&sha256) {

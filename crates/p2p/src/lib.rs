@@ -38,15 +38,17 @@
 mod blobs;
 mod codec;
 mod lfs;
+mod port;
 mod replicate;
 mod schedule;
 mod seeds;
 mod state;
 mod swarm;
 
+pub use hub_core::EnsureError;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-pub use replicate::{EnsureError, OnReplicated, Replication, ReplicationError, spawn_replicating};
+pub use replicate::{OnReplicated, Replication, ReplicationError, spawn_replicating};
 pub use seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedSource};
 pub use state::{RefStore, RefStoreError};
 pub use swarm::{

@@ -47,6 +47,7 @@ use crate::lfs::Wanted;
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{RefStore, RefStoreError};
 use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
+use hub_core::{EnsureError, LfsFetchError};
 use hub_protocol::blocks::{BlockRequest, BlockResponse};
 use hub_protocol::manifest::{Hash, Sha256};
 use hub_protocol::replication::{
@@ -190,19 +191,6 @@ impl std::fmt::Debug for Control {
     }
 }
 
-/// Why [`P2p::ensure_repo`] could not bring a repo here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EnsureError {
-    /// No accepted signed update names the repo: the mesh does not know it (private repos
-    /// are never announced), or this node runs no replication.
-    #[error("no peer announced this repository")]
-    Unknown,
-    /// Announced, but its git data had not arrived by the deadline.
-    #[error("the repository is still being fetched from peers ({0})")]
-    Pending(String),
-}
-
 /// The libp2p peer id of a delegate key (node keys are the same ed25519 keys).
 fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
     crate::peer_id_of_key(&key.0)
@@ -318,8 +306,8 @@ impl P2p {
         sha256: Sha256,
         size: u64,
         deadline: Instant,
-    ) -> Result<(), String> {
-        let control = self.control().ok_or("this node runs no replication")?;
+    ) -> Result<(), LfsFetchError> {
+        let control = self.control().ok_or(LfsFetchError::NoReplication)?;
         let (reply, rx) = oneshot::channel();
         let msg = ControlMsg::Lfs {
             repo: repo.clone(),
@@ -331,11 +319,11 @@ impl P2p {
             .tx
             .send(msg)
             .await
-            .map_err(|_| "replication stopped".to_owned())?;
+            .map_err(|_| LfsFetchError::Stopped)?;
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("replication stopped".into()),
-            Err(_) => Err("still arriving from peers".into()),
+            Ok(Ok(result)) => result.map_err(LfsFetchError::Failed),
+            Ok(Err(_)) => Err(LfsFetchError::Stopped),
+            Err(_) => Err(LfsFetchError::Timeout),
         }
     }
 
@@ -1345,10 +1333,7 @@ async fn fetch_lfs_once(
 async fn record_lfs(ctx: &Arc<Ctx>, repo: &RepoId, sha: Sha256) -> Result<(), String> {
     let (c, id) = (ctx.clone(), repo.clone());
     blocking(move || {
-        c.chunks.add_root(&sha).map_err(|e| e.to_string())?;
-        c.repos
-            .add_lfs_objects(&id, &[sha.0])
-            .map_err(|e| e.to_string())
+        hub_core::lfs_objects::adopt(&c.repos, &c.chunks, &id, &sha).map_err(|e| e.to_string())
     })
     .await
     .ok_or("record task failed")?

@@ -94,6 +94,9 @@ pub enum Rejection {
     RefNamespace,
     #[error("deleting the default branch main is not allowed")]
     DeleteMain,
+    /// Deleting a branch or tag removes history: it needs the rights a force push needs.
+    #[error("deleting a ref needs the owner, a site admin, or the write or admin role")]
+    DeleteForbidden,
     #[error("stale info (the ref moved; fetch first)")]
     Stale,
     #[error("non-fast-forward")]

@@ -1,0 +1,157 @@
+//! hub-core: the Hub's rules without HTTP.
+//!
+//! Every surface that reads or writes repositories — the HTTP API, git smart HTTP, the LFS
+//! batch API, inference, and next mirroring, Spaces and the git remote helper — goes through
+//! this crate for the decisions that must not differ between them:
+//! - **access** ([`Hub::access`]): authenticate-free (the caller comes resolved), it checks
+//!   that a write belongs here (the namespace is hosted by this node) *before* any lookup,
+//!   finds the repo (fetching a public one from the mesh on demand for reads), and asks
+//!   `hub-auth` for the decision; the answer is a [`Granted`] target or one [`AccessError`];
+//! - **a repo's LFS objects** ([`Hub::lfs_size`], [`Hub::adopt_lfs`]): an object belongs to a
+//!   repo only when it is in the repo's LFS set *and* in the store (the store is shared; a
+//!   hash is no proof of having the content); adopting one roots it against GC and adds it
+//!   to the set;
+//! - **commit planning** ([`commit::plan`]): added files become git blobs or LFS pointers by
+//!   the branch's `.gitattributes` rules;
+//! - **the after-write hook** ([`Hub::after_write`]): the listing document is re-derived and
+//!   the mesh told, after every successful write;
+//! - **listing documents** ([`listing`]): what the search index holds for a repo, and who may
+//!   see which listed repo.
+//!
+//! Place in the graph: above the leaves (`protocol`, `store`, `repo`, `auth`, `search`), below
+//! the mesh, models and gateway crates. It must not depend on the network crates, axum or
+//! candle: it sees the mesh only through the [`MeshPort`] trait, which `hub-p2p` implements
+//! and [`FakeMesh`] (feature `test-support`) fakes in memory for other crates' tests.
+//!
+//! ```no_run
+//! # async fn demo(hub: hub_core::Hub, id: hub_protocol::repo::RepoId) -> Result<(), hub_core::AccessError> {
+//! use hub_core::Need;
+//! let granted = hub.access(None, &id, Need::Read).await?; // anonymous read
+//! assert!(!granted.meta.private);
+//! # Ok(()) }
+//! ```
+
+mod access;
+pub mod commit;
+pub mod lfs_objects;
+pub mod listing;
+mod mesh;
+
+pub use access::{AccessError, ENSURE_REPO_WAIT, Granted, Need};
+pub use commit::{CommitError, Pending};
+#[cfg(feature = "test-support")]
+pub use mesh::FakeMesh;
+pub use mesh::{BoxFuture, EnsureError, LfsFetchError, LfsStream, MeshPort};
+
+use hub_auth::AuthStore;
+use hub_protocol::repo::RepoId;
+use hub_repo::Repos;
+use hub_search::SearchIndex;
+use hub_store::Store;
+use std::sync::Arc;
+
+/// A failure of the storage underneath a rule (repositories, the chunk store, accounts).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Repo(#[from] hub_repo::RepoError),
+    #[error(transparent)]
+    Store(#[from] hub_store::StoreError),
+    #[error(transparent)]
+    Auth(#[from] hub_auth::AuthError),
+    #[error("read stored object")]
+    Io(#[from] std::io::Error),
+    #[error("blocking task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The Hub: what every surface serves from. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// What a [`Hub`] is made of.
+#[derive(Debug)]
+pub struct HubParts {
+    pub auth: Arc<AuthStore>,
+    pub repos: Arc<Repos>,
+    pub store: Store,
+    pub search: Arc<SearchIndex>,
+    pub mesh: Arc<dyn MeshPort>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    auth: Arc<AuthStore>,
+    repos: Arc<Repos>,
+    store: Store,
+    search: Arc<SearchIndex>,
+    mesh: Arc<dyn MeshPort>,
+}
+
+impl Hub {
+    pub fn new(parts: HubParts) -> Self {
+        let HubParts {
+            auth,
+            repos,
+            store,
+            search,
+            mesh,
+        } = parts;
+        Self {
+            inner: Arc::new(Inner {
+                auth,
+                repos,
+                store,
+                search,
+                mesh,
+            }),
+        }
+    }
+
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.inner.auth
+    }
+
+    pub fn repos(&self) -> &Arc<Repos> {
+        &self.inner.repos
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn search(&self) -> &Arc<SearchIndex> {
+        &self.inner.search
+    }
+
+    pub fn mesh(&self) -> &Arc<dyn MeshPort> {
+        &self.inner.mesh
+    }
+
+    /// The one hook after every successful write to a repository (create, commit, settings,
+    /// branch or tag, move, delete, git push): re-derives its listing entry before the caller
+    /// answers, so a client that lists right after a write sees it, and tells the mesh, which
+    /// signs and gossips the new refs of public repos (it never blocks).
+    pub async fn after_write(&self, id: &RepoId) {
+        self.inner.mesh.repo_changed(id);
+        let (repos, search, id) = (self.repos().clone(), self.search().clone(), id.clone());
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || listing::reindex(&repos, &search, &id)).await
+        {
+            tracing::warn!(error = %e, "reindex task failed");
+        }
+    }
+}
+
+/// Runs blocking repository, store or account work off the async executor.
+pub(crate) async fn blocking<
+    T: Send + 'static,
+    E: From<tokio::task::JoinError> + Send + 'static,
+>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(f).await?
+}

@@ -1,0 +1,214 @@
+//! The mesh as hub-core sees it: the [`MeshPort`] trait.
+//!
+//! hub-core decides; the mesh crate moves data. The port is the handful of things a Hub rule
+//! needs from peers: fetch a public repo (or one LFS object) on demand, stream an object while
+//! it arrives, name the nodes hosting a namespace, and hear that a repo changed. `hub-p2p`
+//! implements it on its handle; [`FakeMesh`] (feature `test-support`) implements it in memory,
+//! so the gateway's router tests cover hosted-elsewhere writes and on-demand fetches without
+//! sockets.
+
+use hub_protocol::repo::RepoId;
+use hub_store::Sha256;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A boxed future, so that [`MeshPort`] can be used as `dyn MeshPort`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An LFS object's bytes while they arrive, in order, each piece verified; an `Err` item ends
+/// the stream early (the fetch failed part way: the client sees a short body, never a wrong
+/// byte).
+pub type LfsStream = mpsc::Receiver<std::io::Result<Vec<u8>>>;
+
+/// Why a repo could not be had from the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnsureError {
+    /// No accepted signed update names the repo: the mesh does not know it (private repos are
+    /// never announced), or this node runs no replication.
+    #[error("no peer announced this repository")]
+    Unknown,
+    /// Announced, but its git data had not arrived by the deadline.
+    #[error("the repository is still being fetched from peers ({0})")]
+    Pending(String),
+}
+
+/// Why an LFS object could not be had from the mesh by a deadline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LfsFetchError {
+    #[error("this node runs no replication")]
+    NoReplication,
+    #[error("replication stopped")]
+    Stopped,
+    #[error("still arriving from peers")]
+    Timeout,
+    /// The fetch ended without the object (no provider, bad data from every provider, …).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What hub-core needs from the mesh.
+pub trait MeshPort: Send + Sync + std::fmt::Debug {
+    /// Makes sure this node holds the git data of `repo`, announced by a peer, fetching it
+    /// if needed, waiting until `deadline` at most.
+    fn ensure_repo<'a>(
+        &'a self,
+        repo: &'a RepoId,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), EnsureError>>;
+
+    /// Fetches one LFS object of `repo` (named by its pointer) and waits until it is stored,
+    /// or until `deadline`.
+    fn ensure_lfs<'a>(
+        &'a self,
+        repo: &'a RepoId,
+        sha256: Sha256,
+        size: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), LfsFetchError>>;
+
+    /// Starts fetching one LFS object of `repo` and streams it while it arrives. `None`: it is
+    /// stored already, or nothing verified had arrived by `deadline`.
+    fn stream_lfs<'a>(
+        &'a self,
+        repo: &'a RepoId,
+        sha256: Sha256,
+        size: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Option<LfsStream>>;
+
+    /// The nodes hosting `namespace` (display forms of their ids) when this node is not one
+    /// of them: writes belong there. `None`: this node hosts it, or nobody announced it.
+    fn namespace_hosts<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Option<Vec<String>>>;
+
+    /// A repo changed here (after a write); never blocks.
+    fn repo_changed(&self, repo: &RepoId);
+}
+
+#[cfg(feature = "test-support")]
+pub use fake::FakeMesh;
+
+#[cfg(feature = "test-support")]
+mod fake {
+    use super::{BoxFuture, EnsureError, LfsFetchError, LfsStream, MeshPort};
+    use hub_protocol::repo::RepoId;
+    use hub_store::Sha256;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use tokio::time::Instant;
+
+    /// What a fetched repo does on arrival: the test's stand-in for a peer's pack (e.g. it
+    /// creates the repo in the node's `Repos`).
+    type Arrival = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+    /// An in-memory mesh for tests: namespaces hosted elsewhere, repos "announced" by peers
+    /// (with what their arrival does), and a log of every call.
+    #[derive(Default)]
+    pub struct FakeMesh {
+        state: Mutex<State>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        hosts: HashMap<String, Vec<String>>,
+        announced: HashMap<RepoId, Option<Arrival>>,
+        ensured: Vec<RepoId>,
+        changed: Vec<RepoId>,
+    }
+
+    impl std::fmt::Debug for FakeMesh {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("FakeMesh").finish_non_exhaustive()
+        }
+    }
+
+    impl FakeMesh {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// `namespace` is hosted by these nodes, not this one.
+        pub fn host_elsewhere(&self, namespace: &str, hosts: &[&str]) {
+            self.state().hosts.insert(
+                namespace.to_owned(),
+                hosts.iter().map(|h| (*h).to_owned()).collect(),
+            );
+        }
+
+        /// A peer announced `repo`; fetching it runs `arrive` (`None`: its data never
+        /// arrives, so fetches stay pending).
+        pub fn announce(
+            &self,
+            repo: &RepoId,
+            arrive: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+        ) {
+            self.state().announced.insert(repo.clone(), arrive);
+        }
+
+        /// The repos fetched on demand so far, in order.
+        pub fn ensured(&self) -> Vec<RepoId> {
+            self.state().ensured.clone()
+        }
+
+        /// The repos reported changed so far, in order.
+        pub fn changed(&self) -> Vec<RepoId> {
+            self.state().changed.clone()
+        }
+    }
+
+    impl MeshPort for FakeMesh {
+        fn ensure_repo<'a>(
+            &'a self,
+            repo: &'a RepoId,
+            _deadline: Instant,
+        ) -> BoxFuture<'a, Result<(), EnsureError>> {
+            Box::pin(async move {
+                let arrival = {
+                    let mut state = self.state();
+                    state.ensured.push(repo.clone());
+                    match state.announced.get(repo) {
+                        None => return Err(EnsureError::Unknown),
+                        Some(None) => return Err(EnsureError::Pending("not arrived yet".into())),
+                        Some(Some(arrive)) => arrive.clone(),
+                    }
+                };
+                arrival().map_err(EnsureError::Pending)
+            })
+        }
+
+        fn ensure_lfs<'a>(
+            &'a self,
+            _repo: &'a RepoId,
+            _sha256: Sha256,
+            _size: u64,
+            _deadline: Instant,
+        ) -> BoxFuture<'a, Result<(), LfsFetchError>> {
+            Box::pin(async { Err(LfsFetchError::Failed("no peer has it".into())) })
+        }
+
+        fn stream_lfs<'a>(
+            &'a self,
+            _repo: &'a RepoId,
+            _sha256: Sha256,
+            _size: u64,
+            _deadline: Instant,
+        ) -> BoxFuture<'a, Option<LfsStream>> {
+            Box::pin(async { None })
+        }
+
+        fn namespace_hosts<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Option<Vec<String>>> {
+            Box::pin(async move { self.state().hosts.get(namespace).cloned() })
+        }
+
+        fn repo_changed(&self, repo: &RepoId) {
+            self.state().changed.push(repo.clone());
+        }
+    }
+}
