@@ -85,8 +85,9 @@ pub struct Parts {
     pub store: Store,
     pub search: Arc<SearchIndex>,
     pub p2p: hub_p2p::P2p,
-    /// The mesh as the Hub's rules see it: `p2p` itself in a node, a fake in tests.
-    pub mesh: Arc<dyn MeshPort>,
+    /// The replication running on `p2p` (seeding, on-demand fetches, announcements); `None`:
+    /// this node replicates nothing (the Hub's rules then see [`hub_core::NoMesh`]).
+    pub replication: Option<hub_p2p::Mesh>,
     pub config: GatewayConfig,
 }
 
@@ -94,6 +95,7 @@ pub struct Parts {
 struct Inner {
     hub: Hub,
     p2p: hub_p2p::P2p,
+    replication: Option<hub_p2p::Mesh>,
     config: GatewayConfig,
     metrics: Metrics,
     /// Set once by [`AppState::enable_inference`]; the inference routes answer 503 until then.
@@ -103,13 +105,22 @@ struct Inner {
 
 impl AppState {
     pub fn new(parts: Parts) -> Self {
+        let mesh: Arc<dyn MeshPort> = match &parts.replication {
+            Some(replication) => Arc::new(replication.clone()),
+            None => Arc::new(hub_core::NoMesh),
+        };
+        Self::with_mesh(parts, mesh)
+    }
+
+    /// As [`AppState::new`], with the Hub's rules seeing `mesh` (tests: a `FakeMesh`).
+    pub fn with_mesh(parts: Parts, mesh: Arc<dyn MeshPort>) -> Self {
         let Parts {
             auth,
             repos,
             store,
             search,
             p2p,
-            mesh,
+            replication,
             config,
         } = parts;
         let metrics = Metrics::new(p2p.clone());
@@ -123,6 +134,7 @@ impl AppState {
                     mesh,
                 }),
                 p2p,
+                replication,
                 config,
                 metrics,
                 inference: std::sync::OnceLock::new(),
@@ -158,6 +170,11 @@ impl AppState {
 
     pub fn p2p(&self) -> &hub_p2p::P2p {
         &self.inner.p2p
+    }
+
+    /// The replication handle, when this node replicates.
+    pub fn replication(&self) -> Option<&hub_p2p::Mesh> {
+        self.inner.replication.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {

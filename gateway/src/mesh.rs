@@ -47,8 +47,9 @@ pub(crate) fn routes() -> Router<AppState> {
 
 fn seeds_json(state: &AppState) -> Value {
     let seeds: Vec<Value> = state
-        .p2p()
-        .seeds()
+        .replication()
+        .map(hub_p2p::Mesh::seeds)
+        .unwrap_or_default()
         .into_iter()
         .map(|e| {
             json!({
@@ -81,6 +82,13 @@ fn seed_error(e: SeedError) -> AppError {
     }
 }
 
+/// The replication handle, or the error a node without replication answers.
+fn replication(state: &AppState) -> Result<&hub_p2p::Mesh, AppError> {
+    state
+        .replication()
+        .ok_or_else(|| seed_error(SeedError::NoReplication))
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct PatternBody {
     pattern: String,
@@ -93,8 +101,7 @@ async fn add_seed(
 ) -> Result<Json<Value>, AppError> {
     let body: PatternBody = serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("expected {{\"pattern\": \"ns/*\"}}: {e}")))?;
-    let added = state
-        .p2p()
+    let added = replication(&state)?
         .add_seed(&body.pattern)
         .await
         .map_err(seed_error)?;
@@ -116,8 +123,7 @@ async fn remove_seed(
     _: SiteAdmin,
     Query(q): Query<PatternQuery>,
 ) -> Result<Json<Value>, AppError> {
-    state
-        .p2p()
+    replication(&state)?
         .remove_seed(&q.pattern)
         .await
         .map_err(seed_error)?;

@@ -61,15 +61,19 @@ async fn fixture_on(config: GatewayConfig, mesh: Option<Arc<dyn hub_core::MeshPo
         .await
         .unwrap();
     let peer_id = p2p.peer_id().to_string();
-    let state = AppState::new(Parts {
+    let parts = Parts {
         auth,
         repos: Arc::new(hub_repo::Repos::open(dir.path().join("repos")).unwrap()),
         store: hub_store::Store::open(dir.path().join("store")).unwrap(),
         search: Arc::new(hub_search::SearchIndex::open(&dir.path().join("search")).unwrap()),
-        mesh: mesh.unwrap_or_else(|| Arc::new(p2p.clone())),
         p2p,
+        replication: None,
         config,
-    });
+    };
+    let state = match mesh {
+        Some(mesh) => AppState::with_mesh(parts, mesh),
+        None => AppState::new(parts),
+    };
     Fixture {
         _dir: dir,
         app: router(state.clone()),

@@ -103,10 +103,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Arc::new(move |id| hub_core::listing::reindex(&repos, &search, id))
         },
     };
-    let (p2p, swarm_task) =
+    let (mesh, swarm_task) =
         hub_p2p::spawn_replicating(key, p2p_config, replication, cancel.child_token())
             .await
             .context("start the p2p swarm")?;
+    let p2p = mesh.p2p().clone();
 
     let state = AppState::new(Parts {
         auth: auth.clone(),
@@ -114,7 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store,
         search,
         p2p: p2p.clone(),
-        mesh: Arc::new(p2p.clone()),
+        replication: Some(mesh),
         config: GatewayConfig {
             list_page_size: config.gateway.list_page_size,
         },

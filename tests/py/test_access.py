@@ -252,7 +252,8 @@ def test_contributor_cannot_delete_a_branch_with_git_push(site, tmp_path):
     admin.create_branch("acme/pushed", branch="dev")
     url = node.url.replace("http://", f"http://bob:{t['bob_write']}@") + "/acme/pushed"
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    out = subprocess.run(["git", "push", url, "--delete", "dev"], cwd=tmp_path, env=env,
+    subprocess.run(["git", "init", "-q", str(tmp_path / "w")], check=True)
+    out = subprocess.run(["git", "push", url, "--delete", "dev"], cwd=tmp_path / "w", env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0, out.stderr
     assert "deleting a ref needs" in out.stderr, out.stderr

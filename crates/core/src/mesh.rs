@@ -88,6 +88,47 @@ pub trait MeshPort: Send + Sync + std::fmt::Debug {
     fn repo_changed(&self, repo: &RepoId);
 }
 
+/// The mesh of a node that replicates nothing: no peer announced anything, so nothing can be
+/// fetched, and every namespace is this node's own.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoMesh;
+
+impl MeshPort for NoMesh {
+    fn ensure_repo<'a>(
+        &'a self,
+        _repo: &'a RepoId,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), EnsureError>> {
+        Box::pin(async { Err(EnsureError::Unknown) })
+    }
+
+    fn ensure_lfs<'a>(
+        &'a self,
+        _repo: &'a RepoId,
+        _sha256: Sha256,
+        _size: u64,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), LfsFetchError>> {
+        Box::pin(async { Err(LfsFetchError::NoReplication) })
+    }
+
+    fn stream_lfs<'a>(
+        &'a self,
+        _repo: &'a RepoId,
+        _sha256: Sha256,
+        _size: u64,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Option<LfsStream>> {
+        Box::pin(async { None })
+    }
+
+    fn namespace_hosts<'a>(&'a self, _namespace: &'a str) -> BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(async { None })
+    }
+
+    fn repo_changed(&self, _repo: &RepoId) {}
+}
+
 #[cfg(feature = "test-support")]
 pub use fake::FakeMesh;
 

@@ -56,13 +56,13 @@ const MAX_OFFERED_BYTES: usize = 512 << 20;
 /// How long a pack is held for the peer that asked for it.
 const OFFER_TTL: Duration = Duration::from_secs(120);
 /// How long fetching one pack may take.
-const PACK_TIMEOUT: Duration = crate::swarm::PACK_TIMEOUT;
+const PACK_TIMEOUT: Duration = crate::codec::PACK_TIMEOUT;
 /// Most connections the provider serves at once.
 const MAX_CONNECTIONS: usize = 256;
 /// How long connecting to a provider may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request (a batch of chunks) may take, either side.
-const REQUEST_TIMEOUT: Duration = crate::swarm::BLOCKS_TIMEOUT;
+const REQUEST_TIMEOUT: Duration = crate::codec::BLOCKS_TIMEOUT;
 /// Stream reset codes the provider uses (the requester only logs them).
 const REFUSED: u32 = 1;
 const FAILED: u32 = 2;

@@ -10,6 +10,7 @@ use hub_protocol::replication::{MAX_REQUEST_LEN, MAX_RESPONSE_LEN, PackRequest, 
 use libp2p::StreamProtocol;
 use std::io;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 /// A message of one of our request-response protocols: its hub-protocol encoding.
 pub(crate) trait Wire: Sized + Send {
@@ -211,3 +212,8 @@ mod tests {
         );
     }
 }
+
+/// How long a git-pack request may take, pack transfer included.
+pub const PACK_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a `/hubmesh/blocks/1` request may take (one batch of at most 8 MiB).
+pub const BLOCKS_TIMEOUT: Duration = Duration::from_secs(60);

@@ -795,6 +795,7 @@ fn penalise(p2p: &P2p, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::Displ
 pub(crate) async fn fetch_object<F, Fut>(
     p2p: &P2p,
     store: &Store,
+    arrivals: &Arrivals,
     wanted: Wanted,
     peers: &[PeerId],
     more: F,
@@ -880,11 +881,8 @@ where
         frontier: frontier_rx,
     });
     let _registered = arriving.as_ref().map(|a| {
-        p2p.arrivals.register(sha256, a.clone());
-        Registered {
-            arrivals: &p2p.arrivals,
-            sha256,
-        }
+        arrivals.register(sha256, a.clone());
+        Registered { arrivals, sha256 }
     });
     let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
     let batches = crate::schedule::plan(&lens, &have);

@@ -7,10 +7,18 @@
 //! signed ref updates and namespace documents, kademlia provider records per repo, and the
 //! `/hubmesh/git-pack/1` request-response protocol for packs of the difference, and
 //! `/hubmesh/blocks/1` for LFS content verified chunk by chunk (see [`spawn_replicating`] and
-//! the `replicate` and `lfs` modules; why not iroh-blobs: ADR 0005). QUIC listens next to
+//! the `replicate` and `lfs` modules; chunks and packs travel over iroh-blobs: ADR 0005). QUIC listens next to
 //! TCP; mDNS discovery is opt-in. For the compute mesh it carries capacity adverts on their own
 //! gossip topic (judged by their consumer, [`P2p::take_capacity_adverts`]) and raw streams
 //! (`/hubmesh/infer/1`, [`P2p::streams`]).
+//!
+//! Two handles: [`P2p`] is the transport (the swarm, the blob endpoint, gossip, streams) and
+//! knows nothing of replication; [`Mesh`], returned by [`spawn_replicating`], is the
+//! replication on top of it (seeding, on-demand fetches, announcing local writes) and
+//! implements `hub-core`'s `MeshPort`. Module dependencies point one way: `codec` ← `blobs`
+//! ← `swarm` ← `lfs` ← `replicate` ← `port` (`scripts/module-cycles` checks it). This crate
+//! must not depend on the gateway or on axum; it sees the Hub's rules only through
+//! `hub-core` (a repo's LFS objects).
 //!
 //! Who spawns whom: the node calls [`spawn`], which binds every listen address, waits until
 //! each listener reports an address, dials the bootstrap peers and then moves the swarm into
@@ -48,7 +56,7 @@ mod swarm;
 pub use hub_core::EnsureError;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-pub use replicate::{OnReplicated, Replication, ReplicationError, spawn_replicating};
+pub use replicate::{Mesh, OnReplicated, Replication, ReplicationError, spawn_replicating};
 pub use seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedSource};
 pub use state::{RefStore, RefStoreError};
 pub use swarm::{

@@ -43,7 +43,7 @@
 //! ([`fetch_lfs_once`]). [`P2p::namespace_hosts`] names the delegates of a namespace this
 //! node is not a delegate of, so the gateway can send writes there.
 
-use crate::lfs::Wanted;
+use crate::lfs::{Arrivals, Wanted};
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{RefStore, RefStoreError};
 use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
@@ -196,21 +196,50 @@ fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
     crate::peer_id_of_key(&key.0)
 }
 
+/// The handle on a running replication: the swarm's [`P2p`] handle plus what reaches the
+/// replication task (the seeding policy, on-demand fetches, namespace hosting, repos changed
+/// here). Cheap to clone. `hub-core`'s `MeshPort` is implemented on it.
+#[derive(Clone)]
+pub struct Mesh {
+    p2p: P2p,
+    control: Arc<Control>,
+    changes: Arc<Changes>,
+    /// LFS objects being fetched now, for downloads that stream them as they arrive.
+    arrivals: Arc<Arrivals>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("p2p", &self.p2p)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The seeding policy, on-demand fetches and namespace hosting, for the gateway.
-impl P2p {
-    fn control(&self) -> Option<Arc<Control>> {
-        self.control.clone()
+impl Mesh {
+    /// The swarm under this replication.
+    pub fn p2p(&self) -> &P2p {
+        &self.p2p
+    }
+
+    /// Tells replication that a repo was written locally (commit, push, branch, tag, create,
+    /// settings). Never blocks: changes are coalesced per repo (so the queue is bounded by
+    /// the number of repos) and announced by the replication task, which skips private
+    /// repos.
+    pub fn repo_changed(&self, repo: &RepoId) {
+        self.changes.push(repo.clone());
     }
 
     /// The merged seeding policy: configuration, run-time patterns, repos fetched on demand.
     pub fn seeds(&self) -> Vec<SeedEntry> {
-        self.control().map(|c| c.seeds.list()).unwrap_or_default()
+        self.control.seeds.list()
     }
 
     /// Adds a run-time seed pattern (persisted); matching repos with an accepted update start
     /// syncing. `Ok(false)`: the policy had it already.
     pub async fn add_seed(&self, pattern: &str) -> Result<bool, SeedError> {
-        let control = self.control().ok_or(SeedError::NoReplication)?;
+        let control = self.control.clone();
         let (seeds, pattern) = (control.seeds.clone(), pattern.to_owned());
         let added = blocking(move || seeds.add(&pattern))
             .await
@@ -224,7 +253,7 @@ impl P2p {
     /// Removes a run-time pattern, or a repo fetched on demand (`ns/name`); future updates
     /// of repos no longer covered are not fetched (what is stored stays).
     pub async fn remove_seed(&self, pattern: &str) -> Result<(), SeedError> {
-        let control = self.control().ok_or(SeedError::NoReplication)?;
+        let control = self.control.clone();
         let (seeds, pattern) = (control.seeds.clone(), pattern.to_owned());
         blocking(move || seeds.remove(&pattern))
             .await
@@ -239,7 +268,7 @@ impl P2p {
     /// repo with some refs is good enough). LFS content follows in the background (see
     /// [`P2p::ensure_lfs`]).
     pub async fn ensure_repo(&self, repo: &RepoId, deadline: Instant) -> Result<(), EnsureError> {
-        let control = self.control().ok_or(EnsureError::Unknown)?;
+        let control = self.control.clone();
         let mut synced = control.synced.subscribe();
         let check = {
             let (c, id) = (control.clone(), repo.clone());
@@ -292,6 +321,7 @@ impl P2p {
             return Ok(());
         }
         let why = self
+            .p2p
             .repo_state(repo)
             .and_then(|s| s.last_error)
             .unwrap_or_else(|| "not arrived yet".into());
@@ -307,7 +337,7 @@ impl P2p {
         size: u64,
         deadline: Instant,
     ) -> Result<(), LfsFetchError> {
-        let control = self.control().ok_or(LfsFetchError::NoReplication)?;
+        let control = self.control.clone();
         let (reply, rx) = oneshot::channel();
         let msg = ControlMsg::Lfs {
             repo: repo.clone(),
@@ -340,7 +370,7 @@ impl P2p {
         size: u64,
         deadline: Instant,
     ) -> Option<mpsc::Receiver<std::io::Result<Vec<u8>>>> {
-        let control = self.control()?;
+        let control = self.control.clone();
         let (reply, done) = oneshot::channel();
         let msg = ControlMsg::Lfs {
             repo: repo.clone(),
@@ -363,7 +393,7 @@ impl P2p {
     /// not list this node: writes belong there. `None`: this node is a delegate, or no
     /// document is known (a namespace of this node's own that was never announced).
     pub async fn namespace_hosts(&self, namespace: &str) -> Option<Vec<PeerId>> {
-        let control = self.control()?;
+        let control = self.control.clone();
         let ns = namespace.to_owned();
         blocking(move || {
             let store = control.store.lock().unwrap_or_else(PoisonError::into_inner);
@@ -384,7 +414,7 @@ pub async fn spawn_replicating(
     config: P2pConfig,
     replication: Replication,
     cancel: CancellationToken,
-) -> Result<(P2p, JoinHandle<()>), ReplicationError> {
+) -> Result<(Mesh, JoinHandle<()>), ReplicationError> {
     let path = replication.ref_store.clone();
     let store = tokio::task::spawn_blocking(move || RefStore::open(path))
         .await
@@ -396,15 +426,15 @@ pub async fn spawn_replicating(
         .map_err(|e| ReplicationError::Seeds(std::io::Error::other(e)))?
         .map_err(ReplicationError::Seeds)?;
     let seeds = Arc::new(seeds);
-    let (mut p2p, events, swarm_task) =
+    let (p2p, events, swarm_task) =
         crate::swarm::spawn_with_events(key, config, cancel.clone()).await?;
     let changes = Arc::new(Changes::default());
-    p2p.changes = Some(changes.clone());
+    let arrivals = Arc::new(Arrivals::default());
     let store = Arc::new(Mutex::new(store));
     let key = SigningKey::from_bytes(&replication.secret);
     let synced = Arc::new(watch::channel(0u64).0);
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    p2p.control = Some(Arc::new(Control {
+    let control = Arc::new(Control {
         seeds: seeds.clone(),
         store: store.clone(),
         repos: replication.repos.clone(),
@@ -412,7 +442,7 @@ pub async fn spawn_replicating(
         tx: control_tx,
         synced: synced.clone(),
         chunks: replication.store.clone(),
-    }));
+    });
     let (done_tx, done_rx) = mpsc::channel(64);
     let ctx = Arc::new(Ctx {
         store,
@@ -424,6 +454,7 @@ pub async fn spawn_replicating(
         corrupt_chunks: replication.corrupt_chunks_for_tests,
         seeds,
         synced,
+        arrivals: arrivals.clone(),
         inflight: Mutex::default(),
         serving: Mutex::default(),
         serve_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
@@ -436,7 +467,7 @@ pub async fn spawn_replicating(
     let task = Task {
         p2p: p2p.clone(),
         ctx,
-        changes,
+        changes: changes.clone(),
         pending: HashMap::new(),
         fetching: HashMap::new(),
         failed: HashMap::new(),
@@ -447,7 +478,13 @@ pub async fn spawn_replicating(
         let _ = replication_task.await;
         let _ = swarm_task.await;
     });
-    Ok((p2p, joined))
+    let mesh = Mesh {
+        p2p,
+        control,
+        changes,
+        arrivals,
+    };
+    Ok((mesh, joined))
 }
 
 /// What fetch tasks and the main loop share.
@@ -464,6 +501,8 @@ struct Ctx {
     seeds: Arc<SeedPolicy>,
     /// Bumped whenever a fetch applied a pack or finished: on-demand waiters re-check.
     synced: Arc<watch::Sender<u64>>,
+    /// LFS objects being fetched now (shared with the [`Mesh`] handle's downloads).
+    arrivals: Arc<Arrivals>,
     /// LFS objects being fetched now; a second fetcher of one waits for the first.
     inflight: Mutex<BTreeMap<Sha256, watch::Receiver<()>>>,
     /// Requests being served per peer (bounded by [`MAX_SERVING_PER_PEER`]).
@@ -1314,7 +1353,8 @@ async fn fetch_lfs_once(
             .filter(|p| *p != me)
             .collect()
     };
-    let bytes = crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, wanted, peers, more).await?;
+    let bytes =
+        crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, &ctx.arrivals, wanted, peers, more).await?;
     record_lfs(ctx, repo, sha).await?;
     drop(guard);
     ctx.p2p

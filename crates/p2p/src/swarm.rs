@@ -50,10 +50,7 @@ pub(crate) const EVENT_QUEUE: usize = 1024;
 const CAPACITY_QUEUE: usize = 256;
 /// Concurrent git-pack streams per connection.
 pub const MAX_PACK_STREAMS: usize = 8;
-/// How long a git-pack request may take, pack transfer included.
-pub const PACK_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a `/hubmesh/blocks/1` request may take (one batch of at most 8 MiB).
-pub const BLOCKS_TIMEOUT: Duration = Duration::from_secs(60);
+pub use crate::codec::{BLOCKS_TIMEOUT, PACK_TIMEOUT};
 /// The kademlia protocol name (a private DHT, not the IPFS one).
 const KAD_PROTOCOL: &str = "/hubmesh/kad/1";
 
@@ -383,14 +380,8 @@ pub struct P2p {
     pub(crate) peers: Arc<Peers>,
     pub(crate) repo_states: Arc<RepoStates>,
     commands: mpsc::Sender<Command>,
-    /// Set when a replication task runs: repos written locally, waiting to be announced.
-    pub(crate) changes: Option<Arc<crate::replicate::Changes>>,
-    /// Set when a replication task runs: seeding policy, on-demand fetches, trust state.
-    pub(crate) control: Option<Arc<crate::replicate::Control>>,
     streams: libp2p_stream::Control,
     capacity: Arc<Mutex<Option<mpsc::Receiver<GossipMessage>>>>,
-    /// LFS objects being fetched now, for downloads that stream them as they arrive.
-    pub(crate) arrivals: Arc<crate::lfs::Arrivals>,
     /// The blob data plane (`None` when [`P2pConfig::blobs`] is off).
     pub(crate) blobs: Option<Arc<crate::blobs::Blobs>>,
 }
@@ -522,16 +513,6 @@ impl P2p {
             .filter(|(_, p)| p.connected)
             .map(|(id, _)| id)
             .collect()
-    }
-
-    /// Tells replication that a repo was written locally (commit, push, branch, tag, create,
-    /// settings). Never blocks: changes are coalesced per repo (so the queue is bounded by
-    /// the number of repos) and announced by the replication task, which skips private
-    /// repos. A no-op when no replication task runs.
-    pub fn repo_changed(&self, repo: &RepoId) {
-        if let Some(changes) = &self.changes {
-            changes.push(repo.clone());
-        }
     }
 
     /// Publishes raw bytes on a gossip topic, as they are. Nodes use the replication task to
@@ -827,7 +808,6 @@ pub(crate) async fn spawn_with_events(
     let (capacity_tx, capacity_rx) = mpsc::channel(CAPACITY_QUEUE);
     let handle = P2p {
         streams: swarm.behaviour().stream.new_control(),
-        arrivals: Arc::default(),
         capacity: Arc::new(Mutex::new(Some(capacity_rx))),
         peer_id,
         listen_addrs: Arc::new(listen_addrs),
@@ -835,8 +815,6 @@ pub(crate) async fn spawn_with_events(
         peers: peers.clone(),
         repo_states: Arc::default(),
         commands,
-        changes: None,
-        control: None,
         blobs: blobs.clone(),
     };
     let driver = Driver {

@@ -47,6 +47,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 struct Node {
+    mesh: hub_p2p::Mesh,
     p2p: P2p,
     repos: Arc<Repos>,
     replicated: Arc<AtomicU64>,
@@ -69,7 +70,7 @@ async fn node(
             .unwrap_or_default(),
         ..loopback()
     };
-    let (p2p, _task) = hub_p2p::spawn_replicating(
+    let (mesh, _task) = hub_p2p::spawn_replicating(
         Keypair::ed25519_from_bytes(secret).unwrap(),
         config,
         Replication {
@@ -91,7 +92,8 @@ async fn node(
     .await
     .unwrap();
     Node {
-        p2p,
+        p2p: mesh.p2p().clone(),
+        mesh,
         repos,
         replicated,
         _dir: dir,
@@ -114,8 +116,8 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
     commit(&a.repos, &tiny, "config.json", b"{}");
     a.repos.create_with(&secret, &author, true).unwrap();
     commit(&a.repos, &secret, "leak.txt", b"private");
-    a.p2p.repo_changed(&secret);
-    a.p2p.repo_changed(&tiny);
+    a.mesh.repo_changed(&secret);
+    a.mesh.repo_changed(&tiny);
 
     wait_for("first replication", || {
         refs(&b.repos, &tiny) == refs(&a.repos, &tiny)
@@ -132,7 +134,7 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
     // A second commit converges too, as a pack of the difference.
     commit(&a.repos, &tiny, "README.md", b"# tiny\n");
     a.repos.create_branch(&tiny, "dev", None).unwrap();
-    a.p2p.repo_changed(&tiny);
+    a.mesh.repo_changed(&tiny);
     wait_for("second replication", || {
         refs(&b.repos, &tiny) == refs(&a.repos, &tiny)
     })
@@ -215,7 +217,7 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
 
     // The forged seq did not count: the owner's next update (seq 3) is still accepted.
     commit(&a.repos, &tiny, "notes.txt", b"third");
-    a.p2p.repo_changed(&tiny);
+    a.mesh.repo_changed(&tiny);
     wait_for("third replication", || {
         refs(&b.repos, &tiny) == refs(&a.repos, &tiny)
     })
