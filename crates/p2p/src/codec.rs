@@ -129,6 +129,11 @@ impl<Req: Wire, Resp: Wire, const REQ: usize, const RESP: usize> libp2p::request
     }
 }
 
+/// How long a git-pack request may take, pack transfer included.
+pub const PACK_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a `/hubmesh/blocks/1` request may take (one batch of at most 8 MiB).
+pub const BLOCKS_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,8 +217,3 @@ mod tests {
         );
     }
 }
-
-/// How long a git-pack request may take, pack transfer included.
-pub const PACK_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a `/hubmesh/blocks/1` request may take (one batch of at most 8 MiB).
-pub const BLOCKS_TIMEOUT: Duration = Duration::from_secs(60);
