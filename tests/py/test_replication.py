@@ -476,3 +476,64 @@ def test_a_multi_source_fetch_survives_a_seeder_killed_mid_download(node_factory
     # Only batches in flight to B at the kill are asked again: about the file, once.
     size = len(weights)
     assert counters["chunk_bytes_received"] <= size * 1.1, (counters, size)
+
+
+def http_status(url):
+    """The status of a GET, its body read and dropped."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_repo_made_private_or_deleted_is_withdrawn_from_every_seeder(node_factory, tmp_path):
+    """Visibility replicates: the host's signed withdrawal makes seeders drop their copy and
+    stop serving it at once, and a third node no longer fetches it on demand."""
+    a = node_factory("a", "--admin", "alice")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    c = node_factory("c", "--bootstrap", b.info["p2p"][0])
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    weights = safetensors_bytes(1)
+    for repo in ("alice/turns-private", "alice/deleted"):
+        api.create_repo(repo)
+        api.create_commit(
+            repo,
+            [
+                CommitOperationAdd(path_in_repo="config.json", path_or_fileobj=FILES["config.json"]),
+                CommitOperationAdd(path_in_repo="model.safetensors", path_or_fileobj=weights),
+            ],
+            commit_message="add",
+        )
+        wait_for_sha(b, repo, api.model_info(repo).sha)
+        wait_for(
+            f"{repo}'s weights on b",
+            lambda: http_status(f"{b.url}/{repo}/resolve/main/model.safetensors") == 200
+            or None,
+            b,
+        )
+    # C heard of both through B; it would fetch them on demand.
+    wait_for_sha(c, "alice/deleted", api.model_info("alice/deleted").sha)
+
+    announced = get(f"{a.url}/api/mesh/repos/model/alice/turns-private")[1]["last_seq"]
+    api.update_repo_settings("alice/turns-private", private=True)
+    api.delete_repo("alice/deleted")
+
+    for node in (b, c):
+        for repo in ("alice/turns-private", "alice/deleted"):
+            wait_for(f"{repo} gone from {node.url}", lambda: info(node, repo)[0] == 404, node)
+            assert http_status(f"{node.url}/{repo}/resolve/main/model.safetensors") == 404
+            assert http_status(f"{node.url}/{repo}/resolve/main/config.json") == 404
+    status, listed = get(f"{b.url}/api/models?author=alice")
+    assert status == 200 and listed == [], listed
+    assert "replica dropped" in b.log()
+    # A fresh node joining later hears the withdrawal and never fetches the repo.
+    d = node_factory("d", "--bootstrap", b.info["p2p"][0])
+    def heard_withdrawal():
+        status, body = get(f"{d.url}/api/mesh/repos/model/alice/turns-private")
+        return status == 200 and (body["last_seq"] or 0) > announced
+    wait_for("d hears the withdrawal", heard_withdrawal, d)
+    assert info(d, "alice/turns-private")[0] == 404
+    # The host still serves its private repo to its owner.
+    assert api.model_info("alice/turns-private").private

@@ -284,7 +284,12 @@ impl Mesh {
                         // and no peer's copy brings it back.
                         return None;
                     }
-                    state.last_accepted(&id).map(|u| u.update.refs.clone())?
+                    let last = state.last_accepted(&id)?;
+                    if is_withdrawal(last) {
+                        // Its host made it private or deleted it: the mesh does not have it.
+                        return None;
+                    }
+                    last.update.refs.clone()
                 };
                 Some(c.repos.exists(&id) && c.repos.public_refs(&id).is_ok_and(|r| r == refs))
             }
@@ -704,13 +709,18 @@ impl Task {
         if let Some(doc) = doc {
             self.gossip(Topic::Namespaces, doc.encode());
         }
-        tracing::info!(%repo, seq = update.update.seq, lfs = update.update.lfs.len(), "announcing signed refs");
         let seq = update.update.seq;
         self.p2p
             .repo_states
             .update(&repo, |s| s.last_seq = Some(seq));
         self.gossip(Topic::Refs, update.encode());
-        self.p2p.try_send(Command::Provide(repo));
+        if is_withdrawal(&update) {
+            tracing::info!(%repo, seq, "withdrawing the repo from the mesh (private or deleted)");
+            self.p2p.try_send(Command::StopProviding(repo));
+        } else {
+            tracing::info!(%repo, seq, lfs = update.update.lfs.len(), "announcing signed refs");
+            self.p2p.try_send(Command::Provide(repo));
+        }
     }
 
     fn gossip(&self, topic: Topic, data: Vec<u8>) {
@@ -867,18 +877,19 @@ impl Task {
         let result = blocking(move || {
             ctx.store()
                 .apply_ref_update(&id, signed, now())
-                .map(|u| u.update.seq)
+                .map(|u| (u.update.seq, is_withdrawal(u)))
         })
         .await;
         match result {
-            Some(Ok(seq)) => {
+            Some(Ok((seq, withdrawn))) => {
                 tracing::info!(%repo, seq, %via, "ref update accepted");
                 let seeded = self.ctx.seeds.matches(&repo);
                 self.p2p.repo_states.update(&repo, |s| {
                     s.last_seq = Some(seq);
                     s.seeded = seeded;
                 });
-                if seeded {
+                // A withdrawal is obeyed whether the repo is seeded or was fetched once.
+                if seeded || withdrawn {
                     let peers = author.into_iter().chain([via]).collect();
                     self.fetch(repo, peers);
                 }
@@ -1007,7 +1018,13 @@ impl Task {
         let Some((again, peers)) = self.fetching.remove(&repo) else {
             return;
         };
-        if ok {
+        let withdrawn = self
+            .ctx
+            .store()
+            .state()
+            .last_accepted(&repo)
+            .is_some_and(is_withdrawal);
+        if ok && !withdrawn {
             // A seeder with the whole repo is one more provider of it.
             self.p2p.try_send(Command::Provide(repo.clone()));
         }
@@ -1021,7 +1038,13 @@ impl Task {
 
 /// Builds (and accepts into our own store) the next signed update of `repo`, plus the
 /// namespace genesis when this is the namespace's first update. `None` when the repo is
-/// private, gone, or in a namespace this node is not a delegate of.
+/// private or gone and was never announced, or in a namespace this node is not a delegate of.
+///
+/// A repo that was announced and is now private or deleted gets a **withdrawal**: the next
+/// update with no refs and no LFS bindings. Seeders obey it at once (they drop their copy,
+/// stop serving and providing it), nodes that never held it will not fetch it on demand, and
+/// it is re-gossiped to peers that join later, so a seeder that was offline hears it too.
+/// Making the repo public again announces it anew with a higher sequence number.
 fn sign_update(
     store: &mut RefStore,
     key: &SigningKey,
@@ -1031,7 +1054,7 @@ fn sign_update(
 ) -> Option<(Option<SignedNamespaceDoc>, SignedRefUpdate)> {
     match repos.meta(repo) {
         Ok(meta) if !meta.private => {}
-        Ok(_) | Err(RepoError::NotFound { .. }) => return None,
+        Ok(_) | Err(RepoError::NotFound { .. }) => return sign_withdrawal(store, key, repo),
         Err(error) => {
             tracing::warn!(%repo, %error, "cannot read repo metadata; not announced");
             return None;
@@ -1099,6 +1122,61 @@ fn sign_update(
     Some((genesis, signed))
 }
 
+/// The withdrawal of a repo that was announced and is now private or gone here (see
+/// [`sign_update`]); `None` when there is nothing to withdraw (never announced, withdrawn
+/// already, or not this node's namespace).
+fn sign_withdrawal(
+    store: &mut RefStore,
+    key: &SigningKey,
+    repo: &RepoId,
+) -> Option<(Option<SignedNamespaceDoc>, SignedRefUpdate)> {
+    let me = key.public();
+    let doc = store.state().head(repo.namespace())?.clone();
+    if !doc.is_delegate(&me) {
+        return None;
+    }
+    let last = store.state().last_accepted(repo)?;
+    if is_withdrawal(last) {
+        return None;
+    }
+    let seq = last.update.seq + 1;
+    let signed = RefUpdate::new(repo.clone(), doc.id(), seq, now())
+        .sign(key)
+        .inspect_err(|error| tracing::warn!(%repo, %error, "cannot sign a withdrawal"))
+        .ok()?;
+    if let Err(error) = store.apply_ref_update(repo, signed.clone(), now()) {
+        tracing::warn!(%repo, %error, "own withdrawal refused");
+        return None;
+    }
+    Some((None, signed))
+}
+
+/// Whether an accepted update withdraws its repo (no refs: made private or deleted).
+fn is_withdrawal(update: &SignedRefUpdate) -> bool {
+    update.update.refs.is_empty()
+}
+
+/// Obeys a withdrawal (blocking): drops this node's replica of `repo` — git data, LFS set,
+/// listing entry — unless the namespace is this node's own. Its LFS content is then listed by
+/// no repo: it is neither served to peers nor downloadable, and `hubmesh store gc` reclaims
+/// it. Returns whether a replica was dropped.
+fn withdraw_replica(ctx: &Ctx, repo: &RepoId) -> Result<bool, String> {
+    let hosted_here = ctx
+        .store()
+        .state()
+        .head(repo.namespace())
+        .is_some_and(|doc| doc.is_delegate(&ctx.key.public()));
+    if hosted_here || !ctx.repos.exists(repo) {
+        return Ok(false);
+    }
+    match ctx.repos.delete(repo) {
+        Ok(()) | Err(RepoError::NotFound { .. }) => {}
+        Err(error) => return Err(error.to_string()),
+    }
+    (ctx.on_replicated)(repo);
+    Ok(true)
+}
+
 /// What a peer that just subscribed is sent to catch up: every namespace chain and every
 /// accepted update of a public repo, ours or relayed (a node that joined through a seeder
 /// hears of repos whose publisher it is not connected to, or that is gone). Receivers judge
@@ -1116,8 +1194,11 @@ fn own_state(ctx: &Ctx, topic: Topic) -> Vec<Vec<u8>> {
             .collect(),
         Topic::Refs => state
             .accepted()
-            // Never re-gossip a repo that is private here.
-            .filter(|(repo, _)| !ctx.repos.meta(repo).is_ok_and(|m| m.private))
+            // Never re-gossip a repo that is private here, except its withdrawal (which
+            // names no refs).
+            .filter(|(repo, update)| {
+                is_withdrawal(update) || !ctx.repos.meta(repo).is_ok_and(|m| m.private)
+            })
             .map(|(_, update)| update.encode())
             .take(MAX_CATCH_UP)
             .collect(),
@@ -1187,6 +1268,17 @@ async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Re
     let Some((update, have, current, local)) = target else {
         return Ok(());
     };
+    if is_withdrawal(&update) {
+        let (c, id) = (ctx.clone(), repo.clone());
+        let dropped = blocking(move || withdraw_replica(&c, &id))
+            .await
+            .ok_or("withdrawal task failed")??;
+        if dropped {
+            tracing::info!(%repo, seq = update.update.seq, "repo withdrawn by its host; replica dropped");
+        }
+        ctx.p2p.try_send(Command::StopProviding(repo.clone()));
+        return Ok(());
+    }
     if peers.is_empty() {
         // Resumed, retried or fetched on demand: no gossip peer to prefer; the connected
         // peers first (a quick NotFound from those without it), then the DHT's providers.
@@ -1549,6 +1641,53 @@ mod tests {
         // Another node's key is not a delegate of alice: it announces nothing.
         let other = SigningKey::from_bytes(&[6; 32]);
         assert!(sign_update(&mut store, &other, &repos, &chunks, &public).is_none());
+    }
+
+    #[test]
+    fn an_announced_repo_made_private_or_deleted_is_withdrawn_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repos::open(dir.path().join("repos")).unwrap();
+        let chunks = hub_store::Store::open(dir.path().join("store")).unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let author = Author::new("alice", "alice@hubmesh.test");
+        let repo = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
+        repos.create(&repo, &author).unwrap();
+        let mut store = RefStore::open(dir.path().join("refs.redb")).unwrap();
+        let (_, first) = sign_update(&mut store, &key, &repos, &chunks, &repo).unwrap();
+        assert!(!is_withdrawal(&first));
+
+        repos.set_private(&repo, true).unwrap();
+        let (doc, withdrawal) = sign_update(&mut store, &key, &repos, &chunks, &repo)
+            .expect("an announced repo made private is withdrawn");
+        assert!(doc.is_none());
+        assert!(is_withdrawal(&withdrawal));
+        assert!(withdrawal.update.lfs.is_empty());
+        assert_eq!(withdrawal.update.seq, first.update.seq + 1);
+        // Accepted like any update, by the same rules (a peer's RefStore does the same).
+        assert_eq!(store.state().last_accepted(&repo), Some(&withdrawal));
+        // Withdrawn once: nothing more to say while it stays private.
+        assert!(sign_update(&mut store, &key, &repos, &chunks, &repo).is_none());
+
+        // Public again: announced anew, above the withdrawal.
+        repos.set_private(&repo, false).unwrap();
+        let (_, again) = sign_update(&mut store, &key, &repos, &chunks, &repo).unwrap();
+        assert!(!is_withdrawal(&again));
+        assert_eq!(again.update.seq, withdrawal.update.seq + 1);
+        // Deleted: withdrawn too.
+        repos.delete(&repo).unwrap();
+        let (_, gone) = sign_update(&mut store, &key, &repos, &chunks, &repo).unwrap();
+        assert!(is_withdrawal(&gone));
+        assert_eq!(gone.update.seq, again.update.seq + 1);
+
+        // A peer accepts the withdrawal after the update it withdraws.
+        let mut peer = RefStore::open(dir.path().join("peer.redb")).unwrap();
+        let genesis = store.state().chain("alice").to_vec();
+        for doc in genesis {
+            peer.apply_namespace_doc(doc).unwrap();
+        }
+        peer.apply_ref_update(&repo, again.clone(), now()).unwrap();
+        let accepted = peer.apply_ref_update(&repo, gone.clone(), now()).unwrap();
+        assert!(is_withdrawal(accepted));
     }
 
     #[test]

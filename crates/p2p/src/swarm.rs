@@ -109,6 +109,8 @@ pub(crate) enum Command {
         verdict: Verdict,
     },
     Provide(RepoId),
+    /// Stop announcing this node as a provider of a repo (it was withdrawn).
+    StopProviding(RepoId),
     Providers {
         repo: RepoId,
         reply: oneshot::Sender<Vec<PeerId>>,
@@ -940,6 +942,7 @@ impl Driver {
                     tracing::warn!(%repo, %error, "cannot provide repo in the DHT");
                 }
             }
+            Command::StopProviding(repo) => behaviour.kad.stop_providing(&provider_key(&repo)),
             Command::Providers { repo, reply } => {
                 let id = behaviour.kad.get_providers(provider_key(&repo));
                 self.provider_queries.insert(id, (reply, HashSet::new()));
