@@ -61,9 +61,10 @@ impl From<hub_core::Error> for AppError {
 impl From<CommitError> for AppError {
     fn from(e: CommitError) -> Self {
         match e {
-            e @ (CommitError::InvalidPath { .. }
-            | CommitError::NotUploaded { .. }
-            | CommitError::SizeMismatch { .. }) => AppError::BadRequest(e.to_string()),
+            e @ CommitError::InvalidPath { .. } => AppError::Unprocessable(e.to_string()),
+            e @ (CommitError::NotUploaded { .. } | CommitError::SizeMismatch { .. }) => {
+                AppError::BadRequest(e.to_string())
+            }
             CommitError::Repo(e) => e.into(),
             CommitError::Storage(e) => e.into(),
             other => AppError::internal(other),

@@ -412,18 +412,19 @@ async fn commits_and_their_errors_change_nothing_when_refused() {
             404,
             Some("EntryNotFound"),
         ),
-        (ndjson(&[header_line(), file_line("../x", b"x")]), 400, None),
+        // Paths the Hub refuses: 422, as the Hub answers.
+        (ndjson(&[header_line(), file_line("../x", b"x")]), 422, None),
         (
             ndjson(&[header_line(), file_line(".git/config", b"x")]),
-            400,
+            422,
             None,
         ),
         (
             ndjson(&[header_line(), file_line("/etc/x", b"x")]),
-            400,
+            422,
             None,
         ),
-        (ndjson(&[header_line(), file_line("a\0b", b"x")]), 400, None),
+        (ndjson(&[header_line(), file_line("a\0b", b"x")]), 422, None),
         (
             format!(
                 "{}{{\"key\":\"file\",\"value\":{{\"path\":\"t\",\"cont",
@@ -445,7 +446,8 @@ async fn commits_and_their_errors_change_nothing_when_refused() {
                 json!({ "key": "header", "value": { "summary": "s", "parentCommit": "0".repeat(40) } }),
                 file_line("a", b"a"),
             ]),
-            409,
+            // A stale parent: 412 Precondition Failed, as the Hub answers.
+            412,
             None,
         ),
         (ndjson(&[file_line("a", b"a")]), 400, None),
@@ -1277,6 +1279,18 @@ async fn paths_info_and_move() {
             .iter()
             .any(|e| e["path"] == "w.bin" && e["lfs"]["oid"] == sha256_hex(b"\0bin"))
     );
+    // huggingface.js sends JSON; the answer is the same.
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/paths-info/main",
+        None,
+        &[("content-type", "application/json")],
+        json!({"paths": ["d/a.txt", "d", "w.bin", "missing", "../x"], "expand": false}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), entries);
 
     let mv = |from: &str, to: &str, token: Option<&str>| {
         let body = json!({ "fromRepo": from, "toRepo": to, "type": "model" }).to_string();
@@ -2009,4 +2023,67 @@ async fn lfs_batch_answers_anonymous_callers_alike_for_private_and_missing_repos
             "{op}"
         );
     }
+}
+
+#[tokio::test]
+async fn hub_error_shapes_request_ids_and_create_pr() {
+    let f = fixture().await;
+    assert_eq!(create(&f, "m", json!({})).await.status, 200);
+    // Repo ids without a namespace are RepoNotFound, with the Hub's code.
+    for uri in [
+        "/api/models/gpt2",
+        "/api/models/gpt2/revision/main",
+        "/api/datasets/squad",
+        "/gpt2/resolve/main/config.json",
+    ] {
+        let r = send(&f.app, "GET", uri, None, &[], "").await;
+        assert_eq!(
+            (r.status.as_u16(), r.header("x-error-code")),
+            (404, Some("RepoNotFound")),
+            "{uri}"
+        );
+    }
+    // Every response carries a request id: the client's own when it sent a plain one.
+    let a = send(&f.app, "GET", "/api/models/admin/m", None, &[], "").await;
+    let b = send(&f.app, "GET", "/nope", None, &[], "").await;
+    let (ida, idb) = (
+        a.header("x-request-id").unwrap(),
+        b.header("x-request-id").unwrap(),
+    );
+    assert_eq!(ida.len(), 32);
+    assert_ne!(ida, idb);
+    let mine = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m",
+        None,
+        &[("x-request-id", "trace-42")],
+        "",
+    )
+    .await;
+    assert_eq!(mine.header("x-request-id"), Some("trace-42"));
+    let odd = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m",
+        None,
+        &[("x-request-id", "a b\tc")],
+        "",
+    )
+    .await;
+    assert_ne!(odd.header("x-request-id"), Some("a b\tc"));
+    // create_pr is refused, and main does not move.
+    let before = head_of(&f).await;
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/models/admin/m/commit/main?create_pr=1",
+        Some(&f.admin),
+        &[],
+        ndjson(&[header_line(), file_line("a.txt", b"a")]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("create_pr"), "{}", r.text());
+    assert_eq!(head_of(&f).await, before);
 }

@@ -40,6 +40,12 @@ pub enum AppError {
     /// The state on the server differs from what the request expects.
     #[error("{0}")]
     Conflict(String),
+    /// A precondition the request states does not hold (a stale `parentCommit`).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// Well-formed but invalid content (a path the Hub refuses).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     /// Temporarily unavailable (content still arriving from peers); clients retry.
@@ -75,6 +81,8 @@ impl AppError {
             | AppError::RevisionNotFound(_)
             | AppError::EntryNotFound { .. } => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -168,9 +176,9 @@ impl From<hub_repo::RepoError> for AppError {
                 commit: None,
             },
             E::RefExists { name } => AppError::Conflict(format!("reference {name} already exists")),
-            E::ParentMismatch { .. } => AppError::Conflict(e.to_string()),
+            E::ParentMismatch { .. } => AppError::PreconditionFailed(e.to_string()),
             E::InvalidPath { path, source } => {
-                AppError::BadRequest(format!("invalid path {path:?}: {source}"))
+                AppError::Unprocessable(format!("invalid path {path:?}: {source}"))
             }
             e @ (E::InvalidRefName { .. } | E::BadOperation(_)) => {
                 AppError::BadRequest(e.to_string())

@@ -666,6 +666,36 @@ async fn commits(
 
 /// `POST …/paths-info/{rev}` (form body `paths=a&paths=b&expand=…`): the entries of the
 /// given paths, files or folders; paths that do not exist are left out, as on the Hub.
+/// Most paths in one `paths-info` call.
+const MAX_PATHS_INFO: usize = 10_000;
+
+/// The `paths` of a `paths-info` body: a form (`paths=a&paths=b`, what `huggingface_hub`
+/// sends) or JSON (`{"paths": ["a", "b"], "expand": …}`, what huggingface.js sends).
+fn paths_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, AppError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+        || body.trim_ascii_start().starts_with(b"{");
+    let paths: Vec<String> = if json {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(default)]
+            paths: Vec<String>,
+        }
+        parse_json::<Body>(body)?.paths
+    } else {
+        form_urlencoded::parse(body)
+            .filter(|(k, _)| k == "paths")
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    };
+    Ok(paths
+        .into_iter()
+        .map(|p| p.trim_matches('/').to_owned())
+        .collect())
+}
+
 async fn paths_info(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -673,42 +703,20 @@ async fn paths_info(
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
     let id = readable(&state, &headers, &p.repo()).await?;
-    let mut paths: Vec<String> = form_urlencoded::parse(&body)
-        .filter(|(k, _)| k == "paths")
-        .map(|(_, v)| v.trim_matches('/').to_owned())
-        .collect();
-    if paths.len() > 10_000 {
-        return Err(AppError::BadRequest("at most 10000 paths per call".into()));
+    let mut paths = paths_of(&headers, &body)?;
+    if paths.len() > MAX_PATHS_INFO {
+        return Err(AppError::BadRequest(format!(
+            "at most {MAX_PATHS_INFO} paths per call"
+        )));
     }
-    paths.dedup();
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
     let repos = state.repos().clone();
     let rev = p.rev.clone();
     let entries = blocking(move || {
         let commit = repos.resolve(&id, &rev)?;
-        let mut out = Vec::new();
-        // Group by parent folder: one listing per folder, whatever the number of paths.
-        let mut by_parent: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for path in paths {
-            if validate_repo_path(&path).is_err() {
-                continue;
-            }
-            let parent = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-            by_parent.entry(parent).or_default().push(path);
-        }
-        for (parent, wanted) in by_parent {
-            let listing = match repos.list_tree(&id, &commit, &parent, false) {
-                Ok(l) => l,
-                Err(hub_repo::RepoError::EntryNotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            out.extend(
-                listing
-                    .iter()
-                    .filter(|e| wanted.contains(&e.path))
-                    .map(tree_entry_json),
-            );
-        }
-        Ok(out)
+        let entries = repos.entries_at(&id, &commit, &paths)?;
+        Ok(entries.iter().map(tree_entry_json).collect::<Vec<_>>())
     })
     .await?;
     Ok(Json(Value::Array(entries)))
@@ -960,13 +968,27 @@ struct PathLine {
     path: String,
 }
 
+#[derive(Debug, Deserialize, Default)]
+struct CommitQuery {
+    create_pr: Option<String>,
+}
+
 async fn commit(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(p): Path<RevPath>,
+    Query(q): Query<CommitQuery>,
     body: Body,
 ) -> Result<Json<Value>, AppError> {
     let (id, principal) = writable(&state, &headers, &p.repo(), Need::Write).await?;
+    if truthy(q.create_pr.as_deref()) {
+        // Until pull requests exist, a commit meant for review must not land on the branch.
+        return Err(AppError::BadRequest(
+            "pull requests are not supported on this hub yet (create_pr): commit to a branch \
+             of your own instead"
+                .into(),
+        ));
+    }
     let lines = crate::ndjson::read_lines(
         body,
         state.store().clone(),
@@ -1061,8 +1083,9 @@ fn parse_commit_lines(
                 if f.algo.as_deref().is_some_and(|a| a != "sha256") {
                     return Err(bad(format!("unsupported LFS hash algorithm {:?}", f.algo)));
                 }
-                validate_repo_path(&f.path)
-                    .map_err(|e| bad(format!("invalid path {:?}: {e}", f.path)))?;
+                validate_repo_path(&f.path).map_err(|e| {
+                    AppError::Unprocessable(format!("invalid path {:?}: {e}", f.path))
+                })?;
                 let sha256: Sha256 = f
                     .oid
                     .parse()
@@ -1136,24 +1159,26 @@ fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u6
     };
     let (a, b) = (a.trim(), b.trim());
     let unsatisfiable = AppError::RangeNotSatisfiable { size };
+    // A position is digits; one past u64 is still a position (a suffix longer than any file
+    // means the whole file, RFC 9110 §14.1.2), not malformed.
+    let pos = |s: &str| -> Result<u64, AppError> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(AppError::BadRequest("invalid Range".into()));
+        }
+        Ok(s.parse().unwrap_or(u64::MAX))
+    };
     let range = if a.is_empty() {
-        let n: u64 = b
-            .parse()
-            .map_err(|_| AppError::BadRequest("invalid Range".into()))?;
+        let n = pos(b)?;
         if n == 0 || size == 0 {
             return Err(unsatisfiable);
         }
         (size.saturating_sub(n), size - 1)
     } else {
-        let start: u64 = a
-            .parse()
-            .map_err(|_| AppError::BadRequest("invalid Range".into()))?;
-        let end: u64 = if b.is_empty() {
+        let start = pos(a)?;
+        let end = if b.is_empty() {
             size.saturating_sub(1)
         } else {
-            b.parse::<u64>()
-                .map_err(|_| AppError::BadRequest("invalid Range".into()))?
-                .min(size.saturating_sub(1))
+            pos(b)?.min(size.saturating_sub(1))
         };
         if start >= size || end < start {
             return Err(unsatisfiable);
@@ -1366,6 +1391,19 @@ mod tests {
             parse_range(Some(&h("bytes=x-2")), 10),
             Err(AppError::BadRequest(_))
         ));
+        // A suffix longer than the file, even past u64, is the whole file.
+        let huge = format!("bytes=-{}", "9".repeat(40));
+        assert_eq!(parse_range(Some(&h(&huge)), 10).unwrap(), Some((0, 9)));
+        assert_eq!(
+            parse_range(Some(&h("bytes=-18446744073709551615")), 10).unwrap(),
+            Some((0, 9))
+        );
+        let far = format!("bytes=2-{}", "9".repeat(40));
+        assert_eq!(parse_range(Some(&h(&far)), 10).unwrap(), Some((2, 9)));
+        assert!(matches!(
+            parse_range(Some(&h("bytes=-+3")), 10),
+            Err(AppError::BadRequest(_))
+        ));
     }
 
     fn parse_commit_body(body: &[u8]) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
@@ -1388,11 +1426,16 @@ mod tests {
             b"{\"key\":\"header\",\"value\":{}}\n",
             b"{\"key\":\"file\",\"value\":{\"path\":\"a\",\"content\":\"\"}}\n",
             b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"file\",\"value\":{\"path\":\"a\",\"cont",
-            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"lfsFile\",\"value\":{\"path\":\"../x\",\"oid\":\"00\"}}\n",
             b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"file\",\"value\":{\"path\":\"a\",\"content\":\"!!\",\"encoding\":\"base64\"}}\n",
             b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"nope\",\"value\":{}}\n",
         ] {
             assert!(matches!(parse_commit_body(bad), Err(AppError::BadRequest(_))), "{}", String::from_utf8_lossy(bad));
         }
+        // A path the Hub refuses is 422, not a malformed body.
+        let bad_path = b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"lfsFile\",\"value\":{\"path\":\"../x\",\"oid\":\"00\"}}\n";
+        assert!(matches!(
+            parse_commit_body(bad_path),
+            Err(AppError::Unprocessable(_))
+        ));
     }
 }

@@ -96,6 +96,9 @@ pub const DEFAULT_LOAD_WAIT: Duration = Duration::from_secs(120);
 /// The `estimated_time` of a 503 for a loading model: a fixed guess (loading SmolLM2-135M
 /// from a local GGUF takes a few seconds on a 2-core machine) less the time already spent.
 pub(crate) const LOAD_ESTIMATE: Duration = Duration::from_secs(20);
+/// How long an HF Inference API request without `x-wait-for-model` still waits for its model
+/// to load before answering 503 with `estimated_time`.
+const HF_LOAD_GRACE: Duration = Duration::from_secs(3);
 
 /// Embedding models kept loaded (they are small: BERT-base is ~440 MB in f32).
 const MAX_EMBEDDERS: usize = 2;
@@ -479,7 +482,8 @@ impl Opened {
 /// How long a request waits for its model to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
-    /// Answer 503 with `estimated_time` at once (the HF Inference API's default).
+    /// Wait a short grace ([`HF_LOAD_GRACE`]), then 503 with `estimated_time` (the HF
+    /// Inference API's default).
     No,
     /// Wait up to the configured bound, then 503.
     Bounded,
@@ -597,9 +601,15 @@ async fn await_load(
     wait: Wait,
     bound: Duration,
 ) -> Result<Served, ApiError> {
+    // Even a client that does not ask to wait gets a model that loads within a short grace:
+    // `huggingface_hub`'s task helpers do not retry a 503, and a small model loads in well
+    // under it.
+    let bound = match wait {
+        Wait::No => bound.min(HF_LOAD_GRACE),
+        Wait::Bounded => bound,
+    };
     let outcome = match wait {
-        Wait::No => loading.outcome.borrow().clone(),
-        Wait::Bounded => {
+        Wait::No | Wait::Bounded => {
             match tokio::time::timeout(bound, loading.outcome.wait_for(Option::is_some)).await {
                 Ok(Ok(outcome)) => outcome.clone(),
                 // The loading thread panicked.

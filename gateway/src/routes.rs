@@ -9,6 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, http::header};
+use http::{HeaderValue, Uri};
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -35,7 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::mesh::routes())
         .merge(crate::compute::routes())
         .merge(inference)
-        .fallback(|| async { AppError::NotFound })
+        .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -51,14 +52,58 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .to_owned();
     // The path only: query strings can carry capabilities (signed LFS URLs).
     let path = request.uri().path().to_owned();
+    let request_id = request_id(request.headers());
     let metrics = state.metrics();
     metrics.in_flight().inc();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     metrics.in_flight().dec();
     let elapsed = started.elapsed();
     metrics.observe_request(&method, &route, response.status().as_u16(), elapsed);
-    tracing::debug!(%method, %path, status = response.status().as_u16(), ?elapsed, "request");
+    tracing::debug!(%method, %path, %request_id, status = response.status().as_u16(), ?elapsed, "request");
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     response
+}
+
+/// Every response names its request (`X-Request-Id`), as the Hub's do: the client's own id
+/// when it sent a plain one, else a new random one. Clients quote it in error reports.
+const REQUEST_ID: &str = "x-request-id";
+
+fn request_id(headers: &http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+    {
+        return id.to_owned();
+    }
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy: a process-wide counter still tells requests apart.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&n.to_be_bytes());
+    }
+    hex::encode(bytes)
+}
+
+/// Nothing is routed here. Under the repo APIs that is a repo id the Hub would resolve but
+/// this hub cannot hold (no namespace, like `gpt2`): `RepoNotFound`, as the Hub answers.
+async fn fallback(uri: Uri) -> AppError {
+    let path = uri.path();
+    let repo_api = ["/api/models/", "/api/datasets/", "/api/spaces/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix));
+    if repo_api || path.contains("/resolve/") {
+        AppError::RepoNotFound
+    } else {
+        AppError::NotFound
+    }
 }
 
 async fn health(State(state): State<AppState>) -> Json<Value> {

@@ -84,3 +84,41 @@ def paging_node(node_factory, tmp_path):
     config = tmp_path / "hubmesh.toml"
     config.write_text("[gateway]\nlist_page_size = 2\n")
     return node_factory("node", "--config", str(config))
+
+
+def test_everyday_paths_the_last_round_broke(node):
+    """create_pr is refused (main does not move), paths-info answers a JSON body as a form
+    one, every response names its request, and repo ids without a namespace are
+    RepoNotFound, through the real client."""
+    import json
+    import urllib.request
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    api.create_repo("admin/everyday")
+    api.create_commit("admin/everyday", [CommitOperationAdd("sub/a.txt", b"a")], commit_message="a")
+    head = api.model_info("admin/everyday").sha
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_commit(
+            "admin/everyday", [CommitOperationAdd("b.txt", b"b")], commit_message="pr", create_pr=True
+        )
+    assert "create_pr" in str(e.value)
+    assert e.value.response.headers.get("x-request-id")
+    assert api.model_info("admin/everyday").sha == head
+
+    req = urllib.request.Request(
+        f"{node.url}/api/models/admin/everyday/paths-info/main",
+        data=json.dumps({"paths": ["sub/a.txt", "sub", "nope"], "expand": False}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        got = sorted((e["path"], e["type"]) for e in json.loads(r.read()))
+    assert got == [("sub", "directory"), ("sub/a.txt", "file")]
+    infos = api.get_paths_info("admin/everyday", ["sub/a.txt", "sub", "nope"])
+    assert sorted(i.path for i in infos) == ["sub", "sub/a.txt"]
+
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("gpt2")

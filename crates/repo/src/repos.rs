@@ -575,6 +575,61 @@ impl Repos {
         Ok(out)
     }
 
+    /// The entries (files or folders) at `paths` of `commit`, in the order given; paths that
+    /// are not in the tree (or not valid repo paths) are left out. The repository is opened
+    /// and the commit resolved once, whatever the number of paths (`paths-info`).
+    pub fn entries_at(
+        &self,
+        id: &RepoId,
+        commit: &str,
+        paths: &[String],
+    ) -> Result<Vec<TreeEntry>, RepoError> {
+        let mut repo = self.open_repo(id)?;
+        // Paths share their parent trees: keep recently read trees in memory.
+        repo.object_cache_size_if_unset(4 * 1024 * 1024);
+        let commit_id = resolve_in(&repo, commit)?;
+        let root = repo
+            .find_tree(commit_tree(&repo, commit_id)?)
+            .map_err(git("read tree"))?;
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            if check_path(path).is_err() {
+                continue;
+            }
+            let Some(entry) = root.lookup_entry_by_path(path).map_err(git("read tree"))? else {
+                continue;
+            };
+            let oid = entry.object_id();
+            if entry.mode().is_tree() {
+                out.push(TreeEntry {
+                    path: path.clone(),
+                    kind: EntryKind::Directory,
+                    oid: oid.to_string(),
+                    size: 0,
+                    lfs: None,
+                });
+            } else if entry.mode().is_blob() {
+                let size = repo
+                    .find_header(oid)
+                    .map_err(git("read blob header"))?
+                    .size();
+                let lfs = if size as usize <= MAX_POINTER_SIZE {
+                    LfsPointer::parse(&repo.find_blob(oid).map_err(git("read blob"))?.data)
+                } else {
+                    None
+                };
+                out.push(TreeEntry {
+                    path: path.clone(),
+                    kind: EntryKind::File,
+                    oid: oid.to_string(),
+                    size,
+                    lfs,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// One file at `commit`: its entry and its git blob (for an LFS file, the pointer).
     pub fn file(
         &self,

@@ -1002,3 +1002,13 @@ async fn model_over_the_memory_budget_is_a_clear_error() {
     let m = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(m.contains("memory") && m.contains("budget"), "{m}");
 }
+
+#[tokio::test]
+async fn the_first_hf_request_waits_for_a_quick_load() {
+    // huggingface_hub's task helpers (2.4.0) do not retry a 503: a model that loads within
+    // the grace answers the very first request.
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    let body = json!({"inputs": "w10", "parameters": {"max_new_tokens": 2}});
+    let r = post(&f, "/models/admin/tiny", None, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
