@@ -1049,6 +1049,12 @@ fn sign_update(
     match repos.lfs_pointers(repo, &tips, MAX_LFS) {
         Ok(pointers) => {
             for sha in pointers.into_keys() {
+                // Only the repo's own objects: binding another one's would hand out the
+                // manifest id that proves possession (crate::lfs::stored_as).
+                if !repos.has_lfs_object(repo, &sha).unwrap_or(false) {
+                    tracing::warn!(%repo, sha256 = %Sha256(sha), "LFS object not in the repo's set; not bound");
+                    continue;
+                }
                 match chunks.manifest(&Sha256(sha)) {
                     Ok((id, _)) => {
                         update.lfs.insert(Sha256(sha), id);
@@ -1306,8 +1312,8 @@ async fn fetch_lfs_once(
     if let Some(mut rx) = waiting {
         // Resolves when the other fetch ends (its sender drops).
         let _ = rx.changed().await;
-        let (c, s) = (ctx.clone(), sha);
-        let stored = blocking(move || c.chunks.has(&s).unwrap_or(false))
+        let (c, s, m) = (ctx.clone(), sha, wanted.manifest_id);
+        let stored = blocking(move || crate::lfs::stored_as(&c.chunks, &s, Some(&m)))
             .await
             .unwrap_or(false);
         if !stored {
@@ -1369,7 +1375,8 @@ async fn priority_lfs(
             .state()
             .last_accepted(&id)
             .and_then(|u| u.update.lfs.get(&sha256).copied());
-        (manifest, c.chunks.has(&sha256).unwrap_or(false))
+        let stored = crate::lfs::stored_as(&c.chunks, &sha256, manifest.as_ref());
+        (manifest, stored)
     })
     .await
     .ok_or("lookup task failed")?;
