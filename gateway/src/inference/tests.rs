@@ -1002,3 +1002,50 @@ async fn model_over_the_memory_budget_is_a_clear_error() {
     let m = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(m.contains("memory") && m.contains("budget"), "{m}");
 }
+
+#[tokio::test]
+async fn a_forwarded_job_never_gets_a_private_models_cached_answer() {
+    // Issue 14, item 15: the response cache answered a job a peer forwarded before any
+    // access check, so replaying a deterministic request for a private model returned the
+    // answer its owner had got.
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    assert!(f.state.enable_compute(crate::compute::ComputeConfig {
+        mode: hub_compute::Mode::Mesh,
+        secret: [7; 32],
+        advert_period: Duration::from_secs(3600),
+        allow_peers: Vec::new(),
+        cache_entries: 16,
+    }));
+    let secret = chat(json!({"model": "admin/secret"}));
+    for expected in ["miss", "hit"] {
+        let r = post(&f, "/v1/chat/completions", Some(&f.admin), secret.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.header(crate::compute::CACHE), Some(expected));
+    }
+    let forwarded = |body: &Value, token: Option<&str>| {
+        let mut req = axum::extract::Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut req = req.body(axum::body::Body::from(body.to_string())).unwrap();
+        req.extensions_mut()
+            .insert(crate::compute::Forwarded(hub_p2p::PeerId::random()));
+        f.app.clone().oneshot(req)
+    };
+    // Not for a peer, whatever headers it relays: a forwarded job is anonymous.
+    for token in [None, Some(f.admin.as_str())] {
+        let r = forwarded(&secret, token).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(r.headers().get(crate::compute::CACHE).is_none());
+    }
+    // A public model's forwarded job still runs, and shares the cache.
+    let public = chat(json!({}));
+    let r = post(&f, "/v1/chat/completions", None, public.clone()).await;
+    assert_eq!(r.header(crate::compute::CACHE), Some("miss"));
+    let r = forwarded(&public, None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[crate::compute::CACHE], "hit");
+}
