@@ -78,6 +78,9 @@ const MAX_CATCH_UP: usize = 1024;
 const RETRY_PERIOD: Duration = Duration::from_secs(5);
 /// How long a sync waits for the DHT's providers of a repo.
 const PROVIDERS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most LFS bytes a repo fetched on demand (by a read; no seed pattern covers it) pulls in
+/// the background; a larger one gets each object when a download asks for it.
+pub const MAX_ON_DEMAND_LFS: u64 = 2 << 30;
 /// Requests from the gateway side (seeding changes, on-demand fetches) waiting for the task.
 const CONTROL_QUEUE: usize = 256;
 /// Pack and block requests served at once, over all peers (each holds a blocking thread
@@ -276,6 +279,14 @@ impl P2p {
             None => return Err(EnsureError::Unknown),
             Some(true) => return Ok(()),
             Some(false) => {}
+        }
+        // Reads are anonymous: how many repos they make this node fetch is bounded.
+        if let Err(why) = control
+            .seeds
+            .admit_on_demand(repo, std::time::Instant::now())
+        {
+            tracing::info!(%repo, %why, "on-demand fetch refused");
+            return Err(EnsureError::Pending(why));
         }
         if control
             .tx
@@ -919,6 +930,11 @@ impl Task {
                     Some(Ok(true)) => {
                         tracing::info!(%repo, "fetching on demand; seeded from now on");
                     }
+                    Some(Err(error @ SeedError::TooManyFetched)) => {
+                        // Not kept, so not fetched either (seeds::MAX_FETCHED).
+                        tracing::warn!(%repo, %error, "fetched repo not remembered; not fetched");
+                        return;
+                    }
                     Some(Err(error)) => {
                         tracing::warn!(%repo, %error, "fetched repo not remembered");
                     }
@@ -1228,6 +1244,12 @@ async fn sync_lfs(
         tracing::warn!(%repo, unbound = missing.unbound, "LFS pointers the signed update binds to no manifest; not fetched");
     }
     if missing.wanted.is_empty() {
+        return Ok(());
+    }
+    let total: u64 = missing.wanted.iter().map(|w| w.size).sum();
+    if total > MAX_ON_DEMAND_LFS && ctx.seeds.on_demand_only(repo) {
+        // A read fetched this repo; its content comes when a download asks for it.
+        tracing::info!(%repo, total, "on-demand repo: LFS objects fetched per download only");
         return Ok(());
     }
     // Publisher and forwarder first, then every connected peer, then the DHT's providers
