@@ -773,7 +773,9 @@ async fn missing_weights(
                 .filter_map(|e| {
                     let lfs = e.lfs?;
                     let sha: hub_store::Sha256 = lfs.sha256.parse().ok()?;
-                    (!store.has(&sha).unwrap_or(false)).then_some((sha, lfs.size))
+                    let here = store.has(&sha).unwrap_or(false)
+                        && repos.has_lfs_object(&id, &sha.0).unwrap_or(false);
+                    (!here).then_some((sha, lfs.size))
                 })
                 .collect(),
         )

@@ -786,7 +786,9 @@ fn materialize(
                     .sha256
                     .parse()
                     .map_err(|_| LoadFailure::NotLocal(entry.path.clone()))?;
-                if !store.has(&sha).unwrap_or(false) {
+                // Only the repo's own objects (stored for another repo is not here).
+                let own = repos.has_lfs_object(id, &sha.0).unwrap_or(false);
+                if !own || !store.has(&sha).unwrap_or(false) {
                     return Err(LoadFailure::NotLocal(entry.path.clone()));
                 }
                 store

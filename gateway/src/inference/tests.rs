@@ -1049,3 +1049,68 @@ async fn a_forwarded_job_never_gets_a_private_models_cached_answer() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()[crate::compute::CACHE], "hit");
 }
+
+#[tokio::test]
+async fn a_model_runs_only_on_weights_of_its_own_repo() {
+    // Issue 14, item 1 (inference): a public repo whose commit, written below the API's
+    // checks (as an older version let a push or a peer's pack do), points at the weights of
+    // a private one. Before, loading read them from the shared store and served answers.
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    let repos = f.state.repos();
+    let secret = RepoId::parse(RepoType::Model, "admin/secret").unwrap();
+    let copycat = RepoId::parse(RepoType::Model, "admin/copycat").unwrap();
+    let author = hub_repo::Author::new("mallory", "mallory@hubmesh.test");
+    repos.create(&copycat, &author).unwrap();
+    let mut operations = Vec::new();
+    for entry in repos.list_tree(&secret, "main", "", true).unwrap() {
+        if entry.kind != EntryKind::File {
+            continue;
+        }
+        let content = match entry.lfs {
+            Some(pointer) => hub_repo::FileContent::Lfs(pointer),
+            None => {
+                hub_repo::FileContent::Regular(repos.file(&secret, "main", &entry.path).unwrap().1)
+            }
+        };
+        operations.push(hub_repo::Operation::Add {
+            path: entry.path,
+            content,
+        });
+    }
+    assert!(
+        operations.iter().any(|op| matches!(
+            op,
+            hub_repo::Operation::Add {
+                content: hub_repo::FileContent::Lfs(_),
+                ..
+            }
+        )),
+        "the fixture's weights are LFS files"
+    );
+    let request = hub_repo::CommitRequest {
+        branch: "main".into(),
+        message: "copy".into(),
+        author,
+        parent: None,
+        operations,
+    };
+    repos.commit(&copycat, request).unwrap();
+    let r = post(
+        &f,
+        "/v1/chat/completions",
+        None,
+        chat(json!({"model": "admin/copycat"})),
+    )
+    .await;
+    // Not here for this repo (the mesh may bring it, verified): 503, never the answer.
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    // The owner's repo still runs.
+    let r = post(
+        &f,
+        "/v1/chat/completions",
+        Some(&f.admin),
+        chat(json!({"model": "admin/secret"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
