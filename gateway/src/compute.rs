@@ -26,8 +26,9 @@
 //! The serving side ([`serve_streams`]) accepts `/hubmesh/infer/1` streams only in mode
 //! `mesh` and only from peers of the allow-list (every peer when it is empty), at most
 //! [`MAX_REMOTE_JOBS`] at once; the request runs through the same layer (marked
-//! [`Forwarded`], so it is never forwarded again) as an anonymous caller, so only public
-//! models serve peers. The response streams back frame by frame; when the forwarding gateway
+//! [`Forwarded`], so it is never forwarded again) as an anonymous caller (only the headers a
+//! forwarder sends are kept, credentials never), so only public models serve peers: the
+//! layer checks that before anything else, the response cache included. The response streams back frame by frame; when the forwarding gateway
 //! goes away, the next write fails, the response body is dropped and the engine frees the
 //! sequence.
 //!
@@ -467,7 +468,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
     if request.method() != Method::POST {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
@@ -490,6 +491,16 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
     let forwarded = parts.extensions.get::<Forwarded>().copied();
     let presence = Presence::of(&state, &model).await;
     if let Some(Forwarded(peer)) = forwarded {
+        // A forwarded job carries no user's token (adverts announce public repos only): it
+        // runs for an anonymous caller, checked here, before the response cache may answer.
+        parts.headers.remove(http::header::AUTHORIZATION);
+        parts.headers.remove(http::header::COOKIE);
+        if presence.held && read_access(&state, None, &model).await.is_err() {
+            tracing::info!(%model, %peer, "refused a forwarded job for a model that is not public");
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        }
         tracing::debug!(%model, %peer, "running a job forwarded by a peer");
         let request = (parts, bytes);
         return run_local(&state, &compute, request, &model, &revision, presence, next).await;
@@ -762,7 +773,9 @@ async fn missing_weights(
                 .filter_map(|e| {
                     let lfs = e.lfs?;
                     let sha: hub_store::Sha256 = lfs.sha256.parse().ok()?;
-                    (!store.has(&sha).unwrap_or(false)).then_some((sha, lfs.size))
+                    let here =
+                        hub_core::lfs_objects::belongs(&repos, &store, &id, &sha).unwrap_or(false);
+                    (!here).then_some((sha, lfs.size))
                 })
                 .collect(),
         )
@@ -1049,7 +1062,12 @@ async fn serve_stream(compute: &Compute, peer: PeerId, mut stream: hub_p2p::Stre
             return;
         }
     }
-    for (name, value) in &request.headers {
+    // Only the headers a forwarder sends: never credentials, the job is anonymous.
+    let relayed = request
+        .headers
+        .iter()
+        .filter(|(name, _)| REQUEST_HEADERS.contains(&name.to_ascii_lowercase().as_str()));
+    for (name, value) in relayed {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),

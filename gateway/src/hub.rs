@@ -1199,7 +1199,7 @@ async fn resolve(
     let principal = authenticate(&state, &headers).await?;
     read_access(&state, principal.as_ref(), &id).await?;
     let repos = state.repos().clone();
-    let store = state.store().clone();
+    let hub = state.hub().clone();
     let (commit, entry, blob, missing) = {
         let id = id.clone();
         let (rev, path) = (p.rev.clone(), p.path.clone());
@@ -1214,7 +1214,9 @@ async fn resolve(
                             .sha256
                             .parse()
                             .map_err(|_| AppError::internal("malformed LFS pointer"))?;
-                        if !store.has(&sha)? {
+                        // Stored for another repo is not here: a repo serves only its own
+                        // objects (a pointer alone proves nothing, issue 14).
+                        if !hub.owns_lfs(&id, &sha)? {
                             missing = Some((sha, lfs.size));
                         }
                     }
@@ -1437,5 +1439,63 @@ mod tests {
             parse_commit_body(bad_path),
             Err(AppError::Unprocessable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn resolve_serves_only_lfs_objects_of_the_repo() {
+        // Issue 14, item 1: a public repo whose commit (written below the API's checks, as
+        // an older version let a push or a peer's pack do) points at an object stored for a
+        // private repo. Before, resolve served it because the store had it.
+        let f = crate::testing::fixture().await;
+        let (repos, store) = (f.state.repos(), f.state.store());
+        let author = hub_repo::Author::new("admin", "admin@hubmesh.test");
+        let private = RepoId::parse(RepoType::Model, "admin/private").unwrap();
+        repos.create_with(&private, &author, true).unwrap();
+        let secret = store.import_reader(&b"private bytes"[..]).unwrap();
+        repos.add_lfs_objects(&private, &[secret.sha256.0]).unwrap();
+        let public = RepoId::parse(RepoType::Model, "admin/public").unwrap();
+        repos.create(&public, &author).unwrap();
+        let pointer = hub_repo::LfsPointer::new(&secret.sha256.to_string(), secret.size).unwrap();
+        for id in [&private, &public] {
+            let add = hub_repo::Operation::Add {
+                path: "w.bin".into(),
+                content: hub_repo::FileContent::Lfs(pointer.clone()),
+            };
+            let request = hub_repo::CommitRequest {
+                branch: "main".into(),
+                message: "w".into(),
+                author: author.clone(),
+                parent: None,
+                operations: vec![add],
+            };
+            repos.commit(id, request).unwrap();
+        }
+        for method in ["GET", "HEAD"] {
+            let r = crate::testing::send(
+                &f.app,
+                method,
+                "/admin/public/resolve/main/w.bin",
+                None,
+                &[],
+                Body::empty(),
+            )
+            .await;
+            assert_ne!(r.status, StatusCode::OK, "{method}");
+            assert!(!r.text().contains("private bytes"));
+        }
+        // The private repo's owner still reads it there.
+        let r = crate::testing::send(
+            &f.app,
+            "GET",
+            "/admin/private/resolve/main/w.bin",
+            Some(&f.admin),
+            &[],
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (StatusCode::OK, "private bytes")
+        );
     }
 }

@@ -797,7 +797,8 @@ fn materialize(
                     .sha256
                     .parse()
                     .map_err(|_| LoadFailure::NotLocal(entry.path.clone()))?;
-                if !store.has(&sha).unwrap_or(false) {
+                // Only the repo's own objects (stored for another repo is not here).
+                if !hub_core::lfs_objects::belongs(repos, store, id, &sha).unwrap_or(false) {
                     return Err(LoadFailure::NotLocal(entry.path.clone()));
                 }
                 store

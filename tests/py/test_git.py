@@ -2,14 +2,18 @@
 fetch, pull, push (with LFS), shallow clones, and pushes the node must refuse without
 changing the repository."""
 
+import base64
 import hashlib
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 from conftest import SECRETS_SEEN, hubmesh_bin
 from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
 MIB = 1024 * 1024
 
@@ -358,3 +362,90 @@ def test_datasets_and_git_suffix(node, git, tmp_path):
     git.run("commit", "-m", "more", cwd=d)
     git.run("push", cwd=d)
     assert "more.csv" in api.list_repo_files("admin/ds", repo_type="dataset")
+
+
+def pkt_line(data: bytes) -> bytes:
+    return b"%04x" % (len(data) + 4) + data
+
+
+def http(method, url, token=None, body=None, headers=None):
+    """(status, body) of one raw request; the token goes as HTTP Basic, as git sends it."""
+    h = dict(headers or {})
+    if token:
+        h["authorization"] = "Basic " + base64.b64encode(f"x:{token}".encode()).decode()
+    req = urllib.request.Request(url, data=body, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_unreferenced_pushed_commit_cannot_expose_another_repos_private_lfs_object(node, git, tmp_path):
+    """Issue 14, item 1: bob knows only the SHA-256 of alice's private LFS object. He pushes to
+    his own public repo a harmless update of main, in a pack that also carries a commit no ref
+    reaches, whose tree points at alice's object. Before every pushed object was checked, the
+    push was accepted, and `resolve/<that commit>/weights.bin` served alice's bytes to anyone."""
+    cli(node, "user", "add", "alice")
+    cli(node, "user", "add", "bob")
+    alice = HfApi(endpoint=node.url, token=cli(node, "token", "create", "alice", "--scope", "write"))
+    bob_token = cli(node, "token", "create", "bob", "--scope", "write")
+    bob = HfApi(endpoint=node.url, token=bob_token)
+    secret = b"alice's private weights\n" + os.urandom(8192)
+    sha = hashlib.sha256(secret).hexdigest()
+    alice.create_repo("alice/private", private=True)
+    alice.upload_file(path_or_fileobj=secret, path_in_repo="weights.bin", repo_id="alice/private")
+    [stored] = alice.get_paths_info("alice/private", ["weights.bin"])
+    assert stored.lfs is not None and stored.lfs.sha256 == sha
+
+    rid = "bob/innocent"
+    bob.create_repo(rid)
+    d = tmp_path / "bob"
+    git.run("clone", remote(node, rid, user="bob", token=bob_token), str(d))
+    base = git.out("rev-parse", "HEAD", cwd=d)
+    pointer = blob(
+        git, d, f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(secret)}\n".encode()
+    )
+    tree = git.run("mktree", cwd=d, input=f"100644 blob {pointer}\tweights.bin\n".encode()).stdout.decode().strip()
+    evil = git.out("commit-tree", tree, "-m", "on no branch", cwd=d)
+    (d / "README.md").write_text("harmless\n")
+    git.run("add", "README.md", cwd=d)
+    git.run("commit", "-m", "harmless", cwd=d)
+    tip = git.out("rev-parse", "HEAD", cwd=d)
+    pack = git.run(
+        "pack-objects", "--stdout", "--revs", "-q", cwd=d, input=f"{tip}\n{evil}\n^{base}\n".encode()
+    ).stdout
+    request = pkt_line(f"{base} {tip} refs/heads/main\0report-status agent=git/2.43\n".encode()) + b"0000" + pack
+    status, report = http(
+        "POST",
+        f"{node.url}/{rid}/git-receive-pack",
+        bob_token,
+        request,
+        {"content-type": "application/x-git-receive-pack-request"},
+    )
+    assert status == 200, report
+    report = report.decode(errors="replace")
+
+    # Nothing of alice's is served, to anyone, by the commit's id.
+    url = f"{node.url}/{rid}/resolve/{evil}/weights.bin"
+    for token in (None, bob_token):
+        status, body = http("GET", url, token)
+        assert secret[:24] not in body
+        assert status == 404, (status, body[:200])
+    assert "ng refs/heads/main" in report and "missing LFS object" in report, report
+    assert sha in report, report
+    assert not server_has_object(node, rid, evil)
+    assert bob.model_info(rid).sha == base
+    status, _ = http("GET", f"{node.url}/api/models/{rid}/tree/{evil}")
+    assert status == 404
+    # Nor can a branch, or a push through real git, make it reachable.
+    with pytest.raises(HfHubHTTPError):
+        bob.create_branch(rid, branch="leak", revision=evil)
+    out = git.run("push", "origin", f"{evil}:refs/heads/leak", cwd=d, check=False)
+    assert out.returncode != 0 and b"missing LFS object" in out.stderr, out.stderr
+    for rev in (evil, "leak"):
+        status, body = http("GET", f"{node.url}/{rid}/resolve/{rev}/weights.bin")
+        assert status == 404 and secret[:24] not in body
+    # alice still reads her own file.
+    path = alice.hf_hub_download("alice/private", "weights.bin", cache_dir=str(tmp_path / "c"))
+    assert open(path, "rb").read() == secret

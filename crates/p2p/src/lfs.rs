@@ -73,9 +73,19 @@ pub(crate) struct Missing {
     pub unbound: usize,
 }
 
-/// The LFS objects the tips of `repo` reference that the store lacks (blocking). Objects
-/// already stored but not yet in the repo's LFS set (stored for another repo, or fetched
-/// before a crash) are added to it here: their content is named by the same SHA-256.
+/// Whether the store holds `sha256` as the very manifest a signed update binds it to. This,
+/// not the object's presence, is what lets a repo adopt an object stored for another one:
+/// the store is shared with private repos, and a peer may publish a pointer to any SHA-256 it
+/// heard of, but the manifest id (BLAKE3 over the chunk ids) is known only to whoever had
+/// the content.
+pub(crate) fn stored_as(store: &Store, sha256: &Sha256, manifest_id: Option<&Hash>) -> bool {
+    manifest_id.is_some_and(|m| store.manifest_id(sha256).ok().flatten().as_ref() == Some(m))
+}
+
+/// The LFS objects the tips of `repo` reference that the repo does not hold (blocking).
+/// Objects already stored but not yet in the repo's LFS set (stored for another repo, or
+/// fetched before a crash) are added to it here when the binding proves them
+/// ([`stored_as`]); otherwise they are fetched, verified, like any other.
 pub(crate) fn missing(
     repos: &Repos,
     store: &Store,
@@ -92,8 +102,19 @@ pub(crate) fn missing(
         if store.has(&sha256).map_err(|e| e.to_string())? {
             // Left behind by a crash between the import's commit and the spool's removal.
             remove_spool(store, &sha256);
-            hub_core::lfs_objects::adopt(repos, store, repo, &sha256).map_err(|e| e.to_string())?;
-            continue;
+            if repos
+                .has_lfs_object(repo, &sha)
+                .map_err(|e| e.to_string())?
+            {
+                continue;
+            }
+            // Stored for another repo: adopted only on proof (the signed update binds it to
+            // the very manifest the store holds); otherwise fetched and verified.
+            if stored_as(store, &sha256, lfs.get(&sha256)) {
+                hub_core::lfs_objects::adopt(repos, store, repo, &sha256)
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
         }
         match lfs.get(&sha256) {
             Some(&manifest_id) => out.wanted.push(Wanted {
@@ -1216,6 +1237,53 @@ mod tests {
         assert_eq!(out.unbound, 1);
         assert!(repos.has_lfs_object(&id, &stored.sha256.0).unwrap());
         assert!(!spool.exists());
+    }
+
+    #[test]
+    fn missing_adopts_an_object_stored_for_another_repo_only_on_proof() {
+        // Issue 14, item 1 (replicas): a peer publishes a public repo whose tip points at an
+        // object this node stores for a private repo, knowing only its SHA-256. Before, the
+        // replica adopted it because the store had it, and its files were then served.
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repos::open(dir.path().join("repos")).unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let private = RepoId::parse(RepoType::Model, "alice/private").unwrap();
+        let author = Author::new("alice", "a@hubmesh.test");
+        repos.create_with(&private, &author, true).unwrap();
+        let secret = store.import_reader(&b"alice's secret"[..]).unwrap();
+        repos.add_lfs_objects(&private, &[secret.sha256.0]).unwrap();
+        let replica = RepoId::parse(RepoType::Model, "mallory/public").unwrap();
+        repos.create(&replica, &author).unwrap();
+        let pointer = LfsPointer::new(&secret.sha256.to_string(), secret.size).unwrap();
+        repos
+            .commit(
+                &replica,
+                CommitRequest {
+                    branch: "main".into(),
+                    message: "lfs".into(),
+                    author,
+                    parent: None,
+                    operations: vec![Operation::Add {
+                        path: "w.bin".into(),
+                        content: FileContent::Lfs(pointer),
+                    }],
+                },
+            )
+            .unwrap();
+        // Unbound, or bound to a made-up manifest: not adopted (a bound one is fetched, and
+        // verified, like any other object the repo lacks).
+        let out = missing(&repos, &store, &replica, &BTreeMap::new()).unwrap();
+        assert_eq!(out.unbound, 1);
+        assert!(!repos.has_lfs_object(&replica, &secret.sha256.0).unwrap());
+        let made_up = BTreeMap::from([(secret.sha256, Hash([9; 32]))]);
+        let out = missing(&repos, &store, &replica, &made_up).unwrap();
+        assert_eq!(out.wanted.len(), 1);
+        assert!(!repos.has_lfs_object(&replica, &secret.sha256.0).unwrap());
+        // The manifest id the store holds proves it: whoever signed it had the content.
+        let proof = BTreeMap::from([(secret.sha256, secret.manifest_id)]);
+        let out = missing(&repos, &store, &replica, &proof).unwrap();
+        assert!(out.wanted.is_empty() && out.unbound == 0);
+        assert!(repos.has_lfs_object(&replica, &secret.sha256.0).unwrap());
     }
 
     /// A file of `len` pseudo-random bytes, stored in a fresh store: its manifest and chunks.

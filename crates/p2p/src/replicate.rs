@@ -79,6 +79,9 @@ const MAX_CATCH_UP: usize = 1024;
 const RETRY_PERIOD: Duration = Duration::from_secs(5);
 /// How long a sync waits for the DHT's providers of a repo.
 const PROVIDERS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most LFS bytes a repo fetched on demand (by a read; no seed pattern covers it) pulls in
+/// the background; a larger one gets each object when a download asks for it.
+pub const MAX_ON_DEMAND_LFS: u64 = 2 << 30;
 /// Requests from the gateway side (seeding changes, on-demand fetches) waiting for the task.
 const CONTROL_QUEUE: usize = 256;
 /// Pack and block requests served at once, over all peers (each holds a blocking thread
@@ -298,6 +301,14 @@ impl Mesh {
             None => return Err(EnsureError::Unknown),
             Some(true) => return Ok(()),
             Some(false) => {}
+        }
+        // Reads are anonymous: how many repos they make this node fetch is bounded.
+        if let Err(why) = control
+            .seeds
+            .admit_on_demand(repo, std::time::Instant::now())
+        {
+            tracing::info!(%repo, %why, "on-demand fetch refused");
+            return Err(EnsureError::Pending(why));
         }
         if control
             .tx
@@ -957,6 +968,11 @@ impl Task {
                     Some(Ok(true)) => {
                         tracing::info!(%repo, "fetching on demand; seeded from now on");
                     }
+                    Some(Err(error @ SeedError::TooManyFetched)) => {
+                        // Not kept, so not fetched either (seeds::MAX_FETCHED).
+                        tracing::warn!(%repo, %error, "fetched repo not remembered; not fetched");
+                        return;
+                    }
                     Some(Err(error)) => {
                         tracing::warn!(%repo, %error, "fetched repo not remembered");
                     }
@@ -1099,6 +1115,12 @@ fn sign_update(
     match repos.lfs_pointers(repo, &tips, MAX_LFS) {
         Ok(pointers) => {
             for sha in pointers.into_keys() {
+                // Only the repo's own objects: binding another one's would hand out the
+                // manifest id that proves possession (crate::lfs::stored_as).
+                if !repos.has_lfs_object(repo, &sha).unwrap_or(false) {
+                    tracing::warn!(%repo, sha256 = %Sha256(sha), "LFS object not in the repo's set; not bound");
+                    continue;
+                }
                 match chunks.manifest(&Sha256(sha)) {
                     Ok((id, _)) => {
                         update.lfs.insert(Sha256(sha), id);
@@ -1343,6 +1365,12 @@ async fn sync_lfs(
     if missing.wanted.is_empty() {
         return Ok(());
     }
+    let total: u64 = missing.wanted.iter().map(|w| w.size).sum();
+    if total > MAX_ON_DEMAND_LFS && ctx.seeds.on_demand_only(repo) {
+        // A read fetched this repo; its content comes when a download asks for it.
+        tracing::info!(%repo, total, "on-demand repo: LFS objects fetched per download only");
+        return Ok(());
+    }
     // Publisher and forwarder first, then every connected peer, then the DHT's providers
     // (other seeders): chunk batches are spread over several of them at once.
     let me = ctx.p2p.peer_id();
@@ -1425,8 +1453,8 @@ async fn fetch_lfs_once(
     if let Some(mut rx) = waiting {
         // Resolves when the other fetch ends (its sender drops).
         let _ = rx.changed().await;
-        let (c, s) = (ctx.clone(), sha);
-        let stored = blocking(move || c.chunks.has(&s).unwrap_or(false))
+        let (c, s, m) = (ctx.clone(), sha, wanted.manifest_id);
+        let stored = blocking(move || crate::lfs::stored_as(&c.chunks, &s, Some(&m)))
             .await
             .unwrap_or(false);
         if !stored {
@@ -1486,7 +1514,8 @@ async fn priority_lfs(
             .state()
             .last_accepted(&id)
             .and_then(|u| u.update.lfs.get(&sha256).copied());
-        (manifest, c.chunks.has(&sha256).unwrap_or(false))
+        let stored = crate::lfs::stored_as(&c.chunks, &sha256, manifest.as_ref());
+        (manifest, stored)
     })
     .await
     .ok_or("lookup task failed")?;

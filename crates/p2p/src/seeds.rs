@@ -21,14 +21,23 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
 /// The file the run-time policy lives in, next to the ref store.
 pub const SEEDS_FILE: &str = "seeds.list";
 
 /// Most repos remembered as fetched: any reader of a gateway can make it fetch a public repo,
-/// so the list (and what the node keeps syncing) is bounded. Past it, a repo is still fetched
-/// for the request that asked, but not kept in sync; `hubmesh seed rm` makes room.
+/// so the list (and what the node keeps syncing) is bounded. Past it, reads of repos no
+/// pattern covers are not fetched (503, retry later); `hubmesh seed rm` makes room.
 pub const MAX_FETCHED: usize = 4096;
+
+/// Most repos no pattern covers that reads may make this node start fetching in one
+/// [`ON_DEMAND_WINDOW`]; more answer 503 until the window ends. With [`MAX_FETCHED`] and
+/// the LFS bound of on-demand repos (`replicate::MAX_ON_DEMAND_LFS`) it bounds what
+/// anonymous readers can make a node download and keep.
+pub const ON_DEMAND_PER_WINDOW: usize = 30;
+/// See [`ON_DEMAND_PER_WINDOW`].
+pub const ON_DEMAND_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where a seeding entry comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +110,8 @@ pub(crate) struct SeedPolicy {
     state: RwLock<Dynamic>,
     /// Serialises changes, so the file always holds the latest state.
     write: Mutex<()>,
+    /// On-demand fetches started in the current window: (window start, count).
+    on_demand: Mutex<(Instant, usize)>,
 }
 
 fn pattern_text(pattern: &SeedPattern) -> String {
@@ -145,7 +156,51 @@ impl SeedPolicy {
             config,
             state: RwLock::new(dynamic),
             write: Mutex::new(()),
+            on_demand: Mutex::new((Instant::now(), 0)),
         })
+    }
+
+    /// Whether a read may make this node fetch `repo` now (and counts it when it is a new
+    /// on-demand fetch): always for a repo the policy covers; for another, while fewer than
+    /// [`MAX_FETCHED`] are remembered and fewer than [`ON_DEMAND_PER_WINDOW`] started in this
+    /// window. The error says why not.
+    pub(crate) fn admit_on_demand(&self, repo: &RepoId, now: Instant) -> Result<(), String> {
+        if self.matches(repo) {
+            return Ok(());
+        }
+        let remembered = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fetched
+            .len();
+        if remembered >= MAX_FETCHED {
+            return Err(format!(
+                "this node keeps {MAX_FETCHED} repositories fetched on demand already"
+            ));
+        }
+        let mut window = self
+            .on_demand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if now.duration_since(window.0) >= ON_DEMAND_WINDOW {
+            *window = (now, 0);
+        }
+        if window.1 >= ON_DEMAND_PER_WINDOW {
+            return Err(format!(
+                "this node started {ON_DEMAND_PER_WINDOW} fetches on demand in the last minute"
+            ));
+        }
+        window.1 += 1;
+        Ok(())
+    }
+
+    /// Whether `repo` is seeded only because a read fetched it on demand (no pattern).
+    pub(crate) fn on_demand_only(&self, repo: &RepoId) -> bool {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state.fetched.contains(repo)
+            && !self.config.iter().any(|(_, p)| p.matches(repo))
+            && !state.patterns.iter().any(|(_, p)| p.matches(repo))
     }
 
     /// Whether this node seeds `repo`.
@@ -301,6 +356,42 @@ fn save(path: &Path, state: &Dynamic) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_demand_fetches_are_bounded_per_window_and_in_all() {
+        // Issue 14, item 15: an anonymous read made a node fetch any public repo of the
+        // mesh, with no bound.
+        let policy = SeedPolicy::open(None, config()).unwrap();
+        let t0 = Instant::now();
+        for i in 0..ON_DEMAND_PER_WINDOW {
+            let r = repo(RepoType::Model, &format!("bob/r{i}"));
+            policy.admit_on_demand(&r, t0).unwrap();
+        }
+        let next = repo(RepoType::Model, "bob/next");
+        assert!(policy.admit_on_demand(&next, t0).is_err());
+        // What the policy covers is always fetched.
+        policy
+            .admit_on_demand(&repo(RepoType::Model, "carol/x"), t0)
+            .unwrap();
+        policy
+            .admit_on_demand(&next, t0 + ON_DEMAND_WINDOW)
+            .unwrap();
+        // Past MAX_FETCHED remembered repos, none at all.
+        policy
+            .change(|state| {
+                for i in 0..MAX_FETCHED {
+                    state
+                        .fetched
+                        .insert(repo(RepoType::Model, &format!("dave/r{i}")));
+                }
+                Ok(true)
+            })
+            .unwrap();
+        let later = t0 + 2 * ON_DEMAND_WINDOW;
+        assert!(policy.admit_on_demand(&next, later).is_err());
+        assert!(policy.on_demand_only(&repo(RepoType::Model, "dave/r1")));
+        assert!(!policy.on_demand_only(&repo(RepoType::Model, "carol/x")));
+    }
 
     fn repo(kind: RepoType, id: &str) -> RepoId {
         RepoId::parse(kind, id).unwrap()

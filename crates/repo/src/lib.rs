@@ -37,6 +37,7 @@
 mod attributes;
 mod lfs;
 mod meta;
+mod reach;
 mod receive;
 mod replica;
 mod repos;
@@ -44,6 +45,7 @@ mod repos;
 pub use attributes::{DEFAULT_GITATTRIBUTES, LfsRules};
 pub use lfs::{LfsPointer, MAX_POINTER_SIZE};
 pub use meta::RepoMeta;
+pub use reach::MAX_REACH_WALK;
 pub use receive::{
     Checked, MAX_NEW_COMMITS, Quarantine, ReceiveError, RefCommand, Rejection, ZERO_ID,
 };

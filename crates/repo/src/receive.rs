@@ -17,8 +17,25 @@
 //!
 //! Dropping a [`Quarantine`] removes it, so a rejected or abandoned push leaves the
 //! repository's refs and visible objects exactly as they were.
+//!
+//! Every object that enters is checked, referenced or not. A pack may carry objects no
+//! updated ref reaches (git never sends such a pack; a crafted one can), and once moved in
+//! they are in the object store for good: a later ref update to them finds them already
+//! present, and a commit id names them. Checking only what the updated refs reach would let
+//! an unchecked commit in, say one whose tree points at another repository's private LFS
+//! object by its hash. So after the per-ref checks, [`Quarantine::check`] sweeps the
+//! quarantine's own packs: every new commit not yet checked is checked with its history (the
+//! same path, mode and LFS checks), and every new blob that is an LFS pointer must name an
+//! object of this repository. Refusing such packs outright was the alternative, but telling
+//! "unreferenced" apart needs the same walk, and checking them keeps odd but harmless packs
+//! working. The invariant this buys: an object the repository has passed the checks, so the
+//! walk may stop at known objects. Two more layers do not rely on it (for objects stored
+//! before this rule): a commit the repository has but no ref reaches is checked again,
+//! blobs included, when a push points a ref at it or at a descendant; and a commit id
+//! resolves only when a ref reaches it (`crate::reach`).
 
 use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
+use crate::reach::Reach;
 use crate::repos::{RepoError, Repos};
 use gix::ObjectId;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
@@ -416,6 +433,7 @@ impl Quarantine {
             real: &real,
             q: &q,
             has_lfs,
+            reach: None,
             commits: HashSet::new(),
             trees: HashSet::new(),
             blobs: HashSet::new(),
@@ -424,7 +442,44 @@ impl Quarantine {
         for c in commands {
             out.push(walk.command(c));
         }
+        if out.iter().all(Result::is_ok)
+            && let Err(rejection) = walk.sweep(&self.new_objects(&real, &q)?)
+        {
+            out = vec![Err(rejection); commands.len()];
+        }
         Ok(out)
+    }
+
+    /// The objects in the quarantine's packs that the repository does not have (commits
+    /// first, then blobs; trees and tags are reached through them).
+    fn new_objects(
+        &self,
+        real: &gix::Repository,
+        q: &gix::Repository,
+    ) -> Result<Vec<(ObjectId, bool)>, RepoError> {
+        let dir = self.objects_dir().join("pack");
+        let mut commits = Vec::new();
+        let mut blobs = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io("read", &dir))? {
+            let path = entry.map_err(io("read", &dir))?.path();
+            if path.extension().is_none_or(|e| e != "idx") {
+                continue;
+            }
+            let index = gix::odb::pack::index::File::at(&path, real.object_hash())
+                .map_err(git_err("read pack index"))?;
+            for e in index.iter() {
+                if real.has_object(e.oid) {
+                    continue;
+                }
+                match q.try_find_header(e.oid).ok().flatten().map(|h| h.kind()) {
+                    Some(gix::object::Kind::Commit) => commits.push((e.oid, true)),
+                    Some(gix::object::Kind::Blob) => blobs.push((e.oid, false)),
+                    _ => {}
+                }
+            }
+        }
+        commits.append(&mut blobs);
+        Ok(commits)
     }
 
     /// Moves the quarantined packs into the repository: `.pack` (and `.rev`) before `.idx`,
@@ -457,11 +512,14 @@ struct Walk<'a> {
     real: &'a gix::Repository,
     q: &'a gix::Repository,
     has_lfs: &'a mut dyn FnMut(&str) -> bool,
-    /// New commits already checked (in this push).
+    /// What the repository's refs reach, walked when first needed.
+    reach: Option<Reach<'a>>,
+    /// Commits already checked (in this push).
     commits: HashSet<ObjectId>,
-    /// (tree, path prefix length) pairs already checked: a tree's verdict depends only on
-    /// its contents and on how long the path leading to it is.
-    trees: HashSet<(ObjectId, usize)>,
+    /// (tree, path prefix length, strict) already checked: a tree's verdict depends only on
+    /// its contents, on how long the path leading to it is, and on whether known blobs are
+    /// checked too.
+    trees: HashSet<(ObjectId, usize, bool)>,
     blobs: HashSet<ObjectId>,
 }
 
@@ -527,13 +585,39 @@ impl Walk<'_> {
         Err(Rejection::NotACommit { id: id.to_string() })
     }
 
-    /// Checks every commit reachable from `tip` that the repository does not have yet.
+    /// Checks the objects of the pack no ref update reached (module docs).
+    fn sweep(&mut self, objects: &[(ObjectId, bool)]) -> Result<(), Rejection> {
+        for &(id, is_commit) in objects {
+            if is_commit {
+                self.check_history(id)?;
+            } else {
+                self.check_blob(id, "(a file of no new commit)", false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the repository's refs reach `id`, a commit it has.
+    fn reached(&mut self, id: ObjectId) -> bool {
+        if self.reach.is_none() {
+            self.reach = Reach::new(self.real).ok();
+        }
+        self.reach.as_mut().is_some_and(|r| r.reaches(id))
+    }
+
+    /// Checks every commit reachable from `tip` that the repository does not have yet, or
+    /// has but no ref reaches (then strictly: its known blobs too).
     fn check_history(&mut self, tip: ObjectId) -> Result<(), Rejection> {
         let mut stack = vec![tip];
         while let Some(id) = stack.pop() {
-            if self.real.has_object(id) || !self.commits.insert(id) {
+            if self.commits.contains(&id) {
                 continue;
             }
+            let strict = self.real.has_object(id);
+            if strict && self.reached(id) {
+                continue;
+            }
+            self.commits.insert(id);
             if self.commits.len() > MAX_NEW_COMMITS {
                 return Err(Rejection::TooManyCommits {
                     limit: MAX_NEW_COMMITS,
@@ -549,14 +633,20 @@ impl Walk<'_> {
             let parents: Vec<ObjectId> = iter.parent_ids().collect();
             drop(obj);
             let commit = id.to_string();
-            self.check_tree(tree, "", &commit)?;
+            self.check_tree(tree, "", &commit, strict)?;
             stack.extend(parents);
         }
         Ok(())
     }
 
-    fn check_tree(&mut self, tree: ObjectId, prefix: &str, commit: &str) -> Result<(), Rejection> {
-        if !self.trees.insert((tree, prefix.len())) {
+    fn check_tree(
+        &mut self,
+        tree: ObjectId,
+        prefix: &str,
+        commit: &str,
+        strict: bool,
+    ) -> Result<(), Rejection> {
+        if !self.trees.insert((tree, prefix.len(), strict)) {
             return Ok(());
         }
         let obj = self.read(tree)?;
@@ -600,8 +690,8 @@ impl Walk<'_> {
             let oid = entry.oid.to_owned();
             match entry.mode.value() {
                 0o100644 | 0o100755 | 0o120000 => {
-                    if !known {
-                        self.check_blob(oid, &path)?;
+                    if !known || strict {
+                        self.check_blob(oid, &path, strict)?;
                     }
                 }
                 0o040000 => subtrees.push((oid, format!("{path}/"))),
@@ -621,15 +711,15 @@ impl Walk<'_> {
             }
         }
         for (oid, prefix) in subtrees {
-            self.check_tree(oid, &prefix, commit)?;
+            self.check_tree(oid, &prefix, commit, strict)?;
         }
         Ok(())
     }
 
-    /// A blob new to the repository must exist, and when it is an LFS pointer the store must
-    /// hold the content it names.
-    fn check_blob(&mut self, oid: ObjectId, path: &str) -> Result<(), Rejection> {
-        if self.real.has_object(oid) || !self.blobs.insert(oid) {
+    /// A blob new to the repository (or any, when `strict`) must exist, and when it is an LFS
+    /// pointer the store must hold the content it names.
+    fn check_blob(&mut self, oid: ObjectId, path: &str, strict: bool) -> Result<(), Rejection> {
+        if (!strict && self.real.has_object(oid)) || !self.blobs.insert(oid) {
             return Ok(());
         }
         let header = self

@@ -2,8 +2,10 @@
 //! applying a pack received from a peer.
 //!
 //! Applying reuses the push machinery of [`crate::receive`]: the pack goes into a quarantine
-//! through `git index-pack`, every new object is checked (paths, modes, connectivity), and
-//! all refs move in one compare-and-swap transaction. What a push checks on top (write
+//! through `git index-pack`, every new object is checked (paths, modes, connectivity), the
+//! objects no ref of the signed update reaches as well as the others (a peer's pack is as
+//! untrusted as a push's; see [`crate::receive`]), and all refs move in one compare-and-swap
+//! transaction. What a push checks on top (write
 //! rights, fast-forward for non-force pushes) does not apply: a replica follows the refs of a
 //! signed update that hub-p2p already accepted, so authority comes from the signature, and a
 //! force-push upstream is followed as it is.
@@ -56,7 +58,7 @@ pub enum ReplicaOutcome {
 }
 
 /// Parses 64 hex digits into `out`; false when they are not.
-fn decode_hex32(hex: &[u8], out: &mut [u8; 32]) -> bool {
+pub(crate) fn decode_hex32(hex: &[u8], out: &mut [u8; 32]) -> bool {
     if hex.len() != 64 {
         return false;
     }

@@ -7,6 +7,7 @@
 use crate::attributes::DEFAULT_GITATTRIBUTES;
 use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
 use crate::meta::{MetaDb, RepoMeta};
+use crate::reach::{Reach, foreign_lfs};
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind as GitEntryKind;
@@ -764,6 +765,13 @@ impl Repos {
                 name: full.to_owned(),
             });
         }
+        // The same rule as a push: a new ref may only expose LFS objects of this repository.
+        let owned = &mut |sha: &[u8; 32]| self.meta.has_lfs(id, sha).unwrap_or(false);
+        if let Some((path, sha)) = foreign_lfs(&repo, target, owned).map_err(git("read tree"))? {
+            return Err(RepoError::BadOperation(format!(
+                "{path:?} at {target} points to LFS object {sha}, which was not uploaded to this repository"
+            )));
+        }
         repo.reference(
             full,
             target,
@@ -879,10 +887,14 @@ fn resolve_in(repo: &gix::Repository, revision: &str) -> Result<ObjectId, RepoEr
                 // `Err(())` is an ambiguous prefix: not found, as for git.
                 .and_then(Result::ok)
         };
+        // Only a commit the refs reach is content of the repository (crate::reach).
         if let Some(oid) = oid
-            && let Ok(commit) = repo.find_commit(oid)
+            && repo.find_commit(oid).is_ok()
+            && Reach::new(repo)
+                .map_err(git("list references"))?
+                .reaches(oid)
         {
-            return Ok(commit.id().detach());
+            return Ok(oid);
         }
     }
     Err(not_found())

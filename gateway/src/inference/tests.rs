@@ -1012,3 +1012,115 @@ async fn the_first_hf_request_waits_for_a_quick_load() {
     let r = post(&f, "/models/admin/tiny", None, body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
+
+#[tokio::test]
+async fn a_forwarded_job_never_gets_a_private_models_cached_answer() {
+    // Issue 14, item 15: the response cache answered a job a peer forwarded before any
+    // access check, so replaying a deterministic request for a private model returned the
+    // answer its owner had got.
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    assert!(f.state.enable_compute(crate::compute::ComputeConfig {
+        mode: hub_compute::Mode::Mesh,
+        secret: [7; 32],
+        advert_period: Duration::from_secs(3600),
+        allow_peers: Vec::new(),
+        cache_entries: 16,
+    }));
+    let secret = chat(json!({"model": "admin/secret"}));
+    for expected in ["miss", "hit"] {
+        let r = post(&f, "/v1/chat/completions", Some(&f.admin), secret.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.header(crate::compute::CACHE), Some(expected));
+    }
+    let forwarded = |body: &Value, token: Option<&str>| {
+        let mut req = axum::extract::Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut req = req.body(axum::body::Body::from(body.to_string())).unwrap();
+        req.extensions_mut()
+            .insert(crate::compute::Forwarded(hub_p2p::PeerId::random()));
+        f.app.clone().oneshot(req)
+    };
+    // Not for a peer, whatever headers it relays: a forwarded job is anonymous.
+    for token in [None, Some(f.admin.as_str())] {
+        let r = forwarded(&secret, token).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(r.headers().get(crate::compute::CACHE).is_none());
+    }
+    // A public model's forwarded job still runs, and shares the cache.
+    let public = chat(json!({}));
+    let r = post(&f, "/v1/chat/completions", None, public.clone()).await;
+    assert_eq!(r.header(crate::compute::CACHE), Some("miss"));
+    let r = forwarded(&public, None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[crate::compute::CACHE], "hit");
+}
+
+#[tokio::test]
+async fn a_model_runs_only_on_weights_of_its_own_repo() {
+    // Issue 14, item 1 (inference): a public repo whose commit, written below the API's
+    // checks (as an older version let a push or a peer's pack do), points at the weights of
+    // a private one. Before, loading read them from the shared store and served answers.
+    let (f, _cache) = setup(EngineConfig::default()).await;
+    let repos = f.state.repos();
+    let secret = RepoId::parse(RepoType::Model, "admin/secret").unwrap();
+    let copycat = RepoId::parse(RepoType::Model, "admin/copycat").unwrap();
+    let author = hub_repo::Author::new("mallory", "mallory@hubmesh.test");
+    repos.create(&copycat, &author).unwrap();
+    let mut operations = Vec::new();
+    for entry in repos.list_tree(&secret, "main", "", true).unwrap() {
+        if entry.kind != EntryKind::File {
+            continue;
+        }
+        let content = match entry.lfs {
+            Some(pointer) => hub_repo::FileContent::Lfs(pointer),
+            None => {
+                hub_repo::FileContent::Regular(repos.file(&secret, "main", &entry.path).unwrap().1)
+            }
+        };
+        operations.push(hub_repo::Operation::Add {
+            path: entry.path,
+            content,
+        });
+    }
+    assert!(
+        operations.iter().any(|op| matches!(
+            op,
+            hub_repo::Operation::Add {
+                content: hub_repo::FileContent::Lfs(_),
+                ..
+            }
+        )),
+        "the fixture's weights are LFS files"
+    );
+    let request = hub_repo::CommitRequest {
+        branch: "main".into(),
+        message: "copy".into(),
+        author,
+        parent: None,
+        operations,
+    };
+    repos.commit(&copycat, request).unwrap();
+    let r = post(
+        &f,
+        "/v1/chat/completions",
+        None,
+        chat(json!({"model": "admin/copycat"})),
+    )
+    .await;
+    // Not here for this repo (the mesh may bring it, verified): 503, never the answer.
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    // The owner's repo still runs.
+    let r = post(
+        &f,
+        "/v1/chat/completions",
+        Some(&f.admin),
+        chat(json!({"model": "admin/secret"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}

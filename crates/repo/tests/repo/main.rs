@@ -461,3 +461,76 @@ fn lfs_objects_belong_to_repos_and_follow_renames() {
         "a re-created repo starts empty"
     );
 }
+
+#[test]
+fn commit_ids_resolve_only_when_a_ref_reaches_them() {
+    let (_d, repos, id) = setup();
+    let first = commit(&repos, &id, "main", vec![add("a.txt", b"1")]).unwrap();
+    let second = commit(&repos, &id, "main", vec![add("a.txt", b"2")]).unwrap();
+    repos.create_branch(&id, "dev", None).unwrap();
+    let on_dev = commit(&repos, &id, "dev", vec![add("dev.txt", b"d")]).unwrap();
+    // Tips and their history resolve, by full id and by prefix, for every reader.
+    for c in [&first, &second, &on_dev] {
+        assert_eq!(repos.resolve(&id, &c.id).unwrap(), c.id);
+        assert_eq!(repos.resolve(&id, &c.id[..10]).unwrap(), c.id);
+    }
+    assert_eq!(repos.file(&id, &first.id, "a.txt").unwrap().1, b"1");
+    // Once no ref reaches a commit, its id names nothing: not to resolve, list, read,
+    // copy from or branch from.
+    repos.delete_branch(&id, "dev").unwrap();
+    let gone = &on_dev.id;
+    for rev in [gone.as_str(), &gone[..10]] {
+        assert!(
+            matches!(
+                repos.resolve(&id, rev),
+                Err(RepoError::RevisionNotFound { .. })
+            ),
+            "{rev}"
+        );
+    }
+    assert!(repos.list_tree(&id, gone, "", true).is_err());
+    assert!(repos.file(&id, gone, "dev.txt").is_err());
+    assert!(repos.history(&id, gone, 10).is_err());
+    assert!(repos.create_branch(&id, "again", Some(gone)).is_err());
+    assert!(repos.create_tag(&id, "v1", gone).is_err());
+    let copy = Operation::Copy {
+        src: "dev.txt".into(),
+        src_revision: Some(gone.clone()),
+        dest: "stolen.txt".into(),
+    };
+    assert!(commit(&repos, &id, "main", vec![copy]).is_err());
+    // The object itself is still there (git gc has not run): only reachability hides it.
+    git(&repos, &id, &["cat-file", "-e", gone]);
+    // A tag keeps what it points to reachable.
+    repos.create_tag(&id, "v1", &first.id).unwrap();
+    assert_eq!(repos.resolve(&id, &first.id).unwrap(), first.id);
+}
+
+#[test]
+fn a_new_ref_may_expose_only_lfs_objects_of_its_repo() {
+    let (_d, repos, id) = setup();
+    let sha = [0xab; 32];
+    let pointer = LfsPointer::new(&"ab".repeat(32), 5).unwrap();
+    // Commits written below the gateway's checks (as legacy data or a replica still fetching
+    // its content would be).
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![Operation::Add {
+            path: "w/weights.bin".into(),
+            content: FileContent::Lfs(pointer),
+        }],
+    )
+    .unwrap();
+    let err = repos.create_branch(&id, "dev", None).unwrap_err();
+    assert!(
+        matches!(&err, RepoError::BadOperation(m) if m.contains("w/weights.bin") && m.contains(&"ab".repeat(32))),
+        "{err}"
+    );
+    assert!(repos.create_tag(&id, "v1", "main").is_err());
+    assert_eq!(repos.refs(&id).unwrap().0.len(), 1);
+    repos.add_lfs_objects(&id, &[sha]).unwrap();
+    repos.create_branch(&id, "dev", None).unwrap();
+    repos.create_tag(&id, "v1", "main").unwrap();
+}

@@ -2,7 +2,7 @@
 //! checks and the ref transaction.
 
 use hub_protocol::repo::{RepoId, RepoType};
-use hub_repo::{Author, Checked, ReceiveError, RefCommand, Rejection, Repos, ZERO_ID};
+use hub_repo::{Author, Checked, ReceiveError, RefCommand, Rejection, RepoError, Repos, ZERO_ID};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -389,4 +389,137 @@ fn deletes_and_pack_limits() {
     assert!(matches!(err, ReceiveError::IndexPack { .. }), "{err}");
     drop(q);
     assert!(f.no_quarantine_left());
+}
+
+/// An LFS pointer to `sha`, as a blob in the work repository.
+fn pointer_blob(f: &Fixture, sha: &str) -> String {
+    f.blob(
+        format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize 5\n")
+            .as_bytes(),
+    )
+}
+
+/// Another repository's private LFS object: this one may not point at it.
+const FOREIGN: &str = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393";
+
+#[test]
+fn unreferenced_commits_in_a_pack_are_checked_too() {
+    // Issue 14, item 1: a harmless ref update plus a commit no ref reaches, whose tree points
+    // at another repository's private LFS object. Before every object was checked, the push
+    // was accepted and the commit resolved by its id.
+    let f = fixture();
+    let evil = f.raw_commit(
+        &[("100644", b"weights.bin", &pointer_blob(&f, FOREIGN))],
+        None,
+    );
+    let tip = f.commit_files(&[("a.txt", b"harmless")]);
+    let revs = format!("{tip}\n{evil}\n^{}\n", f.base);
+    let pack = git(
+        &f.work,
+        &["pack-objects", "--stdout", "--thin", "--revs", "-q"],
+        Some(revs.as_bytes()),
+    );
+    let commands = f.main_update(&tip);
+    let q = f.repos.quarantine(&f.id).unwrap();
+    q.index_pack(&mut &pack[..], 1 << 30).unwrap();
+    let checks = q.check(&commands, &mut |sha| sha != FOREIGN).unwrap();
+    if checks.iter().all(Result::is_ok) {
+        f.repos.apply_push(q, &commands).unwrap().unwrap();
+    } else {
+        drop(q);
+    }
+    assert!(
+        matches!(&checks[0], Err(Rejection::MissingLfs { oid, .. }) if oid == FOREIGN),
+        "{checks:?}"
+    );
+    assert!(!f.server_has(&evil));
+    assert!(f.no_quarantine_left());
+    assert_eq!(f.repos.resolve(&f.id, "main").unwrap(), f.base);
+
+    // An unreferenced commit with an unsafe path is refused the same way, and so is a loose
+    // pointer blob that no commit holds.
+    let bad = f.raw_commit(&[("100644", b".git", &f.blob(b"x"))], None);
+    let lone = pointer_blob(&f, FOREIGN);
+    for (extra, expected) in [(&bad, "invalid path"), (&lone, "missing LFS")] {
+        let revs = if *extra == bad {
+            format!("{tip}\n{bad}\n^{}\n", f.base)
+        } else {
+            format!("{tip}\n^{}\n", f.base)
+        };
+        let mut objects = git(
+            &f.work,
+            &["rev-list", "--objects", "--stdin"],
+            Some(revs.as_bytes()),
+        );
+        objects.extend_from_slice(format!("{lone}\n").as_bytes());
+        let pack = git(&f.work, &["pack-objects", "--stdout", "-q"], Some(&objects));
+        let q = f.repos.quarantine(&f.id).unwrap();
+        q.index_pack(&mut &pack[..], 1 << 30).unwrap();
+        let checks = q.check(&commands, &mut |sha| sha != FOREIGN).unwrap();
+        let err = checks[0].clone().unwrap_err().to_string();
+        assert!(err.contains(expected), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn a_stored_commit_no_ref_reaches_is_checked_again_when_a_ref_moves_to_it() {
+    // A commit already in the object store (left by an older version that let unreferenced
+    // objects in) is neither resolvable by id nor branchable, and a push that makes it
+    // reachable checks it as if it were new, blobs included.
+    let f = fixture();
+    let evil = f.raw_commit(
+        &[("100644", b"weights.bin", &pointer_blob(&f, FOREIGN))],
+        None,
+    );
+    let server = f.repos.git_dir(&f.id);
+    let pack = git(
+        &f.work,
+        &["pack-objects", "--stdout", "--revs", "-q"],
+        Some(format!("{evil}\n").as_bytes()),
+    );
+    git(
+        &server,
+        &["index-pack", "--stdin", "--fix-thin"],
+        Some(&pack),
+    );
+    assert!(f.server_has(&evil));
+    assert!(matches!(
+        f.repos.resolve(&f.id, &evil),
+        Err(RepoError::RevisionNotFound { .. })
+    ));
+    assert!(f.repos.file(&f.id, &evil, "weights.bin").is_err());
+    assert!(matches!(
+        f.repos.create_branch(&f.id, "leak", Some(&evil)),
+        Err(RepoError::RevisionNotFound { .. })
+    ));
+    // A merge of main and the stored commit: a fast-forward that would expose it.
+    let tree = git_text(
+        &f.work,
+        &["rev-parse", &format!("{}^{{tree}}", f.base)],
+        None,
+    );
+    let merge = git_text(
+        &f.work,
+        &[
+            "commit-tree",
+            &tree,
+            "-p",
+            &f.base,
+            "-p",
+            &evil,
+            "-m",
+            "merge",
+        ],
+        None,
+    );
+    let commands = f.main_update(&merge);
+    let checks = f.check(&merge, &commands);
+    let q = f.repos.quarantine(&f.id).unwrap();
+    q.index_pack(&mut &f.pack(&merge)[..], 1 << 30).unwrap();
+    let checks_owned = q.check(&commands, &mut |sha| sha != FOREIGN).unwrap();
+    assert_eq!(checks[0], Ok(Checked { fast_forward: true }));
+    assert!(
+        matches!(&checks_owned[0], Err(Rejection::MissingLfs { oid, .. }) if oid == FOREIGN),
+        "{checks_owned:?}"
+    );
 }

@@ -102,3 +102,55 @@ fn lfs_pointers_lists_what_the_tips_reference() {
     assert_eq!(repos.lfs_pointers(&id, &tips, 1).unwrap().len(), 1);
     assert!(repos.lfs_pointers(&id, &[[9; 20]], 10).unwrap().is_empty());
 }
+
+#[test]
+fn a_replica_pack_is_checked_whole_unreferenced_objects_included() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (_a_dir, a, id) = setup();
+    // A peer's pack carries, besides the signed refs' commits, a commit no ref reaches with
+    // an unsafe path.
+    let run = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new("git")
+            .args(args)
+            .env("GIT_DIR", a.git_dir(&id))
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let blob = run(&["hash-object", "-w", "--stdin"], b"x");
+    let mut tree = b"100644 .git\0".to_vec();
+    tree.extend((0..20).map(|i| u8::from_str_radix(&blob[2 * i..2 * i + 2], 16).unwrap()));
+    let tree = run(
+        &["hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
+        &tree,
+    );
+    let evil = run(&["commit-tree", &tree, "-m", "evil"], b"");
+    let refs = a.public_refs(&id).unwrap();
+    let mut want: Vec<[u8; 20]> = refs.values().copied().collect();
+    let mut raw = [0u8; 20];
+    for (i, b) in raw.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&evil[2 * i..2 * i + 2], 16).unwrap();
+    }
+    want.push(raw);
+    let pack = a.build_pack(&id, &want, &[], 1 << 20).unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Repos::open(b_dir.path()).unwrap();
+    b.create_replica(&id, 0).unwrap();
+    let err = b.apply_replica(&id, &pack, &refs).unwrap_err();
+    assert!(
+        matches!(&err, ReplicaError::Rejected { reason, .. } if reason.to_string().contains("invalid path")),
+        "{err}"
+    );
+    assert!(b.public_refs(&id).unwrap().is_empty());
+    assert!(b.resolve(&id, &evil).is_err());
+}
