@@ -537,3 +537,36 @@ def test_a_repo_made_private_or_deleted_is_withdrawn_from_every_seeder(node_fact
     assert info(d, "alice/turns-private")[0] == 404
     # The host still serves its private repo to its owner.
     assert api.model_info("alice/turns-private").private
+
+
+def test_a_publisher_that_restarts_is_replicated_again(node_factory, tmp_path):
+    """Issue 14 item 16: B retries while the publisher A is down; once A is back (same key,
+    new ports) B asks again where A's blob endpoint listens instead of keeping 'none', so A's
+    new repos and the interrupted LFS object still replicate."""
+    a = node_factory("a", "--admin", "alice")
+    api = HfApi(endpoint=a.url, token=a.admin_token)
+    _, weights = safetensors_tensors(BIG_MIB // 4, 4)
+    api.create_repo("alice/big")
+    api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id="alice/big")
+    sha = api.model_info("alice/big").sha
+
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    seen = poll_peers_until(
+        b, "the first chunk bytes",
+        lambda p: p["counters"]["chunk_bytes_received"] > 0
+        or p["counters"]["lfs_objects_fetched"] > 0,
+    )
+    a.kill()
+    assert seen["counters"]["lfs_objects_fetched"] == 0, "fetched before the kill: too fast"
+    failures = b.log().count("will retry")
+    # B's retries run while A is down (every 5 s).
+    wait_for("a retry while the publisher is down", lambda: b.log().count("will retry") > failures, b)
+
+    a2 = node_factory("a", "--admin", "alice", "--bootstrap", b.info["p2p"][0])
+    api2 = HfApi(endpoint=a2.url, token=a2.admin_token)
+    api2.create_repo("alice/after")
+    api2.upload_file(path_or_fileobj=b"after\n", path_in_repo="after.txt", repo_id="alice/after")
+    wait_for_sha(b, "alice/after", api2.model_info("alice/after").sha)
+    wait_for_sha(b, "alice/big", sha)
+    lfs_settled(b, "alice/big", 1)
+    assert_downloads(b, "alice/big", weights, tmp_path / "b")

@@ -465,8 +465,10 @@ impl P2p {
     }
 
     /// Where `peer`'s blob endpoint listens: remembered, or asked over `/hubmesh/blocks/1`.
-    /// Empty for a peer without one (or one that cannot say): it is asked again once it
-    /// reconnects.
+    /// Empty for a peer without one, or one that could not be asked. Only an answer is
+    /// remembered (until the peer disconnects or its endpoint fails): a peer that was down
+    /// when asked is asked again next time, not taken for one without an endpoint — else a
+    /// publisher that restarts would have its packs refused for good.
     pub(crate) async fn blob_addrs_of(
         &self,
         blobs: &crate::blobs::Blobs,
@@ -475,16 +477,21 @@ impl P2p {
         if let Some(addrs) = blobs.addrs_of(&peer) {
             return addrs;
         }
-        let addrs = match self.fetch_blocks(peer, BlockRequest::Blobs).await {
-            Ok(BlockResponse::Blobs(addrs)) => addrs,
-            Ok(_) => Vec::new(),
-            Err(error) => {
-                tracing::debug!(%peer, %error, "no blob endpoint address; using libp2p");
+        match self.fetch_blocks(peer, BlockRequest::Blobs).await {
+            Ok(BlockResponse::Blobs(addrs)) => {
+                blobs.learn(peer, addrs.clone());
+                addrs
+            }
+            Ok(_) => {
+                // It answered, without addresses: a peer running without the blob plane.
+                blobs.learn(peer, Vec::new());
                 Vec::new()
             }
-        };
-        blobs.learn(peer, addrs.clone());
-        addrs
+            Err(error) => {
+                tracing::debug!(%peer, %error, "blob endpoint address not learned; asking again later");
+                Vec::new()
+            }
+        }
     }
 
     /// Chunks or manifests from peers that failed verification so far.
