@@ -3,7 +3,7 @@
 mod receive;
 mod replica;
 
-use hub_protocol::repo::{RepoId, RepoType};
+use hub_protocol::repo::{PathError, RepoId, RepoType};
 use hub_repo::{
     Author, CommitRequest, EntryKind, FileContent, LfsPointer, Operation, RepoError, Repos,
 };
@@ -228,6 +228,48 @@ fn unsafe_paths_are_rejected() {
         );
     }
     assert_eq!(paths(&repos, &id, "main"), vec![".gitattributes"]);
+}
+
+#[test]
+fn bidi_paths_are_rejected_by_every_operation() {
+    let (_d, repos, id) = setup();
+    commit(&repos, &id, "main", vec![add("ok.txt", b"1")]).unwrap();
+    let before = repos.resolve(&id, "main").unwrap();
+    let bidi = "sub/report\u{202E}fdp.exe";
+    for op in [
+        add(bidi, b"evil"),
+        Operation::Delete { path: bidi.into() },
+        Operation::DeleteFolder {
+            path: "\u{2066}sub".into(),
+        },
+        Operation::Copy {
+            src: "ok.txt".into(),
+            src_revision: None,
+            dest: bidi.into(),
+        },
+        Operation::Copy {
+            src: "ok\u{200F}.txt".into(),
+            src_revision: None,
+            dest: "copy.txt".into(),
+        },
+    ] {
+        let err = commit(&repos, &id, "main", vec![add("fine.txt", b"2"), op.clone()]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RepoError::InvalidPath {
+                    source: PathError::Bidi,
+                    ..
+                }
+            ),
+            "{op:?}: {err:?}"
+        );
+        assert_eq!(repos.resolve(&id, "main").unwrap(), before, "{op:?}");
+    }
+    assert!(matches!(
+        repos.file(&id, "main", bidi),
+        Err(RepoError::InvalidPath { .. })
+    ));
 }
 
 #[test]
