@@ -842,6 +842,22 @@ fn commit_tree(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, Rep
         .detach())
 }
 
+/// What `path` is in the tree being edited, earlier operations of the commit included.
+///
+/// The editor only sees the trees it has loaded (`Editor::get` answers `None` below an
+/// unloaded one, whether or not the entry exists), so first every tree along `path` is
+/// loaded: removing a child named `\0`, a name no git tree can hold, walks the path and
+/// changes nothing.
+fn entry_at(
+    editor: &mut gix::object::tree::Editor<'_>,
+    path: &str,
+) -> Result<Option<gix::object::tree::EntryMode>, RepoError> {
+    editor
+        .remove(format!("{path}/\0").as_str())
+        .map_err(git("read tree"))?;
+    Ok(editor.get(path).map(|e| e.mode()))
+}
+
 fn apply(
     repo: &gix::Repository,
     editor: &mut gix::object::tree::Editor<'_>,
@@ -870,9 +886,7 @@ fn apply(
         }
         Operation::Delete { path } => {
             check_path(path)?;
-            let is_file = editor
-                .get(path.as_str())
-                .is_some_and(|e| !e.mode().is_tree());
+            let is_file = entry_at(editor, path)?.is_some_and(|m| !m.is_tree());
             if !is_file {
                 return Err(RepoError::EntryNotFound { path: path.clone() });
             }
@@ -881,7 +895,8 @@ fn apply(
         Operation::DeleteFolder { path } => {
             let path = path.trim_end_matches('/');
             check_path(path)?;
-            if !editor.get(path).is_some_and(|e| e.mode().is_tree()) {
+            let is_folder = entry_at(editor, path)?.is_some_and(|m| m.is_tree());
+            if !is_folder {
                 return Err(RepoError::EntryNotFound {
                     path: path.to_owned(),
                 });

@@ -179,6 +179,108 @@ fn delete_copy_and_delete_folder() {
 }
 
 #[test]
+fn delete_files_inside_folders() {
+    let (_d, repos, id) = setup();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            add("sub/a.txt", b"a"),
+            add("sub/b.txt", b"b"),
+            add("a/b/c.txt", b"c"),
+            add("x/y/z/w.txt", b"w"),
+            add("x/keep.txt", b"k"),
+        ],
+    )
+    .unwrap();
+    let delete = |path: &str| Operation::Delete { path: path.into() };
+    commit(&repos, &id, "main", vec![delete("sub/a.txt")]).unwrap();
+    assert_eq!(
+        paths(&repos, &id, "main"),
+        vec![
+            ".gitattributes",
+            "a/b/c.txt",
+            "sub/b.txt",
+            "x/keep.txt",
+            "x/y/z/w.txt"
+        ]
+    );
+    // The last file of nested folders: the emptied folders go with it.
+    commit(&repos, &id, "main", vec![delete("a/b/c.txt")]).unwrap();
+    let all: Vec<String> = repos
+        .list_tree(&id, "main", "", true)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(
+        !all.iter().any(|p| p == "a" || p.starts_with("a/")),
+        "{all:?}"
+    );
+    // Several deletes in one commit, in the same folder and below one another.
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            delete("sub/b.txt"),
+            delete("x/y/z/w.txt"),
+            delete("x/keep.txt"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        repos
+            .list_tree(&id, "main", "", true)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect::<Vec<_>>(),
+        vec![".gitattributes"]
+    );
+    git(&repos, &id, &["fsck", "--strict"]);
+    // Missing files, a file deleted twice in one commit, and folders are still refused.
+    commit(&repos, &id, "main", vec![add("d/f.txt", b"f")]).unwrap();
+    let before = repos.resolve(&id, "main").unwrap();
+    for ops in [
+        vec![delete("d/missing.txt")],
+        vec![delete("nodir/f.txt")],
+        vec![delete("d/f.txt/x")],
+        vec![delete("d/f.txt"), delete("d/f.txt")],
+        vec![delete("d")],
+    ] {
+        let err = commit(&repos, &id, "main", ops.clone()).unwrap_err();
+        assert!(
+            matches!(err, RepoError::EntryNotFound { .. }),
+            "{ops:?}: {err:?}"
+        );
+        assert_eq!(repos.resolve(&id, "main").unwrap(), before);
+    }
+    // A folder inside a folder.
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![add("p/q/r.txt", b"r"), add("p/s.txt", b"s")],
+    )
+    .unwrap();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![Operation::DeleteFolder {
+            path: "p/q/".into(),
+        }],
+    )
+    .unwrap();
+    assert_eq!(
+        paths(&repos, &id, "main"),
+        vec![".gitattributes", "d/f.txt", "p/s.txt"]
+    );
+}
+
+#[test]
 fn a_failing_operation_commits_nothing() {
     let (_d, repos, id) = setup();
     let before = repos.resolve(&id, "main").unwrap();
