@@ -858,6 +858,31 @@ fn entry_at(
     Ok(editor.get(path).map(|e| e.mode()))
 }
 
+/// Refuses a file at `path` when a folder of that name exists, or when a parent of `path` is
+/// a file: git would silently replace the other entry (`clash` and `clash/inner` in one commit
+/// would keep only `clash/inner`).
+fn check_file_slot(
+    editor: &mut gix::object::tree::Editor<'_>,
+    path: &str,
+    what: &str,
+) -> Result<(), RepoError> {
+    if entry_at(editor, path)?.is_some_and(|m| m.is_tree()) {
+        return Err(RepoError::BadOperation(format!(
+            "cannot {what} {path:?}: a folder of that name exists"
+        )));
+    }
+    // `entry_at` loaded every tree along `path`, so the parents are visible to `get`.
+    for (i, _) in path.match_indices('/') {
+        let parent = &path[..i];
+        if editor.get(parent).is_some_and(|e| !e.mode().is_tree()) {
+            return Err(RepoError::BadOperation(format!(
+                "cannot {what} {path:?}: {parent:?} is a file"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn apply(
     repo: &gix::Repository,
     editor: &mut gix::object::tree::Editor<'_>,
@@ -867,19 +892,12 @@ fn apply(
     match op {
         Operation::Add { path, content } => {
             check_path(path)?;
+            check_file_slot(editor, path, "add file")?;
             let bytes = match content {
                 FileContent::Regular(bytes) => bytes.as_slice(),
                 FileContent::Lfs(pointer) => &pointer.encode().into_bytes(),
             };
             let blob = repo.write_blob(bytes).map_err(git("write blob"))?;
-            if editor
-                .get(path.as_str())
-                .is_some_and(|e| e.mode().is_tree())
-            {
-                return Err(RepoError::BadOperation(format!(
-                    "cannot add file {path:?}: a folder of that name exists"
-                )));
-            }
             editor
                 .upsert(path.as_str(), GitEntryKind::Blob, blob)
                 .map_err(|e| RepoError::BadOperation(format!("cannot add file {path:?}: {e}")))?;
@@ -922,6 +940,7 @@ fn apply(
                 .map_err(git("read tree"))?
                 .filter(|e| e.mode().is_blob())
                 .ok_or_else(|| RepoError::EntryNotFound { path: src.clone() })?;
+            check_file_slot(editor, dest, "copy to")?;
             editor
                 .upsert(dest.as_str(), entry.mode().kind(), entry.object_id())
                 .map_err(|e| RepoError::BadOperation(format!("cannot copy to {dest:?}: {e}")))?;

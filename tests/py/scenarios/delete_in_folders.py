@@ -1,7 +1,7 @@
 """Deleting files inside folders (delete_file, delete_files, HfFileSystem.rm), folders that vanish
-when emptied, and delete_folder."""
+when emptied, delete_folder, and a commit adding both a file and a folder of one name."""
 from huggingface_hub import CommitOperationAdd, HfApi, HfFileSystem
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
 api = HfApi()
 user = api.whoami()["name"]
@@ -43,5 +43,18 @@ assert "fs/f.txt" not in listing() and "fs/g.txt" in listing(), listing()
 fs.rm(f"{repo}/fs", recursive=True)
 assert not any(p.startswith("fs/") for p in listing()), listing()
 
+# A file and a folder of one name in one commit: refused, nothing written.
+sha = api.model_info(repo).sha
+for ops in (
+    [CommitOperationAdd("clash", b"1"), CommitOperationAdd("clash/inner", b"2")],
+    [CommitOperationAdd("sub/b.txt/inner", b"2")],
+    [CommitOperationAdd("sub", b"2")],
+):
+    try:
+        api.create_commit(repo, ops, commit_message="clash")
+        raise SystemExit(f"{[o.path_in_repo for o in ops]} must be refused")
+    except HfHubHTTPError as e:
+        assert e.response.status_code == 400, (e.response.status_code, e.response.text)
+    assert api.model_info(repo).sha == sha, "nothing written"
 assert listing() == [".gitattributes", "sub/b.txt"], listing()
 print("ok")

@@ -281,6 +281,61 @@ fn delete_files_inside_folders() {
 }
 
 #[test]
+fn file_and_folder_of_one_name_are_refused() {
+    let (_d, repos, id) = setup();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![add("dir/deep/f.txt", b"f"), add("file.txt", b"x")],
+    )
+    .unwrap();
+    let before = repos.resolve(&id, "main").unwrap();
+    let copy_to = |dest: &str| Operation::Copy {
+        src: "file.txt".into(),
+        src_revision: None,
+        dest: dest.into(),
+    };
+    for ops in [
+        // Both in one commit, in either order.
+        vec![add("clash", b"1"), add("clash/inner", b"2")],
+        vec![add("clash/inner", b"2"), add("clash", b"1")],
+        vec![add("n/clash", b"1"), add("n/clash/deeper/inner", b"2")],
+        // Against the existing tree: a folder where a file is, a file where a folder is.
+        vec![add("file.txt/inner", b"2")],
+        vec![add("dir", b"1")],
+        vec![add("dir/deep", b"1")],
+        vec![copy_to("dir/deep")],
+        vec![copy_to("file.txt/inner")],
+        vec![add("c", b"1"), copy_to("c/x")],
+    ] {
+        let err = commit(&repos, &id, "main", ops.clone()).unwrap_err();
+        assert!(
+            matches!(err, RepoError::BadOperation(_)),
+            "{ops:?}: {err:?}"
+        );
+        assert_eq!(repos.resolve(&id, "main").unwrap(), before, "{ops:?}");
+    }
+    // Replacing a file by a folder is fine when the commit deletes the file first.
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            Operation::Delete {
+                path: "file.txt".into(),
+            },
+            add("file.txt/inner", b"2"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        paths(&repos, &id, "main"),
+        vec![".gitattributes", "dir/deep/f.txt", "file.txt/inner"]
+    );
+}
+
+#[test]
 fn a_failing_operation_commits_nothing() {
     let (_d, repos, id) = setup();
     let before = repos.resolve(&id, "main").unwrap();
