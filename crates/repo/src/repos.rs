@@ -190,7 +190,14 @@ pub struct Repos {
 }
 
 impl Repos {
-    /// Opens (creating if needed) the repository root, clearing what a crash left in `.tmp/`.
+    /// Opens (creating if needed) the repository root, clearing what a crash left behind: the
+    /// half-made repositories in `.tmp/` and the ref lock files (`refs/**/*.lock`,
+    /// `packed-refs.lock`, `HEAD.lock`) of every repository.
+    ///
+    /// The caller must be the only process using `root` (the node holds its data directory's
+    /// lock while it runs), so any lock file found here is stale: left by a writer that died
+    /// between taking a ref's lock and committing it. Left in place, it would make every later
+    /// write to that ref fail.
     pub fn open(root: impl AsRef<Path>) -> Result<Self, RepoError> {
         let root = root.as_ref().to_owned();
         let tmp = root.join(".tmp");
@@ -200,12 +207,18 @@ impl Repos {
         std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
         let meta = MetaDb::open(&root.join("meta.redb")).map_err(meta_err)?;
         meta.init().map_err(meta_err)?;
-        Ok(Self {
+        let repos = Self {
             meta,
             root,
             locks: Mutex::new(HashMap::new()),
             tmp_counter: AtomicU64::new(0),
-        })
+        };
+        for kind in RepoType::ALL {
+            for id in repos.list(kind)? {
+                remove_stale_ref_locks(&repos.git_dir(&id))?;
+            }
+        }
+        Ok(repos)
     }
 
     /// The bare git directory of a repository (whether or not it exists).
@@ -748,6 +761,39 @@ impl Repos {
             })?;
         r.delete().map_err(git("delete reference"))
     }
+}
+
+/// Removes the lock files of refs that a crashed writer left in the bare repository `git_dir`.
+fn remove_stale_ref_locks(git_dir: &Path) -> Result<(), RepoError> {
+    let mut stale = Vec::new();
+    for top in ["HEAD.lock", "packed-refs.lock"] {
+        let path = git_dir.join(top);
+        if path.is_file() {
+            stale.push(path);
+        }
+    }
+    let mut dirs = vec![git_dir.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("read", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io("read", &dir))?;
+            let file_type = entry.file_type().map_err(io("read", &entry.path()))?;
+            if file_type.is_dir() {
+                dirs.push(entry.path());
+            } else if entry.file_name().as_encoded_bytes().ends_with(b".lock") {
+                stale.push(entry.path());
+            }
+        }
+    }
+    for path in stale {
+        std::fs::remove_file(&path).map_err(io("remove stale lock", &path))?;
+        tracing::warn!(lock = %path.display(), "removed a stale ref lock left by a crash");
+    }
+    Ok(())
 }
 
 fn check_path(path: &str) -> Result<(), RepoError> {

@@ -557,6 +557,79 @@ fn concurrent_commits_are_serialised() {
 }
 
 #[test]
+fn concurrent_commits_with_a_parent_conflict_cleanly() {
+    let (_d, repos, id) = setup();
+    let head = repos.resolve(&id, "main").unwrap();
+    let results: Vec<Result<hub_repo::CommitInfo, RepoError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (repos, id, head) = (&repos, &id, &head);
+                s.spawn(move || {
+                    repos.commit(
+                        id,
+                        CommitRequest {
+                            branch: "main".into(),
+                            message: format!("writer {t}"),
+                            author: author(),
+                            parent: Some(head.clone()),
+                            operations: vec![add(&format!("t{t}.txt"), b"x")],
+                        },
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Exactly one writer saw `head` as the branch head; every other one is a clear conflict.
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for r in &results {
+        assert!(
+            matches!(r, Ok(_) | Err(RepoError::ParentMismatch { .. })),
+            "{r:?}"
+        );
+    }
+    assert_eq!(repos.history(&id, "main", 100).unwrap().len(), 2);
+}
+
+#[test]
+fn stale_ref_locks_are_cleared_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
+    let git_dir = {
+        let repos = Repos::open(dir.path()).unwrap();
+        repos.create(&id, &author()).unwrap();
+        repos.create_tag(&id, "v1", "main").unwrap();
+        repos.git_dir(&id)
+    };
+    // What a writer killed between taking the locks and committing leaves behind.
+    for lock in [
+        "refs/heads/main.lock",
+        "refs/tags/v1.lock",
+        "packed-refs.lock",
+        "HEAD.lock",
+    ] {
+        std::fs::write(
+            git_dir.join(lock),
+            "0000000000000000000000000000000000000000\n",
+        )
+        .unwrap();
+    }
+    let repos = Repos::open(dir.path()).unwrap();
+    commit(&repos, &id, "main", vec![add("after-crash.txt", b"x")]).unwrap();
+    repos.delete_tag(&id, "v1").unwrap();
+    for lock in [
+        "refs/heads/main.lock",
+        "refs/tags/v1.lock",
+        "packed-refs.lock",
+        "HEAD.lock",
+    ] {
+        assert!(!git_dir.join(lock).exists(), "{lock} left in place");
+    }
+    git(&repos, &id, &["fsck", "--strict"]);
+}
+
+#[test]
 fn delete_repo_and_unknown_repo() {
     let (_d, repos, id) = setup();
     repos.delete(&id).unwrap();
