@@ -182,6 +182,10 @@ impl From<hub_repo::RepoError> for AppError {
 
 impl From<hub_store::StoreError> for AppError {
     fn from(e: hub_store::StoreError) -> Self {
-        AppError::internal(e)
+        use hub_store::StoreError as E;
+        match e {
+            e @ E::Mismatch { .. } => AppError::BadRequest(e.to_string()),
+            e => AppError::internal(e),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! went away), it makes the import fail, so nothing truncated is ever recorded.
 
 use crate::error::AppError;
-use hub_store::{FileInfo, Store};
+use hub_store::{Expected, FileInfo, Store};
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +55,16 @@ pub(crate) struct StreamImport {
 
 impl StreamImport {
     pub(crate) fn start(store: Store) -> Self {
+        Self::start_with(store, None)
+    }
+
+    /// An import that must yield `expected` (an LFS upload): anything else fails and leaves
+    /// nothing in the store.
+    pub(crate) fn start_expecting(store: Store, expected: Expected) -> Self {
+        Self::start_with(store, Some(expected))
+    }
+
+    fn start_with(store: Store, expected: Option<Expected>) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(CHANNEL_DEPTH);
         let aborted = Arc::new(AtomicBool::new(false));
         let reader = ChannelReader {
@@ -63,7 +73,10 @@ impl StreamImport {
             pos: 0,
             aborted: aborted.clone(),
         };
-        let task = tokio::task::spawn_blocking(move || store.import_reader(reader));
+        let task = tokio::task::spawn_blocking(move || match expected {
+            Some(expected) => store.import_expecting(reader, expected),
+            None => store.import_reader(reader),
+        });
         Self {
             tx: Some(tx),
             aborted,

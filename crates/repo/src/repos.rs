@@ -12,7 +12,7 @@ use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind as GitEntryKind;
 use gix::refs::transaction::PreviousValue;
 use hub_protocol::repo::{PathError, RepoId, RepoType, validate_repo_path};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -491,6 +491,27 @@ impl Repos {
     /// Whether `id` may reference the LFS object `sha256` (see [`Repos::add_lfs_objects`]).
     pub fn has_lfs_object(&self, id: &RepoId, sha256: &[u8; 32]) -> Result<bool, RepoError> {
         self.meta.has_lfs(id, sha256).map_err(meta_err)
+    }
+
+    /// Every LFS object (SHA-256) some repository references: those recorded for it
+    /// ([`Repos::add_lfs_objects`]: uploaded to it, possibly not committed yet) and the
+    /// pointers in the trees its branches and tags point at. What a store gc must keep.
+    pub fn referenced_lfs_objects(&self) -> Result<BTreeSet<[u8; 32]>, RepoError> {
+        let mut out: BTreeSet<[u8; 32]> =
+            self.meta.all_lfs().map_err(meta_err)?.into_iter().collect();
+        for kind in RepoType::ALL {
+            for id in self.list(kind)? {
+                let (branches, tags) = self.refs(&id)?;
+                let tips: Vec<[u8; 20]> = branches
+                    .iter()
+                    .chain(&tags)
+                    .filter_map(|r| ObjectId::from_hex(r.target.as_bytes()).ok())
+                    .filter_map(|oid| oid.as_bytes().try_into().ok())
+                    .collect();
+                out.extend(self.lfs_pointers(&id, &tips, usize::MAX)?.into_keys());
+            }
+        }
+        Ok(out)
     }
 
     /// Counts one download (in memory until [`Repos::flush_downloads`]).

@@ -34,6 +34,16 @@ pub enum StoreError {
     WorkerPanic,
     #[error("an import stage stopped early")]
     StageStopped,
+    /// The imported content is not what the caller announced; nothing was kept.
+    #[error(
+        "content is {size} bytes with sha256 {sha256}, expected {expected_size} bytes with sha256 {expected}"
+    )]
+    Mismatch {
+        sha256: Sha256,
+        size: u64,
+        expected: Sha256,
+        expected_size: u64,
+    },
 }
 
 impl StoreError {
