@@ -85,15 +85,17 @@ impl StreamImport {
         }
     }
 
-    /// Hands one chunk to the import, waiting while the import is behind.
+    /// Hands one chunk to the import, waiting while the import is behind. Once the import
+    /// has failed (a full disk, say), chunks are dropped: the caller reads the rest of the
+    /// body, and [`StreamImport::finish`] reports the failure. A server that stops reading
+    /// mid-upload is, to most HTTP clients, a reset connection rather than an answer.
     pub(crate) async fn send(&mut self, chunk: Vec<u8>) -> Result<(), AppError> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| AppError::internal("import already finished"))?;
-        tx.send(Ok(chunk))
-            .await
-            .map_err(|_| AppError::internal("the store import stopped early"))
+        if let Some(tx) = &self.tx
+            && tx.send(Ok(chunk)).await.is_err()
+        {
+            self.tx = None;
+        }
+        Ok(())
     }
 
     /// Ends the input and waits for the import: the file is durable when this returns.

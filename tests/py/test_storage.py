@@ -1,5 +1,6 @@
-"""The chunk store with real clients against real nodes: a rejected LFS upload leaves nothing,
-and `hubmesh store gc` reclaims what no repository references."""
+"""The chunk store under pressure, with real clients against real nodes: a disk at its reserved
+headroom answers 507 and keeps nothing, a rejected LFS upload leaves nothing, and
+`hubmesh store gc` reclaims what no repository references."""
 
 import hashlib
 import json
@@ -8,7 +9,9 @@ import subprocess
 import urllib.error
 import urllib.request
 
+import pytest
 from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError
 
 from conftest import hubmesh_bin
 
@@ -44,6 +47,28 @@ def lfs_put(node, repo, oid, size, body):
     href = json.loads(reply)["objects"][0]["actions"]["upload"]["href"]
     status, _ = call("PUT", href, body, {"content-type": "application/octet-stream"})
     return status
+
+
+def test_a_full_disk_is_507_and_keeps_nothing(node_factory, tmp_path):
+    config = tmp_path / "hubmesh.toml"
+    # A headroom no disk has: every write to the chunk store is refused up front.
+    config.write_text("[store]\nreserved_mib = 1099511627776\n")
+    node = node_factory("node", "--config", str(config))
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    repo = api.create_repo("full").repo_id
+    # Small text files live in git: still fine.
+    api.upload_file(path_or_fileobj=b"# hello\n", path_in_repo="README.md", repo_id=repo)
+    sha = api.model_info(repo).sha
+    with pytest.raises(HfHubHTTPError) as e:
+        api.upload_file(path_or_fileobj=os.urandom(3_000_000), path_in_repo="w.bin", repo_id=repo)
+    assert e.value.response.status_code == 507, e.value.response.text
+    assert api.model_info(repo).sha == sha, "nothing committed"
+    weights = os.urandom(2_000_000)
+    oid = hashlib.sha256(weights).hexdigest()
+    assert lfs_put(node, repo, oid, len(weights), weights) == 507
+    node.terminate()
+    stats = store_cli(node, "stats")
+    assert (stats["files"], stats["blocks"]) == (0, 0), stats
 
 
 def test_rejected_uploads_leave_nothing_and_gc_reclaims_the_unreferenced(node_factory):

@@ -19,9 +19,13 @@
 //! Nothing is visible until the final commit: block files are durable (fsync, rename, fsync
 //! of the directory) before the redb transaction that references them commits. A crash before
 //! that leaves only orphan files, which [`Store::open`](crate::Store::open) deletes. An import
-//! that fails (a reader error, content other than [`Expected`]) deletes its
+//! that fails (a reader error, a full disk, content other than [`Expected`]) deletes its
 //! temporary files and the blocks it placed, unless another import in flight placed the same
 //! block or the index lists it (see `Inner::placed`): a failed upload leaves nothing.
+//!
+//! Free space is checked before an import of known size and before each new block
+//! ([`StoreConfig::reserved_bytes`](crate::StoreConfig::reserved_bytes)), so a large upload
+//! to a nearly full disk fails fast, and `ENOSPC` anywhere is [`StoreError::StorageFull`].
 
 use crate::block::{BlockEntry, BlockWriter, SealedBlock, block_path};
 use crate::chunker::Chunker;
@@ -81,6 +85,7 @@ pub(crate) fn import(
     expected: Option<Expected>,
 ) -> Result<FileInfo, StoreError> {
     let _shared = inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+    inner.check_headroom(size_hint.unwrap_or(0))?;
 
     // Format detection: read as much prefix as the header needs (bounded by MAX_HEADER).
     let mut prefix = Vec::new();
@@ -387,6 +392,7 @@ fn pack_blocks_into(
         let b = match &mut block {
             Some(b) => b,
             None => {
+                inner.check_headroom(0)?;
                 let path = inner.tmp_path();
                 let writer = BlockWriter::create(path.clone())?;
                 *tmp = Some(path);
@@ -460,6 +466,33 @@ fn seal_blocks(
 }
 
 impl Inner {
+    /// Fails with [`StoreError::StorageFull`] unless the disk has `need` bytes free beyond
+    /// the reserved headroom.
+    pub(crate) fn check_headroom(&self, need: u64) -> Result<(), StoreError> {
+        let reserved = self.config.reserved_bytes;
+        if reserved == 0 && need == 0 {
+            return Ok(());
+        }
+        let stat = rustix::fs::statvfs(&self.root)
+            .map_err(|e| StoreError::io("check free space of", &self.root)(e.into()))?;
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if available < reserved.saturating_add(need) {
+            tracing::warn!(
+                available,
+                reserved,
+                need,
+                store = %self.root.display(),
+                "refusing a write: the disk is (nearly) full"
+            );
+            return Err(StoreError::StorageFull {
+                op: "keep the reserved free space on",
+                path: self.root.clone(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
     /// Records that an import is about to rename block `id` into `blocks/`.
     fn place(&self, id: Hash) {
         *self

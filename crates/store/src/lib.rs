@@ -78,12 +78,21 @@ pub struct StoreConfig {
     /// Place forced cuts at safetensors / GGUF tensor boundaries (on by default; off gives
     /// plain CDC, for comparison).
     pub format_aware_chunking: bool,
+    /// Free disk space (bytes) that imports leave untouched: an import fails fast with
+    /// [`StoreError::StorageFull`] rather than fill the disk, so the index (and whatever else
+    /// shares the disk) can still write. Checked before an import with a known size and before
+    /// each new block.
+    pub reserved_bytes: u64,
 }
+
+/// The headroom a node keeps by default: 256 MiB.
+pub const DEFAULT_RESERVED_BYTES: u64 = 256 << 20;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             format_aware_chunking: true,
+            reserved_bytes: DEFAULT_RESERVED_BYTES,
         }
     }
 }
@@ -181,7 +190,8 @@ impl Store {
     /// Imports `reader`, which must yield exactly `expected` (an LFS upload announces the
     /// SHA-256 and size of what it sends). Anything else fails with [`StoreError::Mismatch`]
     /// before the index records it, and the blocks written for it are deleted: a rejected
-    /// upload leaves nothing behind.
+    /// upload leaves nothing behind. The announced size is checked against the free space
+    /// first.
     pub fn import_expecting(
         &self,
         mut reader: impl Read,
