@@ -1139,6 +1139,12 @@ async fn lfs_batch_upload_verify_commit_and_download() {
         send(&f.app, "PUT", &href, None, &[], wrong).await.status,
         400
     );
+    let stats = f.state.store().stats().unwrap();
+    assert_eq!(
+        (stats.files, stats.blocks),
+        (0, 0),
+        "a rejected upload left data in the store"
+    );
     let verify = json!({ "oid": oid, "size": data.len() }).to_string();
     let r = send(
         &f.app,

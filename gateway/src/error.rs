@@ -48,6 +48,9 @@ pub enum AppError {
     Unprocessable(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The node's disk is full (or at its reserved headroom); retrying later may succeed.
+    #[error("not enough storage space on this node")]
+    InsufficientStorage,
     /// Temporarily unavailable (content still arriving from peers); clients retry.
     #[error("{0}")]
     Unavailable(String),
@@ -84,6 +87,7 @@ impl AppError {
             AppError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Coded { status, .. } => *status,
@@ -183,6 +187,15 @@ impl From<hub_repo::RepoError> for AppError {
             e @ (E::InvalidRefName { .. } | E::BadOperation(_)) => {
                 AppError::BadRequest(e.to_string())
             }
+            E::Io { ref source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                tracing::warn!(error = %ErrorChain(&e), "write refused");
+                AppError::InsufficientStorage
+            }
             other => AppError::internal(other),
         }
     }
@@ -190,6 +203,51 @@ impl From<hub_repo::RepoError> for AppError {
 
 impl From<hub_store::StoreError> for AppError {
     fn from(e: hub_store::StoreError) -> Self {
-        AppError::internal(e)
+        use hub_store::StoreError as E;
+        match e {
+            e @ E::Mismatch { .. } => AppError::BadRequest(e.to_string()),
+            e if e.is_storage_full() => {
+                tracing::warn!(error = %ErrorChain(&e), "write refused");
+                AppError::InsufficientStorage
+            }
+            e => AppError::internal(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_without_detail() {
+        let full = hub_store::StoreError::StorageFull {
+            op: "write block",
+            path: "/data/store/tmp/1.blk".into(),
+            source: Some(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        };
+        let response = AppError::from(full).into_response();
+        assert_eq!(response.status(), StatusCode::INSUFFICIENT_STORAGE);
+        let message = response.headers()["x-error-message"].to_str().unwrap();
+        assert!(!message.contains("/data"), "{message}");
+        let repo_full = hub_repo::RepoError::Io {
+            context: "write",
+            path: "/data/repos/x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(
+            AppError::from(repo_full).into_response().status(),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        let mismatch = hub_store::StoreError::Mismatch {
+            sha256: hub_store::Sha256([1; 32]),
+            size: 3,
+            expected: hub_store::Sha256([2; 32]),
+            expected_size: 3,
+        };
+        assert_eq!(
+            AppError::from(mismatch).into_response().status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! went away), it makes the import fail, so nothing truncated is ever recorded.
 
 use crate::error::AppError;
-use hub_store::{FileInfo, Store};
+use hub_store::{Expected, FileInfo, Store};
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +55,16 @@ pub(crate) struct StreamImport {
 
 impl StreamImport {
     pub(crate) fn start(store: Store) -> Self {
+        Self::start_with(store, None)
+    }
+
+    /// An import that must yield `expected` (an LFS upload): anything else fails and leaves
+    /// nothing in the store.
+    pub(crate) fn start_expecting(store: Store, expected: Expected) -> Self {
+        Self::start_with(store, Some(expected))
+    }
+
+    fn start_with(store: Store, expected: Option<Expected>) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(CHANNEL_DEPTH);
         let aborted = Arc::new(AtomicBool::new(false));
         let reader = ChannelReader {
@@ -63,7 +73,10 @@ impl StreamImport {
             pos: 0,
             aborted: aborted.clone(),
         };
-        let task = tokio::task::spawn_blocking(move || store.import_reader(reader));
+        let task = tokio::task::spawn_blocking(move || match expected {
+            Some(expected) => store.import_expecting(reader, expected),
+            None => store.import_reader(reader),
+        });
         Self {
             tx: Some(tx),
             aborted,
@@ -72,15 +85,17 @@ impl StreamImport {
         }
     }
 
-    /// Hands one chunk to the import, waiting while the import is behind.
+    /// Hands one chunk to the import, waiting while the import is behind. Once the import
+    /// has failed (a full disk, say), chunks are dropped: the caller reads the rest of the
+    /// body, and [`StreamImport::finish`] reports the failure. A server that stops reading
+    /// mid-upload is, to most HTTP clients, a reset connection rather than an answer.
     pub(crate) async fn send(&mut self, chunk: Vec<u8>) -> Result<(), AppError> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| AppError::internal("import already finished"))?;
-        tx.send(Ok(chunk))
-            .await
-            .map_err(|_| AppError::internal("the store import stopped early"))
+        if let Some(tx) = &self.tx
+            && tx.send(Ok(chunk)).await.is_err()
+        {
+            self.tx = None;
+        }
+        Ok(())
     }
 
     /// Ends the input and waits for the import: the file is durable when this returns.

@@ -353,7 +353,13 @@ async fn upload(
             .parse()
             .map_err(|_| AppError::BadRequest("invalid oid".into()))?;
         check_signed(&q, "upload", &sha)?;
-        let mut import = StreamImport::start(state.store().clone());
+        let mut import = StreamImport::start_expecting(
+            state.store().clone(),
+            hub_store::Expected {
+                sha256: sha,
+                size: q.size,
+            },
+        );
         let mut stream = body.into_data_stream();
         let mut received: u64 = 0;
         while let Some(frame) = stream.next().await {
@@ -374,13 +380,9 @@ async fn upload(
                 q.size
             )));
         }
+        // The store refuses (and deletes) content other than `sha`: a rejected upload
+        // leaves nothing behind.
         let info = import.finish().await?;
-        if info.sha256 != sha {
-            return Err(AppError::BadRequest(format!(
-                "content hashes to {}, not {sha}",
-                info.sha256
-            )));
-        }
         let repo = signed_repo(&q)?;
         let hub = state.hub().clone();
         blocking(move || Ok(hub.adopt_lfs(&repo, &sha)?)).await?;

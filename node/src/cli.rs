@@ -87,6 +87,13 @@ pub enum StoreCommand {
     Fsck(StoreArgs),
     /// Files, logical bytes, stored bytes, blocks, chunks and the dedup ratio.
     Stats(StoreArgs),
+    /// Delete the files no repository references (e.g. rejected or abandoned uploads) and the
+    /// blocks only they used.
+    ///
+    /// Works on a stopped node's data directory. Kept: every LFS object a repository's
+    /// branches or tags point at, every object uploaded to a repository (committed or not),
+    /// and the store's own roots.
+    Gc(StoreArgs),
 }
 
 #[derive(Debug, Clone, Args)]

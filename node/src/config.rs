@@ -15,6 +15,9 @@
 //! [gateway]
 //! list_page_size = 100
 //!
+//! [store]
+//! reserved_mib = 256        # free disk space uploads leave untouched; past it they get 507
+//!
 //! [inference]
 //! memory_budget_mib = 8192  # default: half the machine's RAM
 //! load_wait_secs = 120
@@ -46,7 +49,24 @@ pub struct Config {
     pub admin: String,
     pub p2p: P2pSection,
     pub gateway: GatewaySection,
+    pub store: StoreSection,
     pub inference: InferenceSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// Free disk space (MiB) that writes to the chunk store leave untouched: an upload that
+    /// would eat into it fails at once with 507, so the node's databases can still write.
+    pub reserved_mib: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            reserved_mib: hub_store::DEFAULT_RESERVED_BYTES >> 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +146,7 @@ impl Default for Config {
             admin: "admin".into(),
             p2p: P2pSection::default(),
             gateway: GatewaySection::default(),
+            store: StoreSection::default(),
             inference: InferenceSection::default(),
         }
     }
@@ -289,6 +310,7 @@ mod tests {
         assert_eq!(c.data, PathBuf::from("./hubmesh-data"));
         assert_eq!(c.http.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin, "admin");
+        assert_eq!(c.store.reserved_mib, 256);
         assert_eq!(
             c.p2p.listen,
             ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
@@ -298,7 +320,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_print_round_trips() {
         let f = file(
-            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n[inference]\nmemory_budget_mib = 512\n",
+            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n[inference]\nmemory_budget_mib = 512\n[store]\nreserved_mib = 1024\n",
         );
         let flags = NodeFlags {
             config: Some(f.path().to_owned()),
@@ -317,6 +339,7 @@ mod tests {
         assert_eq!(c.p2p.bootstrap, ["/ip4/127.0.0.1/tcp/4001"]);
         assert_eq!(c.inference.memory_budget_mib, Some(512));
         assert_eq!(c.inference.load_wait_secs, 120);
+        assert_eq!(c.store.reserved_mib, 1024);
         let printed: Config = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(printed, c);
     }

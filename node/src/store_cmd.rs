@@ -1,4 +1,5 @@
-//! `hubmesh store fsck|stats`: the chunk store of a stopped node, checked and summarised.
+//! `hubmesh store fsck|stats|gc`: the chunk store of a stopped node, checked, summarised and
+//! cleared of what no repository references.
 //!
 //! Both take the data directory's lock first, so they never run beside a node that writes
 //! the same store (the node holds the lock while it runs; the store's redb index would refuse
@@ -7,13 +8,14 @@
 use crate::cli::{StoreArgs, StoreCommand};
 use crate::datadir::{self, DataDir};
 use anyhow::{Context, bail};
-use hub_store::{FsckReport, Progress, Stats, Store};
+use hub_store::{FsckReport, GcReport, Progress, Sha256, Stats, Store};
 use std::time::{Duration, Instant};
 
 pub fn run(command: StoreCommand) -> anyhow::Result<()> {
     match command {
         StoreCommand::Fsck(args) => fsck(&args),
         StoreCommand::Stats(args) => stats(&args),
+        StoreCommand::Gc(args) => gc(&args),
     }
 }
 
@@ -93,6 +95,33 @@ fn print_fsck(r: &FsckReport, elapsed: Duration) {
     if r.is_clean() {
         println!("clean");
     }
+}
+
+fn gc(args: &StoreArgs) -> anyhow::Result<()> {
+    let (data, store) = open(args)?;
+    let repos =
+        hub_repo::Repos::open(data.join(datadir::REPOS_DIR)).context("open the repositories")?;
+    let roots: Vec<Sha256> = repos
+        .referenced_lfs_objects()
+        .context("list the LFS objects the repositories reference")?
+        .into_iter()
+        .map(Sha256)
+        .collect();
+    let report: GcReport = store
+        .gc(&roots)
+        .context("collect the chunk store's garbage")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "kept {} file(s); removed {} file(s) and {} block(s), {} freed",
+            report.files_kept,
+            report.files_removed,
+            report.blocks_removed,
+            human_bytes(report.bytes_freed)
+        );
+    }
+    Ok(())
 }
 
 fn stats(args: &StoreArgs) -> anyhow::Result<()> {

@@ -66,8 +66,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let repos = Arc::new(
         hub_repo::Repos::open(data.join(datadir::REPOS_DIR)).context("open the repositories")?,
     );
-    let store =
-        hub_store::Store::open(data.join(datadir::STORE_DIR)).context("open the chunk store")?;
+    let store = {
+        let mut store_config = hub_store::StoreConfig::default();
+        store_config.reserved_bytes = config.store.reserved_mib.saturating_mul(1 << 20);
+        hub_store::Store::open_with_config(data.join(datadir::STORE_DIR), store_config)
+            .context("open the chunk store")?
+    };
     let search = open_search(&data, &repos).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http)

@@ -259,6 +259,41 @@ mod tests {
         assert_eq!(m.id(), Hash::of(&bytes));
     }
 
+    /// A count the body does not back is refused before anything is allocated for it.
+    #[test]
+    fn a_huge_declared_count_is_refused() {
+        let mut v = manifest(&[10]).encode();
+        v[73..77].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Manifest::decode(&v),
+            Err(ManifestError::Length {
+                count: u32::MAX,
+                ..
+            })
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any declared count and size over any body: an error or a manifest that re-encodes
+        /// to the same bytes.
+        #[test]
+        fn declared_counts_and_sizes(
+            count in prop_oneof![0u32..4, Just(u32::MAX), any::<u32>()],
+            size in prop_oneof![0u64..100, Just(u64::MAX), any::<u64>()],
+            body in proptest::collection::vec(any::<u8>(), 0..(3 * ENTRY_LEN)),
+        ) {
+            let mut v = manifest(&[]).encode();
+            v[1..9].copy_from_slice(&size.to_le_bytes());
+            v[73..77].copy_from_slice(&count.to_le_bytes());
+            v.extend(body);
+            if let Ok(m) = Manifest::decode(&v) {
+                prop_assert_eq!(m.encode(), v);
+            }
+        }
+    }
+
     #[test]
     fn empty_file_is_valid() {
         let m = manifest(&[]);

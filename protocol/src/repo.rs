@@ -143,6 +143,8 @@ pub enum PathError {
     Absolute,
     #[error("path contains a NUL byte, a control character or a backslash")]
     BadChar,
+    #[error("path contains a bidirectional control character")]
+    Bidi,
     #[error("path has an empty component ('//' or a trailing '/')")]
     EmptyComponent,
     #[error("path may not contain '.' or '..' components")]
@@ -153,7 +155,8 @@ pub enum PathError {
 
 /// Checks a file path inside a repository (`dir/sub/file.bin`).
 ///
-/// Rejected: empty, absolute, NUL/control characters and `\`, empty components, `.` and `..`,
+/// Rejected: empty, absolute, NUL/control characters and `\`, bidirectional controls (which
+/// make a path display as another: `evil\u{202E}txt.exe`), empty components, `.` and `..`,
 /// and any component that git or a case-insensitive file system would take for `.git`
 /// (`.git`, `.GIT`, `.git.`, `.git ` and the 8.3 short name `git~1`).
 pub fn validate_repo_path(path: &str) -> Result<(), PathError> {
@@ -169,6 +172,9 @@ pub fn validate_repo_path(path: &str) -> Result<(), PathError> {
     if path.chars().any(|c| c.is_control() || c == '\\') {
         return Err(PathError::BadChar);
     }
+    if path.chars().any(is_bidi_control) {
+        return Err(PathError::Bidi);
+    }
     for component in path.split('/') {
         match component {
             "" => return Err(PathError::EmptyComponent),
@@ -178,6 +184,15 @@ pub fn validate_repo_path(path: &str) -> Result<(), PathError> {
         }
     }
     Ok(())
+}
+
+/// The characters that reorder how text is displayed (Unicode's explicit bidirectional
+/// formatting characters and the implicit marks), as the Hub and git hosts refuse them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 fn is_git_dir_name(component: &str) -> bool {
@@ -218,6 +233,7 @@ mod tests {
             "x/.github/y",
             "dir.git/x",
             "git~2",
+            "模型/файл-é.bin",
         ] {
             assert_eq!(validate_repo_path(ok), Ok(()), "{ok}");
         }
@@ -236,6 +252,12 @@ mod tests {
             ("a\0b", PathError::BadChar),
             ("a\\b", PathError::BadChar),
             ("a\nb", PathError::BadChar),
+            ("invoice\u{202E}fdp.exe", PathError::Bidi),
+            ("a/\u{2066}b\u{2069}", PathError::Bidi),
+            ("\u{200F}x", PathError::Bidi),
+            ("x\u{200E}", PathError::Bidi),
+            ("\u{202A}/x", PathError::Bidi),
+            ("x\u{061C}y", PathError::Bidi),
         ];
         for (path, err) in bad {
             assert_eq!(validate_repo_path(path), Err(err), "{path:?}");

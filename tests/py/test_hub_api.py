@@ -66,6 +66,7 @@ def run_scenario(node, tmp_path, name, disable_xet, python=sys.executable):
         "branches_and_history",
         "errors",
         "listing",
+        "delete_in_folders",
     ],
 )
 def test_scenario(paging_node, tmp_path, name, client):

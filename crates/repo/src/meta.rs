@@ -141,6 +141,18 @@ impl MetaDb {
         Ok(())
     }
 
+    /// Every LFS object any repository may reference, whichever repository.
+    pub(crate) fn all_lfs(&self) -> MetaResult<Vec<[u8; 32]>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(LFS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, _) = item?;
+            out.push(*k.value().1);
+        }
+        Ok(out)
+    }
+
     /// Copies `from`'s LFS objects to `to` (before `from`'s records are removed on a rename).
     pub(crate) fn copy_lfs(&self, from: &RepoId, to: &RepoId) -> MetaResult<()> {
         let (from, to) = (from.to_string(), to.to_string());

@@ -13,7 +13,7 @@ use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind as GitEntryKind;
 use gix::refs::transaction::PreviousValue;
 use hub_protocol::repo::{PathError, RepoId, RepoType, validate_repo_path};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -191,7 +191,14 @@ pub struct Repos {
 }
 
 impl Repos {
-    /// Opens (creating if needed) the repository root, clearing what a crash left in `.tmp/`.
+    /// Opens (creating if needed) the repository root, clearing what a crash left behind: the
+    /// half-made repositories in `.tmp/` and the ref lock files (`refs/**/*.lock`,
+    /// `packed-refs.lock`, `HEAD.lock`) of every repository.
+    ///
+    /// The caller must be the only process using `root` (the node holds its data directory's
+    /// lock while it runs), so any lock file found here is stale: left by a writer that died
+    /// between taking a ref's lock and committing it. Left in place, it would make every later
+    /// write to that ref fail.
     pub fn open(root: impl AsRef<Path>) -> Result<Self, RepoError> {
         let root = root.as_ref().to_owned();
         let tmp = root.join(".tmp");
@@ -201,12 +208,18 @@ impl Repos {
         std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
         let meta = MetaDb::open(&root.join("meta.redb")).map_err(meta_err)?;
         meta.init().map_err(meta_err)?;
-        Ok(Self {
+        let repos = Self {
             meta,
             root,
             locks: Mutex::new(HashMap::new()),
             tmp_counter: AtomicU64::new(0),
-        })
+        };
+        for kind in RepoType::ALL {
+            for id in repos.list(kind)? {
+                remove_stale_ref_locks(&repos.git_dir(&id))?;
+            }
+        }
+        Ok(repos)
     }
 
     /// The bare git directory of a repository (whether or not it exists).
@@ -479,6 +492,27 @@ impl Repos {
     /// Whether `id` may reference the LFS object `sha256` (see [`Repos::add_lfs_objects`]).
     pub fn has_lfs_object(&self, id: &RepoId, sha256: &[u8; 32]) -> Result<bool, RepoError> {
         self.meta.has_lfs(id, sha256).map_err(meta_err)
+    }
+
+    /// Every LFS object (SHA-256) some repository references: those recorded for it
+    /// ([`Repos::add_lfs_objects`]: uploaded to it, possibly not committed yet) and the
+    /// pointers in the trees its branches and tags point at. What a store gc must keep.
+    pub fn referenced_lfs_objects(&self) -> Result<BTreeSet<[u8; 32]>, RepoError> {
+        let mut out: BTreeSet<[u8; 32]> =
+            self.meta.all_lfs().map_err(meta_err)?.into_iter().collect();
+        for kind in RepoType::ALL {
+            for id in self.list(kind)? {
+                let (branches, tags) = self.refs(&id)?;
+                let tips: Vec<[u8; 20]> = branches
+                    .iter()
+                    .chain(&tags)
+                    .filter_map(|r| ObjectId::from_hex(r.target.as_bytes()).ok())
+                    .filter_map(|oid| oid.as_bytes().try_into().ok())
+                    .collect();
+                out.extend(self.lfs_pointers(&id, &tips, usize::MAX)?.into_keys());
+            }
+        }
+        Ok(out)
     }
 
     /// Counts one download (in memory until [`Repos::flush_downloads`]).
@@ -813,6 +847,39 @@ impl Repos {
     }
 }
 
+/// Removes the lock files of refs that a crashed writer left in the bare repository `git_dir`.
+fn remove_stale_ref_locks(git_dir: &Path) -> Result<(), RepoError> {
+    let mut stale = Vec::new();
+    for top in ["HEAD.lock", "packed-refs.lock"] {
+        let path = git_dir.join(top);
+        if path.is_file() {
+            stale.push(path);
+        }
+    }
+    let mut dirs = vec![git_dir.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("read", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io("read", &dir))?;
+            let file_type = entry.file_type().map_err(io("read", &entry.path()))?;
+            if file_type.is_dir() {
+                dirs.push(entry.path());
+            } else if entry.file_name().as_encoded_bytes().ends_with(b".lock") {
+                stale.push(entry.path());
+            }
+        }
+    }
+    for path in stale {
+        std::fs::remove_file(&path).map_err(io("remove stale lock", &path))?;
+        tracing::warn!(lock = %path.display(), "removed a stale ref lock left by a crash");
+    }
+    Ok(())
+}
+
 fn check_path(path: &str) -> Result<(), RepoError> {
     validate_repo_path(path).map_err(|source| RepoError::InvalidPath {
         path: path.chars().take(200).collect(),
@@ -909,6 +976,47 @@ fn commit_tree(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, Rep
         .detach())
 }
 
+/// What `path` is in the tree being edited, earlier operations of the commit included.
+///
+/// The editor only sees the trees it has loaded (`Editor::get` answers `None` below an
+/// unloaded one, whether or not the entry exists), so first every tree along `path` is
+/// loaded: removing a child named `\0`, a name no git tree can hold, walks the path and
+/// changes nothing.
+fn entry_at(
+    editor: &mut gix::object::tree::Editor<'_>,
+    path: &str,
+) -> Result<Option<gix::object::tree::EntryMode>, RepoError> {
+    editor
+        .remove(format!("{path}/\0").as_str())
+        .map_err(git("read tree"))?;
+    Ok(editor.get(path).map(|e| e.mode()))
+}
+
+/// Refuses a file at `path` when a folder of that name exists, or when a parent of `path` is
+/// a file: git would silently replace the other entry (`clash` and `clash/inner` in one commit
+/// would keep only `clash/inner`).
+fn check_file_slot(
+    editor: &mut gix::object::tree::Editor<'_>,
+    path: &str,
+    what: &str,
+) -> Result<(), RepoError> {
+    if entry_at(editor, path)?.is_some_and(|m| m.is_tree()) {
+        return Err(RepoError::BadOperation(format!(
+            "cannot {what} {path:?}: a folder of that name exists"
+        )));
+    }
+    // `entry_at` loaded every tree along `path`, so the parents are visible to `get`.
+    for (i, _) in path.match_indices('/') {
+        let parent = &path[..i];
+        if editor.get(parent).is_some_and(|e| !e.mode().is_tree()) {
+            return Err(RepoError::BadOperation(format!(
+                "cannot {what} {path:?}: {parent:?} is a file"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn apply(
     repo: &gix::Repository,
     editor: &mut gix::object::tree::Editor<'_>,
@@ -918,28 +1026,19 @@ fn apply(
     match op {
         Operation::Add { path, content } => {
             check_path(path)?;
+            check_file_slot(editor, path, "add file")?;
             let bytes = match content {
                 FileContent::Regular(bytes) => bytes.as_slice(),
                 FileContent::Lfs(pointer) => &pointer.encode().into_bytes(),
             };
             let blob = repo.write_blob(bytes).map_err(git("write blob"))?;
-            if editor
-                .get(path.as_str())
-                .is_some_and(|e| e.mode().is_tree())
-            {
-                return Err(RepoError::BadOperation(format!(
-                    "cannot add file {path:?}: a folder of that name exists"
-                )));
-            }
             editor
                 .upsert(path.as_str(), GitEntryKind::Blob, blob)
                 .map_err(|e| RepoError::BadOperation(format!("cannot add file {path:?}: {e}")))?;
         }
         Operation::Delete { path } => {
             check_path(path)?;
-            let is_file = editor
-                .get(path.as_str())
-                .is_some_and(|e| !e.mode().is_tree());
+            let is_file = entry_at(editor, path)?.is_some_and(|m| !m.is_tree());
             if !is_file {
                 return Err(RepoError::EntryNotFound { path: path.clone() });
             }
@@ -948,7 +1047,8 @@ fn apply(
         Operation::DeleteFolder { path } => {
             let path = path.trim_end_matches('/');
             check_path(path)?;
-            if !editor.get(path).is_some_and(|e| e.mode().is_tree()) {
+            let is_folder = entry_at(editor, path)?.is_some_and(|m| m.is_tree());
+            if !is_folder {
                 return Err(RepoError::EntryNotFound {
                     path: path.to_owned(),
                 });
@@ -974,6 +1074,7 @@ fn apply(
                 .map_err(git("read tree"))?
                 .filter(|e| e.mode().is_blob())
                 .ok_or_else(|| RepoError::EntryNotFound { path: src.clone() })?;
+            check_file_slot(editor, dest, "copy to")?;
             editor
                 .upsert(dest.as_str(), entry.mode().kind(), entry.object_id())
                 .map_err(|e| RepoError::BadOperation(format!("cannot copy to {dest:?}: {e}")))?;

@@ -18,14 +18,21 @@
 //!
 //! Nothing is visible until the final commit: block files are durable (fsync, rename, fsync
 //! of the directory) before the redb transaction that references them commits. A crash before
-//! that leaves only orphan files, which [`Store::open`](crate::Store::open) deletes.
+//! that leaves only orphan files, which [`Store::open`](crate::Store::open) deletes. An import
+//! that fails (a reader error, a full disk, content other than [`Expected`]) deletes its
+//! temporary files and the blocks it placed, unless another import in flight placed the same
+//! block or the index lists it (see `Inner::placed`): a failed upload leaves nothing.
+//!
+//! Free space is checked before an import of known size and before each new block
+//! ([`StoreConfig::reserved_bytes`](crate::StoreConfig::reserved_bytes)), so a large upload
+//! to a nearly full disk fails fast, and `ENOSPC` anywhere is [`StoreError::StorageFull`].
 
 use crate::block::{BlockEntry, BlockWriter, SealedBlock, block_path};
 use crate::chunker::Chunker;
 use crate::chunker::format::{Probe, probe};
 use crate::error::StoreError;
 use crate::index::{BLOCKS, BlockRecord, CHUNKS, ChunkLoc, FILES, MANIFESTS};
-use crate::{FileInfo, Inner};
+use crate::{Expected, FileInfo, Inner};
 use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
 use redb::{ReadableDatabase, ReadableTable};
 use sha2::Digest;
@@ -75,8 +82,10 @@ pub(crate) fn import(
     inner: &Inner,
     reader: &mut dyn Read,
     size_hint: Option<u64>,
+    expected: Option<Expected>,
 ) -> Result<FileInfo, StoreError> {
     let _shared = inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+    inner.check_headroom(size_hint.unwrap_or(0))?;
 
     // Format detection: read as much prefix as the header needs (bounded by MAX_HEADER).
     let mut prefix = Vec::new();
@@ -96,6 +105,25 @@ pub(crate) fn import(
     };
     let tensor_aware = !cuts.is_empty();
 
+    let mut placed = Vec::new();
+    let result = import_placed(inner, reader, prefix, eof, cuts, expected, &mut placed);
+    inner.release_placed(&placed, result.is_err());
+    let mut info = result?;
+    info.tensor_aware = tensor_aware;
+    Ok(info)
+}
+
+/// The import proper; every block it renamed into `blocks/` is pushed to `placed`, for the
+/// caller to release (and, on failure, delete).
+fn import_placed(
+    inner: &Inner,
+    reader: &mut dyn Read,
+    prefix: Vec<u8>,
+    mut eof: bool,
+    cuts: Vec<u64>,
+    expected: Option<Expected>,
+    placed: &mut Vec<Hash>,
+) -> Result<FileInfo, StoreError> {
     let (size, sha, b3, written, blocks) = thread::scope(|s| {
         let (sha_tx, sha_rx) = sync_channel::<Buf>(DEPTH);
         let (b3_tx, b3_rx) = sync_channel::<Buf>(DEPTH);
@@ -163,12 +191,15 @@ pub(crate) fn import(
             }
         }
         drop((sha_tx, b3_tx, ck_tx));
+        // The sealer first: whatever else failed, the blocks it placed must be known.
+        let (blocks, sealed) = seal_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        placed.extend(blocks.iter().map(|b| b.id));
+        let blocks = sealed.map(|()| blocks);
         let sha = sha_h.join().map_err(|_| StoreError::WorkerPanic)?;
         let b3 = b3_h.join().map_err(|_| StoreError::WorkerPanic)?;
         ck_h.join().map_err(|_| StoreError::WorkerPanic)?;
         let chunks = wr_h.join().map_err(|_| StoreError::WorkerPanic)?;
         let new_bytes = pack_h.join().map_err(|_| StoreError::WorkerPanic)?;
-        let blocks = seal_h.join().map_err(|_| StoreError::WorkerPanic)?;
         if let Some(e) = read_err {
             return Err(StoreError::Source(e));
         }
@@ -192,6 +223,16 @@ pub(crate) fn import(
     })?;
 
     let (chunks, new_bytes) = written;
+    if let Some(expected) = expected
+        && (expected.sha256 != sha || expected.size != size)
+    {
+        return Err(StoreError::Mismatch {
+            sha256: sha,
+            size,
+            expected: expected.sha256,
+            expected_size: expected.size,
+        });
+    }
     let manifest = Manifest {
         size,
         sha256: sha,
@@ -246,7 +287,7 @@ pub(crate) fn import(
         manifest_id,
         chunks: manifest.chunks.len(),
         new_bytes,
-        tensor_aware,
+        tensor_aware: false,
     })
 }
 
@@ -313,11 +354,29 @@ fn write_chunks(
 }
 
 /// The packer thread: appends new chunks to block files (write + block hash), and hands each
-/// full block to the sealer. Returns the bytes of new chunks written.
+/// full block to the sealer. Returns the bytes of new chunks written. On failure it deletes
+/// the temporary file of the block it was writing.
 fn pack_blocks(
     inner: &Inner,
     rx: Receiver<(Hash, Piece)>,
     seal_tx: SyncSender<SealedBlock>,
+) -> Result<u64, StoreError> {
+    let mut tmp = None;
+    let result = pack_blocks_into(inner, rx, seal_tx, &mut tmp);
+    if result.is_err()
+        && let Some(path) = tmp
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// [`pack_blocks`]; `tmp` names the temporary file not yet handed to the sealer.
+fn pack_blocks_into(
+    inner: &Inner,
+    rx: Receiver<(Hash, Piece)>,
+    seal_tx: SyncSender<SealedBlock>,
+    tmp: &mut Option<PathBuf>,
 ) -> Result<u64, StoreError> {
     let mut block: Option<BlockWriter> = None;
     let mut new_bytes = 0;
@@ -328,10 +387,17 @@ fn pack_blocks(
             seal_tx
                 .send(full.seal()?)
                 .map_err(|_| StoreError::StageStopped)?;
+            *tmp = None;
         }
         let b = match &mut block {
             Some(b) => b,
-            None => block.insert(BlockWriter::create(inner.tmp_path())?),
+            None => {
+                inner.check_headroom(0)?;
+                let path = inner.tmp_path();
+                let writer = BlockWriter::create(path.clone())?;
+                *tmp = Some(path);
+                block.insert(writer)
+            }
         };
         b.push(id, data)?;
         new_bytes += data.len() as u64;
@@ -340,13 +406,18 @@ fn pack_blocks(
         seal_tx
             .send(b.seal()?)
             .map_err(|_| StoreError::StageStopped)?;
+        *tmp = None;
     }
     Ok(new_bytes)
 }
 
 /// The sealer thread: makes each block durable under its final name. Runs beside the writer
-/// so that fsync overlaps hashing of the next block.
-fn seal_blocks(inner: &Inner, rx: Receiver<SealedBlock>) -> Result<Vec<NewBlock>, StoreError> {
+/// so that fsync overlaps hashing of the next block. Returns the blocks it placed in
+/// `blocks/` (each registered in `Inner::placed`), also when it failed.
+fn seal_blocks(
+    inner: &Inner,
+    rx: Receiver<SealedBlock>,
+) -> (Vec<NewBlock>, Result<(), StoreError>) {
     let mut out = Vec::new();
     let mut dirs = BTreeSet::<PathBuf>::new();
     let mut result = Ok(());
@@ -365,12 +436,17 @@ fn seal_blocks(inner: &Inner, rx: Receiver<SealedBlock>) -> Result<Vec<NewBlock>
                 std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
                 dirs.insert(inner.root.join("blocks"));
             }
-            std::fs::rename(&b.tmp_path, &dest).map_err(StoreError::io("rename block", &dest))?;
+            inner.place(b.id);
+            if let Err(e) = std::fs::rename(&b.tmp_path, &dest) {
+                inner.release_placed(&[b.id], false);
+                return Err(StoreError::io("rename block", &dest)(e));
+            }
             dirs.insert(dir);
             Ok(())
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&b.tmp_path);
+            continue;
         }
         out.push(NewBlock {
             id: b.id,
@@ -378,14 +454,99 @@ fn seal_blocks(inner: &Inner, rx: Receiver<SealedBlock>) -> Result<Vec<NewBlock>
             entries: b.entries,
         });
     }
-    result?;
-    for dir in dirs {
-        crate::sync_dir(&dir)?;
+    if result.is_ok() {
+        for dir in dirs {
+            if let Err(e) = crate::sync_dir(&dir) {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(out)
+    (out, result)
 }
 
 impl Inner {
+    /// Fails with [`StoreError::StorageFull`] unless the disk has `need` bytes free beyond
+    /// the reserved headroom.
+    pub(crate) fn check_headroom(&self, need: u64) -> Result<(), StoreError> {
+        let reserved = self.config.reserved_bytes;
+        if reserved == 0 && need == 0 {
+            return Ok(());
+        }
+        let stat = rustix::fs::statvfs(&self.root)
+            .map_err(|e| StoreError::io("check free space of", &self.root)(e.into()))?;
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if available < reserved.saturating_add(need) {
+            tracing::warn!(
+                available,
+                reserved,
+                need,
+                store = %self.root.display(),
+                "refusing a write: the disk is (nearly) full"
+            );
+            return Err(StoreError::StorageFull {
+                op: "keep the reserved free space on",
+                path: self.root.clone(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records that an import is about to rename block `id` into `blocks/`.
+    fn place(&self, id: Hash) {
+        *self
+            .placed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default() += 1;
+    }
+
+    /// Ends an import's claim on the blocks it placed. With `delete` (the import failed), a
+    /// block no other import in flight placed and the index does not list is deleted; the
+    /// lock is held meanwhile, so no import can place the same block between the check and
+    /// the deletion. Errors here are logged: the import's own error is what the caller sees,
+    /// and a block left behind is an orphan that `gc`, `fsck` and the next open remove.
+    pub(crate) fn release_placed(&self, ids: &[Hash], delete: bool) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unclaimed = Vec::new();
+        for id in ids {
+            if let Some(n) = placed.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    placed.remove(id);
+                    unclaimed.push(*id);
+                }
+            }
+        }
+        if !delete || unclaimed.is_empty() {
+            return;
+        }
+        let listed = |id: &Hash| -> Result<bool, StoreError> {
+            let txn = self.db.begin_read().map_err(StoreError::db)?;
+            let blocks = txn.open_table(BLOCKS).map_err(StoreError::db)?;
+            Ok(blocks.get(&id.0).map_err(StoreError::db)?.is_some())
+        };
+        for id in unclaimed {
+            match listed(&id) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let path = block_path(&self.root, &id);
+                    if let Err(error) = std::fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), %error, "could not delete the block of a failed import");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(block = %id, %error, "could not check the block of a failed import");
+                }
+            }
+        }
+    }
+
     pub(crate) fn tmp_path(&self) -> PathBuf {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         self.root

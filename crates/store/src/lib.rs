@@ -49,11 +49,12 @@ pub use read::FileReader;
 use index::{BLOCKS, CHUNKS, FILES, MANIFESTS, ROOTS};
 use redb::{Database, ReadableDatabase};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// What an import returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,14 +78,31 @@ pub struct StoreConfig {
     /// Place forced cuts at safetensors / GGUF tensor boundaries (on by default; off gives
     /// plain CDC, for comparison).
     pub format_aware_chunking: bool,
+    /// Free disk space (bytes) that imports leave untouched: an import fails fast with
+    /// [`StoreError::StorageFull`] rather than fill the disk, so the index (and whatever else
+    /// shares the disk) can still write. Checked before an import with a known size and before
+    /// each new block.
+    pub reserved_bytes: u64,
 }
+
+/// The headroom a node keeps by default: 256 MiB.
+pub const DEFAULT_RESERVED_BYTES: u64 = 256 << 20;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             format_aware_chunking: true,
+            reserved_bytes: DEFAULT_RESERVED_BYTES,
         }
     }
+}
+
+/// What the caller of [`Store::import_expecting`] announced: the import fails, keeping
+/// nothing, when the content is anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub sha256: Sha256,
+    pub size: u64,
 }
 
 /// A store in one directory. Cheap to clone; all methods block on disk I/O and hashing, so
@@ -102,6 +120,11 @@ pub(crate) struct Inner {
     pub(crate) gc_lock: RwLock<()>,
     pub(crate) tmp_counter: AtomicU64,
     pub(crate) config: StoreConfig,
+    /// Blocks that imports in flight have renamed into `blocks/` but not yet committed, with
+    /// how many imports placed each (two imports of the same bytes make the same block). A
+    /// failed import deletes a block file only when no other import placed it and the index
+    /// does not list it.
+    pub(crate) placed: Mutex<HashMap<Hash, u32>>,
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -145,6 +168,7 @@ impl Store {
             gc_lock: RwLock::new(()),
             tmp_counter: AtomicU64::new(0),
             config,
+            placed: Mutex::new(HashMap::new()),
         };
         inner.remove_orphans()?;
         Ok(Self {
@@ -160,7 +184,25 @@ impl Store {
     /// Imports everything `reader` yields, in one streaming pass. The file is durable and
     /// visible when this returns, and not visible before.
     pub fn import_reader(&self, mut reader: impl Read) -> Result<FileInfo, StoreError> {
-        import::import(&self.inner, &mut reader, None)
+        import::import(&self.inner, &mut reader, None, None)
+    }
+
+    /// Imports `reader`, which must yield exactly `expected` (an LFS upload announces the
+    /// SHA-256 and size of what it sends). Anything else fails with [`StoreError::Mismatch`]
+    /// before the index records it, and the blocks written for it are deleted: a rejected
+    /// upload leaves nothing behind. The announced size is checked against the free space
+    /// first.
+    pub fn import_expecting(
+        &self,
+        mut reader: impl Read,
+        expected: Expected,
+    ) -> Result<FileInfo, StoreError> {
+        import::import(
+            &self.inner,
+            &mut reader,
+            Some(expected.size),
+            Some(expected),
+        )
     }
 
     /// Imports the file at `path` (its size helps reject hostile headers early).
@@ -168,7 +210,7 @@ impl Store {
         let path = path.as_ref();
         let mut file = File::open(path).map_err(StoreError::io("open", path))?;
         let size = file.metadata().map_err(StoreError::io("stat", path))?.len();
-        import::import(&self.inner, &mut file, Some(size))
+        import::import(&self.inner, &mut file, Some(size), None)
     }
 
     /// Whether a file with this SHA-256 is stored.

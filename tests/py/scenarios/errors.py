@@ -44,12 +44,21 @@ except Exception as e:  # noqa: BLE001
 h = {"authorization": f"Bearer {os.environ['HF_TOKEN']}", "content-type": "application/x-ndjson"}
 base = f"{api.endpoint}/api/models/{repo}/commit/main"
 header = '{"key":"header","value":{"summary":"evil"}}\n'
-bad_paths = ["../x", "/etc/x", "a/../../x", ".git/config", "a\u0000b"]
+bad_paths = ["../x", "/etc/x", "a/../../x", ".git/config", "a\u0000b", "bill\u202etxt.exe", "d\u2066/x"]
 for path in bad_paths:
     body = header + json.dumps({"key": "file", "value": {"path": path, "content": "eA==", "encoding": "base64"}}) + "\n"
     r = _http.post(base, data=body.encode(), headers=h)
     assert r.status_code == 400, (path, r.status_code, r.text)
     assert "error" in r.json()
+# Bidirectional controls are refused by every path-taking operation, deletes included.
+for key, value in [
+    ("deletedFile", {"path": "a\u202e.txt"}),
+    ("deletedFolder", {"path": "\u2067sub"}),
+]:
+    body = header + json.dumps({"key": key, "value": value}) + "\n"
+    r = _http.post(base, data=body.encode(), headers=h)
+    assert r.status_code == 400 and "bidirectional" in r.json()["error"], (key, r.status_code, r.text)
+expect(HfHubHTTPError, lambda: api.upload_file(path_or_fileobj=b"x", path_in_repo="x\u200f.txt", repo_id=repo))
 truncated = header + '{"key":"file","value":{"path":"t.txt","cont'
 r = _http.post(base, data=truncated.encode(), headers=h)
 assert r.status_code == 400, r.text

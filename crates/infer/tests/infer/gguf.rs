@@ -388,3 +388,70 @@ fn malformed_gguf_files_are_errors() -> Result<()> {
     assert!(err.to_string().contains("malformed"), "{err}");
     Ok(())
 }
+
+/// GGUF headers built to hit a parser's limits: any version, tensor and key counts (small or
+/// huge), keys of any declared length, values of any type id (arrays of any element type and
+/// count), `general.alignment` of 0, 1, 3 or 2^31, then random bytes.
+fn hostile_gguf() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let count = || prop_oneof![0u64..4, Just(1 << 24), Just(1 << 40), Just(u64::MAX)];
+    let kv = (
+        prop_oneof![0u64..24, Just(1 << 33), Just(u64::MAX)],
+        0u32..14,
+        0u32..14,
+        count(),
+        proptest::collection::vec(any::<u8>(), 0..48),
+    );
+    (
+        1u32..5,
+        count(),
+        proptest::option::of(prop_oneof![Just(0u32), Just(1), Just(3), Just(1 << 31)]),
+        proptest::collection::vec(kv, 0..4),
+        proptest::collection::vec(any::<u8>(), 0..96),
+    )
+        .prop_map(|(version, tensors, alignment, entries, tail)| {
+            let mut v = b"GGUF".to_vec();
+            v.extend(version.to_le_bytes());
+            v.extend(tensors.to_le_bytes());
+            v.extend((entries.len() as u64 + u64::from(alignment.is_some())).to_le_bytes());
+            if let Some(alignment) = alignment {
+                let key = b"general.alignment";
+                v.extend((key.len() as u64).to_le_bytes());
+                v.extend(key);
+                v.extend(4u32.to_le_bytes());
+                v.extend(alignment.to_le_bytes());
+            }
+            for (key_len, ty, elem, n, payload) in entries {
+                v.extend(key_len.to_le_bytes());
+                v.extend(std::iter::repeat_n(b'k', key_len.min(24) as usize));
+                v.extend(ty.to_le_bytes());
+                if ty == 9 {
+                    v.extend(elem.to_le_bytes());
+                    v.extend(n.to_le_bytes());
+                }
+                v.extend(payload);
+            }
+            v.extend(tail);
+            v
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+    /// Hostile headers are errors (or tiny valid files), never panics, aborts or huge
+    /// allocations: a declared length or count larger than the file is refused before
+    /// anything is allocated for it.
+    #[test]
+    fn hostile_gguf_headers_never_panic(bytes in hostile_gguf()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(gguf) = GgufFile::open(&path) {
+            let _ = gguf.llama_config();
+            let _ = HfTokenizer::from_gguf(&gguf);
+            let _ = ChatTemplate::from_gguf(&gguf, "", "");
+            let _ = Llama::from_gguf(&gguf, GgufWeights::Quantized, &Device::Cpu);
+        }
+    }
+}

@@ -3,7 +3,7 @@
 mod receive;
 mod replica;
 
-use hub_protocol::repo::{RepoId, RepoType};
+use hub_protocol::repo::{PathError, RepoId, RepoType};
 use hub_repo::{
     Author, CommitRequest, EntryKind, FileContent, LfsPointer, Operation, RepoError, Repos,
 };
@@ -179,6 +179,163 @@ fn delete_copy_and_delete_folder() {
 }
 
 #[test]
+fn delete_files_inside_folders() {
+    let (_d, repos, id) = setup();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            add("sub/a.txt", b"a"),
+            add("sub/b.txt", b"b"),
+            add("a/b/c.txt", b"c"),
+            add("x/y/z/w.txt", b"w"),
+            add("x/keep.txt", b"k"),
+        ],
+    )
+    .unwrap();
+    let delete = |path: &str| Operation::Delete { path: path.into() };
+    commit(&repos, &id, "main", vec![delete("sub/a.txt")]).unwrap();
+    assert_eq!(
+        paths(&repos, &id, "main"),
+        vec![
+            ".gitattributes",
+            "a/b/c.txt",
+            "sub/b.txt",
+            "x/keep.txt",
+            "x/y/z/w.txt"
+        ]
+    );
+    // The last file of nested folders: the emptied folders go with it.
+    commit(&repos, &id, "main", vec![delete("a/b/c.txt")]).unwrap();
+    let all: Vec<String> = repos
+        .list_tree(&id, "main", "", true)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(
+        !all.iter().any(|p| p == "a" || p.starts_with("a/")),
+        "{all:?}"
+    );
+    // Several deletes in one commit, in the same folder and below one another.
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            delete("sub/b.txt"),
+            delete("x/y/z/w.txt"),
+            delete("x/keep.txt"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        repos
+            .list_tree(&id, "main", "", true)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect::<Vec<_>>(),
+        vec![".gitattributes"]
+    );
+    git(&repos, &id, &["fsck", "--strict"]);
+    // Missing files, a file deleted twice in one commit, and folders are still refused.
+    commit(&repos, &id, "main", vec![add("d/f.txt", b"f")]).unwrap();
+    let before = repos.resolve(&id, "main").unwrap();
+    for ops in [
+        vec![delete("d/missing.txt")],
+        vec![delete("nodir/f.txt")],
+        vec![delete("d/f.txt/x")],
+        vec![delete("d/f.txt"), delete("d/f.txt")],
+        vec![delete("d")],
+    ] {
+        let err = commit(&repos, &id, "main", ops.clone()).unwrap_err();
+        assert!(
+            matches!(err, RepoError::EntryNotFound { .. }),
+            "{ops:?}: {err:?}"
+        );
+        assert_eq!(repos.resolve(&id, "main").unwrap(), before);
+    }
+    // A folder inside a folder.
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![add("p/q/r.txt", b"r"), add("p/s.txt", b"s")],
+    )
+    .unwrap();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![Operation::DeleteFolder {
+            path: "p/q/".into(),
+        }],
+    )
+    .unwrap();
+    assert_eq!(
+        paths(&repos, &id, "main"),
+        vec![".gitattributes", "d/f.txt", "p/s.txt"]
+    );
+}
+
+#[test]
+fn file_and_folder_of_one_name_are_refused() {
+    let (_d, repos, id) = setup();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![add("dir/deep/f.txt", b"f"), add("file.txt", b"x")],
+    )
+    .unwrap();
+    let before = repos.resolve(&id, "main").unwrap();
+    let copy_to = |dest: &str| Operation::Copy {
+        src: "file.txt".into(),
+        src_revision: None,
+        dest: dest.into(),
+    };
+    for ops in [
+        // Both in one commit, in either order.
+        vec![add("clash", b"1"), add("clash/inner", b"2")],
+        vec![add("clash/inner", b"2"), add("clash", b"1")],
+        vec![add("n/clash", b"1"), add("n/clash/deeper/inner", b"2")],
+        // Against the existing tree: a folder where a file is, a file where a folder is.
+        vec![add("file.txt/inner", b"2")],
+        vec![add("dir", b"1")],
+        vec![add("dir/deep", b"1")],
+        vec![copy_to("dir/deep")],
+        vec![copy_to("file.txt/inner")],
+        vec![add("c", b"1"), copy_to("c/x")],
+    ] {
+        let err = commit(&repos, &id, "main", ops.clone()).unwrap_err();
+        assert!(
+            matches!(err, RepoError::BadOperation(_)),
+            "{ops:?}: {err:?}"
+        );
+        assert_eq!(repos.resolve(&id, "main").unwrap(), before, "{ops:?}");
+    }
+    // Replacing a file by a folder is fine when the commit deletes the file first.
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            Operation::Delete {
+                path: "file.txt".into(),
+            },
+            add("file.txt/inner", b"2"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        paths(&repos, &id, "main"),
+        vec![".gitattributes", "dir/deep/f.txt", "file.txt/inner"]
+    );
+}
+
+#[test]
 fn a_failing_operation_commits_nothing() {
     let (_d, repos, id) = setup();
     let before = repos.resolve(&id, "main").unwrap();
@@ -228,6 +385,48 @@ fn unsafe_paths_are_rejected() {
         );
     }
     assert_eq!(paths(&repos, &id, "main"), vec![".gitattributes"]);
+}
+
+#[test]
+fn bidi_paths_are_rejected_by_every_operation() {
+    let (_d, repos, id) = setup();
+    commit(&repos, &id, "main", vec![add("ok.txt", b"1")]).unwrap();
+    let before = repos.resolve(&id, "main").unwrap();
+    let bidi = "sub/report\u{202E}fdp.exe";
+    for op in [
+        add(bidi, b"evil"),
+        Operation::Delete { path: bidi.into() },
+        Operation::DeleteFolder {
+            path: "\u{2066}sub".into(),
+        },
+        Operation::Copy {
+            src: "ok.txt".into(),
+            src_revision: None,
+            dest: bidi.into(),
+        },
+        Operation::Copy {
+            src: "ok\u{200F}.txt".into(),
+            src_revision: None,
+            dest: "copy.txt".into(),
+        },
+    ] {
+        let err = commit(&repos, &id, "main", vec![add("fine.txt", b"2"), op.clone()]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RepoError::InvalidPath {
+                    source: PathError::Bidi,
+                    ..
+                }
+            ),
+            "{op:?}: {err:?}"
+        );
+        assert_eq!(repos.resolve(&id, "main").unwrap(), before, "{op:?}");
+    }
+    assert!(matches!(
+        repos.file(&id, "main", bidi),
+        Err(RepoError::InvalidPath { .. })
+    ));
 }
 
 #[test]
@@ -355,6 +554,79 @@ fn concurrent_commits_are_serialised() {
     });
     assert_eq!(paths(&repos, &id, "main").len(), 1 + 20);
     assert_eq!(repos.history(&id, "main", 100).unwrap().len(), 1 + 20);
+}
+
+#[test]
+fn concurrent_commits_with_a_parent_conflict_cleanly() {
+    let (_d, repos, id) = setup();
+    let head = repos.resolve(&id, "main").unwrap();
+    let results: Vec<Result<hub_repo::CommitInfo, RepoError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (repos, id, head) = (&repos, &id, &head);
+                s.spawn(move || {
+                    repos.commit(
+                        id,
+                        CommitRequest {
+                            branch: "main".into(),
+                            message: format!("writer {t}"),
+                            author: author(),
+                            parent: Some(head.clone()),
+                            operations: vec![add(&format!("t{t}.txt"), b"x")],
+                        },
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Exactly one writer saw `head` as the branch head; every other one is a clear conflict.
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for r in &results {
+        assert!(
+            matches!(r, Ok(_) | Err(RepoError::ParentMismatch { .. })),
+            "{r:?}"
+        );
+    }
+    assert_eq!(repos.history(&id, "main", 100).unwrap().len(), 2);
+}
+
+#[test]
+fn stale_ref_locks_are_cleared_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
+    let git_dir = {
+        let repos = Repos::open(dir.path()).unwrap();
+        repos.create(&id, &author()).unwrap();
+        repos.create_tag(&id, "v1", "main").unwrap();
+        repos.git_dir(&id)
+    };
+    // What a writer killed between taking the locks and committing leaves behind.
+    for lock in [
+        "refs/heads/main.lock",
+        "refs/tags/v1.lock",
+        "packed-refs.lock",
+        "HEAD.lock",
+    ] {
+        std::fs::write(
+            git_dir.join(lock),
+            "0000000000000000000000000000000000000000\n",
+        )
+        .unwrap();
+    }
+    let repos = Repos::open(dir.path()).unwrap();
+    commit(&repos, &id, "main", vec![add("after-crash.txt", b"x")]).unwrap();
+    repos.delete_tag(&id, "v1").unwrap();
+    for lock in [
+        "refs/heads/main.lock",
+        "refs/tags/v1.lock",
+        "packed-refs.lock",
+        "HEAD.lock",
+    ] {
+        assert!(!git_dir.join(lock).exists(), "{lock} left in place");
+    }
+    git(&repos, &id, &["fsck", "--strict"]);
 }
 
 #[test]

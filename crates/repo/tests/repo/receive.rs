@@ -216,6 +216,14 @@ fn bad_trees_are_rejected_and_leave_nothing() {
         (vec![("100644", b"a/b", &blob)], "invalid path"),
         (vec![("100644", b"a\xff", &blob)], "invalid path"),
         (
+            vec![("100644", "bill\u{202E}txt.exe".as_bytes(), &blob)],
+            "bidirectional",
+        ),
+        (
+            vec![("40000", "d\u{2067}".as_bytes(), &inner)],
+            "bidirectional",
+        ),
+        (
             vec![("100644", b"a", &blob), ("100644", b"a", &blob)],
             "duplicate",
         ),

@@ -251,6 +251,9 @@ fn gguf_inner(prefix: &[u8], file_size: Option<u64>) -> Result<Vec<u64>, Stop> {
         offsets.push(c.u64()?);
     }
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    if file_size.is_some_and(|s| data_start > s) {
+        return Err(Stop::Invalid);
+    }
     let mut cuts = Vec::with_capacity(offsets.len() + 1);
     cuts.push(data_start);
     for off in offsets {
@@ -267,6 +270,45 @@ fn gguf_inner(prefix: &[u8], file_size: Option<u64>) -> Result<Vec<u64>, Stop> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// GGUF headers built to hit the parser's limits: any version, tensor and key counts
+    /// (small or huge), keys of any declared length, values of any type id (arrays of any
+    /// element type and count), then random bytes.
+    fn hostile_gguf() -> impl Strategy<Value = Vec<u8>> {
+        let count = || prop_oneof![0u64..4, Just(1 << 24), Just(1 << 40), Just(u64::MAX)];
+        let kv = (
+            prop_oneof![0u64..24, Just(1 << 33), Just(u64::MAX)],
+            0u32..14,
+            0u32..14,
+            count(),
+            proptest::collection::vec(any::<u8>(), 0..48),
+        );
+        (
+            1u32..5,
+            count(),
+            count(),
+            proptest::collection::vec(kv, 0..4),
+            proptest::collection::vec(any::<u8>(), 0..96),
+        )
+            .prop_map(|(version, tensors, kvs, entries, tail)| {
+                let mut v = b"GGUF".to_vec();
+                v.extend(version.to_le_bytes());
+                v.extend(tensors.to_le_bytes());
+                v.extend(kvs.min(entries.len() as u64 + kvs % 2).to_le_bytes());
+                for (key_len, ty, elem, n, payload) in entries {
+                    v.extend(key_len.to_le_bytes());
+                    v.extend(std::iter::repeat_n(b'k', key_len.min(24) as usize));
+                    v.extend(ty.to_le_bytes());
+                    if ty == 9 {
+                        v.extend(elem.to_le_bytes());
+                        v.extend(n.to_le_bytes());
+                    }
+                    v.extend(payload);
+                }
+                v.extend(tail);
+                v
+            })
+    }
 
     fn st(header: &str, data_len: usize) -> Vec<u8> {
         let mut v = (header.len() as u64).to_le_bytes().to_vec();
@@ -352,6 +394,12 @@ mod tests {
         assert_eq!(probe(&f[..40], true, None), Probe::Plain);
         let bad = gguf_file(&[("a", 1 << 40)], 8);
         assert_eq!(probe(&bad, true, Some(bad.len() as u64)), Probe::Plain);
+        // No tensors and no padding: the aligned data start (32) is past the 24-byte file.
+        // Found by `hostile_gguf_headers`; it used to cut at 32.
+        let mut empty = b"GGUF".to_vec();
+        empty.extend(2u32.to_le_bytes());
+        empty.extend([0; 16]);
+        assert_eq!(probe(&empty, true, Some(24)), Probe::Plain);
     }
 
     proptest! {
@@ -377,6 +425,59 @@ mod tests {
                 prop_assert!(!eof);
                 prop_assert!(n as u64 <= MAX_HEADER + 8);
             }
+        }
+
+        /// Structured hostile GGUF headers (huge counts, huge string and array lengths, any
+        /// value type) never panic, never ask for more than the cap, and cut only inside
+        /// the file.
+        #[test]
+        fn hostile_gguf_headers(
+            bytes in hostile_gguf(),
+            eof in any::<bool>(),
+            sized in any::<bool>(),
+        ) {
+            let size = sized.then_some(bytes.len() as u64);
+            match probe(&bytes, eof, size) {
+                Probe::NeedMore(n) => {
+                    prop_assert!(!eof);
+                    prop_assert!(n as u64 <= MAX_HEADER);
+                }
+                Probe::Cuts(cuts) => {
+                    if let Some(size) = size {
+                        prop_assert!(cuts.iter().all(|&c| c <= size), "{:?}", cuts);
+                    }
+                }
+                Probe::Plain => {}
+            }
+        }
+
+        /// Structured hostile safetensors headers: any declared length, any offsets.
+        #[test]
+        fn hostile_safetensors_headers(
+            declared in prop_oneof![Just(None), any::<u64>().prop_map(Some)],
+            offsets in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+            data_len in 0usize..64,
+            eof in any::<bool>(),
+        ) {
+            let mut header = String::from("{");
+            for (i, (b, e)) in offsets.iter().enumerate() {
+                if i > 0 {
+                    header.push(',');
+                }
+                header.push_str(&format!(r#""t{i}":{{"dtype":"U8","shape":[1],"data_offsets":[{b},{e}]}}"#));
+            }
+            header.push('}');
+            let mut f = st(&header, data_len);
+            if let Some(len) = declared {
+                f[..8].copy_from_slice(&len.to_le_bytes());
+            }
+            let size = f.len() as u64;
+            match probe(&f, eof, Some(size)) {
+                Probe::NeedMore(n) => prop_assert!(n as u64 <= MAX_HEADER + 8),
+                Probe::Cuts(cuts) => prop_assert!(cuts.iter().all(|&c| c <= size), "{:?}", cuts),
+                Probe::Plain => {}
+            }
+            let _ = probe(&f, eof, None);
         }
 
         /// Mutated valid headers never panic either.

@@ -1,6 +1,7 @@
 //! Integration tests of hub-store: the one test binary of this crate.
 
 mod crash;
+mod failed;
 mod files;
 mod maintenance;
 mod util;
