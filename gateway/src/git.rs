@@ -531,10 +531,21 @@ async fn receive_pack(
     let (request, outcome) = blocking(move || {
         let request = pkt::read_push_request(&mut reader)
             .map_err(|e| AppError::BadRequest(format!("receive-pack request: {e}")))?;
+        if request.is_probe() {
+            return Ok((request, None));
+        }
         let outcome = receive(&worker_state, &allowed, &request, &mut reader);
-        Ok((request, outcome))
+        Ok((request, Some(outcome)))
     })
     .await?;
+    // git's probe before a large push (credentials checked above): `git http-backend`
+    // answers it with an empty result, and so do we.
+    let Some(outcome) = outcome else {
+        return Ok(git_response(
+            "application/x-git-receive-pack-result",
+            Body::empty(),
+        ));
+    };
     let moved = outcome.unpack.is_ok() && outcome.refs.iter().all(|(_, r)| r.is_ok());
     if moved {
         crate::hub::reindex(&state, &id).await;

@@ -91,6 +91,11 @@ pub(crate) struct PushRequest {
 }
 
 impl PushRequest {
+    /// A flush-only body: git's probe before a large push. It changes nothing.
+    pub fn is_probe(&self) -> bool {
+        self.commands.is_empty()
+    }
+
     pub fn has(&self, capability: &str) -> bool {
         self.capabilities.iter().any(|c| c == capability)
     }
@@ -100,7 +105,9 @@ fn is_hex40(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Reads the commands up to the flush; the pack (if any) follows in `r`.
+/// Reads the commands up to the flush; the pack (if any) follows in `r`. A body that is only
+/// a flush is git's probe (sent before it streams a pack larger than `http.postBuffer`, to
+/// check credentials first): it comes back as a request with no commands.
 pub(crate) fn read_push_request(r: &mut dyn Read) -> Result<PushRequest, PktError> {
     let mut req = PushRequest::default();
     loop {
@@ -145,9 +152,6 @@ pub(crate) fn read_push_request(r: &mut dyn Read) -> Result<PushRequest, PktErro
             new: new.to_ascii_lowercase(),
             name: name.to_owned(),
         });
-    }
-    if req.commands.is_empty() {
-        return Err(PktError::NoCommands);
     }
     Ok(req)
 }
@@ -219,11 +223,15 @@ mod tests {
 
     #[test]
     fn push_request_bounds() {
-        let mut input: &[u8] = b"0000";
+        // An empty body is no request.
+        let mut input: &[u8] = b"";
         assert!(matches!(
             read_push_request(&mut input),
             Err(PktError::NoCommands)
         ));
+        // A flush alone is git's probe.
+        let mut input: &[u8] = b"0000";
+        assert!(read_push_request(&mut input).unwrap().is_probe());
         let mut body = Vec::new();
         for _ in 0..=MAX_COMMANDS {
             body.extend(pkt(&format!("{A} {B} refs/heads/x\n")));
