@@ -694,6 +694,8 @@ fn report(request: &PushRequest, outcome: &PushOutcome) -> Vec<u8> {
     };
     write_pkt(&mut status, unpack.as_bytes());
     for (name, result) in &outcome.refs {
+        // The parser refused control characters in names already; never echo raw ones.
+        let name = one_line(name);
         let line = match result {
             Ok(()) => format!("ok {name}\n"),
             Err(reason) => format!("ng {name} {}\n", one_line(reason)),

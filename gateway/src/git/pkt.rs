@@ -29,6 +29,8 @@ pub(crate) enum PktError {
     Truncated,
     #[error("bad command line")]
     BadCommand,
+    #[error("ref name with control characters")]
+    ControlInRefName,
     #[error("too many ref updates (limit {MAX_COMMANDS})")]
     TooManyCommands,
     #[error("no ref updates")]
@@ -136,6 +138,11 @@ pub(crate) fn read_push_request(r: &mut dyn Read) -> Result<PushRequest, PktErro
         };
         if !is_hex40(old) || !is_hex40(new) || name.is_empty() || name.contains(' ') {
             return Err(PktError::BadCommand);
+        }
+        // git refuses these in ref names (check-ref-format); refused here, before the name
+        // could reach a pkt-line of the report or a log.
+        if name.chars().any(char::is_control) {
+            return Err(PktError::ControlInRefName);
         }
         if let Some(caps) = caps {
             if !req.commands.is_empty() {
@@ -249,6 +256,26 @@ mod tests {
             read_push_request(&mut input),
             Err(PktError::Truncated)
         ));
+    }
+
+    #[test]
+    fn refuses_control_characters_in_ref_names() {
+        for name in [
+            "refs/heads/a\nb",
+            "refs/heads/a\rb",
+            "refs/heads/\u{1b}[31m",
+            "refs/heads/\u{7f}",
+        ] {
+            let body = pkt(&format!("{A} {B} {name}\0report-status\n"));
+            let mut input = &body[..];
+            assert!(
+                matches!(
+                    read_push_request(&mut input),
+                    Err(PktError::ControlInRefName)
+                ),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

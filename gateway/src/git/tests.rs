@@ -302,3 +302,32 @@ async fn receive_pack_answers_the_probe_before_a_large_push() {
     let r = send(&f.app, "POST", uri, Some(&bob), &[], "0000").await;
     assert_eq!(r.status, 403);
 }
+
+/// A ref name with a newline or an escape sequence would reach the push report raw (git
+/// prints it to the user's terminal): the request is refused, nothing is echoed.
+#[tokio::test]
+async fn receive_pack_refuses_control_characters_in_ref_names() {
+    let f = fixture().await;
+    create(&f, "m", false).await;
+    let main = main_of(&f, "admin/m");
+    let zero = "0".repeat(40);
+    for name in ["refs/heads/a\nb", "refs/heads/\u{1b}[2Jx"] {
+        let body = format!(
+            "{}0000",
+            pkt(&format!("{main} {zero} {name}\0report-status\n"))
+        );
+        let r = send(
+            &f.app,
+            "POST",
+            "/admin/m/git-receive-pack",
+            Some(&f.admin),
+            &[],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{name:?}: {}", r.text());
+        assert!(!r.text().contains(name), "{name:?} echoed: {}", r.text());
+        assert!(!r.text().chars().any(char::is_control), "{}", r.text());
+    }
+    assert_eq!(main_of(&f, "admin/m"), main);
+}
