@@ -42,6 +42,9 @@ mod testing;
 
 pub use compute::ComputeConfig;
 pub use error::AppError;
+pub use git::{
+    DEFAULT_GIT_IDLE_TIMEOUT, DEFAULT_MAX_GIT_PER_CLIENT, DEFAULT_MAX_GIT_PROCESSES, GitLimits,
+};
 pub use inference::{DEFAULT_LOAD_WAIT, InferenceConfig};
 pub use routes::router;
 
@@ -63,12 +66,15 @@ pub struct AppState {
 pub struct GatewayConfig {
     /// Items per page of the list endpoints (`/api/models`, …); more pages follow by `Link`.
     pub list_page_size: usize,
+    /// Bounds on the git processes of `git clone`/`fetch`/`push` (see [`GitLimits`]).
+    pub git: GitLimits,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             list_page_size: 100,
+            git: GitLimits::default(),
         }
     }
 }
@@ -93,6 +99,7 @@ struct Inner {
     p2p: hub_p2p::P2p,
     config: GatewayConfig,
     metrics: Metrics,
+    git: git::Limiter,
     /// Set once by [`AppState::enable_inference`]; the inference routes answer 503 until then.
     inference: std::sync::OnceLock<Arc<inference::Inference>>,
     compute: std::sync::OnceLock<Arc<compute::Compute>>,
@@ -109,6 +116,7 @@ impl AppState {
             config,
         } = parts;
         let metrics = Metrics::new(p2p.clone());
+        let git = git::Limiter::new(config.git.clone());
         Self {
             inner: Arc::new(Inner {
                 auth,
@@ -118,6 +126,7 @@ impl AppState {
                 p2p,
                 config,
                 metrics,
+                git,
                 inference: std::sync::OnceLock::new(),
                 compute: std::sync::OnceLock::new(),
             }),
@@ -150,6 +159,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn git_limiter(&self) -> &git::Limiter {
+        &self.inner.git
     }
 
     /// Serves the inference routes (OpenAI, TGI, HF Inference API) from models on this node.

@@ -14,6 +14,9 @@
 //!
 //! [gateway]
 //! list_page_size = 100
+//! git_max_processes = 64    # git clone/fetch/push processes at once; more: 503
+//! git_max_per_client = 8    # of them for one client address; more: 429
+//! git_idle_timeout_secs = 60  # a git request moving no byte this long is ended
 //!
 //! [inference]
 //! memory_budget_mib = 8192  # default: half the machine's RAM
@@ -92,12 +95,31 @@ impl Default for InferenceSection {
 pub struct GatewaySection {
     /// Items per page of `/api/models`, `/api/datasets`, `/api/spaces`; more follow by `Link`.
     pub list_page_size: usize,
+    /// git processes (clone, fetch, push) the node runs at once; more requests get 503.
+    pub git_max_processes: usize,
+    /// git processes one client address may hold; more requests get 429.
+    pub git_max_per_client: usize,
+    /// Seconds a git request may move no byte (either way) before it is ended.
+    pub git_idle_timeout_secs: u64,
 }
 
 impl Default for GatewaySection {
     fn default() -> Self {
         Self {
             list_page_size: 100,
+            git_max_processes: hub_gateway::DEFAULT_MAX_GIT_PROCESSES,
+            git_max_per_client: hub_gateway::DEFAULT_MAX_GIT_PER_CLIENT,
+            git_idle_timeout_secs: hub_gateway::DEFAULT_GIT_IDLE_TIMEOUT.as_secs(),
+        }
+    }
+}
+
+impl GatewaySection {
+    pub fn git_limits(&self) -> hub_gateway::GitLimits {
+        hub_gateway::GitLimits {
+            max_processes: self.git_max_processes,
+            max_per_client: self.git_max_per_client,
+            idle_timeout: std::time::Duration::from_secs(self.git_idle_timeout_secs),
         }
     }
 }
@@ -196,6 +218,14 @@ impl Config {
         self.seed_patterns()?;
         if !(1..=1000).contains(&self.gateway.list_page_size) {
             bail!("gateway.list_page_size must be between 1 and 1000");
+        }
+        if self.gateway.git_max_processes == 0
+            || self.gateway.git_max_per_client == 0
+            || self.gateway.git_idle_timeout_secs == 0
+        {
+            bail!(
+                "gateway.git_max_processes, git_max_per_client and git_idle_timeout_secs must be positive"
+            );
         }
         self.inference_mode()?;
         self.allow_peers()?;
@@ -333,6 +363,10 @@ mod tests {
             ),
             ("[p2p]\nlisten = []\n", "p2p.listen is empty"),
             ("[p2p]\nseed = [\"alice\"]\n", "invalid seed pattern"),
+            (
+                "[gateway]\ngit_max_processes = 0\n",
+                "git_max_per_client and git_idle_timeout_secs must be positive",
+            ),
             (
                 "[inference]\nmemory_budget_mib = 0\n",
                 "memory_budget_mib must be positive",

@@ -116,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         p2p: p2p.clone(),
         config: GatewayConfig {
             list_page_size: config.gateway.list_page_size,
+            git: config.gateway.git_limits(),
         },
     });
     let mut inference = InferenceConfig::new(data.join(MODEL_CACHE_DIR));
@@ -142,9 +143,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let http_stop = cancel.child_token();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
+        // The client's address reaches the handlers (per-client limits of git requests).
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(http_stop.cancelled_owned())
+        .await
     });
 
     let info = NodeInfo {

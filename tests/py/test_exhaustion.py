@@ -1,0 +1,160 @@
+"""One client must not be able to exhaust a node: stalled git requests, slow connections,
+huge request bodies and large reads are bounded, and the API keeps answering meanwhile.
+
+Limits are configured low (through a config file) so that each attack stays small."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub import CommitOperationAdd, HfApi
+
+# A bound on how long an honest request may take while an attack runs.
+API_BOUND = 3.0
+
+
+def config_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def host_port(node):
+    host, port = node.info["http"].rsplit(":", 1)
+    return host, int(port)
+
+
+def children(pid: int, comm: str) -> list[int]:
+    """Live (not zombie) processes named `comm` whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == pid and name == comm and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until(what: str, cond, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)
+
+
+def timed_api_call(api: HfApi, rid: str) -> float:
+    started = time.monotonic()
+    assert api.model_info(rid).id == rid
+    elapsed = time.monotonic() - started
+    assert elapsed < API_BOUND, f"the API took {elapsed:.1f}s under attack"
+    return elapsed
+
+
+def stalled_upload_pack(node, rid: str, source_ip: str) -> socket.socket:
+    """An anonymous fetch that sends its headers and a few body bytes, then nothing."""
+    s = socket.create_connection(host_port(node), timeout=10, source_address=(source_ip, 0))
+    s.sendall(
+        (
+            f"POST /{rid}/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/x-git-upload-pack-request\r\n"
+            "Content-Length: 1000\r\n\r\n0032want "
+        ).encode()
+    )
+    return s
+
+
+def status_of(s: socket.socket, timeout: float) -> tuple[int, str]:
+    """The status line and the head of the response on `s`."""
+    s.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head = data.split(b"\r\n\r\n")[0].decode(errors="replace")
+    return int(head.split()[1]), head
+
+
+def read_to_end(s: socket.socket, timeout: float) -> bytes:
+    """Everything the node sends on `s` until it closes the connection."""
+    s.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_stalled_git_fetches_are_bounded_and_the_api_stays_responsive(node_factory, tmp_path):
+    limit, per_client, idle = 4, 2, 2
+    node = node_factory(
+        "node",
+        "--config",
+        config_file(
+            tmp_path,
+            f"[gateway]\ngit_max_processes = {limit}\ngit_max_per_client = {per_client}\n"
+            f"git_idle_timeout_secs = {idle}\n",
+        ),
+    )
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    rid = "admin/stall"
+    api.create_repo(rid)
+    api.create_commit(rid, [CommitOperationAdd("a.txt", b"a")], commit_message="a")
+    pid = node.proc.pid
+
+    held, refused = [], []
+    try:
+        # Two clients fill the node, each up to its share.
+        for n, ip in enumerate(["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"], start=1):
+            held.append(stalled_upload_pack(node, rid, ip))
+            wait_until(f"{n} git processes", lambda: len(children(pid, "git")) == n, 10)
+        # Three times the limit in all: a client past its share is told to slow down, anyone
+        # else that the node is full; both at once, both with Retry-After.
+        for i in range(3 * limit - len(held)):
+            ip = "127.0.0.1" if i % 2 == 0 else f"127.0.0.{3 + i}"
+            s = stalled_upload_pack(node, rid, ip)
+            refused.append(s)
+            status, head = status_of(s, API_BOUND)
+            assert status == (429 if ip == "127.0.0.1" else 503), head
+            assert "retry-after:" in head.lower(), head
+        assert len(children(pid, "git")) == limit
+        # The API answers while the node holds its git processes (authenticated and not).
+        timed_api_call(api, rid)
+        timed_api_call(HfApi(endpoint=node.url, token=False), rid)
+        # The stalled requests are ended and their processes killed after the idle timeout.
+        wait_until("the stalled git processes are gone", lambda: not children(pid, "git"), idle + 10)
+        # Their connections end without a complete answer (git's CGI sends its headers
+        # early, so the status line may already have been 200).
+        for s in held:
+            data = read_to_end(s, 10)
+            assert not data.endswith(b"0\r\n\r\n"), data[-200:]
+    finally:
+        for s in held + refused:
+            s.close()
+    # The slots were given back: a fetch works again.
+    out = subprocess.run(
+        ["git", "ls-remote", f"{node.url}/{rid}"], capture_output=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"refs/heads/main" in out.stdout
