@@ -158,3 +158,63 @@ def test_stalled_git_fetches_are_bounded_and_the_api_stays_responsive(node_facto
     )
     assert out.returncode == 0, out.stderr
     assert b"refs/heads/main" in out.stdout
+
+
+def half_request(node) -> socket.socket:
+    """A connection that sends half a request line, then nothing."""
+    s = socket.create_connection(host_port(node), timeout=10)
+    s.sendall(b"GET /health HT")
+    return s
+
+
+def test_slow_clients_are_disconnected_and_do_not_block_others(node_factory, tmp_path):
+    import resource
+    import urllib.request
+
+    header_timeout, idle, cap = 1, 2, 16
+    config = config_file(
+        tmp_path,
+        f"[gateway]\nheader_read_timeout_secs = {header_timeout}\nidle_timeout_secs = {idle}\n"
+        f"max_connections = {cap}\n",
+    )
+    # Start the node under a low soft limit of open files: it raises it to the hard limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        node = node_factory("node", "--config", config)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{node.proc.pid}/limits").read_text()
+    line = next(l for l in limits.splitlines() if l.startswith("Max open files"))
+    assert line.split()[3] == line.split()[4], line
+
+    # Half a request line: closed after the header timeout (the read fails if not within 10 s).
+    s = half_request(node)
+    read_to_end(s, 10)
+    s.close()
+
+    # Three times the connection cap of such clients: an honest request is still answered.
+    slow = [half_request(node) for _ in range(3 * cap)]
+    try:
+        with urllib.request.urlopen(node.url + "/health", timeout=10) as resp:
+            assert resp.status == 200
+        for s in slow:
+            read_to_end(s, 10)
+    finally:
+        for s in slow:
+            s.close()
+
+    # A request body that stops arriving: the connection is closed after the idle timeout.
+    s = socket.create_connection(host_port(node), timeout=10)
+    s.sendall(
+        (
+            "POST /api/repos/create HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {node.admin_token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\""
+        ).encode()
+    )
+    read_to_end(s, idle + 10)
+    s.close()
+    # The node still answers.
+    with urllib.request.urlopen(node.url + "/health", timeout=10) as resp:
+        assert resp.status == 200
