@@ -371,9 +371,11 @@ def test_push_of_a_pack_over_post_buffer(node, git, tmp_path):
     a = tmp_path / "a"
     git.run("clone", remote(node, rid), str(a))
     big = os.urandom(3 * MIB)
-    (a / "random.bin").write_bytes(big)
-    git.run("add", "random.bin", cwd=a)
+    # Not a pattern of the default .gitattributes: the content goes into the pack, not LFS.
+    (a / "random.raw").write_bytes(big)
+    git.run("add", "random.raw", cwd=a)
     git.run("commit", "-m", "3 MiB of random bytes", cwd=a)
+    assert git.out("cat-file", "-s", "HEAD:random.raw", cwd=a) == str(3 * MIB)
     git.run("push", "origin", "main", cwd=a)
     assert api.model_info(rid).sha == git.out("rev-parse", "HEAD", cwd=a)
 
@@ -390,6 +392,6 @@ def test_push_of_a_pack_over_post_buffer(node, git, tmp_path):
     b = tmp_path / "b"
     git.run("clone", remote(node, rid), str(b))
     assert git.out("rev-parse", "HEAD", cwd=b) == head
-    assert (b / "random.bin").read_bytes() == big
+    assert (b / "random.raw").read_bytes() == big
     for name, data in files.items():
         assert (b / name).read_bytes() == data, name
