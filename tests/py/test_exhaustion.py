@@ -5,6 +5,7 @@ Limits are configured low (through a config file) so that each attack stays smal
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -277,3 +278,75 @@ def test_commit_body_with_a_bad_path_is_refused_while_it_is_still_sent(node, tmp
     s.close()
     # Nothing was committed.
     assert [f for f in api.list_repo_files(rid) if f.startswith("f")] == []
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_range_reads_of_a_large_git_file_do_not_hold_it_in_memory(node, tmp_path):
+    """A large file in git (not LFS), read by many clients at once with 1-byte ranges: the
+    node streams the blob instead of reading it whole per request, so its peak RSS does not
+    grow with the number of readers."""
+    import concurrent.futures
+    import threading
+    import urllib.request
+
+    from test_git import Git, remote
+
+    size = 40 * 1024 * 1024
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    rid = "admin/bigblob"
+    api.create_repo(rid)
+    home = tmp_path / "home"
+    home.mkdir()
+    git = Git(
+        {
+            "PATH": os.environ["PATH"],
+            "HOME": str(home),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        }
+    )
+    d = tmp_path / "c"
+    git.run("clone", remote(node, rid), str(d))
+    content = os.urandom(size)
+    (d / "big.raw").write_bytes(content)
+    git.run("add", "big.raw", cwd=d)
+    git.run("commit", "-m", "40 MB in git", cwd=d)
+    git.run("push", "origin", "main", cwd=d)
+
+    url = f"{node.url}/{rid}/resolve/main/big.raw"
+
+    def get(range_header=None) -> bytes:
+        req = urllib.request.Request(url, headers={"Range": range_header} if range_header else {})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.read()
+
+    # Correct bytes, whole and in ranges.
+    assert get("bytes=0-0") == content[:1]
+    assert get("bytes=20000000-20000009") == content[20000000:20000010]
+    assert get("bytes=-5") == content[-5:]
+    pid = node.proc.pid
+    before = vm_kib(pid, "VmHWM")
+    readers = 12
+    barrier = threading.Barrier(readers)
+
+    def one_byte(i):
+        barrier.wait(timeout=30)
+        return get(f"bytes={i}-{i}")
+
+    with concurrent.futures.ThreadPoolExecutor(readers) as pool:
+        got = list(pool.map(one_byte, range(readers)))
+    assert got == [content[i : i + 1] for i in range(readers)]
+    assert hashlib.sha256(get()).digest() == hashlib.sha256(content).digest()
+    grown = (vm_kib(pid, "VmHWM") - before) * 1024
+    # Before: each reader held the whole blob (12 x 40 MB). Now: a read buffer each.
+    assert grown < size, f"peak RSS grew by {grown / 2**20:.0f} MiB for {readers} 1-byte reads"

@@ -103,7 +103,21 @@ impl Limiter {
         *held.per_client.entry(client).or_default() += 1;
         Ok(Slot {
             held: self.held.clone(),
-            client,
+            client: Some(client),
+        })
+    }
+
+    /// Takes a slot that counts only towards `max_processes`, for a request whose client
+    /// address is not at hand (file downloads that stream a large git blob).
+    pub(crate) fn acquire_shared(&self) -> Result<Slot, Refused> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.total >= self.limits.max_processes {
+            return Err(Refused::Full);
+        }
+        held.total += 1;
+        Ok(Slot {
+            held: self.held.clone(),
+            client: None,
         })
     }
 }
@@ -112,17 +126,21 @@ impl Limiter {
 #[derive(Debug)]
 pub(crate) struct Slot {
     held: Arc<Mutex<Held>>,
-    client: Option<IpAddr>,
+    /// The client share it counts towards, if any.
+    client: Option<Option<IpAddr>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.total = held.total.saturating_sub(1);
-        if let Some(n) = held.per_client.get_mut(&self.client) {
+        let Some(client) = self.client else {
+            return;
+        };
+        if let Some(n) = held.per_client.get_mut(&client) {
             *n -= 1;
             if *n == 0 {
-                held.per_client.remove(&self.client);
+                held.per_client.remove(&client);
             }
         }
     }
@@ -206,6 +224,14 @@ mod tests {
         let held = l.held.lock().unwrap();
         assert_eq!(held.total, 3);
         assert_eq!(held.per_client[&Some("10.0.0.3".parse().unwrap())], 1);
+        drop(held);
+        // A shared slot counts towards the total only.
+        assert_eq!(l.acquire_shared().unwrap_err(), Refused::Full);
+        drop(_b1);
+        let shared = l.acquire_shared().unwrap();
+        assert_eq!(l.held.lock().unwrap().per_client.len(), 2);
+        drop(shared);
+        assert_eq!(l.held.lock().unwrap().total, 2);
     }
 
     #[test]
