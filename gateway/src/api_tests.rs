@@ -991,7 +991,11 @@ async fn resolve_regular_and_lfs_with_ranges() {
 
 #[tokio::test]
 async fn listing_paginates_with_absolute_links() {
-    let f = fixture_with(GatewayConfig { list_page_size: 2 }).await;
+    let f = fixture_with(GatewayConfig {
+        list_page_size: 2,
+        ..GatewayConfig::default()
+    })
+    .await;
     for name in ["a-one", "b-two", "c-three", "other"] {
         create(&f, name, json!({})).await;
     }

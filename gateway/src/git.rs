@@ -15,18 +15,29 @@
 //!   then move objects in and update refs with compare-and-swap under the per-repo lock;
 //!   the answer is `report-status`, inside `side-band-64k` when the client asked for it.
 //!   Pushes are atomic: if any ref is refused, none moves.
+//! - **Bounds** (see [`limits`]): git processes are capped overall and per client address
+//!   (503 / 429 with `Retry-After` beyond), a request that moves no byte for the idle
+//!   timeout is ended and its processes killed, and no git request holds a blocking thread
+//!   while it waits on a client.
 
+mod limits;
 mod pkt;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use limits::Limiter;
+pub use limits::{
+    DEFAULT_GIT_IDLE_TIMEOUT, DEFAULT_MAX_GIT_PER_CLIENT, DEFAULT_MAX_GIT_PROCESSES, GitLimits,
+};
 
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::authenticate;
 use crate::util::blocking;
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use futures::StreamExt;
@@ -35,12 +46,17 @@ use hub_auth::{Access, Decision, Principal};
 use hub_core::{AccessError, Need};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_repo::{Checked, Quarantine, ReceiveError, RefCommand, Rejection};
+use limits::{Activity, Refused, Slot};
 use pkt::{PushRequest, flush, write_pkt};
 use serde::Deserialize;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use tokio::sync::{mpsc, oneshot};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 /// Largest pack one push may send (5 GiB); LFS content goes to the store, not into git.
 pub(crate) const MAX_PACK_BYTES: u64 = 5 << 30;
@@ -84,13 +100,22 @@ struct ServiceQuery {
     service: Option<String>,
 }
 
+/// The client's address, when the server recorded it (the node does; in-process tests
+/// don't). Forwarding headers are not trusted: anyone can send them.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+fn client_ip(peer: Peer) -> Option<IpAddr> {
+    peer.map(|Extension(ConnectInfo(addr))| addr.ip())
+}
+
 fn info_refs_route(kind: RepoType) -> MethodRouter<AppState> {
     get(
         move |State(state): State<AppState>,
               Path((ns, name)): Path<(String, String)>,
               Query(q): Query<ServiceQuery>,
+              peer: Peer,
               headers: HeaderMap| async move {
-            info_refs(state, kind, ns, name, q, headers)
+            info_refs(state, kind, ns, name, q, client_ip(peer), headers)
                 .await
                 .unwrap_or_else(git_error)
         },
@@ -101,9 +126,10 @@ fn upload_pack_route(kind: RepoType) -> MethodRouter<AppState> {
     post(
         move |State(state): State<AppState>,
               Path((ns, name)): Path<(String, String)>,
+              peer: Peer,
               headers: HeaderMap,
               body: Body| async move {
-            upload_pack(state, kind, ns, name, headers, body)
+            upload_pack(state, kind, ns, name, client_ip(peer), headers, body)
                 .await
                 .unwrap_or_else(git_error)
         },
@@ -114,13 +140,38 @@ fn receive_pack_route(kind: RepoType) -> MethodRouter<AppState> {
     post(
         move |State(state): State<AppState>,
               Path((ns, name)): Path<(String, String)>,
+              peer: Peer,
               headers: HeaderMap,
               body: Body| async move {
-            receive_pack(state, kind, ns, name, headers, body)
+            receive_pack(state, kind, ns, name, client_ip(peer), headers, body)
                 .await
                 .unwrap_or_else(git_error)
         },
     )
+}
+
+/// A slot for one git process (see [`limits`]), or the answer that says to come back.
+fn git_slot(state: &AppState, client: Option<IpAddr>) -> Result<Slot, AppError> {
+    state.git_limiter().acquire(client).map_err(|refused| {
+        let (status, code, message) = match refused {
+            Refused::Client => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "too many git requests from this address at once; retry later",
+            ),
+            Refused::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "GitBusy",
+                "the node runs as many git requests as it may; retry later",
+            ),
+        };
+        tracing::info!(client = ?client, %status, "git request refused: no slot");
+        AppError::Coded {
+            status,
+            code,
+            message: message.into(),
+        }
+    })
 }
 
 /// Our error responses, with the challenge git understands on a 401. A 403 carries its
@@ -147,6 +198,15 @@ fn git_error(err: AppError) -> Response {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"hubmesh\""),
+        );
+    }
+    if matches!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(limits::RETRY_AFTER_SECS),
         );
     }
     resp
@@ -212,12 +272,22 @@ async fn info_refs(
     ns: String,
     name: String,
     q: ServiceQuery,
+    client: Option<IpAddr>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     match q.service.as_deref() {
         Some("git-upload-pack") => {
             let allowed = allow(&state, kind, &ns, &name, &headers, Access::Read).await?;
-            http_backend(&state, &allowed.id, "info/refs", &headers, Body::empty()).await
+            let slot = git_slot(&state, client)?;
+            http_backend(
+                &state,
+                &allowed.id,
+                "info/refs",
+                &headers,
+                Body::empty(),
+                slot,
+            )
+            .await
         }
         Some("git-receive-pack") => {
             let allowed = allow(&state, kind, &ns, &name, &headers, Access::Write).await?;
@@ -269,20 +339,30 @@ async fn upload_pack(
     kind: RepoType,
     ns: String,
     name: String,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
     let allowed = allow(&state, kind, &ns, &name, &headers, Access::Read).await?;
-    http_backend(&state, &allowed.id, "git-upload-pack", &headers, body).await
+    let slot = git_slot(&state, client)?;
+    http_backend(&state, &allowed.id, "git-upload-pack", &headers, body, slot).await
 }
 
-/// Feeds an HTTP body into a bounded channel (for a blocking reader).
-fn pump(body: Body) -> mpsc::Receiver<std::io::Result<Bytes>> {
+/// Feeds an HTTP body into a bounded channel (for a blocking reader). A body that sends
+/// nothing for `idle` ends with a `TimedOut` error, so the reader never waits forever.
+fn pump(body: Body, idle: Duration) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let item = chunk.map_err(std::io::Error::other);
+        loop {
+            let item = match tokio::time::timeout(idle, stream.next()).await {
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(std::io::Error::other),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no request data for {}s", idle.as_secs()),
+                )),
+            };
             let stop = item.is_err();
             if tx.send(item).await.is_err() || stop {
                 break;
@@ -314,13 +394,16 @@ impl Read for ChannelReader {
 }
 
 /// Runs `git http-backend` (CGI) for one upload-pack request on one repository, after our
-/// access check. The request body streams to its stdin and its stdout streams back.
+/// access check and with a [`Slot`]. The request body streams to its stdin and its stdout
+/// streams back, through async pipes (no thread waits on the client); [`supervise`] kills
+/// it when no byte moves for the idle timeout.
 async fn http_backend(
     state: &AppState,
     id: &RepoId,
     service_path: &'static str,
     headers: &HeaderMap,
     body: Body,
+    slot: Slot,
 ) -> Result<Response, AppError> {
     let git_dir = state.repos().git_dir(id);
     let (Some(root), Some(dir_name)) = (git_dir.parent(), git_dir.file_name()) else {
@@ -350,7 +433,10 @@ async fn http_backend(
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group, so that an idle request's `upload-pack` dies with it.
+        .process_group(0)
+        .kill_on_drop(true);
     if let Some(p) = git_protocol(headers) {
         cmd.env("GIT_PROTOCOL", p);
     }
@@ -375,92 +461,50 @@ async fn http_backend(
         }
     }
     let mut child = cmd.spawn().map_err(AppError::internal)?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let repo = id.to_string();
-
-    // Request body -> stdin.
-    let mut reader = ChannelReader {
-        rx: pump(body),
-        buf: Bytes::new(),
+    let (Some(stdin), Some(mut stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(AppError::internal("git http-backend without pipes"));
     };
-    tokio::task::spawn_blocking(move || {
-        let _ = std::io::copy(&mut reader, &mut stdin);
-    });
-    // stderr -> log (bounded).
-    tokio::task::spawn_blocking(move || {
+    let repo = id.to_string();
+    let idle = state.git_limiter().limits().idle_timeout;
+    let activity = Activity::new();
+    tokio::spawn(supervise(child, activity.clone(), idle, slot, repo.clone()));
+    tokio::spawn(feed(body, stdin, activity.clone(), idle));
+    tokio::spawn(async move {
         let mut text = String::new();
-        let _ = stderr.take(4096).read_to_string(&mut text);
+        let _ = stderr.take(4096).read_to_string(&mut text).await;
         if !text.trim().is_empty() {
             tracing::warn!(%repo, stderr = %text.trim(), "git http-backend");
         }
     });
-    // stdout -> CGI headers, then body chunks.
-    let (head_tx, head_rx) = oneshot::channel();
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break Some((i, 4));
-            }
-            if let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
-                break Some((i, 2));
-            }
-            if buf.len() > MAX_CGI_HEADERS {
-                break None;
-            }
-            match stdout.read(&mut chunk) {
-                Ok(0) | Err(_) => break None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+
+    // stdout: CGI headers, then the body.
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (end, sep) = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (i, 4);
+        }
+        if let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
+            break (i, 2);
+        }
+        let n = if buf.len() > MAX_CGI_HEADERS {
+            0
+        } else {
+            stdout.read(&mut chunk).await.unwrap_or(0)
         };
-        let Some((end, sep)) = head_end else {
-            let _ = head_tx.send(None);
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let rest = Bytes::copy_from_slice(&buf[end + sep..]);
-        if head_tx.send(Some(head)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        if !rest.is_empty() && tx.blocking_send(Ok(rest)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        loop {
-            match stdout.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&chunk[..n])))
-                        .is_err()
-                    {
-                        // The client went away.
-                        let _ = child.kill();
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    let _ = child.kill();
-                    break;
-                }
+        if n == 0 {
+            if activity.timed_out() {
+                return Err(idle_error(idle));
             }
+            return Err(AppError::internal("git http-backend sent no headers"));
         }
-        let _ = child.wait();
-    });
-    let head = head_rx
-        .await
-        .map_err(AppError::internal)?
-        .ok_or_else(|| AppError::internal("git http-backend sent no headers"))?;
+        activity.touch();
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let rest = Bytes::copy_from_slice(&buf[end + sep..]);
     let mut status = StatusCode::OK;
     let mut content_type = None;
     for line in head.lines() {
@@ -481,10 +525,31 @@ async fn http_backend(
         tracing::warn!(repo = %id, %status, "git http-backend refused");
         return Err(AppError::internal(format!("git http-backend: {status}")));
     }
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
+    let first = (!rest.is_empty()).then_some(Ok(rest));
+    let body = futures::stream::iter(first).chain(futures::stream::unfold(
+        (stdout, chunk, activity),
+        |(mut stdout, mut chunk, activity)| async move {
+            match stdout.read(&mut chunk).await {
+                // Ended for idleness: an error, so the client sees a broken response rather
+                // than a complete-looking short one.
+                Ok(0) if activity.timed_out() => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "git request idle",
+                    )),
+                    (stdout, chunk, activity),
+                )),
+                Ok(0) => None,
+                Ok(n) => {
+                    activity.touch();
+                    let bytes = Bytes::copy_from_slice(&chunk[..n]);
+                    Some((Ok(bytes), (stdout, chunk, activity)))
+                }
+                Err(e) => Some((Err(e), (stdout, chunk, activity))),
+            }
+        },
+    ));
+    let mut resp = Response::new(Body::from_stream(body));
     let headers = resp.headers_mut();
     if let Some(ct) = content_type {
         headers.insert(header::CONTENT_TYPE, ct);
@@ -494,6 +559,184 @@ async fn http_backend(
         HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
     );
     Ok(resp)
+}
+
+/// Streams `len` bytes from `start` of a git blob too large to read whole (see
+/// [`hub_repo::Repos::file_head`]) with `git cat-file blob`, which streams loose and
+/// undeltified packed objects: the node holds one read buffer per response whatever the
+/// blob's size. The process takes a shared slot of the git limits (so concurrent big reads
+/// are bounded; beyond, 503 with `Retry-After`) and is ended like any git request when the
+/// client reads nothing for the idle timeout.
+pub(crate) fn blob_body(
+    state: &AppState,
+    id: &RepoId,
+    oid: &str,
+    start: u64,
+    len: u64,
+) -> Result<Body, AppError> {
+    if oid.len() != 40 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(AppError::internal("malformed blob id"));
+    }
+    let slot = state
+        .git_limiter()
+        .acquire_shared()
+        .map_err(|_| AppError::Coded {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "GitBusy",
+            message: "the node reads as many large files as it may; retry later".into(),
+        })?;
+    let git_dir = state.repos().git_dir(id);
+    let mut cmd = Command::new("git");
+    cmd.args(["cat-file", "blob", oid])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_DIR", &git_dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", &git_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(AppError::internal)?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| AppError::internal("git cat-file without stdout"))?;
+    let idle = state.git_limiter().limits().idle_timeout;
+    let activity = Activity::new();
+    tokio::spawn(supervise(
+        child,
+        activity.clone(),
+        idle,
+        slot,
+        id.to_string(),
+    ));
+    struct Reading {
+        stdout: tokio::process::ChildStdout,
+        buf: Vec<u8>,
+        skip: u64,
+        left: u64,
+        activity: Activity,
+    }
+    let reading = Reading {
+        stdout,
+        buf: vec![0u8; 64 * 1024],
+        skip: start,
+        left: len,
+        activity,
+    };
+    let stream = futures::stream::unfold(reading, |mut r| async move {
+        while r.left > 0 {
+            let n = match r.stdout.read(&mut r.buf).await {
+                Ok(0) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "git cat-file ended early",
+                    );
+                    r.left = 0;
+                    return Some((Err(e), r));
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    r.left = 0;
+                    return Some((Err(e), r));
+                }
+            };
+            r.activity.touch();
+            let mut data = &r.buf[..n];
+            let skipped = usize::try_from(r.skip)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            r.skip -= skipped as u64;
+            data = &data[skipped..];
+            let take = usize::try_from(r.left)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            if take == 0 {
+                continue;
+            }
+            r.left -= take as u64;
+            let bytes = Bytes::copy_from_slice(&data[..take]);
+            return Some((Ok(bytes), r));
+        }
+        // Done: dropping stdout ends `git cat-file` (the supervisor reaps it).
+        None
+    });
+    Ok(Body::from_stream(stream))
+}
+
+/// The answer to a git request ended for moving no byte.
+fn idle_error(idle: Duration) -> AppError {
+    AppError::Coded {
+        status: StatusCode::REQUEST_TIMEOUT,
+        code: "RequestTimeout",
+        message: format!(
+            "no data moved for {}s; the git request was ended",
+            idle.as_secs()
+        ),
+    }
+}
+
+/// Streams the request body to the git process's stdin. A client that sends nothing (or a
+/// git that reads nothing) for `idle` ends the request as idle; dropping `stdin` is git's
+/// end of input.
+async fn feed(
+    body: Body,
+    mut stdin: tokio::process::ChildStdin,
+    activity: Activity,
+    idle: Duration,
+) {
+    let mut stream = body.into_data_stream();
+    loop {
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(None) => return,
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(_))) => return,
+            Err(_) => {
+                activity.set_timed_out();
+                return;
+            }
+        };
+        activity.touch();
+        match tokio::time::timeout(idle, stdin.write_all(&chunk)).await {
+            Ok(Ok(())) => activity.touch(),
+            Ok(Err(_)) => return,
+            Err(_) => {
+                activity.set_timed_out();
+                return;
+            }
+        }
+    }
+}
+
+/// Owns one git process and its [`Slot`] until the process ends: waits for it, and kills
+/// its process group once no byte has moved (see [`Activity`]) for `idle`.
+async fn supervise(mut child: Child, activity: Activity, idle: Duration, slot: Slot, repo: String) {
+    let group = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    loop {
+        let quiet = activity.idle_for();
+        if quiet >= idle {
+            tracing::info!(%repo, idle = ?quiet, "git request idle; killing its processes");
+            activity.set_timed_out();
+            // The leader is not reaped yet (we have not seen it exit), so its group id is
+            // still ours to signal.
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill().await;
+            break;
+        }
+        tokio::select! {
+            _ = child.wait() => break,
+            () = tokio::time::sleep(idle - quiet) => {}
+        }
+    }
+    drop(slot);
 }
 
 /// What one push came to, for the report.
@@ -507,6 +750,7 @@ async fn receive_pack(
     kind: RepoType,
     ns: String,
     name: String,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
@@ -516,8 +760,10 @@ async fn receive_pack(
             "compressed receive-pack requests are not supported".into(),
         ));
     }
+    // Held by the work below (which runs `git index-pack`), not by this future.
+    let slot = git_slot(&state, client)?;
     let mut reader = ChannelReader {
-        rx: pump(body),
+        rx: pump(body, state.git_limiter().limits().idle_timeout),
         buf: Bytes::new(),
     };
     let worker_state = state.clone();
@@ -525,12 +771,24 @@ async fn receive_pack(
     // The work does not depend on this future: it runs to completion (or to the end of the
     // request body) on the blocking pool even if the client goes away.
     let (request, outcome) = blocking(move || {
+        let _slot = slot;
         let request = pkt::read_push_request(&mut reader)
             .map_err(|e| AppError::BadRequest(format!("receive-pack request: {e}")))?;
+        if request.is_probe() {
+            return Ok((request, None));
+        }
         let outcome = receive(&worker_state, &allowed, &request, &mut reader);
-        Ok((request, outcome))
+        Ok((request, Some(outcome)))
     })
     .await?;
+    // git's probe before a large push (credentials checked above): `git http-backend`
+    // answers it with an empty result, and so do we.
+    let Some(outcome) = outcome else {
+        return Ok(git_response(
+            "application/x-git-receive-pack-result",
+            Body::empty(),
+        ));
+    };
     let moved = outcome.unpack.is_ok() && outcome.refs.iter().all(|(_, r)| r.is_ok());
     if moved {
         state.hub().after_write(&id).await;
@@ -681,6 +939,8 @@ fn report(request: &PushRequest, outcome: &PushOutcome) -> Vec<u8> {
     };
     write_pkt(&mut status, unpack.as_bytes());
     for (name, result) in &outcome.refs {
+        // The parser refused control characters in names already; never echo raw ones.
+        let name = one_line(name);
         let line = match result {
             Ok(()) => format!("ok {name}\n"),
             Err(reason) => format!("ng {name} {}\n", one_line(reason)),

@@ -1205,7 +1205,8 @@ async fn resolve(
         let (rev, path) = (p.rev.clone(), p.path.clone());
         blocking(move || {
             let commit = repos.resolve(&id, &rev)?;
-            match repos.file(&id, &commit, &path) {
+            // A large blob is not read here: it streams below (git::blob_body).
+            match repos.file_head(&id, &commit, &path) {
                 Ok((entry, blob)) => {
                     // An LFS file whose content is not here yet (a replica still fetching it).
                     let mut missing = None;
@@ -1285,7 +1286,7 @@ async fn resolve(
             }
         });
     }
-    let size = entry.lfs.as_ref().map_or(blob.len() as u64, |l| l.size);
+    let size = entry.lfs.as_ref().map_or(entry.size, |l| l.size);
     let range = parse_range(headers.get(header::RANGE), size)?;
     let mut builder = Response::builder()
         .header("x-repo-commit", &commit)
@@ -1311,10 +1312,13 @@ async fn resolve(
         return builder.body(Body::empty()).map_err(AppError::internal);
     }
     let body = match &entry.lfs {
-        None => {
-            let (start, end) = (start as usize, (start + len) as usize);
-            Body::from(blob[start..end].to_vec())
-        }
+        None => match blob {
+            Some(blob) => {
+                let (start, end) = (start as usize, (start + len) as usize);
+                Body::from(blob[start..end].to_vec())
+            }
+            None => crate::git::blob_body(&state, &id, &entry.oid, start, len)?,
+        },
         Some(_) if let Some(rx) = arriving => {
             let stream = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item.map(Bytes::from), rx))

@@ -45,6 +45,9 @@ mod util;
 
 pub use compute::ComputeConfig;
 pub use error::AppError;
+pub use git::{
+    DEFAULT_GIT_IDLE_TIMEOUT, DEFAULT_MAX_GIT_PER_CLIENT, DEFAULT_MAX_GIT_PROCESSES, GitLimits,
+};
 pub use inference::{DEFAULT_LOAD_WAIT, InferenceConfig};
 pub use routes::router;
 
@@ -67,12 +70,15 @@ pub struct AppState {
 pub struct GatewayConfig {
     /// Items per page of the list endpoints (`/api/models`, …); more pages follow by `Link`.
     pub list_page_size: usize,
+    /// Bounds on the git processes of `git clone`/`fetch`/`push` (see [`GitLimits`]).
+    pub git: GitLimits,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             list_page_size: 100,
+            git: GitLimits::default(),
         }
     }
 }
@@ -98,6 +104,7 @@ struct Inner {
     replication: Option<hub_p2p::Mesh>,
     config: GatewayConfig,
     metrics: Metrics,
+    git: git::Limiter,
     /// Set once by [`AppState::enable_inference`]; the inference routes answer 503 until then.
     inference: std::sync::OnceLock<Arc<inference::Inference>>,
     compute: std::sync::OnceLock<Arc<compute::Compute>>,
@@ -124,6 +131,7 @@ impl AppState {
             config,
         } = parts;
         let metrics = Metrics::new(p2p.clone());
+        let git = git::Limiter::new(config.git.clone());
         Self {
             inner: Arc::new(Inner {
                 hub: Hub::new(HubParts {
@@ -137,6 +145,7 @@ impl AppState {
                 replication,
                 config,
                 metrics,
+                git,
                 inference: std::sync::OnceLock::new(),
                 compute: std::sync::OnceLock::new(),
             }),
@@ -179,6 +188,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn git_limiter(&self) -> &git::Limiter {
+        &self.inner.git
     }
 
     /// Serves the inference routes (OpenAI, TGI, HF Inference API) from models on this node.

@@ -7,6 +7,11 @@
 //! line whose `content` comes first (as every `huggingface_hub` version writes it), and its
 //! content is base64-decoded as it arrives and streamed straight into the chunk store. Memory
 //! stays at a few body frames whatever the file size.
+//!
+//! Each line is checked as it arrives, before the rest of the body is read ([`Checker`]): the
+//! first line must be the header, and every added file's path must be valid — a body that is
+//! bad early is refused early, not after gigabytes were read. The small lines kept for the
+//! commit are bounded together by [`MAX_BUFFERED`] (big lines are in the store, not counted).
 
 use crate::error::AppError;
 use crate::import::StreamImport;
@@ -19,6 +24,11 @@ use std::io::Read;
 
 /// Lines up to this size are parsed whole.
 pub(crate) const SMALL_LINE: usize = 1024 * 1024;
+
+/// Most bytes of small lines one commit body may hold (they stay in memory until the commit,
+/// with their decoded content); more is 413. Files in longer lines stream into the store and
+/// do not count.
+pub(crate) const MAX_BUFFERED: usize = 256 * 1024 * 1024;
 
 /// One line of the body: a small line to parse, or a big `file` line already in the store.
 #[derive(Debug)]
@@ -39,6 +49,19 @@ pub(crate) async fn read_lines(
     max_total: u64,
     max_lines: usize,
 ) -> Result<Vec<Line>, AppError> {
+    read_lines_within(body, store, max_total, max_lines, MAX_BUFFERED).await
+}
+
+/// [`read_lines`] with `max_buffered` bytes of small lines at most.
+async fn read_lines_within(
+    body: Body,
+    store: Store,
+    max_total: u64,
+    max_lines: usize,
+    max_buffered: usize,
+) -> Result<Vec<Line>, AppError> {
+    let mut checker = Checker::default();
+    let mut buffered: usize = 0;
     let mut stream = body.into_data_stream();
     let mut lines = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -67,7 +90,9 @@ pub(crate) async fn read_lines(
                 if done {
                     let finished = big.take().map(BigLine::finish);
                     if let Some(f) = finished {
-                        lines.push(f.await?);
+                        let line = f.await?;
+                        checker.check(&line)?;
+                        lines.push(line);
                     }
                 }
                 continue;
@@ -80,7 +105,16 @@ pub(crate) async fn read_lines(
                     buf.extend_from_slice(&window[..i]);
                     data = &data[i + 1..];
                     if !buf.iter().all(u8::is_ascii_whitespace) {
-                        lines.push(Line::Small(std::mem::take(&mut buf)));
+                        buffered = buffered.saturating_add(buf.len());
+                        if buffered > max_buffered {
+                            return Err(AppError::PayloadTooLarge(format!(
+                                "commit holds more than {max_buffered} bytes of small lines; \
+                                 split it into several commits"
+                            )));
+                        }
+                        let line = Line::Small(std::mem::take(&mut buf));
+                        checker.check(&line)?;
+                        lines.push(line);
                     }
                     buf.clear();
                 }
@@ -88,6 +122,7 @@ pub(crate) async fn read_lines(
                     buf.extend_from_slice(window);
                     data = &data[window.len()..];
                     if buf.len() > SMALL_LINE {
+                        checker.big_line()?;
                         let mut started = BigLine::start(&buf, store.clone())?;
                         buf.clear();
                         let pending = std::mem::take(&mut started.leftover);
@@ -98,7 +133,9 @@ pub(crate) async fn read_lines(
                             let rest = pending[used..].to_vec();
                             let finished = big.take().map(BigLine::finish);
                             if let Some(f) = finished {
-                                lines.push(f.await?);
+                                let line = f.await?;
+                                checker.check(&line)?;
+                                lines.push(line);
                             }
                             buf = rest;
                         }
@@ -115,9 +152,81 @@ pub(crate) async fn read_lines(
         return Err(bad("commit body ends inside a file line"));
     }
     if !buf.iter().all(u8::is_ascii_whitespace) {
-        lines.push(Line::Small(buf));
+        if buffered.saturating_add(buf.len()) > max_buffered {
+            return Err(AppError::PayloadTooLarge(format!(
+                "commit holds more than {max_buffered} bytes of small lines"
+            )));
+        }
+        let line = Line::Small(buf);
+        checker.check(&line)?;
+        lines.push(line);
     }
     Ok(lines)
+}
+
+/// The checks a line passes as soon as it is read (the commit handler checks everything
+/// again, and more, before it commits): the header comes first, and a file that is added
+/// has a valid path.
+#[derive(Debug, Default)]
+struct Checker {
+    lines: usize,
+}
+
+impl Checker {
+    fn check(&mut self, line: &Line) -> Result<(), AppError> {
+        self.lines += 1;
+        let n = self.lines;
+        match line {
+            Line::Small(raw) => {
+                #[derive(serde::Deserialize)]
+                struct Peek {
+                    key: String,
+                    value: PeekValue,
+                }
+                #[derive(serde::Deserialize)]
+                struct PeekValue {
+                    path: Option<String>,
+                }
+                let peek: Peek = serde_json::from_slice(raw)
+                    .map_err(|e| bad(format!("commit body line {n}: invalid JSON: {e}")))?;
+                if n == 1 && peek.key != "header" {
+                    return Err(header_first());
+                }
+                if matches!(peek.key.as_str(), "file" | "lfsFile") {
+                    let path = peek.value.path.unwrap_or_default();
+                    check_path(&path)?;
+                }
+                Ok(())
+            }
+            Line::StoredFile { path, .. } => {
+                if n == 1 {
+                    return Err(header_first());
+                }
+                check_path(path)
+            }
+        }
+    }
+
+    /// A line too long to buffer starts: it cannot be the header.
+    fn big_line(&self) -> Result<(), AppError> {
+        if self.lines == 0 {
+            return Err(header_first());
+        }
+        Ok(())
+    }
+}
+
+fn header_first() -> AppError {
+    bad("commit body must start with a header line")
+}
+
+fn check_path(path: &str) -> Result<(), AppError> {
+    hub_protocol::repo::validate_repo_path(path).map_err(|e| {
+        // A path can be long; the message shows its start.
+        let shown: String = path.chars().take(200).collect();
+        // A path the Hub refuses: 422, like every other path check.
+        AppError::Unprocessable(format!("invalid path {shown:?}: {e}"))
+    })
 }
 
 /// Skips JSON whitespace.
@@ -354,6 +463,82 @@ mod tests {
         }
     }
 
+    /// A body that sends `head`, then nothing, forever (a client still sending).
+    fn endless_body(head: Vec<u8>) -> Body {
+        let first = stream::iter([Ok::<_, std::io::Error>(head)]);
+        Body::from_stream(first.chain(stream::pending()))
+    }
+
+    async fn refused_early(head: Vec<u8>) -> AppError {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let read = read_lines(endless_body(head), store, u64::MAX, 100);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+            Ok(Ok(lines)) => panic!("accepted {} lines", lines.len()),
+            Ok(Err(e)) => e,
+            Err(_) => panic!("waited for the rest of the body instead of refusing"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_lines_are_refused_before_the_rest_of_the_body() {
+        let header = b"{\"key\": \"header\", \"value\": {\"summary\": \"s\"}}\n".to_vec();
+        let long_path = "a/".repeat(3000);
+        for bad_line in [
+            file_line(&long_path, b"x"),
+            file_line("../up", b"x"),
+            b"{\"key\": \"lfsFile\", \"value\": {\"path\": \".git/config\", \"oid\": \"00\"}}\n"
+                .to_vec(),
+            b"{\"key\": \"file\", \"value\": {\"content\": \"eA==\"}}\n".to_vec(),
+        ] {
+            let mut head = header.clone();
+            head.extend(bad_line);
+            let err = refused_early(head).await;
+            assert!(
+                matches!(&err, AppError::Unprocessable(m) if m.contains("invalid path")),
+                "{err:?}"
+            );
+        }
+        // The header comes first, also before a file line too long to buffer.
+        let err = refused_early(file_line("a.txt", b"x")).await;
+        assert!(
+            matches!(&err, AppError::BadRequest(m) if m.contains("header")),
+            "{err:?}"
+        );
+        let mut big = file_line("a.bin", &vec![7u8; SMALL_LINE]);
+        big.truncate(SMALL_LINE + 100);
+        let err = refused_early(big).await;
+        assert!(
+            matches!(&err, AppError::BadRequest(m) if m.contains("header")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_lines_are_bounded_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut body = b"{\"key\": \"header\", \"value\": {\"summary\": \"s\"}}\n".to_vec();
+        for i in 0..100 {
+            body.extend(file_line(&format!("f{i}.txt"), &[b'x'; 1000]));
+        }
+        let within = read_lines_within(
+            body_in_chunks(body.clone(), 4096),
+            store.clone(),
+            u64::MAX,
+            1000,
+            200_000,
+        )
+        .await;
+        assert_eq!(within.unwrap().len(), 101);
+        let over =
+            read_lines_within(body_in_chunks(body, 4096), store, u64::MAX, 1000, 50_000).await;
+        assert!(
+            matches!(over, Err(AppError::PayloadTooLarge(_))),
+            "{over:?}"
+        );
+    }
+
     #[tokio::test]
     async fn malformed_big_lines_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
@@ -373,9 +558,11 @@ mod tests {
             // Truncated.
             format!("{{\"key\": \"file\", \"value\": {{\"content\": \"{big}"),
         ];
+        // Each after a header line, so that each is refused for what it is.
+        let header = "{\"key\": \"header\", \"value\": {\"summary\": \"s\"}}\n";
         for case in cases {
             match read_lines(
-                body_in_chunks(case.into_bytes(), 65_536),
+                body_in_chunks(format!("{header}{case}").into_bytes(), 65_536),
                 store.clone(),
                 u64::MAX,
                 10,
@@ -396,7 +583,7 @@ mod tests {
             "{{\"key\": \"file\", \"value\": {{\"content\": \"{big}\", \"encoding\": \"base64\"}}}}\n"
         );
         match read_lines(
-            body_in_chunks(missing_path.into_bytes(), 65_536),
+            body_in_chunks(format!("{header}{missing_path}").into_bytes(), 65_536),
             store.clone(),
             u64::MAX,
             10,

@@ -14,6 +14,12 @@
 //!
 //! [gateway]
 //! list_page_size = 100
+//! git_max_processes = 64    # git clone/fetch/push processes at once; more: 503
+//! git_max_per_client = 8    # of them for one client address; more: 429
+//! git_idle_timeout_secs = 60  # a git request moving no byte this long is ended
+//! header_read_timeout_secs = 30  # a request head must arrive within this; else closed
+//! idle_timeout_secs = 120   # a client sending (or reading) nothing this long is closed
+//! max_connections = 4096    # HTTP connections at once (fewer if the open-file limit is low)
 //!
 //! [store]
 //! reserved_mib = 256        # free disk space uploads leave untouched; past it they get 507
@@ -112,12 +118,52 @@ impl Default for InferenceSection {
 pub struct GatewaySection {
     /// Items per page of `/api/models`, `/api/datasets`, `/api/spaces`; more follow by `Link`.
     pub list_page_size: usize,
+    /// git processes (clone, fetch, push) the node runs at once; more requests get 503.
+    pub git_max_processes: usize,
+    /// git processes one client address may hold; more requests get 429.
+    pub git_max_per_client: usize,
+    /// Seconds a git request may move no byte (either way) before it is ended.
+    pub git_idle_timeout_secs: u64,
+    /// Seconds a client has to send a request's head (from connecting, or from the end of
+    /// the previous response on a kept-alive connection); then the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client may send nothing of a request body, or read nothing of a response,
+    /// before its connection is closed.
+    pub idle_timeout_secs: u64,
+    /// HTTP connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for GatewaySection {
     fn default() -> Self {
         Self {
             list_page_size: 100,
+            git_max_processes: hub_gateway::DEFAULT_MAX_GIT_PROCESSES,
+            git_max_per_client: hub_gateway::DEFAULT_MAX_GIT_PER_CLIENT,
+            git_idle_timeout_secs: hub_gateway::DEFAULT_GIT_IDLE_TIMEOUT.as_secs(),
+            header_read_timeout_secs: crate::serve::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            idle_timeout_secs: crate::serve::DEFAULT_IDLE_TIMEOUT.as_secs(),
+            max_connections: crate::serve::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl GatewaySection {
+    /// The HTTP server's limits; `nofile` is the open-file limit in force (see
+    /// [`crate::serve::connection_cap`]).
+    pub fn http_limits(&self, nofile: Option<u64>) -> crate::serve::HttpLimits {
+        crate::serve::HttpLimits {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            max_connections: crate::serve::connection_cap(self.max_connections, nofile),
+        }
+    }
+
+    pub fn git_limits(&self) -> hub_gateway::GitLimits {
+        hub_gateway::GitLimits {
+            max_processes: self.git_max_processes,
+            max_per_client: self.git_max_per_client,
+            idle_timeout: std::time::Duration::from_secs(self.git_idle_timeout_secs),
         }
     }
 }
@@ -217,6 +263,22 @@ impl Config {
         self.seed_patterns()?;
         if !(1..=1000).contains(&self.gateway.list_page_size) {
             bail!("gateway.list_page_size must be between 1 and 1000");
+        }
+        if self.gateway.git_max_processes == 0
+            || self.gateway.git_max_per_client == 0
+            || self.gateway.git_idle_timeout_secs == 0
+        {
+            bail!(
+                "gateway.git_max_processes, git_max_per_client and git_idle_timeout_secs must be positive"
+            );
+        }
+        if self.gateway.header_read_timeout_secs == 0
+            || self.gateway.idle_timeout_secs == 0
+            || self.gateway.max_connections == 0
+        {
+            bail!(
+                "gateway.header_read_timeout_secs, idle_timeout_secs and max_connections must be positive"
+            );
         }
         self.inference_mode()?;
         self.allow_peers()?;
@@ -356,6 +418,14 @@ mod tests {
             ),
             ("[p2p]\nlisten = []\n", "p2p.listen is empty"),
             ("[p2p]\nseed = [\"alice\"]\n", "invalid seed pattern"),
+            (
+                "[gateway]\nheader_read_timeout_secs = 0\n",
+                "idle_timeout_secs and max_connections must be positive",
+            ),
+            (
+                "[gateway]\ngit_max_processes = 0\n",
+                "git_max_per_client and git_idle_timeout_secs must be positive",
+            ),
             (
                 "[inference]\nmemory_budget_mib = 0\n",
                 "memory_budget_mib must be positive",

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod config;
 mod datadir;
+mod serve;
 mod store_cmd;
 mod up;
 

@@ -1,6 +1,6 @@
 //! `hubmesh up`: open the data directory, start every part, serve, shut down cleanly.
 //!
-//! Start-up order: lock the data directory → node key → accounts (first start: admin and its
+//! Start-up order: raise the open-file limit → lock the data directory → node key → accounts (first start: admin and its
 //! token) → bind HTTP → start the p2p swarm (binds and reports its addresses) → serve →
 //! write `node.json`. Nothing is announced as ready before everything is bound.
 //!
@@ -34,6 +34,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Listen for signals first, so a signal during start-up also shuts down cleanly.
     let mut signals = Signals::new()?;
+    // Before anything opens files: connections and files share this limit.
+    let nofile = crate::serve::raise_nofile_limit();
     let data = DataDir::open(&config.data)?;
     let key = data.load_or_create_key()?;
 
@@ -122,6 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         replication: Some(mesh),
         config: GatewayConfig {
             list_page_size: config.gateway.list_page_size,
+            git: config.gateway.git_limits(),
         },
     });
     let mut inference = InferenceConfig::new(data.join(MODEL_CACHE_DIR));
@@ -147,11 +150,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cancel.child_token(),
     ));
     let http_stop = cancel.child_token();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-    });
+    let http_limits = config.gateway.http_limits(nofile);
+    let mut server =
+        tokio::spawn(
+            async move { crate::serve::serve(listener, app, http_limits, http_stop).await },
+        );
 
     let info = NodeInfo {
         http: http_addr.to_string(),

@@ -449,3 +449,40 @@ def test_unreferenced_pushed_commit_cannot_expose_another_repos_private_lfs_obje
     # alice still reads her own file.
     path = alice.hf_hub_download("alice/private", "weights.bin", cache_dir=str(tmp_path / "c"))
     assert open(path, "rb").read() == secret
+
+
+def test_push_of_a_pack_over_post_buffer(node, git, tmp_path):
+    """A pack larger than `http.postBuffer` (1 MiB by default) makes git probe the
+    receive-pack URL with a flush-only body (`0000`) before it streams the pack chunked; the
+    probe must get 200, as `git http-backend` answers it. Once with one incompressible
+    3 MiB file (not LFS), once with many files."""
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    rid = "admin/bigpack"
+    api.create_repo(rid)
+    a = tmp_path / "a"
+    git.run("clone", remote(node, rid), str(a))
+    big = os.urandom(3 * MIB)
+    # Not a pattern of the default .gitattributes: the content goes into the pack, not LFS.
+    (a / "random.raw").write_bytes(big)
+    git.run("add", "random.raw", cwd=a)
+    git.run("commit", "-m", "3 MiB of random bytes", cwd=a)
+    assert git.out("cat-file", "-s", "HEAD:random.raw", cwd=a) == str(3 * MIB)
+    git.run("push", "origin", "main", cwd=a)
+    assert api.model_info(rid).sha == git.out("rev-parse", "HEAD", cwd=a)
+
+    files = {f"many/{i:04d}.txt": os.urandom(1024).hex().encode() for i in range(1500)}
+    for name, data in files.items():
+        (a / name).parent.mkdir(exist_ok=True)
+        (a / name).write_bytes(data)
+    git.run("add", "many", cwd=a)
+    git.run("commit", "-m", "1500 files", cwd=a)
+    git.run("push", "origin", "main", cwd=a)
+    head = git.out("rev-parse", "HEAD", cwd=a)
+    assert api.model_info(rid).sha == head
+
+    b = tmp_path / "b"
+    git.run("clone", remote(node, rid), str(b))
+    assert git.out("rev-parse", "HEAD", cwd=b) == head
+    assert (b / "random.raw").read_bytes() == big
+    for name, data in files.items():
+        assert (b / name).read_bytes() == data, name

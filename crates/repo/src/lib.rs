@@ -51,6 +51,6 @@ pub use receive::{
 };
 pub use replica::{ReplicaError, ReplicaOutcome};
 pub use repos::{
-    Author, CommitInfo, CommitRequest, EntryKind, FileContent, Operation, RefInfo, RepoError,
-    Repos, TreeEntry,
+    Author, CommitInfo, CommitRequest, EntryKind, FileContent, INLINE_BLOB_MAX, Operation, RefInfo,
+    RepoError, Repos, TreeEntry,
 };

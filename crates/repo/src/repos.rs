@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Largest blob [`Repos::file_head`] reads whole; a larger one is left for a streaming read.
+pub const INLINE_BLOB_MAX: u64 = 1024 * 1024;
+
 /// Who made a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Author {
@@ -696,6 +699,55 @@ impl Repos {
                 kind: EntryKind::File,
                 oid: entry.object_id().to_string(),
                 size: blob.len() as u64,
+                lfs,
+            },
+            blob,
+        ))
+    }
+
+    /// One file at `commit`: its entry, and its git blob when that is at most
+    /// [`INLINE_BLOB_MAX`] bytes (an LFS pointer always is). A larger blob is not read, so a
+    /// caller can stream it (e.g. `git cat-file blob <oid>`) instead of holding it whole; its
+    /// size comes from the object's header.
+    pub fn file_head(
+        &self,
+        id: &RepoId,
+        commit: &str,
+        path: &str,
+    ) -> Result<(TreeEntry, Option<Vec<u8>>), RepoError> {
+        check_path(path)?;
+        let repo = self.open_repo(id)?;
+        let commit_id = resolve_in(&repo, commit)?;
+        let tree = repo
+            .find_tree(commit_tree(&repo, commit_id)?)
+            .map_err(git("read tree"))?;
+        let entry = tree
+            .lookup_entry_by_path(path)
+            .map_err(git("read tree"))?
+            .filter(|e| e.mode().is_blob())
+            .ok_or_else(|| RepoError::EntryNotFound {
+                path: path.to_owned(),
+            })?;
+        let oid = entry.object_id();
+        let size = repo
+            .find_header(oid)
+            .map_err(|e| RepoError::Git {
+                context: "read blob header",
+                source: Box::new(e),
+            })?
+            .size();
+        let blob = if size <= INLINE_BLOB_MAX {
+            Some(repo.find_blob(oid).map_err(git("read blob"))?.take_data())
+        } else {
+            None
+        };
+        let lfs = blob.as_deref().and_then(LfsPointer::parse);
+        Ok((
+            TreeEntry {
+                path: path.to_owned(),
+                kind: EntryKind::File,
+                oid: oid.to_string(),
+                size,
                 lfs,
             },
             blob,

@@ -29,6 +29,8 @@ pub(crate) enum PktError {
     Truncated,
     #[error("bad command line")]
     BadCommand,
+    #[error("ref name with control characters")]
+    ControlInRefName,
     #[error("too many ref updates (limit {MAX_COMMANDS})")]
     TooManyCommands,
     #[error("no ref updates")]
@@ -91,6 +93,11 @@ pub(crate) struct PushRequest {
 }
 
 impl PushRequest {
+    /// A flush-only body: git's probe before a large push. It changes nothing.
+    pub fn is_probe(&self) -> bool {
+        self.commands.is_empty()
+    }
+
     pub fn has(&self, capability: &str) -> bool {
         self.capabilities.iter().any(|c| c == capability)
     }
@@ -100,7 +107,9 @@ fn is_hex40(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Reads the commands up to the flush; the pack (if any) follows in `r`.
+/// Reads the commands up to the flush; the pack (if any) follows in `r`. A body that is only
+/// a flush is git's probe (sent before it streams a pack larger than `http.postBuffer`, to
+/// check credentials first): it comes back as a request with no commands.
 pub(crate) fn read_push_request(r: &mut dyn Read) -> Result<PushRequest, PktError> {
     let mut req = PushRequest::default();
     loop {
@@ -130,6 +139,11 @@ pub(crate) fn read_push_request(r: &mut dyn Read) -> Result<PushRequest, PktErro
         if !is_hex40(old) || !is_hex40(new) || name.is_empty() || name.contains(' ') {
             return Err(PktError::BadCommand);
         }
+        // git refuses these in ref names (check-ref-format); refused here, before the name
+        // could reach a pkt-line of the report or a log.
+        if name.chars().any(char::is_control) {
+            return Err(PktError::ControlInRefName);
+        }
         if let Some(caps) = caps {
             if !req.commands.is_empty() {
                 return Err(PktError::BadCommand);
@@ -145,9 +159,6 @@ pub(crate) fn read_push_request(r: &mut dyn Read) -> Result<PushRequest, PktErro
             new: new.to_ascii_lowercase(),
             name: name.to_owned(),
         });
-    }
-    if req.commands.is_empty() {
-        return Err(PktError::NoCommands);
     }
     Ok(req)
 }
@@ -219,11 +230,15 @@ mod tests {
 
     #[test]
     fn push_request_bounds() {
-        let mut input: &[u8] = b"0000";
+        // An empty body is no request.
+        let mut input: &[u8] = b"";
         assert!(matches!(
             read_push_request(&mut input),
             Err(PktError::NoCommands)
         ));
+        // A flush alone is git's probe.
+        let mut input: &[u8] = b"0000";
+        assert!(read_push_request(&mut input).unwrap().is_probe());
         let mut body = Vec::new();
         for _ in 0..=MAX_COMMANDS {
             body.extend(pkt(&format!("{A} {B} refs/heads/x\n")));
@@ -241,6 +256,26 @@ mod tests {
             read_push_request(&mut input),
             Err(PktError::Truncated)
         ));
+    }
+
+    #[test]
+    fn refuses_control_characters_in_ref_names() {
+        for name in [
+            "refs/heads/a\nb",
+            "refs/heads/a\rb",
+            "refs/heads/\u{1b}[31m",
+            "refs/heads/\u{7f}",
+        ] {
+            let body = pkt(&format!("{A} {B} {name}\0report-status\n"));
+            let mut input = &body[..];
+            assert!(
+                matches!(
+                    read_push_request(&mut input),
+                    Err(PktError::ControlInRefName)
+                ),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

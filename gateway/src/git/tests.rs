@@ -241,7 +241,7 @@ async fn receive_pack_reports_per_ref_and_refuses_deleting_main() {
 async fn receive_pack_rejects_malformed_requests() {
     let f = fixture().await;
     create(&f, "m", false).await;
-    for body in ["", "0000", "zzzz", "0009abcde0000", "00a0short"] {
+    for body in ["", "zzzz", "0009abcde0000", "00a0short"] {
         let r = send(
             &f.app,
             "POST",
@@ -277,4 +277,57 @@ async fn receive_pack_rejects_malformed_requests() {
     )
     .await;
     assert_eq!(r.status, 400);
+}
+
+/// git probes with a flush-only body before streaming a pack larger than `http.postBuffer`:
+/// like `git http-backend`, the answer is 200 with an empty result, after the same
+/// credential check as a push.
+#[tokio::test]
+async fn receive_pack_answers_the_probe_before_a_large_push() {
+    let f = fixture().await;
+    create(&f, "m", false).await;
+    let main = main_of(&f, "admin/m");
+    let uri = "/admin/m/git-receive-pack";
+    let r = send(&f.app, "POST", uri, Some(&f.admin), &[], "0000").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-git-receive-pack-result")
+    );
+    assert_eq!(r.text(), "");
+    assert_eq!(main_of(&f, "admin/m"), main);
+    let r = send(&f.app, "POST", uri, None, &[], "0000").await;
+    assert_eq!(r.status, 401);
+    let bob = token(&f, "bob");
+    let r = send(&f.app, "POST", uri, Some(&bob), &[], "0000").await;
+    assert_eq!(r.status, 403);
+}
+
+/// A ref name with a newline or an escape sequence would reach the push report raw (git
+/// prints it to the user's terminal): the request is refused, nothing is echoed.
+#[tokio::test]
+async fn receive_pack_refuses_control_characters_in_ref_names() {
+    let f = fixture().await;
+    create(&f, "m", false).await;
+    let main = main_of(&f, "admin/m");
+    let zero = "0".repeat(40);
+    for name in ["refs/heads/a\nb", "refs/heads/\u{1b}[2Jx"] {
+        let body = format!(
+            "{}0000",
+            pkt(&format!("{main} {zero} {name}\0report-status\n"))
+        );
+        let r = send(
+            &f.app,
+            "POST",
+            "/admin/m/git-receive-pack",
+            Some(&f.admin),
+            &[],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{name:?}: {}", r.text());
+        assert!(!r.text().contains(name), "{name:?} echoed: {}", r.text());
+        assert!(!r.text().chars().any(char::is_control), "{}", r.text());
+    }
+    assert_eq!(main_of(&f, "admin/m"), main);
 }

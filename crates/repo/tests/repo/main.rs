@@ -806,3 +806,52 @@ fn a_new_ref_may_expose_only_lfs_objects_of_its_repo() {
     repos.create_branch(&id, "dev", None).unwrap();
     repos.create_tag(&id, "v1", "main").unwrap();
 }
+
+/// `file_head` reads a blob only up to INLINE_BLOB_MAX; a larger one is left for a streaming
+/// read, with its size from the object's header (loose and packed alike).
+#[test]
+fn file_head_leaves_large_blobs_unread() {
+    let (_dir, repos, id) = setup();
+    let small = b"{\"a\": 1}".to_vec();
+    let large: Vec<u8> = (0..hub_repo::INLINE_BLOB_MAX + 1)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let pointer = LfsPointer::new(&"ab".repeat(32), 1 << 40).unwrap();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            add("small.json", &small),
+            add("large.raw", &large),
+            Operation::Add {
+                path: "w.safetensors".into(),
+                content: FileContent::Lfs(pointer.clone()),
+            },
+        ],
+    )
+    .unwrap();
+    for packed in [false, true] {
+        if packed {
+            git(&repos, &id, &["repack", "-a", "-d"]);
+        }
+        let (entry, blob) = repos.file_head(&id, "main", "small.json").unwrap();
+        assert_eq!(
+            (entry.size, blob.as_deref()),
+            (small.len() as u64, Some(&small[..]))
+        );
+        let (entry, blob) = repos.file_head(&id, "main", "large.raw").unwrap();
+        assert_eq!((entry.size, blob), (large.len() as u64, None));
+        assert_eq!(
+            entry.oid,
+            git(&repos, &id, &["rev-parse", "main:large.raw"]).trim()
+        );
+        let (entry, blob) = repos.file_head(&id, "main", "w.safetensors").unwrap();
+        assert_eq!(entry.lfs.as_ref(), Some(&pointer));
+        assert!(blob.is_some());
+    }
+    assert!(matches!(
+        repos.file_head(&id, "main", "missing"),
+        Err(RepoError::EntryNotFound { .. })
+    ));
+}
