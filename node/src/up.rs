@@ -295,10 +295,10 @@ fn local_names(auth: &Arc<AuthStore>) -> hub_p2p::LocalNames {
     })
 }
 
-/// Claims every account's namespace that no document names yet: the admin created at first
-/// start, and accounts made before claims existed or while replication was off (ADR 0006).
-/// Names another node holds already are reported; the account keeps working here only for
-/// what the mesh does not override (see the ADR).
+/// Claims every account's namespace that this node does not hold yet: the admin created at
+/// first start, and accounts made before claims existed or while replication was off; a
+/// document another node got accepted here for one of them before is forgotten first (local
+/// accounts win locally, ADR 0006).
 async fn claim_local_namespaces(auth: &Arc<AuthStore>, mesh: &hub_p2p::Mesh) {
     let names = {
         let auth = auth.clone();
@@ -316,8 +316,8 @@ async fn claim_local_namespaces(auth: &Arc<AuthStore>, mesh: &hub_p2p::Mesh) {
         }
     };
     for name in names {
-        if let Err(error) = mesh.claim_namespace(&name).await {
-            tracing::warn!(namespace = %name, %error, "the namespace of a local account is not this node's in the mesh");
+        if let Err(error) = mesh.claim_local_account(&name).await {
+            tracing::warn!(namespace = %name, %error, "the namespace of a local account is not claimed");
         }
     }
 }

@@ -259,6 +259,34 @@ impl RefStore {
             .map_err(RefStoreError::DocRejected)
     }
 
+    /// Forgets `name`'s namespace chain and the accepted updates of its repos, and rebuilds
+    /// the state: the name is unknown again. For a name that is an account of this node and
+    /// whose document, accepted before claims existed, gives it to other nodes (ADR 0006); the
+    /// caller claims it right after. Returns the repos whose accepted updates were dropped.
+    pub fn forget_namespace(&mut self, name: &str) -> Result<Vec<RepoId>, RefStoreError> {
+        let repos: Vec<RepoId> = self
+            .state
+            .accepted()
+            .filter(|(repo, _)| repo.namespace() == name)
+            .map(|(repo, _)| repo.clone())
+            .collect();
+        let tx = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut docs = tx.open_table(NAMESPACE_DOCS).map_err(db_error)?;
+            docs.retain(|(doc_name, _), _| doc_name != name)
+                .map_err(db_error)?;
+            let mut updates = tx.open_table(REF_UPDATES).map_err(db_error)?;
+            for repo in &repos {
+                updates
+                    .remove(repo.to_string().as_str())
+                    .map_err(db_error)?;
+            }
+        }
+        tx.commit().map_err(db_error)?;
+        self.state = load(&self.db)?;
+        Ok(repos)
+    }
+
     /// [`RefStore::apply_namespace_doc`] on wire bytes.
     pub fn apply_namespace_doc_bytes(
         &mut self,
@@ -523,6 +551,31 @@ mod tests {
                 store.claim(&me, "bad/name"),
                 Err(RefStoreError::Claim { .. })
             ));
+        }
+        // A foreign chain accepted before claims existed (here: while unprotected) is
+        // forgotten with its repos' updates, durably, and the name claimed.
+        {
+            let mut store = RefStore::open(&path).unwrap();
+            store.apply_namespace_doc(genesis("dave", &other)).unwrap();
+            let dave_m = RepoId::parse(RepoType::Model, "dave/m").unwrap();
+            let head = store.state().head("dave").unwrap().id();
+            store
+                .apply_ref_update(&dave_m, update(&dave_m, head, 1).sign(&other).unwrap(), NOW)
+                .unwrap();
+            assert!(matches!(store.claim(&me, "dave"), Ok(Claim::Elsewhere(_))));
+            assert_eq!(
+                store.forget_namespace("dave").unwrap(),
+                std::slice::from_ref(&dave_m)
+            );
+            assert!(store.state().head("dave").is_none());
+            assert!(store.state().last_accepted(&dave_m).is_none());
+            // Nothing else was forgotten.
+            assert!(store.state().head("alice").is_some());
+            assert_eq!(store.state().last_seq(&bob_x), Some(1));
+            drop(store);
+            let mut store = RefStore::open(&path).unwrap();
+            assert!(store.state().head("dave").is_none());
+            assert!(matches!(store.claim(&me, "dave"), Ok(Claim::Made(_))));
         }
         // After a restart the claim stands (the guard is set again by the node at start).
         let mut store = RefStore::open(&path).unwrap();

@@ -21,15 +21,51 @@ impl Mesh {
     /// Claims `namespace` for this node before an account of that name is created here (see
     /// the module docs). `Ok` when it is this node's, newly or already.
     pub async fn claim_namespace(&self, namespace: &str) -> Result<(), ClaimError> {
+        self.claim(namespace, false).await
+    }
+
+    /// At start, for `namespace`, an account of this node: claims it like
+    /// [`Mesh::claim_namespace`], and when a document accepted before claims existed gives it
+    /// to other nodes, forgets that chain and its repos' accepted updates first (local
+    /// accounts win locally). Repos of those other nodes replicated here stay on disk, as
+    /// repos of the local account; they are named in the log for the operator.
+    pub async fn claim_local_account(&self, namespace: &str) -> Result<(), ClaimError> {
+        self.claim(namespace, true).await
+    }
+
+    async fn claim(&self, namespace: &str, reclaim: bool) -> Result<(), ClaimError> {
         let control = self.control.clone();
         let name = namespace.to_owned();
         let failed = |reason: String| ClaimError::Failed {
             namespace: namespace.to_owned(),
             reason,
         };
+        let p2p = self.p2p.clone();
         let claim = blocking(move || {
             let mut store = control.store.lock().unwrap_or_else(PoisonError::into_inner);
-            store.claim(&control.key, &name)
+            match store.claim(&control.key, &name)? {
+                Claim::Elsewhere(delegates) if reclaim => {
+                    let dropped = store.forget_namespace(&name)?;
+                    for repo in &dropped {
+                        p2p.repo_states.update(repo, |s| s.last_seq = None);
+                    }
+                    let held: Vec<String> = dropped
+                        .iter()
+                        .filter(|repo| control.repos.exists(repo))
+                        .map(ToString::to_string)
+                        .collect();
+                    tracing::warn!(
+                        namespace = %name,
+                        ?delegates,
+                        forgotten = dropped.len(),
+                        ?held,
+                        "another node's document for a local account's name forgotten; the \
+                         repos held here stay as the local account's"
+                    );
+                    store.claim(&control.key, &name)
+                }
+                other => Ok(other),
+            }
         })
         .await
         .ok_or_else(|| failed("claim task failed".into()))?
