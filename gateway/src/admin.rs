@@ -7,6 +7,10 @@
 //!
 //! - `POST /api/admin/users` `{"name", "fullname"?}` → the user;
 //! - `POST /api/admin/orgs` `{"name", "fullname"?}` → the org;
+//!
+//!   Both claim the name for this node in the mesh first (ADR 0006): a name an accepted
+//!   namespace document gives to other nodes is refused with 409 `NamespaceClaimedInMesh`,
+//!   naming them, and no account is created;
 //! - `POST /api/admin/orgs/{org}/members` `{"user", "role"}` → the membership (adds, or changes
 //!   the role of, a member);
 //! - `POST /api/admin/tokens` `{"user", "scope"?: "read"|"write", "repos"?: [...],
@@ -24,6 +28,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use hub_auth::{AuthError, AuthStore, Grant, GrantTarget, Permissions, Role, Scope, TokenRecord};
 use hub_protocol::name::Name;
@@ -72,6 +77,19 @@ fn admin_error(e: AuthError) -> AppError {
     }
 }
 
+/// Claims `name` for this node in the mesh before an account of that name is created here.
+async fn claim(state: &AppState, name: &Name) -> Result<(), AppError> {
+    match state.hub().mesh().claim_namespace(name.as_str()).await {
+        Ok(()) => Ok(()),
+        Err(e @ hub_core::ClaimError::ClaimedElsewhere { .. }) => Err(AppError::Coded {
+            status: StatusCode::CONFLICT,
+            code: "NamespaceClaimedInMesh",
+            message: e.to_string(),
+        }),
+        Err(e) => Err(AppError::internal(e)),
+    }
+}
+
 fn parse_name(name: &str) -> Result<Name, AppError> {
     Name::new(name).map_err(|e| {
         let shown: String = name.chars().take(100).collect();
@@ -106,6 +124,7 @@ async fn create_user(
     let body: NamedBody = parse_json(&body)?;
     let name = parse_name(&body.name)?;
     let fullname = body.fullname()?;
+    claim(&state, &name).await?;
     let user = with_store(&state, move |s| s.create_user(&name, fullname.as_deref())).await?;
     tracing::info!(admin = %admin.user.name, user = %user.name, "user created");
     Ok(Json(json!({
@@ -125,6 +144,7 @@ async fn create_org(
     let body: NamedBody = parse_json(&body)?;
     let name = parse_name(&body.name)?;
     let fullname = body.fullname()?;
+    claim(&state, &name).await?;
     let org = with_store(&state, move |s| s.create_org(&name, fullname.as_deref())).await?;
     tracing::info!(admin = %admin.user.name, org = %org.name, "organisation created");
     Ok(Json(json!({

@@ -1588,6 +1588,57 @@ async fn writes_to_a_namespace_hosted_elsewhere_are_refused_by_name_and_fetch_no
     );
 }
 
+/// ADR 0006: an account is created only for a name the mesh did not give to another node,
+/// and creating one claims the name for this node.
+#[tokio::test]
+async fn accounts_are_refused_for_names_claimed_in_the_mesh_and_claim_theirs() {
+    let mesh = Arc::new(hub_core::FakeMesh::new());
+    let f = fixture_with_mesh(mesh.clone()).await;
+    mesh.host_elsewhere("bob", &["12D3KooWHost"]);
+    for kind in ["users", "orgs"] {
+        let r = json_call(
+            &f,
+            "POST",
+            &format!("/api/admin/{kind}"),
+            &f.admin,
+            json!({"name": "bob"}),
+        )
+        .await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert_eq!(r.header("x-error-code"), Some("NamespaceClaimedInMesh"));
+        assert!(
+            r.header("x-error-message")
+                .is_some_and(|m| m.contains("12D3KooWHost")),
+            "{:?}",
+            r.header("x-error-message")
+        );
+    }
+    assert_eq!(f.state.auth().namespace_kind("bob").unwrap(), None);
+    // Free names are claimed, then created; a bad name claims nothing.
+    for (kind, name) in [("users", "carol"), ("orgs", "acme")] {
+        let r = json_call(
+            &f,
+            "POST",
+            &format!("/api/admin/{kind}"),
+            &f.admin,
+            json!({"name": name}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = json_call(
+        &f,
+        "POST",
+        "/api/admin/users",
+        &f.admin,
+        json!({"name": "-bad-"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(mesh.claimed(), ["carol", "acme"]);
+    assert!(f.state.auth().namespace_kind("carol").unwrap().is_some());
+}
+
 #[tokio::test]
 async fn reads_fetch_announced_repos_on_demand_once() {
     let mesh = Arc::new(hub_core::FakeMesh::new());

@@ -167,6 +167,8 @@ async fn peers(State(state): State<AppState>) -> Json<Value> {
             "blob_bytes_sent": p2p.blob_bytes_sent(),
             "pack_blob_bytes_received": p2p.pack_blob_bytes_received(),
             "chunks_rejected": p2p.chunks_rejected(),
+            "foreign_claims_refused": p2p.foreign_claims_refused(),
+            "foreign_updates_refused": p2p.foreign_updates_refused(),
         },
         "peers": peers,
     }))

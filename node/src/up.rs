@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         secret,
         store: store.clone(),
         seeds: config.seed_patterns()?,
+        local_names: local_names(&auth),
         corrupt_chunks_for_tests: std::env::var_os(CORRUPT_CHUNKS_ENV).is_some_and(|v| v == "1"),
         on_replicated: {
             let (repos, search) = (repos.clone(), search.clone());
@@ -114,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("start the p2p swarm")?;
     let p2p = mesh.p2p().clone();
+    claim_local_namespaces(&auth, &mesh).await;
 
     let state = AppState::new(Parts {
         auth: auth.clone(),
@@ -282,6 +284,47 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The names of this site's accounts, for replication: their namespaces are never taken from
+/// other nodes (ADR 0006). A name the account store cannot read counts as local (refusing a
+/// foreign document is the safe side).
+fn local_names(auth: &Arc<AuthStore>) -> hub_p2p::LocalNames {
+    let auth = auth.clone();
+    Arc::new(move |name: &str| match auth.namespace_kind(name) {
+        Ok(kind) => kind.is_some(),
+        Err(error) => {
+            tracing::warn!(name, %error, "cannot read the account store; name taken as local");
+            true
+        }
+    })
+}
+
+/// Claims every account's namespace that this node does not hold yet: the admin created at
+/// first start, and accounts made before claims existed or while replication was off; a
+/// document another node got accepted here for one of them before is forgotten first (local
+/// accounts win locally, ADR 0006).
+async fn claim_local_namespaces(auth: &Arc<AuthStore>, mesh: &hub_p2p::Mesh) {
+    let names = {
+        let auth = auth.clone();
+        tokio::task::spawn_blocking(move || auth.namespace_names()).await
+    };
+    let names = match names {
+        Ok(Ok(names)) => names,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot list accounts; their namespaces are not claimed");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "account listing failed; namespaces not claimed");
+            return;
+        }
+    };
+    for name in names {
+        if let Err(error) = mesh.claim_local_account(&name).await {
+            tracing::warn!(namespace = %name, %error, "the namespace of a local account is not claimed");
         }
     }
 }

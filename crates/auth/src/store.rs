@@ -224,6 +224,20 @@ impl AuthStore {
         raw.map(|r| from_json("org", r.value())).transpose()
     }
 
+    /// The names of every user and org, sorted (users first): the namespaces this site owns.
+    pub fn namespace_names(&self) -> Result<Vec<String>, AuthError> {
+        let tx = self.read()?;
+        let mut names = Vec::new();
+        for table in [USERS, ORGS] {
+            let table = tx.open_table(table).map_err(AuthError::db)?;
+            for entry in table.iter().map_err(AuthError::db)? {
+                let (name, _) = entry.map_err(AuthError::db)?;
+                names.push(name.value().to_owned());
+            }
+        }
+        Ok(names)
+    }
+
     /// Whether `name` is a user, an org, or free.
     pub fn namespace_kind(&self, name: &str) -> Result<Option<NamespaceKind>, AuthError> {
         let tx = self.read()?;
@@ -630,6 +644,11 @@ mod tests {
             Some(NamespaceKind::Org)
         );
         assert_eq!(store.namespace_kind("nobody").unwrap(), None);
+        let names = store.namespace_names().unwrap();
+        for account in ["alice", "bob", "acme"] {
+            assert!(names.iter().any(|n| n == account), "{account} in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "nobody"));
         let alice = store.user("alice").unwrap().unwrap();
         assert_eq!(alice.fullname, "Alice A.");
         assert!(!alice.site_admin);

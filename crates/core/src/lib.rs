@@ -41,7 +41,7 @@ pub use access::{AccessError, ENSURE_REPO_WAIT, Granted, Need};
 pub use commit::{CommitError, Pending};
 #[cfg(feature = "test-support")]
 pub use mesh::FakeMesh;
-pub use mesh::{BoxFuture, EnsureError, LfsFetchError, LfsStream, MeshPort, NoMesh};
+pub use mesh::{BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort, NoMesh};
 
 use hub_auth::AuthStore;
 use hub_protocol::repo::RepoId;

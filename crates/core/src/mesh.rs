@@ -2,7 +2,8 @@
 //!
 //! hub-core decides; the mesh crate moves data. The port is the handful of things a Hub rule
 //! needs from peers: fetch a public repo (or one LFS object) on demand, stream an object while
-//! it arrives, name the nodes hosting a namespace, and hear that a repo changed. `hub-p2p`
+//! it arrives, name the nodes hosting a namespace, claim a namespace for a new account (ADR
+//! 0006), and hear that a repo changed. `hub-p2p`
 //! implements it on its handle; [`FakeMesh`] (feature `test-support`) implements it in memory,
 //! so the gateway's router tests cover hosted-elsewhere writes and on-demand fetches without
 //! sockets.
@@ -50,6 +51,31 @@ pub enum LfsFetchError {
     Failed(String),
 }
 
+/// Why a namespace could not be claimed for an account of this node (ADR 0006).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// The mesh already gave the name to other nodes (display forms of their ids).
+    #[error("{}", claimed_message(namespace, hosts))]
+    ClaimedElsewhere {
+        namespace: String,
+        hosts: Vec<String>,
+    },
+    /// The claim could not be made or stored here.
+    #[error("claim namespace {namespace:?}: {reason}")]
+    Failed { namespace: String, reason: String },
+}
+
+fn claimed_message(namespace: &str, hosts: &[String]) -> String {
+    match hosts {
+        [] => format!("the name {namespace:?} is claimed by other nodes of the mesh"),
+        many => format!(
+            "the name {namespace:?} is claimed in the mesh by node {}",
+            many.join(", ")
+        ),
+    }
+}
+
 /// What hub-core needs from the mesh.
 pub trait MeshPort: Send + Sync + std::fmt::Debug {
     /// Makes sure this node holds the git data of `repo`, announced by a peer, fetching it
@@ -83,6 +109,12 @@ pub trait MeshPort: Send + Sync + std::fmt::Debug {
     /// The nodes hosting `namespace` (display forms of their ids) when this node is not one
     /// of them: writes belong there. `None`: this node hosts it, or nobody announced it.
     fn namespace_hosts<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Option<Vec<String>>>;
+
+    /// Claims `namespace` for this node before an account of that name is created here: the
+    /// node becomes its delegate mesh-wide (a genesis document, gossiped), unless an accepted
+    /// document already names other nodes ([`ClaimError::ClaimedElsewhere`]). `Ok` also when
+    /// this node holds it already.
+    fn claim_namespace<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), ClaimError>>;
 
     /// A repo changed here (after a write); never blocks.
     fn repo_changed(&self, repo: &RepoId);
@@ -126,6 +158,11 @@ impl MeshPort for NoMesh {
         Box::pin(async { None })
     }
 
+    /// No mesh, no one to claim against: every name is this node's.
+    fn claim_namespace<'a>(&'a self, _namespace: &'a str) -> BoxFuture<'a, Result<(), ClaimError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn repo_changed(&self, _repo: &RepoId) {}
 }
 
@@ -134,7 +171,7 @@ pub use fake::FakeMesh;
 
 #[cfg(feature = "test-support")]
 mod fake {
-    use super::{BoxFuture, EnsureError, LfsFetchError, LfsStream, MeshPort};
+    use super::{BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort};
     use hub_protocol::repo::RepoId;
     use hub_store::Sha256;
     use std::collections::HashMap;
@@ -158,6 +195,7 @@ mod fake {
         announced: HashMap<RepoId, Option<Arrival>>,
         ensured: Vec<RepoId>,
         changed: Vec<RepoId>,
+        claimed: Vec<String>,
     }
 
     impl std::fmt::Debug for FakeMesh {
@@ -196,6 +234,11 @@ mod fake {
         /// The repos fetched on demand so far, in order.
         pub fn ensured(&self) -> Vec<RepoId> {
             self.state().ensured.clone()
+        }
+
+        /// The namespaces this node claimed so far, in order.
+        pub fn claimed(&self) -> Vec<String> {
+            self.state().claimed.clone()
         }
 
         /// The repos reported changed so far, in order.
@@ -246,6 +289,25 @@ mod fake {
 
         fn namespace_hosts<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Option<Vec<String>>> {
             Box::pin(async move { self.state().hosts.get(namespace).cloned() })
+        }
+
+        /// Refused for a namespace hosted elsewhere ([`FakeMesh::host_elsewhere`]), else
+        /// recorded (see [`FakeMesh::claimed`]).
+        fn claim_namespace<'a>(
+            &'a self,
+            namespace: &'a str,
+        ) -> BoxFuture<'a, Result<(), ClaimError>> {
+            Box::pin(async move {
+                let mut state = self.state();
+                if let Some(hosts) = state.hosts.get(namespace) {
+                    return Err(ClaimError::ClaimedElsewhere {
+                        namespace: namespace.to_owned(),
+                        hosts: hosts.clone(),
+                    });
+                }
+                state.claimed.push(namespace.to_owned());
+                Ok(())
+            })
         }
 
         fn repo_changed(&self, repo: &RepoId) {

@@ -58,7 +58,7 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use replicate::{Mesh, OnReplicated, Replication, ReplicationError, spawn_replicating};
 pub use seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedSource};
-pub use state::{RefStore, RefStoreError};
+pub use state::{Claim, LocalNames, RefStore, RefStoreError};
 pub use swarm::{
     BLOCKS_TIMEOUT, GossipMessage, MAX_PACK_STREAMS, P2p, P2pConfig, P2pError, PACK_TIMEOUT,
     PeerInfo, RepoState, Topic, Verdict, spawn,

@@ -2,7 +2,7 @@
 //! the mesh.
 
 use crate::replicate::Mesh;
-use hub_core::{BoxFuture, EnsureError, LfsFetchError, LfsStream, MeshPort};
+use hub_core::{BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort};
 use hub_protocol::manifest::Sha256;
 use hub_protocol::repo::RepoId;
 use tokio::time::Instant;
@@ -42,6 +42,10 @@ impl MeshPort for Mesh {
                 .await
                 .map(|hosts| hosts.iter().map(ToString::to_string).collect())
         })
+    }
+
+    fn claim_namespace<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), ClaimError>> {
+        Box::pin(Mesh::claim_namespace(self, namespace))
     }
 
     fn repo_changed(&self, repo: &RepoId) {

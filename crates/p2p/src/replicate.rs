@@ -45,7 +45,7 @@
 
 use crate::lfs::{Arrivals, Wanted};
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
-use crate::state::{RefStore, RefStoreError};
+use crate::state::{LocalNames, RefStore, RefStoreError};
 use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
 use hub_core::{EnsureError, LfsFetchError};
 use hub_protocol::blocks::{BlockRequest, BlockResponse};
@@ -55,8 +55,8 @@ use hub_protocol::replication::{
 };
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{
-    MAX_LFS, NamespaceDoc, PublicKey, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate,
-    SigningKey, Visibility,
+    DocReject, MAX_LFS, NamespaceDoc, PublicKey, RefReject, RefUpdate, SignedNamespaceDoc,
+    SignedRefUpdate, SigningKey, Visibility,
 };
 use hub_repo::{RepoError, Repos};
 use libp2p::PeerId;
@@ -70,6 +70,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod claims;
 
 /// Updates that wait for their namespace document, at most.
 const MAX_PENDING: usize = 256;
@@ -109,6 +111,9 @@ pub struct Replication {
     /// repos fetched on demand are persisted in [`SEEDS_FILE`] next to `ref_store` and merged.
     pub seeds: Vec<SeedPattern>,
     pub on_replicated: OnReplicated,
+    /// The names of this node's accounts: their namespaces are never taken from other nodes
+    /// (ADR 0006, [`RefStore::protect_local`]).
+    pub local_names: LocalNames,
     /// Tests only: serve every chunk batch with one bit flipped (a misbehaving provider).
     pub corrupt_chunks_for_tests: bool,
 }
@@ -180,6 +185,8 @@ pub(crate) struct Control {
     repos: Arc<Repos>,
     /// This node's delegate key.
     me: PublicKey,
+    /// Its secret: signs namespace claims (module `claims`).
+    key: SigningKey,
     tx: mpsc::Sender<ControlMsg>,
     synced: Arc<watch::Sender<u64>>,
     /// The chunk store (downloads stream arriving objects from it and the spool).
@@ -432,9 +439,11 @@ pub async fn spawn_replicating(
     cancel: CancellationToken,
 ) -> Result<(Mesh, JoinHandle<()>), ReplicationError> {
     let path = replication.ref_store.clone();
-    let store = tokio::task::spawn_blocking(move || RefStore::open(path))
+    let mut store = tokio::task::spawn_blocking(move || RefStore::open(path))
         .await
         .map_err(|_| RefStoreError::Inconsistent("open task failed".into()))??;
+    let me = SigningKey::from_bytes(&replication.secret).public();
+    store.protect_local(me, replication.local_names.clone());
     let seeds_path = replication.ref_store.with_file_name(SEEDS_FILE);
     let configured = replication.seeds.clone();
     let seeds = tokio::task::spawn_blocking(move || SeedPolicy::open(Some(seeds_path), configured))
@@ -455,6 +464,7 @@ pub async fn spawn_replicating(
         store: store.clone(),
         repos: replication.repos.clone(),
         me: key.public(),
+        key: SigningKey::from_bytes(&replication.secret),
         tx: control_tx,
         synced: synced.clone(),
         chunks: replication.store.clone(),
@@ -862,10 +872,21 @@ impl Task {
                 }
                 Verdict::Accept
             }
+            // Another node's claim on a name this node gave to someone first (ADR 0006): not
+            // forwarded, but no forgery either, so the sender is not penalised.
+            Some(Err(RefStoreError::DocRejected(reason @ DocReject::ConflictingClaim { .. }))) => {
+                tracing::info!(%reason, "conflicting namespace claim not taken");
+                Verdict::Ignore
+            }
             Some(Err(RefStoreError::DocRejected(reason))) => {
                 tracing::warn!(%reason, "namespace document rejected");
                 Verdict::Reject
             }
+            Some(Err(error @ RefStoreError::LocalNamespace { .. })) => claims::refused(
+                &self.p2p.counters.foreign_claims_refused,
+                &error,
+                "namespace document",
+            ),
             Some(Err(error)) => {
                 tracing::warn!(%error, "namespace document not stored");
                 Verdict::Ignore
@@ -921,6 +942,11 @@ impl Task {
                 tracing::warn!(%repo, %via, author = ?author, %reason, "ref update rejected");
                 Verdict::Reject
             }
+            Some(Err(error @ RefStoreError::LocalNamespace { .. })) => claims::refused(
+                &self.p2p.counters.foreign_updates_refused,
+                &error,
+                "ref update",
+            ),
             Some(Err(error)) => {
                 tracing::warn!(%repo, %error, "ref update not stored");
                 Verdict::Ignore

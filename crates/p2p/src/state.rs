@@ -20,6 +20,13 @@
 //! All methods block on disk I/O (a commit syncs): the replication task owns the store and
 //! calls it from a blocking thread.
 //!
+//! Local accounts win locally (ADR 0006): with [`RefStore::protect_local`], a document that
+//! would give a name that is an account of this node to other nodes (a foreign genesis, or a
+//! change whose delegates leave this node out), and an update of a repo in such a name not
+//! bound to a document listing this node, are refused ([`RefStoreError::LocalNamespace`])
+//! before any other check. [`RefStore::claim`] makes this node a name's first claimant when
+//! an account is created.
+//!
 //! ```no_run
 //! # fn run(update: hub_protocol::signed::SignedRefUpdate) -> Result<(), hub_p2p::RefStoreError> {
 //! let mut store = hub_p2p::RefStore::open("hubmesh-data/refs.redb")?;
@@ -34,12 +41,29 @@
 
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{
-    DecodeError, DocAccepted, DocReject, RefReject, RefState, RestoreError, SignedNamespaceDoc,
-    SignedRefUpdate,
+    DecodeError, DocAccepted, DocReject, NamespaceDoc, PublicKey, RefReject, RefState,
+    RestoreError, SignedNamespaceDoc, SignedRefUpdate, SigningKey, Visibility,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Whether a name is an account (user or org) of this node: its namespace is never given to
+/// other nodes here (ADR 0006). Called on a blocking thread.
+pub type LocalNames = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What [`RefStore::claim`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No document named the namespace: this genesis (this node its only delegate) is now
+    /// its head, to be gossiped.
+    Made(SignedNamespaceDoc),
+    /// The namespace's head lists this node already.
+    Held,
+    /// The namespace's head names only other nodes: these delegates.
+    Elsewhere(Vec<PublicKey>),
+}
 
 const NAMESPACE_DOCS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("namespace_docs");
 const REF_UPDATES: TableDefinition<&str, &[u8]> = TableDefinition::new("ref_updates");
@@ -79,6 +103,15 @@ pub enum RefStoreError {
     Inconsistent(String),
     #[error("restore ref store")]
     Restore(#[source] RestoreError),
+    /// A document or update would give `name`, an account of this node, to other nodes.
+    #[error("namespace {name:?} is an account of this node; not given to other nodes")]
+    LocalNamespace { name: String },
+    #[error("claim namespace {name:?}")]
+    Claim {
+        name: String,
+        #[source]
+        source: hub_protocol::signed::InvalidError,
+    },
 }
 
 fn db_error(e: impl Into<redb::Error>) -> RefStoreError {
@@ -86,10 +119,20 @@ fn db_error(e: impl Into<redb::Error>) -> RefStoreError {
 }
 
 /// Accepted namespace chains and signed refs, on disk and in memory.
-#[derive(Debug)]
 pub struct RefStore {
     db: Database,
     state: RefState,
+    /// This node's key and its account names, once [`RefStore::protect_local`] was called.
+    local: Option<(PublicKey, LocalNames)>,
+}
+
+impl std::fmt::Debug for RefStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefStore")
+            .field("state", &self.state)
+            .field("protects_local_names", &self.local.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RefStore {
@@ -116,7 +159,70 @@ impl RefStore {
         }
         tx.commit().map_err(db_error)?;
         let state = load(&db)?;
-        Ok(Self { db, state })
+        Ok(Self {
+            db,
+            state,
+            local: None,
+        })
+    }
+
+    /// From now on, refuses what would give an account name of this node (`is_local`) to
+    /// nodes other than `me` (ADR 0006). What was accepted before stays.
+    pub fn protect_local(&mut self, me: PublicKey, is_local: LocalNames) {
+        self.local = Some((me, is_local));
+    }
+
+    /// `Err` when `doc` is for an account name of this node and leaves this node out.
+    fn guard_doc(&self, doc: &NamespaceDoc) -> Result<(), RefStoreError> {
+        match &self.local {
+            Some((me, is_local)) if !doc.is_delegate(me) && is_local(doc.name()) => {
+                Err(RefStoreError::LocalNamespace {
+                    name: doc.name().to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `Err` when `repo` is in an account name of this node and `signed` is not bound to a
+    /// current document of it that lists this node (a foreign publisher's update).
+    fn guard_update(&self, repo: &RepoId, signed: &SignedRefUpdate) -> Result<(), RefStoreError> {
+        let Some((me, is_local)) = &self.local else {
+            return Ok(());
+        };
+        let ours = self
+            .state
+            .head(repo.namespace())
+            .is_some_and(|head| head.is_delegate(me) && head.id() == signed.update.namespace_doc);
+        if ours || !is_local(repo.namespace()) {
+            return Ok(());
+        }
+        Err(RefStoreError::LocalNamespace {
+            name: repo.namespace().to_owned(),
+        })
+    }
+
+    /// Claims `name` for the node of `key`: when no document names it yet, a genesis naming
+    /// `key` as its only delegate is persisted and becomes its head ([`Claim::Made`]: the
+    /// caller gossips it). Made when an account is created on this node, before it exists.
+    pub fn claim(&mut self, key: &SigningKey, name: &str) -> Result<Claim, RefStoreError> {
+        let me = key.public();
+        if let Some(head) = self.state.head(name) {
+            return Ok(if head.is_delegate(&me) {
+                Claim::Held
+            } else {
+                Claim::Elsewhere(head.delegates().to_vec())
+            });
+        }
+        let doc = NamespaceDoc::new(name, vec![me], 1, Visibility::Public).map_err(|source| {
+            RefStoreError::Claim {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        let signed = doc.sign_genesis(&[key]);
+        self.apply_namespace_doc(signed.clone())?;
+        Ok(Claim::Made(signed))
     }
 
     /// The state as accepted so far.
@@ -130,6 +236,7 @@ impl RefStore {
         &mut self,
         signed: SignedNamespaceDoc,
     ) -> Result<DocAccepted, RefStoreError> {
+        self.guard_doc(&signed.doc)?;
         let verdict = self
             .state
             .check_namespace_doc(&signed)
@@ -152,6 +259,34 @@ impl RefStore {
             .map_err(RefStoreError::DocRejected)
     }
 
+    /// Forgets `name`'s namespace chain and the accepted updates of its repos, and rebuilds
+    /// the state: the name is unknown again. For a name that is an account of this node and
+    /// whose document, accepted before claims existed, gives it to other nodes (ADR 0006); the
+    /// caller claims it right after. Returns the repos whose accepted updates were dropped.
+    pub fn forget_namespace(&mut self, name: &str) -> Result<Vec<RepoId>, RefStoreError> {
+        let repos: Vec<RepoId> = self
+            .state
+            .accepted()
+            .filter(|(repo, _)| repo.namespace() == name)
+            .map(|(repo, _)| repo.clone())
+            .collect();
+        let tx = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut docs = tx.open_table(NAMESPACE_DOCS).map_err(db_error)?;
+            docs.retain(|(doc_name, _), _| doc_name != name)
+                .map_err(db_error)?;
+            let mut updates = tx.open_table(REF_UPDATES).map_err(db_error)?;
+            for repo in &repos {
+                updates
+                    .remove(repo.to_string().as_str())
+                    .map_err(db_error)?;
+            }
+        }
+        tx.commit().map_err(db_error)?;
+        self.state = load(&self.db)?;
+        Ok(repos)
+    }
+
     /// [`RefStore::apply_namespace_doc`] on wire bytes.
     pub fn apply_namespace_doc_bytes(
         &mut self,
@@ -170,6 +305,7 @@ impl RefStore {
         signed: SignedRefUpdate,
         now: u64,
     ) -> Result<&SignedRefUpdate, RefStoreError> {
+        self.guard_update(repo, &signed)?;
         self.state
             .check_ref_update(repo, &signed, now)
             .map_err(RefStoreError::Rejected)?;
@@ -352,6 +488,105 @@ mod tests {
         store
             .apply_ref_update(&repo, update(&repo, v2.id(), 1).sign(&b).unwrap(), NOW)
             .unwrap();
+    }
+
+    /// ADR 0006: a name that is an account here is never given to other nodes, whether
+    /// this node claimed it or not; other names still go to their first claimant.
+    #[test]
+    fn local_account_names_are_not_given_to_other_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refs.redb");
+        let (me, other) = (key(1), key(2));
+        let local: LocalNames = Arc::new(|name| name == "bob" || name == "dave");
+        let genesis = |name: &str, k: &SigningKey| {
+            NamespaceDoc::new(name, vec![k.public()], 1, Visibility::Public)
+                .unwrap()
+                .sign_genesis(&[k])
+        };
+        let local_refusal = |r: Result<DocAccepted, RefStoreError>, ns: &str| {
+            assert!(
+                matches!(&r, Err(RefStoreError::LocalNamespace { name }) if name == ns),
+                "{r:?}"
+            );
+        };
+        // The other node's bob and its first repo.
+        let theirs = genesis("bob", &other);
+        let bob_x = RepoId::parse(RepoType::Model, "bob/x").unwrap();
+        let their_update = update(&bob_x, theirs.doc.id(), 1).sign(&other).unwrap();
+        {
+            let mut store = RefStore::open(&path).unwrap();
+            store.protect_local(me.public(), local.clone());
+            // Unclaimed yet (an account made before claims existed): still refused.
+            local_refusal(store.apply_namespace_doc(theirs.clone()), "bob");
+            local_refusal(store.apply_namespace_doc(genesis("dave", &other)), "dave");
+            assert!(store.state().head("dave").is_none());
+            // Claimed at account creation: the claim is persisted and held.
+            let Claim::Made(ours) = store.claim(&me, "bob").unwrap() else {
+                panic!("bob was unclaimed")
+            };
+            assert_eq!(ours.doc.delegates(), [me.public()]);
+            assert_eq!(store.claim(&me, "bob").unwrap(), Claim::Held);
+            local_refusal(store.apply_namespace_doc(theirs.clone()), "bob");
+            // A change of our chain that hands bob to the other node is refused too.
+            let handover = NamespaceDoc::new("bob", vec![other.public()], 1, Visibility::Public)
+                .unwrap()
+                .sign_change(Some(ours.doc.id()), &[&me]);
+            local_refusal(store.apply_namespace_doc(handover), "bob");
+            // Their updates of bob/* are refused before waiting for a document.
+            assert!(matches!(
+                store.apply_ref_update(&bob_x, their_update.clone(), NOW),
+                Err(RefStoreError::LocalNamespace { .. })
+            ));
+            // Ours pass.
+            let mine = update(&bob_x, ours.doc.id(), 1).sign(&me).unwrap();
+            store.apply_ref_update(&bob_x, mine, NOW).unwrap();
+            // A name that is no account here goes to its first claimant, and is not ours.
+            store.apply_namespace_doc(genesis("alice", &other)).unwrap();
+            assert_eq!(
+                store.claim(&me, "alice").unwrap(),
+                Claim::Elsewhere(vec![other.public()])
+            );
+            // A name no document may carry cannot be claimed.
+            assert!(matches!(
+                store.claim(&me, "bad/name"),
+                Err(RefStoreError::Claim { .. })
+            ));
+        }
+        // A foreign chain accepted before claims existed (here: while unprotected) is
+        // forgotten with its repos' updates, durably, and the name claimed.
+        {
+            let mut store = RefStore::open(&path).unwrap();
+            store.apply_namespace_doc(genesis("dave", &other)).unwrap();
+            let dave_m = RepoId::parse(RepoType::Model, "dave/m").unwrap();
+            let head = store.state().head("dave").unwrap().id();
+            store
+                .apply_ref_update(&dave_m, update(&dave_m, head, 1).sign(&other).unwrap(), NOW)
+                .unwrap();
+            assert!(matches!(store.claim(&me, "dave"), Ok(Claim::Elsewhere(_))));
+            assert_eq!(
+                store.forget_namespace("dave").unwrap(),
+                std::slice::from_ref(&dave_m)
+            );
+            assert!(store.state().head("dave").is_none());
+            assert!(store.state().last_accepted(&dave_m).is_none());
+            // Nothing else was forgotten.
+            assert!(store.state().head("alice").is_some());
+            assert_eq!(store.state().last_seq(&bob_x), Some(1));
+            drop(store);
+            let mut store = RefStore::open(&path).unwrap();
+            assert!(store.state().head("dave").is_none());
+            assert!(matches!(store.claim(&me, "dave"), Ok(Claim::Made(_))));
+        }
+        // After a restart the claim stands (the guard is set again by the node at start).
+        let mut store = RefStore::open(&path).unwrap();
+        assert_eq!(store.claim(&me, "bob").unwrap(), Claim::Held);
+        assert!(matches!(
+            store.apply_namespace_doc(theirs),
+            Err(RefStoreError::DocRejected(
+                DocReject::ConflictingClaim { .. }
+            ))
+        ));
+        assert_eq!(store.state().last_seq(&bob_x), Some(1));
     }
 
     /// The node key file holds a 32-byte ed25519 secret that libp2p reads with

@@ -266,6 +266,10 @@ pub(crate) struct Counters {
     pub(crate) blob_bytes_sent: AtomicU64,
     /// Git pack bytes fetched as blobs over the blob endpoint.
     pub(crate) pack_blob_bytes_received: AtomicU64,
+    /// Namespace documents / ref updates refused because they would give an account name of
+    /// this node to other nodes (ADR 0006).
+    pub(crate) foreign_claims_refused: AtomicU64,
+    pub(crate) foreign_updates_refused: AtomicU64,
 }
 
 /// What this node knows of one peer.
@@ -452,6 +456,20 @@ impl P2p {
     pub fn pack_blob_bytes_received(&self) -> u64 {
         self.counters
             .pack_blob_bytes_received
+            .load(Ordering::Relaxed)
+    }
+
+    /// Namespace documents refused so far because they would give an account name of this
+    /// node to other nodes (ADR 0006).
+    pub fn foreign_claims_refused(&self) -> u64 {
+        self.counters.foreign_claims_refused.load(Ordering::Relaxed)
+    }
+
+    /// Ref updates refused so far because their repo is in an account name of this node and
+    /// they come from other nodes (ADR 0006).
+    pub fn foreign_updates_refused(&self) -> u64 {
+        self.counters
+            .foreign_updates_refused
             .load(Ordering::Relaxed)
     }
 

@@ -85,6 +85,7 @@ async fn node(
                 counter.fetch_add(1, Ordering::Relaxed);
             }),
             store: hub_store::Store::open(dir.path().join("store")).unwrap(),
+            local_names: Arc::new(|_| false),
             corrupt_chunks_for_tests: false,
         },
         cancel.clone(),
