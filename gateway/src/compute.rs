@@ -1126,6 +1126,9 @@ impl IntoResponse for Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inference::tests::{chat, post, setup};
+    use hub_infer::engine::EngineConfig;
+    use tower::ServiceExt;
 
     #[test]
     fn the_model_comes_from_the_body_or_the_hf_path() {
@@ -1146,5 +1149,52 @@ mod tests {
             serde_json::from_str(text.strip_prefix("data: ").unwrap().trim()).unwrap();
         assert_eq!(json["error"]["message"], "peer gone");
         assert!(text.ends_with("\n\n"));
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_job_never_gets_a_private_models_cached_answer() {
+        // Issue 14, item 15: the response cache answered a job a peer forwarded before any
+        // access check, so replaying a deterministic request for a private model returned the
+        // answer its owner had got.
+        let (f, _cache) = setup(EngineConfig::default()).await;
+        assert!(f.state.enable_compute(crate::ComputeConfig {
+            mode: hub_compute::Mode::Mesh,
+            secret: [7; 32],
+            advert_period: Duration::from_secs(3600),
+            allow_peers: Vec::new(),
+            cache_entries: 16,
+        }));
+        let secret = chat(json!({"model": "admin/secret"}));
+        for expected in ["miss", "hit"] {
+            let r = post(&f, "/v1/chat/completions", Some(&f.admin), secret.clone()).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert_eq!(r.header(CACHE), Some(expected));
+        }
+        let forwarded = |body: &Value, token: Option<&str>| {
+            let mut req = axum::extract::Request::builder()
+                .method("POST")
+                .uri("/v1/chat/completions")
+                .header("content-type", "application/json");
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let mut req = req.body(axum::body::Body::from(body.to_string())).unwrap();
+            req.extensions_mut()
+                .insert(Forwarded(hub_p2p::PeerId::random()));
+            f.app.clone().oneshot(req)
+        };
+        // Not for a peer, whatever headers it relays: a forwarded job is anonymous.
+        for token in [None, Some(f.admin.as_str())] {
+            let r = forwarded(&secret, token).await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+            assert!(r.headers().get(CACHE).is_none());
+        }
+        // A public model's forwarded job still runs, and shares the cache.
+        let public = chat(json!({}));
+        let r = post(&f, "/v1/chat/completions", None, public.clone()).await;
+        assert_eq!(r.header(CACHE), Some("miss"));
+        let r = forwarded(&public, None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[CACHE], "hit");
     }
 }

@@ -2039,4 +2039,4 @@ async fn tokenize(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

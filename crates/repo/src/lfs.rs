@@ -64,6 +64,23 @@ fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Parses 64 hex digits into `out`; false when they are not.
+pub(crate) fn decode_hex32(hex: &[u8], out: &mut [u8; 32]) -> bool {
+    if hex.len() != 64 {
+        return false;
+    }
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        match std::str::from_utf8(pair)
+            .ok()
+            .and_then(|s| u8::from_str_radix(s, 16).ok())
+        {
+            Some(b) => out[i] = b,
+            None => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,8 @@
 //! cannot be named by id (their branches and tags still work), which no Hub repository of a
 //! realistic size meets.
 
+use crate::lfs::decode_hex32;
 use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
-use crate::replica::decode_hex32;
 use gix::ObjectId;
 use std::collections::{HashSet, VecDeque};
 

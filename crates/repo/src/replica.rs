@@ -16,6 +16,7 @@
 //! from the replica answers 404. [`Repos::lfs_pointers`] lists what the tips reference, both
 //! for the publisher (what it signs) and the seeder (what it still has to fetch).
 
+use crate::lfs::decode_hex32;
 use crate::receive::{Quarantine, ReceiveError, RefCommand, Rejection, ZERO_ID};
 use crate::repos::{RepoError, Repos};
 use gix::ObjectId;
@@ -55,23 +56,6 @@ pub enum ReplicaOutcome {
     UpToDate,
     /// This many refs were created, moved or deleted.
     Updated { refs: usize },
-}
-
-/// Parses 64 hex digits into `out`; false when they are not.
-pub(crate) fn decode_hex32(hex: &[u8], out: &mut [u8; 32]) -> bool {
-    if hex.len() != 64 {
-        return false;
-    }
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        match std::str::from_utf8(pair)
-            .ok()
-            .and_then(|s| u8::from_str_radix(s, 16).ok())
-        {
-            Some(b) => out[i] = b,
-            None => return false,
-        }
-    }
-    true
 }
 
 fn hex(oid: &[u8; 20]) -> String {
