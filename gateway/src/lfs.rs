@@ -385,7 +385,7 @@ async fn upload(
         let info = import.finish().await?;
         let repo = signed_repo(&q)?;
         let hub = state.hub().clone();
-        blocking(move || Ok(hub.adopt_lfs(&repo, &sha)?)).await?;
+        blocking(move || Ok(hub.record_upload(&repo, &sha)?)).await?;
         tracing::info!(%sha, size = info.size, new_bytes = info.new_bytes, "LFS object stored");
         Ok(StatusCode::OK)
     }

@@ -6,7 +6,9 @@
 //! replicated into that repo) *and* in the store. Knowing a hash is no proof of having the
 //! content; every surface that lets a caller name an object (commits, pushes, the LFS batch
 //! API, downloads, peers) asks here. **Adopting** an object makes it part of a repo: it joins
-//! the store's GC roots and the repo's LFS set.
+//! the store's GC roots and the repo's LFS set. An object **uploaded** (LFS PUT) but not
+//! committed yet only joins the LFS set: a commit may follow and reference it, but if its repo
+//! goes away first, `hubmesh store gc` reclaims it.
 //!
 //! These functions block (redb, file reads): call them from a blocking task.
 
@@ -50,6 +52,13 @@ pub fn adopt(repos: &Repos, store: &Store, repo: &RepoId, sha256: &Sha256) -> Re
     Ok(())
 }
 
+/// Records an object uploaded to `repo` (LFS PUT) and not committed yet: it joins the repo's
+/// LFS set, not the GC roots (see the module docs).
+pub fn record_upload(repos: &Repos, repo: &RepoId, sha256: &Sha256) -> Result<(), Error> {
+    repos.add_lfs_objects(repo, &[sha256.0])?;
+    Ok(())
+}
+
 impl Hub {
     /// [`size_in`] on this hub's repositories and store.
     pub fn lfs_size(&self, repo: &RepoId, sha256: &Sha256) -> Result<Option<u64>, Error> {
@@ -59,6 +68,11 @@ impl Hub {
     /// [`belongs`] on this hub's repositories and store.
     pub fn owns_lfs(&self, repo: &RepoId, sha256: &Sha256) -> Result<bool, Error> {
         belongs(self.repos(), self.store(), repo, sha256)
+    }
+
+    /// [`record_upload`] on this hub's repositories.
+    pub fn record_upload(&self, repo: &RepoId, sha256: &Sha256) -> Result<(), Error> {
+        record_upload(self.repos(), repo, sha256)
     }
 
     /// [`adopt`] on this hub's repositories and store.

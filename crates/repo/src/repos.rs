@@ -675,34 +675,44 @@ impl Repos {
         commit: &str,
         path: &str,
     ) -> Result<(TreeEntry, Vec<u8>), RepoError> {
+        let (repo, oid) = self.blob_at(id, commit, path)?;
+        let blob = repo.find_blob(oid).map_err(git("read blob"))?.take_data();
+        let lfs = LfsPointer::parse(&blob);
+        Ok((
+            TreeEntry {
+                path: path.to_owned(),
+                kind: EntryKind::File,
+                oid: oid.to_string(),
+                size: blob.len() as u64,
+                lfs,
+            },
+            blob,
+        ))
+    }
+
+    /// The repository opened, and the blob id of the file at `path` of `commit`.
+    fn blob_at(
+        &self,
+        id: &RepoId,
+        commit: &str,
+        path: &str,
+    ) -> Result<(gix::Repository, ObjectId), RepoError> {
         check_path(path)?;
         let repo = self.open_repo(id)?;
         let commit_id = resolve_in(&repo, commit)?;
         let tree = repo
             .find_tree(commit_tree(&repo, commit_id)?)
             .map_err(git("read tree"))?;
-        let entry = tree
+        let oid = tree
             .lookup_entry_by_path(path)
             .map_err(git("read tree"))?
             .filter(|e| e.mode().is_blob())
             .ok_or_else(|| RepoError::EntryNotFound {
                 path: path.to_owned(),
-            })?;
-        let blob = repo
-            .find_blob(entry.object_id())
-            .map_err(git("read blob"))?
-            .take_data();
-        let lfs = LfsPointer::parse(&blob);
-        Ok((
-            TreeEntry {
-                path: path.to_owned(),
-                kind: EntryKind::File,
-                oid: entry.object_id().to_string(),
-                size: blob.len() as u64,
-                lfs,
-            },
-            blob,
-        ))
+            })?
+            .object_id();
+        drop(tree);
+        Ok((repo, oid))
     }
 
     /// One file at `commit`: its entry, and its git blob when that is at most
@@ -715,20 +725,7 @@ impl Repos {
         commit: &str,
         path: &str,
     ) -> Result<(TreeEntry, Option<Vec<u8>>), RepoError> {
-        check_path(path)?;
-        let repo = self.open_repo(id)?;
-        let commit_id = resolve_in(&repo, commit)?;
-        let tree = repo
-            .find_tree(commit_tree(&repo, commit_id)?)
-            .map_err(git("read tree"))?;
-        let entry = tree
-            .lookup_entry_by_path(path)
-            .map_err(git("read tree"))?
-            .filter(|e| e.mode().is_blob())
-            .ok_or_else(|| RepoError::EntryNotFound {
-                path: path.to_owned(),
-            })?;
-        let oid = entry.object_id();
+        let (repo, oid) = self.blob_at(id, commit, path)?;
         let size = repo
             .find_header(oid)
             .map_err(|e| RepoError::Git {
