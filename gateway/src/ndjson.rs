@@ -602,4 +602,91 @@ mod tests {
         .await;
         assert!(matches!(too_big, Err(AppError::PayloadTooLarge(_))));
     }
+
+    /// Reads `body` cut into the given chunk sizes, on a runtime of its own (proptest cases
+    /// are plain functions).
+    fn read_chunked(body: &[u8], cuts: &[usize]) -> Result<Vec<Line>, AppError> {
+        let mut parts: Vec<Result<Vec<u8>, std::io::Error>> = Vec::new();
+        let mut rest = body;
+        for &cut in cuts.iter().cycle().take(body.len() + 1) {
+            if rest.is_empty() {
+                break;
+            }
+            let (a, b) = rest.split_at(cut.clamp(1, rest.len()));
+            parts.push(Ok(a.to_vec()));
+            rest = b;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(read_lines_within(
+            Body::from_stream(stream::iter(parts)),
+            store,
+            1 << 20,
+            64,
+            1 << 16,
+        ))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Arbitrary bytes, and bodies made of JSON-ish fragments (keys, paths, base64, braces,
+        /// quotes, escapes, newlines), in arbitrary chunkings: the reader answers lines or a
+        /// 4xx, never panics, and never returns more lines than its bound.
+        #[test]
+        fn the_ndjson_reader_never_panics(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "{\"key\":\"header\",\"value\":{\"summary\":\"s\"}}\n",
+                    "{\"key\": \"file\", \"value\": {\"content\": \"",
+                    "eA==", "\", \"path\": \"", "a/b.txt", "../x", "\\u0000", "\\\"",
+                    "\", \"encoding\": \"base64\"}}\n", "{", "}", "\"", "\n", "\r\n", ":", ",",
+                    "{\"key\":\"deletedFile\",\"value\":{\"path\":\"a\"}}\n",
+                ]),
+                0..40,
+            ),
+            cuts in proptest::collection::vec(1usize..64, 1..8),
+        ) {
+            let structured: Vec<u8> = pieces.concat().into_bytes();
+            for body in [&raw, &structured] {
+                match read_chunked(body, &cuts) {
+                    Ok(lines) => proptest::prop_assert!(lines.len() <= 64),
+                    Err(e) => proptest::prop_assert!(
+                        matches!(
+                            e,
+                            AppError::BadRequest(_)
+                                | AppError::Unprocessable(_)
+                                | AppError::PayloadTooLarge(_)
+                        ),
+                        "{e:?}"
+                    ),
+                }
+            }
+        }
+
+        /// A valid body reads the same whatever its chunking.
+        #[test]
+        fn chunking_does_not_change_what_is_read(cuts in proptest::collection::vec(1usize..200, 1..8)) {
+            let mut body = b"{\"key\": \"header\", \"value\": {\"summary\": \"s\"}}\n".to_vec();
+            body.extend(file_line("d/a.txt", b"hello"));
+            body.extend(b"{\"key\": \"deletedFile\", \"value\": {\"path\": \"d/b.txt\"}}\n");
+            let whole = read_chunked(&body, &[body.len()]).unwrap();
+            let cut = read_chunked(&body, &cuts).unwrap();
+            let small = |lines: &[Line]| -> Vec<Vec<u8>> {
+                lines
+                    .iter()
+                    .map(|l| match l {
+                        Line::Small(b) => b.clone(),
+                        Line::StoredFile { path, .. } => path.as_bytes().to_vec(),
+                    })
+                    .collect()
+            };
+            proptest::prop_assert_eq!(small(&whole), small(&cut));
+        }
+    }
 }

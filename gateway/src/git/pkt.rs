@@ -303,4 +303,40 @@ mod tests {
             while let Ok(Some(_)) = read_pkt(&mut input) {}
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes, and sequences of length-prefixed lines whose declared lengths lie
+        /// (short, long, under 4, past the end): the parsers answer Ok or an error, never
+        /// panic, and never claim more than the input holds.
+        #[test]
+        fn pkt_parsers_never_panic(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            lines in proptest::collection::vec(
+                (0u16..=0xffff, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)),
+                0..12,
+            ),
+        ) {
+            let mut input = &raw[..];
+            let _ = read_push_request(&mut input);
+            let mut input = &raw[..];
+            while let Ok(Some(_)) = read_pkt(&mut input) {}
+            let mut framed = Vec::new();
+            for (len, data) in &lines {
+                framed.extend(format!("{len:04x}").as_bytes());
+                framed.extend(data);
+            }
+            let mut input = &framed[..];
+            let mut seen = 0usize;
+            while let Ok(Some(pkt)) = read_pkt(&mut input) {
+                if let Pkt::Data(d) = pkt {
+                    seen += d.len();
+                }
+            }
+            proptest::prop_assert!(seen <= framed.len());
+            let mut input = &framed[..];
+            let _ = read_push_request(&mut input);
+        }
+    }
 }
