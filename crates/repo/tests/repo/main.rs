@@ -855,3 +855,55 @@ fn file_head_leaves_large_blobs_unread() {
         Err(RepoError::EntryNotFound { .. })
     ));
 }
+
+#[test]
+fn entries_at_finds_files_and_folders_and_leaves_out_the_rest() {
+    let (_dir, repos, id) = setup();
+    commit(
+        &repos,
+        &id,
+        "main",
+        vec![
+            add("top.txt", b"t"),
+            add("a/b/c.txt", b"c"),
+            add("a/d.txt", b"d"),
+        ],
+    )
+    .unwrap();
+    let paths: Vec<String> = [
+        "a/b/c.txt",
+        "a",
+        "a/b",
+        "top.txt",
+        "missing",
+        "a/missing",
+        "top.txt/x",
+        "../x",
+        "a/d.txt",
+    ]
+    .iter()
+    .map(|p| (*p).to_owned())
+    .collect();
+    let got: Vec<(String, EntryKind)> = repos
+        .entries_at(&id, "main", &paths)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.kind))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a/b/c.txt".to_owned(), EntryKind::File),
+            ("a".to_owned(), EntryKind::Directory),
+            ("a/b".to_owned(), EntryKind::Directory),
+            ("top.txt".to_owned(), EntryKind::File),
+            ("a/d.txt".to_owned(), EntryKind::File),
+        ]
+    );
+    // Sizes and blob ids agree with the single-file read.
+    let one = repos
+        .entries_at(&id, "main", &["a/d.txt".to_owned()])
+        .unwrap();
+    let (entry, _) = repos.file(&id, "main", "a/d.txt").unwrap();
+    assert_eq!((one[0].size, &one[0].oid), (entry.size, &entry.oid));
+}
