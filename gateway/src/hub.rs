@@ -219,9 +219,14 @@ async fn delete_repo(
         .unwrap_or_else(|| principal.user.name.clone());
     let id = RepoId::new(kind, &namespace, &body.name).map_err(|_| AppError::RepoNotFound)?;
     access(&state, Some(&principal), &id, Need::Admin).await?;
-    let repos = state.repos().clone();
+    let hub = state.hub().clone();
     let deleted = id.clone();
-    blocking(move || Ok(repos.delete(&deleted)?)).await?;
+    blocking(move || {
+        // Its LFS objects stop being GC roots on its account; gc keeps what others hold.
+        hub.release_lfs(&deleted)?;
+        Ok(hub.repos().delete(&deleted)?)
+    })
+    .await?;
     state.hub().after_write(&id).await;
     Ok(Json(json!({})))
 }

@@ -104,3 +104,24 @@ def test_rejected_uploads_leave_nothing_and_gc_reclaims_the_unreferenced(node_fa
     path = hf_hub_download(keep, "kept.bin", endpoint=node.url, token=node.admin_token)
     with open(path, "rb") as f:
         assert f.read() == kept
+
+
+def test_a_deleted_repos_committed_content_is_reclaimed_unless_another_repo_holds_it(node_factory):
+    """Deleting a repo releases its LFS objects: `store gc` reclaims what no other repo holds,
+    and keeps what one still does."""
+    node = node_factory()
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    shared, own = os.urandom(1_200_000), os.urandom(900_000)
+    for repo, files in (("a", {"shared.bin": shared, "own.bin": own}), ("b", {"shared.bin": shared})):
+        rid = api.create_repo(repo).repo_id
+        for name, data in files.items():
+            api.upload_file(path_or_fileobj=data, path_in_repo=name, repo_id=rid)
+    api.delete_repo("admin/a")
+    node.terminate()
+    report = store_cli(node, "gc")
+    assert (report["files_removed"], report["files_kept"]) == (1, 1), report
+    assert report["bytes_freed"] >= len(own), report
+    node = node_factory()  # the same data directory, restarted
+    path = hf_hub_download("admin/b", "shared.bin", endpoint=node.url, token=node.admin_token)
+    with open(path, "rb") as f:
+        assert f.read() == shared

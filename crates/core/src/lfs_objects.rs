@@ -59,6 +59,16 @@ pub fn record_upload(repos: &Repos, repo: &RepoId, sha256: &Sha256) -> Result<()
     Ok(())
 }
 
+/// Before `repo` is deleted (or withdrawn from this node): its objects stop being GC roots on
+/// its account. `hubmesh store gc` then keeps only what some remaining repository still
+/// references (its LFS set or the trees of its branches and tags) and reclaims the rest.
+pub fn release(repos: &Repos, store: &Store, repo: &RepoId) -> Result<(), Error> {
+    for sha in repos.lfs_objects(repo)? {
+        store.remove_root(&Sha256(sha))?;
+    }
+    Ok(())
+}
+
 impl Hub {
     /// [`size_in`] on this hub's repositories and store.
     pub fn lfs_size(&self, repo: &RepoId, sha256: &Sha256) -> Result<Option<u64>, Error> {
@@ -75,8 +85,60 @@ impl Hub {
         record_upload(self.repos(), repo, sha256)
     }
 
+    /// [`release`] on this hub's repositories and store.
+    pub fn release_lfs(&self, repo: &RepoId) -> Result<(), Error> {
+        release(self.repos(), self.store(), repo)
+    }
+
     /// [`adopt`] on this hub's repositories and store.
     pub fn adopt_lfs(&self, repo: &RepoId, sha256: &Sha256) -> Result<(), Error> {
         adopt(self.repos(), self.store(), repo, sha256)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub_protocol::repo::RepoType;
+    use hub_repo::Author;
+
+    #[test]
+    fn deleted_repos_release_their_objects_to_gc_unless_another_repo_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repos::open(dir.path().join("repos")).unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let author = Author::new("alice", "alice@hubmesh.test");
+        let (a, b) = (
+            RepoId::parse(RepoType::Model, "alice/a").unwrap(),
+            RepoId::parse(RepoType::Model, "alice/b").unwrap(),
+        );
+        repos.create(&a, &author).unwrap();
+        repos.create(&b, &author).unwrap();
+        let shared = store.import_reader(&b"shared weights"[..]).unwrap().sha256;
+        let own = store.import_reader(&b"a's own weights"[..]).unwrap().sha256;
+        adopt(&repos, &store, &a, &shared).unwrap();
+        adopt(&repos, &store, &a, &own).unwrap();
+        adopt(&repos, &store, &b, &shared).unwrap();
+        assert_eq!(size_in(&repos, &store, &a, &own).unwrap(), Some(15));
+        assert_eq!(size_in(&repos, &store, &b, &own).unwrap(), None);
+
+        let gc = |repos: &Repos| {
+            let referenced: Vec<Sha256> = repos
+                .referenced_lfs_objects()
+                .unwrap()
+                .into_iter()
+                .map(Sha256)
+                .collect();
+            store.gc(&referenced).unwrap()
+        };
+        release(&repos, &store, &a).unwrap();
+        repos.delete(&a).unwrap();
+        gc(&repos);
+        assert!(!store.has(&own).unwrap(), "only a held it: reclaimed");
+        assert!(store.has(&shared).unwrap(), "b still holds it");
+        release(&repos, &store, &b).unwrap();
+        repos.delete(&b).unwrap();
+        gc(&repos);
+        assert!(!store.has(&shared).unwrap());
     }
 }

@@ -1205,9 +1205,9 @@ fn is_withdrawal(update: &SignedRefUpdate) -> bool {
 }
 
 /// Obeys a withdrawal (blocking): drops this node's replica of `repo` — git data, LFS set,
-/// listing entry — unless the namespace is this node's own. Its LFS content is then listed by
-/// no repo: it is neither served to peers nor downloadable, and `hubmesh store gc` reclaims
-/// it. Returns whether a replica was dropped.
+/// GC roots, listing entry — unless the namespace is this node's own. Its LFS content is then
+/// listed by no repo: it is neither served to peers nor downloadable, and `hubmesh store gc`
+/// reclaims what no other repo holds. Returns whether a replica was dropped.
 fn withdraw_replica(ctx: &Ctx, repo: &RepoId) -> Result<bool, String> {
     let hosted_here = ctx
         .store()
@@ -1217,6 +1217,7 @@ fn withdraw_replica(ctx: &Ctx, repo: &RepoId) -> Result<bool, String> {
     if hosted_here || !ctx.repos.exists(repo) {
         return Ok(false);
     }
+    hub_core::lfs_objects::release(&ctx.repos, &ctx.chunks, repo).map_err(|e| e.to_string())?;
     match ctx.repos.delete(repo) {
         Ok(()) | Err(RepoError::NotFound { .. }) => {}
         Err(error) => return Err(error.to_string()),

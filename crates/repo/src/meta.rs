@@ -141,6 +141,13 @@ impl MetaDb {
         Ok(())
     }
 
+    /// The LFS objects recorded for one repository.
+    pub(crate) fn lfs_of_repo(&self, id: &RepoId) -> MetaResult<Vec<[u8; 32]>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(LFS)?;
+        Self::lfs_of(&table, &id.to_string())
+    }
+
     /// Every LFS object any repository may reference, whichever repository.
     pub(crate) fn all_lfs(&self) -> MetaResult<Vec<[u8; 32]>> {
         let tx = self.db.begin_read()?;

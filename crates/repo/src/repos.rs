@@ -497,6 +497,11 @@ impl Repos {
         self.meta.has_lfs(id, sha256).map_err(meta_err)
     }
 
+    /// The LFS objects recorded for `id` ([`Repos::add_lfs_objects`]).
+    pub fn lfs_objects(&self, id: &RepoId) -> Result<Vec<[u8; 32]>, RepoError> {
+        self.meta.lfs_of_repo(id).map_err(meta_err)
+    }
+
     /// Every LFS object (SHA-256) some repository references: those recorded for it
     /// ([`Repos::add_lfs_objects`]: uploaded to it, possibly not committed yet) and the
     /// pointers in the trees its branches and tags point at. What a store gc must keep.
