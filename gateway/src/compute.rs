@@ -508,7 +508,8 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
     // The caller's rights are checked here, where the request arrived. A model this node
     // does not hold is one the mesh announced, and only public repos are announced.
     if presence.held {
-        let principal = authenticate(&state, &parts.headers).await.ok().flatten();
+        let authenticated = authenticate(&state, &parts.headers).await;
+        let principal = authenticated.as_ref().ok().cloned().flatten();
         if read_access(&state, principal.as_ref(), &model)
             .await
             .is_err()
@@ -517,6 +518,10 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
             return next
                 .run(Request::from_parts(parts, Body::from(bytes)))
                 .await;
+        }
+        // Authenticated once: the handler reads the caller from here.
+        if let Ok(principal) = authenticated {
+            parts.extensions.insert(crate::extract::Caller(principal));
         }
     }
     if !presence.held && !presence.announced {

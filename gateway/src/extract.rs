@@ -27,6 +27,28 @@ pub(crate) struct Authed(pub Principal);
 #[derive(Debug, Clone)]
 pub(crate) struct SiteAdmin(pub Principal);
 
+/// The request's headers and, when a layer in front already authenticated it, its [`Caller`]
+/// (the inference routes: the compute layer authenticates before routing). Never rejects.
+#[derive(Debug, Clone)]
+pub(crate) struct Who {
+    pub headers: HeaderMap,
+    pub cached: Option<Caller>,
+}
+
+impl FromRequestParts<AppState> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(Who {
+            headers: parts.headers.clone(),
+            cached: parts.extensions.get::<Caller>().cloned(),
+        })
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 

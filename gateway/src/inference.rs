@@ -86,7 +86,7 @@ use tokio::sync::watch;
 use crate::AppState;
 use crate::access::read_access;
 use crate::error::AppError;
-use crate::extract::authenticate;
+use crate::extract::{Caller, Who, authenticate};
 use crate::util::blocking;
 
 /// How long the OpenAI and TGI routes wait for a model that is loading before they answer
@@ -503,11 +503,11 @@ impl Wait {
 /// Resolves `model` (`ns/name[:revision]`) for the caller and returns its loaded engine.
 async fn open_model(
     state: &AppState,
-    headers: &HeaderMap,
+    who: &Who,
     api: Api,
     model: &str,
 ) -> Result<ModelHandle, ApiError> {
-    match open_served(state, headers, api, model, Wait::Bounded)
+    match open_served(state, who, api, model, Wait::Bounded)
         .await?
         .served
     {
@@ -524,7 +524,7 @@ async fn open_model(
 /// the background; the request waits for it as `wait` says.
 async fn open_served(
     state: &AppState,
-    headers: &HeaderMap,
+    who: &Who,
     api: Api,
     model: &str,
     wait: Wait,
@@ -538,9 +538,13 @@ async fn open_served(
     let (repo, revision) = model.split_once(':').unwrap_or((model, "main"));
     let id =
         RepoId::parse(RepoType::Model, repo).map_err(|_| ApiError::model_not_found(api, model))?;
-    let principal = authenticate(state, headers)
-        .await
-        .map_err(|e| ApiError::from_app(api, model, e))?;
+    // The compute layer in front of these routes authenticated the request already.
+    let principal = match &who.cached {
+        Some(Caller(principal)) => principal.clone(),
+        None => authenticate(state, &who.headers)
+            .await
+            .map_err(|e| ApiError::from_app(api, model, e))?,
+    };
     read_access(state, principal.as_ref(), &id)
         .await
         .map_err(|e| ApiError::from_app(api, model, e))?;
@@ -1233,7 +1237,7 @@ fn completion_logprobs(
 
 async fn chat_completions(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Who,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let api = Api::OpenAi;
@@ -1278,7 +1282,7 @@ async fn chat_completions(
         messages.push(ChatMessage::new(m.role, content));
     }
     let name = req.sampling.model.clone();
-    let model = open_model(&state, &headers, api, &name).await?;
+    let model = open_model(&state, &who, api, &name).await?;
     let Some(template) = model.template() else {
         return Err(ApiError::invalid(
             api,
@@ -1404,7 +1408,7 @@ struct CompletionRequest {
 
 async fn completions(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Who,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let api = Api::OpenAi;
@@ -1428,7 +1432,7 @@ async fn completions(
     }
     let prompt_text = prompts.remove(0);
     let name = req.sampling.model.clone();
-    let model = open_model(&state, &headers, api, &name).await?;
+    let model = open_model(&state, &who, api, &name).await?;
     let prompt = model
         .tokenizer()
         .encode(&prompt_text, true)
@@ -1606,7 +1610,7 @@ impl TgiParameters {
 /// Parses and validates a TGI request against `model` (the body's when `None`).
 async fn tgi_job(
     state: &AppState,
-    headers: &HeaderMap,
+    who: &Who,
     body: &[u8],
     model: Option<String>,
 ) -> Result<(TgiRequest, Job), ApiError> {
@@ -1626,7 +1630,7 @@ async fn tgi_job(
             "`model` is required: the model repository to generate with, `ns/name`",
         ));
     };
-    let handle = open_model(state, headers, api, &name).await?;
+    let handle = open_model(state, who, api, &name).await?;
     let prompt = handle
         .tokenizer()
         .encode(&req.inputs, true)
@@ -1751,19 +1755,19 @@ async fn tgi_stream(req: TgiRequest, job: Job) -> Result<Response, ApiError> {
 
 async fn generate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Who,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (req, job) = tgi_job(&state, &headers, &body, None).await?;
+    let (req, job) = tgi_job(&state, &who, &body, None).await?;
     Ok(axum::Json(tgi_generate_value(&req, job).await?).into_response())
 }
 
 async fn generate_stream(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Who,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (req, job) = tgi_job(&state, &headers, &body, None).await?;
+    let (req, job) = tgi_job(&state, &who, &body, None).await?;
     tgi_stream(req, job).await
 }
 
@@ -1776,12 +1780,12 @@ async fn generate_stream(
 async fn hf_inference(
     State(state): State<AppState>,
     UrlPath((ns, name)): UrlPath<(String, String)>,
-    headers: HeaderMap,
+    who: Who,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let api = Api::Tgi;
     let model = format!("{ns}/{name}");
-    let opened = open_served(&state, &headers, api, &model, Wait::hf(&headers)).await?;
+    let opened = open_served(&state, &who, api, &model, Wait::hf(&who.headers)).await?;
     let embedder = match (&opened.served, opened.pipeline_tag.as_str()) {
         (Served::Embed(e), "feature-extraction" | "sentence-similarity") => Some(e.clone()),
         (Served::Generate(_), "text-generation") => None,
@@ -1795,7 +1799,7 @@ async fn hf_inference(
         }
     };
     let Some(embedder) = embedder else {
-        let (req, job) = tgi_job(&state, &headers, &body, Some(model)).await?;
+        let (req, job) = tgi_job(&state, &who, &body, Some(model)).await?;
         if req.stream {
             return tgi_stream(req, job).await;
         }
@@ -1891,7 +1895,7 @@ async fn run_embed(
 /// `float` (default) or `base64` (little-endian f32, what the `openai` Python client asks for).
 async fn embeddings(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Who,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let api = Api::OpenAi;
@@ -1908,7 +1912,7 @@ async fn embeddings(
     };
     let texts = req.input.into_vec();
     check_inputs(api, &texts)?;
-    let opened = open_served(&state, &headers, api, &req.model, Wait::Bounded).await?;
+    let opened = open_served(&state, &who, api, &req.model, Wait::Bounded).await?;
     let Served::Embed(embedder) = opened.served else {
         return Err(ApiError::invalid(
             api,
@@ -1965,7 +1969,7 @@ struct InfoQuery {
 /// `GET /info?model=ns/name` (TGI's `Info`; the query names the model, a hubmesh extension).
 async fn info(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Who,
     Query(q): Query<InfoQuery>,
 ) -> Result<Response, ApiError> {
     let api = Api::Tgi;
@@ -1975,7 +1979,7 @@ async fn info(
             "`model` is required: `/info?model=ns/name`",
         ));
     };
-    let opened = open_served(&state, &headers, api, &model, Wait::Bounded).await?;
+    let opened = open_served(&state, &who, api, &model, Wait::Bounded).await?;
     let (max_input, max_total) = match &opened.served {
         Served::Generate(h) => (h.max_len().saturating_sub(1), h.max_len()),
         Served::Embed(e) => (e.max_len(), e.max_len()),
@@ -2012,7 +2016,7 @@ fn yes() -> bool {
 /// `POST /tokenize` (TGI): `[{"id", "text", "start", "stop"}]`, byte offsets into `inputs`.
 async fn tokenize(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Who,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let api = Api::Tgi;
@@ -2023,7 +2027,7 @@ async fn tokenize(
             "`model` is required: the model repository whose tokenizer to use, `ns/name`",
         ));
     };
-    let opened = open_served(&state, &headers, api, &model, Wait::Bounded).await?;
+    let opened = open_served(&state, &who, api, &model, Wait::Bounded).await?;
     let tokens = opened
         .tokenizer()
         .encode_with_offsets(&req.inputs, req.add_special_tokens)
