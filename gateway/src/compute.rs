@@ -891,22 +891,32 @@ async fn forward(
             Some(((*name).to_owned(), value.to_owned()))
         })
         .collect();
-    let mut control = state.p2p().streams();
-    let mut stream = tokio::time::timeout(
-        OPEN_TIMEOUT,
-        control.open_stream(peer, StreamProtocol::new(INFER_PROTOCOL)),
-    )
-    .await
-    .map_err(|_| "timed out opening a stream".to_owned())?
-    .map_err(|e| e.to_string())?;
     let request = Frame::Request(ForwardRequest {
         path: path.clone(),
         headers,
         body: body.to_vec(),
     });
-    write_frame(&mut stream, &request)
+    // Until the request is sent nothing ran on the peer, so a stream lost on the way (its
+    // connection closed as a second one to the same peer replaced it) is opened again once.
+    let mut control = state.p2p().streams();
+    let mut attempt = 0;
+    let mut stream = loop {
+        attempt += 1;
+        let mut stream = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            control.open_stream(peer, StreamProtocol::new(INFER_PROTOCOL)),
+        )
         .await
-        .map_err(|e| format!("send the request: {e}"))?;
+        .map_err(|_| "timed out opening a stream".to_owned())?
+        .map_err(|e| e.to_string())?;
+        match write_frame(&mut stream, &request).await {
+            Ok(()) => break stream,
+            Err(e) if attempt < 2 => {
+                tracing::debug!(%peer, error = %e, "stream lost before the request was sent; opening another");
+            }
+            Err(e) => return Err(format!("send the request: {e}").into()),
+        }
+    };
     // A cold peer fetches and loads the model before its first byte.
     let first_bytes = FIRST_BYTES_TIMEOUT.max(
         state
