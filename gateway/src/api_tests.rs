@@ -1488,6 +1488,11 @@ fn org_member(f: &Fixture, org: &str, user: &str, role: hub_auth::Role) -> Strin
     t
 }
 
+/// The status of a JSON call.
+async fn code(f: &Fixture, method: &str, uri: &str, token: &str, body: Value) -> u16 {
+    json_call(f, method, uri, token, body).await.status.as_u16()
+}
+
 async fn json_call(f: &Fixture, method: &str, uri: &str, token: &str, body: Value) -> Reply {
     send(
         &f.app,
@@ -1731,7 +1736,6 @@ async fn org_roles_follow_the_hub_read_contributor_write_admin() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let status = |r: Reply| r.status.as_u16();
     for (who, t) in [
         ("admin", &admin_t),
         ("write", &write_t),
@@ -1748,30 +1752,26 @@ async fn org_roles_follow_the_hub_read_contributor_write_admin() {
         .await;
         assert_eq!(c.status, 200, "{who} may add commits: {}", c.text());
         assert_eq!(
-            status(
-                json_call(
-                    &f,
-                    "POST",
-                    &format!("/api/models/acme/m/branch/{who}"),
-                    t,
-                    json!({})
-                )
-                .await
-            ),
+            code(
+                &f,
+                "POST",
+                &format!("/api/models/acme/m/branch/{who}"),
+                t,
+                json!({})
+            )
+            .await,
             200,
             "{who} creates a branch"
         );
         assert_eq!(
-            status(
-                json_call(
-                    &f,
-                    "POST",
-                    "/api/models/acme/m/tag/main",
-                    t,
-                    json!({"tag": format!("t-{who}")})
-                )
-                .await
-            ),
+            code(
+                &f,
+                "POST",
+                "/api/models/acme/m/tag/main",
+                t,
+                json!({"tag": format!("t-{who}")})
+            )
+            .await,
             200,
             "{who} creates a tag"
         );
@@ -1789,153 +1789,131 @@ async fn org_roles_follow_the_hub_read_contributor_write_admin() {
 
     // Deleting branches and tags removes history: write and admin only.
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "DELETE",
-                "/api/models/acme/m/branch/contributor",
-                &contrib_t,
-                json!({})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "DELETE",
+            "/api/models/acme/m/branch/contributor",
+            &contrib_t,
+            json!({})
+        )
+        .await,
         403
     );
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "DELETE",
-                "/api/models/acme/m/tag/t-contributor",
-                &contrib_t,
-                json!({})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "DELETE",
+            "/api/models/acme/m/tag/t-contributor",
+            &contrib_t,
+            json!({})
+        )
+        .await,
         403
     );
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "DELETE",
-                "/api/models/acme/m/branch/contributor",
-                &write_t,
-                json!({})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "DELETE",
+            "/api/models/acme/m/branch/contributor",
+            &write_t,
+            json!({})
+        )
+        .await,
         200
     );
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "DELETE",
-                "/api/models/acme/m/tag/t-contributor",
-                &write_t,
-                json!({})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "DELETE",
+            "/api/models/acme/m/tag/t-contributor",
+            &write_t,
+            json!({})
+        )
+        .await,
         200
     );
 
     // Visibility, moves and deletion: admin only.
     for t in [&contrib_t, &write_t] {
         assert_eq!(
-            status(
-                json_call(
-                    &f,
-                    "PUT",
-                    "/api/models/acme/m/settings",
-                    t,
-                    json!({"private": true})
-                )
-                .await
-            ),
+            code(
+                &f,
+                "PUT",
+                "/api/models/acme/m/settings",
+                t,
+                json!({"private": true})
+            )
+            .await,
             403
         );
         assert_eq!(
-            status(
-                json_call(
-                    &f,
-                    "POST",
-                    "/api/repos/move",
-                    t,
-                    json!({"fromRepo": "acme/m", "toRepo": "acme/n"})
-                )
-                .await
-            ),
+            code(
+                &f,
+                "POST",
+                "/api/repos/move",
+                t,
+                json!({"fromRepo": "acme/m", "toRepo": "acme/n"})
+            )
+            .await,
             403
         );
         assert_eq!(
-            status(
-                json_call(
-                    &f,
-                    "DELETE",
-                    "/api/repos/delete",
-                    t,
-                    json!({"name": "m", "organization": "acme"})
-                )
-                .await
-            ),
+            code(
+                &f,
+                "DELETE",
+                "/api/repos/delete",
+                t,
+                json!({"name": "m", "organization": "acme"})
+            )
+            .await,
             403
         );
     }
     // Moving an org repo into one's own namespace is a move: refused to a contributor.
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "POST",
-                "/api/repos/move",
-                &contrib_t,
-                json!({"fromRepo": "acme/m", "toRepo": "cody/m"})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "POST",
+            "/api/repos/move",
+            &contrib_t,
+            json!({"fromRepo": "acme/m", "toRepo": "cody/m"})
+        )
+        .await,
         403
     );
     let info = send(&f.app, "GET", "/api/models/acme/m", None, &[], "").await;
     assert_eq!(info.status, 200, "still public and in place");
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "PUT",
-                "/api/models/acme/m/settings",
-                &admin_t,
-                json!({"private": true})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "PUT",
+            "/api/models/acme/m/settings",
+            &admin_t,
+            json!({"private": true})
+        )
+        .await,
         200
     );
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "POST",
-                "/api/repos/move",
-                &admin_t,
-                json!({"fromRepo": "acme/m", "toRepo": "acme/n"})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "POST",
+            "/api/repos/move",
+            &admin_t,
+            json!({"fromRepo": "acme/m", "toRepo": "acme/n"})
+        )
+        .await,
         200
     );
     assert_eq!(
-        status(
-            json_call(
-                &f,
-                "DELETE",
-                "/api/repos/delete",
-                &admin_t,
-                json!({"name": "n", "organization": "acme"})
-            )
-            .await
-        ),
+        code(
+            &f,
+            "DELETE",
+            "/api/repos/delete",
+            &admin_t,
+            json!({"name": "n", "organization": "acme"})
+        )
+        .await,
         200
     );
 }

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi
+from test_git import git, gitenv  # noqa: F401  (fixtures: git with a throwaway HOME)
 
 # A bound on how long an honest request may take while an attack runs.
 API_BOUND = 3.0
@@ -287,7 +288,7 @@ def vm_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def test_range_reads_of_a_large_git_file_do_not_hold_it_in_memory(node, tmp_path):
+def test_range_reads_of_a_large_git_file_do_not_hold_it_in_memory(node, git, tmp_path):
     """A large file in git (not LFS), read by many clients at once with 1-byte ranges: the
     node streams the blob instead of reading it whole per request, so its peak RSS does not
     grow with the number of readers."""
@@ -295,26 +296,12 @@ def test_range_reads_of_a_large_git_file_do_not_hold_it_in_memory(node, tmp_path
     import threading
     import urllib.request
 
-    from test_git import Git, remote
+    from test_git import remote
 
     size = 40 * 1024 * 1024
     api = HfApi(endpoint=node.url, token=node.admin_token)
     rid = "admin/bigblob"
     api.create_repo(rid)
-    home = tmp_path / "home"
-    home.mkdir()
-    git = Git(
-        {
-            "PATH": os.environ["PATH"],
-            "HOME": str(home),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@t",
-        }
-    )
     d = tmp_path / "c"
     git.run("clone", remote(node, rid), str(d))
     content = os.urandom(size)
