@@ -7,7 +7,7 @@
 //! leaves the listing wrong for long.
 
 use crate::{Error, Hub, blocking};
-use hub_auth::{Access, Decision, Principal};
+use hub_auth::{Access, Caller, Decision, Principal};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_repo::Repos;
 use hub_search::{ListQuery, Page, RepoDoc, SearchIndex};
@@ -102,33 +102,28 @@ impl Hub {
             principal.cloned(),
         );
         blocking(move || {
-            if let Some(p) = &caller {
-                let mut namespaces = vec![p.user.name.clone()];
-                namespaces.extend(
-                    auth.orgs_of(&p.user.name)
-                        .map_err(Error::from)?
-                        .into_iter()
-                        .map(|(org, _)| org),
-                );
-                query.include_private_of = namespaces;
-            } else {
-                query.include_private_of = Vec::new();
-            }
+            // The caller's memberships, read once: they give the namespaces whose private
+            // repos may be listed, and each such repo is then decided without more I/O.
+            let orgs = match &caller {
+                Some(p) => auth.orgs_of(&p.user.name).map_err(Error::from)?,
+                None => Vec::new(),
+            };
+            query.include_private_of = match &caller {
+                Some(p) => std::iter::once(p.user.name.clone())
+                    .chain(orgs.iter().map(|(org, _)| org.clone()))
+                    .collect(),
+                None => Vec::new(),
+            };
             let mut page = search.query(&query)?;
-            let mut refused = Ok(());
-            page.items.retain(|doc| {
-                if !doc.private {
-                    return true;
-                }
-                match auth.decide(caller.as_ref(), &doc.id, true, Access::Read) {
-                    Ok(decision) => decision == Decision::Allow,
-                    Err(e) => {
-                        refused = Err(e);
-                        false
-                    }
-                }
+            let who = caller.as_ref().map(|principal| Caller {
+                principal,
+                orgs: &orgs,
             });
-            refused.map_err(Error::from)?;
+            page.items.retain(|doc| {
+                !doc.private
+                    || hub_auth::decide(who.as_ref(), &doc.id, true, Access::Read)
+                        == Decision::Allow
+            });
             Ok(page)
         })
         .await
