@@ -1,19 +1,27 @@
-//! The replication task: publishes signed refs of the repos this node hosts, judges what peers
+//! Replication: publishes signed refs of the repos this node hosts, judges what peers
 //! gossip, and brings seeded repos up to date with packs of the difference.
 //!
+//! It is split in two (heartwood's `service` + `io`): the **service** (`replicate/service.rs`)
+//! makes every decision as a plain state machine fed inputs and the time, with no swarm, no
+//! clock and no tokio, and returns effects; the **driver** (`replicate/driver.rs`) is the
+//! tokio task that feeds it the swarm's events, local writes, control messages, timer ticks
+//! and the outcomes of the I/O it ran, and carries out its effects with the real swarm, blob
+//! endpoint, repos and chunk store. The driver is the only part that touches [`P2p`].
+//!
 //! Who spawns whom: [`spawn_replicating`] starts the swarm task (which owns the swarm) and
-//! this task (which owns the [`RefStore`] and the seeding policy). They are connected by two
-//! bounded channels: commands to the swarm (through the [`P2p`] handle) and [`NetEvent`]s
-//! back. The gateway reports local writes with [`P2p::repo_changed`], coalesced per repo in
-//! [`Changes`]. Disk and git work (the store's commits, `pack-objects`, `index-pack`) runs on
-//! the blocking pool; fetches run as one task per repo at a time.
+//! the driver task (which owns the service, and through it the [`RefStore`] and the seeding
+//! policy). They are connected by two bounded channels: commands to the swarm (through the
+//! [`P2p`] handle) and [`NetEvent`](crate::swarm::NetEvent)s back. The gateway reports local
+//! writes with [`Mesh::repo_changed`], coalesced per repo in [`Changes`]. The service runs on
+//! the blocking pool, one input at a time; disk and git work it asks for (`pack-objects`,
+//! `index-pack`, the store's commits) runs there too; one sync per repo runs at a time.
 //!
 //! Publishing (the hosting node): on a change to a *public* repo, the node makes sure its
 //! namespace has a document (a genesis naming the node key as the only delegate, created on
-//! first need and gossiped), then signs a [`RefUpdate`] of all `refs/heads/*` and
+//! first need and gossiped), then signs a [`RefUpdate`](hub_protocol::signed::RefUpdate) of all `refs/heads/*` and
 //! `refs/tags/*` with `seq = last + 1`, accepts it into its own store (which persists the
 //! seq) and gossips it. The `lfs` map binds the SHA-256 of every LFS pointer in the trees of
-//! the signed tips (not their history; at most [`MAX_LFS`], the smallest SHA-256s when there
+//! the signed tips (not their history; at most [`MAX_LFS`](hub_protocol::signed::MAX_LFS), the smallest SHA-256s when there
 //! are more) to the id of the manifest the local store holds for it, so the signature covers
 //! the manifests and a seeder verifies LFS content from its first chunk. Private repos are
 //! never announced. When a peer subscribes, the node re-gossips the documents and latest
@@ -24,7 +32,7 @@
 //! Seeding: every gossiped document and update goes through [`RefStore`] (signature, delegate,
 //! seq, binding); refusals are logged and reported to gossipsub so they are not forwarded.
 //! An update that names a namespace document not heard yet waits (bounded) for it. For an
-//! accepted update of a repo matching a [`SeedPattern`], the task asks the publisher (then
+//! accepted update of a repo matching a [`SeedPattern`], the service asks the publisher (then
 //! the forwarder, then DHT providers) for the pack of the difference and applies it with
 //! hub-repo's push machinery; the listing is then refreshed through the `on_replicated` hook.
 //! Then (also when the refs were already current) the LFS objects the tips reference and the
@@ -40,30 +48,25 @@
 //! does not hold but has an accepted update for (remembered as fetched, so it stays
 //! seeded) and waits for its git part; [`P2p::ensure_lfs`] fetches one LFS object ahead of
 //! the repo's sync for a waiting download. One fetch per LFS object runs at a time
-//! ([`fetch_lfs_once`]). [`P2p::namespace_hosts`] names the delegates of a namespace this
+//! (the driver's `fetch_lfs_once`). [`P2p::namespace_hosts`] names the delegates of a namespace this
 //! node is not a delegate of, so the gateway can send writes there.
 
-use crate::lfs::{Arrivals, Wanted};
+use crate::lfs::Arrivals;
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{LocalNames, RefStore, RefStoreError};
-use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
+use crate::swarm::{P2p, P2pConfig, P2pError};
+use driver::{Ctx, Driver};
 use hub_core::{EnsureError, LfsFetchError};
-use hub_protocol::blocks::{BlockRequest, BlockResponse};
-use hub_protocol::manifest::{Hash, Sha256};
-use hub_protocol::replication::{
-    MAX_BLOB_PACK_LEN, MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern,
-};
+use hub_protocol::manifest::Sha256;
+use hub_protocol::replication::SeedPattern;
 use hub_protocol::repo::RepoId;
-use hub_protocol::signed::{
-    DocReject, MAX_LFS, NamespaceDoc, PublicKey, RefReject, RefUpdate, SignedNamespaceDoc,
-    SignedRefUpdate, SigningKey, Visibility,
-};
-use hub_repo::{RepoError, Repos};
+use hub_protocol::signed::{PublicKey, SigningKey};
+use hub_repo::Repos;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use service::{Service, is_withdrawal};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -72,6 +75,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod claims;
+mod driver;
+mod service;
 
 /// Updates that wait for their namespace document, at most.
 const MAX_PENDING: usize = 256;
@@ -456,29 +461,33 @@ pub async fn spawn_replicating(
     let changes = Arc::new(Changes::default());
     let arrivals = Arc::new(Arrivals::default());
     let store = Arc::new(Mutex::new(store));
-    let key = SigningKey::from_bytes(&replication.secret);
     let synced = Arc::new(watch::channel(0u64).0);
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control = Arc::new(Control {
         seeds: seeds.clone(),
         store: store.clone(),
         repos: replication.repos.clone(),
-        me: key.public(),
+        me,
         key: SigningKey::from_bytes(&replication.secret),
         tx: control_tx,
         synced: synced.clone(),
         chunks: replication.store.clone(),
     });
-    let (done_tx, done_rx) = mpsc::channel(64);
-    let ctx = Arc::new(Ctx {
+    let service = Service::new(
+        p2p.peer_id(),
+        SigningKey::from_bytes(&replication.secret),
         store,
-        key,
+        replication.repos.clone(),
+        replication.store.clone(),
+        seeds,
+        p2p.blobs.is_some(),
+    );
+    let ctx = Arc::new(Ctx {
         repos: replication.repos,
         chunks: replication.store,
         on_replicated: replication.on_replicated,
         p2p: p2p.clone(),
         corrupt_chunks: replication.corrupt_chunks_for_tests,
-        seeds,
         synced,
         arrivals: arrivals.clone(),
         inflight: Mutex::default(),
@@ -490,16 +499,15 @@ pub async fn spawn_replicating(
         let ctx: Arc<dyn crate::blobs::Source> = ctx.clone();
         blobs.serve(Arc::downgrade(&ctx));
     }
-    let task = Task {
+    let driver = Driver {
         p2p: p2p.clone(),
         ctx,
         changes: changes.clone(),
-        pending: HashMap::new(),
-        fetching: HashMap::new(),
-        failed: HashMap::new(),
-        done_tx,
+        service: Arc::new(Mutex::new(service)),
+        waiting: HashMap::new(),
+        next_ticket: 0,
     };
-    let replication_task = tokio::spawn(task.run(events, done_rx, control_rx, cancel));
+    let replication_task = tokio::spawn(driver.run(events, control_rx, cancel));
     let joined = tokio::spawn(async move {
         let _ = replication_task.await;
         let _ = swarm_task.await;
@@ -513,1152 +521,15 @@ pub async fn spawn_replicating(
     Ok((mesh, joined))
 }
 
-/// What fetch tasks and the main loop share.
-struct Ctx {
-    /// Used only on blocking threads (its methods sync to disk).
-    store: Arc<Mutex<RefStore>>,
-    key: SigningKey,
-    repos: Arc<Repos>,
-    chunks: hub_store::Store,
-    on_replicated: OnReplicated,
-    p2p: P2p,
-    corrupt_chunks: bool,
-    /// Which repos this node seeds (configuration, run time, fetched on demand).
-    seeds: Arc<SeedPolicy>,
-    /// Bumped whenever a fetch applied a pack or finished: on-demand waiters re-check.
-    synced: Arc<watch::Sender<u64>>,
-    /// LFS objects being fetched now (shared with the [`Mesh`] handle's downloads).
-    arrivals: Arc<Arrivals>,
-    /// LFS objects being fetched now; a second fetcher of one waits for the first.
-    inflight: Mutex<BTreeMap<Sha256, watch::Receiver<()>>>,
-    /// Requests being served per peer (bounded by [`MAX_SERVING_PER_PEER`]).
-    serving: Mutex<HashMap<PeerId, usize>>,
-    serve_slots: Arc<tokio::sync::Semaphore>,
-    /// Chunk ids of files served over the blob endpoint.
-    chunk_sets: Mutex<crate::lfs::ChunkSets>,
-}
-
-impl crate::blobs::Source for Ctx {
-    fn knows(&self, peer: &PeerId) -> bool {
-        self.p2p.peers.is_connected(peer)
-    }
-
-    fn admit(self: Arc<Self>, peer: PeerId) -> crate::blobs::Admission {
-        Box::pin(async move {
-            admit(&self, peer)
-                .await
-                .map(|s| Box::new(s) as crate::blobs::Place)
-        })
-    }
-
-    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, String> {
-        crate::lfs::serve_blobs(&self.repos, &self.chunks, &self.chunk_sets, manifest, ids)
-    }
-
-    fn served(&self, peer: PeerId, bytes: u64) {
-        let counters = &self.p2p.counters;
-        counters
-            .chunk_bytes_sent
-            .fetch_add(bytes, Ordering::Relaxed);
-        counters.blob_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        self.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
-    }
-
-    fn corrupt(&self) -> Option<usize> {
-        self.corrupt_chunks.then_some(0)
-    }
-}
-
-/// One request being served for a peer; frees its place when dropped.
-struct Serving {
-    ctx: Arc<Ctx>,
-    peer: PeerId,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let mut serving = self
-            .ctx
-            .serving
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = serving.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                serving.remove(&self.peer);
-            }
-        }
-    }
-}
-
-/// A place to serve one more request of `peer`: `None` when it has
-/// [`MAX_SERVING_PER_PEER`] running already; waits while all [`MAX_SERVING`] are busy.
-async fn admit(ctx: &Arc<Ctx>, peer: PeerId) -> Option<Serving> {
-    {
-        let mut serving = ctx.serving.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = serving.entry(peer).or_default();
-        if *n >= MAX_SERVING_PER_PEER {
-            tracing::debug!(%peer, "peer over its request limit; refused");
-            return None;
-        }
-        *n += 1;
-    }
-    // Counted before the wait, so a peer cannot queue more than its share either.
-    let slot = ctx.serve_slots.clone().acquire_owned().await;
-    let mut serving = ctx.serving.lock().unwrap_or_else(PoisonError::into_inner);
-    match slot {
-        Ok(slot) => Some(Serving {
-            ctx: ctx.clone(),
-            peer,
-            _slot: slot,
-        }),
-        // The semaphore is never closed; undo the count all the same.
-        Err(_) => {
-            if let Some(n) = serving.get_mut(&peer) {
-                *n = n.saturating_sub(1);
-            }
-            None
-        }
-    }
-}
-
-impl Ctx {
-    fn store(&self) -> std::sync::MutexGuard<'_, RefStore> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-struct Task {
-    p2p: P2p,
-    ctx: Arc<Ctx>,
-    changes: Arc<Changes>,
-    /// Updates waiting for their namespace document: repo → (bytes, publisher, forwarder).
-    pending: HashMap<RepoId, (Vec<u8>, Option<PeerId>, PeerId)>,
-    /// Repos with a fetch running; `true` when another accepted update arrived meanwhile.
-    fetching: HashMap<RepoId, (bool, Vec<PeerId>)>,
-    /// Repos whose last fetch failed, with the peers to try again.
-    failed: HashMap<RepoId, Vec<PeerId>>,
-    done_tx: mpsc::Sender<(RepoId, bool)>,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-impl Task {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<NetEvent>,
-        mut done: mpsc::Receiver<(RepoId, bool)>,
-        mut control: mpsc::Receiver<ControlMsg>,
-        cancel: CancellationToken,
-    ) {
-        let mut retry = tokio::time::interval(RETRY_PERIOD);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.resume().await;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = self.changes.notify.notified() => {
-                    for repo in self.changes.take() {
-                        self.publish(repo).await;
-                    }
-                }
-                event = events.recv() => match event {
-                    Some(event) => self.event(event).await,
-                    None => break,
-                },
-                Some((repo, ok)) = done.recv() => self.fetched(repo, ok),
-                Some(msg) = control.recv() => self.on_control(msg).await,
-                _ = retry.tick() => {
-                    for (repo, peers) in std::mem::take(&mut self.failed) {
-                        // A repo no longer seeded (`seed rm`) is not fetched again.
-                        if self.ctx.seeds.matches(&repo) {
-                            self.fetch(repo, peers);
-                        }
-                    }
-                }
-            }
-        }
-        tracing::debug!("replication task stopped");
-    }
-
-    /// Records the accepted seqs, and schedules a sync of every seeded repo with an accepted
-    /// update: it fetches what an earlier run left missing (nothing, when all is stored).
-    async fn resume(&mut self) {
-        let ctx = self.ctx.clone();
-        let accepted = blocking(move || {
-            let store = ctx.store();
-            store
-                .state()
-                .accepted()
-                .map(|(repo, update)| (repo.clone(), update.update.seq))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (repo, seq) in accepted {
-            let seeded = self.ctx.seeds.matches(&repo);
-            self.p2p.repo_states.update(&repo, |s| {
-                s.last_seq = Some(seq);
-                s.seeded = seeded;
-            });
-            if seeded {
-                self.failed.insert(repo, Vec::new());
-            }
-        }
-    }
-
-    /// Signs and gossips the state of a locally written repo (public ones only).
-    async fn publish(&mut self, repo: RepoId) {
-        let ctx = self.ctx.clone();
-        let id = repo.clone();
-        let signed =
-            blocking(move || sign_update(&mut ctx.store(), &ctx.key, &ctx.repos, &ctx.chunks, &id))
-                .await
-                .flatten();
-        let Some((doc, update)) = signed else {
-            return;
-        };
-        if let Some(doc) = doc {
-            self.gossip(Topic::Namespaces, doc.encode());
-        }
-        let seq = update.update.seq;
-        self.p2p
-            .repo_states
-            .update(&repo, |s| s.last_seq = Some(seq));
-        self.gossip(Topic::Refs, update.encode());
-        if is_withdrawal(&update) {
-            tracing::info!(%repo, seq, "withdrawing the repo from the mesh (private or deleted)");
-            self.p2p.try_send(Command::StopProviding(repo));
-        } else {
-            tracing::info!(%repo, seq, lfs = update.update.lfs.len(), "announcing signed refs");
-            self.p2p.try_send(Command::Provide(repo));
-        }
-    }
-
-    fn gossip(&self, topic: Topic, data: Vec<u8>) {
-        if !self.p2p.try_send(Command::Publish {
-            topic,
-            data,
-            done: None,
-        }) {
-            tracing::warn!(?topic, "swarm command queue full; gossip dropped");
-        }
-    }
-
-    async fn event(&mut self, event: NetEvent) {
-        match event {
-            NetEvent::Gossip {
-                topic,
-                id,
-                propagation_source,
-                author,
-                data,
-            } => {
-                let verdict = match topic {
-                    Topic::Namespaces => self.on_doc(data).await,
-                    Topic::Refs => self.on_update(data, author, propagation_source).await,
-                    // Routed to the compute mesh by the swarm; never reaches this task.
-                    Topic::Capacity => Verdict::Ignore,
-                };
-                let counter = if verdict == Verdict::Accept {
-                    &self.p2p.counters.gossip_accepted
-                } else {
-                    &self.p2p.counters.gossip_refused
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                self.p2p.try_send(Command::Validate {
-                    id,
-                    source: propagation_source,
-                    verdict,
-                });
-            }
-            NetEvent::Subscribed { peer, topic } => {
-                tracing::debug!(%peer, ?topic, "peer subscribed; re-gossiping our state");
-                let ctx = self.ctx.clone();
-                let messages = blocking(move || own_state(&ctx, topic))
-                    .await
-                    .unwrap_or_default();
-                for data in messages {
-                    self.gossip(topic, data);
-                }
-            }
-            NetEvent::PackRequest {
-                peer,
-                request,
-                channel,
-            } => {
-                let ctx = self.ctx.clone();
-                tokio::spawn(async move {
-                    let Some(_serving) = admit(&ctx, peer).await else {
-                        let response = PackResponse::Failed;
-                        let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
-                        return;
-                    };
-                    let repo = request.repo.clone();
-                    let response = blocking({
-                        let ctx = ctx.clone();
-                        move || serve_pack(&ctx.repos, ctx.p2p.blobs.as_deref(), peer, &request)
-                    })
-                    .await
-                    .unwrap_or(PackResponse::Failed);
-                    tracing::debug!(%peer, %repo, ok = matches!(response, PackResponse::Pack(_)), "served pack request");
-                    let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
-                });
-            }
-            NetEvent::BlockRequest {
-                peer,
-                request,
-                channel,
-            } => {
-                if matches!(request, BlockRequest::Blobs) {
-                    let response = BlockResponse::Blobs(self.p2p.blob_addrs());
-                    self.p2p
-                        .try_send(Command::RespondBlocks { channel, response });
-                    return;
-                }
-                let ctx = self.ctx.clone();
-                tokio::spawn(async move {
-                    let Some(_serving) = admit(&ctx, peer).await else {
-                        let response = BlockResponse::Failed;
-                        let _ = ctx
-                            .p2p
-                            .send(Command::RespondBlocks { channel, response })
-                            .await;
-                        return;
-                    };
-                    let response = blocking({
-                        let ctx = ctx.clone();
-                        move || {
-                            crate::lfs::serve(&ctx.repos, &ctx.chunks, &request, ctx.corrupt_chunks)
-                        }
-                    })
-                    .await
-                    .unwrap_or(BlockResponse::Failed);
-                    if let BlockResponse::Chunks(chunks) = &response {
-                        let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                        ctx.p2p
-                            .counters
-                            .chunk_bytes_sent
-                            .fetch_add(bytes, Ordering::Relaxed);
-                        ctx.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
-                    }
-                    let _ = ctx
-                        .p2p
-                        .send(Command::RespondBlocks { channel, response })
-                        .await;
-                });
-            }
-        }
-    }
-
-    async fn on_doc(&mut self, data: Vec<u8>) -> Verdict {
-        let ctx = self.ctx.clone();
-        let result = blocking(move || ctx.store().apply_namespace_doc_bytes(&data)).await;
-        match result {
-            Some(Ok(accepted)) => {
-                tracing::debug!(?accepted, "namespace document accepted");
-                // Updates that waited for a document get another chance.
-                for (_, (bytes, author, via)) in std::mem::take(&mut self.pending) {
-                    Box::pin(self.on_update(bytes, author, via)).await;
-                }
-                Verdict::Accept
-            }
-            // Another node's claim on a name this node gave to someone first (ADR 0006): not
-            // forwarded, but no forgery either, so the sender is not penalised.
-            Some(Err(RefStoreError::DocRejected(reason @ DocReject::ConflictingClaim { .. }))) => {
-                tracing::info!(%reason, "conflicting namespace claim not taken");
-                Verdict::Ignore
-            }
-            Some(Err(RefStoreError::DocRejected(reason))) => {
-                tracing::warn!(%reason, "namespace document rejected");
-                Verdict::Reject
-            }
-            Some(Err(error @ RefStoreError::LocalNamespace { .. })) => claims::refused(
-                &self.p2p.counters.foreign_claims_refused,
-                &error,
-                "namespace document",
-            ),
-            Some(Err(error)) => {
-                tracing::warn!(%error, "namespace document not stored");
-                Verdict::Ignore
-            }
-            None => Verdict::Ignore,
-        }
-    }
-
-    async fn on_update(&mut self, data: Vec<u8>, author: Option<PeerId>, via: PeerId) -> Verdict {
-        let signed = match SignedRefUpdate::decode(&data) {
-            Ok(signed) => signed,
-            Err(error) => {
-                tracing::warn!(%via, %error, "malformed ref update rejected");
-                return Verdict::Reject;
-            }
-        };
-        let repo = signed.update.repo.clone();
-        let ctx = self.ctx.clone();
-        let id = repo.clone();
-        let result = blocking(move || {
-            ctx.store()
-                .apply_ref_update(&id, signed, now())
-                .map(|u| (u.update.seq, is_withdrawal(u)))
-        })
-        .await;
-        match result {
-            Some(Ok((seq, withdrawn))) => {
-                tracing::info!(%repo, seq, %via, "ref update accepted");
-                let seeded = self.ctx.seeds.matches(&repo);
-                self.p2p.repo_states.update(&repo, |s| {
-                    s.last_seq = Some(seq);
-                    s.seeded = seeded;
-                });
-                // A withdrawal is obeyed whether the repo is seeded or was fetched once.
-                if seeded || withdrawn {
-                    let peers = author.into_iter().chain([via]).collect();
-                    self.fetch(repo, peers);
-                }
-                Verdict::Accept
-            }
-            Some(Err(RefStoreError::Rejected(RefReject::UnknownNamespaceDoc { doc }))) => {
-                tracing::debug!(%repo, %doc, "ref update waits for its namespace document");
-                if self.pending.len() < MAX_PENDING || self.pending.contains_key(&repo) {
-                    self.pending.insert(repo, (data, author, via));
-                }
-                Verdict::Ignore
-            }
-            Some(Err(RefStoreError::Rejected(reason @ RefReject::StaleSeq { .. }))) => {
-                tracing::debug!(%repo, %reason, "ref update ignored");
-                Verdict::Ignore
-            }
-            Some(Err(RefStoreError::Rejected(reason))) => {
-                tracing::warn!(%repo, %via, author = ?author, %reason, "ref update rejected");
-                Verdict::Reject
-            }
-            Some(Err(error @ RefStoreError::LocalNamespace { .. })) => claims::refused(
-                &self.p2p.counters.foreign_updates_refused,
-                &error,
-                "ref update",
-            ),
-            Some(Err(error)) => {
-                tracing::warn!(%repo, %error, "ref update not stored");
-                Verdict::Ignore
-            }
-            None => Verdict::Ignore,
-        }
-    }
-
-    async fn on_control(&mut self, msg: ControlMsg) {
-        match msg {
-            ControlMsg::SeedsChanged => {
-                let ctx = self.ctx.clone();
-                let accepted = blocking(move || {
-                    ctx.store()
-                        .state()
-                        .accepted()
-                        .map(|(repo, _)| repo.clone())
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                for repo in accepted {
-                    let seeded = self.ctx.seeds.matches(&repo);
-                    let was = self.p2p.repo_state(&repo).is_some_and(|s| s.seeded);
-                    self.p2p.repo_states.update(&repo, |s| s.seeded = seeded);
-                    if seeded && !was {
-                        tracing::info!(%repo, "now seeded; syncing");
-                        self.fetch(repo, Vec::new());
-                    } else if !seeded {
-                        self.failed.remove(&repo);
-                    }
-                }
-            }
-            ControlMsg::Ensure(repo) => {
-                let (seeds, id) = (self.ctx.seeds.clone(), repo.clone());
-                // Remembered only when no pattern covers it already.
-                let remember = move || {
-                    if seeds.matches(&id) {
-                        Ok(false)
-                    } else {
-                        seeds.add_fetched(&id)
-                    }
-                };
-                match blocking(remember).await {
-                    Some(Ok(true)) => {
-                        tracing::info!(%repo, "fetching on demand; seeded from now on");
-                    }
-                    Some(Err(error @ SeedError::TooManyFetched)) => {
-                        // Not kept, so not fetched either (seeds::MAX_FETCHED).
-                        tracing::warn!(%repo, %error, "fetched repo not remembered; not fetched");
-                        return;
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%repo, %error, "fetched repo not remembered");
-                    }
-                    _ => {}
-                }
-                self.p2p.repo_states.update(&repo, |s| s.seeded = true);
-                if !self.fetching.contains_key(&repo) {
-                    let peers = self.failed.remove(&repo).unwrap_or_default();
-                    self.fetch(repo, peers);
-                }
-            }
-            ControlMsg::Lfs {
-                repo,
-                sha256,
-                size,
-                reply,
-            } => {
-                let ctx = self.ctx.clone();
-                tokio::spawn(async move {
-                    let result = priority_lfs(&ctx, &repo, sha256, size).await;
-                    if let Err(error) = &result {
-                        tracing::warn!(%repo, %sha256, %error, "LFS object wanted by a download not fetched");
-                    }
-                    let _ = reply.send(result);
-                });
-            }
-        }
-    }
-
-    /// Starts (or re-arms) the fetch of a seeded repo.
-    fn fetch(&mut self, repo: RepoId, peers: Vec<PeerId>) {
-        if let Some((again, known)) = self.fetching.get_mut(&repo) {
-            *again = true;
-            *known = peers;
-            return;
-        }
-        self.fetching.insert(repo.clone(), (false, peers.clone()));
-        let (ctx, done) = (self.ctx.clone(), self.done_tx.clone());
-        tokio::spawn(async move {
-            let ok = match fetch_repo(&ctx, &repo, peers).await {
-                Ok(()) => {
-                    ctx.p2p.repo_states.update(&repo, |s| s.last_error = None);
-                    true
-                }
-                Err(error) => {
-                    tracing::warn!(%repo, %error, "replication fetch failed; will retry");
-                    ctx.p2p
-                        .repo_states
-                        .update(&repo, |s| s.last_error = Some(error));
-                    false
-                }
-            };
-            let _ = done.send((repo, ok)).await;
-        });
-    }
-
-    fn fetched(&mut self, repo: RepoId, ok: bool) {
-        self.ctx.synced.send_modify(|n| *n += 1);
-        let Some((again, peers)) = self.fetching.remove(&repo) else {
-            return;
-        };
-        let withdrawn = self
-            .ctx
-            .store()
-            .state()
-            .last_accepted(&repo)
-            .is_some_and(is_withdrawal);
-        if ok && !withdrawn {
-            // A seeder with the whole repo is one more provider of it.
-            self.p2p.try_send(Command::Provide(repo.clone()));
-        }
-        if again {
-            self.fetch(repo, peers);
-        } else if !ok {
-            self.failed.insert(repo, peers);
-        }
-    }
-}
-
-/// Builds (and accepts into our own store) the next signed update of `repo`, plus the
-/// namespace genesis when this is the namespace's first update. `None` when the repo is
-/// private or gone and was never announced, or in a namespace this node is not a delegate of.
-///
-/// A repo that was announced and is now private or deleted gets a **withdrawal**: the next
-/// update with no refs and no LFS bindings. Seeders obey it at once (they drop their copy,
-/// stop serving and providing it), nodes that never held it will not fetch it on demand, and
-/// it is re-gossiped to peers that join later, so a seeder that was offline hears it too.
-/// Making the repo public again announces it anew with a higher sequence number.
-fn sign_update(
-    store: &mut RefStore,
-    key: &SigningKey,
-    repos: &Repos,
-    chunks: &hub_store::Store,
-    repo: &RepoId,
-) -> Option<(Option<SignedNamespaceDoc>, SignedRefUpdate)> {
-    match repos.meta(repo) {
-        Ok(meta) if !meta.private => {}
-        Ok(_) | Err(RepoError::NotFound { .. }) => return sign_withdrawal(store, key, repo),
-        Err(error) => {
-            tracing::warn!(%repo, %error, "cannot read repo metadata; not announced");
-            return None;
-        }
-    }
-    let refs = match repos.public_refs(repo) {
-        Ok(refs) => refs,
-        Err(error) => {
-            tracing::warn!(%repo, %error, "cannot read refs; not announced");
-            return None;
-        }
-    };
-    let me = key.public();
-    let mut genesis = None;
-    let doc = match store.state().head(repo.namespace()) {
-        Some(doc) => doc.clone(),
-        None => {
-            let doc = NamespaceDoc::new(repo.namespace(), vec![me], 1, Visibility::Public)
-                .inspect_err(
-                    |error| tracing::warn!(%repo, %error, "cannot make a namespace document"),
-                )
-                .ok()?;
-            let signed = doc.sign_genesis(&[key]);
-            if let Err(error) = store.apply_namespace_doc(signed.clone()) {
-                tracing::warn!(%repo, %error, "own namespace document refused");
-                return None;
-            }
-            genesis = Some(signed);
-            doc
-        }
-    };
-    if !doc.is_delegate(&me) {
-        tracing::debug!(%repo, "not a delegate of the namespace; not announced");
-        return None;
-    }
-    let seq = store.state().last_seq(repo).unwrap_or(0) + 1;
-    let mut update = RefUpdate::new(repo.clone(), doc.id(), seq, now());
-    let mut tips: Vec<[u8; 20]> = refs.values().copied().collect();
-    tips.sort_unstable();
-    tips.dedup();
-    update.refs = refs;
-    match repos.lfs_pointers(repo, &tips, MAX_LFS) {
-        Ok(pointers) => {
-            for sha in pointers.into_keys() {
-                // Only the repo's own objects: binding another one's would hand out the
-                // manifest id that proves possession (crate::lfs::stored_as).
-                if !repos.has_lfs_object(repo, &sha).unwrap_or(false) {
-                    tracing::warn!(%repo, sha256 = %Sha256(sha), "LFS object not in the repo's set; not bound");
-                    continue;
-                }
-                match chunks.manifest(&Sha256(sha)) {
-                    Ok((id, _)) => {
-                        update.lfs.insert(Sha256(sha), id);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%repo, sha256 = %Sha256(sha), %error, "LFS object without a manifest; not bound");
-                    }
-                }
-            }
-        }
-        Err(error) => tracing::warn!(%repo, %error, "cannot list LFS pointers; none bound"),
-    }
-    let signed = update
-        .sign(key)
-        .inspect_err(|error| tracing::warn!(%repo, %error, "cannot sign ref update"))
-        .ok()?;
-    if let Err(error) = store.apply_ref_update(repo, signed.clone(), now()) {
-        tracing::warn!(%repo, %error, "own ref update refused");
-        return None;
-    }
-    Some((genesis, signed))
-}
-
-/// The withdrawal of a repo that was announced and is now private or gone here (see
-/// [`sign_update`]); `None` when there is nothing to withdraw (never announced, withdrawn
-/// already, or not this node's namespace).
-fn sign_withdrawal(
-    store: &mut RefStore,
-    key: &SigningKey,
-    repo: &RepoId,
-) -> Option<(Option<SignedNamespaceDoc>, SignedRefUpdate)> {
-    let me = key.public();
-    let doc = store.state().head(repo.namespace())?.clone();
-    if !doc.is_delegate(&me) {
-        return None;
-    }
-    let last = store.state().last_accepted(repo)?;
-    if is_withdrawal(last) {
-        return None;
-    }
-    let seq = last.update.seq + 1;
-    let signed = RefUpdate::new(repo.clone(), doc.id(), seq, now())
-        .sign(key)
-        .inspect_err(|error| tracing::warn!(%repo, %error, "cannot sign a withdrawal"))
-        .ok()?;
-    if let Err(error) = store.apply_ref_update(repo, signed.clone(), now()) {
-        tracing::warn!(%repo, %error, "own withdrawal refused");
-        return None;
-    }
-    Some((None, signed))
-}
-
-/// Whether an accepted update withdraws its repo (no refs: made private or deleted).
-fn is_withdrawal(update: &SignedRefUpdate) -> bool {
-    update.update.refs.is_empty()
-}
-
-/// Obeys a withdrawal (blocking): drops this node's replica of `repo` — git data, LFS set,
-/// GC roots, listing entry — unless the namespace is this node's own. Its LFS content is then
-/// listed by no repo: it is neither served to peers nor downloadable, and `hubmesh store gc`
-/// reclaims what no other repo holds. Returns whether a replica was dropped.
-fn withdraw_replica(ctx: &Ctx, repo: &RepoId) -> Result<bool, String> {
-    let hosted_here = ctx
-        .store()
-        .state()
-        .head(repo.namespace())
-        .is_some_and(|doc| doc.is_delegate(&ctx.key.public()));
-    if hosted_here || !ctx.repos.exists(repo) {
-        return Ok(false);
-    }
-    hub_core::lfs_objects::release(&ctx.repos, &ctx.chunks, repo).map_err(|e| e.to_string())?;
-    match ctx.repos.delete(repo) {
-        Ok(()) | Err(RepoError::NotFound { .. }) => {}
-        Err(error) => return Err(error.to_string()),
-    }
-    (ctx.on_replicated)(repo);
-    Ok(true)
-}
-
-/// What a peer that just subscribed is sent to catch up: every namespace chain and every
-/// accepted update of a public repo, ours or relayed (a node that joined through a seeder
-/// hears of repos whose publisher it is not connected to, or that is gone). Receivers judge
-/// them like any gossip; what they hold already is ignored as a replay.
-fn own_state(ctx: &Ctx, topic: Topic) -> Vec<Vec<u8>> {
-    let store = ctx.store();
-    let state = store.state();
-    match topic {
-        // Adverts are periodic; a new peer hears the next round.
-        Topic::Capacity => Vec::new(),
-        Topic::Namespaces => state
-            .namespaces()
-            .flat_map(|ns| state.chain(ns).iter().map(SignedNamespaceDoc::encode))
-            .take(MAX_CATCH_UP)
-            .collect(),
-        Topic::Refs => state
-            .accepted()
-            // Never re-gossip a repo that is private here, except its withdrawal (which
-            // names no refs).
-            .filter(|(repo, update)| {
-                is_withdrawal(update) || !ctx.repos.meta(repo).is_ok_and(|m| m.private)
-            })
-            .map(|(_, update)| update.encode())
-            .take(MAX_CATCH_UP)
-            .collect(),
-    }
-}
-
-/// Answers a pack request: only for public repos, only with objects the repo has.
-/// Answers a pack request (blocking): the pack in the answer, or, when both sides run the
-/// blob data plane, held for `peer` as a blob (up to [`MAX_BLOB_PACK_LEN`]).
-fn serve_pack(
-    repos: &Repos,
-    blobs: Option<&crate::blobs::Blobs>,
-    peer: PeerId,
-    request: &PackRequest,
-) -> PackResponse {
-    match repos.meta(&request.repo) {
-        Ok(meta) if !meta.private => {}
-        _ => return PackResponse::NotFound,
-    }
-    let blobs = blobs.filter(|_| request.blob);
-    let limit = match blobs {
-        Some(_) => MAX_BLOB_PACK_LEN,
-        None => MAX_PACK_LEN as u64,
-    };
-    match repos.build_pack(&request.repo, &request.want, &request.have, limit) {
-        Ok(pack) => match blobs {
-            Some(blobs) => {
-                let (hash, size) = blobs.offer(peer, pack);
-                PackResponse::Blob { hash, size }
-            }
-            None => PackResponse::Pack(pack),
-        },
-        Err(hub_repo::ReplicaError::MissingObject { .. }) => PackResponse::NotFound,
-        Err(hub_repo::ReplicaError::TooLarge { limit }) => PackResponse::TooLarge { limit },
-        Err(error) => {
-            tracing::warn!(repo = %request.repo, %error, "cannot build pack");
-            PackResponse::Failed
-        }
-    }
-}
-
-/// Brings `repo` to its last accepted update: asks each candidate peer in turn (then DHT
-/// providers) for the pack of the difference and applies the first good one.
-async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Result<(), String> {
-    let (c, id) = (ctx.clone(), repo.clone());
-    let target = blocking(move || {
-        let update = c.store().state().last_accepted(&id).cloned()?;
-        let local = c.repos.exists(&id);
-        if local && c.repos.meta(&id).is_ok_and(|m| m.private) {
-            // A private repo of this node under the same name is never overwritten.
-            return None;
-        }
-        let have = if local {
-            c.repos.ref_tips(&id).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let current = if local {
-            c.repos.public_refs(&id).unwrap_or_default()
-        } else {
-            Default::default()
-        };
-        Some((update, have, current, local))
-    })
-    .await
-    .flatten();
-    let Some((update, have, current, local)) = target else {
-        return Ok(());
-    };
-    if is_withdrawal(&update) {
-        let (c, id) = (ctx.clone(), repo.clone());
-        let dropped = blocking(move || withdraw_replica(&c, &id))
-            .await
-            .ok_or("withdrawal task failed")??;
-        if dropped {
-            tracing::info!(%repo, seq = update.update.seq, "repo withdrawn by its host; replica dropped");
-        }
-        ctx.p2p.try_send(Command::StopProviding(repo.clone()));
-        return Ok(());
-    }
-    if peers.is_empty() {
-        // Resumed, retried or fetched on demand: no gossip peer to prefer; the connected
-        // peers first (a quick NotFound from those without it), then the DHT's providers.
-        peers = ctx.p2p.connected();
-    }
-    let gossip_peers = peers.clone();
-    if local && current == update.update.refs {
-        return sync_lfs(ctx, repo, &update, gossip_peers).await;
-    }
-    let mut want: Vec<[u8; 20]> = update.update.refs.values().copied().collect();
-    want.sort_unstable();
-    want.dedup();
-    let request = PackRequest {
-        repo: repo.clone(),
-        want,
-        have,
-        blob: ctx.p2p.blobs.is_some(),
-    };
-    // The gossip peers first; DHT providers only when none of them could serve (a DHT query
-    // can take as long as its timeout).
-    let me = ctx.p2p.peer_id();
-    let mut tried = std::collections::HashSet::from([me]);
-    peers.retain(|p| tried.insert(*p));
-    let mut last_error = match try_peers(ctx, &request, &update, &peers).await {
-        Ok(()) => return sync_lfs(ctx, repo, &update, gossip_peers).await,
-        Err(error) => error,
-    };
-    if let Ok(mut providers) = ctx.p2p.providers(repo).await {
-        providers.retain(|p| tried.insert(*p));
-        if !providers.is_empty() {
-            last_error = match try_peers(ctx, &request, &update, &providers).await {
-                Ok(()) => return sync_lfs(ctx, repo, &update, gossip_peers).await,
-                Err(error) => error,
-            };
-        }
-    }
-    Err(last_error)
-}
-
-/// Fetches the LFS objects the repo's tips reference and the store lacks (module `lfs`).
-/// An error when some could not be fetched: the repo is synced again later.
-async fn sync_lfs(
-    ctx: &Arc<Ctx>,
-    repo: &RepoId,
-    update: &SignedRefUpdate,
-    gossip_peers: Vec<PeerId>,
-) -> Result<(), String> {
-    let (c, id, binding) = (ctx.clone(), repo.clone(), update.update.lfs.clone());
-    let missing = blocking(move || crate::lfs::missing(&c.repos, &c.chunks, &id, &binding))
-        .await
-        .ok_or("LFS scan task failed")??;
-    let set_missing = |n: usize| {
-        ctx.p2p.repo_states.update(repo, |s| {
-            s.lfs_missing = n as u64;
-            s.lfs_unbound = missing.unbound as u64;
-        })
-    };
-    set_missing(missing.wanted.len());
-    if missing.unbound > 0 {
-        tracing::warn!(%repo, unbound = missing.unbound, "LFS pointers the signed update binds to no manifest; not fetched");
-    }
-    if missing.wanted.is_empty() {
-        return Ok(());
-    }
-    let total: u64 = missing.wanted.iter().map(|w| w.size).sum();
-    if total > MAX_ON_DEMAND_LFS && ctx.seeds.on_demand_only(repo) {
-        // A read fetched this repo; its content comes when a download asks for it.
-        tracing::info!(%repo, total, "on-demand repo: LFS objects fetched per download only");
-        return Ok(());
-    }
-    // Publisher and forwarder first, then every connected peer, then the DHT's providers
-    // (other seeders): chunk batches are spread over several of them at once.
-    let me = ctx.p2p.peer_id();
-    let mut seen = std::collections::HashSet::from([me]);
-    let providers = tokio::time::timeout(PROVIDERS_TIMEOUT, ctx.p2p.providers(repo))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let peers: Vec<PeerId> = gossip_peers
-        .into_iter()
-        .chain(ctx.p2p.connected())
-        .chain(providers)
-        .filter(|p| seen.insert(*p))
-        .collect();
-    let mut left = missing.wanted.len();
-    let mut last_error = None;
-    for wanted in missing.wanted {
-        match fetch_lfs_once(ctx, repo, wanted, &peers).await {
-            Ok(()) => {
-                left -= 1;
-                set_missing(left);
-            }
-            Err(error) => {
-                tracing::warn!(%repo, sha256 = %wanted.sha256, %error, "LFS object not fetched");
-                last_error = Some(error);
-            }
-        }
-    }
-    match last_error {
-        None => Ok(()),
-        Some(error) => Err(format!("{left} LFS objects still missing; last: {error}")),
-    }
-}
-
-/// Ends an in-flight LFS fetch: waiters wake (the sender drops) and re-check the store.
-struct Inflight {
-    ctx: Arc<Ctx>,
-    sha256: Sha256,
-    _done: watch::Sender<()>,
-}
-
-impl Drop for Inflight {
-    fn drop(&mut self) {
-        self.ctx
-            .inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.sha256);
-    }
-}
-
-/// Fetches one LFS object for `repo` (module `lfs`) from `peers`, then the DHT's providers,
-/// and records it (GC root, the repo's LFS set). One fetch per object at a time: a second
-/// caller (a download that wants the object while the repo's sync fetches it, or the other
-/// way round) waits for the first and re-checks the store.
-async fn fetch_lfs_once(
-    ctx: &Arc<Ctx>,
-    repo: &RepoId,
-    wanted: Wanted,
-    peers: &[PeerId],
-) -> Result<(), String> {
-    let sha = wanted.sha256;
-    let (waiting, guard) = {
-        let mut map = ctx.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        match map.get(&sha) {
-            Some(rx) => (Some(rx.clone()), None),
-            None => {
-                let (tx, rx) = watch::channel(());
-                map.insert(sha, rx);
-                let guard = Inflight {
-                    ctx: ctx.clone(),
-                    sha256: sha,
-                    _done: tx,
-                };
-                (None, Some(guard))
-            }
-        }
-    };
-    if let Some(mut rx) = waiting {
-        // Resolves when the other fetch ends (its sender drops).
-        let _ = rx.changed().await;
-        let (c, s, m) = (ctx.clone(), sha, wanted.manifest_id);
-        let stored = blocking(move || crate::lfs::stored_as(&c.chunks, &s, Some(&m)))
-            .await
-            .unwrap_or(false);
-        if !stored {
-            return Err("a concurrent fetch of this object failed".into());
-        }
-        return record_lfs(ctx, repo, sha).await;
-    }
-    let me = ctx.p2p.peer_id();
-    let more = || async {
-        tokio::time::timeout(PROVIDERS_TIMEOUT, ctx.p2p.providers(repo))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| *p != me)
-            .collect()
-    };
-    let bytes =
-        crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, &ctx.arrivals, wanted, peers, more).await?;
-    record_lfs(ctx, repo, sha).await?;
-    drop(guard);
-    ctx.p2p
-        .counters
-        .lfs_objects_fetched
-        .fetch_add(1, Ordering::Relaxed);
-    ctx.p2p.repo_states.update(repo, |s| {
-        s.lfs_fetched += 1;
-        s.chunk_bytes_received += bytes;
-    });
-    tracing::info!(%repo, sha256 = %wanted.sha256, size = wanted.size, bytes, "LFS object replicated");
-    Ok(())
-}
-
-/// A stored object joins the GC roots and `repo`'s LFS set.
-async fn record_lfs(ctx: &Arc<Ctx>, repo: &RepoId, sha: Sha256) -> Result<(), String> {
-    let (c, id) = (ctx.clone(), repo.clone());
-    blocking(move || {
-        hub_core::lfs_objects::adopt(&c.repos, &c.chunks, &id, &sha).map_err(|e| e.to_string())
-    })
-    .await
-    .ok_or("record task failed")?
-}
-
-/// A download waits for one LFS object of `repo`: fetch it now, ahead of the repo's sync
-/// (which fetches objects one at a time), verified against the last accepted update.
-async fn priority_lfs(
-    ctx: &Arc<Ctx>,
-    repo: &RepoId,
-    sha256: Sha256,
-    size: u64,
-) -> Result<(), String> {
-    let (c, id) = (ctx.clone(), repo.clone());
-    let (manifest_id, stored) = blocking(move || {
-        let manifest = c
-            .store()
-            .state()
-            .last_accepted(&id)
-            .and_then(|u| u.update.lfs.get(&sha256).copied());
-        let stored = crate::lfs::stored_as(&c.chunks, &sha256, manifest.as_ref());
-        (manifest, stored)
-    })
-    .await
-    .ok_or("lookup task failed")?;
-    if stored {
-        return record_lfs(ctx, repo, sha256).await;
-    }
-    let manifest_id =
-        manifest_id.ok_or("no accepted signed update binds this object to a manifest")?;
-    let wanted = Wanted {
-        sha256,
-        size,
-        manifest_id,
-    };
-    let peers = ctx.p2p.connected();
-    fetch_lfs_once(ctx, repo, wanted, &peers).await
-}
-
-/// Asks each peer in turn for the pack and applies the first good one.
-/// Fetches a pack `peer` holds for this node as a blob, verified group by group.
-async fn fetch_pack_blob(
-    ctx: &Arc<Ctx>,
-    peer: PeerId,
-    hash: [u8; 32],
-    size: u64,
-) -> Result<Vec<u8>, String> {
-    let blobs = ctx
-        .p2p
-        .blobs
-        .as_deref()
-        .ok_or("offered a blob without a blob endpoint")?;
-    let addrs = ctx.p2p.blob_addrs_of(blobs, peer).await;
-    if addrs.is_empty() {
-        return Err("no address of its blob endpoint".into());
-    }
-    match blobs.get_pack(peer, &addrs, hash, size).await {
-        Ok(pack) => {
-            ctx.p2p
-                .counters
-                .pack_blob_bytes_received
-                .fetch_add(pack.len() as u64, Ordering::Relaxed);
-            Ok(pack)
-        }
-        Err(crate::blobs::GetError::Bad { bytes, reason }) => {
-            ctx.p2p.peers.update(peer, |p| p.bad_chunks += 1);
-            ctx.p2p
-                .counters
-                .chunks_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            Err(format!("{reason} (after {bytes} good bytes)"))
-        }
-        Err(crate::blobs::GetError::Failed(reason)) => Err(reason),
-    }
-}
-
-async fn try_peers(
-    ctx: &Arc<Ctx>,
-    request: &PackRequest,
-    update: &SignedRefUpdate,
-    peers: &[PeerId],
-) -> Result<(), String> {
-    let repo = &request.repo;
-    let mut last_error = "no peer to fetch from".to_owned();
-    for &peer in peers {
-        let pack = match ctx.p2p.fetch_pack(peer, request.clone()).await {
-            Ok(PackResponse::Pack(pack)) => pack,
-            Ok(PackResponse::Blob { hash, size }) => {
-                match fetch_pack_blob(ctx, peer, hash, size).await {
-                    Ok(pack) => pack,
-                    Err(error) => {
-                        last_error = format!("pack blob from {peer}: {error}");
-                        continue;
-                    }
-                }
-            }
-            Ok(other) => {
-                last_error = format!("{peer} answered {other:?}");
-                continue;
-            }
-            Err(error) => {
-                last_error = format!("{peer}: {error}");
-                continue;
-            }
-        };
-        let (c, id, refs) = (ctx.clone(), repo.clone(), update.update.refs.clone());
-        let created_at = i64::try_from(update.update.time).unwrap_or(0);
-        let applied = blocking(move || {
-            if !c.repos.exists(&id) {
-                c.repos
-                    .create_replica(&id, created_at)
-                    .map_err(hub_repo::ReplicaError::from)?;
-            }
-            let outcome = c.repos.apply_replica(&id, &pack, &refs)?;
-            (c.on_replicated)(&id);
-            Ok::<_, hub_repo::ReplicaError>(outcome)
-        })
-        .await;
-        match applied {
-            Some(Ok(outcome)) => {
-                tracing::info!(%repo, %peer, seq = update.update.seq, ?outcome, "replicated");
-                ctx.synced.send_modify(|n| *n += 1);
-                ctx.p2p
-                    .counters
-                    .repos_replicated
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            Some(Err(error)) => last_error = format!("apply pack from {peer}: {error}"),
-            None => last_error = "apply task failed".into(),
-        }
-    }
-    Err(last_error)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::service::sign_update;
     use super::*;
+    use crate::replicate::driver::unix_now as now;
     use hub_protocol::repo::RepoType;
     use hub_repo::Author;
 
@@ -1676,27 +547,29 @@ mod tests {
         repos.create_with(&private, &author, true).unwrap();
         {
             let mut store = RefStore::open(&path).unwrap();
-            let (genesis, first) = sign_update(&mut store, &key, &repos, &chunks, &public).unwrap();
+            let (genesis, first) =
+                sign_update(&mut store, &key, &repos, &chunks, &public, now()).unwrap();
             let genesis = genesis.expect("first update of a namespace brings its genesis");
             assert_eq!(genesis.doc.delegates(), [key.public()]);
             assert_eq!(first.update.seq, 1);
             assert_eq!(first.update.namespace_doc, genesis.doc.id());
             assert_eq!(first.update.refs, repos.public_refs(&public).unwrap());
             assert!(first.update.lfs.is_empty());
-            let (again, second) = sign_update(&mut store, &key, &repos, &chunks, &public).unwrap();
+            let (again, second) =
+                sign_update(&mut store, &key, &repos, &chunks, &public, now()).unwrap();
             assert!(again.is_none());
             assert_eq!(second.update.seq, 2);
-            assert!(sign_update(&mut store, &key, &repos, &chunks, &private).is_none());
+            assert!(sign_update(&mut store, &key, &repos, &chunks, &private, now()).is_none());
             let missing = RepoId::parse(RepoType::Model, "alice/gone").unwrap();
-            assert!(sign_update(&mut store, &key, &repos, &chunks, &missing).is_none());
+            assert!(sign_update(&mut store, &key, &repos, &chunks, &missing, now()).is_none());
         }
         // After a restart the sequence continues, never repeats.
         let mut store = RefStore::open(&path).unwrap();
-        let (_, third) = sign_update(&mut store, &key, &repos, &chunks, &public).unwrap();
+        let (_, third) = sign_update(&mut store, &key, &repos, &chunks, &public, now()).unwrap();
         assert_eq!(third.update.seq, 3);
         // Another node's key is not a delegate of alice: it announces nothing.
         let other = SigningKey::from_bytes(&[6; 32]);
-        assert!(sign_update(&mut store, &other, &repos, &chunks, &public).is_none());
+        assert!(sign_update(&mut store, &other, &repos, &chunks, &public, now()).is_none());
     }
 
     #[test]
@@ -1709,11 +582,11 @@ mod tests {
         let repo = RepoId::parse(RepoType::Model, "alice/tiny").unwrap();
         repos.create(&repo, &author).unwrap();
         let mut store = RefStore::open(dir.path().join("refs.redb")).unwrap();
-        let (_, first) = sign_update(&mut store, &key, &repos, &chunks, &repo).unwrap();
+        let (_, first) = sign_update(&mut store, &key, &repos, &chunks, &repo, now()).unwrap();
         assert!(!is_withdrawal(&first));
 
         repos.set_private(&repo, true).unwrap();
-        let (doc, withdrawal) = sign_update(&mut store, &key, &repos, &chunks, &repo)
+        let (doc, withdrawal) = sign_update(&mut store, &key, &repos, &chunks, &repo, now())
             .expect("an announced repo made private is withdrawn");
         assert!(doc.is_none());
         assert!(is_withdrawal(&withdrawal));
@@ -1722,16 +595,16 @@ mod tests {
         // Accepted like any update, by the same rules (a peer's RefStore does the same).
         assert_eq!(store.state().last_accepted(&repo), Some(&withdrawal));
         // Withdrawn once: nothing more to say while it stays private.
-        assert!(sign_update(&mut store, &key, &repos, &chunks, &repo).is_none());
+        assert!(sign_update(&mut store, &key, &repos, &chunks, &repo, now()).is_none());
 
         // Public again: announced anew, above the withdrawal.
         repos.set_private(&repo, false).unwrap();
-        let (_, again) = sign_update(&mut store, &key, &repos, &chunks, &repo).unwrap();
+        let (_, again) = sign_update(&mut store, &key, &repos, &chunks, &repo, now()).unwrap();
         assert!(!is_withdrawal(&again));
         assert_eq!(again.update.seq, withdrawal.update.seq + 1);
         // Deleted: withdrawn too.
         repos.delete(&repo).unwrap();
-        let (_, gone) = sign_update(&mut store, &key, &repos, &chunks, &repo).unwrap();
+        let (_, gone) = sign_update(&mut store, &key, &repos, &chunks, &repo, now()).unwrap();
         assert!(is_withdrawal(&gone));
         assert_eq!(gone.update.seq, again.update.seq + 1);
 

@@ -8,14 +8,13 @@
 //! already, and refuses it when an accepted document names other nodes. The other half, the
 //! refusal of foreign documents and updates for local names, lives in the store itself
 //! ([`RefStore::protect_local`](crate::RefStore::protect_local)), so every path that accepts
-//! a document goes through it; the replication task only counts and reports the refusals.
+//! a document goes through it; the replication service only counts and reports the refusals.
 
 use super::{Mesh, blocking, peer_id_of};
-use crate::state::{Claim, RefStoreError};
-use crate::swarm::{Command, Topic, Verdict};
+use crate::state::Claim;
+use crate::swarm::{Command, Topic};
 use hub_core::ClaimError;
 use std::sync::PoisonError;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 impl Mesh {
     /// Claims `namespace` for this node before an account of that name is created here (see
@@ -97,15 +96,6 @@ impl Mesh {
             }),
         }
     }
-}
-
-/// Counts and logs a document or update refused because it would give an account name of
-/// this node to other nodes. Gossipsub is told to ignore it: it is not forwarded from here,
-/// but the peer that sent it is not penalised, since another site's `bob` is no forgery.
-pub(super) fn refused(counter: &AtomicU64, error: &RefStoreError, what: &str) -> Verdict {
-    counter.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%error, "{what} refused: the namespace is an account of this node");
-    Verdict::Ignore
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
