@@ -13,7 +13,7 @@
 //! style of Radicle heartwood's `radicle-protocol` service. Work that is inherently I/O — a
 //! request to a peer, a DHT query, building or indexing a pack, fetching an LFS object chunk
 //! by chunk, dropping a replica — is an effect: whoever runs the service (the tokio driver in
-//! `replicate/driver.rs`, or a test harness) performs it and
+//! `replicate/driver.rs`, or the virtual-time harness in `replicate/sim.rs`) performs it and
 //! reports its outcome back as an input. Local, short reads and writes (the ref store, the
 //! seeding policy, a repo's refs and LFS pointers) it does itself, so its caller runs it on a
 //! blocking thread. The connected peers are told to it with [`Service::set_connected`]
@@ -330,6 +330,18 @@ impl Service {
     /// When the earliest retry is due: the runner hands in [`Input::Tick`] then.
     pub(crate) fn next_wake(&self) -> Option<Instant> {
         self.failed.values().map(|r| r.at).min()
+    }
+
+    /// Updates waiting for their namespace document.
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The last update accepted for `repo`.
+    #[cfg(test)]
+    pub(crate) fn last_accepted(&self, repo: &RepoId) -> Option<SignedRefUpdate> {
+        self.store().state().last_accepted(repo).cloned()
     }
 
     fn store(&self) -> MutexGuard<'_, RefStore> {
