@@ -1,6 +1,7 @@
 //! Virtual-time tests of the replication [`Service`]: the scenarios `tests/py/test_replication.py`
 //! runs end to end (line topology, late joiner, corrupt provider, resume after a kill), plus
-//! retries, forged and replayed updates, and updates waiting for their namespace document.
+//! retries, forged and replayed updates, updates waiting for their namespace document,
+//! on-demand fetches, seeding changes, withdrawals and a download's object fetched ahead.
 //!
 //! The harness runs N services with no sockets and no tokio: links between them deliver
 //! gossip and answers after a latency drawn from a seeded generator, on a virtual clock, in a
@@ -64,6 +65,8 @@ struct Node {
     corrupt: bool,
     /// `None` while killed.
     service: Option<Service>,
+    /// The seeding policy the running service reads (`hubmesh seed add|rm` change it).
+    policy: Option<Arc<SeedPolicy>>,
     /// Syncs ended: the repo, the outcome, when.
     synced: Vec<(RepoId, Result<(), SyncError>, Duration)>,
     answers: Vec<(u64, Result<(), String>)>,
@@ -201,6 +204,7 @@ impl Net {
                 .collect(),
             corrupt: false,
             service: None,
+            policy: None,
             synced: Vec::new(),
             answers: Vec::new(),
         };
@@ -214,13 +218,15 @@ impl Net {
         let node = &mut self.nodes[i];
         let store = RefStore::open(node.dir.join("refs.redb")).unwrap();
         let seeds = SeedPolicy::open(Some(node.dir.join(SEEDS_FILE)), node.seeds.clone()).unwrap();
+        let seeds = Arc::new(seeds);
+        node.policy = Some(seeds.clone());
         node.service = Some(Service::new(
             node.peer,
             SigningKey::from_bytes(&node.secret),
             Arc::new(Mutex::new(store)),
             node.repos.clone(),
             node.chunks.clone(),
-            Arc::new(seeds),
+            seeds,
             false,
         ));
         self.feed(i, Input::Start);
@@ -935,4 +941,50 @@ fn a_download_gets_its_object_ahead_of_any_sync_and_is_answered() {
     net.feed(e, want(8, Sha256([9; 32])));
     let answer = net.nodes[e].answers.iter().find(|(t, _)| *t == 8);
     assert!(matches!(answer, Some((_, Err(_)))), "{answer:?}");
+}
+
+#[test]
+fn a_repo_fetched_on_demand_or_newly_seeded_syncs_and_a_withdrawal_drops_it() {
+    let mut net = Net::new(9);
+    let a = net.add(1, &[]);
+    let b = net.add(2, &[]);
+    net.link(a, b);
+    let (tiny, other) = (model("alice/tiny"), model("alice/other"));
+    net.run_for(Duration::from_secs(1));
+    net.write(a, &tiny, "config.json", 0);
+    net.write(a, &other, "config.json", 0);
+    net.run_for(Duration::from_secs(5));
+    // B seeds nothing: it heard of both repos and holds neither.
+    assert!(net.refs(b, &tiny).is_none() && net.refs(b, &other).is_none());
+    assert!(net.nodes[b].synced.is_empty());
+
+    // A read asks B for one: it is fetched (from the connected peers) and seeded from now on.
+    net.feed(b, Input::Ensure(tiny.clone()));
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.refs(b, &tiny), net.refs(a, &tiny));
+    assert!(net.refs(b, &other).is_none());
+    net.write(a, &tiny, "notes.txt", 0);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(
+        net.refs(b, &tiny),
+        net.refs(a, &tiny),
+        "an on-demand repo stays seeded"
+    );
+
+    // A pattern added at run time (`hubmesh seed add`) covers the other: it syncs at once.
+    let policy = net.nodes[b].policy.clone().unwrap();
+    assert!(policy.add("alice/*").unwrap());
+    net.feed(b, Input::SeedsChanged);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.refs(b, &other), net.refs(a, &other));
+
+    // A makes `tiny` private: its withdrawal reaches B, which drops its replica and stops
+    // providing it.
+    net.nodes[a].repos.set_private(&tiny, true).unwrap();
+    net.feed(a, Input::LocalChange(tiny.clone()));
+    net.run_for(Duration::from_secs(2));
+    assert!(!net.nodes[b].repos.exists(&tiny));
+    assert!(!net.providers[&tiny].contains(&net.nodes[b].peer));
+    assert!(!net.providers[&tiny].contains(&net.nodes[a].peer));
+    assert!(net.nodes[b].repos.exists(&other));
 }
