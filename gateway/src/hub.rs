@@ -1,0 +1,178 @@
+//! The Hub API (`/api/…`) and the resolve endpoint, as `huggingface_hub` uses them: HTTP only,
+//! one sub-module per surface. The decisions they share with git, the LFS batch API and the
+//! mesh (access, a repo's LFS objects, commit planning, the after-write hook, listing
+//! documents) are `hub-core`'s; this module parses requests and renders the Hub's JSON.
+//!
+//! - [`repos`]: create, delete, move, settings (visibility);
+//! - [`info`]: repo info (`siblings`, `blobs=true`, `revision/{rev}`);
+//! - [`tree`]: tree listing (Link-paginated); [`paths_info`]: entries of given paths;
+//! - [`history`]: commit history (Link-paginated);
+//! - [`refs`]: refs, branches and tags;
+//! - [`upload`]: README front-matter validation, preupload, NDJSON commits (read as they
+//!   arrive by [`ndjson`]);
+//! - [`resolve`]: `resolve` downloads (HEAD and GET, single ranges, 206/416, LFS content
+//!   still arriving from peers).
+//!
+//! Large files: preupload answers `regular` to clients that upload `lfs` files through Xet
+//! (so they send content inline), and the commit decides server-side, with the repo's
+//! `.gitattributes`, size and binary test, which files become LFS (`hub_core::commit`).
+//!
+//! Must not depend on the other surfaces' modules (git, lfs, listing, admin, mesh, inference)
+//! except for `git::blob_body`, which streams a large git blob.
+
+mod history;
+mod info;
+mod ndjson;
+mod paths_info;
+mod refs;
+mod repos;
+mod resolve;
+mod tree;
+mod upload;
+
+use crate::AppState;
+use crate::access::{access, read_access};
+use crate::error::AppError;
+use crate::extract::{authenticate, require_auth};
+use crate::util::endpoint;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use hub_auth::Principal;
+use hub_core::Need;
+use hub_protocol::repo::{RepoId, RepoType};
+use serde::Deserialize;
+
+/// Largest JSON body of the small endpoints.
+const MAX_SMALL_BODY: usize = 1024 * 1024;
+
+pub(crate) fn routes() -> Router<AppState> {
+    let repo = "/api/{kind}/{ns}/{name}";
+    Router::new()
+        .route("/api/repos/create", post(repos::create_repo))
+        .route(
+            "/api/repos/delete",
+            axum::routing::delete(repos::delete_repo),
+        )
+        .route("/api/repos/move", post(repos::move_repo))
+        .route("/api/validate-yaml", post(upload::validate_yaml))
+        .route(repo, get(info::repo_info))
+        .route(&format!("{repo}/revision/{{rev}}"), get(info::repo_info_at))
+        .route(&format!("{repo}/tree/{{rev}}"), get(tree::tree_root))
+        .route(
+            &format!("{repo}/tree/{{rev}}/{{*path}}"),
+            get(tree::tree_path),
+        )
+        .route(&format!("{repo}/refs"), get(refs::refs))
+        .route(
+            &format!("{repo}/paths-info/{{rev}}"),
+            post(paths_info::paths_info),
+        )
+        .route(
+            &format!("{repo}/settings"),
+            axum::routing::put(repos::settings),
+        )
+        .route(&format!("{repo}/commits/{{rev}}"), get(history::commits))
+        .route(
+            &format!("{repo}/preupload/{{rev}}"),
+            post(upload::preupload),
+        )
+        .route(
+            &format!("{repo}/branch/{{branch}}"),
+            post(refs::create_branch).delete(refs::delete_branch),
+        )
+        .route(
+            &format!("{repo}/tag/{{rev}}"),
+            post(refs::create_tag).delete(refs::delete_tag),
+        )
+        .route(
+            &format!("{repo}/commit/{{rev}}"),
+            post(upload::commit).layer(DefaultBodyLimit::disable()),
+        )
+        .merge(resolve::routes())
+        .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
+}
+
+#[derive(Debug, Deserialize)]
+struct RepoPath {
+    kind: String,
+    ns: String,
+    name: String,
+}
+
+impl RepoPath {
+    fn id(&self) -> Result<RepoId, AppError> {
+        let kind: RepoType = self.kind.parse().map_err(|_| AppError::NotFound)?;
+        if kind.plural() != self.kind {
+            return Err(AppError::NotFound);
+        }
+        RepoId::new(kind, &self.ns, &self.name).map_err(|_| AppError::RepoNotFound)
+    }
+}
+
+fn repo_url(headers: &HeaderMap, id: &RepoId) -> String {
+    format!(
+        "{}/{}{}",
+        endpoint(headers),
+        id.kind().url_prefix(),
+        id.hub_id()
+    )
+}
+
+/// Checks that the caller may read the repo. Unknown repos, and private repos the caller may
+/// not see, are the same `RepoNotFound`; a token that is sent must be valid (401 otherwise).
+async fn readable(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &RepoPath,
+) -> Result<RepoId, AppError> {
+    let id = path.id()?;
+    let principal = authenticate(state, headers).await?;
+    read_access(state, principal.as_ref(), &id).await?;
+    Ok(id)
+}
+
+#[derive(Debug, Deserialize)]
+struct RevPath {
+    kind: String,
+    ns: String,
+    name: String,
+    rev: String,
+}
+
+impl RevPath {
+    fn repo(&self) -> RepoPath {
+        RepoPath {
+            kind: self.kind.clone(),
+            ns: self.ns.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// The repo of `repo`, when the caller may do what `need` says to it (a token is required).
+async fn writable(
+    state: &AppState,
+    headers: &HeaderMap,
+    repo: &RepoPath,
+    need: Need,
+) -> Result<(RepoId, Principal), AppError> {
+    let principal = require_auth(state, headers).await?;
+    let id = repo.id()?;
+    access(state, Some(&principal), &id, need).await?;
+    Ok((id, principal))
+}
+
+/// Percent-encodes everything but unreserved characters (and `/` when `keep_slash`).
+fn percent_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
