@@ -40,7 +40,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use hub_auth::Principal;
-use hub_core::Need;
+use hub_core::{Granted, Need};
 use hub_protocol::repo::{RepoId, RepoType};
 use serde::Deserialize;
 
@@ -162,6 +162,18 @@ async fn writable(
     let id = repo.id()?;
     access(state, Some(&principal), &id, need).await?;
     Ok((id, principal))
+}
+
+/// As [`writable`], with `hub-core`'s grant (what the changes of `hub_core::repos` take).
+async fn granted(
+    state: &AppState,
+    headers: &HeaderMap,
+    repo: &RepoPath,
+    need: Need,
+) -> Result<Granted, AppError> {
+    let principal = require_auth(state, headers).await?;
+    let id = repo.id()?;
+    access(state, Some(&principal), &id, need).await
 }
 
 /// Percent-encodes everything but unreserved characters (and `/` when `keep_slash`).

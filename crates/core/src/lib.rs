@@ -57,7 +57,7 @@ pub use lfs_objects::{Transfer, TransferPlan};
 #[cfg(feature = "test-support")]
 pub use mesh::FakeMesh;
 pub use mesh::{BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort, NoMesh};
-pub use repos::{CreateGrant, RepoOpError, author_of};
+pub use repos::{Change, CreateGrant, RepoOpError, author_of};
 pub use resolve::{MissingLfs, ResolveError, ResolvedFile};
 
 use hub_auth::AuthStore;

@@ -1,16 +1,18 @@
-//! A repository's lifecycle: create, delete, move. Each checks access first (through
+//! A repository's lifecycle: create, delete, move; and the changes to an existing repo that are
+//! not commits (branches, tags, visibility), with the right each needs ([`Change::need`]).
+//! Create, delete and move check access first (through
 //! [`Hub::access`] / [`Hub::access_new`], so a write to a namespace hosted elsewhere is refused
 //! by name before any lookup), does the work, and runs the after-write hook. Mirroring, Spaces
 //! and the remote helper create and remove repos through these, as the HTTP API does.
 //!
 //! Must not depend on any surface: requests arrive parsed, answers leave as [`RepoOpError`].
 
-use crate::{AccessError, Error, Hub, Need, blocking};
+use crate::{AccessError, Error, Granted, Hub, Need, blocking};
 use hub_auth::Principal;
 use hub_protocol::repo::RepoId;
 use hub_repo::{Author, RepoError};
 
-/// Why creating, deleting or moving a repo was refused or failed.
+/// Why creating, deleting, moving or changing a repo was refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RepoOpError {
@@ -44,6 +46,42 @@ pub fn author_of(principal: &Principal) -> Author {
         principal.user.name.clone(),
         format!("{}@users.hubmesh", principal.user.name),
     )
+}
+
+/// A change to an existing repo that is not a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    CreateBranch,
+    /// Deleting a branch removes history.
+    DeleteBranch,
+    CreateTag,
+    DeleteTag,
+    /// Making the repo private or public.
+    Visibility,
+}
+
+impl Change {
+    /// The right a change needs (the Hub's roles: adding refs is a write; deleting one
+    /// rewrites history; visibility is the admins').
+    pub fn need(self) -> Need {
+        match self {
+            Change::CreateBranch | Change::CreateTag => Need::Write,
+            Change::DeleteBranch | Change::DeleteTag => Need::RewriteHistory,
+            Change::Visibility => Need::Admin,
+        }
+    }
+}
+
+/// Refuses `change` unless `granted` allows what it needs.
+fn allowed(granted: &Granted, change: Change) -> Result<(), AccessError> {
+    if granted.need >= change.need() {
+        Ok(())
+    } else {
+        Err(AccessError::Forbidden {
+            repo: granted.id.clone(),
+            need: change.need(),
+        })
+    }
 }
 
 /// Permission to create one repository, from [`Hub::access_create`]: the only way to
@@ -125,6 +163,66 @@ impl Hub {
         self.after_write(to).await;
         Ok(())
     }
+
+    /// Creates `branch` of the granted repo at `start` (default: `main`'s head).
+    pub async fn create_branch(
+        &self,
+        granted: &Granted,
+        branch: &str,
+        start: Option<&str>,
+    ) -> Result<(), RepoOpError> {
+        allowed(granted, Change::CreateBranch)?;
+        let (repos, id) = (self.repos().clone(), granted.id.clone());
+        let (branch, start) = (branch.to_owned(), start.map(str::to_owned));
+        blocking(move || {
+            Ok::<_, RepoOpError>(repos.create_branch(&id, &branch, start.as_deref())?)
+        })
+        .await?;
+        self.after_write(&granted.id).await;
+        Ok(())
+    }
+
+    /// Deletes `branch` of the granted repo.
+    pub async fn delete_branch(&self, granted: &Granted, branch: &str) -> Result<(), RepoOpError> {
+        allowed(granted, Change::DeleteBranch)?;
+        let (repos, id, branch) = (self.repos().clone(), granted.id.clone(), branch.to_owned());
+        blocking(move || Ok::<_, RepoOpError>(repos.delete_branch(&id, &branch)?)).await?;
+        self.after_write(&granted.id).await;
+        Ok(())
+    }
+
+    /// Tags revision `rev` of the granted repo as `tag`.
+    pub async fn create_tag(
+        &self,
+        granted: &Granted,
+        tag: &str,
+        rev: &str,
+    ) -> Result<(), RepoOpError> {
+        allowed(granted, Change::CreateTag)?;
+        let (repos, id) = (self.repos().clone(), granted.id.clone());
+        let (tag, rev) = (tag.to_owned(), rev.to_owned());
+        blocking(move || Ok::<_, RepoOpError>(repos.create_tag(&id, &tag, &rev)?)).await?;
+        self.after_write(&granted.id).await;
+        Ok(())
+    }
+
+    /// Deletes `tag` of the granted repo.
+    pub async fn delete_tag(&self, granted: &Granted, tag: &str) -> Result<(), RepoOpError> {
+        allowed(granted, Change::DeleteTag)?;
+        let (repos, id, tag) = (self.repos().clone(), granted.id.clone(), tag.to_owned());
+        blocking(move || Ok::<_, RepoOpError>(repos.delete_tag(&id, &tag)?)).await?;
+        self.after_write(&granted.id).await;
+        Ok(())
+    }
+
+    /// Makes the granted repo private or public.
+    pub async fn set_private(&self, granted: &Granted, private: bool) -> Result<(), RepoOpError> {
+        allowed(granted, Change::Visibility)?;
+        let (repos, id) = (self.repos().clone(), granted.id.clone());
+        blocking(move || Ok::<_, RepoOpError>(repos.set_private(&id, private)?)).await?;
+        self.after_write(&granted.id).await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -173,5 +271,36 @@ mod tests {
             (author.name.as_str(), author.email.as_str()),
             ("admin", "admin@users.hubmesh")
         );
+    }
+
+    #[tokio::test]
+    async fn ref_and_visibility_changes_need_their_rights() {
+        let (_dir, hub, admin) = hub();
+        let id = RepoId::parse(RepoType::Model, "admin/m").unwrap();
+        let grant = hub.access_create(&admin, &id).await.unwrap();
+        hub.create_repo(grant, false).await.unwrap();
+        let write = hub.access(Some(&admin), &id, Need::Write).await.unwrap();
+        hub.create_branch(&write, "dev", None).await.unwrap();
+        hub.create_tag(&write, "v1", "main").await.unwrap();
+        // A write grant does not rewrite history or change visibility.
+        for refused in [
+            hub.delete_branch(&write, "dev").await,
+            hub.delete_tag(&write, "v1").await,
+            hub.set_private(&write, true).await,
+        ] {
+            assert!(
+                matches!(
+                    refused,
+                    Err(RepoOpError::Access(AccessError::Forbidden { .. }))
+                ),
+                "{refused:?}"
+            );
+        }
+        let admin_grant = hub.access(Some(&admin), &id, Need::Admin).await.unwrap();
+        hub.delete_branch(&admin_grant, "dev").await.unwrap();
+        hub.delete_tag(&admin_grant, "v1").await.unwrap();
+        hub.set_private(&admin_grant, true).await.unwrap();
+        assert!(hub.repos().meta(&id).unwrap().private);
+        assert_eq!(Change::DeleteTag.need(), Need::RewriteHistory);
     }
 }

@@ -1,6 +1,6 @@
 //! Refs (`GET …/refs`), and creating and deleting branches and tags.
 
-use super::{RepoPath, RevPath, readable, writable};
+use super::{RepoPath, RevPath, granted, readable};
 use crate::AppState;
 use crate::error::AppError;
 use crate::util::{blocking, parse_json, truthy};
@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use hub_core::Need;
+use hub_core::Change;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -59,7 +59,7 @@ pub(super) async fn create_branch(
         ns: p.ns,
         name: p.name,
     };
-    let (id, _) = writable(&state, &headers, &repo, Need::Write).await?;
+    let granted = granted(&state, &headers, &repo, Change::CreateBranch.need()).await?;
     let start: Option<String> = if body.is_empty() {
         None
     } else {
@@ -68,10 +68,10 @@ pub(super) async fn create_branch(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    let repos = state.repos().clone();
-    let changed = id.clone();
-    blocking(move || Ok(repos.create_branch(&id, &p.branch, start.as_deref())?)).await?;
-    state.hub().after_write(&changed).await;
+    state
+        .hub()
+        .create_branch(&granted, &p.branch, start.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -85,11 +85,8 @@ pub(super) async fn delete_branch(
         ns: p.ns,
         name: p.name,
     };
-    let (id, _) = writable(&state, &headers, &repo, Need::RewriteHistory).await?;
-    let repos = state.repos().clone();
-    let changed = id.clone();
-    blocking(move || Ok(repos.delete_branch(&id, &p.branch)?)).await?;
-    state.hub().after_write(&changed).await;
+    let granted = granted(&state, &headers, &repo, Change::DeleteBranch.need()).await?;
+    state.hub().delete_branch(&granted, &p.branch).await?;
     Ok(Json(json!({})))
 }
 
@@ -99,17 +96,14 @@ pub(super) async fn create_tag(
     Path(p): Path<RevPath>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &p.repo(), Need::Write).await?;
+    let granted = granted(&state, &headers, &p.repo(), Change::CreateTag.need()).await?;
     let body: Value = parse_json(&body)?;
     let tag = body
         .get("tag")
         .and_then(Value::as_str)
         .ok_or_else(|| AppError::BadRequest("missing \"tag\"".into()))?
         .to_owned();
-    let repos = state.repos().clone();
-    let changed = id.clone();
-    blocking(move || Ok(repos.create_tag(&id, &tag, &p.rev)?)).await?;
-    state.hub().after_write(&changed).await;
+    state.hub().create_tag(&granted, &tag, &p.rev).await?;
     Ok(Json(json!({})))
 }
 
@@ -118,10 +112,7 @@ pub(super) async fn delete_tag(
     headers: HeaderMap,
     Path(p): Path<RevPath>,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &p.repo(), Need::RewriteHistory).await?;
-    let repos = state.repos().clone();
-    let changed = id.clone();
-    blocking(move || Ok(repos.delete_tag(&id, &p.rev)?)).await?;
-    state.hub().after_write(&changed).await;
+    let granted = granted(&state, &headers, &p.repo(), Change::DeleteTag.need()).await?;
+    state.hub().delete_tag(&granted, &p.rev).await?;
     Ok(Json(json!({})))
 }

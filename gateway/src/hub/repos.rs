@@ -1,16 +1,16 @@
 //! Repositories: create, delete, move (rename), and settings (visibility).
 
-use super::{RepoPath, repo_url, writable};
+use super::{RepoPath, granted, repo_url};
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::require_auth;
-use crate::util::{blocking, parse_json};
+use crate::util::parse_json;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hub_core::{Need, RepoOpError};
+use hub_core::{Change, RepoOpError};
 use hub_protocol::repo::{RepoId, RepoType};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -148,14 +148,11 @@ pub(super) async fn settings(
     Path(path): Path<RepoPath>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &path, Need::Admin).await?;
+    let granted = granted(&state, &headers, &path, Change::Visibility.need()).await?;
     let body: SettingsBody = parse_json(&body)?;
     let private = visibility(body.private, body.visibility.as_deref())?;
     if let Some(private) = private {
-        let repos = state.repos().clone();
-        let changed = id.clone();
-        blocking(move || Ok(repos.set_private(&changed, private)?)).await?;
-        state.hub().after_write(&id).await;
+        state.hub().set_private(&granted, private).await?;
     }
     Ok(Json(json!({})))
 }
