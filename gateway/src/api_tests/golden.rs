@@ -234,3 +234,43 @@ async fn golden_hub_errors() {
     .await;
     golden("error_unauthorized", &anonymous);
 }
+
+#[tokio::test]
+async fn golden_refusals_of_writes_hosted_elsewhere_per_api_family() {
+    let mesh = std::sync::Arc::new(hub_core::FakeMesh::new());
+    let f = crate::testing::fixture_with_mesh(mesh.clone()).await;
+    mesh.host_elsewhere("bob", &["12D3KooWHost"]);
+    // The Hub API: 403 with its own X-Error-Code.
+    let r = send(
+        &f.app,
+        "POST",
+        "/api/repos/create",
+        Some(&f.admin),
+        &[("content-type", "application/json")],
+        json!({ "name": "x", "organization": "bob" }).to_string(),
+    )
+    .await;
+    golden("error_hosted_elsewhere_hub", &r);
+    // git smart HTTP: the message as plain text, which git prints as `remote: …`.
+    let r = send(
+        &f.app,
+        "GET",
+        "/bob/x.git/info/refs?service=git-receive-pack",
+        Some(&f.admin),
+        &[],
+        "",
+    )
+    .await;
+    golden("error_hosted_elsewhere_git", &r);
+    // git smart HTTP: an anonymous push is challenged with Basic.
+    let r = send(
+        &f.app,
+        "GET",
+        "/admin/x.git/info/refs?service=git-receive-pack",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    golden("error_git_unauthenticated", &r);
+}
