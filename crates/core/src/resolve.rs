@@ -1,7 +1,8 @@
 //! Resolving a download: which commit a revision names, which tree entry a path is at that
 //! commit, and — for an LFS pointer — which object it maps to and whether this repo holds it
-//! here (a repo serves only its own objects: a pointer alone proves nothing, issue 14). Also
-//! the Hub's rule for what counts as a download of a repo.
+//! here (a repo serves only its own objects: a pointer alone proves nothing, issue 14); the
+//! entries of a folder at a revision. A path that is not there names the commit it was looked
+//! up in, so clients can cache the absence. Also the Hub's rule for what counts as a download.
 //!
 //! Must not depend on any surface: the HTTP `resolve` endpoint renders a [`ResolvedFile`]
 //! (ranges, headers, streaming), and so will the git remote helper and mirroring.
@@ -118,6 +119,34 @@ impl Hub {
         .await
     }
 
+    /// The entries under `path` (`""`: the root) of revision `rev` of `id`, recursively or
+    /// not; a path that is not in the tree is [`ResolveError::NotInTree`] with the commit.
+    pub async fn tree_at(
+        &self,
+        id: &RepoId,
+        rev: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<Vec<TreeEntry>, ResolveError> {
+        let (repos, id, rev, path) = (
+            self.repos().clone(),
+            id.clone(),
+            rev.to_owned(),
+            path.to_owned(),
+        );
+        blocking(move || {
+            let commit = repos.resolve(&id, &rev)?;
+            match repos.list_tree(&id, &commit, &path, recursive) {
+                Ok(entries) => Ok(entries),
+                Err(RepoError::EntryNotFound { path }) => {
+                    Err(ResolveError::NotInTree { path, commit })
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
     /// Counts a request for `path` of `id` as a download when it is one
     /// ([`counts_as_download`]), and updates the listing's count in the background.
     pub fn count_download(&self, id: &RepoId, path: &str) {
@@ -203,6 +232,16 @@ mod tests {
         assert!(matches!(
             hub.resolve_file(&id, "main", "nope.txt").await,
             Err(ResolveError::NotInTree { path, commit: c }) if path == "nope.txt" && c == commit.id
+        ));
+        let root = hub.tree_at(&id, "main", "", false).await.unwrap();
+        let paths: Vec<&str> = root.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"a.txt") && paths.contains(&"w.bin"),
+            "{paths:?}"
+        );
+        assert!(matches!(
+            hub.tree_at(&id, "main", "nope", true).await,
+            Err(ResolveError::NotInTree { path, commit: c }) if path == "nope" && c == commit.id
         ));
         assert!(matches!(
             hub.resolve_file(&id, "no-such-branch", "a.txt").await,

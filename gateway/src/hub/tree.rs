@@ -4,7 +4,7 @@
 use super::{RepoPath, RevPath, percent_encode, readable};
 use crate::AppState;
 use crate::error::AppError;
-use crate::util::{blocking, endpoint, truthy};
+use crate::util::{endpoint, truthy};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -90,25 +90,8 @@ async fn tree(
             .parse()
             .map_err(|_| AppError::BadRequest("invalid cursor".into()))?,
     };
-    let repos = state.repos().clone();
-    let (entries, rev_for_link) = {
-        let id = id.clone();
-        let path = path.clone();
-        blocking(move || {
-            let sha = repos.resolve(&id, &rev)?;
-            let entries = repos.list_tree(&id, &sha, &path, recursive).map_err(|e| {
-                match AppError::from(e) {
-                    AppError::EntryNotFound { message, .. } => AppError::EntryNotFound {
-                        message,
-                        commit: Some(sha.clone()),
-                    },
-                    other => other,
-                }
-            })?;
-            Ok((entries, rev))
-        })
-        .await?
-    };
+    let entries = state.hub().tree_at(&id, &rev, &path, recursive).await?;
+    let rev_for_link = rev;
     let page: Vec<Value> = entries
         .iter()
         .skip(start)
