@@ -378,7 +378,7 @@ async fn advertise(state: AppState, compute: Arc<Compute>) {
         };
         match state.p2p().publish(Topic::Capacity, signed.encode()).await {
             Ok(()) => {}
-            Err(error) if error == "swarm stopped" => break,
+            Err(hub_p2p::NetError::Stopped) => break,
             // No peers subscribed yet, and the like: the next period tries again.
             Err(error) => tracing::trace!(%error, "capacity advert not published"),
         }
@@ -435,8 +435,8 @@ impl Presence {
             .await
             .unwrap_or(false);
         let announced = state
-            .p2p()
-            .repo_state(model)
+            .replication()
+            .and_then(|m| m.repo_state(model))
             .is_some_and(|s| s.last_seq.is_some());
         Self { held, announced }
     }

@@ -137,38 +137,42 @@ async fn remove_seed(
 
 async fn peers(State(state): State<AppState>) -> Json<Value> {
     let p2p = state.p2p();
+    // Connections are the transport's; chunk traffic and counters are replication's.
+    let mesh = state.replication();
     let peers: Vec<Value> = p2p
         .peers()
         .into_iter()
         .filter(|(_, p)| p.connected)
         .map(|(id, p)| {
+            let traffic = mesh.and_then(|m| m.peer_traffic(&id)).unwrap_or_default();
             json!({
                 "peer_id": id.to_string(),
                 "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "chunk_bytes_received": p.chunk_bytes_received,
-                "chunk_bytes_sent": p.chunk_bytes_sent,
-                "bad_chunks": p.bad_chunks,
+                "chunk_bytes_received": traffic.chunk_bytes_received,
+                "chunk_bytes_sent": traffic.chunk_bytes_sent,
+                "bad_chunks": traffic.bad_chunks,
             })
         })
         .collect();
+    let counters = mesh.map(hub_p2p::Mesh::counters).unwrap_or_default();
     Json(json!({
         "peer_id": p2p.peer_id().to_string(),
         "listen_addrs": p2p.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "blob_addrs": p2p.blob_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "counters": {
             "connected_peers": p2p.connected_peers(),
-            "gossip_accepted": p2p.gossip_accepted(),
-            "gossip_refused": p2p.gossip_refused(),
-            "repos_replicated": p2p.repos_replicated(),
-            "lfs_objects_fetched": p2p.lfs_objects_fetched(),
-            "chunk_bytes_received": p2p.chunk_bytes_received(),
-            "chunk_bytes_sent": p2p.chunk_bytes_sent(),
-            "blob_bytes_received": p2p.blob_bytes_received(),
-            "blob_bytes_sent": p2p.blob_bytes_sent(),
-            "pack_blob_bytes_received": p2p.pack_blob_bytes_received(),
-            "chunks_rejected": p2p.chunks_rejected(),
-            "foreign_claims_refused": p2p.foreign_claims_refused(),
-            "foreign_updates_refused": p2p.foreign_updates_refused(),
+            "gossip_accepted": counters.gossip_accepted,
+            "gossip_refused": counters.gossip_refused,
+            "repos_replicated": counters.repos_replicated,
+            "lfs_objects_fetched": counters.lfs_objects_fetched,
+            "chunk_bytes_received": counters.chunk_bytes_received,
+            "chunk_bytes_sent": counters.chunk_bytes_sent,
+            "blob_bytes_received": counters.blob_bytes_received,
+            "blob_bytes_sent": counters.blob_bytes_sent,
+            "pack_blob_bytes_received": counters.pack_blob_bytes_received,
+            "chunks_rejected": counters.chunks_rejected,
+            "foreign_claims_refused": counters.foreign_claims_refused,
+            "foreign_updates_refused": counters.foreign_updates_refused,
         },
         "peers": peers,
     }))
@@ -187,7 +191,7 @@ async fn repo(
             .await
             .map_err(|_| AppError::Internal("repo metadata task failed".into()))?
     };
-    let replication = state.p2p().repo_state(&id);
+    let replication = state.replication().and_then(|m| m.repo_state(&id));
     match (&local, &replication) {
         (Some(meta), _) if meta.private => return Err(AppError::RepoNotFound),
         (None, None) => return Err(AppError::RepoNotFound),

@@ -46,22 +46,27 @@
 mod blobs;
 mod codec;
 mod lfs;
+mod peers;
 mod port;
 mod replicate;
 mod schedule;
 mod seeds;
 mod state;
+mod stats;
 mod swarm;
 
+pub use blobs::{Admission, BindError, BlobSource, Blobs, GetError, Place, ReadError};
 pub use hub_core::EnsureError;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+pub use peers::PeerInfo;
 pub use replicate::{Mesh, OnReplicated, Replication, ReplicationError, spawn_replicating};
 pub use seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedSource};
 pub use state::{Claim, LocalNames, RefStore, RefStoreError};
+pub use stats::{MeshCounters, PeerTraffic, RepoState};
 pub use swarm::{
-    BLOCKS_TIMEOUT, GossipMessage, MAX_PACK_STREAMS, P2p, P2pConfig, P2pError, PACK_TIMEOUT,
-    PeerInfo, RepoState, Topic, Verdict, spawn,
+    BLOCKS_TIMEOUT, Bound, GossipMessage, MAX_PACK_STREAMS, MessageId, NetError, NetEvent, P2p,
+    P2pConfig, P2pError, PACK_TIMEOUT, ResponseChannel, Topic, Verdict, bind, spawn,
 };
 pub use tokio_util::sync::CancellationToken;
 

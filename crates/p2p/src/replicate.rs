@@ -43,10 +43,12 @@
 //! ([`fetch_lfs_once`]). [`P2p::namespace_hosts`] names the delegates of a namespace this
 //! node is not a delegate of, so the gateway can send writes there.
 
+use crate::blobs::{Admission, BlobSource, GetError, Place, ReadError};
 use crate::lfs::{Arrivals, Wanted};
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{LocalNames, RefStore, RefStoreError};
-use crate::swarm::{Command, NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
+use crate::stats::{MeshCounters, PeerTraffic, RepoState, Stats};
+use crate::swarm::{NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
 use hub_core::{EnsureError, LfsFetchError};
 use hub_protocol::blocks::{BlockRequest, BlockResponse};
 use hub_protocol::manifest::{Hash, Sha256};
@@ -212,6 +214,8 @@ fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
 #[derive(Clone)]
 pub struct Mesh {
     p2p: P2p,
+    /// What replication counts and knows per peer and repo (module `stats`).
+    stats: Arc<Stats>,
     control: Arc<Control>,
     changes: Arc<Changes>,
     /// LFS objects being fetched now, for downloads that stream them as they arrive.
@@ -231,6 +235,21 @@ impl Mesh {
     /// The swarm under this replication.
     pub fn p2p(&self) -> &P2p {
         &self.p2p
+    }
+
+    /// Replication's counters since start.
+    pub fn counters(&self) -> MeshCounters {
+        self.stats.counters()
+    }
+
+    /// The chunk traffic with `peer` (`None`: none yet, or forgotten).
+    pub fn peer_traffic(&self, peer: &PeerId) -> Option<PeerTraffic> {
+        self.stats.peers.get(peer)
+    }
+
+    /// What replication knows of `repo` (`None`: nothing yet).
+    pub fn repo_state(&self, repo: &RepoId) -> Option<RepoState> {
+        self.stats.repos.get(repo)
     }
 
     /// Tells replication that a repo was written locally (commit, push, branch, tag, create,
@@ -344,7 +363,6 @@ impl Mesh {
             return Ok(());
         }
         let why = self
-            .p2p
             .repo_state(repo)
             .and_then(|s| s.last_error)
             .unwrap_or_else(|| "not arrived yet".into());
@@ -451,8 +469,10 @@ pub async fn spawn_replicating(
         .map_err(|e| ReplicationError::Seeds(std::io::Error::other(e)))?
         .map_err(ReplicationError::Seeds)?;
     let seeds = Arc::new(seeds);
-    let (p2p, events, swarm_task) =
-        crate::swarm::spawn_with_events(key, config, cancel.clone()).await?;
+    let mut bound = crate::swarm::bind(key, config).await?;
+    let events = bound.inbound();
+    let p2p = bound.handle().clone();
+    let stats = Arc::new(Stats::new(p2p.clone()));
     let changes = Arc::new(Changes::default());
     let arrivals = Arc::new(Arrivals::default());
     let store = Arc::new(Mutex::new(store));
@@ -477,6 +497,7 @@ pub async fn spawn_replicating(
         chunks: replication.store,
         on_replicated: replication.on_replicated,
         p2p: p2p.clone(),
+        stats: stats.clone(),
         corrupt_chunks: replication.corrupt_chunks_for_tests,
         seeds,
         synced,
@@ -486,10 +507,9 @@ pub async fn spawn_replicating(
         serve_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
         chunk_sets: Mutex::default(),
     });
-    if let Some(blobs) = &p2p.blobs {
-        let ctx: Arc<dyn crate::blobs::Source> = ctx.clone();
-        blobs.serve(Arc::downgrade(&ctx));
-    }
+    let source: Arc<dyn BlobSource> = ctx.clone();
+    bound.serve_blobs(Arc::downgrade(&source));
+    let swarm_task = bound.spawn(cancel.clone());
     let task = Task {
         p2p: p2p.clone(),
         ctx,
@@ -506,6 +526,7 @@ pub async fn spawn_replicating(
     });
     let mesh = Mesh {
         p2p,
+        stats,
         control,
         changes,
         arrivals,
@@ -522,6 +543,7 @@ struct Ctx {
     chunks: hub_store::Store,
     on_replicated: OnReplicated,
     p2p: P2p,
+    stats: Arc<Stats>,
     corrupt_chunks: bool,
     /// Which repos this node seeds (configuration, run time, fetched on demand).
     seeds: Arc<SeedPolicy>,
@@ -538,30 +560,21 @@ struct Ctx {
     chunk_sets: Mutex<crate::lfs::ChunkSets>,
 }
 
-impl crate::blobs::Source for Ctx {
-    fn knows(&self, peer: &PeerId) -> bool {
-        self.p2p.peers.is_connected(peer)
+impl BlobSource for Ctx {
+    fn admit(self: Arc<Self>, peer: PeerId) -> Admission {
+        Box::pin(async move { admit(&self, peer).await.map(|s| Box::new(s) as Place) })
     }
 
-    fn admit(self: Arc<Self>, peer: PeerId) -> crate::blobs::Admission {
-        Box::pin(async move {
-            admit(&self, peer)
-                .await
-                .map(|s| Box::new(s) as crate::blobs::Place)
-        })
-    }
-
-    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, String> {
+    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, ReadError> {
         crate::lfs::serve_blobs(&self.repos, &self.chunks, &self.chunk_sets, manifest, ids)
+            .map_err(Into::into)
     }
 
     fn served(&self, peer: PeerId, bytes: u64) {
-        let counters = &self.p2p.counters;
-        counters
-            .chunk_bytes_sent
-            .fetch_add(bytes, Ordering::Relaxed);
-        counters.blob_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        self.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
+        let stats = &self.stats;
+        stats.chunk_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        stats.blob_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        stats.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
     }
 
     fn corrupt(&self) -> Option<usize> {
@@ -706,7 +719,7 @@ impl Task {
         .unwrap_or_default();
         for (repo, seq) in accepted {
             let seeded = self.ctx.seeds.matches(&repo);
-            self.p2p.repo_states.update(&repo, |s| {
+            self.ctx.stats.repos.update(&repo, |s| {
                 s.last_seq = Some(seq);
                 s.seeded = seeded;
             });
@@ -731,25 +744,22 @@ impl Task {
             self.gossip(Topic::Namespaces, doc.encode());
         }
         let seq = update.update.seq;
-        self.p2p
-            .repo_states
+        self.ctx
+            .stats
+            .repos
             .update(&repo, |s| s.last_seq = Some(seq));
         self.gossip(Topic::Refs, update.encode());
         if is_withdrawal(&update) {
             tracing::info!(%repo, seq, "withdrawing the repo from the mesh (private or deleted)");
-            self.p2p.try_send(Command::StopProviding(repo));
+            self.p2p.stop_providing(repo);
         } else {
             tracing::info!(%repo, seq, lfs = update.update.lfs.len(), "announcing signed refs");
-            self.p2p.try_send(Command::Provide(repo));
+            self.p2p.provide(repo);
         }
     }
 
     fn gossip(&self, topic: Topic, data: Vec<u8>) {
-        if !self.p2p.try_send(Command::Publish {
-            topic,
-            data,
-            done: None,
-        }) {
+        if !self.p2p.try_publish(topic, data) {
             tracing::warn!(?topic, "swarm command queue full; gossip dropped");
         }
     }
@@ -770,16 +780,12 @@ impl Task {
                     Topic::Capacity => Verdict::Ignore,
                 };
                 let counter = if verdict == Verdict::Accept {
-                    &self.p2p.counters.gossip_accepted
+                    &self.ctx.stats.gossip_accepted
                 } else {
-                    &self.p2p.counters.gossip_refused
+                    &self.ctx.stats.gossip_refused
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                self.p2p.try_send(Command::Validate {
-                    id,
-                    source: propagation_source,
-                    verdict,
-                });
+                self.p2p.validate(id, propagation_source, verdict);
             }
             NetEvent::Subscribed { peer, topic } => {
                 tracing::debug!(%peer, ?topic, "peer subscribed; re-gossiping our state");
@@ -800,18 +806,18 @@ impl Task {
                 tokio::spawn(async move {
                     let Some(_serving) = admit(&ctx, peer).await else {
                         let response = PackResponse::Failed;
-                        let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
+                        let _ = ctx.p2p.respond_pack(channel, response).await;
                         return;
                     };
                     let repo = request.repo.clone();
                     let response = blocking({
                         let ctx = ctx.clone();
-                        move || serve_pack(&ctx.repos, ctx.p2p.blobs.as_deref(), peer, &request)
+                        move || serve_pack(&ctx.repos, ctx.p2p.blobs(), peer, &request)
                     })
                     .await
                     .unwrap_or(PackResponse::Failed);
                     tracing::debug!(%peer, %repo, ok = matches!(response, PackResponse::Pack(_)), "served pack request");
-                    let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
+                    let _ = ctx.p2p.respond_pack(channel, response).await;
                 });
             }
             NetEvent::BlockRequest {
@@ -821,18 +827,14 @@ impl Task {
             } => {
                 if matches!(request, BlockRequest::Blobs) {
                     let response = BlockResponse::Blobs(self.p2p.blob_addrs());
-                    self.p2p
-                        .try_send(Command::RespondBlocks { channel, response });
+                    self.p2p.try_respond_blocks(channel, response);
                     return;
                 }
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     let Some(_serving) = admit(&ctx, peer).await else {
                         let response = BlockResponse::Failed;
-                        let _ = ctx
-                            .p2p
-                            .send(Command::RespondBlocks { channel, response })
-                            .await;
+                        let _ = ctx.p2p.respond_blocks(channel, response).await;
                         return;
                     };
                     let response = blocking({
@@ -845,16 +847,14 @@ impl Task {
                     .unwrap_or(BlockResponse::Failed);
                     if let BlockResponse::Chunks(chunks) = &response {
                         let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                        ctx.p2p
-                            .counters
+                        ctx.stats
                             .chunk_bytes_sent
                             .fetch_add(bytes, Ordering::Relaxed);
-                        ctx.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
+                        ctx.stats
+                            .peers
+                            .update(peer, |p| p.chunk_bytes_sent += bytes);
                     }
-                    let _ = ctx
-                        .p2p
-                        .send(Command::RespondBlocks { channel, response })
-                        .await;
+                    let _ = ctx.p2p.respond_blocks(channel, response).await;
                 });
             }
         }
@@ -883,7 +883,7 @@ impl Task {
                 Verdict::Reject
             }
             Some(Err(error @ RefStoreError::LocalNamespace { .. })) => claims::refused(
-                &self.p2p.counters.foreign_claims_refused,
+                &self.ctx.stats.foreign_claims_refused,
                 &error,
                 "namespace document",
             ),
@@ -916,7 +916,7 @@ impl Task {
             Some(Ok((seq, withdrawn))) => {
                 tracing::info!(%repo, seq, %via, "ref update accepted");
                 let seeded = self.ctx.seeds.matches(&repo);
-                self.p2p.repo_states.update(&repo, |s| {
+                self.ctx.stats.repos.update(&repo, |s| {
                     s.last_seq = Some(seq);
                     s.seeded = seeded;
                 });
@@ -943,7 +943,7 @@ impl Task {
                 Verdict::Reject
             }
             Some(Err(error @ RefStoreError::LocalNamespace { .. })) => claims::refused(
-                &self.p2p.counters.foreign_updates_refused,
+                &self.ctx.stats.foreign_updates_refused,
                 &error,
                 "ref update",
             ),
@@ -970,8 +970,8 @@ impl Task {
                 .unwrap_or_default();
                 for repo in accepted {
                     let seeded = self.ctx.seeds.matches(&repo);
-                    let was = self.p2p.repo_state(&repo).is_some_and(|s| s.seeded);
-                    self.p2p.repo_states.update(&repo, |s| s.seeded = seeded);
+                    let was = self.ctx.stats.repos.get(&repo).is_some_and(|s| s.seeded);
+                    self.ctx.stats.repos.update(&repo, |s| s.seeded = seeded);
                     if seeded && !was {
                         tracing::info!(%repo, "now seeded; syncing");
                         self.fetch(repo, Vec::new());
@@ -1004,7 +1004,7 @@ impl Task {
                     }
                     _ => {}
                 }
-                self.p2p.repo_states.update(&repo, |s| s.seeded = true);
+                self.ctx.stats.repos.update(&repo, |s| s.seeded = true);
                 if !self.fetching.contains_key(&repo) {
                     let peers = self.failed.remove(&repo).unwrap_or_default();
                     self.fetch(repo, peers);
@@ -1040,13 +1040,13 @@ impl Task {
         tokio::spawn(async move {
             let ok = match fetch_repo(&ctx, &repo, peers).await {
                 Ok(()) => {
-                    ctx.p2p.repo_states.update(&repo, |s| s.last_error = None);
+                    ctx.stats.repos.update(&repo, |s| s.last_error = None);
                     true
                 }
                 Err(error) => {
                     tracing::warn!(%repo, %error, "replication fetch failed; will retry");
-                    ctx.p2p
-                        .repo_states
+                    ctx.stats
+                        .repos
                         .update(&repo, |s| s.last_error = Some(error));
                     false
                 }
@@ -1068,7 +1068,7 @@ impl Task {
             .is_some_and(is_withdrawal);
         if ok && !withdrawn {
             // A seeder with the whole repo is one more provider of it.
-            self.p2p.try_send(Command::Provide(repo.clone()));
+            self.p2p.provide(repo.clone());
         }
         if again {
             self.fetch(repo, peers);
@@ -1325,7 +1325,7 @@ async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Re
         if dropped {
             tracing::info!(%repo, seq = update.update.seq, "repo withdrawn by its host; replica dropped");
         }
-        ctx.p2p.try_send(Command::StopProviding(repo.clone()));
+        ctx.p2p.stop_providing(repo.clone());
         return Ok(());
     }
     if peers.is_empty() {
@@ -1344,7 +1344,7 @@ async fn fetch_repo(ctx: &Arc<Ctx>, repo: &RepoId, mut peers: Vec<PeerId>) -> Re
         repo: repo.clone(),
         want,
         have,
-        blob: ctx.p2p.blobs.is_some(),
+        blob: ctx.p2p.blobs().is_some(),
     };
     // The gossip peers first; DHT providers only when none of them could serve (a DHT query
     // can take as long as its timeout).
@@ -1380,7 +1380,7 @@ async fn sync_lfs(
         .await
         .ok_or("LFS scan task failed")??;
     let set_missing = |n: usize| {
-        ctx.p2p.repo_states.update(repo, |s| {
+        ctx.stats.repos.update(repo, |s| {
             s.lfs_missing = n as u64;
             s.lfs_unbound = missing.unbound as u64;
         })
@@ -1500,15 +1500,22 @@ async fn fetch_lfs_once(
             .filter(|p| *p != me)
             .collect()
     };
-    let bytes =
-        crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, &ctx.arrivals, wanted, peers, more).await?;
+    let bytes = crate::lfs::fetch_object(
+        &ctx.p2p,
+        &ctx.stats,
+        &ctx.chunks,
+        &ctx.arrivals,
+        wanted,
+        peers,
+        more,
+    )
+    .await?;
     record_lfs(ctx, repo, sha).await?;
     drop(guard);
-    ctx.p2p
-        .counters
+    ctx.stats
         .lfs_objects_fetched
         .fetch_add(1, Ordering::Relaxed);
-    ctx.p2p.repo_states.update(repo, |s| {
+    ctx.stats.repos.update(repo, |s| {
         s.lfs_fetched += 1;
         s.chunk_bytes_received += bytes;
     });
@@ -1570,8 +1577,7 @@ async fn fetch_pack_blob(
 ) -> Result<Vec<u8>, String> {
     let blobs = ctx
         .p2p
-        .blobs
-        .as_deref()
+        .blobs()
         .ok_or("offered a blob without a blob endpoint")?;
     let addrs = ctx.p2p.blob_addrs_of(blobs, peer).await;
     if addrs.is_empty() {
@@ -1579,21 +1585,17 @@ async fn fetch_pack_blob(
     }
     match blobs.get_pack(peer, &addrs, hash, size).await {
         Ok(pack) => {
-            ctx.p2p
-                .counters
+            ctx.stats
                 .pack_blob_bytes_received
                 .fetch_add(pack.len() as u64, Ordering::Relaxed);
             Ok(pack)
         }
-        Err(crate::blobs::GetError::Bad { bytes, reason }) => {
-            ctx.p2p.peers.update(peer, |p| p.bad_chunks += 1);
-            ctx.p2p
-                .counters
-                .chunks_rejected
-                .fetch_add(1, Ordering::Relaxed);
+        Err(GetError::Bad { bytes, reason }) => {
+            ctx.stats.peers.update(peer, |p| p.bad_chunks += 1);
+            ctx.stats.chunks_rejected.fetch_add(1, Ordering::Relaxed);
             Err(format!("{reason} (after {bytes} good bytes)"))
         }
-        Err(crate::blobs::GetError::Failed(reason)) => Err(reason),
+        Err(GetError::Failed(reason)) => Err(reason),
     }
 }
 
@@ -1643,10 +1645,7 @@ async fn try_peers(
             Some(Ok(outcome)) => {
                 tracing::info!(%repo, %peer, seq = update.update.seq, ?outcome, "replicated");
                 ctx.synced.send_modify(|n| *n += 1);
-                ctx.p2p
-                    .counters
-                    .repos_replicated
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.stats.repos_replicated.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             Some(Err(error)) => last_error = format!("apply pack from {peer}: {error}"),

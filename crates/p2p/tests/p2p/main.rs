@@ -165,7 +165,7 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
     let mut forged = RefUpdate::new(tiny.clone(), doc, 1_000, now());
     forged.refs.insert("refs/heads/main".into(), [0xee; 20]);
     let forged: SignedRefUpdate = forged.sign(&SigningKey::from_bytes(&[66; 32])).unwrap();
-    let refused_before = b.p2p.gossip_refused();
+    let refused_before = b.mesh.counters().gossip_refused;
     let before = refs(&b.repos, &tiny);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     // Publishing fails until the rogue has heard B's subscription.
@@ -177,7 +177,7 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for("forged update judged", || {
-        b.p2p.gossip_refused() > refused_before
+        b.mesh.counters().gossip_refused > refused_before
     })
     .await;
     assert_eq!(refs(&b.repos, &tiny), before);
@@ -210,9 +210,9 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
         ),
         ("grafted update", Topic::Refs, grafted.encode()),
     ] {
-        let refused = b.p2p.gossip_refused();
+        let refused = b.mesh.counters().gossip_refused;
         rogue.publish(topic, message).await.unwrap();
-        wait_for(what, || b.p2p.gossip_refused() > refused).await;
+        wait_for(what, || b.mesh.counters().gossip_refused > refused).await;
         assert_eq!(refs(&b.repos, &tiny), before, "{what} moved a ref");
     }
 
