@@ -51,7 +51,7 @@ use hub_compute::{
     CacheKey, CachedResponse, CapacityAdvert, CapacityTable, Decision, DeviceKind, LoadedModel,
     LocalState, Mode, ResponseCache, RouteRequest, SignedCapacityAdvert, TableConfig, Target,
 };
-use hub_p2p::{PeerId, StreamProtocol, Topic, Verdict};
+use hub_net::{PeerId, StreamProtocol, Topic, Verdict};
 use hub_protocol::forward::{ForwardRequest, Frame, INFER_PROTOCOL, MAX_BODY, ResponseHead};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::{PublicKey, SigningKey};
@@ -194,7 +194,7 @@ impl Compute {
                     .and_then(Value::as_str)
                     .and_then(|h| hex::decode(h).ok())
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .and_then(|k| hub_p2p::peer_id_of_key(&k));
+                    .and_then(|k| hub_net::peer_id_of_key(&k));
                 let rtt = peer.and_then(|p| rtts.get(&p));
                 node["peer_id"] = json!(peer.map(|p| p.to_string()));
                 node["rtt_ms"] = json!(rtt.map(|d| d.as_secs_f64() * 1e3));
@@ -307,7 +307,7 @@ impl Compute {
             .peers()
             .into_iter()
             .filter_map(|(peer, info)| {
-                let key = hub_p2p::key_of_peer_id(&peer)?;
+                let key = hub_net::key_of_peer_id(&peer)?;
                 Some((PublicKey(key), info.rtt?))
             })
             .collect();
@@ -378,7 +378,7 @@ async fn advertise(state: AppState, compute: Arc<Compute>) {
         };
         match state.p2p().publish(Topic::Capacity, signed.encode()).await {
             Ok(()) => {}
-            Err(hub_p2p::NetError::Stopped) => break,
+            Err(hub_net::NetError::Stopped) => break,
             // No peers subscribed yet, and the like: the next period tries again.
             Err(error) => tracing::trace!(%error, "capacity advert not published"),
         }
@@ -399,7 +399,7 @@ async fn collect_adverts(state: AppState, compute: Arc<Compute>) {
             // Gossipsub checked the author's signature over the message: a node may only
             // publish its own advert.
             Ok(signed)
-                if message.author.and_then(|a| hub_p2p::key_of_peer_id(&a))
+                if message.author.and_then(|a| hub_net::key_of_peer_id(&a))
                     != Some(signed.advert.node.0) =>
             {
                 tracing::debug!(source = %message.source, "capacity advert published by another node");
@@ -549,7 +549,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
                     .await;
             }
             Target::Remote(key) => {
-                let Some(peer) = hub_p2p::peer_id_of_key(&key.0) else {
+                let Some(peer) = hub_net::peer_id_of_key(&key.0) else {
                     continue;
                 };
                 match forward(&state, peer, &parts, &bytes).await {
@@ -594,7 +594,7 @@ fn target_name(target: &Target) -> String {
     match target {
         Target::Local => "local".into(),
         Target::Remote(key) => {
-            hub_p2p::peer_id_of_key(&key.0).map_or_else(|| "?".into(), |p| p.to_string())
+            hub_net::peer_id_of_key(&key.0).map_or_else(|| "?".into(), |p| p.to_string())
         }
     }
 }
@@ -837,12 +837,12 @@ const HOP_HEADERS: [&str; 4] = [
     "keep-alive",
 ];
 
-async fn write_frame(stream: &mut hub_p2p::Stream, frame: &Frame) -> std::io::Result<()> {
+async fn write_frame(stream: &mut hub_net::Stream, frame: &Frame) -> std::io::Result<()> {
     stream.write_all(&frame.encode()).await?;
     stream.flush().await
 }
 
-async fn read_frame(stream: &mut hub_p2p::Stream) -> Result<Frame, String> {
+async fn read_frame(stream: &mut hub_net::Stream) -> Result<Frame, String> {
     let mut prefix = [0u8; 4];
     stream
         .read_exact(&mut prefix)
@@ -1053,7 +1053,7 @@ async fn serve_streams(state: AppState, compute: Arc<Compute>) {
     }
 }
 
-async fn serve_stream(compute: &Compute, peer: PeerId, mut stream: hub_p2p::Stream) {
+async fn serve_stream(compute: &Compute, peer: PeerId, mut stream: hub_net::Stream) {
     let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
         Ok(Ok(Frame::Request(request))) => request,
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -1195,7 +1195,7 @@ mod tests {
             }
             let mut req = req.body(axum::body::Body::from(body.to_string())).unwrap();
             req.extensions_mut()
-                .insert(Forwarded(hub_p2p::PeerId::random()));
+                .insert(Forwarded(hub_net::PeerId::random()));
             f.app.clone().oneshot(req)
         };
         // Not for a peer, whatever headers it relays: a forwarded job is anonymous.

@@ -90,7 +90,7 @@ pub struct Parts {
     pub repos: Arc<Repos>,
     pub store: Store,
     pub search: Arc<SearchIndex>,
-    pub p2p: hub_p2p::P2p,
+    pub p2p: hub_net::P2p,
     /// The replication running on `p2p` (seeding, on-demand fetches, announcements); `None`:
     /// this node replicates nothing (the Hub's rules then see [`hub_core::NoMesh`]).
     pub replication: Option<hub_p2p::Mesh>,
@@ -100,7 +100,7 @@ pub struct Parts {
 #[derive(Debug)]
 struct Inner {
     hub: Hub,
-    p2p: hub_p2p::P2p,
+    p2p: hub_net::P2p,
     replication: Option<hub_p2p::Mesh>,
     config: GatewayConfig,
     metrics: Metrics,
@@ -177,7 +177,7 @@ impl AppState {
         self.inner.hub.auth()
     }
 
-    pub fn p2p(&self) -> &hub_p2p::P2p {
+    pub fn p2p(&self) -> &hub_net::P2p {
         &self.inner.p2p
     }
 

@@ -12,7 +12,7 @@ use crate::datadir::{self, DataDir};
 use anyhow::Context;
 use hub_auth::AuthStore;
 use hub_gateway::{AppState, GatewayConfig, InferenceConfig, Parts};
-use hub_p2p::{CancellationToken, P2pConfig};
+use hub_net::{CancellationToken, P2pConfig};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,7 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         p2p: p2p
             .listen_addrs()
             .iter()
-            .map(|a| hub_p2p::with_peer_id(a, p2p.peer_id()).to_string())
+            .map(|a| hub_net::with_peer_id(a, p2p.peer_id()).to_string())
             .collect(),
         version: hub_protocol::VERSION.to_owned(),
     };

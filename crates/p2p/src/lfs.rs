@@ -34,9 +34,8 @@
 //! Serving: only objects in the LFS set of a public repo this node hosts or seeds; anything
 //! else is `NotFound`, the same answer as an unknown object.
 
-use crate::blobs::GetError;
 use crate::stats::Stats;
-use crate::swarm::P2p;
+use hub_net::{GetError, P2p};
 use hub_protocol::blocks::{
     BlockRequest, BlockResponse, MAX_BATCH_BYTES, MAX_MANIFEST_LEN, check_chunks, check_manifest,
 };

@@ -43,13 +43,15 @@
 //! ([`fetch_lfs_once`]). [`P2p::namespace_hosts`] names the delegates of a namespace this
 //! node is not a delegate of, so the gateway can send writes there.
 
-use crate::blobs::{Admission, BlobSource, GetError, Place, ReadError};
 use crate::lfs::{Arrivals, Wanted};
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{LocalNames, RefStore, RefStoreError};
 use crate::stats::{MeshCounters, PeerTraffic, RepoState, Stats};
-use crate::swarm::{NetEvent, P2p, P2pConfig, P2pError, Topic, Verdict};
 use hub_core::{EnsureError, LfsFetchError};
+use hub_net::{
+    Admission, BlobSource, GetError, NetEvent, P2p, P2pConfig, P2pError, Place, ReadError, Topic,
+    Verdict,
+};
 use hub_protocol::blocks::{BlockRequest, BlockResponse};
 use hub_protocol::manifest::{Hash, Sha256};
 use hub_protocol::replication::{
@@ -205,7 +207,7 @@ impl std::fmt::Debug for Control {
 
 /// The libp2p peer id of a delegate key (node keys are the same ed25519 keys).
 fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
-    crate::peer_id_of_key(&key.0)
+    hub_net::peer_id_of_key(&key.0)
 }
 
 /// The handle on a running replication: the swarm's [`P2p`] handle plus what reaches the
@@ -469,7 +471,7 @@ pub async fn spawn_replicating(
         .map_err(|e| ReplicationError::Seeds(std::io::Error::other(e)))?
         .map_err(ReplicationError::Seeds)?;
     let seeds = Arc::new(seeds);
-    let mut bound = crate::swarm::bind(key, config).await?;
+    let mut bound = hub_net::bind(key, config).await?;
     let events = bound.inbound();
     let p2p = bound.handle().clone();
     let stats = Arc::new(Stats::new(p2p.clone()));
@@ -1259,7 +1261,7 @@ fn own_state(ctx: &Ctx, topic: Topic) -> Vec<Vec<u8>> {
 /// blob data plane, held for `peer` as a blob (up to [`MAX_BLOB_PACK_LEN`]).
 fn serve_pack(
     repos: &Repos,
-    blobs: Option<&crate::blobs::Blobs>,
+    blobs: Option<&hub_net::Blobs>,
     peer: PeerId,
     request: &PackRequest,
 ) -> PackResponse {

@@ -7,7 +7,7 @@
 //!
 //! [`Mesh`]: crate::Mesh
 
-use crate::swarm::P2p;
+use hub_net::P2p;
 use hub_protocol::repo::RepoId;
 use libp2p::PeerId;
 use std::collections::BTreeMap;

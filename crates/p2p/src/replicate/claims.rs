@@ -12,8 +12,8 @@
 
 use super::{Mesh, blocking, peer_id_of};
 use crate::state::{Claim, RefStoreError};
-use crate::swarm::{Topic, Verdict};
 use hub_core::ClaimError;
+use hub_net::{Topic, Verdict};
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,7 +2,8 @@
 //! seeding node replicates the repo with packs of the difference, and a crafted update signed
 //! by a stranger is rejected and changes nothing.
 
-use hub_p2p::{CancellationToken, Keypair, P2p, P2pConfig, Replication, Topic};
+use hub_net::{CancellationToken, Keypair, P2p, P2pConfig, Topic};
+use hub_p2p::Replication;
 use hub_protocol::replication::SeedPattern;
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::{DocId, RefUpdate, SignedRefUpdate, SigningKey};
@@ -66,7 +67,7 @@ async fn node(
     let counter = replicated.clone();
     let config = P2pConfig {
         bootstrap: bootstrap
-            .map(|b| vec![hub_p2p::with_peer_id(&b.listen_addrs()[0], b.peer_id())])
+            .map(|b| vec![hub_net::with_peer_id(&b.listen_addrs()[0], b.peer_id())])
             .unwrap_or_default(),
         ..loopback()
     };
@@ -148,10 +149,10 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
 
     // A stranger forges an update of alice/tiny (right repo, right document id, higher seq).
     let rogue_cancel = CancellationToken::new();
-    let (rogue, rogue_task) = hub_p2p::spawn(
+    let (rogue, rogue_task) = hub_net::spawn(
         Keypair::generate_ed25519(),
         P2pConfig {
-            bootstrap: vec![hub_p2p::with_peer_id(
+            bootstrap: vec![hub_net::with_peer_id(
                 &b.p2p.listen_addrs()[0],
                 b.p2p.peer_id(),
             )],

@@ -108,9 +108,10 @@ impl GetError {
     }
 }
 
-/// Why a [`Blobs::get`] or [`Blobs::get_pack`] failed.
+/// Why a [`Blobs::get`] or [`Blobs::get_pack`] failed. Not `non_exhaustive`: callers tell
+/// a lying provider (penalised) from a failed request (asked again elsewhere), and nothing
+/// else.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum GetError {
     /// The provider sent data that failed verification, after `bytes` of chunk data.
     #[error("{reason}")]
