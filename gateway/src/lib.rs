@@ -1,6 +1,6 @@
 //! hubmesh's HTTP gateway: the axum router every node serves.
 //!
-//! Place in the graph: the last library before `node` (`… ← p2p ← compute/spaces/mirror ←
+//! Place in the graph: the last library before `node` (`… ← {net, mesh} ← compute/spaces/mirror ←
 //! gateway ← node`). The node binds the listener and serves [`router`]; everything the
 //! router needs lives in [`AppState`].
 //!
@@ -93,7 +93,7 @@ pub struct Parts {
     pub p2p: hub_net::P2p,
     /// The replication running on `p2p` (seeding, on-demand fetches, announcements); `None`:
     /// this node replicates nothing (the Hub's rules then see [`hub_core::NoMesh`]).
-    pub replication: Option<hub_p2p::Mesh>,
+    pub replication: Option<hub_mesh::Mesh>,
     pub config: GatewayConfig,
 }
 
@@ -101,7 +101,7 @@ pub struct Parts {
 struct Inner {
     hub: Hub,
     p2p: hub_net::P2p,
-    replication: Option<hub_p2p::Mesh>,
+    replication: Option<hub_mesh::Mesh>,
     config: GatewayConfig,
     metrics: Metrics,
     git: git::Limiter,
@@ -182,7 +182,7 @@ impl AppState {
     }
 
     /// The replication handle, when this node replicates.
-    pub fn replication(&self) -> Option<&hub_p2p::Mesh> {
+    pub fn replication(&self) -> Option<&hub_mesh::Mesh> {
         self.inner.replication.as_ref()
     }
 

@@ -27,7 +27,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use hub_p2p::SeedError;
+use hub_mesh::SeedError;
 use hub_protocol::repo::{RepoId, RepoType};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -48,7 +48,7 @@ pub(crate) fn routes() -> Router<AppState> {
 fn seeds_json(state: &AppState) -> Value {
     let seeds: Vec<Value> = state
         .replication()
-        .map(hub_p2p::Mesh::seeds)
+        .map(hub_mesh::Mesh::seeds)
         .unwrap_or_default()
         .into_iter()
         .map(|e| {
@@ -83,7 +83,7 @@ fn seed_error(e: SeedError) -> AppError {
 }
 
 /// The replication handle, or the error a node without replication answers.
-fn replication(state: &AppState) -> Result<&hub_p2p::Mesh, AppError> {
+fn replication(state: &AppState) -> Result<&hub_mesh::Mesh, AppError> {
     state
         .replication()
         .ok_or_else(|| seed_error(SeedError::NoReplication))
@@ -154,7 +154,7 @@ async fn peers(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    let counters = mesh.map(hub_p2p::Mesh::counters).unwrap_or_default();
+    let counters = mesh.map(hub_mesh::Mesh::counters).unwrap_or_default();
     Json(json!({
         "peer_id": p2p.peer_id().to_string(),
         "listen_addrs": p2p.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),

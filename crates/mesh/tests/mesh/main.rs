@@ -2,8 +2,8 @@
 //! seeding node replicates the repo with packs of the difference, and a crafted update signed
 //! by a stranger is rejected and changes nothing.
 
+use hub_mesh::Replication;
 use hub_net::{CancellationToken, Keypair, P2p, P2pConfig, Topic};
-use hub_p2p::Replication;
 use hub_protocol::replication::SeedPattern;
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::{DocId, RefUpdate, SignedRefUpdate, SigningKey};
@@ -48,7 +48,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 struct Node {
-    mesh: hub_p2p::Mesh,
+    mesh: hub_mesh::Mesh,
     p2p: P2p,
     repos: Arc<Repos>,
     replicated: Arc<AtomicU64>,
@@ -71,7 +71,7 @@ async fn node(
             .unwrap_or_default(),
         ..loopback()
     };
-    let (mesh, _task) = hub_p2p::spawn_replicating(
+    let (mesh, _task) = hub_mesh::spawn_replicating(
         Keypair::ed25519_from_bytes(secret).unwrap(),
         config,
         Replication {
