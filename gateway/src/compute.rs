@@ -45,13 +45,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use hub_compute::{
     CacheKey, CachedResponse, CapacityAdvert, CapacityTable, Decision, DeviceKind, LoadedModel,
     LocalState, Mode, ResponseCache, RouteRequest, SignedCapacityAdvert, TableConfig, Target,
 };
-use hub_net::{PeerId, StreamProtocol, Topic, Verdict};
+use hub_net::{PeerId, StreamProtocol, Topic, Verdict, read_frame, write_frame};
 use hub_protocol::forward::{ForwardRequest, Frame, INFER_PROTOCOL, MAX_BODY, ResponseHead};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::{PublicKey, SigningKey};
@@ -827,6 +827,12 @@ impl From<String> for Failure {
     }
 }
 
+impl From<hub_net::FrameError> for Failure {
+    fn from(error: hub_net::FrameError) -> Self {
+        error.to_string().into()
+    }
+}
+
 /// Headers a forwarded request carries to the serving node.
 const REQUEST_HEADERS: [&str; 3] = ["content-type", "accept", "x-wait-for-model"];
 /// Headers never relayed from a serving node's answer (hop by hop, or recomputed).
@@ -836,26 +842,6 @@ const HOP_HEADERS: [&str; 4] = [
     "connection",
     "keep-alive",
 ];
-
-async fn write_frame(stream: &mut hub_net::Stream, frame: &Frame) -> std::io::Result<()> {
-    stream.write_all(&frame.encode()).await?;
-    stream.flush().await
-}
-
-async fn read_frame(stream: &mut hub_net::Stream) -> Result<Frame, String> {
-    let mut prefix = [0u8; 4];
-    stream
-        .read_exact(&mut prefix)
-        .await
-        .map_err(|e| format!("stream closed: {e}"))?;
-    let n = hub_protocol::forward::frame_len(prefix).map_err(|e| e.to_string())?;
-    let mut payload = vec![0u8; n];
-    stream
-        .read_exact(&mut payload)
-        .await
-        .map_err(|e| format!("stream closed: {e}"))?;
-    Frame::decode(&payload).map_err(|e| e.to_string())
-}
 
 fn head_headers(head: &ResponseHead) -> HeaderMap {
     let mut headers = HeaderMap::new();

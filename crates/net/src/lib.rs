@@ -7,9 +7,10 @@
 //! mesh's protocols: gossipsub topics ([`Topic`]: signed refs, namespace documents, capacity
 //! adverts; strict signing, application validation), kademlia provider records, the
 //! request-response protocols `/hubmesh/git-pack/1` and `/hubmesh/blocks/1` (codecs that read
-//! with a hard byte bound before decoding), raw streams ([`P2p::streams`],
-//! `/hubmesh/infer/1`), and the blob data plane ([`Blobs`], ADR 0005: iroh-blobs' protocol
-//! over an iroh endpoint with the node key, every 16 KiB group verified).
+//! with a hard byte bound before decoding), raw streams ([`P2p::streams`]) and the
+//! `/hubmesh/infer/1` frames read and written on them ([`read_frame`], [`write_frame`]), and
+//! the blob data plane ([`Blobs`], ADR 0005: iroh-blobs' protocol over an iroh endpoint with
+//! the node key, every 16 KiB group verified).
 //!
 //! It knows no replication. What a message or request means, and what the blob endpoint
 //! serves, are decided by their owners, which register on the [`Bound`] swarm before it runs
@@ -23,8 +24,8 @@
 //! Must not depend on `hub-store`, `hub-repo`, `hub-core`, `hub-auth`, the gateway or axum:
 //! it moves bytes and checks them against hashes it is given (`hub-protocol`'s chunk ids and
 //! manifest ids); what is stored where, and who may read it, is its callers' business. Module
-//! dependencies point one way: `blobs` uses `peers` and `codec`, `swarm` uses all three
-//! (`scripts/module-cycles` checks it).
+//! dependencies point one way: `blobs` uses `peers` and `codec`, `swarm` uses those three,
+//! `frames` none (`scripts/module-cycles` checks it).
 //!
 //! Who spawns whom: the node (through `hub_mesh::spawn_replicating`, or [`spawn`] without
 //! replication) calls [`bind`], which binds every listen address, waits until each listener
@@ -53,10 +54,12 @@
 
 mod blobs;
 mod codec;
+mod frames;
 mod peers;
 mod swarm;
 
 pub use blobs::{Admission, BindError, BlobSource, Blobs, GetError, Place, ReadError};
+pub use frames::{FrameError, read_frame, write_frame};
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use peers::PeerInfo;

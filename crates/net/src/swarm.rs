@@ -16,8 +16,8 @@
 //!
 //! Limits: gossip messages up to [`MAX_GOSSIP_MESSAGE`] (gossipsub drops larger frames),
 //! strict message signing (every message carries its author's peer id and signature) and
-//! application validation (a message is forwarded only after the replication task accepted
-//! it); git-pack requests and responses bounded by [`MAX_REQUEST_LEN`] and
+//! application validation (a message is forwarded only after the consumer of its topic
+//! accepted it); git-pack requests and responses bounded by [`MAX_REQUEST_LEN`] and
 //! [`MAX_RESPONSE_LEN`] while they are read, [`MAX_PACK_STREAMS`] concurrent streams per
 //! connection and a [`PACK_TIMEOUT`]; `/hubmesh/blocks/1` (LFS manifests and chunks) the same
 //! way with the bounds of [`hub_protocol::blocks`] and a [`BLOCKS_TIMEOUT`].
@@ -71,7 +71,7 @@ pub enum Topic {
     /// Signed namespace documents ([`TOPIC_NAMESPACES`]).
     Namespaces,
     /// Signed capacity adverts of the compute mesh ([`TOPIC_CAPACITY`]); judged by their
-    /// consumer (see [`P2p::take_capacity_adverts`]), not by the replication task.
+    /// consumer (see [`P2p::take_capacity_adverts`]), not by the one of [`Bound::inbound`].
     Capacity,
 }
 
