@@ -1300,6 +1300,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_fail_with_typed_errors() {
+        let cancel = CancellationToken::new();
+        let (p2p, task) = spawn(Keypair::generate_ed25519(), loopback(), cancel.clone())
+            .await
+            .unwrap();
+        // A peer that cannot be dialled: the request-response failure, not a string.
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        let request = BlockRequest::Blobs;
+        assert!(matches!(
+            p2p.fetch_blocks(stranger, request).await,
+            Err(NetError::Request(_))
+        ));
+        // No peer subscribed to the topic: gossipsub's refusal.
+        assert!(matches!(
+            p2p.publish(Topic::Capacity, b"advert".to_vec()).await,
+            Err(NetError::Publish(_))
+        ));
+        // The swarm stopped: `Stopped`, which the capacity advertiser ends on.
+        cancel.cancel();
+        task.await.unwrap();
+        assert!(matches!(
+            p2p.publish(Topic::Capacity, b"advert".to_vec()).await,
+            Err(NetError::Stopped)
+        ));
+        assert!(matches!(
+            p2p.providers(
+                &RepoId::parse(hub_protocol::repo::RepoType::Model, "alice/tiny").unwrap()
+            )
+            .await,
+            Err(NetError::Stopped)
+        ));
+    }
+
+    #[tokio::test]
     async fn unbindable_address_is_a_clear_error() {
         let config = P2pConfig {
             listen: vec!["/ip4/203.0.113.1/tcp/0".parse().unwrap()],
