@@ -203,3 +203,48 @@ impl RepoStates {
         map.get(repo).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub_net::{CancellationToken, Keypair, P2pConfig};
+
+    #[tokio::test]
+    async fn peer_traffic_is_bounded_and_a_new_peer_evicts_a_disconnected_one() {
+        let cancel = CancellationToken::new();
+        let config = P2pConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            blobs: false,
+            ..P2pConfig::default()
+        };
+        let (p2p, task) = hub_net::spawn(Keypair::generate_ed25519(), config, cancel.clone())
+            .await
+            .unwrap();
+        let stats = Stats::new(p2p);
+        let random = || Keypair::generate_ed25519().public().to_peer_id();
+        let first = random();
+        stats.peers.update(first, |t| t.bad_chunks += 1);
+        for _ in 1..MAX_PEERS {
+            stats.peers.update(random(), |t| t.chunk_bytes_sent += 1);
+        }
+        assert_eq!(stats.peers.get(&first).unwrap().bad_chunks, 1);
+        let late = random();
+        stats.peers.update(late, |t| t.chunk_bytes_received += 7);
+        assert_eq!(stats.peers.get(&late).unwrap().chunk_bytes_received, 7);
+        let kept = stats.peers.map.lock().unwrap().len();
+        assert_eq!(kept, MAX_PEERS);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn repo_states_update_in_place_and_read_back() {
+        let states = RepoStates::default();
+        let repo = RepoId::parse(hub_protocol::repo::RepoType::Model, "alice/tiny").unwrap();
+        assert_eq!(states.get(&repo), None);
+        states.update(&repo, |s| s.last_seq = Some(3));
+        states.update(&repo, |s| s.seeded = true);
+        let state = states.get(&repo).unwrap();
+        assert_eq!((state.last_seq, state.seeded), (Some(3), true));
+    }
+}
