@@ -52,7 +52,7 @@ use hub_net::{
     Admission, BlobSource, GetError, NetEvent, P2p, P2pConfig, P2pError, Place, ReadError, Topic,
     Verdict,
 };
-use hub_protocol::blocks::{BlockRequest, BlockResponse};
+use hub_protocol::blocks::BlockResponse;
 use hub_protocol::manifest::{Hash, Sha256};
 use hub_protocol::replication::{
     MAX_BLOB_PACK_LEN, MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern,
@@ -827,11 +827,6 @@ impl Task {
                 request,
                 channel,
             } => {
-                if matches!(request, BlockRequest::Blobs) {
-                    let response = BlockResponse::Blobs(self.p2p.blob_addrs());
-                    self.p2p.try_respond_blocks(channel, response);
-                    return;
-                }
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     let Some(_serving) = admit(&ctx, peer).await else {

@@ -185,6 +185,8 @@ pub enum NetEvent {
         request: PackRequest,
         channel: ResponseChannel<PackResponse>,
     },
+    /// A manifest or chunks request (where the blob endpoint listens, `BlockRequest::Blobs`,
+    /// is answered by the swarm itself).
     BlockRequest {
         peer: PeerId,
         request: BlockRequest,
@@ -502,16 +504,6 @@ impl P2p {
             .await
     }
 
-    /// [`P2p::respond_blocks`] without waiting: `false` when the command queue is full or
-    /// the swarm stopped (the requester then sees its request fail).
-    pub fn try_respond_blocks(
-        &self,
-        channel: ResponseChannel<BlockResponse>,
-        response: BlockResponse,
-    ) -> bool {
-        self.try_send(Command::RespondBlocks { channel, response })
-    }
-
     /// Opens and accepts raw streams of a protocol (`/hubmesh/infer/1`). Opening dials the
     /// peer when it is not connected. The control has one guaranteed queue slot per clone, so
     /// keep one per concurrent opener rather than cloning for every stream.
@@ -643,6 +635,7 @@ impl Bound {
             fetches: HashMap::new(),
             provider_queries: HashMap::new(),
             blobs: handle.blobs.clone(),
+            listen_addrs: handle.listen_addrs.clone(),
         };
         tokio::spawn(driver.run(commands, cancel))
     }
@@ -880,6 +873,8 @@ struct Driver {
     provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     /// The blob endpoint, told when a peer goes away (its address may change).
     blobs: Option<Arc<Blobs>>,
+    /// The swarm's listen addresses (the blob endpoint's are derived from them).
+    listen_addrs: Arc<Vec<Multiaddr>>,
 }
 
 impl Driver {
@@ -1136,6 +1131,26 @@ impl Driver {
         if let Some((peer, request, channel)) =
             request_response_event(event, &mut self.block_fetches, "block")
         {
+            if matches!(request, BlockRequest::Blobs) {
+                // The transport's own question (where this node's blob endpoint listens):
+                // answered here, whoever consumes the other requests.
+                let addrs = self
+                    .blobs
+                    .as_ref()
+                    .map(|b| b.local_addrs(&ip_addrs(&self.listen_addrs)))
+                    .unwrap_or_default();
+                let response = BlockResponse::Blobs(addrs);
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "block requester went away before the response");
+                }
+                return;
+            }
             self.emit(NetEvent::BlockRequest {
                 peer,
                 request,
@@ -1297,6 +1312,100 @@ mod tests {
         cancel.cancel();
         ta.await.unwrap();
         tb.await.unwrap();
+    }
+
+    /// Serves one file of one chunk, from memory.
+    struct OneChunk {
+        manifest: hub_protocol::manifest::Hash,
+        chunk: Vec<u8>,
+    }
+
+    impl BlobSource for OneChunk {
+        fn admit(self: Arc<Self>, _: PeerId) -> crate::Admission {
+            Box::pin(async { Some(Box::new(()) as crate::Place) })
+        }
+
+        fn read(
+            &self,
+            manifest: &hub_protocol::manifest::Hash,
+            ids: &[hub_protocol::manifest::Hash],
+        ) -> Result<Vec<Vec<u8>>, crate::ReadError> {
+            if *manifest != self.manifest {
+                return Err("unknown file".into());
+            }
+            Ok(ids.iter().map(|_| self.chunk.clone()).collect())
+        }
+
+        fn served(&self, _: PeerId, _: u64) {}
+
+        fn corrupt(&self) -> Option<usize> {
+            None
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_blob_source_registered_before_spawn_serves_peers() {
+        use hub_protocol::manifest::{ChunkRef, Hash};
+        let cancel = CancellationToken::new();
+        // A registers a blob source on its bound swarm; C registers none.
+        let mut bound = bind(Keypair::generate_ed25519(), loopback()).await.unwrap();
+        let source: Arc<dyn BlobSource> = Arc::new(OneChunk {
+            manifest: Hash([7; 32]),
+            chunk: b"a chunk of a public file".to_vec(),
+        });
+        bound.serve_blobs(Arc::downgrade(&source));
+        let a = bound.handle().clone();
+        let ta = bound.spawn(cancel.clone());
+        let (c, tc) = spawn(Keypair::generate_ed25519(), loopback(), cancel.clone())
+            .await
+            .unwrap();
+        let boot = vec![
+            crate::with_peer_id(&a.listen_addrs()[0], a.peer_id()),
+            crate::with_peer_id(&c.listen_addrs()[0], c.peer_id()),
+        ];
+        let (b, tb) = spawn(
+            Keypair::generate_ed25519(),
+            P2pConfig {
+                bootstrap: boot,
+                ..loopback()
+            },
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !(b.is_connected(&a.peer_id()) && b.is_connected(&c.peer_id())) {
+            assert!(tokio::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // B learns where A's blob endpoint listens from A's swarm itself (no consumer of
+        // A's other requests is registered) and fetches the chunk, verified.
+        let blobs = b.blobs().unwrap();
+        let addrs = b.blob_addrs_of(blobs, a.peer_id()).await;
+        assert_eq!(addrs, a.blob_addrs());
+        let chunk = b"a chunk of a public file".to_vec();
+        let wanted = [ChunkRef {
+            id: Hash::of(&chunk),
+            len: chunk.len() as u32,
+        }];
+        let got = blobs
+            .get(a.peer_id(), &addrs, &Hash([7; 32]), &wanted)
+            .await
+            .unwrap();
+        assert_eq!(got, vec![chunk]);
+        // C serves nothing: its endpoint refuses.
+        let addrs = b.blob_addrs_of(blobs, c.peer_id()).await;
+        assert!(!addrs.is_empty());
+        assert!(matches!(
+            blobs
+                .get(c.peer_id(), &addrs, &Hash([7; 32]), &wanted)
+                .await,
+            Err(crate::GetError::Failed(_))
+        ));
+        cancel.cancel();
+        for task in [ta, tb, tc] {
+            task.await.unwrap();
+        }
     }
 
     #[tokio::test]
