@@ -37,7 +37,6 @@ mod lfs;
 mod listing;
 mod mesh;
 pub mod metrics;
-mod ndjson;
 mod routes;
 #[cfg(test)]
 mod testing;
