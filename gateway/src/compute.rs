@@ -45,13 +45,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use hub_compute::{
     CacheKey, CachedResponse, CapacityAdvert, CapacityTable, Decision, DeviceKind, LoadedModel,
     LocalState, Mode, ResponseCache, RouteRequest, SignedCapacityAdvert, TableConfig, Target,
 };
-use hub_p2p::{PeerId, StreamProtocol, Topic, Verdict};
+use hub_net::{PeerId, StreamProtocol, Topic, Verdict, read_frame, write_frame};
 use hub_protocol::forward::{ForwardRequest, Frame, INFER_PROTOCOL, MAX_BODY, ResponseHead};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::{PublicKey, SigningKey};
@@ -194,7 +194,7 @@ impl Compute {
                     .and_then(Value::as_str)
                     .and_then(|h| hex::decode(h).ok())
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .and_then(|k| hub_p2p::peer_id_of_key(&k));
+                    .and_then(|k| hub_net::peer_id_of_key(&k));
                 let rtt = peer.and_then(|p| rtts.get(&p));
                 node["peer_id"] = json!(peer.map(|p| p.to_string()));
                 node["rtt_ms"] = json!(rtt.map(|d| d.as_secs_f64() * 1e3));
@@ -307,7 +307,7 @@ impl Compute {
             .peers()
             .into_iter()
             .filter_map(|(peer, info)| {
-                let key = hub_p2p::key_of_peer_id(&peer)?;
+                let key = hub_net::key_of_peer_id(&peer)?;
                 Some((PublicKey(key), info.rtt?))
             })
             .collect();
@@ -378,7 +378,7 @@ async fn advertise(state: AppState, compute: Arc<Compute>) {
         };
         match state.p2p().publish(Topic::Capacity, signed.encode()).await {
             Ok(()) => {}
-            Err(error) if error == "swarm stopped" => break,
+            Err(hub_net::NetError::Stopped) => break,
             // No peers subscribed yet, and the like: the next period tries again.
             Err(error) => tracing::trace!(%error, "capacity advert not published"),
         }
@@ -399,7 +399,7 @@ async fn collect_adverts(state: AppState, compute: Arc<Compute>) {
             // Gossipsub checked the author's signature over the message: a node may only
             // publish its own advert.
             Ok(signed)
-                if message.author.and_then(|a| hub_p2p::key_of_peer_id(&a))
+                if message.author.and_then(|a| hub_net::key_of_peer_id(&a))
                     != Some(signed.advert.node.0) =>
             {
                 tracing::debug!(source = %message.source, "capacity advert published by another node");
@@ -435,8 +435,8 @@ impl Presence {
             .await
             .unwrap_or(false);
         let announced = state
-            .p2p()
-            .repo_state(model)
+            .replication()
+            .and_then(|m| m.repo_state(model))
             .is_some_and(|s| s.last_seq.is_some());
         Self { held, announced }
     }
@@ -549,7 +549,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
                     .await;
             }
             Target::Remote(key) => {
-                let Some(peer) = hub_p2p::peer_id_of_key(&key.0) else {
+                let Some(peer) = hub_net::peer_id_of_key(&key.0) else {
                     continue;
                 };
                 match forward(&state, peer, &parts, &bytes).await {
@@ -594,7 +594,7 @@ fn target_name(target: &Target) -> String {
     match target {
         Target::Local => "local".into(),
         Target::Remote(key) => {
-            hub_p2p::peer_id_of_key(&key.0).map_or_else(|| "?".into(), |p| p.to_string())
+            hub_net::peer_id_of_key(&key.0).map_or_else(|| "?".into(), |p| p.to_string())
         }
     }
 }
@@ -827,6 +827,12 @@ impl From<String> for Failure {
     }
 }
 
+impl From<hub_net::FrameError> for Failure {
+    fn from(error: hub_net::FrameError) -> Self {
+        error.to_string().into()
+    }
+}
+
 /// Headers a forwarded request carries to the serving node.
 const REQUEST_HEADERS: [&str; 3] = ["content-type", "accept", "x-wait-for-model"];
 /// Headers never relayed from a serving node's answer (hop by hop, or recomputed).
@@ -836,26 +842,6 @@ const HOP_HEADERS: [&str; 4] = [
     "connection",
     "keep-alive",
 ];
-
-async fn write_frame(stream: &mut hub_p2p::Stream, frame: &Frame) -> std::io::Result<()> {
-    stream.write_all(&frame.encode()).await?;
-    stream.flush().await
-}
-
-async fn read_frame(stream: &mut hub_p2p::Stream) -> Result<Frame, String> {
-    let mut prefix = [0u8; 4];
-    stream
-        .read_exact(&mut prefix)
-        .await
-        .map_err(|e| format!("stream closed: {e}"))?;
-    let n = hub_protocol::forward::frame_len(prefix).map_err(|e| e.to_string())?;
-    let mut payload = vec![0u8; n];
-    stream
-        .read_exact(&mut payload)
-        .await
-        .map_err(|e| format!("stream closed: {e}"))?;
-    Frame::decode(&payload).map_err(|e| e.to_string())
-}
 
 fn head_headers(head: &ResponseHead) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -1053,7 +1039,7 @@ async fn serve_streams(state: AppState, compute: Arc<Compute>) {
     }
 }
 
-async fn serve_stream(compute: &Compute, peer: PeerId, mut stream: hub_p2p::Stream) {
+async fn serve_stream(compute: &Compute, peer: PeerId, mut stream: hub_net::Stream) {
     let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
         Ok(Ok(Frame::Request(request))) => request,
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -1195,7 +1181,7 @@ mod tests {
             }
             let mut req = req.body(axum::body::Body::from(body.to_string())).unwrap();
             req.extensions_mut()
-                .insert(Forwarded(hub_p2p::PeerId::random()));
+                .insert(Forwarded(hub_net::PeerId::random()));
             f.app.clone().oneshot(req)
         };
         // Not for a peer, whatever headers it relays: a forwarded job is anonymous.

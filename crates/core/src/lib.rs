@@ -29,7 +29,7 @@
 //!
 //! Place in the graph: above the leaves (`protocol`, `store`, `repo`, `auth`, `search`), below
 //! the mesh, models and gateway crates. It must not depend on the network crates, axum or
-//! candle: it sees the mesh only through the [`MeshPort`] trait, which `hub-p2p` implements
+//! candle: it sees the mesh only through the [`MeshPort`] trait, which `hub-mesh` implements
 //! and [`FakeMesh`] (feature `test-support`) fakes in memory for other crates' tests.
 //!
 //! ```no_run

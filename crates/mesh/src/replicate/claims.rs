@@ -12,8 +12,8 @@
 
 use super::{Mesh, blocking, peer_id_of};
 use crate::state::Claim;
-use crate::swarm::{Command, Topic};
 use hub_core::ClaimError;
+use hub_net::Topic;
 use std::sync::PoisonError;
 
 impl Mesh {
@@ -39,14 +39,14 @@ impl Mesh {
             namespace: namespace.to_owned(),
             reason,
         };
-        let p2p = self.p2p.clone();
+        let stats = self.stats.clone();
         let claim = blocking(move || {
             let mut store = control.store.lock().unwrap_or_else(PoisonError::into_inner);
             match store.claim(&control.key, &name)? {
                 Claim::Elsewhere(delegates) if reclaim => {
                     let dropped = store.forget_namespace(&name)?;
                     for repo in &dropped {
-                        p2p.repo_states.update(repo, |s| s.last_seq = None);
+                        stats.repos.update(repo, |s| s.last_seq = None);
                     }
                     let held: Vec<String> = dropped
                         .iter()
@@ -73,11 +73,7 @@ impl Mesh {
             Claim::Held => Ok(()),
             Claim::Made(genesis) => {
                 tracing::info!(namespace, doc = %genesis.doc.id(), "namespace claimed for a local account");
-                if !self.p2p.try_send(Command::Publish {
-                    topic: Topic::Namespaces,
-                    data: genesis.encode(),
-                    done: None,
-                }) {
+                if !self.p2p.try_publish(Topic::Namespaces, genesis.encode()) {
                     // Peers still get it: it is in the catch-up every subscriber receives.
                     tracing::warn!(
                         namespace,

@@ -1,8 +1,8 @@
 //! The replication driver: the tokio task that runs the [`Service`] against the real swarm,
 //! blob endpoint, repos and chunk store.
 //!
-//! What it owns: the only code of replication that touches [`P2p`] and the swarm's types
-//! (commands, events, counters, peer and repo status), the serving of pack and block requests
+//! What it owns: the only code of replication that touches [`P2p`] and hub-net's types
+//! (its handle and events) and writes replication's stats, the serving of pack and block requests
 //! (admission: [`MAX_SERVING`](super::MAX_SERVING), [`MAX_SERVING_PER_PEER`]), and the execution of the service's
 //! [`Effect`]s: requests to peers, DHT queries, applying packs and fetching LFS objects (one
 //! fetch per object at a time, shared with downloads: [`fetch_lfs_once`]). It decides
@@ -17,8 +17,9 @@
 use super::service::{Channel, Clock, Effect, Foreign, Input, Judgement, Service, Status};
 use super::{Changes, ControlMsg, MAX_SERVING_PER_PEER, OnReplicated, blocking};
 use crate::lfs::{Arrivals, Wanted};
-use crate::swarm::{Command, NetEvent, P2p, Topic, Verdict};
-use hub_protocol::blocks::{BlockRequest, BlockResponse};
+use crate::stats::Stats;
+use hub_net::{Admission, BlobSource, GetError, NetEvent, P2p, Place, ReadError, Topic, Verdict};
+use hub_protocol::blocks::BlockResponse;
 use hub_protocol::manifest::{Hash, Sha256};
 use hub_protocol::replication::{MAX_BLOB_PACK_LEN, MAX_PACK_LEN, PackRequest, PackResponse};
 use hub_protocol::repo::RepoId;
@@ -39,6 +40,8 @@ pub(super) struct Ctx {
     pub(super) chunks: hub_store::Store,
     pub(super) on_replicated: OnReplicated,
     pub(super) p2p: P2p,
+    /// What replication counts and knows per peer and repo (module `stats`).
+    pub(super) stats: Arc<Stats>,
     pub(super) corrupt_chunks: bool,
     /// Bumped whenever a sync applied a pack or ended: on-demand waiters re-check.
     pub(super) synced: Arc<watch::Sender<u64>>,
@@ -53,30 +56,21 @@ pub(super) struct Ctx {
     pub(super) chunk_sets: Mutex<crate::lfs::ChunkSets>,
 }
 
-impl crate::blobs::Source for Ctx {
-    fn knows(&self, peer: &PeerId) -> bool {
-        self.p2p.peers.is_connected(peer)
+impl BlobSource for Ctx {
+    fn admit(self: Arc<Self>, peer: PeerId) -> Admission {
+        Box::pin(async move { admit(&self, peer).await.map(|s| Box::new(s) as Place) })
     }
 
-    fn admit(self: Arc<Self>, peer: PeerId) -> crate::blobs::Admission {
-        Box::pin(async move {
-            admit(&self, peer)
-                .await
-                .map(|s| Box::new(s) as crate::blobs::Place)
-        })
-    }
-
-    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, String> {
+    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, ReadError> {
         crate::lfs::serve_blobs(&self.repos, &self.chunks, &self.chunk_sets, manifest, ids)
+            .map_err(Into::into)
     }
 
     fn served(&self, peer: PeerId, bytes: u64) {
-        let counters = &self.p2p.counters;
-        counters
-            .chunk_bytes_sent
-            .fetch_add(bytes, Ordering::Relaxed);
-        counters.blob_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        self.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
+        let stats = &self.stats;
+        stats.chunk_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        stats.blob_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        stats.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
     }
 
     fn corrupt(&self) -> Option<usize> {
@@ -228,27 +222,23 @@ impl Driver {
             Channel::Namespaces => Topic::Namespaces,
             Channel::Refs => Topic::Refs,
         };
-        if !self.p2p.try_send(Command::Publish {
-            topic,
-            data,
-            done: None,
-        }) {
+        if !self.p2p.try_publish(topic, data) {
             tracing::warn!(?topic, "swarm command queue full; gossip dropped");
         }
     }
 
     fn execute(&mut self, effect: Effect, outcomes: &mpsc::Sender<Input>) {
-        let p2p = &self.p2p;
+        let (p2p, stats) = (&self.p2p, &self.ctx.stats);
         match effect {
             Effect::Judge(_) => {}
             Effect::Publish { channel, data } => self.gossip(channel, data),
             Effect::Provide(repo) => {
-                p2p.try_send(Command::Provide(repo));
+                p2p.provide(repo);
             }
             Effect::StopProviding(repo) => {
-                p2p.try_send(Command::StopProviding(repo));
+                p2p.stop_providing(repo);
             }
-            Effect::Status { repo, status } => p2p.repo_states.update(&repo, |s| match status {
+            Effect::Status { repo, status } => stats.repos.update(&repo, |s| match status {
                 Status::Seq(seq) => s.last_seq = Some(seq),
                 Status::Seeded(seeded) => s.seeded = seeded,
                 Status::LfsMissing { missing, unbound } => {
@@ -261,13 +251,13 @@ impl Driver {
                     tracing::warn!(%repo, %error, "replication fetch failed; will retry");
                     error.to_string()
                 });
-                p2p.repo_states.update(&repo, |s| s.last_error = error);
+                stats.repos.update(&repo, |s| s.last_error = error);
                 self.ctx.synced.send_modify(|n| *n += 1);
             }
             Effect::Refused(what) => {
                 let counter = match what {
-                    Foreign::Document => &p2p.counters.foreign_claims_refused,
-                    Foreign::Update => &p2p.counters.foreign_updates_refused,
+                    Foreign::Document => &stats.foreign_claims_refused,
+                    Foreign::Update => &stats.foreign_updates_refused,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -304,10 +294,7 @@ impl Driver {
                         Some(Ok(outcome)) => {
                             tracing::info!(%repo, %peer, seq, ?outcome, "replicated");
                             ctx.synced.send_modify(|n| *n += 1);
-                            ctx.p2p
-                                .counters
-                                .repos_replicated
-                                .fetch_add(1, Ordering::Relaxed);
+                            ctx.stats.repos_replicated.fetch_add(1, Ordering::Relaxed);
                             Ok(())
                         }
                         Some(Err(error)) => Err(error.to_string()),
@@ -423,16 +410,12 @@ impl Driver {
                     Judgement::Ignore => Verdict::Ignore,
                 };
                 let counter = if verdict == Verdict::Accept {
-                    &self.p2p.counters.gossip_accepted
+                    &self.ctx.stats.gossip_accepted
                 } else {
-                    &self.p2p.counters.gossip_refused
+                    &self.ctx.stats.gossip_refused
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                self.p2p.try_send(Command::Validate {
-                    id,
-                    source: propagation_source,
-                    verdict,
-                });
+                self.p2p.validate(id, propagation_source, verdict);
             }
             NetEvent::Subscribed { peer, topic } => {
                 let channel = match topic {
@@ -453,18 +436,18 @@ impl Driver {
                 tokio::spawn(async move {
                     let Some(_serving) = admit(&ctx, peer).await else {
                         let response = PackResponse::Failed;
-                        let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
+                        let _ = ctx.p2p.respond_pack(channel, response).await;
                         return;
                     };
                     let repo = request.repo.clone();
                     let response = blocking({
                         let ctx = ctx.clone();
-                        move || serve_pack(&ctx.repos, ctx.p2p.blobs.as_deref(), peer, &request)
+                        move || serve_pack(&ctx.repos, ctx.p2p.blobs(), peer, &request)
                     })
                     .await
                     .unwrap_or(PackResponse::Failed);
                     tracing::debug!(%peer, %repo, ok = matches!(response, PackResponse::Pack(_)), "served pack request");
-                    let _ = ctx.p2p.send(Command::Respond { channel, response }).await;
+                    let _ = ctx.p2p.respond_pack(channel, response).await;
                 });
             }
             NetEvent::BlockRequest {
@@ -472,20 +455,11 @@ impl Driver {
                 request,
                 channel,
             } => {
-                if matches!(request, BlockRequest::Blobs) {
-                    let response = BlockResponse::Blobs(self.p2p.blob_addrs());
-                    self.p2p
-                        .try_send(Command::RespondBlocks { channel, response });
-                    return;
-                }
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     let Some(_serving) = admit(&ctx, peer).await else {
                         let response = BlockResponse::Failed;
-                        let _ = ctx
-                            .p2p
-                            .send(Command::RespondBlocks { channel, response })
-                            .await;
+                        let _ = ctx.p2p.respond_blocks(channel, response).await;
                         return;
                     };
                     let response = blocking({
@@ -498,16 +472,14 @@ impl Driver {
                     .unwrap_or(BlockResponse::Failed);
                     if let BlockResponse::Chunks(chunks) = &response {
                         let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                        ctx.p2p
-                            .counters
+                        ctx.stats
                             .chunk_bytes_sent
                             .fetch_add(bytes, Ordering::Relaxed);
-                        ctx.p2p.peers.update(peer, |p| p.chunk_bytes_sent += bytes);
+                        ctx.stats
+                            .peers
+                            .update(peer, |p| p.chunk_bytes_sent += bytes);
                     }
-                    let _ = ctx
-                        .p2p
-                        .send(Command::RespondBlocks { channel, response })
-                        .await;
+                    let _ = ctx.p2p.respond_blocks(channel, response).await;
                 });
             }
         }
@@ -570,7 +542,7 @@ pub(super) fn build_pack(
 /// blob data plane, held for `peer` as a blob (up to [`MAX_BLOB_PACK_LEN`]).
 fn serve_pack(
     repos: &Repos,
-    blobs: Option<&crate::blobs::Blobs>,
+    blobs: Option<&hub_net::Blobs>,
     peer: PeerId,
     request: &PackRequest,
 ) -> PackResponse {
@@ -613,8 +585,7 @@ async fn fetch_pack_blob(
 ) -> Result<Vec<u8>, String> {
     let blobs = ctx
         .p2p
-        .blobs
-        .as_deref()
+        .blobs()
         .ok_or("offered a blob without a blob endpoint")?;
     let addrs = ctx.p2p.blob_addrs_of(blobs, peer).await;
     if addrs.is_empty() {
@@ -622,21 +593,17 @@ async fn fetch_pack_blob(
     }
     match blobs.get_pack(peer, &addrs, hash, size).await {
         Ok(pack) => {
-            ctx.p2p
-                .counters
+            ctx.stats
                 .pack_blob_bytes_received
                 .fetch_add(pack.len() as u64, Ordering::Relaxed);
             Ok(pack)
         }
-        Err(crate::blobs::GetError::Bad { bytes, reason }) => {
-            ctx.p2p.peers.update(peer, |p| p.bad_chunks += 1);
-            ctx.p2p
-                .counters
-                .chunks_rejected
-                .fetch_add(1, Ordering::Relaxed);
+        Err(GetError::Bad { bytes, reason }) => {
+            ctx.stats.peers.update(peer, |p| p.bad_chunks += 1);
+            ctx.stats.chunks_rejected.fetch_add(1, Ordering::Relaxed);
             Err(format!("{reason} (after {bytes} good bytes)"))
         }
-        Err(crate::blobs::GetError::Failed(reason)) => Err(reason),
+        Err(GetError::Failed(reason)) => Err(reason),
     }
 }
 
@@ -707,15 +674,22 @@ async fn fetch_lfs_once(
             .filter(|p| *p != me)
             .collect()
     };
-    let bytes =
-        crate::lfs::fetch_object(&ctx.p2p, &ctx.chunks, &ctx.arrivals, wanted, peers, more).await?;
+    let bytes = crate::lfs::fetch_object(
+        &ctx.p2p,
+        &ctx.stats,
+        &ctx.chunks,
+        &ctx.arrivals,
+        wanted,
+        peers,
+        more,
+    )
+    .await?;
     record_lfs(ctx, repo, sha).await?;
     drop(guard);
-    ctx.p2p
-        .counters
+    ctx.stats
         .lfs_objects_fetched
         .fetch_add(1, Ordering::Relaxed);
-    ctx.p2p.repo_states.update(repo, |s| {
+    ctx.stats.repos.update(repo, |s| {
         s.lfs_fetched += 1;
         s.chunk_bytes_received += bytes;
     });

@@ -12,7 +12,7 @@
 //! Who spawns whom: [`spawn_replicating`] starts the swarm task (which owns the swarm) and
 //! the driver task (which owns the service, and through it the [`RefStore`] and the seeding
 //! policy). They are connected by two bounded channels: commands to the swarm (through the
-//! [`P2p`] handle) and [`NetEvent`](crate::swarm::NetEvent)s back. The gateway reports local
+//! [`P2p`] handle) and [`NetEvent`](hub_net::NetEvent)s back. The gateway reports local
 //! writes with [`Mesh::repo_changed`], coalesced per repo in [`Changes`]. The service runs on
 //! the blocking pool, one input at a time; disk and git work it asks for (`pack-objects`,
 //! `index-pack`, the store's commits) runs there too; one sync per repo runs at a time.
@@ -55,9 +55,10 @@
 use crate::lfs::Arrivals;
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{LocalNames, RefStore, RefStoreError};
-use crate::swarm::{P2p, P2pConfig, P2pError};
+use crate::stats::{MeshCounters, PeerTraffic, RepoState, Stats};
 use driver::{Ctx, Driver};
 use hub_core::{EnsureError, LfsFetchError};
+use hub_net::{BlobSource, P2p, P2pConfig, P2pError};
 use hub_protocol::manifest::Sha256;
 use hub_protocol::replication::SeedPattern;
 use hub_protocol::repo::RepoId;
@@ -211,7 +212,7 @@ impl std::fmt::Debug for Control {
 
 /// The libp2p peer id of a delegate key (node keys are the same ed25519 keys).
 fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
-    crate::peer_id_of_key(&key.0)
+    hub_net::peer_id_of_key(&key.0)
 }
 
 /// The handle on a running replication: the swarm's [`P2p`] handle plus what reaches the
@@ -220,6 +221,8 @@ fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
 #[derive(Clone)]
 pub struct Mesh {
     p2p: P2p,
+    /// What replication counts and knows per peer and repo (module `stats`).
+    stats: Arc<Stats>,
     control: Arc<Control>,
     changes: Arc<Changes>,
     /// LFS objects being fetched now, for downloads that stream them as they arrive.
@@ -239,6 +242,21 @@ impl Mesh {
     /// The swarm under this replication.
     pub fn p2p(&self) -> &P2p {
         &self.p2p
+    }
+
+    /// Replication's counters since start.
+    pub fn counters(&self) -> MeshCounters {
+        self.stats.counters()
+    }
+
+    /// The chunk traffic with `peer` (`None`: none yet, or forgotten).
+    pub fn peer_traffic(&self, peer: &PeerId) -> Option<PeerTraffic> {
+        self.stats.peers.get(peer)
+    }
+
+    /// What replication knows of `repo` (`None`: nothing yet).
+    pub fn repo_state(&self, repo: &RepoId) -> Option<RepoState> {
+        self.stats.repos.get(repo)
     }
 
     /// Tells replication that a repo was written locally (commit, push, branch, tag, create,
@@ -352,7 +370,6 @@ impl Mesh {
             return Ok(());
         }
         let why = self
-            .p2p
             .repo_state(repo)
             .and_then(|s| s.last_error)
             .unwrap_or_else(|| "not arrived yet".into());
@@ -459,8 +476,10 @@ pub async fn spawn_replicating(
         .map_err(|e| ReplicationError::Seeds(std::io::Error::other(e)))?
         .map_err(ReplicationError::Seeds)?;
     let seeds = Arc::new(seeds);
-    let (p2p, events, swarm_task) =
-        crate::swarm::spawn_with_events(key, config, cancel.clone()).await?;
+    let mut bound = hub_net::bind(key, config).await?;
+    let events = bound.inbound();
+    let p2p = bound.handle().clone();
+    let stats = Arc::new(Stats::new(p2p.clone()));
     let changes = Arc::new(Changes::default());
     let arrivals = Arc::new(Arrivals::default());
     let store = Arc::new(Mutex::new(store));
@@ -483,13 +502,14 @@ pub async fn spawn_replicating(
         replication.repos.clone(),
         replication.store.clone(),
         seeds,
-        p2p.blobs.is_some(),
+        p2p.blobs().is_some(),
     );
     let ctx = Arc::new(Ctx {
         repos: replication.repos,
         chunks: replication.store,
         on_replicated: replication.on_replicated,
         p2p: p2p.clone(),
+        stats: stats.clone(),
         corrupt_chunks: replication.corrupt_chunks_for_tests,
         synced,
         arrivals: arrivals.clone(),
@@ -498,10 +518,9 @@ pub async fn spawn_replicating(
         serve_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
         chunk_sets: Mutex::default(),
     });
-    if let Some(blobs) = &p2p.blobs {
-        let ctx: Arc<dyn crate::blobs::Source> = ctx.clone();
-        blobs.serve(Arc::downgrade(&ctx));
-    }
+    let source: Arc<dyn BlobSource> = ctx.clone();
+    bound.serve_blobs(Arc::downgrade(&source));
+    let swarm_task = bound.spawn(cancel.clone());
     let driver = Driver {
         p2p: p2p.clone(),
         ctx,
@@ -517,6 +536,7 @@ pub async fn spawn_replicating(
     });
     let mesh = Mesh {
         p2p,
+        stats,
         control,
         changes,
         arrivals,

@@ -2,7 +2,8 @@
 //! seeding node replicates the repo with packs of the difference, and a crafted update signed
 //! by a stranger is rejected and changes nothing.
 
-use hub_p2p::{CancellationToken, Keypair, P2p, P2pConfig, Replication, Topic};
+use hub_mesh::Replication;
+use hub_net::{CancellationToken, Keypair, P2p, P2pConfig, Topic};
 use hub_protocol::replication::SeedPattern;
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::{DocId, RefUpdate, SignedRefUpdate, SigningKey};
@@ -47,7 +48,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 struct Node {
-    mesh: hub_p2p::Mesh,
+    mesh: hub_mesh::Mesh,
     p2p: P2p,
     repos: Arc<Repos>,
     replicated: Arc<AtomicU64>,
@@ -66,11 +67,11 @@ async fn node(
     let counter = replicated.clone();
     let config = P2pConfig {
         bootstrap: bootstrap
-            .map(|b| vec![hub_p2p::with_peer_id(&b.listen_addrs()[0], b.peer_id())])
+            .map(|b| vec![hub_net::with_peer_id(&b.listen_addrs()[0], b.peer_id())])
             .unwrap_or_default(),
         ..loopback()
     };
-    let (mesh, _task) = hub_p2p::spawn_replicating(
+    let (mesh, _task) = hub_mesh::spawn_replicating(
         Keypair::ed25519_from_bytes(secret).unwrap(),
         config,
         Replication {
@@ -148,10 +149,10 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
 
     // A stranger forges an update of alice/tiny (right repo, right document id, higher seq).
     let rogue_cancel = CancellationToken::new();
-    let (rogue, rogue_task) = hub_p2p::spawn(
+    let (rogue, rogue_task) = hub_net::spawn(
         Keypair::generate_ed25519(),
         P2pConfig {
-            bootstrap: vec![hub_p2p::with_peer_id(
+            bootstrap: vec![hub_net::with_peer_id(
                 &b.p2p.listen_addrs()[0],
                 b.p2p.peer_id(),
             )],
@@ -165,7 +166,7 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
     let mut forged = RefUpdate::new(tiny.clone(), doc, 1_000, now());
     forged.refs.insert("refs/heads/main".into(), [0xee; 20]);
     let forged: SignedRefUpdate = forged.sign(&SigningKey::from_bytes(&[66; 32])).unwrap();
-    let refused_before = b.p2p.gossip_refused();
+    let refused_before = b.mesh.counters().gossip_refused;
     let before = refs(&b.repos, &tiny);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     // Publishing fails until the rogue has heard B's subscription.
@@ -177,7 +178,7 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for("forged update judged", || {
-        b.p2p.gossip_refused() > refused_before
+        b.mesh.counters().gossip_refused > refused_before
     })
     .await;
     assert_eq!(refs(&b.repos, &tiny), before);
@@ -210,9 +211,9 @@ async fn seeding_node_replicates_public_repos_and_rejects_forged_updates() {
         ),
         ("grafted update", Topic::Refs, grafted.encode()),
     ] {
-        let refused = b.p2p.gossip_refused();
+        let refused = b.mesh.counters().gossip_refused;
         rogue.publish(topic, message).await.unwrap();
-        wait_for(what, || b.p2p.gossip_refused() > refused).await;
+        wait_for(what, || b.mesh.counters().gossip_refused > refused).await;
         assert_eq!(refs(&b.repos, &tiny), before, "{what} moved a ref");
     }
 

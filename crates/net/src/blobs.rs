@@ -17,8 +17,9 @@
 //!   checks every group against the chunk id before handing it over. A bad byte is caught
 //!   within its group, the request is dropped, the provider penalised and the batch asked of
 //!   another (the scheduler in `schedule`). Nothing unverified reaches the spool or store.
-//! - **Access.** The provider serves chunks only of files its [`Source`] says are public,
-//!   only to endpoints that are connected libp2p peers, within the same per-peer and global
+//! - **Access.** The provider serves chunks only of files its [`BlobSource`] says are public
+//!   (the source is registered by its owner, the replication, before the swarm starts:
+//!   [`crate::Bound::serve_blobs`]), only to endpoints that are connected libp2p peers, within the same per-peer and global
 //!   serving limits as the libp2p protocols, and at most [`MAX_STREAMS_PER_CONNECTION`]
 //!   streams per connection. There is no `Push`: a provider never accepts data.
 //!
@@ -30,7 +31,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bao_tree::ChunkRanges;
@@ -44,6 +45,8 @@ use iroh_blobs::get::fsm;
 use iroh_blobs::protocol::{ChunkRangesSeq, GetManyRequest, Request};
 use iroh_blobs::store::IROH_BLOCK_SIZE;
 use libp2p::PeerId;
+
+use crate::peers::Peers;
 
 #[cfg(doc)]
 use hub_protocol::blocks::BlockRequest;
@@ -68,14 +71,15 @@ const REFUSED: u32 = 1;
 const FAILED: u32 = 2;
 
 /// A serving place held while one request is served (dropping it frees the place).
-pub(crate) type Place = Box<dyn Send>;
-/// What [`Source::admit`] returns.
-pub(crate) type Admission = Pin<Box<dyn Future<Output = Option<Place>> + Send>>;
+pub type Place = Box<dyn Send>;
+/// What [`BlobSource::admit`] returns.
+pub type Admission = Pin<Box<dyn Future<Output = Option<Place>> + Send>>;
+/// Why a [`BlobSource`] refuses a read (said to the log, never to the peer).
+pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What the provider needs from the node: which files it may serve, and its limits.
-pub(crate) trait Source: Send + Sync + 'static {
-    /// Whether `peer` may connect (a peer of the swarm).
-    fn knows(&self, peer: &PeerId) -> bool;
+/// What the provider needs from the blob plane's owner: which files it may serve, and its
+/// limits. Only connected libp2p peers reach it (the endpoint checks that itself).
+pub trait BlobSource: Send + Sync + 'static {
     /// A serving place for one more request of `peer`, held while it is served; `None`
     /// when the peer is over its limit.
     fn admit(self: Arc<Self>, peer: PeerId) -> Admission;
@@ -83,7 +87,7 @@ pub(crate) trait Source: Send + Sync + 'static {
     /// order (not yet checked against their ids: the provider does that while encoding).
     /// Refused (`Err`) unless the file is public and held here and every id is one of its
     /// chunks.
-    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, String>;
+    fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, ReadError>;
     /// `bytes` of chunks were served to `peer`.
     fn served(&self, peer: PeerId, bytes: u64);
     /// Test-only misbehaviour: flip the byte at this offset of the first chunk of every
@@ -104,20 +108,32 @@ impl GetError {
     }
 }
 
-/// Why a [`Blobs::get`] failed.
-#[derive(Debug)]
-pub(crate) enum GetError {
+/// Why a [`Blobs::get`] or [`Blobs::get_pack`] failed. Not `non_exhaustive`: callers tell
+/// a lying provider (penalised) from a failed request (asked again elsewhere), and nothing
+/// else.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
     /// The provider sent data that failed verification, after `bytes` of chunk data.
+    #[error("{reason}")]
     Bad { bytes: u64, reason: String },
     /// Connecting, a refusal, a timeout, a short answer: not the provider's lie.
+    #[error("{0}")]
     Failed(String),
 }
 
+/// Why the blob endpoint could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    #[error("blob endpoint address")]
+    Address(#[source] iroh::endpoint::InvalidSocketAddr),
+    #[error("bind the blob endpoint")]
+    Bind(#[source] iroh::endpoint::BindError),
+}
+
 /// The node's blob endpoint: serves chunks and fetches them.
-pub(crate) struct Blobs {
+pub struct Blobs {
     endpoint: Endpoint,
-    router: Router,
-    source: Arc<OnceLock<Weak<dyn Source>>>,
     /// Packs held for the peers that asked for them.
     offers: Arc<Offers>,
     /// Open connections to providers, by peer.
@@ -144,8 +160,9 @@ fn peer_of(id: &PublicKey) -> Option<PeerId> {
 }
 
 impl Blobs {
-    /// Binds the endpoint on `ip` (any port) with the node's ed25519 secret key.
-    pub(crate) async fn bind(secret: [u8; 32], ip: IpAddr) -> Result<Self, String> {
+    /// Binds the endpoint on `ip` (any port) with the node's ed25519 secret key. It serves
+    /// nothing until [`Blobs::serve`].
+    pub(crate) async fn bind(secret: [u8; 32], ip: IpAddr) -> Result<Self, BindError> {
         let transport = QuicTransportConfig::builder()
             .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -155,34 +172,32 @@ impl Blobs {
             .transport_config(transport)
             .clear_ip_transports()
             .bind_addr(SocketAddr::new(ip, 0))
-            .map_err(|e| format!("blob endpoint address: {e}"))?
+            .map_err(BindError::Address)?
             .bind()
             .await
-            .map_err(|e| format!("bind the blob endpoint: {e}"))?;
-        let source: Arc<OnceLock<Weak<dyn Source>>> = Arc::new(OnceLock::new());
-        let offers = Arc::new(Offers::default());
-        let provider = Provider {
-            source: source.clone(),
-            offers: offers.clone(),
-            open: Arc::new(AtomicUsize::new(0)),
-        };
-        let router = Router::builder(endpoint.clone())
-            .accept(iroh_blobs::ALPN, provider)
-            .spawn();
+            .map_err(BindError::Bind)?;
         tracing::debug!(id = %endpoint.id(), addrs = ?endpoint.bound_sockets(), "blob endpoint bound");
         Ok(Self {
             endpoint,
-            router,
-            source,
-            offers,
+            offers: Arc::default(),
             connections: Mutex::new(HashMap::new()),
             addrs: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Starts serving from `source` (once; later calls are ignored).
-    pub(crate) fn serve(&self, source: Weak<dyn Source>) {
-        let _ = self.source.set(source);
+    /// Starts the provider: iroh-blobs' protocol answered from `source` (`None`: every
+    /// request refused), for connected peers of `peers` only. The caller shuts the returned
+    /// router down before [`Blobs::shutdown`].
+    pub(crate) fn serve(&self, source: Option<Weak<dyn BlobSource>>, peers: Arc<Peers>) -> Router {
+        let provider = Provider {
+            source,
+            peers,
+            offers: self.offers.clone(),
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        Router::builder(self.endpoint.clone())
+            .accept(iroh_blobs::ALPN, provider)
+            .spawn()
     }
 
     /// The socket addresses peers can reach this endpoint at (at most [`MAX_BLOB_ADDRS`]):
@@ -242,7 +257,7 @@ impl Blobs {
         }
     }
 
-    async fn connection(&self, peer: PeerId, addrs: &[SocketAddr]) -> Result<Connection, String> {
+    async fn connection(&self, peer: PeerId, addrs: &[SocketAddr]) -> Result<Connection, GetError> {
         {
             let connections = self
                 .connections
@@ -254,7 +269,8 @@ impl Blobs {
                 return Ok(c.clone());
             }
         }
-        let id = endpoint_of(&peer).ok_or_else(|| format!("{peer} has no ed25519 key"))?;
+        let id = endpoint_of(&peer)
+            .ok_or_else(|| GetError::Failed(format!("{peer} has no ed25519 key")))?;
         let addr = EndpointAddr::from_parts(id, addrs.iter().map(|a| TransportAddr::Ip(*a)));
         let connected = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -268,7 +284,7 @@ impl Blobs {
             Err(error) => {
                 // It may have restarted elsewhere: ask it again next time.
                 self.forget(&peer);
-                return Err(error);
+                return Err(GetError::Failed(error));
             }
         };
         let mut connections = self
@@ -286,7 +302,7 @@ impl Blobs {
 
     /// Fetches `chunks` of the file with manifest `manifest` from `peer`, verified against
     /// their ids group by group. Returns the chunks in order.
-    pub(crate) async fn get(
+    pub async fn get(
         &self,
         peer: PeerId,
         addrs: &[SocketAddr],
@@ -299,10 +315,7 @@ impl Blobs {
                 chunks.len()
             )));
         }
-        let connection = self
-            .connection(peer, addrs)
-            .await
-            .map_err(GetError::Failed)?;
+        let connection = self.connection(peer, addrs).await?;
         let result = tokio::time::timeout(REQUEST_TIMEOUT, get_many(connection, manifest, chunks))
             .await
             .unwrap_or_else(|_| Err(GetError::Failed("request timed out".into())));
@@ -325,12 +338,12 @@ impl Blobs {
     /// Holds `pack` for `peer` to fetch as a blob (blocking: hashes it). Returns its BLAKE3
     /// hash and size. Offers are bounded ([`MAX_OFFERS`], [`MAX_OFFERED_BYTES`], the oldest
     /// go first), expire after [`OFFER_TTL`] and go once served whole.
-    pub(crate) fn offer(&self, peer: PeerId, pack: Vec<u8>) -> ([u8; 32], u64) {
+    pub fn offer(&self, peer: PeerId, pack: Vec<u8>) -> ([u8; 32], u64) {
         self.offers.offer(peer, pack)
     }
 
     /// Fetches the pack `hash` of `size` bytes that `peer` offered, verified group by group.
-    pub(crate) async fn get_pack(
+    pub async fn get_pack(
         &self,
         peer: PeerId,
         addrs: &[SocketAddr],
@@ -342,20 +355,14 @@ impl Blobs {
                 "a {size}-byte pack is over the limit"
             )));
         }
-        let connection = self
-            .connection(peer, addrs)
-            .await
-            .map_err(GetError::Failed)?;
+        let connection = self.connection(peer, addrs).await?;
         tokio::time::timeout(PACK_TIMEOUT, get_one(connection, hash, size))
             .await
             .unwrap_or_else(|_| Err(GetError::Failed("pack transfer timed out".into())))
     }
 
-    /// Stops serving and closes every connection.
+    /// Closes the endpoint and every connection (after its router's shutdown).
     pub(crate) async fn shutdown(&self) {
-        if let Err(error) = self.router.shutdown().await {
-            tracing::debug!(%error, "blob router shutdown");
-        }
         self.endpoint.close().await;
     }
 }
@@ -566,7 +573,10 @@ impl Offers {
 /// The provider: iroh-blobs' protocol, answered from the chunk store.
 #[derive(Clone)]
 struct Provider {
-    source: Arc<OnceLock<Weak<dyn Source>>>,
+    /// Fixed before the endpoint serves (`None`: nothing is served).
+    source: Option<Weak<dyn BlobSource>>,
+    /// The swarm's peers: only connected ones may connect here.
+    peers: Arc<Peers>,
     offers: Arc<Offers>,
     open: Arc<AtomicUsize>,
 }
@@ -590,13 +600,13 @@ impl Drop for Open {
 
 impl ProtocolHandler for Provider {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        let source = self.source.get().and_then(Weak::upgrade);
+        let source = self.source.as_ref().and_then(Weak::upgrade);
         let peer = peer_of(&connection.remote_id());
         let (Some(source), Some(peer)) = (source, peer) else {
             connection.close(VarInt::from_u32(REFUSED), b"not serving");
             return Ok(());
         };
-        if !source.knows(&peer) {
+        if !self.peers.is_connected(&peer) {
             tracing::debug!(%peer, "blob connection from a node that is not a peer; refused");
             connection.close(VarInt::from_u32(REFUSED), b"not a peer");
             return Ok(());
@@ -615,7 +625,7 @@ impl ProtocolHandler for Provider {
                 Err(_) => break,
             };
             // Upgraded per stream: a node shutting down stops serving.
-            let Some(source) = self.source.get().and_then(Weak::upgrade) else {
+            let Some(source) = self.source.as_ref().and_then(Weak::upgrade) else {
                 break;
             };
             streams.spawn(serve_stream(source, self.offers.clone(), peer, send, recv));
@@ -629,7 +639,7 @@ impl ProtocolHandler for Provider {
 /// Answers one request: a `GetMany` naming a manifest, then chunks of that file; or a
 /// `Get` of a pack held for the peer.
 async fn serve_stream(
-    source: Arc<dyn Source>,
+    source: Arc<dyn BlobSource>,
     offers: Arc<Offers>,
     peer: PeerId,
     mut send: SendStream,
@@ -677,7 +687,9 @@ async fn serve_stream(
         };
         let reader = source.clone();
         let (encoded, bytes) = tokio::task::spawn_blocking(move || {
-            let chunks = reader.read(&manifest, &ids).map_err(|e| (REFUSED, e))?;
+            let chunks = reader
+                .read(&manifest, &ids)
+                .map_err(|e| (REFUSED, e.to_string()))?;
             let corrupt = reader.corrupt();
             let mut out =
                 Vec::with_capacity(chunks.iter().map(|c| c.len() + c.len() / 200 + 80).sum());
@@ -687,7 +699,7 @@ async fn serve_stream(
                     continue;
                 }
                 let corrupt = corrupt.filter(|_| i == 0);
-                encode(data, id, ranges, corrupt, &mut out).map_err(|e| (FAILED, e))?;
+                encode(data, id, ranges, corrupt, &mut out).map_err(|e| (FAILED, e.to_string()))?;
                 bytes += data.len() as u64;
             }
             Ok::<_, (u32, String)>((out, bytes))
@@ -809,10 +821,12 @@ fn encode(
     ranges: &ChunkRanges,
     corrupt: Option<usize>,
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> std::io::Result<()> {
     let outboard = PreOrderMemOutboard::create(data, IROH_BLOCK_SIZE);
     if outboard.root.as_bytes() != &id.0 {
-        return Err(format!("stored chunk {id} is corrupt"));
+        return Err(std::io::Error::other(format!(
+            "stored chunk {id} is corrupt"
+        )));
     }
     out.extend_from_slice(&(data.len() as u64).to_le_bytes());
     let result = if let Some(at) = corrupt.filter(|at| *at < data.len()) {
@@ -822,33 +836,27 @@ fn encode(
     } else {
         bao_tree::io::sync::encode_ranges(data, &outboard, ranges, &mut *out)
     };
-    result.map_err(|e| format!("encode: {e}"))
+    result.map_err(|e| std::io::Error::other(format!("encode: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
 
     /// Serves the chunks of one file from memory.
     struct Memory {
         manifest: Hash,
         chunks: HashMap<Hash, Vec<u8>>,
         corrupt: Mutex<Option<usize>>,
-        open_to_all: AtomicBool,
         served: Mutex<u64>,
     }
 
-    impl Source for Memory {
-        fn knows(&self, _: &PeerId) -> bool {
-            self.open_to_all.load(Ordering::Relaxed)
-        }
-
+    impl BlobSource for Memory {
         fn admit(self: Arc<Self>, _: PeerId) -> Admission {
             Box::pin(async { Some(Box::new(()) as Place) })
         }
 
-        fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, String> {
+        fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, ReadError> {
             if *manifest != self.manifest {
                 return Err("unknown file".into());
             }
@@ -921,11 +929,15 @@ mod tests {
             manifest: Hash([7; 32]),
             chunks: stored,
             corrupt: Mutex::new(None),
-            open_to_all: AtomicBool::new(true),
             served: Mutex::new(0),
         });
-        let dyn_source: Arc<dyn Source> = source.clone();
-        a.serve(Arc::downgrade(&dyn_source));
+        let dyn_source: Arc<dyn BlobSource> = source.clone();
+        // The provider's swarm counts B and C as connected peers.
+        let peers = Arc::new(Peers::default());
+        for secret in [secret_b, secret_c] {
+            peers.update(peer_of_secret(secret), |p| p.connected = true);
+        }
+        let router = a.serve(Some(Arc::downgrade(&dyn_source)), peers.clone());
 
         // Honest: every chunk, whole and in order.
         let got = b
@@ -1010,7 +1022,7 @@ mod tests {
         c.forget(&provider);
 
         // A node the provider does not count as a peer cannot connect.
-        source.open_to_all.store(false, Ordering::Relaxed);
+        peers.update(peer_of_secret(secret_c), |p| p.connected = false);
         assert!(matches!(
             c.get(provider, &addrs, &source.manifest, &wanted).await,
             Err(GetError::Failed(_))
@@ -1020,6 +1032,7 @@ mod tests {
             b.get(provider, &addrs, &source.manifest, &[]).await,
             Err(GetError::Failed(_))
         ));
+        router.shutdown().await.unwrap();
         for blobs in [a, b, c] {
             blobs.shutdown().await;
         }

@@ -28,12 +28,12 @@
 //! an account is created.
 //!
 //! ```no_run
-//! # fn run(update: hub_protocol::signed::SignedRefUpdate) -> Result<(), hub_p2p::RefStoreError> {
-//! let mut store = hub_p2p::RefStore::open("hubmesh-data/refs.redb")?;
+//! # fn run(update: hub_protocol::signed::SignedRefUpdate) -> Result<(), hub_mesh::RefStoreError> {
+//! let mut store = hub_mesh::RefStore::open("hubmesh-data/refs.redb")?;
 //! let repo = update.update.repo.clone();
 //! match store.apply_ref_update(&repo, update, 1_700_000_000) {
 //!     Ok(accepted) => println!("{repo} is at seq {}", accepted.update.seq),
-//!     Err(hub_p2p::RefStoreError::Rejected(reason)) => println!("refused: {reason}"),
+//!     Err(hub_mesh::RefStoreError::Rejected(reason)) => println!("refused: {reason}"),
 //!     Err(e) => return Err(e),
 //! }
 //! # Ok(()) }

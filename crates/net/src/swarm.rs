@@ -1,24 +1,33 @@
-//! The swarm task: listeners, bootstrap dials, connection bookkeeping, and the protocols of
-//! replication (gossipsub, kademlia, `/hubmesh/git-pack/1`).
+//! The swarm task: listeners, bootstrap dials, connection bookkeeping, and the transport of
+//! the mesh's protocols (gossipsub, kademlia, `/hubmesh/git-pack/1`, `/hubmesh/blocks/1`,
+//! raw streams). What the messages mean is decided by their owners, not here.
 //!
-//! The task owns the [`Swarm`]. Everyone else talks to it through the [`P2p`] handle, which
-//! sends [`Command`]s over a bounded channel, and (the replication task only) reads
-//! [`NetEvent`]s from a bounded channel the swarm fills with `try_send`: when the reader
-//! falls behind, events are dropped and counted rather than queued without bound or
-//! blocking the swarm.
+//! Start-up has two stages, as iroh's `Router::builder(endpoint).accept(alpn, handler)`:
+//! [`bind`] builds the swarm, binds every listen address and the blob endpoint, and returns
+//! a [`Bound`] swarm whose [`P2p`] handle already works (commands queue); the owners of
+//! protocols register on it ([`Bound::inbound`] for gossip, subscriptions and requests,
+//! [`Bound::serve_blobs`] for the blob provider); [`Bound::spawn`] then moves the swarm into
+//! the task that owns it. Nothing is registered or filled in after that.
+//!
+//! Everyone talks to the task through the [`P2p`] handle, which sends [`Command`]s over a
+//! bounded channel, and (the registered consumer only) reads [`NetEvent`]s from a bounded
+//! channel the swarm fills with `try_send`: when the reader falls behind, events are dropped
+//! and counted rather than queued without bound or blocking the swarm.
 //!
 //! Limits: gossip messages up to [`MAX_GOSSIP_MESSAGE`] (gossipsub drops larger frames),
 //! strict message signing (every message carries its author's peer id and signature) and
-//! application validation (a message is forwarded only after the replication task accepted
-//! it); git-pack requests and responses bounded by [`MAX_REQUEST_LEN`] and
+//! application validation (a message is forwarded only after the consumer of its topic
+//! accepted it); git-pack requests and responses bounded by [`MAX_REQUEST_LEN`] and
 //! [`MAX_RESPONSE_LEN`] while they are read, [`MAX_PACK_STREAMS`] concurrent streams per
 //! connection and a [`PACK_TIMEOUT`]; `/hubmesh/blocks/1` (LFS manifests and chunks) the same
 //! way with the bounds of [`hub_protocol::blocks`] and a [`BLOCKS_TIMEOUT`].
 //!
-//! The handle also reads what the task records per peer ([`PeerInfo`]: addresses, bytes of
-//! chunks received and sent, bad chunks) for the mesh inspection API.
+//! The handle also reads what the task records per peer ([`PeerInfo`]: addresses, whether
+//! connected, the last round-trip time) for the mesh inspection API and routing.
 
+use crate::blobs::{BlobSource, Blobs};
 use crate::codec::{BlockCodec, PackCodec};
+use crate::peers::{PeerInfo, Peers};
 use futures::StreamExt;
 use hub_protocol::blocks::{BLOCKS_PROTOCOL, BlockRequest, BlockResponse};
 use hub_protocol::replication::{
@@ -28,15 +37,15 @@ use hub_protocol::replication::{
 use hub_protocol::repo::RepoId;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, mdns,
     noise, ping, tcp, yamux,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -44,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Commands queued for the swarm task.
 pub(crate) const COMMAND_QUEUE: usize = 256;
-/// Events queued for the replication task.
+/// Events queued for their consumer (the replication task).
 pub(crate) const EVENT_QUEUE: usize = 1024;
 /// Capacity adverts queued for their consumer (the compute mesh).
 const CAPACITY_QUEUE: usize = 256;
@@ -62,7 +71,7 @@ pub enum Topic {
     /// Signed namespace documents ([`TOPIC_NAMESPACES`]).
     Namespaces,
     /// Signed capacity adverts of the compute mesh ([`TOPIC_CAPACITY`]); judged by their
-    /// consumer (see [`P2p::take_capacity_adverts`]), not by the replication task.
+    /// consumer (see [`P2p::take_capacity_adverts`]), not by the one of [`Bound::inbound`].
     Capacity,
 }
 
@@ -97,11 +106,28 @@ pub enum Verdict {
     Ignore,
 }
 
+/// Why a request to the swarm failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The swarm task stopped (the node is shutting down).
+    #[error("swarm stopped")]
+    Stopped,
+    /// Gossipsub did not publish the message (no peer subscribed to the topic yet, a
+    /// duplicate, too large).
+    #[error(transparent)]
+    Publish(#[from] gossipsub::PublishError),
+    /// A request to a peer failed: dialling, a timeout, the peer closed the stream or does
+    /// not speak the protocol.
+    #[error(transparent)]
+    Request(#[from] request_response::OutboundFailure),
+}
+
 pub(crate) enum Command {
     Publish {
         topic: Topic,
         data: Vec<u8>,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: Option<oneshot::Sender<Result<(), NetError>>>,
     },
     Validate {
         id: gossipsub::MessageId,
@@ -118,7 +144,7 @@ pub(crate) enum Command {
     FetchPack {
         peer: PeerId,
         request: PackRequest,
-        reply: oneshot::Sender<Result<PackResponse, String>>,
+        reply: oneshot::Sender<Result<PackResponse, NetError>>,
     },
     Respond {
         channel: ResponseChannel<PackResponse>,
@@ -127,7 +153,7 @@ pub(crate) enum Command {
     FetchBlocks {
         peer: PeerId,
         request: BlockRequest,
-        reply: oneshot::Sender<Result<BlockResponse, String>>,
+        reply: oneshot::Sender<Result<BlockResponse, NetError>>,
     },
     RespondBlocks {
         channel: ResponseChannel<BlockResponse>,
@@ -135,12 +161,17 @@ pub(crate) enum Command {
     },
 }
 
-/// What the swarm hands to the replication task.
+/// What the swarm hands to the consumer registered with [`Bound::inbound`] (the replication
+/// task): gossip on the topics it judges, subscriptions, and requests to answer with
+/// [`P2p::respond_pack`] and [`P2p::respond_blocks`]. Not `non_exhaustive`: the consumer
+/// handles every event.
 #[derive(Debug)]
-pub(crate) enum NetEvent {
+pub enum NetEvent {
+    /// A message on [`Topic::Refs`] or [`Topic::Namespaces`]; its verdict goes back with
+    /// [`P2p::validate`] (gossipsub forwards it only once accepted).
     Gossip {
         topic: Topic,
-        id: gossipsub::MessageId,
+        id: MessageId,
         /// The peer that forwarded it.
         propagation_source: PeerId,
         /// The peer that signed (published) it.
@@ -154,6 +185,8 @@ pub(crate) enum NetEvent {
         request: PackRequest,
         channel: ResponseChannel<PackResponse>,
     },
+    /// A manifest or chunks request (where the blob endpoint listens, `BlockRequest::Blobs`,
+    /// is answered by the swarm itself).
     BlockRequest {
         peer: PeerId,
         request: BlockRequest,
@@ -161,11 +194,16 @@ pub(crate) enum NetEvent {
     },
 }
 
-/// A gossip message on a topic judged outside this crate (capacity adverts). Its consumer
+/// The id gossipsub gives a message, to report its [`Verdict`] with.
+pub use libp2p::gossipsub::MessageId;
+/// Where the answer to an incoming request goes.
+pub use libp2p::request_response::ResponseChannel;
+
+/// A gossip message on a topic judged by the compute mesh (capacity adverts). Its consumer
 /// must report a [`Verdict`] with [`P2p::judge`]: gossipsub forwards it only once accepted.
 #[derive(Debug)]
 pub struct GossipMessage {
-    id: gossipsub::MessageId,
+    id: MessageId,
     /// The peer that forwarded it.
     pub source: PeerId,
     /// The peer that signed (published) it: gossipsub checked its signature.
@@ -228,6 +266,8 @@ pub enum P2pError {
     },
     #[error("no listen address reported for {addr} within {timeout:?}")]
     ListenTimeout { addr: Multiaddr, timeout: Duration },
+    #[error("bind the blob endpoint")]
+    Blobs(#[source] crate::blobs::BindError),
 }
 
 #[derive(NetworkBehaviour)]
@@ -245,136 +285,10 @@ struct Behaviour {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+struct Counters {
     connected_peers: AtomicU64,
-    /// Events dropped because the replication task's queue was full.
-    pub(crate) events_dropped: AtomicU64,
-    /// Gossip messages the replication task accepted / rejected or ignored.
-    pub(crate) gossip_accepted: AtomicU64,
-    pub(crate) gossip_refused: AtomicU64,
-    /// Repos brought up to date from a peer's pack.
-    pub(crate) repos_replicated: AtomicU64,
-    /// Chunk bytes received / sent (good and bad), over either transport.
-    pub(crate) chunk_bytes_received: AtomicU64,
-    pub(crate) chunk_bytes_sent: AtomicU64,
-    /// Chunks (or manifests) from peers that failed verification and were dropped.
-    pub(crate) chunks_rejected: AtomicU64,
-    /// LFS objects fetched, verified and imported.
-    pub(crate) lfs_objects_fetched: AtomicU64,
-    /// Of `chunk_bytes_received` / `chunk_bytes_sent`: over the blob endpoint (iroh).
-    pub(crate) blob_bytes_received: AtomicU64,
-    pub(crate) blob_bytes_sent: AtomicU64,
-    /// Git pack bytes fetched as blobs over the blob endpoint.
-    pub(crate) pack_blob_bytes_received: AtomicU64,
-    /// Namespace documents / ref updates refused because they would give an account name of
-    /// this node to other nodes (ADR 0006).
-    pub(crate) foreign_claims_refused: AtomicU64,
-    pub(crate) foreign_updates_refused: AtomicU64,
-}
-
-/// What this node knows of one peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PeerInfo {
-    /// Addresses the peer was reached at or announced (identify), newest last, at most 8.
-    pub addrs: Vec<Multiaddr>,
-    pub connected: bool,
-    /// Chunk bytes received from / sent to the peer over `/hubmesh/blocks/1`.
-    pub chunk_bytes_received: u64,
-    pub chunk_bytes_sent: u64,
-    /// Chunks or manifests from the peer that failed verification.
-    pub bad_chunks: u64,
-    /// The last round-trip time `ping` measured.
-    pub rtt: Option<Duration>,
-}
-
-/// What replication knows of one repo, for the mesh inspection API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RepoState {
-    /// The sequence number of the last signed update accepted for the repo.
-    pub last_seq: Option<u64>,
-    /// Whether this node seeds the repo (fetches its packs and LFS content).
-    pub seeded: bool,
-    /// LFS objects its tips reference that are not stored yet (after the last sync).
-    pub lfs_missing: u64,
-    /// LFS objects fetched from peers since start.
-    pub lfs_fetched: u64,
-    /// Pointers the signed update binds to no manifest (cannot be fetched verified).
-    pub lfs_unbound: u64,
-    /// Chunk bytes received for the repo since start.
-    pub chunk_bytes_received: u64,
-    /// Why the last sync failed, if it did.
-    pub last_error: Option<String>,
-}
-
-/// Most repos whose state is remembered.
-const MAX_REPO_STATES: usize = 65_536;
-
-#[derive(Debug, Default)]
-pub(crate) struct RepoStates(Mutex<BTreeMap<RepoId, RepoState>>);
-
-impl RepoStates {
-    pub(crate) fn update(&self, repo: &RepoId, f: impl FnOnce(&mut RepoState)) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(state) = map.get_mut(repo) {
-            f(state);
-        } else if map.len() < MAX_REPO_STATES {
-            f(map.entry(repo.clone()).or_default());
-        }
-    }
-
-    fn get(&self, repo: &RepoId) -> Option<RepoState> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(repo).cloned()
-    }
-}
-
-/// Most peers remembered (connected ones are always kept).
-const MAX_PEERS: usize = 1024;
-/// Most addresses remembered per peer.
-const MAX_PEER_ADDRS: usize = 8;
-
-/// Per-peer bookkeeping shared by the swarm task (connections) and the replication task
-/// (bytes, bad chunks).
-#[derive(Debug, Default)]
-pub(crate) struct Peers(Mutex<BTreeMap<PeerId, PeerInfo>>);
-
-impl Peers {
-    pub(crate) fn update(&self, peer: PeerId, f: impl FnOnce(&mut PeerInfo)) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if !map.contains_key(&peer) && map.len() >= MAX_PEERS {
-            let stale = map.iter().find(|(_, p)| !p.connected).map(|(id, _)| *id);
-            match stale {
-                Some(id) => {
-                    map.remove(&id);
-                }
-                None => return,
-            }
-        }
-        f(map.entry(peer).or_default());
-    }
-
-    fn add_addr(&self, peer: PeerId, addr: Multiaddr) {
-        self.update(peer, |p| {
-            if !p.addrs.contains(&addr) {
-                if p.addrs.len() >= MAX_PEER_ADDRS {
-                    p.addrs.remove(0);
-                }
-                p.addrs.push(addr);
-            }
-        });
-    }
-
-    pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(peer).is_some_and(|p| p.connected)
-    }
-
-    fn snapshot(&self) -> Vec<(PeerId, PeerInfo)> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.iter().map(|(id, p)| (*id, p.clone())).collect()
-    }
+    /// Events dropped because their consumer's queue was full.
+    events_dropped: AtomicU64,
 }
 
 /// A handle on the running swarm. Cheap to clone.
@@ -382,14 +296,14 @@ impl Peers {
 pub struct P2p {
     peer_id: PeerId,
     listen_addrs: Arc<Vec<Multiaddr>>,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) peers: Arc<Peers>,
-    pub(crate) repo_states: Arc<RepoStates>,
+    counters: Arc<Counters>,
+    peers: Arc<Peers>,
     commands: mpsc::Sender<Command>,
     streams: libp2p_stream::Control,
     capacity: Arc<Mutex<Option<mpsc::Receiver<GossipMessage>>>>,
-    /// The blob data plane (`None` when [`P2pConfig::blobs`] is off).
-    pub(crate) blobs: Option<Arc<crate::blobs::Blobs>>,
+    /// The blob data plane (`None` when [`P2pConfig::blobs`] is off), bound before the
+    /// handle exists.
+    blobs: Option<Arc<Blobs>>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -416,61 +330,19 @@ impl P2p {
         self.counters.connected_peers.load(Ordering::Relaxed)
     }
 
-    /// Gossip messages accepted so far (namespace documents and ref updates).
-    pub fn gossip_accepted(&self) -> u64 {
-        self.counters.gossip_accepted.load(Ordering::Relaxed)
+    /// Events dropped so far because their consumer fell behind.
+    pub fn events_dropped(&self) -> u64 {
+        self.counters.events_dropped.load(Ordering::Relaxed)
     }
 
-    /// Gossip messages refused so far (rejected as invalid, or ignored as replays).
-    pub fn gossip_refused(&self) -> u64 {
-        self.counters.gossip_refused.load(Ordering::Relaxed)
+    /// Whether `peer` has an established connection now.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.is_connected(peer)
     }
 
-    /// Repos brought up to date from a peer's pack so far.
-    pub fn repos_replicated(&self) -> u64 {
-        self.counters.repos_replicated.load(Ordering::Relaxed)
-    }
-
-    /// Chunk bytes received from peers so far (verified or not).
-    pub fn chunk_bytes_received(&self) -> u64 {
-        self.counters.chunk_bytes_received.load(Ordering::Relaxed)
-    }
-
-    /// Chunk bytes served to peers so far.
-    pub fn chunk_bytes_sent(&self) -> u64 {
-        self.counters.chunk_bytes_sent.load(Ordering::Relaxed)
-    }
-
-    /// Chunk bytes received over the blob endpoint (iroh) so far: part of
-    /// [`P2p::chunk_bytes_received`].
-    pub fn blob_bytes_received(&self) -> u64 {
-        self.counters.blob_bytes_received.load(Ordering::Relaxed)
-    }
-
-    /// Chunk bytes served over the blob endpoint so far: part of [`P2p::chunk_bytes_sent`].
-    pub fn blob_bytes_sent(&self) -> u64 {
-        self.counters.blob_bytes_sent.load(Ordering::Relaxed)
-    }
-
-    /// Git pack bytes fetched as blobs over the blob endpoint so far.
-    pub fn pack_blob_bytes_received(&self) -> u64 {
-        self.counters
-            .pack_blob_bytes_received
-            .load(Ordering::Relaxed)
-    }
-
-    /// Namespace documents refused so far because they would give an account name of this
-    /// node to other nodes (ADR 0006).
-    pub fn foreign_claims_refused(&self) -> u64 {
-        self.counters.foreign_claims_refused.load(Ordering::Relaxed)
-    }
-
-    /// Ref updates refused so far because their repo is in an account name of this node and
-    /// they come from other nodes (ADR 0006).
-    pub fn foreign_updates_refused(&self) -> u64 {
-        self.counters
-            .foreign_updates_refused
-            .load(Ordering::Relaxed)
+    /// The blob data plane (`None` when [`P2pConfig::blobs`] is off).
+    pub fn blobs(&self) -> Option<&Blobs> {
+        self.blobs.as_deref()
     }
 
     /// Where this node's blob endpoint (iroh) listens; empty when it runs without one. Its
@@ -487,11 +359,7 @@ impl P2p {
     /// remembered (until the peer disconnects or its endpoint fails): a peer that was down
     /// when asked is asked again next time, not taken for one without an endpoint — else a
     /// publisher that restarts would have its packs refused for good.
-    pub(crate) async fn blob_addrs_of(
-        &self,
-        blobs: &crate::blobs::Blobs,
-        peer: PeerId,
-    ) -> Vec<std::net::SocketAddr> {
+    pub async fn blob_addrs_of(&self, blobs: &Blobs, peer: PeerId) -> Vec<std::net::SocketAddr> {
         if let Some(addrs) = blobs.addrs_of(&peer) {
             return addrs;
         }
@@ -512,24 +380,9 @@ impl P2p {
         }
     }
 
-    /// Chunks or manifests from peers that failed verification so far.
-    pub fn chunks_rejected(&self) -> u64 {
-        self.counters.chunks_rejected.load(Ordering::Relaxed)
-    }
-
-    /// LFS objects fetched from peers, verified and imported so far.
-    pub fn lfs_objects_fetched(&self) -> u64 {
-        self.counters.lfs_objects_fetched.load(Ordering::Relaxed)
-    }
-
     /// Every peer this node remembers, connected or not, by peer id.
     pub fn peers(&self) -> Vec<(PeerId, PeerInfo)> {
         self.peers.snapshot()
-    }
-
-    /// What replication knows of `repo` (`None`: nothing yet, or no replication task).
-    pub fn repo_state(&self, repo: &RepoId) -> Option<RepoState> {
-        self.repo_states.get(repo)
     }
 
     /// The peers connected now.
@@ -542,10 +395,10 @@ impl P2p {
             .collect()
     }
 
-    /// Publishes raw bytes on a gossip topic, as they are. Nodes use the replication task to
-    /// publish; this exists for tools and tests (a crafted message is judged by every
+    /// Publishes raw bytes on a gossip topic, as they are, and waits for gossipsub's answer
+    /// (the capacity advertiser; tools and tests: a crafted message is judged by every
     /// receiver like any other).
-    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), String> {
+    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), NetError> {
         let (done, rx) = oneshot::channel();
         self.send(Command::Publish {
             topic,
@@ -553,18 +406,50 @@ impl P2p {
             done: Some(done),
         })
         .await?;
-        rx.await.map_err(|_| "swarm stopped".to_owned())?
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Queues `data` for publishing on `topic` without waiting; a message gossipsub then
+    /// refuses is logged. `false` when the command queue is full or the swarm stopped.
+    pub fn try_publish(&self, topic: Topic, data: Vec<u8>) -> bool {
+        self.try_send(Command::Publish {
+            topic,
+            data,
+            done: None,
+        })
+    }
+
+    /// Reports how the gossip message `id`, forwarded by `source`, was judged (a
+    /// [`NetEvent::Gossip`]): only accepted ones are forwarded, and the sender of a rejected
+    /// one is penalised.
+    pub fn validate(&self, id: MessageId, source: PeerId, verdict: Verdict) {
+        self.try_send(Command::Validate {
+            id,
+            source,
+            verdict,
+        });
+    }
+
+    /// Announces this node as a provider of `repo` in the DHT (queued; `false` when the
+    /// queue is full or the swarm stopped).
+    pub fn provide(&self, repo: RepoId) -> bool {
+        self.try_send(Command::Provide(repo))
+    }
+
+    /// Stops announcing this node as a provider of `repo` (queued, as [`P2p::provide`]).
+    pub fn stop_providing(&self, repo: RepoId) -> bool {
+        self.try_send(Command::StopProviding(repo))
     }
 
     /// Peers that provide `repo` in the DHT (possibly this node itself).
-    pub async fn providers(&self, repo: &RepoId) -> Result<Vec<PeerId>, String> {
+    pub async fn providers(&self, repo: &RepoId) -> Result<Vec<PeerId>, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Providers {
             repo: repo.clone(),
             reply,
         })
         .await?;
-        rx.await.map_err(|_| "swarm stopped".to_owned())
+        rx.await.map_err(|_| NetError::Stopped)
     }
 
     /// Asks `peer` for a pack over `/hubmesh/git-pack/1`.
@@ -572,7 +457,7 @@ impl P2p {
         &self,
         peer: PeerId,
         request: PackRequest,
-    ) -> Result<PackResponse, String> {
+    ) -> Result<PackResponse, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::FetchPack {
             peer,
@@ -580,7 +465,16 @@ impl P2p {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| "swarm stopped".to_owned())?
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers a [`NetEvent::PackRequest`]. A requester that went away is logged.
+    pub async fn respond_pack(
+        &self,
+        channel: ResponseChannel<PackResponse>,
+        response: PackResponse,
+    ) -> Result<(), NetError> {
+        self.send(Command::Respond { channel, response }).await
     }
 
     /// Asks `peer` for a manifest or chunks over `/hubmesh/blocks/1`. The answer is not
@@ -589,7 +483,7 @@ impl P2p {
         &self,
         peer: PeerId,
         request: BlockRequest,
-    ) -> Result<BlockResponse, String> {
+    ) -> Result<BlockResponse, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::FetchBlocks {
             peer,
@@ -597,7 +491,17 @@ impl P2p {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| "swarm stopped".to_owned())?
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers a [`NetEvent::BlockRequest`]. A requester that went away is logged.
+    pub async fn respond_blocks(
+        &self,
+        channel: ResponseChannel<BlockResponse>,
+        response: BlockResponse,
+    ) -> Result<(), NetError> {
+        self.send(Command::RespondBlocks { channel, response })
+            .await
     }
 
     /// Opens and accepts raw streams of a protocol (`/hubmesh/infer/1`). Opening dials the
@@ -627,36 +531,119 @@ impl P2p {
         });
     }
 
-    pub(crate) async fn send(&self, command: Command) -> Result<(), String> {
+    async fn send(&self, command: Command) -> Result<(), NetError> {
         self.commands
             .send(command)
             .await
-            .map_err(|_| "swarm stopped".to_owned())
+            .map_err(|_| NetError::Stopped)
     }
 
     /// Queues a command without waiting; `false` when the queue is full or the swarm stopped.
-    pub(crate) fn try_send(&self, command: Command) -> bool {
+    fn try_send(&self, command: Command) -> bool {
         self.commands.try_send(command).is_ok()
     }
 }
 
-/// Builds the swarm, binds every listen address, dials the bootstrap peers and spawns the task
-/// that drives the swarm until `cancel` fires.
+/// [`bind`] and [`Bound::spawn`] with no protocol registered: a node that only connects,
+/// gossips, streams and fetches (tools, tests, a gateway without replication).
 pub async fn spawn(
     key: Keypair,
     config: P2pConfig,
     cancel: CancellationToken,
 ) -> Result<(P2p, JoinHandle<()>), P2pError> {
-    let (p2p, _events, task) = spawn_with_events(key, config, cancel).await?;
-    Ok((p2p, task))
+    let bound = bind(key, config).await?;
+    let p2p = bound.handle().clone();
+    Ok((p2p, bound.spawn(cancel)))
 }
 
-/// [`spawn`], also returning the events for the replication task.
-pub(crate) async fn spawn_with_events(
-    key: Keypair,
-    config: P2pConfig,
-    cancel: CancellationToken,
-) -> Result<(P2p, mpsc::Receiver<NetEvent>, JoinHandle<()>), P2pError> {
+/// A swarm that listens (every listen address reported, the blob endpoint bound, the
+/// bootstrap peers dialled) and is not driven yet. Protocol owners register on it, then
+/// [`Bound::spawn`] starts it; its [`P2p`] handle works from the start (commands queue).
+pub struct Bound {
+    handle: P2p,
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    capacity: mpsc::Sender<GossipMessage>,
+    /// The consumer of [`NetEvent`]s, once registered.
+    events: Option<mpsc::Sender<NetEvent>>,
+    /// What the blob endpoint serves, once registered.
+    blob_source: Option<Weak<dyn BlobSource>>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("handle", &self.handle)
+            .field("inbound", &self.events.is_some())
+            .field("serves_blobs", &self.blob_source.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bound {
+    /// The handle on this swarm (cheap to clone; commands queue until it is spawned).
+    pub fn handle(&self) -> &P2p {
+        &self.handle
+    }
+
+    /// Registers the consumer of gossip on [`Topic::Refs`] and [`Topic::Namespaces`],
+    /// subscriptions, and `/hubmesh/git-pack/1` and `/hubmesh/blocks/1` requests (the
+    /// replication task). Without one, gossip is not forwarded and requests fail. A second
+    /// call replaces the first consumer.
+    pub fn inbound(&mut self) -> mpsc::Receiver<NetEvent> {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        self.events = Some(tx);
+        rx
+    }
+
+    /// Registers what the blob endpoint serves (held weakly: when the source is dropped,
+    /// serving stops). Without one, blob requests are refused. Ignored when the node runs
+    /// without the blob plane ([`P2pConfig::blobs`]).
+    pub fn serve_blobs(&mut self, source: Weak<dyn BlobSource>) {
+        self.blob_source = Some(source);
+    }
+
+    /// Spawns the task that drives the swarm, and the blob endpoint's router, until `cancel`
+    /// fires.
+    pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<()> {
+        let Self {
+            handle,
+            swarm,
+            commands,
+            capacity,
+            events,
+            blob_source,
+        } = self;
+        if let Some(blobs) = handle.blobs.clone() {
+            let router = blobs.serve(blob_source, handle.peers.clone());
+            let cancelled = cancel.clone();
+            tokio::spawn(async move {
+                cancelled.cancelled().await;
+                if let Err(error) = router.shutdown().await {
+                    tracing::debug!(%error, "blob router shutdown");
+                }
+                blobs.shutdown().await;
+            });
+        }
+        let driver = Driver {
+            swarm,
+            counters: handle.counters.clone(),
+            peers: handle.peers.clone(),
+            block_fetches: HashMap::new(),
+            events,
+            capacity,
+            fetches: HashMap::new(),
+            provider_queries: HashMap::new(),
+            blobs: handle.blobs.clone(),
+            listen_addrs: handle.listen_addrs.clone(),
+        };
+        tokio::spawn(driver.run(commands, cancel))
+    }
+}
+
+/// Builds the swarm, binds every listen address (waiting until each reports an address) and
+/// the blob endpoint, and dials the bootstrap peers. Nothing runs until [`Bound::spawn`].
+pub async fn bind(key: Keypair, config: P2pConfig) -> Result<Bound, P2pError> {
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
@@ -803,17 +790,8 @@ pub(crate) async fn spawn_with_events(
             P2pError::Transport("the blob endpoint needs an ed25519 node key".into())
         })?;
         let ip = blob_ip(&config.listen);
-        let blobs = crate::blobs::Blobs::bind(secret, ip)
-            .await
-            .map_err(|e| P2pError::Transport(e.into()))?;
-        let blobs = Arc::new(blobs);
-        let closing = blobs.clone();
-        let cancelled = cancel.clone();
-        tokio::spawn(async move {
-            cancelled.cancelled().await;
-            closing.shutdown().await;
-        });
-        Some(blobs)
+        let blobs = Blobs::bind(secret, ip).await.map_err(P2pError::Blobs)?;
+        Some(Arc::new(blobs))
     } else {
         None
     };
@@ -828,35 +806,26 @@ pub(crate) async fn spawn_with_events(
         }
     }
 
-    let counters = Arc::new(Counters::default());
-    let peers = Arc::new(Peers::default());
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
-    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let (capacity_tx, capacity_rx) = mpsc::channel(CAPACITY_QUEUE);
     let handle = P2p {
         streams: swarm.behaviour().stream.new_control(),
         capacity: Arc::new(Mutex::new(Some(capacity_rx))),
         peer_id,
         listen_addrs: Arc::new(listen_addrs),
-        counters: counters.clone(),
-        peers: peers.clone(),
-        repo_states: Arc::default(),
+        counters: Arc::default(),
+        peers: Arc::default(),
         commands,
-        blobs: blobs.clone(),
-    };
-    let driver = Driver {
-        swarm,
-        counters,
-        peers,
-        block_fetches: HashMap::new(),
-        events: event_tx,
-        capacity: capacity_tx,
-        fetches: HashMap::new(),
-        provider_queries: HashMap::new(),
         blobs,
     };
-    let task = tokio::spawn(driver.run(command_rx, cancel));
-    Ok((handle, event_rx, task))
+    Ok(Bound {
+        handle,
+        swarm,
+        commands: command_rx,
+        capacity: capacity_tx,
+        events: None,
+        blob_source: None,
+    })
 }
 
 /// The 32-byte ed25519 secret of a node key (`None` for other key types).
@@ -888,21 +857,24 @@ fn blob_ip(listen: &[Multiaddr]) -> std::net::IpAddr {
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
-type FetchReply = oneshot::Sender<Result<PackResponse, String>>;
+type FetchReply = oneshot::Sender<Result<PackResponse, NetError>>;
 
-type BlockReply = oneshot::Sender<Result<BlockResponse, String>>;
+type BlockReply = oneshot::Sender<Result<BlockResponse, NetError>>;
 
 struct Driver {
     swarm: Swarm<Behaviour>,
     counters: Arc<Counters>,
     peers: Arc<Peers>,
     block_fetches: HashMap<OutboundRequestId, BlockReply>,
-    events: mpsc::Sender<NetEvent>,
+    /// The registered consumer of [`NetEvent`]s (`None`: nobody; events are dropped).
+    events: Option<mpsc::Sender<NetEvent>>,
     capacity: mpsc::Sender<GossipMessage>,
     fetches: HashMap<OutboundRequestId, FetchReply>,
     provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     /// The blob endpoint, told when a peer goes away (its address may change).
-    blobs: Option<Arc<crate::blobs::Blobs>>,
+    blobs: Option<Arc<Blobs>>,
+    /// The swarm's listen addresses (the blob endpoint's are derived from them).
+    listen_addrs: Arc<Vec<Multiaddr>>,
 }
 
 impl Driver {
@@ -927,9 +899,12 @@ impl Driver {
     }
 
     fn emit(&self, event: NetEvent) {
-        if self.events.try_send(event).is_err() && !self.events.is_closed() {
+        let Some(events) = &self.events else {
+            return;
+        };
+        if events.try_send(event).is_err() && !events.is_closed() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("replication queue full; dropped a network event");
+            tracing::warn!("inbound queue full; dropped a network event");
         }
     }
 
@@ -941,7 +916,7 @@ impl Driver {
                     .gossipsub
                     .publish(topic.ident(), data)
                     .map(|_| ())
-                    .map_err(|e| e.to_string());
+                    .map_err(NetError::from);
                 if let Some(done) = done {
                     let _ = done.send(result);
                 } else if let Err(error) = result {
@@ -1156,6 +1131,26 @@ impl Driver {
         if let Some((peer, request, channel)) =
             request_response_event(event, &mut self.block_fetches, "block")
         {
+            if matches!(request, BlockRequest::Blobs) {
+                // The transport's own question (where this node's blob endpoint listens):
+                // answered here, whoever consumes the other requests.
+                let addrs = self
+                    .blobs
+                    .as_ref()
+                    .map(|b| b.local_addrs(&ip_addrs(&self.listen_addrs)))
+                    .unwrap_or_default();
+                let response = BlockResponse::Blobs(addrs);
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "block requester went away before the response");
+                }
+                return;
+            }
             self.emit(NetEvent::BlockRequest {
                 peer,
                 request,
@@ -1178,11 +1173,11 @@ impl Driver {
 }
 
 /// One request-response event of either of our protocols: an incoming request is returned for
-/// the replication task; the outcome of one of our own requests goes to its waiter in
+/// the inbound consumer; the outcome of one of our own requests goes to its waiter in
 /// `pending`; failures are logged with `what` ("pack", "block").
 fn request_response_event<Req, Resp>(
     event: request_response::Event<Req, Resp>,
-    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, String>>>,
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>,
     what: &str,
 ) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
     match event {
@@ -1214,7 +1209,7 @@ fn request_response_event<Req, Resp>(
         } => {
             tracing::debug!(%peer, %error, "{what} request failed");
             if let Some(reply) = pending.remove(&request_id) {
-                let _ = reply.send(Err(error.to_string()));
+                let _ = reply.send(Err(error.into()));
             }
         }
         request_response::Event::InboundFailure { peer, error, .. } => {
@@ -1317,6 +1312,134 @@ mod tests {
         cancel.cancel();
         ta.await.unwrap();
         tb.await.unwrap();
+    }
+
+    /// Serves one file of one chunk, from memory.
+    struct OneChunk {
+        manifest: hub_protocol::manifest::Hash,
+        chunk: Vec<u8>,
+    }
+
+    impl BlobSource for OneChunk {
+        fn admit(self: Arc<Self>, _: PeerId) -> crate::Admission {
+            Box::pin(async { Some(Box::new(()) as crate::Place) })
+        }
+
+        fn read(
+            &self,
+            manifest: &hub_protocol::manifest::Hash,
+            ids: &[hub_protocol::manifest::Hash],
+        ) -> Result<Vec<Vec<u8>>, crate::ReadError> {
+            if *manifest != self.manifest {
+                return Err("unknown file".into());
+            }
+            Ok(ids.iter().map(|_| self.chunk.clone()).collect())
+        }
+
+        fn served(&self, _: PeerId, _: u64) {}
+
+        fn corrupt(&self) -> Option<usize> {
+            None
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_blob_source_registered_before_spawn_serves_peers() {
+        use hub_protocol::manifest::{ChunkRef, Hash};
+        let cancel = CancellationToken::new();
+        // A registers a blob source on its bound swarm; C registers none.
+        let mut bound = bind(Keypair::generate_ed25519(), loopback()).await.unwrap();
+        let source: Arc<dyn BlobSource> = Arc::new(OneChunk {
+            manifest: Hash([7; 32]),
+            chunk: b"a chunk of a public file".to_vec(),
+        });
+        bound.serve_blobs(Arc::downgrade(&source));
+        let a = bound.handle().clone();
+        let ta = bound.spawn(cancel.clone());
+        let (c, tc) = spawn(Keypair::generate_ed25519(), loopback(), cancel.clone())
+            .await
+            .unwrap();
+        let boot = vec![
+            crate::with_peer_id(&a.listen_addrs()[0], a.peer_id()),
+            crate::with_peer_id(&c.listen_addrs()[0], c.peer_id()),
+        ];
+        let (b, tb) = spawn(
+            Keypair::generate_ed25519(),
+            P2pConfig {
+                bootstrap: boot,
+                ..loopback()
+            },
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !(b.is_connected(&a.peer_id()) && b.is_connected(&c.peer_id())) {
+            assert!(tokio::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // B learns where A's blob endpoint listens from A's swarm itself (no consumer of
+        // A's other requests is registered) and fetches the chunk, verified.
+        let blobs = b.blobs().unwrap();
+        let addrs = b.blob_addrs_of(blobs, a.peer_id()).await;
+        assert_eq!(addrs, a.blob_addrs());
+        let chunk = b"a chunk of a public file".to_vec();
+        let wanted = [ChunkRef {
+            id: Hash::of(&chunk),
+            len: chunk.len() as u32,
+        }];
+        let got = blobs
+            .get(a.peer_id(), &addrs, &Hash([7; 32]), &wanted)
+            .await
+            .unwrap();
+        assert_eq!(got, vec![chunk]);
+        // C serves nothing: its endpoint refuses.
+        let addrs = b.blob_addrs_of(blobs, c.peer_id()).await;
+        assert!(!addrs.is_empty());
+        assert!(matches!(
+            blobs
+                .get(c.peer_id(), &addrs, &Hash([7; 32]), &wanted)
+                .await,
+            Err(crate::GetError::Failed(_))
+        ));
+        cancel.cancel();
+        for task in [ta, tb, tc] {
+            task.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_fail_with_typed_errors() {
+        let cancel = CancellationToken::new();
+        let (p2p, task) = spawn(Keypair::generate_ed25519(), loopback(), cancel.clone())
+            .await
+            .unwrap();
+        // A peer that cannot be dialled: the request-response failure, not a string.
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        let request = BlockRequest::Blobs;
+        assert!(matches!(
+            p2p.fetch_blocks(stranger, request).await,
+            Err(NetError::Request(_))
+        ));
+        // No peer subscribed to the topic: gossipsub's refusal.
+        assert!(matches!(
+            p2p.publish(Topic::Capacity, b"advert".to_vec()).await,
+            Err(NetError::Publish(_))
+        ));
+        // The swarm stopped: `Stopped`, which the capacity advertiser ends on.
+        cancel.cancel();
+        task.await.unwrap();
+        assert!(matches!(
+            p2p.publish(Topic::Capacity, b"advert".to_vec()).await,
+            Err(NetError::Stopped)
+        ));
+        assert!(matches!(
+            p2p.providers(
+                &RepoId::parse(hub_protocol::repo::RepoType::Model, "alice/tiny").unwrap()
+            )
+            .await,
+            Err(NetError::Stopped)
+        ));
     }
 
     #[tokio::test]

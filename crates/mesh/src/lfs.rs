@@ -34,7 +34,8 @@
 //! Serving: only objects in the LFS set of a public repo this node hosts or seeds; anything
 //! else is `NotFound`, the same answer as an unknown object.
 
-use crate::swarm::P2p;
+use crate::stats::Stats;
+use hub_net::{GetError, P2p};
 use hub_protocol::blocks::{
     BlockRequest, BlockResponse, MAX_BATCH_BYTES, MAX_MANIFEST_LEN, check_chunks, check_manifest,
 };
@@ -768,25 +769,26 @@ enum Batch {
 /// `/hubmesh/blocks/1`.
 async fn fetch_batch(
     p2p: &P2p,
+    stats: &Stats,
     peer: PeerId,
     sha256: Sha256,
     manifest_id: Hash,
     first: u32,
     wanted: &[ChunkRef],
 ) -> Batch {
-    if let Some(blobs) = &p2p.blobs {
+    if let Some(blobs) = p2p.blobs() {
         let addrs = p2p.blob_addrs_of(blobs, peer).await;
         if !addrs.is_empty() {
             return match blobs.get(peer, &addrs, &manifest_id, wanted).await {
                 Ok(chunks) => {
                     let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                    p2p.counters
+                    stats
                         .blob_bytes_received
                         .fetch_add(bytes, Ordering::Relaxed);
                     Batch::Chunks(chunks, true)
                 }
-                Err(crate::blobs::GetError::Bad { bytes, reason }) => Batch::Bad { bytes, reason },
-                Err(crate::blobs::GetError::Failed(reason)) => Batch::Failed(reason),
+                Err(GetError::Bad { bytes, reason }) => Batch::Bad { bytes, reason },
+                Err(GetError::Failed(reason)) => Batch::Failed(reason),
             };
         }
     }
@@ -798,15 +800,15 @@ async fn fetch_batch(
     match p2p.fetch_blocks(peer, request).await {
         Ok(BlockResponse::Chunks(chunks)) if !chunks.is_empty() => Batch::Chunks(chunks, false),
         Ok(other) => Batch::Failed(format!("{other:?}")),
-        Err(error) => Batch::Failed(error),
+        Err(error) => Batch::Failed(error.to_string()),
     }
 }
 
 /// Records a bad answer from `peer`.
-fn penalise(p2p: &P2p, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::Display) {
+fn penalise(stats: &Stats, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::Display) {
     tracing::warn!(%peer, %sha256, reason = %what, "peer sent data that failed verification; asking another peer");
-    p2p.counters.chunks_rejected.fetch_add(1, Ordering::Relaxed);
-    p2p.peers.update(peer, |p| p.bad_chunks += 1);
+    stats.chunks_rejected.fetch_add(1, Ordering::Relaxed);
+    stats.peers.update(peer, |p| p.bad_chunks += 1);
 }
 
 /// Fetches one object from `peers` (in order of preference), verified, into `store`: the
@@ -815,6 +817,7 @@ fn penalise(p2p: &P2p, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::Displ
 /// chunks received for it.
 pub(crate) async fn fetch_object<F, Fut>(
     p2p: &P2p,
+    stats: &Arc<Stats>,
     store: &Store,
     arrivals: &Arrivals,
     wanted: Wanted,
@@ -857,7 +860,7 @@ where
                         continue;
                     }
                     Err(error) => {
-                        penalise(p2p, peer, &sha256, &error);
+                        penalise(stats, peer, &sha256, &error);
                         candidates.remove(i);
                         continue;
                     }
@@ -974,11 +977,19 @@ where
             break;
         }
         while let Some(a) = scheduler.next(std::time::Instant::now(), frontier) {
-            let p2p = p2p.clone();
+            let (p2p, stats) = (p2p.clone(), stats.clone());
             let range = a.batch.first as usize..(a.batch.first + a.batch.count) as usize;
             let wanted = manifest.chunks[range].to_vec();
             flying.spawn(async move {
-                let got = fetch_batch(&p2p, a.peer, sha256, manifest_id, a.batch.first, &wanted);
+                let got = fetch_batch(
+                    &p2p,
+                    &stats,
+                    a.peer,
+                    sha256,
+                    manifest_id,
+                    a.batch.first,
+                    &wanted,
+                );
                 (a, got.await)
             });
         }
@@ -1011,10 +1022,12 @@ where
                 chunks.truncate(a.batch.count as usize);
                 let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
                 received += bytes;
-                p2p.counters
+                stats
                     .chunk_bytes_received
                     .fetch_add(bytes, Ordering::Relaxed);
-                p2p.peers.update(peer, |p| p.chunk_bytes_received += bytes);
+                stats
+                    .peers
+                    .update(peer, |p| p.chunk_bytes_received += bytes);
                 let checked = if verified {
                     Ok(())
                 } else {
@@ -1060,18 +1073,20 @@ where
                         crate::schedule::Outcome::Served { chunks: n, bytes }
                     }
                     Err(error) => {
-                        penalise(p2p, peer, &sha256, &error);
+                        penalise(stats, peer, &sha256, &error);
                         crate::schedule::Outcome::Bad
                     }
                 }
             }
             Batch::Bad { bytes, reason } => {
                 received += bytes;
-                p2p.counters
+                stats
                     .chunk_bytes_received
                     .fetch_add(bytes, Ordering::Relaxed);
-                p2p.peers.update(peer, |p| p.chunk_bytes_received += bytes);
-                penalise(p2p, peer, &sha256, &reason);
+                stats
+                    .peers
+                    .update(peer, |p| p.chunk_bytes_received += bytes);
+                penalise(stats, peer, &sha256, &reason);
                 crate::schedule::Outcome::Bad
             }
             Batch::Failed(error) => {
