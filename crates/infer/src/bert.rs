@@ -31,6 +31,8 @@ use serde::Deserialize;
 
 use crate::tokenizer::{HfTokenizer, Tokenizer, TokenizerError};
 
+/// Test fixtures for this crate and the crates above it (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 
 /// Sequences per forward pass in [`Embedder::embed`].

@@ -1010,6 +1010,8 @@ impl Registry {
     }
 }
 
+/// Test fixtures for this crate and the crates above it (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 #[cfg(test)]
 mod tests;
