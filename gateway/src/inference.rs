@@ -32,20 +32,16 @@
 //! entry sent with the next chunk that carries text, so each token is reported exactly once.
 //! A token's `token`/`text` is that token decoded alone.
 //!
-//! Loading runs in the background: the first request for a model not loaded starts its load on
-//! a blocking thread of its own, shared by every request for that model, and not aborted when
-//! the request goes away. While it loads, `POST /models/{ns}/{name}` answers 503
-//! `{"error", "error_type": "loading", "estimated_time"}` at once unless the request has
-//! `x-wait-for-model: true` (as the HF Inference API); the OpenAI and TGI routes wait up to
-//! [`InferenceConfig::load_wait`] (default [`DEFAULT_LOAD_WAIT`]) and then answer 503. The
-//! registry keeps models within a memory budget (weights + KV cache); one larger than the
-//! budget is a 422, one that would need busy models unloaded a 503.
-//!
-//! Loading (first use of a commit): the repository's root files that a
-//! model needs (`*.json`, `*.jinja`, one `*.gguf` or the `*.safetensors`) are written to
-//! `<cache_dir>/<ns>--<name>/<commit>/` — small files from git, LFS files exported from the
-//! store — through a `.partial` directory renamed when complete, so a crash never leaves a
-//! half-written model that looks whole. Weights not in this node's store are a 503.
+//! Models are opened through `hub-models` ([`hub_models::Models`]): it resolves the revision,
+//! loads a model in the background (shared by every request for it, not aborted when a
+//! request goes away) within one memory budget for generation models and embedders, and
+//! materializes its files. While it loads, `POST /models/{ns}/{name}` answers 503
+//! `{"error", "error_type": "loading", "estimated_time"}` after a short grace unless the
+//! request has `x-wait-for-model: true` (as the HF Inference API); the OpenAI and TGI routes
+//! wait up to the configured load wait (default [`hub_models::DEFAULT_LOAD_WAIT`]) and then
+//! answer 503. A model larger than the budget is a 422, one that would need busy models
+//! unloaded a 503; weights not in this node's store are a 503. This module renders
+//! `hub-models`' [`ModelError`] in each API's shape.
 //!
 //! Errors use each API's shape: OpenAI `{"error":{"message","type","code"}}` (bad requests are
 //! 400), TGI `{"error","error_type"}` (bad requests are 422, like TGI's validation errors).
@@ -53,11 +49,10 @@
 //! a full queue is 429. Work is not tied to the request future: when the client goes away the
 //! token stream is dropped and the engine frees the request's KV blocks before its next step.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -71,207 +66,19 @@ use hub_infer::bert::{Embedder, Embeddings};
 use hub_infer::chat::ChatMessage;
 use hub_infer::sampling::SamplingParams;
 use hub_infer::serve::{
-    Finish, LoadedModel, ModelHandle, ModelKey, Registry, RegistryConfig, RegistryError,
-    ServeObserver, SubmitError, SubmitRequest, TextChunk, TextStream,
+    Finish, ModelHandle, RegistryError, Served, SubmitError, SubmitRequest, TextChunk, TextStream,
 };
 use hub_infer::tokenizer::{HfTokenizer, Tokenizer};
+use hub_models::{LoadError, LoadFailure, ModelError, Opened, Wait, error_chain};
 use hub_protocol::repo::{RepoId, RepoType};
-use hub_repo::{EntryKind, Repos};
-use hub_store::{Sha256, Store};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::AppState;
 use crate::access::read_access;
 use crate::error::AppError;
 use crate::extract::{Caller, Who, authenticate};
-use crate::util::blocking;
-
-/// How long the OpenAI and TGI routes wait for a model that is loading before they answer
-/// 503 (the HF route answers at once unless asked to wait with `x-wait-for-model: true`).
-pub const DEFAULT_LOAD_WAIT: Duration = Duration::from_secs(120);
-
-/// The `estimated_time` of a 503 for a loading model: a fixed guess (loading SmolLM2-135M
-/// from a local GGUF takes a few seconds on a 2-core machine) less the time already spent.
-pub(crate) const LOAD_ESTIMATE: Duration = Duration::from_secs(20);
-/// How long an HF Inference API request without `x-wait-for-model` still waits for its model
-/// to load before answering 503 with `estimated_time`.
-const HF_LOAD_GRACE: Duration = Duration::from_secs(3);
-
-/// Embedding models kept loaded (they are small: BERT-base is ~440 MB in f32).
-const MAX_EMBEDDERS: usize = 2;
-
-/// Settings of the inference routes.
-#[derive(Debug, Clone)]
-pub struct InferenceConfig {
-    /// Where model files are materialized (see the module docs).
-    pub cache_dir: PathBuf,
-    pub registry: RegistryConfig,
-    /// How long a request waits for its model to load (see [`DEFAULT_LOAD_WAIT`]).
-    pub load_wait: Duration,
-}
-
-impl InferenceConfig {
-    /// Default limits (a memory budget of half the machine's RAM, hub-infer's default engine),
-    /// files under `cache_dir`.
-    pub fn new(cache_dir: PathBuf) -> Self {
-        Self {
-            cache_dir,
-            registry: RegistryConfig::default(),
-            load_wait: DEFAULT_LOAD_WAIT,
-        }
-    }
-}
-
-/// The outcome of a background load, shared by every request waiting for it.
-type LoadResult = Result<Served, Arc<RegistryError<LoadFailure>>>;
-
-/// A load in progress: its start and where its outcome will appear.
-#[derive(Debug, Clone)]
-struct Loading {
-    started: Instant,
-    outcome: watch::Receiver<Option<LoadResult>>,
-}
-
-/// The loaded models and where their files go.
-#[derive(Debug)]
-pub(crate) struct Inference {
-    cache_dir: PathBuf,
-    registry: Arc<Registry>,
-    /// Loaded embedding models, most recently used last (at most [`MAX_EMBEDDERS`]). They have
-    /// no engine thread: a request embeds its inputs on a blocking thread.
-    embedders: Mutex<Vec<(ModelKey, Arc<Embedder>)>>,
-    /// Loads in progress, by model. A load runs on a blocking thread of its own, not in the
-    /// request that started it: a client that leaves does not abort it, and later requests
-    /// for the model wait on the same load.
-    loads: Mutex<HashMap<ModelKey, Loading>>,
-    load_wait: Duration,
-    /// The registry's limits, for capacity adverts.
-    limits: RegistryConfig,
-    /// Tests: runs on the loading thread before a model loads (to hold a load open).
-    #[cfg(test)]
-    load_hook: std::sync::OnceLock<LoadHook>,
-}
-
-/// Tests: see [`Inference::load_hook`].
-#[cfg(test)]
-pub(crate) struct LoadHook(pub(crate) Arc<dyn Fn(&ModelKey) + Send + Sync>);
-
-#[cfg(test)]
-impl std::fmt::Debug for LoadHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LoadHook")
-    }
-}
-
-impl Inference {
-    pub(crate) fn new(config: InferenceConfig, observer: Arc<dyn ServeObserver>) -> Self {
-        Self {
-            cache_dir: config.cache_dir,
-            limits: config.registry.clone(),
-            registry: Arc::new(Registry::new(config.registry).with_observer(observer)),
-            embedders: Mutex::new(Vec::new()),
-            loads: Mutex::new(HashMap::new()),
-            load_wait: config.load_wait,
-            #[cfg(test)]
-            load_hook: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// The loaded models (generation and embedding), for capacity adverts and routing.
-    pub(crate) fn loaded_models(&self) -> Vec<ModelKey> {
-        let mut keys = self.registry.loaded();
-        let embedders = self
-            .embedders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        keys.extend(embedders.iter().map(|(k, _)| k.clone()));
-        keys
-    }
-
-    /// Bytes the loaded generation models take, and the budget they share.
-    pub(crate) fn memory(&self) -> (u64, u64) {
-        (self.registry.memory_used(), self.limits.memory_budget)
-    }
-
-    /// The limits each generation engine runs with (queue, KV blocks).
-    pub(crate) fn engine_limits(&self) -> &hub_infer::engine::EngineConfig {
-        &self.limits.serve.engine
-    }
-
-    /// How long OpenAI and TGI requests wait for a model (see [`DEFAULT_LOAD_WAIT`]).
-    pub(crate) fn load_wait(&self) -> Duration {
-        self.load_wait
-    }
-
-    /// The model if it is loaded now; never waits for a load.
-    fn cached(&self, key: &ModelKey) -> Option<Served> {
-        if let Some(e) = self.cached_embedder(key) {
-            return Some(Served::Embed(e));
-        }
-        self.registry.get(key).map(Served::Generate)
-    }
-
-    /// The load of `key`, started on a blocking thread unless one is in progress.
-    fn load(
-        self: &Arc<Self>,
-        repos: Arc<Repos>,
-        store: Store,
-        id: RepoId,
-        key: ModelKey,
-    ) -> Loading {
-        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(l) = loads.get(&key) {
-            return l.clone();
-        }
-        let (tx, outcome) = watch::channel(None);
-        let loading = Loading {
-            started: Instant::now(),
-            outcome,
-        };
-        loads.insert(key.clone(), loading.clone());
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            #[cfg(test)]
-            if let Some(hook) = this.load_hook.get() {
-                (hook.0)(&key);
-            }
-            let result = load_served(&this, &repos, &store, &id, &key).map_err(Arc::new);
-            // Published before the entry goes, so no request sees neither.
-            let _ = tx.send(Some(result));
-            this.loads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
-        });
-        loading
-    }
-
-    fn cached_embedder(&self, key: &ModelKey) -> Option<Arc<Embedder>> {
-        let mut slots = self
-            .embedders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let i = slots.iter().position(|(k, _)| k == key)?;
-        let slot = slots.remove(i);
-        let e = slot.1.clone();
-        slots.push(slot);
-        Some(e)
-    }
-
-    fn insert_embedder(&self, key: ModelKey, e: Arc<Embedder>) {
-        let mut slots = self
-            .embedders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        slots.retain(|(k, _)| *k != key);
-        slots.push((key, e));
-        let excess = slots.len().saturating_sub(MAX_EMBEDDERS);
-        slots.drain(..excess);
-    }
-}
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -394,6 +201,38 @@ impl ApiError {
         }
     }
 
+    /// The API's answer to a [`ModelError`] of `model` (the name the request gave).
+    fn from_model(api: Api, model: &str, e: ModelError) -> Self {
+        match e {
+            ModelError::NotFound => Self::model_not_found(api, model),
+            ModelError::Loading {
+                wait,
+                waited,
+                estimated,
+            } => {
+                let mut e = Self::unavailable(
+                    api,
+                    match wait {
+                        Wait::Grace => format!("Model {model} is currently loading"),
+                        Wait::Bounded => format!(
+                            "Model {model} is still loading after {} s; retry later",
+                            waited.as_secs()
+                        ),
+                    },
+                );
+                e.kind = "loading";
+                e.estimated_time = Some(estimated.as_secs_f64());
+                e
+            }
+            ModelError::Load(e) => load_error(api, model, &e),
+            ModelError::LoaderStopped => Self::internal(api, "load model", &"loader stopped"),
+            e @ ModelError::Evicted => {
+                Self::unavailable(api, format!("cannot serve `{model}` now: {e}"))
+            }
+            e => Self::internal(api, "inference request", &e),
+        }
+    }
+
     fn from_submit(api: Api, e: SubmitError) -> Self {
         match e {
             SubmitError::QueueFull => Self::overloaded(api),
@@ -454,50 +293,14 @@ fn parse<T: DeserializeOwned>(api: Api, body: &[u8]) -> Result<T, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Models
 
-/// A loaded model of either kind.
-#[derive(Debug, Clone)]
-enum Served {
-    Generate(ModelHandle),
-    Embed(Arc<Embedder>),
-}
-
-/// A model opened for a request.
-struct Opened {
-    served: Served,
-    commit: String,
-    /// The model card's `pipeline_tag`, else `feature-extraction` for an embedding model and
-    /// `text-generation` for the rest.
-    pipeline_tag: String,
-}
-
-impl Opened {
-    fn tokenizer(&self) -> &HfTokenizer {
-        match &self.served {
-            Served::Generate(h) => h.tokenizer(),
-            Served::Embed(e) => e.tokenizer(),
-        }
-    }
-}
-
-/// How long a request waits for its model to load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// Wait a short grace ([`HF_LOAD_GRACE`]), then 503 with `estimated_time` (the HF
-    /// Inference API's default).
-    No,
-    /// Wait up to the configured bound, then 503.
-    Bounded,
-}
-
-impl Wait {
-    /// The HF Inference API's `x-wait-for-model: true` asks to wait.
-    fn hf(headers: &HeaderMap) -> Self {
-        let wait = headers
-            .get("x-wait-for-model")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        if wait { Wait::Bounded } else { Wait::No }
-    }
+/// How long an HF Inference API request waits for its model: `x-wait-for-model: true` asks
+/// to wait (up to the load wait), else a short grace.
+fn hf_wait(headers: &HeaderMap) -> Wait {
+    let wait = headers
+        .get("x-wait-for-model")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if wait { Wait::Bounded } else { Wait::Grace }
 }
 
 /// Resolves `model` (`ns/name[:revision]`) for the caller and returns its loaded engine.
@@ -548,134 +351,13 @@ async fn open_served(
     read_access(state, principal.as_ref(), &id)
         .await
         .map_err(|e| ApiError::from_app(api, model, e))?;
-    let (repos, store) = (state.repos().clone(), state.store().clone());
-    let resolved = {
-        let (repos, inference, id) = (repos.clone(), inference.clone(), id.clone());
-        let revision = revision.to_owned();
-        blocking(move || {
-            let Ok(commit) = repos.resolve(&id, &revision) else {
-                return Ok(None);
-            };
-            let card_tag = repos
-                .file(&id, &commit, "README.md")
-                .ok()
-                .and_then(|(_, bytes)| {
-                    hub_search::parse_card(&String::from_utf8_lossy(&bytes)).pipeline_tag
-                });
-            let key = ModelKey {
-                repo: id.hub_id(),
-                commit: commit.clone(),
-            };
-            let cached = inference.cached(&key);
-            Ok(Some((commit, card_tag, key, cached)))
-        })
-        .await
-        .map_err(|e| ApiError::from_app(api, model, e))?
-    };
-    let Some((commit, card_tag, key, cached)) = resolved else {
-        return Err(ApiError::model_not_found(api, model));
-    };
-    let served = match cached {
-        Some(served) => served,
-        None => {
-            let loading = inference.load(repos, store, id, key);
-            await_load(api, model, loading, wait, inference.load_wait).await?
-        }
-    };
-    let pipeline_tag = card_tag.unwrap_or_else(|| {
-        match served {
-            Served::Embed(_) => "feature-extraction",
-            Served::Generate(_) => "text-generation",
-        }
-        .to_owned()
-    });
-    Ok(Opened {
-        served,
-        commit,
-        pipeline_tag,
-    })
-}
-
-/// The outcome of `loading`, waiting as `wait` says (at most `bound`); 503 while it loads.
-/// Cancel-safe: dropping it leaves the load running.
-async fn await_load(
-    api: Api,
-    model: &str,
-    mut loading: Loading,
-    wait: Wait,
-    bound: Duration,
-) -> Result<Served, ApiError> {
-    // Even a client that does not ask to wait gets a model that loads within a short grace:
-    // `huggingface_hub`'s task helpers do not retry a 503, and a small model loads in well
-    // under it.
-    let bound = match wait {
-        Wait::No => bound.min(HF_LOAD_GRACE),
-        Wait::Bounded => bound,
-    };
-    let outcome = match wait {
-        Wait::No | Wait::Bounded => {
-            match tokio::time::timeout(bound, loading.outcome.wait_for(Option::is_some)).await {
-                Ok(Ok(outcome)) => outcome.clone(),
-                // The loading thread panicked.
-                Ok(Err(_)) => {
-                    return Err(ApiError::internal(api, "load model", &"loader stopped"));
-                }
-                Err(_) => None,
-            }
-        }
-    };
-    match outcome {
-        Some(Ok(served)) => Ok(served),
-        Some(Err(e)) => Err(load_error(api, model, &e)),
-        None => {
-            let mut e = ApiError::unavailable(
-                api,
-                match wait {
-                    Wait::No => format!("Model {model} is currently loading"),
-                    Wait::Bounded => format!(
-                        "Model {model} is still loading after {} s; retry later",
-                        bound.as_secs()
-                    ),
-                },
-            );
-            e.kind = "loading";
-            e.estimated_time = Some(
-                LOAD_ESTIMATE
-                    .saturating_sub(loading.started.elapsed())
-                    .as_secs_f64()
-                    .max(1.0),
-            );
-            Err(e)
-        }
-    }
-}
-
-/// Blocking: materializes the model and loads it (or finds its engine in the registry).
-fn load_served(
-    inference: &Inference,
-    repos: &Repos,
-    store: &Store,
-    id: &RepoId,
-    key: &ModelKey,
-) -> Result<Served, RegistryError<LoadFailure>> {
-    let dir = materialize(repos, store, id, &key.commit, &inference.cache_dir)
-        .map_err(RegistryError::Load)?;
-    if hub_infer::bert::is_bert_dir(&dir) {
-        let e = Embedder::from_dir(&dir)
-            .map_err(|e| RegistryError::Load(LoadFailure::Model(e.into())))?;
-        let e = Arc::new(e);
-        inference.insert_embedder(key.clone(), e.clone());
-        return Ok(Served::Embed(e));
-    }
     inference
-        .registry
-        .get_or_load(key, || {
-            LoadedModel::from_dir(&dir).map_err(|e| LoadFailure::Model(e.into()))
-        })
-        .map(Served::Generate)
+        .open(&id, revision, wait)
+        .await
+        .map_err(|e| ApiError::from_model(api, model, e))
 }
 
-fn load_error(api: Api, name: &str, e: &RegistryError<LoadFailure>) -> ApiError {
+fn load_error(api: Api, name: &str, e: &LoadError) -> ApiError {
     match e {
         RegistryError::Load(LoadFailure::NotLocal(path)) => ApiError::unavailable(
             api,
@@ -708,120 +390,10 @@ fn load_error(api: Api, name: &str, e: &RegistryError<LoadFailure>) -> ApiError 
         e @ RegistryError::Busy { .. } => {
             ApiError::unavailable(api, format!("cannot load `{name}` now: {e}"))
         }
-    }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-#[derive(Debug, thiserror::Error)]
-enum LoadFailure {
-    #[error("weights not in the local store: {0}")]
-    NotLocal(String),
-    #[error(transparent)]
-    Model(Box<dyn std::error::Error + Send + Sync>),
-    #[error("write model files")]
-    Io(#[from] std::io::Error),
-}
-
-/// The files of a commit a model needs (see the module docs): root `*.json` and `*.jinja`,
-/// one `*.gguf` or else the `*.safetensors`, and module configs one level down
-/// (`1_Pooling/config.json`, listed recursively for sentence-transformers).
-pub(crate) fn model_files(
-    repos: &Repos,
-    id: &RepoId,
-    commit: &str,
-) -> Result<Vec<hub_repo::TreeEntry>, hub_repo::RepoError> {
-    let files: Vec<_> = repos
-        .list_tree(id, commit, "", true)?
-        .into_iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .collect();
-    let gguf = files
-        .iter()
-        .filter(|e| e.path.ends_with(".gguf") && !e.path.contains('/'))
-        .map(|e| e.path.clone())
-        .min();
-    let wanted = |p: &str| {
-        let depth = p.matches('/').count();
-        if depth > 0 {
-            return depth == 1 && p.ends_with("/config.json");
-        }
-        p.ends_with(".json")
-            || p.ends_with(".jinja")
-            || match &gguf {
-                Some(g) => p == g,
-                None => p.ends_with(".safetensors"),
-            }
-    };
-    Ok(files.into_iter().filter(|e| wanted(&e.path)).collect())
-}
-
-/// Writes the files a model needs into the cache (see the module docs); returns the directory.
-fn materialize(
-    repos: &Repos,
-    store: &Store,
-    id: &RepoId,
-    commit: &str,
-    cache: &Path,
-) -> Result<PathBuf, LoadFailure> {
-    let dir = cache.join(id.hub_id().replace('/', "--")).join(commit);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let other = |e: hub_repo::RepoError| LoadFailure::Model(e.into());
-    let files = model_files(repos, id, commit).map_err(other)?;
-    // Unique per process and call: two loads of one model (a text and an embedding request,
-    // or two processes sharing a data dir's cache by mistake) never write into one directory;
-    // the first rename wins and the other copy is dropped.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let partial = dir.with_extension(format!(
-        "partial-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial)?;
-    for entry in &files {
-        let dest = partial.join(&entry.path);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        match &entry.lfs {
-            Some(lfs) => {
-                let sha: Sha256 = lfs
-                    .sha256
-                    .parse()
-                    .map_err(|_| LoadFailure::NotLocal(entry.path.clone()))?;
-                // Only the repo's own objects (stored for another repo is not here).
-                if !hub_core::lfs_objects::belongs(repos, store, id, &sha).unwrap_or(false) {
-                    return Err(LoadFailure::NotLocal(entry.path.clone()));
-                }
-                store
-                    .export(&sha, &dest)
-                    .map_err(|e| LoadFailure::Model(e.into()))?;
-            }
-            None => {
-                let (_, blob) = repos.file(id, commit, &entry.path).map_err(other)?;
-                std::fs::write(&dest, blob)?;
-            }
+        e @ (RegistryError::NotGeneration | RegistryError::Load(_)) => {
+            ApiError::internal(api, "load model", e)
         }
     }
-    if let Err(e) = std::fs::rename(&partial, &dir) {
-        let _ = std::fs::remove_dir_all(&partial);
-        if !dir.is_dir() {
-            return Err(e.into());
-        }
-    }
-    Ok(dir)
 }
 
 async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -833,12 +405,7 @@ async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let mut data = Vec::new();
     let loaded = state
         .inference()
-        .map(|i| {
-            let mut keys = i.registry.loaded();
-            let embedders = i.embedders.lock().unwrap_or_else(PoisonError::into_inner);
-            keys.extend(embedders.iter().rev().map(|(k, _)| k.clone()));
-            keys
-        })
+        .map(|i| i.loaded_models())
         .unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
     for key in loaded {
@@ -1785,7 +1352,7 @@ async fn hf_inference(
 ) -> Result<Response, ApiError> {
     let api = Api::Tgi;
     let model = format!("{ns}/{name}");
-    let opened = open_served(&state, &who, api, &model, Wait::hf(&who.headers)).await?;
+    let opened = open_served(&state, &who, api, &model, hf_wait(&who.headers)).await?;
     let embedder = match (&opened.served, opened.pipeline_tag.as_str()) {
         (Served::Embed(e), "feature-extraction" | "sentence-similarity") => Some(e.clone()),
         (Served::Generate(_), "text-generation") => None,
@@ -2029,6 +1596,7 @@ async fn tokenize(
     };
     let opened = open_served(&state, &who, api, &model, Wait::Bounded).await?;
     let tokens = opened
+        .served
         .tokenizer()
         .encode_with_offsets(&req.inputs, req.add_special_tokens)
         .map_err(|e| ApiError::internal(api, "tokenize", &e))?;
