@@ -5,7 +5,10 @@
 //! Every inference route (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //! `/generate`, `/generate_stream`, `/models/{ns}/{name}`) passes through [`layer`]:
 //!
-//! 1. The request's model is read from the body (`model`) or the path; the caller's read
+//! 1. The body's JSON is parsed once, here, and handed to the handler in the request's
+//!    extensions ([`crate::inference::ParsedBody`]). The request's model is read from it
+//!    (`model`) or from the path; the caller is authenticated once (the handler reads the
+//!    [`crate::extract::Caller`] stored here) and the caller's read
 //!    access is checked here, at the gateway that received the request (a model this node
 //!    does not hold is one the mesh announced: public).
 //! 2. [`hub_compute::route`] orders the candidates from this node's own state and the live
@@ -40,7 +43,7 @@
 use crate::AppState;
 use crate::access::read_access;
 use crate::extract::authenticate;
-use crate::inference::api_error;
+use crate::inference::{ParsedBody, api_error, upstream_stream_error as sse_error};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -250,14 +253,10 @@ impl Presence {
 
 /// The model of an inference request: the body's `model` (`ns/name[:revision]`), or the
 /// HF Inference API's path.
-fn model_of(path: &str, body: &[u8]) -> Option<(RepoId, String)> {
+fn model_of(path: &str, body: Option<&Value>) -> Option<(RepoId, String)> {
     let name = match path.strip_prefix("/models/") {
         Some(rest) => rest.to_owned(),
-        None => serde_json::from_slice::<Value>(body)
-            .ok()?
-            .get("model")?
-            .as_str()?
-            .to_owned(),
+        None => body?.get("model")?.as_str()?.to_owned(),
     };
     let (repo, revision) = name.split_once(':').unwrap_or((&name, "main"));
     Some((
@@ -288,7 +287,13 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
             );
         }
     };
-    let Some((model, revision)) = model_of(&path, &bytes) else {
+    // The body's JSON, parsed once: for the model, the cache, and (through the request's
+    // extensions) the handler.
+    let json = serde_json::from_slice::<Value>(&bytes).ok().map(Arc::new);
+    if let Some(json) = &json {
+        parts.extensions.insert(ParsedBody(json.clone()));
+    }
+    let Some((model, revision)) = model_of(&path, json.as_deref()) else {
         // Malformed: the handler gives the API's own error.
         return next
             .run(Request::from_parts(parts, Body::from(bytes)))
@@ -424,7 +429,7 @@ async fn run_local(
     if let Err(response) = fetch_if_missing(state, &parts, model, revision, presence).await {
         return with_served_by(state, response);
     }
-    let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let json = parts.extensions.get::<ParsedBody>().map(|p| p.0.clone());
     let streamed = json
         .as_ref()
         .and_then(|v| v.get("stream"))
@@ -750,12 +755,6 @@ async fn forward(
     Ok(build(status, headers, Body::from_stream(body)))
 }
 
-/// An SSE event that ends a stream with an error, as OpenAI's streams report one.
-fn sse_error(message: &str) -> Bytes {
-    let event = json!({"error": {"message": message, "type": "upstream_error", "code": null}});
-    Bytes::from(format!("data: {event}\n\n"))
-}
-
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         self.answer
@@ -772,6 +771,9 @@ mod tests {
 
     #[test]
     fn the_model_comes_from_the_body_or_the_hf_path() {
+        let model_of = |path: &str, body: &[u8]| {
+            model_of(path, serde_json::from_slice::<Value>(body).ok().as_ref())
+        };
         let (id, rev) = model_of("/v1/chat/completions", br#"{"model":"bob/tiny:dev"}"#).unwrap();
         assert_eq!((id.hub_id().as_str(), rev.as_str()), ("bob/tiny", "dev"));
         let (id, rev) = model_of("/models/bob/tiny", b"{}").unwrap();

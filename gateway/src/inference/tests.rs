@@ -4,12 +4,14 @@ use super::*;
 use crate::testing::{Fixture, Reply, fixture, send};
 use base64::Engine as _;
 use futures::StreamExt;
+use http::StatusCode;
 use hub_infer::engine::EngineConfig;
 use hub_infer::serve::{
     LoadedModel, ModelKey, RegistryConfig, ServeConfig, fixture as model_fixture,
 };
-use hub_models::{DEFAULT_LOAD_WAIT, Models, ModelsConfig};
+use hub_models::{DEFAULT_LOAD_WAIT, LoadFailure, Models, ModelsConfig};
 use hub_repo::EntryKind;
+use serde_json::json;
 use std::sync::Mutex;
 use std::time::Duration;
 use tower::ServiceExt;
