@@ -2,6 +2,8 @@
 //! real-client tests (tests/py) show the same behaviour end to end; these pin the exact
 //! statuses, headers and bodies and run in milliseconds.
 
+mod golden;
+
 use crate::GatewayConfig;
 use crate::testing::{Fixture, Reply, fixture, fixture_with, fixture_with_mesh, send};
 use base64::Engine;

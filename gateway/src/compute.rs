@@ -54,10 +54,10 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use hub_compute::{CacheKey, CachedResponse, Target};
 use hub_models::{
-    BodyError, Compute, HOP_HEADERS, JobAnswer, JobError, JobHandler, REQUEST_HEADERS, read_frame,
-    unix_now,
+    BodyError, Compute, HOP_HEADERS, JobAnswer, JobError, JobHandler, REQUEST_HEADERS, unix_now,
 };
-use hub_p2p::PeerId;
+use hub_net::PeerId;
+use hub_net::read_frame;
 use hub_protocol::forward::{ForwardRequest, Frame, MAX_BODY, ResponseHead};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::PublicKey;
@@ -99,7 +99,7 @@ fn view(state: &AppState, compute: &Compute) -> Value {
                 .and_then(Value::as_str)
                 .and_then(|h| hex::decode(h).ok())
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .and_then(|k| hub_p2p::peer_id_of_key(&k));
+                .and_then(|k| hub_net::peer_id_of_key(&k));
             let rtt = peer.and_then(|p| rtts.get(&p));
             node["peer_id"] = json!(peer.map(|p| p.to_string()));
             node["rtt_ms"] = json!(rtt.map(|d| d.as_secs_f64() * 1e3));
@@ -137,7 +137,7 @@ fn decide(
         .peers()
         .into_iter()
         .filter_map(|(peer, info)| {
-            let key = hub_p2p::key_of_peer_id(&peer)?;
+            let key = hub_net::key_of_peer_id(&peer)?;
             Some((PublicKey(key), info.rtt?))
         })
         .collect();
@@ -244,8 +244,8 @@ impl Presence {
             .await
             .unwrap_or(false);
         let announced = state
-            .p2p()
-            .repo_state(model)
+            .replication()
+            .and_then(|m| m.repo_state(model))
             .is_some_and(|s| s.last_seq.is_some());
         Self { held, announced }
     }
@@ -360,7 +360,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
                     .await;
             }
             Target::Remote(key) => {
-                let Some(peer) = hub_p2p::peer_id_of_key(&key.0) else {
+                let Some(peer) = hub_net::peer_id_of_key(&key.0) else {
                     continue;
                 };
                 match forward(&state, peer, &parts, &bytes).await {
@@ -405,7 +405,7 @@ fn target_name(target: &Target) -> String {
     match target {
         Target::Local => "local".into(),
         Target::Remote(key) => {
-            hub_p2p::peer_id_of_key(&key.0).map_or_else(|| "?".into(), |p| p.to_string())
+            hub_net::peer_id_of_key(&key.0).map_or_else(|| "?".into(), |p| p.to_string())
         }
     }
 }
@@ -825,7 +825,7 @@ mod tests {
             }
             let mut req = req.body(axum::body::Body::from(body.to_string())).unwrap();
             req.extensions_mut()
-                .insert(Forwarded(hub_p2p::PeerId::random()));
+                .insert(Forwarded(hub_net::PeerId::random()));
             f.app.clone().oneshot(req)
         };
         // Not for a peer, whatever headers it relays: a forwarded job is anonymous.

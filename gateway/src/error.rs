@@ -1,14 +1,32 @@
-//! The one error boundary of the gateway.
+//! The one error type of the gateway's Hub surfaces, and its renderings, one per API family.
 //!
-//! Every handler returns `Result<_, AppError>`. The response carries the status, the Hub's
-//! `X-Error-Code` (when the error has one) and `X-Error-Message` headers, and a JSON body
-//! `{"error": message}` — the shapes `huggingface_hub`'s `hf_raise_for_status` reads. A 500
-//! never carries internal detail: the cause is logged here, where it is handled, and the client
-//! sees a generic message.
+//! Every handler of the Hub API, git smart HTTP and the LFS batch API returns
+//! `Result<_, AppError>`; the domain errors of the layers below (`hub-core`'s
+//! [`hub_core::AccessError`], [`hub_core::CommitError`], [`hub_core::Error`], `hub-repo`'s and
+//! `hub-store`'s errors) are mapped to it here, and only here. It leaves in one of three shapes:
+//! - **the Hub API** ([`IntoResponse`]): the status, the Hub's `X-Error-Code` (when the error
+//!   has one) and `X-Error-Message` headers, and a JSON body `{"error": message}` — the shapes
+//!   `huggingface_hub`'s `hf_raise_for_status` reads;
+//! - **the git-lfs batch API** ([`AppError::into_lfs_response`]): the same status and headers,
+//!   a `{"message"}` body with git-lfs's content type, and the Basic challenges git-lfs expects;
+//! - **git smart HTTP** ([`AppError::into_git_response`]): the Basic challenge git expects, a
+//!   403's message as plain text (git prints it as `remote: …`), `Retry-After` on 429/503.
+//!
+//! A 500 never carries internal detail: the cause is logged here, where it is handled, and the
+//! client sees a generic message. The inference APIs (OpenAI, TGI, HF) render `AppError` in
+//! their own shapes in the `inference` module.
 
 use axum::Json;
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode, header};
+use hub_core::{AccessError, CommitError, RepoOpError, ResolveError};
+
+/// The content type of the git-lfs batch API's bodies.
+pub(crate) const LFS_JSON: &str = "application/vnd.git-lfs+json";
+
+/// Seconds a client is told to wait (`Retry-After`) before retrying a 429 or a 503.
+pub(crate) const RETRY_AFTER_SECS: u64 = 5;
 
 /// An error on its way to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -134,18 +152,84 @@ impl IntoResponse for AppError {
         if let AppError::RangeNotSatisfiable { size } = &self
             && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
-            headers.insert(http::header::CONTENT_RANGE, value);
+            headers.insert(header::CONTENT_RANGE, value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
-                http::header::WWW_AUTHENTICATE,
+                header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"hubmesh\""),
             );
         }
         response
+    }
+}
+
+impl AppError {
+    /// The git-lfs batch API's shape: `{"message"}` with the LFS content type; 401s carry the
+    /// challenges git-lfs and git expect.
+    pub(crate) fn into_lfs_response(self) -> Response {
+        let mut resp = self.into_response();
+        let status = resp.status();
+        let message = resp
+            .headers()
+            .get("x-error-message")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("error")
+            .to_owned();
+        *resp.body_mut() = Body::from(serde_json::json!({ "message": message }).to_string());
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(LFS_JSON));
+        headers.remove(header::CONTENT_LENGTH);
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                "lfs-authenticate",
+                HeaderValue::from_static("Basic realm=\"hubmesh\""),
+            );
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hubmesh\""),
+            );
+        }
+        resp
+    }
+
+    /// git smart HTTP's shape: the challenge git understands on a 401; a 403 carries its
+    /// message as `text/plain`, which git prints to the user (`remote: …`), e.g. which node
+    /// hosts a namespace; 429 and 503 say when to retry.
+    pub(crate) fn into_git_response(self) -> Response {
+        let mut resp = self.into_response();
+        if resp.status() == StatusCode::FORBIDDEN
+            && let Some(message) = resp
+                .headers()
+                .get("x-error-message")
+                .and_then(|v| v.to_str().ok())
+                .map(|m| format!("{m}\n"))
+        {
+            *resp.body_mut() = Body::from(message);
+            let headers = resp.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hubmesh\""),
+            );
+        }
+        if matches!(
+            resp.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
     }
 }
 
@@ -176,7 +260,7 @@ impl From<hub_repo::RepoError> for AppError {
                 AppError::RevisionNotFound(format!("Invalid rev id: {revision}"))
             }
             E::EntryNotFound { path } => AppError::EntryNotFound {
-                message: format!("A file with this name doesn't exist: {path}"),
+                message: entry_not_found(&path),
                 commit: None,
             },
             E::RefExists { name } => AppError::Conflict(format!("reference {name} already exists")),
@@ -211,6 +295,79 @@ impl From<hub_store::StoreError> for AppError {
                 AppError::InsufficientStorage
             }
             e => AppError::internal(e),
+        }
+    }
+}
+
+impl From<AccessError> for AppError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::NotFound => AppError::RepoNotFound,
+            AccessError::Unauthorized => AppError::Unauthorized("Invalid user token."),
+            e @ AccessError::Forbidden { .. } => AppError::Forbidden(e.to_string()),
+            e @ AccessError::HostedElsewhere { .. } => AppError::Coded {
+                status: StatusCode::FORBIDDEN,
+                code: "NamespaceHostedElsewhere",
+                message: e.to_string(),
+            },
+            e @ AccessError::Pending { .. } => AppError::Unavailable(e.to_string()),
+            AccessError::Internal(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<hub_core::Error> for AppError {
+    fn from(e: hub_core::Error) -> Self {
+        match e {
+            hub_core::Error::Repo(e) => e.into(),
+            hub_core::Error::Store(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<CommitError> for AppError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            e @ CommitError::InvalidPath { .. } => AppError::Unprocessable(e.to_string()),
+            e @ (CommitError::NotUploaded { .. } | CommitError::SizeMismatch { .. }) => {
+                AppError::BadRequest(e.to_string())
+            }
+            CommitError::Repo(e) => e.into(),
+            CommitError::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+/// The Hub's message for a path that is not in a tree.
+fn entry_not_found(path: &str) -> String {
+    format!("A file with this name doesn't exist: {path}")
+}
+
+impl From<ResolveError> for AppError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Repo(e) => e.into(),
+            ResolveError::NotInTree { path, commit } => AppError::EntryNotFound {
+                message: entry_not_found(&path),
+                commit: Some(commit),
+            },
+            ResolveError::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<RepoOpError> for AppError {
+    fn from(e: RepoOpError) -> Self {
+        match e {
+            RepoOpError::Access(e) => e.into(),
+            e @ RepoOpError::NoNamespace { .. } => AppError::Forbidden(e.to_string()),
+            RepoOpError::Repo(e) => e.into(),
+            RepoOpError::Storage(e) => e.into(),
+            other => AppError::internal(other),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! hubmesh's HTTP gateway: the axum router every node serves.
 //!
-//! Place in the graph: the last library before `node` (`… ← p2p ← compute/spaces/mirror ←
+//! Place in the graph: the last library before `node` (`… ← {net, mesh} ← compute/spaces/mirror ←
 //! gateway ← node`). The node binds the listener and serves [`router`]; everything the
 //! router needs lives in [`AppState`].
 //!
@@ -37,7 +37,6 @@ mod lfs;
 mod listing;
 mod mesh;
 pub mod metrics;
-mod ndjson;
 mod routes;
 #[cfg(test)]
 mod testing;
@@ -91,18 +90,18 @@ pub struct Parts {
     pub repos: Arc<Repos>,
     pub store: Store,
     pub search: Arc<SearchIndex>,
-    pub p2p: hub_p2p::P2p,
+    pub p2p: hub_net::P2p,
     /// The replication running on `p2p` (seeding, on-demand fetches, announcements); `None`:
     /// this node replicates nothing (the Hub's rules then see [`hub_core::NoMesh`]).
-    pub replication: Option<hub_p2p::Mesh>,
+    pub replication: Option<hub_mesh::Mesh>,
     pub config: GatewayConfig,
 }
 
 #[derive(Debug)]
 struct Inner {
     hub: Hub,
-    p2p: hub_p2p::P2p,
-    replication: Option<hub_p2p::Mesh>,
+    p2p: hub_net::P2p,
+    replication: Option<hub_mesh::Mesh>,
     config: GatewayConfig,
     metrics: Metrics,
     git: git::Limiter,
@@ -179,12 +178,12 @@ impl AppState {
         self.inner.hub.auth()
     }
 
-    pub fn p2p(&self) -> &hub_p2p::P2p {
+    pub fn p2p(&self) -> &hub_net::P2p {
         &self.inner.p2p
     }
 
     /// The replication handle, when this node replicates.
-    pub fn replication(&self) -> Option<&hub_p2p::Mesh> {
+    pub fn replication(&self) -> Option<&hub_mesh::Mesh> {
         self.inner.replication.as_ref()
     }
 

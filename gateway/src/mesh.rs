@@ -27,7 +27,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use hub_p2p::SeedError;
+use hub_mesh::SeedError;
 use hub_protocol::repo::{RepoId, RepoType};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -48,7 +48,7 @@ pub(crate) fn routes() -> Router<AppState> {
 fn seeds_json(state: &AppState) -> Value {
     let seeds: Vec<Value> = state
         .replication()
-        .map(hub_p2p::Mesh::seeds)
+        .map(hub_mesh::Mesh::seeds)
         .unwrap_or_default()
         .into_iter()
         .map(|e| {
@@ -83,7 +83,7 @@ fn seed_error(e: SeedError) -> AppError {
 }
 
 /// The replication handle, or the error a node without replication answers.
-fn replication(state: &AppState) -> Result<&hub_p2p::Mesh, AppError> {
+fn replication(state: &AppState) -> Result<&hub_mesh::Mesh, AppError> {
     state
         .replication()
         .ok_or_else(|| seed_error(SeedError::NoReplication))
@@ -137,38 +137,42 @@ async fn remove_seed(
 
 async fn peers(State(state): State<AppState>) -> Json<Value> {
     let p2p = state.p2p();
+    // Connections are the transport's; chunk traffic and counters are replication's.
+    let mesh = state.replication();
     let peers: Vec<Value> = p2p
         .peers()
         .into_iter()
         .filter(|(_, p)| p.connected)
         .map(|(id, p)| {
+            let traffic = mesh.and_then(|m| m.peer_traffic(&id)).unwrap_or_default();
             json!({
                 "peer_id": id.to_string(),
                 "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "chunk_bytes_received": p.chunk_bytes_received,
-                "chunk_bytes_sent": p.chunk_bytes_sent,
-                "bad_chunks": p.bad_chunks,
+                "chunk_bytes_received": traffic.chunk_bytes_received,
+                "chunk_bytes_sent": traffic.chunk_bytes_sent,
+                "bad_chunks": traffic.bad_chunks,
             })
         })
         .collect();
+    let counters = mesh.map(hub_mesh::Mesh::counters).unwrap_or_default();
     Json(json!({
         "peer_id": p2p.peer_id().to_string(),
         "listen_addrs": p2p.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "blob_addrs": p2p.blob_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "counters": {
             "connected_peers": p2p.connected_peers(),
-            "gossip_accepted": p2p.gossip_accepted(),
-            "gossip_refused": p2p.gossip_refused(),
-            "repos_replicated": p2p.repos_replicated(),
-            "lfs_objects_fetched": p2p.lfs_objects_fetched(),
-            "chunk_bytes_received": p2p.chunk_bytes_received(),
-            "chunk_bytes_sent": p2p.chunk_bytes_sent(),
-            "blob_bytes_received": p2p.blob_bytes_received(),
-            "blob_bytes_sent": p2p.blob_bytes_sent(),
-            "pack_blob_bytes_received": p2p.pack_blob_bytes_received(),
-            "chunks_rejected": p2p.chunks_rejected(),
-            "foreign_claims_refused": p2p.foreign_claims_refused(),
-            "foreign_updates_refused": p2p.foreign_updates_refused(),
+            "gossip_accepted": counters.gossip_accepted,
+            "gossip_refused": counters.gossip_refused,
+            "repos_replicated": counters.repos_replicated,
+            "lfs_objects_fetched": counters.lfs_objects_fetched,
+            "chunk_bytes_received": counters.chunk_bytes_received,
+            "chunk_bytes_sent": counters.chunk_bytes_sent,
+            "blob_bytes_received": counters.blob_bytes_received,
+            "blob_bytes_sent": counters.blob_bytes_sent,
+            "pack_blob_bytes_received": counters.pack_blob_bytes_received,
+            "chunks_rejected": counters.chunks_rejected,
+            "foreign_claims_refused": counters.foreign_claims_refused,
+            "foreign_updates_refused": counters.foreign_updates_refused,
         },
         "peers": peers,
     }))
@@ -187,7 +191,7 @@ async fn repo(
             .await
             .map_err(|_| AppError::Internal("repo metadata task failed".into()))?
     };
-    let replication = state.p2p().repo_state(&id);
+    let replication = state.replication().and_then(|m| m.repo_state(&id));
     match (&local, &replication) {
         (Some(meta), _) if meta.private => return Err(AppError::RepoNotFound),
         (None, None) => return Err(AppError::RepoNotFound),

@@ -113,7 +113,7 @@ impl ServeObserver for InferenceMetrics {
 }
 
 impl Metrics {
-    pub fn new(p2p: hub_p2p::P2p) -> Self {
+    pub fn new(p2p: hub_net::P2p) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -238,7 +238,7 @@ impl Collector for ProcessCollector {
 }
 
 #[derive(Debug)]
-struct P2pCollector(hub_p2p::P2p);
+struct P2pCollector(hub_net::P2p);
 
 impl Collector for P2pCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use http::{HeaderMap, StatusCode, header};
 use hub_auth::AuthStore;
-use hub_p2p::{CancellationToken, Keypair, P2pConfig};
+use hub_net::{CancellationToken, Keypair, P2pConfig};
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -57,7 +57,7 @@ async fn fixture_on(config: GatewayConfig, mesh: Option<Arc<dyn hub_core::MeshPo
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         ..P2pConfig::default()
     };
-    let (p2p, _task) = hub_p2p::spawn(Keypair::generate_ed25519(), p2p_config, cancel.clone())
+    let (p2p, _task) = hub_net::spawn(Keypair::generate_ed25519(), p2p_config, cancel.clone())
         .await
         .unwrap();
     let peer_id = p2p.peer_id().to_string();

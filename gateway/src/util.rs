@@ -103,3 +103,15 @@ pub(crate) async fn stream_from_store(
     });
     Ok(Body::from_stream(stream))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_hub_style() {
+        assert_eq!(format_date(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_date(1_714_564_800), "2024-05-01T12:00:00.000Z");
+        assert_eq!(format_date(951_782_400), "2000-02-29T00:00:00.000Z");
+    }
+}

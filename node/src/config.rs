@@ -37,7 +37,7 @@
 
 use crate::cli::NodeFlags;
 use anyhow::{Context, bail};
-use hub_p2p::Multiaddr;
+use hub_net::Multiaddr;
 use hub_protocol::name::Name;
 use hub_protocol::replication::SeedPattern;
 use serde::{Deserialize, Serialize};
@@ -329,7 +329,7 @@ impl Config {
         })
     }
 
-    pub fn allow_peers(&self) -> anyhow::Result<Vec<hub_p2p::PeerId>> {
+    pub fn allow_peers(&self) -> anyhow::Result<Vec<hub_net::PeerId>> {
         self.inference
             .allow_peers
             .iter()

@@ -17,7 +17,7 @@
 //! a temporary file in the same directory, fsync, rename, fsync of the directory.
 
 use anyhow::{Context, bail};
-use hub_p2p::Keypair;
+use hub_net::Keypair;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;

@@ -15,7 +15,7 @@ use anyhow::Context;
 use hub_auth::AuthStore;
 use hub_gateway::{AppState, GatewayConfig, Parts};
 use hub_models::{Compute, ComputeConfig, Models, ModelsConfig};
-use hub_p2p::{CancellationToken, P2pConfig};
+use hub_net::{CancellationToken, P2pConfig};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .try_into()
         .context("an ed25519 secret is 32 bytes")?;
-    let replication = hub_p2p::Replication {
+    let replication = hub_mesh::Replication {
         repos: repos.clone(),
         ref_store: data.join(datadir::REFS_DB),
         secret,
@@ -114,7 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     };
     let (mesh, swarm_task) =
-        hub_p2p::spawn_replicating(key, p2p_config, replication, cancel.child_token())
+        hub_mesh::spawn_replicating(key, p2p_config, replication, cancel.child_token())
             .await
             .context("start the p2p swarm")?;
     let p2p = mesh.p2p().clone();
@@ -182,7 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         p2p: p2p
             .listen_addrs()
             .iter()
-            .map(|a| hub_p2p::with_peer_id(a, p2p.peer_id()).to_string())
+            .map(|a| hub_net::with_peer_id(a, p2p.peer_id()).to_string())
             .collect(),
         version: hub_protocol::VERSION.to_owned(),
     };
@@ -309,7 +309,7 @@ impl Signals {
 /// The names of this site's accounts, for replication: their namespaces are never taken from
 /// other nodes (ADR 0006). A name the account store cannot read counts as local (refusing a
 /// foreign document is the safe side).
-fn local_names(auth: &Arc<AuthStore>) -> hub_p2p::LocalNames {
+fn local_names(auth: &Arc<AuthStore>) -> hub_mesh::LocalNames {
     let auth = auth.clone();
     Arc::new(move |name: &str| match auth.namespace_kind(name) {
         Ok(kind) => kind.is_some(),
@@ -324,7 +324,7 @@ fn local_names(auth: &Arc<AuthStore>) -> hub_p2p::LocalNames {
 /// first start, and accounts made before claims existed or while replication was off; a
 /// document another node got accepted here for one of them before is forgotten first (local
 /// accounts win locally, ADR 0006).
-async fn claim_local_namespaces(auth: &Arc<AuthStore>, mesh: &hub_p2p::Mesh) {
+async fn claim_local_namespaces(auth: &Arc<AuthStore>, mesh: &hub_mesh::Mesh) {
     let names = {
         let auth = auth.clone();
         tokio::task::spawn_blocking(move || auth.namespace_names()).await

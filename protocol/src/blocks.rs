@@ -12,7 +12,7 @@
 //! of another peer.
 //!
 //! The chunks themselves normally travel over the blob data plane instead (iroh QUIC with
-//! iroh-blobs' verified streaming, see `hub-p2p`'s `blobs` module): a peer learns where
+//! iroh-blobs' verified streaming, see `hub-net`'s `blobs` module): a peer learns where
 //! another's iroh endpoint listens with [`BlockRequest::Blobs`]. [`BlockRequest::Chunks`]
 //! stays for peers that run without it.
 //!

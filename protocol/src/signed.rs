@@ -52,7 +52,7 @@
 //! accepted for the repo. If it forgot that number on restart, anyone who once saw an older,
 //! validly signed update could replay it and roll the repo back to a state its owners have
 //! since replaced (say, before a leaked file was removed). The node therefore persists the
-//! last accepted update per repo and the namespace chains (hub-p2p's `RefStore`, on redb) and
+//! last accepted update per repo and the namespace chains (hub-mesh's `RefStore`, on redb) and
 //! reloads them into [`RefState`] before it handles a message.
 //!
 //! ```
@@ -186,7 +186,7 @@ impl fmt::Debug for DocId {
 ///
 /// [`SigningKey::from_bytes`] takes the 32-byte secret that `DATA/node.key` holds; it yields
 /// the same public key as libp2p's `Keypair::ed25519_from_bytes` on the same bytes (both are
-/// RFC 8032 keys on `ed25519-dalek`; hub-p2p tests the equivalence), so a node signs refs with
+/// RFC 8032 keys on `ed25519-dalek`; hub-mesh tests the equivalence), so a node signs refs with
 /// its network identity. The secret is wiped on drop and never printed.
 pub struct SigningKey(ed25519_dalek::SigningKey);
 

@@ -24,7 +24,7 @@ pub const ENSURE_REPO_WAIT: Duration = Duration::from_secs(30);
 /// [`Need::RewriteHistory`] (write and up); visibility, rename or move, and deletion of the
 /// repo need [`Need::Admin`] (admin only). Owners and site admins may do all of it, within
 /// what their token allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Need {
     Read,
     Write,
@@ -49,6 +49,8 @@ pub struct Granted {
     pub id: RepoId,
     pub meta: RepoMeta,
     pub principal: Option<Principal>,
+    /// What the caller was allowed to do (and everything below it).
+    pub need: Need,
 }
 
 /// Why access was refused. Surfaces render it in their own shape (Hub headers, git's 401
@@ -128,6 +130,7 @@ impl Hub {
             id: id.clone(),
             meta,
             principal: principal.cloned(),
+            need,
         })
     }
 

@@ -7,7 +7,9 @@
 
 use crate::{Error, Hub, blocking, lfs_objects};
 use hub_protocol::repo::{PathError, RepoId, validate_repo_path};
-use hub_repo::{CommitInfo, CommitRequest, FileContent, LfsPointer, LfsRules, Operation, Repos};
+use hub_repo::{
+    CommitInfo, CommitRequest, FileContent, LfsPointer, LfsRules, Operation, RepoError, Repos,
+};
 use hub_store::{FileInfo, Sha256, Store};
 use std::io::Read;
 
@@ -92,6 +94,28 @@ fn lfs_add(path: String, sha256: &Sha256, size: u64) -> Operation {
     }
 }
 
+/// The LFS rules of revision `rev` of `id`: its `.gitattributes`, or the defaults when it has
+/// none (blocking).
+pub fn lfs_rules(repos: &Repos, id: &RepoId, rev: &str) -> Result<LfsRules, RepoError> {
+    match repos.file(id, rev, ".gitattributes") {
+        Ok((_, bytes)) => Ok(LfsRules::parse(&String::from_utf8_lossy(&bytes))),
+        Err(RepoError::EntryNotFound { .. }) => Ok(LfsRules::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A commit message from the Hub's `summary` and `description`: a blank summary is `Update`;
+/// a description that is not blank follows it after an empty line.
+pub fn message(summary: Option<String>, description: Option<String>) -> String {
+    let summary = summary
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "Update".to_owned());
+    match description.filter(|d| !d.trim().is_empty()) {
+        Some(d) => format!("{summary}\n\n{d}"),
+        None => summary,
+    }
+}
+
 /// Places every pending operation of a commit to `branch` of `id` (blocking): inline files
 /// the LFS rules select are imported into the store and adopted; stored files the rules do
 /// not select (small text after all) are read back into git; `lfsFile` objects must belong to
@@ -103,11 +127,7 @@ pub fn plan(
     branch: &str,
     pending: Vec<Pending>,
 ) -> Result<Vec<Operation>, CommitError> {
-    let rules = match repos.file(id, branch, ".gitattributes") {
-        Ok((_, bytes)) => LfsRules::parse(&String::from_utf8_lossy(&bytes)),
-        Err(hub_repo::RepoError::EntryNotFound { .. }) => LfsRules::default(),
-        Err(e) => return Err(e.into()),
-    };
+    let rules = lfs_rules(repos, id, branch)?;
     let mut operations = Vec::with_capacity(pending.len());
     for item in pending {
         operations.push(match item {
@@ -165,6 +185,17 @@ pub fn plan(
 }
 
 impl Hub {
+    /// The LFS rules of revision `rev` of `id` ([`lfs_rules`] at the commit it resolves to):
+    /// what a client should upload as LFS, as a commit would decide it.
+    pub async fn lfs_rules(&self, id: &RepoId, rev: &str) -> Result<LfsRules, CommitError> {
+        let (repos, id, rev) = (self.repos().clone(), id.clone(), rev.to_owned());
+        blocking(move || {
+            let commit = repos.resolve(&id, &rev)?;
+            Ok::<_, CommitError>(lfs_rules(&repos, &id, &commit)?)
+        })
+        .await
+    }
+
     /// Plans and applies a commit (all or nothing: the branch moves by compare-and-swap under
     /// the repo lock), then runs the after-write hook. `request.operations` is ignored: the
     /// operations come from `pending`.
@@ -182,5 +213,22 @@ impl Hub {
         .await?;
         self.after_write(id).await;
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_default_to_update_and_append_descriptions() {
+        assert_eq!(message(None, None), "Update");
+        assert_eq!(message(Some("  ".into()), Some(" ".into())), "Update");
+        assert_eq!(message(Some("Add weights".into()), None), "Add weights");
+        assert_eq!(
+            message(Some("Add weights".into()), Some("fp16".into())),
+            "Add weights\n\nfp16"
+        );
+        assert_eq!(message(None, Some("why".into())), "Update\n\nwhy");
     }
 }

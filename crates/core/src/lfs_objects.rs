@@ -69,6 +69,63 @@ pub fn release(repos: &Repos, store: &Store, repo: &RepoId) -> Result<(), Error>
     Ok(())
 }
 
+/// The largest LFS object a repository accepts (the Hub's per-file limit).
+pub const MAX_OBJECT_SIZE: u64 = 50 * 1024 * 1024 * 1024;
+
+/// The direction of an LFS transfer a client asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    Upload,
+    Download,
+}
+
+/// What to do about one object a client names (an LFS batch request, a mirror's want list).
+/// An object counts as held only when it belongs to the repo with the size the client gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferPlan {
+    /// The oid is not 64 hex digits (a SHA-256).
+    InvalidOid,
+    /// Over [`MAX_OBJECT_SIZE`].
+    TooLarge,
+    /// An upload of an object the repo holds already: nothing to send.
+    Present(Sha256),
+    /// An upload to accept.
+    Upload(Sha256),
+    /// A download of an object the repo holds.
+    Download(Sha256),
+    /// A download of an object the repo does not hold (here, or at that size).
+    Missing(Sha256),
+}
+
+/// Plans `transfer` of each `(oid, size)` for `repo` (see [`TransferPlan`]). Another repo's
+/// copy in the shared store does not count: the answer reveals nothing about other repos.
+pub fn plan_transfers(
+    repos: &Repos,
+    store: &Store,
+    repo: &RepoId,
+    transfer: Transfer,
+    objects: &[(String, u64)],
+) -> Result<Vec<TransferPlan>, Error> {
+    objects
+        .iter()
+        .map(|(oid, size)| {
+            let Ok(sha) = oid.parse::<Sha256>() else {
+                return Ok(TransferPlan::InvalidOid);
+            };
+            if *size > MAX_OBJECT_SIZE {
+                return Ok(TransferPlan::TooLarge);
+            }
+            let held = size_in(repos, store, repo, &sha)? == Some(*size);
+            Ok(match (transfer, held) {
+                (Transfer::Upload, true) => TransferPlan::Present(sha),
+                (Transfer::Upload, false) => TransferPlan::Upload(sha),
+                (Transfer::Download, true) => TransferPlan::Download(sha),
+                (Transfer::Download, false) => TransferPlan::Missing(sha),
+            })
+        })
+        .collect()
+}
+
 impl Hub {
     /// [`size_in`] on this hub's repositories and store.
     pub fn lfs_size(&self, repo: &RepoId, sha256: &Sha256) -> Result<Option<u64>, Error> {
@@ -88,6 +145,16 @@ impl Hub {
     /// [`release`] on this hub's repositories and store.
     pub fn release_lfs(&self, repo: &RepoId) -> Result<(), Error> {
         release(self.repos(), self.store(), repo)
+    }
+
+    /// [`plan_transfers`] on this hub's repositories and store.
+    pub fn plan_transfers(
+        &self,
+        repo: &RepoId,
+        transfer: Transfer,
+        objects: &[(String, u64)],
+    ) -> Result<Vec<TransferPlan>, Error> {
+        plan_transfers(self.repos(), self.store(), repo, transfer, objects)
     }
 
     /// [`adopt`] on this hub's repositories and store.
@@ -140,5 +207,51 @@ mod tests {
         repos.delete(&b).unwrap();
         gc(&repos);
         assert!(!store.has(&shared).unwrap());
+    }
+
+    #[test]
+    fn transfers_are_planned_by_what_belongs_to_the_repo() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repos::open(dir.path().join("repos")).unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let author = Author::new("alice", "alice@hubmesh.test");
+        let (a, b) = (
+            RepoId::parse(RepoType::Model, "alice/a").unwrap(),
+            RepoId::parse(RepoType::Model, "alice/b").unwrap(),
+        );
+        repos.create(&a, &author).unwrap();
+        repos.create(&b, &author).unwrap();
+        let held = store.import_reader(&b"held by a"[..]).unwrap().sha256;
+        adopt(&repos, &store, &a, &held).unwrap();
+        let objects = [
+            ("not-a-sha".to_owned(), 1),
+            (held.to_string(), MAX_OBJECT_SIZE + 1),
+            (held.to_string(), 9),
+            (held.to_string(), 10),
+        ];
+        use TransferPlan as P;
+        assert_eq!(
+            plan_transfers(&repos, &store, &a, Transfer::Upload, &objects).unwrap(),
+            [
+                P::InvalidOid,
+                P::TooLarge,
+                P::Present(held),
+                P::Upload(held)
+            ]
+        );
+        assert_eq!(
+            plan_transfers(&repos, &store, &a, Transfer::Download, &objects).unwrap(),
+            [
+                P::InvalidOid,
+                P::TooLarge,
+                P::Download(held),
+                P::Missing(held)
+            ]
+        );
+        // In the store for a, not for b: b neither has it nor learns that a does.
+        assert_eq!(
+            plan_transfers(&repos, &store, &b, Transfer::Download, &objects[2..3]).unwrap(),
+            [P::Missing(held)]
+        );
     }
 }

@@ -11,8 +11,17 @@
 //!   repo only when it is in the repo's LFS set *and* in the store (the store is shared; a
 //!   hash is no proof of having the content); adopting one roots it against GC and adds it
 //!   to the set;
+//! - **LFS transfers** ([`Hub::plan_transfers`]): which objects a client may send or fetch,
+//!   by what belongs to the repo and the per-object limit;
 //! - **commit planning** ([`commit::plan`]): added files become git blobs or LFS pointers by
-//!   the branch's `.gitattributes` rules;
+//!   the branch's `.gitattributes` rules ([`Hub::lfs_rules`]); the commit message rule;
+//! - **a repo's lifecycle** ([`repos`]): create, delete and move, access checked first and the
+//!   after-write hook run after; the git author of a user's writes ([`author_of`]);
+//! - **pushes** ([`push`]): which ref updates of a push may land (history rewrites and
+//!   deletes need the right to, a push is atomic), which LFS objects its pointers may name;
+//! - **resolving downloads** ([`resolve`]): which commit a revision names, which entry a path
+//!   is, which LFS object it maps to and whether the repo holds it here; what counts as a
+//!   download;
 //! - **the after-write hook** ([`Hub::after_write`]): the listing document is re-derived and
 //!   the mesh told, after every successful write;
 //! - **listing documents** ([`listing`]): what the search index holds for a repo, and who may
@@ -20,7 +29,7 @@
 //!
 //! Place in the graph: above the leaves (`protocol`, `store`, `repo`, `auth`, `search`), below
 //! the mesh, models and gateway crates. It must not depend on the network crates, axum or
-//! candle: it sees the mesh only through the [`MeshPort`] trait, which `hub-p2p` implements
+//! candle: it sees the mesh only through the [`MeshPort`] trait, which `hub-mesh` implements
 //! and [`FakeMesh`] (feature `test-support`) fakes in memory for other crates' tests.
 //!
 //! ```no_run
@@ -36,12 +45,20 @@ pub mod commit;
 pub mod lfs_objects;
 pub mod listing;
 mod mesh;
+pub mod push;
+pub mod repos;
+pub mod resolve;
+#[cfg(test)]
+mod testing;
 
 pub use access::{AccessError, ENSURE_REPO_WAIT, Granted, Need};
 pub use commit::{CommitError, Pending};
+pub use lfs_objects::{Transfer, TransferPlan};
 #[cfg(feature = "test-support")]
 pub use mesh::FakeMesh;
 pub use mesh::{BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort, NoMesh};
+pub use repos::{Change, CreateGrant, RepoOpError, author_of};
+pub use resolve::{MissingLfs, ResolveError, ResolvedFile};
 
 use hub_auth::AuthStore;
 use hub_protocol::repo::RepoId;

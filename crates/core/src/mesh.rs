@@ -3,7 +3,7 @@
 //! hub-core decides; the mesh crate moves data. The port is the handful of things a Hub rule
 //! needs from peers: fetch a public repo (or one LFS object) on demand, stream an object while
 //! it arrives, name the nodes hosting a namespace, claim a namespace for a new account (ADR
-//! 0006), and hear that a repo changed. `hub-p2p`
+//! 0006), and hear that a repo changed. `hub-mesh`
 //! implements it on its handle; [`FakeMesh`] (feature `test-support`) implements it in memory,
 //! so the gateway's router tests cover hosted-elsewhere writes and on-demand fetches without
 //! sockets.

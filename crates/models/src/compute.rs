@@ -21,7 +21,7 @@ use hub_compute::{
     CapacityAdvert, CapacityTable, Decision, DeviceKind, Mode, ResponseCache, RouteRequest,
     SignedCapacityAdvert, TableConfig,
 };
-use hub_p2p::{P2p, PeerId, Stream, StreamProtocol, Topic, Verdict};
+use hub_net::{P2p, PeerId, Stream, StreamProtocol, Topic, Verdict, read_frame, write_frame};
 use hub_protocol::forward::{Frame, INFER_PROTOCOL, MAX_BODY, ResponseHead};
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{PublicKey, SigningKey};
@@ -29,9 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::models::Models;
 use crate::snapshot::LoadSnapshot;
-use crate::stream::{
-    HOP_HEADERS, JobHandler, MAX_REMOTE_JOBS, REQUEST_HEADERS, read_frame, write_frame,
-};
+use crate::stream::{HOP_HEADERS, JobHandler, MAX_REMOTE_JOBS, REQUEST_HEADERS};
 
 /// Total bytes the response cache keeps.
 const CACHE_BYTES: usize = 64 << 20;
@@ -221,7 +219,7 @@ async fn advertise(p2p: P2p, compute: Arc<Compute>, models: Option<Arc<Models>>)
         };
         match p2p.publish(Topic::Capacity, signed.encode()).await {
             Ok(()) => {}
-            Err(error) if error == "swarm stopped" => break,
+            Err(hub_net::NetError::Stopped) => break,
             // No peers subscribed yet, and the like: the next period tries again.
             Err(error) => tracing::trace!(%error, "capacity advert not published"),
         }
@@ -242,7 +240,7 @@ async fn collect_adverts(p2p: P2p, compute: Arc<Compute>) {
             // Gossipsub checked the author's signature over the message: a node may only
             // publish its own advert.
             Ok(signed)
-                if message.author.and_then(|a| hub_p2p::key_of_peer_id(&a))
+                if message.author.and_then(|a| hub_net::key_of_peer_id(&a))
                     != Some(signed.advert.node.0) =>
             {
                 tracing::debug!(source = %message.source, "capacity advert published by another node");

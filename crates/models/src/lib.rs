@@ -20,7 +20,7 @@
 //!
 //! Place in the graph: `hub-infer`, `hub-core` (LFS ownership, the mesh port), `hub-repo`,
 //! `hub-store`, `hub-search` (model cards), `hub-compute`, `hub-protocol` and the transport
-//! handle (`hub_p2p::P2p`, used in `compute.rs` and `stream.rs` only) ← `hub-models` ←
+//! handle (`hub_net::P2p`, used in `compute.rs` and `stream.rs` only) ← `hub-models` ←
 //! `gateway` ← `node`. It must not depend on axum, http or the gateway.
 //!
 //! Who builds what: the node builds [`Models`] and [`Compute`], gives both to the gateway's
@@ -52,8 +52,8 @@ pub use models::LoadHook;
 pub use models::{DEFAULT_LOAD_WAIT, HF_LOAD_GRACE, LOAD_ESTIMATE, Models, ModelsConfig, Opened};
 pub use snapshot::{LoadCounters, LoadSnapshot};
 pub use stream::{
-    BodyError, FrameError, HOP_HEADERS, JobAnswer, JobError, JobHandler, MAX_REMOTE_JOBS,
-    OPEN_TIMEOUT, OpenError, REQUEST_HEADERS, open_job, read_frame, write_frame,
+    BodyError, HOP_HEADERS, JobAnswer, JobError, JobHandler, MAX_REMOTE_JOBS, OPEN_TIMEOUT,
+    OpenError, REQUEST_HEADERS, open_job,
 };
 
 #[cfg(test)]

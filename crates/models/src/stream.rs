@@ -1,5 +1,5 @@
-//! `/hubmesh/infer/1` streams: the frames on the wire ([`read_frame`], [`write_frame`]), the
-//! forwarding side's [`open_job`], and what the serving side (`compute.rs`'s stream server,
+//! `/hubmesh/infer/1` streams (frames on the wire are `hub_net`'s): the forwarding side's
+//! [`open_job`], and what the serving side (`compute.rs`'s stream server,
 //! which accepts streams) hands each job to: the [`JobHandler`] the gateway registers.
 //!
 //! Why a handler: a forwarded request runs through the gateway's own inference routes (its
@@ -7,15 +7,14 @@
 //! that a job served for a peer answers byte for byte as it would over HTTP. This crate owns
 //! the stream (admission: mode, allow-list, at most [`MAX_REMOTE_JOBS`]; frames; cancellation
 //! when the forwarder goes away) and knows nothing of HTTP; the gateway turns a request into
-//! an answer. The transport is `hub_p2p`'s handle, used through a few calls only. Imports
+//! an answer. The transport is `hub_net`'s handle, used through a few calls only. Imports
 //! nothing of this crate.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{AsyncReadExt, AsyncWriteExt};
-use hub_p2p::{P2p, PeerId, Stream, StreamProtocol};
+use hub_net::{P2p, PeerId, Stream, StreamProtocol, write_frame};
 use hub_protocol::forward::{ForwardRequest, Frame, INFER_PROTOCOL, ResponseHead};
 
 /// Remote jobs this node runs at once; more are refused (the forwarder tries another node).
@@ -33,16 +32,6 @@ pub const HOP_HEADERS: [&str; 4] = [
     "keep-alive",
 ];
 
-/// A frame could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FrameError {
-    #[error("stream closed: {0}")]
-    Closed(#[source] std::io::Error),
-    #[error(transparent)]
-    Decode(#[from] hub_protocol::signed::DecodeError),
-}
-
 /// Opening a job's stream to a peer failed; nothing ran on the peer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -53,26 +42,6 @@ pub enum OpenError {
     Open(String),
     #[error("send the request: {0}")]
     Send(#[source] std::io::Error),
-}
-
-pub async fn write_frame(stream: &mut Stream, frame: &Frame) -> std::io::Result<()> {
-    stream.write_all(&frame.encode()).await?;
-    stream.flush().await
-}
-
-pub async fn read_frame(stream: &mut Stream) -> Result<Frame, FrameError> {
-    let mut prefix = [0u8; 4];
-    stream
-        .read_exact(&mut prefix)
-        .await
-        .map_err(FrameError::Closed)?;
-    let n = hub_protocol::forward::frame_len(prefix)?;
-    let mut payload = vec![0u8; n];
-    stream
-        .read_exact(&mut payload)
-        .await
-        .map_err(FrameError::Closed)?;
-    Ok(Frame::decode(&payload)?)
 }
 
 /// Opens a job stream to `peer` and sends `request`. Until the request is sent nothing ran

@@ -7,11 +7,11 @@
 //! untrusted as a push's; see [`crate::receive`]), and all refs move in one compare-and-swap
 //! transaction. What a push checks on top (write
 //! rights, fast-forward for non-force pushes) does not apply: a replica follows the refs of a
-//! signed update that hub-p2p already accepted, so authority comes from the signature, and a
+//! signed update that hub-mesh already accepted, so authority comes from the signature, and a
 //! force-push upstream is followed as it is.
 //!
 //! LFS: applying a pack moves refs only. The check that a push's pointers name content the
-//! repo possesses is skipped for replicas: hub-p2p fetches the content afterwards (verified
+//! repo possesses is skipped for replicas: hub-mesh fetches the content afterwards (verified
 //! against the manifest ids of the signed update), and until it has, a download of such a file
 //! from the replica answers 404. [`Repos::lfs_pointers`] lists what the tips reference, both
 //! for the publisher (what it signs) and the seeder (what it still has to fetch).

@@ -26,9 +26,6 @@ pub const DEFAULT_MAX_GIT_PER_CLIENT: usize = 8;
 /// prepares a pack, so a minute of silence is a stalled client, not a slow server.
 pub const DEFAULT_GIT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What a client told to retry waits, in seconds (`Retry-After`).
-pub(crate) const RETRY_AFTER_SECS: u64 = 5;
-
 /// Bounds on the git processes of the smart HTTP routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitLimits {

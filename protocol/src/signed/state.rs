@@ -4,7 +4,7 @@
 //! from its genesis to its current *head*, and for each repo, the last accepted
 //! [`SignedRefUpdate`]. It is fed messages and the current time and answers accept or
 //! reject; it does no I/O, reads no clock and draws no randomness, so the same inputs always
-//! give the same answers. hub-p2p's `RefStore` persists every accepted message and rebuilds
+//! give the same answers. hub-mesh's `RefStore` persists every accepted message and rebuilds
 //! the state with [`RefState::restore`] on start, so a restart forgets nothing (no rollback).
 //!
 //! # Namespace documents

@@ -1,0 +1,122 @@
+//! Repo info (`GET /api/{type}s/{ns}/{name}[/revision/{rev}]`): the shape `model_info`,
+//! `dataset_info` and `space_info` parse, with `siblings` (and their blob ids, sizes and LFS
+//! fields with `blobs=true`) and the model card's tags and metadata.
+
+use super::{RepoPath, RevPath};
+use crate::AppState;
+use crate::access::read_access;
+use crate::error::AppError;
+use crate::extract::authenticate;
+use crate::util::{blocking, format_date, truthy};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use hub_protocol::repo::RepoType;
+use hub_repo::EntryKind;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct InfoQuery {
+    blobs: Option<String>,
+}
+
+pub(super) async fn repo_info(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<RepoPath>,
+    Query(q): Query<InfoQuery>,
+) -> Result<Json<Value>, AppError> {
+    info(
+        state,
+        headers,
+        path,
+        "main".into(),
+        truthy(q.blobs.as_deref()),
+    )
+    .await
+}
+
+pub(super) async fn repo_info_at(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<RevPath>,
+    Query(q): Query<InfoQuery>,
+) -> Result<Json<Value>, AppError> {
+    info(
+        state,
+        headers,
+        path.repo(),
+        path.rev,
+        truthy(q.blobs.as_deref()),
+    )
+    .await
+}
+
+async fn info(
+    state: AppState,
+    headers: HeaderMap,
+    path: RepoPath,
+    rev: String,
+    blobs: bool,
+) -> Result<Json<Value>, AppError> {
+    let id = path.id()?;
+    let principal = authenticate(&state, &headers).await?;
+    let meta = read_access(&state, principal.as_ref(), &id).await?;
+    let repos = state.repos().clone();
+    blocking(move || {
+        let downloads = repos.downloads(&id)?;
+        let sha = repos.resolve(&id, &rev)?;
+        let head = repos.history(&id, &sha, 1)?;
+        let entries = repos.list_tree(&id, &sha, "", true)?;
+        let siblings: Vec<Value> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| {
+                let mut s = json!({ "rfilename": e.path });
+                if blobs {
+                    s["blobId"] = json!(e.oid);
+                    s["size"] = json!(e.lfs.as_ref().map_or(e.size, |l| l.size));
+                    if let Some(lfs) = &e.lfs {
+                        s["lfs"] = json!({ "sha256": lfs.sha256, "size": lfs.size, "pointerSize": e.size });
+                    }
+                }
+                s
+            })
+            .collect();
+        let last_modified = head.first().map(|c| format_date(c.timestamp));
+        let card = match repos.file(&id, &sha, "README.md") {
+            Ok((entry, bytes)) if entry.lfs.is_none() => {
+                hub_search::parse_card(&String::from_utf8_lossy(&bytes))
+            }
+            _ => hub_search::Card::default(),
+        };
+        let hub_id = id.hub_id();
+        let mut body = json!({
+            "_id": hub_id,
+            "id": hub_id,
+            "author": id.namespace(),
+            "sha": sha,
+            "lastModified": last_modified,
+            "createdAt": format_date(meta.created_at),
+            "private": meta.private,
+            "downloads": downloads,
+            "disabled": false,
+            "gated": false,
+            "tags": card.tags,
+            "cardData": card.card_data,
+            "siblings": siblings,
+        });
+        if let Some(t) = &card.pipeline_tag {
+            body["pipeline_tag"] = json!(t);
+        }
+        if let Some(l) = &card.library_name {
+            body["library_name"] = json!(l);
+        }
+        if id.kind() == RepoType::Model {
+            body["modelId"] = json!(hub_id);
+        }
+        Ok(Json(body))
+    })
+    .await
+}

@@ -1,0 +1,123 @@
+//! Tree listing (`GET …/tree/{rev}[/{path}]`, optionally recursive), paginated with a `Link`
+//! header as the Hub does, and the JSON of one tree entry (shared with `paths-info`).
+
+use super::{RepoPath, RevPath, percent_encode, readable};
+use crate::AppState;
+use crate::error::AppError;
+use crate::util::{endpoint, truthy};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use hub_repo::{EntryKind, TreeEntry};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Tree entries per page.
+const TREE_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct TreeQuery {
+    recursive: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct TreePath {
+    kind: String,
+    ns: String,
+    name: String,
+    rev: String,
+    path: String,
+}
+
+pub(super) async fn tree_root(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    Query(q): Query<TreeQuery>,
+) -> Result<Response, AppError> {
+    tree(state, headers, p.repo(), p.rev, String::new(), q).await
+}
+
+pub(super) async fn tree_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<TreePath>,
+    Query(q): Query<TreeQuery>,
+) -> Result<Response, AppError> {
+    let repo = RepoPath {
+        kind: p.kind,
+        ns: p.ns,
+        name: p.name,
+    };
+    tree(state, headers, repo, p.rev, p.path, q).await
+}
+
+pub(super) fn tree_entry_json(e: &TreeEntry) -> Value {
+    match e.kind {
+        EntryKind::Directory => {
+            json!({ "type": "directory", "oid": e.oid, "size": 0, "path": e.path })
+        }
+        EntryKind::File => {
+            let mut v = json!({
+                "type": "file",
+                "oid": e.oid,
+                "size": e.lfs.as_ref().map_or(e.size, |l| l.size),
+                "path": e.path,
+            });
+            if let Some(lfs) = &e.lfs {
+                v["lfs"] = json!({ "oid": lfs.sha256, "size": lfs.size, "pointerSize": e.size });
+            }
+            v
+        }
+    }
+}
+
+async fn tree(
+    state: AppState,
+    headers: HeaderMap,
+    repo: RepoPath,
+    rev: String,
+    path: String,
+    q: TreeQuery,
+) -> Result<Response, AppError> {
+    let id = readable(&state, &headers, &repo).await?;
+    let recursive = truthy(q.recursive.as_deref());
+    let start: usize = match q.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| AppError::BadRequest("invalid cursor".into()))?,
+    };
+    let entries = state.hub().tree_at(&id, &rev, &path, recursive).await?;
+    let rev_for_link = rev;
+    let page: Vec<Value> = entries
+        .iter()
+        .skip(start)
+        .take(TREE_PAGE)
+        .map(tree_entry_json)
+        .collect();
+    let mut resp = Json(page).into_response();
+    if entries.len() > start + TREE_PAGE {
+        let mut url = format!(
+            "{}/api/{}/{}/tree/{}",
+            endpoint(&headers),
+            id.kind().plural(),
+            id.hub_id(),
+            percent_encode(&rev_for_link, false)
+        );
+        if !path.is_empty() {
+            url.push('/');
+            url.push_str(&percent_encode(&path, false));
+        }
+        url.push_str(&format!(
+            "?recursive={recursive}&cursor={}",
+            start + TREE_PAGE
+        ));
+        if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(resp)
+}

@@ -1,0 +1,360 @@
+//! Uploads: README front-matter validation, preupload (which files a client should send
+//! through the LFS batch API), and NDJSON commits: the body is read as it arrives
+//! ([`super::ndjson`]), its lines parsed into pending operations, and `hub-core` plans and
+//! writes the commit ([`hub_core::Hub::commit`]).
+
+use super::{RevPath, repo_url, writable};
+use crate::AppState;
+use crate::error::AppError;
+use crate::util::{parse_json, truthy};
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use hub_core::{Need, Pending};
+use hub_protocol::repo::validate_repo_path;
+use hub_repo::{CommitRequest, Operation};
+use hub_store::Sha256;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Largest NDJSON commit body (inline content is base64 in it; big lines stream to the store).
+pub const MAX_COMMIT_BODY: u64 = 64 * 1024 * 1024 * 1024;
+/// Most lines (operations) in one commit.
+const MAX_COMMIT_LINES: usize = 100_000;
+
+/// `POST /api/validate-yaml`: parses the README's YAML front matter (delimiters, YAML syntax,
+/// a mapping at the top) and reports what is wrong.
+pub(super) async fn validate_yaml(body: Bytes) -> Result<Response, AppError> {
+    let body: Value = parse_json(&body)?;
+    let content = body
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let errors: Vec<Value> = hub_search::parse_card(content)
+        .error
+        .into_iter()
+        .map(|message| json!({ "message": message }))
+        .collect();
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((status, Json(json!({ "errors": errors, "warnings": [] }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct PreuploadBody {
+    files: Vec<PreuploadFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PreuploadFile {
+    path: String,
+    #[serde(default)]
+    sample: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// Whether a client can upload `lfs`-mode files through the LFS batch API. huggingface_hub
+/// 1.20 and later upload `lfs` files through Xet whenever hf_xet is installed, with no
+/// fallback, and the server cannot tell whether it is; such clients (and unknown ones) get
+/// `regular` for every file, and the commit stores big and binary files in LFS server-side.
+/// Older clients use the LFS batch API when the server says `lfs`.
+fn client_uses_lfs_batch(headers: &HeaderMap) -> bool {
+    let Some(ua) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    ua.split(';')
+        .map(str::trim)
+        .find_map(|part| {
+            part.strip_prefix("huggingface_hub/")
+                .or_else(|| part.strip_prefix("hf_hub/"))
+        })
+        .and_then(|version| {
+            let mut parts = version.split('.').map(|p| {
+                p.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse::<u32>()
+                    .ok()
+            });
+            Some((parts.next()??, parts.next()??))
+        })
+        .is_some_and(|(major, minor)| (major, minor) < (1, 20))
+}
+
+pub(super) async fn preupload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let (id, _) = writable(&state, &headers, &p.repo(), Need::Write).await?;
+    let body: PreuploadBody = parse_json(&body)?;
+    if body.files.len() > 1000 {
+        return Err(AppError::BadRequest(
+            "at most 1000 files per preupload call".into(),
+        ));
+    }
+    let rules = state.hub().lfs_rules(&id, &p.rev).await?;
+    let lfs_batch = client_uses_lfs_batch(&headers);
+    let mut files = Vec::with_capacity(body.files.len());
+    for f in body.files {
+        validate_repo_path(&f.path)
+            .map_err(|e| AppError::BadRequest(format!("invalid path {:?}: {e}", f.path)))?;
+        let sample = base64::engine::general_purpose::STANDARD
+            .decode(f.sample.as_bytes())
+            .unwrap_or_default();
+        let mode = if lfs_batch && rules.wants_lfs(&f.path, f.size, &sample) {
+            "lfs"
+        } else {
+            // Inline upload; the commit moves big and binary files to the store.
+            "regular"
+        };
+        files.push(json!({ "path": f.path, "uploadMode": mode, "shouldIgnore": false }));
+    }
+    Ok(Json(json!({ "files": files })))
+}
+
+#[derive(Debug, Deserialize)]
+struct CommitLine {
+    key: String,
+    value: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct HeaderValueJson {
+    summary: Option<String>,
+    description: Option<String>,
+    #[serde(rename = "parentCommit")]
+    parent_commit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileLine {
+    path: String,
+    content: String,
+    encoding: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LfsFileLine {
+    path: String,
+    oid: String,
+    algo: Option<String>,
+    size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PathLine {
+    path: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct CommitQuery {
+    create_pr: Option<String>,
+}
+
+pub(super) async fn commit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RevPath>,
+    Query(q): Query<CommitQuery>,
+    body: Body,
+) -> Result<Json<Value>, AppError> {
+    let (id, principal) = writable(&state, &headers, &p.repo(), Need::Write).await?;
+    if truthy(q.create_pr.as_deref()) {
+        // Until pull requests exist, a commit meant for review must not land on the branch.
+        return Err(AppError::BadRequest(
+            "pull requests are not supported on this hub yet (create_pr): commit to a branch \
+             of your own instead"
+                .into(),
+        ));
+    }
+    let lines = super::ndjson::read_lines(
+        body,
+        state.store().clone(),
+        MAX_COMMIT_BODY,
+        MAX_COMMIT_LINES,
+    )
+    .await?;
+    let (header_line, pending) = parse_commit_lines(lines)?;
+    let request = CommitRequest {
+        branch: p.rev.clone(),
+        message: hub_core::commit::message(header_line.summary, header_line.description),
+        author: hub_core::author_of(&principal),
+        parent: header_line.parent_commit,
+        operations: Vec::new(),
+    };
+    let info = state.hub().commit(&id, request, pending).await?;
+    let url = format!("{}/commit/{}", repo_url(&headers, &id), info.id);
+    Ok(Json(json!({
+        "success": true,
+        "commitOid": info.id,
+        "commitUrl": url,
+        "pullRequestUrl": null,
+    })))
+}
+
+/// Parses the lines of an NDJSON commit body: a header line, then file operations. Every line
+/// is checked before anything is committed.
+fn parse_commit_lines(
+    lines: Vec<super::ndjson::Line>,
+) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
+    let bad = |msg: String| AppError::BadRequest(msg);
+    let mut header_line = None;
+    let mut pending = Vec::new();
+    for (n, raw) in lines.into_iter().enumerate() {
+        let raw = match raw {
+            super::ndjson::Line::Small(raw) => raw,
+            super::ndjson::Line::StoredFile { path, info } => {
+                if header_line.is_none() {
+                    return Err(bad("commit body must start with a header line".into()));
+                }
+                pending.push(Pending::Stored { path, info });
+                continue;
+            }
+        };
+        let raw = raw.strip_suffix(b"\r").unwrap_or(&raw);
+        let line: CommitLine = serde_json::from_slice(raw)
+            .map_err(|e| bad(format!("commit body line {}: invalid JSON: {e}", n + 1)))?;
+        let field =
+            |e: serde_json::Error| bad(format!("commit body line {} ({}): {e}", n + 1, line.key));
+        match line.key.as_str() {
+            "header" if header_line.is_none() && pending.is_empty() => {
+                header_line = Some(
+                    serde_json::from_value::<HeaderValueJson>(line.value.clone()).map_err(field)?,
+                );
+            }
+            "header" => {
+                return Err(bad(format!(
+                    "commit body line {}: unexpected header",
+                    n + 1
+                )));
+            }
+            "file" => {
+                let f: FileLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                let bytes = match f.encoding.as_deref() {
+                    Some("base64") => base64::engine::general_purpose::STANDARD
+                        .decode(f.content.as_bytes())
+                        .map_err(|e| {
+                            bad(format!("commit body line {}: invalid base64: {e}", n + 1))
+                        })?,
+                    None | Some("utf-8") => f.content.into_bytes(),
+                    Some(other) => return Err(bad(format!("unsupported encoding {other:?}"))),
+                };
+                pending.push(Pending::Inline {
+                    path: f.path,
+                    bytes,
+                });
+            }
+            "lfsFile" => {
+                let f: LfsFileLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                if f.algo.as_deref().is_some_and(|a| a != "sha256") {
+                    return Err(bad(format!("unsupported LFS hash algorithm {:?}", f.algo)));
+                }
+                validate_repo_path(&f.path).map_err(|e| {
+                    AppError::Unprocessable(format!("invalid path {:?}: {e}", f.path))
+                })?;
+                let sha256: Sha256 = f
+                    .oid
+                    .parse()
+                    .map_err(|_| bad(format!("invalid LFS oid {:?}", f.oid)))?;
+                pending.push(Pending::Lfs {
+                    path: f.path,
+                    sha256,
+                    size: f.size,
+                });
+            }
+            "deletedFile" => {
+                let f: PathLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                pending.push(Pending::Other(Operation::Delete { path: f.path }));
+            }
+            "deletedFolder" => {
+                let f: PathLine = serde_json::from_value(line.value.clone()).map_err(field)?;
+                pending.push(Pending::Other(Operation::DeleteFolder { path: f.path }));
+            }
+            other => {
+                return Err(bad(format!(
+                    "commit body line {}: unknown key {other:?}",
+                    n + 1
+                )));
+            }
+        }
+    }
+    let header_line = header_line.ok_or_else(|| bad("commit body has no header line".into()))?;
+    if pending.is_empty() {
+        return Err(bad("commit has no operations".into()));
+    }
+    Ok((header_line, pending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn lfs_batch_only_for_clients_before_xet_by_default() {
+        let ua = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::USER_AGENT, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(client_uses_lfs_batch(&ua(
+            "huggingface_hub/0.36.2; python/3.11.7; torch/2.1"
+        )));
+        assert!(client_uses_lfs_batch(&ua(
+            "transformers/4.40; hf_hub/1.19.3; python/3.11"
+        )));
+        assert!(!client_uses_lfs_batch(&ua(
+            "huggingface_hub/2.4.0; python/3.11.7"
+        )));
+        assert!(!client_uses_lfs_batch(&ua(
+            "huggingface_hub/1.20.0.dev0; python/3.11.7"
+        )));
+        assert!(!client_uses_lfs_batch(&ua("curl/8.0")));
+        assert!(!client_uses_lfs_batch(&HeaderMap::new()));
+    }
+
+    fn parse_commit_body(body: &[u8]) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
+        let lines = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|l| super::super::ndjson::Line::Small(l.to_vec()))
+            .collect();
+        parse_commit_lines(lines)
+    }
+
+    #[test]
+    fn commit_bodies() {
+        let ok = b"{\"key\":\"header\",\"value\":{\"summary\":\"s\"}}\n{\"key\":\"file\",\"value\":{\"path\":\"a.txt\",\"content\":\"aGk=\",\"encoding\":\"base64\"}}\n";
+        let (h, ops) = parse_commit_body(ok).unwrap();
+        assert_eq!(h.summary.as_deref(), Some("s"));
+        assert!(matches!(&ops[0], Pending::Inline { bytes, .. } if bytes == b"hi"));
+        for bad in [
+            &b""[..],
+            b"{\"key\":\"header\",\"value\":{}}\n",
+            b"{\"key\":\"file\",\"value\":{\"path\":\"a\",\"content\":\"\"}}\n",
+            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"file\",\"value\":{\"path\":\"a\",\"cont",
+            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"file\",\"value\":{\"path\":\"a\",\"content\":\"!!\",\"encoding\":\"base64\"}}\n",
+            b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"nope\",\"value\":{}}\n",
+        ] {
+            assert!(matches!(parse_commit_body(bad), Err(AppError::BadRequest(_))), "{}", String::from_utf8_lossy(bad));
+        }
+        // A path the Hub refuses is 422, not a malformed body.
+        let bad_path = b"{\"key\":\"header\",\"value\":{}}\n{\"key\":\"lfsFile\",\"value\":{\"path\":\"../x\",\"oid\":\"00\"}}\n";
+        assert!(matches!(
+            parse_commit_body(bad_path),
+            Err(AppError::Unprocessable(_))
+        ));
+    }
+}
