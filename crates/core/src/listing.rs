@@ -90,15 +90,17 @@ impl Hub {
     /// and the private repos of the caller's own and organisations' namespaces that
     /// `hub-auth` lets it read — a fine-grained token scoped to one repo lists no other
     /// private repo of the namespace. (A page may then hold fewer items than asked; its
-    /// `next_offset` still continues where the index left off.)
+    /// `next_offset` still continues where the index left off.) A repo whose document is
+    /// still indexed but which no longer exists here is left out.
     pub async fn list(
         &self,
         principal: Option<&Principal>,
         mut query: ListQuery,
     ) -> Result<Page, ListError> {
-        let (auth, search, caller) = (
+        let (auth, search, repos, caller) = (
             self.auth().clone(),
             self.search().clone(),
+            self.repos().clone(),
             principal.cloned(),
         );
         blocking(move || {
@@ -119,13 +121,54 @@ impl Hub {
                 principal,
                 orgs: &orgs,
             });
+            // The index is refreshed after a repo changes; a repo deleted (or a replica
+            // withdrawn) a moment ago is no longer listed even before its document is gone,
+            // so the listing never names a repo that `info` already answers 404 for.
             page.items.retain(|doc| {
-                !doc.private
+                (!doc.private
                     || hub_auth::decide(who.as_ref(), &doc.id, true, Access::Read)
-                        == Decision::Allow
+                        == Decision::Allow)
+                    && repos.exists(&doc.id)
             });
             Ok(page)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::hub;
+    use hub_protocol::repo::{RepoId, RepoType};
+    use hub_search::ListQuery;
+
+    #[tokio::test]
+    async fn a_repo_gone_from_disk_is_not_listed_before_its_document_is_dropped() {
+        let (_dir, hub, admin) = hub();
+        let kept = RepoId::parse(RepoType::Model, "admin/kept").unwrap();
+        let gone = RepoId::parse(RepoType::Model, "admin/gone").unwrap();
+        for id in [&kept, &gone] {
+            let grant = hub.access_create(&admin, id).await.unwrap();
+            hub.create_repo(grant, false).await.unwrap();
+        }
+        let ids = |page: hub_search::Page| page.items.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        let listed = hub
+            .list(None, ListQuery::new(RepoType::Model))
+            .await
+            .unwrap();
+        assert_eq!(ids(listed), [gone.clone(), kept.clone()]);
+        // Deleted behind the index's back (as a withdrawn replica is, a moment before the
+        // listing hook runs): the index still holds its document, the listing leaves it out.
+        hub.repos().delete(&gone).unwrap();
+        let listed = hub
+            .list(None, ListQuery::new(RepoType::Model))
+            .await
+            .unwrap();
+        assert_eq!(ids(listed), [kept.clone()]);
+        let listed = hub
+            .list(Some(&admin), ListQuery::new(RepoType::Model))
+            .await
+            .unwrap();
+        assert_eq!(ids(listed), [kept]);
     }
 }
