@@ -164,7 +164,7 @@ mod tests {
             .list(None, ListQuery::new(RepoType::Model))
             .await
             .unwrap();
-        assert_eq!(ids(listed), [kept.clone()]);
+        assert_eq!(ids(listed), std::slice::from_ref(&kept));
         let listed = hub
             .list(Some(&admin), ListQuery::new(RepoType::Model))
             .await
