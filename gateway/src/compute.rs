@@ -1,10 +1,14 @@
-//! The compute mesh in the gateway: capacity adverts, routing of inference requests to the
-//! best node, forwarding over `/hubmesh/infer/1`, and the response cache.
+//! The compute mesh in the gateway, HTTP only: routing of inference requests to the best
+//! node, forwarding over `/hubmesh/infer/1`, the response cache, and the job handler that
+//! runs peers' jobs through the inference routes.
 //!
 //! Every inference route (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //! `/generate`, `/generate_stream`, `/models/{ns}/{name}`) passes through [`layer`]:
 //!
-//! 1. The request's model is read from the body (`model`) or the path; the caller's read
+//! 1. The body's JSON is parsed once, here, and handed to the handler in the request's
+//!    extensions ([`crate::inference::ParsedBody`]). The request's model is read from it
+//!    (`model`) or from the path; the caller is authenticated once (the handler reads the
+//!    [`crate::extract::Caller`] stored here) and the caller's read
 //!    access is checked here, at the gateway that received the request (a model this node
 //!    does not hold is one the mesh announced: public).
 //! 2. [`hub_compute::route`] orders the candidates from this node's own state and the live
@@ -23,314 +27,188 @@
 //!    response cache when the same request hit the same commit before:
 //!    `x-hubmesh-cache: hit|miss`.
 //!
-//! The serving side ([`serve_streams`]) accepts `/hubmesh/infer/1` streams only in mode
-//! `mesh` and only from peers of the allow-list (every peer when it is empty), at most
-//! [`MAX_REMOTE_JOBS`] at once; the request runs through the same layer (marked
-//! [`Forwarded`], so it is never forwarded again) as an anonymous caller (only the headers a
-//! forwarder sends are kept, credentials never), so only public models serve peers: the
-//! layer checks that before anything else, the response cache included. The response streams back frame by frame; when the forwarding gateway
-//! goes away, the next write fails, the response body is dropped and the engine frees the
-//! sequence.
+//! The serving side (`hub-models`' stream server, started by the node) accepts
+//! `/hubmesh/infer/1` streams only in mode `mesh` and only from peers of the allow-list (every
+//! peer when it is empty), at most [`hub_models::MAX_REMOTE_JOBS`] at once, and hands each job
+//! to [`forwarded_jobs`]: the request runs through the same layer (marked [`Forwarded`], so it
+//! is never forwarded again) as an anonymous caller (only the headers a forwarder sends are
+//! kept, credentials never), so only public models serve peers: the layer checks that before
+//! anything else, the response cache included. The response streams back frame by frame;
+//! when the forwarding gateway goes away, the next write fails, the response body is dropped
+//! and the engine frees the sequence.
 //!
-//! Adverts ([`advertise`]) go out every advert period, signed by the node key, expiring after
-//! two periods; received ones ([`collect_adverts`]) are checked by [`CapacityTable`] (forged,
-//! malformed → gossipsub `Reject`; stale, replayed, rate-limited → `Ignore`).
+//! Adverts and the capacity table are `hub-models`' ([`hub_models::Compute`]); this module
+//! reads them for routing and for `GET /api/mesh/compute`.
 
 use crate::AppState;
 use crate::access::read_access;
 use crate::extract::authenticate;
-use crate::inference::api_error;
+use crate::inference::{ParsedBody, api_error, upstream_stream_error as sse_error};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::{AsyncWriteExt, StreamExt};
+use futures::StreamExt;
+use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use hub_compute::{
-    CacheKey, CachedResponse, CapacityAdvert, CapacityTable, Decision, DeviceKind, LoadedModel,
-    LocalState, Mode, ResponseCache, RouteRequest, SignedCapacityAdvert, TableConfig, Target,
+use hub_compute::{CacheKey, CachedResponse, Target};
+use hub_models::{
+    BodyError, Compute, HOP_HEADERS, JobAnswer, JobError, JobHandler, REQUEST_HEADERS, unix_now,
 };
-use hub_net::{PeerId, StreamProtocol, Topic, Verdict, read_frame, write_frame};
-use hub_protocol::forward::{ForwardRequest, Frame, INFER_PROTOCOL, MAX_BODY, ResponseHead};
+use hub_net::PeerId;
+use hub_net::read_frame;
+use hub_protocol::forward::{ForwardRequest, Frame, MAX_BODY, ResponseHead};
 use hub_protocol::repo::{RepoId, RepoType};
-use hub_protocol::signed::{PublicKey, SigningKey};
+use hub_protocol::signed::PublicKey;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-/// Remote jobs this node runs at once; more are refused (the forwarder tries another node).
-pub const MAX_REMOTE_JOBS: usize = 64;
-/// How long opening a stream to a peer may take.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forwarded request waits for the serving node's first bytes when the model is
 /// warm there (a cold node gets the load wait).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a peer may take to send its request after opening a stream.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest non-streamed answer relayed or cached.
 const MAX_RESPONSE: usize = 16 << 20;
 /// Largest answer the cache keeps.
 const MAX_CACHED: usize = 1 << 20;
-/// Total bytes the response cache keeps.
-const CACHE_BYTES: usize = 64 << 20;
 
 pub const SERVED_BY: &str = "x-hubmesh-served-by";
 pub const CACHE: &str = "x-hubmesh-cache";
-
-/// Settings of the compute mesh.
-#[derive(Debug, Clone)]
-pub struct ComputeConfig {
-    pub mode: Mode,
-    /// The node key (signs adverts).
-    pub secret: [u8; 32],
-    /// How often capacity adverts go out; they expire after twice this.
-    pub advert_period: Duration,
-    /// Peers whose jobs a `mesh` node runs; empty: every peer.
-    pub allow_peers: Vec<PeerId>,
-    /// Responses the cache keeps (0: no cache).
-    pub cache_entries: usize,
-}
 
 /// Marks a request that a peer forwarded here: it runs here, never forwarded again.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Forwarded(pub(crate) PeerId);
 
-pub(crate) struct Compute {
-    mode: Mode,
-    key: SigningKey,
-    me: PublicKey,
-    allow: Vec<PeerId>,
-    period: Duration,
-    table: Mutex<CapacityTable>,
-    cache: Option<Mutex<ResponseCache>>,
-    /// The inference routes behind [`layer`], for jobs that peers forward here.
-    local: OnceLock<Router>,
-    jobs: Arc<Semaphore>,
-    /// Decode speed measured over the last advert period with generation (tokens/s).
-    speed: Mutex<Speed>,
-    pub(crate) counters: Counters,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) served_here: AtomicU64,
-    pub(crate) forwarded: AtomicU64,
-    pub(crate) failovers: AtomicU64,
-    pub(crate) remote_jobs: AtomicU64,
-    pub(crate) cache_hits: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct Speed {
-    tokens: u64,
-    at: Option<Instant>,
-    rate: f32,
-}
-
-impl std::fmt::Debug for Compute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compute")
-            .field("mode", &self.mode)
-            .field("allow", &self.allow)
-            .finish_non_exhaustive()
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-impl Compute {
-    pub(crate) fn new(config: ComputeConfig) -> Self {
-        let key = SigningKey::from_bytes(&config.secret);
-        Self {
-            mode: config.mode,
-            me: key.public(),
-            key,
-            allow: config.allow_peers,
-            period: config.advert_period,
-            table: Mutex::new(CapacityTable::new(TableConfig {
-                // A node may advertise about twice per period at most.
-                min_interval_secs: config.advert_period.as_secs() / 2,
-                ..TableConfig::default()
-            })),
-            cache: (config.cache_entries > 0)
-                .then(|| Mutex::new(ResponseCache::new(config.cache_entries, CACHE_BYTES))),
-            local: OnceLock::new(),
-            jobs: Arc::new(Semaphore::new(MAX_REMOTE_JOBS)),
-            speed: Mutex::new(Speed::default()),
-            counters: Counters::default(),
+/// The capacity table as this node sees it, plus its own advert, for `/api/mesh/compute`.
+fn view(state: &AppState, compute: &Compute) -> Value {
+    let now = unix_now();
+    let mut view = serde_json::to_value(compute.table().view(now)).unwrap_or(Value::Null);
+    let rtts: HashMap<PeerId, Duration> = state
+        .p2p()
+        .peers()
+        .into_iter()
+        .filter_map(|(id, info)| Some((id, info.rtt?)))
+        .collect();
+    if let Some(nodes) = view.get_mut("nodes").and_then(Value::as_array_mut) {
+        for node in nodes {
+            let peer = node
+                .get("node")
+                .and_then(Value::as_str)
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(|k| hub_net::peer_id_of_key(&k));
+            let rtt = peer.and_then(|p| rtts.get(&p));
+            node["peer_id"] = json!(peer.map(|p| p.to_string()));
+            node["rtt_ms"] = json!(rtt.map(|d| d.as_secs_f64() * 1e3));
         }
     }
+    let load = state.inference().map(|m| m.snapshot());
+    let own = compute.advert(load.as_ref(), now);
+    let c = compute.counters();
+    json!({
+        "peer_id": state.p2p().peer_id().to_string(),
+        "mode": compute.mode(),
+        "local": serde_json::to_value(hub_compute::NodeView::from(&own)).unwrap_or(Value::Null),
+        "table": view,
+        "counters": {
+            "served_here": c.served_here.load(Ordering::Relaxed),
+            "forwarded": c.forwarded.load(Ordering::Relaxed),
+            "failovers": c.failovers.load(Ordering::Relaxed),
+            "remote_jobs": c.remote_jobs.load(Ordering::Relaxed),
+            "cache_hits": c.cache_hits.load(Ordering::Relaxed),
+        },
+    })
+}
 
-    pub(crate) fn set_local_router(&self, router: Router) {
-        let _ = self.local.set(router);
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, CapacityTable> {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The capacity table as this node sees it, plus its own advert, for `/api/mesh/compute`.
-    pub(crate) fn view(&self, state: &AppState) -> Value {
-        let now = unix_now();
-        let mut view = serde_json::to_value(self.table().view(now)).unwrap_or(Value::Null);
-        let rtts: HashMap<PeerId, Duration> = state
-            .p2p()
-            .peers()
-            .into_iter()
-            .filter_map(|(id, info)| Some((id, info.rtt?)))
-            .collect();
-        if let Some(nodes) = view.get_mut("nodes").and_then(Value::as_array_mut) {
-            for node in nodes {
-                let peer = node
-                    .get("node")
-                    .and_then(Value::as_str)
-                    .and_then(|h| hex::decode(h).ok())
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .and_then(|k| hub_net::peer_id_of_key(&k));
-                let rtt = peer.and_then(|p| rtts.get(&p));
-                node["peer_id"] = json!(peer.map(|p| p.to_string()));
-                node["rtt_ms"] = json!(rtt.map(|d| d.as_secs_f64() * 1e3));
-            }
-        }
-        let own = self.advert(state, now);
-        let c = &self.counters;
-        json!({
-            "peer_id": state.p2p().peer_id().to_string(),
-            "mode": self.mode,
-            "local": serde_json::to_value(hub_compute::NodeView::from(&own)).unwrap_or(Value::Null),
-            "table": view,
-            "counters": {
-                "served_here": c.served_here.load(Ordering::Relaxed),
-                "forwarded": c.forwarded.load(Ordering::Relaxed),
-                "failovers": c.failovers.load(Ordering::Relaxed),
-                "remote_jobs": c.remote_jobs.load(Ordering::Relaxed),
-                "cache_hits": c.cache_hits.load(Ordering::Relaxed),
-            },
+/// Where `model` should run: this node's load, whether it holds the repo, the live adverts
+/// and the peers' ping RTTs.
+fn decide(
+    state: &AppState,
+    compute: &Compute,
+    model: &RepoId,
+    presence: Presence,
+) -> hub_compute::Decision {
+    let load = state.inference().map(|m| m.snapshot());
+    let rtts: HashMap<PublicKey, Duration> = state
+        .p2p()
+        .peers()
+        .into_iter()
+        .filter_map(|(peer, info)| {
+            let key = hub_net::key_of_peer_id(&peer)?;
+            Some((PublicKey(key), info.rtt?))
         })
-    }
+        .collect();
+    compute.decide(load.as_ref(), model, presence.held, &rtts)
+}
 
-    /// Measures the decode speed since the last call (once per advert period): tokens
-    /// generated over the time since, kept from the last period that generated any.
-    fn measure_speed(&self, state: &AppState) {
-        let (_, _, _, generated) = state.metrics().inference_load();
-        let mut speed = self.speed.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = speed.at {
-            let secs = at.elapsed().as_secs_f32();
-            let tokens = generated.saturating_sub(speed.tokens);
-            if tokens > 0 && secs > 0.0 {
-                speed.rate = tokens as f32 / secs;
-            }
-        }
-        speed.tokens = generated;
-        speed.at = Some(Instant::now());
-    }
+/// The inference routes behind [`layer`] (the router serves them; the job handler runs
+/// peers' jobs through the same stack).
+pub(crate) fn inference_routes(state: &AppState) -> Router<AppState> {
+    crate::inference::routes()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), layer))
+}
 
-    /// This node's advert now (unsigned), with the last measured speed.
-    fn advert(&self, state: &AppState, now: u64) -> CapacityAdvert {
-        let (waiting, running, kv_used, _) = state.metrics().inference_load();
-        let rate = self
-            .speed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .rate;
-        // Milliseconds: strictly increasing across restarts without a stored counter.
-        let seq = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let mut advert = CapacityAdvert::new(self.me, seq, now);
-        // Two periods, plus a second for clocks read in whole seconds on both ends.
-        advert.expires_at = now + 2 * self.period.as_secs().max(1) + 1;
-        advert.mode = self.mode;
-        advert.accepts_remote = self.mode == Mode::Mesh;
-        advert.device = DeviceKind::Cpu;
-        advert.device_name = format!("cpu ({} threads)", num_threads());
-        if let Some(inference) = state.inference().filter(|_| self.mode != Mode::Off) {
-            let (used, budget) = inference.memory();
-            let limits = inference.engine_limits();
-            let loaded = inference.loaded_models();
-            advert.memory_total_bytes = budget;
-            advert.memory_free_bytes = budget.saturating_sub(used);
-            advert.queue_depth = u32::try_from(waiting + running).unwrap_or(u32::MAX);
-            advert.queue_limit = u32::try_from(limits.max_running + limits.max_waiting)
-                .unwrap_or(u32::MAX)
-                .saturating_mul(u32::try_from(loaded.len().max(1)).unwrap_or(1));
-            advert.running = u32::try_from(running).unwrap_or(u32::MAX);
-            let blocks = limits.num_blocks.saturating_mul(loaded.len()) as u64;
-            advert.free_kv_blocks = u32::try_from(blocks.saturating_sub(kv_used)).unwrap_or(0);
-            advert.kv_block_tokens = u32::try_from(limits.block_size).unwrap_or(0);
-            let mut seen = std::collections::BTreeSet::new();
-            for key in loaded {
-                let (Ok(repo), Some(commit)) =
-                    (RepoId::parse(RepoType::Model, &key.repo), oid(&key.commit))
-                else {
-                    continue;
-                };
-                if advert.models.len() < hub_protocol::capacity::MAX_MODELS
-                    && seen.insert(repo.clone())
-                {
-                    advert.models.push(LoadedModel {
-                        repo,
-                        commit,
-                        decode_tokens_per_s: rate,
-                        running: 0,
-                    });
+/// The handler for the jobs peers forward here: each runs through [`inference_routes`],
+/// marked [`Forwarded`], as an anonymous caller. The node passes it to
+/// [`hub_models::Compute::start`].
+pub fn forwarded_jobs(state: &AppState) -> Arc<dyn JobHandler> {
+    Arc::new(Jobs {
+        router: inference_routes(state).with_state(state.clone()),
+    })
+}
+
+#[derive(Debug)]
+struct Jobs {
+    router: Router,
+}
+
+impl JobHandler for Jobs {
+    fn run(
+        &self,
+        peer: PeerId,
+        request: ForwardRequest,
+    ) -> BoxFuture<'static, Result<JobAnswer, JobError>> {
+        let router = self.router.clone();
+        Box::pin(async move {
+            let mut http_request = Request::new(Body::from(request.body));
+            *http_request.method_mut() = Method::POST;
+            *http_request.uri_mut() = request.path.parse().map_err(|_| JobError::InvalidPath)?;
+            for (name, value) in &request.headers {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    http_request.headers_mut().append(n, v);
                 }
             }
-        }
-        advert
+            http_request.extensions_mut().insert(Forwarded(peer));
+            let response = match tower::ServiceExt::oneshot(router, http_request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let head = ResponseHead {
+                status: response.status().as_u16(),
+                headers: response
+                    .headers()
+                    .iter()
+                    .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect(),
+            };
+            let body = response
+                .into_body()
+                .into_data_stream()
+                .map(|chunk| {
+                    chunk
+                        .map(|b| b.to_vec())
+                        .map_err(|e| Box::new(e) as BodyError)
+                })
+                .boxed();
+            Ok(JobAnswer { head, body })
+        })
     }
-
-    /// Where `model` should run, from this node's state and the live adverts.
-    fn decide(&self, state: &AppState, model: &RepoId, presence: Presence) -> Decision {
-        let now = unix_now();
-        let mut local = LocalState::idle(self.me, self.mode);
-        if let Some(inference) = state.inference().filter(|_| self.mode != Mode::Off) {
-            let (waiting, running, _, _) = state.metrics().inference_load();
-            let limits = inference.engine_limits();
-            let hub_id = model.hub_id();
-            local.warm = inference.loaded_models().iter().any(|k| k.repo == hub_id);
-            local.queue_depth = u32::try_from(waiting + running).unwrap_or(u32::MAX);
-            local.queue_limit =
-                u32::try_from(limits.max_running + limits.max_waiting).unwrap_or(u32::MAX);
-            local.can_load = presence.held;
-        }
-        let rtts: HashMap<PublicKey, Duration> = state
-            .p2p()
-            .peers()
-            .into_iter()
-            .filter_map(|(peer, info)| {
-                let key = hub_net::key_of_peer_id(&peer)?;
-                Some((PublicKey(key), info.rtt?))
-            })
-            .collect();
-        let request = RouteRequest {
-            model: model.clone(),
-            commit: None,
-            load_bytes: 0,
-        };
-        let table = self.table();
-        hub_compute::route(&request, &local, table.live(now), &rtts, now)
-    }
-
-    fn allowed(&self, peer: &PeerId) -> bool {
-        self.allow.is_empty() || self.allow.contains(peer)
-    }
-}
-
-fn num_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn oid(hex_commit: &str) -> Option<[u8; 20]> {
-    hex::decode(hex_commit).ok()?.try_into().ok()
 }
 
 /// `GET /api/mesh/compute`: the capacity table as this node sees it (read-only, no token:
@@ -340,7 +218,7 @@ pub(crate) fn routes() -> Router<AppState> {
         "/api/mesh/compute",
         axum::routing::get(|State(state): State<AppState>| async move {
             match state.compute() {
-                Some(compute) => axum::Json(compute.view(&state)).into_response(),
+                Some(compute) => axum::Json(view(&state, compute)).into_response(),
                 None => axum::Json(json!({
                     "peer_id": state.p2p().peer_id().to_string(),
                     "mode": "local",
@@ -350,75 +228,6 @@ pub(crate) fn routes() -> Router<AppState> {
             }
         }),
     )
-}
-
-/// Starts the advert, table and stream tasks; they end when the swarm stops.
-pub(crate) fn start(state: &AppState, compute: &Arc<Compute>) {
-    tokio::spawn(advertise(state.clone(), compute.clone()));
-    tokio::spawn(collect_adverts(state.clone(), compute.clone()));
-    if compute.mode == Mode::Mesh {
-        tokio::spawn(serve_streams(state.clone(), compute.clone()));
-    }
-}
-
-/// Gossips this node's signed advert every period.
-async fn advertise(state: AppState, compute: Arc<Compute>) {
-    let mut tick = tokio::time::interval(compute.period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        compute.measure_speed(&state);
-        let advert = compute.advert(&state, unix_now());
-        let signed = match advert.sign(&compute.key) {
-            Ok(signed) => signed,
-            Err(error) => {
-                tracing::warn!(%error, "cannot sign capacity advert");
-                continue;
-            }
-        };
-        match state.p2p().publish(Topic::Capacity, signed.encode()).await {
-            Ok(()) => {}
-            Err(hub_net::NetError::Stopped) => break,
-            // No peers subscribed yet, and the like: the next period tries again.
-            Err(error) => tracing::trace!(%error, "capacity advert not published"),
-        }
-    }
-}
-
-/// Judges the adverts peers gossip and keeps the good ones.
-async fn collect_adverts(state: AppState, compute: Arc<Compute>) {
-    let Some(mut adverts) = state.p2p().take_capacity_adverts() else {
-        return;
-    };
-    while let Some(message) = adverts.recv().await {
-        let verdict = match SignedCapacityAdvert::decode(&message.data) {
-            Err(error) => {
-                tracing::debug!(source = %message.source, %error, "malformed capacity advert");
-                Verdict::Reject
-            }
-            // Gossipsub checked the author's signature over the message: a node may only
-            // publish its own advert.
-            Ok(signed)
-                if message.author.and_then(|a| hub_net::key_of_peer_id(&a))
-                    != Some(signed.advert.node.0) =>
-            {
-                tracing::debug!(source = %message.source, "capacity advert published by another node");
-                Verdict::Reject
-            }
-            Ok(signed) => match compute.table().insert(signed, unix_now()) {
-                Ok(_) => Verdict::Accept,
-                Err(rejected) if rejected.penalise() => {
-                    tracing::warn!(source = %message.source, %rejected, "capacity advert rejected");
-                    Verdict::Reject
-                }
-                Err(rejected) => {
-                    tracing::trace!(%rejected, "capacity advert ignored");
-                    Verdict::Ignore
-                }
-            },
-        };
-        state.p2p().judge(&message, verdict);
-    }
 }
 
 /// Whether this node holds a model's repo, and whether the mesh announced it.
@@ -444,14 +253,10 @@ impl Presence {
 
 /// The model of an inference request: the body's `model` (`ns/name[:revision]`), or the
 /// HF Inference API's path.
-fn model_of(path: &str, body: &[u8]) -> Option<(RepoId, String)> {
+fn model_of(path: &str, body: Option<&Value>) -> Option<(RepoId, String)> {
     let name = match path.strip_prefix("/models/") {
         Some(rest) => rest.to_owned(),
-        None => serde_json::from_slice::<Value>(body)
-            .ok()?
-            .get("model")?
-            .as_str()?
-            .to_owned(),
+        None => body?.get("model")?.as_str()?.to_owned(),
     };
     let (repo, revision) = name.split_once(':').unwrap_or((&name, "main"));
     Some((
@@ -482,7 +287,13 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
             );
         }
     };
-    let Some((model, revision)) = model_of(&path, &bytes) else {
+    // The body's JSON, parsed once: for the model, the cache, and (through the request's
+    // extensions) the handler.
+    let json = serde_json::from_slice::<Value>(&bytes).ok().map(Arc::new);
+    if let Some(json) = &json {
+        parts.extensions.insert(ParsedBody(json.clone()));
+    }
+    let Some((model, revision)) = model_of(&path, json.as_deref()) else {
         // Malformed: the handler gives the API's own error.
         return next
             .run(Request::from_parts(parts, Body::from(bytes)))
@@ -530,7 +341,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
             .run(Request::from_parts(parts, Body::from(bytes)))
             .await;
     }
-    let decision = compute.decide(&state, &model, presence);
+    let decision = decide(&state, &compute, &model, presence);
     tracing::info!(
         %model,
         candidates = ?decision.candidates.iter().map(|c| (target_name(&c.target), c.reason.as_str())).collect::<Vec<_>>(),
@@ -539,7 +350,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
     let mut last_failure = None;
     for (i, candidate) in decision.candidates.iter().enumerate() {
         if i > 0 {
-            compute.counters.failovers.fetch_add(1, Ordering::Relaxed);
+            compute.counters().failovers.fetch_add(1, Ordering::Relaxed);
         }
         match candidate.target {
             Target::Local => {
@@ -555,7 +366,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
                 match forward(&state, peer, &parts, &bytes).await {
                     Ok(response) => {
                         tracing::info!(%model, %peer, reason = %candidate.reason, "forwarded");
-                        compute.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                        compute.counters().forwarded.fetch_add(1, Ordering::Relaxed);
                         return response;
                     }
                     Err(Failure { why, answer }) => {
@@ -577,7 +388,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
                 format!(
                     "no node of the mesh can serve `{}` now (this node's inference mode is {})",
                     model.hub_id(),
-                    compute.mode
+                    compute.mode()
                 )
             } else {
                 format!(
@@ -611,36 +422,39 @@ async fn run_local(
     next: Next,
 ) -> Response {
     let path = parts.uri.path().to_owned();
-    compute.counters.served_here.fetch_add(1, Ordering::Relaxed);
+    compute
+        .counters()
+        .served_here
+        .fetch_add(1, Ordering::Relaxed);
     if let Err(response) = fetch_if_missing(state, &parts, model, revision, presence).await {
         return with_served_by(state, response);
     }
-    let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let json = parts.extensions.get::<ParsedBody>().map(|p| p.0.clone());
     let streamed = json
         .as_ref()
         .and_then(|v| v.get("stream"))
         .and_then(Value::as_bool)
         .unwrap_or(false)
         || path == "/generate_stream";
-    let cache_key = match (&compute.cache, &json) {
-        (Some(_), Some(body)) if !streamed && hub_compute::is_deterministic(body) => {
+    let cache_key = match &json {
+        Some(body) if compute.has_cache() && !streamed && hub_compute::is_deterministic(body) => {
             let (repos, id, rev) = (state.repos().clone(), model.clone(), revision.to_owned());
             let commit = tokio::task::spawn_blocking(move || repos.resolve(&id, &rev).ok())
                 .await
                 .ok()
                 .flatten()
-                .and_then(|c| oid(&c));
+                .and_then(|c| hex::decode(c).ok()?.try_into().ok());
             commit.map(|c| CacheKey::new(&path, model, &c, body))
         }
         _ => None,
     };
-    if let (Some(cache), Some(key)) = (&compute.cache, &cache_key) {
-        let hit = cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key);
+    if let Some(key) = &cache_key {
+        let hit = compute.cache().and_then(|mut cache| cache.get(key));
         if let Some(hit) = hit {
-            compute.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            compute
+                .counters()
+                .cache_hits
+                .fetch_add(1, Ordering::Relaxed);
             let mut response = Response::new(Body::from(hit.body.clone()));
             if let Ok(v) = HeaderValue::from_str(&hit.content_type) {
                 response.headers_mut().insert(http::header::CONTENT_TYPE, v);
@@ -654,8 +468,8 @@ async fn run_local(
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    let response = match (&compute.cache, cache_key) {
-        (Some(cache), Some(key)) if response.status() == StatusCode::OK => {
+    let response = match cache_key {
+        Some(key) if response.status() == StatusCode::OK => {
             let (mut head, body) = response.into_parts();
             match axum::body::to_bytes(body, MAX_CACHED).await {
                 Ok(body) => {
@@ -665,13 +479,15 @@ async fn run_local(
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("application/json")
                         .to_owned();
-                    cache.lock().unwrap_or_else(PoisonError::into_inner).insert(
-                        key,
-                        CachedResponse {
-                            content_type,
-                            body: body.to_vec(),
-                        },
-                    );
+                    if let Some(mut cache) = compute.cache() {
+                        cache.insert(
+                            key,
+                            CachedResponse {
+                                content_type,
+                                body: body.to_vec(),
+                            },
+                        );
+                    }
                     head.headers.insert(CACHE, HeaderValue::from_static("miss"));
                     Response::from_parts(head, Body::from(body))
                 }
@@ -684,7 +500,7 @@ async fn run_local(
                 ),
             }
         }
-        (Some(_), Some(_)) | (Some(_), None) | (None, _) => response,
+        Some(_) | None => response,
     };
     with_served_by(state, response)
 }
@@ -724,7 +540,7 @@ async fn fetch_if_missing(
     let name = model.hub_id();
     let wait = state
         .inference()
-        .map_or(crate::DEFAULT_LOAD_WAIT, |i| i.load_wait());
+        .map_or(hub_models::DEFAULT_LOAD_WAIT, |i| i.load_wait());
     let waits = !path.starts_with("/models/")
         || parts
             .headers
@@ -741,7 +557,7 @@ async fn fetch_if_missing(
             StatusCode::SERVICE_UNAVAILABLE,
             "loading",
             format!("Model {name} is currently loading"),
-            Some(crate::inference::LOAD_ESTIMATE.as_secs_f64()),
+            Some(hub_models::LOAD_ESTIMATE.as_secs_f64()),
         ));
     }
     fetch.await.map_err(|why| {
@@ -769,21 +585,7 @@ async fn missing_weights(
         revision.to_owned(),
     );
     tokio::task::spawn_blocking(move || {
-        let commit = repos.resolve(&id, &rev).ok()?;
-        // The same files loading materializes.
-        let files = crate::inference::model_files(&repos, &id, &commit).ok()?;
-        Some(
-            files
-                .into_iter()
-                .filter_map(|e| {
-                    let lfs = e.lfs?;
-                    let sha: hub_store::Sha256 = lfs.sha256.parse().ok()?;
-                    let here =
-                        hub_core::lfs_objects::belongs(&repos, &store, &id, &sha).unwrap_or(false);
-                    (!here).then_some((sha, lfs.size))
-                })
-                .collect(),
-        )
+        hub_models::files::missing_weights(&repos, &store, &id, &rev)
     })
     .await
     .ok()
@@ -796,22 +598,16 @@ async fn fetch_model(
     model: &RepoId,
     revision: &str,
     deadline: Instant,
-) -> Result<(), String> {
-    let started = Instant::now();
-    let mesh = state.hub().mesh();
-    mesh.ensure_repo(model, deadline.into())
-        .await
-        .map_err(|e| e.to_string())?;
-    for (sha, size) in missing_weights(state, model, revision)
-        .await
-        .unwrap_or_default()
-    {
-        mesh.ensure_lfs(model, sha, size, deadline.into())
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    tracing::info!(%model, elapsed = ?started.elapsed(), "model fetched from the mesh");
-    Ok(())
+) -> Result<(), hub_models::FetchError> {
+    hub_models::files::fetch_model(
+        state.hub().mesh().as_ref(),
+        state.repos().clone(),
+        state.store().clone(),
+        model,
+        revision,
+        deadline,
+    )
+    .await
 }
 
 /// Why a peer did not answer usefully before its first byte; `answer` is its error response
@@ -826,22 +622,6 @@ impl From<String> for Failure {
         Self { why, answer: None }
     }
 }
-
-impl From<hub_net::FrameError> for Failure {
-    fn from(error: hub_net::FrameError) -> Self {
-        error.to_string().into()
-    }
-}
-
-/// Headers a forwarded request carries to the serving node.
-const REQUEST_HEADERS: [&str; 3] = ["content-type", "accept", "x-wait-for-model"];
-/// Headers never relayed from a serving node's answer (hop by hop, or recomputed).
-const HOP_HEADERS: [&str; 4] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-];
 
 fn head_headers(head: &ResponseHead) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -882,37 +662,19 @@ async fn forward(
         headers,
         body: body.to_vec(),
     });
-    // Until the request is sent nothing ran on the peer, so a stream lost on the way (its
-    // connection closed as a second one to the same peer replaced it) is opened again once.
-    let mut control = state.p2p().streams();
-    let mut attempt = 0;
-    let mut stream = loop {
-        attempt += 1;
-        let mut stream = tokio::time::timeout(
-            OPEN_TIMEOUT,
-            control.open_stream(peer, StreamProtocol::new(INFER_PROTOCOL)),
-        )
+    let mut stream = hub_models::open_job(state.p2p(), peer, &request)
         .await
-        .map_err(|_| "timed out opening a stream".to_owned())?
         .map_err(|e| e.to_string())?;
-        match write_frame(&mut stream, &request).await {
-            Ok(()) => break stream,
-            Err(e) if attempt < 2 => {
-                tracing::debug!(%peer, error = %e, "stream lost before the request was sent; opening another");
-            }
-            Err(e) => return Err(format!("send the request: {e}").into()),
-        }
-    };
     // A cold peer fetches and loads the model before its first byte.
     let first_bytes = FIRST_BYTES_TIMEOUT.max(
         state
             .inference()
-            .map_or(crate::DEFAULT_LOAD_WAIT, |i| i.load_wait()),
+            .map_or(hub_models::DEFAULT_LOAD_WAIT, |i| i.load_wait()),
     );
     let deadline = tokio::time::Instant::now() + first_bytes;
     let head = match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
         Err(_) => return Err("no answer before the timeout".to_owned().into()),
-        Ok(Err(e)) => return Err(e.into()),
+        Ok(Err(e)) => return Err(e.to_string().into()),
         Ok(Ok(Frame::Head(head))) => head,
         Ok(Ok(Frame::Error(m))) => return Err(format!("refused: {m}").into()),
         Ok(Ok(other)) => return Err(format!("protocol error: {other:?} before the head").into()),
@@ -940,7 +702,7 @@ async fn forward(
         loop {
             match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
                 Err(_) => return Err("answer not complete before the timeout".to_owned().into()),
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(Err(e)) => return Err(e.to_string().into()),
                 Ok(Ok(Frame::Data(d))) if out.len() + d.len() <= MAX_RESPONSE => {
                     out.extend_from_slice(&d);
                 }
@@ -962,7 +724,7 @@ async fn forward(
     // Streamed: wait for the first event before committing to this peer.
     let first = match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
         Err(_) => return Err("no first token before the timeout".to_owned().into()),
-        Ok(Err(e)) => return Err(e.into()),
+        Ok(Err(e)) => return Err(e.to_string().into()),
         Ok(Ok(Frame::Data(d))) => Some(d),
         Ok(Ok(Frame::End)) => None,
         Ok(Ok(Frame::Error(m))) => return Err(format!("failed: {m}").into()),
@@ -993,130 +755,6 @@ async fn forward(
     Ok(build(status, headers, Body::from_stream(body)))
 }
 
-/// An SSE event that ends a stream with an error, as OpenAI's streams report one.
-fn sse_error(message: &str) -> Bytes {
-    let event = json!({"error": {"message": message, "type": "upstream_error", "code": null}});
-    Bytes::from(format!("data: {event}\n\n"))
-}
-
-/// Accepts `/hubmesh/infer/1` streams and runs their requests here (mode `mesh` only).
-async fn serve_streams(state: AppState, compute: Arc<Compute>) {
-    let mut incoming = match state
-        .p2p()
-        .streams()
-        .accept(StreamProtocol::new(INFER_PROTOCOL))
-    {
-        Ok(incoming) => incoming,
-        Err(error) => {
-            tracing::warn!(%error, "cannot accept forwarded inference requests");
-            return;
-        }
-    };
-    while let Some((peer, mut stream)) = incoming.next().await {
-        let refused = if !compute.allowed(&peer) {
-            Some("this node does not run jobs of this peer")
-        } else {
-            None
-        };
-        let permit = compute.jobs.clone().try_acquire_owned().ok();
-        match (refused, permit) {
-            (None, Some(permit)) => {
-                let compute = compute.clone();
-                tokio::spawn(async move {
-                    serve_stream(&compute, peer, stream).await;
-                    drop(permit);
-                });
-            }
-            (refused, _) => {
-                let why = refused.unwrap_or("too many remote jobs running");
-                tracing::info!(%peer, why, "forwarded request refused");
-                tokio::spawn(async move {
-                    let _ = write_frame(&mut stream, &Frame::Error(why.into())).await;
-                    let _ = stream.close().await;
-                });
-            }
-        }
-    }
-}
-
-async fn serve_stream(compute: &Compute, peer: PeerId, mut stream: hub_net::Stream) {
-    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
-        Ok(Ok(Frame::Request(request))) => request,
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
-            tracing::debug!(%peer, "bad or missing forwarded request");
-            let _ = write_frame(&mut stream, &Frame::Error("expected a request".into())).await;
-            return;
-        }
-    };
-    let Some(router) = compute.local.get().cloned() else {
-        let _ = write_frame(&mut stream, &Frame::Error("inference not enabled".into())).await;
-        return;
-    };
-    compute.counters.remote_jobs.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%peer, path = %request.path, "running a forwarded request");
-    let mut http_request = Request::new(Body::from(request.body));
-    *http_request.method_mut() = Method::POST;
-    match request.path.parse() {
-        Ok(uri) => *http_request.uri_mut() = uri,
-        Err(_) => {
-            let _ = write_frame(&mut stream, &Frame::Error("invalid path".into())).await;
-            return;
-        }
-    }
-    // Only the headers a forwarder sends: never credentials, the job is anonymous.
-    let relayed = request
-        .headers
-        .iter()
-        .filter(|(name, _)| REQUEST_HEADERS.contains(&name.to_ascii_lowercase().as_str()));
-    for (name, value) in relayed {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            http_request.headers_mut().append(n, v);
-        }
-    }
-    http_request.extensions_mut().insert(Forwarded(peer));
-    let response = match tower::ServiceExt::oneshot(router, http_request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let head = Frame::Head(ResponseHead {
-        status: response.status().as_u16(),
-        headers: response
-            .headers()
-            .iter()
-            .filter(|(n, _)| !HOP_HEADERS.contains(&n.as_str()))
-            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
-    });
-    if write_frame(&mut stream, &head).await.is_err() {
-        return;
-    }
-    let mut body = response.into_body().into_data_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                let _ = write_frame(&mut stream, &Frame::Error(error.to_string())).await;
-                return;
-            }
-        };
-        for part in chunk.chunks(MAX_BODY) {
-            if write_frame(&mut stream, &Frame::Data(part.to_vec()))
-                .await
-                .is_err()
-            {
-                // The forwarding gateway went away: dropping the body cancels the request.
-                tracing::debug!(%peer, "forwarding peer went away; cancelling");
-                return;
-            }
-        }
-    }
-    let _ = write_frame(&mut stream, &Frame::End).await;
-    let _ = stream.close().await;
-}
-
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         self.answer
@@ -1133,6 +771,9 @@ mod tests {
 
     #[test]
     fn the_model_comes_from_the_body_or_the_hf_path() {
+        let model_of = |path: &str, body: &[u8]| {
+            model_of(path, serde_json::from_slice::<Value>(body).ok().as_ref())
+        };
         let (id, rev) = model_of("/v1/chat/completions", br#"{"model":"bob/tiny:dev"}"#).unwrap();
         assert_eq!((id.hub_id().as_str(), rev.as_str()), ("bob/tiny", "dev"));
         let (id, rev) = model_of("/models/bob/tiny", b"{}").unwrap();
@@ -1158,13 +799,16 @@ mod tests {
         // access check, so replaying a deterministic request for a private model returned the
         // answer its owner had got.
         let (f, _cache) = setup(EngineConfig::default()).await;
-        assert!(f.state.enable_compute(crate::ComputeConfig {
-            mode: hub_compute::Mode::Mesh,
-            secret: [7; 32],
-            advert_period: Duration::from_secs(3600),
-            allow_peers: Vec::new(),
-            cache_entries: 16,
-        }));
+        assert!(
+            f.state
+                .enable_compute(Arc::new(Compute::new(hub_models::ComputeConfig {
+                    mode: hub_compute::Mode::Mesh,
+                    secret: [7; 32],
+                    advert_period: Duration::from_secs(3600),
+                    allow_peers: Vec::new(),
+                    cache_entries: 16,
+                })))
+        );
         let secret = chat(json!({"model": "admin/secret"}));
         for expected in ["miss", "hit"] {
             let r = post(&f, "/v1/chat/completions", Some(&f.admin), secret.clone()).await;

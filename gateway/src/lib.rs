@@ -42,12 +42,13 @@ mod routes;
 mod testing;
 mod util;
 
-pub use compute::ComputeConfig;
+pub use compute::forwarded_jobs;
 pub use error::AppError;
 pub use git::{
     DEFAULT_GIT_IDLE_TIMEOUT, DEFAULT_MAX_GIT_PER_CLIENT, DEFAULT_MAX_GIT_PROCESSES, GitLimits,
 };
-pub use inference::{DEFAULT_LOAD_WAIT, InferenceConfig};
+/// How long inference requests wait for a model to load by default (`hub-models`').
+pub use hub_models::DEFAULT_LOAD_WAIT;
 pub use routes::router;
 
 use hub_auth::AuthStore;
@@ -105,8 +106,9 @@ struct Inner {
     metrics: Metrics,
     git: git::Limiter,
     /// Set once by [`AppState::enable_inference`]; the inference routes answer 503 until then.
-    inference: std::sync::OnceLock<Arc<inference::Inference>>,
-    compute: std::sync::OnceLock<Arc<compute::Compute>>,
+    inference: std::sync::OnceLock<Arc<hub_models::Models>>,
+    /// Set once by [`AppState::enable_compute`]; every inference request runs here until then.
+    compute: std::sync::OnceLock<Arc<hub_models::Compute>>,
 }
 
 impl AppState {
@@ -193,35 +195,26 @@ impl AppState {
         &self.inner.git
     }
 
-    /// Serves the inference routes (OpenAI, TGI, HF Inference API) from models on this node.
-    /// Returns `false` when inference was enabled already (the first configuration stays).
-    pub fn enable_inference(&self, config: InferenceConfig) -> bool {
-        self.inner
-            .inference
-            .set(Arc::new(inference::Inference::new(
-                config,
-                self.inner.metrics.inference_observer(),
-            )))
-            .is_ok()
+    /// Serves the inference routes (OpenAI, TGI, HF Inference API) from `models`, which the
+    /// node builds (with [`Metrics::inference_observer`] as its engines' observer). Returns
+    /// `false` when inference was enabled already (the first stays).
+    pub fn enable_inference(&self, models: Arc<hub_models::Models>) -> bool {
+        self.inner.inference.set(models).is_ok()
     }
 
-    pub(crate) fn inference(&self) -> Option<&Arc<inference::Inference>> {
+    pub(crate) fn inference(&self) -> Option<&Arc<hub_models::Models>> {
         self.inner.inference.get()
     }
 
-    /// Turns on the compute mesh (capacity adverts, routing, forwarding, response cache; see
-    /// the `compute` module) and starts its tasks; call inside the runtime, once, after
-    /// [`AppState::enable_inference`]. Without it every inference request runs here.
-    pub fn enable_compute(&self, config: ComputeConfig) -> bool {
-        let compute = Arc::new(compute::Compute::new(config));
-        if self.inner.compute.set(compute.clone()).is_err() {
-            return false;
-        }
-        compute::start(self, &compute);
-        true
+    /// Routes inference requests over the compute mesh (routing, forwarding, response cache;
+    /// see the `compute` module). The node builds `compute` and starts its tasks itself
+    /// ([`hub_models::Compute::start`], with [`forwarded_jobs`] as the job handler). Without it
+    /// every inference request runs here. Returns `false` when it was enabled already.
+    pub fn enable_compute(&self, compute: Arc<hub_models::Compute>) -> bool {
+        self.inner.compute.set(compute).is_ok()
     }
 
-    pub(crate) fn compute(&self) -> Option<&Arc<compute::Compute>> {
+    pub(crate) fn compute(&self) -> Option<&Arc<hub_models::Compute>> {
         self.inner.compute.get()
     }
 }

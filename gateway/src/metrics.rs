@@ -148,19 +148,6 @@ impl Metrics {
         }
     }
 
-    /// The generation load over all engines now: requests waiting, sequences running, KV
-    /// blocks used, and tokens generated since start (for capacity adverts).
-    pub(crate) fn inference_load(&self) -> (u64, u64, u64, u64) {
-        let i = &self.inference;
-        let gauge = |g: &Gauge| u64::try_from(g.get()).unwrap_or(0);
-        (
-            gauge(&i.waiting),
-            gauge(&i.running),
-            gauge(&i.kv_blocks_used),
-            i.generated.get(),
-        )
-    }
-
     /// What the inference engines report to.
     pub fn inference_observer(&self) -> Arc<dyn ServeObserver> {
         self.inference.clone()

@@ -16,14 +16,8 @@ use std::time::Instant;
 /// The gateway's router, with request metrics around every route.
 pub fn router(state: AppState) -> Router {
     // The inference routes behind the compute mesh's routing layer; the same stack serves
-    // the jobs peers forward here.
-    let inference = crate::inference::routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        crate::compute::layer,
-    ));
-    if let Some(compute) = state.compute() {
-        compute.set_local_router(inference.clone().with_state(state.clone()));
-    }
+    // the jobs peers forward here (`compute::forwarded_jobs`).
+    let inference = crate::compute::inference_routes(&state);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))

@@ -1,7 +1,9 @@
 //! `hubmesh up`: open the data directory, start every part, serve, shut down cleanly.
 //!
 //! Start-up order: raise the open-file limit → lock the data directory → node key → accounts (first start: admin and its
-//! token) → bind HTTP → start the p2p swarm (binds and reports its addresses) → serve →
+//! token) → bind HTTP → start the p2p swarm (binds and reports its addresses) → the gateway's
+//! state → the models service and the compute mesh (built here, handed to the gateway; the
+//! compute tasks started with the gateway's job handler) → serve →
 //! write `node.json`. Nothing is announced as ready before everything is bound.
 //!
 //! Shutdown (SIGINT/SIGTERM): remove `node.json`, stop accepting, let in-flight requests
@@ -11,7 +13,8 @@ use crate::config::Config;
 use crate::datadir::{self, DataDir};
 use anyhow::Context;
 use hub_auth::AuthStore;
-use hub_gateway::{AppState, GatewayConfig, InferenceConfig, Parts};
+use hub_gateway::{AppState, GatewayConfig, Parts};
+use hub_models::{Compute, ComputeConfig, Models, ModelsConfig};
 use hub_net::{CancellationToken, P2pConfig};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
 use std::sync::Arc;
@@ -129,7 +132,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             git: config.gateway.git_limits(),
         },
     });
-    let mut inference = InferenceConfig::new(data.join(MODEL_CACHE_DIR));
+    // Models and the compute mesh: built here, handed to the gateway, and the compute tasks
+    // (advertiser, advert collector, stream server running peers' jobs through the gateway's
+    // inference routes) started once the gateway can take jobs.
+    let mut inference = ModelsConfig::new(data.join(MODEL_CACHE_DIR));
     if let Some(mib) = config.inference.memory_budget_mib {
         inference.registry.memory_budget = mib.saturating_mul(1 << 20);
     }
@@ -137,14 +143,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = &mut inference.registry.serve.engine;
     engine.max_running = config.inference.max_running;
     engine.max_waiting = config.inference.max_waiting;
-    state.enable_inference(inference);
-    state.enable_compute(hub_gateway::ComputeConfig {
+    let models = Arc::new(Models::new(
+        inference,
+        state.repos().clone(),
+        state.store().clone(),
+        Some(state.metrics().inference_observer()),
+    ));
+    state.enable_inference(models.clone());
+    let compute = Arc::new(Compute::new(ComputeConfig {
         mode: config.inference_mode()?,
         secret,
         advert_period: Duration::from_secs(config.inference.advert_period_secs),
         allow_peers: config.allow_peers()?,
         cache_entries: config.inference.cache_entries,
-    });
+    }));
+    state.enable_compute(compute.clone());
+    compute.start(
+        p2p.clone(),
+        Some(models),
+        hub_gateway::forwarded_jobs(&state),
+    );
     let app = hub_gateway::router(state);
     let flusher = tokio::spawn(flush_downloads_every(
         repos.clone(),

@@ -31,6 +31,8 @@ use serde::Deserialize;
 
 use crate::tokenizer::{HfTokenizer, Tokenizer, TokenizerError};
 
+/// Test fixtures for this crate and the crates above it (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 
 /// Sequences per forward pass in [`Embedder::embed`].
@@ -178,6 +180,8 @@ pub struct BertModel {
     layers: Vec<Layer>,
     exact_gelu: bool,
     device: Device,
+    /// Bytes of the weights as loaded (f32), for the memory budget of the models a node keeps.
+    weight_bytes: u64,
 }
 
 impl std::fmt::Debug for BertModel {
@@ -192,6 +196,8 @@ struct Weights<'a> {
     tensors: HashMap<String, Tensor>,
     prefix: &'static str,
     device: &'a Device,
+    /// Bytes of the tensors taken so far, as converted.
+    taken: u64,
 }
 
 impl Weights<'_> {
@@ -208,7 +214,9 @@ impl Weights<'_> {
                 expected: shape.to_vec(),
             });
         }
-        Ok(t.to_dtype(DType::F32)?.to_device(self.device)?)
+        let t = t.to_dtype(DType::F32)?.to_device(self.device)?;
+        self.taken += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        Ok(t)
     }
 
     fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<Linear, BertLoadError> {
@@ -282,6 +290,7 @@ impl BertModel {
             tensors,
             prefix,
             device,
+            taken: 0,
         };
         let (h, eps) = (c.hidden_size, c.layer_norm_eps);
         let word = w.take("embeddings.word_embeddings.weight", &[c.vocab_size, h])?;
@@ -322,12 +331,18 @@ impl BertModel {
             layers,
             exact_gelu,
             device: device.clone(),
+            weight_bytes: w.taken,
             config,
         })
     }
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// Bytes the weights take in memory (f32).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// Last hidden states of a padded batch: `(batch, longest, hidden)`, and the `(batch,
@@ -587,6 +602,12 @@ impl Embedder {
     /// Longest input in tokens (longer texts are truncated).
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// Bytes the model holds (its weights; an embedder has no KV cache), as the memory budget
+    /// of a node's models counts it.
+    pub fn memory_bytes(&self) -> u64 {
+        self.model.weight_bytes()
     }
 
     /// Width of the embeddings.

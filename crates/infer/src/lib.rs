@@ -52,4 +52,6 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod serve;
+#[cfg(any(test, feature = "test-support"))]
+mod testgen;
 pub mod tokenizer;

@@ -13,9 +13,11 @@
 //! - When every handle is dropped the thread finishes the requests it has, then exits.
 //! - [`TextStream`] turns token events into text (incremental detokenization) and applies stop
 //!   strings, holding back text that could be the start of one. Dropping it cancels.
-//! - [`Registry`] maps `(repo, commit)` to a handle: it loads a model on first use (with a
+//! - [`Registry`] maps `(repo, commit)` to a [`Served`] model — a generation handle or a
+//!   sentence [`Embedder`]: it loads a model on first use (with a
 //!   caller-supplied loader, so this crate does not know about repositories or stores), keeps
-//!   it warm within a memory budget (weights + KV cache per model), evicting the least
+//!   it warm within one memory budget (weights + KV cache per generation model, weights per
+//!   embedder), evicting the least
 //!   recently used *idle* models (no request holds their handle) to make room. A model larger
 //!   than the whole budget, or one that would need busy models evicted, is refused. Evicting
 //!   drops the registry's handle; the engine thread exits with its last handle.
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bert::Embedder;
 use crate::chat::{ChatTemplate, ChatTemplateError};
 use crate::engine::{Engine, EngineConfig, EngineInitError, GenerateRequest, TokenEvent};
 use crate::gguf::{GgufError, GgufFile};
@@ -785,11 +788,53 @@ pub fn estimate_memory(model: &Llama, engine: &EngineConfig) -> u64 {
     model.weight_bytes() + model.kv_store_bytes(engine.num_blocks, engine.block_size)
 }
 
-type Slot = Arc<Mutex<Option<ModelHandle>>>;
+/// A loaded model of either kind: a generation engine or a sentence embedder. Both count
+/// against one memory budget in a [`Registry`].
+#[derive(Debug, Clone)]
+pub enum Served {
+    Generate(ModelHandle),
+    /// An embedder has no engine thread: a request embeds on a blocking thread of its own.
+    Embed(Arc<Embedder>),
+}
+
+impl Served {
+    /// Bytes the model holds: weights plus KV cache for generation, weights for embedders.
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            Served::Generate(h) => h.memory_bytes(),
+            Served::Embed(e) => e.memory_bytes(),
+        }
+    }
+
+    pub fn tokenizer(&self) -> &HfTokenizer {
+        match self {
+            Served::Generate(h) => h.tokenizer(),
+            Served::Embed(e) => e.tokenizer(),
+        }
+    }
+
+    /// No request holds it (only the registry does): evicting it interrupts nobody.
+    fn idle(&self) -> bool {
+        match self {
+            Served::Generate(h) => Arc::strong_count(&h.inner) == 1,
+            Served::Embed(e) => Arc::strong_count(e) == 1,
+        }
+    }
+}
+
+/// A model loaded from its files, not yet admitted to a [`Registry`]'s budget.
+#[derive(Debug)]
+pub enum Loadable {
+    /// Its engine (and KV cache) starts once it is admitted.
+    Generate(Box<LoadedModel>),
+    Embed(Box<Embedder>),
+}
+
+type Slot = Arc<Mutex<Option<Served>>>;
 
 /// Loaded models by key, least recently used evicted when the memory budget needs room (see
-/// the module docs). Blocking: call it from a blocking thread, since a first use loads the
-/// model.
+/// the module docs). Generation models and embedders share the budget. Blocking: call it from
+/// a blocking thread, since a first use loads the model.
 #[derive(Debug, Default)]
 pub struct Registry {
     config: RegistryConfig,
@@ -821,6 +866,9 @@ pub enum RegistryError<E> {
         "model needs {needed} bytes of memory and only {available} bytes can be freed now: the other models are busy"
     )]
     Busy { needed: u64, available: u64 },
+    /// [`Registry::get_or_load`] found an embedder under the key, not a generation model.
+    #[error("the model is an embedding model, not a generation model")]
+    NotGeneration,
 }
 
 /// A loaded model as the eviction planner sees it.
@@ -878,32 +926,60 @@ impl Registry {
         self
     }
 
+    /// The limits it runs with.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The handle of `key` if it is loaded now (marking it used); never blocks on a load.
+    /// The generation engine of `key` if it is loaded now (marking it used); never blocks on
+    /// a load.
     pub fn get(&self, key: &ModelKey) -> Option<ModelHandle> {
-        let mut state = self.lock();
-        let i = state.slots.iter().position(|(k, _)| k == key)?;
-        let handle = state.slots[i].1.try_lock().ok()?.clone()?;
-        let entry = state.slots.remove(i);
-        state.slots.push(entry);
-        Some(handle)
+        match self.get_served(key)? {
+            Served::Generate(h) => Some(h),
+            Served::Embed(_) => None,
+        }
     }
 
-    /// The handle of `key`, loading it with `load` on first use. Concurrent first uses of one
-    /// key load it once; other keys are not blocked meanwhile. A failed load is not cached.
-    /// Before its engine starts, the least recently used idle models are evicted until the
-    /// new one fits the memory budget; a model that cannot fit is refused (and dropped). The
-    /// check runs once the weights are loaded (their size is known exactly then), so memory
-    /// briefly exceeds the budget by one model's weights at most; its KV cache is allocated
-    /// only after the check.
+    /// The model of `key`, of either kind, if it is loaded now (marking it used); never
+    /// blocks on a load.
+    pub fn get_served(&self, key: &ModelKey) -> Option<Served> {
+        let mut state = self.lock();
+        let i = state.slots.iter().position(|(k, _)| k == key)?;
+        let served = state.slots[i].1.try_lock().ok()?.clone()?;
+        let entry = state.slots.remove(i);
+        state.slots.push(entry);
+        Some(served)
+    }
+
+    /// The generation engine of `key`, loading it with `load` on first use; see
+    /// [`Registry::get_or_load_served`].
     pub fn get_or_load<E>(
         &self,
         key: &ModelKey,
         load: impl FnOnce() -> Result<LoadedModel, E>,
     ) -> Result<ModelHandle, RegistryError<E>> {
+        match self.get_or_load_served(key, || load().map(|m| Loadable::Generate(Box::new(m))))? {
+            Served::Generate(h) => Ok(h),
+            Served::Embed(_) => Err(RegistryError::NotGeneration),
+        }
+    }
+
+    /// The model of `key`, loading it with `load` on first use. Concurrent first uses of one
+    /// key load it once; other keys are not blocked meanwhile. A failed load is not cached.
+    /// Before it is served (a generation model: before its engine starts), the least recently
+    /// used idle models of either kind are evicted until the new one fits the memory budget;
+    /// a model that cannot fit is refused (and dropped). The check runs once the weights are
+    /// loaded (their size is known exactly then), so memory briefly exceeds the budget by one
+    /// model's weights at most; a KV cache is allocated only after the check.
+    pub fn get_or_load_served<E>(
+        &self,
+        key: &ModelKey,
+        load: impl FnOnce() -> Result<Loadable, E>,
+    ) -> Result<Served, RegistryError<E>> {
         let slot = {
             let mut state = self.lock();
             let slot = match state.slots.iter().position(|(k, _)| k == key) {
@@ -914,8 +990,8 @@ impl Registry {
             slot
         };
         let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(handle) = guard.as_ref() {
-            return Ok(handle.clone());
+        if let Some(served) = guard.as_ref() {
+            return Ok(served.clone());
         }
         let forget = |state: &mut State| state.slots.retain(|(_, s)| !Arc::ptr_eq(s, &slot));
         let loaded = match load() {
@@ -926,7 +1002,10 @@ impl Registry {
                 return Err(RegistryError::Load(e));
             }
         };
-        let needed = estimate_memory(&loaded.model, &self.config.serve.engine);
+        let needed = match &loaded {
+            Loadable::Generate(m) => estimate_memory(&m.model, &self.config.serve.engine),
+            Loadable::Embed(e) => e.memory_bytes(),
+        };
         {
             let mut state = self.lock();
             // Other models, least recently used first; one whose slot is locked is loading
@@ -938,11 +1017,11 @@ impl Registry {
                     continue;
                 }
                 if let Ok(g) = s.try_lock()
-                    && let Some(h) = g.as_ref()
+                    && let Some(served) = g.as_ref()
                 {
                     residents.push(Resident {
-                        bytes: h.memory_bytes(),
-                        idle: Arc::strong_count(&h.inner) == 1,
+                        bytes: served.memory_bytes(),
+                        idle: served.idle(),
                     });
                     candidates.push(s.clone());
                 }
@@ -971,14 +1050,21 @@ impl Registry {
                 }
             }
         }
-        let handle =
-            ModelHandle::spawn_observed(loaded, self.config.serve.clone(), self.observer.clone());
+        let served = match loaded {
+            Loadable::Generate(loaded) => ModelHandle::spawn_observed(
+                *loaded,
+                self.config.serve.clone(),
+                self.observer.clone(),
+            )
+            .map(Served::Generate),
+            Loadable::Embed(e) => Ok(Served::Embed(Arc::from(e))),
+        };
         let mut state = self.lock();
         state.reserved -= needed;
-        match handle {
-            Ok(handle) => {
-                *guard = Some(handle.clone());
-                Ok(handle)
+        match served {
+            Ok(served) => {
+                *guard = Some(served.clone());
+                Ok(served)
             }
             Err(e) => {
                 forget(&mut state);
@@ -987,7 +1073,7 @@ impl Registry {
         }
     }
 
-    /// Keys of the models loaded now, most recently used first.
+    /// Keys of the models loaded now (both kinds), most recently used first.
     pub fn loaded(&self) -> Vec<ModelKey> {
         let state = self.lock();
         state
@@ -999,17 +1085,19 @@ impl Registry {
             .collect()
     }
 
-    /// Bytes the loaded models take ([`ModelHandle::memory_bytes`] summed).
+    /// Bytes the loaded models take ([`Served::memory_bytes`] summed).
     pub fn memory_used(&self) -> u64 {
         let state = self.lock();
         state
             .slots
             .iter()
-            .filter_map(|(_, s)| s.try_lock().ok()?.as_ref().map(ModelHandle::memory_bytes))
+            .filter_map(|(_, s)| s.try_lock().ok()?.as_ref().map(Served::memory_bytes))
             .sum()
     }
 }
 
+/// Test fixtures for this crate and the crates above it (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 #[cfg(test)]
 mod tests;

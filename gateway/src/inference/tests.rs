@@ -4,11 +4,29 @@ use super::*;
 use crate::testing::{Fixture, Reply, fixture, send};
 use base64::Engine as _;
 use futures::StreamExt;
+use http::StatusCode;
 use hub_infer::engine::EngineConfig;
-use hub_infer::serve::{ServeConfig, fixture as model_fixture};
+use hub_infer::serve::{
+    LoadedModel, ModelKey, RegistryConfig, ServeConfig, fixture as model_fixture,
+};
+use hub_models::{DEFAULT_LOAD_WAIT, LoadFailure, Models, ModelsConfig};
+use hub_repo::EntryKind;
+use serde_json::json;
+use std::sync::Mutex;
+use std::time::Duration;
 use tower::ServiceExt;
 
 const MODEL: &str = "admin/tiny";
+
+/// The models service of `f`'s data, as the node builds it (engines reporting to the metrics).
+pub(crate) fn models(f: &Fixture, config: ModelsConfig) -> Arc<Models> {
+    Arc::new(Models::new(
+        config,
+        f.state.repos().clone(),
+        f.state.store().clone(),
+        Some(f.state.metrics().inference_observer()),
+    ))
+}
 
 /// A fixture with inference enabled and `admin/tiny` committed (plus `admin/secret`, private).
 pub(crate) async fn setup(engine: EngineConfig) -> (Fixture, tempfile::TempDir) {
@@ -19,7 +37,7 @@ pub(crate) async fn setup(engine: EngineConfig) -> (Fixture, tempfile::TempDir) 
 async fn setup_waiting(engine: EngineConfig, load_wait: Duration) -> (Fixture, tempfile::TempDir) {
     let f = fixture().await;
     let cache = tempfile::tempdir().unwrap();
-    assert!(f.state.enable_inference(InferenceConfig {
+    let config = ModelsConfig {
         cache_dir: cache.path().to_owned(),
         registry: RegistryConfig {
             memory_budget: 1 << 30,
@@ -29,7 +47,8 @@ async fn setup_waiting(engine: EngineConfig, load_wait: Duration) -> (Fixture, t
             },
         },
         load_wait,
-    }));
+    };
+    assert!(f.state.enable_inference(models(&f, config)));
     for (name, private) in [("tiny", false), ("secret", true)] {
         commit_model_with(&f, name, private, model_fixture::files(4096), None).await;
     }
@@ -392,7 +411,7 @@ async fn client_disconnect_cancels_and_frees_blocks() {
         commit,
     };
     let handle = inference
-        .registry
+        .registry()
         .get_or_load(&key, || -> Result<LoadedModel, LoadFailure> {
             panic!("the model is loaded")
         })
@@ -900,14 +919,7 @@ fn hold_loads(
         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = released.lock().unwrap().recv();
     });
-    assert!(
-        f.state
-            .inference()
-            .unwrap()
-            .load_hook
-            .set(LoadHook(hook))
-            .is_ok()
-    );
+    assert!(f.state.inference().unwrap().set_load_hook(hook));
     (release, loads)
 }
 
@@ -988,14 +1000,15 @@ async fn openai_and_tgi_give_up_on_a_slow_load_with_503() {
 async fn model_over_the_memory_budget_is_a_clear_error() {
     let f = fixture().await;
     let cache = tempfile::tempdir().unwrap();
-    assert!(f.state.enable_inference(InferenceConfig {
+    let config = ModelsConfig {
         cache_dir: cache.path().to_owned(),
         registry: RegistryConfig {
             memory_budget: 1024,
             serve: ServeConfig::default(),
         },
         load_wait: DEFAULT_LOAD_WAIT,
-    }));
+    };
+    assert!(f.state.enable_inference(models(&f, config)));
     commit_model(&f, "tiny", model_fixture::files(4096), None).await;
     let r = post(&f, "/v1/chat/completions", None, chat(json!({}))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
