@@ -1661,7 +1661,7 @@ async fn reads_fetch_announced_repos_on_demand_once() {
             repos
                 .create_with(&arriving, &author, false)
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| hub_core::EnsureError::Pending(e.to_string()))
         })),
     );
     let r = send(&f.app, "GET", "/api/models/carol/m", None, &[], "").await;

@@ -179,8 +179,8 @@ mod fake {
     use tokio::time::Instant;
 
     /// What a fetched repo does on arrival: the test's stand-in for a peer's pack (e.g. it
-    /// creates the repo in the node's `Repos`).
-    type Arrival = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+    /// creates the repo in the node's `Repos`); its error is what the fetch answers.
+    type Arrival = Arc<dyn Fn() -> Result<(), EnsureError> + Send + Sync>;
 
     /// An in-memory mesh for tests: namespaces hosted elsewhere, repos "announced" by peers
     /// (with what their arrival does), and a log of every call.
@@ -226,7 +226,7 @@ mod fake {
         pub fn announce(
             &self,
             repo: &RepoId,
-            arrive: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+            arrive: Option<Arc<dyn Fn() -> Result<(), EnsureError> + Send + Sync>>,
         ) {
             self.state().announced.insert(repo.clone(), arrive);
         }
@@ -263,7 +263,7 @@ mod fake {
                         Some(Some(arrive)) => arrive.clone(),
                     }
                 };
-                arrival().map_err(EnsureError::Pending)
+                arrival()
             })
         }
 

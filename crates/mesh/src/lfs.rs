@@ -34,6 +34,7 @@
 //! Serving: only objects in the LFS set of a public repo this node hosts or seeds; anything
 //! else is `NotFound`, the same answer as an unknown object.
 
+use crate::error::{LfsError, ScanError};
 use crate::stats::Stats;
 use hub_net::{GetError, P2p};
 use hub_protocol::blocks::{
@@ -92,28 +93,29 @@ pub(crate) fn missing(
     store: &Store,
     repo: &RepoId,
     lfs: &BTreeMap<Sha256, Hash>,
-) -> Result<Missing, String> {
-    let tips = repos.ref_tips(repo).map_err(|e| e.to_string())?;
+) -> Result<Missing, ScanError> {
+    let repo_error = |e: hub_repo::RepoError| ScanError::Repo(e.to_string());
+    let tips = repos.ref_tips(repo).map_err(repo_error)?;
     let pointers = repos
         .lfs_pointers(repo, &tips, MAX_LFS)
-        .map_err(|e| e.to_string())?;
+        .map_err(repo_error)?;
     let mut out = Missing::default();
     for (sha, size) in pointers {
         let sha256 = Sha256(sha);
-        if store.has(&sha256).map_err(|e| e.to_string())? {
+        if store
+            .has(&sha256)
+            .map_err(|e| ScanError::Store(e.to_string()))?
+        {
             // Left behind by a crash between the import's commit and the spool's removal.
             remove_spool(store, &sha256);
-            if repos
-                .has_lfs_object(repo, &sha)
-                .map_err(|e| e.to_string())?
-            {
+            if repos.has_lfs_object(repo, &sha).map_err(repo_error)? {
                 continue;
             }
             // Stored for another repo: adopted only on proof (the signed update binds it to
             // the very manifest the store holds); otherwise fetched and verified.
             if stored_as(store, &sha256, lfs.get(&sha256)) {
                 hub_core::lfs_objects::adopt(repos, store, repo, &sha256)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ScanError::Adopt(e.to_string()))?;
                 continue;
             }
         }
@@ -223,32 +225,52 @@ pub(crate) fn serve_blobs(
     sets: &Mutex<ChunkSets>,
     manifest_id: &Hash,
     ids: &[Hash],
-) -> Result<Vec<Vec<u8>>, String> {
-    let manifest = cached_manifest_by_id(store, manifest_id)?
-        .ok_or_else(|| format!("no manifest {manifest_id} here"))?;
+) -> Result<Vec<Vec<u8>>, ServeError> {
+    let manifest =
+        cached_manifest_by_id(store, manifest_id)?.ok_or(ServeError::NoManifest(*manifest_id))?;
     let sha256 = manifest.sha256;
-    if store.manifest_id(&sha256).map_err(|e| e.to_string())? != Some(*manifest_id) {
-        return Err(format!(
-            "{sha256} is not stored with manifest {manifest_id}"
-        ));
+    if store.manifest_id(&sha256)? != Some(*manifest_id) {
+        return Err(ServeError::OtherManifest {
+            sha256,
+            manifest_id: *manifest_id,
+        });
     }
     if !servable(repos, &sha256) {
-        return Err(format!("{sha256} is in no public repo held here"));
+        return Err(ServeError::NotPublic(sha256));
     }
     let set = sets
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .of(*manifest_id, &manifest);
     if let Some(stranger) = ids.iter().find(|id| !set.contains(id)) {
-        return Err(format!("{stranger} is not a chunk of {sha256}"));
+        return Err(ServeError::Stranger {
+            id: *stranger,
+            sha256,
+        });
     }
-    let read = store
-        .read_chunks_unchecked(ids)
-        .map_err(|e| e.to_string())?;
+    let read = store.read_chunks_unchecked(ids)?;
     read.into_iter()
         .zip(ids)
-        .map(|(data, id)| data.ok_or_else(|| format!("chunk {id} is gone")))
+        .map(|(data, id)| data.ok_or(ServeError::Gone(*id)))
         .collect()
+}
+
+/// Why a request over the blob endpoint is not served (the blob endpoint answers it with an
+/// error; the text goes to the log).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServeError {
+    #[error("no manifest {0} here")]
+    NoManifest(Hash),
+    #[error("{sha256} is not stored with manifest {manifest_id}")]
+    OtherManifest { sha256: Sha256, manifest_id: Hash },
+    #[error("{0} is in no public repo held here")]
+    NotPublic(Sha256),
+    #[error("{id} is not a chunk of {sha256}")]
+    Stranger { id: Hash, sha256: Sha256 },
+    #[error("chunk {0} is gone")]
+    Gone(Hash),
+    #[error(transparent)]
+    Store(#[from] hub_store::StoreError),
 }
 
 /// Manifests decoded for serving, most recently used last, keyed by manifest id (a hash of
@@ -261,8 +283,11 @@ const CACHED_MANIFESTS: usize = 4;
 
 /// The manifest of a stored file, from [`MANIFESTS`] when it is there; `None` when the file
 /// is not stored.
-fn cached_manifest(store: &Store, sha256: &Sha256) -> Result<Option<Arc<Manifest>>, String> {
-    let Some(id) = store.manifest_id(sha256).map_err(|e| e.to_string())? else {
+fn cached_manifest(
+    store: &Store,
+    sha256: &Sha256,
+) -> Result<Option<Arc<Manifest>>, hub_store::StoreError> {
+    let Some(id) = store.manifest_id(sha256)? else {
         return Ok(None);
     };
     if let Some(manifest) = cache_get(&id) {
@@ -272,18 +297,21 @@ fn cached_manifest(store: &Store, sha256: &Sha256) -> Result<Option<Arc<Manifest
         Ok(found) => found,
         // Removed (gc) since the lookup above.
         Err(hub_store::StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e),
     };
     Ok(Some(cache_put(id, manifest)))
 }
 
 /// A manifest by its id, from [`MANIFESTS`] when it is there; `None` when the store has none
 /// by that id.
-fn cached_manifest_by_id(store: &Store, id: &Hash) -> Result<Option<Arc<Manifest>>, String> {
+fn cached_manifest_by_id(
+    store: &Store,
+    id: &Hash,
+) -> Result<Option<Arc<Manifest>>, hub_store::StoreError> {
     if let Some(manifest) = cache_get(id) {
         return Ok(Some(manifest));
     }
-    let manifest = store.manifest_by_id(id).map_err(|e| e.to_string())?;
+    let manifest = store.manifest_by_id(id)?;
     Ok(manifest.map(|m| cache_put(*id, m)))
 }
 
@@ -823,7 +851,7 @@ pub(crate) async fn fetch_object<F, Fut>(
     wanted: Wanted,
     peers: &[PeerId],
     more: F,
-) -> Result<u64, String>
+) -> Result<u64, LfsError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Vec<PeerId>>,
@@ -871,7 +899,7 @@ where
         }
         i += 1;
     }
-    let manifest = manifest.ok_or_else(|| format!("no peer served the manifest of {sha256}"))?;
+    let manifest = manifest.ok_or(LfsError::NoManifest(sha256))?;
 
     // Which chunks are here already: in the store, or in the spool of an earlier try.
     let checker = store.clone();
@@ -888,8 +916,14 @@ where
         (manifest, local, spool)
     })
     .await
-    .map_err(|e| format!("chunk lookup task: {e}"))?;
-    let local = local.map_err(|e| format!("look up chunks of {sha256}: {e}"))?;
+    .map_err(|e| LfsError::Task {
+        what: "chunk lookup",
+        reason: e.to_string(),
+    })?;
+    let local = local.map_err(|e| LfsError::LookUp {
+        sha256,
+        reason: e.to_string(),
+    })?;
     let spooled = |i: usize| spool.as_ref().is_some_and(|s| s.at[i] != NOT_SPOOLED);
     let have: Vec<bool> = (0..local.len()).map(|i| local[i] || spooled(i)).collect();
     if let Some(s) = spool.as_ref().filter(|s| s.held() > 0) {
@@ -1002,15 +1036,16 @@ where
                 }
                 continue;
             }
-            failure = Some(format!(
-                "no peer served chunks {frontier}.. of {sha256} that verified"
-            ));
+            failure = Some(LfsError::NoChunks { sha256, frontier });
             break;
         }
         let (a, result) = match flying.join_next().await {
             Some(Ok(done)) => done,
             Some(Err(error)) => {
-                failure = Some(format!("chunk batch task: {error}"));
+                failure = Some(LfsError::Task {
+                    what: "chunk batch",
+                    reason: error.to_string(),
+                });
                 break;
             }
             None => continue,
@@ -1032,7 +1067,6 @@ where
                     Ok(())
                 } else {
                     check_chunks(&manifest, u64::from(a.batch.first), &chunks)
-                        .map_err(|e| e.to_string())
                 };
                 match checked {
                     Ok(()) => {
@@ -1062,7 +1096,10 @@ where
                                         chunks
                                     }
                                     Err(error) => {
-                                        failure = Some(format!("spool task: {error}"));
+                                        failure = Some(LfsError::Task {
+                                            what: "spool",
+                                            reason: error.to_string(),
+                                        });
                                         break 'fetch;
                                     }
                                 }
@@ -1097,18 +1134,24 @@ where
         scheduler.finish(a.id, now, outcome);
     }
     drop(tx);
-    let imported = import.await.map_err(|e| format!("import task: {e}"))?;
+    let imported = import.await.map_err(|e| LfsError::Task {
+        what: "import",
+        reason: e.to_string(),
+    })?;
     if let Some(failure) = failure {
         return Err(failure);
     }
-    let info = imported.map_err(|e| format!("import {sha256}: {e}"))?;
+    let info = imported.map_err(|e| LfsError::Import {
+        sha256,
+        reason: e.to_string(),
+    })?;
     if info.sha256 != sha256 {
         // Unreachable unless the publisher signed a manifest whose chunks are not the file
         // it names; the import is unreferenced and goes at the next gc.
-        return Err(format!(
-            "content of {sha256} hashes to {}, refused",
-            info.sha256
-        ));
+        return Err(LfsError::Mismatch {
+            sha256,
+            got: info.sha256,
+        });
     }
     if info.manifest_id != wanted.manifest_id {
         tracing::debug!(%sha256, "local chunking differs from the publisher's");

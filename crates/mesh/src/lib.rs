@@ -13,13 +13,15 @@
 //! and the replication task, and returns [`Mesh`]: the handle the gateway uses (seeding,
 //! on-demand fetches, announcing local writes, namespace hosts and claims), which implements
 //! `hub-core`'s `MeshPort`. The transport is reached only through `hub-net`'s public API; no
-//! state of it is written from here. Module dependencies point one way: `stats`, `state`,
+//! state of it is written from here. Module dependencies point one way: `error` (the typed
+//! errors replication hands between its modules; no `Result<_, String>`) ← `stats`, `state`,
 //! `seeds`, `schedule` ← `lfs` ← `replicate` ← `port` (`scripts/module-cycles` checks it).
 //!
 //! Must not depend on the gateway, axum, `hub-auth` (local account names come in as
 //! [`LocalNames`]) or the inference crates; it sees the Hub's rules only through `hub-core`
 //! (a repo's LFS objects).
 
+mod error;
 mod lfs;
 mod port;
 mod replicate;

@@ -52,6 +52,7 @@
 //! (the driver's `fetch_lfs_once`). [`P2p::namespace_hosts`] names the delegates of a namespace this
 //! node is not a delegate of, so the gateway can send writes there.
 
+use crate::error::LfsError;
 use crate::lfs::Arrivals;
 use crate::seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedPolicy};
 use crate::state::{LocalNames, RefStore, RefStoreError};
@@ -182,7 +183,7 @@ pub(crate) enum ControlMsg {
         repo: RepoId,
         sha256: Sha256,
         size: u64,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), LfsError>>,
     },
 }
 
@@ -341,7 +342,7 @@ impl Mesh {
             .admit_on_demand(repo, std::time::Instant::now())
         {
             tracing::info!(%repo, %why, "on-demand fetch refused");
-            return Err(EnsureError::Pending(why));
+            return Err(EnsureError::Pending(why.to_string()));
         }
         if control
             .tx
@@ -399,7 +400,7 @@ impl Mesh {
             .await
             .map_err(|_| LfsFetchError::Stopped)?;
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result.map_err(LfsFetchError::Failed),
+            Ok(Ok(result)) => result.map_err(|e| LfsFetchError::Failed(e.to_string())),
             Ok(Err(_)) => Err(LfsFetchError::Stopped),
             Err(_) => Err(LfsFetchError::Timeout),
         }

@@ -15,6 +15,7 @@
 //!
 //! Removing an entry stops future fetches; data already replicated stays.
 
+use crate::error::OnDemandRefused;
 use hub_protocol::replication::{SeedPattern, SeedPatternError};
 use hub_protocol::repo::{RepoId, RepoType};
 use std::collections::BTreeSet;
@@ -163,8 +164,12 @@ impl SeedPolicy {
     /// Whether a read may make this node fetch `repo` now (and counts it when it is a new
     /// on-demand fetch): always for a repo the policy covers; for another, while fewer than
     /// [`MAX_FETCHED`] are remembered and fewer than [`ON_DEMAND_PER_WINDOW`] started in this
-    /// window. The error says why not.
-    pub(crate) fn admit_on_demand(&self, repo: &RepoId, now: Instant) -> Result<(), String> {
+    /// window. The error says which limit was hit.
+    pub(crate) fn admit_on_demand(
+        &self,
+        repo: &RepoId,
+        now: Instant,
+    ) -> Result<(), OnDemandRefused> {
         if self.matches(repo) {
             return Ok(());
         }
@@ -175,9 +180,7 @@ impl SeedPolicy {
             .fetched
             .len();
         if remembered >= MAX_FETCHED {
-            return Err(format!(
-                "this node keeps {MAX_FETCHED} repositories fetched on demand already"
-            ));
+            return Err(OnDemandRefused::Remembered { limit: MAX_FETCHED });
         }
         let mut window = self
             .on_demand
@@ -187,9 +190,9 @@ impl SeedPolicy {
             *window = (now, 0);
         }
         if window.1 >= ON_DEMAND_PER_WINDOW {
-            return Err(format!(
-                "this node started {ON_DEMAND_PER_WINDOW} fetches on demand in the last minute"
-            ));
+            return Err(OnDemandRefused::Window {
+                limit: ON_DEMAND_PER_WINDOW,
+            });
         }
         window.1 += 1;
         Ok(())
@@ -368,7 +371,12 @@ mod tests {
             policy.admit_on_demand(&r, t0).unwrap();
         }
         let next = repo(RepoType::Model, "bob/next");
-        assert!(policy.admit_on_demand(&next, t0).is_err());
+        assert_eq!(
+            policy.admit_on_demand(&next, t0),
+            Err(OnDemandRefused::Window {
+                limit: ON_DEMAND_PER_WINDOW
+            })
+        );
         // What the policy covers is always fetched.
         policy
             .admit_on_demand(&repo(RepoType::Model, "carol/x"), t0)
@@ -388,7 +396,10 @@ mod tests {
             })
             .unwrap();
         let later = t0 + 2 * ON_DEMAND_WINDOW;
-        assert!(policy.admit_on_demand(&next, later).is_err());
+        assert_eq!(
+            policy.admit_on_demand(&next, later),
+            Err(OnDemandRefused::Remembered { limit: MAX_FETCHED })
+        );
         assert!(policy.on_demand_only(&repo(RepoType::Model, "dave/r1")));
         assert!(!policy.on_demand_only(&repo(RepoType::Model, "carol/x")));
     }

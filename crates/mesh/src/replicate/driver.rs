@@ -16,6 +16,7 @@
 
 use super::service::{Channel, Clock, Effect, Foreign, Input, Judgement, Service, Status};
 use super::{Changes, ControlMsg, MAX_SERVING_PER_PEER, OnReplicated, blocking};
+use crate::error::{ApplyError, LfsError, PackBlobError, PackError, WithdrawError};
 use crate::lfs::{Arrivals, Wanted};
 use crate::stats::Stats;
 use hub_net::{Admission, BlobSource, GetError, NetEvent, P2p, Place, ReadError, Topic, Verdict};
@@ -146,7 +147,7 @@ pub(super) struct Driver {
     pub(super) changes: Arc<Changes>,
     pub(super) service: Arc<Mutex<Service>>,
     /// Downloads waiting for an LFS object, by the ticket the service answers.
-    pub(super) waiting: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+    pub(super) waiting: HashMap<u64, oneshot::Sender<Result<(), LfsError>>>,
     pub(super) next_ticket: u64,
 }
 
@@ -297,8 +298,8 @@ impl Driver {
                             ctx.stats.repos_replicated.fetch_add(1, Ordering::Relaxed);
                             Ok(())
                         }
-                        Some(Err(error)) => Err(error.to_string()),
-                        None => Err("apply task failed".into()),
+                        Some(Err(error)) => Err(ApplyError::Replica(error.to_string())),
+                        None => Err(ApplyError::Task),
                     };
                     let _ = tx.send(Input::PackApplied { repo, peer, result }).await;
                 });
@@ -344,7 +345,7 @@ impl Driver {
                         drop_replica(&c.repos, &c.chunks, &id).inspect(|_| (c.on_replicated)(&id))
                     })
                     .await
-                    .unwrap_or_else(|| Err("withdrawal task failed".into()));
+                    .unwrap_or(Err(WithdrawError::Task));
                     let _ = tx.send(Input::Withdrawn { repo, result }).await;
                 });
             }
@@ -508,11 +509,12 @@ pub(super) fn drop_replica(
     repos: &Repos,
     chunks: &hub_store::Store,
     repo: &RepoId,
-) -> Result<(), String> {
-    hub_core::lfs_objects::release(repos, chunks, repo).map_err(|e| e.to_string())?;
+) -> Result<(), WithdrawError> {
+    hub_core::lfs_objects::release(repos, chunks, repo)
+        .map_err(|e| WithdrawError::Release(e.to_string()))?;
     match repos.delete(repo) {
         Ok(()) | Err(RepoError::NotFound { .. }) => Ok(()),
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(WithdrawError::Delete(error.to_string())),
     }
 }
 
@@ -565,14 +567,21 @@ fn serve_pack(
 
 /// Asks `peer` for a pack: in the answer, or as a blob it holds for this node, verified
 /// group by group. The error is the reason the sync reports when no peer serves.
-async fn fetch_pack(ctx: &Arc<Ctx>, peer: PeerId, request: PackRequest) -> Result<Vec<u8>, String> {
+async fn fetch_pack(
+    ctx: &Arc<Ctx>,
+    peer: PeerId,
+    request: PackRequest,
+) -> Result<Vec<u8>, PackError> {
     match ctx.p2p.fetch_pack(peer, request).await {
         Ok(PackResponse::Pack(pack)) => Ok(pack),
         Ok(PackResponse::Blob { hash, size }) => fetch_pack_blob(ctx, peer, hash, size)
             .await
-            .map_err(|error| format!("pack blob from {peer}: {error}")),
-        Ok(other) => Err(format!("{peer} answered {other:?}")),
-        Err(error) => Err(format!("{peer}: {error}")),
+            .map_err(|reason| PackError::Blob { peer, reason }),
+        Ok(answer) => Err(PackError::Refused { peer, answer }),
+        Err(error) => Err(PackError::Request {
+            peer,
+            reason: error.to_string(),
+        }),
     }
 }
 
@@ -582,14 +591,11 @@ async fn fetch_pack_blob(
     peer: PeerId,
     hash: [u8; 32],
     size: u64,
-) -> Result<Vec<u8>, String> {
-    let blobs = ctx
-        .p2p
-        .blobs()
-        .ok_or("offered a blob without a blob endpoint")?;
+) -> Result<Vec<u8>, PackBlobError> {
+    let blobs = ctx.p2p.blobs().ok_or(PackBlobError::NoEndpoint)?;
     let addrs = ctx.p2p.blob_addrs_of(blobs, peer).await;
     if addrs.is_empty() {
-        return Err("no address of its blob endpoint".into());
+        return Err(PackBlobError::NoAddress);
     }
     match blobs.get_pack(peer, &addrs, hash, size).await {
         Ok(pack) => {
@@ -601,9 +607,9 @@ async fn fetch_pack_blob(
         Err(GetError::Bad { bytes, reason }) => {
             ctx.stats.peers.update(peer, |p| p.bad_chunks += 1);
             ctx.stats.chunks_rejected.fetch_add(1, Ordering::Relaxed);
-            Err(format!("{reason} (after {bytes} good bytes)"))
+            Err(PackBlobError::Bad { bytes, reason })
         }
-        Err(GetError::Failed(reason)) => Err(reason),
+        Err(GetError::Failed(reason)) => Err(PackBlobError::Failed(reason)),
     }
 }
 
@@ -633,7 +639,7 @@ async fn fetch_lfs_once(
     repo: &RepoId,
     wanted: Wanted,
     peers: &[PeerId],
-) -> Result<(), String> {
+) -> Result<(), LfsError> {
     let sha = wanted.sha256;
     let (waiting, guard) = {
         let mut map = ctx.inflight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -659,7 +665,7 @@ async fn fetch_lfs_once(
             .await
             .unwrap_or(false);
         if !stored {
-            return Err("a concurrent fetch of this object failed".into());
+            return Err(LfsError::Concurrent);
         }
         return record_lfs(ctx, repo, sha).await;
     }
@@ -698,11 +704,15 @@ async fn fetch_lfs_once(
 }
 
 /// A stored object joins the GC roots and `repo`'s LFS set.
-async fn record_lfs(ctx: &Arc<Ctx>, repo: &RepoId, sha: Sha256) -> Result<(), String> {
+async fn record_lfs(ctx: &Arc<Ctx>, repo: &RepoId, sha: Sha256) -> Result<(), LfsError> {
     let (c, id) = (ctx.clone(), repo.clone());
     blocking(move || {
-        hub_core::lfs_objects::adopt(&c.repos, &c.chunks, &id, &sha).map_err(|e| e.to_string())
+        hub_core::lfs_objects::adopt(&c.repos, &c.chunks, &id, &sha)
+            .map_err(|e| LfsError::Record(e.to_string()))
     })
     .await
-    .ok_or("record task failed")?
+    .ok_or(LfsError::Task {
+        what: "record",
+        reason: "failed".into(),
+    })?
 }

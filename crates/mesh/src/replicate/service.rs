@@ -20,6 +20,7 @@
 //! before each input.
 
 use super::{MAX_CATCH_UP, MAX_ON_DEMAND_LFS, MAX_PENDING, PROVIDERS_TIMEOUT, RETRY_PERIOD};
+use crate::error::{ApplyError, LfsError, PackError, ScanError, WithdrawError};
 use crate::lfs::Wanted;
 use crate::seeds::{SeedError, SeedPolicy};
 use crate::state::{RefStore, RefStoreError};
@@ -73,13 +74,14 @@ pub(crate) enum Foreign {
 pub(crate) enum SyncError {
     /// No peer, gossip or DHT, served a pack that applied; the last one's reason.
     #[error("{0}")]
-    Pack(String),
+    Pack(PackError),
+    /// LFS objects were not fetched; the last one's reason.
     #[error("{left} LFS objects still missing; last: {last}")]
-    Lfs { left: usize, last: String },
+    Lfs { left: usize, last: LfsError },
     #[error("scan LFS pointers: {0}")]
-    Scan(String),
+    Scan(ScanError),
     #[error("drop the withdrawn replica: {0}")]
-    Withdraw(String),
+    Withdraw(WithdrawError),
 }
 
 /// What happened, fed to [`Service::handle`].
@@ -111,17 +113,17 @@ pub(crate) enum Input {
     },
     /// Time passed: repos whose retry is due sync again.
     Tick,
-    /// The outcome of [`Effect::RequestPack`]: the pack, or why not (a full reason).
+    /// The outcome of [`Effect::RequestPack`]: the pack, or why not.
     PackFetched {
         repo: RepoId,
         peer: PeerId,
-        result: Result<Vec<u8>, String>,
+        result: Result<Vec<u8>, PackError>,
     },
     /// The outcome of [`Effect::ApplyPack`].
     PackApplied {
         repo: RepoId,
         peer: PeerId,
-        result: Result<(), String>,
+        result: Result<(), ApplyError>,
     },
     /// The outcome of [`Effect::FindProviders`] (empty when the query failed).
     Providers { repo: RepoId, peers: Vec<PeerId> },
@@ -130,12 +132,12 @@ pub(crate) enum Input {
         repo: RepoId,
         sha256: Sha256,
         ticket: Option<u64>,
-        result: Result<(), String>,
+        result: Result<(), LfsError>,
     },
     /// The outcome of [`Effect::Withdraw`].
     Withdrawn {
         repo: RepoId,
-        result: Result<(), String>,
+        result: Result<(), WithdrawError>,
     },
 }
 
@@ -190,7 +192,7 @@ pub(crate) enum Effect {
     /// Answer the download waiting with `ticket`.
     Answer {
         ticket: u64,
-        result: Result<(), String>,
+        result: Result<(), LfsError>,
     },
     /// The repo's state changed.
     Status { repo: RepoId, status: Status },
@@ -241,7 +243,7 @@ enum Step {
         queue: VecDeque<PeerId>,
         tried: BTreeSet<PeerId>,
         providers_asked: bool,
-        last_error: String,
+        last_error: PackError,
     },
     /// Waiting for the DHT's providers before the LFS objects.
     LfsProviders {
@@ -254,7 +256,7 @@ enum Step {
         peers: Vec<PeerId>,
         left: usize,
         unbound: u64,
-        last_error: Option<String>,
+        last_error: Option<LfsError>,
     },
 }
 
@@ -677,12 +679,12 @@ impl Service {
             .and_then(|u| u.update.lfs.get(&sha256).copied());
         if crate::lfs::stored_as(&self.chunks, &sha256, manifest.as_ref()) {
             let result = hub_core::lfs_objects::adopt(&self.repos, &self.chunks, &repo, &sha256)
-                .map_err(|e| e.to_string());
+                .map_err(|e| LfsError::Record(e.to_string()));
             self.emit(Effect::Answer { ticket, result });
             return;
         }
         let Some(manifest_id) = manifest else {
-            let result = Err("no accepted signed update binds this object to a manifest".into());
+            let result = Err(LfsError::Unbound);
             self.emit(Effect::Answer { ticket, result });
             return;
         };
@@ -771,7 +773,7 @@ impl Service {
                 queue: peers.into(),
                 tried,
                 providers_asked: false,
-                last_error: "no peer to fetch from".to_owned(),
+                last_error: PackError::NoPeer,
             };
         }
         self.next_pack_peer(clock, &repo);
@@ -853,7 +855,7 @@ impl Service {
         clock: Clock,
         repo: RepoId,
         peer: PeerId,
-        result: Result<Vec<u8>, String>,
+        result: Result<Vec<u8>, PackError>,
     ) {
         let Some(Syncing {
             step: Step::Pack {
@@ -890,7 +892,7 @@ impl Service {
         clock: Clock,
         repo: RepoId,
         peer: PeerId,
-        result: Result<(), String>,
+        result: Result<(), ApplyError>,
     ) {
         let Some(Syncing {
             step: Step::Pack {
@@ -907,7 +909,7 @@ impl Service {
                 self.lfs_begin(clock, &repo, &update);
             }
             Err(reason) => {
-                *last_error = format!("apply pack from {peer}: {reason}");
+                *last_error = PackError::Apply { peer, reason };
                 self.next_pack_peer(clock, &repo);
             }
         }
@@ -1024,7 +1026,7 @@ impl Service {
         repo: RepoId,
         sha256: Sha256,
         ticket: Option<u64>,
-        result: Result<(), String>,
+        result: Result<(), LfsError>,
     ) {
         if let Some(ticket) = ticket {
             if let Err(error) = &result {

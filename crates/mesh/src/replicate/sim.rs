@@ -15,13 +15,14 @@
 use super::driver::{apply_pack, build_pack, drop_replica};
 use super::service::{Channel, Clock, Effect, Input, Judgement, Service, SyncError};
 use super::{MAX_PENDING, RETRY_PERIOD};
+use crate::error::{ApplyError, LfsError, PackError};
 use crate::lfs::Wanted;
 use crate::schedule::{Outcome, Scheduler, plan};
 use crate::seeds::{SEEDS_FILE, SeedPolicy};
 use crate::state::RefStore;
 use hub_protocol::blocks::{BlockRequest, BlockResponse, check_chunks, check_manifest};
 use hub_protocol::manifest::Sha256;
-use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, SeedPattern};
+use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::{NamespaceDoc, RefUpdate, SignedRefUpdate, SigningKey, Visibility};
 use hub_repo::{Author, CommitRequest, FileContent, LfsPointer, Operation, Repos};
@@ -69,7 +70,7 @@ struct Node {
     policy: Option<Arc<SeedPolicy>>,
     /// Syncs ended: the repo, the outcome, when.
     synced: Vec<(RepoId, Result<(), SyncError>, Duration)>,
-    answers: Vec<(u64, Result<(), String>)>,
+    answers: Vec<(u64, Result<(), LfsError>)>,
 }
 
 enum Event {
@@ -352,12 +353,18 @@ impl Net {
             Effect::RequestPack { peer, request } => {
                 let j = self.index(&peer).expect("a known peer");
                 let result = if self.refusing.contains(&j) {
-                    Err(format!("{peer} answered Failed"))
+                    Err(PackError::Refused {
+                        peer,
+                        answer: PackResponse::Failed,
+                    })
                 } else if self.linked(i, j) {
                     build_pack(&self.nodes[j].repos, &request, MAX_PACK_LEN as u64)
-                        .map_err(|refusal| format!("{peer} answered {refusal:?}"))
+                        .map_err(|answer| PackError::Refused { peer, answer })
                 } else {
-                    Err(format!("{peer}: not connected"))
+                    Err(PackError::Request {
+                        peer,
+                        reason: "not connected".into(),
+                    })
                 };
                 self.packs.push(Asked {
                     by: i,
@@ -379,7 +386,7 @@ impl Net {
             } => {
                 let result = apply_pack(&self.nodes[i].repos, &repo, &pack, &refs, created_at)
                     .map(|_| ())
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| ApplyError::Replica(e.to_string()));
                 let input = Input::PackApplied { repo, peer, result };
                 self.schedule(Duration::from_millis(1), Event::Input(i, input));
             }
@@ -435,7 +442,7 @@ impl Net {
         repo: &RepoId,
         wanted: Wanted,
         peers: &[PeerId],
-    ) -> Result<(), String> {
+    ) -> Result<(), LfsError> {
         let sha256 = wanted.sha256;
         let candidates: Vec<usize> = peers
             .iter()
@@ -460,8 +467,7 @@ impl Net {
                 }
             }
         }
-        let manifest =
-            manifest.ok_or_else(|| format!("no peer served the manifest of {sha256}"))?;
+        let manifest = manifest.ok_or(LfsError::NoManifest(sha256))?;
         let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
         let batches = plan(&lens, &vec![false; lens.len()]);
         let providers: Vec<PeerId> = candidates.iter().map(|&j| self.nodes[j].peer).collect();
@@ -475,7 +481,14 @@ impl Net {
                 assigned.push(a);
             }
             if assigned.is_empty() {
-                return Err(format!("no peer served chunks of {sha256} that verified"));
+                // The first chunk not got: where the verified prefix ends.
+                let frontier = got
+                    .iter()
+                    .try_fold(0u32, |f, (&first, c)| {
+                        (first == f).then(|| f + c.len() as u32).ok_or(f)
+                    })
+                    .unwrap_or_else(|f| f);
+                return Err(LfsError::NoChunks { sha256, frontier });
             }
             for a in assigned {
                 at += self.rng.latency();
@@ -508,12 +521,18 @@ impl Net {
         let info = node
             .chunks
             .import_reader(content.as_slice())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LfsError::Import {
+                sha256,
+                reason: e.to_string(),
+            })?;
         if info.sha256 != sha256 {
-            return Err(format!("content of {sha256} hashes to {}", info.sha256));
+            return Err(LfsError::Mismatch {
+                sha256,
+                got: info.sha256,
+            });
         }
         hub_core::lfs_objects::adopt(&node.repos, &node.chunks, repo, &sha256)
-            .map_err(|e| e.to_string())
+            .map_err(|e| LfsError::Record(e.to_string()))
     }
 
     /// Runs events (and the retries they make due) until virtual time `until` from now.
@@ -782,7 +801,16 @@ fn a_failed_sync_is_retried_after_the_retry_period_in_virtual_time() {
     net.run_for(Duration::from_secs(1));
     assert!(net.refs(b, &repo).is_none());
     let (_, result, failed_at) = net.nodes[b].synced.last().cloned().expect("a sync ended");
-    assert!(matches!(result, Err(SyncError::Pack(_))), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(SyncError::Pack(PackError::Refused {
+                answer: PackResponse::Failed,
+                ..
+            }))
+        ),
+        "{result:?}"
+    );
     let wake = net.nodes[b].service.as_ref().unwrap().next_wake().unwrap();
     assert_eq!(wake - net.t0, failed_at + RETRY_PERIOD);
     net.refusing.clear();
@@ -940,7 +968,7 @@ fn a_download_gets_its_object_ahead_of_any_sync_and_is_answered() {
     // An object no accepted update binds is refused at once, never fetched.
     net.feed(e, want(8, Sha256([9; 32])));
     let answer = net.nodes[e].answers.iter().find(|(t, _)| *t == 8);
-    assert!(matches!(answer, Some((_, Err(_)))), "{answer:?}");
+    assert_eq!(answer, Some(&(8, Err(LfsError::Unbound))));
 }
 
 #[test]
