@@ -1,8 +1,15 @@
 //! hubmesh's HTTP gateway: the axum router every node serves.
 //!
-//! Place in the graph: the last library before `node` (`… ← {net, mesh} ← compute/spaces/mirror ←
+//! Place in the graph: the last library before `node` (`… ← core ← {net, mesh, models} ←
 //! gateway ← node`). The node binds the listener and serves [`router`]; everything the
 //! router needs lives in [`AppState`].
+//!
+//! Owns HTTP only: extractors for the caller, one module per surface (`hub/`, `git/`, `lfs/`,
+//! `inference/`, `compute`, `admin`, `mesh`), and the rendering of errors per API family.
+//! The Hub's rules (access, commits, LFS ownership, refs, resolve) are `hub-core`'s, model
+//! lifecycle is `hub-models'`, replication is `hub-mesh`'s: a rule another surface (git, a
+//! remote helper, mirroring, Spaces) needs must not live here. Nothing depends on this crate
+//! but the node.
 //!
 //! Routes today:
 //! - `GET /health`: `{"status":"ok","version":…,"peer_id":…}`;
@@ -12,8 +19,10 @@
 //! - inference: OpenAI `/v1/*`, TGI `/generate*`, HF `/models/{ns}/{name}` (the `inference`
 //!   module), once the node calls [`AppState::enable_inference`].
 //!
-//! Errors leave through one boundary, [`error::AppError`], which sets the Hub's `X-Error-Code`
-//! and `X-Error-Message` headers and a JSON `{"error": …}` body.
+//! Hub, git and LFS errors leave through one boundary, [`error::AppError`], rendered once per
+//! family (the Hub's `X-Error-Code`/`X-Error-Message` headers and JSON `{"error": …}` body,
+//! git-lfs JSON, git's plain text); the inference families (OpenAI, TGI, HF, SSE events) are
+//! rendered in `inference/error.rs`.
 //!
 //! ```no_run
 //! # async fn serve(state: hub_gateway::AppState) -> std::io::Result<()> {

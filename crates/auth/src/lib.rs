@@ -6,6 +6,10 @@
 //! asks [`AuthStore::decide`] whether that principal (or an anonymous caller) may read or write
 //! a repository; the node calls [`AuthStore::bootstrap_admin`] on first start.
 //!
+//! Owns the account database and the pure access decisions; which repo is hosted where and
+//! the order of the checks belong to `hub-core` (`Hub::access`). Depends on `hub-protocol`
+//! only among ours, and must not depend on repositories, the store, the network or HTTP.
+//!
 //! - **Users and organisations** share one namespace: a name is either a user or an org, never
 //!   both. An org is owned by its members, each with a [`Role`] (`read`, `contributor`, `write`,
 //!   `admin`, as on the Hub).

@@ -20,6 +20,10 @@
 //! None of these types lock; the owner wraps them (a `Mutex` in the gateway state, or the
 //! swarm task's own state).
 //!
+//! Owns the routing decision and its tables, not the sockets or the engines: `hub-models`
+//! runs the advertiser and the stream server, the gateway forwards. Depends on `hub-protocol`
+//! only among ours, and must not depend on tokio, the network crates or HTTP.
+//!
 //! ```
 //! use hub_compute::{CapacityTable, LocalState, Mode, RouteRequest, TableConfig, Target, route};
 //! use hub_protocol::capacity::{CapacityAdvert, LoadedModel};

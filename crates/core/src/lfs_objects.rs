@@ -169,8 +169,9 @@ mod tests {
     use hub_protocol::repo::RepoType;
     use hub_repo::Author;
 
-    #[test]
-    fn deleted_repos_release_their_objects_to_gc_unless_another_repo_holds_them() {
+    /// Repos `alice/a` and `alice/b` and a store, in a temporary directory (returned first,
+    /// dropped last).
+    fn two_repos() -> (tempfile::TempDir, Repos, Store, RepoId, RepoId) {
         let dir = tempfile::tempdir().unwrap();
         let repos = Repos::open(dir.path().join("repos")).unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
@@ -181,6 +182,12 @@ mod tests {
         );
         repos.create(&a, &author).unwrap();
         repos.create(&b, &author).unwrap();
+        (dir, repos, store, a, b)
+    }
+
+    #[test]
+    fn deleted_repos_release_their_objects_to_gc_unless_another_repo_holds_them() {
+        let (_dir, repos, store, a, b) = two_repos();
         let shared = store.import_reader(&b"shared weights"[..]).unwrap().sha256;
         let own = store.import_reader(&b"a's own weights"[..]).unwrap().sha256;
         adopt(&repos, &store, &a, &shared).unwrap();
@@ -211,16 +218,7 @@ mod tests {
 
     #[test]
     fn transfers_are_planned_by_what_belongs_to_the_repo() {
-        let dir = tempfile::tempdir().unwrap();
-        let repos = Repos::open(dir.path().join("repos")).unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
-        let author = Author::new("alice", "alice@hubmesh.test");
-        let (a, b) = (
-            RepoId::parse(RepoType::Model, "alice/a").unwrap(),
-            RepoId::parse(RepoType::Model, "alice/b").unwrap(),
-        );
-        repos.create(&a, &author).unwrap();
-        repos.create(&b, &author).unwrap();
+        let (_dir, repos, store, a, b) = two_repos();
         let held = store.import_reader(&b"held by a"[..]).unwrap().sha256;
         adopt(&repos, &store, &a, &held).unwrap();
         let objects = [

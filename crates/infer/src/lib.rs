@@ -1,10 +1,11 @@
 //! hubmesh's inference engine: a Llama-family forward pass of our own over a paged KV cache,
 //! token sampling, and a continuous-batching scheduler, on candle.
 //!
-//! Place in the crate graph: `protocol ← store ← repo ← {auth, search, infer} ← … ← gateway`.
-//! This crate depends on none of them yet: it takes a model directory (`config.json` +
-//! safetensors) or a GGUF file, and turns text into token ids and token ids into text.
-//! Fetching weights peer-to-peer and the OpenAI/TGI/HF HTTP APIs live above it.
+//! Place in the crate graph: `infer ← models ← gateway ← node`. It depends on none of our
+//! crates and must not: it takes a model directory (`config.json` + safetensors) or a GGUF
+//! file, and turns text into token ids and token ids into text. Model lifecycle (which
+//! commit, materializing files, fetching weights from the mesh) is `hub-models`'; the
+//! OpenAI/TGI/HF HTTP APIs are the gateway's. Test fixtures are behind `test-support`.
 //!
 //! Modules, bottom-up:
 //! - [`config`]: the `config.json` subset we implement (and rejection of what we do not);

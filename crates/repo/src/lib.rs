@@ -10,6 +10,11 @@
 //! Commits to one repository are serialised by a per-repo lock, and each moves its branch with
 //! a compare-and-swap on the ref, so a commit is all its operations or none.
 //!
+//! Owns git data and per-repo metadata; who may write, where a namespace is hosted and which
+//! LFS objects a repo may reference are `hub-core`'s rules. Depends on `hub-protocol` only
+//! among ours (LFS content is named, never read, here), and must not depend on accounts, the
+//! network or HTTP.
+//!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;

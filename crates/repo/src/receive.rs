@@ -210,16 +210,23 @@ impl Repos {
         if !git_dir.join("HEAD").is_file() {
             return Err(RepoError::NotFound { repo: id.clone() });
         }
+        self.quarantine_at(id, git_dir)
+    }
+
+    /// A quarantine whose objects and refs go into the repository at `git_dir` (the
+    /// repo's own directory, or one being built out of sight under `.tmp/`); writers of `id`
+    /// are still serialised by `id`'s lock.
+    pub(crate) fn quarantine_at(
+        &self,
+        id: &RepoId,
+        git_dir: PathBuf,
+    ) -> Result<Quarantine, RepoError> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         // Under the root's `.tmp/`, which `Repos::open` clears, so a crash mid-push leaves
         // nothing behind; same filesystem as the repository, so accepting is a rename.
-        let root = git_dir
-            .ancestors()
-            .nth(3)
-            .ok_or_else(|| RepoError::NotFound { repo: id.clone() })?;
-        let dir = root.join(".tmp").join(format!(
+        let dir = self.root().join(".tmp").join(format!(
             "push-{}-{nanos:x}-{:x}",
             std::process::id(),
             NEXT_QUARANTINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -23,6 +23,7 @@ use gix::ObjectId;
 use hub_protocol::repo::RepoId;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// Why a pack could not be built or applied.
@@ -223,6 +224,19 @@ impl Repos {
         refs: &BTreeMap<String, [u8; 20]>,
     ) -> Result<ReplicaOutcome, ReplicaError> {
         let current = self.public_refs(id)?;
+        self.apply_replica_at(id, self.git_dir(id), &current, pack, refs)
+    }
+
+    /// [`Repos::apply_replica`] into the repository at `git_dir`, whose public refs are
+    /// `current`.
+    pub(crate) fn apply_replica_at(
+        &self,
+        id: &RepoId,
+        git_dir: PathBuf,
+        current: &BTreeMap<String, [u8; 20]>,
+        pack: &[u8],
+        refs: &BTreeMap<String, [u8; 20]>,
+    ) -> Result<ReplicaOutcome, ReplicaError> {
         let mut commands = Vec::new();
         for (name, oid) in refs {
             if current.get(name) != Some(oid) {
@@ -233,7 +247,7 @@ impl Repos {
                 });
             }
         }
-        for (name, oid) in &current {
+        for (name, oid) in current {
             if !refs.contains_key(name) && name != "refs/heads/main" {
                 commands.push(RefCommand {
                     old: hex(oid),
@@ -245,7 +259,7 @@ impl Repos {
         if commands.is_empty() {
             return Ok(ReplicaOutcome::UpToDate);
         }
-        let quarantine: Quarantine = self.quarantine(id)?;
+        let quarantine: Quarantine = self.quarantine_at(id, git_dir)?;
         if !pack.is_empty() {
             quarantine.index_pack(&mut &pack[..], pack.len() as u64)?;
         }

@@ -13,7 +13,7 @@ use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind as GitEntryKind;
 use gix::refs::transaction::PreviousValue;
 use hub_protocol::repo::{PathError, RepoId, RepoType, validate_repo_path};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -365,47 +365,76 @@ impl Repos {
         Ok(info)
     }
 
-    /// Creates an empty public repository (no commits, `HEAD` naming `main`) to receive a
-    /// replica of a peer's repo; `created_at` comes from the signed update that announced it.
-    /// Its refs are then set by [`Repos::apply_replica`].
-    pub fn create_replica(&self, id: &RepoId, created_at: i64) -> Result<(), RepoError> {
-        let lock = self.lock(id);
-        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The root directory all repositories live under (its `.tmp/` holds work in progress).
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the public replica of a peer's repo with its first refs: `pack` is indexed and
+    /// `refs` set (the checks of [`Repos::apply_replica`]) in a repository built under
+    /// `.tmp/`, which then moves into place in one rename. Readers never see the replica
+    /// half made (no refs yet), and a refused pack leaves nothing. `created_at` comes from
+    /// the signed update that announced it. Later updates go through
+    /// [`Repos::apply_replica`].
+    pub fn create_replica(
+        &self,
+        id: &RepoId,
+        created_at: i64,
+        pack: &[u8],
+        refs: &BTreeMap<String, [u8; 20]>,
+    ) -> Result<crate::ReplicaOutcome, crate::ReplicaError> {
         let path = self.git_dir(id);
         if path.exists() {
-            return Err(RepoError::AlreadyExists { repo: id.clone() });
+            return Err(RepoError::AlreadyExists { repo: id.clone() }.into());
         }
         let tmp = self.root.join(".tmp").join(format!(
             "{}-{}",
             std::process::id(),
             self.tmp_counter.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = (|| {
+        let built = (|| {
             gix::init_bare(&tmp).map_err(|e| RepoError::Git {
                 context: "init repository",
                 source: Box::new(e),
             })?;
             std::fs::write(tmp.join("HEAD"), "ref: refs/heads/main\n")
-                .map_err(io("write", &tmp.join("HEAD")))
+                .map_err(io("write", &tmp.join("HEAD")))?;
+            // Not under `id`'s lock: nobody else sees this directory; moving the refs takes
+            // the lock for a moment.
+            self.apply_replica_at(id, tmp.clone(), &BTreeMap::new(), pack, refs)
         })();
-        if let Err(e) = result {
+        let outcome = match built {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                std::fs::remove_dir_all(&tmp).ok();
+                return Err(e);
+            }
+        };
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let placed = (|| {
+            if path.exists() {
+                return Err(RepoError::AlreadyExists { repo: id.clone() });
+            }
+            self.meta
+                .put(
+                    id,
+                    RepoMeta {
+                        private: false,
+                        created_at,
+                    },
+                )
+                .map_err(meta_err)?;
+            let parent = path.parent().unwrap_or(&self.root);
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+            std::fs::rename(&tmp, &path).map_err(io("move repository into", &path))
+        })();
+        if let Err(e) = placed {
             std::fs::remove_dir_all(&tmp).ok();
-            return Err(e);
+            return Err(e.into());
         }
-        self.meta
-            .put(
-                id,
-                RepoMeta {
-                    private: false,
-                    created_at,
-                },
-            )
-            .map_err(meta_err)?;
-        let parent = path.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-        std::fs::rename(&tmp, &path).map_err(io("move repository into", &path))?;
         tracing::info!(repo = %id, "created replica repository");
-        Ok(())
+        Ok(outcome)
     }
 
     /// Deletes a repository and everything in it.

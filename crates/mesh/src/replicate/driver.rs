@@ -487,7 +487,7 @@ impl Driver {
     }
 }
 
-/// Indexes `pack` into `repo` (created as a replica first when new) and moves its refs
+/// Indexes `pack` into `repo` and moves its refs; a new replica appears with its refs set
 /// (blocking).
 pub(super) fn apply_pack(
     repos: &Repos,
@@ -496,10 +496,11 @@ pub(super) fn apply_pack(
     refs: &BTreeMap<String, [u8; 20]>,
     created_at: i64,
 ) -> Result<hub_repo::ReplicaOutcome, hub_repo::ReplicaError> {
-    if !repos.exists(repo) {
-        repos.create_replica(repo, created_at)?;
+    if repos.exists(repo) {
+        repos.apply_replica(repo, pack, refs)
+    } else {
+        repos.create_replica(repo, created_at, pack, refs)
     }
-    repos.apply_replica(repo, pack, refs)
 }
 
 /// Drops this node's replica of a withdrawn repo (blocking): LFS set, GC roots, git data. Its

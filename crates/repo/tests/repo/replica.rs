@@ -10,20 +10,28 @@ fn a_replica_follows_its_origin_with_packs_of_the_difference() {
     commit(&a, &id, "main", vec![add("config.json", b"{}")]).unwrap();
     let b_dir = tempfile::tempdir().unwrap();
     let b = Repos::open(b_dir.path()).unwrap();
-    b.create_replica(&id, 1_700_000_000).unwrap();
-    assert!(!b.meta(&id).unwrap().private);
-    assert_eq!(b.meta(&id).unwrap().created_at, 1_700_000_000);
 
     let sync = |b: &Repos| {
         let refs = a.public_refs(&id).unwrap();
         let want: Vec<[u8; 20]> = refs.values().copied().collect();
-        let pack = a
-            .build_pack(&id, &want, &b.ref_tips(&id).unwrap(), 1 << 20)
-            .unwrap();
-        (b.apply_replica(&id, &pack, &refs).unwrap(), pack.len())
+        let have = if b.exists(&id) {
+            b.ref_tips(&id).unwrap()
+        } else {
+            Vec::new()
+        };
+        let pack = a.build_pack(&id, &want, &have, 1 << 20).unwrap();
+        let outcome = if b.exists(&id) {
+            b.apply_replica(&id, &pack, &refs).unwrap()
+        } else {
+            b.create_replica(&id, 1_700_000_000, &pack, &refs).unwrap()
+        };
+        (outcome, pack.len())
     };
+    // The replica appears with its refs set, public, dated by the signed update.
     let (outcome, first_len) = sync(&b);
     assert_eq!(outcome, ReplicaOutcome::Updated { refs: 1 });
+    assert!(!b.meta(&id).unwrap().private);
+    assert_eq!(b.meta(&id).unwrap().created_at, 1_700_000_000);
     assert_eq!(
         b.resolve(&id, "main").unwrap(),
         a.resolve(&id, "main").unwrap()
@@ -61,8 +69,15 @@ fn missing_objects_and_limits_are_errors() {
     // Refs naming objects the pack does not carry are refused; nothing moves.
     let b_dir = tempfile::tempdir().unwrap();
     let b = Repos::open(b_dir.path()).unwrap();
-    b.create_replica(&id, 0).unwrap();
     let refs = a.public_refs(&id).unwrap();
+    // Refused when creating the replica: nothing is left, not even an empty repo.
+    assert!(b.create_replica(&id, 0, &[], &refs).is_err());
+    assert!(!b.exists(&id));
+    assert!(b.create_replica(&id, 0, b"PACK garbage", &refs).is_err());
+    assert!(!b.exists(&id));
+    assert!(b.list(id.kind()).unwrap().is_empty());
+    // Refused when updating an existing replica: its refs do not move.
+    b.create_replica(&id, 0, &[], &Default::default()).unwrap();
     assert!(b.apply_replica(&id, &[], &refs).is_err());
     assert!(b.public_refs(&id).unwrap().is_empty());
     assert!(b.apply_replica(&id, b"PACK garbage", &refs).is_err());
@@ -145,12 +160,11 @@ fn a_replica_pack_is_checked_whole_unreferenced_objects_included() {
     let pack = a.build_pack(&id, &want, &[], 1 << 20).unwrap();
     let b_dir = tempfile::tempdir().unwrap();
     let b = Repos::open(b_dir.path()).unwrap();
-    b.create_replica(&id, 0).unwrap();
-    let err = b.apply_replica(&id, &pack, &refs).unwrap_err();
+    let err = b.create_replica(&id, 0, &pack, &refs).unwrap_err();
     assert!(
         matches!(&err, ReplicaError::Rejected { reason, .. } if reason.to_string().contains("invalid path")),
         "{err}"
     );
-    assert!(b.public_refs(&id).unwrap().is_empty());
+    assert!(!b.exists(&id));
     assert!(b.resolve(&id, &evil).is_err());
 }
