@@ -91,9 +91,12 @@ pub(crate) enum LfsError {
     /// The stored object could not join the GC roots and the repo's LFS set.
     #[error("{0}")]
     Record(String),
-    /// A task the fetch runs on ended without an answer (`what`: which one).
+    /// A task the fetch runs on failed (`what`: which one; `reason`: its join error).
     #[error("{what} task: {reason}")]
     Task { what: &'static str, reason: String },
+    /// A blocking task ended without an answer (`0`: which one).
+    #[error("{0} task failed")]
+    TaskEnded(&'static str),
 }
 
 /// Why the LFS objects a repo's tips reference could not be listed (a repo or store read).

@@ -712,8 +712,5 @@ async fn record_lfs(ctx: &Arc<Ctx>, repo: &RepoId, sha: Sha256) -> Result<(), Lf
             .map_err(|e| LfsError::Record(e.to_string()))
     })
     .await
-    .ok_or(LfsError::Task {
-        what: "record",
-        reason: "failed".into(),
-    })?
+    .ok_or(LfsError::TaskEnded("record"))?
 }
