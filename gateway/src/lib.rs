@@ -57,7 +57,6 @@ pub use git::{
     DEFAULT_GIT_IDLE_TIMEOUT, DEFAULT_MAX_GIT_PER_CLIENT, DEFAULT_MAX_GIT_PROCESSES, GitLimits,
 };
 /// How long inference requests wait for a model to load by default (`hub-models`').
-pub use hub_models::DEFAULT_LOAD_WAIT;
 pub use routes::router;
 
 use hub_auth::AuthStore;

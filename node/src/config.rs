@@ -102,7 +102,7 @@ impl Default for InferenceSection {
     fn default() -> Self {
         Self {
             memory_budget_mib: None,
-            load_wait_secs: hub_gateway::DEFAULT_LOAD_WAIT.as_secs(),
+            load_wait_secs: hub_models::DEFAULT_LOAD_WAIT.as_secs(),
             mode: "local".into(),
             advert_period_secs: 5,
             max_running: 64,
