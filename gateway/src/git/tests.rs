@@ -1,7 +1,7 @@
 //! In-process router tests for git smart HTTP: discovery, auth challenges, visibility and
 //! the receive-pack answer. The real-client tests are in `tests/py/test_git.py`.
 
-use crate::testing::{Fixture, fixture, send};
+use crate::testing::{Fixture, Reply, fixture, send};
 use hub_auth::{Permissions, Scope};
 use serde_json::json;
 
@@ -33,6 +33,19 @@ fn token(f: &Fixture, user: &str) -> String {
 fn main_of(f: &Fixture, repo: &str) -> String {
     let id = hub_protocol::repo::RepoId::parse(hub_protocol::repo::RepoType::Model, repo).unwrap();
     f.state.repos().resolve(&id, "main").unwrap()
+}
+
+/// The admin's `git-receive-pack` request with `body` into `admin/m`.
+async fn receive_pack(f: &Fixture, body: impl Into<axum::body::Body>) -> Reply {
+    send(
+        &f.app,
+        "POST",
+        "/admin/m/git-receive-pack",
+        Some(&f.admin),
+        &[],
+        body,
+    )
+    .await
 }
 
 fn pkt(s: &str) -> String {
@@ -192,15 +205,7 @@ async fn receive_pack_reports_per_ref_and_refuses_deleting_main() {
             "{main} {zero} refs/heads/main\0report-status side-band-64k agent=t\n"
         ))
     );
-    let r = send(
-        &f.app,
-        "POST",
-        "/admin/m/git-receive-pack",
-        Some(&f.admin),
-        &[],
-        body,
-    )
-    .await;
+    let r = receive_pack(&f, body).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("content-type"),
@@ -222,15 +227,7 @@ async fn receive_pack_reports_per_ref_and_refuses_deleting_main() {
         "{}0000",
         pkt(&format!("{main} {zero} refs/heads/nope\0report-status\n"))
     );
-    let r = send(
-        &f.app,
-        "POST",
-        "/admin/m/git-receive-pack",
-        Some(&f.admin),
-        &[],
-        body,
-    )
-    .await;
+    let r = receive_pack(&f, body).await;
     let text = r.text();
     assert!(text.starts_with("000eunpack ok\n"), "{text:?}");
     assert!(text.contains("ng refs/heads/nope stale info"), "{text:?}");
@@ -242,15 +239,7 @@ async fn receive_pack_rejects_malformed_requests() {
     let f = fixture().await;
     create(&f, "m", false).await;
     for body in ["", "zzzz", "0009abcde0000", "00a0short"] {
-        let r = send(
-            &f.app,
-            "POST",
-            "/admin/m/git-receive-pack",
-            Some(&f.admin),
-            &[],
-            body,
-        )
-        .await;
+        let r = receive_pack(&f, body).await;
         assert_eq!(r.status, 400, "{body:?}: {}", r.text());
     }
     let r = send(
@@ -316,15 +305,7 @@ async fn receive_pack_refuses_control_characters_in_ref_names() {
             "{}0000",
             pkt(&format!("{main} {zero} {name}\0report-status\n"))
         );
-        let r = send(
-            &f.app,
-            "POST",
-            "/admin/m/git-receive-pack",
-            Some(&f.admin),
-            &[],
-            body,
-        )
-        .await;
+        let r = receive_pack(&f, body).await;
         assert_eq!(r.status, 400, "{name:?}: {}", r.text());
         assert!(!r.text().contains(name), "{name:?} echoed: {}", r.text());
         assert!(!r.text().chars().any(char::is_control), "{}", r.text());
