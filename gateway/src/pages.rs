@@ -58,32 +58,30 @@ pub(crate) fn routes() -> Router<AppState> {
         let base = format!("/{}{{ns}}/{{name}}", kind.url_prefix());
         let k = axum::Extension(kind);
         router = router
-            .route(&base, get(repo::repo_page).layer(k.clone()))
+            .route(&base, get(repo::repo_page).layer(k))
             .route(
                 &format!("{base}/tree/{{rev}}"),
-                get(repo::tree_root).layer(k.clone()),
+                get(repo::tree_root).layer(k),
             )
             .route(
                 &format!("{base}/tree/{{rev}}/{{*path}}"),
-                get(repo::tree_path).layer(k.clone()),
+                get(repo::tree_path).layer(k),
             )
             .route(
                 &format!("{base}/blob/{{rev}}/{{*path}}"),
-                get(repo::blob).layer(k.clone()),
+                get(repo::blob).layer(k),
             )
             .route(
                 &format!("{base}/commits/{{rev}}"),
-                get(repo::commits).layer(k.clone()),
+                get(repo::commits).layer(k),
             )
             .route(
                 &format!("{base}/commit/{{sha}}"),
-                get(repo::commit).layer(k.clone()),
+                get(repo::commit).layer(k),
             )
             .route(
                 &format!("{base}/settings"),
-                get(forms::settings_form)
-                    .post(forms::settings)
-                    .layer(k.clone()),
+                get(forms::settings_form).post(forms::settings).layer(k),
             );
     }
     router.layer(axum::middleware::map_response(security_headers))

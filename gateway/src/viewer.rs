@@ -71,10 +71,10 @@ impl Params {
     }
 
     fn split(&self) -> Result<&str, AppError> {
-        if let Some(config) = self.config.as_deref() {
-            if config != CONFIG {
-                return Err(not_found(format!("config {config:?} not found")));
-            }
+        if let Some(config) = self.config.as_deref()
+            && config != CONFIG
+        {
+            return Err(not_found(format!("config {config:?} not found")));
         }
         self.split
             .as_deref()
@@ -487,10 +487,10 @@ async fn info(
     Caller(principal): Caller,
     Query(params): Query<Params>,
 ) -> Result<Json<Value>, AppError> {
-    if let Some(config) = params.config.as_deref() {
-        if config != CONFIG {
-            return Err(not_found(format!("config {config:?} not found")));
-        }
+    if let Some(config) = params.config.as_deref()
+        && config != CONFIG
+    {
+        return Err(not_found(format!("config {config:?} not found")));
     }
     let ds = load(&state, principal.as_ref(), &params).await?;
     let dataset = ds.id.hub_id();

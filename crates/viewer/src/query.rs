@@ -221,10 +221,8 @@ fn lex(s: &str) -> Result<Vec<Token>, ViewerError> {
                     || chars[i] == '-'
                     || chars[i] == '+')
             {
-                if chars[i] == '-' || chars[i] == '+' {
-                    if !matches!(chars[i - 1], 'e' | 'E') {
-                        break;
-                    }
+                if (chars[i] == '-' || chars[i] == '+') && !matches!(chars[i - 1], 'e' | 'E') {
+                    break;
                 }
                 i += 1;
             }
@@ -283,11 +281,11 @@ struct Parser {
 
 impl Parser {
     fn keyword(&mut self, k: &str) -> bool {
-        if let Some(Token::Ident(w)) = self.tokens.get(self.at) {
-            if w.eq_ignore_ascii_case(k) {
-                self.at += 1;
-                return true;
-            }
+        if let Some(Token::Ident(w)) = self.tokens.get(self.at)
+            && w.eq_ignore_ascii_case(k)
+        {
+            self.at += 1;
+            return true;
         }
         false
     }

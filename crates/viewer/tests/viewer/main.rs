@@ -190,6 +190,6 @@ fn csv_and_json_lines_rows_and_types() {
         Format::JsonLines,
         Arc::new(MemSource::new(broken.as_bytes().to_vec())),
     );
-    let err = t.err().expect("a bad line is an error").to_string();
+    let err = t.expect_err("a bad line is an error").to_string();
     assert!(err.contains("line 2"), "{err}");
 }
