@@ -157,6 +157,63 @@ impl Hub {
         plan_transfers(self.repos(), self.store(), repo, transfer, objects)
     }
 
+    /// Plans downloads of `objects` from `repo` like [`plan_transfers`], but first fetches
+    /// from the mesh, until `deadline`, the objects the repo does not hold here yet when its
+    /// namespace is hosted by another node: a repo
+    /// replicated (or fetched on demand) from a peer gets its LFS content in the background,
+    /// and a client asking for it now should not be told it is missing. Each fetch is one
+    /// `MeshPort::ensure_lfs` (verified against the signed refs' binding, so only content the
+    /// repo's publisher signed arrives); the fetches run at once. What has not arrived by the
+    /// deadline stays [`TransferPlan::Missing`].
+    pub async fn plan_downloads(
+        &self,
+        repo: &RepoId,
+        objects: Vec<(String, u64)>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<TransferPlan>, Error> {
+        let plan = |objects: Vec<(String, u64)>| {
+            let (hub, repo) = (self.clone(), repo.clone());
+            crate::blocking(move || hub.plan_transfers(&repo, Transfer::Download, &objects))
+        };
+        let mut plans = plan(objects.clone()).await?;
+        let missing: Vec<(usize, Sha256, u64)> = plans
+            .iter()
+            .zip(&objects)
+            .enumerate()
+            .filter_map(|(i, (p, (_, size)))| match p {
+                TransferPlan::Missing(sha) => Some((i, *sha, *size)),
+                _ => None,
+            })
+            .collect();
+        // Only a repo whose namespace another node hosts gets content from peers: objects
+        // of a namespace hosted here can only come from its own writers.
+        if missing.is_empty() || self.mesh().namespace_hosts(repo.namespace()).await.is_none() {
+            return Ok(plans);
+        }
+        let mut fetches = tokio::task::JoinSet::new();
+        for &(_, sha, size) in &missing {
+            let (mesh, repo) = (self.mesh().clone(), repo.clone());
+            fetches.spawn(async move {
+                let result = mesh.ensure_lfs(&repo, sha, size, deadline).await;
+                (sha, result)
+            });
+        }
+        while let Some(done) = fetches.join_next().await {
+            let (sha, result) = done?;
+            if let Err(error) = result {
+                tracing::debug!(repo = %repo, %sha, %error, "LFS object not fetched for a batch download");
+            }
+        }
+        let again: Vec<(String, u64)> = missing
+            .iter()
+            .map(|&(i, _, _)| objects[i].clone())
+            .collect();
+        for ((i, _, _), p) in missing.iter().zip(plan(again).await?) {
+            plans[*i] = p;
+        }
+        Ok(plans)
+    }
+
     /// [`adopt`] on this hub's repositories and store.
     pub fn adopt_lfs(&self, repo: &RepoId, sha256: &Sha256) -> Result<(), Error> {
         adopt(self.repos(), self.store(), repo, sha256)
