@@ -24,7 +24,7 @@ const MAX_ADVERTISEMENT: u64 = 64 << 20;
 pub fn run(url: &str) -> anyhow::Result<()> {
     let target = Target::parse(url)?;
     let mut node = Node::new(target)?;
-    configure_lfs_agent(url);
+    configure_lfs_agent(url, &node);
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let stdout = std::io::stdout();
@@ -167,10 +167,16 @@ fn stateless_connect(
 
 /// Makes the repository git is working in (a clone in progress, or a fetch or push of one)
 /// move its LFS objects through this binary's agent (`git-remote-hubmesh lfs-agent`): a
-/// git-lfs standalone custom transfer agent, so no LFS URL and no credentials are needed.
+/// git-lfs standalone custom transfer agent, so the user sets no LFS URL and no credentials.
 /// Written once, to the repository's own config; nothing happens outside a repository, or
 /// where the user set another agent.
-fn configure_lfs_agent(url: &str) {
+///
+/// git-lfs still derives an endpoint from the remote's URL for what is not a transfer (the
+/// locking API), and takes `hubmesh://…` for an SSH host, which it would try to reach with
+/// `ssh hubmesh git-lfs-transfer`. So the remote's `lfsurl` names the node's own LFS endpoint
+/// for the repository (transfers never use it: the agent asks the current node), and lock
+/// checks before pushes are off (the node has no locking).
+fn configure_lfs_agent(url: &str, node: &Node) {
     if std::env::var_os("GIT_DIR").is_none() {
         return;
     }
@@ -181,13 +187,23 @@ fn configure_lfs_agent(url: &str) {
         return;
     };
     let exe = exe.to_string_lossy().into_owned();
-    let settings = [
+    let remote = std::env::args().nth(1).filter(|r| !r.contains("://"));
+    let lfs_url = format!("{}.git/info/lfs", node.repo_url());
+    let mut settings = vec![];
+    if let Some(remote) = &remote
+        && crate::node::git_config(&format!("remote.{remote}.lfsurl")).is_none()
+    {
+        settings.push((format!("remote.{remote}.lfsurl"), lfs_url.clone()));
+        settings.push((format!("lfs.{lfs_url}.locksverify"), "false".to_owned()));
+    }
+    let fixed = [
         ("lfs.customtransfer.hubmesh.path", exe.as_str()),
         ("lfs.customtransfer.hubmesh.args", "lfs-agent"),
         ("lfs.customtransfer.hubmesh.concurrent", "false"),
         ("lfs.standalonetransferagent", "hubmesh"),
     ];
-    for (key, value) in settings {
+    settings.extend(fixed.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    for (key, value) in &settings {
         let ok = std::process::Command::new("git")
             .args(["config", "--local", key, value])
             .status()

@@ -223,6 +223,8 @@ impl Node {
             .args(["credential", "fill"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            // "could not read Username" when nothing answers: the error below says more.
+            .stderr(Stdio::null())
             .spawn()
             .ok()?;
         child.stdin.take()?.write_all(query.as_bytes()).ok()?;

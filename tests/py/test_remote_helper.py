@@ -128,7 +128,12 @@ def test_clone_fetch_and_lfs_through_a_node_that_does_not_hold_the_repo(
     git(git_env, "-C", str(clone), "fetch", "--progress", node=c)
     assert rev(git_env, clone, "origin/main") == sha2
     assert not lfs_object(clone, weights2).exists()
-    out = git(git_env, "-C", str(clone), "lfs", "fetch", "--all", node=c)
+    # GIT_TRACE shows the agent's messages: its progress events reach git-lfs.
+    out = git({**git_env, "GIT_TRACE": "1", "GIT_TRANSFER_TRACE": "1"}, "-C", str(clone), "lfs",
+              "fetch", "--all", node=c)
+    assert "ssh" not in out.stderr, "git-lfs tried SSH for a hubmesh:// remote"
+    assert re.search(r'received response: \{"bytesSinceLast":\d+,"bytesSoFar":\d+,'
+                     r'"event":"progress"', out.stderr), out.stderr[-3000:]
     assert lfs_object(clone, weights2).read_bytes() == weights2
     assert lfs_object(clone, weights).read_bytes() == weights
     git(git_env, "-C", str(clone), "merge", "--ff-only", "origin/main")
@@ -178,7 +183,7 @@ def test_push_through_the_hosting_node_and_what_it_refuses(node_factory, git_env
     git(git_env, "-C", str(clone), "commit", "-q", "-m", "two")
     out = git(git_env, "-C", str(clone), "push", "--progress", "origin", "main", node=a,
               token=a.admin_token)
-    assert "Writing objects: 100%" in out.stderr, out.stderr
+    assert "Counting objects: 100%" in out.stderr, out.stderr
     head = rev(git_env, clone, "HEAD")
     assert api.model_info("alice/proj").sha == head
     assert rev(git_env, clone, "origin/main") == head
@@ -264,7 +269,9 @@ def test_missing_and_private_repos_read_alike(node_factory, git_env, tmp_path):
         out = git(git_env, "clone", f"hubmesh://alice/{name}", str(tmp_path / f"c-{name}-{bool(token)}"),
                   node=a, token=token, check=False)
         assert out.returncode != 0
-        return out.stderr.replace(name, "NAME")
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error: hubmesh:")]
+        assert len(errors) == 1, out.stderr
+        return errors[0].replace(name, "NAME")
 
     private, missing = clone_error("secret", bob), clone_error("nothing", bob)
     assert "not found on the hubmesh node" in private, private
