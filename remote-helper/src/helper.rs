@@ -34,7 +34,11 @@ pub fn run(url: &str) -> anyhow::Result<()> {
     let mut line = String::new();
     loop {
         line.clear();
-        if input.read_line(&mut line).context("read a command from git")? == 0 {
+        if input
+            .read_line(&mut line)
+            .context("read a command from git")?
+            == 0
+        {
             return Ok(());
         }
         let cmd = line.trim_end_matches(['\n', '\r']);
@@ -118,7 +122,10 @@ fn stateless_connect(
     }
     let caps = read_body(&mut resp, MAX_ADVERTISEMENT)?;
     if !caps.starts_with(b"000eversion 2\n") {
-        bail!("the hubmesh node at {} does not speak git protocol v2", node.base);
+        bail!(
+            "the hubmesh node at {} does not speak git protocol v2",
+            node.base
+        );
     }
     out.write_all(b"\n")?;
     out.write_all(&caps)?;
@@ -202,14 +209,20 @@ fn configure_lfs_agent(url: &str, node: &Node) {
         ("lfs.customtransfer.hubmesh.concurrent", "false"),
         ("lfs.standalonetransferagent", "hubmesh"),
     ];
-    settings.extend(fixed.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    settings.extend(
+        fixed
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     for (key, value) in &settings {
         let ok = std::process::Command::new("git")
             .args(["config", "--local", key, value])
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("hubmesh: could not set {key} for LFS through {url}; git lfs may not find its objects");
+            eprintln!(
+                "hubmesh: could not set {key} for LFS through {url}; git lfs may not find its objects"
+            );
             return;
         }
     }

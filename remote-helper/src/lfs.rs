@@ -32,7 +32,9 @@ const LFS_JSON: &str = "application/vnd.git-lfs+json";
 type Out = Arc<Mutex<std::io::Stdout>>;
 
 fn send(out: &Out, msg: &Value) -> anyhow::Result<()> {
-    let mut o = out.lock().map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
+    let mut o = out
+        .lock()
+        .map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
     writeln!(o, "{msg}")?;
     o.flush()?;
     Ok(())
@@ -66,7 +68,8 @@ pub fn run() -> anyhow::Result<()> {
                     bail!("git-lfs sent {event} before init");
                 };
                 let result = if event == "download" {
-                    download(node, &out, &msg).map(|path| json!({ "event": "complete", "oid": oid, "path": path }))
+                    download(node, &out, &msg)
+                        .map(|path| json!({ "event": "complete", "oid": oid, "path": path }))
                 } else {
                     upload(node, &out, &msg).map(|()| json!({ "event": "complete", "oid": oid }))
                 };
@@ -110,8 +113,23 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// One object's batch answer: the action's URL and headers.
-fn batch(node: &mut Node, operation: &str, oid: &str, size: u64) -> Result<Option<(String, Vec<(String, String)>, Value)>, Failure> {
+/// One object's batch answer: the action to take, with its URL and headers, and all of the
+/// object's actions (an upload's `verify`).
+#[derive(Debug)]
+struct Action {
+    href: String,
+    headers: Vec<(String, String)>,
+    all: Value,
+}
+
+/// Asks the node's batch API about one object; `None`: nothing to do (an upload of an object
+/// the node has).
+fn batch(
+    node: &mut Node,
+    operation: &str,
+    oid: &str,
+    size: u64,
+) -> Result<Option<Action>, Failure> {
     let url = format!("{}.git/info/lfs/objects/batch", node.repo_url());
     let body = json!({
         "operation": operation,
@@ -178,7 +196,11 @@ fn batch(node: &mut Node, operation: &str, oid: &str, size: u64) -> Result<Optio
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Some((href, headers, obj["actions"].clone())))
+    Ok(Some(Action {
+        href,
+        headers,
+        all: obj["actions"].clone(),
+    }))
 }
 
 /// Progress events for one object.
@@ -207,14 +229,21 @@ fn download(node: &mut Node, out: &Out, msg: &Value) -> Result<String, Failure> 
     let oid = msg["oid"].as_str().unwrap_or("");
     let size = msg["size"].as_u64().unwrap_or(0);
     if oid.len() != 64 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Failure { code: 422, message: format!("bad oid {oid:?}") });
+        return Err(Failure {
+            code: 422,
+            message: format!("bad oid {oid:?}"),
+        });
     }
-    let Some((href, headers, _)) = batch(node, "download", oid, size)? else {
-        return Err(Failure { code: 500, message: "the node gave no download action".into() });
+    let Some(Action { href, headers, .. }) = batch(node, "download", oid, size)? else {
+        return Err(Failure {
+            code: 500,
+            message: "the node gave no download action".into(),
+        });
     };
     let mut resp = node
         .get_action(&href, &headers)
-        .call().map_err(|e| node.unreachable(e))?;
+        .call()
+        .map_err(|e| node.unreachable(e))?;
     if resp.status().as_u16() != 200 {
         return Err(Failure {
             code: resp.status().as_u16(),
@@ -226,10 +255,17 @@ fn download(node: &mut Node, out: &Out, msg: &Value) -> Result<String, Failure> 
     let mut file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
     let mut body = resp.into_body().into_reader();
     let mut hasher = Sha256::new();
-    let mut progress = Progress { out: out.clone(), oid: oid.to_owned(), so_far: 0, reported: 0 };
+    let mut progress = Progress {
+        out: out.clone(),
+        oid: oid.to_owned(),
+        so_far: 0,
+        reported: 0,
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = body.read(&mut buf).context("read the object from the node")?;
+        let n = body
+            .read(&mut buf)
+            .context("read the object from the node")?;
         if n == 0 {
             break;
         }
@@ -260,15 +296,33 @@ fn upload(node: &mut Node, out: &Out, msg: &Value) -> Result<(), Failure> {
     let oid = msg["oid"].as_str().unwrap_or("");
     let size = msg["size"].as_u64().unwrap_or(0);
     let path = msg["path"].as_str().context("an upload without path")?;
-    let Some((href, headers, actions)) = batch(node, "upload", oid, size)? else {
+    let Some(Action {
+        href,
+        headers,
+        all: actions,
+    }) = batch(node, "upload", oid, size)?
+    else {
         // The node has it already.
-        let mut p = Progress { out: out.clone(), oid: oid.to_owned(), so_far: 0, reported: 0 };
+        let mut p = Progress {
+            out: out.clone(),
+            oid: oid.to_owned(),
+            so_far: 0,
+            reported: 0,
+        };
         p.add(size, true);
         return Ok(());
     };
     let file = File::open(path).with_context(|| format!("open {path}"))?;
-    let progress = Arc::new(Mutex::new(Progress { out: out.clone(), oid: oid.to_owned(), so_far: 0, reported: 0 }));
-    let reader = Counting { inner: file, progress: progress.clone() };
+    let progress = Arc::new(Mutex::new(Progress {
+        out: out.clone(),
+        oid: oid.to_owned(),
+        so_far: 0,
+        reported: 0,
+    }));
+    let reader = Counting {
+        inner: file,
+        progress: progress.clone(),
+    };
     let mut resp = node
         .send_action("PUT", &href, &headers)
         .header("Content-Type", "application/octet-stream")
@@ -276,13 +330,18 @@ fn upload(node: &mut Node, out: &Out, msg: &Value) -> Result<(), Failure> {
         .send(ureq::SendBody::from_owned_reader(reader))
         .map_err(|e| node.unreachable(e))?;
     if !resp.status().is_success() {
-        return Err(Failure { code: resp.status().as_u16(), message: refusal_message(&mut resp) });
+        return Err(Failure {
+            code: resp.status().as_u16(),
+            message: refusal_message(&mut resp),
+        });
     }
     if let Ok(mut p) = progress.lock() {
         p.add(0, true);
     }
     if let Some(verify) = actions.get("verify") {
-        let href = verify["href"].as_str().context("a verify action without href")?;
+        let href = verify["href"]
+            .as_str()
+            .context("a verify action without href")?;
         let headers: Vec<(String, String)> = verify["header"]
             .as_object()
             .map(|h| {
@@ -298,7 +357,10 @@ fn upload(node: &mut Node, out: &Out, msg: &Value) -> Result<(), Failure> {
             .send(json!({ "oid": oid, "size": size }).to_string())
             .map_err(|e| node.unreachable(e))?;
         if !resp.status().is_success() {
-            return Err(Failure { code: resp.status().as_u16(), message: refusal_message(&mut resp) });
+            return Err(Failure {
+                code: resp.status().as_u16(),
+                message: refusal_message(&mut resp),
+            });
         }
     }
     Ok(())

@@ -218,7 +218,10 @@ impl Node {
     /// user gave nothing).
     fn credential_fill(&self) -> Option<Token> {
         let host = self.base.strip_prefix("http://")?;
-        let query = format!("protocol=http\nhost={host}\npath={}\n\n", self.target.path());
+        let query = format!(
+            "protocol=http\nhost={host}\npath={}\n\n",
+            self.target.path()
+        );
         let mut child = Command::new("git")
             .args(["credential", "fill"])
             .stdin(Stdio::piped())
@@ -306,11 +309,13 @@ pub fn refusal_message(resp: &mut Response) -> String {
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&body);
     let text = text.trim();
-    let from_json = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| {
-        ["error", "message"]
-            .iter()
-            .find_map(|k| v.get(k).and_then(|m| m.as_str()).map(str::to_owned))
-    });
+    let from_json = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| {
+            ["error", "message"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|m| m.as_str()).map(str::to_owned))
+        });
     match from_json {
         Some(m) => m,
         None if !text.is_empty() && !text.starts_with('{') => text.to_owned(),

@@ -127,7 +127,10 @@ pub fn remote_refs(node: &mut Node) -> anyhow::Result<Remote> {
             node.target.path(),
             node.base
         ),
-        401 => bail!("the hubmesh node at {} does not accept this token", node.base),
+        401 => bail!(
+            "the hubmesh node at {} does not accept this token",
+            node.base
+        ),
         404 => Err(node.not_found()),
         403 => {
             // Refused by name (hosted elsewhere, read-only right): list what can be read,
@@ -292,7 +295,10 @@ pub fn push(
         }
     }
     let pending = updates.iter().filter(|u| u.result.is_none()).count();
-    if pending > 0 && !options.push_options.is_empty() && !remote.caps.iter().any(|c| c == "push-options") {
+    if pending > 0
+        && !options.push_options.is_empty()
+        && !remote.caps.iter().any(|c| c == "push-options")
+    {
         for u in updates.iter_mut().filter(|u| u.result.is_none()) {
             u.result = Some(Err("the node does not take push options".into()));
         }
@@ -378,19 +384,26 @@ fn send(
         }
         head.extend_from_slice(b"0000");
     }
-    let needs_pack = updates
-        .iter()
-        .any(|u| u.result.is_none() && u.new != ZERO);
+    let needs_pack = updates.iter().any(|u| u.result.is_none() && u.new != ZERO);
     let mut child = None;
     let body: Box<dyn Read + Send> = if needs_pack {
         let mut cmd = Command::new("git");
-        cmd.args(["pack-objects", "--stdout", "--thin", "--revs", "--delta-base-offset"])
-            .arg(if options.progress { "--progress" } else { "-q" })
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "pack-objects",
+            "--stdout",
+            "--thin",
+            "--revs",
+            "--delta-base-offset",
+        ])
+        .arg(if options.progress { "--progress" } else { "-q" })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         let mut c = cmd.spawn().context("start git pack-objects")?;
         let mut revs = String::new();
-        for u in updates.iter().filter(|u| u.result.is_none() && u.new != ZERO) {
+        for u in updates
+            .iter()
+            .filter(|u| u.result.is_none() && u.new != ZERO)
+        {
             revs.push_str(&u.new);
             revs.push('\n');
         }
@@ -402,7 +415,9 @@ fn send(
             }
         }
         let mut stdin = c.stdin.take().context("pack-objects stdin")?;
-        stdin.write_all(revs.as_bytes()).context("tell pack-objects what to pack")?;
+        stdin
+            .write_all(revs.as_bytes())
+            .context("tell pack-objects what to pack")?;
         drop(stdin);
         let stdout = c.stdout.take().context("pack-objects stdout")?;
         child = Some(c);
@@ -544,7 +559,10 @@ mod tests {
         let mut report = Vec::new();
         pkt::write(&mut report, b"unpack ok\n");
         pkt::write(&mut report, b"ok refs/heads/main\n");
-        pkt::write(&mut report, b"ng refs/heads/x unsafe path \".git/config\"\n");
+        pkt::write(
+            &mut report,
+            b"ng refs/heads/x unsafe path \".git/config\"\n",
+        );
         report.extend_from_slice(b"0000");
         let update = |dst: &str| Update {
             dst: dst.into(),
@@ -552,7 +570,11 @@ mod tests {
             new: ZERO.into(),
             result: None,
         };
-        let mut updates = vec![update("refs/heads/main"), update("refs/heads/x"), update("refs/heads/y")];
+        let mut updates = vec![
+            update("refs/heads/main"),
+            update("refs/heads/x"),
+            update("refs/heads/y"),
+        ];
         apply_report(&report, &mut updates).unwrap();
         assert_eq!(updates[0].result, Some(Ok(())));
         assert_eq!(

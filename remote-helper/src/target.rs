@@ -66,9 +66,7 @@ impl Target {
             {
                 Kind::Model
             }
-            _ => bail!(
-                "{url:?}: expected hubmesh://[PEER_ID/][datasets/|spaces/]NAMESPACE/NAME"
-            ),
+            _ => bail!("{url:?}: expected hubmesh://[PEER_ID/][datasets/|spaces/]NAMESPACE/NAME"),
         };
         if parts.len() == 3 {
             parts.remove(0);
@@ -116,13 +114,22 @@ mod tests {
     #[test]
     fn parses_every_form() {
         let t = Target::parse("hubmesh://alice/tiny").unwrap();
-        assert_eq!((t.kind, t.path(), t.peer), (Kind::Model, "alice/tiny".into(), None));
+        assert_eq!(
+            (t.kind, t.path(), t.peer),
+            (Kind::Model, "alice/tiny".into(), None)
+        );
         let t = Target::parse("hubmesh://datasets/alice/data.git/").unwrap();
-        assert_eq!((t.kind, t.path()), (Kind::Dataset, "datasets/alice/data".into()));
+        assert_eq!(
+            (t.kind, t.path()),
+            (Kind::Dataset, "datasets/alice/data".into())
+        );
         let t = Target::parse("hubmesh://spaces/alice/demo").unwrap();
         assert_eq!(t.path(), "spaces/alice/demo");
         let t = Target::parse(&format!("hubmesh://{PEER}/alice/tiny")).unwrap();
-        assert_eq!((t.peer.as_deref(), t.path()), (Some(PEER), "alice/tiny".into()));
+        assert_eq!(
+            (t.peer.as_deref(), t.path()),
+            (Some(PEER), "alice/tiny".into())
+        );
         let t = Target::parse(&format!("hubmesh://{PEER}/datasets/alice/d")).unwrap();
         assert_eq!((t.peer.as_deref(), t.kind), (Some(PEER), Kind::Dataset));
     }
