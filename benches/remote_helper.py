@@ -51,9 +51,18 @@ try:
         timeout=60).read()
     lines = [json.dumps({"key": "header", "value": {"summary": "files"}})]
     for i in range(2000):
-        content = os.urandom(1500)
+        content = os.urandom(750).hex().encode()  # text: regular git files, not LFS
         lines.append(json.dumps({"key": "file", "value": {
             "path": f"d{i % 40}/f{i}.txt", "content": base64.b64encode(content).decode(),
+            "encoding": "base64"}}))
+    urllib.request.urlopen(urllib.request.Request(
+        f"{node.url}/api/models/alice/bench/commit/main", data=("\n".join(lines) + "\n").encode(),
+        headers={**h, "content-type": "application/x-ndjson"}), timeout=300).read()
+    # 200 small binary files: LFS objects (the node's rules store binary content as LFS).
+    lines = [json.dumps({"key": "header", "value": {"summary": "small LFS objects"}})]
+    for i in range(200):
+        lines.append(json.dumps({"key": "file", "value": {
+            "path": f"bin/b{i}.bin", "content": base64.b64encode(os.urandom(1500)).decode(),
             "encoding": "base64"}}))
     urllib.request.urlopen(urllib.request.Request(
         f"{node.url}/api/models/alice/bench/commit/main", data=("\n".join(lines) + "\n").encode(),
@@ -84,7 +93,7 @@ try:
     for n in range(args.runs):
         for kind, repo in lfs_repo.items():
             subprocess.run(["rm", "-rf", str(repo / ".git" / "lfs" / "objects")], check=True)
-            rows.setdefault(f"`git lfs fetch` of {args.lfs_mib} MiB ({kind})", []).append(
+            rows.setdefault(f"`git lfs fetch`: 1 × {args.lfs_mib} MiB + 200 × 1.5 KB ({kind})", []).append(
                 timed(lambda: git("lfs", "fetch", "origin", "main", cwd=repo, extra=mesh_env)))
 
     # Push of one small commit each run.
@@ -103,7 +112,7 @@ try:
     load = open("/proc/loadavg").read().split()[:3]
     out = ["# git through `git-remote-hubmesh` vs. git's smart HTTP (same node)", "",
            f"`python benches/remote_helper.py --runs {args.runs} --lfs-mib {args.lfs_mib}`: one "
-           f"debug-build node on loopback, helper from `{helper_dir}`, a repo of 2000 files (3 MB) and one LFS object; "
+           f"debug-build node on loopback, helper from `{helper_dir}`, a repo of 2000 text files (3 MB) in git, one large LFS object and 200 small ones; "
            f"medians of {args.runs} alternating runs; load average at the end {' '.join(load)} "
            f"on {os.cpu_count()} cores (shared machine).", "",
            "| What | median | min | max |", "|---|---|---|---|"]

@@ -206,7 +206,9 @@ fn configure_lfs_agent(url: &str, node: &Node) {
     let fixed = [
         ("lfs.customtransfer.hubmesh.path", exe.as_str()),
         ("lfs.customtransfer.hubmesh.args", "lfs-agent"),
-        ("lfs.customtransfer.hubmesh.concurrent", "false"),
+        // git-lfs runs up to `lfs.concurrenttransfers` agents (8 by default), one object
+        // each at a time: many small objects do not wait on one another's round trips.
+        ("lfs.customtransfer.hubmesh.concurrent", "true"),
         ("lfs.standalonetransferagent", "hubmesh"),
     ];
     settings.extend(
