@@ -31,7 +31,7 @@ env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINA
 
 
 def git(*a, cwd=None, extra=None):
-    subprocess.run(["git", *a], cwd=cwd, env={**env, **(extra or {})}, check=True,
+    subprocess.run(["git", *a], cwd=cwd or work, env={**env, **(extra or {})}, check=True,
                    capture_output=True, timeout=600)
 
 

@@ -175,8 +175,10 @@ fn stateless_connect(
 /// Makes the repository git is working in (a clone in progress, or a fetch or push of one)
 /// move its LFS objects through this binary's agent (`git-remote-hubmesh lfs-agent`): a
 /// git-lfs standalone custom transfer agent, so the user sets no LFS URL and no credentials.
-/// Written once, to the repository's own config; nothing happens outside a repository, or
-/// where the user set another agent.
+/// Written once, to the repository's own config, and only for a named remote whose URL is
+/// this one (a clone, or a fetch or push of such a remote): a bare URL given to `git
+/// ls-remote` or `git fetch` inside some other repository changes nothing there, and
+/// neither does anything where the user set another agent.
 ///
 /// git-lfs still derives an endpoint from the remote's URL for what is not a transfer (the
 /// locking API), and takes `hubmesh://…` for an SSH host, which it would try to reach with
@@ -187,19 +189,21 @@ fn configure_lfs_agent(url: &str, node: &Node) {
     if std::env::var_os("GIT_DIR").is_none() {
         return;
     }
-    if crate::node::git_config("lfs.standalonetransferagent").is_some() {
+    let Some(remote) = std::env::args().nth(1).filter(|r| !r.contains("://")) else {
+        return;
+    };
+    if crate::node::git_config(&format!("remote.{remote}.url")).as_deref() != Some(url)
+        || crate::node::git_config("lfs.standalonetransferagent").is_some()
+    {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
     let exe = exe.to_string_lossy().into_owned();
-    let remote = std::env::args().nth(1).filter(|r| !r.contains("://"));
     let lfs_url = format!("{}.git/info/lfs", node.repo_url());
     let mut settings = vec![];
-    if let Some(remote) = &remote
-        && crate::node::git_config(&format!("remote.{remote}.lfsurl")).is_none()
-    {
+    if crate::node::git_config(&format!("remote.{remote}.lfsurl")).is_none() {
         settings.push((format!("remote.{remote}.lfsurl"), lfs_url.clone()));
         settings.push((format!("lfs.{lfs_url}.locksverify"), "false".to_owned()));
     }

@@ -24,9 +24,11 @@ GIT_TIMEOUT = 120
 
 
 @pytest.fixture
-def git_env(tmp_path):
+def git_env(tmp_path, monkeypatch):
     """The environment of every git command: the helper on PATH, a private HOME with the
-    LFS filters installed, no system config, no prompts."""
+    LFS filters installed, no system config, no prompts; run from the test's own directory
+    (never from inside this repository)."""
+    monkeypatch.chdir(tmp_path)
     helper = hubmesh_bin().parent / "git-remote-hubmesh"
     assert helper.is_file(), f"no helper at {helper}: cargo build --workspace --all-targets"
     home = tmp_path / "home"
@@ -252,9 +254,25 @@ def test_push_through_the_hosting_node_and_what_it_refuses(node_factory, git_env
               check=False)
     assert out.returncode != 0 and a.info["peer_id"] in out.stderr, out.stderr
 
-    # And through A it goes.
-    git(git_env, "-C", str(clone), "push", "origin", "main", node=a, token=a.admin_token)
+    # And through A it goes; a dry run sends nothing; a branch is created and deleted (a
+    # push without a pack); `git ls-remote` lists what the node has.
+    git(git_env, "-C", str(clone), "push", "--dry-run", "origin", "main", node=a,
+        token=a.admin_token)
+    assert api.model_info("alice/proj").sha == moved
+    git(git_env, "-C", str(clone), "push", "origin", "main", "main:refs/heads/topic", node=a,
+        token=a.admin_token)
     assert api.model_info("alice/proj").sha == rev(git_env, clone, "HEAD")
+    assert "topic" in {r.name for r in api.list_repo_refs("alice/proj").branches}
+    git(git_env, "-C", str(clone), "push", "origin", "--delete", "topic", node=a,
+        token=a.admin_token)
+    assert "topic" not in {r.name for r in api.list_repo_refs("alice/proj").branches}
+    # ls-remote of a bare URL from inside another repository lists, and leaves that
+    # repository's config alone.
+    other = tmp_path / "other"
+    git(git_env, "init", "-q", str(other))
+    listed = git(git_env, "ls-remote", "hubmesh://alice/proj", node=a, cwd=other).stdout
+    assert f"{rev(git_env, clone, 'HEAD')}\trefs/heads/main" in listed, listed
+    assert "lfs" not in (other / ".git" / "config").read_text()
 
 
 def test_missing_and_private_repos_read_alike(node_factory, git_env, tmp_path):
@@ -282,6 +300,21 @@ def test_missing_and_private_repos_read_alike(node_factory, git_env, tmp_path):
     git(git_env, "clone", "hubmesh://alice/secret", str(tmp_path / "mine"), node=a,
         token=a.admin_token)
     assert (tmp_path / "mine" / "x.txt").read_bytes() == b"private\n"
+
+    # The node and token from git config instead of the environment.
+    cfg = {**git_env, "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig-hubmesh")}
+    (tmp_path / "gitconfig-hubmesh").write_text(
+        (Path(git_env["HOME"]) / ".gitconfig").read_text()
+        + f"[hubmesh]\n\tnode = {a.info['http']}\n\ttoken = {a.admin_token}\n")
+    git(cfg, "clone", "hubmesh://alice/secret", str(tmp_path / "by-config"))
+    assert (tmp_path / "by-config" / "x.txt").read_bytes() == b"private\n"
+    # The token from a git credential helper, asked only once the node wants one.
+    store = tmp_path / "credentials"
+    store.write_text(f"http://alice:{a.admin_token}@{a.info['http']}\n")
+    cred = {**git_env, "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper",
+            "GIT_CONFIG_VALUE_0": f"store --file={store}"}
+    git(cred, "clone", "hubmesh://alice/secret", str(tmp_path / "by-credential"), node=a)
+    assert (tmp_path / "by-credential" / "x.txt").read_bytes() == b"private\n"
 
     # A token in the URL is refused before anything is sent.
     out = git(git_env, "clone", f"hubmesh://alice:{a.admin_token}@alice/secret",
