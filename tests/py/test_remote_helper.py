@@ -254,6 +254,12 @@ def test_push_through_the_hosting_node_and_what_it_refuses(node_factory, git_env
               check=False)
     assert out.returncode != 0 and a.info["peer_id"] in out.stderr, out.stderr
 
+    # Push options: the node takes none, and says so per ref rather than dropping them.
+    out = git(git_env, "-C", str(clone), "push", "-o", "ci.skip", "origin", "main", node=a,
+              token=a.admin_token, check=False)
+    assert out.returncode != 0 and "the node does not take push options" in out.stderr, out.stderr
+    assert api.model_info("alice/proj").sha == moved
+
     # And through A it goes; a dry run sends nothing; a branch is created and deleted (a
     # push without a pack); `git ls-remote` lists what the node has.
     git(git_env, "-C", str(clone), "push", "--dry-run", "origin", "main", node=a,
