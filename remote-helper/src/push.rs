@@ -226,6 +226,40 @@ fn has_object(oid: &str) -> bool {
     git(&["cat-file", "-e", oid]).is_some()
 }
 
+/// Which of `oids` this repository has: one `git cat-file --batch-check` for all of them
+/// (a node may advertise thousands of tags).
+fn present<'a>(oids: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<String>> {
+    let mut child = Command::new("git")
+        .args(["cat-file", "--batch-check=%(objectname)"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start git cat-file")?;
+    let mut input = String::new();
+    for oid in oids {
+        input.push_str(oid);
+        input.push('\n');
+    }
+    let mut stdin = child.stdin.take().context("cat-file stdin")?;
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .context("cat-file stdout")?
+        .read_to_string(&mut out)
+        .context("read git cat-file")?;
+    let _ = writer.join();
+    child.wait().context("wait for git cat-file")?;
+    // Present objects print their name alone; missing ones "<name> missing".
+    Ok(out
+        .lines()
+        .filter(|l| !l.contains(' '))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// `push` lines → per destination ref, `Ok` or the reason it was refused.
 pub fn push(
     node: &mut Node,
@@ -407,12 +441,10 @@ fn send(
             revs.push_str(&u.new);
             revs.push('\n');
         }
-        for (_, oid) in &remote.refs {
-            if has_object(oid) {
-                revs.push('^');
-                revs.push_str(oid);
-                revs.push('\n');
-            }
+        for oid in present(remote.refs.iter().map(|(_, oid)| oid.as_str()))? {
+            revs.push('^');
+            revs.push_str(&oid);
+            revs.push('\n');
         }
         let mut stdin = c.stdin.take().context("pack-objects stdin")?;
         stdin
