@@ -112,7 +112,8 @@ fn stateless_connect(
     let mut resp = node.get(&url, &[("Git-Protocol", "version=2")])?;
     match resp.status().as_u16() {
         200 => {}
-        401 | 404 => return Err(node.not_found()),
+        401 => return Err(node.unauthorized()),
+        404 => return Err(node.not_found()),
         _ => bail!(
             "the hubmesh node at {} refused to serve {}: {}",
             node.base,
@@ -157,7 +158,8 @@ fn stateless_connect(
         let mut resp = req.send(&request[..]).map_err(|e| node.unreachable(e))?;
         match resp.status().as_u16() {
             200 => {}
-            401 | 404 => return Err(node.not_found()),
+            401 => return Err(node.unauthorized()),
+            404 => return Err(node.not_found()),
             _ => bail!(
                 "the hubmesh node at {} refused a fetch of {}: {}",
                 node.base,

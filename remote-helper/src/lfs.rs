@@ -145,7 +145,13 @@ fn batch(
         .map_err(|e| node.unreachable(e))?;
     match resp.status().as_u16() {
         200 => {}
-        401 | 404 => {
+        401 => {
+            return Err(Failure {
+                code: 401,
+                message: format!("{:#}", node.unauthorized()),
+            });
+        }
+        404 => {
             return Err(Failure {
                 code: 404,
                 message: format!("{:#}", node.not_found()),

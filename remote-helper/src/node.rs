@@ -144,6 +144,23 @@ impl Node {
         )
     }
 
+    /// The error for an answer of 401: a token the node does not accept, or (without a
+    /// token) the one message for a repository that is missing or private.
+    pub fn unauthorized(&self) -> anyhow::Error {
+        match &self.token {
+            Some(t) => anyhow!(
+                "the hubmesh node at {} does not accept the token from {} (revoked, or of \
+                 another node?)",
+                self.base,
+                match t.source {
+                    Source::Configured => "HUBMESH_TOKEN or `git config hubmesh.token`",
+                    Source::Credential => "your git credential helper",
+                }
+            ),
+            None => self.not_found(),
+        }
+    }
+
     /// A GET with the caller's token; on 401 without a token, asks `git credential fill`
     /// once and retries. `headers` are added to the request.
     pub fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Response> {

@@ -302,6 +302,11 @@ def test_missing_and_private_repos_read_alike(node_factory, git_env, tmp_path):
     assert private == missing
     # Anonymous (no credential helper answers): the same.
     assert clone_error("secret", None) == clone_error("nothing", None) == private
+    # A token the node does not know is named as the problem.
+    out = git(git_env, "clone", "hubmesh://alice/secret", str(tmp_path / "bogus"), node=a,
+              token="hf_not_a_token_of_this_node", check=False)
+    assert out.returncode != 0
+    assert "does not accept the token from HUBMESH_TOKEN" in out.stderr, out.stderr
     # The owner clones it.
     git(git_env, "clone", "hubmesh://alice/secret", str(tmp_path / "mine"), node=a,
         token=a.admin_token)
