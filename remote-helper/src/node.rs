@@ -162,8 +162,11 @@ impl Node {
     }
 
     /// A GET with the caller's token; on 401 without a token, asks `git credential fill`
-    /// once and retries. `headers` are added to the request.
+    /// once and retries; on a 503 with `Retry-After` (the node is still fetching the repo
+    /// from the mesh, or is busy) waits and retries, a bounded number of times (see
+    /// [`retry_delay`]). `headers` are added to the request.
     pub fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Response> {
+        let mut retries = 0;
         loop {
             let mut req = self.agent.get(url);
             for (k, v) in headers {
@@ -179,6 +182,22 @@ impl Node {
                     self.token = Some(token);
                     continue;
                 }
+            }
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok());
+            if let Some(wait) = retry_delay(resp.status().as_u16(), retry_after, retries) {
+                retries += 1;
+                eprintln!(
+                    "hubmesh: the node at {} is not ready to serve {} yet (still fetching it \
+                     from the mesh, or busy); retrying in {} s",
+                    self.base,
+                    self.target.path(),
+                    wait.as_secs()
+                );
+                std::thread::sleep(wait);
+                continue;
             }
             self.settle_credential(resp.status().as_u16());
             return Ok(resp);
@@ -300,6 +319,23 @@ impl Node {
     }
 }
 
+/// How many times a GET answered 503 is tried again.
+const MAX_RETRIES: u32 = 5;
+
+/// Longest wait between two tries, whatever `Retry-After` says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(15);
+
+/// How long to wait before trying again an answer of `status` with `retry_after` (seconds),
+/// after `retries` retries: only a 503 or 429 that says when, at most [`MAX_RETRIES`]
+/// times, each wait capped at [`MAX_RETRY_WAIT`]. `None`: do not retry.
+fn retry_delay(status: u16, retry_after: Option<&str>, retries: u32) -> Option<Duration> {
+    if !matches!(status, 503 | 429) || retries >= MAX_RETRIES {
+        return None;
+    }
+    let secs: u64 = retry_after?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.max(1)).min(MAX_RETRY_WAIT))
+}
+
 fn has_authorization(headers: &[(String, String)]) -> bool {
     headers
         .iter()
@@ -347,4 +383,24 @@ pub fn read_body(resp: &mut Response, limit: u64) -> anyhow::Result<Vec<u8>> {
         .limit(limit)
         .read_to_vec()
         .context("read the node's answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_only_what_the_node_says_to_retry_and_not_forever() {
+        assert_eq!(retry_delay(503, Some("5"), 0), Some(Duration::from_secs(5)));
+        assert_eq!(retry_delay(429, Some("0"), 1), Some(Duration::from_secs(1)));
+        assert_eq!(retry_delay(503, Some("3600"), 0), Some(MAX_RETRY_WAIT));
+        assert_eq!(retry_delay(503, Some("5"), MAX_RETRIES), None);
+        assert_eq!(retry_delay(503, None, 0), None);
+        assert_eq!(
+            retry_delay(503, Some("Wed, 21 Oct 2015 07:28:00 GMT"), 0),
+            None
+        );
+        assert_eq!(retry_delay(500, Some("5"), 0), None);
+        assert_eq!(retry_delay(404, Some("5"), 0), None);
+    }
 }
