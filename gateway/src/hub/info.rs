@@ -63,7 +63,7 @@ async fn info(
     let id = path.id()?;
     let principal = authenticate(&state, &headers).await?;
     let meta = read_access(&state, principal.as_ref(), &id).await?;
-    let repos = state.repos().clone();
+    let (repos, store) = (state.repos().clone(), state.store().clone());
     blocking(move || {
         let downloads = repos.downloads(&id)?;
         let sha = repos.resolve(&id, &rev)?;
@@ -113,8 +113,23 @@ async fn info(
         if let Some(l) = &card.library_name {
             body["library_name"] = json!(l);
         }
+        if id.kind() == RepoType::Space
+            && let Some(sdk) = card.card_data.get("sdk").and_then(Value::as_str)
+        {
+            body["sdk"] = json!(sdk);
+        }
         if id.kind() == RepoType::Model {
             body["modelId"] = json!(hub_id);
+            let facts = hub_core::model_facts::model_facts(&repos, &store, &id, &sha)?;
+            if let Some(v) = facts.safetensors {
+                body["safetensors"] = v;
+            }
+            if let Some(v) = facts.gguf {
+                body["gguf"] = v;
+            }
+            if let Some(v) = facts.config {
+                body["config"] = Value::Object(v);
+            }
         }
         Ok(Json(body))
     })
