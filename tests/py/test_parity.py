@@ -191,8 +191,13 @@ def test_preupload_skips_unchanged_files_and_honours_gitignore(node, tmp_path):
     assert last["a.txt"] == latest.commit_id
     assert last["w.bin"] == head
     # The repo's own .gitignore counts too, with no .gitignore in the commit.
-    api.upload_file(path_or_fileobj=b"x", path_in_repo="logs/new.log", repo_id="admin/up")
-    assert "logs/new.log" not in api.list_repo_files("admin/up")
+    api.create_commit(
+        "admin/up",
+        [CommitOperationAdd("logs/new.log", b"x"), CommitOperationAdd("b.txt", b"b")],
+        commit_message="more",
+    )
+    files = api.list_repo_files("admin/up")
+    assert "b.txt" in files and "logs/new.log" not in files
 
 
 def test_model_info_fields_tree_expand_and_formatted_commits(node):
