@@ -84,7 +84,10 @@ pub(crate) fn routes() -> Router<AppState> {
             &format!("{repo}/discussions"),
             get(discussions::list).post(discussions::create),
         )
-        .route(&format!("{repo}/discussions/{{num}}"), get(discussions::get))
+        .route(
+            &format!("{repo}/discussions/{{num}}"),
+            get(discussions::get),
+        )
         .route(
             &format!("{repo}/discussions/{{num}}/comment"),
             post(discussions::comment),

@@ -344,7 +344,9 @@ fn append(
 
 fn check_text(what: &str, text: &str, max: usize) -> Result<(), DiscussionError> {
     if text.trim().is_empty() {
-        return Err(DiscussionError::Invalid(format!("{what} must not be empty")));
+        return Err(DiscussionError::Invalid(format!(
+            "{what} must not be empty"
+        )));
     }
     if text.len() > max {
         return Err(DiscussionError::Invalid(format!(
@@ -523,8 +525,7 @@ impl Hub {
         };
         let (hub, repo, who) = (self.clone(), id.clone(), principal.clone());
         let seq = current.events.len() + 1;
-        let (_, stored) =
-            blocking(move || append(&hub, &repo, Some(num), seq, &who, kind)).await?;
+        let (_, stored) = blocking(move || append(&hub, &repo, Some(num), seq, &who, kind)).await?;
         self.after_write(id).await;
         let folded = self.discussion(id, num).await?;
         let id_of = target_id.unwrap_or(stored.id);
@@ -679,7 +680,10 @@ mod tests {
             .open_discussion(&admin, &id, " Question ", "hello", None)
             .await
             .unwrap();
-        assert_eq!((d.num, d.title.as_str(), d.status), (1, "Question", Status::Open));
+        assert_eq!(
+            (d.num, d.title.as_str(), d.status),
+            (1, "Question", Status::Open)
+        );
         let first = d.events[0].id.clone();
         assert_eq!(first.len(), 24);
         let edit = EventKind::CommentEdit {
@@ -719,10 +723,18 @@ mod tests {
             hub.discussion(&id, 9).await,
             Err(DiscussionError::NotFound { num: 9 })
         ));
-        let second = hub.open_discussion(&admin, &id, "Two", "", None).await.unwrap();
+        let second = hub
+            .open_discussion(&admin, &id, "Two", "", None)
+            .await
+            .unwrap();
         assert_eq!(second.num, 2);
         assert_eq!(
-            hub.discussions(&id).await.unwrap().iter().map(|d| d.num).collect::<Vec<_>>(),
+            hub.discussions(&id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.num)
+                .collect::<Vec<_>>(),
             [2, 1]
         );
         assert!(matches!(
@@ -738,9 +750,15 @@ mod tests {
         let grant = hub.access_create(&admin, &id).await.unwrap();
         hub.create_repo(grant, false).await.unwrap();
         // Fast-forward: main has not moved.
-        let pr = hub.open_discussion(&admin, &id, "ff", "", Some("main")).await.unwrap();
+        let pr = hub
+            .open_discussion(&admin, &id, "ff", "", Some("main"))
+            .await
+            .unwrap();
         commit(&hub, &id, &pr_ref(pr.num), &admin, "a.txt", b"a");
-        let merged = hub.merge_pull_request(&admin, &id, pr.num, None).await.unwrap();
+        let merged = hub
+            .merge_pull_request(&admin, &id, pr.num, None)
+            .await
+            .unwrap();
         assert_eq!(merged.status, Status::Merged);
         assert_eq!(
             hub.repos().resolve(&id, "main").unwrap(),
@@ -751,10 +769,16 @@ mod tests {
             Err(DiscussionError::NotOpen { .. })
         ));
         // A merge commit: main moved, on other paths.
-        let pr = hub.open_discussion(&admin, &id, "mc", "", Some("main")).await.unwrap();
+        let pr = hub
+            .open_discussion(&admin, &id, "mc", "", Some("main"))
+            .await
+            .unwrap();
         commit(&hub, &id, &pr_ref(pr.num), &admin, "b.txt", b"b");
         commit(&hub, &id, "main", &admin, "c.txt", b"c");
-        let merged = hub.merge_pull_request(&admin, &id, pr.num, Some("lgtm")).await.unwrap();
+        let merged = hub
+            .merge_pull_request(&admin, &id, pr.num, Some("lgtm"))
+            .await
+            .unwrap();
         let main = hub.repos().history(&id, "main", 1).unwrap();
         assert_eq!(main[0].parents.len(), 2);
         assert_eq!(merged.merge_commit.as_deref(), Some(main[0].id.as_str()));
@@ -765,9 +789,16 @@ mod tests {
             .into_iter()
             .map(|e| e.path)
             .collect();
-        assert!(["a.txt", "b.txt", "c.txt"].iter().all(|p| files.contains(&p.to_string())));
+        assert!(
+            ["a.txt", "b.txt", "c.txt"]
+                .iter()
+                .all(|p| files.contains(&p.to_string()))
+        );
         // A conflict: both sides changed a.txt.
-        let pr = hub.open_discussion(&admin, &id, "cf", "", Some("main")).await.unwrap();
+        let pr = hub
+            .open_discussion(&admin, &id, "cf", "", Some("main"))
+            .await
+            .unwrap();
         commit(&hub, &id, &pr_ref(pr.num), &admin, "a.txt", b"theirs");
         commit(&hub, &id, "main", &admin, "a.txt", b"ours");
         let head = hub.repos().resolve(&id, "main").unwrap();
@@ -777,7 +808,10 @@ mod tests {
         ));
         assert_eq!(hub.repos().resolve(&id, "main").unwrap(), head);
         // A discussion is not a pull request.
-        let d = hub.open_discussion(&admin, &id, "q", "", None).await.unwrap();
+        let d = hub
+            .open_discussion(&admin, &id, "q", "", None)
+            .await
+            .unwrap();
         assert!(matches!(
             hub.merge_pull_request(&admin, &id, d.num, None).await,
             Err(DiscussionError::NotPullRequest { .. })

@@ -35,10 +35,12 @@ impl Hub {
     ) -> Result<(), RepoOpError> {
         let id = grant.id().clone();
         if id.kind() != RepoType::Space || !SPACE_SDKS.contains(&sdk) {
-            return Err(RepoOpError::Repo(hub_repo::RepoError::BadOperation(format!(
-                "invalid Space sdk {sdk:?}: one of {}",
-                SPACE_SDKS.join(", ")
-            ))));
+            return Err(RepoOpError::Repo(hub_repo::RepoError::BadOperation(
+                format!(
+                    "invalid Space sdk {sdk:?}: one of {}",
+                    SPACE_SDKS.join(", ")
+                ),
+            )));
         }
         let author = grant.author().clone();
         self.create_repo(grant, private).await?;
@@ -193,7 +195,10 @@ mod tests {
         let info = hub.super_squash(&granted, "main", "squash").await.unwrap();
         assert!(info.parents.is_empty());
         assert_eq!(hub.repos().history(&id, "main", 10).unwrap().len(), 1);
-        assert_eq!(hub.repos().list_tree(&id, "main", "", true).unwrap(), before);
+        assert_eq!(
+            hub.repos().list_tree(&id, "main", "", true).unwrap(),
+            before
+        );
         assert!(matches!(
             hub.super_squash(&granted, "nope", "x").await,
             Err(RepoOpError::Repo(RepoError::RevisionNotFound { .. }))

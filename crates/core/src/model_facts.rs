@@ -335,7 +335,11 @@ mod tests {
         );
         assert_eq!(safetensors_params(overflow.as_slice()).unwrap(), None);
         let short = safetensors(r#"{"a":1}"#);
-        assert!(safetensors_params(&short[..short.len() - 2]).unwrap().is_none());
+        assert!(
+            safetensors_params(&short[..short.len() - 2])
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn gguf_string(out: &mut Vec<u8>, s: &str) {

@@ -84,8 +84,11 @@ pub fn lfs_files(repos: &Repos, store: &Store, id: &RepoId) -> Result<Vec<LfsFil
                 continue;
             }
             if let Some(pointer) = entry.lfs {
-                seen.entry(pointer.sha256)
-                    .or_insert((entry.path, r.full_ref.clone(), r.target.clone()));
+                seen.entry(pointer.sha256).or_insert((
+                    entry.path,
+                    r.full_ref.clone(),
+                    r.target.clone(),
+                ));
             }
         }
     }
@@ -209,7 +212,10 @@ mod tests {
         let info = hub.commit(&id, request, pending).await.unwrap();
         let after = hub.namespace_storage(&admin, None).await.unwrap();
         assert!(after[0].storage >= before[0].storage + weights.len() as u64);
-        let granted = hub.access(Some(&admin), &id, crate::Need::Read).await.unwrap();
+        let granted = hub
+            .access(Some(&admin), &id, crate::Need::Read)
+            .await
+            .unwrap();
         let files = hub.lfs_files(&granted).await.unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].filename, "sub/w.bin");

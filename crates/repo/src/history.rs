@@ -5,8 +5,8 @@ use crate::repos::{
     Author, CommitInfo, RepoError, Repos, branch_ref, commit_info, commit_tree, git, resolve_in,
 };
 use gix::ObjectId;
-use hub_protocol::repo::RepoId;
 use gix::refs::transaction::PreviousValue;
+use hub_protocol::repo::RepoId;
 use std::collections::HashMap;
 use std::sync::PoisonError;
 

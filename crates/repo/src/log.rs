@@ -69,7 +69,12 @@ impl Repos {
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let repo = self.open_repo(id)?;
         let current = match repo.try_find_reference(ref_name).ok().flatten() {
-            Some(mut r) => Some(r.peel_to_commit().map_err(git("read records"))?.id().detach()),
+            Some(mut r) => Some(
+                r.peel_to_commit()
+                    .map_err(git("read records"))?
+                    .id()
+                    .detach(),
+            ),
             None => None,
         };
         let root = match current {
@@ -141,7 +146,11 @@ impl Repos {
         let Some(mut r) = repo.try_find_reference(ref_name).ok().flatten() else {
             return Err(not_found());
         };
-        let tip = r.peel_to_commit().map_err(git("read records"))?.id().detach();
+        let tip = r
+            .peel_to_commit()
+            .map_err(git("read records"))?
+            .id()
+            .detach();
         let threads = thread_dirs(&repo, commit_tree(&repo, tip)?)?;
         let dir = *threads.get(&num).ok_or_else(not_found)?;
         let tree = repo.find_tree(dir).map_err(git("read tree"))?;
@@ -172,7 +181,11 @@ impl Repos {
         let Some(mut r) = repo.try_find_reference(ref_name).ok().flatten() else {
             return Ok(Vec::new());
         };
-        let tip = r.peel_to_commit().map_err(git("read records"))?.id().detach();
+        let tip = r
+            .peel_to_commit()
+            .map_err(git("read records"))?
+            .id()
+            .detach();
         Ok(thread_dirs(&repo, commit_tree(&repo, tip)?)?
             .into_keys()
             .collect())
@@ -234,20 +247,20 @@ impl Repos {
         };
         let head = tip(&target_ref)?;
         let src = tip(&source_ref)?;
-        let base = ObjectId::from_hex(base.as_bytes()).map_err(|_| {
-            RepoError::BadOperation(format!("invalid base commit {base:?}"))
-        })?;
+        let base = ObjectId::from_hex(base.as_bytes())
+            .map_err(|_| RepoError::BadOperation(format!("invalid base commit {base:?}")))?;
         let previous = PreviousValue::MustExistAndMatch(gix::refs::Target::Object(head));
         if head == base || self.is_ancestor(&repo, head, src)? {
             repo.reference(target_ref.as_str(), src, previous, "merge: fast-forward")
                 .map_err(git("move branch"))?;
             return Ok(Merged::FastForward(commit_info(&repo, src)?));
         }
-        let flat = |commit: ObjectId| -> Result<BTreeMap<String, (GitEntryKind, ObjectId)>, RepoError> {
-            let mut out = BTreeMap::new();
-            flatten(&repo, commit_tree(&repo, commit)?, "", &mut out)?;
-            Ok(out)
-        };
+        let flat =
+            |commit: ObjectId| -> Result<BTreeMap<String, (GitEntryKind, ObjectId)>, RepoError> {
+                let mut out = BTreeMap::new();
+                flatten(&repo, commit_tree(&repo, commit)?, "", &mut out)?;
+                Ok(out)
+            };
         let (at_base, at_src, at_head) = (flat(base)?, flat(src)?, flat(head)?);
         let paths: BTreeSet<&String> = at_base.keys().chain(at_src.keys()).collect();
         let mut changes = Vec::new();

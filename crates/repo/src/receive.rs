@@ -169,7 +169,8 @@ pub struct Quarantine {
 
 /// The ref namespaces that replicate: branches, tags, pull-request heads, and the hub's own
 /// records (`refs/hub/discussions`: every discussion of the repo, [`crate::Repos::append_record`]).
-pub const REPLICATED_REF_PREFIXES: [&str; 4] = ["refs/heads/", "refs/tags/", "refs/pr/", "refs/hub/"];
+pub const REPLICATED_REF_PREFIXES: [&str; 4] =
+    ["refs/heads/", "refs/tags/", "refs/pr/", "refs/hub/"];
 
 impl Drop for Quarantine {
     fn drop(&mut self) {

@@ -72,7 +72,9 @@ pub(super) fn event_json(e: &Event) -> Value {
                 "latest": { "raw": content, "html": html_escape(content), "updatedAt": format_date(e.created_at) },
             }),
         ),
-        EventView::StatusChange { status } => ("status-change", json!({ "status": status.as_str() })),
+        EventView::StatusChange { status } => {
+            ("status-change", json!({ "status": status.as_str() }))
+        }
         EventView::TitleChange { from, to } => ("title-change", json!({ "from": from, "to": to })),
         EventView::Commit { oid, subject } => ("commit", json!({ "oid": oid, "subject": subject })),
     };

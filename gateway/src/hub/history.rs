@@ -97,7 +97,11 @@ pub(super) async fn commits(
             id.hub_id(),
             percent_encode(&p.rev, false),
             page + 1,
-            if formatted { "&expand%5B%5D=formatted" } else { "" }
+            if formatted {
+                "&expand%5B%5D=formatted"
+            } else {
+                ""
+            }
         );
         if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
             resp.headers_mut().insert(header::LINK, v);
@@ -117,8 +121,14 @@ mod tests {
             parse_query(Some("p=2&expand%5B%5D=formatted")).unwrap(),
             (2, true)
         );
-        assert_eq!(parse_query(Some("expand[]=formatted&expand[]=x")).unwrap(), (0, true));
+        assert_eq!(
+            parse_query(Some("expand[]=formatted&expand[]=x")).unwrap(),
+            (0, true)
+        );
         assert!(parse_query(Some("p=x")).is_err());
-        assert_eq!(html_escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

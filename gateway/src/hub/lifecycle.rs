@@ -119,10 +119,7 @@ pub(super) async fn super_squash(
         .message
         .filter(|m| !m.trim().is_empty())
         .unwrap_or_else(|| format!("Super-squash branch '{branch}'"));
-    let info = state
-        .hub()
-        .super_squash(&granted, branch, &message)
-        .await?;
+    let info = state.hub().super_squash(&granted, branch, &message).await?;
     Ok(Json(json!({ "commitId": info.id })))
 }
 

@@ -100,7 +100,10 @@ fn body_kind(kind: Option<&str>) -> Result<RepoType, AppError> {
 }
 
 /// The requested visibility: `private` (0.x clients) or `visibility` (1.x and later).
-pub(super) fn visibility(private: Option<bool>, visibility: Option<&str>) -> Result<Option<bool>, AppError> {
+pub(super) fn visibility(
+    private: Option<bool>,
+    visibility: Option<&str>,
+) -> Result<Option<bool>, AppError> {
     match (private, visibility) {
         (Some(_), Some(_)) => Err(AppError::BadRequest(
             "give either \"private\" or \"visibility\", not both".into(),
