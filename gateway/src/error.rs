@@ -373,6 +373,19 @@ impl From<RepoOpError> for AppError {
     }
 }
 
+impl From<hub_core::storage::LfsDeleteError> for AppError {
+    fn from(e: hub_core::storage::LfsDeleteError) -> Self {
+        use hub_core::storage::LfsDeleteError as E;
+        match e {
+            E::Access(e) => e.into(),
+            e @ E::InvalidOid { .. } => AppError::BadRequest(e.to_string()),
+            e @ E::InUse { .. } => AppError::Conflict(e.to_string()),
+            E::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
 impl From<DiscussionError> for AppError {
     fn from(e: DiscussionError) -> Self {
         match e {

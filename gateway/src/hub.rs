@@ -4,7 +4,7 @@
 //! documents) are `hub-core`'s; this module parses requests and renders the Hub's JSON.
 //!
 //! - [`repos`]: create (a Space with its default README), delete, move, settings (visibility);
-//! - [`lifecycle`]: duplicate, super-squash, LFS files, auth-check;
+//! - [`lifecycle`]: duplicate, super-squash, LFS files (list, delete), auth-check;
 //! - [`account`]: a namespace's repositories with their storage;
 //! - [`discussions`]: discussions and pull requests (stored in the repo's own refs by
 //!   `hub_core::discussions`, so they replicate with it);
@@ -80,6 +80,10 @@ pub(crate) fn routes() -> Router<AppState> {
             post(lifecycle::super_squash),
         )
         .route(&format!("{repo}/lfs-files"), get(lifecycle::lfs_files))
+        .route(
+            &format!("{repo}/lfs-files/batch"),
+            post(lifecycle::delete_lfs_files),
+        )
         .route(
             &format!("{repo}/discussions"),
             get(discussions::list).post(discussions::create),

@@ -139,6 +139,21 @@ def test_auth_check_duplicate_squash_and_lfs_files(node, tmp_path):
     assert sorted(api.list_repo_files("admin/src")) == files_before
     assert len(list(api.list_repo_commits("admin/src", revision="v1"))) == 4
 
+    # Permanent LFS deletion: refused while a ref's tip holds the file, then allowed.
+    old = list(api.list_lfs_files("admin/src"))
+    with pytest.raises(HfHubHTTPError) as e:
+        api.permanently_delete_lfs_files("admin/src", old)
+    assert e.value.response.status_code == 409 and "w.bin" in str(e.value)
+    api.upload_file(path_or_fileobj=os.urandom(1000), path_in_repo="w.bin", repo_id="admin/src")
+    api.delete_tag("admin/src", tag="v1")
+    with pytest.raises(HfHubHTTPError):
+        as_bob.permanently_delete_lfs_files("admin/src", old)
+    api.permanently_delete_lfs_files("admin/src", old)
+    left = list(api.list_lfs_files("admin/src"))
+    assert len(left) == 1 and left[0].file_oid != old[0].file_oid
+    # The copy holds its own: it still serves the deleted object.
+    assert Path(as_bob.hf_hub_download("bob/copy", "w.bin", cache_dir=tmp_path / "c2")).read_bytes() == weights
+
 
 def test_storage_listing_and_org_names(node, tmp_path):
     cli(node, "org", "add", "acme")

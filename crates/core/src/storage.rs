@@ -137,7 +137,106 @@ pub fn lfs_files(repos: &Repos, store: &Store, id: &RepoId) -> Result<Vec<LfsFil
     Ok(out)
 }
 
+/// Why deleting LFS files was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LfsDeleteError {
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("invalid LFS oid {oid:?}")]
+    InvalidOid { oid: String },
+    /// A branch, tag or pull request holds it at its tip: deleting its content would break
+    /// the current files (history is not rewritten).
+    #[error("LFS file {sha256} is still {path:?} at {reference}; delete or replace it there first")]
+    InUse {
+        sha256: String,
+        path: String,
+        reference: String,
+    },
+    #[error(transparent)]
+    Storage(#[from] Error),
+}
+
+impl From<tokio::task::JoinError> for LfsDeleteError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        LfsDeleteError::Storage(e.into())
+    }
+}
+
+/// Permanently deletes the LFS objects `oids` of `id` (blocking): each leaves the repo's LFS
+/// set and the store's GC roots, so the next `hubmesh store gc` reclaims it unless another
+/// repo holds it. Objects a branch, tag or pull request holds at its tip are refused (all or
+/// nothing); commits further back keep their pointers, and downloading them through those
+/// commits fails afterwards, as on the Hub without a history rewrite.
+pub fn delete_lfs_files(
+    repos: &Repos,
+    store: &Store,
+    id: &RepoId,
+    oids: &[String],
+) -> Result<usize, LfsDeleteError> {
+    let mut shas = Vec::with_capacity(oids.len());
+    for oid in oids {
+        let sha = oid
+            .parse::<Sha256>()
+            .map_err(|_| LfsDeleteError::InvalidOid { oid: oid.clone() })?;
+        shas.push(sha);
+    }
+    let mut tips: Vec<(String, String)> = Vec::new();
+    let (branches, tags) = repos.refs(id).map_err(Error::from)?;
+    for r in branches.iter().chain(&tags) {
+        tips.push((r.full_ref.clone(), r.target.clone()));
+    }
+    tips.extend(repos.refs_under(id, "refs/pr/").map_err(Error::from)?);
+    for (reference, target) in &tips {
+        for entry in repos.list_tree(id, target, "", true).map_err(Error::from)? {
+            if let Some(pointer) = &entry.lfs
+                && shas.iter().any(|s| s.to_string() == pointer.sha256)
+            {
+                return Err(LfsDeleteError::InUse {
+                    sha256: pointer.sha256.clone(),
+                    path: entry.path,
+                    reference: reference.clone(),
+                });
+            }
+        }
+    }
+    let mut deleted = 0;
+    let raw: Vec<[u8; 32]> = shas.iter().map(|s| s.0).collect();
+    for sha in &shas {
+        if repos.has_lfs_object(id, &sha.0).map_err(Error::from)? {
+            deleted += 1;
+            store.remove_root(sha).map_err(Error::from)?;
+        }
+    }
+    repos.remove_lfs_objects(id, &raw).map_err(Error::from)?;
+    Ok(deleted)
+}
+
 impl Hub {
+    /// [`delete_lfs_files`] for a caller granted [`crate::Need::RewriteHistory`] (it destroys
+    /// content old commits point to); runs the after-write hook.
+    pub async fn delete_lfs_files(
+        &self,
+        granted: &Granted,
+        oids: Vec<String>,
+    ) -> Result<usize, LfsDeleteError> {
+        if granted.need < crate::Need::RewriteHistory {
+            return Err(AccessError::Forbidden {
+                repo: granted.id.clone(),
+                need: crate::Need::RewriteHistory,
+            }
+            .into());
+        }
+        let (repos, store, id) = (
+            self.repos().clone(),
+            self.store().clone(),
+            granted.id.clone(),
+        );
+        let deleted = blocking(move || delete_lfs_files(&repos, &store, &id, &oids)).await?;
+        self.after_write(&granted.id).await;
+        Ok(deleted)
+    }
+
     /// The repositories of `namespace` (the caller's own when `None`) with their storage: the
     /// caller's own namespace, or an organisation they are a member of.
     pub async fn namespace_storage(
@@ -222,6 +321,45 @@ mod tests {
         assert_eq!(files[0].size, weights.len() as u64);
         assert_eq!(files[0].reference.as_deref(), Some("refs/heads/main"));
         assert_eq!(files[0].pushed_at, info.timestamp);
+        // Deleting: refused while main holds it; allowed once only history does.
+        let admin_grant = hub
+            .access(Some(&admin), &id, crate::Need::Admin)
+            .await
+            .unwrap();
+        let old = files[0].sha256.clone();
+        assert!(matches!(
+            hub.delete_lfs_files(&granted, vec![old.clone()]).await,
+            Err(LfsDeleteError::Access(_))
+        ));
+        assert!(matches!(
+            hub.delete_lfs_files(&admin_grant, vec![old.clone()]).await,
+            Err(LfsDeleteError::InUse { path, .. }) if path == "sub/w.bin"
+        ));
+        assert!(matches!(
+            hub.delete_lfs_files(&admin_grant, vec!["zz".into()]).await,
+            Err(LfsDeleteError::InvalidOid { .. })
+        ));
+        let replace = CommitRequest {
+            branch: "main".into(),
+            message: "new weights".into(),
+            author: crate::author_of(&admin),
+            parent: None,
+            operations: Vec::new(),
+        };
+        let pending = vec![Pending::Inline {
+            path: "sub/w.bin".into(),
+            bytes: vec![2u8; 1000],
+        }];
+        hub.commit(&id, replace, pending).await.unwrap();
+        assert_eq!(
+            hub.delete_lfs_files(&admin_grant, vec![old.clone()])
+                .await
+                .unwrap(),
+            1
+        );
+        let left = hub.lfs_files(&granted).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_ne!(left[0].sha256, old);
         // Another user's namespace is not the caller's to list.
         assert!(matches!(
             hub.namespace_storage(&admin, Some("nobody")).await,

@@ -63,6 +63,12 @@ impl Repos {
         Ok(())
     }
 
+    /// Forgets LFS objects of `id` ([`Repos::add_lfs_objects`]): the repo may no longer
+    /// reference or serve them (a permanent LFS file deletion).
+    pub fn remove_lfs_objects(&self, id: &RepoId, objects: &[[u8; 32]]) -> Result<(), RepoError> {
+        self.meta_db().remove_lfs(id, objects).map_err(meta_err)
+    }
+
     /// Bytes the repository's git directory takes (objects, refs, config), LFS content not
     /// included (that lives in the store).
     pub fn git_size(&self, id: &RepoId) -> Result<u64, RepoError> {

@@ -1,5 +1,6 @@
 //! More of a repo's lifecycle over HTTP (`hub_core::lifecycle`, `hub_core::storage` decide):
-//! `POST …/duplicate`, `POST …/super-squash/{rev}`, `GET …/lfs-files`, and the access probes
+//! `POST …/duplicate`, `POST …/super-squash/{rev}`, `GET …/lfs-files` and
+//! `POST …/lfs-files/batch` (permanent deletion), and the access probes
 //! `GET …/auth-check[/write]` (`HfApi.auth_check`).
 
 use super::repos::visibility;
@@ -156,4 +157,43 @@ pub(super) async fn lfs_files(
             })
             .collect(),
     )))
+}
+
+#[derive(Debug, Deserialize)]
+struct LfsBatchBody {
+    deletions: LfsDeletions,
+}
+
+#[derive(Debug, Deserialize)]
+struct LfsDeletions {
+    sha: Vec<String>,
+    /// The Hub rewrites history to drop the pointers; this hub does not (see
+    /// `hub_core::storage::delete_lfs_files`): objects a ref's tip holds are refused instead.
+    #[serde(default, rename = "rewriteHistory")]
+    _rewrite_history: Option<bool>,
+}
+
+/// Most objects one deletion call names (the client sends batches of 1000).
+const MAX_LFS_DELETIONS: usize = 1000;
+
+/// `POST …/lfs-files/batch` (`{"deletions": {"sha": [...], "rewriteHistory"}}`):
+/// `permanently_delete_lfs_files`, for callers who may rewrite the repo's history.
+pub(super) async fn delete_lfs_files(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<RepoPath>,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let granted = granted(&state, &headers, &path, Need::RewriteHistory).await?;
+    let body: LfsBatchBody = parse_json(&body)?;
+    if body.deletions.sha.len() > MAX_LFS_DELETIONS {
+        return Err(AppError::BadRequest(format!(
+            "at most {MAX_LFS_DELETIONS} LFS files per call"
+        )));
+    }
+    let deleted = state
+        .hub()
+        .delete_lfs_files(&granted, body.deletions.sha)
+        .await?;
+    Ok(Json(json!({ "deleted": deleted })))
 }
