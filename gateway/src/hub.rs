@@ -6,6 +6,7 @@
 //! - [`repos`]: create (a Space with its default README), delete, move, settings (visibility);
 //! - [`lifecycle`]: duplicate, super-squash, LFS files (list, delete), auth-check;
 //! - [`account`]: a namespace's repositories with their storage;
+//! - [`likes`]: like, unlike, likers, a user's likes;
 //! - [`discussions`]: discussions and pull requests (stored in the repo's own refs by
 //!   `hub_core::discussions`, so they replicate with it);
 //! - [`info`]: repo info (`siblings`, `blobs=true`, `revision/{rev}`);
@@ -29,6 +30,7 @@ mod discussions;
 mod history;
 mod info;
 mod lifecycle;
+mod likes;
 mod ndjson;
 mod paths_info;
 mod refs;
@@ -69,6 +71,12 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/organizations/{org}/settings/repositories",
             get(account::org_repositories),
         )
+        .route(
+            &format!("{repo}/like"),
+            post(likes::like).delete(likes::unlike),
+        )
+        .route(&format!("{repo}/likers"), get(likes::likers))
+        .route("/api/users/{user}/likes", get(likes::user_likes))
         .route(&format!("{repo}/auth-check"), get(lifecycle::auth_check))
         .route(
             &format!("{repo}/auth-check/write"),

@@ -223,7 +223,20 @@ def test_a_discussion_opened_on_a_shows_on_b(node_factory):
     got = wait_for("the whole thread on B", thread_on_b, b)
     assert got.title == "Hello from A" and got.author == "alice"
     assert [e.content for e in got.events] == ["first", "second"]
-    assert on_b.model_info("alice/shared", revision=pr.pr_revision).sha == pr.oid
+    # The pull request's head follows (its thread and its commit replicate as later updates).
+    wait_for(
+        "the pull request's head on B",
+        lambda: on_b.model_info("alice/shared", revision=pr.pr_revision).sha == pr.oid,
+        b,
+    )
+    pr_on_b = wait_for(
+        "the pull request's thread on B",
+        lambda: (lambda x: x if len(x.events) == 2 else None)(
+            on_b.get_discussion_details("alice/shared", pr.pr_num)
+        ),
+        b,
+    )
+    assert pr_on_b.is_pull_request and pr_on_b.events[1].oid == pr.oid
     # The raw endpoint answers the same on B.
     with urllib.request.urlopen(f"{b.url}/api/models/alice/shared/discussions/{d.num}") as r:
         assert json.loads(r.read())["title"] == "Hello from A"

@@ -269,3 +269,37 @@ def test_a_new_space_starts_with_its_readme(node):
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 400
     assert not api.repo_exists("admin/bad", repo_type="space")
+
+
+def like(node, token, repo):
+    """POST …/like: the client (2.4.0) only unlikes; the Hub's web page likes."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(f"{node.url}/api/models/{repo}/like", method="POST", headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status
+
+
+def test_likes(node):
+    cli(node, "user", "add", "bob")
+    bob = cli(node, "token", "create", "bob", "--scope", "write")
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    as_bob = HfApi(endpoint=node.url, token=bob)
+    api.create_repo("admin/liked")
+    api.create_repo("admin/hidden", private=True)
+    assert api.model_info("admin/liked").likes == 0
+    assert like(node, bob, "admin/liked") == 200
+    assert like(node, bob, "admin/liked") == 200
+    assert like(node, node.admin_token, "admin/liked") == 200
+    assert api.model_info("admin/liked").likes == 2
+    assert sorted(u.username for u in api.list_repo_likers("admin/liked")) == ["admin", "bob"]
+    assert as_bob.list_liked_repos("bob").models == ["admin/liked"]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        like(node, bob, "admin/hidden")
+    assert e.value.code == 404
+    with pytest.raises(urllib.error.HTTPError) as e:
+        like(node, None, "admin/liked")
+    assert e.value.code == 401
+    as_bob.unlike("admin/liked")
+    assert [u.username for u in api.list_repo_likers("admin/liked")] == ["admin"]
+    assert as_bob.list_liked_repos("bob").total == 0
+    assert api.model_info("admin/liked").likes == 1

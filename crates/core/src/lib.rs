@@ -45,6 +45,7 @@ pub mod commit;
 pub mod discussions;
 pub mod lfs_objects;
 pub mod lifecycle;
+pub mod likes;
 pub mod listing;
 mod mesh;
 pub mod model_facts;

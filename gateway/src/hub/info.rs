@@ -66,6 +66,7 @@ async fn info(
     let (repos, store) = (state.repos().clone(), state.store().clone());
     blocking(move || {
         let downloads = repos.downloads(&id)?;
+        let likes = hub_core::likes::likers(&repos, &id)?.len();
         let sha = repos.resolve(&id, &rev)?;
         let head = repos.history(&id, &sha, 1)?;
         let entries = repos.list_tree(&id, &sha, "", true)?;
@@ -101,6 +102,7 @@ async fn info(
             "createdAt": format_date(meta.created_at),
             "private": meta.private,
             "downloads": downloads,
+            "likes": likes,
             "disabled": false,
             "gated": false,
             "tags": card.tags,
