@@ -93,7 +93,7 @@ impl Hub {
                     }
                 }
             }
-            out.sort_by(|a, b| b.1.cmp(&a.1));
+            out.sort_by_key(|like| std::cmp::Reverse(like.1));
             Ok(out)
         })
         .await
