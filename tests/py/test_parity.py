@@ -246,10 +246,16 @@ def test_model_info_fields_tree_expand_and_formatted_commits(node):
     by = {i.path: i.last_commit["oid"] for i in infos}
     assert by == {"sub/x.txt": commits[0].commit_id, ".gitattributes": commits[-1].commit_id}
 
+    # Expanded listings come in smaller pages, followed through Link like the others.
+    many = [CommitOperationAdd(f"many/{i:03}.txt", str(i).encode()) for i in range(120)]
+    api.create_commit("admin/facts", many, commit_message="many")
+    expanded = list(api.list_repo_tree("admin/facts", path_in_repo="many", expand=True))
+    assert len(expanded) == 120 and all(e.last_commit is not None for e in expanded)
+
     # formatted commits: HTML-escaped title and message.
     formatted = list(api.list_repo_commits("admin/facts", formatted=True))
-    assert formatted[1].formatted_title == "Add &lt;weights&gt; &amp; config"
-    assert list(api.list_repo_commits("admin/facts"))[1].formatted_title is None
+    assert formatted[2].formatted_title == "Add &lt;weights&gt; &amp; config"
+    assert list(api.list_repo_commits("admin/facts"))[2].formatted_title is None
 
 
 def test_a_new_space_starts_with_its_readme(node):

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 /// Tree entries per page.
 const TREE_PAGE: usize = 1000;
+/// Tree entries per page with `expand=true`: each costs a walk back through history for its
+/// last commit, so pages are smaller.
+const EXPANDED_PAGE: usize = 50;
 
 #[derive(Debug, Deserialize, Default)]
 pub(super) struct TreeQuery {
@@ -103,14 +106,15 @@ async fn tree(
     };
     let entries = state.hub().tree_at(&id, &at, &path, recursive).await?;
     let rev_for_link = rev;
-    let page_entries: Vec<&TreeEntry> = entries.iter().skip(start).take(TREE_PAGE).collect();
+    let page_size = if expand { EXPANDED_PAGE } else { TREE_PAGE };
+    let page_entries: Vec<&TreeEntry> = entries.iter().skip(start).take(page_size).collect();
     let mut page: Vec<Value> = page_entries.iter().map(|e| tree_entry_json(e)).collect();
     if expand {
         let paths: Vec<String> = page_entries.iter().map(|e| e.path.clone()).collect();
         add_last_commits(&state, &id, &at, &mut page, paths).await?;
     }
     let mut resp = Json(page).into_response();
-    if entries.len() > start + TREE_PAGE {
+    if entries.len() > start + page_size {
         let mut url = format!(
             "{}/api/{}/{}/tree/{}",
             endpoint(&headers),
@@ -124,7 +128,7 @@ async fn tree(
         }
         url.push_str(&format!(
             "?recursive={recursive}&expand={expand}&cursor={}",
-            start + TREE_PAGE
+            start + page_size
         ));
         if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
             resp.headers_mut().insert(header::LINK, v);
