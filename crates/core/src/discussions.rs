@@ -8,7 +8,7 @@
 //! ([`hub_repo::REPLICATED_REF_PREFIXES`]), so a discussion replicates with its repo through
 //! the existing machinery (signed update → pack of the difference → replica refs), and every
 //! node shows the same thread: the signed tip pins every event by hash. Writes go to the
-//! hosting node ([`Hub::hosted_here`]), which signs, as for commits. See ADR 0007.
+//! hosting node ([`Hub::hosted_here`]), which signs, as for commits. See ADR 0008.
 //!
 //! **Rights**, as on the Hub: anyone who may read the repo (with a token) opens discussions
 //! and pull requests and comments; the author of a discussion or comment, or whoever may

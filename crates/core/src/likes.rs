@@ -1,4 +1,4 @@
-//! Likes of a repository, stored in the repo itself like its discussions (ADR 0007): an
+//! Likes of a repository, stored in the repo itself like its discussions (ADR 0008): an
 //! append-only record of `{user, like, at}` events under `refs/hub/likes`, folded to the last
 //! event per user. They replicate with the repo's signed refs; writes go to the hosting node.
 
