@@ -341,7 +341,7 @@ impl Service {
     }
 
     /// The last update accepted for `repo`.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "sim"))]
     pub(crate) fn last_accepted(&self, repo: &RepoId) -> Option<SignedRefUpdate> {
         self.store().state().last_accepted(repo).cloned()
     }
