@@ -375,3 +375,43 @@ fn a_repo_fetched_on_demand_or_newly_seeded_syncs_and_a_withdrawal_drops_it() {
     assert!(!net.providers[&tiny].contains(&net.nodes[a].peer));
     assert!(net.nodes[b].repos.exists(&other));
 }
+
+#[test]
+fn a_namespace_document_already_held_is_not_forwarded_again() {
+    // A ring of six nodes hears alice's document and update.
+    let mut net = Net::new(10);
+    let ring: Vec<usize> = (1..=6).map(|k| net.add(k, &[])).collect();
+    for k in 0..ring.len() {
+        net.link(ring[k], ring[(k + 1) % ring.len()]);
+    }
+    net.run_for(Duration::from_secs(1));
+    let repo = model("alice/tiny");
+    net.write(ring[0], &repo, "config.json", 0);
+    net.run_for(Duration::from_secs(5));
+    for &n in &ring {
+        assert!(net.last_accepted(n, &repo).is_some());
+    }
+    // A newcomer links to node 3: node 3 re-gossips what it holds to its subscribers. Its
+    // ring neighbours hold the document already: they ignore it and forward nothing, so the
+    // copy goes no further than one hop.
+    let judged = net.judged.len();
+    let newcomer = net.add(7, &[]);
+    net.link(ring[3], newcomer);
+    net.run_for(Duration::from_secs(5));
+    assert!(net.last_accepted(newcomer, &repo).is_some());
+    let docs: Vec<_> = net.judged[judged..]
+        .iter()
+        .filter(|(_, c, _)| *c == Channel::Namespaces)
+        .collect();
+    assert!(
+        docs.iter()
+            .all(|&&(n, _, j)| (n == newcomer) == (j == Judgement::Accept)),
+        "only the newcomer accepts the document: {docs:?}"
+    );
+    let holders = [ring[2], ring[4]];
+    assert!(
+        docs.iter()
+            .all(|&&(n, _, _)| n == newcomer || holders.contains(&n)),
+        "the re-gossiped document went beyond node 3's neighbours: {docs:?}"
+    );
+}
