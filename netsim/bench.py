@@ -102,7 +102,10 @@ def main():
         "the lab's times carry that load (the load average is given per run).",
         "",
     ]
-    OUT.write_text("\n".join(head) + "\n" + "\n".join(sections[n] for n in ORDER if n in sections))
+    # Hand-written sections (e.g. "Findings") stay, after the generated ones.
+    kept = [old[n].rstrip() + "\n" for n in old if n not in ORDER]
+    body = [sections[n] for n in ORDER if n in sections] + kept
+    OUT.write_text("\n".join(head) + "\n" + "\n".join(body))
     print(f"wrote {OUT}")
 
 
