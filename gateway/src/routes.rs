@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::admin::routes())
         .merge(crate::mesh::routes())
         .merge(crate::compute::routes())
+        .merge(crate::spaces::routes())
         .merge(inference)
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), track))
