@@ -96,6 +96,8 @@ const ETC_FILES: &[&str] = &[
     "/etc/pki",
     "/etc/localtime",
     "/etc/mime.types",
+    "/etc/os-release",
+    "/etc/debian_version",
 ];
 
 /// The top-level directories that are links into `/usr` on merged-`/usr` systems and
@@ -150,6 +152,9 @@ impl SandboxConfig {
                 }
             }
         }
+        // A traversable /etc holding only these (missing files then read as missing, not as
+        // forbidden, which pip's platform probe cannot take).
+        argv.extend(["--perms", "0755", "--dir", "/etc"].map(OsString::from));
         for file in ETC_FILES {
             argv.extend(["--ro-bind-try", file, file].map(OsString::from));
         }
@@ -157,6 +162,32 @@ impl SandboxConfig {
         argv.extend(["--perms", "1777", "--size"].map(OsString::from));
         argv.push(self.scratch_bytes.to_string().into());
         argv.extend(["--tmpfs", "/tmp"].map(OsString::from));
+        // Bind targets at their own paths need their parents: made here, traversable (bwrap
+        // makes missing parents 0700, which a switched uid cannot cross).
+        let mut parents: Vec<PathBuf> = Vec::new();
+        for target in jail
+            .read_only
+            .iter()
+            .chain(&jail.writable)
+            .chain(jail.env_dir.as_ref())
+        {
+            for ancestor in target.ancestors().skip(1) {
+                if ancestor == Path::new("/")
+                    || ancestor.starts_with("/usr")
+                    || ancestor.starts_with("/tmp")
+                {
+                    continue;
+                }
+                if !parents.iter().any(|p| p == ancestor) {
+                    parents.push(ancestor.to_owned());
+                }
+            }
+        }
+        parents.sort_by_key(|p| p.components().count());
+        for dir in &parents {
+            argv.extend(["--perms", "0755", "--dir"].map(OsString::from));
+            argv.push(dir.into());
+        }
         for dir in &jail.read_only {
             bind(&mut argv, "--ro-bind", dir, dir);
         }
@@ -253,8 +284,13 @@ mod tests {
         assert!(line.contains("--ro-bind /opt/python /opt/python"));
         assert!(line.contains("setpriv --reuid=2000007 --regid=2000007 --clear-groups"));
         assert!(line.ends_with("-- python app.py"), "{line}");
-        // Nothing of the node's data dir but the two binds, nothing writable but /tmp.
-        assert_eq!(line.matches("/data/").count(), 3, "{line}");
+        assert!(
+            line.contains("--perms 0755 --dir /data --perms 0755 --dir /data/spaces"),
+            "{line}"
+        );
+        // Nothing of the node's data dir but the two binds (and the env's parents), nothing
+        // writable but /tmp.
+        assert_eq!(line.matches("/data/").count(), 5, "{line}");
         assert!(!line.contains("--bind "), "{line}");
         assert!(!line.contains("--unshare-user"));
     }
