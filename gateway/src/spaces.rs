@@ -235,7 +235,7 @@ async fn sleeptime(
         ));
     }
     let spaces = spaces(&state)?;
-    let status = spaces.set_sleep_time(&id, body.seconds).await?;
+    let status = spaces.set_sleep_time(&id, body.seconds)?;
     Ok(Json(runtime_json(
         &status,
         &spaces.settings(&id)?,

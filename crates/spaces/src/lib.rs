@@ -297,7 +297,7 @@ impl Spaces {
         self.settled(&space, Cmd::Restart { factory }).await
     }
 
-    pub async fn set_sleep_time(&self, id: &RepoId, seconds: i64) -> Result<Status, SpacesError> {
+    pub fn set_sleep_time(&self, id: &RepoId, seconds: i64) -> Result<Status, SpacesError> {
         let space = self.space(id)?;
         self.update_settings(&space, |s| {
             s.sleep_time = Some(seconds);

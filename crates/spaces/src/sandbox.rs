@@ -159,6 +159,11 @@ impl SandboxConfig {
             argv.extend(["--ro-bind-try", file, file].map(OsString::from));
         }
         argv.extend(["--proc", "/proc", "--dev", "/dev"].map(OsString::from));
+        // POSIX semaphores and shared memory (Python's multiprocessing locks, which gradio
+        // takes at start) live in /dev/shm: its own, bounded like /tmp.
+        argv.extend(["--perms", "1777", "--size"].map(OsString::from));
+        argv.push(self.scratch_bytes.to_string().into());
+        argv.extend(["--tmpfs", "/dev/shm"].map(OsString::from));
         argv.extend(["--perms", "1777", "--size"].map(OsString::from));
         argv.push(self.scratch_bytes.to_string().into());
         argv.extend(["--tmpfs", "/tmp"].map(OsString::from));

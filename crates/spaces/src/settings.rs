@@ -149,8 +149,10 @@ mod tests {
     fn saves_and_loads_privately() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ns/name.json");
-        let mut s = Settings::default();
-        s.paused = true;
+        let mut s = Settings {
+            paused: true,
+            ..Settings::default()
+        };
         s.secrets.insert(
             "K".into(),
             Entry {

@@ -179,7 +179,7 @@ struct Failure {
 /// What woke the supervisor.
 enum Event {
     Command(Option<(Cmd, Option<oneshot::Sender<()>>)>),
-    Started(Result<Result<Instance, Failure>, tokio::task::JoinError>),
+    Started(Box<Result<Result<Instance, Failure>, tokio::task::JoinError>>),
     Exited(std::io::Result<std::process::ExitStatus>),
     Tick,
 }
@@ -216,7 +216,7 @@ impl Supervisor {
                 tokio::select! {
                     cmd = rx.recv() => Event::Command(cmd),
                     done = async { pending.expect("guarded").await }, if has_pending => {
-                        Event::Started(done)
+                        Event::Started(Box::new(done))
                     }
                     exit = async { child.expect("guarded").wait().await }, if has_child => {
                         Event::Exited(exit)
@@ -234,7 +234,7 @@ impl Supervisor {
                 }
                 Event::Started(done) => {
                     self.pending = None;
-                    match done {
+                    match *done {
                         Ok(Ok(instance)) => self.started(instance),
                         Ok(Err(failure)) => self.failed(failure),
                         Err(e) if e.is_cancelled() => {}
