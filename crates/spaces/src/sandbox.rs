@@ -177,9 +177,10 @@ impl SandboxConfig {
             .chain(jail.env_dir.as_ref())
         {
             for ancestor in target.ancestors().skip(1) {
+                // `/tmp` is the tmpfs mounted above; directories under it are made in it.
                 if ancestor == Path::new("/")
+                    || ancestor == Path::new("/tmp")
                     || ancestor.starts_with("/usr")
-                    || ancestor.starts_with("/tmp")
                 {
                     continue;
                 }
