@@ -11,9 +11,9 @@
 //! - `GET …/logs/build`, `GET …/logs/run` (write access): SSE, `data: {"data", "timestamp"}`
 //!   per line; the kept lines, then new ones while the client stays (a build log ends
 //!   when no build runs);
-//! - `POST /api/spaces/{ns}/{name}/duplicate {"repository", "private", "secrets",
-//!   "variables"}` (read access to the source; the target is created as `api/repos/create`
-//!   would);
+//! - `POST /api/spaces/{ns}/{name}/duplicate` is the Hub API's repo duplication
+//!   (`hub/lifecycle.rs`); for a Space it also sets the body's `secrets` and `variables`
+//!   through [`set_duplicate_settings`];
 //! - `ANY /spaces/{ns}/{name}/app/…`: the app (see `proxy`).
 //!
 //! Until the node calls [`AppState::enable_spaces`], these answer 503 (`--spaces off`).
@@ -23,7 +23,7 @@ mod proxy;
 use crate::AppState;
 use crate::access::{access, read_access};
 use crate::error::AppError;
-use crate::extract::{Authed, authenticate};
+use crate::extract::authenticate;
 use crate::util::format_date;
 use axum::Json;
 use axum::Router;
@@ -64,7 +64,6 @@ pub(crate) fn routes() -> Router<AppState> {
                 .delete(delete_variable),
         )
         .route(&format!("{space}/logs/{{which}}"), get(logs))
-        .route(&format!("{space}/duplicate"), post(duplicate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route("/spaces/{ns}/{name}/app", any(proxy::app_root))
         .route("/spaces/{ns}/{name}/app/", any(proxy::app_root))
@@ -244,7 +243,7 @@ async fn sleeptime(
 }
 
 #[derive(Debug, Deserialize)]
-struct EntryBody {
+pub(crate) struct EntryBody {
     key: String,
     #[serde(default)]
     value: String,
@@ -413,51 +412,29 @@ async fn logs(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct DuplicateBody {
-    repository: String,
-    #[serde(default)]
-    private: Option<bool>,
-    #[serde(default)]
+/// Sets the `secrets` and `variables` of a duplicated Space (`duplicate_space`'s body:
+/// lists of `{key, value, description}`); nothing when Spaces are off or the lists are empty.
+pub(crate) async fn set_duplicate_settings(
+    state: &AppState,
+    to: &RepoId,
     secrets: Option<Vec<EntryBody>>,
-    #[serde(default)]
     variables: Option<Vec<EntryBody>>,
-}
-
-async fn duplicate(
-    State(state): State<AppState>,
-    Path(path): Path<SpacePath>,
-    headers: HeaderMap,
-    Authed(principal): Authed,
-    body: Bytes,
-) -> Result<Json<Value>, AppError> {
-    let from = path.id()?;
-    let body: DuplicateBody = json_body(&body)?;
-    let (ns, name) = body
-        .repository
-        .split_once('/')
-        .ok_or_else(|| AppError::BadRequest("repository must be namespace/name".into()))?;
-    let to = RepoId::new(RepoType::Space, ns, name)
-        .map_err(|e| AppError::BadRequest(format!("invalid repository: {e}")))?;
-    let entries = |list: Option<Vec<EntryBody>>| {
-        list.unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.key, e.value, e.description))
-            .collect::<Vec<_>>()
-    };
-    spaces(&state)?
-        .duplicate(
-            &principal,
-            &from,
-            &to,
-            body.private.unwrap_or(false),
-            entries(body.secrets),
-            entries(body.variables),
-        )
-        .await?;
-    Ok(Json(json!({
-        "url": format!("{}/spaces/{}", crate::util::endpoint(&headers), to.hub_id()),
-    })))
+) -> Result<(), AppError> {
+    let (secrets, variables) = (secrets.unwrap_or_default(), variables.unwrap_or_default());
+    if secrets.is_empty() && variables.is_empty() {
+        return Ok(());
+    }
+    let spaces = spaces(state)?;
+    for (secret, entry) in secrets
+        .into_iter()
+        .map(|e| (true, e))
+        .chain(variables.into_iter().map(|e| (false, e)))
+    {
+        spaces
+            .set_entry(to, secret, &entry.key, &entry.value, entry.description)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The stage a request found, as a 503 the client can read: `X-Error-Code: SpaceNotRunning`,

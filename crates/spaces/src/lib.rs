@@ -2,8 +2,8 @@
 //! the Hub's stages.
 //!
 //! Place in the graph: above `core` (`… ← core ← spaces ← gateway ← node`); it reads repos
-//! through `hub-repo` and writes (duplicating a Space) through `hub-core`'s rules, and knows
-//! no HTTP. The gateway renders what [`Spaces`] answers (`gateway/src/spaces.rs`); the node
+//! through `hub-repo` and knows no HTTP (duplicating a Space is `hub-core`'s repo
+//! duplication; the gateway then sets the copy's secrets and variables here). The gateway renders what [`Spaces`] answers (`gateway/src/spaces.rs`); the node
 //! builds it (`--spaces off|local`).
 //!
 //! Who spawns whom: [`Spaces`] keeps one [`Space`] per Space repo that was asked about, each
@@ -38,10 +38,8 @@ pub use space::{Space, Status};
 pub use stage::Stage;
 
 use env::{Envs, Python};
-use hub_auth::Principal;
-use hub_core::{Hub, Pending, RepoOpError};
+use hub_core::{Hub, RepoOpError};
 use hub_protocol::repo::{RepoId, RepoType};
-use hub_repo::{CommitRequest, EntryKind, FileContent, Operation};
 use space::Cmd;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -144,7 +142,6 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Spaces {
     shared: Arc<Shared>,
-    hub: Hub,
     spaces: Arc<Mutex<HashMap<RepoId, Arc<Space>>>>,
 }
 
@@ -174,7 +171,6 @@ impl Spaces {
                 envs,
                 root,
             }),
-            hub,
             spaces: Arc::default(),
         })
     }
@@ -395,85 +391,6 @@ impl Spaces {
             .map_err(|_| SpacesError::Stopped)?;
         handled.await.map_err(|_| SpacesError::Stopped)?;
         Ok(space.status())
-    }
-
-    /// Duplicates the Space `from` as `to` for `principal`: a new repo with `from`'s files at
-    /// `main` (LFS objects shared, not copied), and the given secrets and variables.
-    pub async fn duplicate(
-        &self,
-        principal: &Principal,
-        from: &RepoId,
-        to: &RepoId,
-        private: bool,
-        secrets: Vec<(String, String, Option<String>)>,
-        variables: Vec<(String, String, Option<String>)>,
-    ) -> Result<(), SpacesError> {
-        self.hub
-            .access(Some(principal), from, hub_core::Need::Read)
-            .await
-            .map_err(RepoOpError::from)?;
-        for (key, value, _) in secrets.iter().chain(variables.iter()) {
-            settings::check(key, value, &Default::default())?;
-        }
-        let grant = self.hub.access_create(principal, to).await?;
-        let (repos, source) = (self.hub.repos().clone(), from.clone());
-        let files = tokio::task::spawn_blocking(move || {
-            let commit = repos.resolve(&source, "main")?;
-            let mut out = Vec::new();
-            for entry in repos.list_tree(&source, &commit, "", true)? {
-                if entry.kind == EntryKind::File {
-                    let (entry, bytes) = repos.file(&source, &commit, &entry.path)?;
-                    out.push((entry, bytes));
-                }
-            }
-            Ok::<_, hub_repo::RepoError>(out)
-        })
-        .await
-        .map_err(|e| SpacesError::Internal(e.to_string()))?
-        .map_err(RepoOpError::from)?;
-        self.hub.create_repo(grant, private).await?;
-        let mut pending = Vec::new();
-        for (entry, bytes) in files {
-            match entry.lfs {
-                Some(pointer) => {
-                    let sha: hub_store::Sha256 = pointer
-                        .sha256
-                        .parse()
-                        .map_err(|_| SpacesError::Internal("bad LFS pointer".into()))?;
-                    let (hub, to2) = (self.hub.clone(), to.clone());
-                    tokio::task::spawn_blocking(move || hub.adopt_lfs(&to2, &sha))
-                        .await
-                        .map_err(|e| SpacesError::Internal(e.to_string()))?
-                        .map_err(RepoOpError::Storage)?;
-                    pending.push(Pending::Other(Operation::Add {
-                        path: entry.path,
-                        content: FileContent::Lfs(pointer),
-                    }));
-                }
-                None => pending.push(Pending::Inline {
-                    path: entry.path,
-                    bytes,
-                }),
-            }
-        }
-        let request = CommitRequest {
-            branch: "main".into(),
-            message: format!("Duplicate from {}", from.hub_id()),
-            author: hub_core::author_of(principal),
-            parent: None,
-            operations: Vec::new(),
-        };
-        self.hub
-            .commit(to, request, pending)
-            .await
-            .map_err(|e| SpacesError::Internal(e.to_string()))?;
-        for (key, value, description) in secrets {
-            self.set_entry(to, true, &key, &value, description).await?;
-        }
-        for (key, value, description) in variables {
-            self.set_entry(to, false, &key, &value, description).await?;
-        }
-        Ok(())
     }
 }
 
