@@ -17,7 +17,10 @@
 //! - `GET /api/whoami-v2`: the caller behind a `Bearer` token, in the Hub's shape;
 //! - the Hub API for repositories and `resolve` downloads (see the `hub` module);
 //! - inference: OpenAI `/v1/*`, TGI `/generate*`, HF `/models/{ns}/{name}` (the `inference`
-//!   module), once the node calls [`AppState::enable_inference`].
+//!   module), once the node calls [`AppState::enable_inference`];
+//! - Spaces: the runtime API under `/api/spaces/{ns}/{name}/…` and the apps at
+//!   `/spaces/{ns}/{name}/app/` (the `spaces` module), once the node calls
+//!   [`AppState::enable_spaces`].
 //!
 //! Hub, git and LFS errors leave through one boundary, [`error::AppError`], rendered once per
 //! family (the Hub's `X-Error-Code`/`X-Error-Message` headers and JSON `{"error": …}` body,
@@ -48,6 +51,7 @@ mod mesh;
 pub mod metrics;
 mod pages;
 mod routes;
+mod spaces;
 #[cfg(test)]
 mod testing;
 mod util;
@@ -119,6 +123,8 @@ struct Inner {
     inference: std::sync::OnceLock<Arc<hub_models::Models>>,
     /// Set once by [`AppState::enable_compute`]; every inference request runs here until then.
     compute: std::sync::OnceLock<Arc<hub_models::Compute>>,
+    /// Set once by [`AppState::enable_spaces`]; the Spaces routes answer 503 until then.
+    spaces: std::sync::OnceLock<hub_spaces::Spaces>,
 }
 
 impl AppState {
@@ -159,6 +165,7 @@ impl AppState {
                 git,
                 inference: std::sync::OnceLock::new(),
                 compute: std::sync::OnceLock::new(),
+                spaces: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -226,5 +233,15 @@ impl AppState {
 
     pub(crate) fn compute(&self) -> Option<&Arc<hub_models::Compute>> {
         self.inner.compute.get()
+    }
+
+    /// Runs Space apps and serves their runtime API (the `spaces` module) from `spaces`, which
+    /// the node builds. Returns `false` when Spaces were enabled already.
+    pub fn enable_spaces(&self, spaces: hub_spaces::Spaces) -> bool {
+        self.inner.spaces.set(spaces).is_ok()
+    }
+
+    pub(crate) fn spaces(&self) -> Option<&hub_spaces::Spaces> {
+        self.inner.spaces.get()
     }
 }

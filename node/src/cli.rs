@@ -149,6 +149,14 @@ pub struct NodeFlags {
     /// never runs models and always routes [default: local].
     #[arg(long, value_name = "MODE")]
     pub inference: Option<String>,
+    /// Whether this node runs Space apps: `local` builds and runs them here, sandboxed
+    /// (needs bubblewrap), `off` never does [default: local].
+    #[arg(long, value_name = "MODE")]
+    pub spaces: Option<String>,
+    /// Where Space environments are built and cached by content hash [default:
+    /// DATA/spaces/envs]; nodes on one machine may share it.
+    #[arg(long, value_name = "DIR")]
+    pub spaces_env_dir: Option<PathBuf>,
 }
 
 /// How account commands reach a running node: its `node.json` and `admin.token` in the data

@@ -33,6 +33,17 @@
 //! max_waiting = 256         # queued per model; more is 429 (or routed to a peer)
 //! allow_peers = []          # peers whose jobs a `mesh` node runs; empty: every peer
 //! cache_entries = 256       # response cache of deterministic requests (0: off)
+//!
+//! [spaces]
+//! mode = "local"            # local: run Space apps here | off (mesh placement: not yet)
+//! env_dir = "…/spaces/envs" # built environments by content hash (shareable between nodes)
+//! python = "python3"        # the interpreter environments are built with
+//! memory_mib = 4096         # address space of each Space process
+//! max_processes = 256       # processes and threads of one Space
+//! scratch_mib = 256         # the Space's /tmp
+//! start_timeout_secs = 120  # an app must listen within this after it starts
+//! build_timeout_secs = 1800
+//! sleep_secs = 172800       # idle time before a Space sleeps when its owner set none (0: never)
 //! ```
 
 use crate::cli::NodeFlags;
@@ -57,6 +68,47 @@ pub struct Config {
     pub gateway: GatewaySection,
     pub store: StoreSection,
     pub inference: InferenceSection,
+    pub spaces: SpacesSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpacesSection {
+    /// `local` or `off` (see `hubmesh up --spaces`).
+    pub mode: String,
+    /// Where built environments live; unset: `DATA/spaces/envs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_dir: Option<PathBuf>,
+    /// The Python environments are built with.
+    pub python: PathBuf,
+    /// Address space of each Space process, MiB.
+    pub memory_mib: u64,
+    /// Processes and threads of one Space.
+    pub max_processes: u64,
+    /// Size of a Space's `/tmp`, MiB.
+    pub scratch_mib: u64,
+    /// Seconds an app has to listen on its port after it starts.
+    pub start_timeout_secs: u64,
+    /// Seconds an environment build may take.
+    pub build_timeout_secs: u64,
+    /// Seconds without requests before a Space sleeps when its owner set none; 0: never.
+    pub sleep_secs: u64,
+}
+
+impl Default for SpacesSection {
+    fn default() -> Self {
+        Self {
+            mode: "local".into(),
+            env_dir: None,
+            python: "python3".into(),
+            memory_mib: 4096,
+            max_processes: 256,
+            scratch_mib: 256,
+            start_timeout_secs: 120,
+            build_timeout_secs: 1800,
+            sleep_secs: 48 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +246,7 @@ impl Default for Config {
             gateway: GatewaySection::default(),
             store: StoreSection::default(),
             inference: InferenceSection::default(),
+            spaces: SpacesSection::default(),
         }
     }
 }
@@ -252,6 +305,12 @@ impl Config {
         if let Some(mode) = &flags.inference {
             config.inference.mode = mode.clone();
         }
+        if let Some(mode) = &flags.spaces {
+            config.spaces.mode = mode.clone();
+        }
+        if let Some(dir) = &flags.spaces_env_dir {
+            config.spaces.env_dir = Some(dir.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -281,6 +340,17 @@ impl Config {
             );
         }
         self.inference_mode()?;
+        self.spaces_enabled()?;
+        if self.spaces.memory_mib == 0
+            || self.spaces.max_processes == 0
+            || self.spaces.scratch_mib == 0
+            || self.spaces.start_timeout_secs == 0
+            || self.spaces.build_timeout_secs == 0
+        {
+            bail!(
+                "spaces.memory_mib, max_processes, scratch_mib, start_timeout_secs and build_timeout_secs must be positive"
+            );
+        }
         self.allow_peers()?;
         // Adverts live two periods (and a second), at most MAX_ADVERT_LIFETIME_SECS.
         let max_period = (hub_protocol::capacity::MAX_ADVERT_LIFETIME_SECS - 1) / 2;
@@ -318,6 +388,18 @@ impl Config {
             .iter()
             .map(|p| SeedPattern::parse(p).context("invalid p2p.seed"))
             .collect()
+    }
+
+    /// Whether this node runs Space apps (`spaces.mode`: `local` or `off`).
+    pub fn spaces_enabled(&self) -> anyhow::Result<bool> {
+        match self.spaces.mode.as_str() {
+            "local" => Ok(true),
+            "off" => Ok(false),
+            "mesh" => bail!(
+                "spaces mode \"mesh\" (placing Spaces on peers) is not implemented yet; use local or off"
+            ),
+            other => bail!("invalid spaces mode {other:?} (expected local or off)"),
+        }
     }
 
     pub fn inference_mode(&self) -> anyhow::Result<hub_compute::Mode> {

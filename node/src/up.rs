@@ -3,7 +3,7 @@
 //! Start-up order: raise the open-file limit → lock the data directory → node key → accounts (first start: admin and its
 //! token) → bind HTTP → start the p2p swarm (binds and reports its addresses) → the gateway's
 //! state → the models service and the compute mesh (built here, handed to the gateway; the
-//! compute tasks started with the gateway's job handler) → serve →
+//! compute tasks started with the gateway's job handler) → the Spaces runtime → serve →
 //! write `node.json`. Nothing is announced as ready before everything is bound.
 //!
 //! Shutdown (SIGINT/SIGTERM): remove `node.json`, stop accepting, let in-flight requests
@@ -30,6 +30,9 @@ const FLUSH_PERIOD: Duration = Duration::from_secs(5);
 
 /// Where models served for inference are materialized (by repo and commit), in the data dir.
 const MODEL_CACHE_DIR: &str = "model-cache";
+
+/// Space checkouts, settings and (by default) environments, in the data dir.
+const SPACES_DIR: &str = "spaces";
 
 /// How long in-flight HTTP requests may run after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,6 +166,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(models),
         hub_gateway::forwarded_jobs(&state),
     );
+    if config.spaces_enabled()? {
+        start_spaces(&config, &data, &state).await;
+    }
     let app = hub_gateway::router(state);
     let flusher = tokio::spawn(flush_downloads_every(
         repos.clone(),
@@ -233,6 +239,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(data);
     tracing::info!("stopped");
     outcome
+}
+
+/// Builds the Spaces runtime and hands it to the gateway. A node that cannot run Spaces
+/// (no Python) still serves everything else: the Spaces routes then answer 503.
+async fn start_spaces(config: &Config, data: &DataDir, state: &AppState) {
+    let section = &config.spaces;
+    let mut spaces = hub_spaces::SpacesConfig::new(data.join(SPACES_DIR));
+    if let Some(dir) = &section.env_dir {
+        spaces.env_dir = dir.clone();
+    }
+    spaces.python = section.python.clone();
+    spaces.sandbox.memory_bytes = section.memory_mib.saturating_mul(1 << 20);
+    spaces.sandbox.max_processes = section.max_processes;
+    spaces.sandbox.scratch_bytes = section.scratch_mib.saturating_mul(1 << 20);
+    spaces.start_timeout = Duration::from_secs(section.start_timeout_secs);
+    spaces.build_timeout = Duration::from_secs(section.build_timeout_secs);
+    spaces.default_sleep =
+        (section.sleep_secs > 0).then(|| Duration::from_secs(section.sleep_secs));
+    match hub_spaces::Spaces::new(spaces, state.hub().clone()).await {
+        Ok(spaces) => {
+            state.enable_spaces(spaces);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Spaces are off: the Spaces runtime did not start");
+        }
+    }
 }
 
 /// The listing index is derived from the repositories, so it is rebuilt at every start: a

@@ -45,6 +45,11 @@ struct DuplicateBody {
     repository: String,
     private: Option<bool>,
     visibility: Option<String>,
+    /// A Space's secrets and variables (`duplicate_space`); see `crate::spaces`.
+    #[serde(default)]
+    secrets: Option<Vec<crate::spaces::EntryBody>>,
+    #[serde(default)]
+    variables: Option<Vec<crate::spaces::EntryBody>>,
 }
 
 /// `POST /api/{type}s/{ns}/{name}/duplicate`: copies the repo (history, refs, LFS objects)
@@ -74,7 +79,13 @@ pub(super) async fn duplicate(
         .duplicate_repo(&principal, &from, &to, private)
         .await
     {
-        Ok(()) => Ok(Json(json!({ "url": url })).into_response()),
+        Ok(()) => {
+            if to.kind() == hub_protocol::repo::RepoType::Space {
+                crate::spaces::set_duplicate_settings(&state, &to, body.secrets, body.variables)
+                    .await?;
+            }
+            Ok(Json(json!({ "url": url })).into_response())
+        }
         Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => {
             let message = format!("You already created this {} repo", to.kind().as_str());
             let mut resp = (
