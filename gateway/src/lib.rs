@@ -50,6 +50,7 @@ mod routes;
 #[cfg(test)]
 mod testing;
 mod util;
+mod xet;
 
 pub use compute::forwarded_jobs;
 pub use error::AppError;
@@ -117,6 +118,9 @@ struct Inner {
     inference: std::sync::OnceLock<Arc<hub_models::Models>>,
     /// Set once by [`AppState::enable_compute`]; every inference request runs here until then.
     compute: std::sync::OnceLock<Arc<hub_models::Compute>>,
+    /// The Xet index (`xet.redb` in the store's directory), opened on first use.
+    xet: std::sync::OnceLock<Arc<hub_xet::XetIndex>>,
+    xet_open: std::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -157,6 +161,8 @@ impl AppState {
                 git,
                 inference: std::sync::OnceLock::new(),
                 compute: std::sync::OnceLock::new(),
+                xet: std::sync::OnceLock::new(),
+                xet_open: std::sync::Mutex::new(()),
             }),
         }
     }
@@ -224,5 +230,27 @@ impl AppState {
 
     pub(crate) fn compute(&self) -> Option<&Arc<hub_models::Compute>> {
         self.inner.compute.get()
+    }
+
+    /// The Xet index over the store, opened (once) on first use: `xet.redb` in the store's
+    /// directory. Blocking (it may open the database): call it on a blocking thread.
+    pub(crate) fn xet(&self) -> Result<Arc<hub_xet::XetIndex>, AppError> {
+        if let Some(x) = self.inner.xet.get() {
+            return Ok(x.clone());
+        }
+        let _guard = self
+            .inner
+            .xet_open
+            .lock()
+            .map_err(|_| AppError::internal("xet index lock poisoned"))?;
+        if let Some(x) = self.inner.xet.get() {
+            return Ok(x.clone());
+        }
+        let store = self.store().clone();
+        let index = Arc::new(hub_xet::XetIndex::open(
+            store.root().join("xet.redb"),
+            store,
+        )?);
+        Ok(self.inner.xet.get_or_init(|| index).clone())
     }
 }

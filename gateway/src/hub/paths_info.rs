@@ -62,10 +62,13 @@ pub(super) async fn paths_info(
     paths.retain(|p| seen.insert(p.clone()));
     let repos = state.repos().clone();
     let rev = p.rev.clone();
+    let st = state.clone();
     let entries = blocking(move || {
         let commit = repos.resolve(&id, &rev)?;
         let entries = repos.entries_at(&id, &commit, &paths)?;
-        Ok(entries.iter().map(tree_entry_json).collect::<Vec<_>>())
+        let mut entries = entries.iter().map(tree_entry_json).collect::<Vec<_>>();
+        crate::xet::add_xet_hashes(&st, &mut entries)?;
+        Ok(entries)
     })
     .await?;
     Ok(Json(Value::Array(entries)))

@@ -92,12 +92,18 @@ async fn tree(
     };
     let entries = state.hub().tree_at(&id, &rev, &path, recursive).await?;
     let rev_for_link = rev;
-    let page: Vec<Value> = entries
+    let mut page: Vec<Value> = entries
         .iter()
         .skip(start)
         .take(TREE_PAGE)
         .map(tree_entry_json)
         .collect();
+    let st = state.clone();
+    let page = crate::util::blocking(move || {
+        crate::xet::add_xet_hashes(&st, &mut page)?;
+        Ok(page)
+    })
+    .await?;
     let mut resp = Json(page).into_response();
     if entries.len() > start + TREE_PAGE {
         let mut url = format!(
