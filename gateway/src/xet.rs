@@ -126,7 +126,7 @@ async fn issue_token(
     headers: HeaderMap,
     Path(p): Path<TokenPath>,
     right: Right,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     let id = repo_of(&p.kind, &p.ns, &p.name)?;
     let principal = authenticate(&state, &headers).await?;
     let need = match right {
@@ -148,11 +148,22 @@ async fn issue_token(
             exp,
         },
     );
-    Ok(Json(json!({
-        "accessToken": token,
-        "exp": exp,
-        "casUrl": endpoint(&headers),
-    })))
+    // huggingface_hub reads the headers, hf_xet's own refresh the body.
+    let cas = endpoint(&headers);
+    let mut response =
+        Json(json!({ "accessToken": token, "exp": exp, "casUrl": cas })).into_response();
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-xet-cas-url", cas),
+        ("x-xet-access-token", token),
+        ("x-xet-token-expiration", exp.to_string()),
+    ] {
+        h.insert(
+            name,
+            header::HeaderValue::from_str(&value).map_err(AppError::internal)?,
+        );
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,7 +329,9 @@ async fn upload_shard(
     state.metrics().xet_received(bytes.len() as u64);
     let st = state.clone();
     let files = blocking(move || {
-        let records = st.xet()?.put_shard(&bytes)?;
+        let records = st.xet()?.put_shard(&bytes).inspect_err(|e| {
+            tracing::info!(error = %e, "Xet shard refused");
+        })?;
         // The files now belong to the token's repository: a commit there may name them.
         for r in &records {
             st.hub().record_upload(&repo, &r.sha256)?;

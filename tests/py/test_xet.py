@@ -151,8 +151,10 @@ out = {{"xet_hash": info.xet_hash, "lfs": info.lfs.sha256, "downloaded": h}}
         assert reconstruct(node, token, out["xet_hash"], a, b) == data[a : b + 1]
 
     # git-lfs fetches the same object through the batch API.
-    clone = tmp_path / "clone"
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_LFS_SKIP_SMUDGE": "0"}
+    clone, home = tmp_path / "clone", tmp_path / "git-home"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+    subprocess.run(["git", "lfs", "install", "--skip-repo"], env=env, check=True, capture_output=True)
     git = subprocess.run(["git", "clone", "-q", f"{node.url}/admin/xm", str(clone)], env=env, capture_output=True, text=True, timeout=300)
     assert git.returncode == 0, git.stderr
     assert sha256_of(clone / "model.safetensors") == sha
@@ -228,7 +230,7 @@ def shard_of(file_hash_hex, segments, sha256_hex):
     out += raw(file_hash_hex) + struct.pack("<II", 1 << 30, len(segments)) + b"\0" * 8
     for xorb, start, end, size in segments:
         out += raw(xorb) + struct.pack("<IIII", 0, size, start, end)
-    out += bytes.fromhex(sha256_hex) + b"\0" * 16
+    out += raw(sha256_hex) + b"\0" * 16
     return out + b"\xff" * 32 + b"\0" * 16
 
 

@@ -52,6 +52,17 @@ fn hash_at(b: &[u8], at: usize) -> XetHash {
     XetHash(h)
 }
 
+/// Xet stores a SHA-256 as a hash whose text form is the digest's hex: each 8-byte group of
+/// the digest, byte-reversed. This undoes (and, applied again, redoes) that.
+pub fn sha256_from_xet(raw: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (o, r) in out.chunks_exact_mut(8).zip(raw.chunks_exact(8)) {
+        o.copy_from_slice(r);
+        o.reverse();
+    }
+    out
+}
+
 /// Reads the files a shard describes.
 pub fn parse_shard(bytes: &[u8]) -> Result<Vec<ShardFile>, XetError> {
     if bytes.len() > MAX_SHARD_BYTES {
@@ -108,9 +119,7 @@ pub fn parse_shard(bytes: &[u8]) -> Result<Vec<ShardFile>, XetError> {
         let sha256 = if flags & FLAG_METADATA_EXT != 0 {
             let m = entry(at)?;
             at += ENTRY_LEN;
-            let mut s = [0u8; 32];
-            s.copy_from_slice(&m[..32]);
-            Some(s)
+            Some(sha256_from_xet(&m[..32]))
         } else {
             None
         };
@@ -150,7 +159,7 @@ pub(crate) mod tests {
                 b.extend_from_slice(&s.end.to_le_bytes());
             }
             if let Some(sha) = f.sha256 {
-                b.extend_from_slice(&sha);
+                b.extend_from_slice(&sha256_from_xet(&sha));
                 b.extend_from_slice(&[0u8; 16]);
             }
         }
