@@ -103,7 +103,7 @@ impl XorbRecord {
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < 32 || (b.len() - 32) % 36 != 0 {
+        if b.len() < 32 || !(b.len() - 32).is_multiple_of(36) {
             return None;
         }
         let sha256 = Sha256(b[..32].try_into().ok()?);
@@ -160,7 +160,7 @@ impl FileRecord {
     }
 
     fn decode(file_hash: XetHash, b: &[u8]) -> Option<Self> {
-        if b.len() < 40 || (b.len() - 40) % 40 != 0 {
+        if b.len() < 40 || !(b.len() - 40).is_multiple_of(40) {
             return None;
         }
         let sha256 = Sha256(b[..32].try_into().ok()?);
