@@ -465,7 +465,7 @@ async fn xorb_data(
     }
     let range = file_range(&headers)?;
     let st = state.clone();
-    let bytes = blocking(move || {
+    let plan = blocking(move || {
         let xet = st.xet()?;
         let Some(record) = xet.xorb(&xorb)? else {
             return Ok(None);
@@ -476,33 +476,52 @@ async fn xorb_data(
         };
         let limit = hub_xet::xorb::MAX_XORB_UPLOAD as u64;
         Ok(xet
-            .read_xorb_range(&xorb, first, last, limit)?
-            .map(|b| (first, b)))
+            .xorb_range(&xorb, first, last, limit)?
+            .map(|r| (first, last, r)))
     })
     .await?;
-    let Some((first, bytes)) = bytes else {
+    let Some((first, last, plan)) = plan else {
         return Err(AppError::NotFound);
     };
-    let last = first + bytes.len() as u64 - 1;
+    let len = plan.len();
+    // Streamed a chunk at a time through a bounded channel: a client fetching many 64 MiB
+    // ranges at once costs a few chunks each, not the ranges.
+    let store = state.store().clone();
+    let pieces = blocking(move || Ok(plan.pieces(&store)?)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        for piece in pieces {
+            let failed = piece.is_err();
+            if let Err(e) = &piece {
+                tracing::error!(xorb = %xorb, error = %e, "reading a xorb range failed");
+            }
+            if tx
+                .blocking_send(piece.map(axum::body::Bytes::from))
+                .is_err()
+                || failed
+            {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     let status = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {
         StatusCode::OK
     };
-    let mut response = (status, bytes).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/octet-stream"),
-    );
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len.to_string());
     if range.is_some() {
-        h.insert(
-            header::CONTENT_RANGE,
-            header::HeaderValue::from_str(&format!("bytes {first}-{last}/*"))
-                .map_err(AppError::internal)?,
-        );
+        builder = builder.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/*"));
     }
-    Ok(response)
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(AppError::internal)
 }
 
 /// The Xet file hash of a stored object, when it arrived through Xet here (resolve headers,

@@ -283,7 +283,8 @@ out = {{"xet_hash": api.get_paths_info("admin/good", ["w.bin"])[0].xet_hash}}
 
     # Nothing was stored or recorded; the good file is intact.
     assert store_stats(node) == files_before
-    assert json.loads(request("GET", f"{u}/v1/reconstructions/{xet_hash}", read)[2]) == rec
+    again = json.loads(request("GET", f"{u}/v1/reconstructions/{xet_hash}", read)[2])
+    assert again["terms"] == rec["terms"]
     node.terminate()
     fsck = store_cli(node, "fsck")
     assert fsck["corrupt_blocks"] == [], fsck

@@ -448,15 +448,16 @@ impl XetIndex {
     }
 
     /// Bytes `[first, last]` of a xorb as this node serves it (chunks uncompressed, each with
-    /// its header). The range must start and end on chunk boundaries and hold at most
-    /// `limit` bytes.
-    pub fn read_xorb_range(
+    /// its header), as a plan to read them piece by piece ([`XorbRange::pieces`]). The range
+    /// must start and end on chunk boundaries and hold at most `limit` bytes; `None` when the
+    /// xorb is unknown.
+    pub fn xorb_range(
         &self,
         hash: &XetHash,
         first: u64,
         last: u64,
         limit: u64,
-    ) -> Result<Option<Vec<u8>>, XetError> {
+    ) -> Result<Option<XorbRange>, XetError> {
         let Some(x) = self.xorb(hash)? else {
             return Ok(None);
         };
@@ -474,21 +475,72 @@ impl XetIndex {
         if b <= a {
             return Err(XetError::Rejected("empty range".into()));
         }
-        let data_start = x.data_offset(a);
-        let data_len = (x.data_offset(b) - data_start) as usize;
-        let data = self
-            .store
-            .open_file(&x.sha256)?
-            .read_range(data_start, data_len)
-            .map_err(|e| XetError::Store(StoreError::Source(e)))?;
-        let mut out = Vec::with_capacity(data.len() + (b - a) * xorb::CHUNK_HEADER_LEN);
-        let mut at = 0usize;
-        for (_, len) in &x.chunks[a..b] {
-            let len = *len as usize;
-            xorb::write_uncompressed_chunk(&mut out, &data[at..at + len]);
-            at += len;
+        Ok(Some(XorbRange {
+            sha256: x.sha256,
+            data_start: x.data_offset(a),
+            lens: x.chunks[a..b].iter().map(|(_, l)| *l).collect(),
+        }))
+    }
+
+    /// [`XetIndex::xorb_range`], read into memory.
+    pub fn read_xorb_range(
+        &self,
+        hash: &XetHash,
+        first: u64,
+        last: u64,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, XetError> {
+        let Some(range) = self.xorb_range(hash, first, last, limit)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for piece in range.pieces(&self.store)? {
+            out.extend_from_slice(&piece.map_err(|e| XetError::Store(StoreError::Source(e)))?);
         }
         Ok(Some(out))
+    }
+}
+
+/// Chunks of a xorb to serve: where their bytes start in the xorb's store object, and their
+/// lengths.
+#[derive(Debug, Clone)]
+pub struct XorbRange {
+    sha256: Sha256,
+    data_start: u64,
+    lens: Vec<u32>,
+}
+
+impl XorbRange {
+    /// Bytes the range serves (headers included).
+    pub fn len(&self) -> u64 {
+        self.lens
+            .iter()
+            .map(|l| u64::from(*l) + xorb::CHUNK_HEADER_LEN as u64)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// The range one chunk (header and bytes) at a time, read from the store as it goes, so
+    /// memory stays at one chunk whatever the range.
+    pub fn pieces(
+        self,
+        store: &Store,
+    ) -> Result<impl Iterator<Item = std::io::Result<Vec<u8>>> + use<>, XetError> {
+        let mut reader = store.open_file(&self.sha256)?;
+        let mut offset = self.data_start;
+        Ok(self.lens.into_iter().map(move |len| {
+            let data = reader.read_range(offset, len as usize)?;
+            if data.len() != len as usize {
+                return Err(std::io::Error::other("xorb object is short"));
+            }
+            offset += u64::from(len);
+            let mut out = Vec::with_capacity(data.len() + xorb::CHUNK_HEADER_LEN);
+            xorb::write_uncompressed_chunk(&mut out, &data);
+            Ok(out)
+        }))
     }
 }
 
