@@ -16,22 +16,29 @@ from test_xet import write_safetensors, metric  # noqa: E402
 
 MIB = 1024**2
 
-CLIENT = """
-import hashlib, json, sys, time
-from huggingface_hub import HfApi, hf_hub_download
+UPLOAD = """
+import json, sys, time
+from huggingface_hub import HfApi
 api = HfApi()
 api.create_repo("big")
 t0 = time.monotonic()
 api.upload_file(path_or_fileobj=sys.argv[1], path_in_repo="model.safetensors", repo_id="admin/big")
-t1 = time.monotonic()
+rss = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"upload_s": time.monotonic() - t0, "rss_up": rss}))
+"""
+
+DOWNLOAD = """
+import hashlib, json, time
+from huggingface_hub import hf_hub_download
+t0 = time.monotonic()
 path = hf_hub_download("admin/big", "model.safetensors")
-t2 = time.monotonic()
+t1 = time.monotonic()
 h = hashlib.sha256()
 with open(path, "rb") as f:
     while chunk := f.read(16 << 20):
         h.update(chunk)
 rss = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
-print(json.dumps({"upload_s": t1 - t0, "download_s": t2 - t1, "sha": h.hexdigest(), "rss": rss}))
+print(json.dumps({"download_s": t1 - t0, "sha": h.hexdigest(), "rss_down": rss}))
 """
 
 
@@ -48,9 +55,13 @@ def run(src, sha, xet):
         env.pop("HF_HUB_DISABLE_XET", None)
         if not xet:
             env["HF_HUB_DISABLE_XET"] = "1"
-        out = subprocess.run([sys.executable, "-c", CLIENT, str(src)], env=env, capture_output=True, text=True, timeout=3600)
-        assert out.returncode == 0, out.stderr[-3000:] + node.log()[-3000:]
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = {}
+        for code, arg in ((UPLOAD, [str(src)]), (DOWNLOAD, [])):
+            out = subprocess.run([sys.executable, "-c", code, *arg], env=env, capture_output=True, text=True, timeout=3600)
+            assert out.returncode == 0, out.stderr[-3000:] + node.log()[-3000:]
+            r.update(json.loads(out.stdout.strip().splitlines()[-1]))
+            if code is UPLOAD:
+                r["node_rss_up"] = node_rss(node.proc.pid)
         assert r["sha"] == sha
         r["received"] = metric(node, "xet_received_bytes_total")
         r["node_rss"] = node_rss(node.proc.pid)
@@ -92,14 +103,15 @@ def main():
         f"`python benches/xet.py` — {size} MiB safetensors (random tensors), debug `hubmesh` build, "
         f"{os.cpu_count()} cores, load average at the end {' '.join(load)} (other builds running).",
         "",
-        "| path | upload s | download s | client peak RSS MiB | node peak RSS MiB | Xet bytes received MiB | store files | store bytes MiB |",
+        "| path | upload s | download s | client peak RSS MiB (upload / download) | node peak RSS MiB (after upload / after download) | Xet bytes received MiB | store files | store bytes MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         s = r["stats"]
         stored = s.get("stored_bytes", s.get("bytes", 0))
         lines.append(
-            f"| {name} | {r['upload_s']:.1f} | {r['download_s']:.1f} | {r['rss'] / MIB:.0f} | {r['node_rss'] / MIB:.0f} "
+            f"| {name} | {r['upload_s']:.1f} | {r['download_s']:.1f} | {r['rss_up'] / MIB:.0f} / {r['rss_down'] / MIB:.0f} "
+            f"| {r['node_rss_up'] / MIB:.0f} / {r['node_rss'] / MIB:.0f} "
             f"| {r['received'] / MIB:.0f} | {s.get('files')} | {stored / MIB:.0f} |"
         )
     lines += ["", "Raw store stats:", "", "```"] + [f"{n}: {json.dumps(r['stats'])}" for n, r in rows] + ["```", ""]
