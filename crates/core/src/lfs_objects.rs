@@ -157,6 +157,69 @@ impl Hub {
         plan_transfers(self.repos(), self.store(), repo, transfer, objects)
     }
 
+    /// Plans downloads of `objects` from `repo` like [`plan_transfers`], but first fetches
+    /// from the mesh, until `deadline`, the objects the repo does not hold here yet when its
+    /// namespace is hosted by another node: a repo
+    /// replicated (or fetched on demand) from a peer gets its LFS content in the background,
+    /// and a client asking for it now should not be told it is missing. Each fetch is one
+    /// `MeshPort::ensure_lfs` (verified against the signed refs' binding, so only content the
+    /// repo's publisher signed arrives); the fetches run at once. What has not arrived by the
+    /// deadline stays [`TransferPlan::Missing`].
+    pub async fn plan_downloads(
+        &self,
+        repo: &RepoId,
+        objects: Vec<(String, u64)>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<TransferPlan>, Error> {
+        let plan = |objects: Vec<(String, u64)>| {
+            let (hub, repo) = (self.clone(), repo.clone());
+            crate::blocking(move || hub.plan_transfers(&repo, Transfer::Download, &objects))
+        };
+        let mut plans = plan(objects.clone()).await?;
+        let missing: Vec<(usize, Sha256, u64)> = plans
+            .iter()
+            .zip(&objects)
+            .enumerate()
+            .filter_map(|(i, (p, (_, size)))| match p {
+                TransferPlan::Missing(sha) => Some((i, *sha, *size)),
+                _ => None,
+            })
+            .collect();
+        // Only a repo whose namespace another node hosts gets content from peers: objects
+        // of a namespace hosted here can only come from its own writers.
+        if missing.is_empty()
+            || self
+                .mesh()
+                .namespace_hosts(repo.namespace())
+                .await
+                .is_none()
+        {
+            return Ok(plans);
+        }
+        let mut fetches = tokio::task::JoinSet::new();
+        for &(_, sha, size) in &missing {
+            let (mesh, repo) = (self.mesh().clone(), repo.clone());
+            fetches.spawn(async move {
+                let result = mesh.ensure_lfs(&repo, sha, size, deadline).await;
+                (sha, result)
+            });
+        }
+        while let Some(done) = fetches.join_next().await {
+            let (sha, result) = done?;
+            if let Err(error) = result {
+                tracing::debug!(repo = %repo, %sha, %error, "LFS object not fetched for a batch download");
+            }
+        }
+        let again: Vec<(String, u64)> = missing
+            .iter()
+            .map(|&(i, _, _)| objects[i].clone())
+            .collect();
+        for ((i, _, _), p) in missing.iter().zip(plan(again).await?) {
+            plans[*i] = p;
+        }
+        Ok(plans)
+    }
+
     /// [`adopt`] on this hub's repositories and store.
     pub fn adopt_lfs(&self, repo: &RepoId, sha256: &Sha256) -> Result<(), Error> {
         adopt(self.repos(), self.store(), repo, sha256)
@@ -251,5 +314,144 @@ mod tests {
             plan_transfers(&repos, &store, &b, Transfer::Download, &objects[2..3]).unwrap(),
             [P::Missing(held)]
         );
+    }
+}
+
+#[cfg(test)]
+mod plan_downloads_tests {
+    use super::*;
+    use crate::mesh::{BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort};
+    use crate::{HubParts, blocking};
+    use hub_protocol::repo::RepoType;
+    use hub_repo::Author;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::{Duration, Instant};
+
+    /// A mesh whose peers have one object: `ensure_lfs` of it stores it and adopts it into
+    /// the repo, as the real fetch does; anything else fails. `hosts` is what
+    /// `namespace_hosts` answers.
+    #[derive(Debug)]
+    struct PeersHave {
+        repos: Arc<Repos>,
+        store: Store,
+        content: Vec<u8>,
+        hosts: Option<Vec<String>>,
+        calls: AtomicUsize,
+    }
+
+    impl MeshPort for PeersHave {
+        fn ensure_repo<'a>(
+            &'a self,
+            _repo: &'a RepoId,
+            _deadline: Instant,
+        ) -> BoxFuture<'a, Result<(), EnsureError>> {
+            Box::pin(async { Err(EnsureError::Unknown) })
+        }
+
+        fn ensure_lfs<'a>(
+            &'a self,
+            repo: &'a RepoId,
+            sha256: Sha256,
+            _size: u64,
+            _deadline: Instant,
+        ) -> BoxFuture<'a, Result<(), LfsFetchError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let (repos, store, content, repo) = (
+                self.repos.clone(),
+                self.store.clone(),
+                self.content.clone(),
+                repo.clone(),
+            );
+            Box::pin(async move {
+                blocking(move || {
+                    let stored = store.import_reader(&content[..]).unwrap().sha256;
+                    if stored != sha256 {
+                        return Ok(Err(LfsFetchError::Failed("no peer has it".into())));
+                    }
+                    adopt(&repos, &store, &repo, &sha256).unwrap();
+                    Ok::<_, Error>(Ok(()))
+                })
+                .await
+                .unwrap()
+            })
+        }
+
+        fn stream_lfs<'a>(
+            &'a self,
+            _repo: &'a RepoId,
+            _sha256: Sha256,
+            _size: u64,
+            _deadline: Instant,
+        ) -> BoxFuture<'a, Option<LfsStream>> {
+            Box::pin(async { None })
+        }
+
+        fn namespace_hosts<'a>(
+            &'a self,
+            _namespace: &'a str,
+        ) -> BoxFuture<'a, Option<Vec<String>>> {
+            let hosts = self.hosts.clone();
+            Box::pin(async move { hosts })
+        }
+
+        fn claim_namespace<'a>(
+            &'a self,
+            _namespace: &'a str,
+        ) -> BoxFuture<'a, Result<(), ClaimError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn repo_changed(&self, _repo: &RepoId) {}
+    }
+
+    async fn plan_with(hosts: Option<Vec<String>>) -> (Vec<TransferPlan>, usize, Sha256) {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Arc::new(Repos::open(dir.path().join("repos")).unwrap());
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let id = RepoId::parse(RepoType::Model, "alice/a").unwrap();
+        repos
+            .create(&id, &Author::new("alice", "alice@hubmesh.test"))
+            .unwrap();
+        let content = b"weights a peer holds".to_vec();
+        let sha = {
+            // The hash only: a scratch store, so this node's store does not hold it.
+            let scratch = Store::open(dir.path().join("scratch")).unwrap();
+            scratch.import_reader(&content[..]).unwrap().sha256
+        };
+        let mesh = Arc::new(PeersHave {
+            repos: repos.clone(),
+            store: store.clone(),
+            content: content.clone(),
+            hosts,
+            calls: AtomicUsize::new(0),
+        });
+        let hub = crate::Hub::new(HubParts {
+            auth: Arc::new(hub_auth::AuthStore::open(dir.path().join("auth.redb")).unwrap()),
+            repos,
+            store,
+            search: Arc::new(hub_search::SearchIndex::open(&dir.path().join("search")).unwrap()),
+            mesh: mesh.clone(),
+        });
+        let unknown = "ab".repeat(32);
+        let wanted = vec![(sha.to_string(), content.len() as u64), (unknown, 7)];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let plans = hub.plan_downloads(&id, wanted, deadline).await.unwrap();
+        (plans, mesh.calls.load(Ordering::SeqCst), sha)
+    }
+
+    #[tokio::test]
+    async fn downloads_of_a_repo_hosted_elsewhere_fetch_what_is_missing_from_the_mesh() {
+        let (plans, calls, sha) = plan_with(Some(vec!["12D3KooWpeer".into()])).await;
+        assert_eq!(calls, 2, "both missing objects were asked for");
+        assert_eq!(plans[0], TransferPlan::Download(sha));
+        assert!(matches!(plans[1], TransferPlan::Missing(_)), "{plans:?}");
+    }
+
+    #[tokio::test]
+    async fn downloads_of_a_repo_hosted_here_never_ask_the_mesh() {
+        let (plans, calls, sha) = plan_with(None).await;
+        assert_eq!(calls, 0);
+        assert_eq!(plans[0], TransferPlan::Missing(sha));
     }
 }

@@ -25,6 +25,10 @@ use serde_json::{Value, json};
 /// Objects per batch request (huggingface_hub sends at most 256).
 const MAX_BATCH: usize = 1000;
 
+/// How long a download batch waits for objects of its repo still arriving from peers
+/// (`Hub::plan_downloads`); what has not arrived by then is answered 404 per object.
+const BATCH_FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
 #[derive(Debug, Deserialize)]
 struct BatchRequest {
     operation: String,
@@ -106,9 +110,19 @@ async fn batch_inner(
     };
     // What belongs to this repository decides (hub-core): another repository's copy in the
     // shared store does not count, so the answer reveals nothing about other repositories.
-    let hub = state.hub().clone();
-    let repo = id.clone();
-    let plans = blocking(move || Ok(hub.plan_transfers(&repo, transfer, &wanted)?)).await?;
+    let plans = match transfer {
+        // Objects of a repo replicated from a peer may still be on their way: fetched from
+        // the mesh now (bounded), as a download through `resolve` would.
+        Transfer::Download => {
+            let deadline = tokio::time::Instant::now() + BATCH_FETCH_WAIT;
+            state.hub().plan_downloads(&id, wanted, deadline).await?
+        }
+        Transfer::Upload => {
+            let hub = state.hub().clone();
+            let repo = id.clone();
+            blocking(move || Ok(hub.plan_transfers(&repo, transfer, &wanted)?)).await?
+        }
+    };
     let verify_href = format!(
         "{}/{}{}.git/info/lfs/objects/verify",
         endpoint(headers),
