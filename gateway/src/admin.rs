@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(v["name"], "alice");
         assert_eq!(
             v["orgs"],
-            json!([{"type": "org", "name": "acme", "roleInOrg": "contributor"}])
+            json!([{"type": "org", "name": "acme", "fullname": "acme", "roleInOrg": "contributor"}])
         );
         assert_eq!(v["auth"]["accessToken"]["role"], "write");
         assert_eq!(v["auth"]["accessToken"]["displayName"], "laptop");

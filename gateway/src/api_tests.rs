@@ -2104,7 +2104,7 @@ async fn hub_error_shapes_request_ids_and_create_pr() {
     )
     .await;
     assert_ne!(odd.header("x-request-id"), Some("a b\tc"));
-    // create_pr is refused, and main does not move.
+    // create_pr opens pull request #1 on refs/pr/1, and main does not move.
     let before = head_of(&f).await;
     let r = send(
         &f.app,
@@ -2115,7 +2115,26 @@ async fn hub_error_shapes_request_ids_and_create_pr() {
         ndjson(&[header_line(), file_line("a.txt", b"a")]),
     )
     .await;
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("create_pr"), "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_str(&r.text()).unwrap();
+    assert!(
+        v["pullRequestUrl"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/admin/m/discussions/1")),
+        "{v}"
+    );
     assert_eq!(head_of(&f).await, before);
+    let pr = send(
+        &f.app,
+        "GET",
+        "/api/models/admin/m/discussions/1",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(pr.status, 200, "{}", pr.text());
+    let pr: Value = serde_json::from_str(&pr.text()).unwrap();
+    assert_eq!(pr["isPullRequest"], true);
+    assert_eq!(pr["events"][1]["data"]["oid"], v["commitOid"]);
 }

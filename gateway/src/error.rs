@@ -20,6 +20,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use hub_core::discussions::DiscussionError;
 use hub_core::{AccessError, CommitError, RepoOpError, ResolveError};
 
 /// The content type of the git-lfs batch API's bodies.
@@ -379,6 +380,43 @@ impl From<RepoOpError> for AppError {
             e @ RepoOpError::NoNamespace { .. } => AppError::Forbidden(e.to_string()),
             RepoOpError::Repo(e) => e.into(),
             RepoOpError::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<hub_core::storage::LfsDeleteError> for AppError {
+    fn from(e: hub_core::storage::LfsDeleteError) -> Self {
+        use hub_core::storage::LfsDeleteError as E;
+        match e {
+            E::Access(e) => e.into(),
+            e @ E::InvalidOid { .. } => AppError::BadRequest(e.to_string()),
+            e @ E::InUse { .. } => AppError::Conflict(e.to_string()),
+            E::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<DiscussionError> for AppError {
+    fn from(e: DiscussionError) -> Self {
+        match e {
+            DiscussionError::Access(e) => e.into(),
+            e @ (DiscussionError::NotFound { .. } | DiscussionError::CommentNotFound { .. }) => {
+                AppError::Coded {
+                    status: StatusCode::NOT_FOUND,
+                    code: "EntryNotFound",
+                    message: e.to_string(),
+                }
+            }
+            e @ (DiscussionError::NotOpen { .. } | DiscussionError::Conflicts { .. }) => {
+                AppError::Conflict(e.to_string())
+            }
+            e @ (DiscussionError::NotPullRequest { .. } | DiscussionError::Invalid(_)) => {
+                AppError::BadRequest(e.to_string())
+            }
+            DiscussionError::Repo(e) => e.into(),
+            DiscussionError::Storage(e) => e.into(),
             other => AppError::internal(other),
         }
     }

@@ -3,7 +3,12 @@
 //! mesh (access, a repo's LFS objects, commit planning, the after-write hook, listing
 //! documents) are `hub-core`'s; this module parses requests and renders the Hub's JSON.
 //!
-//! - [`repos`]: create, delete, move, settings (visibility);
+//! - [`repos`]: create (a Space with its default README), delete, move, settings (visibility);
+//! - [`lifecycle`]: duplicate, super-squash, LFS files (list, delete), auth-check;
+//! - [`account`]: a namespace's repositories with their storage;
+//! - [`likes`]: like, unlike, likers, a user's likes;
+//! - [`discussions`]: discussions and pull requests (stored in the repo's own refs by
+//!   `hub_core::discussions`, so they replicate with it);
 //! - [`info`]: repo info (`siblings`, `blobs=true`, `revision/{rev}`);
 //! - [`tree`]: tree listing (Link-paginated); [`paths_info`]: entries of given paths;
 //! - [`history`]: commit history (Link-paginated);
@@ -20,8 +25,12 @@
 //! Must not depend on the other surfaces' modules (git, lfs, listing, admin, mesh, inference)
 //! except for `git::blob_body`, which streams a large git blob.
 
+mod account;
+mod discussions;
 mod history;
 mod info;
+mod lifecycle;
+mod likes;
 mod ndjson;
 mod paths_info;
 mod refs;
@@ -57,6 +66,64 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/api/repos/move", post(repos::move_repo))
         .route("/api/validate-yaml", post(upload::validate_yaml))
+        .route("/api/settings/repositories", get(account::my_repositories))
+        .route(
+            "/api/organizations/{org}/settings/repositories",
+            get(account::org_repositories),
+        )
+        .route(
+            &format!("{repo}/like"),
+            post(likes::like).delete(likes::unlike),
+        )
+        .route(&format!("{repo}/likers"), get(likes::likers))
+        .route("/api/users/{user}/likes", get(likes::user_likes))
+        .route(&format!("{repo}/auth-check"), get(lifecycle::auth_check))
+        .route(
+            &format!("{repo}/auth-check/write"),
+            get(lifecycle::auth_check_write),
+        )
+        .route(&format!("{repo}/duplicate"), post(lifecycle::duplicate))
+        .route(
+            &format!("{repo}/super-squash/{{rev}}"),
+            post(lifecycle::super_squash),
+        )
+        .route(&format!("{repo}/lfs-files"), get(lifecycle::lfs_files))
+        .route(
+            &format!("{repo}/lfs-files/batch"),
+            post(lifecycle::delete_lfs_files),
+        )
+        .route(
+            &format!("{repo}/discussions"),
+            get(discussions::list).post(discussions::create),
+        )
+        .route(
+            &format!("{repo}/discussions/{{num}}"),
+            get(discussions::get),
+        )
+        .route(
+            &format!("{repo}/discussions/{{num}}/comment"),
+            post(discussions::comment),
+        )
+        .route(
+            &format!("{repo}/discussions/{{num}}/title"),
+            post(discussions::title),
+        )
+        .route(
+            &format!("{repo}/discussions/{{num}}/status"),
+            post(discussions::status),
+        )
+        .route(
+            &format!("{repo}/discussions/{{num}}/merge"),
+            post(discussions::merge),
+        )
+        .route(
+            &format!("{repo}/discussions/{{num}}/comment/{{comment}}/edit"),
+            post(discussions::edit_comment),
+        )
+        .route(
+            &format!("{repo}/discussions/{{num}}/comment/{{comment}}/hide"),
+            post(discussions::hide_comment),
+        )
         .route(repo, get(info::repo_info))
         .route(&format!("{repo}/revision/{{rev}}"), get(info::repo_info_at))
         .route(&format!("{repo}/tree/{{rev}}"), get(tree::tree_root))

@@ -123,10 +123,19 @@ async fn whoami(
 ) -> Result<Json<Value>, AppError> {
     let auth = state.auth().clone();
     let user = principal.user.name.clone();
-    let orgs = tokio::task::spawn_blocking(move || auth.orgs_of(&user))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::internal)?;
+    // (name, role, full name) of each organisation the user is in.
+    let orgs = tokio::task::spawn_blocking(move || {
+        auth.orgs_of(&user)?
+            .into_iter()
+            .map(|(name, role)| {
+                let fullname = auth.org(&name)?.map(|o| o.fullname).unwrap_or_default();
+                Ok((name, role, fullname))
+            })
+            .collect::<Result<Vec<_>, hub_auth::AuthError>>()
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)?;
     let token = &principal.token;
     let mut access_token = json!({
         "displayName": token.display_name,
@@ -150,7 +159,12 @@ async fn whoami(
         "isPro": false,
         "orgs": orgs
             .iter()
-            .map(|(name, role)| json!({"type": "org", "name": name, "roleInOrg": role.as_str()}))
+            .map(|(name, role, fullname)| json!({
+                "type": "org",
+                "name": name,
+                "fullname": if fullname.is_empty() { name } else { fullname },
+                "roleInOrg": role.as_str(),
+            }))
             .collect::<Vec<_>>(),
         "auth": {
             "type": "access_token",

@@ -90,7 +90,7 @@ def paging_node(node_factory, tmp_path):
 
 
 def test_everyday_paths_the_last_round_broke(node):
-    """create_pr is refused (main does not move), paths-info answers a JSON body as a form
+    """create_pr opens a pull request (main does not move), paths-info answers a JSON body as a form
     one, every response names its request, and repo ids without a namespace are
     RepoNotFound, through the real client."""
     import json
@@ -103,13 +103,14 @@ def test_everyday_paths_the_last_round_broke(node):
     api.create_repo("admin/everyday")
     api.create_commit("admin/everyday", [CommitOperationAdd("sub/a.txt", b"a")], commit_message="a")
     head = api.model_info("admin/everyday").sha
-    with pytest.raises(HfHubHTTPError) as e:
-        api.create_commit(
-            "admin/everyday", [CommitOperationAdd("b.txt", b"b")], commit_message="pr", create_pr=True
-        )
-    assert "create_pr" in str(e.value)
-    assert e.value.response.headers.get("x-request-id")
+    pr = api.create_commit(
+        "admin/everyday", [CommitOperationAdd("b.txt", b"b")], commit_message="pr", create_pr=True
+    )
+    assert pr.pr_num == 1 and pr.pr_revision == "refs/pr/1"
     assert api.model_info("admin/everyday").sha == head
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_branch("admin/everyday", branch="bad..name")
+    assert e.value.response.headers.get("x-request-id")
 
     req = urllib.request.Request(
         f"{node.url}/api/models/admin/everyday/paths-info/main",

@@ -42,12 +42,18 @@
 
 mod access;
 pub mod commit;
+pub mod discussions;
 pub mod lfs_objects;
+pub mod lifecycle;
+pub mod likes;
 pub mod listing;
 mod mesh;
+pub mod model_facts;
+pub mod preupload;
 pub mod push;
 pub mod repos;
 pub mod resolve;
+pub mod storage;
 #[cfg(test)]
 mod testing;
 

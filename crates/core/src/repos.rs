@@ -97,6 +97,11 @@ impl CreateGrant {
     pub fn id(&self) -> &RepoId {
         &self.id
     }
+
+    /// Who creates it (the git author of its first commit).
+    pub fn author(&self) -> &Author {
+        &self.author
+    }
 }
 
 impl Hub {

@@ -40,7 +40,11 @@
 //! ```
 
 mod attributes;
+mod copy;
+mod history;
+mod ignore;
 mod lfs;
+mod log;
 mod meta;
 mod reach;
 mod receive;
@@ -48,14 +52,18 @@ mod replica;
 mod repos;
 
 pub use attributes::{DEFAULT_GITATTRIBUTES, LfsRules};
+pub use history::MAX_LAST_COMMIT_WALK;
+pub use ignore::{IgnoreRules, MAX_GITIGNORE};
 pub use lfs::{LfsPointer, MAX_POINTER_SIZE};
+pub use log::{MAX_LOG_ENTRIES, MAX_LOG_ENTRY, Merged};
 pub use meta::RepoMeta;
 pub use reach::MAX_REACH_WALK;
 pub use receive::{
-    Checked, MAX_NEW_COMMITS, Quarantine, ReceiveError, RefCommand, Rejection, ZERO_ID,
+    Checked, MAX_NEW_COMMITS, Quarantine, REPLICATED_REF_PREFIXES, ReceiveError, RefCommand,
+    Rejection, ZERO_ID,
 };
 pub use replica::{ReplicaError, ReplicaOutcome};
 pub use repos::{
     Author, CommitInfo, CommitRequest, EntryKind, FileContent, INLINE_BLOB_MAX, Operation, RefInfo,
-    RepoError, Repos, TreeEntry,
+    RepoError, Repos, TreeEntry, git_blob_id,
 };

@@ -87,6 +87,19 @@ impl MetaDb {
         Ok(())
     }
 
+    pub(crate) fn remove_lfs(&self, id: &RepoId, objects: &[[u8; 32]]) -> MetaResult<()> {
+        let key = id.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(LFS)?;
+            for sha in objects {
+                table.remove((key.as_str(), sha))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub(crate) fn has_lfs(&self, id: &RepoId, sha: &[u8; 32]) -> MetaResult<bool> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(LFS)?;

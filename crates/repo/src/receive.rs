@@ -162,7 +162,15 @@ pub struct Quarantine {
     dir: PathBuf,
     git_dir: PathBuf,
     repo: RepoId,
+    /// Whether refs the hub itself writes (`refs/hub/*`, new `refs/pr/*`) may move:
+    /// for replicas of a signed update, never for a user's push.
+    hub_refs: bool,
 }
+
+/// The ref namespaces that replicate: branches, tags, pull-request heads, and the hub's own
+/// records (`refs/hub/discussions`: every discussion of the repo, [`crate::Repos::append_record`]).
+pub const REPLICATED_REF_PREFIXES: [&str; 4] =
+    ["refs/heads/", "refs/tags/", "refs/pr/", "refs/hub/"];
 
 impl Drop for Quarantine {
     fn drop(&mut self) {
@@ -235,6 +243,7 @@ impl Repos {
             dir: dir.clone(),
             git_dir: git_dir.clone(),
             repo: id.clone(),
+            hub_refs: false,
         };
         let info = dir.join("objects").join("info");
         std::fs::create_dir_all(&info).map_err(io("create", &info))?;
@@ -346,6 +355,11 @@ fn current_value(repo: &gix::Repository, name: &str) -> Result<Option<ObjectId>,
 }
 
 impl Quarantine {
+    /// Lets the hub's own refs move (replicas of a signed update; see [`Quarantine::check`]).
+    pub(crate) fn accept_hub_refs(&mut self) {
+        self.hub_refs = true;
+    }
+
     /// Where the push's objects land until it is accepted.
     pub fn objects_dir(&self) -> PathBuf {
         self.dir.join("objects")
@@ -444,6 +458,7 @@ impl Quarantine {
             commits: HashSet::new(),
             trees: HashSet::new(),
             blobs: HashSet::new(),
+            hub_refs: self.hub_refs,
         };
         let mut out = Vec::with_capacity(commands.len());
         for c in commands {
@@ -516,6 +531,8 @@ impl Quarantine {
 }
 
 struct Walk<'a> {
+    /// [`Quarantine::hub_refs`].
+    hub_refs: bool,
     real: &'a gix::Repository,
     q: &'a gix::Repository,
     has_lfs: &'a mut dyn FnMut(&str) -> bool,
@@ -545,8 +562,18 @@ impl Walk<'_> {
         if c.name.len() > 255 || gix::refs::FullName::try_from(c.name.as_str()).is_err() {
             return Err(Rejection::BadRefName);
         }
-        let is_branch = c.name.starts_with("refs/heads/");
-        if !is_branch && !c.name.starts_with("refs/tags/") {
+        // Pull-request heads are branches; a push may move an existing one (the hub opens
+        // them), and only replicas write the hub's own refs.
+        let is_pr = c.name.starts_with("refs/pr/");
+        let is_branch = c.name.starts_with("refs/heads/") || is_pr;
+        let allowed = match () {
+            _ if c.name.starts_with("refs/heads/") || c.name.starts_with("refs/tags/") => true,
+            _ if self.hub_refs => REPLICATED_REF_PREFIXES
+                .iter()
+                .any(|p| c.name.starts_with(p)),
+            _ => is_pr && !c.is_create() && !c.is_delete(),
+        };
+        if !allowed {
             return Err(Rejection::RefNamespace);
         }
         if new.is_none() && c.name == "refs/heads/main" {

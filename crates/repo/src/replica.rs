@@ -79,12 +79,16 @@ impl Repos {
         Ok(out)
     }
 
-    /// The refs under `refs/heads/` and `refs/tags/` with their raw oids (what a publisher
-    /// signs).
+    /// The refs a publisher signs, with their raw oids: branches, tags, pull-request heads
+    /// (`refs/pr/`) and the hub's records (`refs/hub/`: discussions), so a repo's pull
+    /// requests and discussions replicate with it.
     pub fn public_refs(&self, id: &RepoId) -> Result<BTreeMap<String, [u8; 20]>, RepoError> {
         let mut out = BTreeMap::new();
         for (name, target) in self.advertised_refs(id)? {
-            if !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+            if !crate::receive::REPLICATED_REF_PREFIXES
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
                 continue;
             }
             if let Ok(oid) = ObjectId::from_hex(target.as_bytes())
@@ -214,7 +218,7 @@ impl Repos {
         Ok(pack)
     }
 
-    /// Makes the repository's `refs/heads/*` and `refs/tags/*` exactly `refs`, with the
+    /// Makes the repository's public refs ([`Repos::public_refs`]) exactly `refs`, with the
     /// objects from `pack`: quarantine, `index-pack`, object checks, then one compare-and-swap
     /// transaction (see the module docs for what is not checked). `main` is never deleted.
     pub fn apply_replica(
@@ -259,7 +263,9 @@ impl Repos {
         if commands.is_empty() {
             return Ok(ReplicaOutcome::UpToDate);
         }
-        let quarantine: Quarantine = self.quarantine_at(id, git_dir)?;
+        let mut quarantine: Quarantine = self.quarantine_at(id, git_dir)?;
+        // The signed update carries the repo's pull-request heads and discussion logs too.
+        quarantine.accept_hub_refs();
         if !pack.is_empty() {
             quarantine.index_pack(&mut &pack[..], pack.len() as u64)?;
         }

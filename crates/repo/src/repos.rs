@@ -164,18 +164,18 @@ pub enum RepoError {
     },
 }
 
-fn git(context: &'static str) -> impl FnOnce(gix::Error) -> RepoError {
+pub(crate) fn git(context: &'static str) -> impl FnOnce(gix::Error) -> RepoError {
     move |e| RepoError::Git {
         context,
         source: Box::new(e),
     }
 }
 
-fn meta_err(e: impl std::error::Error + Send + Sync + 'static) -> RepoError {
+pub(crate) fn meta_err(e: impl std::error::Error + Send + Sync + 'static) -> RepoError {
     RepoError::Meta(Box::new(e))
 }
 
-fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
+pub(crate) fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
     let path = path.to_owned();
     move |source| RepoError::Io {
         context,
@@ -368,6 +368,19 @@ impl Repos {
     /// The root directory all repositories live under (its `.tmp/` holds work in progress).
     pub(crate) fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// A fresh path under `.tmp/` for a repository being built, invisible until renamed.
+    pub(crate) fn new_tmp(&self) -> PathBuf {
+        self.root.join(".tmp").join(format!(
+            "{}-{}",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    pub(crate) fn meta_db(&self) -> &MetaDb {
+        &self.meta
     }
 
     /// Creates the public replica of a peer's repo with its first refs: `pack` is indexed and
@@ -995,7 +1008,7 @@ fn validate_ref(full: &str, what: &'static str, name: &str) -> Result<(), RepoEr
     Ok(())
 }
 
-fn branch_ref(name: &str) -> Result<String, RepoError> {
+pub(crate) fn branch_ref(name: &str) -> Result<String, RepoError> {
     // `refs/pr/N` are branches in the Hub's sense (pull-request heads).
     let full = if name.starts_with("refs/pr/") {
         name.to_owned()
@@ -1006,7 +1019,7 @@ fn branch_ref(name: &str) -> Result<String, RepoError> {
     Ok(full)
 }
 
-fn resolve_in(repo: &gix::Repository, revision: &str) -> Result<ObjectId, RepoError> {
+pub(crate) fn resolve_in(repo: &gix::Repository, revision: &str) -> Result<ObjectId, RepoError> {
     let not_found = || RepoError::RevisionNotFound {
         revision: revision.chars().take(200).collect(),
     };
@@ -1063,7 +1076,7 @@ fn resolve_in(repo: &gix::Repository, revision: &str) -> Result<ObjectId, RepoEr
     Err(not_found())
 }
 
-fn commit_tree(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, RepoError> {
+pub(crate) fn commit_tree(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, RepoError> {
     Ok(repo
         .find_commit(commit)
         .map_err(git("read commit"))?
@@ -1202,7 +1215,7 @@ fn write_commit(
     Ok(id.detach())
 }
 
-fn commit_info(repo: &gix::Repository, id: ObjectId) -> Result<CommitInfo, RepoError> {
+pub(crate) fn commit_info(repo: &gix::Repository, id: ObjectId) -> Result<CommitInfo, RepoError> {
     let commit = repo.find_commit(id).map_err(git("read commit"))?;
     let message = commit.message_raw_sloppy().to_str_lossy().into_owned();
     let author = commit.author().map_err(git("read commit"))?;
@@ -1290,4 +1303,15 @@ fn walk(
         // Submodules (commits) and other modes are not files of a Hub repo; they are skipped.
     }
     Ok(())
+}
+
+/// The git blob id (SHA-1 of `blob <len>\0` and the bytes) of `data`, 40 lowercase hex digits:
+/// what `huggingface_hub` compares to decide that a regular file did not change.
+pub fn git_blob_id(data: &[u8]) -> Result<String, RepoError> {
+    gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, data)
+        .map(|oid| oid.to_string())
+        .map_err(|e| RepoError::Git {
+            context: "hash blob",
+            source: Box::new(e),
+        })
 }

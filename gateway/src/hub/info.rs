@@ -63,9 +63,10 @@ async fn info(
     let id = path.id()?;
     let principal = authenticate(&state, &headers).await?;
     let meta = read_access(&state, principal.as_ref(), &id).await?;
-    let repos = state.repos().clone();
+    let (repos, store) = (state.repos().clone(), state.store().clone());
     blocking(move || {
         let downloads = repos.downloads(&id)?;
+        let likes = hub_core::likes::likers(&repos, &id)?.len();
         let sha = repos.resolve(&id, &rev)?;
         let head = repos.history(&id, &sha, 1)?;
         let entries = repos.list_tree(&id, &sha, "", true)?;
@@ -101,6 +102,7 @@ async fn info(
             "createdAt": format_date(meta.created_at),
             "private": meta.private,
             "downloads": downloads,
+            "likes": likes,
             "disabled": false,
             "gated": false,
             "tags": card.tags,
@@ -113,8 +115,23 @@ async fn info(
         if let Some(l) = &card.library_name {
             body["library_name"] = json!(l);
         }
+        if id.kind() == RepoType::Space
+            && let Some(sdk) = card.card_data.get("sdk").and_then(Value::as_str)
+        {
+            body["sdk"] = json!(sdk);
+        }
         if id.kind() == RepoType::Model {
             body["modelId"] = json!(hub_id);
+            let facts = hub_core::model_facts::model_facts(&repos, &store, &id, &sha)?;
+            if let Some(v) = facts.safetensors {
+                body["safetensors"] = v;
+            }
+            if let Some(v) = facts.gguf {
+                body["gguf"] = v;
+            }
+            if let Some(v) = facts.config {
+                body["config"] = Value::Object(v);
+            }
         }
         Ok(Json(body))
     })

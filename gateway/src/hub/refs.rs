@@ -25,7 +25,21 @@ pub(super) async fn refs(
 ) -> Result<Json<Value>, AppError> {
     let id = readable(&state, &headers, &path).await?;
     let repos = state.repos().clone();
-    let (branches, tags) = blocking(move || Ok(repos.refs(&id)?)).await?;
+    let (branches, tags, prs) = blocking(move || {
+        let (branches, tags) = repos.refs(&id)?;
+        // Pull-request heads (`refs/pr/N`), by number.
+        let mut prs: Vec<(u64, String, String)> = repos
+            .refs_under(&id, "refs/pr/")?
+            .into_iter()
+            .filter_map(|(name, target)| {
+                let num = name.strip_prefix("refs/pr/")?.parse().ok()?;
+                Some((num, name, target))
+            })
+            .collect();
+        prs.sort();
+        Ok((branches, tags, prs))
+    })
+    .await?;
     let item = |r: &hub_repo::RefInfo| json!({ "name": r.name, "ref": r.full_ref, "targetCommit": r.target });
     let mut body = json!({
         "branches": branches.iter().map(item).collect::<Vec<_>>(),
@@ -33,7 +47,10 @@ pub(super) async fn refs(
         "tags": tags.iter().map(item).collect::<Vec<_>>(),
     });
     if truthy(q.include_prs.as_deref()) {
-        body["pullRequests"] = json!([]);
+        body["pullRequests"] = prs
+            .iter()
+            .map(|(num, name, target)| json!({ "name": num.to_string(), "ref": name, "targetCommit": target }))
+            .collect();
     }
     Ok(Json(body))
 }

@@ -23,6 +23,8 @@ struct CreateBody {
     kind: Option<String>,
     private: Option<bool>,
     visibility: Option<String>,
+    /// A Space's SDK: the Space starts with the Hub's default README for it.
+    sdk: Option<String>,
 }
 
 pub(super) async fn create_repo(
@@ -43,7 +45,11 @@ pub(super) async fn create_repo(
     let grant = state.hub().access_create(&principal, &id).await?;
     let private = visibility(body.private, body.visibility.as_deref())?.unwrap_or(false);
     let url = repo_url(&headers, &id);
-    match state.hub().create_repo(grant, private).await {
+    let created = match body.sdk.as_deref() {
+        Some(sdk) if kind == RepoType::Space => state.hub().create_space(grant, private, sdk).await,
+        _ => state.hub().create_repo(grant, private).await,
+    };
+    match created {
         Ok(()) => Ok(Json(json!({ "url": url, "name": id.hub_id() })).into_response()),
         Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => {
             // `create_repo(exist_ok=True)` reads `url` from the 409 body.
@@ -94,7 +100,10 @@ fn body_kind(kind: Option<&str>) -> Result<RepoType, AppError> {
 }
 
 /// The requested visibility: `private` (0.x clients) or `visibility` (1.x and later).
-fn visibility(private: Option<bool>, visibility: Option<&str>) -> Result<Option<bool>, AppError> {
+pub(super) fn visibility(
+    private: Option<bool>,
+    visibility: Option<&str>,
+) -> Result<Option<bool>, AppError> {
     match (private, visibility) {
         (Some(_), Some(_)) => Err(AppError::BadRequest(
             "give either \"private\" or \"visibility\", not both".into(),

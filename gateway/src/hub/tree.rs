@@ -4,22 +4,28 @@
 use super::{RepoPath, RevPath, percent_encode, readable};
 use crate::AppState;
 use crate::error::AppError;
-use crate::util::{endpoint, truthy};
+use crate::util::{blocking, endpoint, format_date, truthy};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use hub_protocol::repo::RepoId;
 use hub_repo::{EntryKind, TreeEntry};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// Tree entries per page.
 const TREE_PAGE: usize = 1000;
+/// Tree entries per page with `expand=true`: each costs a walk back through history for its
+/// last commit, so pages are smaller.
+const EXPANDED_PAGE: usize = 50;
 
 #[derive(Debug, Deserialize, Default)]
 pub(super) struct TreeQuery {
     recursive: Option<String>,
     cursor: Option<String>,
+    /// `expand=true`: each entry with its `lastCommit`.
+    expand: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,22 +96,31 @@ async fn tree(
             .parse()
             .map_err(|_| AppError::BadRequest("invalid cursor".into()))?,
     };
-    let entries = state.hub().tree_at(&id, &rev, &path, recursive).await?;
+    let expand = truthy(q.expand.as_deref());
+    // Expanded entries name commits: list the tree of the one commit they are found from.
+    let at = if expand {
+        let (repos, id, rev) = (state.repos().clone(), id.clone(), rev.clone());
+        blocking(move || Ok(repos.resolve(&id, &rev)?)).await?
+    } else {
+        rev.clone()
+    };
+    let entries = state.hub().tree_at(&id, &at, &path, recursive).await?;
     let rev_for_link = rev;
-    let mut page: Vec<Value> = entries
-        .iter()
-        .skip(start)
-        .take(TREE_PAGE)
-        .map(tree_entry_json)
-        .collect();
+    let page_size = if expand { EXPANDED_PAGE } else { TREE_PAGE };
+    let page_entries: Vec<&TreeEntry> = entries.iter().skip(start).take(page_size).collect();
+    let mut page: Vec<Value> = page_entries.iter().map(|e| tree_entry_json(e)).collect();
+    if expand {
+        let paths: Vec<String> = page_entries.iter().map(|e| e.path.clone()).collect();
+        add_last_commits(&state, &id, &at, &mut page, paths).await?;
+    }
     let st = state.clone();
-    let page = crate::util::blocking(move || {
+    let page = blocking(move || {
         crate::xet::add_xet_hashes(&st, &mut page)?;
         Ok(page)
     })
     .await?;
     let mut resp = Json(page).into_response();
-    if entries.len() > start + TREE_PAGE {
+    if entries.len() > start + page_size {
         let mut url = format!(
             "{}/api/{}/{}/tree/{}",
             endpoint(&headers),
@@ -118,12 +133,39 @@ async fn tree(
             url.push_str(&percent_encode(&path, false));
         }
         url.push_str(&format!(
-            "?recursive={recursive}&cursor={}",
-            start + TREE_PAGE
+            "?recursive={recursive}&expand={expand}&cursor={}",
+            start + page_size
         ));
         if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
             resp.headers_mut().insert(header::LINK, v);
         }
     }
     Ok(resp)
+}
+
+/// Adds `lastCommit` (`id`, `title`, `date`) to each entry of `page` (whose paths are
+/// `paths`, in order) at `commit`: what `expand=true` asks for. An entry whose last change is
+/// further back than the walk goes has none.
+pub(super) async fn add_last_commits(
+    state: &AppState,
+    id: &RepoId,
+    commit: &str,
+    page: &mut [Value],
+    paths: Vec<String>,
+) -> Result<(), AppError> {
+    let (repos, id, commit) = (state.repos().clone(), id.clone(), commit.to_owned());
+    let found = {
+        let paths = paths.clone();
+        blocking(move || Ok(repos.last_commits(&id, &commit, &paths)?)).await?
+    };
+    for (entry, path) in page.iter_mut().zip(&paths) {
+        if let Some(c) = found.get(path) {
+            entry["lastCommit"] = json!({
+                "id": c.id,
+                "title": c.title,
+                "date": format_date(c.timestamp),
+            });
+        }
+    }
+    Ok(())
 }

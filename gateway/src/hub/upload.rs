@@ -13,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use hub_core::preupload::Announced;
 use hub_core::{Need, Pending};
 use hub_protocol::repo::validate_repo_path;
 use hub_repo::{CommitRequest, Operation};
@@ -49,6 +50,9 @@ pub(super) async fn validate_yaml(body: Bytes) -> Result<Response, AppError> {
 #[derive(Debug, Deserialize)]
 struct PreuploadBody {
     files: Vec<PreuploadFile>,
+    /// The `.gitignore` of the commit being prepared, when it adds one.
+    #[serde(rename = "gitIgnore")]
+    git_ignore: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,20 +64,29 @@ struct PreuploadFile {
     size: u64,
 }
 
+/// `POST …/preupload/{rev}`: per file, `uploadMode`, `shouldIgnore` (the `.gitignore` sent
+/// as `gitIgnore`, else the revision's) and `oid` when the revision holds that path (so the
+/// client skips unchanged files); `hub_core::preupload` decides.
 pub(super) async fn preupload(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(p): Path<RevPath>,
+    Query(q): Query<CommitQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let (id, _) = writable(&state, &headers, &p.repo(), Need::Write).await?;
+    // Preparing a pull request (`create_pr=1`) needs read access only, as opening one does.
+    let need = if truthy(q.create_pr.as_deref()) {
+        Need::Read
+    } else {
+        Need::Write
+    };
+    let (id, _) = writable(&state, &headers, &p.repo(), need).await?;
     let body: PreuploadBody = parse_json(&body)?;
     if body.files.len() > 1000 {
         return Err(AppError::BadRequest(
             "at most 1000 files per preupload call".into(),
         ));
     }
-    let rules = state.hub().lfs_rules(&id, &p.rev).await?;
     let mut files = Vec::with_capacity(body.files.len());
     for f in body.files {
         validate_repo_path(&f.path)
@@ -81,14 +94,38 @@ pub(super) async fn preupload(
         let sample = base64::engine::general_purpose::STANDARD
             .decode(f.sample.as_bytes())
             .unwrap_or_default();
-        let mode = if rules.wants_lfs(&f.path, f.size, &sample) {
-            "lfs"
-        } else {
-            // Inline upload; the commit moves big and binary files to the store.
-            "regular"
-        };
-        files.push(json!({ "path": f.path, "uploadMode": mode, "shouldIgnore": false }));
+        files.push(Announced {
+            path: f.path,
+            size: f.size,
+            sample,
+        });
     }
+    let plans = state
+        .hub()
+        .plan_upload(
+            &id,
+            &p.rev,
+            files,
+            body.git_ignore,
+            // Every client gets the Hub's answer (ADR 0009): 2.x clients with hf_xet upload
+            // `lfs` files through Xet, others through the LFS batch API.
+            true,
+        )
+        .await?;
+    let files: Vec<Value> = plans
+        .into_iter()
+        .map(|plan| {
+            let mut v = json!({
+                "path": plan.path,
+                "uploadMode": if plan.lfs { "lfs" } else { "regular" },
+                "shouldIgnore": plan.should_ignore,
+            });
+            if let Some(oid) = plan.oid {
+                v["oid"] = json!(oid);
+            }
+            v
+        })
+        .collect();
     Ok(Json(json!({ "files": files })))
 }
 
@@ -138,15 +175,18 @@ pub(super) async fn commit(
     Query(q): Query<CommitQuery>,
     body: Body,
 ) -> Result<Json<Value>, AppError> {
-    let (id, principal) = writable(&state, &headers, &p.repo(), Need::Write).await?;
-    if truthy(q.create_pr.as_deref()) {
-        // Until pull requests exist, a commit meant for review must not land on the branch.
-        return Err(AppError::BadRequest(
-            "pull requests are not supported on this hub yet (create_pr): commit to a branch \
-             of your own instead"
-                .into(),
-        ));
-    }
+    let create_pr = truthy(q.create_pr.as_deref());
+    // A pull request is open to whoever may read the repo (`open_discussion` checks); a
+    // commit to a branch needs write access.
+    let (id, principal) = if create_pr {
+        let principal = crate::extract::require_auth(&state, &headers).await?;
+        let id = p.repo().id()?;
+        // Before the body is read: who may not read the repo sends nothing into the store.
+        crate::access::access(&state, Some(&principal), &id, Need::Read).await?;
+        (id, principal)
+    } else {
+        writable(&state, &headers, &p.repo(), Need::Write).await?
+    };
     let lines = super::ndjson::read_lines(
         body,
         state.store().clone(),
@@ -155,20 +195,44 @@ pub(super) async fn commit(
     )
     .await?;
     let (header_line, pending) = parse_commit_lines(lines)?;
+    let message = hub_core::commit::message(header_line.summary, header_line.description);
+    let mut branch = p.rev.clone();
+    let mut pr = None;
+    if create_pr {
+        let title = message.lines().next().unwrap_or("Update").to_owned();
+        let d = state
+            .hub()
+            .open_discussion(&principal, &id, &title, &message, Some(&p.rev))
+            .await?;
+        branch = hub_core::discussions::pr_ref(d.num);
+        pr = Some(d.num);
+    }
     let request = CommitRequest {
-        branch: p.rev.clone(),
-        message: hub_core::commit::message(header_line.summary, header_line.description),
+        branch,
+        message,
         author: hub_core::author_of(&principal),
         parent: header_line.parent_commit,
         operations: Vec::new(),
     };
     let info = state.hub().commit(&id, request, pending).await?;
+    // A commit to a pull request's head shows in its thread.
+    let pr = pr.or_else(|| {
+        p.rev
+            .strip_prefix("refs/pr/")
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    if let Some(num) = pr {
+        state
+            .hub()
+            .record_pr_commit(&principal, &id, num, &info.id, &info.title)
+            .await?;
+    }
     let url = format!("{}/commit/{}", repo_url(&headers, &id), info.id);
     Ok(Json(json!({
         "success": true,
         "commitOid": info.id,
         "commitUrl": url,
-        "pullRequestUrl": null,
+        "pullRequestUrl": pr.map(|num| super::discussions::discussion_url(&headers, &id, num)),
     })))
 }
 
