@@ -46,10 +46,12 @@ mod lfs;
 mod listing;
 mod mesh;
 pub mod metrics;
+mod pages;
 mod routes;
 #[cfg(test)]
 mod testing;
 mod util;
+mod viewer;
 mod xet;
 
 pub use compute::forwarded_jobs;

@@ -31,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::mesh::routes())
         .merge(crate::compute::routes())
         .merge(inference)
+        .merge(crate::viewer::routes())
+        .merge(crate::pages::routes())
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

@@ -1,4 +1,4 @@
-//! The Xet CAS protocol on this node (ADR 0009), as `hf_xet` (huggingface_hub ≥ 1.20) speaks
+//! The Xet CAS protocol on this node (ADR 0010), as `hf_xet` (huggingface_hub ≥ 1.20) speaks
 //! it: the node is its own CAS server, `casUrl` is the address the client used.
 //!
 //! - `GET /api/{type}s/{ns}/{name}/xet-{read,write}-token/{rev}` → `{accessToken, exp,

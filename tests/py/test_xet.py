@@ -1,5 +1,5 @@
 """Xet: huggingface_hub 2.4.0 with hf_xet uploads and downloads through the node's own Xet CAS
-(xorbs, shards, reconstructions; ADR 0009), and what it uploaded is an ordinary LFS object:
+(xorbs, shards, reconstructions; ADR 0010), and what it uploaded is an ordinary LFS object:
 resolve, git-lfs and `hf cp` serve it. Bad xorbs, shards and tokens are refused and leave
 nothing behind."""
 

@@ -4,6 +4,8 @@
 //! A new repository is built in `ROOT/.tmp/` (init, `.gitattributes`, first commit, `HEAD`)
 //! and renamed into place, so a crash never leaves a half-made repository visible.
 
+mod last_change;
+
 use crate::attributes::DEFAULT_GITATTRIBUTES;
 use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
 use crate::meta::{MetaDb, RepoMeta};

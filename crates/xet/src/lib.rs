@@ -1,4 +1,4 @@
-//! hubmesh's Xet CAS rules, without HTTP (ADR 0009): Xet hashes ([`hash`]), xorbs ([`xorb`]),
+//! hubmesh's Xet CAS rules, without HTTP (ADR 0010): Xet hashes ([`hash`]), xorbs ([`xorb`]),
 //! shards ([`shard`]), LZ4 ([`lz4`]) and [`XetIndex`], the node's record of what Xet clients
 //! uploaded.
 //!

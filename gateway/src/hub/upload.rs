@@ -107,7 +107,7 @@ pub(super) async fn preupload(
             &p.rev,
             files,
             body.git_ignore,
-            // Every client gets the Hub's answer (ADR 0009): 2.x clients with hf_xet upload
+            // Every client gets the Hub's answer (ADR 0010): 2.x clients with hf_xet upload
             // `lfs` files through Xet, others through the LFS batch API.
             true,
         )

@@ -1,0 +1,151 @@
+//! Who is looking at a page, and the forms' CSRF tokens.
+//!
+//! A page request is authenticated by an `Authorization` token (as for the API: a bad one is
+//! a 401) or by the sign-in cookie, which holds the token itself: `HttpOnly` (no script reads
+//! it), `SameSite=Strict` (no other site's page sends it), `Path=/`. A cookie whose token no
+//! longer works (revoked) is anonymous. Only the pages read the cookie: the API, git and LFS
+//! take tokens from `Authorization` alone, so a cookie never authorises them.
+//!
+//! Forms that change something carry a CSRF token: a keyed BLAKE3 hash of the session's
+//! token under a key drawn at start (so it changes with the session and cannot be made
+//! without it). A write also checks `Origin`, when the browser sends it, against `Host`.
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::extract::authenticate;
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, header, request::Parts};
+use hub_auth::Principal;
+use std::sync::OnceLock;
+
+pub(crate) const COOKIE: &str = "hubmesh_session";
+
+/// The viewer of a page: a principal (or anonymous), and the CSRF token of its forms.
+#[derive(Debug, Clone)]
+pub(crate) struct Viewer {
+    pub principal: Option<Principal>,
+    /// Set for a cookie session only (a token in `Authorization` posts no forms).
+    pub csrf: Option<String>,
+}
+
+impl Viewer {
+    pub fn name(&self) -> Option<&str> {
+        self.principal.as_ref().map(|p| p.user.name.as_str())
+    }
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            let principal = authenticate(state, &parts.headers).await?;
+            return Ok(Viewer {
+                principal,
+                csrf: None,
+            });
+        }
+        let Some(token) = cookie(&parts.headers, COOKIE) else {
+            return Ok(Viewer {
+                principal: None,
+                csrf: None,
+            });
+        };
+        if token.is_empty() || token.len() > 256 {
+            return Ok(Viewer {
+                principal: None,
+                csrf: None,
+            });
+        }
+        let auth = state.auth().clone();
+        let secret = token.clone();
+        let principal = tokio::task::spawn_blocking(move || auth.authenticate(&secret))
+            .await
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)?;
+        let csrf = principal.as_ref().map(|_| csrf_token(&token));
+        Ok(Viewer { principal, csrf })
+    }
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+fn key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        // Without entropy the key is still secret enough to nobody: fail closed instead.
+        if getrandom::fill(&mut k).is_err() {
+            k = *blake3::hash(format!("{:?}", std::time::SystemTime::now()).as_bytes()).as_bytes();
+        }
+        k
+    })
+}
+
+/// The CSRF token of the session whose token is `token`.
+pub(crate) fn csrf_token(token: &str) -> String {
+    hex::encode(&blake3::keyed_hash(key(), token.as_bytes()).as_bytes()[..16])
+}
+
+/// Checks a form post: a cookie session, its CSRF token in the form, and a same-origin
+/// `Origin` when there is one. Returns the principal.
+pub(crate) fn check_post(
+    viewer: &Viewer,
+    headers: &HeaderMap,
+    form_csrf: Option<&str>,
+) -> Result<Principal, AppError> {
+    check_origin(headers)?;
+    let (Some(principal), Some(expected)) = (&viewer.principal, &viewer.csrf) else {
+        return Err(AppError::Unauthorized("Sign in first."));
+    };
+    let given = form_csrf.unwrap_or_default();
+    // Constant-time comparison: the token is a secret of the session.
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(AppError::Forbidden("invalid or missing CSRF token".into()));
+    }
+    Ok(principal.clone())
+}
+
+/// A browser's `Origin` must name this host (`null` and other sites are refused).
+pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), AppError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, h)| h);
+    if host.is_some() && origin_host == host {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden("cross-origin form post refused".into()))
+    }
+}
+
+/// `Set-Cookie` for a new session.
+pub(crate) fn session_cookie(token: &str) -> String {
+    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000")
+}
+
+/// `Set-Cookie` that ends the session.
+pub(crate) fn cleared_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
