@@ -85,6 +85,16 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/v1/reconstructions/{file_id}", get(reconstruction))
         .route("/v1/xorb-data/{hash}", get(xorb_data))
+        // Routed so they answer 404 (on which hf_xet falls back to v1, direct xorb uploads,
+        // no global dedup) rather than whatever another surface's pattern would answer.
+        .route("/v2/shards", post(not_served))
+        .route("/v2/reconstructions/{file_id}", get(not_served))
+        .route("/v1/xorb-grants/{prefix}/{hash}", post(not_served))
+        .route("/v1/chunks/{prefix}/{hash}", get(not_served))
+}
+
+async fn not_served() -> AppError {
+    AppError::NotFound
 }
 
 /// The per-process key that signs tokens and fetch URLs (a restart invalidates them; clients
