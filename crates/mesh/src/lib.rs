@@ -31,6 +31,9 @@ mod state;
 mod stats;
 
 pub use hub_core::EnsureError;
+/// The virtual-time harness of the replication service (`hub-netsim` drives it at scale).
+#[cfg(feature = "sim")]
+pub use replicate::sim;
 pub use replicate::{Mesh, OnReplicated, Replication, ReplicationError, spawn_replicating};
 pub use seeds::{SEEDS_FILE, SeedEntry, SeedError, SeedSource};
 pub use state::{Claim, LocalNames, RefStore, RefStoreError};

@@ -7,7 +7,8 @@
 //! tokio task that feeds it the swarm's events, local writes, control messages, timer ticks
 //! and the outcomes of the I/O it ran, and carries out its effects with the real swarm, blob
 //! endpoint, repos and chunk store. The driver is the only part that touches [`P2p`].
-//! `replicate/sim.rs` runs several services in virtual time with simulated links (tests).
+//! `replicate/sim.rs` runs several services in virtual time with simulated links (tests, and
+//! `hub-netsim` through the `sim` feature).
 //!
 //! Who spawns whom: [`spawn_replicating`] starts the swarm task (which owns the swarm) and
 //! the driver task (which owns the service, and through it the [`RefStore`] and the seeding
@@ -80,8 +81,8 @@ use tokio_util::sync::CancellationToken;
 mod claims;
 mod driver;
 mod service;
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 /// Updates that wait for their namespace document, at most.
 const MAX_PENDING: usize = 256;

@@ -163,7 +163,7 @@ impl Scheduler {
     }
 
     /// Every batch arrived.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "sim"))]
     pub(crate) fn is_done(&self) -> bool {
         self.pending.is_empty() && self.in_flight.is_empty()
     }

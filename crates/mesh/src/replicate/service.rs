@@ -28,8 +28,8 @@ use hub_protocol::manifest::Sha256;
 use hub_protocol::replication::PackRequest;
 use hub_protocol::repo::RepoId;
 use hub_protocol::signed::{
-    DocReject, MAX_LFS, NamespaceDoc, RefReject, RefUpdate, SignedNamespaceDoc, SignedRefUpdate,
-    SigningKey, Visibility,
+    DocAccepted, DocReject, MAX_LFS, NamespaceDoc, RefReject, RefUpdate, SignedNamespaceDoc,
+    SignedRefUpdate, SigningKey, Visibility,
 };
 use hub_repo::{RepoError, Repos};
 use libp2p::PeerId;
@@ -341,7 +341,7 @@ impl Service {
     }
 
     /// The last update accepted for `repo`.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "sim"))]
     pub(crate) fn last_accepted(&self, repo: &RepoId) -> Option<SignedRefUpdate> {
         self.store().state().last_accepted(repo).cloned()
     }
@@ -495,9 +495,18 @@ impl Service {
     }
 
     fn on_doc(&mut self, clock: Clock, data: &[u8]) -> Judgement {
-        let result = self.store().apply_namespace_doc_bytes(data).map(|_| ());
+        let result = self.store().apply_namespace_doc_bytes(data);
         match result {
-            Ok(()) => {
+            // A document this node holds already (a catch-up re-gossiped to a new subscriber,
+            // or a copy that came another way) is a replay, as a stale update is: not
+            // forwarded, no blame. Forwarding it would flood the whole mesh once per copy,
+            // since every re-publication is a new gossipsub message (hub-netsim's partition
+            // heal measured thousands of messages per node for two documents).
+            Ok(DocAccepted::Known { .. }) => {
+                tracing::debug!("namespace document already held; not forwarded");
+                Judgement::Ignore
+            }
+            Ok(_) => {
                 tracing::debug!("namespace document accepted");
                 // Updates that waited for a document get another chance.
                 for (_, heard) in std::mem::take(&mut self.pending) {

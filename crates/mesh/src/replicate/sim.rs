@@ -11,10 +11,18 @@
 //! protocol's `check_manifest`/`check_chunks`, spread over providers by `schedule`'s
 //! scheduler and imported only when every chunk verified). Gossip is forwarded only by nodes
 //! that accepted it, as gossipsub does with validation; the DHT is one global provider map.
+//!
+//! The harness is public behind the `sim` feature so `hub-netsim` drives it at scale (1 000
+//! to 10 000 nodes): links are adjacency sets, peers are found by a map, the next retry is
+//! kept in an ordered set rather than asked of every node, and a *relay* node
+//! ([`Net::add_relay`]) judges and forwards gossip with its own ref store but no repos of
+//! its own (relays share one empty repo root and chunk store: they seed nothing, so the
+//! service never reads or writes them). Every node counts the gossip it sent, received and
+//! judged, and when it accepted each seq ([`NodeStats`]). It is a test tool: it panics when
+//! its temporary directories cannot be made.
 
 use super::driver::{apply_pack, build_pack, drop_replica};
-use super::service::{Channel, Clock, Effect, Input, Judgement, Service, SyncError};
-use super::{MAX_PENDING, RETRY_PERIOD};
+use super::service::{Channel, Clock, Effect, Input, Judgement, Service, Status, SyncError};
 use crate::error::{ApplyError, LfsError, PackError};
 use crate::lfs::Wanted;
 use crate::schedule::{Outcome, Scheduler, plan};
@@ -22,20 +30,20 @@ use crate::seeds::{SEEDS_FILE, SeedPolicy};
 use crate::state::RefStore;
 use hub_protocol::blocks::{BlockRequest, BlockResponse, check_chunks, check_manifest};
 use hub_protocol::manifest::Sha256;
-use hub_protocol::replication::{MAX_PACK_LEN, PackRequest, PackResponse, SeedPattern};
+use hub_protocol::replication::{MAX_PACK_LEN, PackResponse, SeedPattern};
 use hub_protocol::repo::{RepoId, RepoType};
-use hub_protocol::signed::{NamespaceDoc, RefUpdate, SignedRefUpdate, SigningKey, Visibility};
+use hub_protocol::signed::{SignedRefUpdate, SigningKey};
 use hub_repo::{Author, CommitRequest, FileContent, LfsPointer, Operation, Repos};
 use hub_store::Store;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Seconds since the Unix epoch at virtual time zero.
-const UNIX_ZERO: u64 = 1_800_000_000;
+pub const UNIX_ZERO: u64 = 1_800_000_000;
 
 /// splitmix64: a small seeded generator, so every run orders deliveries the same way.
 struct Rng(u64);
@@ -55,8 +63,32 @@ impl Rng {
     }
 }
 
+/// What one node did, counted by the harness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Gossip messages it sent over its links (publishing, forwarding, catch-up).
+    pub sent: u64,
+    /// Gossip messages that reached it over a live link, duplicates included.
+    pub received: u64,
+    /// Of those, the ones it had not seen: handed to its service and judged.
+    pub handled: u64,
+    /// Judged `Accept` (and forwarded).
+    pub accepted: u64,
+    /// Judged `Reject` (forged, malformed: the forwarder is blamed).
+    pub rejected: u64,
+    /// Judged `Ignore` (replays, stale seqs, updates waiting for their document).
+    pub ignored: u64,
+    /// Per repo, the highest seq it accepted (or published) and when, in virtual time.
+    pub seqs: BTreeMap<RepoId, (u64, Duration)>,
+}
+
 struct Node {
     peer: PeerId,
+    /// Gossip only: shares the relays' empty repos and store, seeds nothing.
+    relay: bool,
+    /// The retry this node's service asked to be woken for (kept in [`Net::wakes`]).
+    wake: Option<Instant>,
+    stats: NodeStats,
     secret: [u8; 32],
     dir: PathBuf,
     repos: Arc<Repos>,
@@ -87,14 +119,15 @@ enum Event {
 
 /// A pack request one node made of another, and whether it was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Asked {
-    by: usize,
-    of: usize,
-    served: bool,
-    at: Duration,
+pub struct Asked {
+    pub by: usize,
+    pub of: usize,
+    pub served: bool,
+    pub at: Duration,
 }
 
-struct Net {
+/// N replication services on a virtual clock with simulated links (see the module docs).
+pub struct Net {
     _dir: tempfile::TempDir,
     root: PathBuf,
     rng: Rng,
@@ -103,7 +136,13 @@ struct Net {
     next: u64,
     queue: BTreeMap<(Duration, u64), Event>,
     nodes: Vec<Node>,
-    links: BTreeSet<(usize, usize)>,
+    /// Per node, the nodes it is linked to.
+    adj: Vec<BTreeSet<usize>>,
+    by_peer: HashMap<PeerId, usize>,
+    /// When each node's next retry is due (at most one entry per node).
+    wakes: BTreeSet<(Instant, usize)>,
+    /// The repos and store every relay shares (empty), made with the first relay.
+    relay_parts: Option<(Arc<Repos>, Store)>,
     providers: BTreeMap<RepoId, BTreeSet<PeerId>>,
     /// Per node, gossip message ids seen (a node handles a message once).
     seen: BTreeSet<(usize, u64)>,
@@ -120,11 +159,23 @@ struct Net {
     arrivals: BTreeMap<(usize, usize), Duration>,
 }
 
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("root", &self.root)
+            .field("now", &self.now)
+            .field("nodes", &self.nodes.len())
+            .field("queued", &self.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn author() -> Author {
     Author::new("alice", "alice@hubmesh.test")
 }
 
-fn model(name: &str) -> RepoId {
+/// A model repo id (`name` is `owner/repo`); panics on a bad name.
+pub fn model(name: &str) -> RepoId {
     RepoId::parse(RepoType::Model, name).unwrap()
 }
 
@@ -154,8 +205,14 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 impl Net {
-    fn new(seed: u64) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+    /// An empty network in a temporary directory, its deliveries ordered by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self::new_in(seed, &std::env::temp_dir())
+    }
+
+    /// [`Net::new`] with the nodes' directories under `parent` (e.g. a tmpfs).
+    pub fn new_in(seed: u64, parent: &Path) -> Self {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         Self {
             root: dir.path().to_owned(),
             _dir: dir,
@@ -165,7 +222,10 @@ impl Net {
             next: 0,
             queue: BTreeMap::new(),
             nodes: Vec::new(),
-            links: BTreeSet::new(),
+            adj: Vec::new(),
+            by_peer: HashMap::new(),
+            wakes: BTreeSet::new(),
+            relay_parts: None,
             providers: BTreeMap::new(),
             seen: BTreeSet::new(),
             judged: Vec::new(),
@@ -184,20 +244,62 @@ impl Net {
         }
     }
 
-    /// Adds a node (not started) with key `secret` seeding `seeds`.
-    fn add(&mut self, secret: u8, seeds: &[&str]) -> usize {
+    /// Adds and starts a node with key `[secret; 32]` seeding `seeds`.
+    pub fn add(&mut self, secret: u8, seeds: &[&str]) -> usize {
+        self.add_node([secret; 32], seeds, false)
+    }
+
+    /// Adds and starts a node with its own repos and store seeding `seeds`; its key is
+    /// derived from its index.
+    pub fn add_seeder(&mut self, seeds: &[&str]) -> usize {
+        let secret = self.derived_secret();
+        self.add_node(secret, seeds, false)
+    }
+
+    /// Adds and starts a relay: it judges, stores and forwards gossip (its own ref store)
+    /// and seeds nothing; its key is derived from its index.
+    pub fn add_relay(&mut self) -> usize {
+        let secret = self.derived_secret();
+        self.add_node(secret, &[], true)
+    }
+
+    fn derived_secret(&self) -> [u8; 32] {
+        let mut rng = Rng(0x6e65_7473_696d ^ self.nodes.len() as u64);
+        let mut secret = [0; 32];
+        for part in secret.chunks_mut(8) {
+            part.copy_from_slice(&rng.next().to_le_bytes());
+        }
+        secret
+    }
+
+    fn add_node(&mut self, secret: [u8; 32], seeds: &[&str], relay: bool) -> usize {
         let i = self.nodes.len();
         let dir = self.root.join(format!("node{i}"));
-        let secret = [secret; 32];
         let peer = Keypair::ed25519_from_bytes(secret)
             .unwrap()
             .public()
             .to_peer_id();
+        let (repos, chunks) = if relay {
+            let shared = self.root.join("relays");
+            self.relay_parts
+                .get_or_insert_with(|| {
+                    let repos = Arc::new(Repos::open(shared.join("repos")).unwrap());
+                    (repos, Store::open(shared.join("store")).unwrap())
+                })
+                .clone()
+        } else {
+            let repos = Arc::new(Repos::open(dir.join("repos")).unwrap());
+            (repos, Store::open(dir.join("store")).unwrap())
+        };
+        std::fs::create_dir_all(&dir).unwrap();
         let node = Node {
             peer,
+            relay,
+            wake: None,
+            stats: NodeStats::default(),
             secret,
-            repos: Arc::new(Repos::open(dir.join("repos")).unwrap()),
-            chunks: Store::open(dir.join("store")).unwrap(),
+            repos,
+            chunks,
             dir,
             seeds: seeds
                 .iter()
@@ -210,15 +312,48 @@ impl Net {
             answers: Vec::new(),
         };
         self.nodes.push(node);
+        self.adj.push(BTreeSet::new());
+        self.by_peer.insert(peer, i);
         self.start(i);
         i
     }
 
+    /// How many nodes there are (killed ones included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Virtual time since the network was made.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// Node `i`'s peer id.
+    pub fn peer(&self, i: usize) -> PeerId {
+        self.nodes[i].peer
+    }
+
+    /// What node `i` did so far.
+    pub fn stats(&self, i: usize) -> &NodeStats {
+        &self.nodes[i].stats
+    }
+
+    /// Every pack request made so far, in order.
+    pub fn packs(&self) -> &[Asked] {
+        &self.packs
+    }
+
     /// Builds the node's service from what it persisted (ref store, seeds) and starts it.
-    fn start(&mut self, i: usize) {
+    pub fn start(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let store = RefStore::open(node.dir.join("refs.redb")).unwrap();
-        let seeds = SeedPolicy::open(Some(node.dir.join(SEEDS_FILE)), node.seeds.clone()).unwrap();
+        let path = (!node.relay).then(|| node.dir.join(SEEDS_FILE));
+        let seeds = SeedPolicy::open(path, node.seeds.clone()).unwrap();
         let seeds = Arc::new(seeds);
         node.policy = Some(seeds.clone());
         node.service = Some(Service::new(
@@ -234,8 +369,11 @@ impl Net {
     }
 
     /// Kills a node: its service goes (what it persisted stays), events for it are lost.
-    fn kill(&mut self, i: usize) {
+    pub fn kill(&mut self, i: usize) {
         self.nodes[i].service = None;
+        if let Some(at) = self.nodes[i].wake.take() {
+            self.wakes.remove(&(at, i));
+        }
         let lost: Vec<_> = self
             .queue
             .iter()
@@ -249,25 +387,40 @@ impl Net {
         }
     }
 
-    fn linked(&self, a: usize, b: usize) -> bool {
-        self.links.contains(&(a.min(b), a.max(b)))
+    /// Whether `a` and `b` are linked and both running.
+    pub fn linked(&self, a: usize, b: usize) -> bool {
+        self.adj[a].contains(&b)
             && self.nodes[a].service.is_some()
             && self.nodes[b].service.is_some()
     }
 
     fn neighbours(&self, i: usize) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&j| j != i && self.linked(i, j))
+        if self.nodes[i].service.is_none() {
+            return Vec::new();
+        }
+        self.adj[i]
+            .iter()
+            .copied()
+            .filter(|&j| self.nodes[j].service.is_some())
             .collect()
     }
 
     fn index(&self, peer: &PeerId) -> Option<usize> {
-        self.nodes.iter().position(|n| n.peer == *peer)
+        self.by_peer.get(peer).copied()
+    }
+
+    /// Cuts the link between two nodes: what is in flight on it is lost.
+    pub fn unlink(&mut self, a: usize, b: usize) {
+        self.adj[a].remove(&b);
+        self.adj[b].remove(&a);
     }
 
     /// Connects two nodes; each subscribes to the other's topics (documents first).
-    fn link(&mut self, a: usize, b: usize) {
-        self.links.insert((a.min(b), a.max(b)));
+    pub fn link(&mut self, a: usize, b: usize) {
+        if a == b || !self.adj[a].insert(b) {
+            return;
+        }
+        self.adj[b].insert(a);
         for (x, _) in [(a, b), (b, a)] {
             self.schedule(
                 Duration::from_millis(1),
@@ -287,6 +440,7 @@ impl Net {
         let last = self.arrivals.get(&(from, to)).copied().unwrap_or_default();
         let at = (self.now + latency).max(last);
         self.arrivals.insert((from, to), at);
+        self.nodes[from].stats.sent += 1;
         self.schedule(at - self.now, event);
     }
 
@@ -297,7 +451,22 @@ impl Net {
 
     /// Hands one input to node `i` now and carries out its effects; returns its judgement of
     /// a gossip message.
-    fn feed(&mut self, i: usize, input: Input) -> Option<Judgement> {
+    pub(crate) fn feed(&mut self, i: usize, input: Input) -> Option<Judgement> {
+        let judgement = self.feed_inner(i, input);
+        let wake = self.nodes[i].service.as_ref().and_then(Service::next_wake);
+        if self.nodes[i].wake != wake {
+            if let Some(at) = self.nodes[i].wake.take() {
+                self.wakes.remove(&(at, i));
+            }
+            if let Some(at) = wake {
+                self.wakes.insert((at, i));
+                self.nodes[i].wake = Some(at);
+            }
+        }
+        judgement
+    }
+
+    fn feed_inner(&mut self, i: usize, input: Input) -> Option<Judgement> {
         let clock = self.clock();
         let connected: Vec<PeerId> = self
             .neighbours(i)
@@ -342,6 +511,16 @@ impl Net {
         let latency = self.rng.latency();
         let me = self.nodes[i].peer;
         match effect {
+            Effect::Status {
+                repo,
+                status: Status::Seq(seq),
+            } => {
+                let now = self.now;
+                let seqs = &mut self.nodes[i].stats.seqs;
+                if seqs.get(&repo).is_none_or(|(s, _)| *s < seq) {
+                    seqs.insert(repo, (seq, now));
+                }
+            }
             Effect::Judge(_) | Effect::Status { .. } | Effect::Refused(_) => {}
             Effect::Publish { channel, data } => self.publish(i, channel, data),
             Effect::Provide(repo) => {
@@ -535,18 +714,15 @@ impl Net {
             .map_err(|e| LfsError::Record(e.to_string()))
     }
 
-    /// Runs events (and the retries they make due) until virtual time `until` from now.
-    fn run_for(&mut self, span: Duration) {
+    /// Runs events (and the retries they make due) for `span` of virtual time.
+    pub fn run_for(&mut self, span: Duration) {
         let end = self.now + span;
         loop {
             let event_at = self.queue.keys().next().map(|(t, _)| *t);
             let wake = self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| Some((n.service.as_ref()?.next_wake()?, i)))
-                .min()
-                .map(|(at, i)| (at.saturating_duration_since(self.t0).max(self.now), i));
+                .wakes
+                .first()
+                .map(|&(at, i)| (at.saturating_duration_since(self.t0).max(self.now), i));
             match (event_at, wake) {
                 (_, Some((at, i))) if at <= end && event_at.is_none_or(|e| at < e) => {
                     self.now = at;
@@ -576,9 +752,14 @@ impl Net {
                 data,
                 author,
             } => {
-                if !self.linked(from, to) || !self.seen.insert((to, id)) {
+                if !self.linked(from, to) {
                     return;
                 }
+                self.nodes[to].stats.received += 1;
+                if !self.seen.insert((to, id)) {
+                    return;
+                }
+                self.nodes[to].stats.handled += 1;
                 let via = self.nodes[from].peer;
                 let input = Input::Gossip {
                     channel,
@@ -588,6 +769,12 @@ impl Net {
                 };
                 let judgement = self.feed(to, input).expect("gossip is judged");
                 self.judged.push((to, channel, judgement));
+                let stats = &mut self.nodes[to].stats;
+                match judgement {
+                    Judgement::Accept => stats.accepted += 1,
+                    Judgement::Reject => stats.rejected += 1,
+                    Judgement::Ignore => stats.ignored += 1,
+                }
                 if judgement == Judgement::Accept {
                     // Forwarded to the other neighbours, as gossipsub does once validated.
                     for j in self.neighbours(to) {
@@ -608,10 +795,22 @@ impl Net {
         }
     }
 
+    /// Node `i` gossips `data` on the refs topic as its own message, as a liar or a
+    /// replayer would: its neighbours judge it like any gossip.
+    pub fn gossip_update(&mut self, i: usize, data: Vec<u8>) {
+        self.publish(i, Channel::Refs, data);
+    }
+
+    /// The last update node `i` accepted for `repo` (`None` also while it is killed).
+    pub fn last_accepted(&self, i: usize, repo: &RepoId) -> Option<SignedRefUpdate> {
+        self.nodes[i].service.as_ref()?.last_accepted(repo)
+    }
+
     /// Creates and commits on node `i`; `lfs` adds a file of that many bytes as LFS content.
     /// Returns its SHA-256.
-    fn write(&mut self, i: usize, repo: &RepoId, path: &str, lfs: usize) -> Option<Sha256> {
+    pub fn write(&mut self, i: usize, repo: &RepoId, path: &str, lfs: usize) -> Option<Sha256> {
         let node = &self.nodes[i];
+        assert!(!node.relay, "relays hold no repos of their own");
         if !node.repos.exists(repo) {
             node.repos.create(repo, &author()).unwrap();
         }
@@ -635,384 +834,18 @@ impl Net {
         sha
     }
 
-    fn refs(&self, i: usize, repo: &RepoId) -> Option<BTreeMap<String, [u8; 20]>> {
+    /// The public refs of node `i`'s copy of `repo`, if it has one.
+    pub fn refs(&self, i: usize, repo: &RepoId) -> Option<BTreeMap<String, [u8; 20]>> {
         let repos = &self.nodes[i].repos;
         repos.exists(repo).then(|| repos.public_refs(repo).unwrap())
     }
 
-    fn holds(&self, i: usize, repo: &RepoId, sha: &Sha256) -> bool {
+    /// Whether node `i` holds LFS object `sha` for `repo`.
+    pub fn holds(&self, i: usize, repo: &RepoId, sha: &Sha256) -> bool {
         let node = &self.nodes[i];
         node.chunks.has(sha).unwrap() && node.repos.has_lfs_object(repo, &sha.0).unwrap()
     }
 }
 
-#[test]
-fn line_topology_replicates_through_the_middle_node() {
-    let mut net = Net::new(1);
-    let a = net.add(1, &[]);
-    let b = net.add(2, &["alice/*"]);
-    let c = net.add(3, &["alice/*"]);
-    net.link(a, b);
-    net.link(b, c);
-    net.run_for(Duration::from_secs(1));
-    let repo = model("alice/tiny");
-    net.write(a, &repo, "config.json", 0);
-    let sha = net.write(a, &repo, "model.bin", 300_000).unwrap();
-    net.run_for(Duration::from_secs(30));
-
-    let published = net.refs(a, &repo);
-    assert!(published.is_some());
-    assert_eq!(net.refs(b, &repo), published);
-    assert_eq!(
-        net.refs(c, &repo),
-        published,
-        "C hears of A's update only through B"
-    );
-    assert!(net.holds(b, &repo, &sha));
-    assert!(net.holds(c, &repo, &sha));
-    // C asked the publisher first (it is not connected), then the forwarder, which served.
-    let c_asked: Vec<_> = net.packs.iter().filter(|p| p.by == c).collect();
-    assert!(c_asked.iter().any(|p| p.of == b && p.served));
-    assert!(c_asked.iter().all(|p| p.of != a || !p.served));
-    assert!(
-        net.nodes[c]
-            .synced
-            .iter()
-            .any(|(r, ok, _)| r == &repo && ok.is_ok())
-    );
-    // Both seeders provide the repo once they hold it whole.
-    let providers = &net.providers[&repo];
-    for n in [a, b, c] {
-        assert!(providers.contains(&net.nodes[n].peer));
-    }
-}
-
-#[test]
-fn a_late_joiner_catches_up_through_a_seeder_after_the_publisher_left() {
-    let mut net = Net::new(2);
-    let a = net.add(1, &[]);
-    let b = net.add(2, &["alice/*"]);
-    net.link(a, b);
-    let repo = model("alice/tiny");
-    net.run_for(Duration::from_secs(1));
-    let sha = net.write(a, &repo, "model.bin", 100_000).unwrap();
-    net.run_for(Duration::from_secs(10));
-    assert!(net.holds(b, &repo, &sha));
-    // The publisher goes; a node that joins later hears of the repo only from the catch-up
-    // B gossips when it subscribes, and fetches it from B.
-    net.kill(a);
-    let d = net.add(4, &["alice/*"]);
-    net.link(b, d);
-    net.run_for(Duration::from_secs(10));
-    assert_eq!(net.refs(d, &repo), net.refs(a, &repo));
-    assert!(net.holds(d, &repo, &sha));
-    assert!(
-        net.judged
-            .iter()
-            .any(|&(n, c, j)| n == d && c == Channel::Namespaces && j == Judgement::Accept)
-    );
-    assert_eq!(accepted(&net, d, &repo), accepted(&net, b, &repo));
-}
-
-#[test]
-fn a_corrupt_provider_is_avoided_and_nothing_corrupt_is_kept() {
-    let mut net = Net::new(3);
-    let a = net.add(1, &[]);
-    let b = net.add(2, &["alice/*"]);
-    net.link(a, b);
-    let repo = model("alice/big");
-    net.run_for(Duration::from_secs(1));
-    let sha = net.write(a, &repo, "model.bin", 1 << 20).unwrap();
-    net.run_for(Duration::from_secs(5));
-    assert!(net.holds(b, &repo, &sha));
-
-    // B turns bad. C, linked to B only, gets the refs from it but never the object: every
-    // batch B sends fails verification, nothing is stored, and the sync fails.
-    net.nodes[b].corrupt = true;
-    let c = net.add(3, &["alice/*"]);
-    net.link(b, c);
-    net.run_for(Duration::from_secs(3));
-    assert_eq!(net.refs(c, &repo), net.refs(a, &repo));
-    assert!(net.bad.contains(&(c, b)));
-    assert!(!net.nodes[c].chunks.has(&sha).unwrap());
-    let last = net.nodes[c].synced.last();
-    assert!(
-        matches!(last, Some((r, Err(SyncError::Lfs { left: 1, .. }), _)) if r == &repo),
-        "{last:?}"
-    );
-
-    // With the publisher linked too, the retry asks B first (it forwarded the update), drops
-    // it at its first bad batch, and gets the whole object from A.
-    net.link(a, c);
-    let bad_before = net.bad.len();
-    net.run_for(Duration::from_secs(10));
-    assert!(net.holds(c, &repo, &sha));
-    assert!(
-        net.bad[bad_before..].contains(&(c, b)),
-        "asked again and caught"
-    );
-    assert!(!net.bad.iter().any(|&(_, p)| p == a));
-    let read = |n: usize| {
-        let mut out = Vec::new();
-        let mut file = net.nodes[n].chunks.open_file(&sha).unwrap();
-        std::io::Read::read_to_end(&mut file, &mut out).unwrap();
-        out
-    };
-    assert!(read(c) == read(a), "the stored object is the published one");
-}
-
-#[test]
-fn a_node_killed_mid_sync_resumes_from_what_it_persisted() {
-    let mut net = Net::new(4);
-    let a = net.add(1, &[]);
-    let b = net.add(2, &["alice/*"]);
-    net.link(a, b);
-    let repo = model("alice/tiny");
-    net.run_for(Duration::from_secs(1));
-    net.kill_at_lfs = Some(b);
-    let sha = net.write(a, &repo, "model.bin", 200_000).unwrap();
-    net.run_for(Duration::from_secs(10));
-    // Killed after the pack was applied, before the LFS object came.
-    assert!(net.nodes[b].service.is_none());
-    assert_eq!(net.refs(b, &repo), net.refs(a, &repo));
-    assert!(!net.nodes[b].chunks.has(&sha).unwrap());
-    let asked_before = net.packs.iter().filter(|p| p.by == b).count();
-
-    // Restarted from its ref store and seeds: the sync resumes at start-up, and goes
-    // straight to the LFS content (the refs are current, no pack is asked for again).
-    net.start(b);
-    net.link(a, b);
-    net.run_for(Duration::from_secs(10));
-    assert!(net.holds(b, &repo, &sha));
-    assert_eq!(net.packs.iter().filter(|p| p.by == b).count(), asked_before);
-}
-
-#[test]
-fn a_failed_sync_is_retried_after_the_retry_period_in_virtual_time() {
-    let mut net = Net::new(5);
-    let a = net.add(1, &[]);
-    let b = net.add(2, &["alice/*"]);
-    net.link(a, b);
-    let repo = model("alice/tiny");
-    net.run_for(Duration::from_secs(1));
-    // A answers no pack request for a while: B's sync fails (no other provider either).
-    net.refusing.insert(a);
-    net.write(a, &repo, "config.json", 0);
-    net.run_for(Duration::from_secs(1));
-    assert!(net.refs(b, &repo).is_none());
-    let (_, result, failed_at) = net.nodes[b].synced.last().cloned().expect("a sync ended");
-    assert!(
-        matches!(
-            result,
-            Err(SyncError::Pack(PackError::Refused {
-                answer: PackResponse::Failed,
-                ..
-            }))
-        ),
-        "{result:?}"
-    );
-    let wake = net.nodes[b].service.as_ref().unwrap().next_wake().unwrap();
-    assert_eq!(wake - net.t0, failed_at + RETRY_PERIOD);
-    net.refusing.clear();
-    let asked = net.packs.iter().filter(|p| p.by == b).count();
-    // Nothing happens before the retry is due...
-    let due = failed_at + RETRY_PERIOD;
-    net.run_for(due - net.now - Duration::from_millis(1));
-    assert_eq!(net.packs.iter().filter(|p| p.by == b).count(), asked);
-    assert!(net.refs(b, &repo).is_none());
-    // ...then A is asked again, at the due time, and serves.
-    net.run_for(Duration::from_secs(1));
-    assert_eq!(net.refs(b, &repo), net.refs(a, &repo));
-    let retried = net.packs.iter().find(|p| p.by == b && p.served).unwrap();
-    assert_eq!(retried.at, due);
-}
-
-#[test]
-fn forged_replayed_and_malformed_updates_get_the_right_verdict() {
-    let mut net = Net::new(6);
-    let a = net.add(1, &[]);
-    let b = net.add(2, &["alice/*"]);
-    net.link(a, b);
-    let repo = model("alice/tiny");
-    net.run_for(Duration::from_secs(1));
-    net.write(a, &repo, "config.json", 0);
-    net.run_for(Duration::from_secs(5));
-    let good = net.refs(a, &repo);
-    assert_eq!(net.refs(b, &repo), good);
-
-    let via = net.nodes[a].peer;
-    let judge = |net: &mut Net, data: Vec<u8>| {
-        let input = Input::Gossip {
-            channel: Channel::Refs,
-            data,
-            author: Some(via),
-            via,
-        };
-        net.feed(b, input).unwrap()
-    };
-    // The accepted update again: a replay, ignored (not forwarded, no blame).
-    let last = accepted(&net, b, &repo);
-    assert_eq!(judge(&mut net, last.encode()), Judgement::Ignore);
-    // A higher seq signed by a stranger: forged, rejected.
-    let stranger = SigningKey::from_bytes(&[9; 32]);
-    let mut forged = RefUpdate::new(
-        repo.clone(),
-        last.update.namespace_doc,
-        last.update.seq + 1,
-        UNIX_ZERO,
-    );
-    forged.refs.insert("refs/heads/main".into(), [7; 20]);
-    let forged = forged.sign(&stranger).unwrap();
-    assert_eq!(judge(&mut net, forged.encode()), Judgement::Reject);
-    // Bytes that are no update at all.
-    assert_eq!(
-        judge(&mut net, b"not an update".to_vec()),
-        Judgement::Reject
-    );
-    net.run_for(Duration::from_secs(5));
-    assert_eq!(net.refs(b, &repo), good, "nothing forged moved a ref");
-}
-
-/// The last update node `i` accepted for `repo`.
-fn accepted(net: &Net, i: usize, repo: &RepoId) -> SignedRefUpdate {
-    let service = net.nodes[i].service.as_ref().unwrap();
-    service.last_accepted(repo).expect("an accepted update")
-}
-
-#[test]
-fn updates_wait_for_their_namespace_document_bounded() {
-    let mut net = Net::new(7);
-    let b = net.add(2, &["alice/*", "bob/*"]);
-    let a = net.add(1, &[]);
-    let key = SigningKey::from_bytes(&[1; 32]);
-    let via = net.nodes[a].peer;
-    let gossip = |net: &mut Net, channel, data: Vec<u8>| {
-        let input = Input::Gossip {
-            channel,
-            data,
-            author: Some(via),
-            via,
-        };
-        net.feed(b, input).unwrap()
-    };
-    // An update whose document B has not heard waits (ignored, not rejected).
-    let doc = NamespaceDoc::new("alice", vec![key.public()], 1, Visibility::Public).unwrap();
-    let genesis = doc.sign_genesis(&[&key]);
-    let repo = model("alice/tiny");
-    let mut update = RefUpdate::new(repo.clone(), doc.id(), 1, UNIX_ZERO);
-    update.refs.insert("refs/heads/main".into(), [1; 20]);
-    let update = update.sign(&key).unwrap();
-    assert_eq!(
-        gossip(&mut net, Channel::Refs, update.encode()),
-        Judgement::Ignore
-    );
-    assert_eq!(net.nodes[b].service.as_ref().unwrap().pending(), 1);
-    // Its document arrives: the update is accepted and B starts syncing it.
-    assert_eq!(
-        gossip(&mut net, Channel::Namespaces, genesis.encode()),
-        Judgement::Accept
-    );
-    assert_eq!(net.nodes[b].service.as_ref().unwrap().pending(), 0);
-    assert_eq!(accepted(&net, b, &repo), update);
-
-    // Many updates for documents never heard: at most MAX_PENDING wait.
-    let bob = SigningKey::from_bytes(&[3; 32]);
-    let unknown = NamespaceDoc::new("bob", vec![bob.public()], 1, Visibility::Public).unwrap();
-    for n in 0..MAX_PENDING + 10 {
-        let mut update = RefUpdate::new(model(&format!("bob/m{n}")), unknown.id(), 1, UNIX_ZERO);
-        update.refs.insert("refs/heads/main".into(), [2; 20]);
-        let data = update.sign(&bob).unwrap().encode();
-        assert_eq!(gossip(&mut net, Channel::Refs, data), Judgement::Ignore);
-    }
-    assert_eq!(
-        net.nodes[b].service.as_ref().unwrap().pending(),
-        MAX_PENDING
-    );
-}
-
-#[test]
-fn a_download_gets_its_object_ahead_of_any_sync_and_is_answered() {
-    let mut net = Net::new(8);
-    let a = net.add(1, &[]);
-    // E seeds nothing: it accepts the update but syncs nothing by itself.
-    let e = net.add(5, &[]);
-    net.link(a, e);
-    let repo = model("alice/tiny");
-    net.run_for(Duration::from_secs(1));
-    let sha = net.write(a, &repo, "model.bin", 150_000).unwrap();
-    net.run_for(Duration::from_secs(5));
-    assert!(net.nodes[e].synced.is_empty());
-    assert!(!net.nodes[e].chunks.has(&sha).unwrap());
-    // Its git part arrives (as an on-demand read brings it), not its LFS content.
-    let refs = net.refs(a, &repo).unwrap();
-    let request = PackRequest {
-        repo: repo.clone(),
-        want: refs.values().copied().collect(),
-        have: Vec::new(),
-        blob: false,
-    };
-    let pack = build_pack(&net.nodes[a].repos, &request, MAX_PACK_LEN as u64).unwrap();
-    apply_pack(&net.nodes[e].repos, &repo, &pack, &refs, 0).unwrap();
-    // A download asks for the object: it is fetched from the connected peers, verified
-    // against the accepted binding, and the waiting download is answered.
-    let want = |ticket, sha256| Input::WantLfs {
-        ticket,
-        repo: repo.clone(),
-        sha256,
-        size: 150_000,
-    };
-    net.feed(e, want(7, sha));
-    net.run_for(Duration::from_secs(1));
-    assert!(net.nodes[e].answers.contains(&(7, Ok(()))));
-    assert!(net.nodes[e].chunks.has(&sha).unwrap());
-    // An object no accepted update binds is refused at once, never fetched.
-    net.feed(e, want(8, Sha256([9; 32])));
-    let answer = net.nodes[e].answers.iter().find(|(t, _)| *t == 8);
-    assert_eq!(answer, Some(&(8, Err(LfsError::Unbound))));
-}
-
-#[test]
-fn a_repo_fetched_on_demand_or_newly_seeded_syncs_and_a_withdrawal_drops_it() {
-    let mut net = Net::new(9);
-    let a = net.add(1, &[]);
-    let b = net.add(2, &[]);
-    net.link(a, b);
-    let (tiny, other) = (model("alice/tiny"), model("alice/other"));
-    net.run_for(Duration::from_secs(1));
-    net.write(a, &tiny, "config.json", 0);
-    net.write(a, &other, "config.json", 0);
-    net.run_for(Duration::from_secs(5));
-    // B seeds nothing: it heard of both repos and holds neither.
-    assert!(net.refs(b, &tiny).is_none() && net.refs(b, &other).is_none());
-    assert!(net.nodes[b].synced.is_empty());
-
-    // A read asks B for one: it is fetched (from the connected peers) and seeded from now on.
-    net.feed(b, Input::Ensure(tiny.clone()));
-    net.run_for(Duration::from_secs(2));
-    assert_eq!(net.refs(b, &tiny), net.refs(a, &tiny));
-    assert!(net.refs(b, &other).is_none());
-    net.write(a, &tiny, "notes.txt", 0);
-    net.run_for(Duration::from_secs(2));
-    assert_eq!(
-        net.refs(b, &tiny),
-        net.refs(a, &tiny),
-        "an on-demand repo stays seeded"
-    );
-
-    // A pattern added at run time (`hubmesh seed add`) covers the other: it syncs at once.
-    let policy = net.nodes[b].policy.clone().unwrap();
-    assert!(policy.add("alice/*").unwrap());
-    net.feed(b, Input::SeedsChanged);
-    net.run_for(Duration::from_secs(2));
-    assert_eq!(net.refs(b, &other), net.refs(a, &other));
-
-    // A makes `tiny` private: its withdrawal reaches B, which drops its replica and stops
-    // providing it.
-    net.nodes[a].repos.set_private(&tiny, true).unwrap();
-    net.feed(a, Input::LocalChange(tiny.clone()));
-    net.run_for(Duration::from_secs(2));
-    assert!(!net.nodes[b].repos.exists(&tiny));
-    assert!(!net.providers[&tiny].contains(&net.nodes[b].peer));
-    assert!(!net.providers[&tiny].contains(&net.nodes[a].peer));
-    assert!(net.nodes[b].repos.exists(&other));
-}
+#[cfg(test)]
+mod tests;
