@@ -747,36 +747,27 @@ async fn validate_yaml_and_preupload() {
             })
             .collect()
     };
-    let new = send(
-        &f.app,
-        "POST",
-        "/api/models/admin/m/preupload/main",
-        Some(&f.admin),
-        &[UA_2X],
-        files.clone(),
-    )
-    .await;
-    assert!(
-        modes(new).iter().all(|(_, m)| m == "regular"),
-        "2.x clients would go to Xet for lfs files"
-    );
-    let old = send(
-        &f.app,
-        "POST",
-        "/api/models/admin/m/preupload/main",
-        Some(&f.admin),
-        &[UA_0X],
-        files.clone(),
-    )
-    .await;
-    assert_eq!(
-        modes(old),
-        [
-            ("model.safetensors".into(), "lfs".into()),
-            ("notes.txt".into(), "regular".into()),
-            ("blob.dat".into(), "lfs".into())
-        ]
-    );
+    // Every client gets the Hub's answer: `lfs` by the repo's LFS rules (2.x clients then
+    // upload through Xet, 0.x through the LFS batch API), `regular` for the rest.
+    for ua in [UA_2X, UA_0X] {
+        let r = send(
+            &f.app,
+            "POST",
+            "/api/models/admin/m/preupload/main",
+            Some(&f.admin),
+            &[ua],
+            files.clone(),
+        )
+        .await;
+        assert_eq!(
+            modes(r),
+            [
+                ("model.safetensors".into(), "lfs".into()),
+                ("notes.txt".into(), "regular".into()),
+                ("blob.dat".into(), "lfs".into())
+            ]
+        );
+    }
     let r = send(
         &f.app,
         "POST",

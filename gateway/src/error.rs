@@ -300,6 +300,18 @@ impl From<hub_store::StoreError> for AppError {
     }
 }
 
+impl From<hub_xet::XetError> for AppError {
+    fn from(e: hub_xet::XetError) -> Self {
+        use hub_xet::XetError as E;
+        match e {
+            E::Store(e) => e.into(),
+            E::TooLarge(_) => AppError::PayloadTooLarge(e.to_string()),
+            e if e.is_client_error() => AppError::BadRequest(e.to_string()),
+            e => AppError::internal(e),
+        }
+    }
+}
+
 impl From<AccessError> for AppError {
     fn from(e: AccessError) -> Self {
         match e {

@@ -56,6 +56,7 @@ mod spaces;
 mod testing;
 mod util;
 mod viewer;
+mod xet;
 
 pub use compute::forwarded_jobs;
 pub use error::AppError;
@@ -125,6 +126,9 @@ struct Inner {
     compute: std::sync::OnceLock<Arc<hub_models::Compute>>,
     /// Set once by [`AppState::enable_spaces`]; the Spaces routes answer 503 until then.
     spaces: std::sync::OnceLock<hub_spaces::Spaces>,
+    /// The Xet index (`xet.redb` in the store's directory), opened on first use.
+    xet: std::sync::OnceLock<Arc<hub_xet::XetIndex>>,
+    xet_open: std::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -166,6 +170,8 @@ impl AppState {
                 inference: std::sync::OnceLock::new(),
                 compute: std::sync::OnceLock::new(),
                 spaces: std::sync::OnceLock::new(),
+                xet: std::sync::OnceLock::new(),
+                xet_open: std::sync::Mutex::new(()),
             }),
         }
     }
@@ -243,5 +249,27 @@ impl AppState {
 
     pub(crate) fn spaces(&self) -> Option<&hub_spaces::Spaces> {
         self.inner.spaces.get()
+    }
+
+    /// The Xet index over the store, opened (once) on first use: `xet.redb` in the store's
+    /// directory. Blocking (it may open the database): call it on a blocking thread.
+    pub(crate) fn xet(&self) -> Result<Arc<hub_xet::XetIndex>, AppError> {
+        if let Some(x) = self.inner.xet.get() {
+            return Ok(x.clone());
+        }
+        let _guard = self
+            .inner
+            .xet_open
+            .lock()
+            .map_err(|_| AppError::internal("xet index lock poisoned"))?;
+        if let Some(x) = self.inner.xet.get() {
+            return Ok(x.clone());
+        }
+        let store = self.store().clone();
+        let index = Arc::new(hub_xet::XetIndex::open(
+            store.root().join("xet.redb"),
+            store,
+        )?);
+        Ok(self.inner.xet.get_or_init(|| index).clone())
     }
 }

@@ -42,6 +42,7 @@ pub struct Metrics {
     duration: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
     inference: Arc<InferenceMetrics>,
+    xet_received: Counter,
 }
 
 /// The inference engines' load and progress, summed over loaded models (fed by hub-infer's
@@ -135,6 +136,12 @@ impl Metrics {
             "HTTP requests being handled now",
             in_flight.clone(),
         );
+        let xet_received = Counter::default();
+        registry.register(
+            "xet_received_bytes",
+            "Bytes of xorbs and shards Xet clients uploaded (request bodies)",
+            xet_received.clone(),
+        );
         let inference = Arc::new(InferenceMetrics::new());
         inference.register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
@@ -145,7 +152,13 @@ impl Metrics {
             duration,
             in_flight,
             inference,
+            xet_received,
         }
+    }
+
+    /// Counts the body of a xorb or shard upload.
+    pub fn xet_received(&self, bytes: u64) {
+        self.xet_received.inc_by(bytes);
     }
 
     /// What the inference engines report to.

@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::hub::routes())
         .merge(crate::listing::routes())
         .merge(crate::lfs::routes())
+        .merge(crate::xet::routes())
         .merge(crate::git::routes())
         .merge(crate::admin::routes())
         .merge(crate::mesh::routes())

@@ -140,6 +140,12 @@ def test_lfs_content_replicates_verified_and_once(node_factory, tmp_path):
 
     wait_for("the LFS object to replicate", fetched, b)
     assert_downloads(b, "alice/weights", weights, tmp_path / "c")
+    # The client uploaded through Xet (hf_xet) to A; B fetched an ordinary LFS object over p2p
+    # and holds no Xet record of it, so its resolve answers name no Xet hash or server.
+    assert "Xet shard stored" in a.log()
+    head = urllib.request.Request(f"{b.url}/alice/weights/resolve/main/model.safetensors", method="HEAD")
+    with urllib.request.urlopen(head, timeout=10) as r:
+        assert r.headers.get("x-xet-hash") is None and r.headers.get("link") is None
 
     # Bytes on the wire: about the file, once.
     received = mesh_peers(b)["counters"]["chunk_bytes_received"]

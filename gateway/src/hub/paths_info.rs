@@ -89,5 +89,11 @@ pub(super) async fn paths_info(
         let paths = found.iter().map(|e| e.path.clone()).collect();
         add_last_commits(&state, &id, &commit, &mut entries, paths).await?;
     }
+    let st = state.clone();
+    let entries = blocking(move || {
+        crate::xet::add_xet_hashes(&st, &mut entries)?;
+        Ok(entries)
+    })
+    .await?;
     Ok(Json(Value::Array(entries)))
 }

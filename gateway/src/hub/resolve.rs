@@ -166,6 +166,16 @@ async fn resolve(
         builder = builder
             .header("x-linked-etag", format!("\"{}\"", lfs.sha256))
             .header("x-linked-size", lfs.size.to_string());
+        // Files that arrived through Xet carry the headers Xet clients download by.
+        if let Ok(sha256) = lfs.sha256.parse::<Sha256>() {
+            let st = state.clone();
+            let xet = crate::util::blocking(move || crate::xet::xet_hash_of(&st, &sha256)).await?;
+            if let Some(hash) = xet {
+                for (name, value) in crate::xet::resolve_headers(&headers, &id, &p.rev, &hash) {
+                    builder = builder.header(name, value);
+                }
+            }
+        }
     }
     let (status, start, len) = match range {
         Some((a, b)) => {

@@ -113,6 +113,12 @@ async fn tree(
         let paths: Vec<String> = page_entries.iter().map(|e| e.path.clone()).collect();
         add_last_commits(&state, &id, &at, &mut page, paths).await?;
     }
+    let st = state.clone();
+    let page = blocking(move || {
+        crate::xet::add_xet_hashes(&st, &mut page)?;
+        Ok(page)
+    })
+    .await?;
     let mut resp = Json(page).into_response();
     if entries.len() > start + page_size {
         let mut url = format!(

@@ -10,7 +10,7 @@ use crate::util::{parse_json, truthy};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use hub_core::preupload::Announced;
@@ -64,37 +64,6 @@ struct PreuploadFile {
     size: u64,
 }
 
-/// Whether a client can upload `lfs`-mode files through the LFS batch API. huggingface_hub
-/// 1.20 and later upload `lfs` files through Xet whenever hf_xet is installed, with no
-/// fallback, and the server cannot tell whether it is; such clients (and unknown ones) get
-/// `regular` for every file, and the commit stores big and binary files in LFS server-side.
-/// Older clients use the LFS batch API when the server says `lfs`.
-fn client_uses_lfs_batch(headers: &HeaderMap) -> bool {
-    let Some(ua) = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    ua.split(';')
-        .map(str::trim)
-        .find_map(|part| {
-            part.strip_prefix("huggingface_hub/")
-                .or_else(|| part.strip_prefix("hf_hub/"))
-        })
-        .and_then(|version| {
-            let mut parts = version.split('.').map(|p| {
-                p.chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse::<u32>()
-                    .ok()
-            });
-            Some((parts.next()??, parts.next()??))
-        })
-        .is_some_and(|(major, minor)| (major, minor) < (1, 20))
-}
-
 /// `POST …/preupload/{rev}`: per file, `uploadMode`, `shouldIgnore` (the `.gitignore` sent
 /// as `gitIgnore`, else the revision's) and `oid` when the revision holds that path (so the
 /// client skips unchanged files); `hub_core::preupload` decides.
@@ -138,7 +107,9 @@ pub(super) async fn preupload(
             &p.rev,
             files,
             body.git_ignore,
-            client_uses_lfs_batch(&headers),
+            // Every client gets the Hub's answer (ADR 0010): 2.x clients with hf_xet upload
+            // `lfs` files through Xet, others through the LFS batch API.
+            true,
         )
         .await?;
     let files: Vec<Value> = plans
@@ -146,8 +117,6 @@ pub(super) async fn preupload(
         .map(|plan| {
             let mut v = json!({
                 "path": plan.path,
-                // `regular` to clients that would send `lfs` files through Xet: they upload
-                // inline and the commit moves big and binary files to the store.
                 "uploadMode": if plan.lfs { "lfs" } else { "regular" },
                 "shouldIgnore": plan.should_ignore,
             });
@@ -363,30 +332,6 @@ fn parse_commit_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    #[test]
-    fn lfs_batch_only_for_clients_before_xet_by_default() {
-        let ua = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::USER_AGENT, HeaderValue::from_str(v).unwrap());
-            h
-        };
-        assert!(client_uses_lfs_batch(&ua(
-            "huggingface_hub/0.36.2; python/3.11.7; torch/2.1"
-        )));
-        assert!(client_uses_lfs_batch(&ua(
-            "transformers/4.40; hf_hub/1.19.3; python/3.11"
-        )));
-        assert!(!client_uses_lfs_batch(&ua(
-            "huggingface_hub/2.4.0; python/3.11.7"
-        )));
-        assert!(!client_uses_lfs_batch(&ua(
-            "huggingface_hub/1.20.0.dev0; python/3.11.7"
-        )));
-        assert!(!client_uses_lfs_batch(&ua("curl/8.0")));
-        assert!(!client_uses_lfs_batch(&HeaderMap::new()));
-    }
 
     fn parse_commit_body(body: &[u8]) -> Result<(HeaderValueJson, Vec<Pending>), AppError> {
         let lines = body

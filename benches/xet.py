@@ -1,0 +1,124 @@
+"""Xet vs LFS (issue 15): one 1 GiB safetensors file uploaded with `upload_file` and downloaded
+with `hf_hub_download` by huggingface_hub 2.4.0, once through Xet (hf_xet, the default) and once
+through the LFS batch API (HF_HUB_DISABLE_XET=1), each against a fresh node, in one run.
+Reports wall time, the client's peak RSS (VmHWM), the bytes the node received through Xet and
+what the store holds afterwards.
+
+    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024]   → benches/results/xet.md
+"""
+import hashlib, json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
+os.environ.setdefault("RUST_LOG", "warn")
+import conftest  # noqa: E402
+from test_xet import write_safetensors, metric  # noqa: E402
+
+MIB = 1024**2
+
+UPLOAD = """
+import json, sys, time
+from huggingface_hub import HfApi
+api = HfApi()
+api.create_repo("big")
+t0 = time.monotonic()
+api.upload_file(path_or_fileobj=sys.argv[1], path_in_repo="model.safetensors", repo_id="admin/big")
+rss = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"upload_s": time.monotonic() - t0, "rss_up": rss}))
+"""
+
+DOWNLOAD = """
+import hashlib, json, time
+from huggingface_hub import hf_hub_download
+t0 = time.monotonic()
+path = hf_hub_download("admin/big", "model.safetensors")
+t1 = time.monotonic()
+h = hashlib.sha256()
+with open(path, "rb") as f:
+    while chunk := f.read(16 << 20):
+        h.update(chunk)
+rss = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"download_s": t1 - t0, "sha": h.hexdigest(), "rss_down": rss}))
+"""
+
+
+def node_rss(pid):
+    return [int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:")][0]
+
+
+def run(src, sha, xet):
+    d = Path(tempfile.mkdtemp(prefix="xet-bench-"))
+    node = conftest.start_node(d / "n")
+    try:
+        env = {**os.environ, "HF_ENDPOINT": node.url, "HF_TOKEN": node.admin_token,
+               "HF_HOME": str(d / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        env.pop("HF_HUB_DISABLE_XET", None)
+        if not xet:
+            env["HF_HUB_DISABLE_XET"] = "1"
+        r = {}
+        for code, arg in ((UPLOAD, [str(src)]), (DOWNLOAD, [])):
+            out = subprocess.run([sys.executable, "-c", code, *arg], env=env, capture_output=True, text=True, timeout=3600)
+            assert out.returncode == 0, out.stderr[-3000:] + node.log()[-3000:]
+            r.update(json.loads(out.stdout.strip().splitlines()[-1]))
+            if code is UPLOAD:
+                r["node_rss_up"] = node_rss(node.proc.pid)
+        assert r["sha"] == sha
+        r["received"] = metric(node, "xet_received_bytes_total")
+        r["node_rss"] = node_rss(node.proc.pid)
+        node.terminate()
+        stats = json.loads(subprocess.run([str(conftest.hubmesh_bin()), "store", "stats", "--data", str(node.data), "--json"],
+                                          capture_output=True, text=True, check=True).stdout)
+        r["stats"] = stats
+        return r
+    finally:
+        node.kill()
+        subprocess.run(["rm", "-rf", str(d)])
+
+
+def main():
+    args = sys.argv[1:]
+    size = 1024
+    if "--size-mib" in args:
+        i = args.index("--size-mib")
+        size = int(args[i + 1])
+        del args[i : i + 2]
+    if args:
+        os.environ["HUBMESH_BIN"] = args[0]
+    work = Path(tempfile.mkdtemp(prefix="xet-bench-src-"))
+    src = work / "model.safetensors"
+    half = size * MIB // 2
+    sha = write_safetensors(src, {"a": os.urandom(half), "b": os.urandom(half)})
+    rows = []
+    try:
+        for name, xet in (("Xet (hf_xet)", True), ("LFS batch (HF_HUB_DISABLE_XET=1)", False)):
+            r = run(src, sha, xet)
+            print(name, json.dumps(r), flush=True)
+            rows.append((name, r))
+    finally:
+        subprocess.run(["rm", "-rf", str(work)])
+    load = open("/proc/loadavg").read().split()[:3]
+    lines = [
+        "# Xet vs LFS: 1 file, upload_file + hf_hub_download (huggingface_hub 2.4.0)",
+        "",
+        f"`python benches/xet.py` — {size} MiB safetensors (random tensors), debug `hubmesh` build, "
+        f"{os.cpu_count()} cores, load average at the end {' '.join(load)} (other builds running).",
+        "",
+        "| path | upload s | download s | client peak RSS MiB (upload / download) | node peak RSS MiB (after upload / after download) | Xet bytes received MiB | store files | store bytes MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        s = r["stats"]
+        stored = s.get("stored_bytes", s.get("bytes", 0))
+        lines.append(
+            f"| {name} | {r['upload_s']:.1f} | {r['download_s']:.1f} | {r['rss_up'] / MIB:.0f} / {r['rss_down'] / MIB:.0f} "
+            f"| {r['node_rss_up'] / MIB:.0f} / {r['node_rss'] / MIB:.0f} "
+            f"| {r['received'] / MIB:.0f} | {s.get('files')} | {stored / MIB:.0f} |"
+        )
+    lines += ["", "Raw store stats:", "", "```"] + [f"{n}: {json.dumps(r['stats'])}" for n, r in rows] + ["```", ""]
+    out = Path(__file__).resolve().parent / "results" / "xet.md"
+    out.write_text("\n".join(lines))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()

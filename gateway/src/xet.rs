@@ -1,0 +1,600 @@
+//! The Xet CAS protocol on this node (ADR 0010), as `hf_xet` (huggingface_hub ≥ 1.20) speaks
+//! it: the node is its own CAS server, `casUrl` is the address the client used.
+//!
+//! - `GET /api/{type}s/{ns}/{name}/xet-{read,write}-token/{rev}` → `{accessToken, exp,
+//!   casUrl}`: a token for that repository and right (`hub_xet::token`), after the Hub's access
+//!   check (a write token needs write access).
+//! - `POST /v1/xorbs/{prefix}/{hash}` (write): a xorb, verified and stored (`hub_xet`);
+//!   `{"was_inserted": bool}`.
+//! - `POST /v1/shards` (write): a shard; every file it describes is verified against the
+//!   stored xorbs and its SHA-256, stored as an ordinary LFS object and recorded for the
+//!   token's repository, all or nothing; `{"result": 1}`.
+//! - `GET /v1/reconstructions/{file_id}` (read; `Range` honoured): the terms of a file this
+//!   repository owns, with fetch URLs on this node.
+//! - `GET /v1/xorb-data/{hash}?exp&sig` (signed, no credentials): chunk-aligned byte ranges of
+//!   a xorb as this node serves it (chunks uncompressed).
+//!
+//! Not routed (the client falls back or does without): `/v2/*` (→ v1), `/v1/xorb-grants`
+//! (→ direct xorb upload), `/v1/chunks/*` (global dedup: 404 means none known).
+//! Formats and checks are `hub-xet`'s; access is `hub-core`'s.
+
+use crate::AppState;
+use crate::access::access;
+use crate::error::AppError;
+use crate::extract::authenticate;
+use crate::util::{blocking, endpoint};
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hub_core::Need;
+use hub_protocol::repo::{RepoId, RepoType};
+use hub_xet::XetHash;
+use hub_xet::token::{self, Claims, Right, TokenError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+/// How long a Xet token lives (the client refreshes it a minute before).
+const TOKEN_SECS: u64 = 3600;
+/// How long a xorb fetch URL lives.
+const FETCH_URL_SECS: u64 = 3600;
+/// Largest `lfs-files/duplicate` body.
+const MAX_DUPLICATE_BODY: usize = 1024 * 1024;
+/// Xorbs verified at once: each holds its body and its uncompressed chunks in memory.
+const XORB_VERIFIERS: usize = 2;
+
+pub(crate) fn routes() -> Router<AppState> {
+    let token = "/api/{kind}/{ns}/{name}";
+    Router::new()
+        .route(
+            &format!("{token}/xet-read-token/{{*rev}}"),
+            get(
+                |state: State<AppState>, headers: HeaderMap, p: Path<TokenPath>| {
+                    issue_token(state, headers, p, Right::Read)
+                },
+            ),
+        )
+        .route(
+            &format!("{token}/xet-write-token/{{*rev}}"),
+            get(
+                |state: State<AppState>, headers: HeaderMap, p: Path<TokenPath>| {
+                    issue_token(state, headers, p, Right::Write)
+                },
+            ),
+        )
+        .route(
+            "/v1/xorbs/{prefix}/{hash}",
+            post(upload_xorb)
+                .head(head_xorb)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/shards",
+            post(upload_shard).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            &format!("{token}/lfs-files/duplicate"),
+            post(duplicate).layer(DefaultBodyLimit::max(MAX_DUPLICATE_BODY)),
+        )
+        .route("/v1/reconstructions/{file_id}", get(reconstruction))
+        .route("/v1/xorb-data/{hash}", get(xorb_data))
+        // Routed so they answer 404 (on which hf_xet falls back to v1, direct xorb uploads,
+        // no global dedup) rather than whatever another surface's pattern would answer.
+        .route("/v2/shards", post(not_served))
+        .route("/v2/reconstructions/{file_id}", get(not_served))
+        .route("/v1/xorb-grants/{prefix}/{hash}", post(not_served))
+        .route("/v1/chunks/{prefix}/{hash}", get(not_served))
+}
+
+async fn not_served() -> AppError {
+    AppError::NotFound
+}
+
+/// The per-process key that signs tokens and fetch URLs (a restart invalidates them; clients
+/// ask the token endpoint again).
+fn key() -> Result<&'static [u8; 32], AppError> {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    if let Some(k) = KEY.get() {
+        return Ok(k);
+    }
+    let mut k = [0u8; 32];
+    getrandom::fill(&mut k).map_err(|e| AppError::internal(format!("no OS randomness: {e}")))?;
+    Ok(KEY.get_or_init(|| k))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The repository of a token route (`{rev}` is not checked: the commit is).
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenPath {
+    kind: String,
+    ns: String,
+    name: String,
+}
+
+fn repo_of(kind: &str, ns: &str, name: &str) -> Result<RepoId, AppError> {
+    let t: RepoType = kind.parse().map_err(|_| AppError::NotFound)?;
+    if t.plural() != kind {
+        return Err(AppError::NotFound);
+    }
+    RepoId::new(t, ns, name).map_err(|_| AppError::RepoNotFound)
+}
+
+async fn issue_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<TokenPath>,
+    right: Right,
+) -> Result<Response, AppError> {
+    let id = repo_of(&p.kind, &p.ns, &p.name)?;
+    let principal = authenticate(&state, &headers).await?;
+    let need = match right {
+        Right::Read => Need::Read,
+        Right::Write => {
+            if principal.is_none() {
+                return Err(AppError::Unauthorized("Invalid user token."));
+            }
+            Need::Write
+        }
+    };
+    let granted = access(&state, principal.as_ref(), &id, need).await?;
+    let exp = now() + TOKEN_SECS;
+    let token = token::issue(
+        key()?,
+        &Claims {
+            repo: granted.id.to_string(),
+            right,
+            exp,
+        },
+    );
+    // huggingface_hub reads the headers, hf_xet's own refresh the body.
+    let cas = endpoint(&headers);
+    let mut response =
+        Json(json!({ "accessToken": token, "exp": exp, "casUrl": cas })).into_response();
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-xet-cas-url", cas),
+        ("x-xet-access-token", token),
+        ("x-xet-token-expiration", exp.to_string()),
+    ] {
+        h.insert(
+            name,
+            header::HeaderValue::from_str(&value).map_err(AppError::internal)?,
+        );
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+struct RepoOnly {
+    kind: String,
+    ns: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DuplicateBody {
+    target: DuplicateTarget,
+    files: Vec<DuplicateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DuplicateTarget {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DuplicateFile {
+    sha256: String,
+}
+
+/// `POST /api/{type}s/{ns}/{name}/lfs-files/duplicate` (`hf cp` between repositories): the
+/// caller reads the source and writes the target; each named LFS object of the source then
+/// belongs to the target too, so a commit there may name it. No bytes move.
+async fn duplicate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<RepoOnly>,
+    Json(body): Json<DuplicateBody>,
+) -> Result<Json<Value>, AppError> {
+    if body.files.len() > 1000 {
+        return Err(AppError::BadRequest("at most 1000 files per call".into()));
+    }
+    let source = repo_of(&p.kind, &p.ns, &p.name)?;
+    let principal = crate::extract::require_auth(&state, &headers).await?;
+    let source = access(&state, Some(&principal), &source, Need::Read)
+        .await?
+        .id;
+    let kind: RepoType =
+        body.target.kind.parse().map_err(|_| {
+            AppError::BadRequest(format!("unknown repo type {:?}", body.target.kind))
+        })?;
+    let target = RepoId::parse(kind, &body.target.name).map_err(|_| AppError::RepoNotFound)?;
+    let target = access(&state, Some(&principal), &target, Need::Write)
+        .await?
+        .id;
+    let st = state.clone();
+    let failed = blocking(move || {
+        let mut failed = Vec::new();
+        for f in body.files {
+            let Ok(sha) = f.sha256.parse::<hub_store::Sha256>() else {
+                failed.push(json!({ "sha256": f.sha256, "error": "invalid sha256" }));
+                continue;
+            };
+            if !st.hub().owns_lfs(&source, &sha)? {
+                failed.push(json!({ "sha256": f.sha256, "error": "not an LFS file of the source repository" }));
+                continue;
+            }
+            st.hub().record_upload(&target, &sha)?;
+        }
+        Ok(failed)
+    })
+    .await?;
+    Ok(Json(json!({ "failed": failed })))
+}
+
+/// The repository and right of the request's Xet token; `write` demands a write token.
+fn claims(headers: &HeaderMap, write: bool) -> Result<(RepoId, Claims), AppError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AppError::Unauthorized("a Xet token is required"))?;
+    let claims = token::verify(key()?, token.trim(), now()).map_err(|e| match e {
+        TokenError::Expired => AppError::Unauthorized("Xet token expired; ask for a new one"),
+        _ => AppError::Unauthorized("invalid Xet token"),
+    })?;
+    if write && claims.right != Right::Write {
+        return Err(AppError::Forbidden(
+            "this Xet token only allows reading".into(),
+        ));
+    }
+    let (kind, rest) = claims
+        .repo
+        .split_once('/')
+        .ok_or(AppError::Unauthorized("invalid Xet token"))?;
+    let kind: RepoType = kind
+        .parse()
+        .map_err(|_| AppError::Unauthorized("invalid Xet token"))?;
+    let id = RepoId::parse(kind, rest).map_err(|_| AppError::Unauthorized("invalid Xet token"))?;
+    Ok((id, claims))
+}
+
+fn parse_hash(s: &str) -> Result<XetHash, AppError> {
+    XetHash::from_hex(s).ok_or_else(|| AppError::BadRequest(format!("invalid Xet hash {s:?}")))
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::Bytes, AppError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // axum reports the limit as http-body-util's `LengthLimitError` inside its error.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        if text.contains("length limit exceeded") {
+            AppError::PayloadTooLarge(format!("{what} over {limit} bytes"))
+        } else {
+            AppError::BadRequest(format!("{what} upload interrupted: {e}"))
+        }
+    })
+}
+
+async fn upload_xorb(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((_prefix, hash)): Path<(String, String)>,
+    body: Body,
+) -> Result<Json<Value>, AppError> {
+    claims(&headers, true)?;
+    let hash = parse_hash(&hash)?;
+    static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
+    let _permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
+    let bytes = read_body(body, hub_xet::xorb::MAX_XORB_UPLOAD, "xorb").await?;
+    state.metrics().xet_received(bytes.len() as u64);
+    let st = state.clone();
+    let inserted = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?)).await?;
+    tracing::debug!(xorb = %hash, inserted, "xorb");
+    Ok(Json(json!({ "was_inserted": inserted })))
+}
+
+async fn head_xorb(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((_prefix, hash)): Path<(String, String)>,
+) -> Result<StatusCode, AppError> {
+    claims(&headers, false)?;
+    let hash = parse_hash(&hash)?;
+    let st = state.clone();
+    let known = blocking(move || Ok(st.xet()?.xorb(&hash)?.is_some())).await?;
+    Ok(if known {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+async fn upload_shard(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, AppError> {
+    let (repo, _) = claims(&headers, true)?;
+    let bytes = read_body(body, hub_xet::shard::MAX_SHARD_BYTES, "shard").await?;
+    state.metrics().xet_received(bytes.len() as u64);
+    let st = state.clone();
+    let files = blocking(move || {
+        let records = st.xet()?.put_shard(&bytes).inspect_err(|e| {
+            tracing::info!(error = %e, "Xet shard refused");
+        })?;
+        // The files now belong to the token's repository: a commit there may name them.
+        for r in &records {
+            st.hub().record_upload(&repo, &r.sha256)?;
+        }
+        Ok(records.len())
+    })
+    .await?;
+    tracing::info!(files, "Xet shard stored");
+    Ok(Json(json!({ "result": 1 })))
+}
+
+/// A `Range: bytes=a-b` / `bytes=a-` header as `[a, b+1)`; anything else is the whole file.
+fn file_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, AppError> {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    let bad = || AppError::BadRequest("invalid Range".into());
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let end = match b.trim() {
+        "" => u64::MAX,
+        b => b
+            .parse::<u64>()
+            .map_err(|_| bad())?
+            .checked_add(1)
+            .ok_or_else(bad)?,
+    };
+    if end <= a {
+        return Err(bad());
+    }
+    Ok(Some((a, end)))
+}
+
+fn fetch_sig(xorb: &XetHash, exp: u64) -> Result<String, AppError> {
+    let msg = format!("xorb-data\n{xorb}\n{exp}");
+    Ok(blake3::keyed_hash(key()?, msg.as_bytes())
+        .to_hex()
+        .to_string())
+}
+
+async fn reconstruction(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(file_id): Path<String>,
+) -> Result<Response, AppError> {
+    let (repo, _) = claims(&headers, false)?;
+    let file = parse_hash(&file_id)?;
+    let range = file_range(&headers)?;
+    let st = state.clone();
+    let found = blocking(move || {
+        let xet = st.xet()?;
+        let Some(record) = xet.file(&file)? else {
+            return Ok(None);
+        };
+        // Only files of the token's repository: a hash alone opens nothing.
+        if !st.hub().owns_lfs(&repo, &record.sha256)? {
+            return Ok(None);
+        }
+        Ok(Some((record.size, xet.reconstruction(&file, range)?)))
+    })
+    .await?;
+    let Some((size, recon)) = found else {
+        return Err(AppError::EntryNotFound {
+            message: format!("no file with Xet hash {file_id} in this repository"),
+            commit: None,
+        });
+    };
+    let Some((_, recon)) = recon else {
+        return Err(AppError::RangeNotSatisfiable { size });
+    };
+    let base = endpoint(&headers);
+    let exp = now() + FETCH_URL_SECS;
+    let mut terms = Vec::with_capacity(recon.terms.len());
+    let mut fetch: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for t in &recon.terms {
+        let hex = t.xorb.hex();
+        terms.push(json!({
+            "hash": hex,
+            "unpacked_length": t.unpacked_length,
+            "range": { "start": t.start, "end": t.end },
+        }));
+        let info = json!({
+            "range": { "start": t.start, "end": t.end },
+            "url": format!("{base}/v1/xorb-data/{hex}?exp={exp}&sig={}", fetch_sig(&t.xorb, exp)?),
+            "url_range": { "start": t.bytes.0, "end": t.bytes.1 },
+        });
+        let list = fetch.entry(hex).or_default();
+        if !list.contains(&info) {
+            list.push(info);
+        }
+    }
+    Ok(Json(json!({
+        "offset_into_first_range": recon.offset_into_first_range,
+        "terms": terms,
+        "fetch_info": fetch,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct FetchQuery {
+    exp: u64,
+    sig: String,
+}
+
+async fn xorb_data(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+    Query(q): Query<FetchQuery>,
+) -> Result<Response, AppError> {
+    let xorb = parse_hash(&hash)?;
+    let expected = fetch_sig(&xorb, q.exp)?;
+    let same = expected.len() == q.sig.len()
+        && expected
+            .bytes()
+            .zip(q.sig.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(AppError::Forbidden("invalid xorb URL".into()));
+    }
+    if q.exp <= now() {
+        return Err(AppError::Forbidden(
+            "xorb URL expired; ask for the reconstruction again".into(),
+        ));
+    }
+    let range = file_range(&headers)?;
+    let st = state.clone();
+    let plan = blocking(move || {
+        let xet = st.xet()?;
+        let Some(record) = xet.xorb(&xorb)? else {
+            return Ok(None);
+        };
+        let (first, last) = match range {
+            Some((a, end)) => (a, end - 1),
+            None => (0, record.served_offset(record.chunks.len()) - 1),
+        };
+        let limit = hub_xet::xorb::MAX_XORB_UPLOAD as u64;
+        Ok(xet
+            .xorb_range(&xorb, first, last, limit)?
+            .map(|r| (first, last, r)))
+    })
+    .await?;
+    let Some((first, last, plan)) = plan else {
+        return Err(AppError::NotFound);
+    };
+    let len = plan.len();
+    // Streamed a chunk at a time through a bounded channel: a client fetching many 64 MiB
+    // ranges at once costs a few chunks each, not the ranges.
+    let store = state.store().clone();
+    let pieces = blocking(move || Ok(plan.pieces(&store)?)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        for piece in pieces {
+            let failed = piece.is_err();
+            if let Err(e) = &piece {
+                tracing::error!(xorb = %xorb, error = %e, "reading a xorb range failed");
+            }
+            if tx
+                .blocking_send(piece.map(axum::body::Bytes::from))
+                .is_err()
+                || failed
+            {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let status = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len.to_string());
+    if range.is_some() {
+        builder = builder.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/*"));
+    }
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(AppError::internal)
+}
+
+/// The Xet file hash of a stored object, when it arrived through Xet here (resolve headers,
+/// `xetHash` in listings). Blocking.
+pub(crate) fn xet_hash_of(
+    state: &AppState,
+    sha256: &hub_store::Sha256,
+) -> Result<Option<XetHash>, AppError> {
+    Ok(state.xet()?.xet_hash_of(sha256)?)
+}
+
+/// The headers a resolve answer carries for a file with a Xet hash: the hash and where to get
+/// a read token and the reconstruction — all on this node.
+pub(crate) fn resolve_headers(
+    headers: &HeaderMap,
+    id: &RepoId,
+    rev: &str,
+    hash: &XetHash,
+) -> [(&'static str, String); 2] {
+    let base = endpoint(headers);
+    let rev: String = rev
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let auth = format!(
+        "{base}/api/{}/{}/xet-read-token/{rev}",
+        id.kind().plural(),
+        id.hub_id()
+    );
+    let recon = format!("{base}/v1/reconstructions/{hash}");
+    [
+        ("x-xet-hash", hash.hex()),
+        (
+            "link",
+            format!("<{auth}>; rel=\"xet-auth\", <{recon}>; rel=\"xet-reconstruction-info\""),
+        ),
+    ]
+}
+
+/// Adds `xetHash` to the tree / paths-info entries of LFS files that arrived through Xet.
+/// Blocking.
+pub(crate) fn add_xet_hashes(state: &AppState, entries: &mut [Value]) -> Result<(), AppError> {
+    let xet = state.xet()?;
+    for e in entries {
+        let Some(oid) = e
+            .get("lfs")
+            .and_then(|l| l.get("oid"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let Ok(sha) = oid.parse::<hub_store::Sha256>() else {
+            continue;
+        };
+        if let Some(h) = xet.xet_hash_of(&sha)? {
+            e["xetHash"] = json!(h.hex());
+        }
+    }
+    Ok(())
+}
