@@ -20,7 +20,13 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from huggingface_hub import HfApi  # noqa: E402
 
-os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def datasets_offline(monkeypatch):
+    """The reference loads local files only; offline for this module's tests alone (set at
+    import time it leaked into every later test's client processes)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
 def get(node, path: str, **params) -> dict:

@@ -183,6 +183,24 @@ out = {{}}
     assert status == 200 and hashlib.sha256(body).hexdigest() == sha
 
 
+def test_dataset_push_to_hub_through_xet_then_load_dataset(node, tmp_path):
+    """The issue's failing case: `datasets` deletes its temporary Parquet shard before a
+    `regular` commit would read it. Through Xet the shard is uploaded first, then committed."""
+    code = """
+import datasets
+ds = datasets.Dataset.from_dict({"x": list(range(50000)), "t": ["row %d" % i for i in range(50000)]})
+ds.push_to_hub("admin/ds")
+back = datasets.load_dataset("admin/ds", split="train")
+assert back["x"] == ds["x"] and back["t"] == ds["t"], "rows differ"
+files = [f for f in api.list_repo_files("admin/ds", repo_type="dataset") if f.endswith(".parquet")]
+out = {"rows": len(back), "files": files}
+"""
+    before = metric(node, "xet_received_bytes_total")
+    out = run_client(node, tmp_path, code)
+    assert out["rows"] == 50000 and out["files"], out
+    assert metric(node, "xet_received_bytes_total") > before, "the Parquet shard did not go through Xet"
+
+
 def test_upload_folder_and_hf_cp_between_repos(node, tmp_path):
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
