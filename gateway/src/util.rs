@@ -6,9 +6,32 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 use hub_store::Sha256;
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bytes per piece when streaming a stored file.
 const STREAM_CHUNK: usize = 1024 * 1024;
+
+/// A random key that lives only in this process's memory, drawn from the OS generator on
+/// first use and kept in `cell`. Each use (LFS transfer URLs, Xet tokens) has its own cell, so
+/// a MAC made for one is never valid for the other; a restart invalidates them all.
+pub(crate) fn process_key(
+    cell: &'static OnceLock<[u8; 32]>,
+) -> Result<&'static [u8; 32], AppError> {
+    if let Some(k) = cell.get() {
+        return Ok(k);
+    }
+    let mut k = [0u8; 32];
+    getrandom::fill(&mut k).map_err(|e| AppError::internal(format!("no OS randomness: {e}")))?;
+    Ok(cell.get_or_init(|| k))
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Runs blocking repository or store work off the async executor.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -38,7 +38,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 /// How long a Xet token lives (the client refreshes it a minute before).
@@ -101,18 +100,11 @@ async fn not_served() -> AppError {
 /// ask the token endpoint again).
 fn key() -> Result<&'static [u8; 32], AppError> {
     static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    if let Some(k) = KEY.get() {
-        return Ok(k);
-    }
-    let mut k = [0u8; 32];
-    getrandom::fill(&mut k).map_err(|e| AppError::internal(format!("no OS randomness: {e}")))?;
-    Ok(KEY.get_or_init(|| k))
+    crate::util::process_key(&KEY)
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::util::unix_now()
 }
 
 /// The repository of a token route (`{rev}` is not checked: the commit is).

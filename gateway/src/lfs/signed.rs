@@ -9,7 +9,6 @@ use hub_protocol::repo::{RepoId, RepoType};
 use hub_store::Sha256;
 use serde::Deserialize;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How long a signed transfer URL stays valid.
 const URL_LIFETIME_SECS: u64 = 3600;
@@ -17,18 +16,11 @@ const URL_LIFETIME_SECS: u64 = 3600;
 /// The per-process signing key, from the OS generator (an error if it has none).
 fn key() -> Result<&'static [u8; 32], AppError> {
     static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    if let Some(k) = KEY.get() {
-        return Ok(k);
-    }
-    let mut k = [0u8; 32];
-    getrandom::fill(&mut k).map_err(|e| AppError::internal(format!("no OS randomness: {e}")))?;
-    Ok(KEY.get_or_init(|| k))
+    crate::util::process_key(&KEY)
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::util::unix_now()
 }
 
 /// The MAC of one transfer: operation, repository, object, size, expiry.
