@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -141,3 +142,35 @@ SECRETS_SEEN: set[str] = set()
 @pytest.fixture
 def node(node_factory) -> Node:
     return node_factory()
+
+
+def cli(node, *args):
+    """Runs `hubmesh ARGS --data NODE_DATA` (the node's own CLI); its trimmed stdout. A token it
+    creates is remembered, so the tests can check no answer or log ever shows it."""
+    out = subprocess.run(
+        [str(hubmesh_bin()), *args, "--data", str(node.data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    stdout = out.stdout.strip()
+    if args[:2] == ("token", "create"):
+        SECRETS_SEEN.add(json.loads(stdout)["token"] if "--json" in args else stdout)
+    return stdout
+
+
+def hf(node, token, *args, home):
+    """Runs the `hf` CLI of the test venv against the node; its stdout."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": node.url,
+        "HF_TOKEN": token,
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_COLOR": "1",
+    }
+    exe = Path(sys.executable).with_name("hf")
+    out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, f"hf {args}: {out.stdout}\n{out.stderr}"
+    return out.stdout

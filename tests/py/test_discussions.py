@@ -13,40 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import SECRETS_SEEN, hubmesh_bin
+from conftest import SECRETS_SEEN, cli, hf, hubmesh_bin
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
-HF = Path(sys.executable).with_name("hf")
 DEADLINE = 60.0
-
-
-def cli(node, *args):
-    out = subprocess.run(
-        [str(hubmesh_bin()), *args, "--data", str(node.data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    stdout = out.stdout.strip()
-    if args[:2] == ("token", "create"):
-        SECRETS_SEEN.add(stdout)
-    return stdout
-
-
-def hf(node, token, *args, home):
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": node.url,
-        "HF_TOKEN": token,
-        "HF_HOME": str(home),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "NO_COLOR": "1",
-    }
-    out = subprocess.run([str(HF), *args], capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, f"hf {args}: {out.stdout}\n{out.stderr}"
-    return out.stdout
 
 
 def git(*args, cwd=None):

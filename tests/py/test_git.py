@@ -11,25 +11,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import SECRETS_SEEN, hubmesh_bin
+from conftest import SECRETS_SEEN, cli, hubmesh_bin
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 MIB = 1024 * 1024
-
-
-def cli(node, *args):
-    out = subprocess.run(
-        [str(hubmesh_bin()), *args, "--data", str(node.data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    stdout = out.stdout.strip()
-    if args[:2] == ("token", "create"):
-        SECRETS_SEEN.add(json.loads(stdout)["token"] if "--json" in args else stdout)
-    return stdout
 
 
 @pytest.fixture

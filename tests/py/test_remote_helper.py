@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 
-from conftest import SECRETS_SEEN, hubmesh_bin
+from conftest import SECRETS_SEEN, cli, hubmesh_bin
 from test_mesh_gateway import local_sha, mesh_repo, wait_heard
 from test_replication import safetensors_bytes, wait_for
 
@@ -68,15 +68,6 @@ def git(env, *args, node=None, token=None, cwd=None, check=True):
 
 def rev(env, repo, what):
     return git(env, "-C", str(repo), "rev-parse", what).stdout.strip()
-
-
-def cli(node, *args):
-    out = subprocess.run([str(hubmesh_bin()), *args, "--data", str(node.data)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    if args[:2] == ("token", "create"):
-        SECRETS_SEEN.add(out.stdout.strip())
-    return out.stdout.strip()
 
 
 def lfs_object(repo: Path, data: bytes) -> Path:
