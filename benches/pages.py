@@ -1,7 +1,8 @@
 """Page latency for a repo with 1 000 files (issue 24): p50/p95 of the card page, the file
-browser (1 000 rows, each with its last commit) and the history, over sequential requests
-to one `hubmesh` node, plus the same for the JSON tree API as the baseline measured in the
-same run. Writes benches/results/pages.md.
+browser (1 000 rows, each with its last commit), a file, the history and a commit's diff,
+over sequential requests to one `hubmesh` node, plus the JSON tree API (plain, and with
+`expand=true`, whose last commits come from the same walk as the file browser's) measured in
+the same run. Writes benches/results/pages.md.
 
     python benches/pages.py [HUBMESH_BIN] [--requests 200]
 """
@@ -39,12 +40,16 @@ def main():
             lines = [json.dumps({"key": "header", "value": {"summary": f"commit {n}"}})]
             lines += [json.dumps({"key": "file", "value": {"path": p, "content": base64.b64encode(b).decode(), "encoding": "base64"}}) for p, b in ops]
             post(f"{node.url}/api/models/admin/many/commit/main", ("\n".join(lines) + "\n").encode(), {**h, "content-type": "application/x-ndjson"})
+        head = json.load(urllib.request.urlopen(f"{node.url}/api/models/admin/many/revision/main", timeout=60))["sha"]
         rows = []
         for label, path in [
             ("card page", "/admin/many"),
             ("file browser, 1 000 files in one folder", "/admin/many/tree/main"),
+            ("file view", "/admin/many/blob/main/f0500.txt"),
             ("commit history (21 commits)", "/admin/many/commits/main"),
+            ("one commit's diff", f"/admin/many/commit/{head}"),
             ("baseline: JSON tree API, same folder", "/api/models/admin/many/tree/main"),
+            ("JSON tree API with lastCommit (expand, first page)", "/api/models/admin/many/tree/main?expand=true"),
         ]:
             for _ in range(5):
                 urllib.request.urlopen(f"{node.url}{path}", timeout=60).read()

@@ -3,7 +3,8 @@
 //! (the card rendered from Markdown, its front matter as a metadata panel, branches and tags;
 //! a dataset's first rows with paging), the file browser per revision (sizes, LFS badge, last
 //! commit per entry), the file view (text, safetensors/GGUF headers), commit history and text
-//! diffs, sign-in with a token, the create-repo and visibility forms, and the mesh page.
+//! diffs, sign-in with a token, the create-repo, upload and visibility forms, the inference
+//! widget, a Space's app embedded in its page, and the mesh page.
 //!
 //! - [`session`]: who is looking: a token (`Authorization`, as for the API) or the sign-in
 //!   cookie (`HttpOnly`, `SameSite=Strict`); the CSRF token of the forms, bound to the
@@ -13,10 +14,15 @@
 //! - [`render`]: the templates (minijinja, compiled into the binary, HTML auto-escaping) and
 //!   the page error, which keeps the Hub's `X-Error-Code` headers;
 //! - [`highlight`]: a small per-line syntax highlighter for the file view;
-//! - [`home`], [`repo`], [`forms`]: the pages.
+//! - [`home`], [`repo`], [`forms`]: the pages;
+//! - [`widget`]: a model page's inference widget and a Space page's embedded app;
+//! - [`upload`]: the upload-a-file form (multipart, size-limited, committed by `hub-core`).
 //!
 //! Every page answers with a strict Content-Security-Policy (no script runs: the pages need
-//! none; styles and images from this origin only; forms post here only; no framing). Access
+//! none; styles and images from this origin only; forms post here only; no framing). Two
+//! pages add one thing each: a model page with an inference widget allows scripts (and
+//! `fetch`) from this origin, for `/-/widget.js`; a Space page allows frames from this
+//! origin, for its app (sandboxed). Access
 //! is `hub-core`'s, as for the API: a private repo the viewer may not read is the same 404 as
 //! a missing one, and listings leave it out.
 //!
@@ -31,6 +37,8 @@ mod home;
 mod render;
 mod repo;
 mod session;
+mod upload;
+mod widget;
 #[cfg(test)]
 mod tests;
 
@@ -49,6 +57,7 @@ pub(crate) fn routes() -> Router<AppState> {
     let mut router = Router::new()
         .route("/", get(home::home))
         .route("/-/site.css", get(render::stylesheet))
+        .route("/-/widget.js", get(widget::script))
         .route("/login", get(forms::login_form).post(forms::login))
         .route("/logout", post(forms::logout))
         .route("/new", get(forms::new_form).post(forms::new_repo))
@@ -79,6 +88,14 @@ pub(crate) fn routes() -> Router<AppState> {
                 &format!("{base}/commit/{{sha}}"),
                 get(repo::commit).layer(k),
             )
+            .route(&format!("{base}/widget"), post(widget::run).layer(k))
+            .route(
+                &format!("{base}/upload"),
+                get(upload::upload_form)
+                    .post(upload::upload)
+                    .layer::<_, std::convert::Infallible>(k)
+                    .layer(axum::extract::DefaultBodyLimit::max(upload::MAX_BODY)),
+            )
             .route(
                 &format!("{base}/settings"),
                 get(forms::settings_form).post(forms::settings).layer(k),
@@ -90,10 +107,10 @@ pub(crate) fn routes() -> Router<AppState> {
 /// The headers every page carries.
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // A page that needs more (a widget's script, a Space's frame) sets its own, stricter
+    // than nothing and built on this one.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -2,7 +2,8 @@
 //! listings with `expand=true`) and squashing a branch into one commit (`super_squash`).
 
 use crate::repos::{
-    Author, CommitInfo, RepoError, Repos, branch_ref, commit_info, commit_tree, git, resolve_in,
+    Author, CommitInfo, RepoError, Repos, TreeIndex, branch_ref, commit_info, commit_tree, git,
+    resolve_in, tree_index,
 };
 use gix::ObjectId;
 use gix::refs::transaction::PreviousValue;
@@ -14,10 +15,26 @@ use std::sync::PoisonError;
 /// no answer (the listing then leaves their `lastCommit` out) instead of an unbounded walk.
 pub const MAX_LAST_COMMIT_WALK: usize = 2000;
 
+/// Decoded trees kept during one walk; past this the cache starts over (trees are then read
+/// again), so memory stays bounded whatever the repo's shape.
+const MAX_CACHED_TREES: usize = 512;
+
+/// The paths of one folder that are still looking for their last commit: name → the object
+/// the path holds at the start.
+struct Folder<'p> {
+    parts: Vec<&'p str>,
+    names: HashMap<&'p str, (&'p String, ObjectId)>,
+}
+
 impl Repos {
     /// For each of `paths` (files or folders) at `commit`, the newest commit reachable from it
     /// that changed what the path holds (along first parents, newest first). Paths not in the
     /// tree, or unchanged over [`MAX_LAST_COMMIT_WALK`] commits, are left out.
+    ///
+    /// One walk serves all paths: they are grouped by folder, and at each commit a folder
+    /// whose tree is the same object in the parent is skipped without reading it, so a step
+    /// costs a few tree lookups plus one read of each folder that changed, whatever the
+    /// number of paths (the file browser and `expand=true` listings ask for a whole folder).
     pub fn last_commits(
         &self,
         id: &RepoId,
@@ -26,27 +43,35 @@ impl Repos {
     ) -> Result<HashMap<String, CommitInfo>, RepoError> {
         let repo = self.open_repo(id)?;
         let mut current = resolve_in(&repo, commit)?;
-        let mut out = HashMap::new();
-        let mut pending: Vec<&String> = paths.iter().collect();
-        let lookup = |tree: ObjectId, path: &str| -> Result<Option<ObjectId>, RepoError> {
-            let tree = repo.find_tree(tree).map_err(git("read tree"))?;
-            Ok(tree
-                .lookup_entry_by_path(path)
-                .map_err(git("read tree"))?
-                .map(|e| e.object_id()))
-        };
-        let start_tree = commit_tree(&repo, current)?;
-        // Paths that are not in the tree at the start have no last commit.
-        let mut here: HashMap<&String, ObjectId> = HashMap::new();
-        pending.retain(|p| match lookup(start_tree, p) {
-            Ok(Some(oid)) => {
-                here.insert(*p, oid);
-                true
+        let mut trees: HashMap<ObjectId, TreeIndex> = HashMap::new();
+        let mut root = commit_tree(&repo, current)?;
+        // Group the paths by folder, with what each holds at the start; paths not in the tree
+        // have no last commit.
+        let mut folders: HashMap<&str, Folder<'_>> = HashMap::new();
+        for path in paths {
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            if name.is_empty() {
+                continue;
             }
-            _ => false,
-        });
+            let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+            let Some(tree) = folder_tree(&repo, &mut trees, root, &parts)? else {
+                continue;
+            };
+            let Some(&(_, oid)) = tree_index(&repo, &mut trees, tree)?.get(name.as_bytes()) else {
+                continue;
+            };
+            folders
+                .entry(dir)
+                .or_insert_with(|| Folder {
+                    parts,
+                    names: HashMap::new(),
+                })
+                .names
+                .insert(name, (path, oid));
+        }
+        let mut found: HashMap<String, ObjectId> = HashMap::new();
         for _ in 0..MAX_LAST_COMMIT_WALK {
-            if pending.is_empty() {
+            if folders.is_empty() {
                 break;
             }
             let parent = repo
@@ -55,32 +80,56 @@ impl Repos {
                 .parent_ids()
                 .next()
                 .map(|p| p.detach());
-            let parent_tree = match parent {
+            let parent_root = match parent {
                 Some(p) => Some(commit_tree(&repo, p)?),
                 None => None,
             };
-            let mut info: Option<CommitInfo> = None;
-            let mut still = Vec::with_capacity(pending.len());
-            for path in pending {
-                let before = match parent_tree {
-                    Some(t) => lookup(t, path)?,
-                    None => None,
-                };
-                if before == here.get(path).copied() {
-                    still.push(path);
-                } else {
-                    if info.is_none() {
-                        info = Some(commit_info(&repo, current)?);
+            if trees.len() > MAX_CACHED_TREES {
+                trees.clear();
+            }
+            if parent_root != Some(root) {
+                for folder in folders.values_mut() {
+                    let here = folder_tree(&repo, &mut trees, root, &folder.parts)?;
+                    let before = match parent_root {
+                        Some(r) => folder_tree(&repo, &mut trees, r, &folder.parts)?,
+                        None => None,
+                    };
+                    if here.is_some() && here == before {
+                        continue;
                     }
-                    out.insert(path.clone(), info.clone().expect("set above"));
+                    let before = match before {
+                        Some(t) => Some(tree_index(&repo, &mut trees, t)?),
+                        None => None,
+                    };
+                    // A path still here holds its starting object at `current`; it changed
+                    // in `current` if the parent holds anything else there.
+                    folder.names.retain(|name, (path, oid)| {
+                        let kept = before
+                            .and_then(|b| b.get(name.as_bytes()))
+                            .is_some_and(|&(_, b)| b == *oid);
+                        if !kept {
+                            found.insert((**path).clone(), current);
+                        }
+                        kept
+                    });
                 }
+                folders.retain(|_, f| !f.names.is_empty());
             }
-            // A path kept holds the same object in the parent: `here` stays true for it.
-            pending = still;
-            match parent {
-                Some(p) => current = p,
-                None => break,
+            match (parent, parent_root) {
+                (Some(p), Some(r)) => {
+                    current = p;
+                    root = r;
+                }
+                _ => break,
             }
+        }
+        let mut infos: HashMap<ObjectId, CommitInfo> = HashMap::new();
+        let mut out = HashMap::with_capacity(found.len());
+        for (path, c) in found {
+            if let std::collections::hash_map::Entry::Vacant(slot) = infos.entry(c) {
+                slot.insert(commit_info(&repo, c)?);
+            }
+            out.insert(path, infos[&c].clone());
         }
         Ok(out)
     }
@@ -134,4 +183,21 @@ impl Repos {
         tracing::info!(repo = %id, branch, commit = %info.id, "super-squashed");
         Ok(info)
     }
+}
+
+/// The tree of the folder at `parts` under `root`, when it is a folder there.
+fn folder_tree(
+    repo: &gix::Repository,
+    trees: &mut HashMap<ObjectId, TreeIndex>,
+    root: ObjectId,
+    parts: &[&str],
+) -> Result<Option<ObjectId>, RepoError> {
+    let mut tree = root;
+    for part in parts {
+        match tree_index(repo, trees, tree)?.get(part.as_bytes()) {
+            Some(&(mode, oid)) if mode.is_tree() => tree = oid,
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(tree))
 }

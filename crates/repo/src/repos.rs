@@ -4,7 +4,7 @@
 //! A new repository is built in `ROOT/.tmp/` (init, `.gitattributes`, first commit, `HEAD`)
 //! and renamed into place, so a crash never leaves a half-made repository visible.
 
-mod last_change;
+mod trees;
 
 use crate::attributes::DEFAULT_GITATTRIBUTES;
 use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
@@ -1233,10 +1233,10 @@ pub(crate) fn commit_info(repo: &gix::Repository, id: ObjectId) -> Result<Commit
 }
 
 /// A tree's entries by name: mode and object id.
-type TreeIndex = HashMap<Vec<u8>, (gix::objs::tree::EntryMode, ObjectId)>;
+pub(crate) type TreeIndex = HashMap<Vec<u8>, (gix::objs::tree::EntryMode, ObjectId)>;
 
 /// The index of `tree`, read and decoded once per call site's `cache`.
-fn tree_index<'c>(
+pub(crate) fn tree_index<'c>(
     repo: &gix::Repository,
     cache: &'c mut HashMap<ObjectId, TreeIndex>,
     tree: ObjectId,

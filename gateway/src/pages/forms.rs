@@ -20,7 +20,7 @@ use std::collections::HashMap;
 /// The largest form body.
 pub(crate) const MAX_FORM: usize = 16 * 1024;
 
-fn form(body: &[u8]) -> Result<HashMap<String, String>, AppError> {
+pub(crate) fn form(body: &[u8]) -> Result<HashMap<String, String>, AppError> {
     if body.len() > MAX_FORM {
         return Err(AppError::PayloadTooLarge("form too large".into()));
     }
@@ -59,10 +59,7 @@ pub(crate) async fn login(
                 .map_err(AppError::internal)?
                 .map_err(AppError::internal)?
         };
-    let anonymous = Viewer {
-        principal: None,
-        csrf: None,
-    };
+    let anonymous = Viewer::anonymous();
     let Some(principal) = principal else {
         let mut response = page(
             "login.html",

@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use minijinja::{AutoEscape, Environment};
 use std::sync::OnceLock;
 
-const TEMPLATES: [(&str, &str); 12] = [
+const TEMPLATES: [(&str, &str); 15] = [
     ("base.html", include_str!("templates/base.html")),
     ("home.html", include_str!("templates/home.html")),
     ("namespace.html", include_str!("templates/namespace.html")),
@@ -21,6 +21,9 @@ const TEMPLATES: [(&str, &str); 12] = [
     ("new.html", include_str!("templates/new.html")),
     ("settings.html", include_str!("templates/settings.html")),
     ("mesh.html", include_str!("templates/mesh.html")),
+    ("widget.html", include_str!("templates/widget.html")),
+    ("upload.html", include_str!("templates/upload.html")),
+    ("widget_form.html", include_str!("templates/widget_form.html")),
 ];
 
 fn env() -> &'static Environment<'static> {

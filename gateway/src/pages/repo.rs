@@ -19,15 +19,13 @@ use hub_repo::{CommitInfo, EntryKind, RepoError, TreeEntry};
 use hub_viewer::{MemSource, RangeSource, SeekSource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Rows per page of the dataset table.
 const ROWS_PAGE: usize = 20;
 /// Commits per page of the history.
 const COMMITS_PAGE: usize = 50;
-/// How far back the file browser looks for each entry's last commit.
-const LAST_COMMIT_DEPTH: usize = 500;
 /// The largest text file shown inline, and the largest side of a diff.
 const MAX_TEXT: u64 = 1024 * 1024;
 const MAX_DIFF_SIDE: u64 = 256 * 1024;
@@ -41,8 +39,8 @@ const MAX_README: u64 = 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RepoParams {
-    ns: String,
-    name: String,
+    pub ns: String,
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,7 +164,8 @@ pub(crate) async fn repo_page(
     let (id, repo) = open(&state, &viewer, kind, &p.ns, &p.name).await?;
     let repos = state.repos().clone();
     let rid = id.clone();
-    let (readme, files, branches, tags, downloads) = blocking(move || {
+    let inference = kind == RepoType::Model && state.inference().is_some();
+    let (readme, files, branches, tags, downloads, widget) = blocking(move || {
         let commit = repos.resolve(&rid, "main")?;
         let readme = match repos
             .entries_at(&rid, &commit, &["README.md".to_owned()])?
@@ -178,14 +177,18 @@ pub(crate) async fn repo_page(
             }
             _ => None,
         };
-        let files = repos
-            .list_tree(&rid, &commit, "", true)?
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .count();
+        let files = repos.file_count(&rid, &commit)?;
         let (branches, tags) = repos.refs(&rid)?;
         let downloads = repos.downloads(&rid).unwrap_or(0);
-        Ok((readme, files, branches, tags, downloads))
+        let widget = if inference {
+            let tag = readme
+                .as_deref()
+                .and_then(|t| hub_search::parse_card(t).pipeline_tag);
+            super::widget::kind(&repos, &rid, &commit, tag.as_deref())?
+        } else {
+            None
+        };
+        Ok((readme, files, branches, tags, downloads, widget))
     })
     .await?;
     let (card_html, panel, card_error) = match readme {
@@ -204,6 +207,11 @@ pub(crate) async fn repo_page(
             .is_ok(),
         None => false,
     };
+    let space = if kind == RepoType::Space {
+        super::widget::space(&state, &id).await?
+    } else {
+        None
+    };
     let viewer_ctx = if kind == RepoType::Dataset {
         Some(dataset_rows(&state, &viewer, id.clone(), q).await)
     } else {
@@ -217,11 +225,22 @@ pub(crate) async fn repo_page(
             })
             .collect::<Vec<_>>()
     };
-    Ok(page(
+    let widget = widget.map(|kind| super::widget::WidgetCtx {
+        kind,
+        ..Default::default()
+    });
+    let csp = match (&widget, &space) {
+        (Some(_), _) => Some(super::widget::widget_csp()),
+        (_, Some(_)) => Some(super::widget::space_csp()),
+        _ => None,
+    };
+    let mut response = page(
         "repo.html",
         &viewer,
         ctx! {
             clone_url => format!("{}{}", endpoint(&headers), repo.url),
+            widget,
+            space,
             repo,
             rev => "main",
             card_html,
@@ -234,7 +253,11 @@ pub(crate) async fn repo_page(
             can_admin,
             viewer => viewer_ctx,
         },
-    )?)
+    )?;
+    if let Some(csp) = csp {
+        super::widget::set_csp(&mut response, &csp);
+    }
+    Ok(response)
 }
 
 async fn dataset_rows(state: &AppState, viewer: &Viewer, id: RepoId, q: CardQuery) -> ViewerCtx {
@@ -335,15 +358,16 @@ async fn tree(
 ) -> Result<Response, PageError> {
     let (id, repo) = open(&state, &viewer, kind, &ns, &name).await?;
     let path = path.trim_matches('/').to_owned();
-    let entries = state.hub().tree_at(&id, &rev, &path, false).await?;
+    // The listing and the last commits are read from the one commit the revision names.
+    let at = {
+        let (repos, id, rev) = (state.repos().clone(), id.clone(), rev.clone());
+        blocking(move || Ok(repos.resolve(&id, &rev)?)).await?
+    };
+    let entries = state.hub().tree_at(&id, &at, &path, false).await?;
     let repos = state.repos().clone();
-    let (rid, rrev, rpath) = (id.clone(), rev.clone(), path.clone());
-    let last = blocking(move || {
-        repos
-            .last_changes(&rid, &rrev, &rpath, LAST_COMMIT_DEPTH)
-            .map_err(AppError::from)
-    })
-    .await?;
+    let paths: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
+    let rid = id.clone();
+    let last = blocking(move || Ok(repos.last_commits(&rid, &at, &paths)?)).await?;
     let mut items: Vec<EntryItem> = entries.iter().map(|e| entry_item(e, &last)).collect();
     items.sort_by(|a, b| b.dir.cmp(&a.dir).then_with(|| a.name.cmp(&b.name)));
     let mut crumbs = Vec::new();
@@ -364,7 +388,7 @@ async fn tree(
 
 fn entry_item(e: &TreeEntry, last: &HashMap<String, CommitInfo>) -> EntryItem {
     let name = e.path.rsplit('/').next().unwrap_or(&e.path).to_owned();
-    let commit = last.get(&name);
+    let commit = last.get(&e.path);
     EntryItem {
         href: encode_path(&e.path),
         dir: e.kind == EntryKind::Directory,
@@ -577,36 +601,31 @@ pub(crate) async fn commit(
             }
             Err(e) => return Err(e.into()),
         };
-        let files_at = |commit: &str| -> Result<BTreeMap<String, TreeEntry>, AppError> {
+        // Only the files that differ are read: the trees are compared by object id.
+        let parent = info.parents.first().cloned();
+        let (paths, more) =
+            repos.changed_files(&rid, parent.as_deref(), &info.id, MAX_DIFF_FILES + 1)?;
+        let more = more || paths.len() > MAX_DIFF_FILES;
+        let paths: Vec<String> = paths.into_iter().take(MAX_DIFF_FILES).collect();
+        let at = |commit: Option<&str>| -> Result<HashMap<String, TreeEntry>, AppError> {
+            let Some(commit) = commit else {
+                return Ok(HashMap::new());
+            };
             Ok(repos
-                .list_tree(&rid, commit, "", true)?
+                .entries_at(&rid, commit, &paths)?
                 .into_iter()
                 .filter(|e| e.kind == EntryKind::File)
                 .map(|e| (e.path.clone(), e))
                 .collect())
         };
-        let after = files_at(&info.id)?;
-        let before = match info.parents.first() {
-            Some(parent) => files_at(parent)?,
-            None => BTreeMap::new(),
-        };
-        let mut changed: Vec<(&String, Option<&TreeEntry>, Option<&TreeEntry>)> = Vec::new();
-        for (path, e) in &after {
-            match before.get(path) {
-                Some(b) if b.oid == e.oid => {}
-                b => changed.push((path, b, Some(e))),
-            }
-        }
-        for (path, b) in &before {
-            if !after.contains_key(path) {
-                changed.push((path, Some(b), None));
-            }
-        }
-        changed.sort_by(|a, b| a.0.cmp(b.0));
-        let more = changed.len().saturating_sub(MAX_DIFF_FILES);
-        let parent = info.parents.first().cloned();
+        let after = at(Some(&info.id))?;
+        let before = at(parent.as_deref())?;
+        let changed: Vec<(&String, Option<&TreeEntry>, Option<&TreeEntry>)> = paths
+            .iter()
+            .map(|p| (p, before.get(p), after.get(p)))
+            .collect();
         let mut out = Vec::new();
-        for (path, b, a) in changed.into_iter().take(MAX_DIFF_FILES) {
+        for (path, b, a) in changed {
             let read = |commit: &str, e: &TreeEntry| -> Result<Option<String>, AppError> {
                 if e.lfs.is_some() || e.size > MAX_DIFF_SIDE {
                     return Ok(None);

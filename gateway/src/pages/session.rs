@@ -26,11 +26,32 @@ pub(crate) struct Viewer {
     pub principal: Option<Principal>,
     /// Set for a cookie session only (a token in `Authorization` posts no forms).
     pub csrf: Option<String>,
+    /// The viewer's credential as the API takes it (`Authorization`), for a page that calls
+    /// the node's own API on the viewer's behalf (the inference widget).
+    pub credential: Credential,
+}
+
+/// An `Authorization` value, never printed.
+#[derive(Clone, Default)]
+pub(crate) struct Credential(pub Option<axum::http::HeaderValue>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Credential(..)" } else { "None" })
+    }
 }
 
 impl Viewer {
     pub fn name(&self) -> Option<&str> {
         self.principal.as_ref().map(|p| p.user.name.as_str())
+    }
+
+    pub fn anonymous() -> Viewer {
+        Viewer {
+            principal: None,
+            csrf: None,
+            credential: Credential::default(),
+        }
     }
 }
 
@@ -38,24 +59,19 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        if parts.headers.contains_key(header::AUTHORIZATION) {
+        if let Some(given) = parts.headers.get(header::AUTHORIZATION) {
             let principal = authenticate(state, &parts.headers).await?;
             return Ok(Viewer {
                 principal,
                 csrf: None,
+                credential: Credential(Some(given.clone())),
             });
         }
         let Some(token) = cookie(&parts.headers, COOKIE) else {
-            return Ok(Viewer {
-                principal: None,
-                csrf: None,
-            });
+            return Ok(Viewer::anonymous());
         };
         if token.is_empty() || token.len() > 256 {
-            return Ok(Viewer {
-                principal: None,
-                csrf: None,
-            });
+            return Ok(Viewer::anonymous());
         }
         let auth = state.auth().clone();
         let secret = token.clone();
@@ -64,7 +80,22 @@ impl FromRequestParts<AppState> for Viewer {
             .map_err(AppError::internal)?
             .map_err(AppError::internal)?;
         let csrf = principal.as_ref().map(|_| csrf_token(&token));
-        Ok(Viewer { principal, csrf })
+        let credential = match &principal {
+            Some(_) => Credential(
+                axum::http::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .ok()
+                    .map(|mut v| {
+                        v.set_sensitive(true);
+                        v
+                    }),
+            ),
+            None => Credential::default(),
+        };
+        Ok(Viewer {
+            principal,
+            csrf,
+            credential,
+        })
     }
 }
 
@@ -108,18 +139,28 @@ pub(crate) fn check_post(
     let (Some(principal), Some(expected)) = (&viewer.principal, &viewer.csrf) else {
         return Err(AppError::Unauthorized("Sign in first."));
     };
-    let given = form_csrf.unwrap_or_default();
-    // Constant-time comparison: the token is a secret of the session.
-    let same = given.len() == expected.len()
+    if !same_secret(form_csrf.unwrap_or_default(), expected) {
+        return Err(AppError::Forbidden("invalid or missing CSRF token".into()));
+    }
+    Ok(principal.clone())
+}
+
+/// Whether `form_csrf` is the CSRF token of the viewer's cookie session (false without one).
+pub(crate) fn csrf_matches(viewer: &Viewer, form_csrf: Option<&str>) -> bool {
+    viewer
+        .csrf
+        .as_deref()
+        .is_some_and(|expected| same_secret(form_csrf.unwrap_or_default(), expected))
+}
+
+/// Constant-time comparison: the token is a secret of the session.
+fn same_secret(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
         && given
             .bytes()
             .zip(expected.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
-        return Err(AppError::Forbidden("invalid or missing CSRF token".into()));
-    }
-    Ok(principal.clone())
+            == 0
 }
 
 /// A browser's `Origin` must name this host (`null` and other sites are refused).

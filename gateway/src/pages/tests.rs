@@ -534,3 +534,140 @@ async fn the_api_git_lfs_and_resolve_routes_still_answer_beside_the_pages() {
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/css"));
 }
+
+/// A `multipart/form-data` body of `fields` and one file.
+fn multipart_body(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, Vec<u8>) {
+    let boundary = "----hubmeshTestBoundary7";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    if let Some((name, bytes)) = file {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn upload_form_commits_by_the_lfs_rules_and_refuses_bad_posts() {
+    let f = fixture().await;
+    create(&f, "model", "up", false).await;
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let r = send(&f.app, "POST", "/login", None, &form, format!("token={}", f.admin)).await;
+    let cookie = cookie_of(&r);
+    let r = get(&f, "/admin/up/upload", &[("cookie", cookie.as_str())]).await;
+    assert_page(&r);
+    let csrf = csrf_in(&r.text());
+    // Anonymous: to the sign-in page.
+    let r = get(&f, "/admin/up/upload", &[]).await;
+    assert_eq!(r.status, 303);
+
+    let post = |ct: String, body: Vec<u8>, with_cookie: bool| {
+        let cookie = cookie.clone();
+        let app = f.app.clone();
+        async move {
+            let mut h = vec![("content-type", ct)];
+            if with_cookie {
+                h.push(("cookie", cookie));
+            }
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(&app, "POST", "/admin/up/upload", None, &h, body).await
+        }
+    };
+    // A binary file under the default rules (`*.bin`) becomes LFS; a text file a git blob.
+    let weights: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (ct, body) = multipart_body(&[("csrf", &csrf), ("path", "weights/")], Some(("w.bin", &weights)));
+    let r = post(ct, body, true).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(r.header("location").unwrap().ends_with("/admin/up/blob/main/weights/w.bin"));
+    let (ct, body) = multipart_body(
+        &[("csrf", &csrf), ("message", "Add notes")],
+        Some(("notes.md", b"# notes\n")),
+    );
+    assert_eq!(post(ct, body, true).await.status, 303);
+    let r = get(&f, "/api/models/admin/up/tree/main?recursive=true", &[]).await;
+    let tree = r.json();
+    let entry = |p: &str| {
+        tree.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == p)
+            .cloned()
+            .unwrap_or_else(|| panic!("{p} not in {tree}"))
+    };
+    assert_eq!(entry("weights/w.bin")["lfs"]["size"], 200_000);
+    assert!(entry("notes.md").get("lfs").is_none_or(Value::is_null));
+    let r = get(&f, "/admin/up/resolve/main/weights/w.bin", &[]).await;
+    assert_eq!(r.body.as_ref(), weights.as_slice());
+    let r = get(&f, "/api/models/admin/up/commits/main", &[]).await;
+    assert_eq!(r.json()[0]["title"], "Add notes");
+
+    // No CSRF token, no session, a bad path, no file, a garbled body: refused, nothing written.
+    let (ct, body) = multipart_body(&[], Some(("x.txt", b"x")));
+    assert_eq!(post(ct, body, true).await.status, 403);
+    let (ct, body) = multipart_body(&[("csrf", &csrf)], Some(("x.txt", b"x")));
+    assert_eq!(post(ct, body, false).await.status, 401);
+    let (ct, body) = multipart_body(&[("csrf", &csrf), ("path", "../x.txt")], Some(("x.txt", b"x")));
+    assert_eq!(post(ct, body, true).await.status, 400);
+    let (ct, body) = multipart_body(&[("csrf", &csrf)], None);
+    assert_eq!(post(ct, body, true).await.status, 400);
+    let r = post("multipart/form-data; boundary=zz".into(), b"garbage".to_vec(), true).await;
+    assert_eq!(r.status, 400);
+    assert!(r.header("x-error-message").is_some());
+    // Past the size limit: a 413 with the Hub's error headers, before anything is parsed.
+    let big = vec![b'a'; super::upload::MAX_BODY + 1];
+    let r = post("multipart/form-data; boundary=zz".into(), big, true).await;
+    assert_eq!(r.status, 413);
+    assert!(r.header("x-error-code").is_some() || r.header("x-error-message").is_some());
+    let r = get(&f, "/api/models/admin/up/tree/main?recursive=true", &[]).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 4, "{}", r.text());
+}
+
+#[tokio::test]
+async fn pages_without_inference_or_spaces_have_no_widget_frame_or_script() {
+    let f = fixture().await;
+    create(&f, "model", "gen", false).await;
+    commit(
+        &f,
+        "model",
+        "admin/gen",
+        "card",
+        &[("README.md", b"---\npipeline_tag: text-generation\n---\n# Gen\n")],
+    )
+    .await;
+    create(&f, "space", "app", false).await;
+    for uri in ["/admin/gen", "/spaces/admin/app"] {
+        let r = get(&f, uri, &[HTML]).await;
+        assert_page(&r);
+        let csp = r.header("content-security-policy").unwrap();
+        assert_eq!(csp, super::CSP);
+        assert!(!r.text().contains("<script") && !r.text().contains("<iframe"));
+    }
+    // The widget's post on a node without inference: a clear 503.
+    let r = send(
+        &f.app,
+        "POST",
+        "/admin/gen/widget",
+        None,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "inputs=hello",
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    // The script is a file of this origin.
+    let r = get(&f, "/-/widget.js", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/javascript"));
+}

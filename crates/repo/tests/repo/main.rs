@@ -2,6 +2,7 @@
 
 mod receive;
 mod replica;
+mod trees;
 
 use hub_protocol::repo::{PathError, RepoId, RepoType};
 use hub_repo::{
