@@ -75,10 +75,14 @@ class Browser:
         self.call("Page.enable")
         self.call("Runtime.enable")
 
-    def call(self, method: str, **params) -> dict:
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        """One DevTools command; `session` names an attached target (an out-of-process frame)."""
         self.next_id += 1
         mine = self.next_id
-        self.ws.send(json.dumps({"id": mine, "method": method, "params": params}))
+        message = {"id": mine, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self.ws.send(json.dumps(message))
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             msg = json.loads(self.ws.recv())

@@ -266,18 +266,21 @@ def test_inference_widget_with_and_without_its_script(node, browser, tmp_path):
 
 
 def frame_text(browser, url_suffix: str, selector: str) -> str | None:
-    """The text of `selector` inside the page's child frame whose URL ends with `url_suffix`
-    (through DevTools: the frame's sandbox keeps the page itself out)."""
-    tree = browser.call("Page.getFrameTree")["frameTree"]
-    frames = [c["frame"] for c in tree.get("childFrames", [])]
-    frame = next((f for f in frames if f["url"].endswith(url_suffix)), None)
+    """The text of `selector` inside the frame whose URL ends with `url_suffix`. The frame's
+    sandbox gives it an opaque origin, so Chromium runs it as its own target: attach to it
+    over DevTools and evaluate there (the page itself cannot reach into it)."""
+    targets = browser.call("Target.getTargets")["targetInfos"]
+    frame = next((t for t in targets if t["type"] == "iframe" and t["url"].endswith(url_suffix)), None)
     if frame is None:
         return None
-    world = browser.call("Page.createIsolatedWorld", frameId=frame["id"])
-    r = browser.call("Runtime.evaluate", contextId=world["executionContextId"], returnByValue=True,
-                     expression=f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-                                " return e ? e.textContent : null; })()")
-    return r["result"].get("value")
+    session = browser.call("Target.attachToTarget", targetId=frame["targetId"], flatten=True)["sessionId"]
+    try:
+        r = browser.call("Runtime.evaluate", session=session, returnByValue=True,
+                         expression=f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+                                    " return e ? e.textContent : null; })()")
+        return r.get("result", {}).get("value")
+    finally:
+        browser.call("Target.detachFromTarget", sessionId=session)
 
 
 def test_a_static_space_is_embedded_in_its_page(node_factory, browser):
@@ -305,7 +308,7 @@ def test_a_static_space_is_embedded_in_its_page(node_factory, browser):
     assert "allow-scripts" in sandbox and "allow-same-origin" not in sandbox
     deadline = time.monotonic() + 30
     while frame_text(browser, f"/spaces/{repo}/app/", "h1") != "hello from the app":
-        assert time.monotonic() < deadline, browser.call("Page.getFrameTree")
+        assert time.monotonic() < deadline, browser.call("Target.getTargets")
         time.sleep(0.2)
     # The sandbox gives the app an opaque origin: the page cannot reach into it (nor it out).
     assert browser.js("document.getElementById('space-app').contentDocument === null")
