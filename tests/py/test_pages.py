@@ -138,24 +138,40 @@ def test_page_p95_for_a_repo_with_1000_files(node):
     hf.create_commit("admin/many", operations=ops, commit_message="1000 files")
     for i in range(3):
         hf.upload_file(path_or_fileobj=f"change {i}\n".encode(), path_in_repo=f"f{i:04}.txt", repo_id="admin/many", commit_message=f"change {i}")
-    results = {}
-    for path in ["/admin/many", "/admin/many/tree/main", "/admin/many/commits/main"]:
-        times = []
-        for _ in range(40):
+    head = hf.model_info("admin/many").sha
+    baseline = "/api/models/admin/many/tree/main"
+    paths = ["/admin/many", "/admin/many/tree/main", "/admin/many/commits/main",
+             f"/admin/many/commit/{head}", baseline]
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    bodies = {}
+    # Interleaved, so that the machine's load weighs on every page alike.
+    for _ in range(30):
+        for path in paths:
             start = time.perf_counter()
             with urllib.request.urlopen(f"{node.url}{path}", timeout=30) as r:
-                body = r.read()
+                bodies[path] = r.read()
                 assert r.status == 200
-            times.append(time.perf_counter() - start)
-        if path.endswith("tree/main"):
-            assert body.count(b'class="file"') == 1001  # and .gitattributes
-            assert b"change 2" in body
-        times.sort()
-        results[path] = (statistics.median(times) * 1000, times[int(len(times) * 0.95) - 1] * 1000)
-    for path, (p50, p95) in results.items():
-        print(f"page {path}: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
-    # The issue's goal is 50 ms on this machine (release build, idle); the debug build under
-    # a shared machine's load gets a wide margin here: the number is written down, not gated.
+            times[path].append(time.perf_counter() - start)
+    assert bodies["/admin/many/tree/main"].count(b'class="file"') == 1001  # and .gitattributes
+    assert b"change 2" in bodies["/admin/many/tree/main"]
+    assert b"1001 files" in bodies["/admin/many"]
+    results = {}
+    for path, ts in times.items():
+        ts.sort()
+        results[path] = (statistics.median(ts) * 1000, ts[int(len(ts) * 0.95) - 1] * 1000)
+        print(f"page {path}: p50 {results[path][0]:.1f} ms, p95 {results[path][1]:.1f} ms")
+    # The issue's goal (p95 < 50 ms) is for a release build on this machine; a debug build on
+    # a loaded machine is judged against the JSON tree listing of the same folder measured in
+    # the same run (1 000 blob headers read), which the pages must not multiply:
+    base = results[baseline][1]
+    # the card counts files from trees alone (it used to list every file with its header),
+    assert results["/admin/many"][1] < 0.5 * base, results
+    # a commit's diff reads the files it changed only (it used to list both trees whole),
+    assert results[f"/admin/many/commit/{head}"][1] < base, results
+    # the file browser is the listing plus one history walk for all its entries,
+    assert results["/admin/many/tree/main"][1] < 2.5 * base, results
+    # and the history reads 4 commits.
+    assert results["/admin/many/commits/main"][1] < 0.5 * base, results
     assert all(p95 < 2000 for _, p95 in results.values()), results
 
 

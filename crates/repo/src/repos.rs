@@ -4,10 +4,11 @@
 //! A new repository is built in `ROOT/.tmp/` (init, `.gitattributes`, first commit, `HEAD`)
 //! and renamed into place, so a crash never leaves a half-made repository visible.
 
+mod blob_info;
 mod trees;
 
 use crate::attributes::DEFAULT_GITATTRIBUTES;
-use crate::lfs::{LfsPointer, MAX_POINTER_SIZE};
+use crate::lfs::LfsPointer;
 use crate::meta::{MetaDb, RepoMeta};
 use crate::reach::{Reach, foreign_lfs};
 use gix::ObjectId;
@@ -709,15 +710,7 @@ impl Repos {
                     lfs: None,
                 });
             } else if mode.is_blob() {
-                let size = repo
-                    .find_header(oid)
-                    .map_err(git("read blob header"))?
-                    .size();
-                let lfs = if size as usize <= MAX_POINTER_SIZE {
-                    LfsPointer::parse(&repo.find_blob(oid).map_err(git("read blob"))?.data)
-                } else {
-                    None
-                };
+                let (size, lfs) = blob_info::blob_info(&repo, oid)?;
                 out.push(TreeEntry {
                     path: path.clone(),
                     kind: EntryKind::File,
@@ -1284,16 +1277,7 @@ fn walk(
                 walk(repo, oid, &path, true, out)?;
             }
         } else if entry.mode.is_blob() {
-            let size = repo
-                .find_header(oid)
-                .map_err(git("read blob header"))?
-                .size();
-            let lfs = if size as usize <= MAX_POINTER_SIZE {
-                let blob = repo.find_blob(oid).map_err(git("read blob"))?;
-                LfsPointer::parse(&blob.data)
-            } else {
-                None
-            };
+            let (size, lfs) = blob_info::blob_info(repo, oid)?;
             out.push(TreeEntry {
                 path,
                 kind: EntryKind::File,
