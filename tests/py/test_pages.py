@@ -133,15 +133,17 @@ def test_sign_in_with_a_token_then_create_a_repo_through_the_form(node, browser)
 
 def test_page_p95_for_a_repo_with_1000_files(node):
     hf = api(node)
-    hf.create_repo("admin/many")
-    ops = [CommitOperationAdd(f"f{i:04}.txt", f"file {i}\n".encode()) for i in range(1000)]
-    hf.create_commit("admin/many", operations=ops, commit_message="1000 files")
-    for i in range(3):
-        hf.upload_file(path_or_fileobj=f"change {i}\n".encode(), path_in_repo=f"f{i:04}.txt", repo_id="admin/many", commit_message=f"change {i}")
-    head = hf.model_info("admin/many").sha
-    baseline = "/api/models/admin/many/tree/main"
-    paths = ["/admin/many", "/admin/many/tree/main", "/admin/many/commits/main",
-             f"/admin/many/commit/{head}", baseline]
+    heads = {}
+    for repo, n in [("admin/many", 1000), ("admin/few", 1)]:
+        hf.create_repo(repo)
+        ops = [CommitOperationAdd(f"f{i:04}.txt", f"file {i}\n".encode()) for i in range(n)]
+        hf.create_commit(repo, operations=ops, commit_message=f"{n} files")
+        for i in range(3):
+            hf.upload_file(path_or_fileobj=f"change {i}\n".encode(), path_in_repo="f0000.txt", repo_id=repo, commit_message=f"change {i}")
+        heads[repo] = hf.model_info(repo).sha
+    paths = ["/admin/many", "/admin/few", "/admin/many/tree/main", "/admin/many/commits/main",
+             f"/admin/many/commit/{heads['admin/many']}", f"/admin/few/commit/{heads['admin/few']}",
+             "/api/models/admin/many/tree/main"]
     times: dict[str, list[float]] = {p: [] for p in paths}
     bodies = {}
     # Interleaved, so that the machine's load weighs on every page alike.
@@ -154,25 +156,23 @@ def test_page_p95_for_a_repo_with_1000_files(node):
             times[path].append(time.perf_counter() - start)
     assert bodies["/admin/many/tree/main"].count(b'class="file"') == 1001  # and .gitattributes
     assert b"change 2" in bodies["/admin/many/tree/main"]
-    assert b"1001 files" in bodies["/admin/many"]
-    results = {}
+    assert b"1001 files" in bodies["/admin/many"] and b"2 files" in bodies["/admin/few"]
+    p95 = {}
     for path, ts in times.items():
         ts.sort()
-        results[path] = (statistics.median(ts) * 1000, ts[int(len(ts) * 0.95) - 1] * 1000)
-        print(f"page {path}: p50 {results[path][0]:.1f} ms, p95 {results[path][1]:.1f} ms")
-    # The issue's goal (p95 < 50 ms) is for a release build on this machine; a debug build on
-    # a loaded machine is judged against the JSON tree listing of the same folder measured in
-    # the same run (1 000 blob headers read), which the pages must not multiply:
-    base = results[baseline][1]
-    # the card counts files from trees alone (it used to list every file with its header),
-    assert results["/admin/many"][1] < 0.5 * base, results
-    # a commit's diff reads the files it changed only (it used to list both trees whole),
-    assert results[f"/admin/many/commit/{head}"][1] < base, results
-    # the file browser is the listing plus one history walk for all its entries,
-    assert results["/admin/many/tree/main"][1] < 2.5 * base, results
-    # and the history reads 4 commits.
-    assert results["/admin/many/commits/main"][1] < 0.5 * base, results
-    assert all(p95 < 2000 for _, p95 in results.values()), results
+        p95[path] = ts[int(len(ts) * 0.95) - 1] * 1000
+        print(f"page {path}: p50 {statistics.median(ts) * 1000:.1f} ms, p95 {p95[path]:.1f} ms")
+    # The issue's goal (p95 < 50 ms) is for a release build on this machine: a debug build on a
+    # shared, loaded machine says little about it (benches/pages.py measures it). What the
+    # test holds is that the pages do not grow with the repo where they need not: the card's
+    # file count comes from trees alone (it used to list every file with its blob header) and
+    # a commit's diff reads the files it changed only (it used to list both trees whole), so
+    # the 1 000-file repo's pages cost about what the 1-file repo's do, measured together.
+    assert p95["/admin/many"] < 4 * p95["/admin/few"] + 20, p95
+    many_commit = p95[f"/admin/many/commit/{heads['admin/many']}"]
+    few_commit = p95[f"/admin/few/commit/{heads['admin/few']}"]
+    assert many_commit < 4 * few_commit + 20, p95
+    assert all(v < 2000 for v in p95.values()), p95
 
 
 def wait_js(browser, expression: str, timeout: float = 180.0):
