@@ -37,10 +37,10 @@ mod home;
 mod render;
 mod repo;
 mod session;
-mod upload;
-mod widget;
 #[cfg(test)]
 mod tests;
+mod upload;
+mod widget;
 
 use crate::AppState;
 use axum::Router;

@@ -23,7 +23,10 @@ const TEMPLATES: [(&str, &str); 15] = [
     ("mesh.html", include_str!("templates/mesh.html")),
     ("widget.html", include_str!("templates/widget.html")),
     ("upload.html", include_str!("templates/upload.html")),
-    ("widget_form.html", include_str!("templates/widget_form.html")),
+    (
+        "widget_form.html",
+        include_str!("templates/widget_form.html"),
+    ),
 ];
 
 fn env() -> &'static Environment<'static> {

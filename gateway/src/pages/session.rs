@@ -37,7 +37,11 @@ pub(crate) struct Credential(pub Option<axum::http::HeaderValue>);
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Credential(..)" } else { "None" })
+        f.write_str(if self.0.is_some() {
+            "Credential(..)"
+        } else {
+            "None"
+        })
     }
 }
 

@@ -565,7 +565,15 @@ async fn upload_form_commits_by_the_lfs_rules_and_refuses_bad_posts() {
     let f = fixture().await;
     create(&f, "model", "up", false).await;
     let form = [("content-type", "application/x-www-form-urlencoded")];
-    let r = send(&f.app, "POST", "/login", None, &form, format!("token={}", f.admin)).await;
+    let r = send(
+        &f.app,
+        "POST",
+        "/login",
+        None,
+        &form,
+        format!("token={}", f.admin),
+    )
+    .await;
     let cookie = cookie_of(&r);
     let r = get(&f, "/admin/up/upload", &[("cookie", cookie.as_str())]).await;
     assert_page(&r);
@@ -588,10 +596,17 @@ async fn upload_form_commits_by_the_lfs_rules_and_refuses_bad_posts() {
     };
     // A binary file under the default rules (`*.bin`) becomes LFS; a text file a git blob.
     let weights: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let (ct, body) = multipart_body(&[("csrf", &csrf), ("path", "weights/")], Some(("w.bin", &weights)));
+    let (ct, body) = multipart_body(
+        &[("csrf", &csrf), ("path", "weights/")],
+        Some(("w.bin", &weights)),
+    );
     let r = post(ct, body, true).await;
     assert_eq!(r.status, 303, "{}", r.text());
-    assert!(r.header("location").unwrap().ends_with("/admin/up/blob/main/weights/w.bin"));
+    assert!(
+        r.header("location")
+            .unwrap()
+            .ends_with("/admin/up/blob/main/weights/w.bin")
+    );
     let (ct, body) = multipart_body(
         &[("csrf", &csrf), ("message", "Add notes")],
         Some(("notes.md", b"# notes\n")),
@@ -619,11 +634,19 @@ async fn upload_form_commits_by_the_lfs_rules_and_refuses_bad_posts() {
     assert_eq!(post(ct, body, true).await.status, 403);
     let (ct, body) = multipart_body(&[("csrf", &csrf)], Some(("x.txt", b"x")));
     assert_eq!(post(ct, body, false).await.status, 401);
-    let (ct, body) = multipart_body(&[("csrf", &csrf), ("path", "../x.txt")], Some(("x.txt", b"x")));
+    let (ct, body) = multipart_body(
+        &[("csrf", &csrf), ("path", "../x.txt")],
+        Some(("x.txt", b"x")),
+    );
     assert_eq!(post(ct, body, true).await.status, 400);
     let (ct, body) = multipart_body(&[("csrf", &csrf)], None);
     assert_eq!(post(ct, body, true).await.status, 400);
-    let r = post("multipart/form-data; boundary=zz".into(), b"garbage".to_vec(), true).await;
+    let r = post(
+        "multipart/form-data; boundary=zz".into(),
+        b"garbage".to_vec(),
+        true,
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.header("x-error-message").is_some());
     // Past the size limit: a 413 with the Hub's error headers, before anything is parsed.
@@ -644,7 +667,10 @@ async fn pages_without_inference_or_spaces_have_no_widget_frame_or_script() {
         "model",
         "admin/gen",
         "card",
-        &[("README.md", b"---\npipeline_tag: text-generation\n---\n# Gen\n")],
+        &[(
+            "README.md",
+            b"---\npipeline_tag: text-generation\n---\n# Gen\n",
+        )],
     )
     .await;
     create(&f, "space", "app", false).await;
@@ -669,5 +695,9 @@ async fn pages_without_inference_or_spaces_have_no_widget_frame_or_script() {
     // The script is a file of this origin.
     let r = get(&f, "/-/widget.js", &[]).await;
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/javascript"));
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
 }

@@ -189,7 +189,10 @@ pub(crate) async fn upload(
         .access(Some(&principal), &id, Need::Write)
         .await
         .map_err(AppError::from)?;
-    let Some(file) = parts.iter().find(|p| p.name == "file" && p.filename.is_some()) else {
+    let Some(file) = parts
+        .iter()
+        .find(|p| p.name == "file" && p.filename.is_some())
+    else {
         return Err(AppError::BadRequest("choose a file to upload".into()).into());
     };
     if file.data.len() > MAX_UPLOAD {
@@ -273,14 +276,26 @@ Content-Type: application/octet-stream\r\n\r\n\x00\r\n--\r\n------X\r\n------X1-
             ("multipart/form-data", format!("{ok_part}------X1--")),
             (CT, "no boundary at all".to_owned()),
             (CT, ok_part.to_owned()),
-            (CT, "------X1\r\nContent-Disposition: form-data\r\n\r\n1\r\n------X1--".to_owned()),
-            (CT, "------X1\r\nX-Other: 1\r\n\r\n1\r\n------X1--".to_owned()),
+            (
+                CT,
+                "------X1\r\nContent-Disposition: form-data\r\n\r\n1\r\n------X1--".to_owned(),
+            ),
+            (
+                CT,
+                "------X1\r\nX-Other: 1\r\n\r\n1\r\n------X1--".to_owned(),
+            ),
             (CT, format!("------X1\r\n{}", "h".repeat(10_000))),
             (CT, "------X1garbage".to_owned()),
             (CT, format!("{}------X1--", ok_part.repeat(MAX_PARTS + 1))),
         ] {
             assert!(multipart(ct, body.as_bytes()).is_err(), "{ct} {body:.80}");
         }
-        assert!(multipart(CT, format!("{}------X1--", ok_part.repeat(MAX_PARTS)).as_bytes()).is_ok());
+        assert!(
+            multipart(
+                CT,
+                format!("{}------X1--", ok_part.repeat(MAX_PARTS)).as_bytes()
+            )
+            .is_ok()
+        );
     }
 }

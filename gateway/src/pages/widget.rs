@@ -72,7 +72,10 @@ pub(crate) fn kind(
         None => {}
     }
     let names = repos.file_names(id, commit, "")?;
-    if names.iter().any(|n| n.to_ascii_lowercase().ends_with(".gguf")) {
+    if names
+        .iter()
+        .any(|n| n.to_ascii_lowercase().ends_with(".gguf"))
+    {
         return Ok(Some(TEXT_GENERATION));
     }
     if !names.iter().any(|n| n == "config.json") {
@@ -141,7 +144,10 @@ pub(crate) async fn run(
         let (repos, rid) = (state.repos().clone(), id.clone());
         blocking(move || {
             let commit = repos.resolve(&rid, "main")?;
-            let tag = match repos.entries_at(&rid, &commit, &["README.md".to_owned()])?.first() {
+            let tag = match repos
+                .entries_at(&rid, &commit, &["README.md".to_owned()])?
+                .first()
+            {
                 Some(e) if e.kind == EntryKind::File && e.lfs.is_none() => {
                     let (_, bytes) = repos.file(&rid, &commit, "README.md")?;
                     hub_search::parse_card(&String::from_utf8_lossy(&bytes)).pipeline_tag
@@ -166,12 +172,7 @@ pub(crate) async fn run(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
     if wants_json {
-        return Ok((
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            answer,
-        )
-            .into_response());
+        return Ok((status, [(header::CONTENT_TYPE, "application/json")], answer).into_response());
     }
     let value: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
     let mut ctx = WidgetCtx {

@@ -61,7 +61,11 @@ fn last_commits_of_files_and_folders_in_many_folders_match_git_log() {
     assert_eq!(found["sub/b.txt"].title, "update");
     // git's own answer for every path that exists.
     for path in paths.iter().filter(|p| !p.contains("missing")) {
-        let want = git(&repos, &id, &["log", "-1", "--format=%H", "main", "--", path]);
+        let want = git(
+            &repos,
+            &id,
+            &["log", "-1", "--format=%H", "main", "--", path],
+        );
         assert_eq!(id_of(path).as_deref(), Some(want.trim()), "{path}");
     }
     // From an older commit, the answers are as of that commit.
@@ -107,9 +111,7 @@ fn file_count_changed_files_and_file_names_read_trees_only() {
     )
     .unwrap();
     assert_eq!(repos.file_count(&id, "main").unwrap(), 5);
-    let (changed, cut) = repos
-        .changed_files(&id, Some(&c1.id), &c2.id, 100)
-        .unwrap();
+    let (changed, cut) = repos.changed_files(&id, Some(&c1.id), &c2.id, 100).unwrap();
     assert_eq!(changed, vec!["a.txt", "new/n.txt", "sub/deep/c.txt"]);
     assert!(!cut);
     let (changed, cut) = repos.changed_files(&id, Some(&c1.id), &c2.id, 2).unwrap();
@@ -119,14 +121,16 @@ fn file_count_changed_files_and_file_names_read_trees_only() {
     let (all, _) = repos.changed_files(&id, None, &c1.id, 100).unwrap();
     assert_eq!(
         all,
-        vec![".gitattributes", "a.txt", "same/x.txt", "sub/b.txt", "sub/deep/c.txt"]
+        vec![
+            ".gitattributes",
+            "a.txt",
+            "same/x.txt",
+            "sub/b.txt",
+            "sub/deep/c.txt"
+        ]
     );
     // git agrees.
-    let out = git(
-        &repos,
-        &id,
-        &["diff", "--name-only", &c1.id, &c2.id],
-    );
+    let out = git(&repos, &id, &["diff", "--name-only", &c1.id, &c2.id]);
     let mut want: Vec<&str> = out.lines().collect();
     want.sort();
     assert_eq!(want, vec!["a.txt", "new/n.txt", "sub/deep/c.txt"]);
