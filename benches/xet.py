@@ -2,9 +2,14 @@
 with `hf_hub_download` by huggingface_hub 2.4.0, once through Xet (hf_xet, the default) and once
 through the LFS batch API (HF_HUB_DISABLE_XET=1), each against a fresh node, in one run.
 Reports wall time, the client's peak RSS (VmHWM), the bytes the node received through Xet and
-what the store holds afterwards.
+what the store holds afterwards. A third path, Xet with hf_xet's upload concurrency capped at 1
+(`HF_XET_CLIENT_AC_MAX_UPLOAD_CONCURRENCY=1`), shows how much of the client's memory is its own
+in-flight xorbs. The paths alternate, `--rounds` times (the machine is shared: compare within a
+round), with the load average before each run.
 
-    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024]   → benches/results/xet.md
+    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 2]   → benches/results/xet.md
+
+Asserts the issue's bound for the default Xet path: client peak RSS under 300 MiB for 1 GiB.
 """
 import hashlib, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -46,7 +51,7 @@ def node_rss(pid):
     return [int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:")][0]
 
 
-def run(src, sha, xet):
+def run(src, sha, xet, extra_env=None):
     d = Path(tempfile.mkdtemp(prefix="xet-bench-"))
     node = conftest.start_node(d / "n")
     try:
@@ -55,6 +60,7 @@ def run(src, sha, xet):
         env.pop("HF_HUB_DISABLE_XET", None)
         if not xet:
             env["HF_HUB_DISABLE_XET"] = "1"
+        env.update(extra_env or {})
         r = {}
         for code, arg in ((UPLOAD, [str(src)]), (DOWNLOAD, [])):
             out = subprocess.run([sys.executable, "-c", code, *arg], env=env, capture_output=True, text=True, timeout=3600)
@@ -82,6 +88,11 @@ def main():
         i = args.index("--size-mib")
         size = int(args[i + 1])
         del args[i : i + 2]
+    rounds = 2
+    if "--rounds" in args:
+        i = args.index("--rounds")
+        rounds = int(args[i + 1])
+        del args[i : i + 2]
     if args:
         os.environ["HUBMESH_BIN"] = args[0]
     work = Path(tempfile.mkdtemp(prefix="xet-bench-src-"))
@@ -90,10 +101,17 @@ def main():
     sha = write_safetensors(src, {"a": os.urandom(half), "b": os.urandom(half)})
     rows = []
     try:
-        for name, xet in (("Xet (hf_xet)", True), ("LFS batch (HF_HUB_DISABLE_XET=1)", False)):
-            r = run(src, sha, xet)
-            print(name, json.dumps(r), flush=True)
-            rows.append((name, r))
+        capped = {"HF_XET_CLIENT_AC_INITIAL_UPLOAD_CONCURRENCY": "1",
+                  "HF_XET_CLIENT_AC_MAX_UPLOAD_CONCURRENCY": "1"}
+        paths = (("Xet (hf_xet)", True, None), ("LFS batch (HF_HUB_DISABLE_XET=1)", False, None),
+                 ("Xet, client upload concurrency 1", True, capped))
+        for round_ in range(1, rounds + 1):
+            for name, xet, extra in paths:
+                load = " ".join(open("/proc/loadavg").read().split()[:3])
+                r = run(src, sha, xet, extra)
+                r["load"], r["round"] = load, round_
+                print(name, json.dumps(r), flush=True)
+                rows.append((name, r))
     finally:
         subprocess.run(["rm", "-rf", str(work)])
     load = open("/proc/loadavg").read().split()[:3]
@@ -101,16 +119,17 @@ def main():
         "# Xet vs LFS: 1 file, upload_file + hf_hub_download (huggingface_hub 2.4.0)",
         "",
         f"`python benches/xet.py` — {size} MiB safetensors (random tensors), debug `hubmesh` build, "
-        f"{os.cpu_count()} cores, load average at the end {' '.join(load)} (other builds running).",
+        f"{os.cpu_count()} cores shared with other engineers' builds (load average at the end {' '.join(load)}); "
+        "numbers from a loaded machine: compare paths within a round.",
         "",
-        "| path | upload s | download s | client peak RSS MiB (upload / download) | node peak RSS MiB (after upload / after download) | Xet bytes received MiB | store files | store bytes MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| round | load before | path | upload s | download s | client peak RSS MiB (upload / download) | node peak RSS MiB (after upload / after download) | Xet bytes received MiB | store files | store bytes MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         s = r["stats"]
         stored = s.get("stored_bytes", s.get("bytes", 0))
         lines.append(
-            f"| {name} | {r['upload_s']:.1f} | {r['download_s']:.1f} | {r['rss_up'] / MIB:.0f} / {r['rss_down'] / MIB:.0f} "
+            f"| {r['round']} | {r['load']} | {name} | {r['upload_s']:.1f} | {r['download_s']:.1f} | {r['rss_up'] / MIB:.0f} / {r['rss_down'] / MIB:.0f} "
             f"| {r['node_rss_up'] / MIB:.0f} / {r['node_rss'] / MIB:.0f} "
             f"| {r['received'] / MIB:.0f} | {s.get('files')} | {stored / MIB:.0f} |"
         )
@@ -118,6 +137,10 @@ def main():
     out = Path(__file__).resolve().parent / "results" / "xet.md"
     out.write_text("\n".join(lines))
     print(out.read_text())
+    if size == 1024:
+        for name, r in rows:
+            if name == "Xet (hf_xet)":
+                assert r["rss_up"] < 300 * MIB, f"client peak RSS {r['rss_up'] / MIB:.0f} MiB for a 1 GiB Xet upload"
 
 
 if __name__ == "__main__":

@@ -51,8 +51,8 @@ type Buf = Arc<Vec<u8>>;
 
 /// A block made durable by this import, to be recorded in the index.
 #[derive(Debug)]
-struct NewBlock {
-    id: Hash,
+pub(crate) struct NewBlock {
+    pub(crate) id: Hash,
     size: u64,
     entries: Vec<BlockEntry>,
 }
@@ -239,14 +239,35 @@ fn import_placed(
         blake3: b3,
         chunks,
     };
+    let manifest_id = commit_file(inner, &blocks, &manifest)?;
+    tracing::debug!(%sha, size, new_bytes, blocks = blocks.len(), "imported");
+
+    Ok(FileInfo {
+        sha256: sha,
+        blake3: b3,
+        size,
+        manifest_id,
+        chunks: manifest.chunks.len(),
+        new_bytes,
+        tensor_aware: false,
+    })
+}
+
+/// Records, in one redb transaction, the blocks an import made durable and the file's
+/// manifest; returns the manifest's id. The file is visible once this returns.
+pub(crate) fn commit_file(
+    inner: &Inner,
+    blocks: &[NewBlock],
+    manifest: &Manifest,
+) -> Result<Hash, StoreError> {
     let encoded = manifest.encode();
     let manifest_id = Hash::of(&encoded);
-
+    let sha = manifest.sha256;
     let txn = inner.db.begin_write().map_err(StoreError::db)?;
     {
         let mut blocks_t = txn.open_table(BLOCKS).map_err(StoreError::db)?;
         let mut chunks_t = txn.open_table(CHUNKS).map_err(StoreError::db)?;
-        for b in &blocks {
+        for b in blocks {
             let rec = BlockRecord {
                 size: b.size,
                 chunks: b.entries.len() as u32,
@@ -278,22 +299,12 @@ fn import_placed(
             .map_err(StoreError::db)?;
     }
     txn.commit().map_err(StoreError::db)?;
-    tracing::debug!(%sha, size, new_bytes, blocks = blocks.len(), "imported");
-
-    Ok(FileInfo {
-        sha256: sha,
-        blake3: b3,
-        size,
-        manifest_id,
-        chunks: manifest.chunks.len(),
-        new_bytes,
-        tensor_aware: false,
-    })
+    Ok(manifest_id)
 }
 
 /// Bytes of one chunk: a range of a shared read buffer, or its own copy when the chunk
 /// spans two buffers.
-enum Piece {
+pub(crate) enum Piece {
     Shared(Buf, usize, usize),
     Owned(Vec<u8>),
 }
@@ -356,7 +367,7 @@ fn write_chunks(
 /// The packer thread: appends new chunks to block files (write + block hash), and hands each
 /// full block to the sealer. Returns the bytes of new chunks written. On failure it deletes
 /// the temporary file of the block it was writing.
-fn pack_blocks(
+pub(crate) fn pack_blocks(
     inner: &Inner,
     rx: Receiver<(Hash, Piece)>,
     seal_tx: SyncSender<SealedBlock>,
@@ -414,7 +425,7 @@ fn pack_blocks_into(
 /// The sealer thread: makes each block durable under its final name. Runs beside the writer
 /// so that fsync overlaps hashing of the next block. Returns the blocks it placed in
 /// `blocks/` (each registered in `Inner::placed`), also when it failed.
-fn seal_blocks(
+pub(crate) fn seal_blocks(
     inner: &Inner,
     rx: Receiver<SealedBlock>,
 ) -> (Vec<NewBlock>, Result<(), StoreError>) {
