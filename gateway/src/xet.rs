@@ -144,10 +144,12 @@ async fn issue_token(
     };
     let granted = access(&state, principal.as_ref(), &id, need).await?;
     if right == Right::Write {
-        // A node at its reserved headroom refuses the upload here, before any xorb is sent:
-        // huggingface_hub does not retry a 507 on this route, so the caller fails at once.
+        // A node at its reserved headroom refuses the upload here, before any xorb is sent,
+        // with a status hf_xet (which fetches this token itself) does not retry.
         let st = state.clone();
-        blocking(move || Ok(st.store().ensure_room(0)?)).await?;
+        blocking(move || Ok(st.store().ensure_room(0)?))
+            .await
+            .map_err(|e| refuse_when_full(e, StatusCode::FORBIDDEN))?;
     }
     let exp = now() + TOKEN_SECS;
     let token = token::issue(
@@ -335,7 +337,7 @@ async fn upload_xorb(
     let st = state.clone();
     blocking(move || Ok(st.store().ensure_room(announced)?))
         .await
-        .map_err(refuse_when_full)?;
+        .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
     static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
     let _permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
     let bytes = read_announced(body, announced, hub_xet::xorb::MAX_XORB_UPLOAD, "xorb").await?;
@@ -343,7 +345,7 @@ async fn upload_xorb(
     let st = state.clone();
     let inserted = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
         .await
-        .map_err(refuse_when_full)?;
+        .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
     tracing::debug!(xorb = %hash, inserted, "xorb");
     Ok(Json(json!({ "was_inserted": inserted })))
 }
@@ -384,19 +386,20 @@ async fn upload_shard(
         Ok(records.len())
     })
     .await
-    .map_err(refuse_when_full)?;
+    .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
     tracing::info!(files, "Xet shard stored");
     Ok(Json(json!({ "result": 1 })))
 }
 
 /// A Xet upload this node's disk cannot take, answered so that `hf_xet` gives up at once:
-/// xet-core's retry rule (`retry_wrapper.rs`) retries every 5xx — 507 included, for minutes
-/// — and 408 / 429, but no other 4xx. So 413 ("larger than the server is able to process"),
-/// with the Hub's error headers saying why.
-fn refuse_when_full(e: AppError) -> AppError {
+/// xet-core's retry rule (`retry_wrapper.rs`, for the token route too) retries every 5xx —
+/// 507 included, for minutes — and 408 / 429, but no other 4xx. So a 4xx: 403 for the write
+/// token, 413 ("larger than the server is able to process") for a xorb or shard, with the
+/// Hub's error headers saying why.
+fn refuse_when_full(e: AppError, status: StatusCode) -> AppError {
     match e {
         AppError::InsufficientStorage => AppError::Coded {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
+            status,
             code: "InsufficientStorage",
             message: "this node's disk is full (at its reserved free space): it cannot store \
                       this Xet upload"

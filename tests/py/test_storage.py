@@ -61,20 +61,18 @@ def test_a_full_disk_is_507_and_keeps_nothing(node_factory, tmp_path):
     # Small text files live in git: still fine.
     api.upload_file(path_or_fileobj=b"# hello\n", path_in_repo="README.md", repo_id=repo)
     sha = api.model_info(repo).sha
-    # The default client (hf_xet): the node refuses the Xet write token with 507, which the
-    # client does not retry, so the upload fails at once instead of retrying xorbs.
+    # The default client (hf_xet, which fetches its write token itself and retries any 5xx for
+    # minutes): the node refuses the Xet write token with a 403 it does not retry.
     assert hf_constants.HF_HUB_DISABLE_XET is False
     started = time.monotonic()
     with pytest.raises(Exception) as e:
         api.upload_file(path_or_fileobj=os.urandom(3_000_000), path_in_repo="w.bin", repo_id=repo)
     assert time.monotonic() - started < 30, "refused at once, not after retries"
-    err = e.value
-    while err is not None and not isinstance(err, HfHubHTTPError):
+    chain, err = [], e.value
+    while err is not None:
+        chain.append(str(err))
         err = err.__cause__ or err.__context__
-    assert err is not None, repr(e.value)
-    assert err.response.status_code == 507, err.response.text
-    assert "/xet-write-token/" in str(err.response.url), err.response.url
-    assert "storage" in err.response.headers.get("x-error-message", ""), err.response.headers
+    assert any("403" in m and "xet-write-token" in m for m in chain), chain
     assert api.model_info(repo).sha == sha, "nothing committed"
     weights = os.urandom(2_000_000)
     oid = hashlib.sha256(weights).hexdigest()

@@ -5,10 +5,9 @@ use crate::testing::{fixture_with_store, send};
 use hub_xet::hash;
 
 /// A node whose store is at its reserved headroom refuses Xet writes at once, in a way the
-/// client does not retry: the write token with 507 (huggingface_hub does not retry it), and a
-/// xorb or shard sent with a token issued before the disk filled with 413 (hf_xet retries
-/// every 5xx, 507 included, but no 4xx besides 408 and 429) — both with the Hub's error
-/// headers; reading is unaffected.
+/// client does not retry (hf_xet retries every 5xx, 507 included, but no 4xx besides 408 and
+/// 429): the write token with 403, a xorb sent with a token issued before the disk filled
+/// with 413 — both with the Hub's error headers; reading is unaffected.
 #[tokio::test]
 async fn a_full_store_refuses_xet_writes_with_statuses_the_client_does_not_retry() {
     let mut config = hub_store::StoreConfig::default();
@@ -34,11 +33,12 @@ async fn a_full_store_refuses_xet_writes_with_statuses_the_client_does_not_retry
         "",
     )
     .await;
-    assert_eq!(write.status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(write.status, StatusCode::FORBIDDEN);
+    assert_eq!(write.header("x-error-code"), Some("InsufficientStorage"));
     assert!(
         write
             .header("x-error-message")
-            .is_some_and(|m| m.contains("storage")),
+            .is_some_and(|m| m.contains("disk is full")),
         "{:?}",
         write.headers
     );
