@@ -14,6 +14,9 @@
 //! - `GET /v1/xorb-data/{hash}?exp&sig` (signed, no credentials): chunk-aligned byte ranges of
 //!   a xorb as this node serves it (chunks uncompressed).
 //!
+//! A node at its store's reserved free space refuses the write token (403) and xorbs / shards
+//! (413), with `X-Error-Code: InsufficientStorage`: hf_xet retries any 5xx for minutes.
+//!
 //! Not routed (the client falls back or does without): `/v2/*` (→ v1), `/v1/xorb-grants`
 //! (→ direct xorb upload), `/v1/chunks/*` (global dedup: 404 means none known).
 //! Formats and checks are `hub-xet`'s; access is `hub-core`'s.
