@@ -2,11 +2,12 @@
 //! objects of its xorbs, ADR 0010). The new file's manifest references the chunks the ranges
 //! already cover; only the pieces of chunks that a range's ends cut are stored anew (at most
 //! two per range, each under [`MAX_CHUNK`](crate::chunker::MAX_CHUNK)). The bytes are still
-//! read once, for the file's SHA-256 and BLAKE3 (on two threads), which are checked against
-//! what the caller expects before anything is written: a wrong claim keeps nothing.
+//! read once, for the file's SHA-256 (hashed on its own thread), which is checked against
+//! what the caller expects before anything is written: a wrong claim keeps nothing. The
+//! manifest's `blake3` is its chunk-list hash, as for every import.
 
 use crate::error::StoreError;
-use crate::import::{NewBlock, Piece, commit_file, pack_blocks, seal_blocks};
+use crate::import::{NewBlock, Piece, commit, pack_blocks, seal_blocks};
 use crate::index::CHUNKS;
 use crate::{Expected, FileInfo, Store};
 use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
@@ -14,7 +15,6 @@ use redb::ReadableDatabase;
 use sha2::Digest;
 use std::collections::HashSet;
 use std::io;
-use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use std::thread;
 
@@ -47,7 +47,7 @@ pub(crate) fn compose(
     for s in slices {
         plan(store, s, &mut parts)?;
     }
-    let (size, sha256, blake3) = hash_slices(store, slices)?;
+    let (size, sha256) = hash_slices(store, slices)?;
     if let Some(e) = expected
         && (e.sha256 != sha256 || e.size != size)
     {
@@ -85,23 +85,13 @@ pub(crate) fn compose(
     let manifest = Manifest {
         size,
         sha256,
-        blake3,
+        blake3: Manifest::chunk_list_hash(&chunks),
         chunks,
     };
     let mut placed = Vec::new();
-    let result = write_and_commit(store, fresh, &manifest, &mut placed);
+    let result = write_and_commit(store, fresh, &manifest, new_bytes, &mut placed);
     inner.release_placed(&placed, result.is_err());
-    let manifest_id = result?;
-    tracing::debug!(%sha256, size, new_bytes, "composed");
-    Ok(FileInfo {
-        sha256,
-        blake3,
-        size,
-        manifest_id,
-        chunks: manifest.chunks.len(),
-        new_bytes,
-        tensor_aware: false,
-    })
+    result
 }
 
 /// The parts of the new file that slice `s` makes.
@@ -155,25 +145,17 @@ fn plan(store: &Store, s: &Slice, parts: &mut Vec<Part>) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Size, SHA-256 and BLAKE3 of the slices' bytes, read in order once; the two hashes run on
-/// their own threads.
-fn hash_slices(store: &Store, slices: &[Slice]) -> Result<(u64, Sha256, Hash), StoreError> {
+/// Size and SHA-256 of the slices' bytes, read in order once; the hash runs on its own
+/// thread, beside the reads.
+fn hash_slices(store: &Store, slices: &[Slice]) -> Result<(u64, Sha256), StoreError> {
     thread::scope(|s| {
-        let (sha_tx, sha_rx) = sync_channel::<Arc<Vec<u8>>>(4);
-        let (b3_tx, b3_rx) = sync_channel::<Arc<Vec<u8>>>(4);
+        let (sha_tx, sha_rx) = sync_channel::<Vec<u8>>(4);
         let sha_h = s.spawn(move || {
             let mut h = sha2::Sha256::new();
             for b in sha_rx {
                 h.update(&b[..]);
             }
             Sha256(h.finalize().into())
-        });
-        let b3_h = s.spawn(move || {
-            let mut h = blake3::Hasher::new();
-            for b in b3_rx {
-                h.update(&b[..]);
-            }
-            Hash(*h.finalize().as_bytes())
         });
         let read = (|| {
             let mut size = 0u64;
@@ -190,8 +172,7 @@ fn hash_slices(store: &Store, slices: &[Slice]) -> Result<(u64, Sha256, Hash), S
                         return Err(StoreError::Source(io::Error::other("stored file is short")));
                     }
                     done += n as u64;
-                    let b = Arc::new(b);
-                    if sha_tx.send(b.clone()).is_err() || b3_tx.send(b).is_err() {
+                    if sha_tx.send(b).is_err() {
                         return Err(StoreError::StageStopped);
                     }
                 }
@@ -199,10 +180,9 @@ fn hash_slices(store: &Store, slices: &[Slice]) -> Result<(u64, Sha256, Hash), S
             }
             Ok(size)
         })();
-        drop((sha_tx, b3_tx));
+        drop(sha_tx);
         let sha = sha_h.join().map_err(|_| StoreError::WorkerPanic)?;
-        let b3 = b3_h.join().map_err(|_| StoreError::WorkerPanic)?;
-        Ok((read?, sha, b3))
+        Ok((read?, sha))
     })
 }
 
@@ -212,8 +192,9 @@ fn write_and_commit(
     store: &Store,
     fresh: Vec<(Hash, Vec<u8>)>,
     manifest: &Manifest,
+    new_bytes: u64,
     placed: &mut Vec<Hash>,
-) -> Result<Hash, StoreError> {
+) -> Result<FileInfo, StoreError> {
     let inner = &*store.inner;
     let mut blocks: Vec<NewBlock> = Vec::new();
     if !fresh.is_empty() {
@@ -240,5 +221,5 @@ fn write_and_commit(
             (Ok(_), Ok(())) => {}
         }
     }
-    commit_file(inner, &blocks, manifest)
+    commit(inner, &blocks, manifest, new_bytes)
 }

@@ -6,3 +6,4 @@ mod failed;
 mod files;
 mod maintenance;
 mod util;
+mod verified;
