@@ -141,9 +141,10 @@ impl Placement {
 
     /// Where `node` sits: `(stage, rank)`.
     pub fn position(&self, node: &PublicKey) -> Option<(usize, usize)> {
-        self.stages.iter().enumerate().find_map(|(s, st)| {
-            st.nodes.iter().position(|n| n == node).map(|r| (s, r))
-        })
+        self.stages
+            .iter()
+            .enumerate()
+            .find_map(|(s, st)| st.nodes.iter().position(|n| n == node).map(|r| (s, r)))
     }
 
     pub fn validate(&self) -> Result<(), InvalidPlacement> {

@@ -74,40 +74,85 @@ fn random_weights(c: &LlamaConfig) -> Result<HashMap<String, Tensor>> {
                 state ^= state >> 12;
                 state ^= state << 25;
                 state ^= state >> 27;
-                let u = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32;
+                let u =
+                    (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32;
                 offset + scale * (2.0 * u - 1.0)
             })
             .collect();
         Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
     };
-    let (h, i, v, d) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim());
+    let (h, i, v, d) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.vocab_size,
+        c.head_dim(),
+    );
     let (nq, nkv) = (c.num_attention_heads * d, c.num_kv_heads() * d);
     let lin = |fan_in: usize| 1.5 / (fan_in as f32).sqrt();
     let mut w = HashMap::new();
-    w.insert("model.embed_tokens.weight".into(), uniform(&[v, h], 1.0, 0.0)?);
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        uniform(&[v, h], 1.0, 0.0)?,
+    );
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        w.insert(format!("{p}.input_layernorm.weight"), uniform(&[h], 0.2, 1.0)?);
-        w.insert(format!("{p}.self_attn.q_proj.weight"), uniform(&[nq, h], lin(h), 0.0)?);
-        w.insert(format!("{p}.self_attn.k_proj.weight"), uniform(&[nkv, h], lin(h), 0.0)?);
-        w.insert(format!("{p}.self_attn.v_proj.weight"), uniform(&[nkv, h], lin(h), 0.0)?);
-        w.insert(format!("{p}.self_attn.o_proj.weight"), uniform(&[h, nq], lin(nq), 0.0)?);
-        w.insert(format!("{p}.post_attention_layernorm.weight"), uniform(&[h], 0.2, 1.0)?);
-        w.insert(format!("{p}.mlp.gate_proj.weight"), uniform(&[i, h], lin(h), 0.0)?);
-        w.insert(format!("{p}.mlp.up_proj.weight"), uniform(&[i, h], lin(h), 0.0)?);
-        w.insert(format!("{p}.mlp.down_proj.weight"), uniform(&[h, i], lin(i), 0.0)?);
+        w.insert(
+            format!("{p}.input_layernorm.weight"),
+            uniform(&[h], 0.2, 1.0)?,
+        );
+        w.insert(
+            format!("{p}.self_attn.q_proj.weight"),
+            uniform(&[nq, h], lin(h), 0.0)?,
+        );
+        w.insert(
+            format!("{p}.self_attn.k_proj.weight"),
+            uniform(&[nkv, h], lin(h), 0.0)?,
+        );
+        w.insert(
+            format!("{p}.self_attn.v_proj.weight"),
+            uniform(&[nkv, h], lin(h), 0.0)?,
+        );
+        w.insert(
+            format!("{p}.self_attn.o_proj.weight"),
+            uniform(&[h, nq], lin(nq), 0.0)?,
+        );
+        w.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            uniform(&[h], 0.2, 1.0)?,
+        );
+        w.insert(
+            format!("{p}.mlp.gate_proj.weight"),
+            uniform(&[i, h], lin(h), 0.0)?,
+        );
+        w.insert(
+            format!("{p}.mlp.up_proj.weight"),
+            uniform(&[i, h], lin(h), 0.0)?,
+        );
+        w.insert(
+            format!("{p}.mlp.down_proj.weight"),
+            uniform(&[h, i], lin(i), 0.0)?,
+        );
     }
     w.insert("model.norm.weight".into(), uniform(&[h], 0.2, 1.0)?);
-    w.insert("lm_head.weight".into(), uniform(&[v, h], 2.0 * lin(h), 0.0)?);
+    w.insert(
+        "lm_head.weight".into(),
+        uniform(&[v, h], 2.0 * lin(h), 0.0)?,
+    );
     Ok(w)
 }
 
 fn prompt(n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| 3 + (i * 2654435761u32 >> 7) % 8000).collect()
+    (0..n as u32)
+        .map(|i| 3 + (i.wrapping_mul(2_654_435_761) >> 7) % 8000)
+        .collect()
 }
 
 /// Decode rate of one greedy request (prefill excluded) and its tokens.
-fn decode_rate<M: StepModel>(engine: &mut Engine<M>, id: u64, tokens: usize) -> Result<(f64, Vec<u32>)> {
+fn decode_rate<M: StepModel>(
+    engine: &mut Engine<M>,
+    id: u64,
+    tokens: usize,
+) -> Result<(f64, Vec<u32>)> {
     let mut r = GenerateRequest::greedy(id, prompt(24), tokens);
     r.ignore_eos = true;
     engine.add_request(r)?;
@@ -131,7 +176,13 @@ fn load_avg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn sharded(c: &LlamaConfig, w: &HashMap<String, Tensor>, tp: usize, pp: usize, p: SyncPrecision) -> Result<LocalShardedLlama> {
+fn sharded(
+    c: &LlamaConfig,
+    w: &HashMap<String, Tensor>,
+    tp: usize,
+    pp: usize,
+    p: SyncPrecision,
+) -> Result<LocalShardedLlama> {
     Ok(LocalShardedLlama::load(
         c,
         LocalShardConfig {
@@ -148,7 +199,15 @@ fn sharded(c: &LlamaConfig, w: &HashMap<String, Tensor>, tp: usize, pp: usize, p
 fn prefill_rows<M: StepModel>(model: &M) -> Result<Vec<Vec<f32>>> {
     let kv = model.new_cache(4, 16)?;
     let p = prompt(24);
-    let out = model.forward(&kv, &[BatchItem { tokens: &p, start_pos: 0, block_table: &[0, 1], all_logits: true }])?;
+    let out = model.forward(
+        &kv,
+        &[BatchItem {
+            tokens: &p,
+            start_pos: 0,
+            block_table: &[0, 1],
+            all_logits: true,
+        }],
+    )?;
     Ok((0..out[0].rows()).map(|r| out[0].row(r).to_vec()).collect())
 }
 
@@ -165,13 +224,22 @@ fn main() -> Result<()> {
         (1, 2, "2 workers, pp=2"),
         (2, 2, "4 workers, tp=2 × pp=2"),
     ];
-    let engine_config = EngineConfig { num_blocks: 64, ..EngineConfig::default() };
+    let engine_config = EngineConfig {
+        num_blocks: 64,
+        ..EngineConfig::default()
+    };
 
     // Baseline and candidates alternate inside each repetition; best of `reps`.
-    let mut single = Engine::new(Llama::from_tensors(c.clone(), weights.clone(), &Device::Cpu)?, engine_config.clone())?;
+    let mut single = Engine::new(
+        Llama::from_tensors(c.clone(), weights.clone(), &Device::Cpu)?,
+        engine_config.clone(),
+    )?;
     let mut engines = Vec::new();
     for &(tp, pp, _) in &layouts {
-        engines.push(Engine::new(sharded(&c, &weights, tp, pp, SyncPrecision::F32)?, engine_config.clone())?);
+        engines.push(Engine::new(
+            sharded(&c, &weights, tp, pp, SyncPrecision::F32)?,
+            engine_config.clone(),
+        )?);
     }
     let mut best_single = 0f64;
     let mut best = vec![0f64; layouts.len()];
@@ -200,10 +268,26 @@ fn main() -> Result<()> {
             let kv = m.new_cache(8, 16)?;
             let table = [0u32, 1, 2, 3];
             let toks = prompt(40);
-            m.forward(&kv, &[BatchItem { tokens: &toks[..24], start_pos: 0, block_table: &table, all_logits: false }])?;
+            m.forward(
+                &kv,
+                &[BatchItem {
+                    tokens: &toks[..24],
+                    start_pos: 0,
+                    block_table: &table,
+                    all_logits: false,
+                }],
+            )?;
             let before = m.traffic()?;
             for pos in 24..40 {
-                m.forward(&kv, &[BatchItem { tokens: &toks[pos..pos + 1], start_pos: pos, block_table: &table, all_logits: false }])?;
+                m.forward(
+                    &kv,
+                    &[BatchItem {
+                        tokens: &toks[pos..pos + 1],
+                        start_pos: pos,
+                        block_table: &table,
+                        all_logits: false,
+                    }],
+                )?;
             }
             let per = (m.traffic()? - before) as f64 / 16.0;
             row.push(format!("{:.1}", per / 1024.0));
@@ -214,11 +298,23 @@ fn main() -> Result<()> {
     // Accuracy of the 8-bit sync against f32 (same layout, same prefill).
     let exact = prefill_rows(&sharded(&c, &weights, 2, 1, SyncPrecision::F32)?)?;
     let q8 = prefill_rows(&sharded(&c, &weights, 2, 1, SyncPrecision::Q8)?)?;
-    let single_rows = prefill_rows(&Llama::from_tensors(c.clone(), weights.clone(), &Device::Cpu)?)?;
+    let single_rows = prefill_rows(&Llama::from_tensors(
+        c.clone(),
+        weights.clone(),
+        &Device::Cpu,
+    )?)?;
     let max_diff = |x: &[Vec<f32>], y: &[Vec<f32>]| {
-        x.iter().flatten().zip(y.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+        x.iter()
+            .flatten()
+            .zip(y.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
     };
-    let agree = exact.iter().zip(&q8).filter(|(e, q)| argmax(e) == argmax(q)).count();
+    let agree = exact
+        .iter()
+        .zip(&q8)
+        .filter(|(e, q)| argmax(e) == argmax(q))
+        .count();
     let range = exact.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
 
     // Llama 3 8B, 2 nodes, 8-bit sync, computed with this code's codec and exchange.
@@ -226,29 +322,96 @@ fn main() -> Result<()> {
 
     let mut md = String::new();
     writeln!(md, "# Sharded inference benchmarks\n")?;
-    writeln!(md, "Generated by `cargo run -p hub-benches --bin sharded` (source: `benches/src/bin/sharded.rs`), dev profile (candle-core, candle-nn and gemm at opt-level 3 as in every dev build; our code unoptimized). All numbers come from one run on one machine, **a loaded, shared 2-core machine** (other builds ran beside it): load average (1/5/15 min) {load_start} at the start, {load_end} after the decode section. Read the ratios, not the absolute rates, and only as indicative.\n")?;
-    writeln!(md, "Model: random Llama, {} layers, hidden {}, {} heads over {} KV heads, MLP {}, vocab {} ({:.0} M parameters, f32). Workers are **threads of one process** linked by bounded in-process channels — not node processes: the transport over the mesh is not in these numbers. Each worker holds its shard's weights and KV cache.\n",
-        c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_kv_heads(), c.intermediate_size, c.vocab_size,
-        weights.values().map(|t| t.elem_count()).sum::<usize>() as f64 / 1e6)?;
-    writeln!(md, "## 1. Batch-1 decode\n\nGreedy, {} tokens after a 24-token prompt, through `Engine::step` (scheduler, paged KV, sampler). Decode rate = (tokens − 1) ÷ time from the first token to the last. Single-node and every layout alternate within each of {} repetitions; best of each.\n", a.decode_tokens, a.reps)?;
-    writeln!(md, "| model | decode tok/s | × single-node | same tokens as single-node |\n|---|---:|---:|:---:|")?;
-    writeln!(md, "| single-node `Llama` (baseline) | {best_single:.1} | 1.00× | — |")?;
+    writeln!(
+        md,
+        "Generated by `cargo run -p hub-benches --bin sharded` (source: `benches/src/bin/sharded.rs`), dev profile (candle-core, candle-nn and gemm at opt-level 3 as in every dev build; our code unoptimized). All numbers come from one run on one machine, **a loaded, shared 2-core machine** (other builds ran beside it): load average (1/5/15 min) {load_start} at the start, {load_end} after the decode section. Read the ratios, not the absolute rates, and only as indicative.\n"
+    )?;
+    writeln!(
+        md,
+        "Model: random Llama, {} layers, hidden {}, {} heads over {} KV heads, MLP {}, vocab {} ({:.0} M parameters, f32). Workers are **threads of one process** linked by bounded in-process channels — not node processes: the transport over the mesh is not in these numbers. Each worker holds its shard's weights and KV cache.\n",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_kv_heads(),
+        c.intermediate_size,
+        c.vocab_size,
+        weights.values().map(|t| t.elem_count()).sum::<usize>() as f64 / 1e6
+    )?;
+    writeln!(
+        md,
+        "## 1. Batch-1 decode\n\nGreedy, {} tokens after a 24-token prompt, through `Engine::step` (scheduler, paged KV, sampler). Decode rate = (tokens − 1) ÷ time from the first token to the last. Single-node and every layout alternate within each of {} repetitions; best of each.\n",
+        a.decode_tokens, a.reps
+    )?;
+    writeln!(
+        md,
+        "| model | decode tok/s | × single-node | same tokens as single-node |\n|---|---:|---:|:---:|"
+    )?;
+    writeln!(
+        md,
+        "| single-node `Llama` (baseline) | {best_single:.1} | 1.00× | — |"
+    )?;
     for (i, &(_, _, name)) in layouts.iter().enumerate() {
-        writeln!(md, "| {name} | {:.1} | {:.2}× | {} |", best[i], best[i] / best_single, if same[i] { "yes" } else { "**no**" })?;
+        writeln!(
+            md,
+            "| {name} | {:.1} | {:.2}× | {} |",
+            best[i],
+            best[i] / best_single,
+            if same[i] { "yes" } else { "**no**" }
+        )?;
     }
-    writeln!(md, "\n## 2. Bytes exchanged per decoded token\n\nMeasured: all-reduce bytes sent by every rank, plus hidden states between stages and the step description sent to each worker that is not beside the engine (the engine runs beside the last stage's rank 0, so logits never travel). Mean over 16 decode steps at context 24–40.\n")?;
-    writeln!(md, "| layout | f32 sync KiB/token | 8-bit sync KiB/token |\n|---|---:|---:|")?;
+    writeln!(
+        md,
+        "\n## 2. Bytes exchanged per decoded token\n\nMeasured: all-reduce bytes sent by every rank, plus hidden states between stages and the step description sent to each worker that is not beside the engine (the engine runs beside the last stage's rank 0, so logits never travel). Mean over 16 decode steps at context 24–40.\n"
+    )?;
+    writeln!(
+        md,
+        "| layout | f32 sync KiB/token | 8-bit sync KiB/token |\n|---|---:|---:|"
+    )?;
     for r in &traffic_rows {
         writeln!(md, "| {} | {} | {} |", r[0], r[1], r[2])?;
     }
-    writeln!(md, "\nPer token, tensor parallelism costs 2 all-reduces per layer; in the star exchange each non-root rank sends its partial and receives the sum: `2 × layers × 2 × (tp − 1) × encoded(hidden)` bytes. A pipeline boundary costs one hidden vector (f32) per token.\n")?;
-    writeln!(md, "### Against distributed-llama (Llama 3 8B, 2 nodes, 8-bit sync: 544 kB/token)\n\nFor Llama 3 8B's shapes (32 layers, hidden 4096) on 2 nodes, the formula above with this code's codecs gives **{:.1} KiB/token with the 8-bit sync** (Q8_0 blocks: 34 bytes per 32 values) and {:.1} KiB/token with f32. distributed-llama's published figure is 544 kB per token for the same model, nodes and sync: equal (its buffers are also Q8_0 and it also exchanges two vectors per layer per node pair). Not measured on Llama 3 8B itself (no such weights here); the formula is checked against the measured counts by `traffic_per_token_follows_the_all_reduce_count` in `crates/infer/tests/infer/shard.rs`.\n", l3(SyncPrecision::Q8), l3(SyncPrecision::F32))?;
-    writeln!(md, "## 3. 8-bit sync accuracy\n\ntp=2, 24-token prefill, all rows: max |logit difference| against the f32 sync {:.4} (logits up to {:.2} in magnitude); argmax agrees on {agree}/{} positions. f32 sync against single-node: max |difference| {:.2e}.\n",
-        max_diff(&exact, &q8), range, exact.len(), max_diff(&exact, &single_rows))?;
+    writeln!(
+        md,
+        "\nPer token, tensor parallelism costs 2 all-reduces per layer; in the star exchange each non-root rank sends its partial and receives the sum: `2 × layers × 2 × (tp − 1) × encoded(hidden)` bytes. A pipeline boundary costs one hidden vector (f32) per token.\n"
+    )?;
+    writeln!(
+        md,
+        "### Against distributed-llama (Llama 3 8B, 2 nodes, 8-bit sync: 544 kB/token)\n\nFor Llama 3 8B's shapes (32 layers, hidden 4096) on 2 nodes, the formula above with this code's codecs gives **{:.1} KiB/token with the 8-bit sync** (Q8_0 blocks: 34 bytes per 32 values) and {:.1} KiB/token with f32. distributed-llama's published figure is 544 kB per token for the same model, nodes and sync: equal (its buffers are also Q8_0 and it also exchanges two vectors per layer per node pair). Not measured on Llama 3 8B itself (no such weights here); the formula is checked against the measured counts by `traffic_per_token_follows_the_all_reduce_count` in `crates/infer/tests/infer/shard.rs`.\n",
+        l3(SyncPrecision::Q8),
+        l3(SyncPrecision::F32)
+    )?;
+    writeln!(
+        md,
+        "## 3. 8-bit sync accuracy\n\ntp=2, 24-token prefill, all rows: max |logit difference| against the f32 sync {:.4} (logits up to {:.2} in magnitude); argmax agrees on {agree}/{} positions. f32 sync against single-node: max |difference| {:.2e}.\n",
+        max_diff(&exact, &q8),
+        range,
+        exact.len(),
+        max_diff(&exact, &single_rows)
+    )?;
     let tp2 = best[1] / best_single;
-    writeln!(md, "## Goals\n\n| goal | measured | met |\n|---|---:|:---:|")?;
-    writeln!(md, "| bytes/token ≤ distributed-llama's 544 kB (Llama 3 8B, 2 nodes, 8-bit) | {:.1} KiB computed | {} |", l3(SyncPrecision::Q8), if l3(SyncPrecision::Q8) <= 544.0 { "met" } else { "**no**" })?;
-    writeln!(md, "| tp=2 ≥ 0.8× single-node decode while each holds half the weights | {tp2:.2}× (threads, not node processes) | {} |", if tp2 >= 0.8 { "met (in-process)" } else { "**no**" })?;
+    writeln!(
+        md,
+        "## Goals\n\n| goal | measured | met |\n|---|---:|:---:|"
+    )?;
+    writeln!(
+        md,
+        "| bytes/token ≤ distributed-llama's 544 kB (Llama 3 8B, 2 nodes, 8-bit) | {:.1} KiB computed | {} |",
+        l3(SyncPrecision::Q8),
+        if l3(SyncPrecision::Q8) <= 544.0 {
+            "met"
+        } else {
+            "**no**"
+        }
+    )?;
+    writeln!(
+        md,
+        "| tp=2 ≥ 0.8× single-node decode while each holds half the weights | {tp2:.2}× (threads, not node processes) | {} |",
+        if tp2 >= 0.8 {
+            "met (in-process)"
+        } else {
+            "**no**"
+        }
+    )?;
     hub_benches::write_results(&a.out, &md)?;
     Ok(())
 }

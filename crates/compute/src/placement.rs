@@ -61,7 +61,9 @@ pub struct LocalCapacity {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlanError {
-    #[error("tensor_parallel must be 1..=16 and pipeline_parallel 1..=32 and at most the layer count")]
+    #[error(
+        "tensor_parallel must be 1..=16 and pipeline_parallel 1..=32 and at most the layer count"
+    )]
     Shape,
     #[error("{need} nodes needed, {have} available")]
     NotEnoughNodes { need: usize, have: usize },
@@ -155,7 +157,10 @@ pub fn plan_placement<'a>(
             node: a.node,
             cuda: a.device == DeviceKind::Cuda,
             // Unmeasured peers go after measured ones.
-            rtt: rtts.get(&a.node).copied().unwrap_or(Duration::from_secs(3600)),
+            rtt: rtts
+                .get(&a.node)
+                .copied()
+                .unwrap_or(Duration::from_secs(3600)),
             free: a.memory_free_bytes,
             speed: a
                 .models
@@ -269,7 +274,12 @@ mod tests {
 
     #[test]
     fn groups_follow_rtt_and_layers_follow_memory() {
-        let adverts = [peer(2, 8 * GB), peer(3, 16 * GB), peer(4, 16 * GB), peer(5, 64 * GB)];
+        let adverts = [
+            peer(2, 8 * GB),
+            peer(3, 16 * GB),
+            peer(4, 16 * GB),
+            peer(5, 64 * GB),
+        ];
         let rtts: HashMap<_, _> = [
             (key(2), Duration::from_millis(1)),
             (key(3), Duration::from_millis(20)),

@@ -170,13 +170,13 @@ impl HeadSplit {
             kv_heads: nkv,
             intermediate: inter,
         };
-        if tp == 0 || nh % tp != 0 || inter % tp != 0 || nkv == 0 {
+        if tp == 0 || !nh.is_multiple_of(tp) || !inter.is_multiple_of(tp) || nkv == 0 {
             return Err(bad);
         }
         let q_count = nh / tp;
-        let (kv_start, kv_count) = if nkv % tp == 0 {
+        let (kv_start, kv_count) = if nkv.is_multiple_of(tp) {
             (rank * (nkv / tp), nkv / tp)
-        } else if tp % nkv == 0 {
+        } else if tp.is_multiple_of(nkv) {
             (rank / (tp / nkv), 1)
         } else {
             return Err(bad);

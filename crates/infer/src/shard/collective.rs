@@ -63,7 +63,11 @@ impl SyncPrecision {
                     let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
                     let scale = f16::from_f32(amax / 127.0);
                     let d = scale.to_f32();
-                    let inv = if d > 0.0 && d.is_finite() { 1.0 / d } else { 0.0 };
+                    let inv = if d > 0.0 && d.is_finite() {
+                        1.0 / d
+                    } else {
+                        0.0
+                    };
                     out.extend_from_slice(&scale.to_le_bytes());
                     out.extend(
                         block
@@ -385,7 +389,10 @@ mod tests {
                     } else {
                         0.1
                     };
-                    assert!((v - want).abs() < tol, "{precision:?} n={size} [{i}] {v} {want}");
+                    assert!(
+                        (v - want).abs() < tol,
+                        "{precision:?} n={size} [{i}] {v} {want}"
+                    );
                 }
             }
         }
@@ -422,15 +429,23 @@ mod tests {
             })
             .collect();
         links.sort_by_key(|(r, _)| *r);
-        let mut root =
-            StarCollective::root(SyncPrecision::Q8, links.into_iter().map(|(_, l)| l).collect());
+        let mut root = StarCollective::root(
+            SyncPrecision::Q8,
+            links.into_iter().map(|(_, l)| l).collect(),
+        );
         let mut v = vec![0.5f32; 100];
         root.all_reduce_sum(&mut v).unwrap();
         for m in members {
             let (got, traffic) = m.join().unwrap();
             assert_eq!(got, v);
             let enc = SyncPrecision::Q8.encoded_len(100) as u64;
-            assert_eq!(traffic, Traffic { sent: enc, received: enc });
+            assert_eq!(
+                traffic,
+                Traffic {
+                    sent: enc,
+                    received: enc
+                }
+            );
         }
         assert!((v[0] - 3.5).abs() < 0.02, "{}", v[0]);
         // The members are gone (their sockets closed): the next exchange fails, not hangs.

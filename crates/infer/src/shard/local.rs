@@ -292,10 +292,9 @@ impl LocalShardedLlama {
         match w.rx.recv_timeout(self.shard.step_timeout) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(m)) => Err(self.err(w, m)),
-            Err(RecvTimeoutError::Timeout) => Err(self.err(
-                w,
-                format!("no reply within {:?}", self.shard.step_timeout),
-            )),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(self.err(w, format!("no reply within {:?}", self.shard.step_timeout)))
+            }
             Err(RecvTimeoutError::Disconnected) => Err(self.err(w, "worker is gone")),
         }
     }
@@ -401,7 +400,8 @@ impl StepModel for LocalShardedLlama {
         if let Err(ForwardError::Shard(_)) = &result {
             // Replies of the failed step may still arrive: nothing after it can trust the
             // channels, and the model must be placed again anyway.
-            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         result
     }
@@ -463,6 +463,8 @@ impl LocalShardedLlama {
                 _ => return Err(self.err(&stage[0], "no output from rank 0")),
             }
         }
-        Err(ForwardError::InvalidBatch("no stage produced logits".into()))
+        Err(ForwardError::InvalidBatch(
+            "no stage produced logits".into(),
+        ))
     }
 }

@@ -111,10 +111,7 @@ impl ShardSource for TensorMap<'_> {
             Slice::Rows(r) => t.narrow(0, r.start, r.len())?,
             Slice::Cols(r) => t.narrow(1, r.start, r.len())?,
         };
-        Ok(t
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .to_device(device)?)
+        Ok(t.to_dtype(DType::F32)?.contiguous()?.to_device(device)?)
     }
 }
 
@@ -199,7 +196,9 @@ impl<R: Read + Seek> SafetensorsRanges<R> {
                 data_start.saturating_add(offsets.1),
             );
             if offsets.1 < offsets.0 || end - start != bytes || end > file_len {
-                return Err(bad("data_offsets outside the file or not matching the shape"));
+                return Err(bad(
+                    "data_offsets outside the file or not matching the shape",
+                ));
             }
             entries.insert(
                 name,

@@ -127,7 +127,12 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn load(&mut self, name: String, shape: &[usize], slice: Slice) -> Result<Tensor, StageLoadError> {
+    fn load(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        slice: Slice,
+    ) -> Result<Tensor, StageLoadError> {
         self.source
             .load(&name, shape, slice, self.device)
             .map_err(|source| StageLoadError::Source { name, source })
@@ -143,7 +148,11 @@ impl Loader<'_> {
         rows: Range<usize>,
         require_bias: bool,
     ) -> Result<Proj, StageLoadError> {
-        let w = self.load(format!("{prefix}.weight"), &[out, inp], Slice::Rows(rows.clone()))?;
+        let w = self.load(
+            format!("{prefix}.weight"),
+            &[out, inp],
+            Slice::Rows(rows.clone()),
+        )?;
         let bias = format!("{prefix}.bias");
         let b = if require_bias || self.source.contains(&bias) {
             Some(self.load(bias, &[out], Slice::Rows(rows))?)
@@ -153,7 +162,11 @@ impl Loader<'_> {
         Ok(Proj { w, b })
     }
 
-    fn optional(&mut self, name: String, shape: &[usize]) -> Result<Option<Tensor>, StageLoadError> {
+    fn optional(
+        &mut self,
+        name: String,
+        shape: &[usize],
+    ) -> Result<Option<Tensor>, StageLoadError> {
         if self.source.contains(&name) {
             self.load(name, shape, Slice::All).map(Some)
         } else {
@@ -207,10 +220,32 @@ impl StageShard {
             let o_bias_name = format!("{p}.self_attn.o_proj.bias");
             layers.push(ShardLayer {
                 input_norm: l.load(format!("{p}.input_layernorm.weight"), &[h], Slice::All)?,
-                q: l.column_parallel(&format!("{p}.self_attn.q_proj"), nq, h, q_rows.clone(), bias)?,
-                k: l.column_parallel(&format!("{p}.self_attn.k_proj"), nkv, h, kv_rows.clone(), bias)?,
-                v: l.column_parallel(&format!("{p}.self_attn.v_proj"), nkv, h, kv_rows.clone(), bias)?,
-                o: l.load(format!("{p}.self_attn.o_proj.weight"), &[h, nq], Slice::Cols(q_rows.clone()))?,
+                q: l.column_parallel(
+                    &format!("{p}.self_attn.q_proj"),
+                    nq,
+                    h,
+                    q_rows.clone(),
+                    bias,
+                )?,
+                k: l.column_parallel(
+                    &format!("{p}.self_attn.k_proj"),
+                    nkv,
+                    h,
+                    kv_rows.clone(),
+                    bias,
+                )?,
+                v: l.column_parallel(
+                    &format!("{p}.self_attn.v_proj"),
+                    nkv,
+                    h,
+                    kv_rows.clone(),
+                    bias,
+                )?,
+                o: l.load(
+                    format!("{p}.self_attn.o_proj.weight"),
+                    &[h, nq],
+                    Slice::Cols(q_rows.clone()),
+                )?,
                 o_bias: if bias || l.source.contains(&o_bias_name) {
                     Some(l.load(o_bias_name, &[h], Slice::All)?)
                 } else {
@@ -218,10 +253,26 @@ impl StageShard {
                 },
                 q_norm: l.optional(format!("{p}.self_attn.q_norm.weight"), &[hd])?,
                 k_norm: l.optional(format!("{p}.self_attn.k_norm.weight"), &[hd])?,
-                post_norm: l.load(format!("{p}.post_attention_layernorm.weight"), &[h], Slice::All)?,
-                gate: l.load(format!("{p}.mlp.gate_proj.weight"), &[inter, h], Slice::Rows(mlp.clone()))?,
-                up: l.load(format!("{p}.mlp.up_proj.weight"), &[inter, h], Slice::Rows(mlp.clone()))?,
-                down: l.load(format!("{p}.mlp.down_proj.weight"), &[h, inter], Slice::Cols(mlp.clone()))?,
+                post_norm: l.load(
+                    format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                    Slice::All,
+                )?,
+                gate: l.load(
+                    format!("{p}.mlp.gate_proj.weight"),
+                    &[inter, h],
+                    Slice::Rows(mlp.clone()),
+                )?,
+                up: l.load(
+                    format!("{p}.mlp.up_proj.weight"),
+                    &[inter, h],
+                    Slice::Rows(mlp.clone()),
+                )?,
+                down: l.load(
+                    format!("{p}.mlp.down_proj.weight"),
+                    &[h, inter],
+                    Slice::Cols(mlp.clone()),
+                )?,
             });
         }
         let head = if last && rank == 0 {
@@ -284,7 +335,11 @@ impl StageShard {
     }
 
     /// The KV store this shard needs: its layers, its KV heads.
-    pub fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> candle_core::Result<KvStore> {
+    pub fn new_kv_store(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> candle_core::Result<KvStore> {
         KvStore::new(
             self.layers.len(),
             num_blocks,
@@ -298,21 +353,34 @@ impl StageShard {
     fn check_batch(&self, kv: &KvStore, batch: &[BatchItem<'_>]) -> Result<(), StageError> {
         let bad = |m: String| Err(StageError::InvalidBatch(m));
         if kv.layers.len() != self.layers.len() {
-            return bad(format!("kv store has {} layers, shard {}", kv.layers.len(), self.layers.len()));
+            return bad(format!(
+                "kv store has {} layers, shard {}",
+                kv.layers.len(),
+                self.layers.len()
+            ));
         }
         for (i, item) in batch.iter().enumerate() {
             let end = item.start_pos + item.tokens.len();
             if item.tokens.is_empty() {
                 return bad(format!("item {i}: no tokens"));
             }
-            if item.tokens.iter().any(|&t| t as usize >= self.config.vocab_size) {
+            if item
+                .tokens
+                .iter()
+                .any(|&t| t as usize >= self.config.vocab_size)
+            {
                 return bad(format!("item {i}: token outside vocabulary"));
             }
             if end > self.config.max_position_embeddings {
-                return bad(format!("item {i}: position {end} beyond max_position_embeddings"));
+                return bad(format!(
+                    "item {i}: position {end} beyond max_position_embeddings"
+                ));
             }
             if item.block_table.len() * kv.block_size < end
-                || item.block_table.iter().any(|&b| b as usize >= kv.num_blocks)
+                || item
+                    .block_table
+                    .iter()
+                    .any(|&b| b as usize >= kv.num_blocks)
             {
                 return bad(format!("item {i}: block table does not fit the store"));
             }
@@ -342,7 +410,8 @@ impl StageShard {
         for item in batch {
             offsets.push(ids.len());
             ids.extend_from_slice(item.tokens);
-            positions.extend((item.start_pos..item.start_pos + item.tokens.len()).map(|p| p as u32));
+            positions
+                .extend((item.start_pos..item.start_pos + item.tokens.len()).map(|p| p as u32));
         }
         let total = ids.len();
         let positions = Tensor::from_vec(positions, total, dev)?;
@@ -395,10 +464,14 @@ impl StageShard {
                 Tensor::from_slice(h, (total, hidden), dev)?
             }
             (StageInput::Tokens, None) => {
-                return Err(StageError::InvalidBatch("token ids sent to a later stage".into()));
+                return Err(StageError::InvalidBatch(
+                    "token ids sent to a later stage".into(),
+                ));
             }
             (StageInput::Hidden(_), Some(_)) => {
-                return Err(StageError::InvalidBatch("hidden states sent to the first stage".into()));
+                return Err(StageError::InvalidBatch(
+                    "hidden states sent to the first stage".into(),
+                ));
             }
         };
 
@@ -437,8 +510,14 @@ impl StageShard {
                     k_cache.slice_set(&k.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
                     v_cache.slice_set(&v.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
                 }
-                let ks = k_cache.index_select(&context_slots[s], 0)?.transpose(0, 1)?.contiguous()?;
-                let vs = v_cache.index_select(&context_slots[s], 0)?.transpose(0, 1)?.contiguous()?;
+                let ks = k_cache
+                    .index_select(&context_slots[s], 0)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                let vs = v_cache
+                    .index_select(&context_slots[s], 0)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
                 let qs = q
                     .narrow(0, off, n)?
                     .transpose(0, 1)?

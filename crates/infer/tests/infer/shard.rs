@@ -58,7 +58,11 @@ fn sharded(
 /// Per sequence, the logits of every position: a ragged prefill (all rows) of several prompts
 /// in chunks of 7 (so steps mix sequences at different offsets and cross blocks), then
 /// `decode` greedy steps batched together, each feeding back its own argmax.
-fn run_rows<M: StepModel>(model: &M, prompts: &[Vec<u32>], decode: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+fn run_rows<M: StepModel>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    decode: usize,
+) -> Result<Vec<Vec<Vec<f32>>>> {
     let total: usize = prompts.iter().map(|p| p.len() + decode).sum();
     let num_blocks = 2 * total.div_ceil(BLOCK) + prompts.len();
     let kv = model.new_cache(num_blocks, BLOCK)?;
@@ -136,8 +140,16 @@ fn compare(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> (f32, bool) {
     (worst, same)
 }
 
-fn check_layouts(config: &serde_json::Value, weights: &HashMap<String, Tensor>, layouts: &[(usize, usize)]) -> Result<()> {
-    let single = Llama::from_tensors(serde_json::from_value(config.clone())?, weights.clone(), &Device::Cpu)?;
+fn check_layouts(
+    config: &serde_json::Value,
+    weights: &HashMap<String, Tensor>,
+    layouts: &[(usize, usize)],
+) -> Result<()> {
+    let single = Llama::from_tensors(
+        serde_json::from_value(config.clone())?,
+        weights.clone(),
+        &Device::Cpu,
+    )?;
     let want = run_rows(&single, &prompts(), 6)?;
     for &layout in layouts {
         let model = sharded(config, weights, layout, SyncPrecision::F32)?;
@@ -201,19 +213,29 @@ fn engine_on_sharded_model_generates_the_same_greedy_tokens() -> Result<()> {
             })
             .collect::<Vec<_>>()
     };
-    let single = Llama::from_tensors(serde_json::from_value(config.clone())?, weights.clone(), &Device::Cpu)?;
+    let single = Llama::from_tensors(
+        serde_json::from_value(config.clone())?,
+        weights.clone(),
+        &Device::Cpu,
+    )?;
     let mut e = Engine::new(single, engine_config.clone())?;
     for r in requests() {
         e.add_request(r)?;
     }
     let want = e.run_to_completion()?;
-    let mut e = Engine::new(sharded(&config, &weights, (2, 2), SyncPrecision::F32)?, engine_config)?;
+    let mut e = Engine::new(
+        sharded(&config, &weights, (2, 2), SyncPrecision::F32)?,
+        engine_config,
+    )?;
     for r in requests() {
         e.add_request(r)?;
     }
     let got = e.run_to_completion()?;
     ensure!(want.len() == 4 && want.values().all(|t| t.len() == 10));
-    ensure!(got == want, "sharded engine tokens {got:?} != single-node {want:?}");
+    ensure!(
+        got == want,
+        "sharded engine tokens {got:?} != single-node {want:?}"
+    );
     Ok(())
 }
 
@@ -224,19 +246,30 @@ fn engine_on_sharded_model_generates_the_same_greedy_tokens() -> Result<()> {
 fn q8_sync_stays_close_to_f32() -> Result<()> {
     let config = gqa_config();
     let weights = weights_for(&config, 27)?;
-    let exact = run_rows(&sharded(&config, &weights, (2, 1), SyncPrecision::F32)?, &prompts(), 6)?;
+    let exact = run_rows(
+        &sharded(&config, &weights, (2, 1), SyncPrecision::F32)?,
+        &prompts(),
+        6,
+    )?;
     for layout in [(2, 1), (4, 1)] {
-        let q8 = run_rows(&sharded(&config, &weights, layout, SyncPrecision::Q8)?, &prompts(), 0)?;
+        let q8 = run_rows(
+            &sharded(&config, &weights, layout, SyncPrecision::Q8)?,
+            &prompts(),
+            0,
+        )?;
         let exact_prefill: Vec<Vec<Vec<f32>>> = exact
             .iter()
             .zip(&q8)
             .map(|(e, q)| e[..q.len()].to_vec())
             .collect();
         let (worst, _) = compare(&exact_prefill, &q8);
-        let (rows, agree) = exact_prefill.iter().zip(&q8).flat_map(|(e, q)| e.iter().zip(q)).fold(
-            (0, 0),
-            |(n, a), (e, q)| (n + 1, a + usize::from(argmax(e) == argmax(q))),
-        );
+        let (rows, agree) = exact_prefill
+            .iter()
+            .zip(&q8)
+            .flat_map(|(e, q)| e.iter().zip(q))
+            .fold((0, 0), |(n, a), (e, q)| {
+                (n + 1, a + usize::from(argmax(e) == argmax(q)))
+            });
         let range = exact_prefill
             .iter()
             .flatten()
@@ -246,7 +279,10 @@ fn q8_sync_stays_close_to_f32() -> Result<()> {
             "q8 sync {layout:?}: max |logit diff| {worst:.4} (logits up to {range:.2}), argmax agrees on {agree}/{rows} positions"
         );
         ensure!(worst < 0.05 * range, "q8 drifted: {worst} of {range}");
-        ensure!(agree * 10 >= rows * 9, "q8 argmax agrees on only {agree}/{rows}");
+        ensure!(
+            agree * 10 >= rows * 9,
+            "q8 argmax agrees on only {agree}/{rows}"
+        );
     }
     Ok(())
 }
@@ -264,13 +300,33 @@ fn traffic_per_token_follows_the_all_reduce_count() -> Result<()> {
         let kv = model.new_cache(4, BLOCK)?;
         let table = [0u32, 1];
         let tokens = prompt(20, 1);
-        model.forward(&kv, &[BatchItem { tokens: &tokens[..19], start_pos: 0, block_table: &table, all_logits: false }])?;
+        model.forward(
+            &kv,
+            &[BatchItem {
+                tokens: &tokens[..19],
+                start_pos: 0,
+                block_table: &table,
+                all_logits: false,
+            }],
+        )?;
         let before = model.traffic()?;
-        model.forward(&kv, &[BatchItem { tokens: &tokens[19..], start_pos: 19, block_table: &table, all_logits: false }])?;
+        model.forward(
+            &kv,
+            &[BatchItem {
+                tokens: &tokens[19..],
+                start_pos: 19,
+                block_table: &table,
+                all_logits: false,
+            }],
+        )?;
         let per_token = model.traffic()? - before;
-        let all_reduce = 2 * c.num_hidden_layers as u64 * 2 * precision.encoded_len(c.hidden_size) as u64;
+        let all_reduce =
+            2 * c.num_hidden_layers as u64 * 2 * precision.encoded_len(c.hidden_size) as u64;
         let step = 4 * (1 + 2 + 3);
-        ensure!(per_token == all_reduce + step, "{precision:?}: {per_token} != {all_reduce} + {step}");
+        ensure!(
+            per_token == all_reduce + step,
+            "{precision:?}: {per_token} != {all_reduce} + {step}"
+        );
     }
     Ok(())
 }
@@ -289,10 +345,15 @@ fn shards_load_by_ranged_reads_of_the_checkpoint() -> Result<()> {
     let file_len = std::fs::metadata(&path)?.len();
     let c: LlamaConfig = serde_json::from_value(config.clone())?;
     let layout = ShardLayout::even(&c, 2, 1)?;
-    let shard_config = LocalShardConfig { layout, precision: SyncPrecision::F32, step_timeout: Duration::from_secs(60) };
+    let shard_config = LocalShardConfig {
+        layout,
+        precision: SyncPrecision::F32,
+        step_timeout: Duration::from_secs(60),
+    };
     let mut ranged = SafetensorsRanges::new(std::fs::File::open(&path)?)?;
     let from_file = LocalShardedLlama::load(&c, shard_config.clone(), &mut ranged, &Device::Cpu)?;
-    let in_memory = LocalShardedLlama::load(&c, shard_config, &mut TensorMap(&weights), &Device::Cpu)?;
+    let in_memory =
+        LocalShardedLlama::load(&c, shard_config, &mut TensorMap(&weights), &Device::Cpu)?;
     // Both ranks read their slices; embeddings (tied head) are read by each rank of the one
     // stage. Layers are split, so together they read each layer matrix once.
     let embed = (c.vocab_size * c.hidden_size * 4) as u64;
@@ -303,10 +364,16 @@ fn shards_load_by_ranged_reads_of_the_checkpoint() -> Result<()> {
         ranged.bytes_read()
     );
     let per_rank: Vec<u64> = from_file.weight_bytes()[0].clone();
-    ensure!(per_rank[0] - embed < (layers / 2) + layers / 20, "rank 0 holds {per_rank:?} of {layers} layer bytes");
+    ensure!(
+        per_rank[0] - embed < (layers / 2) + layers / 20,
+        "rank 0 holds {per_rank:?} of {layers} layer bytes"
+    );
     let a = run_rows(&from_file, &prompts(), 2)?;
     let b = run_rows(&in_memory, &prompts(), 2)?;
-    ensure!(compare(&a, &b).0 == 0.0, "ranged load differs from the in-memory load");
+    ensure!(
+        compare(&a, &b).0 == 0.0,
+        "ranged load differs from the in-memory load"
+    );
     Ok(())
 }
 
@@ -322,16 +389,36 @@ fn killed_worker_fails_the_step_instead_of_hanging() -> Result<()> {
         let kv = model.new_cache(8, BLOCK)?;
         let table = [0u32, 1];
         let tokens = prompt(6, 2);
-        model.forward(&kv, &[BatchItem { tokens: &tokens, start_pos: 0, block_table: &table, all_logits: false }])?;
+        model.forward(
+            &kv,
+            &[BatchItem {
+                tokens: &tokens,
+                start_pos: 0,
+                block_table: &table,
+                all_logits: false,
+            }],
+        )?;
         model.kill(stage, rank);
         let t = Instant::now();
         let err = model
-            .forward(&kv, &[BatchItem { tokens: &tokens[..1], start_pos: 6, block_table: &table, all_logits: false }])
+            .forward(
+                &kv,
+                &[BatchItem {
+                    tokens: &tokens[..1],
+                    start_pos: 6,
+                    block_table: &table,
+                    all_logits: false,
+                }],
+            )
             .err()
             .context("step after a worker died succeeded")?;
         let text = format!("{:#}", anyhow::Error::from(err));
         ensure!(text.contains("stage"), "{text}");
-        ensure!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+        ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            t.elapsed()
+        );
     }
     // Through the engine, mid-stream: the in-flight request is aborted with an error.
     let model = sharded(&config, &weights, (2, 2), SyncPrecision::F32)?;
@@ -346,9 +433,16 @@ fn killed_worker_fails_the_step_instead_of_hanging() -> Result<()> {
     }
     switch.kill();
     let t = Instant::now();
-    let err = e.step().err().context("step after a worker died succeeded")?;
+    let err = e
+        .step()
+        .err()
+        .context("step after a worker died succeeded")?;
     ensure!(err.aborted == vec![1], "aborted {:?}", err.aborted);
     ensure!(!e.has_work());
-    ensure!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    ensure!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
     Ok(())
 }
