@@ -18,6 +18,7 @@ pub mod forward;
 pub mod manifest;
 pub mod name;
 pub mod node_info;
+pub mod placement;
 pub mod replication;
 pub mod repo;
 pub mod signed;

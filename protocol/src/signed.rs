@@ -115,6 +115,9 @@ pub(crate) mod kind {
     /// Compute capacity adverts (see [`crate::capacity`]): the signed payload and the wire message.
     pub const CAPACITY_ADVERT: u8 = 10;
     pub const SIGNED_CAPACITY_ADVERT: u8 = 11;
+    /// Sharded-model placements (see [`crate::placement`]).
+    pub const PLACEMENT: u8 = 12;
+    pub const SIGNED_PLACEMENT: u8 = 13;
 }
 
 fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,6 +12,9 @@
 //!   live adverts, measured RTTs and the clock. It returns an ordered list of candidates
 //!   ([`Decision`]); the gateway tries them in order and moves on when one fails before the
 //!   first token.
+//! - [`plan_placement`] splits a model too large for one node over `tensor_parallel ×
+//!   pipeline_parallel` nodes from the same adverts and RTTs (hub-protocol's signed
+//!   `Placement` is its answer; hub-infer's `shard` module runs it).
 //! - [`ResponseCache`] is a bounded LRU of full response bodies for deterministic requests
 //!   ([`is_deterministic`]), keyed by model, resolved commit and canonical request JSON
 //!   ([`CacheKey`]).
@@ -55,6 +58,7 @@
 //! ```
 
 mod cache;
+mod placement;
 mod route;
 mod table;
 #[cfg(test)]
@@ -63,6 +67,9 @@ mod testgen;
 pub use cache::{CacheKey, CachedResponse, ResponseCache, is_deterministic};
 pub use hub_protocol::capacity::{
     CapacityAdvert, DeviceKind, LoadedModel, Mode, SignedCapacityAdvert, UnknownMode,
+};
+pub use placement::{
+    LocalCapacity, PlacementRequest, PlanError, plan_placement, proportional_layers,
 };
 pub use route::{Candidate, Decision, LocalState, RouteRequest, Target, route};
 pub use table::{Accepted, CapacityTable, ModelView, NodeView, Rejected, TableConfig, TableView};

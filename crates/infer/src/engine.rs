@@ -13,8 +13,9 @@ use std::collections::HashMap;
 
 use candle_core::Device;
 
+use crate::config::LlamaConfig;
 use crate::kv_cache::KvStore;
-use crate::model::{BatchItem, ForwardError, Llama};
+use crate::model::{BatchItem, ForwardError, Llama, SeqLogits};
 use crate::sampling::{Rng, Sampled, Sampler, SamplingParams, log_softmax_at, top_logprobs};
 use crate::scheduler::{AddError, FinishReason, RequestId, Scheduler, SchedulerConfig, SeqRequest};
 
@@ -110,11 +111,58 @@ pub enum EngineInitError {
     KvStore(#[source] candle_core::Error),
 }
 
+/// What the engine runs a step on: the single-node [`Llama`], or a sharded model whose
+/// workers hold the weights and the KV cache ([`crate::shard::local::LocalShardedLlama`]).
+/// The engine owns scheduling, block tables and sampling either way.
+pub trait StepModel {
+    /// The KV storage the engine allocates once and hands to every step.
+    type Cache: std::fmt::Debug;
+    fn config(&self) -> &LlamaConfig;
+    fn device(&self) -> &Device;
+    fn new_cache(&self, num_blocks: usize, block_size: usize) -> candle_core::Result<Self::Cache>;
+    /// Bytes held by `cache` (on this process or on the workers).
+    fn cache_bytes(&self, cache: &Self::Cache) -> usize;
+    /// One step over a ragged batch (see [`Llama::forward`]).
+    fn forward(
+        &self,
+        cache: &Self::Cache,
+        batch: &[BatchItem<'_>],
+    ) -> Result<Vec<SeqLogits>, ForwardError>;
+}
+
+impl StepModel for Llama {
+    type Cache = KvStore;
+
+    fn config(&self) -> &LlamaConfig {
+        Llama::config(self)
+    }
+
+    fn device(&self) -> &Device {
+        Llama::device(self)
+    }
+
+    fn new_cache(&self, num_blocks: usize, block_size: usize) -> candle_core::Result<KvStore> {
+        self.new_kv_store(num_blocks, block_size)
+    }
+
+    fn cache_bytes(&self, cache: &KvStore) -> usize {
+        cache.size_bytes()
+    }
+
+    fn forward(
+        &self,
+        cache: &KvStore,
+        batch: &[BatchItem<'_>],
+    ) -> Result<Vec<SeqLogits>, ForwardError> {
+        Llama::forward(self, cache, batch)
+    }
+}
+
 /// See the module docs.
 #[derive(Debug)]
-pub struct Engine {
-    model: Llama,
-    kv: KvStore,
+pub struct Engine<M: StepModel = Llama> {
+    model: M,
+    kv: M::Cache,
     scheduler: Scheduler,
     samplers: HashMap<RequestId, Sampler>,
     /// Requests that want prompt log-probabilities: prompt length and those computed so far
@@ -124,9 +172,9 @@ pub struct Engine {
     seed: u64,
 }
 
-impl Engine {
+impl<M: StepModel> Engine<M> {
     /// Allocates the KV store for `model` on its device.
-    pub fn new(model: Llama, config: EngineConfig) -> Result<Self, EngineInitError> {
+    pub fn new(model: M, config: EngineConfig) -> Result<Self, EngineInitError> {
         for (name, value) in [
             ("block_size", config.block_size),
             ("num_blocks", config.num_blocks),
@@ -141,7 +189,7 @@ impl Engine {
             return Err(EngineInitError::InvalidConfig("num_blocks"));
         }
         let kv = model
-            .new_kv_store(config.num_blocks, config.block_size)
+            .new_cache(config.num_blocks, config.block_size)
             .map_err(EngineInitError::KvStore)?;
         let scheduler = Scheduler::new(SchedulerConfig {
             max_batched_tokens: config.max_batched_tokens,
@@ -162,7 +210,7 @@ impl Engine {
         })
     }
 
-    pub fn model(&self) -> &Llama {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
@@ -176,7 +224,7 @@ impl Engine {
 
     /// Bytes of KV cache allocated.
     pub fn kv_cache_bytes(&self) -> usize {
-        self.kv.size_bytes()
+        self.model.cache_bytes(&self.kv)
     }
 
     /// Queues a request (refused at once when the queue is full or it can never fit).

@@ -20,6 +20,8 @@
 //! - [`scheduler`]: the vLLM-V1-style token-budget state machine (no threads, no clocks);
 //! - [`engine`]: ties them together behind `add_request` / `cancel` / `step`;
 //! - [`bert`]: a BERT encoder with sentence-transformers pooling, for embeddings;
+//! - [`shard`]: one model split over several workers, tensor- and pipeline-parallel, behind
+//!   the same [`engine::StepModel`] as the single-node [`model::Llama`];
 //! - [`serve`]: an engine thread per model behind a bounded channel, token streams with stop
 //!   strings and cancellation on drop, and a registry of warm models (LRU).
 //!
@@ -53,6 +55,7 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod serve;
+pub mod shard;
 #[cfg(any(test, feature = "test-support"))]
 mod testgen;
 pub mod tokenizer;

@@ -85,6 +85,9 @@ pub enum ForwardError {
     InvalidBatch(String),
     #[error("tensor op")]
     Tensor(#[from] candle_core::Error),
+    /// A worker of a sharded model failed or went away ([`crate::shard`]).
+    #[error("sharded step")]
+    Shard(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// One sequence's share of a step: its new tokens and where they go.
@@ -747,7 +750,10 @@ impl Llama {
 
 /// cos/sin tables `(max_position_embeddings, head_dim / 2)`, computed in f64 from
 /// [`LlamaConfig::rope_inv_freq`] (rope scaling included).
-fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), LoadError> {
+pub(crate) fn rope_tables(
+    cfg: &LlamaConfig,
+    device: &Device,
+) -> Result<(Tensor, Tensor), LoadError> {
     let half = cfg.head_dim() / 2;
     let max = cfg.max_position_embeddings;
     let inv = cfg.rope_inv_freq().map_err(|source| LoadError::Config {

@@ -380,6 +380,46 @@ fn capacity_adverts() {
 }
 
 #[test]
+fn placements() {
+    use hub_protocol::placement::{PlacedStage, Placement, SignedPlacement, Sync};
+    let maker = key(5);
+    let placement = Placement {
+        made_by: maker.public(),
+        seq: 3,
+        issued_at: 1_714_564_800,
+        model: repo(),
+        commit: oid(0x10),
+        tensor_parallel: 2,
+        sync: Sync::Q8,
+        stages: vec![
+            PlacedStage {
+                layers: 0..12,
+                nodes: vec![maker.public(), key(6).public()],
+            },
+            PlacedStage {
+                layers: 12..32,
+                nodes: vec![key(7).public(), key(8).public()],
+            },
+        ],
+    };
+    let signed = placement.sign(&maker).unwrap();
+    let bytes = golden(
+        "placement",
+        "Placement, tp=2 x pp=2, 8-bit sync",
+        &placement.encode(),
+    );
+    assert_eq!(Placement::decode(&bytes).unwrap(), placement);
+    let bytes = golden(
+        "signed_placement",
+        "SignedPlacement of placement",
+        &signed.encode(),
+    );
+    let decoded = SignedPlacement::decode(&bytes).unwrap();
+    assert_eq!(decoded, signed);
+    decoded.verify_signature().unwrap();
+}
+
+#[test]
 fn forward_frames() {
     let frames = [
         (

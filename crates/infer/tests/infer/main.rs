@@ -8,4 +8,5 @@ mod fixture;
 mod gguf;
 mod minilm;
 mod reference;
+mod shard;
 mod smollm2;

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail, ensure};
+use hub_infer::engine::StepModel;
 use hub_infer::kv_cache::BlockAllocator;
 use hub_infer::model::{BatchItem, Llama, SeqLogits};
 use hub_infer::sampling::argmax;
@@ -123,8 +124,8 @@ type OurLogits = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
 /// Runs all prompts through our engine's forward pass as one ragged batch, prefilling in
 /// chunks of `chunk` tokens, then decodes teacher-forced; returns (prompt logits, step logits).
-fn ours(
-    model: &Llama,
+fn ours<M: StepModel>(
+    model: &M,
     prompts: &[Vec<u32>],
     refs: &[RefResult],
     chunk: usize,
@@ -132,7 +133,7 @@ fn ours(
     let total: usize = prompts.iter().map(|p| p.len() + DECODE_STEPS).sum();
     // Spare blocks; chunked rounds interleave the sequences' blocks (non-contiguous tables).
     let num_blocks = 2 * total.div_ceil(BLOCK) + prompts.len();
-    let kv = model.new_kv_store(num_blocks, BLOCK)?;
+    let kv = model.new_cache(num_blocks, BLOCK)?;
     let mut alloc = BlockAllocator::new(num_blocks, BLOCK);
     let mut out: Vec<OurLogits> = vec![Default::default(); prompts.len()];
     let rows = |l: &SeqLogits| (0..l.rows()).map(|r| l.row(r).to_vec()).collect::<Vec<_>>();
@@ -298,7 +299,9 @@ fn last_logits(model: &Llama, tokens: &[u32]) -> Result<Vec<f32>> {
     Ok(out[0].last().to_vec())
 }
 
-fn compare_with_reference(dir: &Path, model: &Llama) -> Result<()> {
+/// Compares `model` (single-node or sharded) with the NumPy reference of the checkpoint in
+/// `dir`.
+pub fn compare_with_reference<M: StepModel>(dir: &Path, model: &M) -> Result<()> {
     let prompts: Vec<Vec<u32>> = LENGTHS
         .iter()
         .enumerate()
