@@ -17,7 +17,19 @@ pub(crate) async fn access(
     id: &RepoId,
     need: Need,
 ) -> Result<Granted, AppError> {
-    Ok(state.hub().access(principal, id, need).await?)
+    let granted = state.hub().access(principal, id, need).await?;
+    if let Some(log) = state.audit() {
+        let actor = principal.map_or("anonymous", |p| p.user.name.as_str());
+        let repo = format!("{}/{}/{}", id.kind().plural(), id.namespace(), id.name());
+        match need {
+            Need::Read => log.record_read(actor, &repo),
+            Need::Write | Need::RewriteHistory => {
+                log.record(actor, "write", Some(&repo), serde_json::json!({}));
+            }
+            Need::Admin => log.record(actor, "admin", Some(&repo), serde_json::json!({})),
+        }
+    }
+    Ok(granted)
 }
 
 /// Read access; the repo's metadata when allowed.
