@@ -24,9 +24,7 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 fn mirror(state: &AppState) -> Result<&Mirror, AppError> {
-    state
-        .mirror()
-        .ok_or(AppError::NotFound)
+    state.mirror().ok_or(AppError::NotFound)
 }
 
 fn show_json(mirror: &Mirror) -> Value {
@@ -145,10 +143,7 @@ async fn refresh(
 }
 
 async fn audit(State(state): State<AppState>, _: SiteAdmin) -> Result<Json<Value>, AppError> {
-    let log = state
-        .audit()
-        .ok_or(AppError::NotFound)?
-        .clone();
+    let log = state.audit().ok_or(AppError::NotFound)?.clone();
     let bytes = crate::util::blocking(move || log.export().map_err(AppError::internal)).await?;
     let events: Vec<Value> = String::from_utf8_lossy(&bytes)
         .lines()

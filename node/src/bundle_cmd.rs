@@ -101,12 +101,7 @@ fn audit(data: &DataDir) -> anyhow::Result<hub_mirror::AuditLog> {
     hub_mirror::AuditLog::open(data.join(crate::up::AUDIT_FILE)).context("open the audit log")
 }
 
-fn print(
-    report: &bundle::Report,
-    json: bool,
-    verb: &str,
-    started: Instant,
-) -> anyhow::Result<()> {
+fn print(report: &bundle::Report, json: bool, verb: &str, started: Instant) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "{verb} {} in {secs:.2}s ({:.1} MiB/s)",

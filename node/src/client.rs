@@ -463,7 +463,11 @@ fn describe_mirror(v: &Value) -> String {
     let mut lines = vec![format!(
         "upstream\t{}{}",
         v["upstream"].as_str().unwrap_or("(none)"),
-        if v["offline"].as_bool() == Some(true) { "\toffline" } else { "" }
+        if v["offline"].as_bool() == Some(true) {
+            "\toffline"
+        } else {
+            ""
+        }
     )];
     for r in v["rules"].as_array().map(Vec::as_slice).unwrap_or_default() {
         lines.push(format!(
@@ -508,7 +512,9 @@ pub fn mirror(command: MirrorCommand) -> anyhow::Result<()> {
         } => {
             let path = format!("/api/mirror/rules?pattern={}", query_value(&pattern));
             let v = Client::new(&flags)?.call("DELETE", &path, None)?;
-            output(&flags, &v, || format!("removed {} rule(s) for {pattern}", v["removed"]))
+            output(&flags, &v, || {
+                format!("removed {} rule(s) for {pattern}", v["removed"])
+            })
         }
         MirrorCommand::List(flags) => {
             let v = Client::new(&flags)?.call("GET", "/api/mirror", None)?;
@@ -555,7 +561,11 @@ pub fn mirror(command: MirrorCommand) -> anyhow::Result<()> {
 /// `hubmesh audit`: the node's audit log as JSON lines on stdout.
 pub fn audit(flags: ClientFlags) -> anyhow::Result<()> {
     let v = Client::new(&flags)?.call("GET", "/api/mirror/audit", None)?;
-    for event in v["events"].as_array().map(Vec::as_slice).unwrap_or_default() {
+    for event in v["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         println!("{event}");
     }
     Ok(())

@@ -123,9 +123,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let p2p = mesh.p2p().clone();
     claim_local_namespaces(&auth, &mesh).await;
 
-    let audit = Arc::new(
-        hub_mirror::AuditLog::open(data.join(AUDIT_FILE)).context("open the audit log")?,
-    );
+    let audit =
+        Arc::new(hub_mirror::AuditLog::open(data.join(AUDIT_FILE)).context("open the audit log")?);
     let mirror = open_mirror(&config, &data, &repos, &store, &search, &audit)?;
     let port: Arc<dyn hub_core::MeshPort> = match &mirror {
         Some(mirror) => Arc::new(hub_mirror::MirrorPort::new(
@@ -378,8 +377,8 @@ fn open_mirror(
     mirror_config.token = section.upstream_token.clone();
     mirror_config.offline = section.offline;
     mirror_config.rules = section.rules()?;
-    mirror_config.refresh = (section.refresh_secs > 0)
-        .then(|| Duration::from_secs(section.refresh_secs));
+    mirror_config.refresh =
+        (section.refresh_secs > 0).then(|| Duration::from_secs(section.refresh_secs));
     let on_pulled: hub_mirror::OnPulled = {
         let (repos, search) = (repos.clone(), search.clone());
         Arc::new(move |id| hub_core::listing::reindex(&repos, &search, id))
@@ -392,7 +391,11 @@ fn open_mirror(
         on_pulled,
     )
     .context("open the mirror's state")?;
-    tracing::info!(upstream = mirror.upstream().unwrap_or_default(), offline = mirror.offline(), "pull-through mirror enabled");
+    tracing::info!(
+        upstream = mirror.upstream().unwrap_or_default(),
+        offline = mirror.offline(),
+        "pull-through mirror enabled"
+    );
     Ok(Some(mirror))
 }
 

@@ -123,15 +123,29 @@ mod tests {
         log.record_read("alice", "models/a/b");
         log.record_read("alice", "models/a/b");
         log.record_read("bob", "models/a/b");
-        log.record("node", "mirror", Some("models/a/b"), json!({"commit": "abc", "actor": "x"}));
+        log.record(
+            "node",
+            "mirror",
+            Some("models/a/b"),
+            json!({"commit": "abc", "actor": "x"}),
+        );
         drop(log);
         let log = AuditLog::open(dir.path().join("audit.jsonl")).unwrap();
         log.record("alice", "write", Some("models/a/b"), json!({}));
         let text = String::from_utf8(log.export().unwrap()).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let actions: Vec<_> = lines.iter().map(|l| l["action"].as_str().unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let actions: Vec<_> = lines
+            .iter()
+            .map(|l| l["action"].as_str().unwrap())
+            .collect();
         assert_eq!(actions, ["policy", "read", "read", "mirror", "write"]);
-        assert_eq!(lines[3]["actor"], "node", "details never overwrite the actor");
+        assert_eq!(
+            lines[3]["actor"], "node",
+            "details never overwrite the actor"
+        );
         assert_eq!(lines[3]["commit"], "abc");
         assert!(lines.iter().all(|l| l["time"].as_u64().unwrap() > 0));
     }

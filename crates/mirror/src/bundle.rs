@@ -82,7 +82,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex<const N: usize>(s: &str) -> Result<[u8; N], BundleError> {
-    let bad = || BundleError::Malformed(format!("bad hex {:?}", s.chars().take(80).collect::<String>()));
+    let bad = || {
+        BundleError::Malformed(format!(
+            "bad hex {:?}",
+            s.chars().take(80).collect::<String>()
+        ))
+    };
     if s.len() != 2 * N {
         return Err(bad());
     }
@@ -143,7 +148,8 @@ pub struct Report {
 
 /// Reads only the header of the bundle at `path` (no verification).
 pub fn read_header(path: &Path) -> Result<Header, BundleError> {
-    let mut r = BufReader::new(File::open(path).map_err(io_err(format!("open {}", path.display())))?);
+    let mut r =
+        BufReader::new(File::open(path).map_err(io_err(format!("open {}", path.display())))?);
     read_header_from(&mut r)
 }
 
@@ -211,7 +217,9 @@ pub fn export(
         Since::Nothing => (Vec::new(), BTreeSet::new()),
         Since::Commit(commit) => {
             let oid = unhex::<20>(commit)?;
-            let files = repos.lfs_pointers(id, &[oid], MAX_FILES).map_err(repo_err)?;
+            let files = repos
+                .lfs_pointers(id, &[oid], MAX_FILES)
+                .map_err(repo_err)?;
             let mut known = BTreeSet::new();
             for sha in files.keys() {
                 if let Ok((_, manifest)) = store.manifest(&Sha256(*sha)) {
@@ -256,7 +264,10 @@ pub fn export(
     for (sha, size) in pointers {
         let sha = Sha256(sha);
         let (_, manifest) = store.manifest(&sha).map_err(|e| {
-            BundleError::Store(format!("LFS file {sha} of {} is not stored here: {e}", id.hub_id()))
+            BundleError::Store(format!(
+                "LFS file {sha} of {} is not stored here: {e}",
+                id.hub_id()
+            ))
         })?;
         let chunks: Vec<(String, u32)> = manifest
             .chunks
@@ -287,7 +298,8 @@ pub fn export(
         git_len: git.len() as u64,
         signer: hex(&signing.verifying_key().to_bytes()),
     };
-    let header_bytes = serde_json::to_vec(&header).map_err(|e| BundleError::Malformed(e.to_string()))?;
+    let header_bytes =
+        serde_json::to_vec(&header).map_err(|e| BundleError::Malformed(e.to_string()))?;
 
     let tmp = out.with_extension("partial");
     let file = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
@@ -304,7 +316,8 @@ pub fn export(
             source: e,
         };
         w.write_all(MAGIC).map_err(e)?;
-        w.write_all(&(header_bytes.len() as u64).to_le_bytes()).map_err(e)?;
+        w.write_all(&(header_bytes.len() as u64).to_le_bytes())
+            .map_err(e)?;
         w.write_all(&header_bytes).map_err(e)?;
         w.write_all(&git).map_err(e)?;
         for c in &carried {
@@ -345,14 +358,12 @@ pub fn export(
 
 /// Checks the signature of the bundle at `path`; its header and signer.
 fn verify_signature(file: &mut File, trusted: Option<&[u8; 32]>) -> Result<Header, BundleError> {
-    let len = file
-        .metadata()
-        .map_err(io_err("stat the bundle"))?
-        .len();
+    let len = file.metadata().map_err(io_err("stat the bundle"))?.len();
     if len < (MAGIC.len() + 8 + 64) as u64 {
         return Err(BundleError::Malformed("too short".into()));
     }
-    file.seek(SeekFrom::Start(0)).map_err(io_err("read the bundle"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("read the bundle"))?;
     let header = read_header_from(&mut BufReader::new(&mut *file))?;
     let signer = unhex::<32>(&header.signer)?;
     if let Some(trusted) = trusted
@@ -363,13 +374,16 @@ fn verify_signature(file: &mut File, trusted: Option<&[u8; 32]>) -> Result<Heade
             trusted: hex(trusted),
         });
     }
-    file.seek(SeekFrom::Start(0)).map_err(io_err("read the bundle"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("read the bundle"))?;
     let mut hash = sha2::Sha256::new();
     let mut body = (&mut *file).take(len - 64);
     io::copy(&mut body, &mut HashSink(&mut hash)).map_err(io_err("read the bundle"))?;
     let mut signature = [0u8; 64];
-    file.read_exact(&mut signature).map_err(io_err("read the bundle"))?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&signer).map_err(|_| BundleError::BadSignature)?;
+    file.read_exact(&mut signature)
+        .map_err(io_err("read the bundle"))?;
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&signer).map_err(|_| BundleError::BadSignature)?;
     let signature = ed25519_dalek::Signature::from_bytes(&signature);
     key.verify_strict(&message(&hash.finalize()), &signature)
         .map_err(|_| BundleError::BadSignature)?;
@@ -405,13 +419,15 @@ pub fn import(
         .split_once('/')
         .ok_or_else(|| BundleError::Malformed("repo id".into()))?;
     let id = RepoId::parse(
-        kind.parse().map_err(|_| BundleError::Malformed("repo type".into()))?,
+        kind.parse()
+            .map_err(|_| BundleError::Malformed("repo type".into()))?,
         rest,
     )
     .map_err(|_| BundleError::Malformed("repo id".into()))?;
 
     // The git section, then the carried chunks into an unnamed spool, each checked.
-    file.seek(SeekFrom::Start(0)).map_err(io_err("read the bundle"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("read the bundle"))?;
     let mut r = BufReader::with_capacity(1 << 20, &mut file);
     read_header_from(&mut r)?;
     let mut git = vec![0u8; header.git_len as usize];
@@ -445,9 +461,12 @@ pub fn import(
 
     // The git bundle: prerequisites here, refs as announced.
     let (refs, pack) = parse_git_bundle(&git)?;
-    let declared: BTreeMap<String, String> = refs.iter().map(|(k, v)| (k.clone(), hex(v))).collect();
+    let declared: BTreeMap<String, String> =
+        refs.iter().map(|(k, v)| (k.clone(), hex(v))).collect();
     if declared != header.refs {
-        return Err(BundleError::Malformed("the git section's refs differ from the header's".into()));
+        return Err(BundleError::Malformed(
+            "the git section's refs differ from the header's".into(),
+        ));
     }
     let exists = repos.exists(&id);
     for p in &header.prerequisites {
@@ -466,7 +485,10 @@ pub fn import(
             .sha256
             .parse()
             .map_err(|_| BundleError::Malformed("file sha256".into()))?;
-        if store.has(&sha).map_err(|e| BundleError::Store(e.to_string()))? {
+        if store
+            .has(&sha)
+            .map_err(|e| BundleError::Store(e.to_string()))?
+        {
             continue;
         }
         let mut pieces = Vec::with_capacity(f.chunks.len());
@@ -485,7 +507,13 @@ pub fn import(
             file: f.sha256.clone(),
         };
         store
-            .import_expecting(reader, Expected { sha256: sha, size: f.size })
+            .import_expecting(
+                reader,
+                Expected {
+                    sha256: sha,
+                    size: f.size,
+                },
+            )
             .map_err(|e| BundleError::Store(format!("rebuild {}: {e}", f.sha256)))?;
     }
 
@@ -572,8 +600,11 @@ impl Read for Rebuild<'_> {
     }
 }
 
+/// Ref names and their commits.
+type Refs = BTreeMap<String, [u8; 20]>;
+
 /// Refs and pack of a git bundle v2.
-fn parse_git_bundle(git: &[u8]) -> Result<(BTreeMap<String, [u8; 20]>, &[u8]), BundleError> {
+fn parse_git_bundle(git: &[u8]) -> Result<(Refs, &[u8]), BundleError> {
     let bad = |why: &str| BundleError::Malformed(format!("git section: {why}"));
     let rest = git
         .strip_prefix(b"# v2 git bundle\n")
@@ -605,11 +636,22 @@ mod tests {
     #[test]
     fn git_sections_parse() {
         let mut git = b"# v2 git bundle\n-".to_vec();
-        git.extend_from_slice(format!("{}\n{} refs/heads/main\n\nPACKxyz", "a".repeat(40), "b".repeat(40)).as_bytes());
+        git.extend_from_slice(
+            format!(
+                "{}\n{} refs/heads/main\n\nPACKxyz",
+                "a".repeat(40),
+                "b".repeat(40)
+            )
+            .as_bytes(),
+        );
         let (refs, pack) = parse_git_bundle(&git).unwrap();
         assert_eq!(refs["refs/heads/main"], [0xbb; 20]);
         assert_eq!(pack, b"PACKxyz");
-        for bad in [&b"# v3"[..], b"# v2 git bundle\nzz refs/x\n\nPACK", b"# v2 git bundle\n"] {
+        for bad in [
+            &b"# v3"[..],
+            b"# v2 git bundle\nzz refs/x\n\nPACK",
+            b"# v2 git bundle\n",
+        ] {
             assert!(parse_git_bundle(bad).is_err());
         }
     }

@@ -115,7 +115,10 @@ impl Flight {
     pub async fn started(self: &Arc<Self>) -> bool {
         let flight = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut p = flight.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut p = flight
+                .progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             while p.written == 0 && p.outcome.is_none() && flight.size > 0 {
                 p = flight
                     .changed
@@ -187,7 +190,11 @@ impl Read for Tee<'_> {
             return Ok(0);
         }
         let written = {
-            let p = self.flight.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            let p = self
+                .flight
+                .progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             p.written
         };
         if written + n as u64 > self.flight.size {
@@ -197,7 +204,11 @@ impl Read for Tee<'_> {
             )));
         }
         self.flight.spool.write_all_at(&buf[..n], written)?;
-        let mut p = self.flight.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut p = self
+            .flight
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         p.written = written + n as u64;
         drop(p);
         self.flight.changed.notify_all();
@@ -236,9 +247,8 @@ mod tests {
         let flight = Flight::new(&dir.path().join("spool"), sha256, data.len() as u64).unwrap();
         let readers: Vec<_> = (0..4).map(|_| flight.reader()).collect();
         let (f, s, d) = (flight.clone(), store.clone(), data.clone());
-        let run = tokio::task::spawn_blocking(move || {
-            f.run(&s, Ok(Box::new(Cursor::new(d))), || Ok(()))
-        });
+        let run =
+            tokio::task::spawn_blocking(move || f.run(&s, Ok(Box::new(Cursor::new(d))), || Ok(())));
         for rx in readers {
             let (bytes, err) = collect(rx).await;
             assert_eq!(err, None);
@@ -270,7 +280,9 @@ mod tests {
         assert!(!store.has(&sha256).unwrap());
         // A source that fails at once fails the flight, and `started` says so.
         let flight = Flight::new(&dir.path().join("spool"), sha256, 10).unwrap();
-        flight.run(&store, Err("upstream down".into()), || Ok(())).unwrap_err();
+        flight
+            .run(&store, Err("upstream down".into()), || Ok(()))
+            .unwrap_err();
         assert!(!flight.started().await);
         assert_eq!(flight.wait().await, Err("upstream down".into()));
     }

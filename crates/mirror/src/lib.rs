@@ -45,9 +45,7 @@ pub use policy::{Action, Pattern, Policy, Rule, Verdict};
 pub use upstream::{Timeouts, Upstream, UpstreamError};
 
 use flight::Flight;
-use hub_core::{
-    BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort,
-};
+use hub_core::{BoxFuture, ClaimError, EnsureError, LfsFetchError, LfsStream, MeshPort};
 use hub_protocol::repo::RepoId;
 use hub_repo::Repos;
 use hub_store::{Sha256, Store};
@@ -225,7 +223,8 @@ fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), MirrorError>
     };
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io("create directory for", e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("create temp file for", e))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| io("create temp file for", e))?;
     tmp.write_all(bytes).map_err(|e| io("write", e))?;
     tmp.as_file().sync_all().map_err(|e| io("sync", e))?;
     tmp.persist(path).map_err(|e| io("replace", e.error))?;
@@ -326,13 +325,18 @@ impl Mirror {
 
     /// Whether a repo of `namespace` was pulled from the upstream.
     pub fn mirrors_namespace(&self, namespace: &str) -> bool {
-        lock(&self.inner.mirrored).keys().any(|k| {
-            k.split('/').nth(1) == Some(namespace)
-        })
+        lock(&self.inner.mirrored)
+            .keys()
+            .any(|k| k.split('/').nth(1) == Some(namespace))
     }
 
     /// Adds a run-time rule (kept across restarts); `false` when it was there already.
-    pub fn add_rule(&self, action: Action, pattern: &str, actor: &str) -> Result<bool, MirrorError> {
+    pub fn add_rule(
+        &self,
+        action: Action,
+        pattern: &str,
+        actor: &str,
+    ) -> Result<bool, MirrorError> {
         let pattern = Pattern::parse(pattern)?;
         let mut policy = lock(&self.inner.policy);
         let added = policy.add(action, pattern.clone());
@@ -548,7 +552,10 @@ impl Mirror {
 
     /// Refreshes the mirrored repos that are not pinned every `config.refresh`, until
     /// `cancel`. Nothing when no period is configured, offline, or no upstream.
-    pub fn spawn_refresher(&self, cancel: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    pub fn spawn_refresher(
+        &self,
+        cancel: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let period = self.inner.config.refresh?;
         if self.inner.upstream.is_none() || self.inner.config.offline {
             return None;

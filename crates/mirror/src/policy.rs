@@ -124,9 +124,7 @@ impl Pattern {
         match &self.matcher {
             Matcher::All => true,
             Matcher::Namespace(k, ns) => kind_ok(k) && ns == id.namespace(),
-            Matcher::Repo(k, ns, name) => {
-                kind_ok(k) && ns == id.namespace() && name == id.name()
-            }
+            Matcher::Repo(k, ns, name) => kind_ok(k) && ns == id.namespace() && name == id.name(),
             Matcher::Regex(re) => re.is_match(&full_id(id)),
         }
     }
@@ -153,7 +151,9 @@ pub struct Rule {
 /// The verdict on one repo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed { pinned: bool },
+    Allowed {
+        pinned: bool,
+    },
     /// Refused; the text says by which rule.
     Refused(String),
 }
@@ -228,9 +228,7 @@ impl Policy {
             .filter(|r| r.action == Action::Allow)
             .collect();
         if !allows.is_empty() && !allows.iter().any(|r| r.pattern.matches(id)) {
-            return Verdict::Refused(format!(
-                "{hub_id} is not in this mirror's allow list"
-            ));
+            return Verdict::Refused(format!("{hub_id} is not in this mirror's allow list"));
         }
         let pinned = self
             .rules

@@ -140,11 +140,7 @@ impl Upstream {
 
     /// Maps a status to an error: 401/403/404 are "not there"; other non-2xx are protocol
     /// errors (a 5xx upstream counts as unreachable: try again later).
-    fn check(
-        &self,
-        status: u16,
-        what: impl FnOnce() -> String,
-    ) -> Result<(), UpstreamError> {
+    fn check(&self, status: u16, what: impl FnOnce() -> String) -> Result<(), UpstreamError> {
         match status {
             200..=299 => Ok(()),
             401 | 403 | 404 | 410 => Err(self.not_found(what())),
@@ -194,12 +190,17 @@ impl Upstream {
     /// The repo's refs from `info/refs?service=git-upload-pack` (v0), as
     /// [`parse_advertisement`] keeps them.
     pub fn refs(&self, id: &RepoId) -> Result<BTreeMap<String, [u8; 20]>, UpstreamError> {
-        let url = format!("{}.git/info/refs?service=git-upload-pack", self.repo_url(id));
+        let url = format!(
+            "{}.git/info/refs?service=git-upload-pack",
+            self.repo_url(id)
+        );
         let resp = self
             .auth(self.agent.get(&url))
             .call()
             .map_err(|e| self.unreachable(e))?;
-        self.check(resp.status().as_u16(), || format!("git repository {}", id.hub_id()))?;
+        self.check(resp.status().as_u16(), || {
+            format!("git repository {}", id.hub_id())
+        })?;
         let body = resp
             .into_body()
             .with_config()
@@ -229,7 +230,9 @@ impl Upstream {
             .header("accept", "application/x-git-upload-pack-result")
             .send(&request[..])
             .map_err(|e| self.unreachable(e))?;
-        self.check(resp.status().as_u16(), || format!("git repository {}", id.hub_id()))?;
+        self.check(resp.status().as_u16(), || {
+            format!("git repository {}", id.hub_id())
+        })?;
         let mut reader = resp.into_body().into_with_config().limit(limit).reader();
         // One ACK or NAK line (no multi_ack), then the raw pack (no side-band).
         let line = read_pkt(&mut reader).map_err(|e| self.protocol(e))?;
@@ -365,7 +368,8 @@ fn parse_oid(s: &[u8]) -> Option<[u8; 20]> {
 /// Reads one pkt-line; `None` for a flush packet.
 fn read_pkt(r: &mut impl Read) -> Result<Option<Vec<u8>>, String> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).map_err(|e| format!("read pkt-line: {e}"))?;
+    r.read_exact(&mut len)
+        .map_err(|e| format!("read pkt-line: {e}"))?;
     let len = std::str::from_utf8(&len)
         .ok()
         .and_then(|s| usize::from_str_radix(s, 16).ok())
@@ -477,7 +481,11 @@ mod tests {
             "ab".repeat(20)
         ))));
         assert!(text.contains("0000"));
-        assert!(text.ends_with(&format!("{}{}", pkt(&format!("have {}\n", "cd".repeat(20))), pkt("done\n"))));
+        assert!(text.ends_with(&format!(
+            "{}{}",
+            pkt(&format!("have {}\n", "cd".repeat(20))),
+            pkt("done\n")
+        )));
     }
 
     #[test]
@@ -486,7 +494,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let up = Upstream::new(&format!("http://127.0.0.1:{port}"), Some("secret".into()), Timeouts::default());
+        let up = Upstream::new(
+            &format!("http://127.0.0.1:{port}"),
+            Some("secret".into()),
+            Timeouts::default(),
+        );
         let id = RepoId::parse(hub_protocol::repo::RepoType::Model, "a/b").unwrap();
         let started = std::time::Instant::now();
         let err = up.repo_info(&id).unwrap_err();
