@@ -164,6 +164,10 @@ def test_git_clone_through_the_mirror(sites, tmp_path):
     assert head == commit
     assert (dest / "w.bin").read_bytes() == weights
     assert (dest / "a.txt").read_bytes() == b"hello\n"
+    # git and git-lfs reads are in the audit log too.
+    assert any(
+        e["action"] == "read" and e["repo"] == f"models/{repo}" for e in audit_lines(mirror)
+    )
 
 
 def test_concurrent_misses_make_one_upstream_fetch(sites):

@@ -2,14 +2,17 @@
 //! readers served while it arrives.
 //!
 //! A [`Flight`] owns an unlinked spool file. Its fetch runs on one blocking thread: bytes read
-//! from the upstream are appended to the spool and, through the same pass, imported into the
-//! chunk store with the announced SHA-256 and size checked ([`hub_store::Store::
-//! import_expecting`]). Readers (one blocking thread each) read the spool with positioned
-//! reads up to what has arrived, so the first bytes reach every client while the rest
-//! arrives. The last byte is held back until the store has verified the whole file: a client
-//! whose download completes has exactly the upstream's verified bytes; on a mismatch or a
-//! broken upstream its body ends short with an error. The spool has no name, so it goes away
-//! with the last reader whatever happens.
+//! from the upstream are appended to the spool and hashed (SHA-256) as they pass; readers (one
+//! blocking thread each) read the spool with positioned reads up to what has arrived, so the
+//! first bytes reach every client while the rest arrives. The last byte is held back until
+//! the whole file's SHA-256 and size matched the pointer: a client whose download completes
+//! has exactly the upstream's verified bytes; on a mismatch or a broken upstream its body
+//! ends short with an error. Then the verified spool is imported into the chunk store
+//! ([`hub_store::Store::import_expecting`], which checks again) and adopted by the repo; that
+//! is the flight's outcome, which waiters that need the store (range requests, batch
+//! downloads) wait for. Importing after the download rather than in the same pass keeps the
+//! store's ingest off the client's path (see `benches/results/mirror.md`). The spool has no
+//! name, so it goes away with the last reader whatever happens.
 
 use hub_store::{Expected, Sha256, Store};
 use std::fs::File;
@@ -30,7 +33,8 @@ pub type Outcome = Option<Result<(), String>>;
 #[derive(Debug)]
 struct Progress {
     written: u64,
-    outcome: Outcome,
+    /// Whether the downloaded bytes matched the pointer (what readers wait for).
+    verified: Outcome,
 }
 
 /// One object being fetched.
@@ -56,7 +60,7 @@ impl Flight {
             spool,
             progress: Mutex::new(Progress {
                 written: 0,
-                outcome: None,
+                verified: None,
             }),
             changed: Condvar::new(),
             done,
@@ -64,24 +68,31 @@ impl Flight {
     }
 
     /// Runs the fetch (blocking): `source` yields the upstream's bytes, which go to the spool
-    /// and the store; `adopt` runs after the store verified them. Records the outcome.
+    /// (verified against the pointer's SHA-256 and size as they pass), then into the store;
+    /// `adopt` runs after the store took them. Records the outcome.
     pub fn run(
         self: &Arc<Self>,
         store: &Store,
         source: Result<Box<dyn Read + Send>, String>,
         adopt: impl FnOnce() -> Result<(), String>,
     ) -> Result<(), String> {
-        let result = source.and_then(|source| {
-            let tee = Tee {
+        let verified = source.and_then(|source| self.download(source));
+        {
+            let mut p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            p.verified = Some(verified.clone());
+        }
+        self.changed.notify_all();
+        let result = verified.and_then(|()| {
+            let spool = SpoolReader {
                 flight: self,
-                source,
+                pos: 0,
             };
             let expected = Expected {
                 sha256: self.sha256,
                 size: self.size,
             };
             store
-                .import_expecting(tee, expected)
+                .import_expecting(spool, expected)
                 .map_err(|e| format!("store the upstream's bytes: {e}"))?;
             adopt()
         });
@@ -89,11 +100,49 @@ impl Flight {
         result
     }
 
+    /// Copies `source` into the spool, hashing; checks size and SHA-256.
+    fn download(&self, mut source: Box<dyn Read + Send>) -> Result<(), String> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        let mut buf = vec![0u8; PIECE];
+        let mut written = 0u64;
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read from the upstream: {e}")),
+            };
+            if written + n as u64 > self.size {
+                return Err(format!(
+                    "the upstream sent more than the announced {} bytes",
+                    self.size
+                ));
+            }
+            self.spool
+                .write_all_at(&buf[..n], written)
+                .map_err(|e| format!("write the spool: {e}"))?;
+            hash.update(&buf[..n]);
+            written += n as u64;
+            self.progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .written = written;
+            self.changed.notify_all();
+        }
+        if written != self.size {
+            return Err(format!(
+                "the upstream sent {written} bytes, not the announced {}",
+                self.size
+            ));
+        }
+        if hash.finalize().as_slice() != self.sha256.0 {
+            return Err("the upstream's bytes do not match the pointer's SHA-256".into());
+        }
+        Ok(())
+    }
+
     fn finish(&self, outcome: Result<(), String>) {
-        let mut p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-        p.outcome = Some(outcome.clone());
-        drop(p);
-        self.changed.notify_all();
         self.done.send_replace(Some(outcome));
     }
 
@@ -119,13 +168,13 @@ impl Flight {
                 .progress
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            while p.written == 0 && p.outcome.is_none() && flight.size > 0 {
+            while p.written == 0 && p.verified.is_none() && flight.size > 0 {
                 p = flight
                     .changed
                     .wait(p)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            !matches!(p.outcome, Some(Err(_)))
+            !matches!(p.verified, Some(Err(_)))
         })
         .await
         .unwrap_or(false)
@@ -146,12 +195,12 @@ impl Flight {
             let (limit, outcome) = {
                 let mut p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
                 loop {
-                    let limit = match p.outcome {
+                    let limit = match p.verified {
                         Some(Ok(())) => self.size,
                         _ => p.written.min(self.size - 1),
                     };
-                    if limit > pos || p.outcome.is_some() {
-                        break (limit, p.outcome.clone());
+                    if limit > pos || p.verified.is_some() {
+                        break (limit, p.verified.clone());
                     }
                     p = self.changed.wait(p).unwrap_or_else(PoisonError::into_inner);
                 }
@@ -177,41 +226,24 @@ impl Flight {
     }
 }
 
-/// The upstream's bytes, appended to the spool (readers are woken) on their way to the store.
-struct Tee<'a> {
+/// The verified spool, read in order (what the store imports).
+struct SpoolReader<'a> {
     flight: &'a Flight,
-    source: Box<dyn Read + Send>,
+    pos: u64,
 }
 
-impl Read for Tee<'_> {
+impl Read for SpoolReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.source.read(buf)?;
-        if n == 0 {
+        let left = self.flight.size - self.pos;
+        let len = (buf.len() as u64).min(left) as usize;
+        if len == 0 {
             return Ok(0);
         }
-        let written = {
-            let p = self
-                .flight
-                .progress
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            p.written
-        };
-        if written + n as u64 > self.flight.size {
-            return Err(io::Error::other(format!(
-                "the upstream sent more than the announced {} bytes",
-                self.flight.size
-            )));
+        let n = self.flight.spool.read_at(&mut buf[..len], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::other("the spool is shorter than the file"));
         }
-        self.flight.spool.write_all_at(&buf[..n], written)?;
-        let mut p = self
-            .flight
-            .progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        p.written = written + n as u64;
-        drop(p);
-        self.flight.changed.notify_all();
+        self.pos += n as u64;
         Ok(n)
     }
 }
