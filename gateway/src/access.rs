@@ -17,7 +17,26 @@ pub(crate) async fn access(
     id: &RepoId,
     need: Need,
 ) -> Result<Granted, AppError> {
-    Ok(state.hub().access(principal, id, need).await?)
+    let granted = state.hub().access(principal, id, need).await?;
+    audit(state, principal, id, need);
+    Ok(granted)
+}
+
+/// Records a granted access in the audit log (surfaces that call `hub-core` directly, git
+/// and the LFS batch API, call this after their own refusal handling).
+pub(crate) fn audit(state: &AppState, principal: Option<&Principal>, id: &RepoId, need: Need) {
+    let Some(log) = state.audit() else {
+        return;
+    };
+    let actor = principal.map_or("anonymous", |p| p.user.name.as_str());
+    let repo = format!("{}/{}/{}", id.kind().plural(), id.namespace(), id.name());
+    match need {
+        Need::Read => log.record_read(actor, &repo),
+        Need::Write | Need::RewriteHistory => {
+            log.record(actor, "write", Some(&repo), serde_json::json!({}));
+        }
+        Need::Admin => log.record(actor, "admin", Some(&repo), serde_json::json!({})),
+    }
 }
 
 /// Read access; the repo's metadata when allowed.

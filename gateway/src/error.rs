@@ -324,6 +324,8 @@ impl From<AccessError> for AppError {
                 message: e.to_string(),
             },
             e @ AccessError::Pending { .. } => AppError::Unavailable(e.to_string()),
+            AccessError::Upstream(why) => AppError::Unavailable(why),
+            AccessError::Refused(why) => AppError::Forbidden(why),
             AccessError::Internal(e) => e.into(),
             other => AppError::internal(other),
         }

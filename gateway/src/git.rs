@@ -199,6 +199,7 @@ async fn allow(
         Err(AccessError::NotFound) if principal.is_none() => return Err(anonymous_refusal()),
         Err(e) => return Err(e.into()),
     };
+    crate::access::audit(state, principal.as_ref(), &id, need);
     Ok(Allowed {
         id,
         private: meta.private,

@@ -49,6 +49,7 @@ mod lfs;
 mod listing;
 mod mesh;
 pub mod metrics;
+mod mirror;
 mod pages;
 mod routes;
 mod spaces;
@@ -129,6 +130,10 @@ struct Inner {
     /// The Xet index (`xet.redb` in the store's directory), opened on first use.
     xet: std::sync::OnceLock<Arc<hub_xet::XetIndex>>,
     xet_open: std::sync::Mutex<()>,
+    /// Set once by [`AppState::enable_mirror`]: the pull-through mirror's admin API.
+    mirror: std::sync::OnceLock<hub_mirror::Mirror>,
+    /// Set once by [`AppState::enable_audit`]: every granted repo access is recorded.
+    audit: std::sync::OnceLock<Arc<hub_mirror::AuditLog>>,
 }
 
 impl AppState {
@@ -172,6 +177,8 @@ impl AppState {
                 spaces: std::sync::OnceLock::new(),
                 xet: std::sync::OnceLock::new(),
                 xet_open: std::sync::Mutex::new(()),
+                mirror: std::sync::OnceLock::new(),
+                audit: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -203,6 +210,25 @@ impl AppState {
 
     pub fn p2p(&self) -> &hub_net::P2p {
         &self.inner.p2p
+    }
+
+    /// Serves the mirror's admin API from `mirror` (the node wraps its mesh in the mirror's
+    /// port; see `hub-mirror`).
+    pub fn enable_mirror(&self, mirror: hub_mirror::Mirror) {
+        let _ = self.inner.mirror.set(mirror);
+    }
+
+    pub fn mirror(&self) -> Option<&hub_mirror::Mirror> {
+        self.inner.mirror.get()
+    }
+
+    /// Records every granted repo access in `log` (the audit log).
+    pub fn enable_audit(&self, log: Arc<hub_mirror::AuditLog>) {
+        let _ = self.inner.audit.set(log);
+    }
+
+    pub fn audit(&self) -> Option<&Arc<hub_mirror::AuditLog>> {
+        self.inner.audit.get()
     }
 
     /// The replication handle, when this node replicates.

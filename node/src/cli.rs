@@ -55,6 +55,84 @@ pub enum Command {
     /// Check and inspect the chunk store of a stopped node.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Change and inspect a running node's pull-through mirror policy (`[mirror]`).
+    ///
+    /// Rules: `allow`, `deny` or `pin` a pattern (`*`, `ns/*`, `ns/name`,
+    /// `datasets/ns/name`, `re:REGEX` over `models/ns/name`). Added rules are saved in the data
+    /// directory and merged with the configuration's.
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+    /// Print a running node's audit log (JSON lines: who read, wrote, mirrored, imported).
+    Audit(ClientFlags),
+    /// Carry repos across an air gap: signed bundles of commits and LFS chunks.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Write a signed bundle of one repo (git bundle + the LFS chunks the receiver lacks)
+    /// from a stopped node's data directory.
+    Export {
+        /// The repo, `ns/name`.
+        #[arg(long)]
+        repo: String,
+        /// model, dataset or space.
+        #[arg(long = "type", default_value = "model")]
+        kind: String,
+        /// Only what is new since this commit, or since this earlier bundle file.
+        #[arg(long, value_name = "BUNDLE|COMMIT")]
+        since: Option<String>,
+        /// The bundle file to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// The data directory [default: ./hubmesh-data].
+        #[arg(long, default_value = "./hubmesh-data")]
+        data: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify and import a bundle into a stopped node's data directory, all or nothing.
+    Import {
+        file: PathBuf,
+        /// Accept only bundles signed by this node key (hex public key, as exports print).
+        #[arg(long, value_name = "HEX")]
+        trust: Option<String>,
+        #[arg(long, default_value = "./hubmesh-data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorCommand {
+    /// Add a rule.
+    Add {
+        /// `*`, `ns/*`, `ns/name` or `re:REGEX`.
+        pattern: String,
+        /// What the rule does.
+        #[arg(long, value_parser = ["allow", "deny", "pin"], default_value = "allow")]
+        rule: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Remove the run-time rules with PATTERN.
+    Rm {
+        pattern: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// List the upstream, the rules and the mirrored repos.
+    List(ClientFlags),
+    /// Bring mirrored repos (pinned ones included) up to the upstream now.
+    Refresh {
+        /// One repo (`ns/name`, `datasets/ns/name`, `spaces/ns/name`); default: all.
+        repo: Option<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +235,13 @@ pub struct NodeFlags {
     /// DATA/spaces/envs]; nodes on one machine may share it.
     #[arg(long, value_name = "DIR")]
     pub spaces_env_dir: Option<PathBuf>,
+    /// Pull repos this node lacks from this Hub (`[mirror] upstream`), e.g.
+    /// https://huggingface.co or another node's http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Never contact the mirror's upstream: serve only what is cached (`[mirror] offline`).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// How account commands reach a running node: its `node.json` and `admin.token` in the data

@@ -1,5 +1,5 @@
-//! Commands that talk to a running node over HTTP: `user`, `org`, `token`, `peers` and
-//! `seed`.
+//! Commands that talk to a running node over HTTP: `user`, `org`, `token`, `peers`, `seed`,
+//! `mirror` and `audit`.
 //!
 //! They find the node through its data directory (`node.json` gives the HTTP address,
 //! `admin.token` the site admin's token), or take `--node URL --token TOKEN`, and call the
@@ -7,7 +7,9 @@
 //! progress and errors to stderr. A token secret is printed once, by `token create`, and
 //! nowhere else.
 
-use crate::cli::{ClientFlags, MemberCommand, OrgCommand, SeedCommand, TokenCommand, UserCommand};
+use crate::cli::{
+    ClientFlags, MemberCommand, MirrorCommand, OrgCommand, SeedCommand, TokenCommand, UserCommand,
+};
 use crate::datadir::ADMIN_TOKEN_FILE;
 use anyhow::{Context, bail};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
@@ -454,4 +456,117 @@ fn describe_token(t: &Value) -> String {
         line.push_str(&grants.join(","));
     }
     line
+}
+
+/// The rules and mirrored repos of a `GET /api/mirror` answer, one per line.
+fn describe_mirror(v: &Value) -> String {
+    let mut lines = vec![format!(
+        "upstream\t{}{}",
+        v["upstream"].as_str().unwrap_or("(none)"),
+        if v["offline"].as_bool() == Some(true) {
+            "\toffline"
+        } else {
+            ""
+        }
+    )];
+    for r in v["rules"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        lines.push(format!(
+            "{}\t{}\t{}",
+            r["rule"].as_str().unwrap_or("?"),
+            r["pattern"].as_str().unwrap_or("?"),
+            r["source"].as_str().unwrap_or("?")
+        ));
+    }
+    if let Some(repos) = v["repos"].as_object() {
+        for (id, r) in repos {
+            lines.push(format!(
+                "mirrored\t{id}\t{}",
+                r["main"].as_str().unwrap_or("-")
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+/// `hubmesh mirror add|rm|list|refresh`: the node's mirror policy (`/api/mirror`).
+pub fn mirror(command: MirrorCommand) -> anyhow::Result<()> {
+    match command {
+        MirrorCommand::Add {
+            pattern,
+            rule,
+            client: flags,
+        } => {
+            let body = json!({ "pattern": pattern, "rule": rule });
+            let v = Client::new(&flags)?.call("POST", "/api/mirror/rules", Some(&body))?;
+            output(&flags, &v, || {
+                if v["added"].as_bool() == Some(true) {
+                    format!("added {rule} {pattern}")
+                } else {
+                    format!("{rule} {pattern} was there already")
+                }
+            })
+        }
+        MirrorCommand::Rm {
+            pattern,
+            client: flags,
+        } => {
+            let path = format!("/api/mirror/rules?pattern={}", query_value(&pattern));
+            let v = Client::new(&flags)?.call("DELETE", &path, None)?;
+            output(&flags, &v, || {
+                format!("removed {} rule(s) for {pattern}", v["removed"])
+            })
+        }
+        MirrorCommand::List(flags) => {
+            let v = Client::new(&flags)?.call("GET", "/api/mirror", None)?;
+            output(&flags, &v, || describe_mirror(&v))
+        }
+        MirrorCommand::Refresh {
+            repo,
+            client: flags,
+        } => {
+            let v = Client::new(&flags)?.call(
+                "POST",
+                "/api/mirror/refresh",
+                Some(&json!({ "repo": repo })),
+            )?;
+            let failed = v["results"]
+                .as_object()
+                .is_some_and(|r| r.values().any(|r| r.get("error").is_some()));
+            output(&flags, &v, || {
+                v["results"]
+                    .as_object()
+                    .map(|r| {
+                        r.iter()
+                            .map(|(id, r)| match r.get("error") {
+                                Some(e) => format!("{id}\terror\t{}", e.as_str().unwrap_or("?")),
+                                None => format!(
+                                    "{id}\t{} ref(s) changed\t{}",
+                                    r["refs"],
+                                    r["main"].as_str().unwrap_or("-")
+                                ),
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default()
+            })?;
+            if failed {
+                bail!("some repos could not be refreshed");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `hubmesh audit`: the node's audit log as JSON lines on stdout.
+pub fn audit(flags: ClientFlags) -> anyhow::Result<()> {
+    let v = Client::new(&flags)?.call("GET", "/api/mirror/audit", None)?;
+    for event in v["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!("{event}");
+    }
+    Ok(())
 }

@@ -44,6 +44,15 @@
 //! start_timeout_secs = 120  # an app must listen within this after it starts
 //! build_timeout_secs = 1800
 //! sleep_secs = 172800       # idle time before a Space sleeps when its owner set none (0: never)
+//!
+//! [mirror]
+//! upstream = "https://huggingface.co"  # pull repos this node lacks from there (hub-mirror)
+//! upstream_token = "hf_…"   # the site's token for the upstream (gated/private repos)
+//! offline = false           # never contact the upstream: serve what is cached
+//! allow = []                # mirror only these (`*`, `ns/*`, `ns/name`, `re:REGEX`); empty: all
+//! deny = []                 # never mirror these
+//! pin = []                  # pulled once, moved only by `hubmesh mirror refresh`
+//! refresh_secs = 0          # refresh the other mirrored repos this often (0: on request only)
 //! ```
 
 use crate::cli::NodeFlags;
@@ -69,6 +78,39 @@ pub struct Config {
     pub store: StoreSection,
     pub inference: InferenceSection,
     pub spaces: SpacesSection,
+    pub mirror: MirrorSection,
+}
+
+/// `[mirror]`: pull-through mirroring of an upstream Hub (`hub-mirror`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorSection {
+    pub upstream: Option<String>,
+    pub upstream_token: Option<String>,
+    pub offline: bool,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub pin: Vec<String>,
+    pub refresh_secs: u64,
+}
+
+impl MirrorSection {
+    /// The rules, in `hub-mirror`'s terms, checked.
+    pub fn rules(&self) -> anyhow::Result<Vec<(hub_mirror::Action, String)>> {
+        use hub_mirror::Action;
+        let mut rules = Vec::new();
+        for (action, patterns) in [
+            (Action::Allow, &self.allow),
+            (Action::Deny, &self.deny),
+            (Action::Pin, &self.pin),
+        ] {
+            for p in patterns {
+                hub_mirror::Pattern::parse(p)?;
+                rules.push((action, p.clone()));
+            }
+        }
+        Ok(rules)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +289,7 @@ impl Default for Config {
             store: StoreSection::default(),
             inference: InferenceSection::default(),
             spaces: SpacesSection::default(),
+            mirror: MirrorSection::default(),
         }
     }
 }
@@ -311,6 +354,12 @@ impl Config {
         if let Some(dir) = &flags.spaces_env_dir {
             config.spaces.env_dir = Some(dir.clone());
         }
+        if let Some(upstream) = &flags.upstream {
+            config.mirror.upstream = Some(upstream.clone());
+        }
+        if flags.offline {
+            config.mirror.offline = true;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -352,6 +401,12 @@ impl Config {
             );
         }
         self.allow_peers()?;
+        self.mirror.rules()?;
+        if let Some(up) = &self.mirror.upstream
+            && !(up.starts_with("http://") || up.starts_with("https://"))
+        {
+            bail!("mirror.upstream must be an http:// or https:// URL");
+        }
         // Adverts live two periods (and a second), at most MAX_ADVERT_LIFETIME_SECS.
         let max_period = (hub_protocol::capacity::MAX_ADVERT_LIFETIME_SECS - 1) / 2;
         if !(1..=max_period).contains(&self.inference.advert_period_secs) {

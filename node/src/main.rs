@@ -5,6 +5,7 @@
 //! This crate is the only place with a CLI, a config file, environment variables and process
 //! concerns (signals, the data-directory lock); the libraries below it take typed config.
 
+mod bundle_cmd;
 mod cli;
 mod client;
 mod config;
@@ -51,6 +52,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Peers(flags) => client::peers(flags),
         cli::Command::Compute(flags) => client::compute(flags),
         cli::Command::Seed(command) => client::seed(command),
+        cli::Command::Mirror(command) => client::mirror(command),
+        cli::Command::Audit(flags) => client::audit(flags),
+        cli::Command::Bundle(command) => bundle_cmd::run(command),
     }
 }
 

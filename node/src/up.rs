@@ -123,7 +123,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let p2p = mesh.p2p().clone();
     claim_local_namespaces(&auth, &mesh).await;
 
-    let state = AppState::new(Parts {
+    let audit =
+        Arc::new(hub_mirror::AuditLog::open(data.join(AUDIT_FILE)).context("open the audit log")?);
+    let mirror = open_mirror(&config, &data, &repos, &store, &search, &audit)?;
+    let port: Arc<dyn hub_core::MeshPort> = match &mirror {
+        Some(mirror) => Arc::new(hub_mirror::MirrorPort::new(
+            Arc::new(mesh.clone()),
+            mirror.clone(),
+        )),
+        None => Arc::new(mesh.clone()),
+    };
+    let parts = Parts {
         auth: auth.clone(),
         repos: repos.clone(),
         store,
@@ -134,7 +144,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             list_page_size: config.gateway.list_page_size,
             git: config.gateway.git_limits(),
         },
-    });
+    };
+    let state = AppState::with_mesh(parts, port);
+    state.enable_audit(audit);
+    if let Some(mirror) = mirror {
+        mirror.spawn_refresher(cancel.child_token());
+        state.enable_mirror(mirror);
+    }
     // Models and the compute mesh: built here, handed to the gateway, and the compute tasks
     // (advertiser, advert collector, stream server running peers' jobs through the gateway's
     // inference routes) started once the gateway can take jobs.
@@ -341,6 +357,48 @@ impl Signals {
 /// The names of this site's accounts, for replication: their namespaces are never taken from
 /// other nodes (ADR 0006). A name the account store cannot read counts as local (refusing a
 /// foreign document is the safe side).
+/// The audit log, in the data directory (`hub-mirror`'s `AuditLog`).
+pub const AUDIT_FILE: &str = "audit.jsonl";
+
+/// The pull-through mirror of `[mirror] upstream`, when one is configured.
+fn open_mirror(
+    config: &Config,
+    data: &DataDir,
+    repos: &Arc<hub_repo::Repos>,
+    store: &hub_store::Store,
+    search: &Arc<hub_search::SearchIndex>,
+    audit: &Arc<hub_mirror::AuditLog>,
+) -> anyhow::Result<Option<hub_mirror::Mirror>> {
+    let section = &config.mirror;
+    let Some(upstream) = section.upstream.clone() else {
+        return Ok(None);
+    };
+    let mut mirror_config = hub_mirror::MirrorConfig::new(data.join("mirror"), Some(upstream));
+    mirror_config.token = section.upstream_token.clone();
+    mirror_config.offline = section.offline;
+    mirror_config.rules = section.rules()?;
+    mirror_config.refresh =
+        (section.refresh_secs > 0).then(|| Duration::from_secs(section.refresh_secs));
+    let on_pulled: hub_mirror::OnPulled = {
+        let (repos, search) = (repos.clone(), search.clone());
+        Arc::new(move |id| hub_core::listing::reindex(&repos, &search, id))
+    };
+    let mirror = hub_mirror::Mirror::open(
+        mirror_config,
+        repos.clone(),
+        store.clone(),
+        audit.clone(),
+        on_pulled,
+    )
+    .context("open the mirror's state")?;
+    tracing::info!(
+        upstream = mirror.upstream().unwrap_or_default(),
+        offline = mirror.offline(),
+        "pull-through mirror enabled"
+    );
+    Ok(Some(mirror))
+}
+
 fn local_names(auth: &Arc<AuthStore>) -> hub_mesh::LocalNames {
     let auth = auth.clone();
     Arc::new(move |name: &str| match auth.namespace_kind(name) {

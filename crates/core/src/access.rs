@@ -76,6 +76,13 @@ pub enum AccessError {
     /// Announced by a peer but not arrived yet; retry shortly.
     #[error("{} is being fetched from the mesh ({why}); retry shortly", repo.hub_id())]
     Pending { repo: RepoId, why: String },
+    /// A pull-through mirror could not get the repo from its upstream now; the text names
+    /// the upstream and why.
+    #[error("{0}")]
+    Upstream(String),
+    /// A pull-through mirror's policy refuses the repo.
+    #[error("{0}")]
+    Refused(String),
     #[error("access check failed")]
     Internal(#[source] Error),
 }
@@ -214,6 +221,8 @@ impl Hub {
                 why,
             }),
             Err(EnsureError::Unknown) => Err(AccessError::NotFound),
+            Err(EnsureError::Unavailable(why)) => Err(AccessError::Upstream(why)),
+            Err(EnsureError::Refused(why)) => Err(AccessError::Refused(why)),
         }
     }
 }

@@ -34,6 +34,13 @@ pub enum EnsureError {
     /// Announced, but its git data had not arrived by the deadline.
     #[error("the repository is still being fetched from peers ({0})")]
     Pending(String),
+    /// A pull-through mirror's upstream could not give it now (unreachable, offline mode,
+    /// an upstream error); the text names the upstream.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A pull-through mirror's policy refuses the repo; the text says which rule.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Why an LFS object could not be had from the mesh by a deadline.
@@ -118,6 +125,14 @@ pub trait MeshPort: Send + Sync + std::fmt::Debug {
 
     /// A repo changed here (after a write); never blocks.
     fn repo_changed(&self, repo: &RepoId);
+
+    /// Whether a GET of the missing LFS object `sha256` of `repo` will stream it from a
+    /// source that does not need it announced first (a pull-through mirror's upstream);
+    /// when so, its fetch is started now (in the background, once), so a HEAD can answer
+    /// from the pointer alone. The mesh's peers never qualify: `false` by default.
+    fn prefetch_lfs(&self, _repo: &RepoId, _sha256: Sha256, _size: u64) -> bool {
+        false
+    }
 }
 
 /// The mesh of a node that replicates nothing: no peer announced anything, so nothing can be

@@ -132,7 +132,11 @@ async fn resolve(
             tracing::info!(repo = %id, %sha, "streaming LFS content while it arrives from peers");
         }
     }
-    if let Some((sha, size)) = missing.filter(|_| arriving.is_none()) {
+    // A HEAD of content a pull-through mirror streams on GET answers from the pointer (the
+    // fetch starts now); everything else waits for the content, bounded.
+    let answered_by_pointer = method == Method::HEAD
+        && missing.is_some_and(|(sha, size)| state.hub().mesh().prefetch_lfs(&id, sha, size));
+    if let Some((sha, size)) = missing.filter(|_| arriving.is_none() && !answered_by_pointer) {
         // Fetched from peers ahead of the rest and waited for (bounded); else a retryable
         // 503, on HEAD as on GET, never a 500 halfway through a body.
         let wait = if method == Method::HEAD {
@@ -149,7 +153,7 @@ async fn resolve(
         {
             tracing::debug!(repo = %id, %sha, %error, "LFS content not here yet");
             return Err(AppError::Unavailable(format!(
-                "the content of {} is not on this node yet; retry shortly",
+                "the content of {} is not on this node yet ({error}); retry shortly",
                 p.path
             )));
         }

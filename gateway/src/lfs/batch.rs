@@ -97,6 +97,7 @@ async fn batch_inner(
         }
         Err(e) => return Err(e.into()),
     };
+    crate::access::audit(state, principal.as_ref(), &granted.id, need);
     let id = granted.id;
 
     let wanted: Vec<(String, u64)> = req
