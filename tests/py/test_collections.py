@@ -100,7 +100,7 @@ def test_collections(node, tmp_path):
     slug = re.search(r"bob/bob-s-picks-[0-9a-f]{24}", out).group(0)
     hf(node, bob_token, "collections", "add-item", slug, "admin/m1", "model", home=home)
     assert "admin/m1" in hf(node, bob_token, "collections", "info", slug, home=home)
-    assert slug in hf(node, bob_token, "collections", "ls", "--owner", "bob", home=home)
+    assert slug in hf(node, bob_token, "collections", "ls", "--owner", "bob", "--format", "json", home=home)
     hf(node, bob_token, "collections", "delete", slug, home=home)
     assert status(lambda: bob.get_collection(slug)) == 404
 
