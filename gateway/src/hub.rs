@@ -91,10 +91,7 @@ pub(crate) fn routes() -> Router<AppState> {
                 .post(webhooks::update)
                 .delete(webhooks::delete),
         )
-        .route(
-            "/api/settings/webhooks/{id}/enable",
-            post(webhooks::enable),
-        )
+        .route("/api/settings/webhooks/{id}/enable", post(webhooks::enable))
         .route(
             "/api/settings/webhooks/{id}/disable",
             post(webhooks::disable),

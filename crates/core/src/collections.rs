@@ -318,7 +318,11 @@ impl Hub {
             .is_ok()
     }
 
-    async fn may_change(&self, principal: &Principal, namespace: &str) -> Result<(), CollectionError> {
+    async fn may_change(
+        &self,
+        principal: &Principal,
+        namespace: &str,
+    ) -> Result<(), CollectionError> {
         let target = Self::namespace_target(namespace)?;
         self.decide(Some(principal), &target, false, Need::Write)
             .await?;
@@ -354,7 +358,9 @@ impl Hub {
         self.may_change(principal, namespace).await?;
         let title = title.trim().to_owned();
         if title.is_empty() {
-            return Err(CollectionError::BadRequest("a collection needs a title".into()));
+            return Err(CollectionError::BadRequest(
+                "a collection needs a title".into(),
+            ));
         }
         check_len("title", &title, MAX_TITLE)?;
         if let Some(d) = &description {
@@ -442,7 +448,9 @@ impl Hub {
         self.may_change(principal, &c.namespace).await?;
         if let Some(t) = &update.title {
             if t.trim().is_empty() {
-                return Err(CollectionError::BadRequest("a collection needs a title".into()));
+                return Err(CollectionError::BadRequest(
+                    "a collection needs a title".into(),
+                ));
             }
             check_len("title", t, MAX_TITLE)?;
         }
@@ -623,7 +631,11 @@ impl Hub {
                     c.items[from].note = Some(n);
                 }
                 if let Some(to) = position {
-                    move_to(&mut c.items, from, usize::try_from(to).unwrap_or(usize::MAX));
+                    move_to(
+                        &mut c.items,
+                        from,
+                        usize::try_from(to).unwrap_or(usize::MAX),
+                    );
                 }
                 Ok(())
             });
@@ -700,9 +712,15 @@ mod tests {
         hub.add_collection_item(&admin, &slug, ItemType::Model, "admin/m", None)
             .await
             .unwrap();
-        hub.add_collection_item(&admin, &slug, ItemType::Paper, "2307.09288", Some("n".into()))
-            .await
-            .unwrap();
+        hub.add_collection_item(
+            &admin,
+            &slug,
+            ItemType::Paper,
+            "2307.09288",
+            Some("n".into()),
+        )
+        .await
+        .unwrap();
         assert!(matches!(
             hub.add_collection_item(&admin, &slug, ItemType::Model, "admin/m", None)
                 .await,
@@ -739,7 +757,12 @@ mod tests {
             .unwrap();
         assert!(c.slug().starts_with("admin/renamed-") && c.slug().ends_with(&c.id));
         assert!(hub.collection(None, &c.slug()).await.is_err());
-        assert!(hub.list_collections(None, &[], None).await.unwrap().is_empty());
+        assert!(
+            hub.list_collections(None, &[], None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             hub.list_collections(Some(&admin), &[], Some("models/admin/m"))
                 .await

@@ -151,17 +151,17 @@ pub fn gate(repos: &Repos, id: &RepoId) -> Result<Gate, RepoError> {
                     reason,
                     ..
                 }) => {
-                    let request = gate
-                        .requests
-                        .entry(user.clone())
-                        .or_insert_with(|| AccessRequest {
-                            user,
-                            id: thread,
-                            status,
-                            requested_at: at,
-                            fields: None,
-                            reason: None,
-                        });
+                    let request =
+                        gate.requests
+                            .entry(user.clone())
+                            .or_insert_with(|| AccessRequest {
+                                user,
+                                id: thread,
+                                status,
+                                requested_at: at,
+                                fields: None,
+                                reason: None,
+                            });
                     request.status = status;
                     if fields.is_some() {
                         request.fields = fields;
@@ -189,10 +189,7 @@ pub enum GateError {
     NoRequest(String),
     /// The request already has that status (the Hub's 404).
     #[error("the access request of {user} is already {}", status.as_str())]
-    AlreadyThere {
-        user: String,
-        status: RequestStatus,
-    },
+    AlreadyThere { user: String, status: RequestStatus },
     /// `grant` to a user who already has access (the Hub's 400).
     #[error("{0} already has access to the repo")]
     AlreadyGranted(String),
@@ -304,13 +301,13 @@ impl Hub {
         id: &RepoId,
         mode: Option<GateMode>,
     ) -> Result<(), GateError> {
-        self.access(
-            Some(principal),
-            id,
-            crate::Change::Visibility.need(),
-        )
-        .await?;
-        let (repos, repo, who) = (self.repos().clone(), id.clone(), crate::author_of(principal));
+        self.access(Some(principal), id, crate::Change::Visibility.need())
+            .await?;
+        let (repos, repo, who) = (
+            self.repos().clone(),
+            id.clone(),
+            crate::author_of(principal),
+        );
         let changed = blocking(move || {
             let current = gate(&repos, &repo)?;
             if current.mode == mode {
@@ -321,7 +318,14 @@ impl Hub {
                 by: who.name.clone(),
                 at: now(),
             };
-            append(&repos, &repo, current.settings_thread, &event, &who, "gate: settings")?;
+            append(
+                &repos,
+                &repo,
+                current.settings_thread,
+                &event,
+                &who,
+                "gate: settings",
+            )?;
             Ok(true)
         })
         .await?;
@@ -347,7 +351,11 @@ impl Hub {
                 "the request's fields are over {MAX_FIELDS_BYTES} bytes"
             )));
         }
-        let (repos, repo, who) = (self.repos().clone(), id.clone(), crate::author_of(principal));
+        let (repos, repo, who) = (
+            self.repos().clone(),
+            id.clone(),
+            crate::author_of(principal),
+        );
         let (status, changed) = blocking(move || {
             let current = gate(&repos, &repo)?;
             let Some(mode) = current.mode else {
@@ -423,12 +431,19 @@ impl Hub {
         reason: Option<String>,
     ) -> Result<(), GateError> {
         self.access(Some(principal), id, Need::Write).await?;
-        if reason.as_ref().is_some_and(|r| r.chars().count() > MAX_REASON) {
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REASON)
+        {
             return Err(GateError::BadRequest(format!(
                 "the rejection reason is over {MAX_REASON} characters"
             )));
         }
-        let (repos, repo, who) = (self.repos().clone(), id.clone(), crate::author_of(principal));
+        let (repos, repo, who) = (
+            self.repos().clone(),
+            id.clone(),
+            crate::author_of(principal),
+        );
         blocking(move || {
             let current = gate(&repos, &repo)?;
             if current.mode.is_none() {
@@ -458,7 +473,14 @@ impl Hub {
                 fields: None,
                 reason: reason.filter(|_| status == RequestStatus::Rejected),
             };
-            append(&repos, &repo, Some(request.id), &event, &who, "gate: handle")?;
+            append(
+                &repos,
+                &repo,
+                Some(request.id),
+                &event,
+                &who,
+                "gate: handle",
+            )?;
             Ok(())
         })
         .await?;
@@ -500,7 +522,14 @@ impl Hub {
                 fields: None,
                 reason: None,
             };
-            append(&repos, &repo, existing.map(|r| r.id), &event, &who, "gate: grant")?;
+            append(
+                &repos,
+                &repo,
+                existing.map(|r| r.id),
+                &event,
+                &who,
+                "gate: grant",
+            )?;
             Ok(())
         })
         .await?;

@@ -62,9 +62,9 @@ pub mod repos;
 pub mod resolve;
 pub mod storage;
 pub mod tags;
-pub mod webhooks;
 #[cfg(test)]
 mod testing;
+pub mod webhooks;
 
 pub use access::{AccessError, ENSURE_REPO_WAIT, Granted, Need};
 pub use commit::{CommitError, Pending};

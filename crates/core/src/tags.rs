@@ -49,11 +49,14 @@ pub fn tags_by_type(
 ) -> Result<BTreeMap<&'static str, Vec<Tag>>, SearchError> {
     let mut seen: BTreeMap<&'static str, BTreeMap<String, Tag>> = BTreeMap::new();
     let mut add = |kind: &'static str, id: &str, label: String| {
-        seen.entry(kind).or_default().entry(id.to_owned()).or_insert(Tag {
-            id: id.to_owned(),
-            label,
-            kind,
-        });
+        seen.entry(kind)
+            .or_default()
+            .entry(id.to_owned())
+            .or_insert(Tag {
+                id: id.to_owned(),
+                label,
+                kind,
+            });
     };
     let mut query = ListQuery::new(kind);
     let mut read = 0;
@@ -107,7 +110,10 @@ mod tests {
         let got = tags_by_type(&search, RepoType::Dataset).unwrap();
         assert_eq!(got["license"].len(), 1);
         assert_eq!(got["license"][0].label, "mit");
-        assert_eq!(got["task_categories"][0].id, "task_categories:text-classification");
+        assert_eq!(
+            got["task_categories"][0].id,
+            "task_categories:text-classification"
+        );
         assert!(tags_by_type(&search, RepoType::Model).unwrap().is_empty());
         assert_eq!(label_of("text-generation"), "Text Generation");
     }

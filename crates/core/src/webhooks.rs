@@ -207,7 +207,10 @@ impl Webhooks {
     fn save(&self, hook: &Webhook) -> Result<(), WebhookError> {
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(".{}.tmp", hook.id));
-        std::fs::write(&tmp, serde_json::to_vec(hook).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(hook).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, self.dir.join(format!("{}.json", hook.id)))?;
         Ok(())
     }
@@ -228,7 +231,10 @@ impl Webhooks {
             self.queue.try_send(d)
         {
             tracing::warn!(webhook = %d.webhook, "webhook queue full: delivery dropped");
-            self.log(&d.webhook, entry_of(&d, None, Some("queue full: dropped".into()), false));
+            self.log(
+                &d.webhook,
+                entry_of(&d, None, Some("queue full: dropped".into()), false),
+            );
         }
     }
 
@@ -430,7 +436,11 @@ impl Hub {
     /// One of `principal`'s webhooks.
     pub fn webhook(&self, principal: &Principal, id: &str) -> Result<Webhook, WebhookError> {
         self.webhooks()
-            .with(|all| all.get(id).filter(|w| w.owner == principal.user.name).cloned())
+            .with(|all| {
+                all.get(id)
+                    .filter(|w| w.owner == principal.user.name)
+                    .cloned()
+            })
             .ok_or_else(|| WebhookError::NotFound(id.to_owned()))
     }
 
@@ -446,7 +456,8 @@ impl Hub {
         let (hub, h) = (self.clone(), hook.clone());
         blocking(move || {
             hub.webhooks().save(&h)?;
-            hub.webhooks().with(|all| all.insert(h.id.clone(), h.clone()));
+            hub.webhooks()
+                .with(|all| all.insert(h.id.clone(), h.clone()));
             Ok::<_, WebhookError>(())
         })
         .await?;
@@ -497,7 +508,11 @@ impl Hub {
             .await
     }
 
-    pub async fn delete_webhook(&self, principal: &Principal, id: &str) -> Result<(), WebhookError> {
+    pub async fn delete_webhook(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(), WebhookError> {
         let hook = self.webhook(principal, id)?;
         let hub = self.clone();
         blocking(move || {
@@ -519,10 +534,21 @@ impl Hub {
     }
 
     /// The delivery log of one of `principal`'s webhooks, oldest first.
-    pub fn webhook_log(&self, principal: &Principal, id: &str) -> Result<Vec<LogEntry>, WebhookError> {
+    pub fn webhook_log(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<Vec<LogEntry>, WebhookError> {
         let hook = self.webhook(principal, id)?;
-        let logs = self.webhooks().logs.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(logs.get(&hook.id).map(|l| l.iter().cloned().collect()).unwrap_or_default())
+        let logs = self
+            .webhooks()
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(logs
+            .get(&hook.id)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     /// The enabled webhooks that watch `id` in `domain` and may see it.
@@ -538,7 +564,11 @@ impl Hub {
         }
         let mut out = Vec::new();
         for hook in hooks {
-            let (auth, owner, ns) = (self.auth().clone(), hook.owner.clone(), id.namespace().to_owned());
+            let (auth, owner, ns) = (
+                self.auth().clone(),
+                hook.owner.clone(),
+                id.namespace().to_owned(),
+            );
             let member = owner == ns
                 || blocking(move || Ok::<_, Error>(auth.orgs_of(&owner)?))
                     .await
@@ -670,8 +700,9 @@ impl Hub {
     /// A discussion event of `id` for the webhooks watching it in the `discussion` domain.
     pub async fn discussion_webhook(&self, id: &RepoId, event: DiscussionEvent) {
         let any = self.webhooks().with(|all| {
-            all.values()
-                .any(|w| !w.disabled && w.watches(id) && w.domains.iter().any(|d| d == "discussion"))
+            all.values().any(|w| {
+                !w.disabled && w.watches(id) && w.domains.iter().any(|d| d == "discussion")
+            })
         });
         if !any {
             return;
@@ -740,8 +771,14 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            hub.create_webhook(&admin, "ftp://x".into(), watch("user", "admin"), vec!["repo".into()], None)
-                .await,
+            hub.create_webhook(
+                &admin,
+                "ftp://x".into(),
+                watch("user", "admin"),
+                vec!["repo".into()],
+                None
+            )
+            .await,
             Err(WebhookError::BadRequest(_))
         ));
         let id = RepoId::parse(RepoType::Model, "admin/w").unwrap();

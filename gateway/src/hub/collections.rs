@@ -180,7 +180,10 @@ pub(super) async fn get(
     Path(p): Path<SlugPath>,
 ) -> Result<Json<Value>, AppError> {
     let principal = authenticate(&state, &headers).await?;
-    let c = state.hub().collection(principal.as_ref(), &p.slug()).await?;
+    let c = state
+        .hub()
+        .collection(principal.as_ref(), &p.slug())
+        .await?;
     Ok(Json(collection_json(&c, None)))
 }
 
@@ -213,7 +216,9 @@ pub(super) async fn update(
         .hub()
         .update_collection(&principal, &p.slug(), update)
         .await?;
-    Ok(Json(json!({ "success": true, "data": collection_json(&c, None) })))
+    Ok(Json(
+        json!({ "success": true, "data": collection_json(&c, None) }),
+    ))
 }
 
 /// `DELETE /api/collections/{namespace}/{slug}`.

@@ -62,10 +62,7 @@ pub(super) async fn list(
     Path(p): Path<StatusPath>,
 ) -> Result<Json<Value>, AppError> {
     let principal = require_auth(&state, &headers).await?;
-    let status: RequestStatus = p
-        .status
-        .parse()
-        .map_err(|()| AppError::NotFound)?;
+    let status: RequestStatus = p.status.parse().map_err(|()| AppError::NotFound)?;
     let id = RepoPath {
         kind: p.kind,
         ns: p.ns,
@@ -73,7 +70,9 @@ pub(super) async fn list(
     }
     .id()?;
     let requests = state.hub().access_requests(&principal, &id, status).await?;
-    Ok(Json(Value::Array(requests.iter().map(request_json).collect())))
+    Ok(Json(Value::Array(
+        requests.iter().map(request_json).collect(),
+    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,9 +92,7 @@ pub(super) async fn ask(
     let principal = require_auth(&state, &headers).await?;
     let id = path.id()?;
     let body: AskBody = if body.is_empty() {
-        AskBody {
-            fields: Map::new(),
-        }
+        AskBody { fields: Map::new() }
     } else {
         parse_json(&body)?
     };
@@ -167,7 +164,10 @@ pub(super) async fn grant(
     let principal = require_auth(&state, &headers).await?;
     let id = path.id()?;
     let body: GrantBody = parse_json(&body)?;
-    state.hub().grant_access(&principal, &id, &body.user).await?;
+    state
+        .hub()
+        .grant_access(&principal, &id, &body.user)
+        .await?;
     Ok(Json(json!({})))
 }
 

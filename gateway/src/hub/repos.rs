@@ -163,7 +163,11 @@ pub(super) async fn settings(
     let granted = granted(&state, &headers, &path, Change::Visibility.need()).await?;
     let body: SettingsBody = parse_json(&body)?;
     let private = visibility(body.private, body.visibility.as_deref())?;
-    let gated = body.gated.as_ref().map(super::gate::parse_gated).transpose()?;
+    let gated = body
+        .gated
+        .as_ref()
+        .map(super::gate::parse_gated)
+        .transpose()?;
     if let Some(private) = private {
         state.hub().set_private(&granted, private).await?;
     }

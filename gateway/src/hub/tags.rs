@@ -11,10 +11,9 @@ use serde_json::{Map, Value, json};
 
 async fn by_type(state: &AppState, kind: RepoType) -> Result<Json<Value>, AppError> {
     let search = state.search().clone();
-    let tags = blocking(move || {
-        hub_core::tags::tags_by_type(&search, kind).map_err(AppError::internal)
-    })
-    .await?;
+    let tags =
+        blocking(move || hub_core::tags::tags_by_type(&search, kind).map_err(AppError::internal))
+            .await?;
     let mut out = Map::new();
     for (kind, list) in tags {
         out.insert(

@@ -233,15 +233,22 @@ async fn attempt(hub: &Hub, d: &Delivery) -> bool {
     }
     let (status, error) = match tokio::time::timeout(TIMEOUT, post(d)).await {
         Ok(Ok(status)) if (200..300).contains(&status) => (Some(status), None),
-        Ok(Ok(status)) => (Some(status), Some(format!("the receiver answered {status}"))),
+        Ok(Ok(status)) => (
+            Some(status),
+            Some(format!("the receiver answered {status}")),
+        ),
         Ok(Err(e)) => (None, Some(e)),
-        Err(_) => (None, Some(format!("no answer within {}s", TIMEOUT.as_secs()))),
+        Err(_) => (
+            None,
+            Some(format!("no answer within {}s", TIMEOUT.as_secs())),
+        ),
     };
     let ok = error.is_none();
     if !ok {
         tracing::debug!(webhook = %d.webhook, attempt = d.attempt, error = ?error, "webhook delivery failed");
     }
-    hub.webhooks().log(&d.webhook, entry_of(d, status, error, ok));
+    hub.webhooks()
+        .log(&d.webhook, entry_of(d, status, error, ok));
     !ok
 }
 
@@ -253,7 +260,12 @@ async fn retry(hub: Hub, mut d: Delivery, waiting: Arc<AtomicUsize>) {
     if waiting.fetch_add(1, Ordering::SeqCst) >= QUEUE {
         waiting.fetch_sub(1, Ordering::SeqCst);
         d.attempt += 1;
-        let entry = entry_of(&d, None, Some("too many retries waiting: dropped".into()), false);
+        let entry = entry_of(
+            &d,
+            None,
+            Some("too many retries waiting: dropped".into()),
+            false,
+        );
         hub.webhooks().log(&d.webhook, entry);
         return;
     }
@@ -265,10 +277,7 @@ async fn retry(hub: Hub, mut d: Delivery, waiting: Arc<AtomicUsize>) {
 
 /// POSTs the payload; the receiver's status.
 async fn post(d: &Delivery) -> Result<u16, String> {
-    let uri: http::Uri = d
-        .url
-        .parse()
-        .map_err(|e| format!("invalid url: {e}"))?;
+    let uri: http::Uri = d.url.parse().map_err(|e| format!("invalid url: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err("only http:// receivers are supported by this node".into());
     }
@@ -287,10 +296,7 @@ async fn post(d: &Delivery) -> Result<u16, String> {
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or(host);
-    let path = uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let mut request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
