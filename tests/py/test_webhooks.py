@@ -2,7 +2,8 @@
 the test starts on 127.0.0.1: create/list/get/update/enable/disable/delete, the Hub's payloads
 (repo create, repo.content with `updatedRefs`, repo.config, discussion, discussion.comment)
 with `X-Webhook-Secret`, a receiver that fails first and then succeeds (the retry and the
-delivery log), disabled webhooks sending nothing, and others' webhooks invisible."""
+delivery log), disabled webhooks sending nothing, others' webhooks invisible; and a webhook on
+node B firing once for a commit that arrived by replication from node A."""
 
 import json
 import queue
@@ -155,3 +156,32 @@ def test_webhooks(node, receiver, tmp_path):
     with pytest.raises(HfHubHTTPError) as e:
         admin.get_webhook(hook.id)
     assert e.value.response.status_code == 404
+
+
+def test_a_webhook_on_b_fires_for_a_commit_replicated_from_a(node_factory, receiver):
+    a = node_factory("a", "--admin", "alice")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    on_a = HfApi(endpoint=a.url, token=a.admin_token)
+    on_b = HfApi(endpoint=b.url, token=b.admin_token)
+    on_a.create_repo("alice/watched")
+    first = on_a.create_commit("alice/watched", [CommitOperationAdd("a.txt", b"a")], commit_message="a")
+    # B's webhook watches a namespace that A hosts: it fires when A's update arrives on B.
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            if on_b.model_info("alice/watched").sha == first.oid:
+                break
+        except HfHubHTTPError:
+            pass
+        assert time.monotonic() < deadline, b.log()[-4000:]
+        time.sleep(0.1)
+    hook = on_b.create_webhook(url=receiver.url("/b"), watched=[{"type": "user", "name": "alice"}],
+                               domains=["repo"], secret="on-b")
+    second = on_a.create_commit("alice/watched", [CommitOperationAdd("b.txt", b"b")], commit_message="b")
+    path, headers, body, _ = receiver.next("repo.content")
+    assert path == "/b" and headers["x-webhook-secret"] == "on-b" and body["webhook"]["id"] == hook.id
+    assert body["updatedRefs"] == [{"ref": "refs/heads/main", "oldSha": first.oid, "newSha": second.oid}]
+    # Once: the next delivery is the next change, not the same one again.
+    third = on_a.create_commit("alice/watched", [CommitOperationAdd("c.txt", b"c")], commit_message="c")
+    _, _, body, _ = receiver.next("repo.content")
+    assert body["updatedRefs"] == [{"ref": "refs/heads/main", "oldSha": second.oid, "newSha": third.oid}]

@@ -9,8 +9,9 @@
 //! go only to webhooks of its namespace (the user, or members of the org).
 //!
 //! **Where.** Webhooks are kept on the node where they are made (a JSON file each under
-//! `{repos root}/webhooks/`), and fire for writes made on that node: the node hosting a
-//! namespace takes its writes, so each event is delivered once, by the host (ADR 0011).
+//! `{repos root}/webhooks/`), and fire for the changes that node sees: writes made there
+//! (the after-write hook) and signed updates that arrive by replication ([`Hub::replicated`]),
+//! once per change (ADR 0011). Discussion events fire on the node that took the write.
 //!
 //! **Delivery** is the gateway's (an HTTP POST with `X-Webhook-Secret`); this module gives it
 //! the queue ([`Hub::take_webhook_deliveries`]), bounded to [`QUEUE`] deliveries (a full queue
@@ -597,6 +598,17 @@ impl Hub {
                 repo: id.hub_id(),
                 attempt: 1,
             });
+        }
+    }
+
+    /// A signed update of `id` from its hosting node was applied here (the mesh's replication
+    /// hook, on a blocking thread): queues its repo events for this node's webhooks, as the
+    /// after-write hook does for local writes. Each node fires its own webhooks once per
+    /// change, whether the change was written here or arrived by replication.
+    pub fn replicated(&self, id: &RepoId) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (hub, id) = (self.clone(), id.clone());
+            runtime.spawn(async move { hub.repo_webhooks(&id).await });
         }
     }
 
