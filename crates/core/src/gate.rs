@@ -21,7 +21,8 @@ use hub_protocol::repo::RepoId;
 use hub_repo::{RepoError, Repos};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// The ref holding a repo's gate and access requests.
 pub const GATE_REF: &str = "refs/hub/gate";
@@ -136,8 +137,8 @@ impl Gate {
 /// The gate of `id` (blocking). Entries that do not parse are skipped (never a panic).
 pub fn gate(repos: &Repos, id: &RepoId) -> Result<Gate, RepoError> {
     let mut gate = Gate::default();
-    for thread in repos.record_threads(id, GATE_REF)? {
-        for entry in repos.read_records(id, GATE_REF, thread)? {
+    for (thread, entries) in repos.read_all_records(id, GATE_REF)? {
+        for entry in entries {
             match serde_json::from_slice::<GateEvent>(&entry) {
                 Ok(GateEvent::Settings { gated, .. }) => {
                     gate.mode = gated;
@@ -253,11 +254,37 @@ fn append(
     Ok(())
 }
 
+/// Folded gates by repo, with the `refs/hub/gate` tip they were folded at: a download reads
+/// the tip (one ref lookup) and folds again only when it moved.
+#[derive(Debug, Default)]
+pub(crate) struct GateCache(Mutex<HashMap<RepoId, (String, Arc<Gate>)>>);
+
+/// Gates cached at most (the cache is emptied when full).
+const CACHED_GATES: usize = 1024;
+
 impl Hub {
     /// The gate of `id` (the caller checked read access).
-    pub async fn gate(&self, id: &RepoId) -> Result<Gate, Error> {
-        let (repos, id) = (self.repos().clone(), id.clone());
-        blocking(move || Ok(gate(&repos, &id)?)).await
+    pub async fn gate(&self, id: &RepoId) -> Result<Arc<Gate>, Error> {
+        let (hub, id) = (self.clone(), id.clone());
+        blocking(move || {
+            let Some(tip) = hub.repos().refs_under(&id, GATE_REF)?.remove(GATE_REF) else {
+                return Ok(Arc::new(Gate::default()));
+            };
+            let cache = &hub.inner.gates.0;
+            if let Some((at, folded)) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&id)
+                && *at == tip
+            {
+                return Ok(folded.clone());
+            }
+            let folded = Arc::new(gate(hub.repos(), &id)?);
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= CACHED_GATES {
+                cache.clear();
+            }
+            cache.insert(id, (tip, folded.clone()));
+            Ok(folded)
+        })
+        .await
     }
 
     /// After read access was granted: may `principal` download the files of `id`? Writers
@@ -413,8 +440,9 @@ impl Hub {
         }
         let mut out: Vec<_> = gate
             .requests
-            .into_values()
+            .values()
             .filter(|r| r.status == status)
+            .cloned()
             .collect();
         out.sort_by_key(|r| (r.requested_at, r.id));
         Ok(out)

@@ -123,6 +123,7 @@ struct Inner {
     mesh: Arc<dyn MeshPort>,
     collections: collections::CollectionStore,
     webhooks: webhooks::Webhooks,
+    gates: gate::GateCache,
 }
 
 impl Hub {
@@ -138,6 +139,7 @@ impl Hub {
         Self {
             inner: Arc::new(Inner {
                 webhooks: webhooks::Webhooks::new(repos.root().join("webhooks")),
+                gates: gate::GateCache::default(),
                 collections,
                 auth,
                 repos,
