@@ -48,6 +48,9 @@ fn entry_name(index: usize) -> String {
     format!("{index:08}.json")
 }
 
+/// A thread of records: its number and its entries, in order.
+pub type RecordThread = (u64, Vec<Vec<u8>>);
+
 impl Repos {
     /// Appends `entry` to thread `thread` of the records at `ref_name`, or with `None` to a new
     /// thread numbered one more than the highest; returns the thread's number and the entry's
@@ -162,7 +165,7 @@ impl Repos {
         &self,
         id: &RepoId,
         ref_name: &str,
-    ) -> Result<Vec<(u64, Vec<Vec<u8>>)>, RepoError> {
+    ) -> Result<Vec<RecordThread>, RepoError> {
         let repo = self.open_repo(id)?;
         let Some(mut r) = repo.try_find_reference(ref_name).ok().flatten() else {
             return Ok(Vec::new());
