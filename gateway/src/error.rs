@@ -326,6 +326,15 @@ impl From<AccessError> for AppError {
             e @ AccessError::Pending { .. } => AppError::Unavailable(e.to_string()),
             AccessError::Upstream(why) => AppError::Unavailable(why),
             AccessError::Refused(why) => AppError::Forbidden(why),
+            e @ AccessError::Gated { anonymous, .. } => AppError::Coded {
+                status: if anonymous {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::FORBIDDEN
+                },
+                code: "GatedRepo",
+                message: e.to_string(),
+            },
             AccessError::Internal(e) => e.into(),
             other => AppError::internal(other),
         }
@@ -382,6 +391,59 @@ impl From<RepoOpError> for AppError {
             e @ RepoOpError::NoNamespace { .. } => AppError::Forbidden(e.to_string()),
             RepoOpError::Repo(e) => e.into(),
             RepoOpError::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<hub_core::collections::CollectionError> for AppError {
+    fn from(e: hub_core::collections::CollectionError) -> Self {
+        use hub_core::collections::CollectionError as E;
+        match e {
+            E::Access(e) => e.into(),
+            E::NotFound(message) => AppError::Coded {
+                status: StatusCode::NOT_FOUND,
+                code: "NotFound",
+                message,
+            },
+            E::Conflict { message, .. } => AppError::Conflict(message),
+            E::BadRequest(message) => AppError::BadRequest(message),
+            E::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<hub_core::webhooks::WebhookError> for AppError {
+    fn from(e: hub_core::webhooks::WebhookError) -> Self {
+        use hub_core::webhooks::WebhookError as E;
+        match e {
+            E::NotFound(id) => AppError::Coded {
+                status: StatusCode::NOT_FOUND,
+                code: "NotFound",
+                message: format!("Webhook {id} not found"),
+            },
+            E::BadRequest(message) => AppError::BadRequest(message),
+            E::Storage(e) => e.into(),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<hub_core::gate::GateError> for AppError {
+    fn from(e: hub_core::gate::GateError) -> Self {
+        use hub_core::gate::GateError as E;
+        match e {
+            E::Access(e) => e.into(),
+            e @ (E::NotGated { .. } | E::AlreadyGranted(_) | E::BadRequest(_)) => {
+                AppError::BadRequest(e.to_string())
+            }
+            e @ (E::NoRequest(_) | E::AlreadyThere { .. }) => AppError::Coded {
+                status: StatusCode::NOT_FOUND,
+                code: "AccessRequestNotFound",
+                message: e.to_string(),
+            },
+            E::Storage(e) => e.into(),
             other => AppError::internal(other),
         }
     }

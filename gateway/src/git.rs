@@ -191,7 +191,8 @@ async fn allow(
         return Err(anonymous_refusal());
     }
     let need = match access {
-        Access::Read => Need::Read,
+        // Cloning a gated repo needs a grant, as downloading its files does.
+        Access::Read => Need::Download,
         Access::Write => Need::Write,
     };
     let meta = match state.hub().access(principal.as_ref(), &id, need).await {

@@ -6,15 +6,19 @@
 //! - [`repos`]: create (a Space with its default README), delete, move, settings (visibility);
 //! - [`lifecycle`]: duplicate, super-squash, LFS files (list, delete), auth-check;
 //! - [`account`]: a namespace's repositories with their storage;
+//! - [`collections`]: collections (kept on the node that made them, `hub_core::collections`);
 //! - [`likes`]: like, unlike, likers, a user's likes;
 //! - [`discussions`]: discussions and pull requests (stored in the repo's own refs by
 //!   `hub_core::discussions`, so they replicate with it);
+//! - [`gate`]: gated repos' access requests (stored in the repo's refs by `hub_core::gate`);
+//! - [`tags`]: the tags in use, by type (`hub_core::tags`);
 //! - [`info`]: repo info (`siblings`, `blobs=true`, `revision/{rev}`);
 //! - [`tree`]: tree listing (Link-paginated); [`paths_info`]: entries of given paths;
 //! - [`history`]: commit history (Link-paginated);
 //! - [`refs`]: refs, branches and tags;
 //! - [`upload`]: README front-matter validation, preupload, NDJSON commits (read as they
 //!   arrive by [`ndjson`]);
+//! - [`webhooks`]: webhooks and their delivery worker (`hub_core::webhooks`);
 //! - [`resolve`]: `resolve` downloads (HEAD and GET, single ranges, 206/416, LFS content
 //!   still arriving from peers).
 //!
@@ -26,7 +30,9 @@
 //! except for `git::blob_body`, which streams a large git blob.
 
 mod account;
+mod collections;
 mod discussions;
+mod gate;
 mod history;
 mod info;
 mod lifecycle;
@@ -36,8 +42,10 @@ mod paths_info;
 mod refs;
 mod repos;
 mod resolve;
+mod tags;
 mod tree;
 mod upload;
+mod webhooks;
 
 use crate::AppState;
 use crate::access::{access, read_access};
@@ -56,6 +64,11 @@ use serde::Deserialize;
 /// Largest JSON body of the small endpoints.
 const MAX_SMALL_BODY: usize = 1024 * 1024;
 
+/// Starts what the Hub API runs in the background (webhook deliveries).
+pub(crate) fn start(state: &AppState) {
+    webhooks::start_worker(state);
+}
+
 pub(crate) fn routes() -> Router<AppState> {
     let repo = "/api/{kind}/{ns}/{name}";
     Router::new()
@@ -66,6 +79,42 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/api/repos/move", post(repos::move_repo))
         .route("/api/validate-yaml", post(upload::validate_yaml))
+        .route("/api/models-tags-by-type", get(tags::models))
+        .route("/api/datasets-tags-by-type", get(tags::datasets))
+        .route(
+            "/api/settings/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/settings/webhooks/{id}",
+            get(webhooks::get)
+                .post(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/api/settings/webhooks/{id}/enable", post(webhooks::enable))
+        .route(
+            "/api/settings/webhooks/{id}/disable",
+            post(webhooks::disable),
+        )
+        .route("/api/settings/webhooks/{id}/logs", get(webhooks::logs))
+        .route(
+            "/api/collections",
+            get(collections::list).post(collections::create),
+        )
+        .route(
+            "/api/collections/{ns}/{slug}",
+            get(collections::get)
+                .patch(collections::update)
+                .delete(collections::delete),
+        )
+        .route(
+            "/api/collections/{ns}/{slug}/items",
+            post(collections::add_item),
+        )
+        .route(
+            "/api/collections/{ns}/{slug}/items/{item}",
+            axum::routing::patch(collections::update_item).delete(collections::delete_item),
+        )
         .route("/api/settings/repositories", get(account::my_repositories))
         .route(
             "/api/organizations/{org}/settings/repositories",
@@ -77,6 +126,22 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route(&format!("{repo}/likers"), get(likes::likers))
         .route("/api/users/{user}/likes", get(likes::user_likes))
+        .route(
+            &format!("{repo}/user-access-request"),
+            get(gate::my_request).post(gate::ask),
+        )
+        .route(
+            &format!("{repo}/user-access-request/handle"),
+            post(gate::handle),
+        )
+        .route(
+            &format!("{repo}/user-access-request/grant"),
+            post(gate::grant),
+        )
+        .route(
+            &format!("{repo}/user-access-request/{{status}}"),
+            get(gate::list),
+        )
         .route(&format!("{repo}/auth-check"), get(lifecycle::auth_check))
         .route(
             &format!("{repo}/auth-check/write"),

@@ -64,7 +64,6 @@ use self::hf::hf_inference;
 use self::openai::{chat_completions, completions, list_models};
 use self::tgi::{generate, generate_stream, info, tokenize};
 use crate::AppState;
-use crate::access::read_access;
 use crate::extract::{Caller, Who, authenticate};
 use axum::Router;
 use axum::body::Bytes;
@@ -191,7 +190,8 @@ async fn open_served(
             .await
             .map_err(|e| ApiError::from_app(api, model, e))?,
     };
-    read_access(state, principal.as_ref(), &id)
+    // Running a gated model serves what its files hold: it needs a grant.
+    crate::access::access(state, principal.as_ref(), &id, hub_core::Need::Download)
         .await
         .map_err(|e| ApiError::from_app(api, model, e))?;
     inference

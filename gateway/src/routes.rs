@@ -18,6 +18,7 @@ pub fn router(state: AppState) -> Router {
     // The inference routes behind the compute mesh's routing layer; the same stack serves
     // the jobs peers forward here (`compute::forwarded_jobs`).
     let inference = crate::compute::inference_routes(&state);
+    crate::hub::start(&state);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))

@@ -11,7 +11,6 @@
 //! JSON Lines splits are read from the start.
 
 use crate::AppState;
-use crate::access::read_access;
 use crate::error::AppError;
 use crate::extract::Caller;
 use crate::util::{blocking, endpoint};
@@ -151,7 +150,8 @@ pub(crate) async fn dataset_files(
     principal: Option<&Principal>,
     id: RepoId,
 ) -> Result<DatasetFiles, AppError> {
-    read_access(state, principal, &id).await?;
+    // Rows are the files' content: a gated dataset's need a grant.
+    crate::access::access(state, principal, &id, hub_core::Need::Download).await?;
     let repos = state.repos().clone();
     let id2 = id.clone();
     let (commit, files) = blocking(move || {

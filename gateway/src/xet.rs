@@ -137,7 +137,7 @@ async fn issue_token(
     let id = repo_of(&p.kind, &p.ns, &p.name)?;
     let principal = authenticate(&state, &headers).await?;
     let need = match right {
-        Right::Read => Need::Read,
+        Right::Read => Need::Download,
         Right::Write => {
             if principal.is_none() {
                 return Err(AppError::Unauthorized("Invalid user token."));

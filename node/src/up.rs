@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .try_into()
         .context("an ed25519 secret is 32 bytes")?;
+    let replicated_hub: Arc<std::sync::OnceLock<hub_core::Hub>> = Arc::default();
     let replication = hub_mesh::Replication {
         repos: repos.clone(),
         ref_store: data.join(datadir::REFS_DB),
@@ -112,8 +113,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         local_names: local_names(&auth),
         corrupt_chunks_for_tests: std::env::var_os(CORRUPT_CHUNKS_ENV).is_some_and(|v| v == "1"),
         on_replicated: {
-            let (repos, search) = (repos.clone(), search.clone());
-            Arc::new(move |id| hub_core::listing::reindex(&repos, &search, id))
+            let (repos, search, hub) = (repos.clone(), search.clone(), replicated_hub.clone());
+            Arc::new(move |id| {
+                hub_core::listing::reindex(&repos, &search, id);
+                // This node's webhooks see replicated changes too (set once the Hub exists).
+                if let Some(hub) = hub.get() {
+                    hub.replicated(id);
+                }
+            })
         },
     };
     let (mesh, swarm_task) =
@@ -151,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mirror.spawn_refresher(cancel.child_token());
         state.enable_mirror(mirror);
     }
+    let _ = replicated_hub.set(state.hub().clone());
     // Models and the compute mesh: built here, handed to the gateway, and the compute tasks
     // (advertiser, advert collector, stream server running peers' jobs through the gateway's
     // inference routes) started once the gateway can take jobs.

@@ -2,7 +2,8 @@
 2.4.0 client and its `hf` CLI against a real node: auth-check, duplicate, super-squash, LFS
 files, the storage listing, preupload's `oid` and `shouldIgnore`, model_info's
 `safetensors`/`gguf`/`config`, `lastCommit` in expanded trees, formatted commits, a Space's
-default README, org names in whoami."""
+default README, org names in whoami, the tags in use by type and a dataset card's
+`task_categories` as tags."""
 
 import json
 import os
@@ -279,3 +280,33 @@ def test_likes(node):
     assert [u.username for u in api.list_repo_likers("admin/liked")] == ["admin"]
     assert as_bob.list_liked_repos("bob").total == 0
     assert api.model_info("admin/liked").likes == 1
+
+
+def test_tags_by_type_and_dataset_task_categories(node):
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    api.create_repo("admin/cls", repo_type="dataset")
+    card = (b"---\nlicense: mit\ntask_categories:\n- text-classification\ntask_ids:\n- sentiment-analysis\n"
+            b"size_categories:\n- n<1K\n---\n# Data\n")
+    api.create_commit("admin/cls", [CommitOperationAdd("README.md", card)],
+                      commit_message="card", repo_type="dataset")
+    tags = api.dataset_info("admin/cls").tags
+    for tag in ["task_categories:text-classification", "task_ids:sentiment-analysis",
+                "size_categories:n<1K", "license:mit"]:
+        assert tag in tags
+    assert [d.id for d in api.list_datasets(filter="task_categories:text-classification")] == ["admin/cls"]
+    by_type = api.get_dataset_tags()
+    assert {"id": "task_categories:text-classification", "label": "text-classification",
+            "type": "task_categories"} in by_type["task_categories"]
+    assert [t["label"] for t in by_type["license"]] == ["mit"]
+    api.create_repo("admin/gen")
+    api.create_commit("admin/gen", [CommitOperationAdd(
+        "README.md", b"---\npipeline_tag: text-generation\nlibrary_name: transformers\n---\n")],
+        commit_message="card")
+    models = api.get_model_tags()
+    assert {"id": "text-generation", "label": "Text Generation", "type": "pipeline_tag"} in models["pipeline_tag"]
+    assert [t["id"] for t in models["library"]] == ["transformers"]
+    # A private repo's tags are not shown.
+    api.create_repo("admin/hidden", private=True)
+    api.create_commit("admin/hidden", [CommitOperationAdd("README.md", b"---\nlibrary_name: secretlib\n---\n")],
+                      commit_message="card")
+    assert [t["id"] for t in api.get_model_tags()["library"]] == ["transformers"]

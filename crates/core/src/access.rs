@@ -27,6 +27,9 @@ pub const ENSURE_REPO_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Need {
     Read,
+    /// Read the repo's files: read access, and for a gated repo a grant or write access
+    /// (`gate`). The repo's info and listing need only [`Need::Read`].
+    Download,
     Write,
     RewriteHistory,
     Admin,
@@ -36,6 +39,7 @@ impl Need {
     fn verb(self) -> &'static str {
         match self {
             Need::Read => "read",
+            Need::Download => "download the files of",
             Need::Write => "write to",
             Need::RewriteHistory => "rewrite the history of",
             Need::Admin => "administer",
@@ -83,8 +87,27 @@ pub enum AccessError {
     /// A pull-through mirror's policy refuses the repo.
     #[error("{0}")]
     Refused(String),
+    /// A gated repo whose files the caller was not let in to (the Hub's `GatedRepo`);
+    /// `anonymous`: no token was sent, so logging in may be enough.
+    #[error("{}", gated_message(repo, *anonymous))]
+    Gated { repo: RepoId, anonymous: bool },
     #[error("access check failed")]
     Internal(#[source] Error),
+}
+
+fn gated_message(repo: &RepoId, anonymous: bool) -> String {
+    let what = repo.kind().as_str();
+    if anonymous {
+        format!(
+            "Access to {what} {} is restricted. You must have access to it and be authenticated to access it. Please log in.",
+            repo.hub_id()
+        )
+    } else {
+        format!(
+            "Access to {what} {} is restricted and you are not in the authorized list. Ask for access to it first.",
+            repo.hub_id()
+        )
+    }
 }
 
 impl From<Error> for AccessError {
@@ -128,11 +151,14 @@ impl Hub {
         id: &RepoId,
         need: Need,
     ) -> Result<Granted, AccessError> {
-        if need != Need::Read {
+        if need > Need::Download {
             self.hosted_here(id).await?;
         }
-        let meta = self.meta(id, need == Need::Read).await?;
+        let meta = self.meta(id, need <= Need::Download).await?;
         self.decide(principal, id, meta.private, need).await?;
+        if need == Need::Download {
+            self.check_gate(principal, id, meta.private).await?;
+        }
         Ok(Granted {
             id: id.clone(),
             meta,
@@ -161,7 +187,7 @@ impl Hub {
         let decision = blocking(move || -> Result<Decision, Error> {
             let caller = caller.as_ref();
             Ok(match need {
-                Need::Read => auth.decide(caller, &repo, private, Access::Read)?,
+                Need::Read | Need::Download => auth.decide(caller, &repo, private, Access::Read)?,
                 Need::Write => auth.decide(caller, &repo, private, Access::Write)?,
                 Need::RewriteHistory => auth.decide_force_push(caller, &repo, private)?,
                 Need::Admin => auth.decide_admin(caller, &repo, private)?,

@@ -450,7 +450,35 @@ impl Hub {
         })
         .await?;
         self.after_write(id).await;
-        self.discussion(id, num).await
+        let opened = self.discussion(id, num).await?;
+        self.notify_discussion(id, &opened, "create", None).await;
+        Ok(opened)
+    }
+
+    /// Queues the webhook event of a change to discussion `d` (with `comment`: a new one).
+    async fn notify_discussion(
+        &self,
+        id: &RepoId,
+        d: &Discussion,
+        action: &'static str,
+        comment: Option<&Event>,
+    ) {
+        let comment = comment.and_then(|e| match &e.view {
+            EventView::Comment { content, .. } => {
+                Some((e.id.clone(), e.author.clone(), content.clone()))
+            }
+            _ => None,
+        });
+        let event = crate::webhooks::DiscussionEvent {
+            action,
+            num: d.num,
+            title: d.title.clone(),
+            status: d.status.as_str().to_owned(),
+            author: d.author.clone(),
+            is_pull_request: d.pull_request,
+            comment,
+        };
+        self.discussion_webhook(id, event).await;
     }
 
     /// Adds an event to discussion `num` after checking who may: comments by any
@@ -528,11 +556,19 @@ impl Hub {
         let (_, stored) = blocking(move || append(&hub, &repo, Some(num), seq, &who, kind)).await?;
         self.after_write(id).await;
         let folded = self.discussion(id, num).await?;
+        let new_comment = target_id.is_none() && matches!(stored.kind, EventKind::Comment { .. });
         let id_of = target_id.unwrap_or(stored.id);
-        folded
+        let event = folded
             .event(&id_of)
             .cloned()
-            .ok_or(DiscussionError::CommentNotFound { id: id_of })
+            .ok_or(DiscussionError::CommentNotFound { id: id_of })?;
+        if new_comment {
+            self.notify_discussion(id, &folded, "create", Some(&event))
+                .await;
+        } else {
+            self.notify_discussion(id, &folded, "update", None).await;
+        }
+        Ok(event)
     }
 
     /// Records `commit` (made on `refs/pr/N`) in pull request `num`'s thread.
@@ -634,7 +670,9 @@ impl Hub {
         })
         .await?;
         self.after_write(id).await;
-        self.discussion(id, num).await
+        let merged = self.discussion(id, num).await?;
+        self.notify_discussion(id, &merged, "update", None).await;
+        Ok(merged)
     }
 }
 

@@ -22,8 +22,13 @@
 //! - **resolving downloads** ([`resolve`]): which commit a revision names, which entry a path
 //!   is, which LFS object it maps to and whether the repo holds it here; what counts as a
 //!   download;
-//! - **the after-write hook** ([`Hub::after_write`]): the listing document is re-derived and
-//!   the mesh told, after every successful write;
+//! - **the after-write hook** ([`Hub::after_write`]): the listing document is re-derived,
+//!   the mesh told, and the events of watching webhooks queued ([`webhooks`]), after every
+//!   successful write;
+//! - **gated repos** ([`gate`]): the gate and access requests, stored in the repo's refs so
+//!   they replicate; files need [`Need::Download`];
+//! - **collections** ([`collections`]) and **webhooks** ([`webhooks`]): kept on the node where
+//!   they are made;
 //! - **listing documents** ([`listing`]): what the search index holds for a repo, and who may
 //!   see which listed repo.
 //!
@@ -41,8 +46,10 @@
 //! ```
 
 mod access;
+pub mod collections;
 pub mod commit;
 pub mod discussions;
+pub mod gate;
 pub mod lfs_objects;
 pub mod lifecycle;
 pub mod likes;
@@ -54,8 +61,10 @@ pub mod push;
 pub mod repos;
 pub mod resolve;
 pub mod storage;
+pub mod tags;
 #[cfg(test)]
 mod testing;
+pub mod webhooks;
 
 pub use access::{AccessError, ENSURE_REPO_WAIT, Granted, Need};
 pub use commit::{CommitError, Pending};
@@ -112,6 +121,9 @@ struct Inner {
     store: Store,
     search: Arc<SearchIndex>,
     mesh: Arc<dyn MeshPort>,
+    collections: collections::CollectionStore,
+    webhooks: webhooks::Webhooks,
+    gates: gate::GateCache,
 }
 
 impl Hub {
@@ -123,8 +135,12 @@ impl Hub {
             search,
             mesh,
         } = parts;
+        let collections = collections::CollectionStore::new(repos.root().join("collections"));
         Self {
             inner: Arc::new(Inner {
+                webhooks: webhooks::Webhooks::new(repos.root().join("webhooks")),
+                gates: gate::GateCache::default(),
+                collections,
                 auth,
                 repos,
                 store,
@@ -157,9 +173,11 @@ impl Hub {
     /// The one hook after every successful write to a repository (create, commit, settings,
     /// branch or tag, move, delete, git push): re-derives its listing entry before the caller
     /// answers, so a client that lists right after a write sees it, and tells the mesh, which
-    /// signs and gossips the new refs of public repos (it never blocks).
+    /// signs and gossips the new refs of public repos (it never blocks); then queues the
+    /// webhook events of the write (never blocks either: a full queue drops).
     pub async fn after_write(&self, id: &RepoId) {
         self.inner.mesh.repo_changed(id);
+        self.repo_webhooks(id).await;
         let (repos, search, id) = (self.repos().clone(), self.search().clone(), id.clone());
         if let Err(e) =
             tokio::task::spawn_blocking(move || listing::reindex(&repos, &search, &id)).await

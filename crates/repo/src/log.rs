@@ -48,6 +48,9 @@ fn entry_name(index: usize) -> String {
     format!("{index:08}.json")
 }
 
+/// A thread of records: its number and its entries, in order.
+pub type RecordThread = (u64, Vec<Vec<u8>>);
+
 impl Repos {
     /// Appends `entry` to thread `thread` of the records at `ref_name`, or with `None` to a new
     /// thread numbered one more than the highest; returns the thread's number and the entry's
@@ -153,28 +156,58 @@ impl Repos {
             .detach();
         let threads = thread_dirs(&repo, commit_tree(&repo, tip)?)?;
         let dir = *threads.get(&num).ok_or_else(not_found)?;
-        let tree = repo.find_tree(dir).map_err(git("read tree"))?;
-        let decoded = tree.decode().map_err(git("read tree"))?;
-        let mut files: Vec<(String, ObjectId)> = decoded
-            .entries
-            .iter()
-            .filter(|e| e.mode.is_blob())
-            .map(|e| (e.filename.to_str_lossy().into_owned(), e.oid.to_owned()))
-            .collect();
-        files.sort();
-        let mut out = Vec::with_capacity(files.len());
-        for (_, oid) in files.into_iter().take(MAX_LOG_ENTRIES) {
-            let size = repo
-                .find_header(oid)
-                .map_err(git("read blob header"))?
-                .size();
-            if size <= MAX_LOG_ENTRY {
-                out.push(repo.find_blob(oid).map_err(git("read blob"))?.take_data());
-            }
+        entries_of(&repo, dir)
+    }
+
+    /// Every thread of the records at `ref_name` with its entries, in order, read with one
+    /// open of the repository (none when the ref does not exist).
+    pub fn read_all_records(
+        &self,
+        id: &RepoId,
+        ref_name: &str,
+    ) -> Result<Vec<RecordThread>, RepoError> {
+        let repo = self.open_repo(id)?;
+        let Some(mut r) = repo.try_find_reference(ref_name).ok().flatten() else {
+            return Ok(Vec::new());
+        };
+        let tip = r
+            .peel_to_commit()
+            .map_err(git("read records"))?
+            .id()
+            .detach();
+        let mut out = Vec::new();
+        for (num, dir) in thread_dirs(&repo, commit_tree(&repo, tip)?)? {
+            out.push((num, entries_of(&repo, dir)?));
         }
         Ok(out)
     }
+}
 
+/// The entries (blobs, by name) of one thread's folder, each at most `MAX_LOG_ENTRY` bytes.
+fn entries_of(repo: &gix::Repository, dir: ObjectId) -> Result<Vec<Vec<u8>>, RepoError> {
+    let tree = repo.find_tree(dir).map_err(git("read tree"))?;
+    let decoded = tree.decode().map_err(git("read tree"))?;
+    let mut files: Vec<(String, ObjectId)> = decoded
+        .entries
+        .iter()
+        .filter(|e| e.mode.is_blob())
+        .map(|e| (e.filename.to_str_lossy().into_owned(), e.oid.to_owned()))
+        .collect();
+    files.sort();
+    let mut out = Vec::with_capacity(files.len());
+    for (_, oid) in files.into_iter().take(MAX_LOG_ENTRIES) {
+        let size = repo
+            .find_header(oid)
+            .map_err(git("read blob header"))?
+            .size();
+        if size <= MAX_LOG_ENTRY {
+            out.push(repo.find_blob(oid).map_err(git("read blob"))?.take_data());
+        }
+    }
+    Ok(out)
+}
+
+impl Repos {
     /// The thread numbers of the records at `ref_name` (none when the ref does not exist).
     pub fn record_threads(&self, id: &RepoId, ref_name: &str) -> Result<Vec<u64>, RepoError> {
         let repo = self.open_repo(id)?;

@@ -368,8 +368,9 @@ impl Repos {
         Ok(info)
     }
 
-    /// The root directory all repositories live under (its `.tmp/` holds work in progress).
-    pub(crate) fn root(&self) -> &Path {
+    /// The root directory all repositories live under (its `.tmp/` holds work in progress;
+    /// node-local Hub data such as collections and webhooks keeps its own sub-folder here).
+    pub fn root(&self) -> &Path {
         &self.root
     }
 

@@ -106,6 +106,10 @@ pub fn derive_tags(card_data: &Map<String, Value>) -> Vec<String> {
         ("license", "license:"),
         ("language", ""),
         ("datasets", "dataset:"),
+        // Dataset cards: the Hub lists these as prefixed tags.
+        ("task_categories", "task_categories:"),
+        ("task_ids", "task_ids:"),
+        ("size_categories", "size_categories:"),
     ] {
         if let Some(value) = card_data.get(key) {
             tags.add_all(value, prefix);

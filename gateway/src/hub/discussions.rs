@@ -87,7 +87,7 @@ pub(super) fn event_json(e: &Event) -> Value {
     })
 }
 
-fn html_escape(text: &str) -> String {
+pub(super) fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -67,6 +67,7 @@ async fn info(
     blocking(move || {
         let downloads = repos.downloads(&id)?;
         let likes = hub_core::likes::likers(&repos, &id)?.len();
+        let gated = super::gate::gated_json(hub_core::gate::gate(&repos, &id)?.mode);
         let sha = repos.resolve(&id, &rev)?;
         let head = repos.history(&id, &sha, 1)?;
         let entries = repos.list_tree(&id, &sha, "", true)?;
@@ -104,7 +105,7 @@ async fn info(
             "downloads": downloads,
             "likes": likes,
             "disabled": false,
-            "gated": false,
+            "gated": gated,
             "tags": card.tags,
             "cardData": card.card_data,
             "siblings": siblings,

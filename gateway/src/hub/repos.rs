@@ -148,9 +148,12 @@ pub(super) async fn move_repo(
 struct SettingsBody {
     private: Option<bool>,
     visibility: Option<String>,
+    /// `false`, `"auto"` or `"manual"` (`hub_core::gate`).
+    gated: Option<Value>,
 }
 
-/// `PUT /api/{type}s/{ns}/{name}/settings`: visibility (`private` or `visibility`).
+/// `PUT /api/{type}s/{ns}/{name}/settings`: visibility (`private` or `visibility`) and the
+/// gate (`gated`).
 pub(super) async fn settings(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -160,8 +163,16 @@ pub(super) async fn settings(
     let granted = granted(&state, &headers, &path, Change::Visibility.need()).await?;
     let body: SettingsBody = parse_json(&body)?;
     let private = visibility(body.private, body.visibility.as_deref())?;
+    let gated = body
+        .gated
+        .as_ref()
+        .map(super::gate::parse_gated)
+        .transpose()?;
     if let Some(private) = private {
         state.hub().set_private(&granted, private).await?;
+    }
+    if let (Some(gated), Some(principal)) = (gated, &granted.principal) {
+        state.hub().set_gated(principal, &granted.id, gated).await?;
     }
     Ok(Json(json!({})))
 }

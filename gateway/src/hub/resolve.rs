@@ -3,7 +3,6 @@
 //! peers (streamed as it arrives, or waited for, bounded, then a retryable 503).
 
 use crate::AppState;
-use crate::access::read_access;
 use crate::error::AppError;
 use crate::extract::authenticate;
 use crate::util::stream_from_store;
@@ -106,7 +105,8 @@ async fn resolve(
 ) -> Result<Response, AppError> {
     let id = RepoId::new(kind, &p.ns, &p.name).map_err(|_| AppError::RepoNotFound)?;
     let principal = authenticate(&state, &headers).await?;
-    read_access(&state, principal.as_ref(), &id).await?;
+    // A gated repo's files need a grant (hub_core::gate).
+    crate::access::access(&state, principal.as_ref(), &id, hub_core::Need::Download).await?;
     // A large blob is not read here: it streams below (git::blob_body).
     let hub_core::ResolvedFile {
         commit,

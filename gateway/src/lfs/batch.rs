@@ -83,7 +83,7 @@ async fn batch_inner(
     };
     let principal = authenticate(state, headers).await?;
     let need = match access {
-        Access::Read => Need::Read,
+        Access::Read => Need::Download,
         Access::Write => Need::Write,
     };
     // Uploads to a namespace another node hosts are refused by name (hub-core checks that
