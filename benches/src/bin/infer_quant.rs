@@ -85,7 +85,9 @@ fn main() -> Result<()> {
     )?;
     // Token ids: a deterministic spread over the vocabulary (content does not change speed).
     let prompt = |n: usize, salt: u32| -> Vec<u32> {
-        (0..n as u32).map(|i| (i * 7919 + salt * 104_729 + 17) % vocab).collect()
+        (0..n as u32)
+            .map(|i| (i * 7919 + salt * 104_729 + 17) % vocab)
+            .collect()
     };
     ensure!(prefill + decode < max_pos, "context too long for the model");
 
@@ -130,7 +132,10 @@ fn main() -> Result<()> {
                 all = Some(Instant::now());
             }
         }
-        ensure!(counts.iter().all(|&c| c == decode), "a stream stopped early");
+        ensure!(
+            counts.iter().all(|&c| c == decode),
+            "a stream stopped early"
+        );
         let secs = all.context("no token")?.elapsed().as_secs_f64();
         out["streams"] = streams.into();
         out["streams_tok_s"] = ((streams * (decode - 1)) as f64 / secs).into();
@@ -164,7 +169,9 @@ fn matmul_compare(gguf: &GgufFile) -> Result<serde_json::Value> {
     let ours = hub_quant::QMatrix::new(qtype, dims[0], dims[1], raw)?;
     let candle = candle_core::quantized::QMatMul::from_arc(std::sync::Arc::new(q))?;
     let cols = dims[1];
-    let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let x: Vec<f32> = (0..cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
     let xt = Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu)?;
     let mut y = vec![0f32; dims[0]];
     let (mut best_ours, mut best_candle) = (f64::MAX, f64::MAX);

@@ -133,7 +133,11 @@ fn dot_q4k(w: &[u8], a: ActRow<'_>, fifth: bool) -> f32 {
         let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
         let scales = &blk[4..16];
         let qs = if fifth { &blk[48..176] } else { &blk[16..144] };
-        let qh = if fifth { load32(&blk[16..48]) } else { _mm256_setzero_si256() };
+        let qh = if fifth {
+            load32(&blk[16..48])
+        } else {
+            _mm256_setzero_si256()
+        };
         for j in 0..4 {
             let q = load32(&qs[32 * j..]);
             let mut lo = _mm256_and_si256(q, m4);

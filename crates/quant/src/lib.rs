@@ -19,10 +19,10 @@
 
 use std::sync::OnceLock;
 
-pub mod formats;
-pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod formats;
+pub mod scalar;
 
 pub use formats::QType;
 
@@ -112,7 +112,11 @@ impl QActs {
     /// buffers. Each block is scaled so its largest magnitude maps to 127 (round to nearest).
     pub fn quantize_into(&mut self, x: &[f32], cols: usize) {
         assert!(cols.is_multiple_of(QK) && cols > 0, "cols {cols}");
-        assert!(x.len().is_multiple_of(cols), "{} values, cols {cols}", x.len());
+        assert!(
+            x.len().is_multiple_of(cols),
+            "{} values, cols {cols}",
+            x.len()
+        );
         let nb = x.len() / QK;
         self.rows = x.len() / cols;
         self.cols = cols;

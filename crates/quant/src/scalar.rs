@@ -27,7 +27,8 @@ pub fn dot(qtype: QType, w: &[u8], a: ActRow<'_>) -> f32 {
                 acc += f16_at(blk, 0) * a.d[first] * (isum(0, 32) - 8 * sx) as f32;
             }
             QType::Q4_1 => {
-                acc += f16_at(blk, 0) * a.d[first] * isum(0, 32) as f32 + f16_at(blk, 2) * a.s[first];
+                acc +=
+                    f16_at(blk, 0) * a.d[first] * isum(0, 32) as f32 + f16_at(blk, 2) * a.s[first];
             }
             QType::Q8_0 => acc += f16_at(blk, 0) * a.d[first] * isum(0, 32) as f32,
             QType::Q4K | QType::Q5K => {

@@ -47,7 +47,9 @@ fn random_matrix(t: QType, rows: usize, cols: usize, rng: &mut Rng) -> QMatrix {
         let start = data.len();
         data.extend((0..t.block_bytes()).map(|_| rng.next() as u8));
         for &f in f16_fields(t) {
-            let v = half::f16::from_f32(rng.f32() * 0.05).to_bits().to_le_bytes();
+            let v = half::f16::from_f32(rng.f32() * 0.05)
+                .to_bits()
+                .to_le_bytes();
             data[start + f..start + f + 2].copy_from_slice(&v);
         }
     }
@@ -92,16 +94,12 @@ fn dequantization_matches_candle_bit_for_bit() {
     let mut rng = Rng(7);
     for t in QType::ALL {
         let m = random_matrix(t, 3, 512, &mut rng);
-        let candle = ggml_file::qtensor_from_ggml(
-            candle_dtype(t),
-            &raw(&m),
-            vec![3, 512],
-            &Device::Cpu,
-        )
-        .and_then(|q| q.dequantize(&Device::Cpu))
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.to_vec1::<f32>())
-        .expect("candle dequantize");
+        let candle =
+            ggml_file::qtensor_from_ggml(candle_dtype(t), &raw(&m), vec![3, 512], &Device::Cpu)
+                .and_then(|q| q.dequantize(&Device::Cpu))
+                .and_then(|d| d.flatten_all())
+                .and_then(|d| d.to_vec1::<f32>())
+                .expect("candle dequantize");
         let ours = dequantized(&m);
         let diff = ours
             .iter()
@@ -121,7 +119,10 @@ fn activation_quantization_error_is_at_most_half_a_step() {
         for (i, (&v, &b)) in x[r * 256..].iter().zip(&back).enumerate() {
             let block = &x[r * 256 + i / 32 * 32..][..32];
             let step = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-            assert!((v - b).abs() <= step * 0.5001, "row {r} col {i}: {v} vs {b}");
+            assert!(
+                (v - b).abs() <= step * 0.5001,
+                "row {r} col {i}: {v} vs {b}"
+            );
         }
     }
 }
@@ -241,7 +242,12 @@ fn numpy_reference_dequantization_and_dots() {
         .spawn()
         .expect("run the NumPy reference (HUBMESH_INFER_PYTHON or .venv-infer)");
     let job = serde_json::json!({ "cases": cases }).to_string();
-    child.stdin.take().expect("stdin").write_all(job.as_bytes()).expect("write job");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(job.as_bytes())
+        .expect("write job");
     let out = child.wait_with_output().expect("reference output");
     assert!(out.status.success(), "reference.py failed");
     let refs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
@@ -250,13 +256,21 @@ fn numpy_reference_dequantization_and_dots() {
             .as_array()
             .expect("rows")
             .iter()
-            .flat_map(|row| row.as_array().expect("row").iter().map(|v| v.as_f64().expect("f64")))
+            .flat_map(|row| {
+                row.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|v| v.as_f64().expect("f64"))
+            })
             .collect();
         let deq_diff = deq
             .iter()
             .zip(&want)
             .fold(0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
-        assert!(deq_diff <= 1e-6, "{t:?}: dequantized max abs diff {deq_diff}");
+        assert!(
+            deq_diff <= 1e-6,
+            "{t:?}: dequantized max abs diff {deq_diff}"
+        );
         for row in 0..rows {
             for i in 0..n {
                 let want = r["dots"][row][i].as_f64().expect("dot");
