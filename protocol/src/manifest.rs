@@ -1,7 +1,11 @@
 //! File manifests and the content ids they are made of.
 //!
 //! A large file is stored as an ordered list of content-defined chunks. Its [`Manifest`] lists
-//! `(chunk id, length)` pairs plus the file's SHA-256 (the git-lfs / Hub name), BLAKE3 and size.
+//! `(chunk id, length)` pairs plus the file's SHA-256 (the git-lfs / Hub name), a BLAKE3 and
+//! its size. The BLAKE3 field is derived from the chunk list ([`Manifest::chunk_list_hash`]):
+//! hashing the whole file with BLAKE3 a second time, beside its chunks, bought nothing no
+//! reader used (ADR 0001, "Hashing"). Manifests written before that rule carry the BLAKE3 of
+//! the whole file there; both decode alike, and the field is bound by the manifest id.
 //! The manifest id is the BLAKE3 of its canonical encoding, so signed refs can bind
 //! `sha256 → manifest id` and a downloader can verify every chunk from the first byte.
 //!
@@ -137,6 +141,8 @@ pub struct ChunkRef {
 pub struct Manifest {
     pub size: u64,
     pub sha256: Sha256,
+    /// [`Manifest::chunk_list_hash`] of `chunks` (the BLAKE3 of the whole file in manifests
+    /// written before that rule).
     pub blake3: Hash,
     pub chunks: Vec<ChunkRef>,
 }
@@ -158,6 +164,18 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// What a new manifest carries in its `blake3` field: the BLAKE3 of the chunk list, each
+    /// entry encoded as in the manifest (`[32] id | u32 len`). Costs 36 bytes of hashing per
+    /// chunk, where a whole-file BLAKE3 cost a pass over every byte.
+    pub fn chunk_list_hash(chunks: &[ChunkRef]) -> Hash {
+        let mut h = blake3::Hasher::new();
+        for c in chunks {
+            h.update(&c.id.0);
+            h.update(&c.len.to_le_bytes());
+        }
+        Hash(*h.finalize().as_bytes())
+    }
+
     /// The canonical encoding (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + ENTRY_LEN * self.chunks.len());

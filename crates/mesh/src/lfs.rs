@@ -12,7 +12,8 @@
 //! logged, counted against it (`PeerInfo::bad_chunks`) and not asked again for this object,
 //! and the batch goes to another peer. Each verified batch is appended at once to the
 //! object's spool (below); verified chunks, reordered into file order, stream through a
-//! bounded channel into [`Store::import_reader`] on a blocking thread, which recomputes the
+//! bounded channel into [`Store::import_verified`] on a blocking thread, which packs them into
+//! blocks with the manifest's boundaries (no second chunking or BLAKE3 pass) and computes the
 //! SHA-256; only when it equals the signed one is the object added to the repo's LFS set and
 //! made a GC root. A fetch that stops halfway makes the import fail, so nothing partial is
 //! ever visible in the store.
@@ -44,11 +45,11 @@ use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
 use hub_protocol::repo::{RepoId, RepoType};
 use hub_protocol::signed::MAX_LFS;
 use hub_repo::Repos;
-use hub_store::Store;
+use hub_store::{Store, VerifiedChunk};
 use libp2p::PeerId;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -379,40 +380,33 @@ enum Piece {
     Data(Vec<u8>),
     /// A chunk the store already holds (an unchanged tensor of an earlier revision): read
     /// here, on the import thread, and checked against its id by the store.
-    Local(Hash),
+    Local,
     /// A run of chunks a spool kept from an earlier, interrupted fetch: (offset in the spool,
     /// id, length) each, read on the import thread and checked against the id again.
     Spooled(Vec<(u64, Hash, u32)>),
 }
 
-/// Reads the pieces the fetch sends, in order, as one file stream. The stream ends with an
-/// error, not EOF, if the sender stops before `size` bytes or a local chunk is gone.
-struct ChunkStream {
+/// The pieces the fetch sends, in order, as the chunks [`Store::import_verified`] takes. Ends
+/// with an error if the sender stops before the last chunk.
+struct ChunkFeed {
     rx: mpsc::Receiver<Piece>,
-    store: Store,
-    buf: Vec<u8>,
-    pos: usize,
-    remaining: u64,
     /// The spool that [`Piece::Spooled`] chunks are read from.
     spool: Option<Arc<File>>,
     /// Spooled chunks still to read, in order.
     spooled: VecDeque<(u64, Hash, u32)>,
 }
 
-impl ChunkStream {
-    fn new(rx: mpsc::Receiver<Piece>, store: Store, size: u64, spool: Option<Arc<File>>) -> Self {
+impl ChunkFeed {
+    fn new(rx: mpsc::Receiver<Piece>, spool: Option<Arc<File>>) -> Self {
         Self {
             rx,
-            store,
-            buf: Vec::new(),
-            pos: 0,
-            remaining: size,
             spool,
             spooled: VecDeque::new(),
         }
     }
 
-    /// One chunk read back from the spool, checked against its id.
+    /// One chunk read back from the spool, checked against its id (the disk may have changed
+    /// it since it was verified on arrival).
     fn read_spooled(&self, at: u64, id: Hash, len: u32) -> io::Result<Vec<u8>> {
         let file = self
             .spool
@@ -430,42 +424,28 @@ impl ChunkStream {
     }
 }
 
-impl Read for ChunkStream {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            if self.remaining == 0 {
-                return Ok(0);
-            }
+impl Iterator for ChunkFeed {
+    type Item = io::Result<VerifiedChunk>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
             if let Some((at, id, len)) = self.spooled.pop_front() {
-                self.buf = self.read_spooled(at, id, len)?;
-                self.pos = 0;
-                continue;
+                return Some(self.read_spooled(at, id, len).map(VerifiedChunk::Bytes));
             }
-            self.buf = match self.rx.blocking_recv() {
-                Some(Piece::Data(chunk)) => chunk,
+            return Some(match self.rx.blocking_recv() {
+                // Checked against its id on arrival (`fetch_batch`, `check_chunks`).
+                Some(Piece::Data(chunk)) => Ok(VerifiedChunk::Bytes(chunk)),
                 Some(Piece::Spooled(run)) => {
                     self.spooled.extend(run);
                     continue;
                 }
-                Some(Piece::Local(id)) => self
-                    .store
-                    .read_chunk(&id)
-                    .map_err(io::Error::other)?
-                    .ok_or_else(|| io::Error::other(format!("local chunk {id} is gone")))?,
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "fetch stopped before the end of the file",
-                    ));
-                }
-            };
-            self.pos = 0;
+                Some(Piece::Local) => Ok(VerifiedChunk::Stored),
+                None => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "fetch stopped before the end of the file",
+                )),
+            });
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        self.remaining = self.remaining.saturating_sub(n as u64);
-        Ok(n)
     }
 }
 
@@ -947,15 +927,11 @@ where
     let mut scheduler = crate::schedule::Scheduler::new(&batches, &candidates);
 
     let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
-    let stream = ChunkStream::new(
-        rx,
-        store.clone(),
-        manifest.size,
-        spool.as_ref().map(|s| s.file.clone()),
-    );
+    let feed = ChunkFeed::new(rx, spool.as_ref().map(|s| s.file.clone()));
     let importer = store.clone();
+    let to_import = manifest.clone();
     let import = tokio::task::spawn_blocking(move || {
-        let imported = importer.import_reader(stream);
+        let imported = importer.import_verified(&to_import, feed);
         if imported.is_ok() {
             // Stored (or, with a wrong SHA-256, useless): the spool has served its purpose.
             remove_spool(&importer, &sha256);
@@ -976,7 +952,7 @@ where
         while frontier < total {
             let piece = if local[frontier as usize] {
                 frontier += 1;
-                vec![Piece::Local(manifest.chunks[frontier as usize - 1].id)]
+                vec![Piece::Local]
             } else if let Some(chunks) = ready.remove(&frontier) {
                 frontier += chunks.len() as u32;
                 chunks.into_iter().map(Piece::Data).collect()
@@ -1377,9 +1353,10 @@ mod tests {
     /// Feeds `store` the object: spooled chunks from the spool, the rest as received data.
     fn import_with(store: &Store, spool: &Spool, manifest: &Manifest, chunks: &[Vec<u8>]) {
         let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
-        let stream = ChunkStream::new(rx, store.clone(), manifest.size, Some(spool.file.clone()));
+        let feed = ChunkFeed::new(rx, Some(spool.file.clone()));
         let importer = store.clone();
-        let import = std::thread::spawn(move || importer.import_reader(stream));
+        let to_import = manifest.clone();
+        let import = std::thread::spawn(move || importer.import_verified(&to_import, feed));
         for (i, chunk) in manifest.chunks.iter().enumerate() {
             let piece = match spool.at[i] {
                 NOT_SPOOLED => Piece::Data(chunks[i].clone()),
@@ -1390,6 +1367,8 @@ mod tests {
         drop(tx);
         let info = import.join().unwrap().unwrap();
         assert_eq!(info.sha256, manifest.sha256);
+        // Stored with the source's boundaries: the same manifest, so the same (signed) id.
+        assert_eq!(info.manifest_id, manifest.id());
     }
 
     #[test]
@@ -1475,16 +1454,11 @@ mod tests {
         assert_eq!(spool.held(), manifest.chunks.len());
 
         // A chunk that changes on disk after the check is caught when read back.
-        let mut stream = ChunkStream::new(
-            mpsc::channel(1).1,
-            store.clone(),
-            manifest.size,
-            Some(spool.file.clone()),
-        );
+        let mut feed = ChunkFeed::new(mpsc::channel(1).1, Some(spool.file.clone()));
         let c = &manifest.chunks[1];
-        stream.spooled.push_back((spool.at[1], c.id, c.len));
+        feed.spooled.push_back((spool.at[1], c.id, c.len));
         file.write_all_at(&[0xff, 0xff], spool.at[1]).unwrap();
-        let error = stream.read(&mut [0u8; 16]).unwrap_err();
+        let error = feed.next().unwrap().unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         drop(spool);
 

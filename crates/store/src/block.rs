@@ -8,10 +8,12 @@
 //! u32 n | u64 data_len | "HMBLOCK1"
 //! ```
 //!
-//! The block id is the BLAKE3 of the whole file, so the file can be served as-is as a verified
-//! blob (iroh-blobs' hash is plain BLAKE3 of the bytes) and a byte range of chunk data is a byte
-//! range of the file. Chunks start at offset 0, so a chunk's offset in the index is its offset
-//! in the file. The trailer is written last, which suits streaming writes.
+//! The block id is the BLAKE3 of the footer (chunk table and trailer): the table names every
+//! chunk by its BLAKE3 id and length, so the footer binds every byte of the block, and writing
+//! a block hashes 36 bytes per chunk instead of its data a second time (ADR 0001, "Hashing").
+//! Blocks written before that rule have the BLAKE3 of the whole file as their id; [`verify_block`]
+//! accepts either. Chunks start at offset 0, so a chunk's offset in the index is its offset in
+//! the file. The trailer is written last, which suits streaming writes.
 //!
 //! A block is written to `tmp/`, fsynced, then renamed to `blocks/<2 hex>/<64 hex>`; only a
 //! redb commit afterwards makes it part of the store.
@@ -53,7 +55,6 @@ pub(crate) struct BlockWriter {
     /// Chunks are ~64 KiB; writing them 1 MiB at a time halves the write syscalls and lets
     /// the page cache use large folios, which makes reads of the block faster later.
     file: BufWriter<File>,
-    hasher: blake3::Hasher,
     pub entries: Vec<BlockEntry>,
     pub data_len: u64,
 }
@@ -75,7 +76,6 @@ impl BlockWriter {
         Ok(Self {
             tmp_path,
             file: BufWriter::with_capacity(WRITE_BUF, file),
-            hasher: blake3::Hasher::new(),
             entries: Vec::new(),
             data_len: 0,
         })
@@ -86,12 +86,12 @@ impl BlockWriter {
         self.entries.len() < MAX_BLOCK_CHUNKS && self.data_len + len as u64 <= MAX_BLOCK_DATA
     }
 
-    /// Appends one chunk and returns its offset.
+    /// Appends one chunk and returns its offset. The caller vouches that `id` is the chunk's
+    /// BLAKE3 (computed, or checked on arrival): the writer does not hash the data.
     pub fn push(&mut self, id: Hash, chunk: &[u8]) -> Result<u64, StoreError> {
         self.file
             .write_all(chunk)
             .map_err(StoreError::io("write block", &self.tmp_path))?;
-        self.hasher.update(chunk);
         let offset = self.data_len;
         self.entries.push(BlockEntry {
             id,
@@ -102,32 +102,37 @@ impl BlockWriter {
         Ok(offset)
     }
 
-    /// Writes the footer and returns the block with its id.
+    /// Writes the footer and returns the block with its id (the BLAKE3 of the footer).
     pub fn seal(mut self) -> Result<SealedBlock, StoreError> {
-        let mut footer = Vec::with_capacity(self.entries.len() * ENTRY_LEN as usize + 20);
-        for e in &self.entries {
-            footer.extend_from_slice(&e.id.0);
-            footer.extend_from_slice(&e.len.to_le_bytes());
-        }
-        footer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        footer.extend_from_slice(&self.data_len.to_le_bytes());
-        footer.extend_from_slice(MAGIC);
+        let footer = footer(&self.entries, self.data_len);
         self.file
             .write_all(&footer)
             .map_err(StoreError::io("write block", &self.tmp_path))?;
-        self.hasher.update(&footer);
         let file = self
             .file
             .into_inner()
             .map_err(|e| StoreError::io("write block", &self.tmp_path)(e.into_error()))?;
         Ok(SealedBlock {
-            id: Hash(*self.hasher.finalize().as_bytes()),
+            id: Hash::of(&footer),
             size: self.data_len + footer.len() as u64,
             tmp_path: self.tmp_path,
             file,
             entries: self.entries,
         })
     }
+}
+
+/// The footer of a block holding `entries` (in data order) and `data_len` bytes of chunks.
+fn footer(entries: &[BlockEntry], data_len: u64) -> Vec<u8> {
+    let mut footer = Vec::with_capacity(entries.len() * ENTRY_LEN as usize + TRAILER_LEN as usize);
+    for e in entries {
+        footer.extend_from_slice(&e.id.0);
+        footer.extend_from_slice(&e.len.to_le_bytes());
+    }
+    footer.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    footer.extend_from_slice(&data_len.to_le_bytes());
+    footer.extend_from_slice(MAGIC);
+    footer
 }
 
 /// Why a block file failed verification.
@@ -141,7 +146,7 @@ pub enum BlockDefect {
     Footer,
     #[error("chunk at offset {offset} does not match its id")]
     Chunk { offset: u64 },
-    #[error("block bytes do not hash to the block id")]
+    #[error("block footer does not hash to the block id")]
     Hash,
 }
 
@@ -196,8 +201,9 @@ pub fn read_footer(file: &mut File, size: u64) -> Result<Vec<BlockEntry>, BlockD
     Ok(entries)
 }
 
-/// Re-verifies a whole block file: size, footer, every chunk id and the block id. Reads the
-/// file once, in chunk-sized pieces; returns the chunk table and the bytes read.
+/// Re-verifies a whole block file: size, footer, every chunk id and the block id (the BLAKE3
+/// of the footer, or of the whole file for blocks written before that rule). Reads the file
+/// once, in chunk-sized pieces; returns the chunk table.
 pub fn verify_block(
     path: &Path,
     id: &Hash,
@@ -232,7 +238,8 @@ pub fn verify_block(
     file.read_to_end(&mut rest)
         .map_err(|e| BlockDefect::Unreadable(e.to_string()))?;
     hasher.update(&rest);
-    if Hash(*hasher.finalize().as_bytes()) != *id {
+    // `read_footer` checked that the rest is exactly the footer.
+    if Hash::of(&rest) != *id && Hash(*hasher.finalize().as_bytes()) != *id {
         return Err(BlockDefect::Hash);
     }
     Ok(entries)
@@ -252,12 +259,21 @@ mod tests {
         let sealed = w.seal().unwrap();
         drop(sealed.file);
         let bytes = std::fs::read(&sealed.tmp_path).unwrap();
-        assert_eq!(Hash::of(&bytes), sealed.id);
+        assert_eq!(
+            Hash::of(&bytes[11..]),
+            sealed.id,
+            "the id is the footer's BLAKE3"
+        );
         assert_eq!(bytes.len() as u64, sealed.size);
         assert_eq!(&bytes[..11], b"helloworld!");
         let entries = verify_block(&sealed.tmp_path, &sealed.id, sealed.size).unwrap();
         assert_eq!(entries, sealed.entries);
         assert_eq!(entries[1].offset, 5);
+        // A block written under the old rule (id = BLAKE3 of the whole file) still verifies.
+        assert_eq!(
+            verify_block(&sealed.tmp_path, &Hash::of(&bytes), sealed.size).unwrap(),
+            entries
+        );
 
         // Any flipped byte is caught, never a panic.
         for i in 0..bytes.len() {

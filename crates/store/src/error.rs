@@ -45,6 +45,14 @@ pub enum StoreError {
         #[source]
         source: Option<std::io::Error>,
     },
+    /// A chunk handed to [`Store::import_verified`](crate::Store::import_verified) is not the
+    /// length its manifest entry says; nothing was kept.
+    #[error("chunk {index} is {len} bytes, the manifest says {expected}")]
+    ChunkLen {
+        index: usize,
+        len: usize,
+        expected: u32,
+    },
     /// The imported content is not what the caller announced; nothing was kept.
     #[error(
         "content is {size} bytes with sha256 {sha256}, expected {expected_size} bytes with sha256 {expected}"

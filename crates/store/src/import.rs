@@ -2,17 +2,23 @@
 //!
 //! ```text
 //!            ┌─► sha256 thread ──────────────────────────────────────────┐
-//! reader ────┼─► blake3 thread (whole file) ─────────────────────────────┤
+//! reader ────┤                                                           │
 //! (caller)   └─► chunker ─► chunk ids + dedup ─► packer ─► sealer        │
 //!                 (gear)     (BLAKE3, index)    (write,   (fsync,        │
-//!                                  │             block id) rename)       │
+//!                                  │             footer)  rename)        │
 //!                                  └──── manifest ──────────────┴────────┴─► one redb commit
 //! ```
 //!
-//! The caller's thread reads 1 MiB buffers and hands the same `Arc` to three bounded channels,
-//! so the bytes are read once and hashed in parallel: SHA-256 (the slowest stage, even with
-//! SHA-NI) runs alone on its thread, while chunking, chunk ids, block writes and fsync run on
-//! others, all connected by bounded channels. On 2 cores the stages share the CPU; the split
+//! Each byte is hashed twice, no more: SHA-256 (the LFS oid) and BLAKE3 once, as part of its
+//! chunk. The manifest's BLAKE3 field and the block id are derived from chunk ids (ADR 0001,
+//! "Hashing"). The caller's thread reads 1 MiB buffers and hands the same `Arc` to two bounded
+//! channels, so the bytes are read once and hashed in parallel: SHA-256 (the slowest stage,
+//! even with SHA-NI) runs alone on its thread, while chunking, chunk ids, block writes and
+//! fsync run on others, all connected by bounded channels.
+//!
+//! [`import_verified`] is the seeder's path: chunks that arrive already checked against a
+//! manifest's ids go into blocks with the manifest's boundaries (no chunker, no chunk BLAKE3);
+//! SHA-256 is still computed over every byte and must equal the manifest's. On 2 cores the stages share the CPU; the split
 //! keeps any one of them from being the bottleneck. Memory is bounded by the channel depths (a few MiB), plus the format prefix
 //! (at most [`MAX_HEADER`](crate::chunker::format::MAX_HEADER), only for recognised headers).
 //!
@@ -32,7 +38,7 @@ use crate::chunker::Chunker;
 use crate::chunker::format::{Probe, probe};
 use crate::error::StoreError;
 use crate::index::{BLOCKS, BlockRecord, CHUNKS, ChunkLoc, FILES, MANIFESTS};
-use crate::{Expected, FileInfo, Inner};
+use crate::{Expected, FileInfo, Inner, VerifiedChunk};
 use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
 use redb::{ReadableDatabase, ReadableTable};
 use sha2::Digest;
@@ -124,9 +130,8 @@ fn import_placed(
     expected: Option<Expected>,
     placed: &mut Vec<Hash>,
 ) -> Result<FileInfo, StoreError> {
-    let (size, sha, b3, written, blocks) = thread::scope(|s| {
+    let (size, sha, written, blocks) = thread::scope(|s| {
         let (sha_tx, sha_rx) = sync_channel::<Buf>(DEPTH);
-        let (b3_tx, b3_rx) = sync_channel::<Buf>(DEPTH);
         let (ck_tx, ck_rx) = sync_channel::<Buf>(DEPTH);
         let (wr_tx, wr_rx) = sync_channel::<(Buf, Vec<usize>)>(DEPTH);
         let (seal_tx, seal_rx) = sync_channel::<SealedBlock>(1);
@@ -137,13 +142,6 @@ fn import_placed(
                 h.update(&b[..]);
             }
             Sha256(h.finalize().into())
-        });
-        let b3_h = s.spawn(move || {
-            let mut h = blake3::Hasher::new();
-            for b in b3_rx {
-                h.update(&b[..]);
-            }
-            Hash(*h.finalize().as_bytes())
         });
         let ck_h = s.spawn(move || {
             let mut chunker = Chunker::new(cuts);
@@ -171,10 +169,7 @@ fn import_placed(
             if !buf.is_empty() {
                 size += buf.len() as u64;
                 let b = Arc::new(buf);
-                if sha_tx.send(b.clone()).is_err()
-                    || b3_tx.send(b.clone()).is_err()
-                    || ck_tx.send(b).is_err()
-                {
+                if sha_tx.send(b.clone()).is_err() || ck_tx.send(b).is_err() {
                     break; // a worker failed; its error is reported below
                 }
             }
@@ -190,13 +185,12 @@ fn import_placed(
                 }
             }
         }
-        drop((sha_tx, b3_tx, ck_tx));
+        drop((sha_tx, ck_tx));
         // The sealer first: whatever else failed, the blocks it placed must be known.
         let (blocks, sealed) = seal_h.join().map_err(|_| StoreError::WorkerPanic)?;
         placed.extend(blocks.iter().map(|b| b.id));
         let blocks = sealed.map(|()| blocks);
         let sha = sha_h.join().map_err(|_| StoreError::WorkerPanic)?;
-        let b3 = b3_h.join().map_err(|_| StoreError::WorkerPanic)?;
         ck_h.join().map_err(|_| StoreError::WorkerPanic)?;
         let chunks = wr_h.join().map_err(|_| StoreError::WorkerPanic)?;
         let new_bytes = pack_h.join().map_err(|_| StoreError::WorkerPanic)?;
@@ -204,7 +198,7 @@ fn import_placed(
             return Err(StoreError::Source(e));
         }
         match (chunks, new_bytes, blocks) {
-            (Ok(c), Ok(n), Ok(b)) => Ok((size, sha, b3, (c, n), b)),
+            (Ok(c), Ok(n), Ok(b)) => Ok((size, sha, (c, n), b)),
             // A stage that fails hangs up its channels, so the stages feeding it fail with
             // `StageStopped`; report the real cause.
             (c, n, b) => {
@@ -236,17 +230,29 @@ fn import_placed(
     let manifest = Manifest {
         size,
         sha256: sha,
-        blake3: b3,
+        blake3: Manifest::chunk_list_hash(&chunks),
         chunks,
     };
+    commit(inner, &blocks, &manifest, new_bytes)
+}
+
+/// Records the new blocks, their chunks and the file's manifest in one redb transaction:
+/// the moment an import becomes visible.
+fn commit(
+    inner: &Inner,
+    blocks: &[NewBlock],
+    manifest: &Manifest,
+    new_bytes: u64,
+) -> Result<FileInfo, StoreError> {
     let encoded = manifest.encode();
     let manifest_id = Hash::of(&encoded);
+    let sha = manifest.sha256;
 
     let txn = inner.db.begin_write().map_err(StoreError::db)?;
     {
         let mut blocks_t = txn.open_table(BLOCKS).map_err(StoreError::db)?;
         let mut chunks_t = txn.open_table(CHUNKS).map_err(StoreError::db)?;
-        for b in &blocks {
+        for b in blocks {
             let rec = BlockRecord {
                 size: b.size,
                 chunks: b.entries.len() as u32,
@@ -278,17 +284,149 @@ fn import_placed(
             .map_err(StoreError::db)?;
     }
     txn.commit().map_err(StoreError::db)?;
-    tracing::debug!(%sha, size, new_bytes, blocks = blocks.len(), "imported");
+    tracing::debug!(%sha, size = manifest.size, new_bytes, blocks = blocks.len(), "imported");
 
     Ok(FileInfo {
         sha256: sha,
-        blake3: b3,
-        size,
+        blake3: manifest.blake3,
+        size: manifest.size,
         manifest_id,
         chunks: manifest.chunks.len(),
         new_bytes,
         tensor_aware: false,
     })
+}
+
+/// Imports `manifest`'s file from `chunks`, in the manifest's order, keeping its boundaries
+/// (see [`Store::import_verified`](crate::Store::import_verified)).
+pub(crate) fn import_verified(
+    inner: &Inner,
+    manifest: &Manifest,
+    chunks: &mut dyn Iterator<Item = io::Result<VerifiedChunk>>,
+) -> Result<FileInfo, StoreError> {
+    let _shared = inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+    inner.check_headroom(manifest.size)?;
+    let mut placed = Vec::new();
+    let result = import_verified_placed(inner, manifest, chunks, &mut placed);
+    inner.release_placed(&placed, result.is_err());
+    result
+}
+
+fn import_verified_placed(
+    inner: &Inner,
+    manifest: &Manifest,
+    chunks: &mut dyn Iterator<Item = io::Result<VerifiedChunk>>,
+    placed: &mut Vec<Hash>,
+) -> Result<FileInfo, StoreError> {
+    let (sha, new_bytes, blocks) = thread::scope(|s| {
+        let (sha_tx, sha_rx) = sync_channel::<Buf>(4 * DEPTH);
+        let (pack_tx, pack_rx) = sync_channel::<(Hash, Piece)>(4 * DEPTH);
+        let (seal_tx, seal_rx) = sync_channel::<SealedBlock>(1);
+        let sha_h = s.spawn(move || {
+            let mut h = sha2::Sha256::new();
+            for b in sha_rx {
+                h.update(&b[..]);
+            }
+            Sha256(h.finalize().into())
+        });
+        let pack_h = s.spawn(move || pack_blocks(inner, pack_rx, seal_tx));
+        let seal_h = s.spawn(move || seal_blocks(inner, seal_rx));
+
+        // Feeds both stages; stops at the first error (its own, or a stage that hung up).
+        let mut feed = || -> Result<(), StoreError> {
+            let read = inner.db.begin_read().map_err(StoreError::db)?;
+            let committed = read.open_table(CHUNKS).map_err(StoreError::db)?;
+            let mut seen = HashSet::new();
+            for (index, c) in manifest.chunks.iter().enumerate() {
+                let chunk = chunks.next().unwrap_or_else(|| {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "chunks ended before the manifest",
+                    ))
+                });
+                let bytes = match chunk.map_err(StoreError::Source)? {
+                    VerifiedChunk::Bytes(b) => b,
+                    VerifiedChunk::Stored => read_stored(inner, &c.id)?,
+                };
+                if bytes.len() != c.len as usize {
+                    return Err(StoreError::ChunkLen {
+                        index,
+                        len: bytes.len(),
+                        expected: c.len,
+                    });
+                }
+                let b = Arc::new(bytes);
+                sha_tx
+                    .send(b.clone())
+                    .map_err(|_| StoreError::StageStopped)?;
+                if seen.insert(c.id) && committed.get(&c.id.0).map_err(StoreError::db)?.is_none() {
+                    let len = b.len();
+                    pack_tx
+                        .send((c.id, Piece::Shared(b, 0, len)))
+                        .map_err(|_| StoreError::StageStopped)?;
+                }
+            }
+            Ok(())
+        };
+        let fed = feed();
+        drop((sha_tx, pack_tx));
+        let (blocks, sealed) = seal_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        placed.extend(blocks.iter().map(|b| b.id));
+        let sha = sha_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        let new_bytes = pack_h.join().map_err(|_| StoreError::WorkerPanic)?;
+        // A stage that fails makes the feeder's sends fail: report the real cause.
+        match (fed, new_bytes, sealed) {
+            (Ok(()), Ok(n), Ok(())) => Ok((sha, n, blocks)),
+            (f, n, b) => {
+                let errs: Vec<StoreError> =
+                    [f.err(), n.err(), b.err()].into_iter().flatten().collect();
+                let cause = errs
+                    .iter()
+                    .position(|e| !matches!(e, StoreError::StageStopped))
+                    .unwrap_or(0);
+                Err(errs
+                    .into_iter()
+                    .nth(cause)
+                    .unwrap_or(StoreError::StageStopped))
+            }
+        }
+    })?;
+    if sha != manifest.sha256 {
+        return Err(StoreError::Mismatch {
+            sha256: sha,
+            size: manifest.size,
+            expected: manifest.sha256,
+            expected_size: manifest.size,
+        });
+    }
+    commit(inner, &blocks, manifest, new_bytes)
+}
+
+/// A stored chunk, read back and checked against its id.
+fn read_stored(inner: &Inner, id: &Hash) -> Result<Vec<u8>, StoreError> {
+    let txn = inner.db.begin_read().map_err(StoreError::db)?;
+    let chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+    let gone = || StoreError::Corrupt {
+        what: "stored chunk is gone",
+        id: *id,
+    };
+    let loc = chunks
+        .get(&id.0)
+        .map_err(StoreError::db)?
+        .and_then(|g| ChunkLoc::decode(g.value()))
+        .ok_or_else(gone)?;
+    let path = block_path(&inner.root, &loc.block);
+    let file = std::fs::File::open(&path).map_err(StoreError::io("open", &path))?;
+    let mut buf = vec![0u8; loc.len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, loc.offset)
+        .map_err(StoreError::io("read", &path))?;
+    if Hash::of(&buf) != *id {
+        return Err(StoreError::Corrupt {
+            what: "corrupt chunk",
+            id: *id,
+        });
+    }
+    Ok(buf)
 }
 
 /// Bytes of one chunk: a range of a shared read buffer, or its own copy when the chunk

@@ -97,6 +97,17 @@ impl Default for StoreConfig {
     }
 }
 
+/// One chunk handed to [`Store::import_verified`], in the manifest's order.
+#[derive(Debug)]
+pub enum VerifiedChunk {
+    /// The chunk's bytes, which the caller has checked against the manifest entry's BLAKE3
+    /// id (on arrival: bao verification, or a hash of the chunk). The store does not hash
+    /// them again.
+    Bytes(Vec<u8>),
+    /// A chunk this store holds already: read back, checked against its id, for the SHA-256.
+    Stored,
+}
+
 /// What the caller of [`Store::import_expecting`] announced: the import fails, keeping
 /// nothing, when the content is anything else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +214,21 @@ impl Store {
             Some(expected.size),
             Some(expected),
         )
+    }
+
+    /// Imports the file of `manifest` from chunks already verified against its chunk ids,
+    /// keeping the manifest as it is (its boundaries, so its id): the seeder's path, with no
+    /// chunker pass and no second BLAKE3 of the data. `chunks` yields one item per manifest
+    /// entry, in order. Each chunk must have its entry's length, and the SHA-256 of all the
+    /// bytes must be the manifest's, else the import fails ([`StoreError::ChunkLen`],
+    /// [`StoreError::Mismatch`]) and keeps nothing. Durability and visibility as
+    /// [`Store::import_reader`].
+    pub fn import_verified(
+        &self,
+        manifest: &Manifest,
+        mut chunks: impl Iterator<Item = std::io::Result<VerifiedChunk>>,
+    ) -> Result<FileInfo, StoreError> {
+        import::import_verified(&self.inner, manifest, &mut chunks)
     }
 
     /// Imports the file at `path` (its size helps reject hostile headers early).

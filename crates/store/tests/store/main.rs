@@ -5,3 +5,4 @@ mod failed;
 mod files;
 mod maintenance;
 mod util;
+mod verified;
