@@ -34,16 +34,30 @@ pub(crate) async fn fixture() -> Fixture {
 }
 
 pub(crate) async fn fixture_with(config: GatewayConfig) -> Fixture {
-    fixture_on(config, None).await
+    fixture_on(config, None, hub_store::StoreConfig::default()).await
+}
+
+/// A fixture whose chunk store runs with `store` (e.g. a reserved headroom no disk has).
+pub(crate) async fn fixture_with_store(store: hub_store::StoreConfig) -> Fixture {
+    fixture_on(GatewayConfig::default(), None, store).await
 }
 
 /// A fixture whose Hub rules see `mesh` (an in-memory [`hub_core::FakeMesh`]) instead of the
 /// real swarm.
 pub(crate) async fn fixture_with_mesh(mesh: Arc<dyn hub_core::MeshPort>) -> Fixture {
-    fixture_on(GatewayConfig::default(), Some(mesh)).await
+    fixture_on(
+        GatewayConfig::default(),
+        Some(mesh),
+        hub_store::StoreConfig::default(),
+    )
+    .await
 }
 
-async fn fixture_on(config: GatewayConfig, mesh: Option<Arc<dyn hub_core::MeshPort>>) -> Fixture {
+async fn fixture_on(
+    config: GatewayConfig,
+    mesh: Option<Arc<dyn hub_core::MeshPort>>,
+    store: hub_store::StoreConfig,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let auth = Arc::new(AuthStore::open(dir.path().join("auth.redb")).unwrap());
     let mut admin = String::new();
@@ -64,7 +78,7 @@ async fn fixture_on(config: GatewayConfig, mesh: Option<Arc<dyn hub_core::MeshPo
     let parts = Parts {
         auth,
         repos: Arc::new(hub_repo::Repos::open(dir.path().join("repos")).unwrap()),
-        store: hub_store::Store::open(dir.path().join("store")).unwrap(),
+        store: hub_store::Store::open_with_config(dir.path().join("store"), store).unwrap(),
         search: Arc::new(hub_search::SearchIndex::open(&dir.path().join("search")).unwrap()),
         p2p,
         replication: None,

@@ -14,6 +14,9 @@
 //! - `GET /v1/xorb-data/{hash}?exp&sig` (signed, no credentials): chunk-aligned byte ranges of
 //!   a xorb as this node serves it (chunks uncompressed).
 //!
+//! A node at its store's reserved free space refuses the write token (403) and xorbs / shards
+//! (413), with `X-Error-Code: InsufficientStorage`: hf_xet retries any 5xx for minutes.
+//!
 //! Not routed (the client falls back or does without): `/v2/*` (→ v1), `/v1/xorb-grants`
 //! (→ direct xorb upload), `/v1/chunks/*` (global dedup: 404 means none known).
 //! Formats and checks are `hub-xet`'s; access is `hub-core`'s.
@@ -46,8 +49,10 @@ const TOKEN_SECS: u64 = 3600;
 const FETCH_URL_SECS: u64 = 3600;
 /// Largest `lfs-files/duplicate` body.
 const MAX_DUPLICATE_BODY: usize = 1024 * 1024;
-/// Xorbs verified at once: each holds its body and its uncompressed chunks in memory.
-const XORB_VERIFIERS: usize = 2;
+/// Xorbs received and verified at once: each holds its serialized body (≤ 80 MiB, typically
+/// 64 MiB) while its chunks are decoded and imported a chunk at a time. Three keep both cores
+/// busy while a third xorb arrives.
+const XORB_VERIFIERS: usize = 3;
 
 pub(crate) fn routes() -> Router<AppState> {
     let token = "/api/{kind}/{ns}/{name}";
@@ -141,6 +146,14 @@ async fn issue_token(
         }
     };
     let granted = access(&state, principal.as_ref(), &id, need).await?;
+    if right == Right::Write {
+        // A node at its reserved headroom refuses the upload here, before any xorb is sent,
+        // with a status hf_xet (which fetches this token itself) does not retry.
+        let st = state.clone();
+        blocking(move || Ok(st.store().ensure_room(0)?))
+            .await
+            .map_err(|e| refuse_when_full(e, StatusCode::FORBIDDEN))?;
+    }
     let exp = now() + TOKEN_SECS;
     let token = token::issue(
         key()?,
@@ -287,6 +300,30 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::B
     })
 }
 
+/// Reads a body of at most `limit` bytes into one buffer sized from its announced length, so a
+/// 64 MiB xorb costs 64 MiB (collecting frames and then joining them would hold it twice).
+async fn read_announced(
+    body: Body,
+    announced: u64,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>, AppError> {
+    use futures::StreamExt;
+    let mut out = Vec::with_capacity(usize::try_from(announced).unwrap_or(limit).min(limit));
+    let mut frames = body.into_data_stream();
+    while let Some(frame) = frames.next().await {
+        let frame =
+            frame.map_err(|e| AppError::BadRequest(format!("{what} upload interrupted: {e}")))?;
+        if out.len() + frame.len() > limit {
+            return Err(AppError::PayloadTooLarge(format!(
+                "{what} over {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&frame);
+    }
+    Ok(out)
+}
+
 async fn upload_xorb(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -295,12 +332,23 @@ async fn upload_xorb(
 ) -> Result<Json<Value>, AppError> {
     claims(&headers, true)?;
     let hash = parse_hash(&hash)?;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(hub_xet::xorb::MAX_XORB_UPLOAD as u64);
+    let st = state.clone();
+    blocking(move || Ok(st.store().ensure_room(announced)?))
+        .await
+        .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
     static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
     let _permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
-    let bytes = read_body(body, hub_xet::xorb::MAX_XORB_UPLOAD, "xorb").await?;
+    let bytes = read_announced(body, announced, hub_xet::xorb::MAX_XORB_UPLOAD, "xorb").await?;
     state.metrics().xet_received(bytes.len() as u64);
     let st = state.clone();
-    let inserted = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?)).await?;
+    let inserted = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
+        .await
+        .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
     tracing::debug!(xorb = %hash, inserted, "xorb");
     Ok(Json(json!({ "was_inserted": inserted })))
 }
@@ -340,9 +388,28 @@ async fn upload_shard(
         }
         Ok(records.len())
     })
-    .await?;
+    .await
+    .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
     tracing::info!(files, "Xet shard stored");
     Ok(Json(json!({ "result": 1 })))
+}
+
+/// A Xet upload this node's disk cannot take, answered so that `hf_xet` gives up at once:
+/// xet-core's retry rule (`retry_wrapper.rs`, for the token route too) retries every 5xx —
+/// 507 included, for minutes — and 408 / 429, but no other 4xx. So a 4xx: 403 for the write
+/// token, 413 ("larger than the server is able to process") for a xorb or shard, with the
+/// Hub's error headers saying why.
+fn refuse_when_full(e: AppError, status: StatusCode) -> AppError {
+    match e {
+        AppError::InsufficientStorage => AppError::Coded {
+            status,
+            code: "InsufficientStorage",
+            message: "this node's disk is full (at its reserved free space): it cannot store \
+                      this Xet upload"
+                .into(),
+        },
+        e => e,
+    }
 }
 
 /// A `Range: bytes=a-b` / `bytes=a-` header as `[a, b+1)`; anything else is the whole file.
@@ -590,3 +657,6 @@ pub(crate) fn add_xet_hashes(state: &AppState, entries: &mut [Value]) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,8 +57,8 @@ type Buf = Arc<Vec<u8>>;
 
 /// A block made durable by this import, to be recorded in the index.
 #[derive(Debug)]
-struct NewBlock {
-    id: Hash,
+pub(crate) struct NewBlock {
+    pub(crate) id: Hash,
     size: u64,
     entries: Vec<BlockEntry>,
 }
@@ -238,7 +238,7 @@ fn import_placed(
 
 /// Records the new blocks, their chunks and the file's manifest in one redb transaction:
 /// the moment an import becomes visible.
-fn commit(
+pub(crate) fn commit(
     inner: &Inner,
     blocks: &[NewBlock],
     manifest: &Manifest,
@@ -431,7 +431,7 @@ fn read_stored(inner: &Inner, id: &Hash) -> Result<Vec<u8>, StoreError> {
 
 /// Bytes of one chunk: a range of a shared read buffer, or its own copy when the chunk
 /// spans two buffers.
-enum Piece {
+pub(crate) enum Piece {
     Shared(Buf, usize, usize),
     Owned(Vec<u8>),
 }
@@ -494,7 +494,7 @@ fn write_chunks(
 /// The packer thread: appends new chunks to block files (write + block hash), and hands each
 /// full block to the sealer. Returns the bytes of new chunks written. On failure it deletes
 /// the temporary file of the block it was writing.
-fn pack_blocks(
+pub(crate) fn pack_blocks(
     inner: &Inner,
     rx: Receiver<(Hash, Piece)>,
     seal_tx: SyncSender<SealedBlock>,
@@ -552,7 +552,7 @@ fn pack_blocks_into(
 /// The sealer thread: makes each block durable under its final name. Runs beside the writer
 /// so that fsync overlaps hashing of the next block. Returns the blocks it placed in
 /// `blocks/` (each registered in `Inner::placed`), also when it failed.
-fn seal_blocks(
+pub(crate) fn seal_blocks(
     inner: &Inner,
     rx: Receiver<SealedBlock>,
 ) -> (Vec<NewBlock>, Result<(), StoreError>) {

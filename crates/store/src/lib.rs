@@ -35,12 +35,14 @@
 
 pub mod block;
 pub mod chunker;
+mod compose;
 mod error;
 mod import;
 mod index;
 mod maintenance;
 mod read;
 
+pub use compose::Slice;
 pub use error::StoreError;
 pub use hub_protocol::manifest::{Hash, Manifest, Sha256};
 pub use maintenance::{CorruptBlock, FsckReport, GcReport, Progress, Stats};
@@ -216,6 +218,19 @@ impl Store {
         )
     }
 
+    /// Stores the concatenation of `slices` (byte ranges of stored files) as a file, without
+    /// re-chunking it: its manifest references the chunks the ranges cover, and only the
+    /// pieces of chunks a range's ends cut are written. The bytes are read once for the
+    /// file's hashes; with `expected`, anything else fails with [`StoreError::Mismatch`]
+    /// before anything is written.
+    pub fn compose(
+        &self,
+        slices: &[Slice],
+        expected: Option<Expected>,
+    ) -> Result<FileInfo, StoreError> {
+        compose::compose(self, slices, expected)
+    }
+
     /// Imports the file of `manifest` from chunks already verified against its chunk ids,
     /// keeping the manifest as it is (its boundaries, so its id): the seeder's path, with no
     /// chunker pass and no second BLAKE3 of the data. `chunks` yields one item per manifest
@@ -237,6 +252,13 @@ impl Store {
         let mut file = File::open(path).map_err(StoreError::io("open", path))?;
         let size = file.metadata().map_err(StoreError::io("stat", path))?.len();
         import::import(&self.inner, &mut file, Some(size), None)
+    }
+
+    /// Fails with [`StoreError::StorageFull`] unless the disk has `need` bytes free beyond
+    /// the reserved headroom ([`StoreConfig::reserved_bytes`]): the check every import makes
+    /// first, for a caller that wants to refuse a write before its bytes arrive.
+    pub fn ensure_room(&self, need: u64) -> Result<(), StoreError> {
+        self.inner.check_headroom(need)
     }
 
     /// Whether a file with this SHA-256 is stored.

@@ -6,8 +6,9 @@
 //! imported into `hub-store` as one object (its own content-defined chunks, deduplicated with
 //! everything else), and the index keeps, per xorb, that object's SHA-256 and the xorb's Xet
 //! chunk list — a second index over the same bytes. A verified shard turns each file it
-//! describes into an ordinary store object (rebuilt from the xorbs, checked against its Xet
-//! file hash and its SHA-256), so LFS, resolve and p2p replication serve it as any other.
+//! describes into an ordinary store object (composed from the xorbs' chunks with
+//! [`Store::compose`], checked against its Xet file hash and its SHA-256), so LFS, resolve and
+//! p2p replication serve it as any other.
 //!
 //! Place in the graph: `protocol ← store ← xet ← gateway`. On disk: `DATA/store/xet.redb`.
 //!
@@ -34,10 +35,9 @@ pub mod xorb;
 
 pub use hash::XetHash;
 
-use hub_store::{Expected, Sha256, Store, StoreError};
+use hub_store::{Expected, Sha256, Slice, Store, StoreError};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use shard::ShardFile;
-use std::io::Read;
 use std::path::Path;
 
 /// Why a Xet upload or lookup failed.
@@ -257,12 +257,21 @@ impl XetIndex {
         if self.xorb(hash)?.is_some() {
             return Ok(false);
         }
-        let x = xorb::parse_xorb(bytes, hash)?;
-        let info = self.store.import_reader(&x.data[..])?;
+        // Decoded and verified a chunk at a time as the store imports it: a bad xorb fails the
+        // import's last read, so nothing of it is kept, and no second copy is held.
+        let mut reader = xorb::XorbReader::new(bytes, *hash)?;
+        let imported = self.store.import_reader(&mut reader);
+        if let Some(e) = reader.take_error() {
+            return Err(e);
+        }
+        let info = imported?;
+        let chunks = reader
+            .into_chunks()
+            .ok_or_else(|| XetError::Malformed("xorb: not read to its end".into()))?;
         self.store.add_root(&info.sha256)?;
         let record = XorbRecord {
             sha256: info.sha256,
-            chunks: x.chunks,
+            chunks,
         };
         let txn = self.db.begin_write().map_err(XetError::db)?;
         txn.open_table(XORBS)
@@ -349,17 +358,24 @@ impl XetIndex {
                 records.push(r);
                 continue;
             }
-            let reader = SegmentReader::new(&self.store, parts.clone());
-            let info = match f.sha256 {
-                Some(sha) => self.store.import_expecting(
-                    reader,
-                    Expected {
-                        sha256: Sha256(sha),
-                        size,
-                    },
-                )?,
-                None => self.store.import_reader(reader)?,
-            };
+            // The file references the chunks its xorbs' objects already hold: its bytes are
+            // read once, for the SHA-256 check, and not chunked or stored again.
+            let slices: Vec<Slice> = parts
+                .iter()
+                .map(|(x, t)| {
+                    let offset = x.data_offset(t.start as usize);
+                    Slice {
+                        sha256: x.sha256,
+                        offset,
+                        len: x.data_offset(t.end as usize) - offset,
+                    }
+                })
+                .collect();
+            let expected = f.sha256.map(|sha| Expected {
+                sha256: Sha256(sha),
+                size,
+            });
+            let info = self.store.compose(&slices, expected)?;
             records.push(FileRecord {
                 file_hash: f.file_hash,
                 sha256: info.sha256,
@@ -541,67 +557,6 @@ impl XorbRange {
             xorb::write_uncompressed_chunk(&mut out, &data);
             Ok(out)
         }))
-    }
-}
-
-/// Reads a file's bytes from the xorbs' store objects, segment by segment, a bounded piece
-/// at a time.
-struct SegmentReader<'a> {
-    store: &'a Store,
-    parts: std::vec::IntoIter<(XorbRecord, Term)>,
-    /// Current object, next offset in it, bytes of the segment left.
-    current: Option<(Sha256, u64, u64)>,
-    buf: Vec<u8>,
-    buf_at: usize,
-}
-
-const READ_PIECE: u64 = 4 << 20;
-
-impl<'a> SegmentReader<'a> {
-    fn new(store: &'a Store, parts: Vec<(XorbRecord, Term)>) -> Self {
-        Self {
-            store,
-            parts: parts.into_iter(),
-            current: None,
-            buf: Vec::new(),
-            buf_at: 0,
-        }
-    }
-}
-
-impl Read for SegmentReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.buf_at < self.buf.len() {
-                let n = out.len().min(self.buf.len() - self.buf_at);
-                out[..n].copy_from_slice(&self.buf[self.buf_at..self.buf_at + n]);
-                self.buf_at += n;
-                return Ok(n);
-            }
-            match self.current {
-                Some((sha, offset, left)) if left > 0 => {
-                    let n = left.min(READ_PIECE);
-                    self.buf = self
-                        .store
-                        .open_file(&sha)
-                        .map_err(std::io::Error::other)?
-                        .read_range(offset, n as usize)?;
-                    if self.buf.len() as u64 != n {
-                        return Err(std::io::Error::other("xorb object is short"));
-                    }
-                    self.buf_at = 0;
-                    self.current = Some((sha, offset + n, left - n));
-                }
-                _ => {
-                    let Some((x, t)) = self.parts.next() else {
-                        return Ok(0);
-                    };
-                    let start = x.data_offset(t.start as usize);
-                    let len = x.data_offset(t.end as usize) - start;
-                    self.current = Some((x.sha256, start, len));
-                }
-            }
-        }
     }
 }
 

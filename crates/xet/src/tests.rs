@@ -3,6 +3,7 @@ use crate::hash::{chunk_hash, file_hash, xorb_hash};
 use crate::shard::tests::shard_of;
 use crate::shard::{Segment, ShardFile};
 use sha2::Digest;
+use std::io::Read;
 
 fn xorb_of(chunks: &[Vec<u8>]) -> (Vec<u8>, XetHash) {
     let mut bytes = Vec::new();

@@ -36,16 +36,71 @@ fn bad(what: String) -> XetError {
 
 /// Parses, decompresses and hashes a serialized xorb; it must hash to `expected`.
 pub fn parse_xorb(bytes: &[u8], expected: &XetHash) -> Result<Xorb, XetError> {
-    if bytes.len() > MAX_XORB_UPLOAD {
-        return Err(XetError::TooLarge("xorb"));
-    }
-    let mut at = 0usize;
-    let mut chunks = Vec::new();
+    let mut reader = XorbReader::new(bytes, *expected)?;
     let mut data = Vec::new();
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        if rest.starts_with(FOOTER_IDENT) {
-            break;
+    let read = std::io::Read::read_to_end(&mut reader, &mut data);
+    if let Some(e) = reader.take_error() {
+        return Err(e);
+    }
+    read.map_err(|e| bad(e.to_string()))?;
+    Ok(Xorb {
+        hash: *expected,
+        chunks: reader.chunks,
+        data,
+    })
+}
+
+/// A serialized xorb read as its uncompressed bytes, one chunk at a time, verified as it goes
+/// (header rules, size limits, every chunk hashed); after the last chunk the xorb hash must be
+/// `expected`, else that read fails. An import fed by this reader therefore keeps nothing of
+/// a bad xorb, and memory stays at one chunk besides the serialized bytes.
+#[derive(Debug)]
+pub struct XorbReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    expected: XetHash,
+    chunks: Vec<(XetHash, u32)>,
+    total: usize,
+    plain: Vec<u8>,
+    plain_at: usize,
+    done: bool,
+    error: Option<XetError>,
+}
+
+impl<'a> XorbReader<'a> {
+    pub fn new(bytes: &'a [u8], expected: XetHash) -> Result<Self, XetError> {
+        if bytes.len() > MAX_XORB_UPLOAD {
+            return Err(XetError::TooLarge("xorb"));
+        }
+        Ok(Self {
+            bytes,
+            at: 0,
+            expected,
+            chunks: Vec::new(),
+            total: 0,
+            plain: Vec::new(),
+            plain_at: 0,
+            done: false,
+            error: None,
+        })
+    }
+
+    /// Why a read failed, when the xorb is at fault.
+    pub fn take_error(&mut self) -> Option<XetError> {
+        self.error.take()
+    }
+
+    /// Each chunk's hash and uncompressed length, once the whole xorb was read and verified.
+    pub fn into_chunks(self) -> Option<Vec<(XetHash, u32)>> {
+        (self.done && self.error.is_none()).then_some(self.chunks)
+    }
+
+    /// Decodes the next chunk into `plain`; `false` at the end (footer or end of bytes).
+    fn next_chunk(&mut self) -> Result<bool, XetError> {
+        let at = self.at;
+        let rest = &self.bytes[at..];
+        if rest.is_empty() || rest.starts_with(FOOTER_IDENT) {
+            return Ok(false);
         }
         let Some(header) = rest.get(..CHUNK_HEADER_LEN) else {
             return Err(bad(format!("truncated chunk header at byte {at}")));
@@ -65,7 +120,7 @@ pub fn parse_xorb(bytes: &[u8], expected: &XetHash) -> Result<Xorb, XetError> {
             )));
         }
         let start = at + CHUNK_HEADER_LEN;
-        let Some(body) = bytes.get(start..start + compressed) else {
+        let Some(body) = self.bytes.get(start..start + compressed) else {
             return Err(bad(format!("chunk at byte {at} is truncated")));
         };
         let plain = match scheme {
@@ -80,26 +135,64 @@ pub fn parse_xorb(bytes: &[u8], expected: &XetHash) -> Result<Xorb, XetError> {
                 plain.len()
             )));
         }
-        if chunks.len() == MAX_XORB_CHUNKS || data.len() + plain.len() > MAX_XORB_BYTES {
+        if self.chunks.len() == MAX_XORB_CHUNKS || self.total + plain.len() > MAX_XORB_BYTES {
             return Err(XetError::TooLarge("xorb"));
         }
-        chunks.push((chunk_hash(&plain), uncompressed as u32));
-        data.extend_from_slice(&plain);
-        at = start + compressed;
+        self.chunks.push((chunk_hash(&plain), uncompressed as u32));
+        self.total += plain.len();
+        self.plain = plain;
+        self.plain_at = 0;
+        self.at = start + compressed;
+        Ok(true)
     }
-    if chunks.is_empty() {
-        return Err(bad("no chunks".into()));
+
+    /// Checks the xorb hash once every chunk was read.
+    fn finish(&self) -> Result<(), XetError> {
+        if self.chunks.is_empty() {
+            return Err(bad("no chunks".into()));
+        }
+        let sized: Vec<(XetHash, u64)> = self
+            .chunks
+            .iter()
+            .map(|(h, l)| (*h, u64::from(*l)))
+            .collect();
+        let hash = xorb_hash(&sized);
+        if hash != self.expected {
+            return Err(XetError::HashMismatch {
+                what: "xorb",
+                claimed: self.expected.hex(),
+                actual: hash.hex(),
+            });
+        }
+        Ok(())
     }
-    let sized: Vec<(XetHash, u64)> = chunks.iter().map(|(h, l)| (*h, u64::from(*l))).collect();
-    let hash = xorb_hash(&sized);
-    if hash != *expected {
-        return Err(XetError::HashMismatch {
-            what: "xorb",
-            claimed: expected.hex(),
-            actual: hash.hex(),
-        });
+}
+
+impl std::io::Read for XorbReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.error.is_some() {
+                return Err(std::io::Error::other("xorb refused"));
+            }
+            if self.plain_at < self.plain.len() {
+                let n = out.len().min(self.plain.len() - self.plain_at);
+                out[..n].copy_from_slice(&self.plain[self.plain_at..self.plain_at + n]);
+                self.plain_at += n;
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
+            match self.next_chunk() {
+                Ok(true) => {}
+                Ok(false) => match self.finish() {
+                    Ok(()) => self.done = true,
+                    Err(e) => self.error = Some(e),
+                },
+                Err(e) => self.error = Some(e),
+            }
+        }
     }
-    Ok(Xorb { hash, chunks, data })
 }
 
 /// Undoes byte grouping: the input is four groups (bytes 0, 1, 2, 3 of every 4).

@@ -126,6 +126,8 @@ fn the_reserved_headroom_refuses_writes_up_front() {
     let err = store.import_reader(&data[..]).unwrap_err();
     assert!(err.is_storage_full(), "{err:?}");
     assert_eq!(footprint(&store), (0, 0, 0, vec![], vec![]));
+    // The same rule, asked before any bytes arrive (a Xet write token, a xorb's length).
+    assert!(store.ensure_room(0).unwrap_err().is_storage_full());
     // With the default headroom, an announced size larger than the disk is refused before
     // a byte is read.
     let dir = tempfile::tempdir().unwrap();
@@ -140,6 +142,13 @@ fn the_reserved_headroom_refuses_writes_up_front() {
         )
         .unwrap_err();
     assert!(err.is_storage_full(), "{err:?}");
+    store.ensure_room(1 << 20).unwrap();
+    assert!(
+        store
+            .ensure_room(u64::MAX / 2)
+            .unwrap_err()
+            .is_storage_full()
+    );
 }
 
 /// A real `ENOSPC`: the store on an 8 MiB tmpfs (needs root and a kernel that lets this

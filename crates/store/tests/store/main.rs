@@ -1,5 +1,6 @@
 //! Integration tests of hub-store: the one test binary of this crate.
 
+mod compose;
 mod crash;
 mod failed;
 mod files;
