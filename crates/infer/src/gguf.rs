@@ -315,6 +315,25 @@ impl GgufFile {
         rope_heads: Option<usize>,
         device: &Device,
     ) -> Result<QTensor, GgufError> {
+        let (dtype, data) = self.read_raw(reader, name, expected, rope_heads)?;
+        ggml_file::qtensor_from_ggml(dtype, &data, expected.to_vec(), device).map_err(|source| {
+            GgufError::Tensor {
+                path: self.path.clone(),
+                name: name.into(),
+                source: Box::new(source),
+            }
+        })
+    }
+
+    /// The checked raw bytes of a tensor (its blocks, rows un-permuted as in
+    /// [`GgufFile::read_tensor`]) and their dtype.
+    pub fn read_raw(
+        &self,
+        reader: &mut (impl Read + Seek),
+        name: &str,
+        expected: &[usize],
+        rope_heads: Option<usize>,
+    ) -> Result<(GgmlDType, Vec<u8>), GgufError> {
         let info = self
             .content
             .tensor_infos
@@ -374,13 +393,7 @@ impl GgufFile {
             data = unpermute_rope_rows(&data, rows, row_bytes, heads)
                 .ok_or_else(|| malformed(format!("{rows} rows do not split into {heads} heads")))?;
         }
-        ggml_file::qtensor_from_ggml(dtype, &data, dims.to_vec(), device).map_err(|source| {
-            GgufError::Tensor {
-                path: self.path.clone(),
-                name: name.into(),
-                source: Box::new(source),
-            }
-        })
+        Ok((dtype, data))
     }
 
     /// A reader positioned anywhere; [`Self::read_tensor`] seeks.

@@ -16,16 +16,20 @@
 //!
 //! Safetensors weights are held in f32 whatever their on-disk dtype (f16/bf16 are converted at
 //! load): the CPU backend's f32 matmuls are its fastest path, and it keeps one numeric path to
-//! test. GGUF checkpoints ([`Llama::from_gguf`]) keep their quantized projection matrices
-//! (Q4_0, Q4_1, Q8_0, k-quants, …) as candle `QMatMul`s — every projection, f32 or quantized,
-//! goes through `QMatMul`, so the forward pass is the same code for both; norms and the
-//! embedding table are dequantized to f32 (an embedding lookup is a row gather, not a matmul).
+//! test. GGUF checkpoints ([`Llama::from_gguf`]) keep their quantized projection matrices in
+//! the file's blocks: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K as [`hub_quant::QMatrix`] (our
+//! AVX2 kernels, 8-bit activations; ADR 0014), other quantizations as candle `QMatMul`s. Every
+//! projection goes through [`Linear`], so the forward pass is the same code for all; norms are
+//! f32, and a quantized embedding table stays quantized (a lookup dequantizes its rows).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::quantized::{GgmlDType, QMatMul, ggml_file};
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, Module, Tensor};
+use hub_quant::{QActs, QMatrix, QType};
 
 use crate::config::{ConfigError, LlamaConfig};
 use crate::gguf::{GgufError, GgufFile};
@@ -141,28 +145,38 @@ struct Layer {
     down: Linear,
 }
 
+/// A projection's weight: candle's (f32 tensor or a quantized type hub-quant lacks) or a
+/// hub-quant block matrix.
+#[derive(Debug)]
+enum Weight {
+    Candle(QMatMul),
+    Quant(Arc<QMatrix>),
+}
+
 /// A projection `x W^T (+ b)`; biases are Qwen2's (q/k/v) or Llama's `attention_bias`. `W` is
 /// an f32 tensor (`QMatMul::Tensor`, a plain matmul) or a quantized GGUF matrix.
 #[derive(Debug)]
 struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     fn new(weight: Tensor) -> Self {
         Self {
-            weight: QMatMul::Tensor(weight),
+            weight: Weight::Candle(QMatMul::Tensor(weight)),
             bias: None,
         }
     }
 
     /// Bytes of this projection's weights, unless they are `shared` (a tied embedding).
-    fn size_bytes(&self, shared: Option<&Tensor>) -> u64 {
-        let w = match &self.weight {
-            QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                if shared.is_some_and(|s| s.id() == t.id()) {
+    fn size_bytes(&self, shared: &Embedding) -> u64 {
+        let w = match (&self.weight, shared) {
+            (Weight::Quant(m), Embedding::Quant(e)) if Arc::ptr_eq(m, e) => 0,
+            (Weight::Quant(m), _) => m.size_bytes() as u64,
+            (Weight::Candle(QMatMul::QTensor(q)), _) => q.storage_size_in_bytes() as u64,
+            (Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)), _) => {
+                if matches!(shared, Embedding::Dense(s) if s.id() == t.id()) {
                     0
                 } else {
                     tensor_bytes(t)
@@ -173,11 +187,73 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Weight::Candle(w) => w.forward(x)?,
+            Weight::Quant(m) => quant_forward(m, x)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// `x W^T` with hub-quant: `x` (`…, cols`) quantized to 8 bits per 32, one threaded matmul.
+fn quant_forward(m: &QMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let cols = dims.pop().unwrap_or(0);
+    if cols != m.cols() {
+        candle_core::bail!("quantized matmul: input width {cols}, weight {}", m.cols());
+    }
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let acts = QActs::quantize(&xs, cols);
+    let mut y = vec![0f32; acts.rows() * m.rows()];
+    m.matmul(&acts, &mut y);
+    dims.push(m.rows());
+    Tensor::from_vec(y, dims, x.device())
+}
+
+/// The token embedding table: f32, or the file's quantized rows (dequantized per lookup).
+#[derive(Debug)]
+enum Embedding {
+    Dense(Tensor),
+    Quant(Arc<QMatrix>),
+}
+
+impl Embedding {
+    /// Rows `ids` (checked against the vocabulary by the caller) as a `(len, hidden)` tensor.
+    fn lookup(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => t.index_select(&Tensor::new(ids, device)?, 0),
+            Embedding::Quant(m) => {
+                let h = m.cols();
+                let mut out = vec![0f32; ids.len() * h];
+                for (row, &id) in out.chunks_exact_mut(h).zip(ids) {
+                    m.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), h), device)
+            }
+        }
+    }
+
+    fn size_bytes(&self) -> u64 {
+        match self {
+            Embedding::Dense(t) => tensor_bytes(t),
+            Embedding::Quant(m) => m.size_bytes() as u64,
+        }
+    }
+}
+
+/// hub-quant's format for a GGUF dtype, if it has kernels for it.
+fn quant_type(dtype: GgmlDType) -> Option<QType> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(QType::Q4_0),
+        GgmlDType::Q4_1 => Some(QType::Q4_1),
+        GgmlDType::Q8_0 => Some(QType::Q8_0),
+        GgmlDType::Q4K => Some(QType::Q4K),
+        GgmlDType::Q5K => Some(QType::Q5K),
+        GgmlDType::Q6K => Some(QType::Q6K),
+        _ => None,
     }
 }
 
@@ -234,7 +310,7 @@ impl Weights<'_> {
             None
         };
         Ok(Linear {
-            weight: QMatMul::Tensor(weight),
+            weight: Weight::Candle(QMatMul::Tensor(weight)),
             bias,
         })
     }
@@ -243,9 +319,14 @@ impl Weights<'_> {
 /// How [`Llama::from_gguf`] holds quantized projection matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgufWeights {
-    /// Keep them quantized (`QMatMul::QTensor`): the file's memory footprint; activations are
-    /// quantized to 8 bits per matmul, as llama.cpp does.
+    /// Keep them quantized, in the file's blocks: hub-quant's kernels for Q4_0, Q4_1, Q8_0,
+    /// Q4_K, Q5_K and Q6_K (the embedding table too), candle's `QMatMul` for other types. The
+    /// file's memory footprint; activations are quantized to 8 bits per matmul, as llama.cpp
+    /// does.
     Quantized,
+    /// Keep them quantized with candle's `QMatMul` for every type (the embedding table
+    /// dequantized to f32): the baseline ADR 0014 measured hub-quant against.
+    QuantizedCandle,
     /// Dequantize to f32 at load: ~4–8× the memory, the same f32 matmuls as safetensors
     /// checkpoints. On CPU builds without `-C target-cpu` AVX flags candle's quantized dot
     /// products run their scalar fallback, and this is ~20× faster (SmolLM2-135M: 0.5 s vs 10 s
@@ -258,7 +339,7 @@ pub enum GgufWeights {
 pub struct Llama {
     config: LlamaConfig,
     device: Device,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -387,7 +468,7 @@ impl Llama {
         Ok(Self {
             config,
             device: device.clone(),
-            embed,
+            embed: Embedding::Dense(embed),
             layers,
             norm,
             lm_head,
@@ -411,7 +492,8 @@ impl Llama {
         let (nh, nkv) = (config.num_attention_heads, config.num_kv_heads());
         let inter = config.intermediate_size;
         let mut read = |name: &str, shape: &[usize], rope_heads: Option<usize>| {
-            gguf.read_tensor(&mut reader, name, shape, rope_heads, device)
+            gguf.read_raw(&mut reader, name, shape, rope_heads)
+                .map(|(dtype, data)| (dtype, data, shape.to_vec()))
         };
         let gguf_err = |name: &str, source| {
             LoadError::from(GgufError::Tensor {
@@ -420,24 +502,54 @@ impl Llama {
                 source: Box::new(source),
             })
         };
-        let dense = |q: candle_core::quantized::QTensor, name: &str| {
-            q.dequantize(device).map_err(|e| gguf_err(name, e))
+        let qtensor = |(dtype, data, shape): (GgmlDType, Vec<u8>, Vec<usize>), name: &str| {
+            ggml_file::qtensor_from_ggml(dtype, &data, shape, device).map_err(|e| gguf_err(name, e))
         };
-        let matmul = |q: candle_core::quantized::QTensor, name: &str| {
+        let dense = |raw, name: &str| {
+            qtensor(raw, name)?
+                .dequantize(device)
+                .map_err(|e| gguf_err(name, e))
+        };
+        // hub-quant keeps the file's blocks as they are (CPU only: its kernels run on the host).
+        let ours = |dtype| {
+            weights == GgufWeights::Quantized && device.is_cpu() && quant_type(dtype).is_some()
+        };
+        let qmatrix = |(dtype, data, shape): (GgmlDType, Vec<u8>, Vec<usize>), name: &str| {
+            let qtype = quant_type(dtype).expect("checked by `ours`");
+            QMatrix::new(qtype, shape[0], shape[1], data)
+                .map(Arc::new)
+                .map_err(|e| gguf_err(name, candle_core::Error::Msg(e.to_string())))
+        };
+        let matmul = |raw: (GgmlDType, Vec<u8>, Vec<usize>), name: &str| {
+            let dtype = raw.0;
+            if ours(dtype) {
+                return Ok(Linear {
+                    weight: Weight::Quant(qmatrix(raw, name)?),
+                    bias: None,
+                });
+            }
             // Built directly, not with `QMatMul::from_qtensor`, which reads CANDLE_DEQUANTIZE_ALL
             // from the environment; float matrices are always plain f32 matmuls.
-            let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            let q = qtensor(raw, name)?;
             let weight = if weights == GgufWeights::DequantizeToF32 || float {
                 q.dequantize(device).map(QMatMul::Tensor)
             } else {
-                Ok(QMatMul::QTensor(std::sync::Arc::new(q)))
+                Ok(QMatMul::QTensor(Arc::new(q)))
             };
             weight
-                .map(|weight| Linear { weight, bias: None })
+                .map(|weight| Linear {
+                    weight: Weight::Candle(weight),
+                    bias: None,
+                })
                 .map_err(|e| gguf_err(name, e))
         };
-        let embed_q = read("token_embd.weight", &[config.vocab_size, h], None)?;
-        let embed = dense(embed_q, "token_embd.weight")?;
+        let embed_raw = read("token_embd.weight", &[config.vocab_size, h], None)?;
+        let embed = if ours(embed_raw.0) {
+            Embedding::Quant(qmatrix(embed_raw, "token_embd.weight")?)
+        } else {
+            Embedding::Dense(dense(embed_raw, "token_embd.weight")?)
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("blk.{i}");
@@ -474,13 +586,22 @@ impl Llama {
             read("output_norm.weight", &[h], None)?,
             "output_norm.weight",
         )?;
-        // Tied embeddings: the head reuses token_embd, kept quantized for the matmul.
-        let head_name = if config.tie_word_embeddings {
-            "token_embd.weight"
-        } else {
-            "output.weight"
+        // Tied embeddings: the head reuses token_embd, kept quantized for the matmul (one copy
+        // when hub-quant holds the table).
+        let lm_head = match (&embed, config.tie_word_embeddings) {
+            (Embedding::Quant(m), true) => Linear {
+                weight: Weight::Quant(Arc::clone(m)),
+                bias: None,
+            },
+            _ => {
+                let head_name = if config.tie_word_embeddings {
+                    "token_embd.weight"
+                } else {
+                    "output.weight"
+                };
+                matmul(read(head_name, &[config.vocab_size, h], None)?, head_name)?
+            }
         };
-        let lm_head = matmul(read(head_name, &[config.vocab_size, h], None)?, head_name)?;
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self {
             config,
@@ -510,7 +631,7 @@ impl Llama {
             .map(|l| {
                 [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
                     .iter()
-                    .map(|p| p.size_bytes(None))
+                    .map(|p| p.size_bytes(&self.embed))
                     .sum::<u64>()
                     + tensor_bytes(&l.input_norm)
                     + tensor_bytes(&l.post_norm)
@@ -521,10 +642,10 @@ impl Llama {
                         .sum::<u64>()
             })
             .sum();
-        tensor_bytes(&self.embed)
+        self.embed.size_bytes()
             + layers
             + tensor_bytes(&self.norm)
-            + self.lm_head.size_bytes(Some(&self.embed))
+            + self.lm_head.size_bytes(&self.embed)
     }
 
     /// Bytes of a KV store of `num_blocks` blocks of `block_size` tokens for this model (what
@@ -617,7 +738,7 @@ impl Llama {
                 .extend((item.start_pos..item.start_pos + item.tokens.len()).map(|p| p as u32));
         }
         let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, dev)?;
+        let token_ids = ids;
         let positions = Tensor::from_vec(positions, total, dev)?;
         let cos = self.cos.index_select(&positions, 0)?;
         let sin = self.sin.index_select(&positions, 0)?;
@@ -658,7 +779,7 @@ impl Llama {
 
         let scale = 1.0 / (hd as f64).sqrt();
         let eps = cfg.rms_norm_eps as f32;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.lookup(&token_ids, dev)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&kv.layers) {
             let residual = &x;
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;

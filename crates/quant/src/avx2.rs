@@ -1,0 +1,207 @@
+//! AVX2 + FMA + F16C dot products (x86-64). Same arithmetic as [`crate::scalar`]: exact
+//! integer sums per scale group (`maddubs` of unsigned × signed bytes into `i16` pairs, then
+//! `madd` into `i32`), scaled and accumulated in `f32` lanes.
+//!
+//! `unsafe` is confined to unaligned loads from slices whose length was checked just before;
+//! the kernels are `#[target_feature]` functions, entered only after [`crate::avx2_available`].
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use crate::formats::{QType, scale_min_k4};
+use crate::{ActRow, QK};
+
+/// Entry point; the caller has checked [`crate::avx2_available`] and the slice lengths.
+pub(crate) fn dot(qtype: QType, w: &[u8], a: ActRow<'_>) -> f32 {
+    debug_assert!(crate::avx2_available());
+    // SAFETY: AVX2, FMA and F16C are present (checked by the caller, `dot_with`).
+    unsafe {
+        match qtype {
+            QType::Q4_0 => dot_q4_0(w, a),
+            QType::Q4_1 => dot_q4_1(w, a),
+            QType::Q8_0 => dot_q8_0(w, a),
+            QType::Q4K => dot_q4k(w, a, false),
+            QType::Q5K => dot_q4k(w, a, true),
+            QType::Q6K => dot_q6k(w, a),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: 32 readable bytes (checked); unaligned load.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32_i8(b: &[i8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: as `load32`.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load16(b: &[u8]) -> __m128i {
+    assert!(b.len() >= 16);
+    // SAFETY: 16 readable bytes (checked); unaligned load.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// 8 lanes of `i32` pair sums of unsigned `u` (≤ 127 per byte pair product sum) × signed `s`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// Same for signed × signed: |w| × (x with w's sign).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_i8_i8(w: __m256i, x: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+}
+
+/// The 32 nibbles of 16 bytes in element order: low nibbles (0..16), then high (16..32).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles16(b: &[u8]) -> __m256i {
+    let q = load16(b);
+    let m = _mm_set1_epi8(0xF);
+    let lo = _mm_and_si128(q, m);
+    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+    _mm256_set_m128i(hi, lo)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0(w: &[u8], a: ActRow<'_>) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let eight = _mm256_set1_epi8(8);
+    for (b, blk) in w.chunks_exact(18).enumerate() {
+        let q = _mm256_sub_epi8(nibbles16(&blk[2..]), eight);
+        let p = dot_i8_i8(q, load32_i8(&a.qs[b * QK..]));
+        let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_1(w: &[u8], a: ActRow<'_>) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (b, blk) in w.chunks_exact(20).enumerate() {
+        let p = dot_u8_i8(nibbles16(&blk[4..]), load32_i8(&a.qs[b * QK..]));
+        let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        mins += f16_at(blk, 2) * a.s[b];
+    }
+    hsum(acc) + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0(w: &[u8], a: ActRow<'_>) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, blk) in w.chunks_exact(34).enumerate() {
+        let p = dot_i8_i8(load32(&blk[2..]), load32_i8(&a.qs[b * QK..]));
+        let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum(acc)
+}
+
+/// Q4_K, and Q5_K when `fifth` (its `qh` bits added as bit 4 of each code).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4k(w: &[u8], a: ActRow<'_>, fifth: bool) -> f32 {
+    let bb = if fifth { 176 } else { 144 };
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    let m4 = _mm256_set1_epi8(0xF);
+    let one = _mm256_set1_epi8(1);
+    for (b, blk) in w.chunks_exact(bb).enumerate() {
+        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        let scales = &blk[4..16];
+        let qs = if fifth { &blk[48..176] } else { &blk[16..144] };
+        let qh = if fifth {
+            load32(&blk[16..48])
+        } else {
+            _mm256_setzero_si256()
+        };
+        for j in 0..4 {
+            let q = load32(&qs[32 * j..]);
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if fifth {
+                let bit = |k: i64| {
+                    let h = _mm256_srl_epi16(qh, _mm_set_epi64x(0, k));
+                    _mm256_slli_epi16(_mm256_and_si256(h, one), 4)
+                };
+                lo = _mm256_or_si256(lo, bit(2 * j as i64));
+                hi = _mm256_or_si256(hi, bit(2 * j as i64 + 1));
+            }
+            for (h, codes) in [lo, hi].into_iter().enumerate() {
+                let sub = 2 * j + h;
+                let ab = b * 8 + sub; // activation block
+                let (sc, m) = scale_min_k4(sub, scales);
+                let p = dot_u8_i8(codes, load32_i8(&a.qs[ab * QK..]));
+                let f = _mm256_set1_ps(d * f32::from(sc) * a.d[ab]);
+                acc = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc);
+                mins += dmin * f32::from(m) * a.s[ab];
+            }
+        }
+    }
+    hsum(acc) - mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q6k(w: &[u8], a: ActRow<'_>) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let m4 = _mm256_set1_epi8(0xF);
+    let m2 = _mm256_set1_epi8(3);
+    let off = _mm256_set1_epi8(32);
+    for (b, blk) in w.chunks_exact(210).enumerate() {
+        let d = f16_at(blk, 208);
+        let sc = &blk[192..208];
+        for n in 0..2 {
+            let ql0 = load32(&blk[64 * n..]);
+            let ql1 = load32(&blk[64 * n + 32..]);
+            let qh = load32(&blk[128 + 32 * n..]);
+            let high = |shift: i32| {
+                let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift));
+                _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
+            };
+            let runs = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(6)),
+            ];
+            for (r, codes) in runs.into_iter().enumerate() {
+                let ab = b * 8 + 4 * n + r; // activation block of these 32 elements
+                let g = 8 * n + 2 * r; // its two 16-element scale groups
+                let x = load32_i8(&a.qs[ab * QK..]);
+                let q = _mm256_sub_epi8(codes, off);
+                let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+                let s = _mm256_set_m128i(
+                    _mm_set1_epi16(i16::from(sc[g + 1] as i8)),
+                    _mm_set1_epi16(i16::from(sc[g] as i8)),
+                );
+                let p = _mm256_madd_epi16(p16, s);
+                let f = _mm256_set1_ps(d * a.d[ab]);
+                acc = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc);
+            }
+        }
+    }
+    hsum(acc)
+}

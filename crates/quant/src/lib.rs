@@ -1,0 +1,322 @@
+//! Quantized matrix kernels for CPU inference: a weight matrix kept in its GGUF block format
+//! (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) times activations quantized to 8 bits, as llama.cpp
+//! computes it.
+//!
+//! - [`QMatrix`] holds the file's bytes unchanged (`rows × cols`, blocks along a row).
+//! - [`QActs`] quantizes `n` activation rows once per matmul: blocks of 32 `i8` with one `f32`
+//!   scale each and the block's sum (for the formats with an offset: Q4_1's `m`, the k-quants'
+//!   sub-block minimums). One activation format serves every weight format, because every
+//!   weight format here has its scales on 32-element (or finer) sub-blocks.
+//! - [`QMatrix::matmul`] computes `y = x Wᵀ` for those rows: the output rows are split across
+//!   the rayon pool, and each weight row is read once and dotted with all `n` activation rows
+//!   while it is in L1 (batched decode shares one read of the weights per step).
+//! - Dot products run on AVX2/FMA/F16C when the CPU has them (checked once at run time), else
+//!   on the scalar code in [`scalar`], which is also the reference the property tests hold the
+//!   SIMD kernels to.
+//!
+//! Accuracy: every kernel sums exact integer products per 32-element block (or 16 for Q6_K's
+//! scales) and accumulates those in `f32`, so SIMD and scalar agree to `f32` rounding.
+
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod formats;
+pub mod scalar;
+
+pub use formats::QType;
+
+/// Elements per activation block (and per the smallest weight block).
+pub const QK: usize = 32;
+
+/// Failure to build a [`QMatrix`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuantError {
+    #[error("{qtype:?}: row of {cols} elements is not a multiple of the block of {block}")]
+    RowLength {
+        qtype: QType,
+        cols: usize,
+        block: usize,
+    },
+    #[error("{qtype:?} {rows}×{cols}: {actual} bytes, expected {expected}")]
+    Size {
+        qtype: QType,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        actual: usize,
+    },
+}
+
+/// Which dot-product code runs: decided once per process from the CPU's features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C (x86-64).
+    Avx2,
+}
+
+/// The best [`Isa`] this CPU supports (`HUBMESH_QUANT_SCALAR=1` forces the scalar code).
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::env::var_os("HUBMESH_QUANT_SCALAR").is_some_and(|v| v == "1") {
+            return Isa::Scalar;
+        }
+        if avx2_available() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    })
+}
+
+/// Whether this CPU has AVX2, FMA and F16C (what [`Isa::Avx2`] needs).
+pub fn avx2_available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// `n` activation rows of `cols` elements, quantized to blocks of 32 `i8`.
+#[derive(Debug, Clone, Default)]
+pub struct QActs {
+    rows: usize,
+    cols: usize,
+    /// Per block: scale `d` (value = `d · q`).
+    pub(crate) d: Vec<f32>,
+    /// Per block: `d · Σq` (the block's sum, for weight formats with an offset).
+    pub(crate) s: Vec<f32>,
+    pub(crate) qs: Vec<i8>,
+}
+
+/// One quantized activation row.
+#[derive(Debug, Clone, Copy)]
+pub struct ActRow<'a> {
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub qs: &'a [i8],
+}
+
+impl QActs {
+    /// Quantizes `x` (`rows × cols`, row-major; `cols` a multiple of 32), reusing `self`'s
+    /// buffers. Each block is scaled so its largest magnitude maps to 127 (round to nearest).
+    pub fn quantize_into(&mut self, x: &[f32], cols: usize) {
+        assert!(cols.is_multiple_of(QK) && cols > 0, "cols {cols}");
+        assert!(
+            x.len().is_multiple_of(cols),
+            "{} values, cols {cols}",
+            x.len()
+        );
+        let nb = x.len() / QK;
+        self.rows = x.len() / cols;
+        self.cols = cols;
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        self.qs.resize(x.len(), 0);
+        for (b, block) in x.chunks_exact(QK).enumerate() {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in self.qs[b * QK..(b + 1) * QK].iter_mut().zip(block) {
+                // |v · id| ≤ 127 up to rounding; the clamp keeps NaN/inf inputs defined.
+                let r = (v * id).round().clamp(-127.0, 127.0) as i8;
+                *q = r;
+                sum += i32::from(r);
+            }
+            self.d[b] = d;
+            self.s[b] = d * sum as f32;
+        }
+    }
+
+    pub fn quantize(x: &[f32], cols: usize) -> Self {
+        let mut a = Self::default();
+        a.quantize_into(x, cols);
+        a
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn row(&self, i: usize) -> ActRow<'_> {
+        let nb = self.cols / QK;
+        ActRow {
+            d: &self.d[i * nb..(i + 1) * nb],
+            s: &self.s[i * nb..(i + 1) * nb],
+            qs: &self.qs[i * self.cols..(i + 1) * self.cols],
+        }
+    }
+
+    /// The values the quantized row stands for (`d · q`), for tests and references.
+    pub fn dequantize_row(&self, i: usize) -> Vec<f32> {
+        let r = self.row(i);
+        r.qs.iter()
+            .enumerate()
+            .map(|(j, &q)| r.d[j / QK] * f32::from(q))
+            .collect()
+    }
+}
+
+/// A weight matrix in a GGUF block format: `rows` rows of `cols` elements, each row
+/// `cols / block_len` consecutive blocks, exactly the file's bytes.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    qtype: QType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl QMatrix {
+    pub fn new(qtype: QType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, QuantError> {
+        let block = qtype.block_len();
+        if cols == 0 || !cols.is_multiple_of(block) {
+            return Err(QuantError::RowLength { qtype, cols, block });
+        }
+        let expected = rows
+            .checked_mul(cols / block)
+            .and_then(|b| b.checked_mul(qtype.block_bytes()));
+        if expected != Some(data.len()) {
+            return Err(QuantError::Size {
+                qtype,
+                rows,
+                cols,
+                expected: expected.unwrap_or(usize::MAX),
+                actual: data.len(),
+            });
+        }
+        Ok(Self {
+            qtype,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn qtype(&self) -> QType {
+        self.qtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The bytes held (the file's size of this tensor).
+    pub fn size_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.qtype.block_len() * self.qtype.block_bytes()
+    }
+
+    /// The raw blocks of row `r`.
+    pub fn row_data(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values): an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        formats::dequantize_row(self.qtype, self.row_data(r), out);
+    }
+
+    /// Dot product of weight row `r` with one quantized activation row.
+    pub fn dot(&self, r: usize, a: ActRow<'_>) -> f32 {
+        dot_with(isa(), self.qtype, self.row_data(r), a)
+    }
+
+    /// `y = x Wᵀ`: `y` is `acts.rows() × self.rows()`, row-major. Output rows are split across
+    /// the current rayon pool; each weight row meets every activation row while in cache.
+    pub fn matmul(&self, acts: &QActs, y: &mut [f32]) {
+        self.matmul_with(isa(), acts, y);
+    }
+
+    /// [`QMatrix::matmul`] with a given instruction set (tests and benches compare them).
+    pub fn matmul_with(&self, isa: Isa, acts: &QActs, y: &mut [f32]) {
+        use rayon::prelude::*;
+        assert_eq!(acts.cols(), self.cols, "activation width");
+        let n = acts.rows();
+        assert_eq!(y.len(), n * self.rows, "output size");
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        // Chunks of output rows: enough for the pool to balance, big enough that a task
+        // (~a few µs) outweighs the scheduling. Rows × n results, transposed at the end.
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = self.rows.div_ceil(threads * 8).max(16);
+        let rb = self.row_bytes();
+        let one = |rows: &mut [f32], first: usize| {
+            for (i, out) in rows.chunks_exact_mut(n).enumerate() {
+                let w = &self.data[(first + i) * rb..(first + i + 1) * rb];
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = dot_with(isa, self.qtype, w, acts.row(t));
+                }
+            }
+        };
+        if n == 1 {
+            y.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(c, rows)| one(rows, c * chunk));
+        } else {
+            let mut t = vec![0f32; n * self.rows];
+            t.par_chunks_mut(chunk * n)
+                .enumerate()
+                .for_each(|(c, rows)| one(rows, c * chunk));
+            for (r, col) in t.chunks_exact(n).enumerate() {
+                for (i, &v) in col.iter().enumerate() {
+                    y[i * self.rows + r] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Dot product of one weight row (raw blocks) with one activation row. [`Isa::Avx2`] on a CPU
+/// without it runs the scalar code.
+///
+/// Panics if `w` and `a` do not hold the same number of elements.
+pub fn dot_with(isa: Isa, qtype: QType, w: &[u8], a: ActRow<'_>) -> f32 {
+    let cols = w.len() / qtype.block_bytes() * qtype.block_len();
+    assert!(
+        w.len().is_multiple_of(qtype.block_bytes())
+            && a.qs.len() == cols
+            && a.d.len() == cols / QK
+            && a.s.len() == cols / QK,
+        "{qtype:?}: {} weight bytes, {} activations",
+        w.len(),
+        a.qs.len()
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if avx2_available() => avx2::dot(qtype, w, a),
+        _ => scalar::dot(qtype, w, a),
+    }
+}
+
+/// A rayon pool of `threads` workers for [`QMatrix::matmul`] (run it inside `install`).
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("hub-quant-{i}"))
+        .build()
+}
