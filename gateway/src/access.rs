@@ -31,7 +31,7 @@ pub(crate) fn audit(state: &AppState, principal: Option<&Principal>, id: &RepoId
     let actor = principal.map_or("anonymous", |p| p.user.name.as_str());
     let repo = format!("{}/{}/{}", id.kind().plural(), id.namespace(), id.name());
     match need {
-        Need::Read => log.record_read(actor, &repo),
+        Need::Read | Need::Download => log.record_read(actor, &repo),
         Need::Write | Need::RewriteHistory => {
             log.record(actor, "write", Some(&repo), serde_json::json!({}));
         }
