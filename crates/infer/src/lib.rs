@@ -45,6 +45,7 @@
 //! # }
 //! ```
 
+mod attention;
 pub mod bert;
 pub mod chat;
 pub mod config;

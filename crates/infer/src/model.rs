@@ -31,9 +31,10 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Module, Tensor};
 use hub_quant::{QActs, QMatrix, QType};
 
+use crate::attention::{StepLayout, StepLayoutError};
 use crate::config::{ConfigError, LlamaConfig};
 use crate::gguf::{GgufError, GgufFile};
-use crate::kv_cache::{KvStore, slot_of};
+use crate::kv_cache::KvStore;
 
 /// Failure to load a model.
 #[derive(Debug, thiserror::Error)]
@@ -727,114 +728,30 @@ impl Llama {
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
         let dev = &self.device;
 
-        // Packed token ids and per-token positions.
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut offsets = Vec::with_capacity(batch.len());
-        for item in batch {
-            offsets.push(ids.len());
-            ids.extend_from_slice(item.tokens);
-            positions
-                .extend((item.start_pos..item.start_pos + item.tokens.len()).map(|p| p as u32));
-        }
-        let total = ids.len();
-        let token_ids = ids;
-        let positions = Tensor::from_vec(positions, total, dev)?;
-        let cos = self.cos.index_select(&positions, 0)?;
-        let sin = self.sin.index_select(&positions, 0)?;
-
-        // Per item: slots of the new tokens (runs of consecutive slots) and of the whole context.
-        let mut write_runs = Vec::with_capacity(batch.len());
-        let mut context_slots = Vec::with_capacity(batch.len());
-        let mut masks = Vec::with_capacity(batch.len());
-        let groups = nh / nkv;
-        for item in batch {
-            let end = item.start_pos + item.tokens.len();
-            let slots: Vec<u32> = (0..end)
-                .map(|p| slot_of(item.block_table, kv.block_size, p).map(|s| s as u32))
-                .collect::<Option<_>>()
-                .ok_or_else(|| ForwardError::InvalidBatch("block table too short".into()))?;
-            let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (token offset, slot, len)
-            for (i, &slot) in slots[item.start_pos..].iter().enumerate() {
-                match runs.last_mut() {
-                    Some((_, s, len)) if *s + *len == slot as usize => *len += 1,
-                    _ => runs.push((i, slot as usize, 1)),
-                }
-            }
-            write_runs.push(runs);
-            context_slots.push(Tensor::from_vec(slots, end, dev)?);
-            let n = item.tokens.len();
-            masks.push(if n > 1 {
-                // Row r is query token r % n (the g query heads of a K/V head are stacked).
-                let mut m = vec![0f32; groups * n * end];
-                for r in 0..groups * n {
-                    let pos = item.start_pos + r % n;
-                    m[r * end + pos + 1..(r + 1) * end].fill(f32::NEG_INFINITY);
-                }
-                Some(Tensor::from_vec(m, (groups * n, end), dev)?)
-            } else {
-                None
-            });
-        }
-
-        let scale = 1.0 / (hd as f64).sqrt();
+        let step = StepLayout::new(batch, kv.block_size, nh / nkv, &self.cos, &self.sin, dev)
+            .map_err(|e| match e {
+                StepLayoutError::BlockTable => ForwardError::InvalidBatch(e.to_string()),
+                StepLayoutError::Tensor(e) => e.into(),
+            })?;
+        let total = step.total();
+        let offsets = &step.offsets;
         let eps = cfg.rms_norm_eps as f32;
-        let mut x = self.embed.lookup(&token_ids, dev)?;
+        let mut x = self.embed.lookup(&step.ids, dev)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&kv.layers) {
             let residual = &x;
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
             let q = layer.q.forward(&h)?.reshape((1, total, nh, hd))?;
             let k = layer.k.forward(&h)?.reshape((1, total, nkv, hd))?;
             let v = layer.v.forward(&h)?.reshape((total, nkv, hd))?;
-            let q = match &layer.q_norm {
-                Some(w) => candle_nn::ops::rms_norm(&q, w, eps)?,
-                None => q,
-            };
-            let k = match &layer.k_norm {
-                Some(w) => candle_nn::ops::rms_norm(&k, w, eps)?,
-                None => k,
-            };
-            let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?.squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?.squeeze(0)?;
-
-            let mut outs = Vec::with_capacity(batch.len());
-            for (s, item) in batch.iter().enumerate() {
-                let off = offsets[s];
-                let n = item.tokens.len();
-                for &(t, slot, len) in &write_runs[s] {
-                    k_cache.slice_set(&k.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
-                    v_cache.slice_set(&v.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
-                }
-                let ctx = context_slots[s].dims1()?;
-                // (ctx, kv, d) -> (kv, ctx, d)
-                let ks = k_cache
-                    .index_select(&context_slots[s], 0)?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                let vs = v_cache
-                    .index_select(&context_slots[s], 0)?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                // (n, h, d) -> (h, n, d) -> (kv, g*n, d)
-                let qs = q
-                    .narrow(0, off, n)?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((nkv, groups * n, hd))?;
-                let mut att = (qs.matmul(&ks.t()?)? * scale)?;
-                if let Some(mask) = &masks[s] {
-                    att = att.broadcast_add(mask)?;
-                }
-                let att = candle_nn::ops::softmax_last_dim(&att)?;
-                debug_assert_eq!(att.dims(), &[nkv, groups * n, ctx]);
-                let o = att
-                    .matmul(&vs)?
-                    .reshape((nh, n, hd))?
-                    .transpose(0, 1)?
-                    .reshape((n, nh * hd))?;
-                outs.push(o);
-            }
-            let attn = layer.o.forward(&Tensor::cat(&outs, 0)?)?;
+            let heads = step.attend(
+                q,
+                k,
+                v,
+                (layer.q_norm.as_ref(), layer.k_norm.as_ref(), eps),
+                (k_cache, v_cache),
+                (nh, nkv, hd),
+            )?;
+            let attn = layer.o.forward(&heads)?;
             let x1 = (residual + attn)?;
             let h = candle_nn::ops::rms_norm(&x1, &layer.post_norm, eps)?;
             let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;

@@ -1,11 +1,10 @@
 //! One worker of a sharded model: its slices of its stage's layers, and the forward pass over
 //! them (see [`crate::shard`] for the split).
 //!
-//! The attention and MLP code follows [`crate::model::Llama::forward`] (packed ragged batch,
-//! per-token RoPE, paged KV gathered per sequence, GQA as stacked rows) with this rank's head
-//! counts; the two row-parallel products are all-reduced through a [`Collective`]. The batch
-//! layout (slots, masks) is rebuilt here rather than shared, so this module can change without
-//! touching the single-node path that another line of work tunes.
+//! The batch layout and the attention over the paged KV cache are the single-node path's
+//! ([`crate::attention`]: packed ragged batch, per-token RoPE, paged KV gathered per sequence,
+//! GQA as stacked rows), run with this rank's head counts; the two row-parallel products are
+//! all-reduced through a [`Collective`].
 
 use std::ops::Range;
 
@@ -14,8 +13,9 @@ use candle_core::{D, Device, Tensor};
 use super::collective::{Collective, LinkError};
 use super::source::{ShardSource, Slice, SourceError};
 use super::{HeadSplit, LayoutError, ShardLayout};
+use crate::attention::{StepLayout, StepLayoutError};
 use crate::config::LlamaConfig;
-use crate::kv_cache::{KvStore, slot_of};
+use crate::kv_cache::KvStore;
 use crate::model::{BatchItem, SeqLogits};
 
 /// Failure of a shard's forward step.
@@ -404,55 +404,17 @@ impl StageShard {
         let dev = &self.device;
         let hidden = cfg.hidden_size;
 
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut offsets = Vec::with_capacity(batch.len());
-        for item in batch {
-            offsets.push(ids.len());
-            ids.extend_from_slice(item.tokens);
-            positions
-                .extend((item.start_pos..item.start_pos + item.tokens.len()).map(|p| p as u32));
-        }
-        let total = ids.len();
-        let positions = Tensor::from_vec(positions, total, dev)?;
-        let cos = self.cos.index_select(&positions, 0)?;
-        let sin = self.sin.index_select(&positions, 0)?;
-
-        let groups = nh / nkv;
-        let mut write_runs = Vec::with_capacity(batch.len());
-        let mut context_slots = Vec::with_capacity(batch.len());
-        let mut masks = Vec::with_capacity(batch.len());
-        for item in batch {
-            let end = item.start_pos + item.tokens.len();
-            let slots: Vec<u32> = (0..end)
-                .map(|p| slot_of(item.block_table, kv.block_size, p).map(|s| s as u32))
-                .collect::<Option<_>>()
-                .ok_or_else(|| StageError::InvalidBatch("block table too short".into()))?;
-            let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-            for (i, &slot) in slots[item.start_pos..].iter().enumerate() {
-                match runs.last_mut() {
-                    Some((_, s, len)) if *s + *len == slot as usize => *len += 1,
-                    _ => runs.push((i, slot as usize, 1)),
-                }
-            }
-            write_runs.push(runs);
-            context_slots.push(Tensor::from_vec(slots, end, dev)?);
-            let n = item.tokens.len();
-            masks.push(if n > 1 {
-                let mut m = vec![0f32; groups * n * end];
-                for r in 0..groups * n {
-                    let pos = item.start_pos + r % n;
-                    m[r * end + pos + 1..(r + 1) * end].fill(f32::NEG_INFINITY);
-                }
-                Some(Tensor::from_vec(m, (groups * n, end), dev)?)
-            } else {
-                None
-            });
-        }
+        let step = StepLayout::new(batch, kv.block_size, nh / nkv, &self.cos, &self.sin, dev)
+            .map_err(|e| match e {
+                StepLayoutError::BlockTable => StageError::InvalidBatch(e.to_string()),
+                StepLayoutError::Tensor(e) => e.into(),
+            })?;
+        let total = step.total();
+        let offsets = &step.offsets;
 
         let mut x = match (input, &self.embed) {
             (StageInput::Tokens, Some(embed)) => {
-                embed.index_select(&Tensor::from_vec(ids, total, dev)?, 0)?
+                embed.index_select(&Tensor::from_vec(step.ids.clone(), total, dev)?, 0)?
             }
             (StageInput::Hidden(h), None) => {
                 if h.len() != total * hidden {
@@ -475,7 +437,6 @@ impl StageShard {
             }
         };
 
-        let scale = 1.0 / (hd as f64).sqrt();
         let eps = cfg.rms_norm_eps as f32;
         let mut buf = Vec::new();
         let mut reduce = |t: Tensor, coll: &mut dyn Collective| -> Result<Tensor, StageError> {
@@ -492,50 +453,15 @@ impl StageShard {
             let q = layer.q.forward(&h)?.reshape((1, total, nh, hd))?;
             let k = layer.k.forward(&h)?.reshape((1, total, nkv, hd))?;
             let v = layer.v.forward(&h)?.reshape((total, nkv, hd))?;
-            let q = match &layer.q_norm {
-                Some(w) => candle_nn::ops::rms_norm(&q, w, eps)?,
-                None => q,
-            };
-            let k = match &layer.k_norm {
-                Some(w) => candle_nn::ops::rms_norm(&k, w, eps)?,
-                None => k,
-            };
-            let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?.squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?.squeeze(0)?;
-            let mut outs = Vec::with_capacity(batch.len());
-            for (s, item) in batch.iter().enumerate() {
-                let off = offsets[s];
-                let n = item.tokens.len();
-                for &(t, slot, len) in &write_runs[s] {
-                    k_cache.slice_set(&k.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
-                    v_cache.slice_set(&v.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
-                }
-                let ks = k_cache
-                    .index_select(&context_slots[s], 0)?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                let vs = v_cache
-                    .index_select(&context_slots[s], 0)?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                let qs = q
-                    .narrow(0, off, n)?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((nkv, groups * n, hd))?;
-                let mut att = (qs.matmul(&ks.t()?)? * scale)?;
-                if let Some(mask) = &masks[s] {
-                    att = att.broadcast_add(mask)?;
-                }
-                let att = candle_nn::ops::softmax_last_dim(&att)?;
-                let o = att
-                    .matmul(&vs)?
-                    .reshape((nh, n, hd))?
-                    .transpose(0, 1)?
-                    .reshape((n, nh * hd))?;
-                outs.push(o);
-            }
-            let partial = Tensor::cat(&outs, 0)?.matmul(&layer.o.t()?)?;
+            let heads = step.attend(
+                q,
+                k,
+                v,
+                (layer.q_norm.as_ref(), layer.k_norm.as_ref(), eps),
+                (k_cache, v_cache),
+                (nh, nkv, hd),
+            )?;
+            let partial = heads.matmul(&layer.o.t()?)?;
             let mut attn = reduce(partial, coll)?;
             if let Some(b) = &layer.o_bias {
                 attn = attn.broadcast_add(b)?;
