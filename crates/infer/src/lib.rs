@@ -45,7 +45,6 @@
 //! # }
 //! ```
 
-mod attention;
 pub mod bert;
 pub mod chat;
 pub mod config;

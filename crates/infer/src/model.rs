@@ -31,10 +31,12 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Module, Tensor};
 use hub_quant::{QActs, QMatrix, QType};
 
-use crate::attention::{StepLayout, StepLayoutError};
 use crate::config::{ConfigError, LlamaConfig};
 use crate::gguf::{GgufError, GgufFile};
 use crate::kv_cache::KvStore;
+
+pub(crate) mod attention;
+use attention::{StepLayout, StepLayoutError};
 
 /// Failure to load a model.
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,9 @@
 //! them (see [`crate::shard`] for the split).
 //!
 //! The batch layout and the attention over the paged KV cache are the single-node path's
-//! ([`crate::attention`]: packed ragged batch, per-token RoPE, paged KV gathered per sequence,
-//! GQA as stacked rows), run with this rank's head counts; the two row-parallel products are
-//! all-reduced through a [`Collective`].
+//! ([`crate::model::attention`]: packed ragged batch, per-token RoPE, paged KV gathered per
+//! sequence, GQA as stacked rows), run with this rank's head counts; the two row-parallel
+//! products are all-reduced through a [`Collective`].
 
 use std::ops::Range;
 
@@ -13,9 +13,9 @@ use candle_core::{D, Device, Tensor};
 use super::collective::{Collective, LinkError};
 use super::source::{ShardSource, Slice, SourceError};
 use super::{HeadSplit, LayoutError, ShardLayout};
-use crate::attention::{StepLayout, StepLayoutError};
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvStore;
+use crate::model::attention::{StepLayout, StepLayoutError};
 use crate::model::{BatchItem, SeqLogits};
 
 /// Failure of a shard's forward step.

@@ -5,8 +5,8 @@
 
 use candle_core::{Device, Tensor};
 
+use super::BatchItem;
 use crate::kv_cache::slot_of;
-use crate::model::BatchItem;
 
 /// An item's block table does not cover its positions (callers check batches first, so this
 /// means a caller bug rather than bad input; still an error, never a panic).
