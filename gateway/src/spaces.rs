@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::access::{access, read_access};
 use crate::error::AppError;
 use crate::extract::authenticate;
-use crate::util::format_date;
+use crate::util::{format_date, parse_json};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -210,11 +210,6 @@ async fn restart(
     )))
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AppError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
 #[derive(Debug, Deserialize)]
 struct SleepBody {
     seconds: i64,
@@ -227,7 +222,7 @@ async fn sleeptime(
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
     let id = allowed(&state, &headers, &path, Need::Write).await?;
-    let body: SleepBody = json_body(&body)?;
+    let body: SleepBody = parse_json(&body)?;
     if body.seconds == 0 || body.seconds < -1 {
         return Err(AppError::BadRequest(
             "sleep time is a positive number of seconds, or -1 for never".into(),
@@ -294,7 +289,7 @@ async fn add_secret(
     body: Bytes,
 ) -> Result<StatusCode, AppError> {
     let id = allowed(&state, &headers, &path, Need::Write).await?;
-    let body: EntryBody = json_body(&body)?;
+    let body: EntryBody = parse_json(&body)?;
     spaces(&state)?
         .set_entry(&id, true, &body.key, &body.value, body.description)
         .await?;
@@ -308,7 +303,7 @@ async fn delete_secret(
     body: Bytes,
 ) -> Result<StatusCode, AppError> {
     let id = allowed(&state, &headers, &path, Need::Write).await?;
-    let body: KeyBody = json_body(&body)?;
+    let body: KeyBody = parse_json(&body)?;
     spaces(&state)?.delete_entry(&id, true, &body.key).await?;
     Ok(StatusCode::OK)
 }
@@ -330,7 +325,7 @@ async fn add_variable(
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
     let id = allowed(&state, &headers, &path, Need::Write).await?;
-    let body: EntryBody = json_body(&body)?;
+    let body: EntryBody = parse_json(&body)?;
     let settings = spaces(&state)?
         .set_entry(&id, false, &body.key, &body.value, body.description)
         .await?;
@@ -344,7 +339,7 @@ async fn delete_variable(
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
     let id = allowed(&state, &headers, &path, Need::Write).await?;
-    let body: KeyBody = json_body(&body)?;
+    let body: KeyBody = parse_json(&body)?;
     let settings = spaces(&state)?.delete_entry(&id, false, &body.key).await?;
     Ok(Json(entries_json(&settings.variables, true)))
 }

@@ -676,43 +676,8 @@ impl Llama {
     }
 
     fn check_batch(&self, kv: &KvStore, batch: &[BatchItem<'_>]) -> Result<(), ForwardError> {
-        let bad = |m: String| Err(ForwardError::InvalidBatch(m));
-        if kv.layers.len() != self.layers.len() {
-            return bad(format!(
-                "kv store has {} layers, model {}",
-                kv.layers.len(),
-                self.layers.len()
-            ));
-        }
-        for (i, item) in batch.iter().enumerate() {
-            let end = item.start_pos + item.tokens.len();
-            if item.tokens.is_empty() {
-                return bad(format!("item {i}: no tokens"));
-            }
-            if let Some(t) = item
-                .tokens
-                .iter()
-                .find(|&&t| t as usize >= self.config.vocab_size)
-            {
-                return bad(format!("item {i}: token {t} outside vocabulary"));
-            }
-            if end > self.config.max_position_embeddings {
-                return bad(format!(
-                    "item {i}: position {end} beyond max_position_embeddings"
-                ));
-            }
-            if item.block_table.len() * kv.block_size < end {
-                return bad(format!("item {i}: block table too short for {end} tokens"));
-            }
-            if let Some(b) = item
-                .block_table
-                .iter()
-                .find(|&&b| b as usize >= kv.num_blocks)
-            {
-                return bad(format!("item {i}: block {b} outside the store"));
-            }
-        }
-        Ok(())
+        attention::check_batch(batch, &self.config, kv, self.layers.len(), "model")
+            .map_err(ForwardError::InvalidBatch)
     }
 
     /// Runs one step over a ragged batch: writes the new tokens' K/V into their cache slots and

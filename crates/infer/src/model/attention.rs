@@ -6,7 +6,8 @@
 use candle_core::{Device, Tensor};
 
 use super::BatchItem;
-use crate::kv_cache::slot_of;
+use crate::config::LlamaConfig;
+use crate::kv_cache::{KvStore, slot_of};
 
 /// An item's block table does not cover its positions (callers check batches first, so this
 /// means a caller bug rather than bad input; still an error, never a panic).
@@ -16,6 +17,49 @@ pub(crate) enum StepLayoutError {
     BlockTable,
     #[error("tensor op")]
     Tensor(#[from] candle_core::Error),
+}
+
+/// Checks a step's batch against the model and the KV store before anything is computed:
+/// `layers` is how many layers the caller holds (the whole model, or a shard's stage), `what`
+/// names the caller in the message. The text of the first fault found.
+pub(crate) fn check_batch(
+    batch: &[BatchItem<'_>],
+    cfg: &LlamaConfig,
+    kv: &KvStore,
+    layers: usize,
+    what: &str,
+) -> Result<(), String> {
+    if kv.layers.len() != layers {
+        return Err(format!(
+            "kv store has {} layers, {what} {layers}",
+            kv.layers.len()
+        ));
+    }
+    for (i, item) in batch.iter().enumerate() {
+        let end = item.start_pos + item.tokens.len();
+        if item.tokens.is_empty() {
+            return Err(format!("item {i}: no tokens"));
+        }
+        if let Some(t) = item.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(format!("item {i}: token {t} outside vocabulary"));
+        }
+        if end > cfg.max_position_embeddings {
+            return Err(format!(
+                "item {i}: position {end} beyond max_position_embeddings"
+            ));
+        }
+        if item.block_table.len() * kv.block_size < end {
+            return Err(format!("item {i}: block table too short for {end} tokens"));
+        }
+        if let Some(b) = item
+            .block_table
+            .iter()
+            .find(|&&b| b as usize >= kv.num_blocks)
+        {
+            return Err(format!("item {i}: block {b} outside the store"));
+        }
+    }
+    Ok(())
 }
 
 /// One step's batch, packed: token ids, per-token RoPE rows, and per item the cache slots its

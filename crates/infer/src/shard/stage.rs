@@ -15,7 +15,7 @@ use super::source::{ShardSource, Slice, SourceError};
 use super::{HeadSplit, LayoutError, ShardLayout};
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvStore;
-use crate::model::attention::{StepLayout, StepLayoutError};
+use crate::model::attention::{StepLayout, StepLayoutError, check_batch};
 use crate::model::{BatchItem, SeqLogits};
 
 /// Failure of a shard's forward step.
@@ -351,41 +351,8 @@ impl StageShard {
     }
 
     fn check_batch(&self, kv: &KvStore, batch: &[BatchItem<'_>]) -> Result<(), StageError> {
-        let bad = |m: String| Err(StageError::InvalidBatch(m));
-        if kv.layers.len() != self.layers.len() {
-            return bad(format!(
-                "kv store has {} layers, shard {}",
-                kv.layers.len(),
-                self.layers.len()
-            ));
-        }
-        for (i, item) in batch.iter().enumerate() {
-            let end = item.start_pos + item.tokens.len();
-            if item.tokens.is_empty() {
-                return bad(format!("item {i}: no tokens"));
-            }
-            if item
-                .tokens
-                .iter()
-                .any(|&t| t as usize >= self.config.vocab_size)
-            {
-                return bad(format!("item {i}: token outside vocabulary"));
-            }
-            if end > self.config.max_position_embeddings {
-                return bad(format!(
-                    "item {i}: position {end} beyond max_position_embeddings"
-                ));
-            }
-            if item.block_table.len() * kv.block_size < end
-                || item
-                    .block_table
-                    .iter()
-                    .any(|&b| b as usize >= kv.num_blocks)
-            {
-                return bad(format!("item {i}: block table does not fit the store"));
-            }
-        }
-        Ok(())
+        check_batch(batch, &self.config, kv, self.layers.len(), "shard")
+            .map_err(StageError::InvalidBatch)
     }
 
     /// One step of this shard: its layers over the packed batch, K/V written into `kv`.
