@@ -144,6 +144,25 @@ def node(node_factory) -> Node:
     return node_factory()
 
 
+def wait_for(what, check, node=None, timeout=60.0, interval=0.1, tolerate=()):
+    """Polls `check()` until it returns a truthy value, and returns that value. An exception
+    of a type in `tolerate` counts as "not yet". At the deadline the test fails, naming `what`
+    with the last value or error and, given a node, the end of its log."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except tolerate as e:
+            last = e
+        if time.monotonic() > deadline:
+            log = f"\n{node.log()[-4000:]}" if node is not None else ""
+            pytest.fail(f"timed out waiting for {what}; last: {last!r}{log}")
+        time.sleep(interval)
+
+
 def cli(node, *args):
     """Runs `hubmesh ARGS --data NODE_DATA` (the node's own CLI); its trimmed stdout. A token it
     creates is remembered, so the tests can check no answer or log ever shows it."""

@@ -8,6 +8,7 @@ one sequence at a time; B queues one more, so a handful of concurrent requests s
 and C queues eight.
 """
 
+import functools
 import json
 import subprocess
 import threading
@@ -20,10 +21,14 @@ import pytest
 from huggingface_hub import HfApi
 
 from conftest import hubmesh_bin
+from conftest import wait_for as poll
 
 from test_inference import GGUF_NAME, QUESTION, gguf  # noqa: F401  (the gguf fixture)
 
 openai = pytest.importorskip("openai")
+
+# Adverts travel by gossip on a loaded machine: a longer wait than the default.
+wait_for = functools.partial(poll, timeout=90.0, interval=0.2)
 
 MODEL = "bob/smollm2"
 
@@ -31,17 +36,6 @@ MODEL = "bob/smollm2"
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as resp:
         return json.loads(resp.read())
-
-
-def wait_for(what: str, check, timeout: float = 90.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def metric(node, name: str) -> float:

@@ -8,16 +8,21 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import SECRETS_SEEN, cli, hf, hubmesh_bin
+from conftest import wait_for as poll
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
 DEADLINE = 60.0
+
+
+def wait_for(what, check, node):
+    # A replica answers errors (404, 403) until the change arrives: those mean "not yet".
+    return poll(what, check, node, timeout=DEADLINE, tolerate=(HfHubHTTPError,))
 
 
 def git(*args, cwd=None):
@@ -153,20 +158,6 @@ def test_pull_request_flow(node, tmp_path):
                              cwd=clone, capture_output=True, text=True, timeout=60)
         assert out.returncode != 0, out.stderr
     assert git("ls-remote", remote) == refs_before
-
-
-def wait_for(what, check, node):
-    deadline = time.monotonic() + DEADLINE
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except HfHubHTTPError as e:
-            last = e
-        time.sleep(0.1)
-    pytest.fail(f"{what} never happened; last: {last}\n{node.log()[-4000:]}")
 
 
 def test_a_discussion_opened_on_a_shows_on_b(node_factory):

@@ -9,16 +9,21 @@ import itertools
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 from conftest import cli, hf
+from conftest import wait_for as poll
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
 DEADLINE = 60.0
+
+
+def wait_for(what, check, node):
+    # A replica answers errors (404, 403) until the change arrives: those mean "not yet".
+    return poll(what, check, node, timeout=DEADLINE, tolerate=(HfHubHTTPError,))
 
 CARD = b"""---
 license: mit
@@ -165,20 +170,6 @@ def test_gated_repo_flow(node, tmp_path):
     admin.update_repo_settings(repo, gated=False)
     assert admin.model_info(repo).gated is False
     assert open(get(False), "rb").read() == b'{"a": 1}'
-
-
-def wait_for(what, check, node):
-    deadline = time.monotonic() + DEADLINE
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except HfHubHTTPError as e:
-            last = e
-        time.sleep(0.1)
-    pytest.fail(f"{what} never happened; last: {last}\n{node.log()[-4000:]}")
 
 
 def test_a_grant_on_a_is_enforced_on_b(node_factory, tmp_path):

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import cli, hubmesh_bin
+from conftest import cli, hubmesh_bin, wait_for
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -56,17 +56,6 @@ def metric(node, prefix: str) -> float:
 
 
 LFS_GETS = 'http_requests_total{method="GET",route="/lfs-objects/{oid}"'
-
-
-def wait_for(what, check, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def make_repo(up, name, files):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
 
-from conftest import hubmesh_bin
+from conftest import hubmesh_bin, wait_for
 
 DEADLINE = 60.0
 
@@ -103,17 +103,6 @@ def safetensors_bytes(mib):
     ).encode()
     header += b" " * (-len(header) % 8)
     return len(header).to_bytes(8, "little") + header + body
-
-
-def wait_for(what, check, node):
-    """Polls `check()` until it returns a truthy value; fails at the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    pytest.fail(f"{what} never happened on {node.url}\n{node.log()[-4000:]}")
 
 
 def mesh_peers(node):
