@@ -22,11 +22,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use hub_mirror::bundle::{self, Since};
-use std::path::PathBuf;
-use tokio::io::AsyncWriteExt;
 use hub_mirror::{Action, Mirror};
 use hub_protocol::repo::{RepoId, RepoType};
 use serde_json::{Value, json};
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -109,8 +109,14 @@ async fn import_bundle(
     drop(file);
     let (repos, store) = (state.repos().clone(), state.store().clone());
     let report = crate::util::blocking(move || {
-        let report = bundle::import(&repos, &store, tmp.path(), trusted.as_ref(), &site.spool_dir)
-            .map_err(|e| AppError::BadRequest(format!("bundle refused: {e}")))?;
+        let report = bundle::import(
+            &repos,
+            &store,
+            tmp.path(),
+            trusted.as_ref(),
+            &site.spool_dir,
+        )
+        .map_err(|e| AppError::BadRequest(format!("bundle refused: {e}")))?;
         drop(tmp);
         Ok(report)
     })

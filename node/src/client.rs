@@ -113,10 +113,7 @@ impl Client {
 }
 
 /// The node's error answer as an error; `Ok` for 2xx.
-fn check_answer(
-    what: &str,
-    response: &mut ureq::http::Response<ureq::Body>,
-) -> anyhow::Result<()> {
+fn check_answer(what: &str, response: &mut ureq::http::Response<ureq::Body>) -> anyhow::Result<()> {
     let status = response.status();
     if status.is_success() {
         return Ok(());

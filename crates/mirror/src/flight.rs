@@ -323,7 +323,11 @@ mod tests {
                     let _ = self.gate.recv();
                 }
                 let left = (1u64 << 20).saturating_sub(self.data.position());
-                let cap = if left > 0 { buf.len().min(left as usize) } else { buf.len() };
+                let cap = if left > 0 {
+                    buf.len().min(left as usize)
+                } else {
+                    buf.len()
+                };
                 self.data.read(&mut buf[..cap])
             }
         }

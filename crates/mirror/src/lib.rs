@@ -484,13 +484,14 @@ impl Mirror {
         // other ref of the upstream is followed (policy module docs).
         let pin = lock(&self.inner.policy).pinned_revision(id);
         if let Some(rev) = &pin {
-            let (commit, tag) = upstream::resolve_revision(rev, &refs, &peeled).ok_or_else(|| {
-                PullError::NotFound(format!(
-                    "upstream {} has no revision {rev} of {} (pinned by this mirror's policy)",
-                    upstream.base(),
-                    id.hub_id()
-                ))
-            })?;
+            let (commit, tag) =
+                upstream::resolve_revision(rev, &refs, &peeled).ok_or_else(|| {
+                    PullError::NotFound(format!(
+                        "upstream {} has no revision {rev} of {} (pinned by this mirror's policy)",
+                        upstream.base(),
+                        id.hub_id()
+                    ))
+                })?;
             refs = BTreeMap::from([("refs/heads/main".to_owned(), commit)]);
             refs.extend(tag);
         }
@@ -523,13 +524,13 @@ impl Mirror {
                 .fetch_pack(id, &wants, &haves, upstream::MAX_PACK)
                 .map_err(|e| match (&pin, e) {
                     // A pinned sha the upstream would not send: not one of its commits.
-                    (Some(rev), UpstreamError::Protocol { reason, .. }) => PullError::NotFound(
-                        format!(
+                    (Some(rev), UpstreamError::Protocol { reason, .. }) => {
+                        PullError::NotFound(format!(
                             "upstream {} would not send revision {rev} of {}: {reason}",
                             upstream.base(),
                             id.hub_id()
-                        ),
-                    ),
+                        ))
+                    }
                     (_, e) => up_err(e),
                 })?;
             let failed = |e: hub_repo::ReplicaError| {

@@ -109,7 +109,9 @@ impl Pattern {
         } else {
             let (text, revision) = match text.rsplit_once('@') {
                 Some((repo, rev)) if valid_revision(rev) => (repo, Some(rev.to_owned())),
-                Some(_) => return Err(invalid("expected ns/name@REV with a commit, tag or branch")),
+                Some(_) => {
+                    return Err(invalid("expected ns/name@REV with a commit, tag or branch"));
+                }
                 None => (text, None),
             };
             let (kind, rest) = match text.split_once('/') {
@@ -120,7 +122,9 @@ impl Pattern {
             };
             let matcher = match rest.split_once('/') {
                 Some((_, "*")) if revision.is_some() => {
-                    return Err(invalid("only one repo (ns/name@REV) can be pinned at a revision"));
+                    return Err(invalid(
+                        "only one repo (ns/name@REV) can be pinned at a revision",
+                    ));
                 }
                 Some((ns, "*")) if valid_part(ns) => Matcher::Namespace(kind, ns.to_owned()),
                 Some((ns, name)) if valid_part(ns) && valid_part(name) => {
@@ -348,7 +352,13 @@ mod tests {
         let tag = Pattern::for_rule(Action::Pin, "datasets/alice/tiny@v1.0").unwrap();
         assert_eq!(tag.revision(), Some("v1.0"));
         assert!(!tag.matches(&m));
-        for bad in ["alice/*@v1", "alice/tiny@", "alice/tiny@a..b", "alice/tiny@x y", "alice/tiny@a@b"] {
+        for bad in [
+            "alice/*@v1",
+            "alice/tiny@",
+            "alice/tiny@a..b",
+            "alice/tiny@x y",
+            "alice/tiny@a@b",
+        ] {
             assert!(Pattern::for_rule(Action::Pin, bad).is_err(), "{bad}");
         }
         assert!(Pattern::for_rule(Action::Deny, "alice/tiny@v1").is_err());
@@ -356,7 +366,10 @@ mod tests {
         policy.add(Action::Pin, p);
         assert_eq!(policy.pinned_revision(&m).as_deref(), Some(sha));
         assert_eq!(policy.verdict(&m), Verdict::Allowed { pinned: true });
-        assert_eq!(policy.pinned_revision(&id(RepoType::Model, "alice/other")), None);
+        assert_eq!(
+            policy.pinned_revision(&id(RepoType::Model, "alice/other")),
+            None
+        );
     }
 
     #[test]

@@ -114,12 +114,18 @@ pub fn root_certs(ca_file: Option<&Path>) -> Result<ureq::tls::RootCerts, String
                 Ok(PemItem::Certificate(cert)) => certs.push(cert),
                 Ok(_) => {}
                 Err(e) => {
-                    return Err(format!("the upstream CA file {} is not PEM: {e}", path.display()));
+                    return Err(format!(
+                        "the upstream CA file {} is not PEM: {e}",
+                        path.display()
+                    ));
                 }
             }
         }
         if certs.len() == before {
-            return Err(format!("the upstream CA file {} holds no certificate", path.display()));
+            return Err(format!(
+                "the upstream CA file {} holds no certificate",
+                path.display()
+            ));
         }
     }
     Ok(if certs.is_empty() {
@@ -508,10 +514,13 @@ pub fn parse_advertisement_peeled(body: &[u8]) -> Result<(Refs, Refs), String> {
 /// Refs by name.
 pub type Refs = BTreeMap<String, [u8; 20]>;
 
+/// What a pin's revision resolves to: the commit, and the tag ref kept beside it.
+pub type Resolved = ([u8; 20], Option<(String, [u8; 20])>);
+
 /// What a pin's revision names at the upstream: the commit `main` is set to, and the tag
 /// ref kept beside it (`refs/tags/REV` and its object) when it names a tag. `None` when the
 /// upstream advertises no such ref (a full sha is taken as it is: the fetch checks it).
-pub fn resolve_revision(rev: &str, refs: &Refs, peeled: &Refs) -> Option<([u8; 20], Option<(String, [u8; 20])>)> {
+pub fn resolve_revision(rev: &str, refs: &Refs, peeled: &Refs) -> Option<Resolved> {
     if let Some(oid) = parse_oid(rev.as_bytes()) {
         return Some((oid, None));
     }
@@ -563,8 +572,14 @@ mod tests {
             resolve_revision("v1", &refs, &peeled),
             Some(([0x11; 20], Some(("refs/tags/v1".to_owned(), [0x22; 20]))))
         );
-        assert_eq!(resolve_revision("main", &refs, &peeled), Some(([0x11; 20], None)));
-        assert_eq!(resolve_revision(&"3".repeat(40), &refs, &peeled), Some(([0x33; 20], None)));
+        assert_eq!(
+            resolve_revision("main", &refs, &peeled),
+            Some(([0x11; 20], None))
+        );
+        assert_eq!(
+            resolve_revision(&"3".repeat(40), &refs, &peeled),
+            Some(([0x33; 20], None))
+        );
         assert_eq!(resolve_revision("v2", &refs, &peeled), None);
     }
 
