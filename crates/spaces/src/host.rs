@@ -70,7 +70,10 @@ mod tests {
     #[test]
     fn every_split_is_a_candidate() {
         let ids: Vec<String> = candidates("my-org-cool-app").map(|i| i.hub_id()).collect();
-        assert_eq!(ids, ["my/org-cool-app", "my-org/cool-app", "my-org-cool/app"]);
+        assert_eq!(
+            ids,
+            ["my/org-cool-app", "my-org/cool-app", "my-org-cool/app"]
+        );
         let id = RepoId::new(RepoType::Space, "my_org", "Cool.App").expect("id");
         assert!(matches("my-org-cool-app", &id));
         assert!(!matches("my-org-cool-apps", &id));

@@ -224,8 +224,7 @@ impl Spaces {
             .cloned();
         known.or_else(|| {
             let lower = label.to_ascii_lowercase();
-            host::candidates(&lower)
-                .find(|id| self.shared.repos.exists(id))
+            host::candidates(&lower).find(|id| self.shared.repos.exists(id))
         })
     }
 

@@ -188,7 +188,9 @@ mod tests {
         drop(a);
         // A new commit takes over.
         let new = routes.add(app(2)).id;
-        let on_old = routes.elsewhere("a", Some(new)).expect("a started on the old one");
+        let on_old = routes
+            .elsewhere("a", Some(new))
+            .expect("a started on the old one");
         assert_eq!(on_old.0.target, app(1));
         assert_eq!(on_old.0.active(), 1);
         // A new session goes to the current instance, and stays there.

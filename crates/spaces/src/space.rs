@@ -470,10 +470,7 @@ impl Supervisor {
     /// Stops the draining instances that are done: nothing in flight and their sessions
     /// quiet for the drain idle time, or the drain window over, or the app gone.
     fn check_drains(&mut self) {
-        let (idle, max) = (
-            self.shared.config.drain_idle,
-            self.shared.config.drain_max,
-        );
+        let (idle, max) = (self.shared.config.drain_idle, self.shared.config.drain_max);
         let mut keep = Vec::with_capacity(self.draining.len());
         for mut d in std::mem::take(&mut self.draining) {
             let exited = d

@@ -135,8 +135,8 @@ async fn session_of(request: Request) -> Result<(Option<String>, Request), AppEr
     if let Some(session) = session_in_uri(request.uri()) {
         return Ok((Some(session), request));
     }
-    let join = request.method() == http::Method::POST
-        && request.uri().path().ends_with("/queue/join");
+    let join =
+        request.method() == http::Method::POST && request.uri().path().ends_with("/queue/join");
     if !join {
         return Ok((None, request));
     }
