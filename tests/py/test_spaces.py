@@ -547,6 +547,14 @@ def test_websocket_app_by_path_and_by_host(space_node):
         assert ws.recv() == "echo:cba:/sock"
     finally:
         ws.close()
+    # A gradio queue/join body is read whole for its session: bounded, with a Hub error.
+    r = httpx.post(
+        f"http://{netloc}/spaces/{repo}/app/gradio_api/queue/join",
+        content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == 413 and r.headers["x-error-code"] == "SpaceRequestTooLarge", r.text[:300]
 
 
 def test_streamlit_space_page_loads(space_node):
