@@ -51,11 +51,13 @@
 //! [mirror]
 //! upstream = "https://huggingface.co"  # pull repos this node lacks from there (hub-mirror)
 //! upstream_token = "hf_…"   # the site's token for the upstream (gated/private repos)
+//! upstream_ca_file = "/etc/site-ca.pem"  # CAs trusted for an https upstream besides the system's
 //! offline = false           # never contact the upstream: serve what is cached
 //! allow = []                # mirror only these (`*`, `ns/*`, `ns/name`, `re:REGEX`); empty: all
 //! deny = []                 # never mirror these
-//! pin = []                  # pulled once, moved only by `hubmesh mirror refresh`
+//! pin = []                  # pulled once, moved only by `hubmesh mirror refresh`; `ns/name@REV`: at that commit/tag
 //! refresh_secs = 0          # refresh the other mirrored repos this often (0: on request only)
+//! negative_ttl_secs = 30    # a name the upstream lacks is answered 404 without asking for this long
 //! ```
 
 use crate::cli::NodeFlags;
@@ -85,16 +87,37 @@ pub struct Config {
 }
 
 /// `[mirror]`: pull-through mirroring of an upstream Hub (`hub-mirror`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorSection {
     pub upstream: Option<String>,
     pub upstream_token: Option<String>,
+    /// PEM CAs trusted for an `https://` upstream, besides the system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
     pub offline: bool,
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub pin: Vec<String>,
     pub refresh_secs: u64,
+    /// How long a name the upstream lacks is answered "not found" without asking it again
+    /// (0: always ask).
+    pub negative_ttl_secs: u64,
+}
+
+impl Default for MirrorSection {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            upstream_token: None,
+            upstream_ca_file: None,
+            offline: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            pin: Vec::new(),
+            refresh_secs: 0,
+            negative_ttl_secs: hub_mirror::DEFAULT_NEGATIVE_TTL.as_secs(),
+        }
+    }
 }
 
 impl MirrorSection {
@@ -108,7 +131,7 @@ impl MirrorSection {
             (Action::Pin, &self.pin),
         ] {
             for p in patterns {
-                hub_mirror::Pattern::parse(p)?;
+                hub_mirror::Pattern::for_rule(action, p)?;
                 rules.push((action, p.clone()));
             }
         }

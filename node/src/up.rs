@@ -154,6 +154,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let state = AppState::with_mesh(parts, port);
     state.enable_audit(audit);
+    state.enable_bundles(hub_gateway::BundleSite {
+        spool_dir: data.join("mirror").join("spool"),
+        secret,
+    });
     if let Some(mirror) = mirror {
         mirror.spawn_refresher(cancel.child_token());
         state.enable_mirror(mirror);
@@ -386,6 +390,8 @@ fn open_mirror(
     };
     let mut mirror_config = hub_mirror::MirrorConfig::new(data.join("mirror"), Some(upstream));
     mirror_config.token = section.upstream_token.clone();
+    mirror_config.ca_file = section.upstream_ca_file.clone();
+    mirror_config.negative_ttl = Duration::from_secs(section.negative_ttl_secs);
     mirror_config.offline = section.offline;
     mirror_config.rules = section.rules()?;
     mirror_config.refresh =
