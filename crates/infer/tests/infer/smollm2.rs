@@ -173,7 +173,10 @@ fn smollm2_q4_1_chat_generates_paris_deterministically_across_batches() -> Resul
         let answer = tokenizer.decode(&alone, true)?;
         assert_eq!(streamed, answer);
         let colors = tokenizer.decode(&batched[1], true)?;
-        assert!(colors.contains("Blue"), "{weights:?}: {colors:?}");
+        assert!(
+            colors.to_lowercase().contains("blue"),
+            "{weights:?}: {colors:?}"
+        );
         let sea = tokenizer.decode(&batched[2], true)?;
         assert!(sea.to_lowercase().contains("sea"), "{weights:?}: {sea:?}");
         match weights {
