@@ -86,12 +86,15 @@ fn write_tiny_gguf_with(
     write_gguf(path, &tiny_config_json(), &|_| dtype, extra)
 }
 
+/// Which dtype a tensor is written in, by its GGUF name.
+type DtypeOf<'a> = &'a dyn Fn(&str) -> GgmlDType;
+
 /// A GGUF of `config`'s random Llama (seed 7): each matrix in `dtype_of(its GGUF name)`,
 /// the norms in F32, the tiny tokenizer in the metadata.
 fn write_gguf(
     path: &Path,
     config: &serde_json::Value,
-    dtype_of: &dyn Fn(&str) -> GgmlDType,
+    dtype_of: DtypeOf,
     extra: Vec<(String, QTensor)>,
 ) -> Result<()> {
     let c: LlamaConfig = serde_json::from_value(config.clone())?;
@@ -271,7 +274,7 @@ fn gguf_k_quant_llama_matches_safetensors_model() -> Result<()> {
     let uniform = |dtype: GgmlDType| move |_: &str| dtype;
     // Bounds: ~2× what was measured (Q6_K 0.045, Q5_K 0.070, Q4_K 0.107, Q4_K_M 0.100; the
     // dequantized-f32 mode 0.038/0.070/0.107/0.101: the weights' rounding dominates).
-    let cases: [(&str, &dyn Fn(&str) -> GgmlDType, f32); 4] = [
+    let cases: [(&str, DtypeOf, f32); 4] = [
         ("Q6_K", &uniform(GgmlDType::Q6K), 0.09),
         ("Q5_K", &uniform(GgmlDType::Q5K), 0.14),
         ("Q4_K", &uniform(GgmlDType::Q4K), 0.21),
