@@ -33,6 +33,7 @@
 //! max_waiting = 256         # queued per model; more is 429 (or routed to a peer)
 //! allow_peers = []          # peers whose jobs a `mesh` node runs; empty: every peer
 //! cache_entries = 256       # response cache of deterministic requests (0: off)
+//! threads = 2               # workers of the engine pool all models decode on; default: one per core
 //!
 //! [spaces]
 //! mode = "local"            # local: run Space apps here | off (mesh placement: not yet)
@@ -226,6 +227,10 @@ pub struct InferenceSection {
     pub allow_peers: Vec<String>,
     /// Responses of deterministic requests kept (0 turns the cache off).
     pub cache_entries: usize,
+    /// Workers of the one pool every loaded model's forward passes share (hub-infer's
+    /// `threads`); at most this many cores compute inference at once. Unset: one per core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 impl Default for InferenceSection {
@@ -239,6 +244,7 @@ impl Default for InferenceSection {
             max_waiting: 256,
             allow_peers: Vec::new(),
             cache_entries: 256,
+            threads: None,
         }
     }
 }
@@ -454,6 +460,9 @@ impl Config {
         if self.inference.memory_budget_mib == Some(0) {
             bail!("inference.memory_budget_mib must be positive");
         }
+        if self.inference.threads == Some(0) {
+            bail!("inference.threads must be positive (leave it unset for one per core)");
+        }
         if self.p2p.listen.is_empty() {
             bail!("p2p.listen is empty: give at least one address, e.g. /ip4/0.0.0.0/tcp/0");
         }
@@ -491,6 +500,13 @@ impl Config {
             ),
             other => bail!("invalid spaces mode {other:?} (expected local or off)"),
         }
+    }
+
+    /// Workers of the engine pool: `[inference] threads`, else one per core.
+    pub fn engine_threads(&self) -> usize {
+        self.inference
+            .threads
+            .unwrap_or_else(hub_infer::threads::default_threads)
     }
 
     pub fn inference_mode(&self) -> anyhow::Result<hub_compute::Mode> {
@@ -546,6 +562,8 @@ mod tests {
         assert_eq!(c.http.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin, "admin");
         assert_eq!(c.store.reserved_mib, 256);
+        assert_eq!(c.inference.threads, None);
+        assert_eq!(c.engine_threads(), hub_infer::threads::default_threads());
         assert_eq!(
             c.p2p.listen,
             ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
@@ -555,7 +573,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_print_round_trips() {
         let f = file(
-            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n[inference]\nmemory_budget_mib = 512\n[store]\nreserved_mib = 1024\n",
+            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n[inference]\nmemory_budget_mib = 512\nthreads = 3\n[store]\nreserved_mib = 1024\n",
         );
         let flags = NodeFlags {
             config: Some(f.path().to_owned()),
@@ -573,6 +591,8 @@ mod tests {
         assert_eq!(c.p2p.listen, ["/ip4/127.0.0.1/tcp/0"]);
         assert_eq!(c.p2p.bootstrap, ["/ip4/127.0.0.1/tcp/4001"]);
         assert_eq!(c.inference.memory_budget_mib, Some(512));
+        assert_eq!(c.inference.threads, Some(3));
+        assert_eq!(c.engine_threads(), 3);
         assert_eq!(c.inference.load_wait_secs, 120);
         assert_eq!(c.store.reserved_mib, 1024);
         let printed: Config = toml::from_str(&c.to_toml().unwrap()).unwrap();
@@ -602,6 +622,10 @@ mod tests {
             (
                 "[inference]\nmemory_budget_mib = 0\n",
                 "memory_budget_mib must be positive",
+            ),
+            (
+                "[inference]\nthreads = 0\n",
+                "inference.threads must be positive",
             ),
         ] {
             let f = file(text);

@@ -171,6 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inference.registry.memory_budget = mib.saturating_mul(1 << 20);
     }
     inference.load_wait = Duration::from_secs(config.inference.load_wait_secs);
+    inference.registry.serve.threads = config.engine_threads();
     let engine = &mut inference.registry.serve.engine;
     engine.max_running = config.inference.max_running;
     engine.max_waiting = config.inference.max_waiting;
