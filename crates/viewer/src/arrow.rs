@@ -1,5 +1,6 @@
 //! Arrow IPC data files (`.arrow`): the stream format the `datasets` library writes
-//! (`save_to_disk`, its cache) and the file format (`ARROW1` magic, a stream inside).
+//! (`save_to_disk`, its cache) and the file format (`ARROW1` magic and padding, a stream
+//! inside, a footer this reader does not need).
 //!
 //! Read by ranges, batch by batch: the reader walks the stream's message headers (a prefix
 //! and a small flatbuffer each; record batch bodies are skipped by their length), so it
@@ -34,6 +35,8 @@ const MAX_META: u64 = 16 * 1024 * 1024;
 /// The largest record batch body decoded at once.
 const MAX_BODY: u64 = 512 * 1024 * 1024;
 const CONTINUATION: [u8; 4] = [0xff; 4];
+/// The most zero padding skipped after a file's magic.
+const MAX_PADDING: u64 = 4096;
 
 fn bad(message: impl Into<String>) -> ViewerError {
     ViewerError::Arrow(message.into())
@@ -143,11 +146,15 @@ impl ArrowFile {
     /// Opens `source`: the stream's schema message (after the `ARROW1` magic of the file
     /// format).
     pub(crate) fn open(source: Arc<dyn RangeSource>) -> Result<Self, ViewerError> {
-        let start = if source.len() >= 8 && source.read_at(0, 6)? == b"ARROW1" {
-            8
-        } else {
-            0
-        };
+        let mut start = 0;
+        if source.len() >= 8 && source.read_at(0, 6)? == b"ARROW1" {
+            // The magic, then zeros up to the writer's alignment (8 for pyarrow, 64 for
+            // arrow-rs), then the stream.
+            start = 8;
+            while start < MAX_PADDING && source.read_at(start, 8)? == [0u8; 8] {
+                start += 8;
+            }
+        }
         let header = read_header(source.as_ref(), start)?
             .ok_or_else(|| bad("no schema message: not an Arrow IPC file"))?;
         let message = arrow_ipc::root_as_message(&header.flatbuffer)
