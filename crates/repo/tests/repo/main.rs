@@ -937,7 +937,9 @@ fn trending_scores_favour_recent_downloads_and_forget_old_days() {
         assert_eq!(s, vec![10.0 / 8.0, 3.0, 0.0]);
         // Counts not flushed yet count as today's.
         repos.count_download(&idle);
-        let s = repos.trending_scores_on(&[idle.clone()], day).unwrap();
+        let s = repos
+            .trending_scores_on(std::slice::from_ref(&idle), day)
+            .unwrap();
         assert_eq!(s, vec![1.0]);
         repos.flush_downloads_on(day).unwrap();
     }
@@ -952,13 +954,17 @@ fn trending_scores_favour_recent_downloads_and_forget_old_days() {
     let renamed = RepoId::parse(RepoType::Model, "alice/renamed").unwrap();
     repos.rename(&recent, &renamed).unwrap();
     assert_eq!(
-        repos.trending_scores_on(&[renamed.clone()], day).unwrap(),
+        repos
+            .trending_scores_on(std::slice::from_ref(&renamed), day)
+            .unwrap(),
         vec![3.0]
     );
     repos.delete(&idle).unwrap();
     repos.create(&idle, &author()).unwrap();
     assert_eq!(
-        repos.trending_scores_on(&[idle.clone()], day).unwrap(),
+        repos
+            .trending_scores_on(std::slice::from_ref(&idle), day)
+            .unwrap(),
         vec![0.0]
     );
     // A week on, the first flush of the day deletes what left the window: `older`'s day is
@@ -966,12 +972,14 @@ fn trending_scores_favour_recent_downloads_and_forget_old_days() {
     repos.count_download(&renamed);
     repos.flush_downloads_on(day + 7).unwrap();
     assert_eq!(
-        repos.trending_scores_on(&[older.clone()], day - 3).unwrap(),
+        repos
+            .trending_scores_on(std::slice::from_ref(&older), day - 3)
+            .unwrap(),
         vec![0.0]
     );
     assert_eq!(
         repos
-            .trending_scores_on(&[renamed.clone()], day + 7)
+            .trending_scores_on(std::slice::from_ref(&renamed), day + 7)
             .unwrap(),
         vec![1.0]
     );
