@@ -17,8 +17,13 @@
 //! A node at its store's reserved free space refuses the write token (403) and xorbs / shards
 //! (413), with `X-Error-Code: InsufficientStorage`: hf_xet retries any 5xx for minutes.
 //!
-//! Not routed (the client falls back or does without): `/v2/*` (→ v1), `/v1/xorb-grants`
-//! (→ direct xorb upload), `/v1/chunks/*` (global dedup: 404 means none known).
+//! - `GET /v1/chunks/{prefix}/{chunk}` (any Xet token): global dedup — a shard listing, with
+//!   keyed chunk hashes, the chunks of the stored files that hold this chunk *and* that the
+//!   caller may read (files uploaded for the token's repository or for a public, ungated
+//!   one, still held there); 404 when there are none.
+//!
+//! Not routed (the client falls back): `/v2/*` (→ v1), `/v1/xorb-grants` (→ direct xorb
+//! upload).
 //! Formats and checks are `hub-xet`'s; access is `hub-core`'s.
 
 use crate::AppState;
@@ -94,7 +99,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v2/shards", post(not_served))
         .route("/v2/reconstructions/{file_id}", get(not_served))
         .route("/v1/xorb-grants/{prefix}/{hash}", post(not_served))
-        .route("/v1/chunks/{prefix}/{hash}", get(not_served))
+        .route("/v1/chunks/{prefix}/{hash}", get(global_dedup))
 }
 
 async fn not_served() -> AppError {
@@ -267,15 +272,14 @@ fn claims(headers: &HeaderMap, write: bool) -> Result<(RepoId, Claims), AppError
             "this Xet token only allows reading".into(),
         ));
     }
-    let (kind, rest) = claims
-        .repo
-        .split_once('/')
-        .ok_or(AppError::Unauthorized("invalid Xet token"))?;
-    let kind: RepoType = kind
-        .parse()
-        .map_err(|_| AppError::Unauthorized("invalid Xet token"))?;
-    let id = RepoId::parse(kind, rest).map_err(|_| AppError::Unauthorized("invalid Xet token"))?;
+    let id = repo_from_label(&claims.repo).ok_or(AppError::Unauthorized("invalid Xet token"))?;
     Ok((id, claims))
+}
+
+/// A repository as tokens and the Xet index name it (`RepoId`'s text form, `model/ns/name`).
+fn repo_from_label(label: &str) -> Option<RepoId> {
+    let (kind, rest) = label.split_once('/')?;
+    RepoId::parse(kind.parse().ok()?, rest).ok()
 }
 
 fn parse_hash(s: &str) -> Result<XetHash, AppError> {
@@ -386,6 +390,9 @@ async fn upload_shard(
         for r in &records {
             st.hub().record_upload(&repo, &r.sha256)?;
         }
+        // And global dedup may offer them to whoever may read that repository.
+        let hashes: Vec<XetHash> = records.iter().map(|r| r.file_hash).collect();
+        st.xet()?.add_owner(&hashes, &repo.to_string())?;
         Ok(records.len())
     })
     .await
@@ -436,6 +443,68 @@ fn file_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, AppError> {
         return Err(bad());
     }
     Ok(Some((a, end)))
+}
+
+/// `GET /v1/chunks/{prefix}/{chunk}`: global dedup (see the module docs). The caller may
+/// read a file when it was uploaded for the token's repository or for a repository anyone
+/// may read (public and not gated), and that repository still holds it. The answer's chunk
+/// hashes are keyed with a key of this answer's own, valid for as long as a token.
+async fn global_dedup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((_prefix, hash)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let (repo, _) = claims(&headers, false)?;
+    let chunk = parse_hash(&hash)?;
+    let st = state.clone();
+    let candidates = blocking(move || Ok(st.xet()?.dedup_candidates(&chunk)?)).await?;
+    // Which owners the caller may read: the token's repository, or one open to anyone.
+    let mut may_read: BTreeMap<String, Option<RepoId>> = BTreeMap::new();
+    for owner in candidates.iter().flat_map(|(_, owners)| owners) {
+        if may_read.contains_key(owner) {
+            continue;
+        }
+        let readable = match repo_from_label(owner) {
+            Some(id) if id == repo => Some(id),
+            Some(id) => state
+                .hub()
+                .access(None, &id, Need::Download)
+                .await
+                .is_ok()
+                .then_some(id),
+            None => None,
+        };
+        may_read.insert(owner.clone(), readable);
+    }
+    let st = state.clone();
+    let now = now();
+    let answer = blocking(move || {
+        let mut files = Vec::new();
+        for (file, owners) in candidates {
+            for id in owners
+                .iter()
+                .filter_map(|o| may_read.get(o).cloned().flatten())
+            {
+                if st.hub().owns_lfs(&id, &file.sha256)? {
+                    files.push(file);
+                    break;
+                }
+            }
+        }
+        let msg = format!("xet-dedup\n{chunk}\n{now}");
+        let answer_key = *blake3::keyed_hash(key()?, msg.as_bytes()).as_bytes();
+        Ok(st
+            .xet()?
+            .dedup_answer(&files, &answer_key, now, now + TOKEN_SECS)?)
+    })
+    .await?;
+    let Some(answer) = answer else {
+        return Err(AppError::NotFound);
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(answer))
+        .map_err(AppError::internal)
 }
 
 fn fetch_sig(xorb: &XetHash, exp: u64) -> Result<String, AppError> {
