@@ -345,15 +345,27 @@ async fn upload_xorb(
     blocking(move || Ok(st.store().ensure_room(announced)?))
         .await
         .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
+    // Where a xorb's time goes (the client waits on this route): waiting for a verifier,
+    // receiving the body, verifying and storing it.
+    let t0 = std::time::Instant::now();
     static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
     let _permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
+    let waited = t0.elapsed();
     let bytes = read_announced(body, announced, hub_xet::xorb::MAX_XORB_UPLOAD, "xorb").await?;
+    let received = t0.elapsed();
     state.metrics().xet_received(bytes.len() as u64);
     let st = state.clone();
     let inserted = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
         .await
         .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
-    tracing::debug!(xorb = %hash, inserted, "xorb");
+    tracing::debug!(
+        xorb = %hash,
+        inserted,
+        wait_ms = waited.as_millis() as u64,
+        receive_ms = (received - waited).as_millis() as u64,
+        store_ms = (t0.elapsed() - received).as_millis() as u64,
+        "xorb"
+    );
     Ok(Json(json!({ "was_inserted": inserted })))
 }
 
@@ -379,7 +391,9 @@ async fn upload_shard(
     body: Body,
 ) -> Result<Json<Value>, AppError> {
     let (repo, _) = claims(&headers, true)?;
+    let t0 = std::time::Instant::now();
     let bytes = read_body(body, hub_xet::shard::MAX_SHARD_BYTES, "shard").await?;
+    let received = t0.elapsed();
     state.metrics().xet_received(bytes.len() as u64);
     let st = state.clone();
     let files = blocking(move || {
@@ -397,7 +411,12 @@ async fn upload_shard(
     })
     .await
     .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
-    tracing::info!(files, "Xet shard stored");
+    tracing::info!(
+        files,
+        receive_ms = received.as_millis() as u64,
+        store_ms = (t0.elapsed() - received).as_millis() as u64,
+        "Xet shard stored"
+    );
     Ok(Json(json!({ "result": 1 })))
 }
 

@@ -182,7 +182,7 @@ fn global_dedup_reveals_exactly_the_chunks_of_the_files_given() {
     let listed: std::collections::BTreeMap<_, _> = read.xorbs.into_iter().collect();
     let keyed = |c: &Vec<u8>| Some(dedup::keyed(&key, &chunk_hash(c)));
     assert_eq!(listed[&ah], [None, keyed(&a[1]), keyed(&a[2]), None]);
-    assert_eq!(listed[&bh], b.iter().map(|c| keyed(c)).collect::<Vec<_>>());
+    assert_eq!(listed[&bh], b.iter().map(keyed).collect::<Vec<_>>());
     // No raw chunk hash appears anywhere in the answer.
     for c in a.iter().chain(&b) {
         let raw = chunk_hash(c).0;
