@@ -346,28 +346,67 @@ async fn upload_xorb(
         .await
         .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
     // Where a xorb's time goes (the client waits on this route): waiting for a verifier,
-    // receiving the body, verifying and storing it.
+    // receiving the body, verifying it; the import into the store follows after the answer.
     let t0 = std::time::Instant::now();
-    static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
-    let _permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
+    let permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
     let waited = t0.elapsed();
     let bytes = read_announced(body, announced, hub_xet::xorb::MAX_XORB_UPLOAD, "xorb").await?;
     let received = t0.elapsed();
     state.metrics().xet_received(bytes.len() as u64);
+    // Verified before the answer, so a bad xorb is refused here; imported after it, so the
+    // client's next xorb overlaps this one's import (the shard waits for every import).
+    // A xorb stored already is verified too before the answer says so: its name alone
+    // proves nothing.
     let st = state.clone();
-    let inserted = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
-        .await
-        .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
-    tracing::debug!(
-        xorb = %hash,
-        inserted,
-        wait_ms = waited.as_millis() as u64,
-        receive_ms = (received - waited).as_millis() as u64,
-        store_ms = (t0.elapsed() - received).as_millis() as u64,
-        "xorb"
-    );
-    Ok(Json(json!({ "was_inserted": inserted })))
+    let (bytes, known) = blocking(move || {
+        hub_xet::xorb::verify_xorb(&bytes, &hash)?;
+        Ok((bytes, st.xet()?.xorb(&hash)?.is_some()))
+    })
+    .await?;
+    if known {
+        return Ok(Json(json!({ "was_inserted": false })));
+    }
+    let verified = t0.elapsed();
+    let imports = IMPORTS.clone().read_owned().await;
+    let st = state.clone();
+    tokio::spawn(async move {
+        let (_permit, _imports) = (permit, imports);
+        let stored = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
+            .await
+            .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE));
+        tracing::debug!(
+            xorb = %hash,
+            wait_ms = waited.as_millis() as u64,
+            receive_ms = (received - waited).as_millis() as u64,
+            verify_ms = (verified - received).as_millis() as u64,
+            store_ms = (t0.elapsed() - verified).as_millis() as u64,
+            ok = stored.is_ok(),
+            "xorb"
+        );
+        if let Err(e) = stored {
+            tracing::warn!(xorb = %hash, error = %e, "storing a verified xorb failed");
+            let mut failed = FAILED_IMPORTS.lock().unwrap_or_else(|e| e.into_inner());
+            if failed.len() >= 1024 {
+                failed.clear();
+            }
+            failed.insert(hash, e);
+        }
+    });
+    Ok(Json(json!({ "was_inserted": true })))
 }
+
+/// Xorbs received and verified at once, each holding its body until its import ends.
+static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
+
+/// Imports of answered xorbs hold this for reading; a shard takes it for writing, so it is
+/// checked only once every xorb answered before it is in the store.
+static IMPORTS: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Why the import of an answered xorb failed (a full disk, an I/O error), for the shard that
+/// names it; bounded.
+static FAILED_IMPORTS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<XetHash, AppError>>> =
+    std::sync::LazyLock::new(Default::default);
 
 async fn head_xorb(
     State(state): State<AppState>,
@@ -395,6 +434,16 @@ async fn upload_shard(
     let bytes = read_body(body, hub_xet::shard::MAX_SHARD_BYTES, "shard").await?;
     let received = t0.elapsed();
     state.metrics().xet_received(bytes.len() as u64);
+    // Every xorb answered so far is in the store (or failed: then that failure is the answer).
+    drop(IMPORTS.write().await);
+    if let Ok(files) = hub_xet::shard::parse_shard(&bytes) {
+        let mut failed = FAILED_IMPORTS.lock().unwrap_or_else(|e| e.into_inner());
+        for x in files.iter().flat_map(|f| f.segments.iter().map(|s| s.xorb)) {
+            if let Some(e) = failed.remove(&x) {
+                return Err(e);
+            }
+        }
+    }
     let st = state.clone();
     let files = blocking(move || {
         let records = st.xet()?.put_shard(&bytes).inspect_err(|e| {
