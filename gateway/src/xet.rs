@@ -4,7 +4,8 @@
 //! - `GET /api/{type}s/{ns}/{name}/xet-{read,write}-token/{rev}` → `{accessToken, exp,
 //!   casUrl}`: a token for that repository and right (`hub_xet::token`), after the Hub's access
 //!   check (a write token needs write access).
-//! - `POST /v1/xorbs/{prefix}/{hash}` (write): a xorb, verified and stored (`hub_xet`);
+//! - `POST /v1/xorbs/{prefix}/{hash}` (write): a xorb, verified, answered, then stored in the
+//!   background (`hub_xet`; a shard waits for the imports answered before it);
 //!   `{"was_inserted": bool}`.
 //! - `POST /v1/shards` (write): a shard; every file it describes is verified against the
 //!   stored xorbs and its SHA-256, stored as an ordinary LFS object and recorded for the
