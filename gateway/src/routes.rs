@@ -19,7 +19,7 @@ pub fn router(state: AppState) -> Router {
     // the jobs peers forward here (`compute::forwarded_jobs`).
     let inference = crate::compute::inference_routes(&state);
     crate::hub::start(&state);
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/api/whoami-v2", get(whoami))
@@ -38,7 +38,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::pages::routes())
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state)
+        .with_state(state.clone());
+    crate::hub::resolve_ids_before(routes, state)
 }
 
 /// Records every request in the HTTP metrics, under its route template.
