@@ -50,8 +50,9 @@ pub fn validate_metadata(readme: &str) -> Validation {
         check_model_index(index, &mut v);
     }
     if data.contains_key("model-index") && !data.contains_key("license") {
-        v.warnings
-            .push("\"license\" is missing: add one so users know how they may use the model".into());
+        v.warnings.push(
+            "\"license\" is missing: add one so users know how they may use the model".into(),
+        );
     }
     v
 }
@@ -161,22 +162,46 @@ fn string_field(o: &Map<String, Value>, at: &str, key: &str, required: bool, v: 
 /// are `files`: the auto class and pipeline of its first architecture, and its processor.
 /// `None` when the config names no architecture.
 pub fn transformers_info(config: &Map<String, Value>, files: &[&str]) -> Option<Value> {
-    let arch = config
-        .get("architectures")?
-        .as_array()?
-        .first()?
-        .as_str()?;
+    let arch = config.get("architectures")?.as_array()?.first()?.as_str()?;
     const HEADS: [(&str, &str, &str); 12] = [
         ("ForCausalLM", "AutoModelForCausalLM", "text-generation"),
         ("LMHeadModel", "AutoModelForCausalLM", "text-generation"),
-        ("ForSequenceClassification", "AutoModelForSequenceClassification", "text-classification"),
-        ("ForTokenClassification", "AutoModelForTokenClassification", "token-classification"),
-        ("ForQuestionAnswering", "AutoModelForQuestionAnswering", "question-answering"),
+        (
+            "ForSequenceClassification",
+            "AutoModelForSequenceClassification",
+            "text-classification",
+        ),
+        (
+            "ForTokenClassification",
+            "AutoModelForTokenClassification",
+            "token-classification",
+        ),
+        (
+            "ForQuestionAnswering",
+            "AutoModelForQuestionAnswering",
+            "question-answering",
+        ),
         ("ForMaskedLM", "AutoModelForMaskedLM", "fill-mask"),
-        ("ForConditionalGeneration", "AutoModelForSeq2SeqLM", "text2text-generation"),
-        ("ForImageClassification", "AutoModelForImageClassification", "image-classification"),
-        ("ForObjectDetection", "AutoModelForObjectDetection", "object-detection"),
-        ("ForSpeechSeq2Seq", "AutoModelForSpeechSeq2Seq", "automatic-speech-recognition"),
+        (
+            "ForConditionalGeneration",
+            "AutoModelForSeq2SeqLM",
+            "text2text-generation",
+        ),
+        (
+            "ForImageClassification",
+            "AutoModelForImageClassification",
+            "image-classification",
+        ),
+        (
+            "ForObjectDetection",
+            "AutoModelForObjectDetection",
+            "object-detection",
+        ),
+        (
+            "ForSpeechSeq2Seq",
+            "AutoModelForSpeechSeq2Seq",
+            "automatic-speech-recognition",
+        ),
         ("ForCTC", "AutoModelForCTC", "automatic-speech-recognition"),
         ("Model", "AutoModel", "feature-extraction"),
     ];
@@ -290,7 +315,9 @@ mod tests {
             serde_json::from_value(json!({ "architectures": ["LlamaForCausalLM"] })).unwrap();
         assert_eq!(
             transformers_info(&config, &["config.json", "tokenizer.json"]),
-            Some(json!({ "auto_model": "AutoModelForCausalLM", "pipeline_tag": "text-generation", "processor": "AutoTokenizer" }))
+            Some(
+                json!({ "auto_model": "AutoModelForCausalLM", "pipeline_tag": "text-generation", "processor": "AutoTokenizer" })
+            )
         );
         assert_eq!(transformers_info(&Map::new(), &[]), None);
         assert_eq!(
@@ -299,7 +326,10 @@ mod tests {
         );
         let card: Map<String, Value> =
             serde_json::from_value(json!({ "widget": [{ "text": "hi" }] })).unwrap();
-        assert_eq!(widget_data(&card, Some("fill-mask")), Some(json!([{ "text": "hi" }])));
+        assert_eq!(
+            widget_data(&card, Some("fill-mask")),
+            Some(json!([{ "text": "hi" }]))
+        );
         assert_eq!(file_security("model.safetensors")["status"], "safe");
         assert_eq!(file_security("pytorch_model.bin")["status"], "unscanned");
     }

@@ -78,7 +78,10 @@ impl Redirects {
 
     fn save(&self, map: &BTreeMap<String, Redirect>) -> std::io::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(map).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(map).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, &self.path)
     }
 
@@ -94,7 +97,10 @@ impl Redirects {
     pub fn record(&self, from: &RepoId, to: &RepoId) -> std::io::Result<()> {
         self.with(|m| {
             let target = to.to_string();
-            for r in m.values_mut().filter(|r| r.to.eq_ignore_ascii_case(&from.to_string())) {
+            for r in m
+                .values_mut()
+                .filter(|r| r.to.eq_ignore_ascii_case(&from.to_string()))
+            {
                 r.to = target.clone();
             }
             m.remove(&key(to));

@@ -140,11 +140,13 @@ impl Hub {
         allowed: Option<&RepoId>,
     ) -> Result<(), RepoOpError> {
         let (repos, wanted) = (self.repos().clone(), id.clone());
-        let found = blocking(move || Ok::<_, RepoOpError>(repos.find_ignoring_case(&wanted)))
-            .await?;
+        let found =
+            blocking(move || Ok::<_, RepoOpError>(repos.find_ignoring_case(&wanted))).await?;
         match found {
             Some(repo) if Some(&repo) != allowed => {
-                Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { repo }))
+                Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists {
+                    repo,
+                }))
             }
             _ => Ok(()),
         }

@@ -235,7 +235,10 @@ impl Webhooks {
 
     /// Whether a receiver at `ip` may be sent to under this node's setting.
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
-        target_allowed(ip, self.allow_local.load(std::sync::atomic::Ordering::Relaxed))
+        target_allowed(
+            ip,
+            self.allow_local.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The file of a webhook's delivery log (one JSON array, at most [`LOG_ENTRIES`]).
@@ -339,8 +342,7 @@ pub fn target_allowed(ip: std::net::IpAddr, allow_local: bool) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            if v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast()
-            {
+            if v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() {
                 return false;
             }
             let local = v4.is_loopback()
@@ -352,8 +354,7 @@ pub fn target_allowed(ip: std::net::IpAddr, allow_local: bool) -> bool {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             let metadata = v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-            if v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xffc0) == 0xfe80 || metadata
-            {
+            if v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xffc0) == 0xfe80 || metadata {
                 return false;
             }
             let local = v6.is_loopback() || (s[0] & 0xfe00) == 0xfc00;
@@ -381,10 +382,14 @@ fn check_url(url: &str, allow_local: bool) -> Result<(), WebhookError> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>()
         && !target_allowed(ip, allow_local)
     {
-        return Err(bad("receivers on this address are not allowed by this node"));
+        return Err(bad(
+            "receivers on this address are not allowed by this node",
+        ));
     }
     if host.eq_ignore_ascii_case("localhost") && !allow_local {
-        return Err(bad("receivers on this address are not allowed by this node"));
+        return Err(bad(
+            "receivers on this address are not allowed by this node",
+        ));
     }
     Ok(())
 }
@@ -521,7 +526,12 @@ impl Hub {
         secret: Option<String>,
         endpoint: Option<String>,
     ) -> Result<Webhook, WebhookError> {
-        check_url(&url, self.webhooks().allow_local.load(std::sync::atomic::Ordering::Relaxed))?;
+        check_url(
+            &url,
+            self.webhooks()
+                .allow_local
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         check_watched(&watched)?;
         check_domains(&domains)?;
         let hook = Webhook {
@@ -913,6 +923,8 @@ impl Hub {
             "event": { "action": event.action, "scope": scope },
             "repo": repo_json(id, meta.private, None),
             "discussion": {
+                // The Hub's discussions have an object id; here the repo and number name one.
+                "id": format!("{}#{}", id, event.num),
                 "num": event.num,
                 "title": event.title,
                 "status": event.status,
@@ -1028,7 +1040,10 @@ mod tests {
         let reopened = Webhooks::new(hub.repos().root().join("webhooks"));
         let log = reopened.with_log(&hook.id, |l| l.clone());
         assert_eq!(log.len(), LOG_ENTRIES);
-        assert_eq!(log.back().unwrap().status, Some(200 + LOG_ENTRIES as u16 + 4));
+        assert_eq!(
+            log.back().unwrap().status,
+            Some(200 + LOG_ENTRIES as u16 + 4)
+        );
         // Disabled: nothing.
         hub.set_webhook_disabled(&admin, &hook.id, true)
             .await
@@ -1043,10 +1058,27 @@ mod tests {
     #[test]
     fn the_ssrf_filter_keeps_metadata_and_local_addresses_out() {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        for never in ["169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255", "fe80::1", "::", "fd00:ec2::254", "::ffff:169.254.169.254"] {
+        for never in [
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "fe80::1",
+            "::",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+        ] {
             assert!(!target_allowed(ip(never), true), "{never}");
         }
-        for local in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "100.64.0.1", "::1", "fd12::1"] {
+        for local in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "::1",
+            "fd12::1",
+        ] {
             assert!(!target_allowed(ip(local), false), "{local}");
             assert!(target_allowed(ip(local), true), "{local}");
         }

@@ -243,7 +243,8 @@ impl Repos {
         if self.exists(id) {
             return None;
         }
-        let same = |a: &std::ffi::OsStr, b: &str| a.to_str().is_some_and(|a| a.eq_ignore_ascii_case(b));
+        let same =
+            |a: &std::ffi::OsStr, b: &str| a.to_str().is_some_and(|a| a.eq_ignore_ascii_case(b));
         let base = self.root.join(id.kind().plural());
         let want = format!("{}.git", id.name());
         for ns in std::fs::read_dir(&base).ok()?.flatten() {
@@ -256,7 +257,10 @@ impl Repos {
                 }
                 let (Some(ns), Some(name)) = (
                     ns.file_name().to_str().map(str::to_owned),
-                    repo.file_name().to_str().and_then(|n| n.strip_suffix(".git")).map(str::to_owned),
+                    repo.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".git"))
+                        .map(str::to_owned),
                 ) else {
                     continue;
                 };

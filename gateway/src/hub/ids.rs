@@ -5,7 +5,8 @@
 //! rename. Covers every surface that names a repo in its path: the API
 //! (`/api/{type}s/{ns}/{name}/…`), resolve, git smart HTTP and the LFS batch API
 //! (`/[{type}s/]{ns}/{name}[.git]/…`). The `Location` is relative (the client joins it to
-//! the URL it asked for), so no `Host` header is trusted.
+//! the URL it asked for), so no `Host` header is trusted. A private repo's new id is told only
+//! to callers who may read it.
 //!
 //! `huggingface_hub` follows the 307 (its API session follows redirects; `hf_hub_download`
 //! follows redirects that stay on the same host); git follows it on the first request of a
@@ -24,10 +25,7 @@ use std::ops::Range;
 /// `router`, with repo ids resolved before it routes (a layer on the router itself would run
 /// after routing, too late to change which handler serves the path).
 pub(crate) fn resolve_ids_before(router: Router, state: AppState) -> Router {
-    let layered = tower::Layer::layer(
-        &middleware::from_fn_with_state(state, resolve_ids),
-        router,
-    );
+    let layered = tower::Layer::layer(&middleware::from_fn_with_state(state, resolve_ids), router);
     Router::new().fallback_service(layered)
 }
 
@@ -118,16 +116,30 @@ async fn resolve_ids(State(state): State<AppState>, mut request: Request, next: 
     match state.hub().lookup_id(&found.id).await {
         Lookup::AsIs => next.run(request).await,
         Lookup::Spelled(stored) => {
-            if let Some(uri) = with_id(request.uri(), &found, &stored)
-                .and_then(|s| s.parse::<Uri>().ok())
+            if let Some(uri) =
+                with_id(request.uri(), &found, &stored).and_then(|s| s.parse::<Uri>().ok())
             {
                 *request.uri_mut() = uri;
             }
             next.run(request).await
         }
         Lookup::Moved(to) => {
-            let Some(location) = with_id(request.uri(), &found, &to)
-                .and_then(|s| HeaderValue::from_str(&s).ok())
+            // The new id of a private repo is told only to those who may read it; others get
+            // the old id's 404, as for any repo they may not see.
+            let principal = crate::extract::authenticate(&state, request.headers())
+                .await
+                .ok()
+                .flatten();
+            if state
+                .hub()
+                .access(principal.as_ref(), &to, hub_core::Need::Read)
+                .await
+                .is_err()
+            {
+                return next.run(request).await;
+            }
+            let Some(location) =
+                with_id(request.uri(), &found, &to).and_then(|s| HeaderValue::from_str(&s).ok())
             else {
                 return next.run(request).await;
             };
@@ -150,12 +162,28 @@ mod tests {
         let id = |kind, s| RepoId::parse(kind, s).unwrap();
         let cases = [
             ("/api/models/Org/M", id(RepoType::Model, "Org/M"), false),
-            ("/api/datasets/o/d/tree/main", id(RepoType::Dataset, "o/d"), false),
+            (
+                "/api/datasets/o/d/tree/main",
+                id(RepoType::Dataset, "o/d"),
+                false,
+            ),
             ("/o/m/resolve/main/a.txt", id(RepoType::Model, "o/m"), false),
-            ("/spaces/o/s/resolve/main/a", id(RepoType::Space, "o/s"), false),
+            (
+                "/spaces/o/s/resolve/main/a",
+                id(RepoType::Space, "o/s"),
+                false,
+            ),
             ("/o/m.git/info/refs", id(RepoType::Model, "o/m"), true),
-            ("/datasets/o/d.git/git-upload-pack", id(RepoType::Dataset, "o/d"), true),
-            ("/o/m.git/info/lfs/objects/batch", id(RepoType::Model, "o/m"), true),
+            (
+                "/datasets/o/d.git/git-upload-pack",
+                id(RepoType::Dataset, "o/d"),
+                true,
+            ),
+            (
+                "/o/m.git/info/lfs/objects/batch",
+                id(RepoType::Model, "o/m"),
+                true,
+            ),
         ];
         for (path, want, git) in cases {
             let found = repo_in_path(path).unwrap_or_else(|| panic!("{path}"));
@@ -171,7 +199,9 @@ mod tests {
         ] {
             assert_eq!(repo_in_path(other), None, "{other}");
         }
-        let uri: Uri = "/o/old.git/info/refs?service=git-upload-pack".parse().unwrap();
+        let uri: Uri = "/o/old.git/info/refs?service=git-upload-pack"
+            .parse()
+            .unwrap();
         let found = repo_in_path(uri.path()).unwrap();
         assert_eq!(
             with_id(&uri, &found, &id(RepoType::Model, "n/new")).unwrap(),

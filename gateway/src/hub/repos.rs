@@ -58,8 +58,9 @@ pub(super) async fn create_repo(
         Err(e) => Err(e),
     };
     match created {
-        Ok(id) => Ok(Json(json!({ "url": repo_url(&headers, &id), "name": id.hub_id() }))
-            .into_response()),
+        Ok(id) => Ok(
+            Json(json!({ "url": repo_url(&headers, &id), "name": id.hub_id() })).into_response(),
+        ),
         Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { repo })) => {
             // `create_repo(exist_ok=True)` reads `url` from the 409 body: the existing repo's,
             // which may be spelled in another case than the request's.

@@ -300,7 +300,10 @@ async fn post(hub: &Hub, d: &Delivery) -> Result<u16, String> {
     let port = uri.port_u16().unwrap_or(80);
     // The SSRF filter: resolve, then connect only to an address the node's setting allows
     // (never link-local/metadata), so a name cannot point a delivery somewhere refused.
-    let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((bare.as_str(), port))
         .await
         .map_err(|e| format!("resolve {host}: {e}"))?
