@@ -1311,7 +1311,7 @@ async fn paths_info_and_move() {
     // The old id redirects to the new one, as the Hub's do after a rename.
     let old = send(&f.app, "GET", "/api/models/admin/m", None, &[], "").await;
     assert_eq!(
-        (old.status, old.header("location")),
+        (old.status.as_u16(), old.header("location")),
         (307, Some("/api/models/admin/renamed"))
     );
     let moved = send(
