@@ -45,6 +45,9 @@
 //! start_timeout_secs = 120  # an app must listen within this after it starts
 //! build_timeout_secs = 1800
 //! sleep_secs = 172800       # idle time before a Space sleeps when its owner set none (0: never)
+//! drain_idle_secs = 30      # a replaced instance stops once idle this long...
+//! drain_max_secs = 120      # ...or after this long (a new commit's swap; 0: at once)
+//! domains = ["localhost"]   # NS-NAME.<domain> is a Space's host name
 //!
 //! [mirror]
 //! upstream = "https://huggingface.co"  # pull repos this node lacks from there (hub-mirror)
@@ -136,6 +139,13 @@ pub struct SpacesSection {
     pub build_timeout_secs: u64,
     /// Seconds without requests before a Space sleeps when its owner set none; 0: never.
     pub sleep_secs: u64,
+    /// After a swap to a new commit, the old instance stops once nothing is in flight on it
+    /// and its sessions have been quiet this long...
+    pub drain_idle_secs: u64,
+    /// ...or when it has drained this long (0: it stops at once).
+    pub drain_max_secs: u64,
+    /// Host names under which `NS-NAME.<domain>` names a Space.
+    pub domains: Vec<String>,
 }
 
 impl Default for SpacesSection {
@@ -150,6 +160,9 @@ impl Default for SpacesSection {
             start_timeout_secs: 120,
             build_timeout_secs: 1800,
             sleep_secs: 48 * 3600,
+            drain_idle_secs: 30,
+            drain_max_secs: 120,
+            domains: vec!["localhost".into()],
         }
     }
 }

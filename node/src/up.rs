@@ -282,6 +282,9 @@ async fn start_spaces(config: &Config, data: &DataDir, state: &AppState) {
     spaces.build_timeout = Duration::from_secs(section.build_timeout_secs);
     spaces.default_sleep =
         (section.sleep_secs > 0).then(|| Duration::from_secs(section.sleep_secs));
+    spaces.drain_idle = Duration::from_secs(section.drain_idle_secs);
+    spaces.drain_max = Duration::from_secs(section.drain_max_secs);
+    spaces.domains = section.domains.clone();
     match hub_spaces::Spaces::new(spaces, state.hub().clone()).await {
         Ok(spaces) => {
             state.enable_spaces(spaces);
