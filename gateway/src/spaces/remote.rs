@@ -312,30 +312,3 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<T> {
         Pin::new(&mut self.0).poll_close(cx)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn hyper_serves_an_exchange_over_futures_io() {
-        // The request is read from the cursor and the answer written after it.
-        let request = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let mut wire = futures::io::Cursor::new(request.to_vec());
-        let service =
-            hyper::service::service_fn(|r: http::Request<hyper::body::Incoming>| async move {
-                Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(format!(
-                    "path {}",
-                    r.uri().path()
-                ))))
-            });
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(FuturesIo(&mut wire), service)
-            .await
-            .expect("served");
-        let written = String::from_utf8(wire.into_inner()).expect("utf-8");
-        let answer = &written[request.len()..];
-        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-        assert!(answer.ends_with("path /hello"), "{answer}");
-    }
-}
