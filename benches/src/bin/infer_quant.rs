@@ -205,6 +205,8 @@ fn ggml_id(d: candle_core::quantized::GgmlDType) -> Option<u32> {
     Some(match d {
         G::Q4_0 => 2,
         G::Q4_1 => 3,
+        G::Q5_0 => 6,
+        G::Q5_1 => 7,
         G::Q8_0 => 8,
         G::Q4K => 12,
         G::Q5K => 13,
