@@ -67,6 +67,7 @@ pub use git::{
 };
 /// How long inference requests wait for a model to load by default (`hub-models`').
 pub use routes::router;
+pub use spaces::space_tunnels;
 
 use hub_auth::AuthStore;
 use hub_core::{Hub, HubParts, MeshPort};
@@ -132,6 +133,8 @@ struct Inner {
     compute: std::sync::OnceLock<Arc<hub_models::Compute>>,
     /// Set once by [`AppState::enable_spaces`]; the Spaces routes answer 503 until then.
     spaces: std::sync::OnceLock<hub_spaces::Spaces>,
+    /// Where the Spaces this node does not run were placed (`spaces::remote`).
+    space_placements: hub_spaces::mesh::Placements,
     /// The Xet index (`xet.redb` in the store's directory), opened on first use.
     xet: std::sync::OnceLock<Arc<hub_xet::XetIndex>>,
     xet_open: std::sync::Mutex<()>,
@@ -182,6 +185,7 @@ impl AppState {
                 inference: std::sync::OnceLock::new(),
                 compute: std::sync::OnceLock::new(),
                 spaces: std::sync::OnceLock::new(),
+                space_placements: hub_spaces::mesh::Placements::default(),
                 xet: std::sync::OnceLock::new(),
                 xet_open: std::sync::Mutex::new(()),
                 mirror: std::sync::OnceLock::new(),
@@ -292,6 +296,10 @@ impl AppState {
 
     pub(crate) fn spaces(&self) -> Option<&hub_spaces::Spaces> {
         self.inner.spaces.get()
+    }
+
+    pub(crate) fn space_placements(&self) -> &hub_spaces::mesh::Placements {
+        &self.inner.space_placements
     }
 
     /// The Xet index over the store, opened (once) on first use: `xet.redb` in the store's

@@ -17,10 +17,16 @@
 //! - `ANY /spaces/{ns}/{name}/app/…`: the app (see `proxy`), also reached by host name,
 //!   `NS-NAME.<domain>` (see `host`).
 //!
-//! Until the node calls [`AppState::enable_spaces`], these answer 503 (`--spaces off`).
+//! A Space this node does not run (`--spaces off`, or no free slot) is placed on a peer and
+//! its app and runtime are reached through it (see `remote`); the runtime answer names the
+//! node running the Space (`node`, a peer id). Without the Spaces runtime
+//! ([`AppState::enable_spaces`]) the management routes answer 503.
 
 pub(crate) mod host;
 mod proxy;
+mod remote;
+
+pub use remote::space_tunnels;
 
 use crate::AppState;
 use crate::access::{access, read_access};
@@ -171,7 +177,13 @@ async fn runtime(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let id = allowed(&state, &headers, &path, Need::Read).await?;
-    runtime_of(&state, &id).await
+    if !remote::runs_here(&state, &id) && state.compute().is_some() {
+        // A Space this node will not or cannot run: asked of the peer it runs on.
+        return remote::runtime(&state, &id).await;
+    }
+    let mut json = runtime_of(&state, &id).await?;
+    json.0["node"] = json!(state.p2p().peer_id().to_string());
+    Ok(json)
 }
 
 async fn pause(

@@ -229,8 +229,9 @@ pub struct NodeFlags {
     /// never runs models and always routes [default: local].
     #[arg(long, value_name = "MODE")]
     pub inference: Option<String>,
-    /// Whether this node runs Space apps: `local` builds and runs them here, sandboxed
-    /// (needs bubblewrap), `off` never does [default: local].
+    /// Whether this node runs Space apps: `local` builds and runs its own gateway's here,
+    /// sandboxed (needs bubblewrap), `mesh` also runs those peers place here, `off` never
+    /// runs any (each Space is placed on a peer that advertises a free slot) [default: local].
     #[arg(long, value_name = "MODE")]
     pub spaces: Option<String>,
     /// Where Space environments are built and cached by content hash [default:

@@ -38,7 +38,8 @@
 //! threads = 2               # workers of the engine pool all models decode on; default: one per core
 //!
 //! [spaces]
-//! mode = "local"            # local: run Space apps here | off (mesh placement: not yet)
+//! mode = "local"            # local: run this gateway's Space apps | mesh: also peers' | off: place all on peers
+//! slots = 16                # Spaces building or running at once (advertised; beyond: placed on peers)
 //! env_dir = "…/spaces/envs" # built environments by content hash (shareable between nodes)
 //! python = "python3"        # the interpreter environments are built with
 //! memory_mib = 4096         # address space of each Space process
@@ -145,8 +146,10 @@ impl MirrorSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpacesSection {
-    /// `local` or `off` (see `hubmesh up --spaces`).
+    /// `local`, `mesh` or `off` (see `hubmesh up --spaces`).
     pub mode: String,
+    /// Spaces building, starting or running at once here; further ones are placed on peers.
+    pub slots: u16,
     /// Where built environments live; unset: `DATA/spaces/envs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_dir: Option<PathBuf>,
@@ -177,6 +180,7 @@ impl Default for SpacesSection {
     fn default() -> Self {
         Self {
             mode: "local".into(),
+            slots: 16,
             env_dir: None,
             python: "python3".into(),
             memory_mib: 4096,
@@ -443,13 +447,14 @@ impl Config {
         self.inference_mode()?;
         self.spaces_enabled()?;
         if self.spaces.memory_mib == 0
+            || self.spaces.slots == 0
             || self.spaces.max_processes == 0
             || self.spaces.scratch_mib == 0
             || self.spaces.start_timeout_secs == 0
             || self.spaces.build_timeout_secs == 0
         {
             bail!(
-                "spaces.memory_mib, max_processes, scratch_mib, start_timeout_secs and build_timeout_secs must be positive"
+                "spaces.memory_mib, slots, max_processes, scratch_mib, start_timeout_secs and build_timeout_secs must be positive"
             );
         }
         self.allow_peers()?;
@@ -500,16 +505,20 @@ impl Config {
             .collect()
     }
 
-    /// Whether this node runs Space apps (`spaces.mode`: `local` or `off`).
+    /// What this node does with Spaces (`spaces.mode`): `local` runs its own gateway's,
+    /// `mesh` also peers', `off` none (every Space is placed on a peer).
+    pub fn spaces_mode(&self) -> anyhow::Result<hub_compute::Mode> {
+        self.spaces.mode.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid spaces mode {:?} (expected local, mesh or off)",
+                self.spaces.mode
+            )
+        })
+    }
+
+    /// Whether this node runs Space apps (`spaces.mode` `local` or `mesh`).
     pub fn spaces_enabled(&self) -> anyhow::Result<bool> {
-        match self.spaces.mode.as_str() {
-            "local" => Ok(true),
-            "off" => Ok(false),
-            "mesh" => bail!(
-                "spaces mode \"mesh\" (placing Spaces on peers) is not implemented yet; use local or off"
-            ),
-            other => bail!("invalid spaces mode {other:?} (expected local or off)"),
-        }
+        Ok(self.spaces_mode()? != hub_compute::Mode::Off)
     }
 
     /// Workers of the engine pool: `[inference] threads`, else one per core.

@@ -198,7 +198,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub_gateway::forwarded_jobs(&state),
     );
     if config.spaces_enabled()? {
-        start_spaces(&config, &data, &state).await;
+        start_spaces(&config, &data, &state, &compute, &p2p).await?;
     }
     let app = hub_gateway::router(state);
     let flusher = tokio::spawn(flush_downloads_every(
@@ -274,7 +274,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Builds the Spaces runtime and hands it to the gateway. A node that cannot run Spaces
 /// (no Python) still serves everything else: the Spaces routes then answer 503.
-async fn start_spaces(config: &Config, data: &DataDir, state: &AppState) {
+async fn start_spaces(
+    config: &Config,
+    data: &DataDir,
+    state: &AppState,
+    compute: &Arc<Compute>,
+    p2p: &hub_net::P2p,
+) -> anyhow::Result<()> {
     let section = &config.spaces;
     let mut spaces = hub_spaces::SpacesConfig::new(data.join(SPACES_DIR));
     if let Some(dir) = &section.env_dir {
@@ -291,14 +297,28 @@ async fn start_spaces(config: &Config, data: &DataDir, state: &AppState) {
     spaces.drain_idle = Duration::from_secs(section.drain_idle_secs);
     spaces.drain_max = Duration::from_secs(section.drain_max_secs);
     spaces.domains = section.domains.clone();
+    spaces.mode = config.spaces_mode()?;
+    spaces.slots = section.slots;
     match hub_spaces::Spaces::new(spaces, state.hub().clone()).await {
         Ok(spaces) => {
+            // Its slots go out in this node's capacity adverts; in mode `mesh` peers place
+            // Spaces here through `/hubmesh/space/1` tunnels.
+            let slots = spaces.clone();
+            compute.set_space_slots(Arc::new(move || slots.slots()));
+            let allow = compute.clone();
+            hub_spaces::mesh::spawn_tunnel_server(
+                p2p.clone(),
+                spaces.clone(),
+                Arc::new(move |peer| allow.allowed(peer)),
+                hub_gateway::space_tunnels(state),
+            );
             state.enable_spaces(spaces);
         }
         Err(error) => {
             tracing::warn!(%error, "Spaces are off: the Spaces runtime did not start");
         }
     }
+    Ok(())
 }
 
 /// The listing index is derived from the repositories, so it is rebuilt at every start: a

@@ -28,7 +28,10 @@
 //!                       | u8 accepts_remote | u8 device kind (0 cpu, 1 cuda) | str8 device name
 //!                       | u64 memory total | u64 memory free | u32 queue depth | u32 queue limit
 //!                       | u32 running | u32 free KV blocks | u32 tokens per KV block
+//!                       | SpaceSlots
 //!                       | u8 m | m × (repo | [20] commit | f32 decode tok/s | u32 running)
+//! SpaceSlots            u8 spaces mode (as mode) | u32 cpus | u64 memory total | u64 memory free
+//!                       | u64 memory per slot | u16 slots total | u16 slots free | str8 hardware
 //! SignedCapacityAdvert  u8 version | u8 kind=11 | u16 len | CapacityAdvert (len bytes)
 //!                       | [64] signature by the node key over SIGNING_CONTEXT || CapacityAdvert
 //! ```
@@ -76,6 +79,10 @@ pub const MAX_ADVERT_LIFETIME_SECS: u64 = 600;
 pub const MAX_MODELS: usize = 64;
 /// Longest device name, in bytes.
 pub const MAX_DEVICE_NAME_LEN: usize = 128;
+/// Longest Space hardware name (`cpu-basic`, `t4-small`), in bytes.
+pub const MAX_HARDWARE_LEN: usize = 32;
+/// Encoded size of [`SpaceSlots`] with the longest hardware name.
+const MAX_SPACE_SLOTS_LEN: usize = 1 + 4 + 3 * 8 + 2 * 2 + 1 + MAX_HARDWARE_LEN;
 /// Largest encoded [`CapacityAdvert`].
 pub const MAX_ADVERT_LEN: usize = 2
     + 32
@@ -85,6 +92,7 @@ pub const MAX_ADVERT_LEN: usize = 2
     + MAX_DEVICE_NAME_LEN
     + 2 * 8
     + 5 * 4
+    + MAX_SPACE_SLOTS_LEN
     + 1
     + MAX_MODELS * (1 + 2 * (1 + crate::name::MAX_NAME_LEN) + 20 + 4 + 4);
 /// Largest encoded [`SignedCapacityAdvert`]; a receiver refuses anything longer unread.
@@ -172,6 +180,54 @@ pub struct LoadedModel {
     pub running: u32,
 }
 
+/// What a node offers for running Space apps (hub-spaces), in its capacity advert.
+///
+/// A gateway that will not or cannot run a Space itself places it on a node whose `mode` is
+/// [`Mode::Mesh`] with a free slot and at least `memory_per_slot_bytes` free (hub-compute's
+/// `place_space`). A node with Spaces off advertises [`SpaceSlots::default`] (mode off, no
+/// slots).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceSlots {
+    /// `off`: runs no Space apps; `local`: only its own gateway's; `mesh`: also peers'.
+    pub mode: Mode,
+    /// CPU threads of the node.
+    pub cpus: u32,
+    /// The node's memory, and how much of it is available now (0 when unknown).
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    /// The memory limit of one Space app (its sandbox's address-space limit).
+    pub memory_per_slot_bytes: u64,
+    /// Space apps the node runs at once, and how many more it would start now.
+    pub slots_total: u16,
+    pub slots_free: u16,
+    /// The hardware flavour its Spaces run on, as the Hub names it (`cpu-basic`); at most
+    /// [`MAX_HARDWARE_LEN`] bytes.
+    pub hardware: String,
+}
+
+impl Default for SpaceSlots {
+    /// Spaces off: no slots, nothing known of the machine.
+    fn default() -> Self {
+        Self {
+            mode: Mode::Off,
+            cpus: 0,
+            memory_total_bytes: 0,
+            memory_free_bytes: 0,
+            memory_per_slot_bytes: 0,
+            slots_total: 0,
+            slots_free: 0,
+            hardware: String::new(),
+        }
+    }
+}
+
+impl SpaceSlots {
+    /// Whether a peer may place a Space here now.
+    pub fn takes_peers_spaces(&self) -> bool {
+        self.mode == Mode::Mesh && self.slots_free > 0
+    }
+}
+
 /// A node's capacity at `issued_at`. Build one with [`CapacityAdvert::new`] and set the fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapacityAdvert {
@@ -205,6 +261,8 @@ pub struct CapacityAdvert {
     /// Loaded models, sorted by repo then commit, without duplicates ([`CapacityAdvert::sign`]
     /// sorts them); at most [`MAX_MODELS`].
     pub models: Vec<LoadedModel>,
+    /// Its Space slots.
+    pub spaces: SpaceSlots,
 }
 
 /// Why an advert is not valid (checked when signing and decoding).
@@ -229,6 +287,10 @@ pub enum InvalidAdvert {
     Speed(RepoId),
     #[error("the signing key is not the advert's node key")]
     WrongKey,
+    #[error(
+        "Space slots are inconsistent (free over total, or hardware name over {MAX_HARDWARE_LEN} bytes)"
+    )]
+    SpaceSlots,
 }
 
 impl InvalidAdvert {
@@ -243,7 +305,17 @@ impl InvalidAdvert {
             InvalidAdvert::DuplicateModel(_) => "models not sorted or duplicated",
             InvalidAdvert::Speed(_) => "invalid decode speed",
             InvalidAdvert::WrongKey => "wrong key",
+            InvalidAdvert::SpaceSlots => "invalid Space slots",
         }
+    }
+}
+
+fn read_mode(r: &mut Reader<'_>) -> Result<Mode, DecodeError> {
+    match r.u8()? {
+        0 => Ok(Mode::Off),
+        1 => Ok(Mode::Local),
+        2 => Ok(Mode::Mesh),
+        _ => Err(DecodeError::NotCanonical("unknown mode")),
     }
 }
 
@@ -272,6 +344,7 @@ impl CapacityAdvert {
             free_kv_blocks: 0,
             kv_block_tokens: 0,
             models: Vec::new(),
+            spaces: SpaceSlots::default(),
         }
     }
 
@@ -312,6 +385,13 @@ impl CapacityAdvert {
         if self.memory_free_bytes > self.memory_total_bytes {
             return Err(InvalidAdvert::Memory);
         }
+        let slots = &self.spaces;
+        if slots.slots_free > slots.slots_total
+            || slots.hardware.len() > MAX_HARDWARE_LEN
+            || slots.memory_free_bytes > slots.memory_total_bytes
+        {
+            return Err(InvalidAdvert::SpaceSlots);
+        }
         for (i, m) in self.models.iter().enumerate() {
             if m.repo.kind() != RepoType::Model {
                 return Err(InvalidAdvert::NotAModel(m.repo.clone()));
@@ -349,6 +429,15 @@ impl CapacityAdvert {
         w.u32(self.running);
         w.u32(self.free_kv_blocks);
         w.u32(self.kv_block_tokens);
+        let slots = &self.spaces;
+        w.u8(slots.mode.to_byte());
+        w.u32(slots.cpus);
+        w.u64(slots.memory_total_bytes);
+        w.u64(slots.memory_free_bytes);
+        w.u64(slots.memory_per_slot_bytes);
+        w.u16(slots.slots_total);
+        w.u16(slots.slots_free);
+        w.str8(&slots.hardware);
         w.u8(self.models.len() as u8);
         for m in &self.models {
             w.repo(&m.repo);
@@ -373,12 +462,7 @@ impl CapacityAdvert {
         let seq = r.u64()?;
         let issued_at = r.u64()?;
         let expires_at = r.u64()?;
-        let mode = match r.u8()? {
-            0 => Mode::Off,
-            1 => Mode::Local,
-            2 => Mode::Mesh,
-            _ => return Err(DecodeError::NotCanonical("unknown mode")),
-        };
+        let mode = read_mode(&mut r)?;
         let accepts_remote = match r.u8()? {
             0 => false,
             1 => true,
@@ -397,6 +481,16 @@ impl CapacityAdvert {
         let running = r.u32()?;
         let free_kv_blocks = r.u32()?;
         let kv_block_tokens = r.u32()?;
+        let spaces = SpaceSlots {
+            mode: read_mode(&mut r)?,
+            cpus: r.u32()?,
+            memory_total_bytes: r.u64()?,
+            memory_free_bytes: r.u64()?,
+            memory_per_slot_bytes: r.u64()?,
+            slots_total: r.u16()?,
+            slots_free: r.u16()?,
+            hardware: r.str8()?.to_owned(),
+        };
         let n = r.u8()? as usize;
         if n > MAX_MODELS {
             return Err(DecodeError::NotCanonical("too many models"));
@@ -430,6 +524,7 @@ impl CapacityAdvert {
             free_kv_blocks,
             kv_block_tokens,
             models,
+            spaces,
         };
         advert
             .validate()
@@ -528,6 +623,16 @@ mod tests {
         a.free_kv_blocks = 500;
         a.kv_block_tokens = 16;
         a.models = vec![model("org/b", 1, 41.5), model("org/a", 2, 12.0)];
+        a.spaces = SpaceSlots {
+            mode: Mode::Mesh,
+            cpus: 16,
+            memory_total_bytes: 64 << 30,
+            memory_free_bytes: 30 << 30,
+            memory_per_slot_bytes: 4 << 30,
+            slots_total: 4,
+            slots_free: 3,
+            hardware: "cpu-basic".into(),
+        };
         a
     }
 
@@ -586,6 +691,7 @@ mod tests {
     fn largest_advert_fits_the_bound() {
         let mut a = advert();
         a.device_name = "x".repeat(MAX_DEVICE_NAME_LEN);
+        a.spaces.hardware = "h".repeat(MAX_HARDWARE_LEN);
         let long = "n".repeat(crate::name::MAX_NAME_LEN);
         a.models = (0..MAX_MODELS)
             .map(|i| LoadedModel {
@@ -617,6 +723,36 @@ mod tests {
         forged.advert.memory_free_bytes = forged.advert.memory_total_bytes;
         forged.advert.queue_depth = 0;
         assert!(forged.verify_signature().is_err());
+    }
+
+    #[test]
+    fn space_slots_round_trip_and_are_checked() {
+        let a = advert();
+        let back = SignedCapacityAdvert::decode(&a.sign(&key()).unwrap().encode()).unwrap();
+        assert_eq!(back.advert.spaces, a.spaces);
+        assert!(back.advert.spaces.takes_peers_spaces());
+        // Inflating the free slots after signing breaks the signature.
+        let mut forged = a.sign(&key()).unwrap();
+        forged.advert.spaces.slots_free = 4;
+        assert!(forged.verify_signature().is_err());
+        let mut bad = advert();
+        bad.spaces.slots_free = 5;
+        assert_eq!(bad.sign(&key()), Err(InvalidAdvert::SpaceSlots));
+        bad = advert();
+        bad.spaces.hardware = "h".repeat(MAX_HARDWARE_LEN + 1);
+        assert_eq!(bad.sign(&key()), Err(InvalidAdvert::SpaceSlots));
+        // A full node, or one not in mode mesh, takes no peer's Space.
+        let mut full = advert().spaces;
+        full.slots_free = 0;
+        assert!(!full.takes_peers_spaces());
+        let local = SpaceSlots {
+            mode: Mode::Local,
+            ..advert().spaces
+        };
+        assert!(!local.takes_peers_spaces());
+        // A node without a Spaces runtime advertises mode off and no slots.
+        assert_eq!(SpaceSlots::default().mode, Mode::Off);
+        assert!(!SpaceSlots::default().takes_peers_spaces());
     }
 
     #[test]
@@ -683,6 +819,17 @@ mod tests {
                         running,
                     })
                     .collect();
+                let slots = q[0] as u16;
+                ad.spaces = SpaceSlots {
+                    mode: ad.mode,
+                    cpus: q[1],
+                    memory_total_bytes: a.max(b),
+                    memory_free_bytes: a.min(b),
+                    memory_per_slot_bytes: b,
+                    slots_total: slots,
+                    slots_free: slots / 2,
+                    hardware: "cpu-basic".into(),
+                };
                 ad
             })
     }

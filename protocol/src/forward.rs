@@ -26,6 +26,18 @@ use crate::signed::codec::{Reader, Writer};
 
 /// The libp2p protocol name.
 pub const INFER_PROTOCOL: &str = "/hubmesh/infer/1";
+
+/// `/hubmesh/space/1`: a request to a Space app that runs on a peer. The same frames open
+/// it: the gateway writes a [`Frame::Request`] naming the Space (`path` =
+/// `/spaces/{ns}/{name}`, header [`SPACE_COMMIT_HEADER`] with the commit it expects), and
+/// the peer answers [`Frame::Head`] (status 200: it runs the Space for this gateway) or
+/// [`Frame::Error`] (it will not: mode, allow-list, no free slot, repo not found). After an
+/// accepting head the stream carries one HTTP/1.1 exchange to the peer's app route, so the
+/// app's answers stream (SSE) and a websocket upgrade is joined byte for byte, as on a local
+/// loopback connection. Closing the stream ends the exchange.
+pub const SPACE_PROTOCOL: &str = "/hubmesh/space/1";
+/// The commit of the Space the opening request expects the peer to run (40 hex digits).
+pub const SPACE_COMMIT_HEADER: &str = "x-hubmesh-space-commit";
 /// Largest request body forwarded (an inference request is JSON: prompts, messages).
 pub const MAX_BODY: usize = 4 << 20;
 /// Largest frame: a request with the largest body and its headers.

@@ -15,6 +15,8 @@
 //! - [`plan_placement`] splits a model too large for one node over `tensor_parallel ×
 //!   pipeline_parallel` nodes from the same adverts and RTTs (hub-protocol's signed
 //!   `Placement` is its answer; hub-infer's `shard` module runs it).
+//! - [`place_space`] orders the nodes that may run a Space for a gateway that will not run
+//!   it itself, from their adverts' Space slots and RTTs (`space.rs`).
 //! - [`ResponseCache`] is a bounded LRU of full response bodies for deterministic requests
 //!   ([`is_deterministic`]), keyed by model, resolved commit and canonical request JSON
 //!   ([`CacheKey`]).
@@ -60,16 +62,20 @@
 mod cache;
 mod placement;
 mod route;
+mod space;
 mod table;
 #[cfg(test)]
 mod testgen;
 
 pub use cache::{CacheKey, CachedResponse, ResponseCache, is_deterministic};
 pub use hub_protocol::capacity::{
-    CapacityAdvert, DeviceKind, LoadedModel, Mode, SignedCapacityAdvert, UnknownMode,
+    CapacityAdvert, DeviceKind, LoadedModel, Mode, SignedCapacityAdvert, SpaceSlots, UnknownMode,
 };
 pub use placement::{
     LocalCapacity, PlacementRequest, PlanError, plan_placement, proportional_layers,
 };
 pub use route::{Candidate, Decision, LocalState, RouteRequest, Target, route};
-pub use table::{Accepted, CapacityTable, ModelView, NodeView, Rejected, TableConfig, TableView};
+pub use space::place_space;
+pub use table::{
+    Accepted, CapacityTable, ModelView, NodeView, Rejected, SpaceSlotsView, TableConfig, TableView,
+};

@@ -234,6 +234,20 @@ pub struct NodeView {
     pub free_kv_blocks: u32,
     pub kv_block_tokens: u32,
     pub models: Vec<ModelView>,
+    pub spaces: SpaceSlotsView,
+}
+
+/// The Space slots of a [`NodeView`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpaceSlotsView {
+    pub mode: Mode,
+    pub cpus: u32,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    pub memory_per_slot_bytes: u64,
+    pub slots_total: u16,
+    pub slots_free: u16,
+    pub hardware: String,
 }
 
 /// One loaded model of a [`NodeView`].
@@ -273,6 +287,16 @@ impl From<&CapacityAdvert> for NodeView {
                     running: m.running,
                 })
                 .collect(),
+            spaces: SpaceSlotsView {
+                mode: a.spaces.mode,
+                cpus: a.spaces.cpus,
+                memory_total_bytes: a.spaces.memory_total_bytes,
+                memory_free_bytes: a.spaces.memory_free_bytes,
+                memory_per_slot_bytes: a.spaces.memory_per_slot_bytes,
+                slots_total: a.spaces.slots_total,
+                slots_free: a.spaces.slots_free,
+                hardware: a.spaces.hardware.clone(),
+            },
         }
     }
 }

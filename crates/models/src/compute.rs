@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{AsyncWriteExt, StreamExt};
 use hub_compute::{
     CapacityAdvert, CapacityTable, Decision, DeviceKind, Mode, ResponseCache, RouteRequest,
-    SignedCapacityAdvert, TableConfig,
+    SignedCapacityAdvert, SpaceSlots, TableConfig,
 };
 use hub_net::{P2p, PeerId, Stream, StreamProtocol, Topic, Verdict, read_frame, write_frame};
 use hub_protocol::forward::{Frame, INFER_PROTOCOL, MAX_BODY, ResponseHead};
@@ -69,7 +69,12 @@ pub struct Compute {
     cache: Option<Mutex<ResponseCache>>,
     jobs: Arc<Semaphore>,
     counters: Counters,
+    space_slots: Mutex<Option<SpaceSlotsSource>>,
 }
+
+/// Reads this node's Space slots when an advert is built (hub-spaces' runtime, set by the
+/// node with [`Compute::set_space_slots`]).
+pub type SpaceSlotsSource = Arc<dyn Fn() -> SpaceSlots + Send + Sync>;
 
 impl std::fmt::Debug for Compute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,7 +110,22 @@ impl Compute {
                 .then(|| Mutex::new(ResponseCache::new(config.cache_entries, CACHE_BYTES))),
             jobs: Arc::new(Semaphore::new(MAX_REMOTE_JOBS)),
             counters: Counters::default(),
+            space_slots: Mutex::new(None),
         }
+    }
+
+    /// This node's key, as its adverts name it.
+    pub fn me(&self) -> PublicKey {
+        self.me
+    }
+
+    /// Where this node's adverts read its Space slots from from now on (unset: Spaces off,
+    /// no slots).
+    pub fn set_space_slots(&self, source: SpaceSlotsSource) {
+        *self
+            .space_slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(source);
     }
 
     /// Spawns the advertiser, the advert collector and (mode `mesh`) the stream server, which
@@ -168,6 +188,13 @@ impl Compute {
         if let Some(load) = load.filter(|_| self.mode != Mode::Off) {
             load.fill_advert(&mut advert);
         }
+        let slots = self
+            .space_slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // No Spaces runtime here: the default, mode off and no slots.
+        advert.spaces = slots.map(|slots| slots()).unwrap_or_default();
         advert
     }
 

@@ -45,7 +45,7 @@ mod models;
 mod snapshot;
 mod stream;
 
-pub use compute::{Compute, ComputeConfig, Counters, unix_now};
+pub use compute::{Compute, ComputeConfig, Counters, SpaceSlotsSource, unix_now};
 pub use error::{FetchError, LoadError, LoadFailure, ModelError, Wait, error_chain};
 #[cfg(any(test, feature = "test-support"))]
 pub use models::LoadHook;

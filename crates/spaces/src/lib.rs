@@ -4,7 +4,9 @@
 //! Place in the graph: above `core` (`… ← core ← spaces ← gateway ← node`); it reads repos
 //! through `hub-repo` and knows no HTTP (duplicating a Space is `hub-core`'s repo
 //! duplication; the gateway then sets the copy's secrets and variables here). The gateway renders what [`Spaces`] answers (`gateway/src/spaces.rs`); the node
-//! builds it (`--spaces off|local`).
+//! builds it (`--spaces off|local|mesh`). On the mesh (`mesh.rs`), Spaces this gateway does
+//! not run are placed on peers that advertise free Space slots and reached over
+//! `/hubmesh/space/1` tunnels.
 //!
 //! Who spawns whom: [`Spaces`] keeps one [`Space`] per Space repo that was asked about, each
 //! with a supervisor task (`space.rs`) that owns its app process and reads a bounded command
@@ -30,6 +32,7 @@ pub mod config;
 pub mod env;
 pub mod host;
 pub mod log;
+pub mod mesh;
 pub mod route;
 pub mod sandbox;
 pub mod settings;
@@ -90,6 +93,11 @@ pub struct SpacesConfig {
     pub drain_max: Duration,
     /// Host names under which `NS-NAME.<domain>` names a Space (`host.rs`).
     pub domains: Vec<String>,
+    /// `local`: run this gateway's Spaces; `mesh`: also peers' (`mesh.rs`).
+    pub mode: hub_protocol::capacity::Mode,
+    /// Spaces building, starting or running at once; beyond that this gateway places Spaces
+    /// on peers, and (mode `mesh`) refuses peers' ones.
+    pub slots: u16,
 }
 
 impl SpacesConfig {
@@ -106,6 +114,8 @@ impl SpacesConfig {
             drain_idle: Duration::from_secs(30),
             drain_max: Duration::from_secs(120),
             domains: vec!["localhost".into()],
+            mode: hub_protocol::capacity::Mode::Local,
+            slots: 16,
         }
     }
 }

@@ -12,12 +12,19 @@
 //!   caller's `Authorization` never reach the app: a Space never sees its visitors' hub
 //!   tokens. `X-Forwarded-Host`/`-Proto`/`-Prefix` tell it where it is.
 //!
+//! A Space this node does not run (`remote::runs_here`) goes whole through a
+//! `/hubmesh/space/1` tunnel to the peer it is placed on (`remote::tunnel`), over the same
+//! [`forward`] as to a local app; the peer's gateway does the rest, and the answer names it
+//! in `x-hubmesh-served-by`. A request that arrived through such a tunnel
+//! (`remote::Forwarded`) runs here, and only for the Space the tunnel named.
+//!
 //! A request that names a gradio session (`?session_hash=`, `…/heartbeat/{session}`, or
 //! the JSON body of `POST …/queue/join`, read whole up to [`MAX_JOIN_BODY`]) goes to the
 //! instance that session started on, so a session keeps its app across a swap to a new
 //! commit while the old instance drains (`hub_spaces::route`). The request's
 //! [`hub_spaces::InFlight`] is held until its answer (body or websocket) ends.
 
+use super::remote::{Forwarded, FuturesIo, runs_here, served_by, tunnel};
 use super::{SpacePath, not_running, spaces};
 use crate::AppState;
 use crate::access::read_access;
@@ -78,6 +85,11 @@ async fn serve(state: AppState, path: AppPath, request: Request) -> Result<Respo
         name: path.name.clone(),
     };
     let id = space.id()?;
+    let forwarded = request.extensions().get::<Forwarded>().cloned();
+    if forwarded.as_ref().is_some_and(|f| f.space != id) {
+        // A tunnel reaches only the Space it named.
+        return Err(AppError::NotFound);
+    }
     let principal = authenticate(&state, request.headers()).await?;
     read_access(&state, principal.as_ref(), &id).await?;
     let prefix = format!("/spaces/{}/app", id.hub_id());
@@ -93,6 +105,19 @@ async fn serve(state: AppState, path: AppPath, request: Request) -> Result<Respo
             [(header::LOCATION, format!("{prefix}/{query}"))],
         )
             .into_response());
+    }
+    if forwarded.is_none() && !runs_here(&state, &id) && state.compute().is_some() {
+        // Run by a peer: the whole request goes through a tunnel, the peer's gateway does the
+        // rest (sessions, waking, the app's root path).
+        let (peer, stream) = tunnel(&state, &id).await?;
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| format!("{prefix}/"), |p| p.as_str().to_owned());
+        let mut response =
+            forward(FuturesIo(stream), &path_and_query, &prefix, request, None).await?;
+        served_by(&mut response, &peer);
+        return Ok(response);
     }
     let (session, request) = session_of(request).await?;
     let served = match spaces(&state)?
@@ -118,8 +143,11 @@ async fn serve(state: AppState, path: AppPath, request: Request) -> Result<Respo
                 .query()
                 .map(|q| format!("?{q}"))
                 .unwrap_or_default();
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| app_down(&e))?;
             forward(
-                port,
+                TokioIo::new(stream),
                 &format!("{upstream_path}{query}"),
                 &prefix,
                 request,
@@ -277,27 +305,29 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Sends `request` to the app on `port` as `path_and_query`, streaming both ways.
-async fn forward(
-    port: u16,
+fn app_down(e: &dyn std::fmt::Display) -> AppError {
+    tracing::debug!(error = %e, "Space app did not answer");
+    AppError::Coded {
+        status: StatusCode::BAD_GATEWAY,
+        code: "SpaceAppError",
+        message: "the Space's app did not answer".into(),
+    }
+}
+
+/// Sends `request` as `path_and_query` over `io` (a loopback connection to the app, or a
+/// tunnel to the peer that runs it), streaming both ways.
+async fn forward<IO>(
+    io: IO,
     path_and_query: &str,
     prefix: &str,
     mut request: Request,
     in_flight: Option<hub_spaces::InFlight>,
-) -> Result<Response, AppError> {
+) -> Result<Response, AppError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+{
     let upgrade = is_upgrade(request.headers());
-    let app_down = |e: &dyn std::fmt::Display| {
-        tracing::debug!(port, error = %e, "Space app did not answer");
-        AppError::Coded {
-            status: StatusCode::BAD_GATEWAY,
-            code: "SpaceAppError",
-            message: "the Space's app did not answer".into(),
-        }
-    };
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| app_down(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| app_down(&e))?;
     tokio::spawn(async move {

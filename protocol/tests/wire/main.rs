@@ -17,7 +17,7 @@
 //! lower-case hex, 32 bytes per line.
 
 use hub_protocol::blocks::{BlockRequest, BlockResponse};
-use hub_protocol::capacity::{CapacityAdvert, DeviceKind, LoadedModel, Mode};
+use hub_protocol::capacity::{CapacityAdvert, DeviceKind, LoadedModel, Mode, SpaceSlots};
 use hub_protocol::forward::{ForwardRequest, Frame, ResponseHead};
 use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
 use hub_protocol::replication::{PackRequest, PackResponse};
@@ -348,6 +348,16 @@ fn capacity_adverts() {
     advert.running = 5;
     advert.free_kv_blocks = 1200;
     advert.kv_block_tokens = 16;
+    advert.spaces = SpaceSlots {
+        mode: Mode::Mesh,
+        cpus: 32,
+        memory_total_bytes: 256 << 30,
+        memory_free_bytes: 200 << 30,
+        memory_per_slot_bytes: 4 << 30,
+        slots_total: 8,
+        slots_free: 5,
+        hardware: "cpu-basic".into(),
+    };
     advert.models = vec![
         LoadedModel {
             repo: repo(),
@@ -365,7 +375,7 @@ fn capacity_adverts() {
     let signed = advert.sign(&node).unwrap();
     let bytes = golden(
         "capacity_advert",
-        "CapacityAdvert, mesh mode, CUDA, two models (sorted by sign)",
+        "CapacityAdvert, mesh mode, CUDA, Space slots (mesh, 5 of 8 free), two models (sorted by sign)",
         &signed.advert.encode(),
     );
     assert_eq!(CapacityAdvert::decode(&bytes).unwrap(), signed.advert);
@@ -480,6 +490,7 @@ fn protocol_names_and_gossip_topics() {
         hub_protocol::replication::GIT_PACK_PROTOCOL,
         hub_protocol::blocks::BLOCKS_PROTOCOL,
         hub_protocol::forward::INFER_PROTOCOL,
+        hub_protocol::forward::SPACE_PROTOCOL,
     ]
     .join("\n");
     golden(
