@@ -463,6 +463,11 @@ def test_the_hubs_error_texts_and_model_index_validation(node):
     assert raw.value.code == 400 and json.loads(raw.value.read())["error"] == invalid
     assert api.create_repo("admin/Fine_name-1.0").endswith("/admin/Fine_name-1.0")
 
+    # A path outside the repo is the Hub's 422 (huggingface_hub's test_create_file_with_relative_path).
+    with pytest.raises(HfHubHTTPError) as e:
+        api.upload_file(path_or_fileobj=b"content", path_in_repo="..\\ddd", repo_id="admin/errs")
+    assert e.value.response.status_code == 422
+
     # Branches: the texts huggingface_hub's own tests expect from the Hub.
     api.create_branch("admin/errs", branch="dev")
     with pytest.raises(HfHubHTTPError, match=r"Reference refs/heads/dev already exists") as e:

@@ -213,7 +213,9 @@ impl MetaDb {
             // Only when it names this spelling (a case-only rename put the new one first).
             let mut folded = tx.open_table(FOLDED)?;
             let lower = folded_key(id);
-            let ours = folded.get(lower.as_str())?.is_some_and(|v| v.value() == key);
+            let ours = folded
+                .get(lower.as_str())?
+                .is_some_and(|v| v.value() == key);
             if ours {
                 folded.remove(lower.as_str())?;
             }

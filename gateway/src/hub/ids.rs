@@ -255,7 +255,12 @@ mod tests {
                 format!("{}?x=1", path.replace(name, &lower))
             );
         }
-        for other in ["/api/models/Bob/m", "/api/admin/tokens", "/api/users/", "/users/Bob"] {
+        for other in [
+            "/api/models/Bob/m",
+            "/api/admin/tokens",
+            "/api/users/",
+            "/users/Bob",
+        ] {
             assert_eq!(account_in_path(other), None, "{other}");
         }
         let uri: Uri = "/o/old.git/info/refs?service=git-upload-pack"

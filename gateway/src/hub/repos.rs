@@ -170,10 +170,9 @@ pub(super) async fn move_repo(
     let to = new_repo_id(RepoId::parse(kind, &body.to_repo))?;
     match state.hub().move_repo(&principal, &from, &to).await {
         Ok(()) => Ok(Json(json!({})).into_response()),
-        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => Ok(conflict(
-            hub_core::names::moved_onto_existing(&to),
-            None,
-        )),
+        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => {
+            Ok(conflict(hub_core::names::moved_onto_existing(&to), None))
+        }
         Err(e) => Err(e.into()),
     }
 }

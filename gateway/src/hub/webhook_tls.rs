@@ -24,9 +24,8 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
             .map_err(|e| format!("read the webhooks CA file {}: {e}", path.display()))?;
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| {
-                format!("the webhooks CA file {} is not PEM: {e}", path.display())
-            })?;
+            let cert = cert
+                .map_err(|e| format!("the webhooks CA file {} is not PEM: {e}", path.display()))?;
             roots.add(cert).map_err(|e| {
                 format!(
                     "the webhooks CA file {} holds an unusable CA: {e}",

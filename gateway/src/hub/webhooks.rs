@@ -13,6 +13,7 @@
 //! time, each bounded by [`TIMEOUT`]; retries wait in at most `QUEUE` timers, beyond which
 //! they are dropped and logged.
 
+use super::webhook_tls;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::require_auth;
@@ -26,7 +27,6 @@ use hub_core::webhooks::{
     Delivery, MAX_ATTEMPTS, QUEUE, Watched, Webhook, WebhookUpdate, entry_of, retry_delay,
 };
 use hyper_util::rt::TokioIo;
-use super::webhook_tls;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
