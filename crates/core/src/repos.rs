@@ -211,9 +211,9 @@ impl Hub {
         start: Option<&str>,
     ) -> Result<(), RepoOpError> {
         allowed(granted, Change::CreateBranch)?;
-        // The Hub's rule: a branch is named without `refs/` (pull-request refs come from
-        // discussions, not from here).
-        if branch.starts_with("refs/") {
+        // The Hub's rule: a branch is named without `refs/`. Pull-request heads (`refs/pr/N`)
+        // stay creatable here, as they are for the Hub's own staff accounts.
+        if branch.starts_with("refs/") && !branch.starts_with("refs/pr/") {
             return Err(RepoError::BadOperation(format!(
                 "Invalid reference for a branch: {branch}"
             ))
