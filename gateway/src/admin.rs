@@ -180,6 +180,16 @@ async fn add_member(
     if !org_exists {
         return Err(AppError::NotFound);
     }
+    // Names fold as on the Hub: the member is the stored account, whatever the case asked.
+    let user = state
+        .hub()
+        .account_spelling(&body.user)
+        .await
+        .unwrap_or(body.user);
+    let body = MemberBody {
+        user,
+        role: body.role,
+    };
     let (o, u) = (org.clone(), body.user.clone());
     with_store(&state, move |s| s.set_member(&o, &u, role)).await?;
     tracing::info!(admin = %admin.user.name, %org, user = %body.user, %role, "member set");
@@ -272,7 +282,12 @@ async fn create_token(
         .display_name
         .clone()
         .unwrap_or_else(|| format!("created by {}", admin.user.name));
-    let user = body.user.clone();
+    // The token is the stored account's (so whoami names it as stored), whatever the case.
+    let user = state
+        .hub()
+        .account_spelling(&body.user)
+        .await
+        .unwrap_or_else(|| body.user.clone());
     let (record, secret) = with_store(&state, move |s| {
         s.create_token(&user, &display_name, permissions)
     })

@@ -777,7 +777,8 @@ async fn validate_yaml_and_preupload() {
         json!({ "files": [{ "path": "../x", "sample": "", "size": 1 }] }).to_string(),
     )
     .await;
-    assert_eq!(r.status, 400);
+    // The Hub's status for a path outside the repo (as for a commit's).
+    assert_eq!(r.status, 422);
     let r = send(
         &f.app,
         "POST",

@@ -264,7 +264,7 @@ impl From<hub_repo::RepoError> for AppError {
                 message: entry_not_found(&path),
                 commit: None,
             },
-            E::RefExists { name } => AppError::Conflict(format!("reference {name} already exists")),
+            E::RefExists { name } => AppError::Conflict(format!("Reference {name} already exists")),
             E::ParentMismatch { .. } => {
                 AppError::PreconditionFailed(hub_core::commit::PARENT_MOVED.to_owned())
             }

@@ -48,7 +48,10 @@ mod resolve;
 mod tags;
 mod tree;
 mod upload;
+mod webhook_tls;
 mod webhooks;
+
+pub use webhook_tls::client_config as webhooks_tls_config;
 
 use crate::AppState;
 use crate::access::{access, read_access};

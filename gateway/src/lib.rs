@@ -66,6 +66,7 @@ pub use git::{
     DEFAULT_GIT_IDLE_TIMEOUT, DEFAULT_MAX_GIT_PER_CLIENT, DEFAULT_MAX_GIT_PROCESSES, GitLimits,
 };
 /// How long inference requests wait for a model to load by default (`hub-models`').
+pub use hub::webhooks_tls_config;
 pub use routes::router;
 pub use spaces::space_tunnels;
 
@@ -93,6 +94,9 @@ pub struct GatewayConfig {
     /// Whether webhook receivers may be on loopback or private networks (the SSRF filter,
     /// `hub_core::webhooks::target_allowed`); off by default.
     pub webhooks_allow_local: bool,
+    /// A PEM file of CAs that webhook receivers' `https://` certificates may chain to, besides
+    /// Mozilla's roots (`[gateway] webhooks_ca_file`).
+    pub webhooks_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -101,6 +105,7 @@ impl Default for GatewayConfig {
             list_page_size: 100,
             git: GitLimits::default(),
             webhooks_allow_local: false,
+            webhooks_ca_file: None,
         }
     }
 }

@@ -20,6 +20,7 @@
 //! header_read_timeout_secs = 30  # a request head must arrive within this; else closed
 //! idle_timeout_secs = 120   # a client sending (or reading) nothing this long is closed
 //! webhooks_allow_local = false  # webhook receivers on loopback/private networks (tests)
+//! webhooks_ca_file = "/etc/site-ca.pem"  # CAs trusted for https receivers besides Mozilla's
 //! max_connections = 4096    # HTTP connections at once (fewer if the open-file limit is low)
 //!
 //! [store]
@@ -281,6 +282,8 @@ pub struct GatewaySection {
     /// Let webhooks deliver to loopback and private-network addresses (off: only public
     /// addresses; link-local and cloud metadata addresses are refused either way).
     pub webhooks_allow_local: bool,
+    /// A PEM file of CAs trusted for `https://` webhook receivers besides Mozilla's roots.
+    pub webhooks_ca_file: Option<PathBuf>,
 }
 
 impl Default for GatewaySection {
@@ -294,6 +297,7 @@ impl Default for GatewaySection {
             idle_timeout_secs: crate::serve::DEFAULT_IDLE_TIMEOUT.as_secs(),
             max_connections: crate::serve::DEFAULT_MAX_CONNECTIONS,
             webhooks_allow_local: false,
+            webhooks_ca_file: None,
         }
     }
 }

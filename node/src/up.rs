@@ -141,6 +141,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         None => Arc::new(mesh.clone()),
     };
+    // A webhooks CA file that cannot be used stops the start, rather than every https delivery.
+    if let Some(ca) = &config.gateway.webhooks_ca_file {
+        hub_gateway::webhooks_tls_config(Some(ca)).map_err(|e| anyhow::anyhow!(e))?;
+    }
     let parts = Parts {
         auth: auth.clone(),
         repos: repos.clone(),
@@ -152,6 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             list_page_size: config.gateway.list_page_size,
             git: config.gateway.git_limits(),
             webhooks_allow_local: config.gateway.webhooks_allow_local,
+            webhooks_ca_file: config.gateway.webhooks_ca_file.clone(),
         },
     };
     let state = AppState::with_mesh(parts, port);

@@ -1,7 +1,8 @@
 """Pull requests and discussions through the real `huggingface_hub` client, its `hf` CLI and
 git, against real nodes: `create_commit(create_pr=True)`, the thread's events, comments
-(edit, hide), title, status, merge (fast-forward and merge commit), `revision=refs/pr/N`,
-`git fetch` of `refs/pr/*`; and a discussion opened on node A showing on node B, replicated
+(edit, hide), title, status, merge (fast-forward and merge commit), `revision=refs/pr/N`
+(info, tree, downloads, `HfFileSystem`), `git fetch` of `refs/pr/*` and a `git push` to an open
+pull request's head; and a discussion opened on node A showing on node B, replicated
 with the repo's signed refs."""
 
 import json
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import SECRETS_SEEN, cli, hf, hubmesh_bin
 from conftest import wait_for as poll
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+from huggingface_hub import CommitOperationAdd, HfApi, HfFileSystem, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
 DEADLINE = 60.0
@@ -66,6 +67,9 @@ def test_pull_request_flow(node, tmp_path):
     got = hf_hub_download("admin/m", "b.txt", revision=pr.pr_revision, endpoint=node.url,
                           cache_dir=tmp_path / "c", token=False)
     assert Path(got).read_bytes() == b"b\n"
+    fs = HfFileSystem(endpoint=node.url, token=node.admin_token)
+    assert fs.read_text(f"admin/m@{pr.pr_revision}/b.txt") == "b\n"
+    assert "admin/m@refs/pr/1/b.txt" in fs.ls(f"admin/m@{pr.pr_revision}", detail=False)
     refs = admin.list_repo_refs("admin/m", include_pull_requests=True)
     assert [(r.ref, r.target_commit) for r in refs.pull_requests] == [("refs/pr/1", pr.oid)]
 
@@ -158,6 +162,16 @@ def test_pull_request_flow(node, tmp_path):
                              cwd=clone, capture_output=True, text=True, timeout=60)
         assert out.returncode != 0, out.stderr
     assert git("ls-remote", remote) == refs_before
+    # An open pull request's head takes a push (as on the Hub: `git push origin HEAD:refs/pr/N`).
+    git("fetch", "-q", "origin", f"refs/pr/{pr3.pr_num}:pr3", cwd=clone)
+    git("checkout", "-q", "pr3", cwd=clone)
+    (clone / "e.txt").write_text("e\n")
+    git("add", "e.txt", cwd=clone)
+    git("commit", "-q", "-m", "Add e", cwd=clone)
+    pushed = git("rev-parse", "HEAD", cwd=clone).strip()
+    git("push", "-q", push_url, f"HEAD:refs/pr/{pr3.pr_num}", cwd=clone)
+    assert f"{pushed}\trefs/pr/{pr3.pr_num}" in git("ls-remote", remote)
+    assert "e.txt" in admin.list_repo_files("admin/m", revision=f"refs/pr/{pr3.pr_num}")
 
 
 def test_a_discussion_opened_on_a_shows_on_b(node_factory):

@@ -4,8 +4,10 @@ files, the storage listing, preupload's `oid` and `shouldIgnore`, model_info's
 `safetensors`/`gguf`/`config`, `lastCommit` in expanded trees, formatted commits, a Space's
 default README, org names in whoami, the tags in use by type and a dataset card's
 `task_categories` as tags; case-insensitive ids and the redirects of a moved repo (API,
-resolve, git), the Hub's 409/412/400 texts, `model-index` validation, `transformersInfo`,
-`widgetData`, security statuses, and `gated` in listings."""
+resolve, git), user and organisation names folded to their stored spelling (whoami, likes,
+org listings), the Hub's 409/412/400 texts (invalid repo names, taken ids, branches),
+`model-index` validation, `transformersInfo`, `widgetData`, security statuses, and `gated` in
+listings."""
 
 import json
 import os
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import SECRETS_SEEN, cli, hf, hubmesh_bin
 from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import BadRequestError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from test_git import git, gitenv  # noqa: F401  (fixtures: git with a throwaway HOME)
 
 
@@ -271,6 +273,11 @@ def test_likes(node):
     assert like(node, bob, "admin/liked") == 200
     assert like(node, node.admin_token, "admin/liked") == 200
     assert api.model_info("admin/liked").likes == 2
+    # Listings carry `likes` and sort by them (most liked first).
+    api.create_repo("admin/unliked")
+    listed = list(api.list_models(author="admin", sort="likes"))
+    assert (listed[0].id, listed[0].likes) == ("admin/liked", 2)
+    assert {m.id: m.likes for m in listed[1:]}["admin/unliked"] == 0
     assert sorted(u.username for u in api.list_repo_likers("admin/liked")) == ["admin", "bob"]
     assert as_bob.list_liked_repos("bob").models == ["admin/liked"]
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -313,6 +320,28 @@ def test_tags_by_type_and_dataset_task_categories(node):
     api.create_commit("admin/hidden", [CommitOperationAdd("README.md", b"---\nlibrary_name: secretlib\n---\n")],
                       commit_message="card")
     assert [t["id"] for t in api.get_model_tags()["library"]] == ["transformers"]
+
+
+def test_user_and_org_names_fold_to_their_stored_spelling(node, tmp_path):
+    """Account names compare without case, as on the Hub: a token made for `BOB` is `Bob`'s
+    (whoami names the stored spelling, with its orgs), and `/api/users/{user}/…` and
+    `/api/organizations/{org}/…` answer for any spelling."""
+    cli(node, "user", "add", "Bob")
+    cli(node, "org", "add", "Acme")
+    token = cli(node, "token", "create", "BOB", "--scope", "write")
+    cli(node, "org", "member", "add", "ACME", "bob", "--role", "write")
+    as_bob = HfApi(endpoint=node.url, token=token)
+    me = as_bob.whoami()
+    assert me["name"] == "Bob"
+    assert me["orgs"] == [{"type": "org", "name": "Acme", "fullname": "Acme", "roleInOrg": "write"}]
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    api.create_repo("admin/liked")
+    assert like(node, token, "admin/liked") == 200
+    for spelling in ["Bob", "bob", "BOB"]:
+        assert as_bob.list_liked_repos(spelling).models == ["admin/liked"], spelling
+    as_bob.create_repo("acme/team")
+    for spelling in ["Acme", "acme"]:
+        assert [r.id for r in as_bob.list_user_repos(namespace=spelling)] == ["Acme/team"], spelling
 
 
 def test_ids_are_case_insensitive_and_a_moved_repo_redirects(node, git, tmp_path):
@@ -400,11 +429,60 @@ def test_the_hubs_error_texts_and_model_index_validation(node):
     with pytest.raises(HfHubHTTPError) as e:
         api.create_repo("admin/errs")
     assert e.value.response.status_code == 409 and e.value.server_message == "You already created this model repo"
-    # Moving onto an id that is taken (in any case) is the same 409.
+    # Moving onto an id that is taken (in any case) is a 409 with the Hub's move text (as
+    # huggingface_hub's test_move_repo_target_already_exists expects from the Hub).
     api.create_repo("admin/other")
-    with pytest.raises(HfHubHTTPError) as e:
+    with pytest.raises(HfHubHTTPError, match=r"A model repository called .* already exists") as e:
         api.move_repo("admin/other", "admin/ERRS")
-    assert e.value.response.status_code == 409 and "You already created this model repo" in str(e.value)
+    assert e.value.response.status_code == 409
+    assert e.value.server_message == "A model repository called admin/ERRS already exists"
+
+    # Names the Hub refuses: 400 with its text (as the Hub answers `/api/repos/create`, quoted
+    # in SensAI-PT/LLaMa2lang#6), for create, move and duplicate. The client refuses most of
+    # these names itself before sending, so create is called raw.
+    invalid = ("Only regular characters and '-', '_', '.' are accepted. '--' and '..' are forbidden. "
+               "'-' and '.' cannot start or end the name. The name cannot end with \".git\". Max length is 96.")
+    for name in ["a--b", "a..b", "-a", "a-", ".a", "a.", "model.git", "a" * 97, "a b", "café", ""]:
+        request = urllib.request.Request(f"{node.url}/api/repos/create", method="POST",
+                                         data=json.dumps({"name": name, "type": "model"}).encode(),
+                                         headers={"Authorization": f"Bearer {node.admin_token}",
+                                                  "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as raw:
+            urllib.request.urlopen(request)
+        assert raw.value.code == 400 and json.loads(raw.value.read())["error"] == invalid, name
+        assert raw.value.headers["X-Error-Message"] == invalid, name
+    with pytest.raises(BadRequestError) as e:
+        api.move_repo("admin/other", "admin/bad-")
+    assert e.value.server_message == invalid
+    request = urllib.request.Request(f"{node.url}/api/models/admin/other/duplicate", method="POST",
+                                     data=json.dumps({"repository": "admin/copy.git"}).encode(),
+                                     headers={"Authorization": f"Bearer {node.admin_token}",
+                                              "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(request)
+    assert raw.value.code == 400 and json.loads(raw.value.read())["error"] == invalid
+    assert api.create_repo("admin/Fine_name-1.0").endswith("/admin/Fine_name-1.0")
+
+    # A path outside the repo is the Hub's 422 (huggingface_hub's test_create_file_with_relative_path).
+    with pytest.raises(HfHubHTTPError) as e:
+        api.upload_file(path_or_fileobj=b"content", path_in_repo="..\\ddd", repo_id="admin/errs")
+    assert e.value.response.status_code == 422
+
+    # Branches: the texts huggingface_hub's own tests expect from the Hub.
+    api.create_branch("admin/errs", branch="dev")
+    with pytest.raises(HfHubHTTPError, match=r"Reference refs/heads/dev already exists") as e:
+        api.create_branch("admin/errs", branch="dev")
+    assert e.value.response.status_code == 409
+    api.create_branch("admin/errs", branch="dev", exist_ok=True)
+    with pytest.raises(HfHubHTTPError, match=r"Reference refs/heads/main already exists"):
+        api.create_branch("admin/errs", branch="main")
+    for ref in ["refs/something/random", "refs/heads/x"]:
+        with pytest.raises(BadRequestError, match="Invalid reference for a branch"):
+            api.create_branch("admin/errs", branch=ref)
+    with pytest.raises(HfHubHTTPError, match="Cannot delete refs/heads/main"):
+        api.delete_branch("admin/errs", branch="main")
+    with pytest.raises(HfHubHTTPError, match="Invalid rev id"):
+        api.delete_branch("admin/errs", branch="cool-branch")
 
     index = ("---\nlicense: mit\nmodel-index:\n- name: m\n  results:\n  - task: {type: text-generation}\n"
              "    metrics:\n    - {type: perplexity, value: 3.2}\n---\n# m\n")

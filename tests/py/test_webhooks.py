@@ -4,7 +4,9 @@ the test starts on 127.0.0.1: create/list/get/update/enable/disable/delete, the 
 with `X-Webhook-Secret`, a receiver that fails first and then succeeds (the retry and the
 delivery log, kept across a restart), disabled webhooks sending nothing, others' webhooks
 invisible, the payloads' `url` objects and the `move` event (parsed by `huggingface_hub`'s own
-`WebhookPayload` model), and the SSRF filter (a node refuses loopback receivers unless its
+`WebhookPayload` model), deliveries to `https://` receivers (a certificate from a CA in
+`[gateway] webhooks_ca_file` accepted, one from an unknown CA refused, logged and retried), and
+the SSRF filter (a node refuses loopback receivers unless its
 config allows them, and metadata addresses always); and a webhook on node B firing once for a
 commit that arrived by replication from node A.
 
@@ -13,6 +15,8 @@ The nodes that deliver to the test's receivers on 127.0.0.1 are started with
 
 import json
 import queue
+import ssl
+import subprocess
 import threading
 import time
 import urllib.request
@@ -26,18 +30,39 @@ from huggingface_hub.errors import HfHubHTTPError
 WAIT = 30.0
 
 
-def local_hooks(tmp_path):
-    """The flags of a node whose webhooks may deliver to loopback (the test's receivers)."""
-    path = tmp_path / "hooks.toml"
-    path.write_text("[gateway]\nwebhooks_allow_local = true\n")
+def local_hooks(tmp_path, ca_file=None):
+    """The flags of a node whose webhooks may deliver to loopback (the test's receivers), and
+    trust the CAs of `ca_file` for https receivers."""
+    path = tmp_path / ("hooks-ca.toml" if ca_file else "hooks.toml")
+    extra = f"webhooks_ca_file = {json.dumps(str(ca_file))}\n" if ca_file else ""
+    path.write_text(f"[gateway]\nwebhooks_allow_local = true\n{extra}")
     return ("--config", str(path))
+
+
+def make_pki(directory):
+    """A private CA (`ca.pem`) and a certificate it signed for localhost and 127.0.0.1
+    (`cert.pem`, `key.pem`), made with the openssl CLI."""
+    directory.mkdir(parents=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=hooks CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", *ec, "-keyout", "key.pem", "-out", "cert.csr", "-subj", "/CN=localhost")
+    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf")
+    return directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
 
 
 class Receiver:
     """An HTTP server on 127.0.0.1 recording each POST; `/flaky` answers 500 to its first."""
 
-    def __init__(self):
+    def __init__(self, cert=None, key=None):
         self.got: queue.Queue = queue.Queue()
+        self.scheme = "https" if cert else "http"
         self.flaky_calls = 0
         receiver = self
 
@@ -58,11 +83,15 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if cert:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, path):
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+    def url(self, path, host="127.0.0.1"):
+        return f"{self.scheme}://{host}:{self.server.server_address[1]}{path}"
 
     def next(self, scope):
         """The next delivery of `scope` (others are skipped), within WAIT seconds."""
@@ -196,6 +225,55 @@ def test_webhooks(node_factory, receiver, tmp_path):
     with pytest.raises(HfHubHTTPError) as e:
         admin.get_webhook(hook.id)
     assert e.value.response.status_code == 404
+
+
+def webhook_log(node, hook_id):
+    with urllib.request.urlopen(urllib.request.Request(
+            f"{node.url}/api/settings/webhooks/{hook_id}/logs",
+            headers={"Authorization": f"Bearer {node.admin_token}"})) as r:
+        return json.loads(r.read())
+
+
+def test_https_receivers_are_verified_against_the_roots_and_the_ca_file(node_factory, tmp_path):
+    ca, cert, key = make_pki(tmp_path / "pki")
+    receiver = Receiver(cert, key)
+    try:
+        # Without the private CA: the receiver's certificate is refused, logged with the
+        # reason, and retried with the backoff; nothing reaches the receiver.
+        node = node_factory("node", *local_hooks(tmp_path))
+        admin = HfApi(endpoint=node.url, token=node.admin_token)
+        hook = admin.create_webhook(url=receiver.url("/tls", host="localhost"),
+                                    watched=[{"type": "user", "name": "admin"}], domains=["repo"], secret="tls-s3cret")
+        admin.create_repo("admin/refused")
+        deadline = time.monotonic() + WAIT
+        while len(entries := webhook_log(node, hook.id)) < 2:
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.05)
+        assert [(e["attempt"], e["ok"], e["status"]) for e in entries[:2]] == [(1, False, None), (2, False, None)]
+        for e in entries[:2]:
+            assert "certificate" in e["error"] and "webhooks_ca_file" in e["error"], e
+        assert receiver.got.empty()
+        assert node.terminate() == 0
+
+        # With `[gateway] webhooks_ca_file` naming the CA: delivered, signed with the secret.
+        node = node_factory("node", *local_hooks(tmp_path, ca_file=ca))
+        admin = HfApi(endpoint=node.url, token=node.admin_token)
+        admin.create_repo("admin/delivered")
+        path, headers, body, _ = receiver.next("repo")
+        assert path == "/tls" and headers["x-webhook-secret"] == "tls-s3cret"
+        assert body["event"] == {"action": "create", "scope": "repo"} and body["repo"]["name"] == "admin/delivered"
+        deadline = time.monotonic() + WAIT
+        while not any(e["ok"] and e["repo"] == "admin/delivered" for e in webhook_log(node, hook.id)):
+            assert time.monotonic() < deadline, webhook_log(node, hook.id)
+            time.sleep(0.05)
+
+        # An IP-literal url is verified against the certificate's IP names.
+        admin.update_webhook(hook.id, url=receiver.url("/ip"))
+        admin.create_repo("admin/by-ip")
+        path, headers, body, _ = receiver.next("repo")
+        assert path == "/ip" and body["repo"]["name"] == "admin/by-ip"
+    finally:
+        receiver.close()
 
 
 def test_a_webhook_on_b_fires_for_a_commit_replicated_from_a(node_factory, receiver, tmp_path):

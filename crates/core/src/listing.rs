@@ -19,6 +19,14 @@ pub fn document(repos: &Repos, id: &RepoId) -> Result<RepoDoc, hub_repo::RepoErr
     doc.private = meta.private;
     doc.created_at = meta.created_at;
     doc.downloads = repos.downloads(id)?;
+    // Likes are written through `after_write`, so the listing (and `sort=likes`) follows them.
+    doc.likes = match crate::likes::likers(repos, id) {
+        Ok(likers) => likers.len() as u64,
+        Err(e) => {
+            tracing::warn!(repo = %id, error = %e, "likes not read for the listing");
+            0
+        }
+    };
     doc.gated = match crate::gate::gate(repos, id) {
         Ok(gate) => gate.mode.map(|m| m.as_str().to_owned()),
         Err(e) => {

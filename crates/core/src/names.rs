@@ -26,6 +26,38 @@ pub fn already_created(kind: hub_protocol::repo::RepoType) -> String {
     format!("You already created this {} repo", kind.as_str())
 }
 
+/// The Hub's text for a repo name it refuses (400 on create, move and duplicate), as
+/// `huggingface_hub` shows it (`Bad request: …`, quoted in SensAI-PT/LLaMa2lang#6).
+pub const INVALID_NAME: &str = "Only regular characters and '-', '_', '.' are accepted. '--' and '..' are forbidden. '-' and '.' cannot start or end the name. The name cannot end with \".git\". Max length is 96.";
+
+/// Whether the Hub accepts `part` (a namespace or a repo name) for a new repo: ASCII letters,
+/// digits, `-`, `_` and `.`; no `--` or `..`; not starting or ending with `-` or `.`; not
+/// ending with `.git`; 1 to 96 characters. Refusals carry [`INVALID_NAME`].
+pub fn check_new_name(part: &str) -> Result<(), &'static str> {
+    let ok = !part.is_empty()
+        && part.len() <= hub_protocol::name::MAX_NAME_LEN
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !part.contains("--")
+        && !part.contains("..")
+        && !part.starts_with(['-', '.'])
+        && !part.ends_with(['-', '.'])
+        && !part.ends_with(".git");
+    if ok { Ok(()) } else { Err(INVALID_NAME) }
+}
+
+/// The Hub's text for moving a repo onto an id that is taken (409): `A model repository
+/// called ns/name already exists` (as huggingface_hub's `test_move_repo_target_already_exists`
+/// expects from the Hub).
+pub fn moved_onto_existing(to: &RepoId) -> String {
+    format!(
+        "A {} repository called {} already exists",
+        to.kind().as_str(),
+        to.hub_id()
+    )
+}
+
 /// What a request's repo id names here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -150,6 +182,22 @@ impl Hub {
             Some(to) if self.repos().exists(&to) => Lookup::Moved(to),
             _ => Lookup::AsIs,
         }
+    }
+
+    /// The stored spelling of the user or organisation `name` (names are case-insensitive,
+    /// as on the Hub: `/api/users/Bob/…` is `bob`'s), or `None` when there is no such
+    /// account. An exact name costs one read; another spelling, one pass over the names.
+    pub async fn account_spelling(&self, name: &str) -> Option<String> {
+        let (auth, name) = (self.auth().clone(), name.to_owned());
+        blocking(move || {
+            Ok::<_, crate::Error>(match auth.namespace_kind(&name)? {
+                Some(_) => Some(name),
+                None => auth.namespace_spelling(&name)?,
+            })
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The node's redirects of moved repos.

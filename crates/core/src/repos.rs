@@ -211,6 +211,14 @@ impl Hub {
         start: Option<&str>,
     ) -> Result<(), RepoOpError> {
         allowed(granted, Change::CreateBranch)?;
+        // The Hub's rule: a branch is named without `refs/`. Pull-request heads (`refs/pr/N`)
+        // stay creatable here, as they are for the Hub's own staff accounts.
+        if branch.starts_with("refs/") && !branch.starts_with("refs/pr/") {
+            return Err(RepoError::BadOperation(format!(
+                "Invalid reference for a branch: {branch}"
+            ))
+            .into());
+        }
         let (repos, id) = (self.repos().clone(), granted.id.clone());
         let (branch, start) = (branch.to_owned(), start.map(str::to_owned));
         blocking(move || {
@@ -224,6 +232,9 @@ impl Hub {
     /// Deletes `branch` of the granted repo.
     pub async fn delete_branch(&self, granted: &Granted, branch: &str) -> Result<(), RepoOpError> {
         allowed(granted, Change::DeleteBranch)?;
+        if branch == "main" {
+            return Err(RepoError::BadOperation("Cannot delete refs/heads/main".into()).into());
+        }
         let (repos, id, branch) = (self.repos().clone(), granted.id.clone(), branch.to_owned());
         blocking(move || Ok::<_, RepoOpError>(repos.delete_branch(&id, &branch)?)).await?;
         self.after_write(&granted.id).await;

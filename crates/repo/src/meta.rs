@@ -29,6 +29,11 @@ pub const TRENDING_DAYS: u32 = 7;
 /// (repo, sha256) of every LFS object a repository may reference: uploaded to it, or stored
 /// from content sent to it. See [`crate::Repos::add_lfs_objects`].
 const LFS: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("lfs_objects");
+/// The repo ids in lowercase (`type/ns/name`) → the id as stored: the Hub's ids are
+/// case-insensitive, and this answers "which stored repo is `Org/Model`?" in one read.
+/// Written in the same transaction as the repo's record ([`MetaDb::put`], [`MetaDb::remove`]),
+/// so it follows every create, replica, copy, rename and delete.
+const FOLDED: TableDefinition<&str, &str> = TableDefinition::new("ids_folded");
 
 /// What the metadata database knows about one repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,6 +59,11 @@ impl RepoMeta {
             created_at: i64::from_le_bytes(time.try_into().ok()?),
         })
     }
+}
+
+/// The key of `id` in the case-folded index.
+fn folded_key(id: &RepoId) -> String {
+    id.to_string().to_ascii_lowercase()
 }
 
 #[derive(Debug)]
@@ -82,8 +92,46 @@ impl MetaDb {
         tx.open_table(DOWNLOADS)?;
         tx.open_table(DAILY)?;
         tx.open_table(LFS)?;
+        tx.open_table(FOLDED)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Adds the ids missing from the case-folded index (repos made before it existed, or
+    /// without a metadata record), in one transaction; how many were added.
+    pub(crate) fn index_folded(&self, ids: &[RepoId]) -> MetaResult<usize> {
+        let missing: Vec<&RepoId> = {
+            let tx = self.db.begin_read()?;
+            let table = tx.open_table(FOLDED)?;
+            let mut missing = Vec::new();
+            for id in ids {
+                if table.get(folded_key(id).as_str())?.is_none() {
+                    missing.push(id);
+                }
+            }
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(FOLDED)?;
+            for id in &missing {
+                table.insert(folded_key(id).as_str(), id.to_string().as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(missing.len())
+    }
+
+    /// The stored spelling (`type/ns/name`) of the id equal to `id` ignoring ASCII case.
+    pub(crate) fn folded(&self, id: &RepoId) -> MetaResult<Option<String>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(FOLDED)?;
+        Ok(table
+            .get(folded_key(id).as_str())?
+            .map(|v| v.value().to_owned()))
     }
 
     pub(crate) fn add_lfs(&self, id: &RepoId, objects: &[[u8; 32]]) -> MetaResult<()> {
@@ -143,9 +191,12 @@ impl MetaDb {
     }
 
     pub(crate) fn put(&self, id: &RepoId, meta: RepoMeta) -> MetaResult<()> {
+        let key = id.to_string();
         let tx = self.db.begin_write()?;
         tx.open_table(REPOS)?
-            .insert(id.to_string().as_str(), meta.encode().as_slice())?;
+            .insert(key.as_str(), meta.encode().as_slice())?;
+        tx.open_table(FOLDED)?
+            .insert(folded_key(id).as_str(), key.as_str())?;
         tx.commit()?;
         Ok(())
     }
@@ -158,6 +209,17 @@ impl MetaDb {
             .remove(&key);
         let tx = self.db.begin_write()?;
         tx.open_table(REPOS)?.remove(key.as_str())?;
+        {
+            // Only when it names this spelling (a case-only rename put the new one first).
+            let mut folded = tx.open_table(FOLDED)?;
+            let lower = folded_key(id);
+            let ours = folded
+                .get(lower.as_str())?
+                .is_some_and(|v| v.value() == key);
+            if ours {
+                folded.remove(lower.as_str())?;
+            }
+        }
         tx.open_table(DOWNLOADS)?.remove(key.as_str())?;
         tx.open_table(DAILY)?
             .retain_in((key.as_str(), 0)..=(key.as_str(), u32::MAX), |_, _| false)?;

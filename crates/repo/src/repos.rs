@@ -220,10 +220,17 @@ impl Repos {
             locks: Mutex::new(HashMap::new()),
             tmp_counter: AtomicU64::new(0),
         };
+        let mut all = Vec::new();
         for kind in RepoType::ALL {
             for id in repos.list(kind)? {
                 remove_stale_ref_locks(&repos.git_dir(&id))?;
+                all.push(id);
             }
+        }
+        // Repos stored before the case-folded index existed join it once.
+        let added = repos.meta.index_folded(&all).map_err(meta_err)?;
+        if added > 0 {
+            tracing::info!(repos = added, "indexed repo ids without case");
         }
         Ok(repos)
     }
@@ -238,40 +245,17 @@ impl Repos {
 
     /// The stored repository whose id equals `id` ignoring ASCII case (the Hub's ids are
     /// case-insensitive: `Org/Model` and `org/model` are one repo), when `id` itself is not
-    /// stored. Costs two directory reads, and is only asked when the exact id is missing.
+    /// stored. Costs one read of the case-folded index in `meta.redb`.
     pub fn find_ignoring_case(&self, id: &RepoId) -> Option<RepoId> {
         if self.exists(id) {
             return None;
         }
-        let same =
-            |a: &std::ffi::OsStr, b: &str| a.to_str().is_some_and(|a| a.eq_ignore_ascii_case(b));
-        let base = self.root.join(id.kind().plural());
-        let want = format!("{}.git", id.name());
-        for ns in std::fs::read_dir(&base).ok()?.flatten() {
-            if !same(&ns.file_name(), id.namespace()) {
-                continue;
-            }
-            for repo in std::fs::read_dir(ns.path()).ok()?.flatten() {
-                if !same(&repo.file_name(), &want) {
-                    continue;
-                }
-                let (Some(ns), Some(name)) = (
-                    ns.file_name().to_str().map(str::to_owned),
-                    repo.file_name()
-                        .to_str()
-                        .and_then(|n| n.strip_suffix(".git"))
-                        .map(str::to_owned),
-                ) else {
-                    continue;
-                };
-                if let Ok(found) = RepoId::new(id.kind(), &ns, &name)
-                    && self.exists(&found)
-                {
-                    return Some(found);
-                }
-            }
-        }
-        None
+        // One read of the case-folded index (kept with each repo's metadata record), then
+        // the found repo must exist.
+        let stored = self.meta.folded(id).ok().flatten()?;
+        let (_, rest) = stored.split_once('/')?;
+        let found = RepoId::parse(id.kind(), rest).ok()?;
+        (found != *id && self.exists(&found)).then_some(found)
     }
 
     /// The per-repo lock that serialises writers in this process.

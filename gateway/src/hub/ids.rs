@@ -8,6 +8,10 @@
 //! the URL it asked for), so no `Host` header is trusted. A private repo's new id is told only
 //! to callers who may read it.
 //!
+//! User and organisation names in paths (`/api/users/{user}/…`, `/api/organizations/{org}/…`
+//! and the admin API's `/api/admin/users/{user}/…`, `/api/admin/orgs/{org}/…`) fold the same
+//! way: another spelling of an account is rewritten to the stored one.
+//!
 //! `huggingface_hub` follows the 307 (its API session follows redirects; `hf_hub_download`
 //! follows redirects that stay on the same host); git follows it on the first request of a
 //! fetch or push (`http.followRedirects=initial`, its default) and uses the new URL after.
@@ -91,6 +95,33 @@ fn repo_in_path(path: &str) -> Option<InPath> {
     })
 }
 
+/// The byte range of the account name in a path that names a user or an organisation.
+fn account_in_path(path: &str) -> Option<Range<usize>> {
+    let segs = segments(path);
+    let seg = |i: usize| segs.get(i).map(|(_, s)| *s);
+    if seg(1) != Some("api") {
+        return None;
+    }
+    let at = match (seg(2)?, seg(3)) {
+        ("users" | "organizations", _) => 3,
+        ("admin", Some("users" | "orgs")) => 4,
+        _ => return None,
+    };
+    let (start, name) = *segs.get(at)?;
+    (!name.is_empty()).then_some(start..start + name.len())
+}
+
+/// `uri` with the bytes `span` of its path replaced by `with` (the query kept).
+fn with_span(uri: &Uri, span: &Range<usize>, with: &str) -> Option<Uri> {
+    let path = uri.path();
+    let mut out = format!("{}{with}{}", &path[..span.start], &path[span.end..]);
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    out.parse().ok()
+}
+
 /// `uri` with the repo span of its path replaced by `id`.
 fn with_id(uri: &Uri, found: &InPath, id: &RepoId) -> Option<String> {
     let path = uri.path();
@@ -110,6 +141,16 @@ fn with_id(uri: &Uri, found: &InPath, id: &RepoId) -> Option<String> {
 }
 
 async fn resolve_ids(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if let Some(span) = account_in_path(request.uri().path()) {
+        let name = request.uri().path()[span.clone()].to_owned();
+        if let Some(stored) = state.hub().account_spelling(&name).await
+            && stored != name
+            && let Some(uri) = with_span(request.uri(), &span, &stored)
+        {
+            *request.uri_mut() = uri;
+        }
+        return next.run(request).await;
+    }
     let Some(found) = repo_in_path(request.uri().path()) else {
         return next.run(request).await;
     };
@@ -198,6 +239,29 @@ mod tests {
             "/api/models/a b/c",
         ] {
             assert_eq!(repo_in_path(other), None, "{other}");
+        }
+        for (path, name) in [
+            ("/api/users/Bob/likes", "Bob"),
+            ("/api/organizations/Acme/settings/repositories", "Acme"),
+            ("/api/admin/users/BOB/tokens", "BOB"),
+            ("/api/admin/orgs/acme/members", "acme"),
+        ] {
+            let span = account_in_path(path).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(&path[span.clone()], name, "{path}");
+            let uri: Uri = format!("{path}?x=1").parse().unwrap();
+            let lower = name.to_ascii_lowercase();
+            assert_eq!(
+                with_span(&uri, &span, &lower).unwrap().to_string(),
+                format!("{}?x=1", path.replace(name, &lower))
+            );
+        }
+        for other in [
+            "/api/models/Bob/m",
+            "/api/admin/tokens",
+            "/api/users/",
+            "/users/Bob",
+        ] {
+            assert_eq!(account_in_path(other), None, "{other}");
         }
         let uri: Uri = "/o/old.git/info/refs?service=git-upload-pack"
             .parse()

@@ -12,7 +12,7 @@ use crate::util::{format_date, parse_json};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use hub_core::{Need, RepoOpError};
 use hub_protocol::repo::RepoId;
@@ -64,9 +64,7 @@ pub(super) async fn duplicate(
     let principal = require_auth(&state, &headers).await?;
     let from = path.id()?;
     let body: DuplicateBody = parse_json(&body)?;
-    let to = RepoId::parse(from.kind(), &body.repository).map_err(|e| {
-        AppError::BadRequest(format!("invalid repository {:?}: {e}", body.repository))
-    })?;
+    let to = super::repos::new_repo_id(RepoId::parse(from.kind(), &body.repository))?;
     let source = state
         .hub()
         .access(Some(&principal), &from, Need::Read)
@@ -86,18 +84,9 @@ pub(super) async fn duplicate(
             }
             Ok(Json(json!({ "url": url })).into_response())
         }
-        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => {
-            let message = format!("You already created this {} repo", to.kind().as_str());
-            let mut resp = (
-                StatusCode::CONFLICT,
-                Json(json!({ "error": message, "url": url })),
-            )
-                .into_response();
-            if let Ok(v) = HeaderValue::from_str(&message) {
-                resp.headers_mut().insert("x-error-message", v);
-            }
-            Ok(resp)
-        }
+        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => Ok(
+            super::repos::conflict(hub_core::names::already_created(to.kind()), Some(url)),
+        ),
         Err(e) => Err(e.into()),
     }
 }

@@ -39,9 +39,7 @@ pub(super) async fn create_repo(
         .organization
         .clone()
         .unwrap_or_else(|| principal.user.name.clone());
-    let id = RepoId::new(kind, &namespace, &body.name).map_err(|e| {
-        AppError::BadRequest(format!("invalid repo id {namespace}/{}: {e}", body.name))
-    })?;
+    let id = new_repo_id(RepoId::new(kind, &namespace, &body.name))?;
     let private = visibility(body.private, body.visibility.as_deref())?.unwrap_or(false);
     // The id as created: the namespace's stored spelling (ids are case-insensitive).
     let created = match state.hub().access_create(&principal, &id).await {
@@ -72,7 +70,11 @@ pub(super) async fn create_repo(
 
 /// The Hub's 409 for a repo id that is taken (ids compare without case).
 fn already_exists(repo: &RepoId, url: Option<String>) -> Response {
-    let message = hub_core::names::already_created(repo.kind());
+    conflict(hub_core::names::already_created(repo.kind()), url)
+}
+
+/// A 409 with `message` (body and `X-Error-Message`) and, given one, the existing repo's `url`.
+pub(super) fn conflict(message: String, url: Option<String>) -> Response {
     let mut body = json!({ "error": message });
     if let Some(url) = url {
         body["url"] = json!(url);
@@ -82,6 +84,17 @@ fn already_exists(repo: &RepoId, url: Option<String>) -> Response {
         resp.headers_mut().insert("x-error-message", v);
     }
     resp
+}
+
+/// The id of a repo to create (or move or copy to), with the Hub's 400 text
+/// ([`hub_core::names::INVALID_NAME`]) for a name it refuses.
+pub(super) fn new_repo_id(
+    id: Result<RepoId, hub_protocol::repo::RepoIdError>,
+) -> Result<RepoId, AppError> {
+    let invalid = || AppError::BadRequest(hub_core::names::INVALID_NAME.to_owned());
+    let id = id.map_err(|_| invalid())?;
+    hub_core::names::check_new_name(id.name()).map_err(|_| invalid())?;
+    Ok(id)
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,12 +167,11 @@ pub(super) async fn move_repo(
     let body: MoveBody = parse_json(&body)?;
     let kind = body_kind(body.kind.as_deref())?;
     let from = RepoId::parse(kind, &body.from_repo).map_err(|_| AppError::RepoNotFound)?;
-    let to = RepoId::parse(kind, &body.to_repo)
-        .map_err(|e| AppError::BadRequest(format!("invalid target {:?}: {e}", body.to_repo)))?;
+    let to = new_repo_id(RepoId::parse(kind, &body.to_repo))?;
     match state.hub().move_repo(&principal, &from, &to).await {
         Ok(()) => Ok(Json(json!({})).into_response()),
-        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { repo })) => {
-            Ok(already_exists(&repo, None))
+        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => {
+            Ok(conflict(hub_core::names::moved_onto_existing(&to), None))
         }
         Err(e) => Err(e.into()),
     }

@@ -93,7 +93,7 @@ pub(super) async fn preupload(
     let mut files = Vec::with_capacity(body.files.len());
     for f in body.files {
         validate_repo_path(&f.path)
-            .map_err(|e| AppError::BadRequest(format!("invalid path {:?}: {e}", f.path)))?;
+            .map_err(|e| AppError::Unprocessable(format!("invalid path {:?}: {e}", f.path)))?;
         let sample = base64::engine::general_purpose::STANDARD
             .decode(f.sample.as_bytes())
             .unwrap_or_default();

@@ -4,13 +4,16 @@
 //! and the delivery worker, which POSTs the queued payloads with `X-Webhook-Secret` and
 //! retries failures with backoff.
 //!
-//! Deliveries go to `http://` URLs (this node has no TLS client), only to addresses the SSRF
-//! filter allows (`hub_core::webhooks::target_allowed`: never link-local or metadata
+//! Deliveries go to `http://` and `https://` URLs (TLS: [`super::webhook_tls`], certificates
+//! verified against Mozilla's roots plus `[gateway] webhooks_ca_file`; a refused certificate is
+//! a failed attempt, logged with the reason and retried), only to addresses the SSRF filter
+//! allows (`hub_core::webhooks::target_allowed`: never link-local or metadata
 //! addresses; loopback and private networks only with `[gateway] webhooks_allow_local`),
 //! checked on every delivery after resolving the host; at most [`PARALLEL`] at a
 //! time, each bounded by [`TIMEOUT`]; retries wait in at most `QUEUE` timers, beyond which
 //! they are dropped and logged.
 
+use super::webhook_tls;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::require_auth;
@@ -220,6 +223,11 @@ pub(crate) fn start_worker(state: &AppState) {
         .hub()
         .webhooks()
         .set_allow_local(state.config().webhooks_allow_local);
+    let tls = webhook_tls::client_config(state.config().webhooks_ca_file.as_deref());
+    if let Err(e) = &tls {
+        tracing::error!(error = %e, "webhook deliveries to https:// receivers will fail");
+    }
+    let tls = Arc::new(tls);
     let hub = state.hub().clone();
     runtime.spawn(async move {
         hub.prime_webhooks().await;
@@ -229,9 +237,9 @@ pub(crate) fn start_worker(state: &AppState) {
             let Ok(permit) = parallel.clone().acquire_owned().await else {
                 return;
             };
-            let (hub, waiting) = (hub.clone(), waiting.clone());
+            let (hub, waiting, tls) = (hub.clone(), waiting.clone(), tls.clone());
             tokio::spawn(async move {
-                let failed = attempt(&hub, &delivery).await;
+                let failed = attempt(&hub, &tls, &delivery).await;
                 drop(permit);
                 if failed {
                     retry(hub, delivery, waiting).await;
@@ -241,12 +249,15 @@ pub(crate) fn start_worker(state: &AppState) {
     });
 }
 
+/// The TLS settings of deliveries to `https://` receivers, or why there are none.
+type Tls = Result<Arc<rustls::ClientConfig>, String>;
+
 /// Sends one attempt and logs it; whether it failed.
-async fn attempt(hub: &Hub, d: &Delivery) -> bool {
+async fn attempt(hub: &Hub, tls: &Tls, d: &Delivery) -> bool {
     if !hub.webhooks().active(&d.webhook) {
         return false;
     }
-    let (status, error) = match tokio::time::timeout(TIMEOUT, post(hub, d)).await {
+    let (status, error) = match tokio::time::timeout(TIMEOUT, post(hub, tls, d)).await {
         Ok(Ok(status)) if (200..300).contains(&status) => (Some(status), None),
         Ok(Ok(status)) => (
             Some(status),
@@ -291,13 +302,15 @@ async fn retry(hub: Hub, mut d: Delivery, waiting: Arc<AtomicUsize>) {
 }
 
 /// POSTs the payload; the receiver's status.
-async fn post(hub: &Hub, d: &Delivery) -> Result<u16, String> {
+async fn post(hub: &Hub, tls: &Tls, d: &Delivery) -> Result<u16, String> {
     let uri: http::Uri = d.url.parse().map_err(|e| format!("invalid url: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// receivers are supported by this node".into());
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err("only http:// and https:// receivers are supported".into()),
+    };
     let host = uri.host().ok_or("the url has no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     // The SSRF filter: resolve, then connect only to an address the node's setting allows
     // (never link-local/metadata), so a name cannot point a delivery somewhere refused.
     let bare = host
@@ -321,16 +334,10 @@ async fn post(hub: &Hub, d: &Delivery) -> Result<u16, String> {
     let stream = tokio::net::TcpStream::connect(&allowed[..])
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
-        .unwrap_or(host);
+        .unwrap_or_else(|| host.clone());
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let mut request = http::Request::builder()
         .method(http::Method::POST)
@@ -344,6 +351,26 @@ async fn post(hub: &Hub, d: &Delivery) -> Result<u16, String> {
     let request = request
         .body(Body::from(d.body.as_ref().clone()))
         .map_err(|e| format!("request: {e}"))?;
+    if https {
+        let config = tls.as_ref().map_err(Clone::clone)?.clone();
+        let stream = webhook_tls::connect(config, &bare, stream).await?;
+        send(stream, request).await
+    } else {
+        send(stream, request).await
+    }
+}
+
+/// Sends `request` over one HTTP/1.1 connection on `io`; the answer's status.
+async fn send<S>(io: S, request: http::Request<Body>) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
     let response = sender
         .send_request(request)
         .await

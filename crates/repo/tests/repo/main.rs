@@ -1,5 +1,6 @@
 //! hub-repo against real repositories on disk, checked with the real `git` binary.
 
+mod ids;
 mod receive;
 mod replica;
 mod trees;
