@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+mod swarm;
+
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
 fn loopback() -> P2pConfig {
     P2pConfig {
