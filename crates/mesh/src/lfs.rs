@@ -203,7 +203,9 @@ pub(crate) fn serve(
             BlockResponse::Manifest(bytes)
         }
         BlockRequest::Blobs => BlockResponse::NotFound,
-        BlockRequest::Have { .. } => BlockResponse::Have(bitmap(&vec![true; manifest.chunks.len()])),
+        BlockRequest::Have { .. } => {
+            BlockResponse::Have(bitmap(&vec![true; manifest.chunks.len()]))
+        }
         BlockRequest::Chunks { first, count, .. } => {
             match read_chunks(store, &manifest, first as usize, count as usize) {
                 Ok(mut chunks) if !chunks.is_empty() => {
@@ -1280,8 +1282,8 @@ where
                             None => chunks,
                         };
                         // Far ahead of the frontier, a spooled batch waits on disk only.
-                        let near = a.batch.first
-                            < frontier.saturating_add(crate::schedule::WINDOW_CHUNKS);
+                        let near =
+                            a.batch.first < frontier.saturating_add(crate::schedule::WINDOW_CHUNKS);
                         let spooled = spool.as_ref().is_some_and(|s| {
                             s.at[a.batch.first as usize..][..chunks.len()]
                                 .iter()
@@ -1370,7 +1372,9 @@ mod tests {
         );
         repos.create(&public, &author).unwrap();
         repos.add_lfs_objects(&public, &[sha.0]).unwrap();
-        let BlockResponse::Manifest(bytes) = serve(&repos, &store, &Arrivals::default(), &manifest_req, false) else {
+        let BlockResponse::Manifest(bytes) =
+            serve(&repos, &store, &Arrivals::default(), &manifest_req, false)
+        else {
             panic!("manifest expected");
         };
         let manifest = check_manifest(&bytes, &info.manifest_id, &sha, data.len() as u64).unwrap();
@@ -1393,7 +1397,9 @@ mod tests {
                 first: first as u32,
                 count: MAX_CHUNKS_PER_REQUEST,
             };
-            let BlockResponse::Chunks(chunks) = serve(&repos, &store, &Arrivals::default(), &request, false) else {
+            let BlockResponse::Chunks(chunks) =
+                serve(&repos, &store, &Arrivals::default(), &request, false)
+            else {
                 panic!("chunks expected");
             };
             let bytes: usize = chunks.iter().map(Vec::len).sum();
@@ -1409,7 +1415,9 @@ mod tests {
             first: 0,
             count: 1,
         };
-        let BlockResponse::Chunks(bad) = serve(&repos, &store, &Arrivals::default(), &request, true) else {
+        let BlockResponse::Chunks(bad) =
+            serve(&repos, &store, &Arrivals::default(), &request, true)
+        else {
             panic!("chunks expected");
         };
         assert!(check_chunks(&manifest, 0, &bad).is_err());
@@ -1419,7 +1427,10 @@ mod tests {
             first: manifest.chunks.len() as u32,
             count: 1,
         };
-        assert_eq!(serve(&repos, &store, &Arrivals::default(), &past, false), BlockResponse::NotFound);
+        assert_eq!(
+            serve(&repos, &store, &Arrivals::default(), &past, false),
+            BlockResponse::NotFound
+        );
         let unknown = BlockRequest::Manifest {
             sha256: Sha256([1; 32]),
         };

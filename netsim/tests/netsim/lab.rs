@@ -142,5 +142,11 @@ fn forgery_nobody_takes_forged_refs_or_corrupt_chunks() {
         v["corrupt_seeder_bad_chunks"], v["chunks_rejected"],
         "every rejected chunk came from the corrupt seeder: {v}"
     );
-    assert!(!v["corrupt_seeder_penalised_by"].as_array().unwrap().is_empty(), "{v}");
+    assert!(
+        !v["corrupt_seeder_penalised_by"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
 }
