@@ -76,10 +76,8 @@ const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// A seed for a fetch's tie-breaks, different per node and per fetch, so that fetchers that
 /// start together ask for different parts first.
 fn seed(p2p: &P2p) -> u64 {
-    use std::hash::{BuildHasher, Hash as _, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    p2p.peer_id().hash(&mut hasher);
-    hasher.finish()
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(p2p.peer_id())
 }
 
 /// One LFS object a repo's tips reference and the store lacks.
@@ -968,7 +966,10 @@ fn penalise(stats: &Stats, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::D
 /// Fetches one object from `peers` (in order of preference), verified, into `store`: the
 /// chunks the store lacks, in batches spread over several peers at once (module `schedule`).
 /// `more` is asked once for further candidates when those run out. Returns the bytes of
-/// chunks received for it.
+/// chunks received for it. `share`: whether what has arrived may be served meanwhile (swarming,
+/// ADR 0015; only for a public repo).
+// The driver's context split into what a fetch uses, plus the object and its candidates.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch_object<F, Fut>(
     p2p: &P2p,
     stats: &Arc<Stats>,
