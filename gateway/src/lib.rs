@@ -50,6 +50,7 @@ mod listing;
 mod mesh;
 pub mod metrics;
 mod mirror;
+pub use mirror::BundleSite;
 mod pages;
 mod routes;
 mod spaces;
@@ -134,6 +135,8 @@ struct Inner {
     mirror: std::sync::OnceLock<hub_mirror::Mirror>,
     /// Set once by [`AppState::enable_audit`]: every granted repo access is recorded.
     audit: std::sync::OnceLock<Arc<hub_mirror::AuditLog>>,
+    /// Set once by [`AppState::enable_bundles`]: air-gap bundles into and out of this node.
+    bundles: std::sync::OnceLock<mirror::BundleSite>,
 }
 
 impl AppState {
@@ -179,6 +182,7 @@ impl AppState {
                 xet_open: std::sync::Mutex::new(()),
                 mirror: std::sync::OnceLock::new(),
                 audit: std::sync::OnceLock::new(),
+                bundles: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -225,6 +229,15 @@ impl AppState {
     /// Records every granted repo access in `log` (the audit log).
     pub fn enable_audit(&self, log: Arc<hub_mirror::AuditLog>) {
         let _ = self.inner.audit.set(log);
+    }
+
+    /// Serves `POST /api/bundles/import` and `GET /api/bundles/export` (see `mirror`).
+    pub fn enable_bundles(&self, site: mirror::BundleSite) {
+        let _ = self.inner.bundles.set(site);
+    }
+
+    pub(crate) fn bundles(&self) -> Option<&mirror::BundleSite> {
+        self.inner.bundles.get()
     }
 
     pub fn audit(&self) -> Option<&Arc<hub_mirror::AuditLog>> {

@@ -14,8 +14,9 @@
 //! - [`render`]: the templates (minijinja, compiled into the binary, HTML auto-escaping) and
 //!   the page error, which keeps the Hub's `X-Error-Code` headers;
 //! - [`highlight`]: a small per-line syntax highlighter for the file view;
-//! - [`home`], [`repo`], [`forms`]: the pages;
+//! - [`home`], [`repo`], [`refs`], [`forms`]: the pages;
 //! - [`widget`]: a model page's inference widget and a Space page's embedded app;
+//! - [`settings`]: a repo's settings (visibility, gated access, rename, delete);
 //! - [`upload`]: the upload-a-file form (multipart, size-limited, committed by `hub-core`).
 //!
 //! Every page answers with a strict Content-Security-Policy (no script runs: the pages need
@@ -34,9 +35,11 @@ mod card;
 mod forms;
 mod highlight;
 mod home;
+mod refs;
 mod render;
 mod repo;
 mod session;
+mod settings;
 #[cfg(test)]
 mod tests;
 mod upload;
@@ -88,6 +91,7 @@ pub(crate) fn routes() -> Router<AppState> {
                 &format!("{base}/commit/{{sha}}"),
                 get(repo::commit).layer(k),
             )
+            .route(&format!("{base}/branches"), get(refs::branches).layer(k))
             .route(&format!("{base}/widget"), post(widget::run).layer(k))
             .route(
                 &format!("{base}/upload"),
@@ -98,7 +102,9 @@ pub(crate) fn routes() -> Router<AppState> {
             )
             .route(
                 &format!("{base}/settings"),
-                get(forms::settings_form).post(forms::settings).layer(k),
+                get(settings::settings_form)
+                    .post(settings::settings)
+                    .layer(k),
             );
     }
     router.layer(axum::middleware::map_response(security_headers))

@@ -19,7 +19,7 @@ pub fn router(state: AppState) -> Router {
     // the jobs peers forward here (`compute::forwarded_jobs`).
     let inference = crate::compute::inference_routes(&state);
     crate::hub::start(&state);
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/api/whoami-v2", get(whoami))
@@ -38,7 +38,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::pages::routes())
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state)
+        .with_state(state.clone());
+    // Before routing: a Space's host name (`NS-NAME.<domain>`) is its app's path.
+    let by_host = middleware::from_fn_with_state(state, crate::spaces::host::by_host);
+    Router::new().fallback_service(tower::Layer::layer(&by_host, routes))
 }
 
 /// Records every request in the HTTP metrics, under its route template.

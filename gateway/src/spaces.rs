@@ -14,10 +14,12 @@
 //! - `POST /api/spaces/{ns}/{name}/duplicate` is the Hub API's repo duplication
 //!   (`hub/lifecycle.rs`); for a Space it also sets the body's `secrets` and `variables`
 //!   through [`set_duplicate_settings`];
-//! - `ANY /spaces/{ns}/{name}/app/…`: the app (see `proxy`).
+//! - `ANY /spaces/{ns}/{name}/app/…`: the app (see `proxy`), also reached by host name,
+//!   `NS-NAME.<domain>` (see `host`).
 //!
 //! Until the node calls [`AppState::enable_spaces`], these answer 503 (`--spaces off`).
 
+pub(crate) mod host;
 mod proxy;
 
 use crate::AppState;

@@ -42,14 +42,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(AppError::internal)?
 }
 
-/// `http://host` as the client addressed us, for the absolute URLs the Hub returns.
+/// `http://host` as the client addressed us, for the absolute URLs the Hub returns;
+/// `https://host` behind a TLS-terminating proxy that says so (`X-Forwarded-Proto: https`,
+/// the only other value honoured), so that a client (a mirror's upstream client, say) reached
+/// over TLS is not sent to plain HTTP.
 pub(crate) fn endpoint(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or("localhost");
-    format!("http://{host}")
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    format!("{}://{host}", if https { "https" } else { "http" })
 }
 
 /// RFC 3339 with milliseconds and a `Z`, as the Hub writes dates.

@@ -1,7 +1,9 @@
 //! `hubmesh bundle export|import`: air-gap bundles (`hub-mirror`'s `bundle`) against a
-//! stopped node's data directory, whose lock they take first. The export is signed with the
-//! node's key (`DATA/node.key`); the import verifies everything before anything is visible
-//! and records itself in the node's audit log.
+//! stopped node's data directory, whose lock they take first, or, when a node runs on that
+//! directory (it holds the lock and wrote `node.json`), against that node over HTTP
+//! (`/api/bundles/…`, the gateway's `mirror` module): the import is visible at once, no
+//! restart. The export is signed with the node's key (`DATA/node.key`); the import verifies
+//! everything before anything is visible and records itself in the node's audit log.
 
 use crate::cli::BundleCommand;
 use crate::datadir::{self, DataDir};
@@ -24,6 +26,28 @@ pub fn run(command: BundleCommand) -> anyhow::Result<()> {
         } => {
             let kind: RepoType = kind.parse().context("--type is model, dataset or space")?;
             let id = RepoId::parse(kind, &repo).context("--repo is ns/name")?;
+            if running(&data) {
+                // The running node's commit to start from: an earlier bundle's `main`.
+                let since = match since {
+                    Some(s) if Path::new(&s).is_file() => Some(
+                        bundle::read_header(Path::new(&s))?
+                            .refs
+                            .get("refs/heads/main")
+                            .cloned()
+                            .context("the earlier bundle has no main")?,
+                    ),
+                    other => other,
+                };
+                let started = Instant::now();
+                let report = crate::client::bundle_export(
+                    &data,
+                    &repo,
+                    kind.as_str(),
+                    since.as_deref(),
+                    &output,
+                )?;
+                return print(&serde_json::from_value(report)?, json, "exported", started);
+            }
             let (data, repos, store) = open(&data)?;
             let since = match since {
                 None => Since::Nothing,
@@ -71,6 +95,18 @@ pub fn run(command: BundleCommand) -> anyhow::Result<()> {
                     Ok(out)
                 })
                 .transpose()?;
+            if running(&data) {
+                let started = Instant::now();
+                let report = crate::client::bundle_import(
+                    &data,
+                    &file,
+                    trusted
+                        .map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                        .as_deref(),
+                )
+                .with_context(|| format!("import {}", file.display()))?;
+                return print(&serde_json::from_value(report)?, json, "imported", started);
+            }
             let (data, repos, store) = open(&data)?;
             let started = Instant::now();
             let spool = data.join("mirror").join("spool");
@@ -85,6 +121,11 @@ pub fn run(command: BundleCommand) -> anyhow::Result<()> {
             print(&report, json, "imported", started)
         }
     }
+}
+
+/// Whether a node runs on `data` (it holds the lock and said where it listens).
+fn running(data: &Path) -> bool {
+    data.join(hub_protocol::node_info::NODE_INFO_FILE).is_file() && DataDir::open(data).is_err()
 }
 
 fn open(data: &Path) -> anyhow::Result<(DataDir, Arc<hub_repo::Repos>, hub_store::Store)> {

@@ -72,7 +72,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
     /// Write a signed bundle of one repo (git bundle + the LFS chunks the receiver lacks)
-    /// from a stopped node's data directory.
+    /// from a stopped node's data directory, or from the node running on it.
     Export {
         /// The repo, `ns/name`.
         #[arg(long)]
@@ -93,7 +93,8 @@ pub enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Verify and import a bundle into a stopped node's data directory, all or nothing.
+    /// Verify and import a bundle into a stopped node's data directory, or into the node
+    /// running on it (served at once), all or nothing.
     Import {
         file: PathBuf,
         /// Accept only bundles signed by this node key (hex public key, as exports print).
@@ -110,7 +111,8 @@ pub enum BundleCommand {
 pub enum MirrorCommand {
     /// Add a rule.
     Add {
-        /// `*`, `ns/*`, `ns/name` or `re:REGEX`.
+        /// `*`, `ns/*`, `ns/name` or `re:REGEX`; a pin may be `ns/name@REV` (a commit sha,
+        /// tag or branch: that revision is served as `main`).
         pattern: String,
         /// What the rule does.
         #[arg(long, value_parser = ["allow", "deny", "pin"], default_value = "allow")]

@@ -1,5 +1,5 @@
 //! Commands that talk to a running node over HTTP: `user`, `org`, `token`, `peers`, `seed`,
-//! `mirror` and `audit`.
+//! `mirror` and `audit`, and `bundle export|import` when the node runs.
 //!
 //! They find the node through its data directory (`node.json` gives the HTTP address,
 //! `admin.token` the site admin's token), or take `--node URL --token TOKEN`, and call the
@@ -110,6 +110,120 @@ impl Client {
         }
         value.with_context(|| format!("{method} {path}: the node's answer is not JSON"))
     }
+}
+
+/// The node's error answer as an error; `Ok` for 2xx.
+fn check_answer(what: &str, response: &mut ureq::http::Response<ureq::Body>) -> anyhow::Result<()> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.chars().take(300).collect());
+    bail!("{what}: the node answered {status}: {message}")
+}
+
+impl Client {
+    /// An agent without the overall timeout (a bundle may take minutes), still bounded
+    /// while connecting.
+    fn long_agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(TIMEOUT))
+            .build()
+            .into()
+    }
+}
+
+/// `hubmesh bundle import FILE` against the running node of `data`: the bundle is sent to
+/// `POST /api/bundles/import`; the node's report.
+pub fn bundle_import(data: &Path, file: &Path, trust: Option<&str>) -> anyhow::Result<Value> {
+    let flags = ClientFlags {
+        data: Some(data.to_owned()),
+        node: None,
+        token: None,
+        json: true,
+    };
+    let client = Client::new(&flags)?;
+    let mut url = format!("{}/api/bundles/import", client.base);
+    if let Some(t) = trust {
+        url.push_str(&format!("?trust={}", query_value(t)));
+    }
+    let body = std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+    let mut response = Client::long_agent()
+        .post(&url)
+        .header("authorization", format!("Bearer {}", client.token))
+        .header("content-type", "application/octet-stream")
+        .send(body)
+        .with_context(|| format!("send the bundle to the node at {}", client.base))?;
+    check_answer("import", &mut response)?;
+    response
+        .body_mut()
+        .read_json()
+        .context("the node's import report is not JSON")
+}
+
+/// `hubmesh bundle export` from the running node of `data` into `output` (written whole,
+/// then renamed into place); the node's report.
+pub fn bundle_export(
+    data: &Path,
+    repo: &str,
+    kind: &str,
+    since: Option<&str>,
+    output: &Path,
+) -> anyhow::Result<Value> {
+    use std::io::Write;
+    let flags = ClientFlags {
+        data: Some(data.to_owned()),
+        node: None,
+        token: None,
+        json: true,
+    };
+    let client = Client::new(&flags)?;
+    let mut url = format!(
+        "{}/api/bundles/export?repo={}&type={}",
+        client.base,
+        query_value(repo),
+        query_value(kind)
+    );
+    if let Some(commit) = since {
+        url.push_str(&format!("&since={}", query_value(commit)));
+    }
+    let mut response = Client::long_agent()
+        .get(&url)
+        .header("authorization", format!("Bearer {}", client.token))
+        .call()
+        .with_context(|| format!("ask the node at {} for the bundle", client.base))?;
+    check_answer("export", &mut response)?;
+    let report: Value = response
+        .headers()
+        .get("x-bundle-report")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .context("the node's answer has no bundle report")?;
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("create a file in {}", dir.display()))?;
+    let copied = std::io::copy(&mut response.body_mut().as_reader(), &mut tmp)
+        .context("receive the bundle")?;
+    if Some(copied) != report["bundle_bytes"].as_u64() {
+        bail!("the bundle arrived short ({copied} bytes)");
+    }
+    tmp.flush()?;
+    tmp.persist(output)
+        .with_context(|| format!("write {}", output.display()))?;
+    Ok(report)
 }
 
 fn read_node_info(data: &Path) -> anyhow::Result<NodeInfo> {

@@ -33,6 +33,7 @@
 //! max_waiting = 256         # queued per model; more is 429 (or routed to a peer)
 //! allow_peers = []          # peers whose jobs a `mesh` node runs; empty: every peer
 //! cache_entries = 256       # response cache of deterministic requests (0: off)
+//! threads = 2               # workers of the engine pool all models decode on; default: one per core
 //!
 //! [spaces]
 //! mode = "local"            # local: run Space apps here | off (mesh placement: not yet)
@@ -44,15 +45,20 @@
 //! start_timeout_secs = 120  # an app must listen within this after it starts
 //! build_timeout_secs = 1800
 //! sleep_secs = 172800       # idle time before a Space sleeps when its owner set none (0: never)
+//! drain_idle_secs = 30      # a replaced instance stops once idle this long...
+//! drain_max_secs = 120      # ...or after this long (a new commit's swap; 0: at once)
+//! domains = ["localhost"]   # NS-NAME.<domain> is a Space's host name
 //!
 //! [mirror]
 //! upstream = "https://huggingface.co"  # pull repos this node lacks from there (hub-mirror)
 //! upstream_token = "hf_…"   # the site's token for the upstream (gated/private repos)
+//! upstream_ca_file = "/etc/site-ca.pem"  # CAs trusted for an https upstream besides the system's
 //! offline = false           # never contact the upstream: serve what is cached
 //! allow = []                # mirror only these (`*`, `ns/*`, `ns/name`, `re:REGEX`); empty: all
 //! deny = []                 # never mirror these
-//! pin = []                  # pulled once, moved only by `hubmesh mirror refresh`
+//! pin = []                  # pulled once, moved only by `hubmesh mirror refresh`; `ns/name@REV`: at that commit/tag
 //! refresh_secs = 0          # refresh the other mirrored repos this often (0: on request only)
+//! negative_ttl_secs = 30    # a name the upstream lacks is answered 404 without asking for this long
 //! ```
 
 use crate::cli::NodeFlags;
@@ -82,16 +88,37 @@ pub struct Config {
 }
 
 /// `[mirror]`: pull-through mirroring of an upstream Hub (`hub-mirror`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorSection {
     pub upstream: Option<String>,
     pub upstream_token: Option<String>,
+    /// PEM CAs trusted for an `https://` upstream, besides the system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
     pub offline: bool,
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub pin: Vec<String>,
     pub refresh_secs: u64,
+    /// How long a name the upstream lacks is answered "not found" without asking it again
+    /// (0: always ask).
+    pub negative_ttl_secs: u64,
+}
+
+impl Default for MirrorSection {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            upstream_token: None,
+            upstream_ca_file: None,
+            offline: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            pin: Vec::new(),
+            refresh_secs: 0,
+            negative_ttl_secs: hub_mirror::DEFAULT_NEGATIVE_TTL.as_secs(),
+        }
+    }
 }
 
 impl MirrorSection {
@@ -105,7 +132,7 @@ impl MirrorSection {
             (Action::Pin, &self.pin),
         ] {
             for p in patterns {
-                hub_mirror::Pattern::parse(p)?;
+                hub_mirror::Pattern::for_rule(action, p)?;
                 rules.push((action, p.clone()));
             }
         }
@@ -135,6 +162,13 @@ pub struct SpacesSection {
     pub build_timeout_secs: u64,
     /// Seconds without requests before a Space sleeps when its owner set none; 0: never.
     pub sleep_secs: u64,
+    /// After a swap to a new commit, the old instance stops once nothing is in flight on it
+    /// and its sessions have been quiet this long...
+    pub drain_idle_secs: u64,
+    /// ...or when it has drained this long (0: it stops at once).
+    pub drain_max_secs: u64,
+    /// Host names under which `NS-NAME.<domain>` names a Space.
+    pub domains: Vec<String>,
 }
 
 impl Default for SpacesSection {
@@ -149,6 +183,9 @@ impl Default for SpacesSection {
             start_timeout_secs: 120,
             build_timeout_secs: 1800,
             sleep_secs: 48 * 3600,
+            drain_idle_secs: 30,
+            drain_max_secs: 120,
+            domains: vec!["localhost".into()],
         }
     }
 }
@@ -190,6 +227,10 @@ pub struct InferenceSection {
     pub allow_peers: Vec<String>,
     /// Responses of deterministic requests kept (0 turns the cache off).
     pub cache_entries: usize,
+    /// Workers of the one pool every loaded model's forward passes share (hub-infer's
+    /// `threads`); at most this many cores compute inference at once. Unset: one per core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 impl Default for InferenceSection {
@@ -203,6 +244,7 @@ impl Default for InferenceSection {
             max_waiting: 256,
             allow_peers: Vec::new(),
             cache_entries: 256,
+            threads: None,
         }
     }
 }
@@ -418,6 +460,9 @@ impl Config {
         if self.inference.memory_budget_mib == Some(0) {
             bail!("inference.memory_budget_mib must be positive");
         }
+        if self.inference.threads == Some(0) {
+            bail!("inference.threads must be positive (leave it unset for one per core)");
+        }
         if self.p2p.listen.is_empty() {
             bail!("p2p.listen is empty: give at least one address, e.g. /ip4/0.0.0.0/tcp/0");
         }
@@ -455,6 +500,13 @@ impl Config {
             ),
             other => bail!("invalid spaces mode {other:?} (expected local or off)"),
         }
+    }
+
+    /// Workers of the engine pool: `[inference] threads`, else one per core.
+    pub fn engine_threads(&self) -> usize {
+        self.inference
+            .threads
+            .unwrap_or_else(hub_infer::threads::default_threads)
     }
 
     pub fn inference_mode(&self) -> anyhow::Result<hub_compute::Mode> {
@@ -510,6 +562,8 @@ mod tests {
         assert_eq!(c.http.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin, "admin");
         assert_eq!(c.store.reserved_mib, 256);
+        assert_eq!(c.inference.threads, None);
+        assert_eq!(c.engine_threads(), hub_infer::threads::default_threads());
         assert_eq!(
             c.p2p.listen,
             ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
@@ -519,7 +573,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_print_round_trips() {
         let f = file(
-            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n[inference]\nmemory_budget_mib = 512\n[store]\nreserved_mib = 1024\n",
+            "data = \"/srv/hub\"\nadmin = \"alice\"\n[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/4001\"]\n[inference]\nmemory_budget_mib = 512\nthreads = 3\n[store]\nreserved_mib = 1024\n",
         );
         let flags = NodeFlags {
             config: Some(f.path().to_owned()),
@@ -537,6 +591,8 @@ mod tests {
         assert_eq!(c.p2p.listen, ["/ip4/127.0.0.1/tcp/0"]);
         assert_eq!(c.p2p.bootstrap, ["/ip4/127.0.0.1/tcp/4001"]);
         assert_eq!(c.inference.memory_budget_mib, Some(512));
+        assert_eq!(c.inference.threads, Some(3));
+        assert_eq!(c.engine_threads(), 3);
         assert_eq!(c.inference.load_wait_secs, 120);
         assert_eq!(c.store.reserved_mib, 1024);
         let printed: Config = toml::from_str(&c.to_toml().unwrap()).unwrap();
@@ -566,6 +622,10 @@ mod tests {
             (
                 "[inference]\nmemory_budget_mib = 0\n",
                 "memory_budget_mib must be positive",
+            ),
+            (
+                "[inference]\nthreads = 0\n",
+                "inference.threads must be positive",
             ),
         ] {
             let f = file(text);

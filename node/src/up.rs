@@ -154,6 +154,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let state = AppState::with_mesh(parts, port);
     state.enable_audit(audit);
+    state.enable_bundles(hub_gateway::BundleSite {
+        spool_dir: data.join("mirror").join("spool"),
+        secret,
+    });
     if let Some(mirror) = mirror {
         mirror.spawn_refresher(cancel.child_token());
         state.enable_mirror(mirror);
@@ -167,6 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inference.registry.memory_budget = mib.saturating_mul(1 << 20);
     }
     inference.load_wait = Duration::from_secs(config.inference.load_wait_secs);
+    inference.registry.serve.threads = config.engine_threads();
     let engine = &mut inference.registry.serve.engine;
     engine.max_running = config.inference.max_running;
     engine.max_waiting = config.inference.max_waiting;
@@ -281,6 +286,9 @@ async fn start_spaces(config: &Config, data: &DataDir, state: &AppState) {
     spaces.build_timeout = Duration::from_secs(section.build_timeout_secs);
     spaces.default_sleep =
         (section.sleep_secs > 0).then(|| Duration::from_secs(section.sleep_secs));
+    spaces.drain_idle = Duration::from_secs(section.drain_idle_secs);
+    spaces.drain_max = Duration::from_secs(section.drain_max_secs);
+    spaces.domains = section.domains.clone();
     match hub_spaces::Spaces::new(spaces, state.hub().clone()).await {
         Ok(spaces) => {
             state.enable_spaces(spaces);
@@ -383,6 +391,8 @@ fn open_mirror(
     };
     let mut mirror_config = hub_mirror::MirrorConfig::new(data.join("mirror"), Some(upstream));
     mirror_config.token = section.upstream_token.clone();
+    mirror_config.ca_file = section.upstream_ca_file.clone();
+    mirror_config.negative_ttl = Duration::from_secs(section.negative_ttl_secs);
     mirror_config.offline = section.offline;
     mirror_config.rules = section.rules()?;
     mirror_config.refresh =

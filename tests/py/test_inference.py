@@ -13,6 +13,7 @@ all-MiniLM-L6-v2 (the sentence-transformers repository zipped inside the
 import json
 import math
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -122,6 +123,26 @@ def test_chat_and_completions_with_the_openai_client(served):
     })
     assert status == 200, body
     assert body["generated_text"] == comp.choices[0].text
+
+
+def test_the_engine_pool_follows_inference_threads(node_factory, gguf, tmp_path):
+    """`[inference] threads = 1` in the node's config: the model decodes on an engine pool of
+    exactly one worker (threads named `hub-infer-N`, read from /proc), and answers as usual."""
+    config = tmp_path / "node.toml"
+    config.write_text("[inference]\nthreads = 1\n")
+    node = node_factory("node", "--config", str(config))
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    api.create_repo(MODEL)
+    api.upload_file(path_or_fileobj=str(gguf), path_in_repo=GGUF_NAME, repo_id=MODEL)
+    client = openai.OpenAI(base_url=f"{node.url}/v1", api_key=node.admin_token, max_retries=0,
+                           timeout=120)
+    resp = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                          max_tokens=20)
+    assert "Paris" in resp.choices[0].message.content
+    tasks = Path(f"/proc/{node.proc.pid}/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
+    pool = [n for n in names if re.fullmatch(r"hub-infer-\d+", n)]
+    assert pool == ["hub-infer-0"], names
 
 
 def test_logprobs_with_the_openai_client(served):

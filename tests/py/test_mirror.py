@@ -11,12 +11,17 @@ it all.
 
 import concurrent.futures
 import hashlib
+import http.client
 import json
 import os
+import ssl
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import cli, hubmesh_bin, wait_for
@@ -315,3 +320,331 @@ def test_air_gap_bundles_full_incremental_and_tampered(node_factory, tmp_path):
     assert [e["signer"] for e in imports] == [signer, signer]
     exports = [json.loads(line) for line in (up.data / "audit.jsonl").read_text().splitlines()]
     assert sum(e["action"] == "export" for e in exports) == 2
+
+
+def test_site_to_site_through_two_mirrors(node_factory, tmp_path):
+    """Site B's mirror pulls from site A's mirror, which pulls from the upstream (three
+    processes, not mesh peers, HTTP only: two sites across a firewall). What B serves carries
+    the upstream's commit shas and bytes, for the Hub API and for git + git-lfs."""
+    up = node_factory("upstream", "--admin", "alice")
+    site_a = node_factory("site-a", "--upstream", up.url)
+    site_b = node_factory("site-b", "--upstream", site_a.url)
+    weights = blob(2 * MIB + 5, 7)
+    files = {"config.json": b'{"model_type": "tiny"}\n', "model.safetensors": weights}
+    repo, commit = make_repo(up, "chained", files)
+
+    assert HfApi(endpoint=site_b.url).model_info(repo).sha == commit
+    snap = snapshot_download(repo, endpoint=site_b.url, cache_dir=tmp_path / "snap")
+    for name, data in files.items():
+        assert open(os.path.join(snap, name), "rb").read() == data
+    # Site A holds it now too, pulled once for both sites.
+    assert HfApi(endpoint=site_a.url).model_info(repo).sha == commit
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "LANG": "C"}
+    subprocess.run(["git", "lfs", "install", "--skip-repo"], env=env, check=True, capture_output=True)
+    # A second repo, cloned cold at B with git: both hops pull it during the clone.
+    repo2, commit2 = make_repo(up, "cloned-at-b", {"w.bin": weights, "a.txt": b"hello\n"})
+    dest = tmp_path / "clone"
+    out = subprocess.run(["git", "clone", f"{site_b.url}/{repo2}", str(dest)], env=env, capture_output=True, timeout=180)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, env=env, capture_output=True, check=True, text=True)
+    assert head.stdout.strip() == commit2
+    assert (dest / "w.bin").read_bytes() == weights
+    for site in (site_a, site_b):
+        pulled = [e for e in audit_lines(site) if e["action"] == "mirror"]
+        assert any(e.get("commit") == commit2 and e["repo"] == f"models/{repo2}" for e in pulled)
+
+
+def make_pki(directory, name):
+    """A CA (`ca.pem`) and a certificate it signed for 127.0.0.1 (`cert.pem`, `key.pem`)."""
+    directory.mkdir(parents=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", f"/CN={name} CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", *ec, "-keyout", "key.pem", "-out", "cert.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf")
+    return directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+
+
+class Front:
+    """A reverse proxy in front of a node, as a site puts nginx in front of one; with `cert`
+    and `key`, TLS-terminating: HTTPS on its own port, HTTP to the node with
+    `X-Forwarded-Proto: https`. Records the paths it served. With `hold_after`, an LFS object
+    body stops after that many bytes until `release` is set (a slow upstream, made
+    deterministic)."""
+
+    def __init__(self, target_url, cert=None, key=None, hold_after=None):
+        target = urllib.parse.urlsplit(target_url)
+        paths = self.paths = []
+        release = self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def proxy(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                if cert:
+                    headers["X-Forwarded-Proto"] = "https"
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                paths.append(self.path)
+                self.send_response_only(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                sent = 0
+                hold = hold_after if self.path.startswith("/lfs-objects/") else None
+                while self.command != "HEAD" and (chunk := resp.read(1 << 16)):
+                    if hold is not None and sent + len(chunk) > hold:
+                        self.wfile.write(chunk[: hold - sent])
+                        self.wfile.flush()
+                        release.wait(timeout=120)
+                        chunk, hold = chunk[hold - sent :], None
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+                conn.close()
+                self.close_connection = True
+
+            do_GET = do_HEAD = do_POST = do_PUT = proxy
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        scheme = "http"
+        if cert:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_https_upstream_with_the_sites_ca_and_a_wrong_ca_refused(node_factory, tmp_path):
+    """`upstream = "https://…"`: the mirror speaks TLS to its upstream (here a node behind a
+    TLS front whose CA the test made), trusting `upstream_ca_file` besides the system's roots;
+    an upstream whose certificate no trusted CA signed is refused with a clear error."""
+    up = node_factory("upstream", "--admin", "alice")
+    ca, cert, key = make_pki(tmp_path / "pki", "site")
+    other_ca, _, _ = make_pki(tmp_path / "other-pki", "other")
+    front = Front(up.url, cert, key)
+    try:
+        weights = blob(MIB + 3, 8)
+        repo, commit = make_repo(up, "over-tls", {"w.bin": weights, "config.json": b"{}"})
+        config = tmp_path / "mirror.toml"
+        config.write_text(f'[mirror]\nupstream = "{front.url}"\nupstream_ca_file = "{ca}"\n')
+        mirror = node_factory("mirror", "--config", str(config))
+        assert HfApi(endpoint=mirror.url).model_info(repo).sha == commit
+        path = hf_hub_download(repo, "w.bin", endpoint=mirror.url, cache_dir=tmp_path / "c")
+        assert open(path, "rb").read() == weights
+        # Everything went through TLS: repo info, git, the LFS batch API and the object itself.
+        assert any(p.startswith(f"/api/models/{repo}") for p in front.paths)
+        assert any(p.endswith(".git/git-upload-pack") for p in front.paths)
+        assert any(p.endswith("/info/lfs/objects/batch") for p in front.paths)
+        assert any(p.startswith("/lfs-objects/") for p in front.paths)
+
+        # A mirror that trusts another CA refuses the upstream's certificate, and says why.
+        config.write_text(f'[mirror]\nupstream = "{front.url}"\nupstream_ca_file = "{other_ca}"\n')
+        wrong = node_factory("wrong-ca", "--config", str(config))
+        seen = len(front.paths)
+        status, headers, body = request("GET", f"{wrong.url}/api/models/{repo}")
+        assert status == 503, body
+        message = body.decode()
+        assert front.url in message and "certificate" in message and "upstream_ca_file" in message, message
+        assert headers["X-Error-Message"]
+        assert len(front.paths) == seen  # no request got past the handshake
+    finally:
+        front.close()
+
+
+def upstream_gets(node) -> float:
+    """GET requests the node served, its own /metrics scrapes left out."""
+    _, _, body = request("GET", f"{node.url}/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith('http_requests_total{method="GET"') and 'route="/metrics"' not in line
+    )
+
+
+def test_names_the_upstream_lacks_are_remembered_briefly(node_factory, tmp_path):
+    """A negative cache: a repo the upstream lacks is answered 404 from the mirror for
+    `negative_ttl_secs` without asking the upstream again; after that it is asked again."""
+    ttl = 8
+    up = node_factory("upstream", "--admin", "alice")
+    config = tmp_path / "mirror.toml"
+    config.write_text(f'[mirror]\nupstream = "{up.url}"\nnegative_ttl_secs = {ttl}\n')
+    mirror = node_factory("mirror", "--config", str(config))
+    url = f"{mirror.url}/api/models/alice/later"
+    before = upstream_gets(up)
+    status, headers, _ = request("GET", url)
+    first = time.monotonic()
+    assert status == 404 and headers["X-Error-Code"] == "RepoNotFound"
+    asked = upstream_gets(up) - before
+    assert asked >= 1
+    for _ in range(5):
+        assert request("GET", url)[0] == 404
+    assert upstream_gets(up) - before == asked, "answered from the negative cache"
+
+    repo, commit = make_repo(up, "later", {"a.txt": b"now it exists"})
+    if time.monotonic() - first < ttl - 2:
+        assert request("GET", url)[0] == 404, "still remembered as missing within the TTL"
+    # Once the TTL passed, the upstream is asked again and the repo is pulled.
+    wait_for("the negative entry to expire", lambda: request("GET", url)[0] == 200, node=mirror, timeout=ttl + 30)
+    assert HfApi(endpoint=mirror.url).model_info(repo).sha == commit
+
+
+def test_pins_at_a_commit_and_at_a_tag_serve_that_revision_as_main(node_factory, tmp_path):
+    """`pin = "ns/name@REV"`: the mirror serves that revision (a commit sha or a tag) as the
+    repo's `main`, with the upstream's sha, for the Hub API and git; later upstream commits
+    are neither served nor fetched, and a refresh does not move it."""
+    up = node_factory("upstream", "--admin", "alice")
+    up_api = HfApi(endpoint=up.url, token=up.admin_token)
+    by_sha, c1 = make_repo(up, "by-sha", {"a.txt": b"v1"})
+    by_tag, t1 = make_repo(up, "by-tag", {"a.txt": b"v1"})
+    up_api.create_tag(by_tag, tag="v1.0")
+    c2 = up_api.upload_file(path_or_fileobj=b"v2", path_in_repo="a.txt", repo_id=by_sha).oid
+    up_api.upload_file(path_or_fileobj=b"v2", path_in_repo="a.txt", repo_id=by_tag)
+    mirror = node_factory("mirror", "--upstream", up.url)
+    cli(mirror, "mirror", "add", f"{by_sha}@{c1}", "--rule", "pin")
+    cli(mirror, "mirror", "add", f"{by_tag}@v1.0", "--rule", "pin")
+    cli(mirror, "mirror", "add", "alice/nowhere@v9", "--rule", "pin")
+
+    api = HfApi(endpoint=mirror.url)
+    for repo, commit in [(by_sha, c1), (by_tag, t1)]:
+        assert api.model_info(repo).sha == commit
+        path = hf_hub_download(repo, "a.txt", endpoint=mirror.url, cache_dir=tmp_path / repo)
+        assert open(path, "rb").read() == b"v1"
+        status, headers, _ = request("HEAD", f"{mirror.url}/{repo}/resolve/main/a.txt")
+        assert status == 200 and headers["X-Repo-Commit"] == commit
+    refs = api.list_repo_refs(by_tag)
+    assert [b.name for b in refs.branches] == ["main"]
+    assert [(t.name, t.target_commit) for t in refs.tags] == [("v1.0", t1)]
+    assert [b.name for b in api.list_repo_refs(by_sha).branches] == ["main"]
+    # The upstream's later commit was not fetched: not servable by its sha either.
+    assert request("GET", f"{mirror.url}/api/models/{by_sha}/revision/{c2}")[0] == 404
+    # git sees the pinned commit as main.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "LANG": "C"}
+    dest = tmp_path / "clone"
+    out = subprocess.run(["git", "clone", f"{mirror.url}/{by_sha}", str(dest)], env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, env=env, capture_output=True, check=True, text=True)
+    assert head.stdout.strip() == c1 and (dest / "a.txt").read_bytes() == b"v1"
+    # A refresh leaves a repo pinned at a sha where it is.
+    up_api.upload_file(path_or_fileobj=b"v3", path_in_repo="a.txt", repo_id=by_sha)
+    cli(mirror, "mirror", "refresh", by_sha)
+    assert api.model_info(by_sha).sha == c1
+    # A pin at a revision the upstream lacks: not served (404), and a refresh says why.
+    make_repo(up, "nowhere", {"a.txt": b"x"})
+    assert request("GET", f"{mirror.url}/api/models/alice/nowhere")[0] == 404
+    out = run_cli("mirror", "refresh", "alice/nowhere", "--data", str(mirror.data))
+    assert out.returncode != 0 and "has no revision v9 of alice/nowhere" in out.stdout + out.stderr, out
+
+
+def test_bundles_into_and_out_of_running_nodes(node_factory, tmp_path):
+    """`hubmesh bundle export|import --data DIR` while a node runs on DIR goes through that
+    node (`/api/bundles/…`): the imported repo is served at once, without a restart; a
+    tampered bundle is refused with nothing visible; an incremental one follows."""
+    v1 = blob(3 * MIB, 9)
+    v2 = v1[: 2 * MIB] + blob(MIB, 10)
+    a = node_factory("site-a", "--admin", "alice")
+    repo, c1 = make_repo(a, "live", {"model.safetensors": v1, "config.json": b"{}"})
+    b1, b2 = tmp_path / "live.bundle", tmp_path / "live-2.bundle"
+    out = run_cli("bundle", "export", "--data", str(a.data), "--repo", repo, "-o", str(b1), "--json")
+    assert out.returncode == 0, out.stderr
+    full = json.loads(out.stdout)
+    assert b1.stat().st_size == full["bundle_bytes"] > 3 * MIB
+    signer = full["signer"]
+
+    b = node_factory("site-b")
+    api = HfApi(endpoint=b.url)
+    tampered = tmp_path / "tampered.bundle"
+    data = bytearray(b1.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    out = run_cli("bundle", "import", str(tampered), "--data", str(b.data))
+    assert out.returncode != 0 and "signature" in out.stderr, out.stderr
+    assert request("GET", f"{b.url}/api/models/{repo}")[0] == 404
+    out = run_cli("bundle", "import", str(b1), "--data", str(b.data), "--trust", "11" * 32)
+    assert out.returncode != 0 and "trusted" in out.stderr, out.stderr
+    assert request("GET", f"{b.url}/api/models/{repo}")[0] == 404
+
+    out = run_cli("bundle", "import", str(b1), "--data", str(b.data), "--trust", signer, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["signer"] == signer
+    # Served and listed by the running node at once.
+    assert api.model_info(repo).sha == c1
+    path = hf_hub_download(repo, "model.safetensors", endpoint=b.url, cache_dir=tmp_path / "c1")
+    assert open(path, "rb").read() == v1
+    assert repo in [m.id for m in api.list_models(author="alice")]
+
+    c2 = HfApi(endpoint=a.url, token=a.admin_token).upload_file(
+        path_or_fileobj=v2, path_in_repo="model.safetensors", repo_id=repo
+    ).oid
+    out = run_cli("bundle", "export", "--data", str(a.data), "--repo", repo, "--since", str(b1), "-o", str(b2), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["bundle_bytes"] < 2 * MIB
+    out = run_cli("bundle", "import", str(b2), "--data", str(b.data), "--trust", signer)
+    assert out.returncode == 0, out.stderr
+    assert api.model_info(repo).sha == c2
+    path = hf_hub_download(repo, "model.safetensors", endpoint=b.url, cache_dir=tmp_path / "c2")
+    assert open(path, "rb").read() == v2
+
+    assert sum(e["action"] == "import" for e in audit_lines(b)) == 2
+    assert sum(e["action"] == "export" for e in audit_lines(a)) == 2
+
+
+def test_a_ranged_get_of_a_cold_file_streams_while_it_arrives(node_factory, tmp_path):
+    """A ranged GET of a file the mirror lacks answers 206 with the range's bytes as the
+    upstream's bytes pass, not after the whole file: here the upstream (behind a proxy that
+    stops the object after its first MiB) has sent only 1 MiB of 8 when the range's bytes
+    arrive; the range's last byte comes once the whole file was verified."""
+    up = node_factory("upstream", "--admin", "alice")
+    front = Front(up.url, hold_after=MIB)
+    try:
+        weights = blob(8 * MIB, 11)
+        repo, commit = make_repo(up, "ranged", {"big.bin": weights})
+        mirror = node_factory("mirror", "--upstream", front.url)
+        assert HfApi(endpoint=mirror.url).model_info(repo).sha == commit
+        start, end = 1000, 300_999
+        conn = http.client.HTTPConnection("127.0.0.1", int(mirror.url.rsplit(":", 1)[1]), timeout=60)
+        conn.request("GET", f"/{repo}/resolve/main/big.bin", headers={"Range": f"bytes={start}-{end}"})
+        resp = conn.getresponse()
+        assert resp.status == 206
+        assert resp.getheader("Content-Range") == f"bytes {start}-{end}/{len(weights)}"
+        assert resp.getheader("X-Repo-Commit") == commit
+        head = resp.read(end - start)  # all but the last byte, while the upstream is held
+        assert head == weights[start:end]
+        assert not front.release.is_set()
+        front.release.set()
+        assert resp.read() == weights[end : end + 1]
+        conn.close()
+        # The whole file was fetched once and is now served from the store.
+        path = hf_hub_download(repo, "big.bin", endpoint=mirror.url, cache_dir=tmp_path / "c")
+        assert open(path, "rb").read() == weights
+        assert sum(p.startswith("/lfs-objects/") for p in front.paths) == 1
+    finally:
+        front.close()

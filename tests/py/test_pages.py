@@ -2,8 +2,9 @@
 with repos made by the real client (`huggingface_hub`): the card's heading, the file list,
 a private repo absent for an anonymous visitor, signing in and creating a repo through the
 form, the dataset table's paging, a model page's inference widget (with and without its
-script), a Space embedded in its page, and a page's p95 latency for a repo with 1 000
-files."""
+script), a Space embedded in its page, the branches and tags page, the settings forms (gated
+access, rename, delete with confirmation; a non-owner refused), and a page's p95 latency for
+a repo with 1 000 files."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from browser import Browser
+from conftest import cli
 from test_inference import minilm_zip, smollm2_gguf
 
 CARD = """---
@@ -375,3 +377,107 @@ def test_upload_a_file_through_the_form(node, browser, tmp_path):
                              {"origin": "http://evil.example"})
     assert status == 403
     assert len(hf.list_repo_commits("admin/uploads")) == len(commits)
+
+
+def test_branches_and_tags_page_for_models_datasets_and_spaces(node, browser):
+    hf = api(node)
+    for kind, prefix, extra in [("model", "", {}), ("dataset", "datasets/", {}),
+                                ("space", "spaces/", {"space_sdk": "static"})]:
+        repo = f"admin/refs-{kind}"
+        hf.create_repo(repo, repo_type=kind, **extra)
+        hf.upload_file(path_or_fileobj=b"v2\n", path_in_repo="notes.txt", repo_id=repo,
+                       repo_type=kind, commit_message=f"notes for {kind}")
+        hf.create_branch(repo, repo_type=kind, branch="dev")
+        hf.create_tag(repo, repo_type=kind, tag="v1.0", tag_message="first")
+        refs = hf.list_repo_refs(repo, repo_type=kind)
+        head = {b.name: b.target_commit for b in refs.branches}
+
+        # The repo page links to the page; it lists main first, then the others, and tags.
+        browser.goto(f"{node.url}/{prefix}{repo}")
+        browser.events.clear()
+        browser.js("document.getElementById('branches-link').click()")
+        browser.wait_event("Page.loadEventFired")
+        assert browser.url() == f"{node.url}/{prefix}{repo}/branches"
+        assert browser.texts("#branch-list tbody td:first-child a") == ["main", "dev"]
+        assert browser.texts("#tag-list tbody td:first-child a") == ["v1.0"]
+        rows = browser.texts("#branch-list tbody tr td:nth-child(2)")
+        assert rows[0].startswith(head["main"][:7]) and f"notes for {kind}" in rows[0], rows
+        # A branch's link opens its files.
+        browser.events.clear()
+        browser.js("document.querySelector('#branch-list tbody tr:nth-child(2) a').click()")
+        browser.wait_event("Page.loadEventFired")
+        assert browser.url() == f"{node.url}/{prefix}{repo}/tree/dev"
+        assert "notes.txt" in browser.texts("#files tbody td:first-child a")
+
+    # A private repo's page is the 404 of a missing one for anyone who may not read it.
+    hf.create_repo("admin/refs-private", private=True)
+    hf.create_branch("admin/refs-private", branch="secret-branch")
+    browser.goto(f"{node.url}/admin/refs-private/branches")
+    assert browser.text("h1") == "404"
+    assert "secret-branch" not in browser.js("document.body.textContent")
+
+
+def test_settings_gated_rename_delete_and_a_non_owner_refused(node, browser):
+    hf = api(node)
+    hf.create_repo("admin/settable")
+    browser.goto(f"{node.url}/login")
+    browser.submit("#login", {"token": node.admin_token})
+
+    # Gated access: the form sets it; the client sees it.
+    browser.goto(f"{node.url}/admin/settable/settings")
+    assert browser.text("#gated") == "off"
+    browser.submit("#gated-form", {"gated": "auto"})
+    assert browser.url() == f"{node.url}/admin/settable/settings"
+    assert browser.text("#gated") == "auto"
+    assert hf.model_info("admin/settable").gated == "auto"
+    browser.submit("#gated-form", {"gated": "off"})
+    assert hf.model_info("admin/settable").gated is False
+
+    # Delete needs the repo's id typed again: a wrong one changes nothing.
+    browser.submit("#delete", {"confirm": "admin/something-else"})
+    assert "Type admin/settable to confirm" in browser.text("#error")
+    assert hf.repo_exists("admin/settable")
+
+    # Rename: the page moves, the client finds the repo under its new name only.
+    browser.submit("#move", {"to": "admin/renamed"})
+    assert browser.url() == f"{node.url}/admin/renamed"
+    assert hf.repo_exists("admin/renamed") and not hf.repo_exists("admin/settable")
+
+    # Delete with the confirmation: gone.
+    browser.goto(f"{node.url}/admin/renamed/settings")
+    browser.submit("#delete", {"confirm": "admin/renamed"})
+    assert browser.url() == f"{node.url}/admin"
+    assert not hf.repo_exists("admin/renamed")
+
+    # Someone who may read but not administer the repo: no settings tab, the page is a 403,
+    # and a form posted with their own valid session and CSRF token is refused too.
+    hf.create_repo("admin/not-yours")
+    cli(node, "user", "add", "bob")
+    bob = cli(node, "token", "create", "bob", "--scope", "write")
+    browser.goto(f"{node.url}/login")
+    browser.submit("#login", {"token": bob})
+    assert browser.text("#me") == "bob"
+    browser.goto(f"{node.url}/admin/not-yours")
+    assert browser.js("document.querySelector('a[href$=\"/settings\"]')") is None
+    browser.goto(f"{node.url}/admin/not-yours/settings")
+    assert browser.text("h1") == "403"
+    browser.goto(f"{node.url}/new")  # a page of bob's session, with its CSRF token
+    browser.js(
+        "(() => { const f = document.createElement('form'); f.method = 'post';"
+        " f.action = '/admin/not-yours/settings';"
+        " for (const [k, v] of [['csrf', document.querySelector('input[name=csrf]').value],"
+        "   ['action', 'gated'], ['gated', 'manual']]) {"
+        "   const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i); }"
+        " document.body.appendChild(f); window.__f = f; })()"
+    )
+    browser.events.clear()
+    browser.js("window.__f.submit()")
+    browser.wait_event("Page.loadEventFired")
+    assert browser.text("h1") == "403"
+    assert hf.model_info("admin/not-yours").gated is False
+    # Without the session's CSRF token (another site's form): refused before any rule.
+    status, _, _ = post_form(f"{node.url}/admin/not-yours/settings",
+                             {"action": "delete", "confirm": "admin/not-yours"},
+                             {"origin": "http://evil.example"})
+    assert status == 403
+    assert hf.repo_exists("admin/not-yours")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from conftest import REPO, start_node
 
 GRADIO_VERSION = "6.31.0"
+STREAMLIT_VERSION = "1.67.0"
 # Cold builds download gradio and its dependencies.
 BUILD_TIMEOUT = 900.0
 START_TIMEOUT = 180.0
@@ -39,6 +41,7 @@ A test Space.
 APP = '''
 import os
 import subprocess
+import time
 
 import gradio as gr
 
@@ -52,6 +55,24 @@ def reverse(text):
 def count(text):
     for i in range(1, 4):
         yield f"{{text}}{{i}}"
+
+
+STORE = {{}}
+
+
+def remember(text, request: gr.Request):
+    STORE[request.session_hash] = text
+    return VERSION
+
+
+def recall(_, request: gr.Request):
+    return VERSION + ":" + STORE.get(request.session_hash, "<none>")
+
+
+def ticks(n):
+    for i in range(int(n)):
+        time.sleep(0.25)
+        yield f"{{VERSION}}:{{i}}"
 
 
 def env(name):
@@ -97,11 +118,77 @@ def forkbomb(_):
 with gr.Blocks() as demo:
     gr.Interface(reverse, "text", "text", api_name="reverse")
     box, out = gr.Textbox(), gr.Textbox()
-    for fn in (count, env, probe, write, whoami, forkbomb):
+    for fn in (count, remember, recall, ticks, env, probe, write, whoami, forkbomb):
         gr.Button(fn.__name__).click(fn, box, out, api_name=fn.__name__)
 
 demo.queue().launch()
 '''
+
+
+# A Space app need not use its SDK: this one is a websocket echo server on the standard
+# library alone (in the gradio environment, so no other build), which the sandbox runs as
+# it runs any app.
+WS_APP = r"""
+import asyncio, base64, hashlib, os, struct
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def frame(opcode, payload):
+    n = len(payload)
+    head = bytes([0x80 | opcode, n]) if n < 126 else bytes([0x80 | opcode, 126]) + struct.pack(">H", n)
+    return head + payload
+
+
+async def handle(reader, writer):
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except Exception:
+        writer.close()
+        return
+    lines = head.decode("latin-1").split("\r\n")
+    path = lines[0].split(" ")[1]
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+    if headers.get("upgrade", "").lower() != "websocket":
+        body = f"plain {path} host={headers.get('x-forwarded-host', '')}".encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+                     + b"content-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+        return
+    accept = base64.b64encode(hashlib.sha1(headers["sec-websocket-key"].encode() + GUID).digest())
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    await writer.drain()
+    while True:
+        try:
+            b0, b1 = await reader.readexactly(2)
+        except asyncio.IncompleteReadError:
+            break
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack(">H", await reader.readexactly(2))[0]
+        elif n == 127:
+            n = struct.unpack(">Q", await reader.readexactly(8))[0]
+        mask = await reader.readexactly(4) if b1 & 0x80 else bytes(4)
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(await reader.readexactly(n)))
+        if b0 & 0x0F == 8:
+            writer.write(frame(8, b""))
+            await writer.drain()
+            break
+        writer.write(frame(1, ("echo:" + data.decode()[::-1] + ":" + path).encode()))
+        await writer.drain()
+    writer.close()
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(os.environ["GRADIO_SERVER_PORT"]))
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())
+"""
 
 
 def env_cache() -> Path:
@@ -179,6 +266,10 @@ def gradio_space(space_node):
     return repo
 
 
+def port_of(node) -> str:
+    return node.info["http"].rsplit(":", 1)[1]
+
+
 def client_for(node, repo):
     from gradio_client import Client
 
@@ -209,6 +300,17 @@ def test_static_space_is_served(space_node):
     # Without the slash: redirected to the app's root.
     r = httpx.get(f"{space_node.url}/spaces/{repo}/app")
     assert r.status_code == 307 and r.headers["location"].endswith(f"/spaces/{repo}/app/")
+    # By host name, NS-NAME.<node host>: the Space's files at the root, and only them.
+    host = {"host": f"admin-static-site.localhost:{port_of(space_node)}"}
+    r = httpx.get(f"{space_node.url}/", headers=host)
+    assert r.status_code == 200 and r.text == "<h1>hello static</h1>"
+    r = httpx.get(f"{space_node.url}/css/site.css", headers=host)
+    assert r.status_code == 200 and r.text == "h1 { color: red }"
+    assert httpx.get(f"{space_node.url}/api/whoami-v2", headers=host).status_code == 404
+    # A host that names no Space, or another domain, is the node itself.
+    for other in ("admin-nothing-here.localhost", "admin-static-site.example.org"):
+        r = httpx.get(f"{space_node.url}/api/spaces/{repo}", headers={"host": other})
+        assert r.status_code == 200 and r.json()["id"] == repo, (other, r.text)
 
 
 def test_gradio_space_answers_gradio_client_with_streaming(space_node, gradio_space):
@@ -341,8 +443,13 @@ def test_config_error_and_missing_app_file(space_node):
 
 def test_new_commit_rebuilds_and_swaps_without_a_gap(space_node, gradio_space):
     api = api_for(space_node)
+    old_sha = api.get_space_runtime(gradio_space).raw["sha"]
     client = client_for(space_node, gradio_space)
     assert client.predict("abc", api_name="/reverse") == "cba"
+    # A session that started on the old commit, and a stream running across the swap.
+    assert client.predict("kept", api_name="/remember") == "1"
+    ticking = client.submit("720", api_name="/ticks")  # 0.25 s a tick: 3 minutes at most
+    wait_for_outputs(ticking, 1)
     api.upload_file(
         path_or_fileobj=APP.format(version="2").encode(),
         path_in_repo="app.py",
@@ -360,7 +467,27 @@ def test_new_commit_rebuilds_and_swaps_without_a_gap(space_node, gradio_space):
         if answer == "ABC":
             break
         assert time.monotonic() < deadline, answers
-    assert api.get_space_runtime(gradio_space).stage == "RUNNING"
+    runtime = api.get_space_runtime(gradio_space)
+    assert runtime.stage == "RUNNING" and runtime.raw["sha"] != old_sha
+    # The new commit serves new sessions; the old session still reaches the instance it
+    # started on (its state is there), and the stream it opened before the swap goes on.
+    assert client_for(space_node, gradio_space).predict("", api_name="/recall") == "2:<none>"
+    assert client.predict("", api_name="/recall") == "1:kept"
+    seen = len(ticking.outputs())
+    outputs = wait_for_outputs(ticking, seen + 4)
+    assert all(o.startswith("1:") for o in outputs), outputs
+    assert not ticking.done(), ticking.outputs()[-3:]
+    ticking.cancel()
+    client.close()
+
+
+def wait_for_outputs(job, n: int, timeout: float = 60.0) -> list:
+    deadline = time.monotonic() + timeout
+    while len(job.outputs()) < n:
+        assert not job.done() or len(job.outputs()) >= n, (job.status(), job.outputs()[-3:])
+        assert time.monotonic() < deadline, (job.status(), job.outputs()[-3:])
+        time.sleep(0.1)
+    return job.outputs()
 
 
 def test_duplicate_space_with_the_0x_client(space_node, gradio_space, tmp_path):
@@ -394,3 +521,76 @@ def test_duplicate_space_with_the_0x_client(space_node, gradio_space, tmp_path):
     assert {"README.md", "app.py"} <= set(files)
     wait_stage(api, "admin/copied", {"RUNNING"}, START_TIMEOUT)
     assert client_for(space_node, "admin/copied").predict("DUP_SECRET", api_name="/env") == "dup"
+
+
+def test_websocket_app_by_path_and_by_host(space_node):
+    import websocket
+
+    api = api_for(space_node)
+    repo = make_space(api, "ws-echo", {"README.md": GRADIO_README, "app.py": WS_APP})
+    wait_stage(api, repo, {"RUNNING"}, START_TIMEOUT)
+    netloc = space_node.info["http"]
+    ws = websocket.create_connection(f"ws://{netloc}/spaces/{repo}/app/echo", timeout=30)
+    try:
+        for text in ("hello", "x" * 300, "done"):
+            ws.send(text)
+            assert ws.recv() == f"echo:{text[::-1]}:/echo"
+    finally:
+        ws.close()
+    # The same app by its host name: plain HTTP and a websocket.
+    host = f"admin-ws-echo.localhost:{port_of(space_node)}"
+    r = httpx.get(f"http://{netloc}/some/path?x=1", headers={"host": host})
+    assert r.status_code == 200 and r.text == f"plain /some/path?x=1 host={host}", r.text
+    ws = websocket.create_connection(f"ws://{netloc}/sock", host=host, timeout=30)
+    try:
+        ws.send("abc")
+        assert ws.recv() == "echo:cba:/sock"
+    finally:
+        ws.close()
+    # A gradio queue/join body is read whole for its session: bounded, with a Hub error.
+    r = httpx.post(
+        f"http://{netloc}/spaces/{repo}/app/gradio_api/queue/join",
+        content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == 413 and r.headers["x-error-code"] == "SpaceRequestTooLarge", r.text[:300]
+
+
+def test_streamlit_space_page_loads(space_node):
+    api = api_for(space_node)
+    repo = "admin/hello-streamlit"
+    api.create_repo(repo, repo_type="space", space_sdk="streamlit")
+    readme = f"---\nsdk: streamlit\nsdk_version: {STREAMLIT_VERSION}\napp_file: app.py\n---\n"
+    api.create_commit(
+        repo,
+        repo_type="space",
+        operations=[
+            CommitOperationAdd("README.md", io.BytesIO(readme.encode())),
+            CommitOperationAdd("app.py", io.BytesIO(b"import streamlit as st\nst.title('hello streamlit')\n")),
+        ],
+        commit_message="app",
+    )
+    started = time.monotonic()
+    stage, seen = wait_stage(api, repo, {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR"}, BUILD_TIMEOUT)
+    if stage != "RUNNING":
+        build = "".join(api.fetch_space_logs(repo, build=True))
+        run = "".join(api.fetch_space_logs(repo))
+        raise AssertionError(f"{seen}\n--- build ---\n{build[-3000:]}\n--- run ---\n{run[-3000:]}")
+    print(f"\nstreamlit Space from create to RUNNING: {time.monotonic() - started:.1f}s")
+    # The page, the script it loads (relative to the app's path), the health check, and the
+    # websocket the page talks to the script over.
+    page = httpx.get(app_url(space_node, repo), timeout=60)
+    assert page.status_code == 200 and "streamlit" in page.text.lower(), page.text[:300]
+    script = re.search(r'src="\./(static/js/[^"]+\.js)"', page.text)
+    assert script, page.text[:1000]
+    r = httpx.get(app_url(space_node, repo) + script.group(1), timeout=60)
+    assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+    assert httpx.get(app_url(space_node, repo) + "_stcore/health").text == "ok"
+    import websocket
+
+    ws = websocket.create_connection(
+        f"ws://{space_node.info['http']}/spaces/{repo}/app/_stcore/stream", timeout=30
+    )
+    assert ws.status == 101
+    ws.close()

@@ -1,7 +1,7 @@
 """The dataset viewer API (`/datasets-server/…`) against the `datasets` library's reference:
 the same files, uploaded with `huggingface_hub` and loaded locally with `load_dataset`, give
 the same splits, features and rows (Parquet with snappy and zstd over several row groups,
-CSV, JSON Lines), and `search`/`filter` give the rows a plain Python filter over the
+CSV, JSON Lines, Arrow IPC stream and file), and `search`/`filter` give the rows a plain Python filter over the
 reference gives."""
 
 from __future__ import annotations
@@ -142,6 +142,51 @@ def test_csv_and_json_lines_rows_match_load_dataset(node, tmp_path):
     hf.create_repo("admin/jl", repo_type="dataset")
     hf.upload_folder(folder_path=str(jl_dir), repo_id="admin/jl", repo_type="dataset")
     check_against_reference(node, tmp_path, "admin/jl", jl_dir)
+
+
+def test_arrow_stream_and_file_rows_match_load_dataset(node, tmp_path):
+    """`.arrow` files as the Hub's viewer reads them: the stream `datasets` itself writes
+    (`save_to_disk`, batches of 1 000 rows, its features in the schema metadata) and the IPC
+    file format (small batches, a dictionary-encoded column), paged across batch ends."""
+    folder = tmp_path / "arrow"
+    folder.mkdir()
+    n = 2345
+    ds = datasets.Dataset.from_dict({
+        "id": list(range(n)),
+        "text": [f"row {i} " + "ipsum " * (i % 5) for i in range(n)],
+        "score": [i / 3 for i in range(n)],
+        "ok": [i % 2 == 0 for i in range(n)],
+        "tags": [[f"t{i % 4}"] * (i % 3) for i in range(n)],
+        "meta": [{"k": i % 7, "s": None if i % 5 == 0 else str(i)} for i in range(n)],
+    })
+    ds.save_to_disk(str(tmp_path / "saved"), max_shard_size="1GB")
+    (shard,) = (tmp_path / "saved").glob("*.arrow")
+    (folder / "train.arrow").write_bytes(shard.read_bytes())
+    assert (folder / "train.arrow").read_bytes()[:6] != b"ARROW1"  # the stream format
+    # The same columns (a config's splits share its features), 300 rows in the file format.
+    table = ds.data.table.slice(0, 300)
+    with pa.ipc.new_file(str(folder / "test.arrow"), table.schema) as w:
+        for batch in table.to_batches(max_chunksize=64):
+            w.write_batch(batch)
+    assert (folder / "test.arrow").read_bytes()[:6] == b"ARROW1"
+    hf = HfApi(endpoint=node.url, token=node.admin_token)
+    hf.create_repo("admin/arrow", repo_type="dataset")
+    hf.upload_folder(folder_path=str(folder), repo_id="admin/arrow", repo_type="dataset")
+    check_against_reference(node, tmp_path, "admin/arrow", folder)
+    # A page that starts inside one batch and ends in the next.
+    ref = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    page = get(node, "rows", dataset="admin/arrow", config="default", split="train", offset=990, length=20)
+    assert [r["row"] for r in page["rows"]] == [ref["train"][i] for i in range(990, 1010)]
+    page = get(node, "rows", dataset="admin/arrow", config="default", split="test", offset=60, length=10)
+    assert [r["row"] for r in page["rows"]] == [ref["test"][i] for i in range(60, 70)]
+    # The dataset's features as `datasets` saved them.
+    first = get(node, "first-rows", dataset="admin/arrow", config="default", split="train")
+    kinds = {f["name"]: f["type"] for f in first["features"]}
+    assert kinds == ds.features.to_dict()
+    # search and filter read Arrow too.
+    got = get(node, "filter", dataset="admin/arrow", config="default", split="train",
+              where="ok = true AND id >= 2300", orderby="id DESC", length=5)
+    assert [r["row"]["id"] for r in got["rows"]] == [2344, 2342, 2340, 2338, 2336]
 
 
 def test_viewer_errors_are_hub_errors(node):

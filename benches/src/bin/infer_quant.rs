@@ -11,7 +11,8 @@
 //! - prefill: a `--prefill`-token prompt, prompt tokens ÷ time to the first token;
 //! - streams: `--streams` requests of `--decode` tokens queued at once, aggregate tok/s of
 //!   the decode phase (from the step where all have their first token);
-//! - rss: resident set after loading (before the KV store is touched), and the file size;
+//! - rss: resident set before and after loading and after the decode (weights read in place
+//!   from the mapped file count once touched), the file size and the KV cache's bytes;
 //! - matmul (with `--matmul`): one 576→1536 projection of the file, hub-quant vs candle's
 //!   `QMatMul`, µs per batch-1 call (ADR 0014).
 
@@ -83,6 +84,7 @@ fn main() -> Result<()> {
             ..EngineConfig::default()
         },
     )?;
+    out["kv_cache_bytes"] = engine.kv_cache_bytes().into();
     // Token ids: a deterministic spread over the vocabulary (content does not change speed).
     let prompt = |n: usize, salt: u32| -> Vec<u32> {
         (0..n as u32)

@@ -133,6 +133,20 @@ pub trait MeshPort: Send + Sync + std::fmt::Debug {
     fn prefetch_lfs(&self, _repo: &RepoId, _sha256: Sha256, _size: u64) -> bool {
         false
     }
+
+    /// Like [`MeshPort::stream_lfs`], for bytes `start..end` of the object (a ranged GET of
+    /// content not here yet): streamed while the fetch passes them. `None` (the default):
+    /// the range waits for the whole object ([`MeshPort::ensure_lfs`]).
+    fn stream_lfs_range<'a>(
+        &'a self,
+        _repo: &'a RepoId,
+        _sha256: Sha256,
+        _size: u64,
+        _range: std::ops::Range<u64>,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Option<LfsStream>> {
+        Box::pin(async { None })
+    }
 }
 
 /// The mesh of a node that replicates nothing: no peer announced anything, so nothing can be

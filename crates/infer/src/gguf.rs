@@ -21,7 +21,9 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -66,6 +68,46 @@ pub enum GgufError {
 }
 
 /// An opened GGUF file: parsed metadata and tensor directory; tensors are read on demand.
+/// A tensor's place in the file ([`GgufFile::locate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorBytes {
+    pub dtype: GgmlDType,
+    /// Byte range in the file.
+    pub range: Range<usize>,
+    pub rows: usize,
+    pub row_bytes: usize,
+}
+
+pub mod mapped {
+    //! A read-only memory map of a model file.
+    //!
+    //! `unsafe` because a mapping's bytes change if the file is written while mapped. The
+    //! files mapped here are materialized model files (hub-models writes a commit's file once,
+    //! under a new name, and renames it into place; nothing writes it afterwards) or a bench's
+    //! input; a truncated file would raise SIGBUS, which a rename-into-place never causes.
+    #![allow(unsafe_code)]
+
+    use std::fs::File;
+    use std::path::Path;
+
+    #[derive(Debug)]
+    pub struct Mapped(memmap2::Mmap);
+
+    impl Mapped {
+        pub fn open(path: &Path) -> std::io::Result<Self> {
+            let file = File::open(path)?;
+            // SAFETY: see the module docs (the file is not modified while mapped).
+            unsafe { memmap2::Mmap::map(&file) }.map(Self)
+        }
+    }
+
+    impl AsRef<[u8]> for Mapped {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+}
+
 pub struct GgufFile {
     path: PathBuf,
     content: Content,
@@ -325,15 +367,9 @@ impl GgufFile {
         })
     }
 
-    /// The checked raw bytes of a tensor (its blocks, rows un-permuted as in
-    /// [`GgufFile::read_tensor`]) and their dtype.
-    pub fn read_raw(
-        &self,
-        reader: &mut (impl Read + Seek),
-        name: &str,
-        expected: &[usize],
-        rope_heads: Option<usize>,
-    ) -> Result<(GgmlDType, Vec<u8>), GgufError> {
+    /// Where a tensor's blocks are in the file, checked against `expected` (its shape) and
+    /// the file's length: its dtype, byte range, rows and bytes per row.
+    pub fn locate(&self, name: &str, expected: &[usize]) -> Result<TensorBytes, GgufError> {
         let info = self
             .content
             .tensor_infos
@@ -382,6 +418,35 @@ impl GgufFile {
                 self.file_len
             )));
         }
+        Ok(TensorBytes {
+            dtype,
+            // Both within the file's length, which the mapping or a read can address.
+            range: start as usize..end as usize,
+            rows,
+            row_bytes,
+        })
+    }
+
+    /// The checked raw bytes of a tensor (its blocks, rows un-permuted as in
+    /// [`GgufFile::read_tensor`]) and their dtype.
+    pub fn read_raw(
+        &self,
+        reader: &mut (impl Read + Seek),
+        name: &str,
+        expected: &[usize],
+        rope_heads: Option<usize>,
+    ) -> Result<(GgmlDType, Vec<u8>), GgufError> {
+        let TensorBytes {
+            dtype,
+            range,
+            rows,
+            row_bytes,
+        } = self.locate(name, expected)?;
+        let (start, size) = (range.start as u64, range.len());
+        let malformed = |reason: String| GgufError::Malformed {
+            path: self.path.clone(),
+            reason: format!("tensor {name}: {reason}"),
+        };
         let io = |source| GgufError::Io {
             path: self.path.clone(),
             source,
@@ -394,6 +459,18 @@ impl GgufFile {
                 .ok_or_else(|| malformed(format!("{rows} rows do not split into {heads} heads")))?;
         }
         Ok((dtype, data))
+    }
+
+    /// The whole file mapped read-only into memory, for matrices read in place
+    /// ([`hub_quant::QMatrix::shared`]): the page cache holds their bytes once, however many
+    /// processes map the file, and nothing is copied at load.
+    pub fn map(&self) -> Result<Arc<mapped::Mapped>, GgufError> {
+        mapped::Mapped::open(&self.path)
+            .map(Arc::new)
+            .map_err(|source| GgufError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// A reader positioned anywhere; [`Self::read_tensor`] seeks.

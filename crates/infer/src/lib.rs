@@ -15,7 +15,7 @@
 //! - [`chat`]: Jinja chat templates (`minijinja`);
 //! - [`kv_cache`]: block allocator (free list + block tables) and the K/V slot tensors;
 //! - [`model`]: the packed ragged-batch forward pass (RoPE per token, RMSNorm, SwiGLU, GQA),
-//!   from safetensors (f32) or GGUF (quantized `QMatMul`s);
+//!   from safetensors (f32) or GGUF (weights kept in the file's blocks, hub-quant's kernels);
 //! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty, seeded;
 //! - [`scheduler`]: the vLLM-V1-style token-budget state machine (no threads, no clocks);
 //! - [`engine`]: ties them together behind `add_request` / `cancel` / `step`;
@@ -23,7 +23,8 @@
 //! - [`shard`]: one model split over several workers, tensor- and pipeline-parallel, behind
 //!   the same [`engine::StepModel`] as the single-node [`model::Llama`];
 //! - [`serve`]: an engine thread per model behind a bounded channel, token streams with stop
-//!   strings and cancellation on drop, and a registry of warm models (LRU).
+//!   strings and cancellation on drop, and a registry of warm models (LRU);
+//! - [`threads`]: the engine pool (the thread budget) every served forward pass runs on.
 //!
 //! CPU by default; the `cuda` feature forwards to candle's CUDA backend (needs `nvcc` to
 //! build). All weights are computed in f32 (f16/bf16 checkpoints are converted on load).
@@ -58,4 +59,5 @@ pub mod serve;
 pub mod shard;
 #[cfg(any(test, feature = "test-support"))]
 mod testgen;
+pub mod threads;
 pub mod tokenizer;

@@ -247,6 +247,12 @@ impl Embedding {
     }
 }
 
+/// A tensor's bytes at load: read into memory, or a range of the mapped file.
+enum Raw {
+    Owned(Vec<u8>),
+    Mapped(std::ops::Range<usize>),
+}
+
 /// hub-quant's format for a GGUF dtype, if it has kernels for it.
 fn quant_type(dtype: GgmlDType) -> Option<QType> {
     match dtype {
@@ -494,9 +500,26 @@ impl Llama {
         let d = config.head_dim();
         let (nh, nkv) = (config.num_attention_heads, config.num_kv_heads());
         let inter = config.intermediate_size;
+        // hub-quant keeps the file's blocks as they are (CPU only: its kernels run on the host),
+        // read in place from the file mapped into memory, except the rows of attn_q/attn_k,
+        // which are reordered at load (RoPE's pairing, see `gguf`).
+        let ours = |dtype| {
+            weights == GgufWeights::Quantized && device.is_cpu() && quant_type(dtype).is_some()
+        };
+        let map = if weights == GgufWeights::Quantized && device.is_cpu() {
+            Some(gguf.map()?)
+        } else {
+            None
+        };
         let mut read = |name: &str, shape: &[usize], rope_heads: Option<usize>| {
+            if map.is_some() && rope_heads.is_none() {
+                let t = gguf.locate(name, shape)?;
+                if ours(t.dtype) {
+                    return Ok((t.dtype, Raw::Mapped(t.range), shape.to_vec()));
+                }
+            }
             gguf.read_raw(&mut reader, name, shape, rope_heads)
-                .map(|(dtype, data)| (dtype, data, shape.to_vec()))
+                .map(|(dtype, data)| (dtype, Raw::Owned(data), shape.to_vec()))
         };
         let gguf_err = |name: &str, source| {
             LoadError::from(GgufError::Tensor {
@@ -505,7 +528,16 @@ impl Llama {
                 source: Box::new(source),
             })
         };
-        let qtensor = |(dtype, data, shape): (GgmlDType, Vec<u8>, Vec<usize>), name: &str| {
+        // Owned bytes of a tensor (a copy out of the mapping only for a type candle computes).
+        let owned = |raw: Raw| -> Vec<u8> {
+            match (raw, &map) {
+                (Raw::Owned(data), _) => data,
+                (Raw::Mapped(range), Some(map)) => AsRef::<[u8]>::as_ref(&**map)[range].to_vec(),
+                (Raw::Mapped(_), None) => unreachable!("mapped ranges come from the map"),
+            }
+        };
+        let qtensor = |(dtype, data, shape): (GgmlDType, Raw, Vec<usize>), name: &str| {
+            let data = owned(data);
             ggml_file::qtensor_from_ggml(dtype, &data, shape, device).map_err(|e| gguf_err(name, e))
         };
         let dense = |raw, name: &str| {
@@ -513,17 +545,19 @@ impl Llama {
                 .dequantize(device)
                 .map_err(|e| gguf_err(name, e))
         };
-        // hub-quant keeps the file's blocks as they are (CPU only: its kernels run on the host).
-        let ours = |dtype| {
-            weights == GgufWeights::Quantized && device.is_cpu() && quant_type(dtype).is_some()
-        };
-        let qmatrix = |(dtype, data, shape): (GgmlDType, Vec<u8>, Vec<usize>), name: &str| {
+        let qmatrix = |(dtype, data, shape): (GgmlDType, Raw, Vec<usize>), name: &str| {
             let qtype = quant_type(dtype).expect("checked by `ours`");
-            QMatrix::new(qtype, shape[0], shape[1], data)
-                .map(Arc::new)
-                .map_err(|e| gguf_err(name, candle_core::Error::Msg(e.to_string())))
+            match (data, &map) {
+                (Raw::Mapped(range), Some(map)) => {
+                    let buf: hub_quant::SharedBytes = map.clone();
+                    QMatrix::shared(qtype, shape[0], shape[1], buf, range)
+                }
+                (data, _) => QMatrix::new(qtype, shape[0], shape[1], owned(data)),
+            }
+            .map(Arc::new)
+            .map_err(|e| gguf_err(name, candle_core::Error::Msg(e.to_string())))
         };
-        let matmul = |raw: (GgmlDType, Vec<u8>, Vec<usize>), name: &str| {
+        let matmul = |raw: (GgmlDType, Raw, Vec<usize>), name: &str| {
             let dtype = raw.0;
             if ours(dtype) {
                 return Ok(Linear {

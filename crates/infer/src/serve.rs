@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// Commands (submissions, cancellations) that may wait for the engine thread.
     pub command_queue: usize,
+    /// Workers of the engine pool every step runs on (`0`: one per core). Engines with the
+    /// same count share one pool ([`crate::threads::engine_pool`]).
+    pub threads: usize,
 }
 
 impl Default for ServeConfig {
@@ -53,6 +56,7 @@ impl Default for ServeConfig {
         Self {
             engine: EngineConfig::default(),
             command_queue: 64,
+            threads: 0,
         }
     }
 }
@@ -87,8 +91,10 @@ pub enum ModelLoadError {
 }
 
 impl LoadedModel {
-    /// Loads a model directory: a `*.gguf` file (the first by name; dequantized to f32, which
-    /// is ~20× faster than candle's quantized CPU kernels in this build), or else
+    /// Loads a model directory: a `*.gguf` file (the first by name; dequantized to f32 — with
+    /// [`GgufWeights::Quantized`], hub-quant's 8-bit activations, SmolLM2-135M Q4_1 answers
+    /// "What is the capital of France?" greedily with "L'Étoile, la Cité, …" instead of "Paris",
+    /// so the route switches once that accuracy gap is understood; issue #23), or else
     /// `config.json` + safetensors + `tokenizer.json`. A missing chat template is not an error.
     /// On the CPU (serving on accelerators is future work).
     pub fn from_dir(dir: &Path) -> Result<Self, ModelLoadError> {
@@ -289,6 +295,8 @@ struct HandleInner {
     max_len: usize,
     /// Weights + KV cache.
     memory_bytes: u64,
+    /// Workers of the engine pool this model's steps run on.
+    threads: usize,
 }
 
 impl std::fmt::Debug for Command {
@@ -327,6 +335,9 @@ impl ModelHandle {
         let max_len = limits
             .max_model_len
             .min(limits.num_blocks * limits.block_size);
+        let pool = crate::threads::engine_pool(config.threads)
+            .map_err(|_| EngineInitError::InvalidConfig("build the engine thread pool"))?;
+        let threads = pool.current_num_threads();
         let (commands, rx) = std::sync::mpsc::sync_channel(config.command_queue.max(1));
         std::thread::Builder::new()
             .name("hub-infer-engine".into())
@@ -336,7 +347,7 @@ impl ModelHandle {
                     last: Load::default(),
                     admitted: HashMap::new(),
                 };
-                engine_loop(engine, rx, reporter)
+                engine_loop(engine, &pool, rx, reporter)
             })
             .map_err(|_| EngineInitError::InvalidConfig("spawn engine thread"))?;
         Ok(Self {
@@ -346,6 +357,7 @@ impl ModelHandle {
                 template,
                 max_len,
                 memory_bytes,
+                threads,
             }),
         })
     }
@@ -366,6 +378,11 @@ impl ModelHandle {
     /// The most tokens (prompt + generated) one request may have.
     pub fn max_len(&self) -> usize {
         self.inner.max_len
+    }
+
+    /// Workers of the engine pool this model's forward passes run on.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
     }
 
     /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
@@ -412,7 +429,12 @@ impl ModelHandle {
     }
 }
 
-fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>, mut reporter: Reporter) {
+fn engine_loop(
+    mut engine: Engine,
+    pool: &rayon::ThreadPool,
+    commands: StdReceiver<Command>,
+    mut reporter: Reporter,
+) {
     let mut streams: HashMap<RequestId, mpsc::Sender<StreamEvent>> = HashMap::new();
     let mut next_id: RequestId = 0;
     let mut disconnected = false;
@@ -468,7 +490,9 @@ fn engine_loop(mut engine: Engine, commands: StdReceiver<Command>, mut reporter:
         if !engine.has_work() {
             continue;
         }
-        match engine.step() {
+        // The step's matmuls fan out over the engine pool (the thread budget); this thread
+        // waits meanwhile.
+        match pool.install(|| engine.step()) {
             Ok(events) => {
                 let generated = events.len() as u64;
                 for event in &events {

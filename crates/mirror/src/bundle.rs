@@ -134,7 +134,7 @@ pub enum Since {
 }
 
 /// What an export or import did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub repo: String,
     pub refs: usize,

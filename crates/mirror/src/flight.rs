@@ -182,22 +182,34 @@ impl Flight {
 
     /// A reader of the whole object, from the spool, while it arrives.
     pub fn reader(self: &Arc<Self>) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+        self.range_reader(0, self.size)
+    }
+
+    /// A reader of bytes `start..end` of the object (a ranged GET), from the spool, while
+    /// they arrive: the first bytes go out as soon as the fetch passed them, and, as for the
+    /// whole file, the range's last byte is held back until the whole object was verified.
+    pub fn range_reader(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+    ) -> mpsc::Receiver<io::Result<Vec<u8>>> {
         let (tx, rx) = mpsc::channel(READER_DEPTH);
         let flight = self.clone();
-        tokio::task::spawn_blocking(move || flight.feed(&tx));
+        let end = end.min(self.size);
+        tokio::task::spawn_blocking(move || flight.feed(&tx, start.min(end), end));
         rx
     }
 
-    fn feed(&self, tx: &mpsc::Sender<io::Result<Vec<u8>>>) {
-        let mut pos = 0u64;
-        while pos < self.size {
+    fn feed(&self, tx: &mpsc::Sender<io::Result<Vec<u8>>>, start: u64, end: u64) {
+        let mut pos = start;
+        while pos < end {
             // What may be read: what arrived, less the last byte until verified.
             let (limit, outcome) = {
                 let mut p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
                 loop {
                     let limit = match p.verified {
-                        Some(Ok(())) => self.size,
-                        _ => p.written.min(self.size - 1),
+                        Some(Ok(())) => end,
+                        _ => p.written.min(end - 1),
                     };
                     if limit > pos || p.verified.is_some() {
                         break (limit, p.verified.clone());
@@ -289,6 +301,55 @@ mod tests {
         run.await.unwrap().unwrap();
         assert!(store.has(&sha256).unwrap());
         assert_eq!(flight.wait().await, Ok(()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_streams_before_the_rest_arrives_and_ends_when_verified() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let sha256 = sha(&data);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let flight = Flight::new(&dir.path().join("spool"), sha256, data.len() as u64).unwrap();
+        let mut rx = flight.range_reader(1000, 201_000);
+        // A source that stops after its first MiB until released.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        struct Gated {
+            data: Cursor<Vec<u8>>,
+            gate: std::sync::mpsc::Receiver<()>,
+        }
+        impl Read for Gated {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.data.position() == 1 << 20 {
+                    let _ = self.gate.recv();
+                }
+                let left = (1u64 << 20).saturating_sub(self.data.position());
+                let cap = if left > 0 {
+                    buf.len().min(left as usize)
+                } else {
+                    buf.len()
+                };
+                self.data.read(&mut buf[..cap])
+            }
+        }
+        let source = Gated {
+            data: Cursor::new(data.clone()),
+            gate,
+        };
+        let (f, s) = (flight.clone(), store.clone());
+        let run = tokio::task::spawn_blocking(move || f.run(&s, Ok(Box::new(source)), || Ok(())));
+        // All of the range but its last byte arrives while the source is stopped.
+        let mut got = Vec::new();
+        while got.len() < 199_999 {
+            got.extend(rx.recv().await.unwrap().unwrap());
+        }
+        assert_eq!(got, data[1000..200_999]);
+        assert!(flight.progress.lock().unwrap().verified.is_none());
+        release.send(()).unwrap();
+        while let Some(piece) = rx.recv().await {
+            got.extend(piece.unwrap());
+        }
+        assert_eq!(got, data[1000..201_000]);
+        run.await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

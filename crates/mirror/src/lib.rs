@@ -37,6 +37,7 @@
 pub mod audit;
 pub mod bundle;
 pub mod flight;
+pub mod negative;
 pub mod policy;
 pub mod upstream;
 
@@ -61,6 +62,8 @@ use tokio_util::sync::CancellationToken;
 const POLICY_FILE: &str = "policy.json";
 const REPOS_FILE: &str = "repos.json";
 const SPOOL_DIR: &str = "spool";
+/// How long a name the upstream lacks is remembered by default.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 /// A mirror's configuration (the node builds it from `[mirror]` and flags).
 #[derive(Clone)]
@@ -79,6 +82,10 @@ pub struct MirrorConfig {
     /// Refresh mirrored repos that are not pinned this often; `None`: only on request.
     pub refresh: Option<Duration>,
     pub timeouts: Timeouts,
+    /// CAs (PEM) trusted for an `https://` upstream besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long a name the upstream lacks is answered "not found" without asking again.
+    pub negative_ttl: Duration,
 }
 
 impl std::fmt::Debug for MirrorConfig {
@@ -90,6 +97,8 @@ impl std::fmt::Debug for MirrorConfig {
             .field("offline", &self.offline)
             .field("rules", &self.rules)
             .field("refresh", &self.refresh)
+            .field("ca_file", &self.ca_file)
+            .field("negative_ttl", &self.negative_ttl)
             .finish()
     }
 }
@@ -104,6 +113,8 @@ impl MirrorConfig {
             rules: Vec::new(),
             refresh: None,
             timeouts: Timeouts::default(),
+            ca_file: None,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
     }
 }
@@ -121,6 +132,9 @@ pub enum MirrorError {
         #[source]
         source: std::io::Error,
     },
+    /// The upstream's TLS roots could not be loaded.
+    #[error("{0}")]
+    Tls(String),
     #[error("{path} is not a mirror state file")]
     Corrupt {
         path: PathBuf,
@@ -195,6 +209,8 @@ struct Inner {
     mirrored: Mutex<BTreeMap<String, MirroredRepo>>,
     pulls: Mutex<HashMap<RepoId, Arc<tokio::sync::Mutex<()>>>>,
     flights: Mutex<HashMap<Sha256, Arc<Flight>>>,
+    /// Repos the upstream said it lacks, for a short time.
+    missing: negative::NegativeCache<RepoId>,
     audit: Arc<AuditLog>,
     on_pulled: OnPulled,
 }
@@ -261,20 +277,30 @@ impl Mirror {
         for (action, text) in &config.rules {
             rules.push(Rule {
                 action: *action,
-                pattern: Pattern::parse(text)?,
+                pattern: Pattern::for_rule(*action, text)?,
                 source: "config",
             });
         }
         let mut policy = Policy::new(rules);
         let stored: Vec<policy::StoredRule> = read_json(&config.dir.join(POLICY_FILE))?;
         for rule in stored {
-            policy.add(rule.action, Pattern::parse(&rule.pattern)?);
+            policy.add(rule.action, Pattern::for_rule(rule.action, &rule.pattern)?);
         }
         let mirrored = read_json(&config.dir.join(REPOS_FILE))?;
         let upstream = config
             .upstream
             .as_deref()
-            .map(|base| Upstream::new(base, config.token.clone(), config.timeouts));
+            .map(|base| {
+                Upstream::new(
+                    base,
+                    config.token.clone(),
+                    config.timeouts,
+                    config.ca_file.as_deref(),
+                )
+            })
+            .transpose()
+            .map_err(MirrorError::Tls)?;
+        let missing = negative::NegativeCache::new(config.negative_ttl, negative::CAPACITY);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -285,6 +311,7 @@ impl Mirror {
                 mirrored: Mutex::new(mirrored),
                 pulls: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
+                missing,
                 audit,
                 on_pulled,
             }),
@@ -337,7 +364,7 @@ impl Mirror {
         pattern: &str,
         actor: &str,
     ) -> Result<bool, MirrorError> {
-        let pattern = Pattern::parse(pattern)?;
+        let pattern = Pattern::for_rule(action, pattern)?;
         let mut policy = lock(&self.inner.policy);
         let added = policy.add(action, pattern.clone());
         if added {
@@ -398,7 +425,15 @@ impl Mirror {
         if let Verdict::Refused(why) = self.verdict(id) {
             return Err(PullError::Refused(why));
         }
-        self.upstream_or_offline(id)?;
+        let upstream = self.upstream_or_offline(id)?;
+        if !again && self.inner.missing.contains(id) {
+            return Err(PullError::NotFound(format!(
+                "upstream {} has no {} (asked less than {} s ago)",
+                upstream.base(),
+                id.hub_id(),
+                self.inner.config.negative_ttl.as_secs()
+            )));
+        }
         let gate = lock(&self.inner.pulls)
             .entry(id.clone())
             .or_default()
@@ -419,6 +454,11 @@ impl Mirror {
                     .unwrap_or_else(|e| Err(PullError::Failed(format!("pull task failed: {e}"))))
             };
             drop(turn);
+            match &result {
+                Err(PullError::NotFound(_)) => this.inner.missing.insert(id.clone()),
+                Ok(_) => this.inner.missing.remove(&id),
+                Err(_) => {}
+            }
             // The gate goes when nobody else waits on it: misses for names that do not exist
             // upstream leave nothing behind.
             let mut pulls = lock(&this.inner.pulls);
@@ -439,7 +479,22 @@ impl Mirror {
             e => PullError::Unavailable(e.to_string()),
         };
         let info = upstream.repo_info(id).map_err(up_err)?;
-        let refs = upstream.refs(id).map_err(up_err)?;
+        let (mut refs, peeled) = upstream.advertisement(id).map_err(up_err)?;
+        // A pin at a revision: `main` is that commit (a pinned tag kept beside it), and no
+        // other ref of the upstream is followed (policy module docs).
+        let pin = lock(&self.inner.policy).pinned_revision(id);
+        if let Some(rev) = &pin {
+            let (commit, tag) =
+                upstream::resolve_revision(rev, &refs, &peeled).ok_or_else(|| {
+                    PullError::NotFound(format!(
+                        "upstream {} has no revision {rev} of {} (pinned by this mirror's policy)",
+                        upstream.base(),
+                        id.hub_id()
+                    ))
+                })?;
+            refs = BTreeMap::from([("refs/heads/main".to_owned(), commit)]);
+            refs.extend(tag);
+        }
         let repos = &self.inner.repos;
         let exists = repos.exists(id);
         let current = if exists {
@@ -467,7 +522,17 @@ impl Mirror {
             let haves: Vec<[u8; 20]> = current.values().copied().collect();
             let pack = upstream
                 .fetch_pack(id, &wants, &haves, upstream::MAX_PACK)
-                .map_err(up_err)?;
+                .map_err(|e| match (&pin, e) {
+                    // A pinned sha the upstream would not send: not one of its commits.
+                    (Some(rev), UpstreamError::Protocol { reason, .. }) => {
+                        PullError::NotFound(format!(
+                            "upstream {} would not send revision {rev} of {}: {reason}",
+                            upstream.base(),
+                            id.hub_id()
+                        ))
+                    }
+                    (_, e) => up_err(e),
+                })?;
             let failed = |e: hub_repo::ReplicaError| {
                 PullError::Failed(format!("{} from {}: {e}", id.hub_id(), upstream.base()))
             };
@@ -739,6 +804,33 @@ impl MeshPort for MirrorPort {
                 return None;
             }
             Some(flight.reader())
+        })
+    }
+
+    fn stream_lfs_range<'a>(
+        &'a self,
+        repo: &'a RepoId,
+        sha256: Sha256,
+        size: u64,
+        range: std::ops::Range<u64>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Option<LfsStream>> {
+        Box::pin(async move {
+            if !self.mirror.is_mirrored(repo) {
+                return self
+                    .mesh
+                    .stream_lfs_range(repo, sha256, size, range, deadline)
+                    .await;
+            }
+            if !matches!(self.adopt_stored(repo, sha256, size).await, Ok(false)) {
+                return None;
+            }
+            let flight = self.mirror.flight(repo, sha256, size).ok()?;
+            let started = tokio::time::timeout_at(deadline, flight.started()).await;
+            if !matches!(started, Ok(true)) {
+                return None;
+            }
+            Some(flight.range_reader(range.start, range.end))
         })
     }
 

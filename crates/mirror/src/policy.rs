@@ -7,6 +7,15 @@
 //! rule matches and the allow list is empty or one of its rules matches. A pinned repo is
 //! pulled once and then moved only by an explicit refresh.
 //!
+//! A pin may name a revision: `pin = "ns/name@REV"` (one repo; `REV` a full commit sha, a
+//! tag or a branch of the upstream). Such a repo is mirrored *at that revision*: its `main`
+//! is that commit, so what clients fetch by default (`revision="main"`, `git clone`) is the
+//! approved revision with the upstream's commit sha, and a pinned tag keeps its name too. No
+//! other ref and no later commit of the upstream is fetched. This is what a site's review
+//! process asks of a mirror (the issue: "a repo at a fixed commit or tag, refreshed only on
+//! request"): users keep writing `from_pretrained("ns/name")` and get the approved weights.
+//! Only pin rules take a revision.
+//!
 //! Rules come from the configuration (`[mirror] allow/deny/pin`) and from run time
 //! (`hubmesh mirror add|rm`), the latter kept in `DATA/mirror/policy.json` so they survive
 //! restarts.
@@ -48,6 +57,8 @@ pub enum PatternError {
 pub struct Pattern {
     text: String,
     matcher: Matcher,
+    /// `ns/name@REV`: the revision a pin holds the repo at.
+    revision: Option<String>,
 }
 
 #[derive(Clone)]
@@ -86,6 +97,7 @@ impl Pattern {
             reason: reason.to_owned(),
         };
         let text = text.trim();
+        let original = text;
         if text.is_empty() || text.len() > MAX_PATTERN {
             return Err(invalid("empty or too long"));
         }
@@ -95,24 +107,59 @@ impl Pattern {
         } else if text == "*" {
             Matcher::All
         } else {
+            let (text, revision) = match text.rsplit_once('@') {
+                Some((repo, rev)) if valid_revision(rev) => (repo, Some(rev.to_owned())),
+                Some(_) => {
+                    return Err(invalid("expected ns/name@REV with a commit, tag or branch"));
+                }
+                None => (text, None),
+            };
             let (kind, rest) = match text.split_once('/') {
                 Some(("datasets", rest)) => (Some(RepoType::Dataset), rest),
                 Some(("spaces", rest)) => (Some(RepoType::Space), rest),
                 Some(("models", rest)) => (Some(RepoType::Model), rest),
                 _ => (None, text),
             };
-            match rest.split_once('/') {
+            let matcher = match rest.split_once('/') {
+                Some((_, "*")) if revision.is_some() => {
+                    return Err(invalid(
+                        "only one repo (ns/name@REV) can be pinned at a revision",
+                    ));
+                }
                 Some((ns, "*")) if valid_part(ns) => Matcher::Namespace(kind, ns.to_owned()),
                 Some((ns, name)) if valid_part(ns) && valid_part(name) => {
                     Matcher::Repo(kind, ns.to_owned(), name.to_owned())
                 }
                 _ => return Err(invalid("expected *, ns/*, ns/name or re:REGEX")),
-            }
+            };
+            return Ok(Self {
+                text: original.to_owned(),
+                matcher,
+                revision,
+            });
         };
         Ok(Self {
             text: text.to_owned(),
             matcher,
+            revision: None,
         })
+    }
+
+    /// Parses the pattern of a rule doing `action`: only pins take a revision.
+    pub fn for_rule(action: Action, text: &str) -> Result<Self, PatternError> {
+        let pattern = Self::parse(text)?;
+        if pattern.revision.is_some() && action != Action::Pin {
+            return Err(PatternError::Invalid {
+                pattern: text.chars().take(64).collect(),
+                reason: format!("only pin rules take @REV, not {}", action.as_str()),
+            });
+        }
+        Ok(pattern)
+    }
+
+    /// The revision of an `ns/name@REV` pattern.
+    pub fn revision(&self) -> Option<&str> {
+        self.revision.as_deref()
     }
 
     pub fn as_str(&self) -> &str {
@@ -130,8 +177,20 @@ impl Pattern {
     }
 }
 
+/// A full commit sha, or a tag or branch name git would take (no `..`, no control or
+/// special characters).
+fn valid_revision(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.contains("..")
+        && !s.starts_with(['-', '/'])
+        && !s.ends_with(['/', '.'])
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"~^:?*[\\@{}".contains(&b))
+}
+
 fn valid_part(s: &str) -> bool {
-    !s.is_empty() && !s.contains(['/', '*']) && !s.chars().any(char::is_whitespace)
+    !s.is_empty() && !s.contains(['/', '*', '@']) && !s.chars().any(char::is_whitespace)
 }
 
 /// `models/ns/name`, `datasets/ns/name`, `spaces/ns/name`.
@@ -236,6 +295,14 @@ impl Policy {
             .any(|r| r.action == Action::Pin && r.pattern.matches(id));
         Verdict::Allowed { pinned }
     }
+
+    /// The revision a pin holds `id` at (`ns/name@REV`), the first such rule's.
+    pub fn pinned_revision(&self, id: &RepoId) -> Option<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.action == Action::Pin && r.pattern.matches(id))
+            .find_map(|r| r.pattern.revision().map(str::to_owned))
+    }
 }
 
 /// A run-time rule as `policy.json` holds it.
@@ -272,6 +339,37 @@ mod tests {
         for bad in ["", "alice", "a/b/c/d", "re:(", "alice/ti*", "/x"] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_pin_may_name_a_revision() {
+        let m = id(RepoType::Model, "alice/tiny");
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let p = Pattern::for_rule(Action::Pin, &format!("alice/tiny@{sha}")).unwrap();
+        assert!(p.matches(&m));
+        assert_eq!(p.revision(), Some(sha));
+        assert_eq!(p.as_str(), format!("alice/tiny@{sha}"));
+        let tag = Pattern::for_rule(Action::Pin, "datasets/alice/tiny@v1.0").unwrap();
+        assert_eq!(tag.revision(), Some("v1.0"));
+        assert!(!tag.matches(&m));
+        for bad in [
+            "alice/*@v1",
+            "alice/tiny@",
+            "alice/tiny@a..b",
+            "alice/tiny@x y",
+            "alice/tiny@a@b",
+        ] {
+            assert!(Pattern::for_rule(Action::Pin, bad).is_err(), "{bad}");
+        }
+        assert!(Pattern::for_rule(Action::Deny, "alice/tiny@v1").is_err());
+        let mut policy = Policy::default();
+        policy.add(Action::Pin, p);
+        assert_eq!(policy.pinned_revision(&m).as_deref(), Some(sha));
+        assert_eq!(policy.verdict(&m), Verdict::Allowed { pinned: true });
+        assert_eq!(
+            policy.pinned_revision(&id(RepoType::Model, "alice/other")),
+            None
+        );
     }
 
     #[test]

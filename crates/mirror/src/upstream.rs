@@ -7,12 +7,19 @@
 //! waiting for an answer and each read have timeouts, and every body read into memory has a
 //! byte limit, so a dead or hostile upstream gives a clear error, never a hang or unbounded
 //! growth. The token is sent as `Authorization: Bearer` and never appears in errors or logs.
+//!
+//! TLS (an `https://` upstream such as huggingface.co): rustls with the *ring* provider (the
+//! one the node's p2p stack already builds), trusting the system's root certificates
+//! (`rustls-native-certs`) plus the CAs of an optional PEM file (`[mirror] upstream_ca_file`,
+//! a site's own CA or a TLS-inspecting proxy's); Mozilla's roots when the system has none. A
+//! certificate that no trusted root signed is refused, and the error says where roots come from.
 
 use hub_protocol::repo::RepoId;
 use hub_store::Sha256;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 /// The most a repo-info or batch answer may hold.
@@ -88,9 +95,61 @@ pub struct Download {
     pub headers: Vec<(String, String)>,
 }
 
+/// The roots an `https://` upstream's certificate must chain to: the system's, plus the
+/// certificates of `ca_file` (PEM); Mozilla's (`webpki-roots`) when there are none of either.
+pub fn root_certs(ca_file: Option<&Path>) -> Result<ureq::tls::RootCerts, String> {
+    use ureq::tls::{Certificate, PemItem, RootCerts};
+    let system = rustls_native_certs::load_native_certs();
+    let mut certs: Vec<Certificate<'static>> = system
+        .certs
+        .iter()
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("read the upstream CA file {}: {e}", path.display()))?;
+        let before = certs.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "the upstream CA file {} is not PEM: {e}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if certs.len() == before {
+            return Err(format!(
+                "the upstream CA file {} holds no certificate",
+                path.display()
+            ));
+        }
+    }
+    Ok(if certs.is_empty() {
+        RootCerts::WebPki
+    } else {
+        RootCerts::new_with_certs(&certs)
+    })
+}
+
 impl Upstream {
-    pub fn new(base: &str, token: Option<String>, timeouts: Timeouts) -> Self {
+    /// An upstream at `base`; `ca_file` adds CAs to the system's roots for an `https://` one
+    /// (see [`root_certs`]). Fails only on an unreadable CA file.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        timeouts: Timeouts,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, String> {
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(root_certs(ca_file)?)
+            .build();
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(timeouts.connect))
             .timeout_recv_response(Some(timeouts.response))
@@ -98,11 +157,11 @@ impl Upstream {
             .max_redirects(5)
             .build()
             .into();
-        Self {
+        Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.filter(|t| !t.trim().is_empty()),
             agent,
-        }
+        })
     }
 
     /// The base URL (what messages name).
@@ -111,9 +170,15 @@ impl Upstream {
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> UpstreamError {
+        let mut reason = e.to_string();
+        if reason.contains("certificate") {
+            reason.push_str(
+                " (the upstream's certificate must chain to a system root or to a CA in [mirror] upstream_ca_file)",
+            );
+        }
         UpstreamError::Unreachable {
             upstream: self.base.clone(),
-            reason: e.to_string(),
+            reason,
         }
     }
 
@@ -190,6 +255,12 @@ impl Upstream {
     /// The repo's refs from `info/refs?service=git-upload-pack` (v0), as
     /// [`parse_advertisement`] keeps them.
     pub fn refs(&self, id: &RepoId) -> Result<BTreeMap<String, [u8; 20]>, UpstreamError> {
+        self.advertisement(id).map(|(refs, _)| refs)
+    }
+
+    /// The repo's refs and the commits its annotated tags point at
+    /// ([`parse_advertisement_peeled`]).
+    pub fn advertisement(&self, id: &RepoId) -> Result<(Refs, Refs), UpstreamError> {
         let url = format!(
             "{}.git/info/refs?service=git-upload-pack",
             self.repo_url(id)
@@ -207,7 +278,7 @@ impl Upstream {
             .limit(MAX_REFS)
             .read_to_vec()
             .map_err(|e| self.unreachable(e))?;
-        parse_advertisement(&body).map_err(|e| self.protocol(e))
+        parse_advertisement_peeled(&body).map_err(|e| self.protocol(e))
     }
 
     /// One `git-upload-pack` exchange: `wants`, with `haves` we hold already; the pack
@@ -390,8 +461,15 @@ fn read_pkt(r: &mut impl Read) -> Result<Option<Vec<u8>>, String> {
 /// `refs/pr/*` and the Hub's records `refs/hub/*` (peeled `^{}` lines and everything else
 /// skipped), as replication does.
 pub fn parse_advertisement(body: &[u8]) -> Result<BTreeMap<String, [u8; 20]>, String> {
+    parse_advertisement_peeled(body).map(|(refs, _)| refs)
+}
+
+/// [`parse_advertisement`], and the commits annotated tags point at (`refs/tags/v1` for the
+/// `refs/tags/v1^{}` line).
+pub fn parse_advertisement_peeled(body: &[u8]) -> Result<(Refs, Refs), String> {
     let mut r = body;
     let mut refs = BTreeMap::new();
+    let mut peeled = BTreeMap::new();
     let mut seen_service = false;
     loop {
         if r.is_empty() {
@@ -420,11 +498,42 @@ pub fn parse_advertisement(body: &[u8]) -> Result<BTreeMap<String, [u8; 20]>, St
         let followed = ["refs/heads/", "refs/tags/", "refs/pr/", "refs/hub/"]
             .iter()
             .any(|p| name.starts_with(p));
-        if followed && !name.ends_with("^{}") {
-            refs.insert(name.to_owned(), oid);
+        match name.strip_suffix("^{}") {
+            Some(tag) if followed => {
+                peeled.insert(tag.to_owned(), oid);
+            }
+            None if followed => {
+                refs.insert(name.to_owned(), oid);
+            }
+            _ => {}
         }
     }
-    Ok(refs)
+    Ok((refs, peeled))
+}
+
+/// Refs by name.
+pub type Refs = BTreeMap<String, [u8; 20]>;
+
+/// What a pin's revision resolves to: the commit, and the tag ref kept beside it.
+pub type Resolved = ([u8; 20], Option<(String, [u8; 20])>);
+
+/// What a pin's revision names at the upstream: the commit `main` is set to, and the tag
+/// ref kept beside it (`refs/tags/REV` and its object) when it names a tag. `None` when the
+/// upstream advertises no such ref (a full sha is taken as it is: the fetch checks it).
+pub fn resolve_revision(rev: &str, refs: &Refs, peeled: &Refs) -> Option<Resolved> {
+    if let Some(oid) = parse_oid(rev.as_bytes()) {
+        return Some((oid, None));
+    }
+    let (name, tag) = [
+        (format!("refs/tags/{rev}"), true),
+        (format!("refs/heads/{rev}"), false),
+        (rev.to_owned(), rev.starts_with("refs/tags/")),
+    ]
+    .into_iter()
+    .find(|(name, _)| refs.contains_key(name))?;
+    let oid = refs[&name];
+    let commit = peeled.get(&name).copied().unwrap_or(oid);
+    Some((commit, tag.then_some((name, oid))))
 }
 
 #[cfg(test)]
@@ -454,6 +563,24 @@ mod tests {
         assert_eq!(refs["refs/hub/discussions"], [0x22; 20]);
         assert_eq!(refs["refs/heads/main"], [0x11; 20]);
         assert_eq!(refs["refs/tags/v1"], [0x22; 20]);
+        let (_, peeled) = parse_advertisement_peeled(body.as_bytes()).unwrap();
+        assert_eq!(peeled["refs/tags/v1"], [0x11; 20]);
+        // A pin's revision: a tag gives its commit and keeps the tag; a branch its tip; a sha
+        // itself; an unknown name nothing.
+        let (refs, peeled) = parse_advertisement_peeled(body.as_bytes()).unwrap();
+        assert_eq!(
+            resolve_revision("v1", &refs, &peeled),
+            Some(([0x11; 20], Some(("refs/tags/v1".to_owned(), [0x22; 20]))))
+        );
+        assert_eq!(
+            resolve_revision("main", &refs, &peeled),
+            Some(([0x11; 20], None))
+        );
+        assert_eq!(
+            resolve_revision(&"3".repeat(40), &refs, &peeled),
+            Some(([0x33; 20], None))
+        );
+        assert_eq!(resolve_revision("v2", &refs, &peeled), None);
     }
 
     #[test]
@@ -498,7 +625,9 @@ mod tests {
             &format!("http://127.0.0.1:{port}"),
             Some("secret".into()),
             Timeouts::default(),
-        );
+            None,
+        )
+        .unwrap();
         let id = RepoId::parse(hub_protocol::repo::RepoType::Model, "a/b").unwrap();
         let started = std::time::Instant::now();
         let err = up.repo_info(&id).unwrap_err();

@@ -84,41 +84,168 @@ fn nibbles16(b: &[u8]) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
+/// Runs `block(b, blk)` over a row's blocks two at a time into two accumulators, so
+/// consecutive blocks' FMAs do not wait on each other (the loop-carried latency, not the
+/// loads, bounds a one-accumulator loop on data in cache).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn two_accumulators(
+    w: &[u8],
+    block_bytes: usize,
+    mut block: impl FnMut(usize, &[u8], __m256) -> __m256,
+) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut pairs = w.chunks_exact(2 * block_bytes);
+    let mut b = 0;
+    for pair in &mut pairs {
+        acc0 = block(b, &pair[..block_bytes], acc0);
+        acc1 = block(b + 1, &pair[block_bytes..], acc1);
+        b += 2;
+    }
+    let rest = pairs.remainder();
+    if !rest.is_empty() {
+        acc0 = block(b, rest, acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_0(w: &[u8], a: ActRow<'_>) -> f32 {
-    let mut acc = _mm256_setzero_ps();
     let eight = _mm256_set1_epi8(8);
-    for (b, blk) in w.chunks_exact(18).enumerate() {
+    two_accumulators(w, 18, |b, blk, acc| {
         let q = _mm256_sub_epi8(nibbles16(&blk[2..]), eight);
         let p = dot_i8_i8(q, load32_i8(&a.qs[b * QK..]));
         let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-    }
-    hsum(acc)
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_1(w: &[u8], a: ActRow<'_>) -> f32 {
-    let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
-    for (b, blk) in w.chunks_exact(20).enumerate() {
+    let dots = two_accumulators(w, 20, |b, blk, acc| {
         let p = dot_u8_i8(nibbles16(&blk[4..]), load32_i8(&a.qs[b * QK..]));
         let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         mins += f16_at(blk, 2) * a.s[b];
-    }
-    hsum(acc) + mins
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
+    });
+    dots + mins
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(w: &[u8], a: ActRow<'_>) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, blk) in w.chunks_exact(34).enumerate() {
+    two_accumulators(w, 34, |b, blk, acc| {
         let p = dot_i8_i8(load32(&blk[2..]), load32_i8(&a.qs[b * QK..]));
         let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
+    })
+}
+
+/// The dot products of one weight row with [`ROWS`] activation rows at once, for batched
+/// decode: each weight block is unpacked once for all of them (the single-row kernels unpack
+/// it once per row). Q4_0, Q4_1 and Q8_0; `None` for the other formats. Each result is the
+/// single-row kernel's, bit for bit: the same products, summed in the same order into the
+/// same two accumulators per row.
+pub(crate) fn dot_rows(qtype: QType, w: &[u8], a: [ActRow<'_>; ROWS]) -> Option<[f32; ROWS]> {
+    debug_assert!(crate::avx2_available());
+    // SAFETY: AVX2, FMA and F16C are present (checked by the caller).
+    unsafe {
+        match qtype {
+            QType::Q4_0 => Some(rows_q4_0(w, a)),
+            QType::Q4_1 => Some(rows_q4_1(w, a)),
+            QType::Q8_0 => Some(rows_q8_0(w, a)),
+            _ => None,
+        }
     }
-    hsum(acc)
+}
+
+/// Activation rows per [`dot_rows`] call: 4 rows × 2 accumulators + the unpacked block and
+/// temporaries fit the 16 AVX2 registers.
+pub(crate) const ROWS: usize = 4;
+
+/// One weight block unpacked: codes (as `dot` takes them), scale, and offset (Q4_1's `m`).
+struct Unpacked {
+    codes: __m256i,
+    d: f32,
+    m: f32,
+}
+
+/// The shared loop of [`dot_rows`]: `unpack` a block once, `dot` its codes with each row's
+/// 32 activations; blocks in pairs into two accumulators, as [`two_accumulators`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_with(
+    w: &[u8],
+    block_bytes: usize,
+    a: [ActRow<'_>; ROWS],
+    unpack: impl Fn(&[u8]) -> Unpacked,
+    dot: impl Fn(__m256i, __m256i) -> __m256i,
+    offset: bool,
+) -> [f32; ROWS] {
+    // Accumulators as locals indexed by constants (the `t` loops unroll), so they stay in
+    // registers; a macro, not a closure taking `&mut`, which kept them in memory.
+    let mut acc0 = [_mm256_setzero_ps(); ROWS];
+    let mut acc1 = [_mm256_setzero_ps(); ROWS];
+    let mut mins = [0f32; ROWS];
+    macro_rules! block {
+        ($b:expr, $acc:ident) => {{
+            let b = $b;
+            let u = unpack(&w[b * block_bytes..(b + 1) * block_bytes]);
+            for t in 0..ROWS {
+                let p = dot(u.codes, load32_i8(&a[t].qs[b * QK..]));
+                let d = _mm256_set1_ps(u.d * a[t].d[b]);
+                if offset {
+                    mins[t] += u.m * a[t].s[b];
+                }
+                $acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), $acc[t]);
+            }
+        }};
+    }
+    let blocks = w.len() / block_bytes;
+    let mut b = 0;
+    while b + 2 <= blocks {
+        block!(b, acc0);
+        block!(b + 1, acc1);
+        b += 2;
+    }
+    if b < blocks {
+        block!(b, acc0);
+    }
+    let mut out = [0f32; ROWS];
+    for t in 0..ROWS {
+        let dots = hsum(_mm256_add_ps(acc0[t], acc1[t]));
+        out[t] = if offset { dots + mins[t] } else { dots };
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_q4_0(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
+    let eight = _mm256_set1_epi8(8);
+    let unpack = |blk: &[u8]| Unpacked {
+        codes: _mm256_sub_epi8(nibbles16(&blk[2..]), eight),
+        d: f16_at(blk, 0),
+        m: 0.0,
+    };
+    rows_with(w, 18, a, unpack, |q, x| dot_i8_i8(q, x), false)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_q4_1(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
+    let unpack = |blk: &[u8]| Unpacked {
+        codes: nibbles16(&blk[4..]),
+        d: f16_at(blk, 0),
+        m: f16_at(blk, 2),
+    };
+    rows_with(w, 20, a, unpack, |q, x| dot_u8_i8(q, x), true)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_q8_0(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
+    let unpack = |blk: &[u8]| Unpacked {
+        codes: load32(&blk[2..]),
+        d: f16_at(blk, 0),
+        m: 0.0,
+    };
+    rows_with(w, 34, a, unpack, |q, x| dot_i8_i8(q, x), false)
 }
 
 /// Q4_K, and Q5_K when `fifth` (its `qh` bits added as bit 4 of each code).

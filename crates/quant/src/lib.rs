@@ -39,6 +39,12 @@ pub enum QuantError {
         cols: usize,
         block: usize,
     },
+    #[error("bytes {start}..{end} of a {available}-byte buffer")]
+    Range {
+        start: usize,
+        end: usize,
+        available: usize,
+    },
     #[error("{qtype:?} {rows}×{cols}: {actual} bytes, expected {expected}")]
     Size {
         qtype: QType,
@@ -173,17 +179,89 @@ impl QActs {
 }
 
 /// A weight matrix in a GGUF block format: `rows` rows of `cols` elements, each row
-/// `cols / block_len` consecutive blocks, exactly the file's bytes.
+/// `cols / block_len` consecutive blocks, exactly the file's bytes — held in its own buffer
+/// ([`QMatrix::new`]) or as a range of a shared one, such as the whole file mapped into memory
+/// ([`QMatrix::shared`]).
 #[derive(Debug, Clone)]
 pub struct QMatrix {
     qtype: QType,
     rows: usize,
     cols: usize,
-    data: Vec<u8>,
+    data: Storage,
+}
+
+/// A buffer several matrices read ranges of (a memory-mapped file).
+pub type SharedBytes = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+#[derive(Clone)]
+enum Storage {
+    Owned(Vec<u8>),
+    Shared {
+        buf: SharedBytes,
+        range: std::ops::Range<usize>,
+    },
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Shared { buf, range } => &AsRef::<[u8]>::as_ref(&**buf)[range.clone()],
+        }
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+            Storage::Shared { range, .. } => write!(f, "Shared({range:?})"),
+        }
+    }
 }
 
 impl QMatrix {
     pub fn new(qtype: QType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, QuantError> {
+        Self::check(qtype, rows, cols, data.len())?;
+        Ok(Self {
+            qtype,
+            rows,
+            cols,
+            data: Storage::Owned(data),
+        })
+    }
+
+    /// The matrix whose blocks are `buf[range]`, read in place (no copy).
+    pub fn shared(
+        qtype: QType,
+        rows: usize,
+        cols: usize,
+        buf: SharedBytes,
+        range: std::ops::Range<usize>,
+    ) -> Result<Self, QuantError> {
+        let available = AsRef::<[u8]>::as_ref(&*buf).len();
+        if range.start > range.end || range.end > available {
+            return Err(QuantError::Range {
+                start: range.start,
+                end: range.end,
+                available,
+            });
+        }
+        Self::check(qtype, rows, cols, range.len())?;
+        Ok(Self {
+            qtype,
+            rows,
+            cols,
+            data: Storage::Shared { buf, range },
+        })
+    }
+
+    /// Whether the blocks are read in place from a shared buffer ([`QMatrix::shared`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.data, Storage::Shared { .. })
+    }
+
+    fn check(qtype: QType, rows: usize, cols: usize, len: usize) -> Result<(), QuantError> {
         let block = qtype.block_len();
         if cols == 0 || !cols.is_multiple_of(block) {
             return Err(QuantError::RowLength { qtype, cols, block });
@@ -191,21 +269,16 @@ impl QMatrix {
         let expected = rows
             .checked_mul(cols / block)
             .and_then(|b| b.checked_mul(qtype.block_bytes()));
-        if expected != Some(data.len()) {
+        if expected != Some(len) {
             return Err(QuantError::Size {
                 qtype,
                 rows,
                 cols,
                 expected: expected.unwrap_or(usize::MAX),
-                actual: data.len(),
+                actual: len,
             });
         }
-        Ok(Self {
-            qtype,
-            rows,
-            cols,
-            data,
-        })
+        Ok(())
     }
 
     pub fn qtype(&self) -> QType {
@@ -222,7 +295,7 @@ impl QMatrix {
 
     /// The bytes held (the file's size of this tensor).
     pub fn size_bytes(&self) -> usize {
-        self.data.len()
+        self.data.bytes().len()
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -232,7 +305,7 @@ impl QMatrix {
     /// The raw blocks of row `r`.
     pub fn row_data(&self, r: usize) -> &[u8] {
         let rb = self.row_bytes();
-        &self.data[r * rb..(r + 1) * rb]
+        &self.data.bytes()[r * rb..(r + 1) * rb]
     }
 
     /// Dequantizes row `r` into `out` (`cols` values): an embedding lookup.
@@ -260,34 +333,70 @@ impl QMatrix {
         if n == 0 || self.rows == 0 {
             return;
         }
-        // Chunks of output rows: enough for the pool to balance, big enough that a task
-        // (~a few µs) outweighs the scheduling. Rows × n results, transposed at the end.
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = self.rows.div_ceil(threads * 8).max(16);
         let rb = self.row_bytes();
+        let data = self.data.bytes();
         let one = |rows: &mut [f32], first: usize| {
             for (i, out) in rows.chunks_exact_mut(n).enumerate() {
-                let w = &self.data[(first + i) * rb..(first + i + 1) * rb];
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o = dot_with(isa, self.qtype, w, acts.row(t));
-                }
+                let w = &data[(first + i) * rb..(first + i + 1) * rb];
+                dot_all(isa, self.qtype, w, acts, out);
             }
         };
-        if n == 1 {
-            y.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(c, rows)| one(rows, c * chunk));
+        // Small products (a k/v projection of a small model, a tiny test model) run on this
+        // thread: below ~32 KiB of weights × activation rows the pool's wake-ups cost more
+        // than the split saves.
+        let threads = rayon::current_num_threads().max(1);
+        let sequential = threads == 1 || data.len() * n < SEQUENTIAL_BYTES;
+        // Chunks of output rows: a few per worker so the pool balances, each big enough that
+        // a task (tens of µs) outweighs its scheduling. Rows × n results, transposed at the end.
+        let chunk = self.rows.div_ceil(threads * 4).max(16);
+        let mut t = Vec::new();
+        let out: &mut [f32] = if n == 1 {
+            y
         } else {
-            let mut t = vec![0f32; n * self.rows];
-            t.par_chunks_mut(chunk * n)
+            t.resize(n * self.rows, 0f32);
+            &mut t
+        };
+        if sequential {
+            one(out, 0);
+        } else {
+            out.par_chunks_mut(chunk * n)
                 .enumerate()
                 .for_each(|(c, rows)| one(rows, c * chunk));
+        }
+        if n > 1 {
             for (r, col) in t.chunks_exact(n).enumerate() {
                 for (i, &v) in col.iter().enumerate() {
                     y[i * self.rows + r] = v;
                 }
             }
         }
+    }
+}
+
+/// Weight bytes × activation rows under which [`QMatrix::matmul`] stays on the calling thread.
+pub const SEQUENTIAL_BYTES: usize = 32 << 10;
+
+/// `out[t]` = weight row `w` · activation row `t`, for every row of `acts`: several rows per
+/// kernel call where the ISA has a multi-row kernel (each weight block unpacked once per
+/// group), with results identical to [`dot_with`] row by row.
+fn dot_all(isa: Isa, qtype: QType, w: &[u8], acts: &QActs, out: &mut [f32]) {
+    let mut t = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && avx2_available() {
+        use avx2::ROWS;
+        let cols = w.len() / qtype.block_bytes() * qtype.block_len();
+        assert!(w.len().is_multiple_of(qtype.block_bytes()) && acts.cols() == cols);
+        while t + ROWS <= out.len() {
+            let rows = std::array::from_fn(|k| acts.row(t + k));
+            let Some(dots) = avx2::dot_rows(qtype, w, rows) else {
+                break;
+            };
+            out[t..t + ROWS].copy_from_slice(&dots);
+            t += ROWS;
+        }
+    }
+    for (k, o) in out.iter_mut().enumerate().skip(t) {
+        *o = dot_with(isa, qtype, w, acts.row(k));
     }
 }
 

@@ -157,10 +157,10 @@ proptest! {
     /// A batched matmul gives every activation row exactly what it gets alone (so greedy
     /// output cannot depend on the batch), with either instruction set.
     #[test]
-    fn batched_matmul_equals_rows_alone(seed in any::<u64>(), n in 1usize..6, rows in 1usize..80, ti in 0usize..6) {
+    fn batched_matmul_equals_rows_alone(seed in any::<u64>(), n in 1usize..10, rows in 1usize..80, ti in 0usize..6, nb in 1usize..4) {
         let t = QType::ALL[ti];
         let mut rng = Rng(seed);
-        let cols = 2 * t.block_len();
+        let cols = nb * t.block_len();
         let m = random_matrix(t, rows, cols, &mut rng);
         let x = random_acts(n, cols, &mut rng);
         let isas: &[Isa] = if avx2_available() { &[Isa::Scalar, Isa::Avx2] } else { &[Isa::Scalar] };
@@ -174,6 +174,51 @@ proptest! {
                 m.matmul_with(isa, &one, &mut yi);
                 prop_assert_eq!(&y[i * rows..(i + 1) * rows], &yi[..], "{:?} {:?} row {}", t, isa, i);
             }
+        }
+    }
+}
+
+/// Big enough to be split over the pool (past `SEQUENTIAL_BYTES`): the same numbers as on one
+/// thread, and the same as each activation row alone, for batches that use the multi-row
+/// kernel (groups of 4) and a remainder. A matrix read in place from a shared buffer
+/// (`QMatrix::shared`, as a mapped file) gives the same numbers as an owned one.
+#[test]
+fn pooled_shared_and_sequential_matmuls_agree() {
+    let mut rng = Rng(11);
+    for t in [QType::Q4_0, QType::Q4_1, QType::Q8_0, QType::Q4K] {
+        let (rows, cols, n) = (300, 1024, 7);
+        let owned = random_matrix(t, rows, cols, &mut rng);
+        assert!(owned.size_bytes() * n > hub_quant::SEQUENTIAL_BYTES);
+        let mut buf = vec![7u8; 13];
+        let start = buf.len();
+        for r in 0..rows {
+            buf.extend_from_slice(owned.row_data(r));
+        }
+        let end = buf.len();
+        buf.extend_from_slice(&[1, 2, 3]);
+        let buf: hub_quant::SharedBytes = std::sync::Arc::new(buf);
+        let shared = QMatrix::shared(t, rows, cols, buf.clone(), start..end).unwrap();
+        assert!(shared.is_shared() && !owned.is_shared());
+        // A range of the wrong size, and one past the buffer's end, are errors.
+        assert!(QMatrix::shared(t, rows, cols, buf.clone(), start..end - 1).is_err());
+        assert!(QMatrix::shared(t, rows, cols, buf, start + 4..end + 4).is_err());
+        let x = random_acts(n, cols, &mut rng);
+        let acts = QActs::quantize(&x, cols);
+        let run = |m: &QMatrix, threads: usize| {
+            let mut y = vec![0f32; n * rows];
+            hub_quant::thread_pool(threads)
+                .unwrap()
+                .install(|| m.matmul(&acts, &mut y));
+            y
+        };
+        let one = run(&owned, 1);
+        assert_eq!(run(&owned, 3), one, "{t:?}");
+        assert_eq!(run(&shared, 2), one, "{t:?}");
+        for i in 0..n {
+            let alone = QActs::quantize(&x[i * cols..(i + 1) * cols], cols);
+            let mut yi = vec![0f32; rows];
+            owned.matmul(&alone, &mut yi);
+            assert_eq!(&one[i * rows..(i + 1) * rows], &yi[..], "{t:?} row {i}");
         }
     }
 }

@@ -56,7 +56,7 @@ pub use history::MAX_LAST_COMMIT_WALK;
 pub use ignore::{IgnoreRules, MAX_GITIGNORE};
 pub use lfs::{LfsPointer, MAX_POINTER_SIZE};
 pub use log::{MAX_LOG_ENTRIES, MAX_LOG_ENTRY, Merged};
-pub use meta::RepoMeta;
+pub use meta::{RepoMeta, TRENDING_DAYS};
 pub use reach::MAX_REACH_WALK;
 pub use receive::{
     Checked, MAX_NEW_COMMITS, Quarantine, REPLICATED_REF_PREFIXES, ReceiveError, RefCommand,

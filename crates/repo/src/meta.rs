@@ -6,6 +6,13 @@
 //! transaction by [`crate::Repos::flush_downloads`] (the node calls it every few seconds and at
 //! shutdown): a download count is a statistic, not an acknowledged write, and a redb commit per
 //! download request would put an fsync on the download path.
+//!
+//! Recent downloads (for "trending") are kept per day as well: each flush adds the pending
+//! counts to today's bucket of each repo (UTC days since the epoch), and the first flush of a
+//! day deletes buckets older than [`TRENDING_DAYS`], so the table holds at most
+//! `TRENDING_DAYS` rows per repo downloaded in that window (bounded, and persisted: a restart
+//! keeps the window). A repo's trending score is the window's counts, each halved per day of
+//! age ([`MetaDb::trending_scores`]).
 
 use hub_protocol::repo::RepoId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -15,6 +22,10 @@ use std::sync::{Mutex, PoisonError};
 
 const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos");
 const DOWNLOADS: TableDefinition<&str, u64> = TableDefinition::new("downloads");
+/// (repo, UTC day since the epoch) → downloads that day, for the last [`TRENDING_DAYS`].
+const DAILY: TableDefinition<(&str, u32), u64> = TableDefinition::new("downloads_by_day");
+/// Days of downloads a trending score counts (today and the six before).
+pub const TRENDING_DAYS: u32 = 7;
 /// (repo, sha256) of every LFS object a repository may reference: uploaded to it, or stored
 /// from content sent to it. See [`crate::Repos::add_lfs_objects`].
 const LFS: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("lfs_objects");
@@ -49,6 +60,8 @@ impl RepoMeta {
 pub(crate) struct MetaDb {
     db: Database,
     pending: Mutex<HashMap<String, u64>>,
+    /// The day old daily buckets were last deleted (0: not yet since opening).
+    pruned: Mutex<u32>,
 }
 
 pub(crate) type MetaResult<T> = Result<T, redb::Error>;
@@ -59,6 +72,7 @@ impl MetaDb {
         Ok(Self {
             db,
             pending: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(0),
         })
     }
 
@@ -66,6 +80,7 @@ impl MetaDb {
         let tx = self.db.begin_write()?;
         tx.open_table(REPOS)?;
         tx.open_table(DOWNLOADS)?;
+        tx.open_table(DAILY)?;
         tx.open_table(LFS)?;
         tx.commit()?;
         Ok(())
@@ -144,6 +159,8 @@ impl MetaDb {
         let tx = self.db.begin_write()?;
         tx.open_table(REPOS)?.remove(key.as_str())?;
         tx.open_table(DOWNLOADS)?.remove(key.as_str())?;
+        tx.open_table(DAILY)?
+            .retain_in((key.as_str(), 0)..=(key.as_str(), u32::MAX), |_, _| false)?;
         {
             let mut lfs = tx.open_table(LFS)?;
             for sha in Self::lfs_of(&lfs, &key)? {
@@ -171,6 +188,26 @@ impl MetaDb {
             out.push(*k.value().1);
         }
         Ok(out)
+    }
+
+    /// Adds `from`'s daily download buckets to `to`'s (a rename keeps its trending score).
+    pub(crate) fn copy_daily(&self, from: &RepoId, to: &RepoId) -> MetaResult<()> {
+        let (from, to) = (from.to_string(), to.to_string());
+        let tx = self.db.begin_write()?;
+        {
+            let mut daily = tx.open_table(DAILY)?;
+            let mut days = Vec::new();
+            for item in daily.range((from.as_str(), 0)..=(from.as_str(), u32::MAX))? {
+                let (k, v) = item?;
+                days.push((k.value().1, v.value()));
+            }
+            for (day, n) in days {
+                let old = daily.get((to.as_str(), day))?.map_or(0, |v| v.value());
+                daily.insert((to.as_str(), day), old.saturating_add(n))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Copies `from`'s LFS objects to `to` (before `from`'s records are removed on a rename).
@@ -229,8 +266,10 @@ impl MetaDb {
         Ok(())
     }
 
-    /// Writes the pending counts in one transaction; returns how many repos changed.
-    pub(crate) fn flush(&self) -> MetaResult<usize> {
+    /// Writes the pending counts in one transaction, to the totals and to `today`'s bucket
+    /// (and, on the first flush of a day, deletes buckets that left the window); returns how
+    /// many repos changed.
+    pub(crate) fn flush(&self, today: u32) -> MetaResult<usize> {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         if pending.is_empty() {
@@ -240,9 +279,17 @@ impl MetaDb {
             let tx = self.db.begin_write()?;
             {
                 let mut table = tx.open_table(DOWNLOADS)?;
+                let mut daily = tx.open_table(DAILY)?;
                 for (key, n) in &pending {
                     let old = table.get(key.as_str())?.map_or(0, |v| v.value());
                     table.insert(key.as_str(), old.saturating_add(*n))?;
+                    let old = daily.get((key.as_str(), today))?.map_or(0, |v| v.value());
+                    daily.insert((key.as_str(), today), old.saturating_add(*n))?;
+                }
+                let mut pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
+                if *pruned != today {
+                    daily.retain(|(_, day), _| day.saturating_add(TRENDING_DAYS) > today)?;
+                    *pruned = today;
                 }
             }
             tx.commit()?;
@@ -256,6 +303,33 @@ impl MetaDb {
             }
         }
         result
+    }
+}
+
+impl MetaDb {
+    /// Each repo's trending score on `today`: its downloads of the last [`TRENDING_DAYS`]
+    /// days, each day's halved per day of age (counts not flushed yet count as today's).
+    pub(crate) fn trending_scores(&self, ids: &[RepoId], today: u32) -> MetaResult<Vec<f64>> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let tx = self.db.begin_read()?;
+        let daily = tx.open_table(DAILY)?;
+        let first = today.saturating_sub(TRENDING_DAYS - 1);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = id.to_string();
+            let mut score = pending.get(&key).copied().unwrap_or(0) as f64;
+            for item in daily.range((key.as_str(), first)..=(key.as_str(), today))? {
+                let (k, v) = item?;
+                let age = today.saturating_sub(k.value().1);
+                score += v.value() as f64 / f64::from(1u32 << age.min(31));
+            }
+            out.push(score);
+        }
+        Ok(out)
     }
 }
 

@@ -498,6 +498,7 @@ impl Repos {
         // The target's record first (so it is never public by accident), then the move.
         self.meta.put(to, meta).map_err(meta_err)?;
         self.meta.copy_lfs(from, to).map_err(meta_err)?;
+        self.meta.copy_daily(from, to).map_err(meta_err)?;
         let parent = dst.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         std::fs::rename(&src, &dst).map_err(io("move repository to", &dst))?;
@@ -581,7 +582,24 @@ impl Repos {
 
     /// Persists the download counts gathered in memory; returns how many repos changed.
     pub fn flush_downloads(&self) -> Result<usize, RepoError> {
-        self.meta.flush().map_err(meta_err)
+        self.flush_downloads_on(today())
+    }
+
+    /// [`Repos::flush_downloads`], counting the downloads as `day`'s (UTC days since the
+    /// epoch; the node passes today, tests other days).
+    pub fn flush_downloads_on(&self, day: u32) -> Result<usize, RepoError> {
+        self.meta.flush(day).map_err(meta_err)
+    }
+
+    /// Trending scores of `ids`, in order: recent downloads (the last
+    /// [`crate::TRENDING_DAYS`] days), each day's count halved per day of age.
+    pub fn trending_scores(&self, ids: &[RepoId]) -> Result<Vec<f64>, RepoError> {
+        self.trending_scores_on(ids, today())
+    }
+
+    /// [`Repos::trending_scores`] as of `day`.
+    pub fn trending_scores_on(&self, ids: &[RepoId], day: u32) -> Result<Vec<f64>, RepoError> {
+        self.meta.trending_scores(ids, day).map_err(meta_err)
     }
 
     /// The commit a revision names: a branch, a tag, `refs/pr/N`, or a full or short commit id.
@@ -1301,4 +1319,12 @@ pub fn git_blob_id(data: &[u8]) -> Result<String, RepoError> {
             context: "hash blob",
             source: Box::new(e),
         })
+}
+
+/// Today as UTC days since the Unix epoch.
+fn today() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs / 86_400).unwrap_or(u32::MAX)
 }

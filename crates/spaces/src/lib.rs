@@ -14,9 +14,13 @@
 //!
 //! ```no_run
 //! # async fn demo(spaces: hub_spaces::Spaces, id: hub_protocol::repo::RepoId) {
-//! match spaces.serve(&id, std::time::Duration::from_secs(60)).await {
-//!     Ok(hub_spaces::Target::App { port, .. }) => { /* proxy to 127.0.0.1:port */ }
-//!     Ok(hub_spaces::Target::Static { commit, .. }) => { /* serve the commit's files */ }
+//! // `Some(session_hash)` keeps a gradio session on the instance it started on.
+//! match spaces.serve(&id, None, std::time::Duration::from_secs(60)).await {
+//!     Ok(served) => match served.target {
+//!         // Proxy to 127.0.0.1:port, holding `served.in_flight` until the answer ends.
+//!         hub_spaces::Target::App { port, .. } => {}
+//!         hub_spaces::Target::Static { commit, .. } => { /* serve the commit's files */ }
+//!     },
 //!     Err(unavailable) => { /* 503 naming unavailable.stage */ }
 //! }
 //! # }
@@ -24,7 +28,9 @@
 
 pub mod config;
 pub mod env;
+pub mod host;
 pub mod log;
+pub mod route;
 pub mod sandbox;
 pub mod settings;
 mod space;
@@ -32,6 +38,7 @@ pub mod stage;
 
 pub use config::{ConfigError, Sdk, SpaceConfig};
 pub use log::{Log, LogLine};
+pub use route::InFlight;
 pub use sandbox::SandboxConfig;
 pub use settings::{Entry, SettingError, Settings};
 pub use space::{Space, Status};
@@ -76,6 +83,13 @@ pub struct SpacesConfig {
     pub default_sleep: Option<Duration>,
     /// At most this many Spaces known at once (each has a supervisor task).
     pub max_spaces: usize,
+    /// A replaced instance stops once nothing is in flight on it and its sessions have been
+    /// quiet this long...
+    pub drain_idle: Duration,
+    /// ...or when it has drained this long, whichever comes first.
+    pub drain_max: Duration,
+    /// Host names under which `NS-NAME.<domain>` names a Space (`host.rs`).
+    pub domains: Vec<String>,
 }
 
 impl SpacesConfig {
@@ -89,8 +103,20 @@ impl SpacesConfig {
             build_timeout: Duration::from_secs(1800),
             default_sleep: Some(Duration::from_secs(48 * 3600)),
             max_spaces: 256,
+            drain_idle: Duration::from_secs(30),
+            drain_max: Duration::from_secs(120),
+            domains: vec!["localhost".into()],
         }
     }
+}
+
+/// Where one request goes.
+#[derive(Debug)]
+pub struct Served {
+    pub target: Target,
+    /// Held until the answer ends (its body, its websocket), so the instance is not retired
+    /// under it; `None` when the instance was retired in between.
+    pub in_flight: Option<InFlight>,
 }
 
 /// Why a Space cannot serve a request now.
@@ -175,9 +201,31 @@ impl Spaces {
         })
     }
 
+    /// The host names under which `NS-NAME.<domain>` names a Space.
+    pub fn domains(&self) -> &[String] {
+        &self.shared.config.domains
+    }
+
     /// The default sleep time in seconds (`None`: Spaces never sleep unless told to).
     pub fn default_sleep_secs(&self) -> Option<u64> {
         self.shared.config.default_sleep.map(|d| d.as_secs())
+    }
+
+    /// The Space a request's `Host` names (`NS-NAME.<domain>`), if it exists. Blocking (it
+    /// may look repos up on disk).
+    pub fn space_for_host(&self, host: &str) -> Option<RepoId> {
+        let label = host::space_label(host, &self.shared.config.domains)?;
+        let known = self
+            .spaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .find(|id| host::matches(label, id))
+            .cloned();
+        known.or_else(|| {
+            let lower = label.to_ascii_lowercase();
+            host::candidates(&lower).find(|id| self.shared.repos.exists(id))
+        })
     }
 
     /// The Space `id`, its supervisor started on first use.
@@ -214,21 +262,54 @@ impl Spaces {
         Ok((status, space.settings()))
     }
 
-    /// Waits until the Space serves (starting or waking it), up to `wait`.
-    pub async fn serve(&self, id: &RepoId, wait: Duration) -> Result<Target, Unavailable> {
+    /// Where a request goes: to the instance `session` started on while that one drains,
+    /// else to the current instance, waiting until the Space serves (starting or waking it),
+    /// up to `wait`. A new session is bound to the instance it reaches.
+    pub async fn serve(
+        &self,
+        id: &RepoId,
+        session: Option<&str>,
+        wait: Duration,
+    ) -> Result<Served, Unavailable> {
+        let session = session.filter(|s| route::valid_session(s));
         let space = self.space(id).map_err(|e| Unavailable {
             stage: Stage::Stopped,
             message: e.to_string(),
         })?;
         space.touch();
+        if let Some(session) = session {
+            let current = space.status.borrow().instance;
+            let elsewhere = space
+                .routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elsewhere(session, current);
+            if let Some(in_flight) = elsewhere {
+                return Ok(Served {
+                    target: in_flight.target().clone(),
+                    in_flight: Some(in_flight),
+                });
+            }
+        }
+        let served = |(target, instance): (Target, Option<u64>)| {
+            let in_flight = instance.and_then(|i| {
+                space
+                    .routes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .enter(i, session)
+            });
+            Served { target, in_flight }
+        };
         let mut rx = space.status.clone();
         // Fast path: serving and no new commit to build.
-        if let Some(target) = serving_target(&rx.borrow()) {
+        let fast = serving_target(&rx.borrow());
+        if let Some(target) = fast {
             // Still tell the supervisor, so a new commit gets built, without waiting.
             if space.check_due() {
                 let _ = space.tx.try_send((Cmd::Ensure { wake: true }, None));
             }
-            return Ok(target);
+            return Ok(served(target));
         }
         if space
             .tx
@@ -245,7 +326,7 @@ impl Spaces {
             loop {
                 let status = rx.borrow_and_update().clone();
                 if let Some(target) = serving_target(&status) {
-                    return Ok(target);
+                    return Ok(served(target));
                 }
                 let waiting = status.stage.on_the_way()
                     || matches!(status.stage, Stage::Stopped | Stage::Sleeping);
@@ -394,12 +475,9 @@ impl Spaces {
     }
 }
 
-fn serving_target(status: &Status) -> Option<Target> {
-    status
-        .stage
-        .serving()
-        .then(|| status.target.clone())
-        .flatten()
+fn serving_target(status: &Status) -> Option<(Target, Option<u64>)> {
+    let target = status.target.clone().filter(|_| status.stage.serving())?;
+    Some((target, status.instance))
 }
 
 fn unavailable(status: &Status) -> Unavailable {

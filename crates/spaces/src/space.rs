@@ -13,11 +13,15 @@
 //! ensure the environment, start the app sandboxed on a free loopback port, and wait until
 //! the port accepts connections, the app exits (RUNTIME_ERROR) or the start timeout passes.
 //! While a new commit builds and starts, the old instance keeps serving (RUNNING_BUILDING,
-//! RUNNING_APP_STARTING) and is stopped only once the new one serves: no gap.
+//! RUNNING_APP_STARTING). Once the new one serves, new visitors go to it and the old one
+//! *drains* (`route.rs`): it keeps its requests in flight and its sessions until they are
+//! done and quiet for [`crate::SpacesConfig::drain_idle`], at most
+//! [`crate::SpacesConfig::drain_max`]; then it stops. No gap, and no session cut in two.
 
 use crate::config::{ConfigError, Sdk, SpaceConfig};
 use crate::env::{EnvSpec, pump};
 use crate::log::Log;
+use crate::route::{Route, Routes};
 use crate::sandbox::Jail;
 use crate::settings::Settings;
 use crate::stage::Stage;
@@ -45,6 +49,8 @@ pub struct Status {
     pub error: Option<String>,
     pub sdk: Option<Sdk>,
     pub suggested_hardware: Option<String>,
+    /// The route of the instance serving (`route.rs`).
+    pub(crate) instance: Option<u64>,
 }
 
 impl Status {
@@ -56,6 +62,7 @@ impl Status {
             error: None,
             sdk: None,
             suggested_hardware: None,
+            instance: None,
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct Space {
     pub(crate) last_request: Arc<Mutex<Instant>>,
     /// When a serving request last asked the supervisor to look for a new commit.
     pub(crate) last_check: Mutex<Option<Instant>>,
+    /// Its instances (current and draining) and their sessions.
+    pub(crate) routes: Arc<Mutex<Routes>>,
 }
 
 impl Space {
@@ -140,6 +149,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: RepoId, slot: u32) -> Arc<Space> {
         settings_path,
         last_request: Arc::new(Mutex::new(Instant::now())),
         last_check: Mutex::new(None),
+        routes: Arc::default(),
     });
     let supervisor = Supervisor {
         shared,
@@ -150,7 +160,9 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: RepoId, slot: u32) -> Arc<Space> {
         run_log: space.run_log.clone(),
         settings: space.settings.clone(),
         last_request: space.last_request.clone(),
+        routes: space.routes.clone(),
         current: None,
+        draining: Vec::new(),
         pending: None,
         failed_commit: None,
     };
@@ -166,6 +178,26 @@ struct Instance {
     child: Option<Child>,
     sdk: Sdk,
     suggested_hardware: Option<String>,
+    /// Set when the supervisor registers it.
+    route: Option<Arc<Route>>,
+}
+
+impl Instance {
+    fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+
+    fn route_id(&self) -> Option<u64> {
+        self.route.as_ref().map(|r| r.id)
+    }
+}
+
+/// An instance a newer one replaced, finishing what it serves.
+struct Draining {
+    instance: Instance,
+    since: Instant,
 }
 
 /// Why a start failed: the stage it leaves the Space in, and why.
@@ -198,7 +230,9 @@ struct Supervisor {
     run_log: Arc<Log>,
     settings: Arc<Mutex<Settings>>,
     last_request: Arc<Mutex<Instant>>,
+    routes: Arc<Mutex<Routes>>,
     current: Option<Instance>,
+    draining: Vec<Draining>,
     pending: Option<Pending>,
     /// The commit whose last start failed: not retried until a restart or a new commit.
     failed_commit: Option<String>,
@@ -246,7 +280,11 @@ impl Supervisor {
                 Event::Exited(exit) => {
                     let status = exit.map_or_else(|e| e.to_string(), |s| s.to_string());
                     self.run_log.push(&format!("the app exited ({status})"));
-                    let commit = self.current.take().map(|c| c.commit);
+                    let gone = self.current.take();
+                    if let Some(id) = gone.as_ref().and_then(Instance::route_id) {
+                        self.routes().remove(id);
+                    }
+                    let commit = gone.map(|c| c.commit);
                     tracing::warn!(space = %self.id.hub_id(), %status, "Space app exited");
                     if self.pending.is_none() {
                         self.failed_commit = commit.clone();
@@ -257,7 +295,10 @@ impl Supervisor {
                         });
                     }
                 }
-                Event::Tick => self.check_idle(),
+                Event::Tick => {
+                    self.check_drains();
+                    self.check_idle();
+                }
             }
         }
         self.stop_all();
@@ -265,6 +306,10 @@ impl Supervisor {
 
     fn publish(&self, status: Status) {
         self.status.send_replace(status);
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn serving(&self) -> bool {
@@ -370,12 +415,20 @@ impl Supervisor {
         });
     }
 
-    fn started(&mut self, instance: Instance) {
-        if let Some(mut old) = self.current.take() {
-            // The new instance serves from now on: the old one goes.
-            if let Some(child) = old.child.as_mut() {
-                let _ = child.start_kill();
-            }
+    fn started(&mut self, mut instance: Instance) {
+        let route = self.routes().add(instance.target.clone());
+        let id = route.id;
+        instance.route = Some(route);
+        if let Some(old) = self.current.take() {
+            // New visitors go to the new instance from now on; the old one drains.
+            self.run_log.push(&format!(
+                "commit {} serves; commit {} finishes its requests and sessions",
+                instance.commit, old.commit
+            ));
+            self.draining.push(Draining {
+                instance: old,
+                since: Instant::now(),
+            });
         }
         *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.publish(Status {
@@ -385,6 +438,7 @@ impl Supervisor {
             error: None,
             sdk: Some(instance.sdk),
             suggested_hardware: instance.suggested_hardware.clone(),
+            instance: Some(id),
         });
         tracing::info!(space = %self.id.hub_id(), commit = %instance.commit, "Space running");
         self.current = Some(instance);
@@ -413,8 +467,42 @@ impl Supervisor {
         }
     }
 
+    /// Stops the draining instances that are done: nothing in flight and their sessions
+    /// quiet for the drain idle time, or the drain window over, or the app gone.
+    fn check_drains(&mut self) {
+        let (idle, max) = (self.shared.config.drain_idle, self.shared.config.drain_max);
+        let mut keep = Vec::with_capacity(self.draining.len());
+        for mut d in std::mem::take(&mut self.draining) {
+            let exited = d
+                .instance
+                .child
+                .as_mut()
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+            let quiet = d
+                .instance
+                .route
+                .as_ref()
+                .is_none_or(|r| r.active() == 0 && r.idle() >= idle);
+            if exited || quiet || d.since.elapsed() >= max {
+                tracing::info!(space = %self.id.hub_id(), commit = %d.instance.commit, exited, quiet, "drained instance stops");
+                d.instance.kill();
+                if let Some(id) = d.instance.route_id() {
+                    self.routes().remove(id);
+                }
+            } else {
+                keep.push(d);
+            }
+        }
+        self.draining = keep;
+    }
+
     fn check_idle(&mut self) {
-        if self.current.is_none() {
+        let Some(current) = &self.current else {
+            return;
+        };
+        // A long stream or websocket is use, not idleness.
+        if current.route.as_ref().is_some_and(|r| r.active() > 0) {
+            self.touch();
             return;
         }
         let sleep = match self.settings().sleep_time {
@@ -443,15 +531,21 @@ impl Supervisor {
         }
     }
 
+    fn touch(&self) {
+        *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
     fn stop_all(&mut self) {
         if let Some(p) = self.pending.take() {
             p.task.abort();
         }
-        if let Some(mut current) = self.current.take()
-            && let Some(child) = current.child.as_mut()
-        {
-            let _ = child.start_kill();
+        if let Some(mut current) = self.current.take() {
+            current.kill();
         }
+        for mut d in self.draining.drain(..) {
+            d.instance.kill();
+        }
+        self.routes().clear();
     }
 }
 
@@ -519,6 +613,7 @@ impl Start {
                     child: None,
                     sdk: config.sdk,
                     suggested_hardware: config.suggested_hardware,
+                    route: None,
                 });
             }
             Sdk::Docker => {
@@ -616,6 +711,7 @@ impl Start {
             child: Some(child),
             sdk: config.sdk,
             suggested_hardware: config.suggested_hardware,
+            route: None,
         })
     }
 

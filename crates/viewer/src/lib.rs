@@ -7,7 +7,7 @@
 //!
 //! - [`table`]: a data file as a table: Parquet (footer, then only the row groups a page
 //!   touches), CSV/TSV and JSON Lines (read in order); features (column types) in the shape
-//!   of the `datasets` library, rows as JSON.
+//!   of the `datasets` library, rows as JSON; Arrow IPC (`.arrow`) batch by batch.
 //! - [`splits`]: which data files make which split (`train`, `validation`, `test`), by the
 //!   `datasets` library's file-name conventions.
 //! - [`query`]: the viewer's `search` (full text) and `filter` (a small SQL-like `where`
@@ -24,6 +24,7 @@
 //! assert_eq!(rows[0]["a"], 2);
 //! ```
 
+mod arrow;
 pub mod headers;
 pub mod query;
 mod source;
@@ -49,6 +50,8 @@ pub enum ViewerError {
         format: &'static str,
         message: String,
     },
+    #[error("read arrow: {0}")]
+    Arrow(String),
     #[error("invalid query: {0}")]
     Query(String),
     #[error("too many rows to sort ({0}); narrow the filter")]

@@ -5,7 +5,7 @@
 //! counts), and a page of rows reads only the column chunks of the row groups it overlaps,
 //! so 100 rows of a 1 GiB file cost a few row groups, not the file. CSV/TSV and JSON Lines
 //! have no index: they are read in order from the start, up to the rows asked for; counting
-//! their rows reads them whole.
+//! their rows reads them whole. Arrow IPC is read batch by batch ([`crate::arrow`]).
 
 use crate::ViewerError;
 use crate::source::{RangeSource, SourceReader};
@@ -29,10 +29,18 @@ pub enum Format {
     Csv,
     Tsv,
     JsonLines,
+    /// Arrow IPC, stream or file (`.arrow`).
+    Arrow,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [Format::Parquet, Format::Csv, Format::Tsv, Format::JsonLines];
+    pub const ALL: [Format; 5] = [
+        Format::Parquet,
+        Format::Csv,
+        Format::Tsv,
+        Format::JsonLines,
+        Format::Arrow,
+    ];
 
     /// The format of a file, by its extension.
     pub fn of(path: &str) -> Option<Format> {
@@ -43,6 +51,7 @@ impl Format {
             "csv" => Format::Csv,
             "tsv" => Format::Tsv,
             "jsonl" | "ndjson" => Format::JsonLines,
+            "arrow" => Format::Arrow,
             _ => return None,
         })
     }
@@ -83,6 +92,8 @@ enum Body {
         /// For CSV: the column types decided from the sample (parsing the cells).
         csv_types: Vec<CellType>,
     },
+    /// Arrow IPC: batches found by walking message headers, decoded one at a time.
+    Arrow(crate::arrow::ArrowFile),
     /// Several files of one split, one after the other.
     Concat(Vec<Table>),
 }
@@ -92,6 +103,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Parquet { num_rows, .. } => write!(f, "Parquet({num_rows} rows)"),
             Body::Text { format, .. } => write!(f, "{format:?}"),
+            Body::Arrow(a) => write!(f, "{a:?}"),
             Body::Concat(parts) => write!(f, "Concat({} files)", parts.len()),
         }
     }
@@ -122,6 +134,13 @@ impl Table {
                         reader: Box::new(reader),
                         num_rows,
                     },
+                })
+            }
+            Format::Arrow => {
+                let file = crate::arrow::ArrowFile::open(source)?;
+                Ok(Table {
+                    features: file.features(),
+                    body: Body::Arrow(file),
                 })
             }
             Format::Csv | Format::Tsv => {
@@ -199,6 +218,7 @@ impl Table {
     pub fn num_rows(&self) -> Result<u64, ViewerError> {
         match &self.body {
             Body::Parquet { num_rows, .. } => Ok(*num_rows),
+            Body::Arrow(a) => a.num_rows(),
             Body::Concat(parts) => parts.iter().map(Table::num_rows).sum(),
             Body::Text { .. } => {
                 let mut n = 0;
@@ -250,6 +270,16 @@ impl Table {
                     start += n;
                 }
             }
+            Body::Arrow(a) => {
+                a.scan_from(offset, &mut |_, row| {
+                    out.push(row);
+                    if out.len() == length {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })?;
+            }
             Body::Text { .. } => {
                 self.scan(&mut |i, row| {
                     if i >= offset {
@@ -282,6 +312,7 @@ impl Table {
                 }
                 Ok(())
             }
+            Body::Arrow(a) => a.scan_from(0, f),
             Body::Concat(parts) => {
                 let mut base = 0u64;
                 for part in parts {

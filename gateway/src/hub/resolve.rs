@@ -118,6 +118,19 @@ async fn resolve(
     // A whole-file GET of LFS content still arriving from peers streams it as its chunks
     // arrive (each verified); a fetch that fails part way ends the body short.
     let mut arriving = None;
+    // A ranged GET of such content streams its range while it arrives (a pull-through
+    // mirror), instead of waiting for the whole object.
+    if let Some((sha, size)) = missing
+        && method == Method::GET
+        && let Some((a, b)) = parse_range(headers.get(header::RANGE), size)?
+    {
+        let deadline = tokio::time::Instant::now() + ENSURE_LFS_WAIT_HEAD;
+        arriving = state
+            .hub()
+            .mesh()
+            .stream_lfs_range(&id, sha, size, a..b + 1, deadline)
+            .await;
+    }
     if let Some((sha, size)) = missing
         && method == Method::GET
         && !headers.contains_key(header::RANGE)

@@ -44,6 +44,7 @@ async fn setup_waiting(engine: EngineConfig, load_wait: Duration) -> (Fixture, t
             serve: ServeConfig {
                 engine,
                 command_queue: 16,
+                ..ServeConfig::default()
             },
         },
         load_wait,

@@ -1,19 +1,18 @@
-//! The pages' forms: sign in and out, create a repo, a repo's visibility. Each write checks
+//! The pages' forms: sign in and out, create a repo (a repo's settings are in
+//! [`super::settings`]). Each write checks
 //! the session's CSRF token and the request's `Origin` ([`super::session::check_post`]); the
 //! rules themselves are `hub-core`'s, as for the API.
 
 use super::render::ctx;
 use super::render::{PageError, page};
-use super::repo::open;
 use super::session::{Viewer, check_origin, check_post, cleared_cookie, session_cookie};
 use crate::AppState;
 use crate::error::AppError;
-use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use hub_core::{Change, RepoOpError};
+use hub_core::RepoOpError;
 use hub_protocol::repo::{RepoId, RepoType};
 use std::collections::HashMap;
 
@@ -27,7 +26,7 @@ pub(crate) fn form(body: &[u8]) -> Result<HashMap<String, String>, AppError> {
     Ok(form_urlencoded::parse(body).into_owned().collect())
 }
 
-fn see_other(to: &str) -> Response {
+pub(crate) fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
@@ -157,51 +156,4 @@ pub(crate) async fn new_repo(
         }
         Err(e) => Err(AppError::from(e).into()),
     }
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct RepoParams {
-    ns: String,
-    name: String,
-}
-
-/// `GET …/settings`: the visibility form, for those who may change it.
-pub(crate) async fn settings_form(
-    State(state): State<AppState>,
-    Extension(kind): Extension<RepoType>,
-    viewer: Viewer,
-    Path(p): Path<RepoParams>,
-) -> Result<Response, PageError> {
-    let (id, repo) = open(&state, &viewer, kind, &p.ns, &p.name).await?;
-    if viewer.csrf.is_none() {
-        return Ok(see_other("/login"));
-    }
-    state
-        .hub()
-        .access(viewer.principal.as_ref(), &id, Change::Visibility.need())
-        .await
-        .map_err(AppError::from)?;
-    Ok(page("settings.html", &viewer, ctx! { repo })?)
-}
-
-/// `POST …/settings`: makes the repo private or public.
-pub(crate) async fn settings(
-    State(state): State<AppState>,
-    Extension(kind): Extension<RepoType>,
-    viewer: Viewer,
-    headers: HeaderMap,
-    Path(p): Path<RepoParams>,
-    body: Bytes,
-) -> Result<Response, PageError> {
-    let fields = form(&body)?;
-    let principal = check_post(&viewer, &headers, fields.get("csrf").map(String::as_str))?;
-    let id = RepoId::new(kind, &p.ns, &p.name).map_err(|_| AppError::RepoNotFound)?;
-    let granted = state
-        .hub()
-        .access(Some(&principal), &id, Change::Visibility.need())
-        .await
-        .map_err(AppError::from)?;
-    let private = fields.get("private").map(String::as_str) == Some("1");
-    state.hub().set_private(&granted, private).await?;
-    Ok(see_other(&format!("/{}{}", kind.url_prefix(), id.hub_id())))
 }

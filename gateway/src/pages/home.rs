@@ -5,13 +5,14 @@ use super::render::{PageError, page};
 use super::session::Viewer;
 use crate::AppState;
 use crate::error::AppError;
+use crate::util::blocking;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use hub_auth::NamespaceKind;
 use hub_core::listing::ListError;
 use hub_protocol::repo::RepoType;
-use hub_search::{ListQuery, RepoDoc, Sort};
+use hub_search::{ListQuery, MAX_LIMIT, Page, RepoDoc, Sort};
 use serde::{Deserialize, Serialize};
 
 /// Repos per page of the home listing.
@@ -57,8 +58,9 @@ fn list_error(e: ListError) -> AppError {
     }
 }
 
-/// The sorts the home page offers: trending (most downloaded; the node keeps all-time
-/// counts only), most downloaded, recently updated, newest.
+/// The sorts the home page offers: trending (recent downloads: `Repos::trending_scores`),
+/// most downloaded, recently updated, newest. Trending reads the index by downloads and
+/// reorders by score (see [`trending`]).
 const SORTS: [(&str, &str, Sort); 4] = [
     ("trending", "Trending", Sort::Downloads),
     ("downloads", "Most downloaded", Sort::Downloads),
@@ -92,13 +94,17 @@ pub(crate) async fn home(
     let mut query = ListQuery::new(kind);
     query.search = Some(search.clone()).filter(|s| !s.is_empty());
     query.sort = sort;
-    query.limit = PAGE;
-    query.offset = p * PAGE;
-    let listed = state
-        .hub()
-        .list(viewer.principal.as_ref(), query)
-        .await
-        .map_err(list_error)?;
+    let listed = if sort_key == "trending" {
+        trending(&state, &viewer, query, p).await?
+    } else {
+        query.limit = PAGE;
+        query.offset = p * PAGE;
+        state
+            .hub()
+            .list(viewer.principal.as_ref(), query)
+            .await
+            .map_err(list_error)?
+    };
     let repos: Vec<RepoItem> = listed.items.iter().map(RepoItem::of).collect();
     let title = match kind {
         RepoType::Model => "Models",
@@ -120,6 +126,42 @@ pub(crate) async fn home(
             next => listed.next_offset.map(|_| p + 1),
         },
     )?)
+}
+
+/// Page `p` of the repos `query` matches, by trending score (ties: by all-time downloads).
+/// The [`MAX_LIMIT`] most downloaded matches are ranked: a repo outside them has too few
+/// downloads in all to trend above them in practice, and ranking is one range read each.
+async fn trending(
+    state: &AppState,
+    viewer: &Viewer,
+    mut query: ListQuery,
+    p: usize,
+) -> Result<Page, AppError> {
+    query.limit = MAX_LIMIT;
+    query.offset = 0;
+    let mut listed = state
+        .hub()
+        .list(viewer.principal.as_ref(), query)
+        .await
+        .map_err(list_error)?;
+    let repos = state.repos().clone();
+    let items = std::mem::take(&mut listed.items);
+    let mut ranked = blocking(move || {
+        let ids: Vec<_> = items.iter().map(|d| d.id.clone()).collect();
+        let scores = repos.trending_scores(&ids)?;
+        Ok(items.into_iter().zip(scores).collect::<Vec<_>>())
+    })
+    .await?;
+    // Stable: equal scores keep the index's order (most downloaded first).
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shown = ranked.len();
+    let start = (p * PAGE).min(shown);
+    let end = (start + PAGE).min(shown);
+    Ok(Page {
+        items: ranked.drain(start..end).map(|(doc, _)| doc).collect(),
+        next_offset: (end < shown).then_some(end),
+        total: listed.total,
+    })
 }
 
 #[derive(Debug, Serialize)]

@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use minijinja::{AutoEscape, Environment};
 use std::sync::OnceLock;
 
-const TEMPLATES: [(&str, &str); 15] = [
+const TEMPLATES: [(&str, &str); 16] = [
     ("base.html", include_str!("templates/base.html")),
     ("home.html", include_str!("templates/home.html")),
     ("namespace.html", include_str!("templates/namespace.html")),
@@ -17,6 +17,7 @@ const TEMPLATES: [(&str, &str); 15] = [
     ("blob.html", include_str!("templates/blob.html")),
     ("commits.html", include_str!("templates/commits.html")),
     ("commit.html", include_str!("templates/commit.html")),
+    ("branches.html", include_str!("templates/branches.html")),
     ("login.html", include_str!("templates/login.html")),
     ("new.html", include_str!("templates/new.html")),
     ("settings.html", include_str!("templates/settings.html")),

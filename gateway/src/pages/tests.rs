@@ -701,3 +701,111 @@ async fn pages_without_inference_or_spaces_have_no_widget_frame_or_script() {
             .starts_with("text/javascript")
     );
 }
+
+/// The repo ids of a home page's list, in order.
+fn listed(html: &str) -> Vec<String> {
+    let list = &html[html.find("id=\"repo-list\"").expect("the list")..];
+    let list = &list[..list.find("</ul>").unwrap_or(list.len())];
+    list.split("<a href=\"/")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn trending_ranks_the_repo_downloaded_more_recently_first() {
+    let f = fixture().await;
+    create(&f, "model", "older", false).await;
+    create(&f, "model", "recent", false).await;
+    let (older, recent) = (
+        hub_protocol::repo::RepoId::parse(hub_protocol::repo::RepoType::Model, "admin/older")
+            .unwrap(),
+        hub_protocol::repo::RepoId::parse(hub_protocol::repo::RepoType::Model, "admin/recent")
+            .unwrap(),
+    );
+    let repos = f.state.repos();
+    let today = u32::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400,
+    )
+    .unwrap();
+    // `older`: 8 downloads four days ago; `recent`: 2 today. The index has the all-time
+    // counts, as the download path leaves them.
+    for _ in 0..8 {
+        repos.count_download(&older);
+    }
+    repos.flush_downloads_on(today - 4).unwrap();
+    for _ in 0..2 {
+        repos.count_download(&recent);
+    }
+    repos.flush_downloads_on(today).unwrap();
+    for id in [&older, &recent] {
+        f.state
+            .search()
+            .set_downloads(id, repos.downloads(id).unwrap())
+            .unwrap();
+    }
+    let r = get(&f, "/?sort=downloads", &[HTML]).await;
+    assert_page(&r);
+    assert_eq!(listed(&r.text()), ["admin/older", "admin/recent"]);
+    for uri in ["/?sort=trending", "/"] {
+        let r = get(&f, uri, &[HTML]).await;
+        assert_page(&r);
+        assert_eq!(listed(&r.text()), ["admin/recent", "admin/older"], "{uri}");
+    }
+    // A search narrows the trending list like the others.
+    let r = get(&f, "/?sort=trending&search=old", &[HTML]).await;
+    assert_eq!(listed(&r.text()), ["admin/older"]);
+}
+
+#[tokio::test]
+async fn branches_page_lists_branches_and_tags_with_their_commits() {
+    let f = fixture().await;
+    create(&f, "dataset", "refs", false).await;
+    commit(
+        &f,
+        "dataset",
+        "admin/refs",
+        "first <b>commit</b>",
+        &[("a.txt", b"a")],
+    )
+    .await;
+    for (uri, body) in [
+        ("/api/datasets/admin/refs/branch/dev", json!({})),
+        ("/api/datasets/admin/refs/tag/main", json!({ "tag": "v1" })),
+    ] {
+        let r = send(
+            &f.app,
+            "POST",
+            uri,
+            Some(&f.admin),
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{uri}: {}", r.text());
+    }
+    let r = get(&f, "/datasets/admin/refs/branches", &[HTML]).await;
+    assert_page(&r);
+    let html = r.text();
+    let main = html.find(">main</a>").expect("main");
+    let dev = html.find(">dev</a>").expect("dev");
+    assert!(main < dev, "main is listed first");
+    assert!(
+        html.contains("href=\"/datasets/admin/refs/tree/v1\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("first &lt;b&gt;commit&lt;/b&gt;"),
+        "titles are escaped"
+    );
+    let r = get(&f, "/datasets/admin/refs", &[HTML]).await;
+    assert!(r.text().contains("href=\"/datasets/admin/refs/branches\""));
+    create(&f, "model", "hidden", true).await;
+    let r = get(&f, "/admin/hidden/branches", &[HTML]).await;
+    assert_eq!(r.status, 404);
+}

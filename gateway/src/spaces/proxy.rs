@@ -11,6 +11,12 @@
 //!   URLs it writes) and kept for streamlit (`baseUrlPath`). Hop-by-hop headers and the
 //!   caller's `Authorization` never reach the app: a Space never sees its visitors' hub
 //!   tokens. `X-Forwarded-Host`/`-Proto`/`-Prefix` tell it where it is.
+//!
+//! A request that names a gradio session (`?session_hash=`, `…/heartbeat/{session}`, or
+//! the JSON body of `POST …/queue/join`, read whole up to [`MAX_JOIN_BODY`]) goes to the
+//! instance that session started on, so a session keeps its app across a swap to a new
+//! commit while the old instance drains (`hub_spaces::route`). The request's
+//! [`hub_spaces::InFlight`] is held until its answer (body or websocket) ends.
 
 use super::{SpacePath, not_running, spaces};
 use crate::AppState;
@@ -20,6 +26,7 @@ use crate::extract::authenticate;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use hub_spaces::Target;
 use hyper_util::rt::TokioIo;
@@ -28,6 +35,9 @@ use std::time::Duration;
 
 /// How long a request waits for a Space to start or wake before a 503.
 pub(crate) const WAKE_WAIT: Duration = Duration::from_secs(90);
+
+/// Largest `queue/join` body read for its session (larger ones are refused with 413).
+pub(crate) const MAX_JOIN_BODY: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct AppPath {
@@ -84,11 +94,16 @@ async fn serve(state: AppState, path: AppPath, request: Request) -> Result<Respo
         )
             .into_response());
     }
-    let target = match spaces(&state)?.serve(&id, WAKE_WAIT).await {
-        Ok(target) => target,
+    let (session, request) = session_of(request).await?;
+    let served = match spaces(&state)?
+        .serve(&id, session.as_deref(), WAKE_WAIT)
+        .await
+    {
+        Ok(served) => served,
         Err(unavailable) => return Ok(not_running(&unavailable)),
     };
-    match target {
+    let in_flight = served.in_flight;
+    match served.target {
         Target::Static { commit, index } => {
             static_file(&state, &id, &commit, &path.rest, &index).await
         }
@@ -103,9 +118,58 @@ async fn serve(state: AppState, path: AppPath, request: Request) -> Result<Respo
                 .query()
                 .map(|q| format!("?{q}"))
                 .unwrap_or_default();
-            forward(port, &format!("{upstream_path}{query}"), &prefix, request).await
+            forward(
+                port,
+                &format!("{upstream_path}{query}"),
+                &prefix,
+                request,
+                in_flight,
+            )
+            .await
         }
     }
+}
+
+/// The gradio session a request belongs to, if it names one; the request comes back whole.
+async fn session_of(request: Request) -> Result<(Option<String>, Request), AppError> {
+    if let Some(session) = session_in_uri(request.uri()) {
+        return Ok((Some(session), request));
+    }
+    let join =
+        request.method() == http::Method::POST && request.uri().path().ends_with("/queue/join");
+    if !join {
+        return Ok((None, request));
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_JOIN_BODY)
+        .await
+        .map_err(|_| {
+            AppError::Coded {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "SpaceRequestTooLarge",
+                message: format!(
+                    "a queue/join body is read whole, at most {MAX_JOIN_BODY} bytes (upload files separately)"
+                ),
+            }
+        })?;
+    let session = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("session_hash")?.as_str().map(str::to_owned));
+    Ok((session, Request::from_parts(parts, Body::from(bytes))))
+}
+
+/// `?session_hash=…` or `…/heartbeat/{session}`.
+fn session_in_uri(uri: &http::Uri) -> Option<String> {
+    let from_query = uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "session_hash")
+            .map(|(_, v)| v.to_owned())
+    });
+    from_query.or_else(|| {
+        let (_, after) = uri.path().rsplit_once("/heartbeat/")?;
+        Some(after.trim_end_matches('/').to_owned())
+    })
 }
 
 /// A file of a static Space's commit.
@@ -219,6 +283,7 @@ async fn forward(
     path_and_query: &str,
     prefix: &str,
     mut request: Request,
+    in_flight: Option<hub_spaces::InFlight>,
 ) -> Result<Response, AppError> {
     let upgrade = is_upgrade(request.headers());
     let app_down = |e: &dyn std::fmt::Display| {
@@ -268,6 +333,7 @@ async fn forward(
     {
         let app_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             match tokio::try_join!(client_upgrade, app_upgrade) {
                 Ok((client, app)) => {
                     let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
@@ -285,7 +351,13 @@ async fn forward(
     let mut out = Response::builder().status(parts.status);
     let h = out.headers_mut().expect("a fresh builder has headers");
     copy_headers(&parts.headers, h, false);
-    out.body(Body::new(body)).map_err(AppError::internal)
+    // The instance counts the request until its body (an SSE stream, say) ends.
+    let body = Body::new(body).into_data_stream().map(move |chunk| {
+        let _held = &in_flight;
+        chunk
+    });
+    out.body(Body::from_stream(body))
+        .map_err(AppError::internal)
 }
 
 #[cfg(test)]
@@ -319,6 +391,20 @@ mod tests {
         assert_eq!(to[header::UPGRADE], "websocket");
         assert_eq!(to[header::CONNECTION], "upgrade");
         assert!(to.get(header::AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn sessions_are_found_in_the_query_and_the_heartbeat_path() {
+        let uri = |s: &str| s.parse::<http::Uri>().expect("uri");
+        assert_eq!(
+            session_in_uri(&uri("/gradio_api/queue/data?x=1&session_hash=abc123")).as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(
+            session_in_uri(&uri("/gradio_api/heartbeat/abc123")).as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(session_in_uri(&uri("/gradio_api/info")), None);
     }
 
     #[test]

@@ -3,6 +3,10 @@ use std::time::Duration;
 use super::*;
 
 fn tiny(engine: EngineConfig, max_position_embeddings: usize) -> ModelHandle {
+    tiny_on(engine, max_position_embeddings, 0)
+}
+
+fn tiny_on(engine: EngineConfig, max_position_embeddings: usize, threads: usize) -> ModelHandle {
     let dir = tempfile::tempdir().unwrap();
     fixture::write(dir.path(), max_position_embeddings).unwrap();
     let loaded = LoadedModel::from_dir(dir.path()).unwrap();
@@ -12,6 +16,7 @@ fn tiny(engine: EngineConfig, max_position_embeddings: usize) -> ModelHandle {
         ServeConfig {
             engine,
             command_queue: 8,
+            threads,
         },
     )
     .unwrap()
@@ -70,6 +75,28 @@ async fn streams_text_equal_to_decoding_and_stops_at_length() {
         .await
         .unwrap();
     assert_eq!(collect(again).await.1, text);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn engines_run_on_the_configured_thread_budget() {
+    let default = tiny(EngineConfig::default(), 256);
+    assert_eq!(default.threads(), crate::threads::default_threads());
+    let (one, three) = (
+        tiny_on(EngineConfig::default(), 256, 1),
+        tiny_on(EngineConfig::default(), 256, 3),
+    );
+    assert_eq!((one.threads(), three.threads()), (1, 3));
+    // Same tokens whatever the pool: the split over workers does not change the arithmetic.
+    let mut texts = Vec::new();
+    for m in [&default, &one, &three] {
+        let s = m
+            .submit_text(request(vec![3, 4, 5, 9], 8, true), vec![])
+            .await
+            .unwrap();
+        texts.push(collect(s).await.1);
+    }
+    assert_eq!(texts[0], texts[1]);
+    assert_eq!(texts[1], texts[2]);
 }
 
 #[tokio::test(flavor = "current_thread")]

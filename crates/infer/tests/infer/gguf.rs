@@ -18,7 +18,7 @@ use hub_infer::sampling::Rng;
 use hub_infer::tokenizer::{HfTokenizer, IncrementalDecoder, Tokenizer};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
-use crate::fixture::{prompt, tiny_config_json, tiny_weights};
+use crate::fixture::{prompt, tiny_config_json, tiny_weights, weights_for};
 
 /// Hugging Face row `h*d + a*d/2 + j` → GGUF row `h*d + 2j + a` (llama.cpp's `permute`).
 fn permute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
@@ -83,41 +83,56 @@ fn write_tiny_gguf_with(
     dtype: GgmlDType,
     extra: Vec<(String, QTensor)>,
 ) -> Result<()> {
-    let c: LlamaConfig = serde_json::from_value(tiny_config_json())?;
-    let w = tiny_weights(7)?;
+    write_gguf(path, &tiny_config_json(), &|_| dtype, extra)
+}
+
+/// Which dtype a tensor is written in, by its GGUF name.
+type DtypeOf<'a> = &'a dyn Fn(&str) -> GgmlDType;
+
+/// A GGUF of `config`'s random Llama (seed 7): each matrix in `dtype_of(its GGUF name)`,
+/// the norms in F32, the tiny tokenizer in the metadata.
+fn write_gguf(
+    path: &Path,
+    config: &serde_json::Value,
+    dtype_of: DtypeOf,
+    extra: Vec<(String, QTensor)>,
+) -> Result<()> {
+    let c: LlamaConfig = serde_json::from_value(config.clone())?;
+    let w = weights_for(config, 7)?;
     let mut tensors: Vec<(String, QTensor)> = extra;
-    let mut add = |name: String, t: &Tensor, dtype: GgmlDType| -> Result<()> {
+    let mut add = |name: String, t: &Tensor, dtype: Option<GgmlDType>| -> Result<()> {
+        let dtype = dtype.unwrap_or_else(|| dtype_of(&name));
         tensors.push((name, QTensor::quantize(t, dtype)?));
         Ok(())
     };
     add(
         "token_embd.weight".into(),
         &w["model.embed_tokens.weight"],
-        dtype,
+        None,
     )?;
-    add("output.weight".into(), &w["lm_head.weight"], dtype)?;
+    add("output.weight".into(), &w["lm_head.weight"], None)?;
     add(
         "output_norm.weight".into(),
         &w["model.norm.weight"],
-        GgmlDType::F32,
+        Some(GgmlDType::F32),
     )?;
     for l in 0..c.num_hidden_layers {
         let hf = |s: &str| &w[&format!("model.layers.{l}.{s}.weight")];
         let g = |s: &str| format!("blk.{l}.{s}.weight");
         let q = permute_rows(hf("self_attn.q_proj"), c.num_attention_heads)?;
         let k = permute_rows(hf("self_attn.k_proj"), c.num_kv_heads())?;
-        add(g("attn_q"), &q, dtype)?;
-        add(g("attn_k"), &k, dtype)?;
-        add(g("attn_v"), hf("self_attn.v_proj"), dtype)?;
-        add(g("attn_output"), hf("self_attn.o_proj"), dtype)?;
-        add(g("ffn_gate"), hf("mlp.gate_proj"), dtype)?;
-        add(g("ffn_up"), hf("mlp.up_proj"), dtype)?;
-        add(g("ffn_down"), hf("mlp.down_proj"), dtype)?;
-        add(g("attn_norm"), hf("input_layernorm"), GgmlDType::F32)?;
+        add(g("attn_q"), &q, None)?;
+        add(g("attn_k"), &k, None)?;
+        add(g("attn_v"), hf("self_attn.v_proj"), None)?;
+        add(g("attn_output"), hf("self_attn.o_proj"), None)?;
+        add(g("ffn_gate"), hf("mlp.gate_proj"), None)?;
+        add(g("ffn_up"), hf("mlp.up_proj"), None)?;
+        add(g("ffn_down"), hf("mlp.down_proj"), None)?;
+        add(g("attn_norm"), hf("input_layernorm"), Some(GgmlDType::F32))?;
         add(
             g("ffn_norm"),
             hf("post_attention_layernorm"),
-            GgmlDType::F32,
+            Some(GgmlDType::F32),
         )?;
     }
     let mut meta: Vec<(String, Value)> = vec![
@@ -225,6 +240,81 @@ fn gguf_llama_matches_safetensors_model_per_dtype() -> Result<()> {
     eprintln!("gguf relative logit errors (measured, bound): {errs:?}");
     for (case, (err, bound)) in errs {
         assert!(err <= bound, "{case}: relative error {err} > {bound}");
+    }
+    Ok(())
+}
+
+/// The k-quants end to end: a tiny Llama whose rows are multiples of 256 (hidden 256,
+/// intermediate 512), written as Q4_K, Q5_K, Q6_K and a Q4_K_M-like mix (Q6_K for attn_v,
+/// ffn_down and the head, as llama.cpp's Q4_K_M does), loaded with the matrices kept in their
+/// blocks (hub-quant), and held to the safetensors model's logits.
+#[test]
+fn gguf_k_quant_llama_matches_safetensors_model() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = tiny_config_json();
+    config["hidden_size"] = 256.into();
+    config["intermediate_size"] = 512.into();
+    let reference = Llama::from_tensors(
+        serde_json::from_value(config.clone())?,
+        weights_for(&config, 7)?,
+        &Device::Cpu,
+    )?;
+    let tokens = prompt(20, 5);
+    let want = logits(&reference, &tokens)?;
+    let q4_k_m = |name: &str| {
+        if ["attn_v", "ffn_down", "output."]
+            .iter()
+            .any(|t| name.contains(t))
+        {
+            GgmlDType::Q6K
+        } else {
+            GgmlDType::Q4K
+        }
+    };
+    let uniform = |dtype: GgmlDType| move |_: &str| dtype;
+    // Bounds: ~2× what was measured (Q6_K 0.045, Q5_K 0.070, Q4_K 0.107, Q4_K_M 0.100; the
+    // dequantized-f32 mode 0.038/0.070/0.107/0.101: the weights' rounding dominates).
+    let cases: [(&str, DtypeOf, f32); 4] = [
+        ("Q6_K", &uniform(GgmlDType::Q6K), 0.09),
+        ("Q5_K", &uniform(GgmlDType::Q5K), 0.14),
+        ("Q4_K", &uniform(GgmlDType::Q4K), 0.21),
+        ("Q4_K_M", &q4_k_m, 0.2),
+    ];
+    let mut errs = Vec::new();
+    for (name, dtype_of, bound) in cases {
+        let path = dir.path().join(format!("tiny-{name}.gguf"));
+        write_gguf(&path, &config, dtype_of, Vec::new())?;
+        let gguf = GgufFile::open(&path)?;
+        let quantized = Llama::from_gguf(&gguf, GgufWeights::Quantized, &Device::Cpu)?;
+        let f32 = Llama::from_gguf(&gguf, GgufWeights::DequantizeToF32, &Device::Cpu)?;
+        // Kept in the file's blocks: the weights take no more than the file, and a fraction
+        // of the dequantized model.
+        let file = std::fs::metadata(&path)?.len();
+        assert!(
+            quantized.weight_bytes() <= file,
+            "{name}: {} > {file}",
+            quantized.weight_bytes()
+        );
+        assert!(
+            quantized.weight_bytes() * 3 < f32.weight_bytes(),
+            "{name}: {} vs f32 {}",
+            quantized.weight_bytes(),
+            f32.weight_bytes()
+        );
+        let got = logits(&quantized, &tokens)?;
+        let err = rel_err(&want, &got);
+        // 8-bit activations add little to the weights' own rounding: within 2× the error of
+        // the same file dequantized to f32 (plus a floor).
+        let f32_err = rel_err(&want, &logits(&f32, &tokens)?);
+        errs.push((name, err, f32_err, bound));
+    }
+    eprintln!("k-quant relative logit errors (quantized, dequantized-f32, bound): {errs:?}");
+    for (name, err, f32_err, bound) in errs {
+        assert!(err <= bound, "{name}: relative error {err} > {bound}");
+        assert!(
+            err <= 2.0 * f32_err + 0.01,
+            "{name}: kept quantized {err} vs dequantized {f32_err}"
+        );
     }
     Ok(())
 }

@@ -173,7 +173,10 @@ fn smollm2_q4_1_chat_generates_paris_deterministically_across_batches() -> Resul
         let answer = tokenizer.decode(&alone, true)?;
         assert_eq!(streamed, answer);
         let colors = tokenizer.decode(&batched[1], true)?;
-        assert!(colors.contains("Blue"), "{weights:?}: {colors:?}");
+        assert!(
+            colors.to_lowercase().contains("blue"),
+            "{weights:?}: {colors:?}"
+        );
         let sea = tokenizer.decode(&batched[2], true)?;
         assert!(sea.to_lowercase().contains("sea"), "{weights:?}: {sea:?}");
         match weights {
@@ -188,5 +191,51 @@ fn smollm2_q4_1_chat_generates_paris_deterministically_across_batches() -> Resul
             ),
         }
     }
+    Ok(())
+}
+
+fn rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS in /proc/self/status")?;
+    Ok(kb * 1024)
+}
+
+/// Issue #23's memory goal on the real file: loaded with its Q4_1 blocks kept as they are
+/// (read in place from the mapped file, except attn_q/attn_k whose rows are reordered at load)
+/// and after generating — every weight touched — the process holds at most 1.2× the file
+/// plus the KV cache more than before the load. (Dequantized to f32 it would be ~6×.)
+#[test]
+fn smollm2_q4_1_resident_memory_is_at_most_the_file_plus_kv_cache() -> Result<()> {
+    let path = smollm2_gguf()?;
+    let file = std::fs::metadata(&path)?.len();
+    let before = rss_bytes()?;
+    let gguf = GgufFile::open(&path)?;
+    let model = Llama::from_gguf(&gguf, GgufWeights::Quantized, &Device::Cpu)?;
+    let weights = model.weight_bytes();
+    ensure!(weights <= file, "weights {weights} > file {file}");
+    let mut engine = Engine::new(
+        model,
+        EngineConfig {
+            num_blocks: 16,
+            ..EngineConfig::default()
+        },
+    )?;
+    let kv = engine.kv_cache_bytes() as u64;
+    let prompt: Vec<u32> = (1..40).collect();
+    let out = generate(&mut engine, &[prompt])?;
+    ensure!(!out[0].is_empty(), "no tokens generated");
+    let added = rss_bytes()?.saturating_sub(before);
+    eprintln!(
+        "resident: +{added} bytes for a {file}-byte file (×{:.3}), KV cache {kv}, weights {weights}",
+        added as f64 / file as f64
+    );
+    ensure!(
+        added as f64 <= 1.2 * file as f64 + kv as f64,
+        "resident grew by {added} bytes: more than 1.2 × {file} + {kv}"
+    );
     Ok(())
 }

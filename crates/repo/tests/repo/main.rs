@@ -908,3 +908,80 @@ fn entries_at_finds_files_and_folders_and_leaves_out_the_rest() {
     let (entry, _) = repos.file(&id, "main", "a/d.txt").unwrap();
     assert_eq!((one[0].size, &one[0].oid), (entry.size, &entry.oid));
 }
+
+#[test]
+fn trending_scores_favour_recent_downloads_and_forget_old_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let older = RepoId::parse(RepoType::Model, "alice/older").unwrap();
+    let recent = RepoId::parse(RepoType::Model, "alice/recent").unwrap();
+    let idle = RepoId::parse(RepoType::Model, "alice/idle").unwrap();
+    let day = 20_000;
+    {
+        let repos = Repos::open(dir.path()).unwrap();
+        for id in [&older, &recent, &idle] {
+            repos.create(id, &author()).unwrap();
+        }
+        // 10 downloads three days ago, 3 today: all-time, `older` leads; recently, not.
+        for _ in 0..10 {
+            repos.count_download(&older);
+        }
+        repos.flush_downloads_on(day - 3).unwrap();
+        for _ in 0..3 {
+            repos.count_download(&recent);
+        }
+        repos.flush_downloads_on(day).unwrap();
+        assert_eq!(repos.downloads(&older).unwrap(), 10);
+        let s = repos
+            .trending_scores_on(&[older.clone(), recent.clone(), idle.clone()], day)
+            .unwrap();
+        assert_eq!(s, vec![10.0 / 8.0, 3.0, 0.0]);
+        // Counts not flushed yet count as today's.
+        repos.count_download(&idle);
+        let s = repos
+            .trending_scores_on(std::slice::from_ref(&idle), day)
+            .unwrap();
+        assert_eq!(s, vec![1.0]);
+        repos.flush_downloads_on(day).unwrap();
+    }
+    // Persisted: a reopened database has the same window.
+    let repos = Repos::open(dir.path()).unwrap();
+    let ids = [older.clone(), recent.clone(), idle.clone()];
+    assert_eq!(
+        repos.trending_scores_on(&ids, day).unwrap(),
+        vec![1.25, 3.0, 1.0]
+    );
+    // A rename keeps the score; a delete drops it.
+    let renamed = RepoId::parse(RepoType::Model, "alice/renamed").unwrap();
+    repos.rename(&recent, &renamed).unwrap();
+    assert_eq!(
+        repos
+            .trending_scores_on(std::slice::from_ref(&renamed), day)
+            .unwrap(),
+        vec![3.0]
+    );
+    repos.delete(&idle).unwrap();
+    repos.create(&idle, &author()).unwrap();
+    assert_eq!(
+        repos
+            .trending_scores_on(std::slice::from_ref(&idle), day)
+            .unwrap(),
+        vec![0.0]
+    );
+    // A week on, the first flush of the day deletes what left the window: `older`'s day is
+    // gone even read as of its own day.
+    repos.count_download(&renamed);
+    repos.flush_downloads_on(day + 7).unwrap();
+    assert_eq!(
+        repos
+            .trending_scores_on(std::slice::from_ref(&older), day - 3)
+            .unwrap(),
+        vec![0.0]
+    );
+    assert_eq!(
+        repos
+            .trending_scores_on(std::slice::from_ref(&renamed), day + 7)
+            .unwrap(),
+        vec![1.0]
+    );
+    assert_eq!(repos.downloads(&older).unwrap(), 10, "all-time counts stay");
+}

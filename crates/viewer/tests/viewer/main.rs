@@ -1,6 +1,8 @@
 //! hub-viewer's integration tests: Parquet files written by the parquet crate's own writer,
 //! read through a source that counts the bytes it hands out.
 
+mod arrow;
+
 use hub_viewer::table::{Format, Table};
 use hub_viewer::{MemSource, RangeSource, query};
 use parquet::basic::Compression;
