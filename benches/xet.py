@@ -130,7 +130,8 @@ def main():
     lines = [
         "# Xet vs LFS: 1 file, upload_file + hf_hub_download (huggingface_hub 2.4.0)",
         "",
-        f"`python benches/xet.py` — {size} MiB safetensors (random tensors), debug `hubmesh` build, "
+        f"`python benches/xet.py` — {size} MiB safetensors (random tensors), "
+        f"{'release' if '/release/' in str(conftest.hubmesh_bin()) else 'debug'} `hubmesh` build, "
         f"{os.cpu_count()} cores shared with other engineers' builds (load average at the end {' '.join(load)}); "
         "numbers from a loaded machine: compare paths within a round.",
         "",

@@ -1308,11 +1308,11 @@ async fn paths_info_and_move() {
         mv("admin/m", "admin/renamed", Some(&f.admin)).await.status,
         200
     );
+    // The old id redirects to the new one, as the Hub's do after a rename.
+    let old = send(&f.app, "GET", "/api/models/admin/m", None, &[], "").await;
     assert_eq!(
-        send(&f.app, "GET", "/api/models/admin/m", None, &[], "")
-            .await
-            .header("x-error-code"),
-        Some("RepoNotFound")
+        (old.status.as_u16(), old.header("location")),
+        (307, Some("/api/models/admin/renamed"))
     );
     let moved = send(
         &f.app,

@@ -255,7 +255,7 @@ impl From<hub_repo::RepoError> for AppError {
         match e {
             E::NotFound { .. } => AppError::RepoNotFound,
             E::AlreadyExists { repo } => {
-                AppError::Conflict(format!("repository {} already exists", repo.hub_id()))
+                AppError::Conflict(hub_core::names::already_created(repo.kind()))
             }
             E::RevisionNotFound { revision } => {
                 AppError::RevisionNotFound(format!("Invalid rev id: {revision}"))
@@ -265,7 +265,9 @@ impl From<hub_repo::RepoError> for AppError {
                 commit: None,
             },
             E::RefExists { name } => AppError::Conflict(format!("reference {name} already exists")),
-            E::ParentMismatch { .. } => AppError::PreconditionFailed(e.to_string()),
+            E::ParentMismatch { .. } => {
+                AppError::PreconditionFailed(hub_core::commit::PARENT_MOVED.to_owned())
+            }
             E::InvalidPath { path, source } => {
                 AppError::Unprocessable(format!("invalid path {path:?}: {source}"))
             }

@@ -3,6 +3,8 @@
 //! mesh (access, a repo's LFS objects, commit planning, the after-write hook, listing
 //! documents) are `hub-core`'s; this module parses requests and renders the Hub's JSON.
 //!
+//! - [`ids`]: repo ids in paths resolved before routing (case-insensitive; a moved repo's old
+//!   id redirects with 307), for the API, resolve, git and LFS;
 //! - [`repos`]: create (a Space with its default README), delete, move, settings (visibility);
 //! - [`lifecycle`]: duplicate, super-squash, LFS files (list, delete), auth-check;
 //! - [`account`]: a namespace's repositories with their storage;
@@ -34,6 +36,7 @@ mod collections;
 mod discussions;
 mod gate;
 mod history;
+mod ids;
 mod info;
 mod lifecycle;
 mod likes;
@@ -68,6 +71,8 @@ const MAX_SMALL_BODY: usize = 1024 * 1024;
 pub(crate) fn start(state: &AppState) {
     webhooks::start_worker(state);
 }
+
+pub(crate) use ids::resolve_ids_before;
 
 pub(crate) fn routes() -> Router<AppState> {
     let repo = "/api/{kind}/{ns}/{name}";

@@ -89,6 +89,9 @@ pub struct GatewayConfig {
     pub list_page_size: usize,
     /// Bounds on the git processes of `git clone`/`fetch`/`push` (see [`GitLimits`]).
     pub git: GitLimits,
+    /// Whether webhook receivers may be on loopback or private networks (the SSRF filter,
+    /// `hub_core::webhooks::target_allowed`); off by default.
+    pub webhooks_allow_local: bool,
 }
 
 impl Default for GatewayConfig {
@@ -96,6 +99,7 @@ impl Default for GatewayConfig {
         Self {
             list_page_size: 100,
             git: GitLimits::default(),
+            webhooks_allow_local: false,
         }
     }
 }

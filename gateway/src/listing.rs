@@ -30,6 +30,8 @@ struct ListParams {
     cursor: usize,
     full: bool,
     card_data: bool,
+    /// `gated=true|false`: only gated repos, or only repos that are not.
+    gated: Option<bool>,
 }
 
 fn parse_params(raw: Option<&str>) -> Result<ListParams, AppError> {
@@ -67,6 +69,7 @@ fn parse_params(raw: Option<&str>) -> Result<ListParams, AppError> {
                     .map_err(|_| AppError::BadRequest("invalid cursor".into()))?;
             }
             "full" => p.full = truthy(Some(&value)),
+            "gated" if !value.is_empty() => p.gated = Some(truthy(Some(&value))),
             "cardData" => p.card_data = truthy(Some(&value)),
             _ => {}
         }
@@ -90,6 +93,7 @@ async fn list(
     query.search = params.search.clone();
     query.filters = params.filters.clone();
     query.sort = params.sort;
+    query.gated = params.gated;
     query.offset = params.cursor;
     query.limit = want.min(page_size).min(hub_search::MAX_LIMIT);
     let page = state
@@ -139,6 +143,7 @@ async fn list(
                 "downloads": doc.downloads,
                 "likes": doc.likes,
                 "tags": doc.tags,
+                "gated": doc.gated.as_deref().map_or(json!(false), |g| json!(g)),
             });
             if kind == RepoType::Model {
                 v["modelId"] = json!(hub_id);

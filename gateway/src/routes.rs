@@ -39,7 +39,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state.clone());
-    // Before routing: a Space's host name (`NS-NAME.<domain>`) is its app's path.
+    // Before routing: repo ids in paths are resolved (another case, a moved repo's 307), and
+    // before that a Space's host name (`NS-NAME.<domain>`) becomes its app's path.
+    let routes = crate::hub::resolve_ids_before(routes, state.clone());
     let by_host = middleware::from_fn_with_state(state, crate::spaces::host::by_host);
     Router::new().fallback_service(tower::Layer::layer(&by_host, routes))
 }

@@ -4,7 +4,8 @@
 //! - `GET /api/{type}s/{ns}/{name}/xet-{read,write}-token/{rev}` → `{accessToken, exp,
 //!   casUrl}`: a token for that repository and right (`hub_xet::token`), after the Hub's access
 //!   check (a write token needs write access).
-//! - `POST /v1/xorbs/{prefix}/{hash}` (write): a xorb, verified and stored (`hub_xet`);
+//! - `POST /v1/xorbs/{prefix}/{hash}` (write): a xorb, verified, answered, then stored in the
+//!   background (`hub_xet`; a shard waits for the imports answered before it);
 //!   `{"was_inserted": bool}`.
 //! - `POST /v1/shards` (write): a shard; every file it describes is verified against the
 //!   stored xorbs and its SHA-256, stored as an ordinary LFS object and recorded for the
@@ -17,8 +18,13 @@
 //! A node at its store's reserved free space refuses the write token (403) and xorbs / shards
 //! (413), with `X-Error-Code: InsufficientStorage`: hf_xet retries any 5xx for minutes.
 //!
-//! Not routed (the client falls back or does without): `/v2/*` (→ v1), `/v1/xorb-grants`
-//! (→ direct xorb upload), `/v1/chunks/*` (global dedup: 404 means none known).
+//! - `GET /v1/chunks/{prefix}/{chunk}` (any Xet token): global dedup — a shard listing, with
+//!   keyed chunk hashes, the chunks of the stored files that hold this chunk *and* that the
+//!   caller may read (files uploaded for the token's repository or for a public, ungated
+//!   one, still held there); 404 when there are none.
+//!
+//! Not routed (the client falls back): `/v2/*` (→ v1), `/v1/xorb-grants` (→ direct xorb
+//! upload).
 //! Formats and checks are `hub-xet`'s; access is `hub-core`'s.
 
 use crate::AppState;
@@ -94,7 +100,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v2/shards", post(not_served))
         .route("/v2/reconstructions/{file_id}", get(not_served))
         .route("/v1/xorb-grants/{prefix}/{hash}", post(not_served))
-        .route("/v1/chunks/{prefix}/{hash}", get(not_served))
+        .route("/v1/chunks/{prefix}/{hash}", get(global_dedup))
 }
 
 async fn not_served() -> AppError {
@@ -267,15 +273,14 @@ fn claims(headers: &HeaderMap, write: bool) -> Result<(RepoId, Claims), AppError
             "this Xet token only allows reading".into(),
         ));
     }
-    let (kind, rest) = claims
-        .repo
-        .split_once('/')
-        .ok_or(AppError::Unauthorized("invalid Xet token"))?;
-    let kind: RepoType = kind
-        .parse()
-        .map_err(|_| AppError::Unauthorized("invalid Xet token"))?;
-    let id = RepoId::parse(kind, rest).map_err(|_| AppError::Unauthorized("invalid Xet token"))?;
+    let id = repo_from_label(&claims.repo).ok_or(AppError::Unauthorized("invalid Xet token"))?;
     Ok((id, claims))
+}
+
+/// A repository as tokens and the Xet index name it (`RepoId`'s text form, `model/ns/name`).
+fn repo_from_label(label: &str) -> Option<RepoId> {
+    let (kind, rest) = label.split_once('/')?;
+    RepoId::parse(kind.parse().ok()?, rest).ok()
 }
 
 fn parse_hash(s: &str) -> Result<XetHash, AppError> {
@@ -341,17 +346,68 @@ async fn upload_xorb(
     blocking(move || Ok(st.store().ensure_room(announced)?))
         .await
         .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
-    static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
-    let _permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
+    // Where a xorb's time goes (the client waits on this route): waiting for a verifier,
+    // receiving the body, verifying it; the import into the store follows after the answer.
+    let t0 = std::time::Instant::now();
+    let permit = VERIFIERS.acquire().await.map_err(AppError::internal)?;
+    let waited = t0.elapsed();
     let bytes = read_announced(body, announced, hub_xet::xorb::MAX_XORB_UPLOAD, "xorb").await?;
+    let received = t0.elapsed();
     state.metrics().xet_received(bytes.len() as u64);
+    // Verified before the answer, so a bad xorb is refused here; imported after it, so the
+    // client's next xorb overlaps this one's import (the shard waits for every import).
+    // A xorb stored already is verified too before the answer says so: its name alone
+    // proves nothing.
     let st = state.clone();
-    let inserted = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
-        .await
-        .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
-    tracing::debug!(xorb = %hash, inserted, "xorb");
-    Ok(Json(json!({ "was_inserted": inserted })))
+    let (bytes, known) = blocking(move || {
+        hub_xet::xorb::verify_xorb(&bytes, &hash)?;
+        Ok((bytes, st.xet()?.xorb(&hash)?.is_some()))
+    })
+    .await?;
+    if known {
+        return Ok(Json(json!({ "was_inserted": false })));
+    }
+    let verified = t0.elapsed();
+    let imports = IMPORTS.clone().read_owned().await;
+    let st = state.clone();
+    tokio::spawn(async move {
+        let (_permit, _imports) = (permit, imports);
+        let stored = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
+            .await
+            .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE));
+        tracing::debug!(
+            xorb = %hash,
+            wait_ms = waited.as_millis() as u64,
+            receive_ms = (received - waited).as_millis() as u64,
+            verify_ms = (verified - received).as_millis() as u64,
+            store_ms = (t0.elapsed() - verified).as_millis() as u64,
+            ok = stored.is_ok(),
+            "xorb"
+        );
+        if let Err(e) = stored {
+            tracing::warn!(xorb = %hash, error = %e, "storing a verified xorb failed");
+            let mut failed = FAILED_IMPORTS.lock().unwrap_or_else(|e| e.into_inner());
+            if failed.len() >= 1024 {
+                failed.clear();
+            }
+            failed.insert(hash, e);
+        }
+    });
+    Ok(Json(json!({ "was_inserted": true })))
 }
+
+/// Xorbs received and verified at once, each holding its body until its import ends.
+static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
+
+/// Imports of answered xorbs hold this for reading; a shard takes it for writing, so it is
+/// checked only once every xorb answered before it is in the store.
+static IMPORTS: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Why the import of an answered xorb failed (a full disk, an I/O error), for the shard that
+/// names it; bounded.
+static FAILED_IMPORTS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<XetHash, AppError>>> =
+    std::sync::LazyLock::new(Default::default);
 
 async fn head_xorb(
     State(state): State<AppState>,
@@ -375,8 +431,20 @@ async fn upload_shard(
     body: Body,
 ) -> Result<Json<Value>, AppError> {
     let (repo, _) = claims(&headers, true)?;
+    let t0 = std::time::Instant::now();
     let bytes = read_body(body, hub_xet::shard::MAX_SHARD_BYTES, "shard").await?;
+    let received = t0.elapsed();
     state.metrics().xet_received(bytes.len() as u64);
+    // Every xorb answered so far is in the store (or failed: then that failure is the answer).
+    drop(IMPORTS.write().await);
+    if let Ok(files) = hub_xet::shard::parse_shard(&bytes) {
+        let mut failed = FAILED_IMPORTS.lock().unwrap_or_else(|e| e.into_inner());
+        for x in files.iter().flat_map(|f| f.segments.iter().map(|s| s.xorb)) {
+            if let Some(e) = failed.remove(&x) {
+                return Err(e);
+            }
+        }
+    }
     let st = state.clone();
     let files = blocking(move || {
         let records = st.xet()?.put_shard(&bytes).inspect_err(|e| {
@@ -386,11 +454,19 @@ async fn upload_shard(
         for r in &records {
             st.hub().record_upload(&repo, &r.sha256)?;
         }
+        // And global dedup may offer them to whoever may read that repository.
+        let hashes: Vec<XetHash> = records.iter().map(|r| r.file_hash).collect();
+        st.xet()?.add_owner(&hashes, &repo.to_string())?;
         Ok(records.len())
     })
     .await
     .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE))?;
-    tracing::info!(files, "Xet shard stored");
+    tracing::info!(
+        files,
+        receive_ms = received.as_millis() as u64,
+        store_ms = (t0.elapsed() - received).as_millis() as u64,
+        "Xet shard stored"
+    );
     Ok(Json(json!({ "result": 1 })))
 }
 
@@ -436,6 +512,68 @@ fn file_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, AppError> {
         return Err(bad());
     }
     Ok(Some((a, end)))
+}
+
+/// `GET /v1/chunks/{prefix}/{chunk}`: global dedup (see the module docs). The caller may
+/// read a file when it was uploaded for the token's repository or for a repository anyone
+/// may read (public and not gated), and that repository still holds it. The answer's chunk
+/// hashes are keyed with a key of this answer's own, valid for as long as a token.
+async fn global_dedup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((_prefix, hash)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let (repo, _) = claims(&headers, false)?;
+    let chunk = parse_hash(&hash)?;
+    let st = state.clone();
+    let candidates = blocking(move || Ok(st.xet()?.dedup_candidates(&chunk)?)).await?;
+    // Which owners the caller may read: the token's repository, or one open to anyone.
+    let mut may_read: BTreeMap<String, Option<RepoId>> = BTreeMap::new();
+    for owner in candidates.iter().flat_map(|(_, owners)| owners) {
+        if may_read.contains_key(owner) {
+            continue;
+        }
+        let readable = match repo_from_label(owner) {
+            Some(id) if id == repo => Some(id),
+            Some(id) => state
+                .hub()
+                .access(None, &id, Need::Download)
+                .await
+                .is_ok()
+                .then_some(id),
+            None => None,
+        };
+        may_read.insert(owner.clone(), readable);
+    }
+    let st = state.clone();
+    let now = now();
+    let answer = blocking(move || {
+        let mut files = Vec::new();
+        for (file, owners) in candidates {
+            for id in owners
+                .iter()
+                .filter_map(|o| may_read.get(o).cloned().flatten())
+            {
+                if st.hub().owns_lfs(&id, &file.sha256)? {
+                    files.push(file);
+                    break;
+                }
+            }
+        }
+        let msg = format!("xet-dedup\n{chunk}\n{now}");
+        let answer_key = *blake3::keyed_hash(key()?, msg.as_bytes()).as_bytes();
+        Ok(st
+            .xet()?
+            .dedup_answer(&files, &answer_key, now, now + TOKEN_SECS)?)
+    })
+    .await?;
+    let Some(answer) = answer else {
+        return Err(AppError::NotFound);
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(answer))
+        .map_err(AppError::internal)
 }
 
 fn fetch_sig(xorb: &XetHash, exp: u64) -> Result<String, AppError> {

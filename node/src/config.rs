@@ -19,6 +19,7 @@
 //! git_idle_timeout_secs = 60  # a git request moving no byte this long is ended
 //! header_read_timeout_secs = 30  # a request head must arrive within this; else closed
 //! idle_timeout_secs = 120   # a client sending (or reading) nothing this long is closed
+//! webhooks_allow_local = false  # webhook receivers on loopback/private networks (tests)
 //! max_connections = 4096    # HTTP connections at once (fewer if the open-file limit is low)
 //!
 //! [store]
@@ -268,6 +269,9 @@ pub struct GatewaySection {
     pub idle_timeout_secs: u64,
     /// HTTP connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Let webhooks deliver to loopback and private-network addresses (off: only public
+    /// addresses; link-local and cloud metadata addresses are refused either way).
+    pub webhooks_allow_local: bool,
 }
 
 impl Default for GatewaySection {
@@ -280,6 +284,7 @@ impl Default for GatewaySection {
             header_read_timeout_secs: crate::serve::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
             idle_timeout_secs: crate::serve::DEFAULT_IDLE_TIMEOUT.as_secs(),
             max_connections: crate::serve::DEFAULT_MAX_CONNECTIONS,
+            webhooks_allow_local: false,
         }
     }
 }

@@ -150,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: GatewayConfig {
             list_page_size: config.gateway.list_page_size,
             git: config.gateway.git_limits(),
+            webhooks_allow_local: config.gateway.webhooks_allow_local,
         },
     };
     let state = AppState::with_mesh(parts, port);

@@ -291,23 +291,37 @@ def vm_kib(pid: int, field: str) -> int:
 def test_range_reads_of_a_large_git_file_do_not_hold_it_in_memory(node, git, tmp_path):
     """A large file in git (not LFS), read by many clients at once with 1-byte ranges: the
     node streams the blob instead of reading it whole per request, so its peak RSS does not
-    grow with the number of readers."""
+    grow with the number of readers. Files over 10 MiB are refused outside LFS, as the Hub
+    refuses them, so the file is the largest git may hold; a 40 MB one is refused."""
     import concurrent.futures
     import threading
     import urllib.request
 
     from test_git import remote
 
-    size = 40 * 1024 * 1024
     api = HfApi(endpoint=node.url, token=node.admin_token)
     rid = "admin/bigblob"
     api.create_repo(rid)
     d = tmp_path / "c"
     git.run("clone", remote(node, rid), str(d))
+    # Over 10 MiB outside LFS, a push is refused with the Hub's message and its LFS hint.
+    (d / "huge.raw").write_bytes(os.urandom(40 * 1024 * 1024))
+    git.run("add", "huge.raw", cwd=d)
+    git.run("commit", "-m", "40 MB in git", cwd=d)
+    refused = git.run("push", "origin", "main", cwd=d, check=False)
+    err = refused.stderr.decode(errors="replace")
+    assert refused.returncode != 0
+    assert "Your push was rejected because it contains files larger than 10 MiB" in err, err
+    assert "git-lfs" in err and "huge.raw" in err, err
+    assert "huge.raw" not in api.list_repo_files(rid)
+    git.run("reset", "--hard", "HEAD~1", cwd=d)
+    (d / "huge.raw").unlink(missing_ok=True)
+    # The largest file git may hold (10 MiB) is served by ranges without being held whole.
+    size = 10 * 1024 * 1024
     content = os.urandom(size)
     (d / "big.raw").write_bytes(content)
     git.run("add", "big.raw", cwd=d)
-    git.run("commit", "-m", "40 MB in git", cwd=d)
+    git.run("commit", "-m", "10 MiB in git", cwd=d)
     git.run("push", "origin", "main", cwd=d)
 
     url = f"{node.url}/{rid}/resolve/main/big.raw"
@@ -319,7 +333,7 @@ def test_range_reads_of_a_large_git_file_do_not_hold_it_in_memory(node, git, tmp
 
     # Correct bytes, whole and in ranges.
     assert get("bytes=0-0") == content[:1]
-    assert get("bytes=20000000-20000009") == content[20000000:20000010]
+    assert get("bytes=5000000-5000009") == content[5000000:5000010]
     assert get("bytes=-5") == content[-5:]
     pid = node.proc.pid
     before = vm_kib(pid, "VmHWM")
@@ -335,5 +349,5 @@ def test_range_reads_of_a_large_git_file_do_not_hold_it_in_memory(node, git, tmp
     assert got == [content[i : i + 1] for i in range(readers)]
     assert hashlib.sha256(get()).digest() == hashlib.sha256(content).digest()
     grown = (vm_kib(pid, "VmHWM") - before) * 1024
-    # Before: each reader held the whole blob (12 x 40 MB). Now: a read buffer each.
+    # Before: each reader held the whole blob (12 x 10 MiB). Now: a read buffer each.
     assert grown < size, f"peak RSS grew by {grown / 2**20:.0f} MiB for {readers} 1-byte reads"

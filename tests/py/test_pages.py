@@ -438,10 +438,11 @@ def test_settings_gated_rename_delete_and_a_non_owner_refused(node, browser):
     assert "Type admin/settable to confirm" in browser.text("#error")
     assert hf.repo_exists("admin/settable")
 
-    # Rename: the page moves, the client finds the repo under its new name only.
+    # Rename: the page moves; the old id now redirects to the new one, as the Hub's does.
     browser.submit("#move", {"to": "admin/renamed"})
     assert browser.url() == f"{node.url}/admin/renamed"
-    assert hf.repo_exists("admin/renamed") and not hf.repo_exists("admin/settable")
+    assert hf.model_info("admin/renamed").id == "admin/renamed"
+    assert hf.model_info("admin/settable").id == "admin/renamed"
 
     # Delete with the confirmation: gone.
     browser.goto(f"{node.url}/admin/renamed/settings")

@@ -3,7 +3,9 @@
 files, the storage listing, preupload's `oid` and `shouldIgnore`, model_info's
 `safetensors`/`gguf`/`config`, `lastCommit` in expanded trees, formatted commits, a Space's
 default README, org names in whoami, the tags in use by type and a dataset card's
-`task_categories` as tags."""
+`task_categories` as tags; case-insensitive ids and the redirects of a moved repo (API,
+resolve, git), the Hub's 409/412/400 texts, `model-index` validation, `transformersInfo`,
+`widgetData`, security statuses, and `gated` in listings."""
 
 import json
 import os
@@ -18,6 +20,7 @@ import pytest
 from conftest import SECRETS_SEEN, cli, hf, hubmesh_bin
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from test_git import git, gitenv  # noqa: F401  (fixtures: git with a throwaway HOME)
 
 
 
@@ -310,3 +313,146 @@ def test_tags_by_type_and_dataset_task_categories(node):
     api.create_commit("admin/hidden", [CommitOperationAdd("README.md", b"---\nlibrary_name: secretlib\n---\n")],
                       commit_message="card")
     assert [t["id"] for t in api.get_model_tags()["library"]] == ["transformers"]
+
+
+def test_ids_are_case_insensitive_and_a_moved_repo_redirects(node, git, tmp_path):
+    """Repo and user ids compare without case, as the Hub's do; after `move_repo` the old id
+    answers 307 to the new one for the API, resolve and git, and every client follows it."""
+    import http.client
+    from urllib.parse import urlparse
+
+    from huggingface_hub import hf_hub_download
+    from test_git import remote
+
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    url = api.create_repo("admin/MyModel")
+    assert url.endswith("/admin/MyModel")
+    api.upload_file(path_or_fileobj=b"hello", path_in_repo="a.txt", repo_id="admin/MyModel")
+    # Another spelling names the same repo, under its stored spelling.
+    assert api.model_info("ADMIN/mymodel").id == "admin/MyModel"
+    got = hf_hub_download("admin/mymodel", "a.txt", endpoint=node.url, token=node.admin_token,
+                          cache_dir=tmp_path / "cache1")
+    assert Path(got).read_bytes() == b"hello"
+    # Creating a name that differs only in case is refused with the Hub's 409 text, and
+    # `exist_ok` gets the existing repo's URL.
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_repo("admin/mymodel")
+    assert e.value.response.status_code == 409
+    assert e.value.response.headers["X-Error-Message"] == "You already created this model repo"
+    assert api.create_repo("admin/MYMODEL", exist_ok=True).endswith("/admin/MyModel")
+    # A namespace spelled in another case is the account's own.
+    assert api.create_repo("Admin/second").endswith("/admin/second")
+    # User names too: `Bob` is taken once `bob` exists.
+    cli(node, "user", "add", "bob")
+    taken = subprocess.run([str(hubmesh_bin()), "user", "add", "BOB", "--data", str(node.data)],
+                           capture_output=True, text=True, timeout=60)
+    assert taken.returncode != 0 and "bob" in taken.stderr.lower()
+
+    # A move: the old id redirects (307 with the new location) for API, resolve and git.
+    api.move_repo("admin/MyModel", "admin/moved")
+    conn = http.client.HTTPConnection(urlparse(node.url).netloc, timeout=30)
+    conn.request("GET", "/api/models/admin/MyModel/revision/main?blobs=true")
+    r = conn.getresponse()
+    r.read()
+    assert (r.status, r.getheader("Location")) == (307, "/api/models/admin/moved/revision/main?blobs=true")
+    conn.request("GET", "/admin/mymodel/resolve/main/a.txt")
+    r = conn.getresponse()
+    r.read()
+    assert (r.status, r.getheader("Location")) == (307, "/admin/moved/resolve/main/a.txt")
+    conn.close()
+    assert api.model_info("admin/MyModel").id == "admin/moved"
+    got = hf_hub_download("admin/MyModel", "a.txt", endpoint=node.url, token=node.admin_token,
+                          cache_dir=tmp_path / "cache2")
+    assert Path(got).read_bytes() == b"hello"
+    clone = tmp_path / "clone"
+    git.run("clone", remote(node, "admin/MyModel"), str(clone))
+    assert (clone / "a.txt").read_bytes() == b"hello"
+    # A push through the old URL lands on the new repo.
+    (clone / "b.txt").write_bytes(b"b")
+    git.run("add", "b.txt", cwd=clone)
+    git.run("commit", "-m", "b", cwd=clone)
+    git.run("push", "origin", "main", cwd=clone)
+    assert "b.txt" in api.list_repo_files("admin/moved")
+    # A private repo's new id is told only to those who may read it.
+    api.create_repo("admin/secret", private=True)
+    api.move_repo("admin/secret", "admin/secret2")
+    assert api.model_info("admin/secret").id == "admin/secret2"
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=node.url, token=False).model_info("admin/secret")
+    # A repo created at the old id takes the name back.
+    api.create_repo("admin/MyModel")
+    assert api.model_info("admin/MyModel").id == "admin/MyModel"
+
+
+def test_the_hubs_error_texts_and_model_index_validation(node):
+    """The texts and headers clients show: 412 for a stale `parent_commit`, 409 for an id
+    that is taken, 400 with the Hub's messages for invalid metadata (`model-index`, YAML)."""
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    api.create_repo("admin/errs")
+    first = api.create_commit("admin/errs", [CommitOperationAdd("a.txt", b"a")], commit_message="a")
+    api.create_commit("admin/errs", [CommitOperationAdd("b.txt", b"b")], commit_message="b")
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_commit("admin/errs", [CommitOperationAdd("c.txt", b"c")], commit_message="c",
+                          parent_commit=first.oid)
+    assert e.value.response.status_code == 412
+    text = "A commit has happened since. Please refresh and try again."
+    assert e.value.server_message == text and e.value.response.headers["X-Error-Message"] == text
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_repo("admin/errs")
+    assert e.value.response.status_code == 409 and e.value.server_message == "You already created this model repo"
+    # Moving onto an id that is taken (in any case) is the same 409.
+    api.create_repo("admin/other")
+    with pytest.raises(HfHubHTTPError) as e:
+        api.move_repo("admin/other", "admin/ERRS")
+    assert e.value.response.status_code == 409 and "You already created this model repo" in str(e.value)
+
+    index = ("---\nlicense: mit\nmodel-index:\n- name: m\n  results:\n  - task: {type: text-generation}\n"
+             "    metrics:\n    - {type: perplexity, value: 3.2}\n---\n# m\n")
+    with pytest.raises(ValueError, match=r'"model-index\[0\]\.results\[0\]\.dataset" is required'):
+        api.upload_file(path_or_fileobj=index.encode(), path_in_repo="README.md", repo_id="admin/errs")
+    with pytest.raises(ValueError, match="Invalid metadata in README.md"):
+        api.upload_file(path_or_fileobj=b"---\na: [\n---\n", path_in_repo="README.md", repo_id="admin/errs")
+    good = index.replace("  - task: {type: text-generation}\n",
+                         "  - task: {type: text-generation}\n    dataset: {type: wikitext, name: WikiText}\n")
+    api.upload_file(path_or_fileobj=good.encode(), path_in_repo="README.md", repo_id="admin/errs")
+    info = api.model_info("admin/errs")
+    assert info.model_index[0]["results"][0]["dataset"]["name"] == "WikiText"
+    assert info.model_index[0]["results"][0]["metrics"][0]["value"] == 3.2
+
+
+def test_transformers_info_widget_data_security_and_gated_listings(node):
+    api = HfApi(endpoint=node.url, token=node.admin_token)
+    api.create_repo("admin/llm")
+    api.create_commit("admin/llm", [
+        CommitOperationAdd("config.json", json.dumps({"architectures": ["LlamaForCausalLM"]}).encode()),
+        CommitOperationAdd("tokenizer.json", b"{}"),
+        CommitOperationAdd("pytorch_model.bin", os.urandom(2000)),
+        CommitOperationAdd("model.safetensors", safetensors_bytes({"w": ("F32", [4], 4)})),
+    ], commit_message="model")
+    info = api.model_info("admin/llm")
+    assert info.transformers_info.auto_model == "AutoModelForCausalLM"
+    assert (info.transformers_info.pipeline_tag, info.transformers_info.processor) == ("text-generation", "AutoTokenizer")
+    assert info.pipeline_tag == "text-generation"
+    assert info.widget_data[0]["text"] == "My name is Julien and I like to"
+    assert info.security_repo_status["unscannedFiles"] == ["pytorch_model.bin"]
+    # `expand=` answers exactly the fields asked for.
+    only = api.model_info("admin/llm", expand=["transformersInfo", "widgetData"])
+    assert only.transformers_info.auto_model == "AutoModelForCausalLM" and only.widget_data
+    assert only.siblings is None and only.sha is None
+    # Expanded trees and paths-info carry each file's security status.
+    tree = {f.path: f for f in api.list_repo_tree("admin/llm", expand=True)}
+    assert tree["model.safetensors"].security["status"] == "safe"
+    assert tree["pytorch_model.bin"].security["status"] == "unscanned"
+    assert tree["pytorch_model.bin"].security["safe"] is False
+    [paths] = api.get_paths_info("admin/llm", ["config.json"], expand=True)
+    assert paths.security["status"] == "safe"
+
+    # `gated` in listings, and `list_models(gated=…)`.
+    api.create_repo("admin/open")
+    api.update_repo_settings("admin/llm", gated="manual")
+    gated = list(api.list_models(author="admin", gated=True))
+    assert [m.id for m in gated] == ["admin/llm"] and gated[0].gated == "manual"
+    assert [m.id for m in api.list_models(author="admin", gated=False)] == ["admin/open"]
+    assert {m.id: m.gated for m in api.list_models(author="admin")} == {"admin/llm": "manual", "admin/open": False}
+    api.update_repo_settings("admin/llm", gated=False)
+    assert [m.id for m in api.list_models(author="admin", gated=True)] == []

@@ -2,8 +2,14 @@
 the test starts on 127.0.0.1: create/list/get/update/enable/disable/delete, the Hub's payloads
 (repo create, repo.content with `updatedRefs`, repo.config, discussion, discussion.comment)
 with `X-Webhook-Secret`, a receiver that fails first and then succeeds (the retry and the
-delivery log), disabled webhooks sending nothing, others' webhooks invisible; and a webhook on
-node B firing once for a commit that arrived by replication from node A."""
+delivery log, kept across a restart), disabled webhooks sending nothing, others' webhooks
+invisible, the payloads' `url` objects and the `move` event (parsed by `huggingface_hub`'s own
+`WebhookPayload` model), and the SSRF filter (a node refuses loopback receivers unless its
+config allows them, and metadata addresses always); and a webhook on node B firing once for a
+commit that arrived by replication from node A.
+
+The nodes that deliver to the test's receivers on 127.0.0.1 are started with
+`[gateway] webhooks_allow_local = true`."""
 
 import json
 import queue
@@ -14,10 +20,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import cli, hf
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, WebhookPayload
 from huggingface_hub.errors import HfHubHTTPError
 
 WAIT = 30.0
+
+
+def local_hooks(tmp_path):
+    """The flags of a node whose webhooks may deliver to loopback (the test's receivers)."""
+    path = tmp_path / "hooks.toml"
+    path.write_text("[gateway]\nwebhooks_allow_local = true\n")
+    return ("--config", str(path))
 
 
 class Receiver:
@@ -74,7 +87,8 @@ def receiver():
     r.close()
 
 
-def test_webhooks(node, receiver, tmp_path):
+def test_webhooks(node_factory, receiver, tmp_path):
+    node = node_factory("node", *local_hooks(tmp_path))
     cli(node, "user", "add", "bob")
     bob = HfApi(endpoint=node.url, token=cli(node, "token", "create", "bob", "--scope", "write"))
     admin = HfApi(endpoint=node.url, token=node.admin_token)
@@ -100,6 +114,10 @@ def test_webhooks(node, receiver, tmp_path):
     assert body["event"] == {"action": "create", "scope": "repo"}
     assert body["repo"]["name"] == "admin/hooked" and body["repo"]["type"] == "model"
     assert body["webhook"] == {"id": hook.id, "version": 3}
+    # The client's own payload model parses it; `url` is under the endpoint the owner used.
+    parsed = WebhookPayload.model_validate(body)
+    assert parsed.repo.url.web == f"{node.url}/admin/hooked"
+    assert parsed.repo.url.api == f"{node.url}/api/models/admin/hooked"
     before = admin.model_info("admin/hooked").sha
     commit = admin.create_commit("admin/hooked", [CommitOperationAdd("a.txt", b"a")], commit_message="a")
     _, _, body, _ = receiver.next("repo.content")
@@ -117,6 +135,8 @@ def test_webhooks(node, receiver, tmp_path):
     admin.comment_discussion("admin/hooked", d.num, "second")
     _, _, body, _ = receiver.next("discussion.comment")
     assert body["comment"]["content"] == "second" and body["comment"]["author"]["id"] == "admin"
+    assert body["discussion"]["url"]["web"] == f"{node.url}/admin/hooked/discussions/{d.num}"
+    assert WebhookPayload.model_validate(body).comment.content == "second"
 
     # Update to a receiver that fails once: retried, and the log shows both attempts.
     hook = admin.update_webhook(hook.id, url=receiver.url("/flaky"), domains=["repo"])
@@ -148,6 +168,26 @@ def test_webhooks(node, receiver, tmp_path):
     _, _, body, _ = receiver.next("repo.content")
     assert body["updatedRefs"][0]["oldSha"] == hidden.oid and body["repo"]["headSha"] == shown.oid
 
+    # A move is one `move` event naming the new id (no delete and create).
+    admin.move_repo("admin/hooked", "admin/renamed")
+    _, _, body, _ = receiver.next("repo")
+    moved = WebhookPayload.model_validate(body)
+    assert (moved.event.action, moved.repo.name, moved.movedTo.name) == ("move", "admin/hooked", "admin/renamed")
+    assert moved.movedTo.owner.id == "admin"
+
+    # The delivery log outlives a restart (it is kept on disk, bounded per webhook).
+    deadline = time.monotonic() + WAIT
+    while True:
+        before_restart = log()
+        if any(e["event"]["action"] == "move" and e["ok"] for e in before_restart):
+            break
+        assert time.monotonic() < deadline, before_restart
+        time.sleep(0.05)
+    assert node.terminate() == 0
+    node = node_factory("node", *local_hooks(tmp_path))  # the same data directory
+    admin = HfApi(endpoint=node.url, token=node.admin_token)
+    assert log() == before_restart and len(before_restart) >= 5
+
     # The hf CLI lists it; deleting stops deliveries and it is gone.
     out = hf(node, node.admin_token, "webhooks", "ls", "--format", "json", home=tmp_path / "hf")
     assert hook.id in out
@@ -158,9 +198,9 @@ def test_webhooks(node, receiver, tmp_path):
     assert e.value.response.status_code == 404
 
 
-def test_a_webhook_on_b_fires_for_a_commit_replicated_from_a(node_factory, receiver):
+def test_a_webhook_on_b_fires_for_a_commit_replicated_from_a(node_factory, receiver, tmp_path):
     a = node_factory("a", "--admin", "alice")
-    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    b = node_factory("b", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*", *local_hooks(tmp_path))
     on_a = HfApi(endpoint=a.url, token=a.admin_token)
     on_b = HfApi(endpoint=b.url, token=b.admin_token)
     on_a.create_repo("alice/watched")
@@ -185,3 +225,20 @@ def test_a_webhook_on_b_fires_for_a_commit_replicated_from_a(node_factory, recei
     third = on_a.create_commit("alice/watched", [CommitOperationAdd("c.txt", b"c")], commit_message="c")
     _, _, body, _ = receiver.next("repo.content")
     assert body["updatedRefs"] == [{"ref": "refs/heads/main", "oldSha": second.oid, "newSha": third.oid}]
+
+
+def test_receivers_on_local_and_metadata_addresses_are_refused(node):
+    """The SSRF filter: a node with the default config refuses webhooks to loopback, private
+    and link-local (cloud metadata) addresses, at creation and at update."""
+    admin = HfApi(endpoint=node.url, token=node.admin_token)
+    watched = [{"type": "user", "name": "admin"}]
+    for url in ["http://127.0.0.1:9/h", "http://localhost:9/h", "http://169.254.169.254/latest/meta-data",
+                "http://10.0.0.1/h", "http://[::1]:9/h", "http://[fe80::1]/h"]:
+        with pytest.raises(HfHubHTTPError) as e:
+            admin.create_webhook(url=url, watched=watched)
+        assert e.value.response.status_code == 400, url
+        assert "not allowed" in str(e.value), url
+    hook = admin.create_webhook(url="http://93.184.216.34/h", watched=watched)
+    with pytest.raises(HfHubHTTPError) as e:
+        admin.update_webhook(hook.id, url="http://169.254.169.254/")
+    assert e.value.response.status_code == 400

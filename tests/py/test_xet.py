@@ -43,13 +43,14 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def run_client(node, tmp_path, code, token=None):
-    """Runs `code` in a fresh client process (Xet on); returns the JSON its last line prints."""
+def run_client(node, tmp_path, code, token=None, home="hf-home"):
+    """Runs `code` in a fresh client process (Xet on) with `HF_HOME` = tmp_path/home (hf_xet's
+    local shard cache lives there); returns the JSON its last line prints."""
     env = {
         **os.environ,
         "HF_ENDPOINT": node.url,
         "HF_TOKEN": token or node.admin_token,
-        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HOME": str(tmp_path / home),
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
@@ -181,6 +182,68 @@ out = {{}}
     assert 8 * MIB <= second < 10 * MIB, second
     status, _, body = request("GET", f"{node.url}/admin/ft/resolve/main/model.safetensors")
     assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+
+
+def dedup_queries(node):
+    """(answered, refused) global-dedup queries so far, from the node's request metrics."""
+    route = 'http_requests_total{method="GET",route="/v1/chunks/{prefix}/{hash}",status="%d"}'
+    return int(metric(node, route % 200)), int(metric(node, route % 404))
+
+
+def new_user(node, name):
+    """Creates user `name` through the node's CLI; a write token of theirs."""
+    subprocess.run([str(hubmesh_bin()), "user", "add", name, "--data", str(node.data)], check=True, capture_output=True)
+    token = subprocess.run([str(hubmesh_bin()), "token", "create", name, "--scope", "write", "--data", str(node.data)],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    SECRETS_SEEN.add(token)
+    return token
+
+
+def test_global_dedup_sends_only_what_is_new_and_never_reveals_a_private_repo(node, tmp_path):
+    """Global dedup (`/v1/chunks/…`): bob's fine-tune of alice's public model, uploaded from
+    another machine (no local shard cache of alice's upload), sends about the changed tensor;
+    the same bytes as carol's private model are sent whole by bob, as the node reveals no
+    chunk of a repository he cannot read. Bytes counted at the node."""
+    alice, bob, carol = new_user(node, "alice"), new_user(node, "bob"), new_user(node, "carol")
+    tensors = {f"layer{i}": os.urandom(8 * MIB) for i in range(4)}
+    src = tmp_path / "model.safetensors"
+
+    def upload(token, home, repo, private=False):
+        before = metric(node, "xet_received_bytes_total")
+        run_client(node, tmp_path, f"""
+api.create_repo({repo!r}, private={private!r})
+api.upload_file(path_or_fileobj={str(src)!r}, path_in_repo="model.safetensors", repo_id={repo!r})
+out = {{}}
+""", token=token, home=home)
+        return metric(node, "xet_received_bytes_total") - before
+
+    write_safetensors(src, tensors)
+    base = upload(alice, "alice-home", "alice/base")
+    q0 = dedup_queries(node)
+    tensors["layer2"] = os.urandom(8 * MIB)
+    sha = write_safetensors(src, tensors)
+    tuned = upload(bob, "bob-home", "bob/tuned")
+    q1 = dedup_queries(node)
+    print(f"global dedup: alice's model {base / MIB:.1f} MiB, bob's fine-tune {tuned / MIB:.1f} MiB")
+    assert base >= 32 * MIB
+    assert 8 * MIB <= tuned < 10 * MIB, tuned
+    status, _, body = request("GET", f"{node.url}/bob/tuned/resolve/main/model.safetensors", bob)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+
+    secret = {f"layer{i}": os.urandom(8 * MIB) for i in range(4)}
+    sha = write_safetensors(src, secret)
+    private = upload(carol, "carol-home", "carol/secret", private=True)
+    q2 = dedup_queries(node)
+    copied = upload(bob, "bob-home-2", "bob/copy")
+    q3 = dedup_queries(node)
+    print(f"global dedup: carol's private model {private / MIB:.1f} MiB, bob's identical copy {copied / MIB:.1f} MiB")
+    assert private >= 32 * MIB and copied >= 32 * MIB, (private, copied)
+    status, _, body = request("GET", f"{node.url}/bob/copy/resolve/main/model.safetensors", bob)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+    # The client asked the node each time (it queries a file's first chunk): answered for
+    # alice's public model, refused (404) for carol's private one.
+    assert q1[0] > q0[0], (q0, q1)
+    assert q3[1] > q2[1] and q3[0] == q2[0], (q2, q3)
 
 
 def test_dataset_push_to_hub_through_xet_then_load_dataset(node, tmp_path):

@@ -238,6 +238,14 @@ impl AuthStore {
         Ok(names)
     }
 
+    /// The stored spelling of the user or org whose name equals `name` ignoring ASCII case.
+    pub fn namespace_spelling(&self, name: &str) -> Result<Option<String>, AuthError> {
+        Ok(self
+            .namespace_names()?
+            .into_iter()
+            .find(|n| n.eq_ignore_ascii_case(name)))
+    }
+
     /// Whether `name` is a user, an org, or free.
     pub fn namespace_kind(&self, name: &str) -> Result<Option<NamespaceKind>, AuthError> {
         let tx = self.read()?;
@@ -464,10 +472,14 @@ impl AuthStore {
     ) -> Result<(), AuthError> {
         let tx = self.db.begin_write().map_err(AuthError::db)?;
         {
+            // Names are case-insensitive, as the Hub's are: `Alice` is taken when `alice` is.
             for t in [USERS, ORGS] {
                 let t = tx.open_table(t).map_err(AuthError::db)?;
-                if t.get(name).map_err(AuthError::db)?.is_some() {
-                    return Err(AuthError::NameTaken { name: name.into() });
+                for entry in t.iter().map_err(AuthError::db)? {
+                    let (taken, _) = entry.map_err(AuthError::db)?;
+                    if taken.value().eq_ignore_ascii_case(name) {
+                        return Err(AuthError::NameTaken { name: name.into() });
+                    }
                 }
             }
             let mut t = tx.open_table(table).map_err(AuthError::db)?;

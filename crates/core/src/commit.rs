@@ -13,6 +13,9 @@ use hub_repo::{
 use hub_store::{FileInfo, Sha256, Store};
 use std::io::Read;
 
+/// The Hub's text for a commit whose `parentCommit` is no longer the branch's head (412).
+pub const PARENT_MOVED: &str = "A commit has happened since. Please refresh and try again.";
+
 /// How many leading bytes of a file the LFS rules look at (git's binary sniffing: 8000).
 const SNIFF: u64 = 8000;
 

@@ -29,6 +29,9 @@
 //!   they replicate; files need [`Need::Download`];
 //! - **collections** ([`collections`]) and **webhooks** ([`webhooks`]): kept on the node where
 //!   they are made;
+//! - **cards and files** ([`card_rules`]): metadata validation (`model-index`),
+//!   `transformersInfo`, `widgetData`, security statuses;
+//! - **repo ids** ([`names`]): case-insensitive, and redirected after a move;
 //! - **listing documents** ([`listing`]): what the search index holds for a repo, and who may
 //!   see which listed repo.
 //!
@@ -46,6 +49,7 @@
 //! ```
 
 mod access;
+pub mod card_rules;
 pub mod collections;
 pub mod commit;
 pub mod discussions;
@@ -56,6 +60,7 @@ pub mod likes;
 pub mod listing;
 mod mesh;
 pub mod model_facts;
+pub mod names;
 pub mod preupload;
 pub mod push;
 pub mod repos;
@@ -124,6 +129,7 @@ struct Inner {
     collections: collections::CollectionStore,
     webhooks: webhooks::Webhooks,
     gates: gate::GateCache,
+    redirects: names::Redirects,
 }
 
 impl Hub {
@@ -140,6 +146,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 webhooks: webhooks::Webhooks::new(repos.root().join("webhooks")),
                 gates: gate::GateCache::default(),
+                redirects: names::Redirects::new(repos.root().join("redirects.json")),
                 collections,
                 auth,
                 repos,

@@ -19,6 +19,13 @@ pub fn document(repos: &Repos, id: &RepoId) -> Result<RepoDoc, hub_repo::RepoErr
     doc.private = meta.private;
     doc.created_at = meta.created_at;
     doc.downloads = repos.downloads(id)?;
+    doc.gated = match crate::gate::gate(repos, id) {
+        Ok(gate) => gate.mode.map(|m| m.as_str().to_owned()),
+        Err(e) => {
+            tracing::warn!(repo = %id, error = %e, "gate not read for the listing");
+            None
+        }
+    };
     if let Some(head) = repos.history(id, "main", 1)?.into_iter().next() {
         doc.sha = head.id;
         doc.last_modified = head.timestamp;

@@ -112,19 +112,44 @@ impl Hub {
         principal: &Principal,
         id: &RepoId,
     ) -> Result<CreateGrant, RepoOpError> {
-        self.access_new(principal, id).await?;
+        // Namespaces are case-insensitive: `Admin/x` is created as `admin/x`.
         let (auth, namespace) = (self.auth().clone(), id.namespace().to_owned());
-        let known = {
+        let spelled = {
             let namespace = namespace.clone();
-            blocking(move || Ok::<_, RepoOpError>(auth.namespace_kind(&namespace)?)).await?
+            blocking(move || Ok::<_, RepoOpError>(auth.namespace_spelling(&namespace)?)).await?
         };
-        if known.is_none() {
+        let Some(spelled) = spelled else {
+            self.access_new(principal, id).await?;
             return Err(RepoOpError::NoNamespace { namespace });
-        }
+        };
+        let id = RepoId::new(id.kind(), &spelled, id.name())
+            .map_err(|e| RepoOpError::Repo(hub_repo::RepoError::BadOperation(e.to_string())))?;
+        self.access_new(principal, &id).await?;
+        self.refuse_other_spelling(&id, None).await?;
         Ok(CreateGrant {
-            id: id.clone(),
+            id,
             author: author_of(principal),
         })
+    }
+
+    /// Refuses a new id that names a stored repo under another spelling (the Hub's ids are
+    /// case-insensitive), except `allowed` itself (a move that only changes the case).
+    async fn refuse_other_spelling(
+        &self,
+        id: &RepoId,
+        allowed: Option<&RepoId>,
+    ) -> Result<(), RepoOpError> {
+        let (repos, wanted) = (self.repos().clone(), id.clone());
+        let found =
+            blocking(move || Ok::<_, RepoOpError>(repos.find_ignoring_case(&wanted))).await?;
+        match found {
+            Some(repo) if Some(&repo) != allowed => {
+                Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists {
+                    repo,
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Creates the repo `grant` allows (private or public), with an initial commit by its
@@ -134,6 +159,9 @@ impl Hub {
         let (repos, created) = (self.repos().clone(), id.clone());
         blocking(move || Ok::<_, RepoOpError>(repos.create_with(&created, &author, private)?))
             .await?;
+        if let Err(e) = self.redirects().forget(&id) {
+            tracing::warn!(repo = %id, error = %e, "redirect not dropped");
+        }
         self.after_write(&id).await;
         Ok(())
     }
@@ -162,8 +190,14 @@ impl Hub {
     ) -> Result<(), RepoOpError> {
         self.access(Some(principal), from, Need::Admin).await?;
         self.access_new(principal, to).await?;
+        self.refuse_other_spelling(to, Some(from)).await?;
         let (repos, f, t) = (self.repos().clone(), from.clone(), to.clone());
         blocking(move || Ok::<_, RepoOpError>(repos.rename(&f, &t)?)).await?;
+        if let Err(e) = self.redirects().record(from, to) {
+            tracing::warn!(repo = %from, error = %e, "redirect not recorded");
+        }
+        // The webhooks watching the old id see one `move`, not a delete and a create.
+        self.move_webhooks(from, to).await;
         self.after_write(from).await;
         self.after_write(to).await;
         Ok(())

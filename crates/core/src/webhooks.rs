@@ -68,6 +68,10 @@ pub struct Webhook {
     pub domains: Vec<String>,
     pub secret: Option<String>,
     pub disabled: bool,
+    /// The node's public endpoint as the owner reached it (`http://host:port`, from the request
+    /// that made or last changed the webhook): the base of the payloads' `url` objects.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 impl Webhook {
@@ -83,13 +87,15 @@ impl Webhook {
 #[derive(Debug, Clone, Default)]
 pub struct WebhookUpdate {
     pub url: Option<String>,
+    /// The endpoint the update came through (see [`Webhook::endpoint`]).
+    pub endpoint: Option<String>,
     pub watched: Option<Vec<Watched>>,
     pub domains: Option<Vec<String>>,
     pub secret: Option<String>,
 }
 
 /// One line of a webhook's delivery log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// Seconds since the Unix epoch.
     pub at: i64,
@@ -158,6 +164,8 @@ pub struct Webhooks {
     hooks: Mutex<Option<BTreeMap<String, Webhook>>>,
     logs: Mutex<HashMap<String, VecDeque<LogEntry>>>,
     snapshots: Mutex<HashMap<RepoId, Snapshot>>,
+    /// Whether receivers on loopback and private networks are allowed ([`target_allowed`]).
+    allow_local: std::sync::atomic::AtomicBool,
     queue: mpsc::Sender<Delivery>,
     receiver: Mutex<Option<mpsc::Receiver<Delivery>>>,
 }
@@ -180,6 +188,7 @@ impl Webhooks {
             hooks: Mutex::new(None),
             logs: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
+            allow_local: std::sync::atomic::AtomicBool::new(false),
             queue,
             receiver: Mutex::new(Some(receiver)),
         }
@@ -216,14 +225,69 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Appends to a webhook's log, keeping the newest [`LOG_ENTRIES`].
-    pub fn log(&self, webhook: &str, entry: LogEntry) {
+    /// Allows (or refuses, the default) receivers on loopback and private networks: the
+    /// node's `[gateway] webhooks_allow_local` setting. Link-local (cloud metadata),
+    /// unspecified, multicast and broadcast addresses are always refused.
+    pub fn set_allow_local(&self, allow: bool) {
+        self.allow_local
+            .store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a receiver at `ip` may be sent to under this node's setting.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        target_allowed(
+            ip,
+            self.allow_local.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// The file of a webhook's delivery log (one JSON array, at most [`LOG_ENTRIES`]).
+    fn log_path(&self, webhook: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{webhook}.json"))
+    }
+
+    /// Runs `f` on a webhook's log, loaded from its file the first time.
+    fn with_log<T>(&self, webhook: &str, f: impl FnOnce(&mut VecDeque<LogEntry>) -> T) -> T {
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        let log = logs.entry(webhook.to_owned()).or_default();
-        if log.len() >= LOG_ENTRIES {
-            log.pop_front();
+        let log = logs.entry(webhook.to_owned()).or_insert_with(|| {
+            std::fs::read(self.log_path(webhook))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<VecDeque<LogEntry>>(&b).ok())
+                .map(|mut l| {
+                    while l.len() > LOG_ENTRIES {
+                        l.pop_front();
+                    }
+                    l
+                })
+                .unwrap_or_default()
+        });
+        f(log)
+    }
+
+    /// Appends to a webhook's log, keeping the newest [`LOG_ENTRIES`], and saves it (so the
+    /// log outlives a restart). Called from the delivery worker, off the request path.
+    pub fn log(&self, webhook: &str, entry: LogEntry) {
+        if !webhook.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return;
         }
-        log.push_back(entry);
+        let saved = self.with_log(webhook, |log| {
+            if log.len() >= LOG_ENTRIES {
+                log.pop_front();
+            }
+            log.push_back(entry);
+            serde_json::to_vec(&*log)
+        });
+        let path = self.log_path(webhook);
+        let write = || -> std::io::Result<()> {
+            let bytes = saved.map_err(std::io::Error::other)?;
+            std::fs::create_dir_all(self.dir.join("logs"))?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(%webhook, error = %e, "webhook log not saved");
+        }
     }
 
     /// Queues a delivery; a full queue drops it and logs that.
@@ -265,11 +329,67 @@ fn new_id() -> Result<String, WebhookError> {
     Ok(hex::encode(buf))
 }
 
-fn check_url(url: &str) -> Result<(), WebhookError> {
+/// Whether a webhook receiver at `ip` may be sent to (the SSRF filter). Never: unspecified,
+/// link-local (169.254.0.0/16 holds the clouds' metadata service; fe80::/10), multicast,
+/// broadcast, and `fd00:ec2::254` (AWS's IPv6 metadata). Loopback, private networks
+/// (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) only with `allow_local`.
+pub fn target_allowed(ip: std::net::IpAddr, allow_local: bool) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() {
+                return false;
+            }
+            let local = v4.is_loopback()
+                || v4.is_private()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || o[0] == 0;
+            !local || allow_local
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let metadata = v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+            if v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xffc0) == 0xfe80 || metadata {
+                return false;
+            }
+            let local = v6.is_loopback() || (s[0] & 0xfe00) == 0xfc00;
+            !local || allow_local
+        }
+    }
+}
+
+fn check_url(url: &str, allow_local: bool) -> Result<(), WebhookError> {
+    let bad = |why: &str| WebhookError::BadRequest(format!("invalid webhook url {url:?}: {why}"));
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-        return Err(WebhookError::BadRequest(format!(
-            "invalid webhook url {url:?}: an http(s) URL is needed"
-        )));
+        return Err(bad("an http(s) URL is needed"));
+    }
+    // A literal address is checked now; a host name when each delivery resolves it.
+    let host = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    if let Ok(ip) = host.parse::<std::net::IpAddr>()
+        && !target_allowed(ip, allow_local)
+    {
+        return Err(bad(
+            "receivers on this address are not allowed by this node",
+        ));
+    }
+    if host.eq_ignore_ascii_case("localhost") && !allow_local {
+        return Err(bad(
+            "receivers on this address are not allowed by this node",
+        ));
     }
     Ok(())
 }
@@ -303,6 +423,14 @@ fn check_domains(domains: &[String]) -> Result<(), WebhookError> {
         ));
     }
     Ok(())
+}
+
+/// The `url` object of a repo (`web`, `api`), under the node's public `endpoint`.
+fn repo_urls(endpoint: &str, id: &RepoId) -> (String, String) {
+    (
+        format!("{endpoint}/{}{}", id.kind().url_prefix(), id.hub_id()),
+        format!("{endpoint}/api/{}/{}", id.kind().plural(), id.hub_id()),
+    )
 }
 
 /// The repo part of a payload.
@@ -396,8 +524,14 @@ impl Hub {
         watched: Vec<Watched>,
         domains: Vec<String>,
         secret: Option<String>,
+        endpoint: Option<String>,
     ) -> Result<Webhook, WebhookError> {
-        check_url(&url)?;
+        check_url(
+            &url,
+            self.webhooks()
+                .allow_local
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         check_watched(&watched)?;
         check_domains(&domains)?;
         let hook = Webhook {
@@ -408,6 +542,7 @@ impl Hub {
             domains,
             secret,
             disabled: false,
+            endpoint,
         };
         let (hub, h) = (self.clone(), hook.clone());
         blocking(move || {
@@ -473,7 +608,12 @@ impl Hub {
         update: WebhookUpdate,
     ) -> Result<Webhook, WebhookError> {
         if let Some(url) = &update.url {
-            check_url(url)?;
+            check_url(
+                url,
+                self.webhooks()
+                    .allow_local
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )?;
         }
         let watched = update.watched.filter(|w| !w.is_empty());
         if let Some(w) = &watched {
@@ -494,6 +634,9 @@ impl Hub {
             }
             if let Some(s) = update.secret {
                 h.secret = Some(s);
+            }
+            if let Some(e) = update.endpoint {
+                h.endpoint = Some(e);
             }
         })
         .await
@@ -524,6 +667,7 @@ impl Hub {
                 Err(e) => return Err(WebhookError::from(e)),
             }
             webhooks.with(|all| all.remove(&hook.id));
+            let _ = std::fs::remove_file(webhooks.log_path(&hook.id));
             webhooks
                 .logs
                 .lock()
@@ -541,15 +685,9 @@ impl Hub {
         id: &str,
     ) -> Result<Vec<LogEntry>, WebhookError> {
         let hook = self.webhook(principal, id)?;
-        let logs = self
+        Ok(self
             .webhooks()
-            .logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Ok(logs
-            .get(&hook.id)
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default())
+            .with_log(&hook.id, |l| l.iter().cloned().collect()))
     }
 
     /// The enabled webhooks that watch `id` in `domain` and may see it.
@@ -585,6 +723,24 @@ impl Hub {
         for hook in hooks {
             let mut body = payload.clone();
             body["webhook"] = json!({ "id": hook.id, "version": PAYLOAD_VERSION });
+            let endpoint = hook.endpoint.as_deref().unwrap_or("");
+            let (web, api) = repo_urls(endpoint, id);
+            body["repo"]["url"] = json!({ "web": web, "api": api });
+            if let Some(num) = body["discussion"]["num"].as_u64() {
+                let (dweb, dapi) = (
+                    format!("{web}/discussions/{num}"),
+                    format!("{api}/discussions/{num}"),
+                );
+                body["discussion"]["url"] = json!({ "web": dweb, "api": dapi });
+                if let Some(cid) = body["comment"]["id"].as_str().map(str::to_owned) {
+                    body["comment"]["url"] = json!({ "web": format!("{dweb}#{cid}") });
+                }
+            }
+            if let Some(to) = body["movedTo"]["name"].as_str().map(str::to_owned)
+                && let Ok(moved) = RepoId::parse(id.kind(), &to)
+            {
+                body["movedTo"]["url"] = json!({ "web": repo_urls(endpoint, &moved).0 });
+            }
             let Ok(bytes) = serde_json::to_vec(&body) else {
                 continue;
             };
@@ -610,6 +766,37 @@ impl Hub {
             let (hub, id) = (self.clone(), id.clone());
             runtime.spawn(async move { hub.repo_webhooks(&id).await });
         }
+    }
+
+    /// A repo was moved from `from` to `to` (on this node): the webhooks watching `from` get
+    /// the Hub's `repo` `move` event, with `movedTo`; the snapshot follows the repo, so the
+    /// after-write hooks of the move fire no delete or create.
+    pub(crate) async fn move_webhooks(&self, from: &RepoId, to: &RepoId) {
+        let before = self
+            .webhooks()
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(from);
+        let Some(before) = before else {
+            return;
+        };
+        self.webhooks()
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(to.clone(), before.clone());
+        let hooks = self.subscribers(from, "repo", before.private).await;
+        if hooks.is_empty() {
+            return;
+        }
+        let head = before.refs.get("refs/heads/main").map(hex20);
+        let payload = json!({
+            "event": { "action": "move", "scope": "repo" },
+            "repo": repo_json(from, before.private, head),
+            "movedTo": { "name": to.hub_id(), "owner": { "id": to.namespace() } },
+        });
+        self.send(&hooks, from, "repo", "move", payload);
     }
 
     /// From the after-write hook: the repo events of this write, for the webhooks watching
@@ -736,6 +923,8 @@ impl Hub {
             "event": { "action": event.action, "scope": scope },
             "repo": repo_json(id, meta.private, None),
             "discussion": {
+                // The Hub's discussions have an object id; here the repo and number name one.
+                "id": format!("{}#{}", id, event.num),
                 "num": event.num,
                 "title": event.title,
                 "status": event.status,
@@ -772,27 +961,35 @@ mod tests {
         let (_dir, hub, admin) = hub();
         let mut rx = hub.take_webhook_deliveries().unwrap();
         assert!(hub.take_webhook_deliveries().is_none());
-        let hook = hub
-            .create_webhook(
+        let create = |url: &str| {
+            hub.create_webhook(
                 &admin,
-                "http://127.0.0.1:9/h".into(),
+                url.into(),
                 watch("user", "admin"),
                 vec!["repo".into()],
                 Some("s".into()),
+                Some("http://hub.example".into()),
             )
-            .await
-            .unwrap();
+        };
+        // Loopback receivers need the node's explicit setting; metadata addresses never pass.
         assert!(matches!(
-            hub.create_webhook(
-                &admin,
-                "ftp://x".into(),
-                watch("user", "admin"),
-                vec!["repo".into()],
-                None
-            )
-            .await,
+            create("http://127.0.0.1:9/h").await,
             Err(WebhookError::BadRequest(_))
         ));
+        hub.webhooks().set_allow_local(true);
+        for refused in [
+            "ftp://x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]:80/",
+            "http://0.0.0.0:80/",
+            "http://[::ffff:169.254.169.254]/",
+        ] {
+            assert!(
+                matches!(create(refused).await, Err(WebhookError::BadRequest(_))),
+                "{refused}"
+            );
+        }
+        let hook = create("http://127.0.0.1:9/h").await.unwrap();
         let id = RepoId::parse(RepoType::Model, "admin/w").unwrap();
         let grant = hub.access_create(&admin, &id).await.unwrap();
         hub.create_repo(grant, false).await.unwrap();
@@ -800,6 +997,10 @@ mod tests {
         let body: Value = serde_json::from_slice(&d.body).unwrap();
         assert_eq!(body["event"], json!({"action": "create", "scope": "repo"}));
         assert_eq!(body["repo"]["name"], "admin/w");
+        assert_eq!(
+            body["repo"]["url"],
+            json!({"web": "http://hub.example/admin/w", "api": "http://hub.example/api/models/admin/w"})
+        );
         assert_eq!(body["webhook"]["id"], hook.id.as_str());
         assert_eq!(d.secret.as_deref(), Some("s"));
         // A branch is a content update with its refs.
@@ -812,6 +1013,37 @@ mod tests {
         assert_eq!(body["event"]["scope"], "repo.content");
         assert_eq!(body["updatedRefs"][0]["ref"], "refs/heads/dev");
         assert!(body["updatedRefs"][0]["oldSha"].is_null());
+        // A move is one `move` event with `movedTo`, not a delete and a create.
+        let to = RepoId::parse(RepoType::Model, "admin/w2").unwrap();
+        hub.move_repo(&admin, &id, &to).await.unwrap();
+        let body: Value = serde_json::from_slice(&rx.try_recv().unwrap().body).unwrap();
+        assert_eq!(body["event"], json!({"action": "move", "scope": "repo"}));
+        assert_eq!(body["repo"]["name"], "admin/w");
+        assert_eq!(body["movedTo"]["name"], "admin/w2");
+        assert!(rx.try_recv().is_err());
+        let id = to;
+        // The delivery log is saved, bounded, and read back after a restart.
+        let d = Delivery {
+            webhook: hook.id.clone(),
+            url: hook.url.clone(),
+            secret: None,
+            body: Arc::new(Vec::new()),
+            scope: "repo".into(),
+            action: "update".into(),
+            repo: "admin/w2".into(),
+            attempt: 1,
+        };
+        for i in 0..LOG_ENTRIES + 5 {
+            hub.webhooks()
+                .log(&hook.id, entry_of(&d, Some(200 + i as u16), None, true));
+        }
+        let reopened = Webhooks::new(hub.repos().root().join("webhooks"));
+        let log = reopened.with_log(&hook.id, |l| l.clone());
+        assert_eq!(log.len(), LOG_ENTRIES);
+        assert_eq!(
+            log.back().unwrap().status,
+            Some(200 + LOG_ENTRIES as u16 + 4)
+        );
         // Disabled: nothing.
         hub.set_webhook_disabled(&admin, &hook.id, true)
             .await
@@ -821,5 +1053,37 @@ mod tests {
         // Retries double from a second.
         assert_eq!(retry_delay(2), Duration::from_secs(1));
         assert_eq!(retry_delay(5), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn the_ssrf_filter_keeps_metadata_and_local_addresses_out() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for never in [
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "fe80::1",
+            "::",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!target_allowed(ip(never), true), "{never}");
+        }
+        for local in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "::1",
+            "fd12::1",
+        ] {
+            assert!(!target_allowed(ip(local), false), "{local}");
+            assert!(target_allowed(ip(local), true), "{local}");
+        }
+        for public in ["93.184.216.34", "2606:4700::1111"] {
+            assert!(target_allowed(ip(public), false), "{public}");
+        }
     }
 }

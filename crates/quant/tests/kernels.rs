@@ -244,7 +244,7 @@ fn ggml_name(t: QType) -> &'static str {
 
 fn python() -> PathBuf {
     std::env::var_os("HUBMESH_INFER_PYTHON").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-infer/bin/python"),
+        || manifest_dir().join("../../.venv-infer/bin/python"),
         PathBuf::from,
     )
 }
@@ -281,7 +281,7 @@ fn numpy_reference_dequantization_and_dots() {
         ours.push((t, deq, y, rows, n, mags));
     }
     let mut child = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference.py"))
+        .arg(manifest_dir().join("tests/reference.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -327,4 +327,11 @@ fn numpy_reference_dequantization_and_dots() {
             }
         }
     }
+}
+
+/// The package's directory as Cargo or nextest gives it when the test runs, so a test binary
+/// built from one checkout and reused from another (same target dir) reads this checkout's files.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }

@@ -59,8 +59,8 @@ pub use log::{MAX_LOG_ENTRIES, MAX_LOG_ENTRY, Merged};
 pub use meta::{RepoMeta, TRENDING_DAYS};
 pub use reach::MAX_REACH_WALK;
 pub use receive::{
-    Checked, MAX_NEW_COMMITS, Quarantine, REPLICATED_REF_PREFIXES, ReceiveError, RefCommand,
-    Rejection, ZERO_ID,
+    Checked, MAX_GIT_FILE, MAX_NEW_COMMITS, Quarantine, REPLICATED_REF_PREFIXES, ReceiveError,
+    RefCommand, Rejection, ZERO_ID,
 };
 pub use replica::{ReplicaError, ReplicaOutcome};
 pub use repos::{

@@ -144,9 +144,18 @@ pub enum Rejection {
     Duplicate { path: String, commit: String },
     #[error("missing LFS object {oid} for {path:?} (upload it with git lfs first)")]
     MissingLfs { oid: String, path: String },
+    /// A file over [`MAX_GIT_FILE`] pushed outside LFS: the Hub's refusal, with its hint.
+    #[error(
+        "Your push was rejected because it contains files larger than 10 MiB. Please use https://git-lfs.github.com/ to store large files. Offending file: {path} ({size} bytes)"
+    )]
+    TooLarge { path: String, size: u64 },
     #[error("push refused: another ref in it was rejected")]
     Atomic,
 }
+
+/// The largest file a user's push may carry in git itself (10 MiB, the Hub's limit); larger
+/// files go through LFS. Replicas of signed updates (`hub_refs`) are not held to it.
+pub const MAX_GIT_FILE: u64 = 10 * 1024 * 1024;
 
 /// The outcome of checking one accepted command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -768,6 +777,12 @@ impl Walk<'_> {
         if header.kind() != gix::object::Kind::Blob {
             return Err(Rejection::Malformed {
                 id: oid.to_string(),
+            });
+        }
+        if !self.hub_refs && header.size() > MAX_GIT_FILE {
+            return Err(Rejection::TooLarge {
+                path: path.chars().take(300).collect(),
+                size: header.size(),
             });
         }
         if header.size() > MAX_POINTER_SIZE as u64 {

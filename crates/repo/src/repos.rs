@@ -236,6 +236,44 @@ impl Repos {
             .join(format!("{}.git", id.name()))
     }
 
+    /// The stored repository whose id equals `id` ignoring ASCII case (the Hub's ids are
+    /// case-insensitive: `Org/Model` and `org/model` are one repo), when `id` itself is not
+    /// stored. Costs two directory reads, and is only asked when the exact id is missing.
+    pub fn find_ignoring_case(&self, id: &RepoId) -> Option<RepoId> {
+        if self.exists(id) {
+            return None;
+        }
+        let same =
+            |a: &std::ffi::OsStr, b: &str| a.to_str().is_some_and(|a| a.eq_ignore_ascii_case(b));
+        let base = self.root.join(id.kind().plural());
+        let want = format!("{}.git", id.name());
+        for ns in std::fs::read_dir(&base).ok()?.flatten() {
+            if !same(&ns.file_name(), id.namespace()) {
+                continue;
+            }
+            for repo in std::fs::read_dir(ns.path()).ok()?.flatten() {
+                if !same(&repo.file_name(), &want) {
+                    continue;
+                }
+                let (Some(ns), Some(name)) = (
+                    ns.file_name().to_str().map(str::to_owned),
+                    repo.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".git"))
+                        .map(str::to_owned),
+                ) else {
+                    continue;
+                };
+                if let Ok(found) = RepoId::new(id.kind(), &ns, &name)
+                    && self.exists(&found)
+                {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
     /// The per-repo lock that serialises writers in this process.
     pub(crate) fn lock(&self, id: &RepoId) -> Arc<Mutex<()>> {
         self.locks

@@ -30,6 +30,9 @@ pub struct RepoDoc {
     pub likes: u64,
     /// The commit the document describes.
     pub sha: String,
+    /// The gate's mode (`auto` or `manual`); `None`: not gated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gated: Option<String>,
 }
 
 impl RepoDoc {
@@ -47,6 +50,7 @@ impl RepoDoc {
             downloads: 0,
             likes: 0,
             sha: String::new(),
+            gated: None,
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct ListQuery {
     /// Namespaces whose private repos the caller may see (exact names). Private repos of any
     /// other namespace are never returned.
     pub include_private_of: Vec<String>,
+    /// `Some(true)`: only gated repos; `Some(false)`: only repos that are not gated.
+    pub gated: Option<bool>,
 }
 
 impl ListQuery {
@@ -130,6 +136,7 @@ impl ListQuery {
             limit: MAX_LIMIT,
             offset: 0,
             include_private_of: Vec::new(),
+            gated: None,
         }
     }
 }

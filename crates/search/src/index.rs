@@ -58,6 +58,10 @@ const WRITER_ARENA_BYTES: usize = 15_000_000;
 /// The longest `search` string that could match: `namespace/name`.
 const MAX_SEARCH_LEN: usize = 2 * MAX_NAME_LEN + 1;
 
+/// The term a gated repo carries in the tags field, for `gated=true|false` (no card tag can
+/// be it: tags equal to it are not indexed).
+const GATED_TERM: &str = "\u{1}gated";
+
 /// The most `filters` in one query.
 pub const MAX_FILTERS: usize = 64;
 
@@ -382,6 +386,12 @@ impl SearchIndex {
         for filter in &q.filters {
             must.push(term(f.tags, filter));
         }
+        let mut must_not = Vec::new();
+        match q.gated {
+            Some(true) => must.push(term(f.tags, GATED_TERM)),
+            Some(false) => must_not.push(term(f.tags, GATED_TERM)),
+            None => {}
+        }
         if let Some(search) = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             let Some(pattern) = substring_pattern(search) else {
                 return Ok(None);
@@ -391,7 +401,10 @@ impl SearchIndex {
             must.push(Box::new(regex));
         }
         Ok(Some(Box::new(BooleanQuery::new(
-            must.into_iter().map(|q| (Occur::Must, q)).collect(),
+            must.into_iter()
+                .map(|q| (Occur::Must, q))
+                .chain(must_not.into_iter().map(|q| (Occur::MustNot, q)))
+                .collect(),
         ))))
     }
 
@@ -431,9 +444,12 @@ impl SearchIndex {
             .filter(|t| !t.is_empty() && t.len() <= crate::card::MAX_TAG_LEN);
         let mut seen = HashSet::new();
         for tag in tags {
-            if seen.insert(tag.as_str()) {
+            if seen.insert(tag.as_str()) && tag != GATED_TERM {
                 out.add_text(f.tags, tag);
             }
+        }
+        if doc.gated.is_some() {
+            out.add_text(f.tags, GATED_TERM);
         }
         out.add_u64(f.downloads, doc.downloads);
         out.add_u64(f.likes, doc.likes);

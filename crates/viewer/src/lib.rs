@@ -24,7 +24,6 @@
 //! assert_eq!(rows[0]["a"], 2);
 //! ```
 
-mod arrow;
 pub mod headers;
 pub mod query;
 mod source;

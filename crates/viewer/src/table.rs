@@ -5,7 +5,9 @@
 //! counts), and a page of rows reads only the column chunks of the row groups it overlaps,
 //! so 100 rows of a 1 GiB file cost a few row groups, not the file. CSV/TSV and JSON Lines
 //! have no index: they are read in order from the start, up to the rows asked for; counting
-//! their rows reads them whole. Arrow IPC is read batch by batch ([`crate::arrow`]).
+//! their rows reads them whole. Arrow IPC is read batch by batch ([`arrow`], a submodule).
+
+mod arrow;
 
 use crate::ViewerError;
 use crate::source::{RangeSource, SourceReader};
@@ -93,7 +95,7 @@ enum Body {
         csv_types: Vec<CellType>,
     },
     /// Arrow IPC: batches found by walking message headers, decoded one at a time.
-    Arrow(crate::arrow::ArrowFile),
+    Arrow(arrow::ArrowFile),
     /// Several files of one split, one after the other.
     Concat(Vec<Table>),
 }
@@ -137,7 +139,7 @@ impl Table {
                 })
             }
             Format::Arrow => {
-                let file = crate::arrow::ArrowFile::open(source)?;
+                let file = arrow::ArrowFile::open(source)?;
                 Ok(Table {
                     features: file.features(),
                     body: Body::Arrow(file),

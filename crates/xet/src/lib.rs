@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dedup;
 pub mod hash;
 pub mod lz4;
 pub mod shard;
@@ -219,6 +220,10 @@ impl XetIndex {
         txn.open_table(XORBS).map_err(XetError::db)?;
         txn.open_table(FILES).map_err(XetError::db)?;
         txn.open_table(BY_SHA256).map_err(XetError::db)?;
+        txn.open_multimap_table(dedup::DEDUP)
+            .map_err(XetError::db)?;
+        txn.open_multimap_table(dedup::OWNERS)
+            .map_err(XetError::db)?;
         txn.commit().map_err(XetError::db)?;
         Ok(Self { db, store })
     }
@@ -353,11 +358,24 @@ impl XetIndex {
             checked.push(self.check_file(f)?);
         }
         let mut records = Vec::with_capacity(files.len());
+        // Per new file, its chunk hashes (for the global-dedup index).
+        let mut new_files: Vec<(XetHash, Vec<XetHash>)> = Vec::new();
         for (f, (parts, size)) in files.iter().zip(checked) {
             if let Some(r) = self.file(&f.file_hash)? {
                 records.push(r);
                 continue;
             }
+            new_files.push((
+                f.file_hash,
+                parts
+                    .iter()
+                    .flat_map(|(x, t)| {
+                        x.chunks[t.start as usize..t.end as usize]
+                            .iter()
+                            .map(|(h, _)| *h)
+                    })
+                    .collect(),
+            ));
             // The file references the chunks its xorbs' objects already hold: its bytes are
             // read once, for the SHA-256 check, and not chunked or stored again.
             let slices: Vec<Slice> = parts
@@ -392,6 +410,12 @@ impl XetIndex {
                     .map_err(XetError::db)?;
                 bt.insert(&r.sha256.0, &r.file_hash.0)
                     .map_err(XetError::db)?;
+            }
+            let mut dt = txn
+                .open_multimap_table(dedup::DEDUP)
+                .map_err(XetError::db)?;
+            for (file, chunks) in new_files {
+                dedup::index_file(&mut dt, &file, chunks.into_iter())?;
             }
         }
         txn.commit().map_err(XetError::db)?;

@@ -143,6 +143,54 @@ fn bad_shards_are_refused_and_record_nothing() {
     assert!(index.store().fsck(|_| {}).unwrap().is_clean());
 }
 
+/// Global dedup: a file's first chunk finds the file, with the owners recorded for it; the
+/// answer lists its xorbs with exactly the file's chunks, keyed, and hides the other chunks
+/// of those xorbs (zero hash, no length) at their positions.
+#[test]
+fn global_dedup_reveals_exactly_the_chunks_of_the_files_given() {
+    let (_dir, index) = setup();
+    let (a, b) = (chunks(1, 4), chunks(50, 3));
+    let ((ax, ah), (bx, bh)) = (xorb_of(&a), xorb_of(&b));
+    index.put_xorb(&ax, &ah).unwrap();
+    index.put_xorb(&bx, &bh).unwrap();
+    let (_, f) = file_over(&a, ah, &b, bh);
+    index
+        .put_shard(&shard_of(std::slice::from_ref(&f)))
+        .unwrap();
+    let first = chunk_hash(&a[1]);
+    assert!(index.dedup_candidates(&first).unwrap()[0].1.is_empty());
+    index.add_owner(&[f.file_hash], "model/alice/base").unwrap();
+    let found = index.dedup_candidates(&first).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0.file_hash, f.file_hash);
+    assert_eq!(found[0].1, ["model/alice/base"]);
+    // Chunks that are neither a file's first nor eligible are not indexed.
+    for c in [&a[0], &a[2], &b[1]] {
+        let h = chunk_hash(c);
+        if !dedup::eligible(&h) {
+            assert!(index.dedup_candidates(&h).unwrap().is_empty());
+        }
+    }
+
+    let key = [7u8; 32];
+    let answer = index
+        .dedup_answer(&[found[0].0.clone()], &key, 1000, 4600)
+        .unwrap()
+        .unwrap();
+    let read = dedup::parse_answer(&answer).unwrap();
+    assert_eq!((read.key, read.expiry), (key, 4600));
+    let listed: std::collections::BTreeMap<_, _> = read.xorbs.into_iter().collect();
+    let keyed = |c: &Vec<u8>| Some(dedup::keyed(&key, &chunk_hash(c)));
+    assert_eq!(listed[&ah], [None, keyed(&a[1]), keyed(&a[2]), None]);
+    assert_eq!(listed[&bh], b.iter().map(keyed).collect::<Vec<_>>());
+    // No raw chunk hash appears anywhere in the answer.
+    for c in a.iter().chain(&b) {
+        let raw = chunk_hash(c).0;
+        assert!(!answer.windows(32).any(|w| w == raw));
+    }
+    assert_eq!(index.dedup_answer(&[], &key, 1000, 4600).unwrap(), None);
+}
+
 proptest::proptest! {
     /// Bytes from the network never panic a decoder.
     #[test]
@@ -157,5 +205,6 @@ proptest::proptest! {
         tagged.truncate(48);
         tagged.extend_from_slice(&bytes);
         let _ = shard::parse_shard(&tagged);
+        let _ = dedup::parse_answer(&bytes);
     }
 }

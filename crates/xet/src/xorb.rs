@@ -50,6 +50,18 @@ pub fn parse_xorb(bytes: &[u8], expected: &XetHash) -> Result<Xorb, XetError> {
     })
 }
 
+/// Checks a serialized xorb without keeping its bytes: every chunk decoded and hashed, the
+/// xorb hash `expected` (the check [`crate::XetIndex::put_xorb`] also makes as it imports).
+pub fn verify_xorb(bytes: &[u8], expected: &XetHash) -> Result<(), XetError> {
+    let mut reader = XorbReader::new(bytes, *expected)?;
+    let read = std::io::copy(&mut reader, &mut std::io::sink());
+    if let Some(e) = reader.take_error() {
+        return Err(e);
+    }
+    read.map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
 /// A serialized xorb read as its uncompressed bytes, one chunk at a time, verified as it goes
 /// (header rules, size limits, every chunk hashed); after the last chunk the xorb hash must be
 /// `expected`, else that read fails. An import fed by this reader therefore keeps nothing of

@@ -107,7 +107,7 @@ fn snapshot(r: &Reply) -> Value {
 }
 
 fn golden(name: &str, r: &Reply) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let path = manifest_dir()
         .join("tests/golden")
         .join(format!("{name}.json"));
     let now = serde_json::to_string_pretty(&snapshot(r)).unwrap() + "\n";
@@ -273,4 +273,11 @@ async fn golden_refusals_of_writes_hosted_elsewhere_per_api_family() {
     )
     .await;
     golden("error_git_unauthenticated", &r);
+}
+
+/// The package's directory as Cargo or nextest gives it when the test runs, so a test binary
+/// built from one checkout and reused from another (same target dir) reads this checkout's files.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }

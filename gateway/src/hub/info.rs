@@ -9,7 +9,7 @@ use crate::error::AppError;
 use crate::extract::authenticate;
 use crate::util::{blocking, format_date, truthy};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use hub_protocol::repo::RepoType;
 use hub_repo::EntryKind;
@@ -21,36 +21,72 @@ pub(super) struct InfoQuery {
     blobs: Option<String>,
 }
 
+/// The `expand` values of a query (`expand[]=a&expand[]=b` or `expand=a`): with any, the
+/// answer has exactly those fields (and `id`, `_id`), as the Hub's has.
+fn expand_of(raw: Option<&str>) -> Vec<String> {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "expand" || k == "expand[]")
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// Keeps only the `expand`ed fields of `body` (plus `id` and `_id`).
+fn keep_expanded(body: &mut Value, expand: &[String]) {
+    if expand.is_empty() {
+        return;
+    }
+    if let Value::Object(map) = body {
+        map.retain(|k, _| k == "id" || k == "_id" || expand.iter().any(|e| e == k));
+    }
+}
+
 pub(super) async fn repo_info(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(path): Path<RepoPath>,
-    Query(q): Query<InfoQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, AppError> {
-    info(
+    let q: InfoQuery = query_of(raw.as_deref())?;
+    let mut body = info(
         state,
         headers,
         path,
         "main".into(),
         truthy(q.blobs.as_deref()),
     )
-    .await
+    .await?;
+    keep_expanded(&mut body.0, &expand_of(raw.as_deref()));
+    Ok(body)
 }
 
 pub(super) async fn repo_info_at(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(path): Path<RevPath>,
-    Query(q): Query<InfoQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, AppError> {
-    info(
+    let q: InfoQuery = query_of(raw.as_deref())?;
+    let mut body = info(
         state,
         headers,
         path.repo(),
         path.rev,
         truthy(q.blobs.as_deref()),
     )
-    .await
+    .await?;
+    keep_expanded(&mut body.0, &expand_of(raw.as_deref()));
+    Ok(body)
+}
+
+/// The query's own fields (`blobs`); `expand[]` is read by [`expand_of`].
+fn query_of(raw: Option<&str>) -> Result<InfoQuery, AppError> {
+    let mut q = InfoQuery::default();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if k == "blobs" {
+            q.blobs = Some(v.into_owned());
+        }
+    }
+    Ok(q)
 }
 
 async fn info(
@@ -130,8 +166,34 @@ async fn info(
             if let Some(v) = facts.gguf {
                 body["gguf"] = v;
             }
+            let files: Vec<&str> = entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .map(|e| e.path.as_str())
+                .collect();
+            let root: Vec<&str> = files.iter().copied().filter(|p| !p.contains('/')).collect();
+            if let Some(info) = facts
+                .config
+                .as_ref()
+                .and_then(|c| hub_core::card_rules::transformers_info(c, &root))
+            {
+                if card.pipeline_tag.is_none()
+                    && let Some(p) = info.get("pipeline_tag")
+                {
+                    body["pipeline_tag"] = p.clone();
+                }
+                body["transformersInfo"] = info;
+            }
+            let pipeline = body["pipeline_tag"].as_str().map(str::to_owned);
+            if let Some(w) = hub_core::card_rules::widget_data(&card.card_data, pipeline.as_deref()) {
+                body["widgetData"] = w;
+            }
+            body["securityRepoStatus"] = hub_core::card_rules::repo_security(files);
             if let Some(v) = facts.config {
                 body["config"] = Value::Object(v);
+            }
+            if let Some(index) = card.card_data.get("model-index") {
+                body["model-index"] = index.clone();
             }
         }
         Ok(Json(body))

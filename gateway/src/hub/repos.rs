@@ -42,30 +42,46 @@ pub(super) async fn create_repo(
     let id = RepoId::new(kind, &namespace, &body.name).map_err(|e| {
         AppError::BadRequest(format!("invalid repo id {namespace}/{}: {e}", body.name))
     })?;
-    let grant = state.hub().access_create(&principal, &id).await?;
     let private = visibility(body.private, body.visibility.as_deref())?.unwrap_or(false);
-    let url = repo_url(&headers, &id);
-    let created = match body.sdk.as_deref() {
-        Some(sdk) if kind == RepoType::Space => state.hub().create_space(grant, private, sdk).await,
-        _ => state.hub().create_repo(grant, private).await,
+    // The id as created: the namespace's stored spelling (ids are case-insensitive).
+    let created = match state.hub().access_create(&principal, &id).await {
+        Ok(grant) => {
+            let id = grant.id().clone();
+            let done = match body.sdk.as_deref() {
+                Some(sdk) if kind == RepoType::Space => {
+                    state.hub().create_space(grant, private, sdk).await
+                }
+                _ => state.hub().create_repo(grant, private).await,
+            };
+            done.map(|()| id)
+        }
+        Err(e) => Err(e),
     };
     match created {
-        Ok(()) => Ok(Json(json!({ "url": url, "name": id.hub_id() })).into_response()),
-        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { .. })) => {
-            // `create_repo(exist_ok=True)` reads `url` from the 409 body.
-            let message = format!("You already created this {} repo", kind.as_str());
-            let mut resp = (
-                StatusCode::CONFLICT,
-                Json(json!({ "error": message, "url": url })),
-            )
-                .into_response();
-            if let Ok(v) = HeaderValue::from_str(&message) {
-                resp.headers_mut().insert("x-error-message", v);
-            }
-            Ok(resp)
+        Ok(id) => Ok(
+            Json(json!({ "url": repo_url(&headers, &id), "name": id.hub_id() })).into_response(),
+        ),
+        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { repo })) => {
+            // `create_repo(exist_ok=True)` reads `url` from the 409 body: the existing repo's,
+            // which may be spelled in another case than the request's.
+            Ok(already_exists(&repo, Some(repo_url(&headers, &repo))))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The Hub's 409 for a repo id that is taken (ids compare without case).
+fn already_exists(repo: &RepoId, url: Option<String>) -> Response {
+    let message = hub_core::names::already_created(repo.kind());
+    let mut body = json!({ "error": message });
+    if let Some(url) = url {
+        body["url"] = json!(url);
+    }
+    let mut resp = (StatusCode::CONFLICT, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        resp.headers_mut().insert("x-error-message", v);
+    }
+    resp
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,15 +149,20 @@ pub(super) async fn move_repo(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     let principal = require_auth(&state, &headers).await?;
     let body: MoveBody = parse_json(&body)?;
     let kind = body_kind(body.kind.as_deref())?;
     let from = RepoId::parse(kind, &body.from_repo).map_err(|_| AppError::RepoNotFound)?;
     let to = RepoId::parse(kind, &body.to_repo)
         .map_err(|e| AppError::BadRequest(format!("invalid target {:?}: {e}", body.to_repo)))?;
-    state.hub().move_repo(&principal, &from, &to).await?;
-    Ok(Json(json!({})))
+    match state.hub().move_repo(&principal, &from, &to).await {
+        Ok(()) => Ok(Json(json!({})).into_response()),
+        Err(RepoOpError::Repo(hub_repo::RepoError::AlreadyExists { repo })) => {
+            Ok(already_exists(&repo, None))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,7 +24,7 @@ const EXPANDED_PAGE: usize = 50;
 pub(super) struct TreeQuery {
     recursive: Option<String>,
     cursor: Option<String>,
-    /// `expand=true`: each entry with its `lastCommit`.
+    /// `expand=true`: each entry with its `lastCommit` (and files with `securityFileStatus`).
     expand: Option<String>,
 }
 
@@ -143,7 +143,8 @@ async fn tree(
     Ok(resp)
 }
 
-/// Adds `lastCommit` (`id`, `title`, `date`) to each entry of `page` (whose paths are
+/// Adds `lastCommit` (`id`, `title`, `date`) and, to files, `securityFileStatus`
+/// (`hub_core::card_rules::file_security`) to each entry of `page` (whose paths are
 /// `paths`, in order) at `commit`: what `expand=true` asks for. An entry whose last change is
 /// further back than the walk goes has none.
 pub(super) async fn add_last_commits(
@@ -159,6 +160,9 @@ pub(super) async fn add_last_commits(
         blocking(move || Ok(repos.last_commits(&id, &commit, &paths)?)).await?
     };
     for (entry, path) in page.iter_mut().zip(&paths) {
+        if entry["type"] == "file" {
+            entry["securityFileStatus"] = hub_core::card_rules::file_security(path);
+        }
         if let Some(c) = found.get(path) {
             entry["lastCommit"] = json!({
                 "id": c.id,

@@ -34,17 +34,20 @@ pub(super) async fn validate_yaml(body: Bytes) -> Result<Response, AppError> {
         .get("content")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let errors: Vec<Value> = hub_search::parse_card(content)
-        .error
-        .into_iter()
-        .map(|message| json!({ "message": message }))
-        .collect();
-    let status = if errors.is_empty() {
+    let checked = hub_core::card_rules::validate_metadata(content);
+    let listed = |items: Vec<String>| -> Vec<Value> {
+        items
+            .into_iter()
+            .map(|message| json!({ "message": message }))
+            .collect()
+    };
+    let status = if checked.errors.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::BAD_REQUEST
     };
-    Ok((status, Json(json!({ "errors": errors, "warnings": [] }))).into_response())
+    let body = json!({ "errors": listed(checked.errors), "warnings": listed(checked.warnings) });
+    Ok((status, Json(body)).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,14 +4,17 @@
 //! and the delivery worker, which POSTs the queued payloads with `X-Webhook-Secret` and
 //! retries failures with backoff.
 //!
-//! Deliveries go to `http://` URLs (this node has no TLS client); at most [`PARALLEL`] at a
+//! Deliveries go to `http://` URLs (this node has no TLS client), only to addresses the SSRF
+//! filter allows (`hub_core::webhooks::target_allowed`: never link-local or metadata
+//! addresses; loopback and private networks only with `[gateway] webhooks_allow_local`),
+//! checked on every delivery after resolving the host; at most [`PARALLEL`] at a
 //! time, each bounded by [`TIMEOUT`]; retries wait in at most `QUEUE` timers, beyond which
 //! they are dropped and logged.
 
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::require_auth;
-use crate::util::{format_date, parse_json};
+use crate::util::{endpoint, format_date, parse_json};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -85,7 +88,14 @@ pub(super) async fn create(
         .unwrap_or_else(|| vec!["repo".into(), "discussion".into()]);
     let hook = state
         .hub()
-        .create_webhook(&principal, url, body.watched, domains, body.secret)
+        .create_webhook(
+            &principal,
+            url,
+            body.watched,
+            domains,
+            body.secret,
+            Some(endpoint(&headers)),
+        )
         .await?;
     Ok(Json(json!({ "webhook": webhook_json(&hook) })))
 }
@@ -121,6 +131,7 @@ pub(super) async fn update(
     let body: UpdateBody = parse_json(&body)?;
     let update = WebhookUpdate {
         url: body.url,
+        endpoint: Some(endpoint(&headers)),
         watched: body.watched,
         domains: body.domains,
         secret: body.secret,
@@ -205,6 +216,10 @@ pub(crate) fn start_worker(state: &AppState) {
     let Some(mut queue) = state.hub().take_webhook_deliveries() else {
         return;
     };
+    state
+        .hub()
+        .webhooks()
+        .set_allow_local(state.config().webhooks_allow_local);
     let hub = state.hub().clone();
     runtime.spawn(async move {
         hub.prime_webhooks().await;
@@ -231,7 +246,7 @@ async fn attempt(hub: &Hub, d: &Delivery) -> bool {
     if !hub.webhooks().active(&d.webhook) {
         return false;
     }
-    let (status, error) = match tokio::time::timeout(TIMEOUT, post(d)).await {
+    let (status, error) = match tokio::time::timeout(TIMEOUT, post(hub, d)).await {
         Ok(Ok(status)) if (200..300).contains(&status) => (Some(status), None),
         Ok(Ok(status)) => (
             Some(status),
@@ -276,14 +291,34 @@ async fn retry(hub: Hub, mut d: Delivery, waiting: Arc<AtomicUsize>) {
 }
 
 /// POSTs the payload; the receiver's status.
-async fn post(d: &Delivery) -> Result<u16, String> {
+async fn post(hub: &Hub, d: &Delivery) -> Result<u16, String> {
     let uri: http::Uri = d.url.parse().map_err(|e| format!("invalid url: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err("only http:// receivers are supported by this node".into());
     }
     let host = uri.host().ok_or("the url has no host")?.to_owned();
     let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    // The SSRF filter: resolve, then connect only to an address the node's setting allows
+    // (never link-local/metadata), so a name cannot point a delivery somewhere refused.
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((bare.as_str(), port))
+        .await
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .collect();
+    let allowed: Vec<std::net::SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| hub.webhooks().allows(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(format!(
+            "{host} resolves to no address this node may send webhooks to"
+        ));
+    }
+    let stream = tokio::net::TcpStream::connect(&allowed[..])
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

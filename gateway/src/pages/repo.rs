@@ -97,6 +97,28 @@ pub(crate) async fn open(
     Ok((id, ctx))
 }
 
+/// The repo for a signed-in viewer's form page: `None` for a viewer who is not signed in (the
+/// page sends them to sign in); else the repo once the viewer has `need` on it (a 403, or the
+/// 404 of a repo they may not read, as the API answers).
+pub(crate) async fn open_form(
+    state: &AppState,
+    viewer: &Viewer,
+    kind: RepoType,
+    p: &RepoParams,
+    need: hub_core::Need,
+) -> Result<Option<(RepoId, RepoCtx)>, PageError> {
+    let (id, repo) = open(state, viewer, kind, &p.ns, &p.name).await?;
+    if viewer.csrf.is_none() {
+        return Ok(None);
+    }
+    state
+        .hub()
+        .access(viewer.principal.as_ref(), &id, need)
+        .await
+        .map_err(AppError::from)?;
+    Ok(Some((id, repo)))
+}
+
 /// Percent-encodes a repo path for a URL, keeping `/`.
 pub(crate) fn encode_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());

@@ -11,7 +11,7 @@
 use super::forms::{form, see_other};
 use super::render::ctx;
 use super::render::{PageError, page};
-use super::repo::{RepoParams, open};
+use super::repo::{RepoParams, open, open_form};
 use super::session::{Viewer, check_post};
 use crate::AppState;
 use crate::error::AppError;
@@ -32,15 +32,10 @@ pub(crate) async fn settings_form(
     viewer: Viewer,
     Path(p): Path<RepoParams>,
 ) -> Result<Response, PageError> {
-    let (id, repo) = open(&state, &viewer, kind, &p.ns, &p.name).await?;
-    if viewer.csrf.is_none() {
+    let Some((id, repo)) = open_form(&state, &viewer, kind, &p, Change::Visibility.need()).await?
+    else {
         return Ok(see_other("/login"));
-    }
-    state
-        .hub()
-        .access(viewer.principal.as_ref(), &id, Change::Visibility.need())
-        .await
-        .map_err(AppError::from)?;
+    };
     form_page(&state, &viewer, &id, repo, None).await
 }
 

@@ -5,7 +5,7 @@
 //! `.gitattributes` decide, as for the API, whether it is stored as LFS.
 
 use super::render::{PageError, ctx, page};
-use super::repo::{RepoParams, encode_path, open};
+use super::repo::{RepoParams, encode_path, open, open_form};
 use super::session::{Viewer, check_origin, check_post};
 use crate::AppState;
 use crate::error::AppError;
@@ -137,15 +137,9 @@ pub(crate) async fn upload_form(
     viewer: Viewer,
     Path(p): Path<RepoParams>,
 ) -> Result<Response, PageError> {
-    let (id, repo) = open(&state, &viewer, kind, &p.ns, &p.name).await?;
-    if viewer.csrf.is_none() {
+    let Some((_, repo)) = open_form(&state, &viewer, kind, &p, Need::Write).await? else {
         return Ok(Redirect::to("/login").into_response());
-    }
-    state
-        .hub()
-        .access(viewer.principal.as_ref(), &id, Need::Write)
-        .await
-        .map_err(AppError::from)?;
+    };
     Ok(page(
         "upload.html",
         &viewer,

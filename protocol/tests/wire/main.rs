@@ -28,7 +28,7 @@ use hub_protocol::signed::{
 use std::path::PathBuf;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    manifest_dir().join("tests/golden")
 }
 
 fn blessing() -> bool {
@@ -487,4 +487,11 @@ fn protocol_names_and_gossip_topics() {
         "gossip topics and stream protocol names, one a line",
         names.as_bytes(),
     );
+}
+
+/// The package's directory as Cargo or nextest gives it when the test runs, so a test binary
+/// built from one checkout and reused from another (same target dir) reads this checkout's files.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }

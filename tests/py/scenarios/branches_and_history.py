@@ -38,5 +38,6 @@ assert set(infos) == {"v.txt", "copies"}, infos
 # Renaming keeps history.
 api.move_repo(repo, f"{user}/hist-renamed")
 assert api.list_repo_commits(f"{user}/hist-renamed")[0].title == "copy"
-assert not api.repo_exists(repo)
+# The old id redirects to the new one, as on the Hub (307 after a rename).
+assert api.repo_info(repo).id == f"{user}/hist-renamed"
 print("ok")

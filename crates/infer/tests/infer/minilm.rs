@@ -42,7 +42,9 @@ fn requirement() -> Result<String> {
 pub fn minilm_dir() -> Result<PathBuf> {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("all-minilm-l6-v2");
+    let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from)
+        .join("all-minilm-l6-v2");
     if dir.join("model.safetensors").exists() {
         return Ok(dir);
     }
@@ -99,7 +101,7 @@ struct RefOut {
 }
 
 fn reference(dir: &Path, inputs: &[Vec<u32>]) -> Result<RefOut> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bert_reference.py");
+    let script = super::reference::manifest_dir().join("tests/bert_reference.py");
     let mut child = Command::new(python()?)
         .arg(script)
         .stdin(Stdio::piped())

@@ -40,7 +40,7 @@ struct RefResult {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    manifest_dir().join("../..")
 }
 
 /// The Python with NumPy for the reference: `$HUBMESH_INFER_PYTHON` (scripts/test creates it
@@ -83,7 +83,7 @@ pub fn python() -> Result<PathBuf> {
 
 fn run_reference(model_dir: &Path, prompts: &[Vec<u32>]) -> Result<Vec<RefResult>> {
     use std::io::Write;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference.py");
+    let script = manifest_dir().join("tests/reference.py");
     let mut child = Command::new(python()?)
         .arg(script)
         .stdin(Stdio::piped())
@@ -376,4 +376,11 @@ fn engine_greedy_tokens_match_reference() -> Result<()> {
         assert_eq!(out[&(i as u64)], expected, "request {i}");
     }
     Ok(())
+}
+
+/// The package's directory as Cargo or nextest gives it when the test runs, so a test binary
+/// built from one checkout and reused from another (same target dir) reads this checkout's files.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }

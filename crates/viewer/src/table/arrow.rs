@@ -13,9 +13,9 @@
 //! Column types come from the schema's `huggingface` metadata when `datasets` wrote it (its
 //! own features, exactly), else from the Arrow types.
 
+use super::{Feature, Row};
 use crate::ViewerError;
 use crate::source::RangeSource;
-use crate::table::{Feature, Row};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Date32Type, Date64Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
