@@ -67,6 +67,10 @@ const IMPORT_QUEUE: usize = 64;
 /// How often a fetch asks its providers that do not hold the whole object which chunks
 /// they hold now (`BlockRequest::Have`): swarming.
 const HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a fetch waits for its first `Have` answers before it hands out batches: so that
+/// the first batches go to the holders the scheduler prefers (partial ones, ADR 0015), not
+/// to whichever whole holder answered first.
+const FIRST_ROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// With nothing to ask for this long, the fetch asks the DHT for more providers.
 const ASK_MORE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 /// With nothing to ask for and no chunk verified for this long, the fetch gives up (it is
@@ -310,7 +314,21 @@ pub(crate) fn serve_blobs(
     manifest_id: &Hash,
     ids: &[Hash],
 ) -> Result<Vec<Vec<u8>>, ServeError> {
-    let Some(manifest) = cached_manifest_by_id(store, manifest_id)? else {
+    // The manifest cache is shared by every node of the process (tests run several): a
+    // manifest found there is the store's only if the store holds its file with that id.
+    let stored = match cached_manifest_by_id(store, manifest_id)? {
+        Some(manifest) if store.manifest_id(&manifest.sha256)? == Some(*manifest_id) => {
+            Some(manifest)
+        }
+        Some(manifest) if arrivals.shared_by_manifest(manifest_id).is_none() => {
+            return Err(ServeError::OtherManifest {
+                sha256: manifest.sha256,
+                manifest_id: *manifest_id,
+            });
+        }
+        _ => None,
+    };
+    let Some(manifest) = stored else {
         // Swarming: the chunks a fetch of a public repo's object has verified so far.
         let arriving = arrivals
             .shared_by_manifest(manifest_id)
@@ -332,12 +350,6 @@ pub(crate) fn serve_blobs(
             .collect();
     };
     let sha256 = manifest.sha256;
-    if store.manifest_id(&sha256)? != Some(*manifest_id) {
-        return Err(ServeError::OtherManifest {
-            sha256,
-            manifest_id: *manifest_id,
-        });
-    }
     if !servable(repos, &sha256) {
         return Err(ServeError::NotPublic(sha256));
     }
@@ -1083,10 +1095,19 @@ where
     };
     let mut scheduler =
         crate::schedule::Scheduler::swarming(&batches, &candidates, seed(p2p), window);
-    let mut polls: tokio::task::JoinSet<(PeerId, Option<Vec<u8>>)> = tokio::task::JoinSet::new();
+    let mut polls: tokio::task::JoinSet<(PeerId, Option<Option<Vec<u8>>>)> =
+        tokio::task::JoinSet::new();
     let mut polling: HashSet<PeerId> = HashSet::new();
     let mut next_poll = tokio::time::Instant::now();
     let mut progress_at = tokio::time::Instant::now();
+    // Batches are handed out once every first `Have` answer is in (or after
+    // `FIRST_ROUND_WAIT`), so the first choice sees who holds what.
+    let first_round_until = progress_at + FIRST_ROUND_WAIT;
+    let mut first_round = true;
+    // Providers whose last `Have` answer was a bitmap: they hold the object or are fetching
+    // it. With none of them usable, no poll outstanding and nothing in flight, nothing
+    // can come: the fetch fails at once rather than after `STALL_TIMEOUT`.
+    let mut answering: HashSet<PeerId> = HashSet::new();
 
     let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
     let feed = ChunkFeed::new(rx, spool.as_ref().map(|s| s.file.clone()));
@@ -1156,9 +1177,10 @@ where
                     let p2p = p2p.clone();
                     polls.spawn(async move {
                         let answer = p2p.fetch_blocks(peer, BlockRequest::Have { sha256 }).await;
+                        // `Some(None)`: it neither holds nor fetches the object.
                         let bits = match answer {
-                            Ok(BlockResponse::Have(bits)) => Some(bits),
-                            Ok(BlockResponse::NotFound) => Some(Vec::new()),
+                            Ok(BlockResponse::Have(bits)) => Some(Some(bits)),
+                            Ok(BlockResponse::NotFound) => Some(None),
                             _ => None,
                         };
                         (peer, bits)
@@ -1166,10 +1188,17 @@ where
                 }
             }
         }
-        while let Some(a) = scheduler.next(std::time::Instant::now(), frontier) {
+        if first_round && (polls.is_empty() || now >= first_round_until) {
+            first_round = false;
+        }
+        while let Some(a) = (!first_round)
+            .then(|| scheduler.next(std::time::Instant::now(), frontier))
+            .flatten()
+        {
             let (p2p, stats) = (p2p.clone(), stats.clone());
             let range = a.batch.first as usize..(a.batch.first + a.batch.count) as usize;
             let wanted = manifest.chunks[range].to_vec();
+            tracing::trace!(peer = %a.peer, %sha256, first = a.batch.first, count = a.batch.count, "asking for a batch");
             flying.spawn(async move {
                 let got = fetch_batch(
                     &p2p,
@@ -1183,19 +1212,26 @@ where
                 (a, got.await)
             });
         }
-        if scheduler.in_flight() == 0 {
+        if !first_round && scheduler.in_flight() == 0 {
             // Nothing to ask for now: nobody usable, or nobody holds what is missing yet.
             let stalled = now.duration_since(progress_at);
-            if (scheduler.is_stuck() || stalled >= ASK_MORE_AFTER)
+            // Nobody holds or fetches the object: waiting cannot help.
+            let hopeless = polls.is_empty()
+                && !scheduler
+                    .usable_providers()
+                    .any(|peer| answering.contains(&peer));
+            if (scheduler.is_stuck() || hopeless || stalled >= ASK_MORE_AFTER)
                 && let Some(more) = more.take()
             {
                 for peer in more().await {
                     scheduler.add_provider(peer);
                 }
                 next_poll = tokio::time::Instant::now();
+                first_round = true;
                 continue;
             }
-            if scheduler.is_stuck() || stalled >= STALL_TIMEOUT {
+            if scheduler.is_stuck() || hopeless || stalled >= STALL_TIMEOUT {
+                tracing::debug!(%sha256, frontier, hopeless, ?stalled, "nothing more to fetch from");
                 failure = Some(LfsError::NoChunks { sha256, frontier });
                 break;
             }
@@ -1205,9 +1241,20 @@ where
             Some(polled) = polls.join_next(), if !polls.is_empty() => {
                 if let Ok((peer, bits)) = polled {
                     polling.remove(&peer);
-                    if let Some(bits) = bits {
-                        let holds = crate::schedule::Holds::from_bitmap(&bits, total as usize);
-                        scheduler.set_holds(peer, holds);
+                    match bits {
+                        Some(Some(bits)) => {
+                            let holds = crate::schedule::Holds::from_bitmap(&bits, total as usize);
+                            tracing::trace!(%peer, %sha256, held = bits.iter().map(|b| b.count_ones()).sum::<u32>(), "have");
+                            scheduler.set_holds(peer, holds);
+                            answering.insert(peer);
+                        }
+                        Some(None) => {
+                            tracing::trace!(%peer, %sha256, "neither holds nor fetches");
+                            answering.remove(&peer);
+                        }
+                        None => {
+                            answering.remove(&peer);
+                        }
                     }
                 }
                 continue;

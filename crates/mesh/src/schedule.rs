@@ -245,6 +245,14 @@ impl Scheduler {
             .collect()
     }
 
+    /// Providers that may still be asked (not dropped, not failed too often).
+    pub(crate) fn usable_providers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.providers
+            .iter()
+            .filter(|(_, p)| p.usable())
+            .map(|(peer, _)| *peer)
+    }
+
     fn random(&mut self) -> u64 {
         let x = self.rarest.get_or_insert(1);
         *x ^= *x << 13;

@@ -41,6 +41,17 @@ fn commit(repos: &Repos, id: &RepoId, path: &str, bytes: &[u8]) {
         .unwrap();
 }
 
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=hub_mesh=debug`), to see
+/// what each node asks whom; silent otherwise.
+pub(crate) fn logs() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !done() {
