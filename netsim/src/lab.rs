@@ -657,10 +657,26 @@ impl Lab {
         }
         let mut rejected = 0;
         let mut refused = 0;
+        // The corrupt seeder's penalty as each node sees it: bad chunks counted against it.
+        let corrupt_id = self.node(corrupt)?.peer_id.clone();
+        let mut penalised_by = Vec::new();
+        let mut bad_from_corrupt = 0;
         for &i in &honest_nodes {
-            let c = self.node(i)?.counters(&self.agent)?;
+            let (_, body) = self.node(i)?.get(&self.agent, "/api/mesh/peers")?;
+            let c = &body["counters"];
             rejected += c["chunks_rejected"].as_u64().unwrap_or(0);
             refused += c["gossip_refused"].as_u64().unwrap_or(0);
+            let bad = body["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["peer_id"].as_str() == Some(corrupt_id.as_str()))
+                .filter_map(|p| p["bad_chunks"].as_u64())
+                .sum::<u64>();
+            if bad > 0 {
+                penalised_by.push(i);
+            }
+            bad_from_corrupt += bad;
         }
         let verified = {
             let nodes: Vec<&Node> = honest_nodes[1..]
@@ -676,7 +692,7 @@ impl Lab {
                 .count()
         };
         eprintln!(
-            "forgery: {} nodes took the liar's refs; {rejected} corrupt chunks rejected; {refused} gossip messages refused; {verified}/{} honest seeders serve verified bytes",
+            "forgery: {} nodes took the liar's refs; {rejected} corrupt chunks rejected ({bad_from_corrupt} counted against the corrupt seeder, by nodes {penalised_by:?}); {refused} gossip messages refused; {verified}/{} honest seeders serve verified bytes",
             took_lie.len(),
             honest_nodes.len() - 1
         );
@@ -685,6 +701,9 @@ impl Lab {
             "nodes": n + 1,
             "nodes_taking_forged_refs": took_lie,
             "chunks_rejected": rejected,
+            "corrupt_seeder": corrupt,
+            "corrupt_seeder_bad_chunks": bad_from_corrupt,
+            "corrupt_seeder_penalised_by": penalised_by,
             "gossip_refused": refused,
             "nodes_verified": verified,
             "honest_seeders": honest_nodes.len() - 1,

@@ -77,6 +77,9 @@ pub enum BlockRequest {
     },
     /// Where the peer's blob endpoint (iroh) listens.
     Blobs,
+    /// Which chunks of the object the responder holds, verified: all of them when it stores
+    /// the object, some while it is fetching it (swarming: a fetcher serves what it has).
+    Have { sha256: Sha256 },
 }
 
 /// The answer to a [`BlockRequest`].
@@ -94,13 +97,22 @@ pub enum BlockResponse {
     Blobs(Vec<std::net::SocketAddr>),
     /// The responder failed; try another peer or later.
     Failed,
+    /// The chunks the responder holds: bit `i % 8` of byte `i / 8` is chunk `i` of the
+    /// manifest (at most [`MAX_HAVE_LEN`] bytes; bits past the manifest's end are zero).
+    Have(Vec<u8>),
 }
+
+/// Largest bitmap a [`BlockResponse::Have`] carries: one bit per chunk of the largest
+/// manifest (each chunk takes more than 32 bytes of a manifest's encoding).
+pub const MAX_HAVE_LEN: usize = MAX_MANIFEST_LEN / 32 / 8;
 
 impl BlockRequest {
     /// The object asked about (`None` for [`BlockRequest::Blobs`]).
     pub fn sha256(&self) -> Option<&Sha256> {
         match self {
-            Self::Manifest { sha256 } | Self::Chunks { sha256, .. } => Some(sha256),
+            Self::Manifest { sha256 } | Self::Chunks { sha256, .. } | Self::Have { sha256 } => {
+                Some(sha256)
+            }
             Self::Blobs => None,
         }
     }
@@ -125,6 +137,10 @@ impl BlockRequest {
                 w.u32(*count);
             }
             Self::Blobs => w.u8(2),
+            Self::Have { sha256 } => {
+                w.u8(3);
+                w.bytes(&sha256.0);
+            }
         }
         w.finish()
     }
@@ -158,6 +174,9 @@ impl BlockRequest {
                 }
             }
             2 => Self::Blobs,
+            3 => Self::Have {
+                sha256: Sha256(r.array()?),
+            },
             _ => return Err(DecodeError::NotCanonical("unknown block request")),
         };
         r.end()?;
@@ -171,6 +190,7 @@ impl BlockResponse {
             Self::Manifest(m) => 8 + m.len(),
             Self::Chunks(c) => 4 + c.iter().map(|c| 4 + c.len()).sum::<usize>(),
             Self::Blobs(addrs) => 1 + addrs.len() * 19,
+            Self::Have(bits) => 4 + bits.len(),
             _ => 0,
         };
         let mut w = Writer::with_capacity(3 + len);
@@ -209,6 +229,11 @@ impl BlockResponse {
                     }
                     w.u16(addr.port());
                 }
+            }
+            Self::Have(bits) => {
+                w.u8(5);
+                w.u32(bits.len() as u32);
+                w.bytes(bits);
             }
         }
         w.finish()
@@ -264,6 +289,13 @@ impl BlockResponse {
                     addrs.push(std::net::SocketAddr::new(ip, r.u16()?));
                 }
                 Self::Blobs(addrs)
+            }
+            5 => {
+                let len = r.u32()? as usize;
+                if len > MAX_HAVE_LEN {
+                    return Err(DecodeError::NotCanonical("have bitmap length"));
+                }
+                Self::Have(r.take(len)?.to_vec())
             }
             _ => return Err(DecodeError::NotCanonical("unknown block response")),
         };
@@ -375,6 +407,9 @@ mod tests {
                 count: MAX_CHUNKS_PER_REQUEST,
             },
             BlockRequest::Blobs,
+            BlockRequest::Have {
+                sha256: Sha256([5; 32]),
+            },
         ] {
             let bytes = request.encode();
             assert!(bytes.len() <= MAX_BLOCK_REQUEST_LEN);
@@ -390,6 +425,8 @@ mod tests {
                 "127.0.0.1:4433".parse().unwrap(),
                 "[::1]:9".parse().unwrap(),
             ]),
+            BlockResponse::Have(Vec::new()),
+            BlockResponse::Have(vec![0b1010_0101; MAX_HAVE_LEN]),
         ] {
             assert_eq!(BlockResponse::decode(&response.encode()).unwrap(), response);
         }
@@ -421,6 +458,10 @@ mod tests {
         // A manifest length beyond the bound.
         let mut bytes = BlockResponse::Manifest(vec![0; 4]).encode();
         bytes[3..11].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(BlockResponse::decode(&bytes).is_err());
+        // A bitmap longer than any manifest's.
+        let mut bytes = BlockResponse::Have(vec![0; 4]).encode();
+        bytes[3..7].copy_from_slice(&(MAX_HAVE_LEN as u32 + 1).to_le_bytes());
         assert!(BlockResponse::decode(&bytes).is_err());
         // A pack request is not a block request.
         assert!(matches!(

@@ -33,7 +33,12 @@
 //! to for a week, or of objects the store holds, are removed when the next fetch starts.
 //!
 //! Serving: only objects in the LFS set of a public repo this node hosts or seeds; anything
-//! else is `NotFound`, the same answer as an unknown object.
+//! else is `NotFound`, the same answer as an unknown object. Swarming (ADR 0016): while an
+//! object of a public repo is being fetched, the verified chunks already held (spool or
+//! store) are served too, each checked against its id again as it is read, and
+//! `BlockRequest::Have` says which; a fetch asks its candidates that every
+//! [`HAVE_INTERVAL`] and hands the rarest batches out first, preferring partial holders to
+//! whole ones (module `schedule`).
 
 use crate::error::{LfsError, ScanError};
 use crate::stats::Stats;
@@ -59,6 +64,25 @@ use tokio::sync::mpsc;
 
 /// Verified chunks waiting for the import thread (at most 64 × 128 KiB in memory).
 const IMPORT_QUEUE: usize = 64;
+/// How often a fetch asks its providers that do not hold the whole object which chunks
+/// they hold now (`BlockRequest::Have`): swarming.
+const HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a fetch waits for its first `Have` answers before it hands out batches: so that
+/// the first batches go to the holders the scheduler prefers (partial ones, ADR 0016), not
+/// to whichever whole holder answered first.
+const FIRST_ROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// With nothing to ask for this long, the fetch asks the DHT for more providers.
+const ASK_MORE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+/// With nothing to ask for and no chunk verified for this long, the fetch gives up (it is
+/// retried with the repo's next sync, resuming from its spool).
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A seed for a fetch's tie-breaks, different per node and per fetch, so that fetchers that
+/// start together ask for different parts first.
+fn seed(p2p: &P2p) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(p2p.peer_id())
+}
 
 /// One LFS object a repo's tips reference and the store lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +172,7 @@ fn servable(repos: &Repos, sha256: &Sha256) -> bool {
 pub(crate) fn serve(
     repos: &Repos,
     store: &Store,
+    arrivals: &Arrivals,
     request: &BlockRequest,
     corrupt_for_tests: bool,
 ) -> BlockResponse {
@@ -156,7 +181,11 @@ pub(crate) fn serve(
         return BlockResponse::NotFound;
     };
     if !servable(repos, sha256) {
-        return BlockResponse::NotFound;
+        // Swarming: what a fetch of a public repo's object has verified so far.
+        return match arrivals.shared(sha256) {
+            Some(arriving) => serve_partial(store, &arriving, request, corrupt_for_tests),
+            None => BlockResponse::NotFound,
+        };
     }
     let manifest = match cached_manifest(store, sha256) {
         Ok(Some(manifest)) => manifest,
@@ -176,6 +205,9 @@ pub(crate) fn serve(
             BlockResponse::Manifest(bytes)
         }
         BlockRequest::Blobs => BlockResponse::NotFound,
+        BlockRequest::Have { .. } => {
+            BlockResponse::Have(bitmap(&vec![true; manifest.chunks.len()]))
+        }
         BlockRequest::Chunks { first, count, .. } => {
             match read_chunks(store, &manifest, first as usize, count as usize) {
                 Ok(mut chunks) if !chunks.is_empty() => {
@@ -190,6 +222,60 @@ pub(crate) fn serve(
                     BlockResponse::Failed
                 }
             }
+        }
+    }
+}
+
+/// A `Have` bitmap: bit `i % 8` of byte `i / 8` is `held[i]`.
+fn bitmap(held: &[bool]) -> Vec<u8> {
+    let mut bits = vec![0u8; held.len().div_ceil(8)];
+    for (i, _) in held.iter().enumerate().filter(|(_, h)| **h) {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
+}
+
+/// Answers a block request from an object still being fetched (blocking): its manifest
+/// (verified against the signed binding when the fetch took it), which chunks are held, and
+/// the held run of a requested batch, each chunk read back and checked against its id
+/// before it is sent. Nothing else is ever served from a partial object.
+fn serve_partial(
+    store: &Store,
+    arriving: &Arriving,
+    request: &BlockRequest,
+    corrupt_for_tests: bool,
+) -> BlockResponse {
+    let manifest = &arriving.manifest;
+    match *request {
+        BlockRequest::Manifest { .. } => {
+            let bytes = manifest.encode();
+            if bytes.len() > MAX_MANIFEST_LEN {
+                return BlockResponse::Failed;
+            }
+            BlockResponse::Manifest(bytes)
+        }
+        BlockRequest::Have { .. } => BlockResponse::Have(bitmap(&arriving.held())),
+        BlockRequest::Blobs => BlockResponse::NotFound,
+        BlockRequest::Chunks { first, count, .. } => {
+            let mut chunks = Vec::new();
+            let mut bytes = 0usize;
+            for i in (first as usize..).take(count as usize) {
+                if bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                let Some(chunk) = arriving.read(store, i) else {
+                    break;
+                };
+                bytes += chunk.len();
+                chunks.push(chunk);
+            }
+            if chunks.is_empty() {
+                return BlockResponse::NotFound;
+            }
+            if corrupt_for_tests {
+                chunks[0][0] ^= 1;
+            }
+            BlockResponse::Chunks(chunks)
         }
     }
 }
@@ -223,19 +309,47 @@ impl ChunkSets {
 pub(crate) fn serve_blobs(
     repos: &Repos,
     store: &Store,
+    arrivals: &Arrivals,
     sets: &Mutex<ChunkSets>,
     manifest_id: &Hash,
     ids: &[Hash],
 ) -> Result<Vec<Vec<u8>>, ServeError> {
-    let manifest =
-        cached_manifest_by_id(store, manifest_id)?.ok_or(ServeError::NoManifest(*manifest_id))?;
+    // The manifest cache is shared by every node of the process (tests run several): a
+    // manifest found there is the store's only if the store holds its file with that id.
+    let stored = match cached_manifest_by_id(store, manifest_id)? {
+        Some(manifest) if store.manifest_id(&manifest.sha256)? == Some(*manifest_id) => {
+            Some(manifest)
+        }
+        Some(manifest) if arrivals.shared_by_manifest(manifest_id).is_none() => {
+            return Err(ServeError::OtherManifest {
+                sha256: manifest.sha256,
+                manifest_id: *manifest_id,
+            });
+        }
+        _ => None,
+    };
+    let Some(manifest) = stored else {
+        // Swarming: the chunks a fetch of a public repo's object has verified so far.
+        let arriving = arrivals
+            .shared_by_manifest(manifest_id)
+            .ok_or(ServeError::NoManifest(*manifest_id))?;
+        let chunks = &arriving.manifest.chunks;
+        return ids
+            .iter()
+            .map(|id| {
+                let mut at = (chunks.iter().enumerate())
+                    .filter(|(_, c)| c.id == *id)
+                    .peekable();
+                if at.peek().is_none() {
+                    let sha256 = arriving.manifest.sha256;
+                    return Err(ServeError::Stranger { id: *id, sha256 });
+                }
+                at.find_map(|(i, _)| arriving.read(store, i))
+                    .ok_or(ServeError::NotHeld(*id))
+            })
+            .collect();
+    };
     let sha256 = manifest.sha256;
-    if store.manifest_id(&sha256)? != Some(*manifest_id) {
-        return Err(ServeError::OtherManifest {
-            sha256,
-            manifest_id: *manifest_id,
-        });
-    }
     if !servable(repos, &sha256) {
         return Err(ServeError::NotPublic(sha256));
     }
@@ -270,6 +384,8 @@ pub(crate) enum ServeError {
     Stranger { id: Hash, sha256: Sha256 },
     #[error("chunk {0} is gone")]
     Gone(Hash),
+    #[error("chunk {0} has not arrived here yet")]
+    NotHeld(Hash),
     #[error(transparent)]
     Store(#[from] hub_store::StoreError),
 }
@@ -625,6 +741,11 @@ impl Spool {
 #[derive(Clone)]
 pub(crate) struct Arriving {
     manifest: Arc<Manifest>,
+    /// The signed manifest id the manifest was checked against.
+    manifest_id: Hash,
+    /// Whether its verified chunks may be served to peers (the object is fetched for a
+    /// public repo): swarming.
+    share: bool,
     local: Arc<Vec<bool>>,
     /// The spool, open: its records stay readable after the file is removed at the end.
     spool: Arc<File>,
@@ -643,6 +764,28 @@ pub(crate) struct Arrivals {
 }
 
 impl Arriving {
+    /// Which chunks are held here, verified: in the store, or in the spool.
+    fn held(&self) -> Vec<bool> {
+        let at = self.at.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.local.iter().zip(at.iter()))
+            .map(|(&local, &at)| local || at != NOT_SPOOLED)
+            .collect()
+    }
+
+    /// Chunk `i`, if held, read back and checked against its id (blocking).
+    fn read(&self, store: &Store, i: usize) -> Option<Vec<u8>> {
+        let chunk = self.manifest.chunks.get(i)?;
+        if self.local[i] {
+            return store.read_chunks(&[chunk.id]).ok()?.pop().flatten();
+        }
+        let at = self.at.lock().unwrap_or_else(PoisonError::into_inner)[i];
+        let mut buf = vec![0u8; chunk.len as usize];
+        (at != NOT_SPOOLED
+            && self.spool.read_exact_at(&mut buf, at).is_ok()
+            && Hash::of(&buf) == chunk.id)
+            .then_some(buf)
+    }
+
     /// Waits until the first chunk is verified and readable (`true`), or the fetch ended
     /// without it, or `deadline` passed (`false`): a download commits to streaming only once
     /// something good has arrived, so a fetch that cannot start is still a clean 503.
@@ -658,6 +801,19 @@ impl Arrivals {
     pub(crate) fn get(&self, sha256: &Sha256) -> Option<Arriving> {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(sha256).cloned()
+    }
+
+    /// The fetch of `sha256`, if one runs and may share what it holds.
+    fn shared(&self, sha256: &Sha256) -> Option<Arriving> {
+        self.get(sha256).filter(|a| a.share)
+    }
+
+    /// The fetch of the object whose signed manifest id is `id`, if one runs and may share.
+    fn shared_by_manifest(&self, id: &Hash) -> Option<Arriving> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.values()
+            .find(|a| a.share && a.manifest_id == *id)
+            .cloned()
     }
 
     /// The fetch of `sha256` once it registers; `None` when `done` resolves first without
@@ -822,13 +978,17 @@ fn penalise(stats: &Stats, peer: PeerId, sha256: &Sha256, what: &dyn std::fmt::D
 /// Fetches one object from `peers` (in order of preference), verified, into `store`: the
 /// chunks the store lacks, in batches spread over several peers at once (module `schedule`).
 /// `more` is asked once for further candidates when those run out. Returns the bytes of
-/// chunks received for it.
+/// chunks received for it. `share`: whether what has arrived may be served meanwhile (swarming,
+/// ADR 0016; only for a public repo).
+// The driver's context split into what a fetch uses, plus the object and its candidates.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch_object<F, Fut>(
     p2p: &P2p,
     stats: &Arc<Stats>,
     store: &Store,
     arrivals: &Arrivals,
     wanted: Wanted,
+    share: bool,
     peers: &[PeerId],
     more: F,
 ) -> Result<u64, LfsError>
@@ -913,6 +1073,8 @@ where
     let (frontier_tx, frontier_rx) = tokio::sync::watch::channel(0u32);
     let arriving = spool.as_ref().map(|s| Arriving {
         manifest: Arc::new(manifest.clone()),
+        manifest_id,
+        share,
         local: Arc::new(local.clone()),
         spool: s.file.clone(),
         at: Arc::new(Mutex::new(s.at.clone())),
@@ -924,7 +1086,28 @@ where
     });
     let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
     let batches = crate::schedule::plan(&lens, &have);
-    let mut scheduler = crate::schedule::Scheduler::new(&batches, &candidates);
+    // Swarming (ADR 0016): peers' holdings come from `Have` polls; with a spool, verified
+    // batches past the reorder window wait there, so the whole object is the window.
+    let window = if spool.is_some() {
+        u32::MAX
+    } else {
+        crate::schedule::WINDOW_CHUNKS
+    };
+    let mut scheduler =
+        crate::schedule::Scheduler::swarming(&batches, &candidates, seed(p2p), window);
+    let mut polls: tokio::task::JoinSet<(PeerId, Option<Option<Vec<u8>>>)> =
+        tokio::task::JoinSet::new();
+    let mut polling: HashSet<PeerId> = HashSet::new();
+    let mut next_poll = tokio::time::Instant::now();
+    let mut progress_at = tokio::time::Instant::now();
+    // Batches are handed out once every first `Have` answer is in (or after
+    // `FIRST_ROUND_WAIT`), so the first choice sees who holds what.
+    let first_round_until = progress_at + FIRST_ROUND_WAIT;
+    let mut first_round = true;
+    // Providers whose last `Have` answer was a bitmap: they hold the object or are fetching
+    // it. With none of them usable, no poll outstanding and nothing in flight, nothing
+    // can come: the fetch fails at once rather than after `STALL_TIMEOUT`.
+    let mut answering: HashSet<PeerId> = HashSet::new();
 
     let (tx, rx) = mpsc::channel(IMPORT_QUEUE);
     let feed = ChunkFeed::new(rx, spool.as_ref().map(|s| s.file.clone()));
@@ -986,10 +1169,36 @@ where
         if frontier == total {
             break;
         }
-        while let Some(a) = scheduler.next(std::time::Instant::now(), frontier) {
+        let now = tokio::time::Instant::now();
+        if now >= next_poll {
+            next_poll = now + HAVE_INTERVAL;
+            for peer in scheduler.partial_providers() {
+                if polling.insert(peer) {
+                    let p2p = p2p.clone();
+                    polls.spawn(async move {
+                        let answer = p2p.fetch_blocks(peer, BlockRequest::Have { sha256 }).await;
+                        // `Some(None)`: it neither holds nor fetches the object.
+                        let bits = match answer {
+                            Ok(BlockResponse::Have(bits)) => Some(Some(bits)),
+                            Ok(BlockResponse::NotFound) => Some(None),
+                            _ => None,
+                        };
+                        (peer, bits)
+                    });
+                }
+            }
+        }
+        if first_round && (polls.is_empty() || now >= first_round_until) {
+            first_round = false;
+        }
+        while let Some(a) = (!first_round)
+            .then(|| scheduler.next(std::time::Instant::now(), frontier))
+            .flatten()
+        {
             let (p2p, stats) = (p2p.clone(), stats.clone());
             let range = a.batch.first as usize..(a.batch.first + a.batch.count) as usize;
             let wanted = manifest.chunks[range].to_vec();
+            tracing::trace!(peer = %a.peer, %sha256, first = a.batch.first, count = a.batch.count, "asking for a batch");
             flying.spawn(async move {
                 let got = fetch_batch(
                     &p2p,
@@ -1003,19 +1212,56 @@ where
                 (a, got.await)
             });
         }
-        if scheduler.in_flight() == 0 {
-            if scheduler.is_stuck()
+        if !first_round && scheduler.in_flight() == 0 {
+            // Nothing to ask for now: nobody usable, or nobody holds what is missing yet.
+            let stalled = now.duration_since(progress_at);
+            // Nobody holds or fetches the object: waiting cannot help.
+            let hopeless = polls.is_empty()
+                && !scheduler
+                    .usable_providers()
+                    .any(|peer| answering.contains(&peer));
+            if (scheduler.is_stuck() || hopeless || stalled >= ASK_MORE_AFTER)
                 && let Some(more) = more.take()
             {
                 for peer in more().await {
                     scheduler.add_provider(peer);
                 }
+                next_poll = tokio::time::Instant::now();
+                first_round = true;
                 continue;
             }
-            failure = Some(LfsError::NoChunks { sha256, frontier });
-            break;
+            if scheduler.is_stuck() || hopeless || stalled >= STALL_TIMEOUT {
+                tracing::debug!(%sha256, frontier, hopeless, ?stalled, "nothing more to fetch from");
+                failure = Some(LfsError::NoChunks { sha256, frontier });
+                break;
+            }
         }
-        let (a, result) = match flying.join_next().await {
+        let joined = tokio::select! {
+            joined = flying.join_next(), if !flying.is_empty() => joined,
+            Some(polled) = polls.join_next(), if !polls.is_empty() => {
+                if let Ok((peer, bits)) = polled {
+                    polling.remove(&peer);
+                    match bits {
+                        Some(Some(bits)) => {
+                            let holds = crate::schedule::Holds::from_bitmap(&bits, total as usize);
+                            tracing::trace!(%peer, %sha256, held = bits.iter().map(|b| b.count_ones()).sum::<u32>(), "have");
+                            scheduler.set_holds(peer, holds);
+                            answering.insert(peer);
+                        }
+                        Some(None) => {
+                            tracing::trace!(%peer, %sha256, "neither holds nor fetches");
+                            answering.remove(&peer);
+                        }
+                        None => {
+                            answering.remove(&peer);
+                        }
+                    }
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(next_poll) => continue,
+        };
+        let (a, result) = match joined {
             Some(Ok(done)) => done,
             Some(Err(error)) => {
                 failure = Some(LfsError::Task {
@@ -1046,6 +1292,7 @@ where
                 };
                 match checked {
                     Ok(()) => {
+                        progress_at = tokio::time::Instant::now();
                         let n = chunks.len() as u32;
                         // Kept on disk at once, so that a restart does not fetch them again.
                         let chunks = match spool.take() {
@@ -1082,7 +1329,17 @@ where
                             }
                             None => chunks,
                         };
-                        ready.insert(a.batch.first, chunks);
+                        // Far ahead of the frontier, a spooled batch waits on disk only.
+                        let near =
+                            a.batch.first < frontier.saturating_add(crate::schedule::WINDOW_CHUNKS);
+                        let spooled = spool.as_ref().is_some_and(|s| {
+                            s.at[a.batch.first as usize..][..chunks.len()]
+                                .iter()
+                                .all(|&at| at != NOT_SPOOLED)
+                        });
+                        if near || !spooled {
+                            ready.insert(a.batch.first, chunks);
+                        }
                         crate::schedule::Outcome::Served { chunks: n, bytes }
                     }
                     Err(error) => {
@@ -1158,12 +1415,14 @@ mod tests {
         let manifest_req = BlockRequest::Manifest { sha256: sha };
         // Only a private repo has it: not served.
         assert_eq!(
-            serve(&repos, &store, &manifest_req, false),
+            serve(&repos, &store, &Arrivals::default(), &manifest_req, false),
             BlockResponse::NotFound
         );
         repos.create(&public, &author).unwrap();
         repos.add_lfs_objects(&public, &[sha.0]).unwrap();
-        let BlockResponse::Manifest(bytes) = serve(&repos, &store, &manifest_req, false) else {
+        let BlockResponse::Manifest(bytes) =
+            serve(&repos, &store, &Arrivals::default(), &manifest_req, false)
+        else {
             panic!("manifest expected");
         };
         let manifest = check_manifest(&bytes, &info.manifest_id, &sha, data.len() as u64).unwrap();
@@ -1186,7 +1445,9 @@ mod tests {
                 first: first as u32,
                 count: MAX_CHUNKS_PER_REQUEST,
             };
-            let BlockResponse::Chunks(chunks) = serve(&repos, &store, &request, false) else {
+            let BlockResponse::Chunks(chunks) =
+                serve(&repos, &store, &Arrivals::default(), &request, false)
+            else {
                 panic!("chunks expected");
             };
             let bytes: usize = chunks.iter().map(Vec::len).sum();
@@ -1202,7 +1463,9 @@ mod tests {
             first: 0,
             count: 1,
         };
-        let BlockResponse::Chunks(bad) = serve(&repos, &store, &request, true) else {
+        let BlockResponse::Chunks(bad) =
+            serve(&repos, &store, &Arrivals::default(), &request, true)
+        else {
             panic!("chunks expected");
         };
         assert!(check_chunks(&manifest, 0, &bad).is_err());
@@ -1212,12 +1475,15 @@ mod tests {
             first: manifest.chunks.len() as u32,
             count: 1,
         };
-        assert_eq!(serve(&repos, &store, &past, false), BlockResponse::NotFound);
+        assert_eq!(
+            serve(&repos, &store, &Arrivals::default(), &past, false),
+            BlockResponse::NotFound
+        );
         let unknown = BlockRequest::Manifest {
             sha256: Sha256([1; 32]),
         };
         assert_eq!(
-            serve(&repos, &store, &unknown, false),
+            serve(&repos, &store, &Arrivals::default(), &unknown, false),
             BlockResponse::NotFound
         );
     }
@@ -1478,6 +1744,8 @@ mod tests {
         assert!(n >= 4, "{n} chunks");
         let arriving = |spool: &Spool, frontier| Arriving {
             manifest: Arc::new(manifest.clone()),
+            manifest_id: id,
+            share: false,
             local: Arc::new(vec![false; n]),
             spool: spool.file.clone(),
             at: Arc::new(Mutex::new(spool.at.clone())),

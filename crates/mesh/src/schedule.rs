@@ -19,6 +19,17 @@
 //! Batches are only handed out within [`WINDOW_CHUNKS`] of the import frontier (the first
 //! chunk not yet passed on in order), which bounds the reorder buffer when one provider is
 //! slower than the others.
+//!
+//! Swarming ([`Scheduler::swarming`], ADR 0016): providers may hold only part of the object
+//! (they are fetching it too and serve the verified chunks they have). Each provider's
+//! holdings ([`Holds`]) come from its answers to `BlockRequest::Have`; a batch goes only to
+//! a provider that holds its first chunk, trimmed to the run it holds (the rest goes back).
+//! The batch handed out is the *rarest* one (fewest usable providers hold it), ties broken at
+//! random, so fetchers that start together ask the origin for different parts and then trade
+//! them; among the idle holders of that batch, one that holds only part of the object is
+//! preferred to one that holds it whole, so the origin is not asked for what others have.
+//! The window is set by the caller (the whole object when verified batches go to a spool
+//! rather than memory).
 
 use hub_protocol::blocks::{MAX_BATCH_BYTES, MAX_CHUNKS_PER_REQUEST};
 use libp2p::PeerId;
@@ -41,6 +52,8 @@ pub(crate) const WINDOW_CHUNKS: u32 = 8 * MAX_CHUNKS_PER_REQUEST;
 pub(crate) const MAX_FAILURES: u32 = 3;
 /// The score of a provider with no measured rate (bytes per second): higher than any real one.
 pub(crate) const UNMEASURED: f64 = 1e15;
+/// Pending batches a swarming scheduler looks at for each request (the lowest ones).
+const MAX_SCANNED: usize = 4096;
 /// Weight of the newest sample in the rate average.
 const RATE_WEIGHT: f64 = 0.5;
 
@@ -71,6 +84,37 @@ pub(crate) enum Outcome {
     Bad,
 }
 
+/// What part of the object a provider holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Holds {
+    /// All of it (assumed of providers nobody said otherwise of, outside swarming).
+    #[default]
+    All,
+    /// The chunks whose flag is set (a prefix of the manifest's; missing ones are not held).
+    Part(Vec<bool>),
+}
+
+impl Holds {
+    /// From a `Have` bitmap (bit `i % 8` of byte `i / 8`) of an object of `chunks` chunks.
+    pub(crate) fn from_bitmap(bits: &[u8], chunks: usize) -> Self {
+        let held: Vec<bool> = (0..chunks)
+            .map(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+            .collect();
+        if held.iter().all(|&h| h) {
+            Self::All
+        } else {
+            Self::Part(held)
+        }
+    }
+
+    fn has(&self, chunk: u32) -> bool {
+        match self {
+            Self::All => true,
+            Self::Part(held) => held.get(chunk as usize).copied().unwrap_or(false),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Provider {
     rate: Option<f64>,
@@ -78,6 +122,7 @@ struct Provider {
     bad: bool,
     /// Requests in flight on it.
     busy: u32,
+    holds: Holds,
 }
 
 impl Provider {
@@ -111,6 +156,11 @@ pub(crate) struct Scheduler {
     /// Providers in order of preference (ties go to the earlier one).
     providers: Vec<(PeerId, Provider)>,
     next_id: u64,
+    /// How far past the frontier batches are handed out, in chunks.
+    window: u32,
+    /// Swarming: rarest batch first, ties broken by this generator (xorshift64); `None`:
+    /// lowest batch first.
+    rarest: Option<u64>,
 }
 
 /// Cuts the chunks not held locally into batches a provider answers in full.
@@ -148,6 +198,8 @@ impl Scheduler {
             in_flight: HashMap::new(),
             providers: Vec::new(),
             next_id: 0,
+            window: WINDOW_CHUNKS,
+            rarest: None,
         };
         for &peer in providers {
             scheduler.add_provider(peer);
@@ -155,10 +207,74 @@ impl Scheduler {
         scheduler
     }
 
+    /// A scheduler for swarming: providers hold nothing until [`Scheduler::set_holds`] says
+    /// otherwise, the rarest batch goes first (ties broken with `seed`), and batches are
+    /// handed out up to `window` chunks past the frontier.
+    pub(crate) fn swarming(
+        batches: &[Batch],
+        providers: &[PeerId],
+        seed: u64,
+        window: u32,
+    ) -> Self {
+        let mut scheduler = Self::new(batches, providers);
+        for (_, p) in &mut scheduler.providers {
+            p.holds = Holds::Part(Vec::new());
+        }
+        scheduler.window = window;
+        // splitmix64 of the seed: xorshift's first outputs from a small state grow with it.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        scheduler.rarest = Some((z ^ (z >> 31)) | 1);
+        scheduler
+    }
+
+    /// What `peer` holds now (a no-op for a peer that is not a provider).
+    pub(crate) fn set_holds(&mut self, peer: PeerId, holds: Holds) {
+        if let Some((_, p)) = self.providers.iter_mut().find(|(p, _)| *p == peer) {
+            p.holds = holds;
+        }
+    }
+
+    /// Usable providers not known to hold the whole object: whose holdings to ask about.
+    pub(crate) fn partial_providers(&self) -> Vec<PeerId> {
+        self.providers
+            .iter()
+            .filter(|(_, p)| p.usable() && p.holds != Holds::All)
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
+    /// Providers that may still be asked (not dropped, not failed too often).
+    pub(crate) fn usable_providers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.providers
+            .iter()
+            .filter(|(_, p)| p.usable())
+            .map(|(peer, _)| *peer)
+    }
+
+    fn random(&mut self) -> u64 {
+        let x = self.rarest.get_or_insert(1);
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
     /// Adds a candidate (a no-op for one already known).
     pub(crate) fn add_provider(&mut self, peer: PeerId) {
         if !self.providers.iter().any(|(p, _)| *p == peer) {
-            self.providers.push((peer, Provider::default()));
+            let holds = match self.rarest {
+                Some(_) => Holds::Part(Vec::new()),
+                None => Holds::All,
+            };
+            self.providers.push((
+                peer,
+                Provider {
+                    holds,
+                    ..Provider::default()
+                },
+            ));
         }
     }
 
@@ -174,30 +290,81 @@ impl Scheduler {
     }
 
     /// The next request to make, if a batch within the window and an idle usable provider
-    /// are both there. Call until `None`.
+    /// that holds it are both there. Call until `None`.
     pub(crate) fn next(&mut self, now: Instant, frontier: u32) -> Option<Assignment> {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
-        let (&first, &count) = self.pending.iter().next()?;
-        if first >= frontier.saturating_add(WINDOW_CHUNKS) {
+        let limit = frontier.saturating_add(self.window);
+        let (first, count) = match self.rarest {
+            None => {
+                let (&first, &count) = self.pending.iter().next()?;
+                (first, count)
+            }
+            Some(_) => self.rarest_batch(limit)?,
+        };
+        if first >= limit {
             return None;
         }
+        let idle = |p: &Provider| p.usable() && p.busy < MAX_PER_PROVIDER && p.holds.has(first);
+        // Outside swarming every provider holds everything; in it, a holder of part of the
+        // object goes before one that holds it whole (the origin, or a finished peer).
+        let partial_idle = self
+            .providers
+            .iter()
+            .any(|(_, p)| idle(p) && p.holds != Holds::All);
         let (peer, provider) = self
             .providers
             .iter_mut()
-            .filter(|(_, p)| p.usable() && p.busy < MAX_PER_PROVIDER)
+            .filter(|(_, p)| idle(p) && (!partial_idle || p.holds != Holds::All))
             // The first of equal scores wins: `max_by` keeps the last, so compare reversed.
             .rev()
             .max_by(|(_, a), (_, b)| a.share().total_cmp(&b.share()))?;
+        // Only the run it holds from `first` on; the rest stays pending.
+        let held = (first..first + count)
+            .take_while(|&i| provider.holds.has(i))
+            .count() as u32;
         provider.busy += 1;
         let peer = *peer;
         self.pending.remove(&first);
-        let batch = Batch { first, count };
+        if held < count {
+            self.pending.insert(first + held, count - held);
+        }
+        let batch = Batch { first, count: held };
         let id = self.next_id;
         self.next_id += 1;
         self.in_flight.insert(id, (peer, batch, now));
         Some(Assignment { id, peer, batch })
+    }
+
+    /// Swarming: the pending batch below `limit` that the fewest usable providers hold and
+    /// an idle one does (ties at random), if any.
+    fn rarest_batch(&mut self, limit: u32) -> Option<(u32, u32)> {
+        let mut best: Option<(usize, u64, u32, u32)> = None;
+        let candidates: Vec<(u32, u32)> = self
+            .pending
+            .range(..limit)
+            .take(MAX_SCANNED)
+            .map(|(&f, &c)| (f, c))
+            .collect();
+        for (first, count) in candidates {
+            let mut holders = 0;
+            let mut idle = false;
+            for (_, p) in &self.providers {
+                if p.usable() && p.holds.has(first) {
+                    holders += 1;
+                    idle |= p.busy < MAX_PER_PROVIDER;
+                }
+            }
+            if !idle {
+                continue;
+            }
+            let tie = self.random();
+            if best.is_none_or(|(h, t, _, _)| (holders, tie) < (h, t)) {
+                best = Some((holders, tie, first, count));
+            }
+        }
+        best.map(|(_, _, first, count)| (first, count))
     }
 
     /// Records how request `id` ended; unknown ids are ignored.
@@ -484,5 +651,135 @@ mod tests {
         let mut s = Scheduler::new(&[far], &ps);
         assert_eq!(s.next(t, 0), None);
         assert_eq!(s.next(t, 6).unwrap().batch, far);
+    }
+
+    fn part(n: usize, held: std::ops::Range<usize>) -> Holds {
+        let mut bits = vec![false; n];
+        bits[held].fill(true);
+        Holds::Part(bits)
+    }
+
+    #[test]
+    fn a_have_bitmap_reads_as_holdings() {
+        assert_eq!(Holds::from_bitmap(&[0xff, 0x03], 10), Holds::All);
+        let some = Holds::from_bitmap(&[0b0000_0101], 10);
+        assert_eq!(
+            some,
+            Holds::Part(vec![
+                true, false, true, false, false, false, false, false, false, false
+            ])
+        );
+        // A short bitmap (or a NotFound, read as empty) holds nothing past its end.
+        assert_eq!(Holds::from_bitmap(&[], 2), Holds::Part(vec![false, false]));
+    }
+
+    #[test]
+    fn swarming_asks_only_holders_and_trims_to_the_run_they_hold() {
+        let t = Instant::now();
+        let ps = peers(2);
+        let mut s = Scheduler::swarming(&batches(2), &ps, 7, u32::MAX);
+        // Nobody said what it holds: nothing is asked.
+        assert_eq!(s.next(t, 0), None);
+        assert!(!s.is_stuck(), "holdings may still come");
+        // Peer 0 holds chunks 0..40 only, peer 1 nothing.
+        s.set_holds(ps[0], part(128, 0..40));
+        s.set_holds(ps[1], part(128, 0..0));
+        let a = s.next(t, 0).unwrap();
+        assert_eq!(
+            (a.peer, a.batch),
+            (
+                ps[0],
+                Batch {
+                    first: 0,
+                    count: 40
+                }
+            )
+        );
+        assert_eq!(s.next(t, 0), None, "nobody holds 40..128");
+        // Peer 1 gets the rest; the trimmed remainder and the second batch go to it.
+        s.set_holds(ps[1], part(128, 40..128));
+        let mut got: Vec<Batch> = std::iter::from_fn(|| s.next(t, 0))
+            .map(|a| a.batch)
+            .collect();
+        // Equally rare: in the seed's order.
+        got.sort_by_key(|b| b.first);
+        assert_eq!(
+            got,
+            [
+                Batch {
+                    first: 40,
+                    count: 24
+                },
+                Batch {
+                    first: 64,
+                    count: 64
+                }
+            ]
+        );
+        assert_eq!(s.partial_providers(), ps);
+        s.set_holds(ps[0], Holds::All);
+        assert_eq!(s.partial_providers(), [ps[1]]);
+    }
+
+    #[test]
+    fn swarming_takes_the_rarest_batch_and_spares_the_origin() {
+        let t = Instant::now();
+        let ps = peers(3);
+        let (origin, a, b) = (ps[0], ps[1], ps[2]);
+        let mut s = Scheduler::swarming(&batches(4), &ps, 11, u32::MAX);
+        s.set_holds(origin, Holds::All);
+        // Batches 0 and 1 are held by a and b too, batch 2 by a, batch 3 by the origin only.
+        s.set_holds(a, part(256, 0..192));
+        s.set_holds(b, part(256, 0..128));
+        // The rarest first: batch 3 (one holder, the origin), then batch 2 (two holders),
+        // from `a` rather than the origin, then batches 0 and 1 (three), from `b` and `a`.
+        let got: Vec<(PeerId, u32)> = std::iter::from_fn(|| s.next(t, 0))
+            .map(|x| (x.peer, x.batch.first))
+            .collect();
+        assert_eq!(got[0], (origin, 192));
+        assert_eq!(got[1], (a, 128));
+        assert_eq!(got.len(), 4);
+        assert!(got[2..].iter().all(|&(p, _)| p != origin), "{got:?}");
+    }
+
+    #[test]
+    fn equally_rare_batches_are_taken_in_a_different_order_per_seed() {
+        let t = Instant::now();
+        let ps = peers(1);
+        let order = |seed| {
+            let mut s = Scheduler::swarming(&batches(16), &ps, seed, u32::MAX);
+            s.set_holds(ps[0], Holds::All);
+            s.next(t, 0).unwrap().batch.first
+        };
+        let firsts: std::collections::BTreeSet<u32> = (1..20).map(order).collect();
+        assert!(firsts.len() > 3, "{firsts:?}");
+    }
+
+    #[test]
+    fn a_corrupt_partial_holder_is_dropped_and_its_batch_goes_to_an_honest_one() {
+        let t = Instant::now();
+        let ps = peers(2);
+        let (origin, liar) = (ps[0], ps[1]);
+        let mut s = Scheduler::swarming(&batches(1), &ps, 3, u32::MAX);
+        s.set_holds(origin, Holds::All);
+        s.set_holds(liar, part(64, 0..64));
+        // The partial holder goes first (the origin is spared), and lies.
+        let a = s.next(t, 0).unwrap();
+        assert_eq!(a.peer, liar);
+        s.finish(a.id, t, Outcome::Bad);
+        // Never asked again, whatever it claims to hold; the origin gets the batch.
+        s.set_holds(liar, Holds::All);
+        let b = s.next(t, 0).unwrap();
+        assert_eq!((b.peer, b.batch), (origin, a.batch));
+        assert_eq!(s.partial_providers(), Vec::<PeerId>::new());
+        s.finish(
+            b.id,
+            t,
+            Outcome::Served {
+                chunks: 64,
+                bytes: 1,
+            },
+        );
+        assert!(s.is_done());
     }
 }

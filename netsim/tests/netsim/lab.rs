@@ -123,7 +123,7 @@ fn partition_heal_every_node_converges_and_none_rolls_back() {
 #[test]
 fn forgery_nobody_takes_forged_refs_or_corrupt_chunks() {
     let scenario =
-        "kind = \"forgery\"\nnodes = 4\nfile_mib = 2\nrate_mbit = 100\ndeadline_s = 120\n";
+        "kind = \"forgery\"\nnodes = 4\nfile_mib = 12\nrate_mbit = 100\ndeadline_s = 120\n";
     let Some(v) = run("forgery", scenario) else {
         return;
     };
@@ -134,4 +134,19 @@ fn forgery_nobody_takes_forged_refs_or_corrupt_chunks() {
     );
     assert_eq!(v["nodes_verified"], v["honest_seeders"], "{v}");
     assert!(v["gossip_refused"].as_u64().unwrap() >= 2, "{v}");
+    // The corrupt seeder was asked (it holds the whole file, as the origin does, when the
+    // others start: 12 MiB is three batches, spread over both), its chunks were rejected,
+    // and the rejections were counted against it.
+    assert!(v["chunks_rejected"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(
+        v["corrupt_seeder_bad_chunks"], v["chunks_rejected"],
+        "every rejected chunk came from the corrupt seeder: {v}"
+    );
+    assert!(
+        !v["corrupt_seeder_penalised_by"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
 }

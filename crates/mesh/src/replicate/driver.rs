@@ -63,8 +63,15 @@ impl BlobSource for Ctx {
     }
 
     fn read(&self, manifest: &Hash, ids: &[Hash]) -> Result<Vec<Vec<u8>>, ReadError> {
-        crate::lfs::serve_blobs(&self.repos, &self.chunks, &self.chunk_sets, manifest, ids)
-            .map_err(Into::into)
+        crate::lfs::serve_blobs(
+            &self.repos,
+            &self.chunks,
+            &self.arrivals,
+            &self.chunk_sets,
+            manifest,
+            ids,
+        )
+        .map_err(Into::into)
     }
 
     fn served(&self, peer: PeerId, bytes: u64) {
@@ -466,7 +473,13 @@ impl Driver {
                     let response = blocking({
                         let ctx = ctx.clone();
                         move || {
-                            crate::lfs::serve(&ctx.repos, &ctx.chunks, &request, ctx.corrupt_chunks)
+                            crate::lfs::serve(
+                                &ctx.repos,
+                                &ctx.chunks,
+                                &ctx.arrivals,
+                                &request,
+                                ctx.corrupt_chunks,
+                            )
                         }
                     })
                     .await
@@ -681,12 +694,19 @@ async fn fetch_lfs_once(
             .filter(|p| *p != me)
             .collect()
     };
+    // Swarming: the verified parts of an object of a public repo are served while it
+    // arrives (a private repo's never are).
+    let (c, id) = (ctx.clone(), repo.clone());
+    let share = blocking(move || c.repos.meta(&id).is_ok_and(|m| !m.private))
+        .await
+        .unwrap_or(false);
     let bytes = crate::lfs::fetch_object(
         &ctx.p2p,
         &ctx.stats,
         &ctx.chunks,
         &ctx.arrivals,
         wanted,
+        share,
         peers,
         more,
     )

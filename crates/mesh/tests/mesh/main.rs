@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+mod swarm;
+
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
 fn loopback() -> P2pConfig {
     P2pConfig {
@@ -37,6 +39,17 @@ fn commit(repos: &Repos, id: &RepoId, path: &str, bytes: &[u8]) {
             },
         )
         .unwrap();
+}
+
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=hub_mesh=debug`), to see
+/// what each node asks whom; silent otherwise.
+pub(crate) fn logs() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
