@@ -39,11 +39,13 @@ mod compose;
 mod error;
 mod import;
 mod index;
+mod lease;
 mod maintenance;
 mod read;
 
 pub use compose::Slice;
 pub use error::StoreError;
+pub use lease::Lease;
 pub use hub_protocol::manifest::{Hash, Manifest, Sha256};
 pub use maintenance::{CorruptBlock, FsckReport, GcReport, Progress, Stats};
 pub use read::FileReader;
@@ -138,6 +140,8 @@ pub(crate) struct Inner {
     /// failed import deletes a block file only when no other import placed it and the index
     /// does not list it.
     pub(crate) placed: Mutex<HashMap<Hash, u32>>,
+    /// Files readers hold ([`lease`]): `gc` keeps them.
+    pub(crate) leases: lease::Leases,
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -182,6 +186,7 @@ impl Store {
             tmp_counter: AtomicU64::new(0),
             config,
             placed: Mutex::new(HashMap::new()),
+            leases: lease::Leases::default(),
         };
         inner.remove_orphans()?;
         Ok(Self {
@@ -292,9 +297,14 @@ impl Store {
         read::load_manifest_by_id(&self.inner, id)
     }
 
-    /// Opens a stored file for reading, with seek and byte ranges.
+    /// Opens a stored file for reading, with seek and byte ranges. The reader holds a
+    /// [`Lease`] on the file: `gc` and [`Store::remove_files`] keep it until the reader is
+    /// dropped.
     pub fn open_file(&self, sha256: &Sha256) -> Result<FileReader, StoreError> {
-        FileReader::open(self.inner.clone(), sha256)
+        let lease = lease::lease(&self.inner, sha256);
+        let mut reader = FileReader::open(self.inner.clone(), sha256)?;
+        reader.lease = Some(lease);
+        Ok(reader)
     }
 
     /// Writes a stored file to `dest` (via a temporary file and rename, fsynced). Returns the
