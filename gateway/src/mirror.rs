@@ -257,10 +257,8 @@ async fn evict(
     };
     let m = mirror(&state)?.clone();
     let actor = admin.user.name.clone();
-    let report = crate::util::blocking(move || {
-        m.evict(quota, &actor).map_err(AppError::BadRequest)
-    })
-    .await?;
+    let report =
+        crate::util::blocking(move || m.evict(quota, &actor).map_err(AppError::BadRequest)).await?;
     Ok(Json(json!(report)))
 }
 

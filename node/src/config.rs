@@ -122,8 +122,9 @@ impl QuotaSize {
     pub fn bytes(&self) -> anyhow::Result<u64> {
         match self {
             Self::Bytes(n) => Ok(*n),
-            Self::Text(t) => hub_mirror::quota::parse_size(t)
-                .map_err(|e| anyhow::anyhow!("mirror.quota: {e}")),
+            Self::Text(t) => {
+                hub_mirror::quota::parse_size(t).map_err(|e| anyhow::anyhow!("mirror.quota: {e}"))
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ pub struct Eviction {
     pub evicted_bytes: u64,
     /// Bytes of block files the store deleted (less when chunks are shared with kept files).
     pub freed_bytes: u64,
-    /// Objects chosen but kept because a reader was streaming them.
+    /// Objects that would have gone but were kept because a reader was streaming them.
     pub in_use: Vec<String>,
     /// Bytes of pulled content after the eviction.
     pub usage: u64,
@@ -61,10 +61,7 @@ impl Mirror {
     /// Whether a repo (`type/ns/name`) is pinned by the policy.
     fn pinned_repo(&self, repo: &str) -> bool {
         parse_full_id(repo).is_some_and(|id| {
-            matches!(
-                self.verdict(&id),
-                policy::Verdict::Allowed { pinned: true }
-            )
+            matches!(self.verdict(&id), policy::Verdict::Allowed { pinned: true })
         })
     }
 
@@ -147,17 +144,48 @@ impl Mirror {
         self.evict_locked(quota, 0, actor)
     }
 
+    /// Whether a repo this node did not pull (uploaded here, or from a bundle) holds
+    /// `sha256` in its LFS set: then it is the site's own content and never evicted.
+    fn held_locally(&self, sha256: &Sha256) -> bool {
+        let repos = &self.inner.repos;
+        hub_protocol::repo::RepoType::ALL.into_iter().any(|kind| {
+            repos.list(kind).map_or(true, |ids| {
+                ids.iter().any(|id| {
+                    !self.is_mirrored(id) && repos.has_lfs_object(id, &sha256.0).unwrap_or(true)
+                })
+            })
+        })
+    }
+
     fn evict_locked(&self, quota: u64, need: u64, actor: &str) -> Result<Eviction, String> {
         let store = &self.inner.store;
-        let victims = {
-            let usage = lock(&self.inner.usage);
-            let flights = lock(&self.inner.flights);
-            usage.victims(quota, need, |sha, o| {
-                flights.contains_key(sha) || store.is_leased(sha) || self.pinned(o)
-            })
-        };
+        // Chosen on a copy: the checks read the repos' metadata, and the gateway touches the
+        // usage on every GET.
+        let usage = lock(&self.inner.usage).clone();
+        // Objects that would go but a reader holds (skipped, reported).
+        let leased = std::cell::RefCell::new(Vec::new());
+        let victims = usage.victims(quota, need, |sha, o| {
+            if lock(&self.inner.flights).contains_key(sha)
+                || self.pinned(o)
+                || self.held_locally(sha)
+            {
+                return true;
+            }
+            let held = store.is_leased(sha);
+            if held {
+                leased.borrow_mut().push(sha.to_string());
+            }
+            held
+        });
+        // Pulled objects are GC roots (adopted by their repos): the eviction lifts that.
+        for sha in &victims {
+            store
+                .remove_root(sha)
+                .map_err(|e| format!("evict from the store: {e}"))?;
+        }
         let mut out = Eviction {
             quota,
+            in_use: leased.into_inner(),
             ..Eviction::default()
         };
         if !victims.is_empty() {
@@ -168,6 +196,10 @@ impl Mirror {
             let mut usage = lock(&self.inner.usage);
             for sha in &victims {
                 if store.has(sha).unwrap_or(true) {
+                    // Kept for a reader: a root again, as its repo adopted it.
+                    if let Err(error) = store.add_root(sha) {
+                        tracing::warn!(%sha, %error, "could not restore a GC root");
+                    }
                     out.in_use.push(sha.to_string());
                 } else if let Some(o) = usage.forget(sha) {
                     out.evicted_bytes += o.size;

@@ -45,8 +45,8 @@ mod read;
 
 pub use compose::Slice;
 pub use error::StoreError;
-pub use lease::Lease;
 pub use hub_protocol::manifest::{Hash, Manifest, Sha256};
+pub use lease::Lease;
 pub use maintenance::{CorruptBlock, FsckReport, GcReport, Progress, Stats};
 pub use read::FileReader;
 
