@@ -675,6 +675,8 @@ def test_quota_evicts_the_least_recently_used_content_that_is_not_pinned(node_fa
     def read(name, cache):
         path = hf_hub_download(repos[name], "w.bin", endpoint=mirror.url, cache_dir=tmp_path / cache)
         assert open(path, "rb").read() == files[name]
+        # The last byte goes out once verified; the store import follows: wait for it.
+        wait_for(f"{name} to be stored", lambda: sha[name] in held_objects(mirror), node=mirror)
 
     for name in ["kept", "a", "b"]:
         read(name, "c1")
@@ -720,7 +722,7 @@ def test_a_file_streamed_while_evicted_is_delivered_whole(node_factory, tmp_path
     mirror = node_factory("mirror", "--upstream", up.url)
     path = hf_hub_download(repo, "w.bin", endpoint=mirror.url, cache_dir=tmp_path / "c1")
     assert open(path, "rb").read() == weights
-    assert held_objects(mirror) == {digest}
+    wait_for("the pull to be stored", lambda: held_objects(mirror) == {digest}, node=mirror)
 
     conn = http.client.HTTPConnection("127.0.0.1", int(mirror.url.rsplit(":", 1)[1]), timeout=60)
     conn.request("GET", f"/{repo}/resolve/main/w.bin")
@@ -748,4 +750,4 @@ def test_a_file_streamed_while_evicted_is_delivered_whole(node_factory, tmp_path
     path = hf_hub_download(repo, "w.bin", endpoint=mirror.url, cache_dir=tmp_path / "c2", force_download=True)
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
     assert metric(up, LFS_GETS) == pulls + 1
-    assert held_objects(mirror) == {digest}
+    wait_for("the pull to be stored", lambda: held_objects(mirror) == {digest}, node=mirror)
