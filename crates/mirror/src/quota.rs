@@ -107,7 +107,7 @@ impl Usage {
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
             .collect();
-        out.sort_by(|a, b| b.1.used.cmp(&a.1.used));
+        out.sort_by_key(|(_, o)| std::cmp::Reverse(o.used));
         out
     }
 
