@@ -1,13 +1,16 @@
 """Pull-through mirroring and air-gap bundles (issue 19).
 
-An upstream `hubmesh up` holds one repo with a SIZE MiB random LFS file. Each round, in this
-order, measures: (a) a direct GET of the file's resolve URL from the upstream, (b) the same GET
-through a fresh mirror (`hubmesh up --upstream`) that has nothing cached (cold pull-through:
-repo pull + LFS fetch + streaming), with its time to first byte, and (c) the same GET again from
-that mirror (warm, served from its store). Then a full `hubmesh bundle export` of the repo and
-its `import` into an empty data directory. Every body is hashed and checked.
+An upstream `hubmesh up` holds one repo with a SIZE MiB random LFS file. Each round measures
+`huggingface_hub.snapshot_download` of the repo (into a fresh cache) straight from the upstream
+and through a fresh mirror (`hubmesh up --upstream`) that has nothing cached (cold pull-through:
+repo pull + LFS fetch + streaming), alternating which goes first from round to round, then the
+same download again from that mirror (warm, from its store). Then a raw GET of the file's resolve
+URL, direct and through another fresh mirror (time to first byte). Then a full
+`hubmesh bundle export` of the repo and its `import` into an empty data directory. Every file is
+hashed and checked. Xet is off in the client (`HF_HUB_DISABLE_XET`): the mirror never offers it,
+so both sides download over plain HTTP.
 
-    python benches/mirror.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 3]
+    python benches/mirror.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 3] [--build release|debug]
         → benches/results/mirror.md
 """
 import hashlib, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
@@ -15,9 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
 os.environ.setdefault("RUST_LOG", "warn")
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 import conftest  # noqa: E402
+from huggingface_hub import snapshot_download  # noqa: E402
 
 MIB = 1024**2
+
+
+def hf_version():
+    import huggingface_hub
+    return huggingface_hub.__version__
 
 
 def load():
@@ -40,12 +51,26 @@ def get(url):
     return first, time.monotonic() - t0, h.hexdigest()
 
 
+def snapshot(url, cache):
+    """(seconds, sha256 hex of w.bin) of a snapshot_download into the fresh `cache`."""
+    t0 = time.monotonic()
+    d = snapshot_download("alice/big", endpoint=url, cache_dir=cache)
+    took = time.monotonic() - t0
+    h = hashlib.sha256()
+    with open(os.path.join(d, "w.bin"), "rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    shutil.rmtree(cache)
+    return took, h.hexdigest()
+
+
 def main():
     args = sys.argv[1:]
     if args and not args[0].startswith("--"):
         os.environ["HUBMESH_BIN"] = args.pop(0)
     size_mib = int(args[args.index("--size-mib") + 1]) if "--size-mib" in args else 1024
     rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else 3
+    build = args[args.index("--build") + 1] if "--build" in args else "debug"
     work = Path(tempfile.mkdtemp(prefix="mirror-bench-"))
     nodes = []
     try:
@@ -69,16 +94,28 @@ def main():
         rows = []
         for r in range(rounds):
             la = load()
-            _, direct, d_sha = get(up.url + path)
             mirror = conftest.start_node(work / f"mirror{r}", "--upstream", up.url)
             nodes.append(mirror)
-            first, cold, c_sha = get(mirror.url + path)
-            _, warm, w_sha = get(mirror.url + path)
-            assert d_sha == c_sha == w_sha == sha
+            order = ["direct", "mirror"] if r % 2 == 0 else ["mirror", "direct"]
+            took = {}
+            for which in order:
+                url = up.url if which == "direct" else mirror.url
+                took[which], got = snapshot(url, work / f"cache-{which}")
+                assert got == sha, which
+            warm, got = snapshot(mirror.url, work / "cache-warm")
+            assert got == sha
             mirror.kill()
             shutil.rmtree(mirror.data)
-            rows.append((r + 1, la, direct, first, cold, warm))
+            rows.append((r + 1, la, "→".join(order), took["direct"], took["mirror"], warm))
             print(rows[-1], file=sys.stderr)
+        la_get = load()
+        _, direct_get, d_sha = get(up.url + path)
+        mirror = conftest.start_node(work / "mirror-get", "--upstream", up.url)
+        nodes.append(mirror)
+        first, cold_get, c_sha = get(mirror.url + path)
+        assert d_sha == c_sha == sha
+        mirror.kill()
+        shutil.rmtree(mirror.data)
         up.terminate()
         bundle = work / "big.bundle"
         la_b = load()
@@ -97,19 +134,26 @@ def main():
             "# Pull-through mirroring and bundles (issue 19)",
             "",
             f"`python benches/mirror.py --size-mib {size_mib} --rounds {rounds}`: one {mib} MiB random LFS",
-            "file; both nodes on loopback on the same machine; debug build of `hubmesh` (hub-store, sha2 and",
-            "blake3 at opt-level 3 as in every dev build). **A loaded, shared 2-core machine** (other",
-            "engineers' builds ran alongside): the load average (1 min) is given beside each round.",
-            "Each round: direct GET from the upstream, then a cold GET through a fresh mirror, then a warm",
-            "GET from that mirror, in that order.",
+            f"file; upstream, mirror and client (`huggingface_hub` {hf_version()}, Xet off) on loopback on the",
+            f"same machine; **{build} build** of `hubmesh`. Load average (1 min) at the start of each",
+            "round beside it. Each round: `snapshot_download` straight from the upstream and through a",
+            "fresh, empty mirror (cold: repo pull + LFS fetch, streamed), alternating which runs first,",
+            "then again from that mirror (warm). Every file's SHA-256 checked.",
             "",
-            "| round | load | direct (s) | mirror cold: first byte (s) | mirror cold (s) | cold / direct speed | mirror warm (s) |",
+            "| round | load | order | direct (s) | mirror cold (s) | cold / direct speed | mirror warm (s) |",
             "|---|---|---|---|---|---|---|",
         ]
-        for n, la, direct, first, cold, warm in rows:
-            out.append(f"| {n} | {la} | {direct:.2f} ({mib / direct:.0f} MiB/s) | {first:.3f} | "
+        for n, la, order, direct, cold, warm in rows:
+            out.append(f"| {n} | {la} | {order} | {direct:.2f} ({mib / direct:.0f} MiB/s) | "
                        f"{cold:.2f} ({mib / cold:.0f} MiB/s) | {direct / cold:.2f}× | {warm:.2f} ({mib / warm:.0f} MiB/s) |")
+        ratios = sorted(d / c for _, _, _, d, c, _ in rows)
         out += [
+            "",
+            f"Cold / direct: median {ratios[len(ratios) // 2]:.2f}×, range {ratios[0]:.2f}–{ratios[-1]:.2f}×.",
+            "",
+            f"Raw GET of the resolve URL (load {la_get}): direct {direct_get:.2f} s, through a cold mirror "
+            f"{cold_get:.2f} s ({direct_get / cold_get:.2f}×), first byte after {first:.3f} s (includes the "
+            "repo's git pull).",
             "",
             f"Bundle (load {la_b}): export {export_s:.2f} s ({bundle_bytes / MIB / export_s:.0f} MiB/s, "
             f"{bundle_bytes / MIB:.0f} MiB file), import into an empty data directory {import_s:.2f} s "

@@ -1,7 +1,10 @@
 //! The mirror's admin API (`hub-mirror`), for site admins: `GET /api/mirror` (upstream,
 //! rules, mirrored repos), `POST /api/mirror/rules` `{"pattern", "rule": allow|deny|pin}`,
 //! `DELETE /api/mirror/rules?pattern=`, `POST /api/mirror/refresh` `{"repo"?}` (pinned repos
-//! included) and `GET /api/mirror/audit` (the audit log's events, for export). Without a
+//! included), `POST /api/mirror/evict` `{"quota"?: bytes or "20GiB"}` (evict the least
+//! recently used content that is not pinned down to the quota, default the configured one;
+//! `GET /api/mirror` shows the usage) and `GET /api/mirror/audit` (the audit log's events, for
+//! export). Without a
 //! mirror the policy routes answer 404; the audit log exists on every node that has one.
 //!
 //! Air-gap bundles against a running node (every node, mirror or not):
@@ -33,6 +36,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/mirror", get(show))
         .route("/api/mirror/rules", post(add_rule).delete(remove_rule))
         .route("/api/mirror/refresh", post(refresh))
+        .route("/api/mirror/evict", post(evict))
         .route("/api/mirror/audit", get(audit))
         .route(
             "/api/bundles/import",
@@ -218,7 +222,44 @@ fn show_json(mirror: &Mirror) -> Value {
         "offline": mirror.offline(),
         "rules": rules,
         "repos": mirror.mirrored(),
+        "usage": mirror.usage(),
     })
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct EvictBody {
+    quota: Option<Value>,
+}
+
+/// `POST /api/mirror/evict`: down to the given quota or the configured one, now.
+async fn evict(
+    State(state): State<AppState>,
+    SiteAdmin(admin): SiteAdmin,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let expected = "expected {\"quota\": bytes or \"20GiB\"} or an empty body";
+    let body: EvictBody = if body.is_empty() {
+        EvictBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::BadRequest(format!("{expected}: {e}")))?
+    };
+    let quota = match body.quota {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .ok_or_else(|| AppError::BadRequest(expected.into()))?,
+        ),
+        Some(Value::String(t)) => {
+            Some(hub_mirror::quota::parse_size(&t).map_err(AppError::BadRequest)?)
+        }
+        Some(_) => return Err(AppError::BadRequest(expected.into())),
+    };
+    let m = mirror(&state)?.clone();
+    let actor = admin.user.name.clone();
+    let report =
+        crate::util::blocking(move || m.evict(quota, &actor).map_err(AppError::BadRequest)).await?;
+    Ok(Json(json!(report)))
 }
 
 async fn show(State(state): State<AppState>, _: SiteAdmin) -> Result<Json<Value>, AppError> {

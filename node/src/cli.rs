@@ -128,6 +128,13 @@ pub enum MirrorCommand {
     },
     /// List the upstream, the rules and the mirrored repos.
     List(ClientFlags),
+    /// Evict pulled content that is not pinned, least recently used first, down to the
+    /// quota (`[mirror] quota`, or QUOTA: bytes or e.g. "500MB", "20GiB").
+    Evict {
+        quota: Option<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Bring mirrored repos (pinned ones included) up to the upstream now.
     Refresh {
         /// One repo (`ns/name`, `datasets/ns/name`, `spaces/ns/name`); default: all.

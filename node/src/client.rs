@@ -11,6 +11,7 @@ use crate::cli::{
     ClientFlags, MemberCommand, MirrorCommand, OrgCommand, SeedCommand, TokenCommand, UserCommand,
 };
 use crate::datadir::ADMIN_TOKEN_FILE;
+use crate::store_cmd::human_bytes as human;
 use anyhow::{Context, bail};
 use hub_protocol::node_info::{NODE_INFO_FILE, NodeInfo};
 use serde_json::{Value, json};
@@ -599,6 +600,18 @@ fn describe_mirror(v: &Value) -> String {
             ));
         }
     }
+    let usage = &v["usage"];
+    if usage.is_object() {
+        let quota = usage["quota"]
+            .as_u64()
+            .map_or("no quota".to_owned(), |q| format!("quota {}", human(q)));
+        lines.push(format!(
+            "usage\t{} in {} object(s) ({} pinned)\t{quota}",
+            human(usage["bytes"].as_u64().unwrap_or(0)),
+            usage["objects"].as_array().map_or(0, Vec::len),
+            human(usage["pinned_bytes"].as_u64().unwrap_or(0)),
+        ));
+    }
     lines.join("\n")
 }
 
@@ -628,6 +641,28 @@ pub fn mirror(command: MirrorCommand) -> anyhow::Result<()> {
             let v = Client::new(&flags)?.call("DELETE", &path, None)?;
             output(&flags, &v, || {
                 format!("removed {} rule(s) for {pattern}", v["removed"])
+            })
+        }
+        MirrorCommand::Evict {
+            quota,
+            client: flags,
+        } => {
+            let v = Client::new(&flags)?.call(
+                "POST",
+                "/api/mirror/evict",
+                Some(&json!({ "quota": quota })),
+            )?;
+            output(&flags, &v, || {
+                let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
+                format!(
+                    "evicted {} object(s), {} ({} freed on disk); {} in use kept; usage {} of {}",
+                    count("evicted"),
+                    human(v["evicted_bytes"].as_u64().unwrap_or(0)),
+                    human(v["freed_bytes"].as_u64().unwrap_or(0)),
+                    count("in_use"),
+                    human(v["usage"].as_u64().unwrap_or(0)),
+                    human(v["quota"].as_u64().unwrap_or(0)),
+                )
             })
         }
         MirrorCommand::List(flags) => {

@@ -63,6 +63,7 @@
 //! pin = []                  # pulled once, moved only by `hubmesh mirror refresh`; `ns/name@REV`: at that commit/tag
 //! refresh_secs = 0          # refresh the other mirrored repos this often (0: on request only)
 //! negative_ttl_secs = 30    # a name the upstream lacks is answered 404 without asking for this long
+//! quota = "20GiB"           # pulled LFS content kept at most (bytes or "500MB"/"20GiB"); LRU of what is not pinned goes first
 //! ```
 
 use crate::cli::NodeFlags;
@@ -107,6 +108,28 @@ pub struct MirrorSection {
     /// How long a name the upstream lacks is answered "not found" without asking it again
     /// (0: always ask).
     pub negative_ttl_secs: u64,
+    /// Bytes of pulled LFS content kept at most: a number, or a string with a unit
+    /// (`"500MB"`, `"20GiB"`). Unset: no limit.
+    pub quota: Option<QuotaSize>,
+}
+
+/// `[mirror] quota`: bytes, or a size with a unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum QuotaSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl QuotaSize {
+    pub fn bytes(&self) -> anyhow::Result<u64> {
+        match self {
+            Self::Bytes(n) => Ok(*n),
+            Self::Text(t) => {
+                hub_mirror::quota::parse_size(t).map_err(|e| anyhow::anyhow!("mirror.quota: {e}"))
+            }
+        }
+    }
 }
 
 impl Default for MirrorSection {
@@ -121,6 +144,7 @@ impl Default for MirrorSection {
             pin: Vec::new(),
             refresh_secs: 0,
             negative_ttl_secs: hub_mirror::DEFAULT_NEGATIVE_TTL.as_secs(),
+            quota: None,
         }
     }
 }
@@ -463,6 +487,9 @@ impl Config {
         }
         self.allow_peers()?;
         self.mirror.rules()?;
+        if let Some(q) = &self.mirror.quota {
+            q.bytes()?;
+        }
         if let Some(up) = &self.mirror.upstream
             && !(up.starts_with("http://") || up.starts_with("https://"))
         {
@@ -576,6 +603,23 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn a_mirror_quota_is_bytes_or_a_size_with_a_unit() {
+        let load = |text: &str| {
+            let f = file(text);
+            Config::load(&NodeFlags {
+                config: Some(f.path().to_owned()),
+                ..NodeFlags::default()
+            })
+        };
+        let c = load("[mirror]\nquota = \"20GiB\"\n").unwrap();
+        assert_eq!(c.mirror.quota.unwrap().bytes().unwrap(), 20 << 30);
+        let c = load("[mirror]\nquota = 1000000\n").unwrap();
+        assert_eq!(c.mirror.quota.unwrap().bytes().unwrap(), 1_000_000);
+        let e = load("[mirror]\nquota = \"lots\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("mirror.quota"), "{e:#}");
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn stats(args: &StoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;

@@ -421,6 +421,11 @@ fn open_mirror(
     mirror_config.ca_file = section.upstream_ca_file.clone();
     mirror_config.negative_ttl = Duration::from_secs(section.negative_ttl_secs);
     mirror_config.offline = section.offline;
+    mirror_config.quota = section
+        .quota
+        .as_ref()
+        .map(crate::config::QuotaSize::bytes)
+        .transpose()?;
     mirror_config.rules = section.rules()?;
     mirror_config.refresh =
         (section.refresh_secs > 0).then(|| Duration::from_secs(section.refresh_secs));

@@ -648,3 +648,106 @@ def test_a_ranged_get_of_a_cold_file_streams_while_it_arrives(node_factory, tmp_
         assert sum(p.startswith("/lfs-objects/") for p in front.paths) == 1
     finally:
         front.close()
+
+
+def mirror_usage(node):
+    return json.loads(cli(node, "mirror", "list", "--json"))["usage"]
+
+
+def held_objects(node):
+    return {o["sha256"] for o in mirror_usage(node)["objects"]}
+
+
+def test_quota_evicts_the_least_recently_used_content_that_is_not_pinned(node_factory, tmp_path):
+    """`[mirror] quota`: a pull that would exceed it first evicts the least recently used
+    pulled content that is not pinned (through the store's gc); usage stays under the quota,
+    the pinned repo's file stays, and an evicted file is pulled again, same bytes, on its next
+    read."""
+    quota = 5 * MIB
+    up = node_factory("upstream", "--admin", "alice")
+    files = {name: blob(size, seed) for name, size, seed in [("kept", 2 * MIB, 21), ("a", 3 * MIB // 2, 22), ("b", 3 * MIB // 2, 23), ("c", 3 * MIB // 2, 24)]}
+    repos = {name: make_repo(up, name, {"w.bin": data})[0] for name, data in files.items()}
+    sha = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    config = tmp_path / "mirror.toml"
+    config.write_text(f'[mirror]\nupstream = "{up.url}"\nquota = "5MiB"\npin = ["{repos["kept"]}"]\n')
+    mirror = node_factory("mirror", "--config", str(config))
+
+    def read(name, cache):
+        path = hf_hub_download(repos[name], "w.bin", endpoint=mirror.url, cache_dir=tmp_path / cache)
+        assert open(path, "rb").read() == files[name]
+        # The last byte goes out once verified; the store import follows: wait for it.
+        wait_for(f"{name} to be stored", lambda: sha[name] in held_objects(mirror), node=mirror)
+
+    for name in ["kept", "a", "b"]:
+        read(name, "c1")
+    usage = mirror_usage(mirror)
+    assert usage["quota"] == quota and usage["bytes"] == quota
+    assert usage["pinned_bytes"] == len(files["kept"])
+    assert held_objects(mirror) == {sha["kept"], sha["a"], sha["b"]}
+    # `a` is read again (from the store: no upstream fetch), so `b` is now the oldest.
+    pulls = metric(up, LFS_GETS)
+    read("a", "c2")
+    assert metric(up, LFS_GETS) == pulls
+
+    # Pulling `c` needs room: `b` goes (least recently used, not pinned); `kept` stays.
+    read("c", "c3")
+    usage = mirror_usage(mirror)
+    assert usage["bytes"] <= quota
+    assert held_objects(mirror) == {sha["kept"], sha["a"], sha["c"]}
+    assert metric(up, LFS_GETS) == pulls + 1
+
+    # `b` is evicted content: its next read pulls it again, same SHA-256 and bytes, and
+    # evicts `a` (now the least recently used), never the pinned file.
+    read("b", "c4")
+    assert metric(up, LFS_GETS) == pulls + 2
+    assert held_objects(mirror) == {sha["kept"], sha["c"], sha["b"]}
+    assert mirror_usage(mirror)["bytes"] <= quota
+    listing = cli(mirror, "mirror", "list")
+    assert "usage\t5.0 MiB in 3 object(s) (2.0 MiB pinned)\tquota 5.0 MiB" in listing, listing
+
+    evictions = [e for e in audit_lines(mirror) if e["action"] == "evict"]
+    assert [e["objects"] for e in evictions] == [[sha["b"]], [sha["a"]]]
+    assert all(e["quota"] == quota for e in evictions)
+
+
+def test_a_file_streamed_while_evicted_is_delivered_whole(node_factory, tmp_path):
+    """Eviction goes through the store's gc, which keeps what a reader leases: a download in
+    progress while its file is evicted finishes with every byte; the next eviction removes
+    the file, and the next read pulls it again (same SHA-256)."""
+    size = 24 * MIB  # far more than the socket buffers and the gateway's queue hold
+    up = node_factory("upstream", "--admin", "alice")
+    weights = blob(size, 25)
+    digest = hashlib.sha256(weights).hexdigest()
+    repo, commit = make_repo(up, "streamed", {"w.bin": weights})
+    mirror = node_factory("mirror", "--upstream", up.url)
+    path = hf_hub_download(repo, "w.bin", endpoint=mirror.url, cache_dir=tmp_path / "c1")
+    assert open(path, "rb").read() == weights
+    wait_for("the pull to be stored", lambda: held_objects(mirror) == {digest}, node=mirror)
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(mirror.url.rsplit(":", 1)[1]), timeout=60)
+    conn.request("GET", f"/{repo}/resolve/main/w.bin")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("X-Repo-Commit") == commit
+    head = resp.read(256 * 1024)
+    # Evict everything while the reader holds the file: chosen, but kept for the reader.
+    report = json.loads(cli(mirror, "mirror", "evict", "0", "--json"))
+    assert report["in_use"] == [digest] and report["evicted"] == []
+    rest = resp.read()
+    conn.close()
+    assert hashlib.sha256(head + rest).hexdigest() == digest, "delivered whole"
+
+    # The reader is gone (its thread lets go of the file right after its last send): now it
+    # is evicted, and its blocks freed.
+    report = wait_for(
+        "the evicted file's reader to end",
+        lambda: (r := json.loads(cli(mirror, "mirror", "evict", "0", "--json")))["evicted"] and r,
+        node=mirror,
+    )
+    assert report["evicted"] == [digest] and report["in_use"] == []
+    assert report["freed_bytes"] >= size and report["usage"] == 0
+    assert held_objects(mirror) == set()
+    pulls = metric(up, LFS_GETS)
+    path = hf_hub_download(repo, "w.bin", endpoint=mirror.url, cache_dir=tmp_path / "c2", force_download=True)
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+    assert metric(up, LFS_GETS) == pulls + 1
+    wait_for("the pull to be stored", lambda: held_objects(mirror) == {digest}, node=mirror)

@@ -147,6 +147,11 @@ pub trait MeshPort: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Option<LfsStream>> {
         Box::pin(async { None })
     }
+
+    /// The LFS object `sha256` of `repo` is being served from this node's store (a GET of
+    /// its content): a cache with a quota records the use for its LRU order. Must not block.
+    /// Nothing by default.
+    fn lfs_served(&self, _repo: &RepoId, _sha256: Sha256) {}
 }
 
 /// The mesh of a node that replicates nothing: no peer announced anything, so nothing can be

@@ -36,12 +36,15 @@
 
 pub mod audit;
 pub mod bundle;
+mod evict;
 pub mod flight;
 pub mod negative;
 pub mod policy;
+pub mod quota;
 pub mod upstream;
 
 pub use audit::AuditLog;
+pub use evict::{Eviction, ObjectRow, UsageReport};
 pub use policy::{Action, Pattern, Policy, Rule, Verdict};
 pub use upstream::{Timeouts, Upstream, UpstreamError};
 
@@ -61,6 +64,7 @@ use tokio_util::sync::CancellationToken;
 
 const POLICY_FILE: &str = "policy.json";
 const REPOS_FILE: &str = "repos.json";
+const OBJECTS_FILE: &str = "objects.json";
 const SPOOL_DIR: &str = "spool";
 /// How long a name the upstream lacks is remembered by default.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
@@ -86,6 +90,9 @@ pub struct MirrorConfig {
     pub ca_file: Option<PathBuf>,
     /// How long a name the upstream lacks is answered "not found" without asking again.
     pub negative_ttl: Duration,
+    /// Bytes of pulled LFS content the site keeps at most; a pull that would exceed it
+    /// evicts the least recently used content that is not pinned first ([`quota`]).
+    pub quota: Option<u64>,
 }
 
 impl std::fmt::Debug for MirrorConfig {
@@ -99,6 +106,7 @@ impl std::fmt::Debug for MirrorConfig {
             .field("refresh", &self.refresh)
             .field("ca_file", &self.ca_file)
             .field("negative_ttl", &self.negative_ttl)
+            .field("quota", &self.quota)
             .finish()
     }
 }
@@ -115,6 +123,7 @@ impl MirrorConfig {
             timeouts: Timeouts::default(),
             ca_file: None,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
+            quota: None,
         }
     }
 }
@@ -211,8 +220,18 @@ struct Inner {
     flights: Mutex<HashMap<Sha256, Arc<Flight>>>,
     /// Repos the upstream said it lacks, for a short time.
     missing: negative::NegativeCache<RepoId>,
+    /// The LFS objects pulled, for the quota (saved as `objects.json`).
+    usage: Mutex<quota::Usage>,
+    /// One eviction at a time (a pull making room, or the admin's).
+    evicting: Mutex<()>,
     audit: Arc<AuditLog>,
     on_pulled: OnPulled,
+}
+
+/// `type/ns/name` (a [`RepoId`]'s `Display`) back to the id.
+fn parse_full_id(text: &str) -> Option<RepoId> {
+    let (kind, rest) = text.split_once('/')?;
+    RepoId::parse(kind.parse().ok()?, rest).ok()
 }
 
 fn unix_now() -> u64 {
@@ -287,6 +306,7 @@ impl Mirror {
             policy.add(rule.action, Pattern::for_rule(rule.action, &rule.pattern)?);
         }
         let mirrored = read_json(&config.dir.join(REPOS_FILE))?;
+        let usage = read_json(&config.dir.join(OBJECTS_FILE))?;
         let upstream = config
             .upstream
             .as_deref()
@@ -312,6 +332,8 @@ impl Mirror {
                 pulls: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
                 missing,
+                usage: Mutex::new(usage),
+                evicting: Mutex::new(()),
                 audit,
                 on_pulled,
             }),
@@ -608,10 +630,7 @@ impl Mirror {
     fn mirrored_ids(&self) -> Vec<RepoId> {
         lock(&self.inner.mirrored)
             .keys()
-            .filter_map(|k| {
-                let (kind, rest) = k.split_once('/')?;
-                RepoId::parse(kind.parse().ok()?, rest).ok()
-            })
+            .filter_map(|k| parse_full_id(k))
             .collect()
     }
 
@@ -662,15 +681,24 @@ impl Mirror {
         drop(flights);
         let (this, id, f) = (self.clone(), id.clone(), flight.clone());
         tokio::task::spawn_blocking(move || {
-            let source = upstream
-                .lfs_download(&id, &sha256, size)
-                .and_then(|d| upstream.open(&d))
-                .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
-                .map_err(|e| e.to_string());
+            let room = this.make_room(&sha256, size);
+            let source = room.clone().and_then(|()| {
+                upstream
+                    .lfs_download(&id, &sha256, size)
+                    .and_then(|d| upstream.open(&d))
+                    .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
+                    .map_err(|e| e.to_string())
+            });
             let (repos, store) = (&this.inner.repos, &this.inner.store);
             let result = f.run(store, source, || {
                 hub_core::lfs_objects::adopt(repos, store, &id, &sha256).map_err(|e| e.to_string())
             });
+            if result.is_ok() {
+                this.record_use(&id, &sha256, size);
+            }
+            if room.is_ok() && this.inner.config.quota.is_some() {
+                lock(&this.inner.usage).release(size);
+            }
             lock(&this.inner.flights).remove(&sha256);
             match result {
                 Ok(()) => this.inner.audit.record(
@@ -700,6 +728,9 @@ impl Mirror {
             .map_err(|e| e.to_string())?;
         hub_core::lfs_objects::adopt(&self.inner.repos, store, id, &sha256)
             .map_err(|e| e.to_string())?;
+        if lock(&self.inner.usage).get(&sha256).is_some() {
+            self.record_use(id, &sha256, size);
+        }
         Ok(true)
     }
 }
@@ -854,6 +885,14 @@ impl MeshPort for MirrorPort {
 
     fn repo_changed(&self, repo: &RepoId) {
         self.mesh.repo_changed(repo);
+    }
+
+    fn lfs_served(&self, repo: &RepoId, sha256: Sha256) {
+        if self.mirror.is_mirrored(repo) {
+            self.mirror.touch(&sha256);
+        } else {
+            self.mesh.lfs_served(repo, sha256);
+        }
     }
 
     fn prefetch_lfs(&self, repo: &RepoId, sha256: Sha256, size: u64) -> bool {

@@ -39,6 +39,7 @@ mod compose;
 mod error;
 mod import;
 mod index;
+mod lease;
 mod maintenance;
 mod read;
 pub mod recent;
@@ -46,6 +47,7 @@ pub mod recent;
 pub use compose::Slice;
 pub use error::StoreError;
 pub use hub_protocol::manifest::{Hash, Manifest, Sha256};
+pub use lease::Lease;
 pub use maintenance::{CorruptBlock, FsckReport, GcReport, Progress, Stats};
 pub use read::FileReader;
 
@@ -149,6 +151,8 @@ pub(crate) struct Inner {
     pub(crate) placed: Mutex<HashMap<Hash, u32>>,
     /// Chunks verified on read a moment ago ([`recent`]).
     pub(crate) recent: recent::Recent,
+    /// Files readers hold ([`lease`]): `gc` keeps them.
+    pub(crate) leases: lease::Leases,
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -194,6 +198,7 @@ impl Store {
             recent: recent::Recent::new(config.reverify_after),
             config,
             placed: Mutex::new(HashMap::new()),
+            leases: lease::Leases::default(),
         };
         inner.remove_orphans()?;
         Ok(Self {
@@ -304,9 +309,14 @@ impl Store {
         read::load_manifest_by_id(&self.inner, id)
     }
 
-    /// Opens a stored file for reading, with seek and byte ranges.
+    /// Opens a stored file for reading, with seek and byte ranges. The reader holds a
+    /// [`Lease`] on the file: `gc` and [`Store::remove_files`] keep it until the reader is
+    /// dropped.
     pub fn open_file(&self, sha256: &Sha256) -> Result<FileReader, StoreError> {
-        FileReader::open(self.inner.clone(), sha256)
+        let lease = lease::lease(&self.inner, sha256);
+        let mut reader = FileReader::open(self.inner.clone(), sha256)?;
+        reader.lease = Some(lease);
+        Ok(reader)
     }
 
     /// Writes a stored file to `dest` (via a temporary file and rename, fsynced). Returns the

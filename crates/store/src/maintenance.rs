@@ -70,6 +70,9 @@ impl FsckReport {
 pub struct GcReport {
     pub files_kept: u64,
     pub files_removed: u64,
+    /// Files kept only because a reader leased them ([`Store::lease`]); counted in
+    /// `files_kept` too.
+    pub files_leased: u64,
     pub blocks_removed: u64,
     pub bytes_freed: u64,
 }
@@ -257,18 +260,36 @@ impl Store {
         Ok(report)
     }
 
-    /// Keeps every file whose SHA-256 is in `roots` or in the persistent roots
-    /// ([`Store::add_root`]) and everything they reference; removes all other files, and
+    /// Keeps every file whose SHA-256 is in `roots`, in the persistent roots
+    /// ([`Store::add_root`]) or leased by a reader ([`Store::lease`]) and everything they
+    /// reference; removes all other files, and
     /// deletes every block no kept file references. A block holding any chunk of a kept file is
     /// never deleted.
     pub fn gc(&self, roots: &[Sha256]) -> Result<GcReport, StoreError> {
+        let roots: HashSet<Sha256> = roots.iter().copied().collect();
+        self.collect(|sha| roots.contains(sha))
+    }
+
+    /// Removes the files `shas` (unless a reader leases one, [`Store::lease`], or it is a
+    /// persistent root) and deletes the blocks no remaining file references: chunks another
+    /// file shares stay. Every other file is kept. What a cache with a quota evicts through.
+    pub fn remove_files(&self, shas: &[Sha256]) -> Result<GcReport, StoreError> {
+        let gone: HashSet<Sha256> = shas.iter().copied().collect();
+        self.collect(|sha| !gone.contains(sha))
+    }
+
+    /// The pass behind `gc` and `remove_files`: keeps the files `keep_file` names, the
+    /// persistent roots and the leased files.
+    fn collect(&self, keep_file: impl Fn(&Sha256) -> bool) -> Result<GcReport, StoreError> {
         let inner = &*self.inner;
         let _exclusive = inner.gc_lock.write().unwrap_or_else(|e| e.into_inner());
+        // Held until the blocks are deleted: a lease is taken before this pass or after it.
+        let leases = inner.leases.lock();
         let mut report = GcReport::default();
         let mut removed_blocks = Vec::new();
         let txn = inner.db.begin_write().map_err(StoreError::db)?;
         {
-            let mut keep: HashSet<Sha256> = roots.iter().copied().collect();
+            let mut keep: HashSet<Sha256> = HashSet::new();
             for row in txn
                 .open_table(ROOTS)
                 .map_err(StoreError::db)?
@@ -285,9 +306,12 @@ impl Store {
             for row in files.iter().map_err(StoreError::db)? {
                 let (k, v) = row.map_err(StoreError::db)?;
                 let (sha, mid) = (Sha256(*k.value()), Hash(*v.value()));
-                if !keep.contains(&sha) {
-                    dead_files.push(sha);
-                    continue;
+                if !keep.contains(&sha) && !keep_file(&sha) {
+                    if !leases.contains_key(&sha) {
+                        dead_files.push(sha);
+                        continue;
+                    }
+                    report.files_leased += 1;
                 }
                 report.files_kept += 1;
                 let bytes = manifests.get(&mid.0).map_err(StoreError::db)?;
@@ -351,6 +375,7 @@ impl Store {
                 });
             }
         }
+        drop(leases);
         Ok(report)
     }
 

@@ -37,6 +37,8 @@ pub struct FileReader {
     /// Index of the chunk held in `buf`, if any.
     cached: Option<usize>,
     buf: Vec<u8>,
+    /// Keeps the file from `gc` while the reader lives ([`crate::lease`]).
+    pub(crate) lease: Option<crate::Lease>,
 }
 
 /// Looks up a manifest by its id (`None` when the store has none by that id).
@@ -119,6 +121,7 @@ impl FileReader {
             open_block: None,
             cached: None,
             buf: Vec::new(),
+            lease: None,
         })
     }
 

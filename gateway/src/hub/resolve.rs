@@ -172,6 +172,11 @@ async fn resolve(
         }
     }
     state.hub().count_download(&id, &entry.path);
+    if method == Method::GET
+        && let Some(sha) = entry.lfs.as_ref().and_then(|l| l.sha256.parse().ok())
+    {
+        state.hub().mesh().lfs_served(&id, sha);
+    }
     let size = entry.lfs.as_ref().map_or(entry.size, |l| l.size);
     let range = parse_range(headers.get(header::RANGE), size)?;
     let mut builder = Response::builder()
