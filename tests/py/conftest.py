@@ -8,8 +8,10 @@ repository. The Rust harness in tests/src/lib.rs does the same for Rust tests.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Keep the client's cache and token out of the user's home. huggingface_hub reads these at
 # import time, and conftest is imported before any test module.
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hubmesh-hf-home-"))
+# The directory is made only when the caller set none, and removed when the run ends (it
+# holds the client's cache of every file the tests download).
+if "HF_HOME" not in os.environ:
+    _hf_home = tempfile.mkdtemp(prefix="hubmesh-hf-home-")
+    os.environ["HF_HOME"] = _hf_home
+    atexit.register(shutil.rmtree, _hf_home, ignore_errors=True)
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_ENDPOINT", None)
 START_TIMEOUT = 60.0
