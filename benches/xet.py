@@ -7,7 +7,7 @@ what the store holds afterwards. A third path, Xet with hf_xet's upload concurre
 in-flight xorbs. The paths alternate, `--rounds` times (the machine is shared: compare within a
 round), with the load average before each run.
 
-    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 2] [--no-floor]   → benches/results/xet.md
+    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 2] [--no-floor] [--baseline OTHER_HUBMESH_BIN]   → benches/results/xet.md
 
 Each round also runs `hf_xet` on its own (unless `--no-floor`): the same upload commit
 `upload_file` makes, against a hubmesh node, against `benches/null_cas.py` (a do-nothing CAS
@@ -129,7 +129,18 @@ def node_rss(pid):
     return [int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:")][0]
 
 
-def run(src, sha, xet, extra_env=None):
+def run(src, sha, xet, extra_env=None, binary=None):
+    if binary:
+        # Another build (`--baseline`): this run's node and store stats use it.
+        saved = os.environ["HUBMESH_BIN"] if "HUBMESH_BIN" in os.environ else None
+        os.environ["HUBMESH_BIN"] = binary
+        try:
+            return run(src, sha, xet, extra_env)
+        finally:
+            if saved is None:
+                del os.environ["HUBMESH_BIN"]
+            else:
+                os.environ["HUBMESH_BIN"] = saved
     d = Path(tempfile.mkdtemp(prefix="xet-bench-"))
     node = conftest.start_node(d / "n")
     try:
@@ -172,15 +183,20 @@ def main():
         i = args.index("--rounds")
         rounds = int(args[i + 1])
         del args[i : i + 2]
+    baseline = None
+    if "--baseline" in args:
+        i = args.index("--baseline")
+        baseline = args[i + 1]
+        del args[i : i + 2]
+    floor = "--no-floor" not in args
+    if not floor:
+        args.remove("--no-floor")
     if args:
         os.environ["HUBMESH_BIN"] = args[0]
     work = Path(tempfile.mkdtemp(prefix="xet-bench-src-"))
     src = work / "model.safetensors"
     half = size * MIB // 2
     sha = write_safetensors(src, {"a": os.urandom(half), "b": os.urandom(half)})
-    floor = "--no-floor" not in args
-    if not floor:
-        args.remove("--no-floor")
     slow_ms = 3000
     rows, floor_rows = [], []
     try:
@@ -188,13 +204,15 @@ def main():
                   "HF_XET_CLIENT_AC_MAX_UPLOAD_CONCURRENCY": "1"}
         paths = (("Xet (hf_xet)", True, None), ("LFS batch (HF_HUB_DISABLE_XET=1)", False, None),
                  ("Xet, client upload concurrency 1", True, capped))
+        if baseline:
+            paths += (("Xet (hf_xet), baseline build", True, None),)
         floor_paths = (("hf_xet alone → hubmesh", "hubmesh", 0),
                        ("hf_xet alone → do-nothing CAS", "null", 0),
                        (f"hf_xet alone → do-nothing CAS, {slow_ms} ms per xorb", "null", slow_ms))
         for round_ in range(1, rounds + 1):
             for name, xet, extra in paths:
                 load = " ".join(open("/proc/loadavg").read().split()[:3])
-                r = run(src, sha, xet, extra)
+                r = run(src, sha, xet, extra, baseline if name.endswith("baseline build") else None)
                 r["load"], r["round"] = load, round_
                 print(name, json.dumps(r), flush=True)
                 rows.append((name, r))
@@ -240,6 +258,8 @@ def main():
         for name, r in floor_rows:
             lines.append(f"| {r['round']} | {r['load']} | {name} | {r['upload_s']:.1f} | {r['client_cpu_up']:.1f} "
                          f"| {r['rss_up'] / MIB:.0f} | {r['received'] / MIB:.0f} |")
+    if baseline:
+        lines += ["", f"Baseline build (`--baseline`): `{baseline}`."]
     lines += ["", "Raw store stats:", "", "```"] + [f"{n}: {json.dumps(r['stats'])}" for n, r in rows] + ["```", ""]
     out = Path(__file__).resolve().parent / "results" / "xet.md"
     out.write_text("\n".join(lines))

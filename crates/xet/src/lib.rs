@@ -3,8 +3,9 @@
 //! uploaded.
 //!
 //! The store stays the one place bytes live: a verified xorb's *uncompressed* chunks are
-//! imported into `hub-store` as one object (its own content-defined chunks, deduplicated with
-//! everything else), and the index keeps, per xorb, that object's SHA-256 and the xorb's Xet
+//! imported into `hub-store` as one object, with the xorb's own chunk boundaries and the
+//! store ids computed while verifying it (deduplicated with everything else by those ids),
+//! and the index keeps, per xorb, that object's SHA-256 and the xorb's Xet
 //! chunk list — a second index over the same bytes. A verified shard turns each file it
 //! describes into an ordinary store object (composed from the xorbs' chunks with
 //! [`Store::compose`], checked against its Xet file hash and its SHA-256), so LFS, resolve and
