@@ -7,7 +7,7 @@ what the store holds afterwards. A third path, Xet with hf_xet's upload concurre
 in-flight xorbs. The paths alternate, `--rounds` times (the machine is shared: compare within a
 round), with the load average before each run.
 
-    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 2] [--no-floor] [--baseline OTHER_HUBMESH_BIN]   → benches/results/xet.md
+    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 2] [--no-floor] [--no-capped] [--baseline OTHER_HUBMESH_BIN]   → benches/results/xet.md
 
 Each round also runs `hf_xet` on its own (unless `--no-floor`): the same upload commit
 `upload_file` makes, against a hubmesh node, against `benches/null_cas.py` (a do-nothing CAS
@@ -191,6 +191,8 @@ def main():
     floor = "--no-floor" not in args
     if not floor:
         args.remove("--no-floor")
+    if "--no-capped" in args:
+        args.remove("--no-capped")
     if args:
         os.environ["HUBMESH_BIN"] = args[0]
     work = Path(tempfile.mkdtemp(prefix="xet-bench-src-"))
@@ -204,6 +206,8 @@ def main():
                   "HF_XET_CLIENT_AC_MAX_UPLOAD_CONCURRENCY": "1"}
         paths = (("Xet (hf_xet)", True, None), ("LFS batch (HF_HUB_DISABLE_XET=1)", False, None),
                  ("Xet, client upload concurrency 1", True, capped))
+        if "--no-capped" in sys.argv:
+            paths = paths[:2]
         if baseline:
             paths += (("Xet (hf_xet), baseline build", True, None),)
         floor_paths = (("hf_xet alone → hubmesh", "hubmesh", 0),
