@@ -1,5 +1,7 @@
 //! What the benchmark binaries share.
 
+pub mod node;
+
 /// Fast deterministic pseudo-random bytes (xorshift64*), incompressible like real weights.
 #[derive(Debug, Clone)]
 pub struct Noise(pub u64);

@@ -5,7 +5,7 @@ use crate::error::AppError;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 use hub_store::Sha256;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -115,8 +115,16 @@ pub(crate) async fn stream_from_store(
         let mut left = len;
         while left > 0 {
             let n = STREAM_CHUNK.min(usize::try_from(left).unwrap_or(STREAM_CHUNK));
-            let mut buf = vec![0u8; n];
-            let item = reader.read_exact(&mut buf).map(|()| Bytes::from(buf));
+            let item = match reader.read_owned(n) {
+                Ok(buf) if buf.is_empty() => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the stored file ended early",
+                )),
+                Ok(buf) => Ok(buf),
+                Err(e) => Err(e),
+            };
+            let n = item.as_ref().map_or(0, Vec::len);
+            let item = item.map(Bytes::from);
             let failed = item.is_err();
             if let Err(e) = &item {
                 tracing::error!(%sha256, error = %e, "reading a stored file failed");

@@ -24,6 +24,7 @@
 //!
 //! [store]
 //! reserved_mib = 256        # free disk space uploads leave untouched; past it they get 507
+//! reverify_after_secs = 60  # a chunk verified on read this recently is served unhashed (0: never)
 //!
 //! [inference]
 //! memory_budget_mib = 8192  # default: half the machine's RAM
@@ -197,12 +198,16 @@ pub struct StoreSection {
     /// Free disk space (MiB) that writes to the chunk store leave untouched: an upload that
     /// would eat into it fails at once with 507, so the node's databases can still write.
     pub reserved_mib: u64,
+    /// A chunk verified on read from its block less than this many seconds ago is served
+    /// without hashing it again (ADR 0001, "Serving"); 0 hashes every read.
+    pub reverify_after_secs: u64,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         Self {
             reserved_mib: hub_store::DEFAULT_RESERVED_BYTES >> 20,
+            reverify_after_secs: hub_store::DEFAULT_REVERIFY_AFTER.as_secs(),
         }
     }
 }
@@ -600,6 +605,7 @@ mod tests {
         assert_eq!(c.engine_threads(), 3);
         assert_eq!(c.inference.load_wait_secs, 120);
         assert_eq!(c.store.reserved_mib, 1024);
+        assert_eq!(c.store.reverify_after_secs, 60);
         let printed: Config = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(printed, c);
     }

@@ -77,6 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = {
         let mut store_config = hub_store::StoreConfig::default();
         store_config.reserved_bytes = config.store.reserved_mib.saturating_mul(1 << 20);
+        store_config.reverify_after = Duration::from_secs(config.store.reverify_after_secs);
         hub_store::Store::open_with_config(data.join(datadir::STORE_DIR), store_config)
             .context("open the chunk store")?
     };

@@ -5,14 +5,17 @@
 //! infer_quant --model F.gguf [--weights quantized|candle|f32] [--decode 32] [--prefill 100]
 //!     [--streams 16] [--matmul]
 //! ```
-//! Threads: the rayon pool's (`RAYON_NUM_THREADS`, set by the caller like llama-bench's -t).
+//! Threads: `RAYON_NUM_THREADS` (set by the caller like llama-bench's -t) workers of the engine
+//! pool ([`hub_infer::threads::engine_pool`]); each step runs inside it, as the node's serving
+//! loop runs it, so the stepping thread is one of the workers.
 //! - decode: greedy, `--decode` tokens after a 1-token prompt (as llama-bench's tg), tok/s of
 //!   the tokens after the first (the first comes out of the prefill step);
 //! - prefill: a `--prefill`-token prompt, prompt tokens ÷ time to the first token;
 //! - streams: `--streams` requests of `--decode` tokens queued at once, aggregate tok/s of
 //!   the decode phase (from the step where all have their first token);
 //! - rss: resident set before and after loading and after the decode (weights read in place
-//!   from the mapped file count once touched), the file size and the KV cache's bytes;
+//!   from the mapped file count once touched), the file size, the KV cache's reserved bytes and
+//!   the bytes of its blocks the decode wrote (`kv_touched_bytes`);
 //! - matmul (with `--matmul`): one 576→1536 projection of the file, hub-quant vs candle's
 //!   `QMatMul`, µs per batch-1 call (ADR 0014).
 
@@ -76,15 +79,19 @@ fn main() -> Result<()> {
         "rss_before_load": rss0,
         "rss_loaded": rss_loaded,
     });
-    let mut engine = Engine::new(
-        llama,
-        EngineConfig {
-            num_blocks: 256,
-            max_batched_tokens: 1024,
-            ..EngineConfig::default()
-        },
-    )?;
+    let engine_config = EngineConfig {
+        num_blocks: 256,
+        max_batched_tokens: 1024,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(llama, engine_config.clone())?;
     out["kv_cache_bytes"] = engine.kv_cache_bytes().into();
+    // What the batch-1 decode writes (a 1-token prompt and `decode` tokens, whole blocks): the
+    // store is allocated zeroed, so only these pages are resident when `rss_after_decode` is read.
+    out["kv_touched_bytes"] = (engine.kv_cache_bytes() / engine_config.num_blocks
+        * (1 + decode).div_ceil(engine_config.block_size))
+    .into();
+    let pool = hub_infer::threads::engine_pool(rayon_threads())?;
     // Token ids: a deterministic spread over the vocabulary (content does not change speed).
     let prompt = |n: usize, salt: u32| -> Vec<u32> {
         (0..n as u32)
@@ -99,7 +106,7 @@ fn main() -> Result<()> {
     engine.add_request(req)?;
     let (mut n, mut first) = (0usize, None);
     while engine.has_work() {
-        n += engine.step()?.len();
+        n += pool.install(|| engine.step())?.len();
         if first.is_none() && n > 0 {
             first = Some(Instant::now());
         }
@@ -113,7 +120,7 @@ fn main() -> Result<()> {
         let t = Instant::now();
         engine.add_request(GenerateRequest::greedy(1, prompt(prefill, 1), 1))?;
         while engine.has_work() {
-            engine.step()?;
+            pool.install(|| engine.step())?;
         }
         out["prefill_tok_s"] = (prefill as f64 / t.elapsed().as_secs_f64()).into();
     }
@@ -127,7 +134,7 @@ fn main() -> Result<()> {
         let mut counts = vec![0usize; streams];
         let mut all = None;
         while engine.has_work() {
-            for e in engine.step()? {
+            for e in pool.install(|| engine.step())? {
                 counts[(e.id - 100) as usize] += 1;
             }
             if all.is_none() && counts.iter().all(|&c| c > 0) {
@@ -198,6 +205,8 @@ fn ggml_id(d: candle_core::quantized::GgmlDType) -> Option<u32> {
     Some(match d {
         G::Q4_0 => 2,
         G::Q4_1 => 3,
+        G::Q5_0 => 6,
+        G::Q5_1 => 7,
         G::Q8_0 => 8,
         G::Q4K => 12,
         G::Q5K => 13,

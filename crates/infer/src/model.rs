@@ -203,17 +203,66 @@ impl Linear {
 
 /// `x W^T` with hub-quant: `x` (`…, cols`) quantized to 8 bits per 32, one threaded matmul.
 fn quant_forward(m: &QMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
+    let [y] = quant_forward_many([m], x)?;
+    Ok(y)
+}
+
+/// `x W_i^T` for several hub-quant matrices of one input width: `x` quantized once, and one
+/// split over the pool for all their rows ([`hub_quant::matmul_many`]).
+fn quant_forward_many<const N: usize>(
+    ms: [&QMatrix; N],
+    x: &Tensor,
+) -> candle_core::Result<[Tensor; N]> {
     let mut dims = x.dims().to_vec();
     let cols = dims.pop().unwrap_or(0);
-    if cols != m.cols() {
-        candle_core::bail!("quantized matmul: input width {cols}, weight {}", m.cols());
+    for m in ms {
+        if cols != m.cols() {
+            candle_core::bail!("quantized matmul: input width {cols}, weight {}", m.cols());
+        }
     }
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let acts = QActs::quantize(&xs, cols);
-    let mut y = vec![0f32; acts.rows() * m.rows()];
-    m.matmul(&acts, &mut y);
-    dims.push(m.rows());
-    Tensor::from_vec(y, dims, x.device())
+    let mut ys: [Vec<f32>; N] = ms.map(|m| vec![0f32; acts.rows() * m.rows()]);
+    {
+        let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(Vec::as_mut_slice).collect();
+        hub_quant::matmul_many(&ms, &acts, &mut outs);
+    }
+    let mut out = Vec::with_capacity(N);
+    for (m, y) in ms.iter().zip(ys) {
+        let mut d = dims.clone();
+        d.push(m.rows());
+        out.push(Tensor::from_vec(y, d, x.device())?);
+    }
+    out.try_into()
+        .map_err(|_| candle_core::Error::Msg("quantized matmul: output count".into()))
+}
+
+/// Projections of one input: one grouped hub-quant matmul when every weight is a hub-quant
+/// matrix (a layer's q/k/v, gate/up), else each on its own. Biases added per projection.
+fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> candle_core::Result<[Tensor; N]> {
+    let quant: Option<Vec<&QMatrix>> = ls
+        .iter()
+        .map(|l| match &l.weight {
+            Weight::Quant(m) => Some(&**m),
+            Weight::Candle(_) => None,
+        })
+        .collect();
+    let ys: Vec<Tensor> = match quant.and_then(|q| <[&QMatrix; N]>::try_from(q).ok()) {
+        Some(ms) => quant_forward_many(ms, x)?
+            .into_iter()
+            .zip(ls)
+            .map(|(y, l)| match &l.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            })
+            .collect::<candle_core::Result<_>>()?,
+        None => ls
+            .iter()
+            .map(|l| l.forward(x))
+            .collect::<candle_core::Result<_>>()?,
+    };
+    ys.try_into()
+        .map_err(|_| candle_core::Error::Msg("projection count".into()))
 }
 
 /// The token embedding table: f32, or the file's quantized rows (dequantized per lookup).
@@ -258,6 +307,8 @@ fn quant_type(dtype: GgmlDType) -> Option<QType> {
     match dtype {
         GgmlDType::Q4_0 => Some(QType::Q4_0),
         GgmlDType::Q4_1 => Some(QType::Q4_1),
+        GgmlDType::Q5_0 => Some(QType::Q5_0),
+        GgmlDType::Q5_1 => Some(QType::Q5_1),
         GgmlDType::Q8_0 => Some(QType::Q8_0),
         GgmlDType::Q4K => Some(QType::Q4K),
         GgmlDType::Q5K => Some(QType::Q5K),
@@ -328,8 +379,8 @@ impl Weights<'_> {
 /// How [`Llama::from_gguf`] holds quantized projection matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgufWeights {
-    /// Keep them quantized, in the file's blocks: hub-quant's kernels for Q4_0, Q4_1, Q8_0,
-    /// Q4_K, Q5_K and Q6_K (the embedding table too), candle's `QMatMul` for other types. The
+    /// Keep them quantized, in the file's blocks: hub-quant's kernels for Q4_0, Q4_1, Q5_0,
+    /// Q5_1, Q8_0, Q4_K, Q5_K and Q6_K (the embedding table too), candle's `QMatMul` for other types. The
     /// file's memory footprint; activations are quantized to 8 bits per matmul, as llama.cpp
     /// does.
     Quantized,
@@ -741,9 +792,10 @@ impl Llama {
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&kv.layers) {
             let residual = &x;
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let q = layer.q.forward(&h)?.reshape((1, total, nh, hd))?;
-            let k = layer.k.forward(&h)?.reshape((1, total, nkv, hd))?;
-            let v = layer.v.forward(&h)?.reshape((total, nkv, hd))?;
+            let [q, k, v] = forward_many([&layer.q, &layer.k, &layer.v], &h)?;
+            let q = q.reshape((1, total, nh, hd))?;
+            let k = k.reshape((1, total, nkv, hd))?;
+            let v = v.reshape((total, nkv, hd))?;
             let heads = step.attend(
                 q,
                 k,
@@ -755,8 +807,8 @@ impl Llama {
             let attn = layer.o.forward(&heads)?;
             let x1 = (residual + attn)?;
             let h = candle_nn::ops::rms_norm(&x1, &layer.post_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let up = layer.up.forward(&h)?;
+            let [gate, up] = forward_many([&layer.gate, &layer.up], &h)?;
+            let gate = candle_nn::ops::silu(&gate)?;
             let mlp = layer.down.forward(&(gate * up)?)?;
             x = (x1 + mlp)?;
         }

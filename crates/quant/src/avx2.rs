@@ -19,6 +19,8 @@ pub(crate) fn dot(qtype: QType, w: &[u8], a: ActRow<'_>) -> f32 {
         match qtype {
             QType::Q4_0 => dot_q4_0(w, a),
             QType::Q4_1 => dot_q4_1(w, a),
+            QType::Q5_0 => dot_q5_0(w, a),
+            QType::Q5_1 => dot_q5_1(w, a),
             QType::Q8_0 => dot_q8_0(w, a),
             QType::Q4K => dot_q4k(w, a, false),
             QType::Q5K => dot_q4k(w, a, true),
@@ -84,6 +86,26 @@ fn nibbles16(b: &[u8]) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
+/// Q5_0/Q5_1's fifth bits: byte `e` of the result is `0x10` where bit `e` of the 4 little-endian
+/// bytes `qh` is set, else 0 (element order, as [`nibbles16`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits(qh: &[u8]) -> __m256i {
+    let bits = i32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    // Byte e takes byte e / 8 of `bits`, then tests bit e % 8 of it.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
 /// Runs `block(b, blk)` over a row's blocks two at a time into two accumulators, so
 /// consecutive blocks' FMAs do not wait on each other (the loop-carried latency, not the
 /// loads, bounds a one-accumulator loop on data in cache).
@@ -132,6 +154,30 @@ fn dot_q4_1(w: &[u8], a: ActRow<'_>) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0(w: &[u8], a: ActRow<'_>) -> f32 {
+    let sixteen = _mm256_set1_epi8(16);
+    two_accumulators(w, 22, |b, blk, acc| {
+        let codes = _mm256_or_si256(nibbles16(&blk[6..]), fifth_bits(&blk[2..6]));
+        let p = dot_i8_i8(_mm256_sub_epi8(codes, sixteen), load32_i8(&a.qs[b * QK..]));
+        let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_1(w: &[u8], a: ActRow<'_>) -> f32 {
+    let mut mins = 0f32;
+    let dots = two_accumulators(w, 24, |b, blk, acc| {
+        let codes = _mm256_or_si256(nibbles16(&blk[8..]), fifth_bits(&blk[4..8]));
+        let p = dot_u8_i8(codes, load32_i8(&a.qs[b * QK..]));
+        let d = _mm256_set1_ps(f16_at(blk, 0) * a.d[b]);
+        mins += f16_at(blk, 2) * a.s[b];
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
+    });
+    dots + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(w: &[u8], a: ActRow<'_>) -> f32 {
     two_accumulators(w, 34, |b, blk, acc| {
         let p = dot_i8_i8(load32(&blk[2..]), load32_i8(&a.qs[b * QK..]));
@@ -142,7 +188,7 @@ fn dot_q8_0(w: &[u8], a: ActRow<'_>) -> f32 {
 
 /// The dot products of one weight row with [`ROWS`] activation rows at once, for batched
 /// decode: each weight block is unpacked once for all of them (the single-row kernels unpack
-/// it once per row). Q4_0, Q4_1 and Q8_0; `None` for the other formats. Each result is the
+/// it once per row). Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; `None` for the other formats. Each result is the
 /// single-row kernel's, bit for bit: the same products, summed in the same order into the
 /// same two accumulators per row.
 pub(crate) fn dot_rows(qtype: QType, w: &[u8], a: [ActRow<'_>; ROWS]) -> Option<[f32; ROWS]> {
@@ -152,6 +198,8 @@ pub(crate) fn dot_rows(qtype: QType, w: &[u8], a: [ActRow<'_>; ROWS]) -> Option<
         match qtype {
             QType::Q4_0 => Some(rows_q4_0(w, a)),
             QType::Q4_1 => Some(rows_q4_1(w, a)),
+            QType::Q5_0 => Some(rows_q5_0(w, a)),
+            QType::Q5_1 => Some(rows_q5_1(w, a)),
             QType::Q8_0 => Some(rows_q8_0(w, a)),
             _ => None,
         }
@@ -239,6 +287,30 @@ fn rows_q4_1(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+fn rows_q5_0(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
+    let sixteen = _mm256_set1_epi8(16);
+    let unpack = |blk: &[u8]| Unpacked {
+        codes: _mm256_sub_epi8(
+            _mm256_or_si256(nibbles16(&blk[6..]), fifth_bits(&blk[2..6])),
+            sixteen,
+        ),
+        d: f16_at(blk, 0),
+        m: 0.0,
+    };
+    rows_with(w, 22, a, unpack, |q, x| dot_i8_i8(q, x), false)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_q5_1(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
+    let unpack = |blk: &[u8]| Unpacked {
+        codes: _mm256_or_si256(nibbles16(&blk[8..]), fifth_bits(&blk[4..8])),
+        d: f16_at(blk, 0),
+        m: f16_at(blk, 2),
+    };
+    rows_with(w, 24, a, unpack, |q, x| dot_u8_i8(q, x), true)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
 fn rows_q8_0(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
     let unpack = |blk: &[u8]| Unpacked {
         codes: load32(&blk[2..]),
@@ -248,17 +320,26 @@ fn rows_q8_0(w: &[u8], a: [ActRow<'_>; ROWS]) -> [f32; ROWS] {
     rows_with(w, 34, a, unpack, |q, x| dot_i8_i8(q, x), false)
 }
 
-/// Q4_K, and Q5_K when `fifth` (its `qh` bits added as bit 4 of each code).
+/// Q4_K, and Q5_K when `fifth` (its `qh` bits added as bit 4 of each code). The 8 sub-block
+/// scales and minimums are unpacked once per super-block, the minimums' term summed apart, and
+/// the sub-blocks alternate between two accumulators (as [`two_accumulators`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4k(w: &[u8], a: ActRow<'_>, fifth: bool) -> f32 {
     let bb = if fifth { 176 } else { 144 };
-    let mut acc = _mm256_setzero_ps();
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut mins = 0f32;
     let m4 = _mm256_set1_epi8(0xF);
     let one = _mm256_set1_epi8(1);
     for (b, blk) in w.chunks_exact(bb).enumerate() {
         let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-        let scales = &blk[4..16];
+        let mut sc = [0f32; 8];
+        let mut block_mins = 0f32;
+        for (j, s) in sc.iter_mut().enumerate() {
+            let (scale, m) = scale_min_k4(j, &blk[4..16]);
+            *s = d * f32::from(scale);
+            block_mins += f32::from(m) * a.s[b * 8 + j];
+        }
+        mins += dmin * block_mins;
         let qs = if fifth { &blk[48..176] } else { &blk[16..144] };
         let qh = if fifth {
             load32(&blk[16..48])
@@ -277,23 +358,22 @@ fn dot_q4k(w: &[u8], a: ActRow<'_>, fifth: bool) -> f32 {
                 lo = _mm256_or_si256(lo, bit(2 * j as i64));
                 hi = _mm256_or_si256(hi, bit(2 * j as i64 + 1));
             }
-            for (h, codes) in [lo, hi].into_iter().enumerate() {
-                let sub = 2 * j + h;
-                let ab = b * 8 + sub; // activation block
-                let (sc, m) = scale_min_k4(sub, scales);
-                let p = dot_u8_i8(codes, load32_i8(&a.qs[ab * QK..]));
-                let f = _mm256_set1_ps(d * f32::from(sc) * a.d[ab]);
-                acc = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc);
-                mins += dmin * f32::from(m) * a.s[ab];
-            }
+            let ab = b * 8 + 2 * j; // activation block of `lo`; `hi` is the next
+            let p = dot_u8_i8(lo, load32_i8(&a.qs[ab * QK..]));
+            let f = _mm256_set1_ps(sc[2 * j] * a.d[ab]);
+            acc0 = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc0);
+            let p = dot_u8_i8(hi, load32_i8(&a.qs[(ab + 1) * QK..]));
+            let f = _mm256_set1_ps(sc[2 * j + 1] * a.d[ab + 1]);
+            acc1 = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc1);
         }
     }
-    hsum(acc) - mins
+    hsum(_mm256_add_ps(acc0, acc1)) - mins
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q6k(w: &[u8], a: ActRow<'_>) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    // Two accumulators: runs 0/2 into one, 1/3 into the other.
+    let mut acc = [_mm256_setzero_ps(); 2];
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(3);
     let off = _mm256_set1_epi8(32);
@@ -326,9 +406,9 @@ fn dot_q6k(w: &[u8], a: ActRow<'_>) -> f32 {
                 );
                 let p = _mm256_madd_epi16(p16, s);
                 let f = _mm256_set1_ps(d * a.d[ab]);
-                acc = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc);
+                acc[r & 1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(p), acc[r & 1]);
             }
         }
     }
-    hsum(acc)
+    hsum(_mm256_add_ps(acc[0], acc[1]))
 }

@@ -11,6 +11,12 @@ pub enum QType {
     Q4_0,
     /// 32 elements: f16 `d`, f16 `m`, 16 bytes of 4-bit `q`; `x = d q + m`.
     Q4_1,
+    /// 32 elements: f16 `d`, 4 bytes of fifth bits `qh` (bit `e` for element `e`), 16 bytes
+    /// of 4-bit `q`; `x = d (q − 16)` with `q` 5 bits. llama.cpp's fallback for Q4_K where a
+    /// row is not a multiple of 256 (most of a "Q4_K_M" file of a small model).
+    Q5_0,
+    /// Q5_0's bits with f16 `d`, f16 `m` first; `x = d q + m` (the fallback for Q5_K).
+    Q5_1,
     /// 32 elements: f16 `d`, 32 `i8`; `x = d q`.
     Q8_0,
     /// 256 elements: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales/mins for 8 sub-blocks of
@@ -24,9 +30,11 @@ pub enum QType {
 }
 
 impl QType {
-    pub const ALL: [QType; 6] = [
+    pub const ALL: [QType; 8] = [
         QType::Q4_0,
         QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
         QType::Q8_0,
         QType::Q4K,
         QType::Q5K,
@@ -36,7 +44,7 @@ impl QType {
     /// Elements per block.
     pub fn block_len(self) -> usize {
         match self {
-            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => 32,
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
             QType::Q4K | QType::Q5K | QType::Q6K => 256,
         }
     }
@@ -46,6 +54,8 @@ impl QType {
         match self {
             QType::Q4_0 => 18,
             QType::Q4_1 => 20,
+            QType::Q5_0 => 22,
+            QType::Q5_1 => 24,
             QType::Q8_0 => 34,
             QType::Q4K => 144,
             QType::Q5K => 176,
@@ -58,6 +68,8 @@ impl QType {
         match self {
             QType::Q4_0 => 2,
             QType::Q4_1 => 3,
+            QType::Q5_0 => 6,
+            QType::Q5_1 => 7,
             QType::Q8_0 => 8,
             QType::Q4K => 12,
             QType::Q5K => 13,
@@ -87,7 +99,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Integer codes of one block as `(code, sub-block scale index)`-free values: fills `q` with
-/// the block's unsigned codes (Q4_0: 0..16, Q4_1: 0..16, Q8_0: i8, Q4_K: 0..16, Q5_K: 0..32,
+/// the block's unsigned codes (Q4_0: 0..16, Q4_1: 0..16, Q5_0/Q5_1: 0..32, Q8_0: i8, Q4_K: 0..16, Q5_K: 0..32,
 /// Q6_K: 0..64) in element order.
 pub(crate) fn codes(qtype: QType, blk: &[u8], q: &mut [i32]) {
     match qtype {
@@ -96,6 +108,16 @@ pub(crate) fn codes(qtype: QType, blk: &[u8], q: &mut [i32]) {
             for l in 0..16 {
                 q[l] = i32::from(qs[l] & 0xF);
                 q[l + 16] = i32::from(qs[l] >> 4);
+            }
+        }
+        QType::Q5_0 | QType::Q5_1 => {
+            let bb = qtype.block_bytes();
+            let qh = u32::from_le_bytes([blk[bb - 20], blk[bb - 19], blk[bb - 18], blk[bb - 17]]);
+            let qs = &blk[bb - 16..];
+            for l in 0..16 {
+                let bit = |e: usize| ((qh >> e) & 1) as i32;
+                q[l] = i32::from(qs[l] & 0xF) | (bit(l) << 4);
+                q[l + 16] = i32::from(qs[l] >> 4) | (bit(l + 16) << 4);
             }
         }
         QType::Q8_0 => {
@@ -151,10 +173,16 @@ pub fn dequantize_row(qtype: QType, data: &[u8], out: &mut [f32]) {
                     *y = d * (q - 8) as f32;
                 }
             }
-            QType::Q4_1 => {
+            QType::Q4_1 | QType::Q5_1 => {
                 let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
                 for (y, &q) in y.iter_mut().zip(&q) {
                     *y = d * q as f32 + m;
+                }
+            }
+            QType::Q5_0 => {
+                let d = f16_at(blk, 0);
+                for (y, &q) in y.iter_mut().zip(&q) {
+                    *y = d * (q - 16) as f32;
                 }
             }
             QType::Q8_0 => {

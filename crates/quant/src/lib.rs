@@ -1,5 +1,5 @@
 //! Quantized matrix kernels for CPU inference: a weight matrix kept in its GGUF block format
-//! (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) times activations quantized to 8 bits, as llama.cpp
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) times activations quantized to 8 bits, as llama.cpp
 //! computes it.
 //!
 //! - [`QMatrix`] holds the file's bytes unchanged (`rows × cols`, blocks along a row).
@@ -326,48 +326,76 @@ impl QMatrix {
 
     /// [`QMatrix::matmul`] with a given instruction set (tests and benches compare them).
     pub fn matmul_with(&self, isa: Isa, acts: &QActs, y: &mut [f32]) {
-        use rayon::prelude::*;
-        assert_eq!(acts.cols(), self.cols, "activation width");
-        let n = acts.rows();
-        assert_eq!(y.len(), n * self.rows, "output size");
-        if n == 0 || self.rows == 0 {
-            return;
-        }
-        let rb = self.row_bytes();
-        let data = self.data.bytes();
-        let one = |rows: &mut [f32], first: usize| {
-            for (i, out) in rows.chunks_exact_mut(n).enumerate() {
-                let w = &data[(first + i) * rb..(first + i + 1) * rb];
-                dot_all(isa, self.qtype, w, acts, out);
+        matmul_many_with(isa, &[self], acts, &mut [y]);
+    }
+}
+
+/// `ys[i] = x mats[i]ᵀ` for several matrices of the same input width (a layer's q/k/v, or
+/// gate/up): one quantized input, and one split over the pool for all their rows together,
+/// so a decode step wakes the pool once per group instead of once per projection.
+pub fn matmul_many(mats: &[&QMatrix], acts: &QActs, ys: &mut [&mut [f32]]) {
+    matmul_many_with(isa(), mats, acts, ys);
+}
+
+/// [`matmul_many`] with a given instruction set.
+pub fn matmul_many_with(isa: Isa, mats: &[&QMatrix], acts: &QActs, ys: &mut [&mut [f32]]) {
+    use rayon::prelude::*;
+    assert_eq!(mats.len(), ys.len(), "one output per matrix");
+    let n = acts.rows();
+    for (m, y) in mats.iter().zip(ys.iter()) {
+        assert_eq!(acts.cols(), m.cols, "activation width");
+        assert_eq!(y.len(), n * m.rows, "output size");
+    }
+    let total_rows: usize = mats.iter().map(|m| m.rows).sum();
+    if n == 0 || total_rows == 0 {
+        return;
+    }
+    let bytes: usize = mats.iter().map(|m| m.size_bytes()).sum();
+    let rows: Vec<ActRow<'_>> = (0..n).map(|i| acts.row(i)).collect();
+    // Small products (a k/v projection of a small model, a tiny test model) run on this
+    // thread: below ~32 KiB of weights × activation rows the pool's wake-ups cost more than
+    // the split saves.
+    let threads = rayon::current_num_threads().max(1);
+    let sequential = threads == 1 || bytes * n < SEQUENTIAL_BYTES;
+    // Chunks of output rows: a few per worker so the pool balances, each big enough that a
+    // task (tens of µs) outweighs its scheduling. Rows × n results, transposed at the end.
+    let chunk = total_rows.div_ceil(threads * 4).max(16);
+    let mut temps: Vec<Vec<f32>> = if n == 1 {
+        Vec::new()
+    } else {
+        mats.iter().map(|m| vec![0f32; n * m.rows]).collect()
+    };
+    let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+    if n == 1 {
+        for (m, y) in mats.iter().zip(ys.iter_mut()) {
+            for (c, out) in y.chunks_mut(chunk).enumerate() {
+                tasks.push((m, c * chunk, out));
             }
-        };
-        // Small products (a k/v projection of a small model, a tiny test model) run on this
-        // thread: below ~32 KiB of weights × activation rows the pool's wake-ups cost more
-        // than the split saves.
-        let threads = rayon::current_num_threads().max(1);
-        let sequential = threads == 1 || data.len() * n < SEQUENTIAL_BYTES;
-        // Chunks of output rows: a few per worker so the pool balances, each big enough that
-        // a task (tens of µs) outweighs its scheduling. Rows × n results, transposed at the end.
-        let chunk = self.rows.div_ceil(threads * 4).max(16);
-        let mut t = Vec::new();
-        let out: &mut [f32] = if n == 1 {
-            y
-        } else {
-            t.resize(n * self.rows, 0f32);
-            &mut t
-        };
-        if sequential {
-            one(out, 0);
-        } else {
-            out.par_chunks_mut(chunk * n)
-                .enumerate()
-                .for_each(|(c, rows)| one(rows, c * chunk));
         }
-        if n > 1 {
-            for (r, col) in t.chunks_exact(n).enumerate() {
-                for (i, &v) in col.iter().enumerate() {
-                    y[i * self.rows + r] = v;
-                }
+    } else {
+        for (m, t) in mats.iter().zip(temps.iter_mut()) {
+            for (c, out) in t.chunks_mut(chunk * n).enumerate() {
+                tasks.push((m, c * chunk, out));
+            }
+        }
+    }
+    let run = |(m, first, out): (&QMatrix, usize, &mut [f32])| {
+        let rb = m.row_bytes();
+        let data = m.data.bytes();
+        for (i, out) in out.chunks_exact_mut(n).enumerate() {
+            let w = &data[(first + i) * rb..(first + i + 1) * rb];
+            dot_all(isa, m.qtype, w, &rows, out);
+        }
+    };
+    if sequential {
+        tasks.into_iter().for_each(run);
+    } else {
+        tasks.into_par_iter().for_each(run);
+    }
+    for ((m, t), y) in mats.iter().zip(&temps).zip(ys.iter_mut()) {
+        for (r, col) in t.chunks_exact(n).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                y[i * m.rows + r] = v;
             }
         }
     }
@@ -376,27 +404,33 @@ impl QMatrix {
 /// Weight bytes × activation rows under which [`QMatrix::matmul`] stays on the calling thread.
 pub const SEQUENTIAL_BYTES: usize = 32 << 10;
 
-/// `out[t]` = weight row `w` · activation row `t`, for every row of `acts`: several rows per
-/// kernel call where the ISA has a multi-row kernel (each weight block unpacked once per
-/// group), with results identical to [`dot_with`] row by row.
-fn dot_all(isa: Isa, qtype: QType, w: &[u8], acts: &QActs, out: &mut [f32]) {
+/// `out[t]` = weight row `w` · activation row `t`, for every row of `acts` (whose widths the
+/// caller checked against the matrix once): several rows per kernel call where the ISA has a
+/// multi-row kernel (each weight block unpacked once per group), with results identical to
+/// [`dot_with`] row by row.
+fn dot_all(isa: Isa, qtype: QType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
     let mut t = 0;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && avx2_available() {
         use avx2::ROWS;
-        let cols = w.len() / qtype.block_bytes() * qtype.block_len();
-        assert!(w.len().is_multiple_of(qtype.block_bytes()) && acts.cols() == cols);
         while t + ROWS <= out.len() {
-            let rows = std::array::from_fn(|k| acts.row(t + k));
+            let rows = std::array::from_fn(|k| acts[t + k]);
             let Some(dots) = avx2::dot_rows(qtype, w, rows) else {
                 break;
             };
             out[t..t + ROWS].copy_from_slice(&dots);
             t += ROWS;
         }
+        // The single-row kernel without `dot_with`'s per-call length checks (a division per
+        // row, a tenth of a small model's row): the widths were checked per matmul, and the
+        // kernels bound-check every slice they read.
+        for (o, a) in out.iter_mut().zip(acts).skip(t) {
+            *o = avx2::dot(qtype, w, *a);
+        }
+        return;
     }
-    for (k, o) in out.iter_mut().enumerate().skip(t) {
-        *o = dot_with(isa, qtype, w, acts.row(k));
+    for (o, a) in out.iter_mut().zip(acts).skip(t) {
+        *o = dot_with(isa, qtype, w, *a);
     }
 }
 

@@ -26,7 +26,11 @@ pub fn dot(qtype: QType, w: &[u8], a: ActRow<'_>) -> f32 {
                 let sx: i32 = aq.iter().map(|&x| i32::from(x)).sum();
                 acc += f16_at(blk, 0) * a.d[first] * (isum(0, 32) - 8 * sx) as f32;
             }
-            QType::Q4_1 => {
+            QType::Q5_0 => {
+                let sx: i32 = aq.iter().map(|&x| i32::from(x)).sum();
+                acc += f16_at(blk, 0) * a.d[first] * (isum(0, 32) - 16 * sx) as f32;
+            }
+            QType::Q4_1 | QType::Q5_1 => {
                 acc +=
                     f16_at(blk, 0) * a.d[first] * isum(0, 32) as f32 + f16_at(blk, 2) * a.s[first];
             }

@@ -1,7 +1,7 @@
 """NumPy reference for hub-quant's kernels, written from the GGUF block layouts
 (independent of the Rust code).
 
-Reads JSON on stdin: {"cases": [{"qtype": "Q4_0"|..., "rows", "cols", "data": hex of the
+Reads JSON on stdin: {"cases": [{"qtype": "Q4_0"|"Q5_0"|..., "rows", "cols", "data": hex of the
 blocks, "acts": [[f32 per col] per activation row]}]} and prints, per case,
 {"dequantized": [[...] per row], "dots": [[row · act for each act] per row]} in float64.
 """
@@ -41,6 +41,17 @@ def dequantize(qtype, raw, n):
         q = np.concatenate([qs & 0xF, qs >> 4], axis=1).astype(np.float64)
         if qtype == "Q4_0":
             return (d * (q - 8)).reshape(n)
+        return (d * q + f16(blk[:, 2:4])[:, None]).reshape(n)
+    if qtype in ("Q5_0", "Q5_1"):
+        bb = 22 if qtype == "Q5_0" else 24
+        blk = b.reshape(-1, bb)
+        d = f16(blk[:, 0:2])[:, None]
+        qh = blk[:, bb - 20 : bb - 16].copy().view("<u4").astype(np.int64)  # (nb, 1)
+        qs = blk[:, bb - 16 :]
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=1).astype(np.int64)
+        q |= ((qh >> np.arange(32)) & 1) << 4
+        if qtype == "Q5_0":
+            return (d * (q - 16)).reshape(n)
         return (d * q + f16(blk[:, 2:4])[:, None]).reshape(n)
     if qtype == "Q8_0":
         blk = b.reshape(-1, 34)

@@ -41,6 +41,7 @@ mod import;
 mod index;
 mod maintenance;
 mod read;
+pub mod recent;
 
 pub use compose::Slice;
 pub use error::StoreError;
@@ -57,6 +58,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 /// What an import returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,7 +87,13 @@ pub struct StoreConfig {
     /// shares the disk) can still write. Checked before an import with a known size and before
     /// each new block.
     pub reserved_bytes: u64,
+    /// A chunk a reader verified less than this long ago, from the same block, is returned
+    /// without hashing it again ([`recent`]; ADR 0001, "Serving"). Zero verifies every read.
+    pub reverify_after: Duration,
 }
+
+/// How long a verified chunk is served without hashing it again, by default: 60 s.
+pub const DEFAULT_REVERIFY_AFTER: Duration = Duration::from_secs(60);
 
 /// The headroom a node keeps by default: 256 MiB.
 pub const DEFAULT_RESERVED_BYTES: u64 = 256 << 20;
@@ -95,6 +103,7 @@ impl Default for StoreConfig {
         Self {
             format_aware_chunking: true,
             reserved_bytes: DEFAULT_RESERVED_BYTES,
+            reverify_after: DEFAULT_REVERIFY_AFTER,
         }
     }
 }
@@ -138,6 +147,8 @@ pub(crate) struct Inner {
     /// failed import deletes a block file only when no other import placed it and the index
     /// does not list it.
     pub(crate) placed: Mutex<HashMap<Hash, u32>>,
+    /// Chunks verified on read a moment ago ([`recent`]).
+    pub(crate) recent: recent::Recent,
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -180,6 +191,7 @@ impl Store {
             db,
             gc_lock: RwLock::new(()),
             tmp_counter: AtomicU64::new(0),
+            recent: recent::Recent::new(config.reverify_after),
             config,
             placed: Mutex::new(HashMap::new()),
         };

@@ -97,6 +97,8 @@ impl Store {
     pub fn fsck(&self, mut progress: impl FnMut(Progress)) -> Result<FsckReport, StoreError> {
         let inner = &*self.inner;
         let _exclusive = inner.gc_lock.write().unwrap_or_else(|e| e.into_inner());
+        // Nothing read before the check is vouched for after it.
+        inner.recent.clear();
         let mut report = FsckReport {
             orphans_removed: inner.remove_orphans()?,
             ..FsckReport::default()

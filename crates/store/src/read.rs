@@ -3,9 +3,12 @@
 //! Opening a file resolves every chunk to its block location once (about 50 bytes per 64 KiB
 //! chunk, 8 MB for a 10 GiB file), so seeking is a binary search and a read is a `pread` on the
 //! block file. Each chunk is checked against its BLAKE3 id before any of its bytes are returned
-//! (unless verification is turned off with [`FileReader::set_verify`]): a corrupt block is an
-//! `InvalidData` error, never wrong bytes. Whole chunks that fit the caller's buffer are read
-//! straight into it; partial chunks go through one chunk-sized buffer.
+//! (unless verification is turned off with [`FileReader::set_verify`], or the chunk was verified
+//! from the same block a moment ago: [`crate::recent`]): a corrupt block is an `InvalidData`
+//! error, not wrong bytes (ADR 0001, "Serving", says what the recent-verification window
+//! trades). Whole chunks that fit the caller's buffer are read straight into it; partial chunks
+//! go through one chunk-sized buffer; [`FileReader::read_owned`] reads runs of whole chunks into
+//! new buffers without zero-filling them.
 
 use crate::Inner;
 use crate::block::block_path;
@@ -149,35 +152,110 @@ impl FileReader {
         Ok(out)
     }
 
+    /// The open block file of chunk `i` (kept open across reads of the same block).
+    fn block_of(&mut self, i: usize) -> io::Result<&File> {
+        let block = self.chunks[i].1.block;
+        if self.open_block.as_ref().is_none_or(|(b, _)| *b != block) {
+            let path = block_path(&self.inner.root, &block);
+            let f = File::open(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("open block {block}: {e}")))?;
+            self.open_block = Some((block, f));
+        }
+        Ok(&self.open_block.as_ref().expect("just opened").1)
+    }
+
     /// Reads chunks `i..j` (contiguous in one block) into `dst`, exactly their total length,
     /// and verifies each.
     fn load(&mut self, i: usize, j: usize, dst: &mut [u8]) -> io::Result<()> {
-        let loc = self.chunks[i].1;
-        let file = match &self.open_block {
-            Some((b, f)) if *b == loc.block => f,
-            _ => {
-                let path = block_path(&self.inner.root, &loc.block);
-                let f = File::open(&path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("open block {}: {e}", loc.block))
-                })?;
-                &self.open_block.insert((loc.block, f)).1
+        let offset = self.chunks[i].1.offset;
+        self.block_of(i)?.read_exact_at(dst, offset)?;
+        self.check(i, j, dst)
+    }
+
+    /// Checks chunks `i..j`, whose bytes are `data`, against their ids: skipped when
+    /// verification is off, and for a chunk verified from the same block a moment ago
+    /// ([`crate::recent`]).
+    fn check(&self, i: usize, j: usize, data: &[u8]) -> io::Result<()> {
+        if !self.verify {
+            return Ok(());
+        }
+        let recent = &self.inner.recent;
+        let mut at = 0;
+        for (id, l) in &self.chunks[i..j] {
+            let chunk = &data[at..at + l.len as usize];
+            at += chunk.len();
+            if recent.fresh(id, &l.block) {
+                continue;
             }
-        };
-        file.read_exact_at(dst, loc.offset)?;
-        if self.verify {
-            let mut at = 0;
-            for (id, l) in &self.chunks[i..j] {
-                let chunk = &dst[at..at + l.len as usize];
-                if Hash::of(chunk) != *id {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("chunk {id} in block {} is corrupt", l.block),
-                    ));
-                }
-                at += chunk.len();
+            if Hash::of(chunk) != *id {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("chunk {id} in block {} is corrupt", l.block),
+                ));
             }
+            recent.verified(id, &l.block);
         }
         Ok(())
+    }
+
+    /// The whole chunks from `i` on that lie back to back in `i`'s block and fit in `max`
+    /// bytes: the end of the run and its length (0 when chunk `i` alone exceeds `max`).
+    fn run(&self, i: usize, max: usize) -> (usize, usize) {
+        let first = self.chunks[i].1;
+        let (mut j, mut total) = (i, 0usize);
+        while let Some((_, l)) = self.chunks.get(j) {
+            if l.block != first.block
+                || l.offset != first.offset + total as u64
+                || total + l.len as usize > max
+            {
+                break;
+            }
+            total += l.len as usize;
+            j += 1;
+        }
+        (j, total)
+    }
+
+    /// Reads the next bytes of the file, at most `max` (and at least one byte unless at the
+    /// end), into a new buffer, verified as [`Read::read`] does. From a chunk boundary it
+    /// reads a run of whole chunks of one block with one `read` syscall per run and no
+    /// zero-filling of the buffer: the serving path's read (`hub-gateway`'s downloads).
+    pub fn read_owned(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        let left = self.size.saturating_sub(self.pos);
+        if left == 0 || max == 0 {
+            return Ok(Vec::new());
+        }
+        let i = self.starts.partition_point(|&s| s <= self.pos) - 1;
+        let (j, total) = if self.pos == self.starts[i] && self.cached != Some(i) {
+            self.run(i, max)
+        } else {
+            (i, 0)
+        };
+        if total == 0 {
+            // Inside a chunk (after a seek), or a chunk larger than `max`: the copying path.
+            let mut out = vec![0u8; max.min(usize::try_from(left).unwrap_or(usize::MAX))];
+            let n = self.read(&mut out)?;
+            out.truncate(n);
+            return Ok(out);
+        }
+        let offset = self.chunks[i].1.offset;
+        let mut file = self.block_of(i)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut out = Vec::with_capacity(total);
+        // `Take<&File>::read_to_end` reads into the spare capacity without zeroing it first.
+        file.take(total as u64).read_to_end(&mut out)?;
+        if out.len() != total {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "block {} is shorter than its index says",
+                    self.chunks[i].1.block
+                ),
+            ));
+        }
+        self.check(i, j, &out)?;
+        self.pos += total as u64;
+        Ok(out)
     }
 }
 
@@ -190,18 +268,7 @@ impl FileReader {
         if within == 0 && out.len() >= len && self.cached != Some(i) {
             // Whole chunks that fit go straight into `out`, as many adjacent ones of the same
             // block as fit, in one read.
-            let first = self.chunks[i].1;
-            let (mut j, mut total) = (i + 1, len);
-            while let Some((_, l)) = self.chunks.get(j) {
-                if l.block != first.block
-                    || l.offset != first.offset + total as u64
-                    || total + l.len as usize > out.len()
-                {
-                    break;
-                }
-                total += l.len as usize;
-                j += 1;
-            }
+            let (j, total) = self.run(i, out.len());
             self.load(i, j, &mut out[..total])?;
             self.pos += total as u64;
             return Ok(total);

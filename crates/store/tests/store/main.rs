@@ -5,5 +5,6 @@ mod crash;
 mod failed;
 mod files;
 mod maintenance;
+mod serving;
 mod util;
 mod verified;
