@@ -7,7 +7,12 @@ what the store holds afterwards. A third path, Xet with hf_xet's upload concurre
 in-flight xorbs. The paths alternate, `--rounds` times (the machine is shared: compare within a
 round), with the load average before each run.
 
-    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 2]   → benches/results/xet.md
+    python benches/xet.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 2] [--no-floor] [--no-capped] [--baseline OTHER_HUBMESH_BIN]   → benches/results/xet.md
+
+Each round also runs `hf_xet` on its own (unless `--no-floor`): the same upload commit
+`upload_file` makes, against a hubmesh node, against `benches/null_cas.py` (a do-nothing CAS
+answering every xorb at once), and against the same with 3 s per xorb: what the client's
+memory is whatever the server answers, and how it grows with the server's latency.
 
 Also reports CPU seconds of the upload, client and node apart (both share the machine's cores).
 For 1 GiB it asserts the default Xet path's client peak RSS stays under 600 MiB (measured
@@ -52,6 +57,68 @@ print(json.dumps({"download_s": t1 - t0, "sha": h.hexdigest(), "rss_down": rss})
 """
 
 
+# hf_xet on its own (no huggingface_hub upload machinery, only its import, so the baseline
+# RSS matches): one upload commit of one file, as `upload_file` makes it.
+XET_ONLY = """
+import json, resource, sys, time
+import huggingface_hub, hf_xet
+path, refresh_url, token = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.monotonic()
+session = hf_xet.XetSession()
+headers = {"authorization": f"Bearer {token}"} if token else {}
+with session.new_upload_commit(token_refresh_url=refresh_url, token_refresh_headers=headers) as commit:
+    handle = commit.start_upload_file(path, sha256=hf_xet.COMPUTE_SHA256)
+sha = handle.result().xet_info.sha256
+rss = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"upload_s": time.monotonic() - t0, "rss_up": rss, "client_cpu_up": ru.ru_utime + ru.ru_stime, "sha": sha}))
+"""
+
+
+def run_xet_only(src, sha, target, delay_ms=0):
+    """hf_xet alone uploading `src` to a fresh hubmesh node (`target == "hubmesh"`) or to the
+    do-nothing CAS of `benches/null_cas.py` (answering each xorb after `delay_ms`)."""
+    d = Path(tempfile.mkdtemp(prefix="xet-bench-"))
+    node = server = None
+    try:
+        env = {**os.environ, "HF_HOME": str(d / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        if target == "hubmesh":
+            node = conftest.start_node(d / "n")
+            env.update(HF_ENDPOINT=node.url, HF_TOKEN=node.admin_token)
+            subprocess.run([sys.executable, "-c", "from huggingface_hub import HfApi; HfApi().create_repo('big')"],
+                           env=env, check=True, timeout=300)
+            url, token = f"{node.url}/api/models/admin/big/xet-write-token/main", node.admin_token
+        else:
+            port_file = d / "port"
+            server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("null_cas.py")), str(port_file),
+                                       "--delay-ms", str(delay_ms)])
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and port_file.read_text()):
+                assert time.monotonic() < deadline and server.poll() is None, "null CAS did not start"
+                time.sleep(0.05)
+            url, token = f"http://127.0.0.1:{port_file.read_text()}/api/models/x/y/xet-write-token/main", ""
+        out = subprocess.run([sys.executable, "-c", XET_ONLY, str(src), url, token], env=env,
+                             capture_output=True, text=True, timeout=3600)
+        assert out.returncode == 0, out.stderr[-3000:] + (node.log()[-3000:] if node else "")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        assert r.pop("sha") == sha
+        if node:
+            r["received"] = metric(node, "xet_received_bytes_total")
+            r["node_rss_up"] = node_rss(node.proc.pid)
+            r["node_cpu_up"] = node_cpu(node.proc.pid)
+        else:
+            import urllib.request
+            r["received"] = json.load(urllib.request.urlopen(url.split("/api/")[0] + "/stats"))["received"]
+        return r
+    finally:
+        if node:
+            node.kill()
+        if server:
+            server.kill()
+            server.wait()
+        subprocess.run(["rm", "-rf", str(d)])
+
+
 def node_cpu(pid):
     """CPU seconds (user + system) the node process used so far."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -62,7 +129,18 @@ def node_rss(pid):
     return [int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:")][0]
 
 
-def run(src, sha, xet, extra_env=None):
+def run(src, sha, xet, extra_env=None, binary=None):
+    if binary:
+        # Another build (`--baseline`): this run's node and store stats use it.
+        saved = os.environ["HUBMESH_BIN"] if "HUBMESH_BIN" in os.environ else None
+        os.environ["HUBMESH_BIN"] = binary
+        try:
+            return run(src, sha, xet, extra_env)
+        finally:
+            if saved is None:
+                del os.environ["HUBMESH_BIN"]
+            else:
+                os.environ["HUBMESH_BIN"] = saved
     d = Path(tempfile.mkdtemp(prefix="xet-bench-"))
     node = conftest.start_node(d / "n")
     try:
@@ -105,25 +183,49 @@ def main():
         i = args.index("--rounds")
         rounds = int(args[i + 1])
         del args[i : i + 2]
+    baseline = None
+    if "--baseline" in args:
+        i = args.index("--baseline")
+        baseline = args[i + 1]
+        del args[i : i + 2]
+    floor = "--no-floor" not in args
+    if not floor:
+        args.remove("--no-floor")
+    if "--no-capped" in args:
+        args.remove("--no-capped")
     if args:
         os.environ["HUBMESH_BIN"] = args[0]
     work = Path(tempfile.mkdtemp(prefix="xet-bench-src-"))
     src = work / "model.safetensors"
     half = size * MIB // 2
     sha = write_safetensors(src, {"a": os.urandom(half), "b": os.urandom(half)})
-    rows = []
+    slow_ms = 3000
+    rows, floor_rows = [], []
     try:
         capped = {"HF_XET_CLIENT_AC_INITIAL_UPLOAD_CONCURRENCY": "1",
                   "HF_XET_CLIENT_AC_MAX_UPLOAD_CONCURRENCY": "1"}
         paths = (("Xet (hf_xet)", True, None), ("LFS batch (HF_HUB_DISABLE_XET=1)", False, None),
                  ("Xet, client upload concurrency 1", True, capped))
+        if "--no-capped" in sys.argv:
+            paths = paths[:2]
+        if baseline:
+            paths += (("Xet (hf_xet), baseline build", True, None),)
+        floor_paths = (("hf_xet alone → hubmesh", "hubmesh", 0),
+                       ("hf_xet alone → do-nothing CAS", "null", 0),
+                       (f"hf_xet alone → do-nothing CAS, {slow_ms} ms per xorb", "null", slow_ms))
         for round_ in range(1, rounds + 1):
             for name, xet, extra in paths:
                 load = " ".join(open("/proc/loadavg").read().split()[:3])
-                r = run(src, sha, xet, extra)
+                r = run(src, sha, xet, extra, baseline if name.endswith("baseline build") else None)
                 r["load"], r["round"] = load, round_
                 print(name, json.dumps(r), flush=True)
                 rows.append((name, r))
+            for name, target, delay in floor_paths if floor else ():
+                load = " ".join(open("/proc/loadavg").read().split()[:3])
+                r = run_xet_only(src, sha, target, delay)
+                r["load"], r["round"] = load, round_
+                print(name, json.dumps(r), flush=True)
+                floor_rows.append((name, r))
     finally:
         subprocess.run(["rm", "-rf", str(work)])
     load = open("/proc/loadavg").read().split()[:3]
@@ -146,6 +248,22 @@ def main():
             f"| {r['node_rss_up'] / MIB:.0f} / {r['node_rss'] / MIB:.0f} "
             f"| {r['received'] / MIB:.0f} | {s.get('files')} | {stored / MIB:.0f} |"
         )
+    if floor_rows:
+        lines += [
+            "",
+            "**hf_xet alone** (`XetSession().new_upload_commit()` + `start_upload_file`, the calls `upload_file` makes, "
+            "in a process that imports huggingface_hub too), against a hubmesh node and against `benches/null_cas.py`, "
+            "a do-nothing CAS that drops each body and answers at once (or after a fixed delay per xorb): "
+            "what the client costs whatever the server does.",
+            "",
+            "| round | load before | path | upload s | client CPU s | client peak RSS MiB | bytes received MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in floor_rows:
+            lines.append(f"| {r['round']} | {r['load']} | {name} | {r['upload_s']:.1f} | {r['client_cpu_up']:.1f} "
+                         f"| {r['rss_up'] / MIB:.0f} | {r['received'] / MIB:.0f} |")
+    if baseline:
+        lines += ["", f"Baseline build (`--baseline`): `{baseline}`."]
     lines += ["", "Raw store stats:", "", "```"] + [f"{n}: {json.dumps(r['stats'])}" for n, r in rows] + ["```", ""]
     out = Path(__file__).resolve().parent / "results" / "xet.md"
     out.write_text("\n".join(lines))

@@ -5,7 +5,7 @@
 //!   casUrl}`: a token for that repository and right (`hub_xet::token`), after the Hub's access
 //!   check (a write token needs write access).
 //! - `POST /v1/xorbs/{prefix}/{hash}` (write): a xorb, verified, answered, then stored in the
-//!   background (`hub_xet`; a shard waits for the imports answered before it);
+//!   background (`hub_xet`; a shard waits for the imports of the xorbs it names);
 //!   `{"was_inserted": bool}`.
 //! - `POST /v1/shards` (write): a shard; every file it describes is verified against the
 //!   stored xorbs and its SHA-256, stored as an ordinary LFS object and recorded for the
@@ -358,21 +358,22 @@ async fn upload_xorb(
     // client's next xorb overlaps this one's import (the shard waits for every import).
     // A xorb stored already is verified too before the answer says so: its name alone
     // proves nothing.
+    // The check computes each chunk's store id as well, so the import hashes nothing again.
     let st = state.clone();
-    let (bytes, known) = blocking(move || {
-        hub_xet::xorb::verify_xorb(&bytes, &hash)?;
-        Ok((bytes, st.xet()?.xorb(&hash)?.is_some()))
+    let (verified_xorb, known) = blocking(move || {
+        let v = hub_xet::xorb::verify_xorb(bytes, &hash)?;
+        Ok((v, st.xet()?.xorb(&hash)?.is_some()))
     })
     .await?;
     if known {
         return Ok(Json(json!({ "was_inserted": false })));
     }
     let verified = t0.elapsed();
-    let imports = IMPORTS.clone().read_owned().await;
+    let pending = Pending::start(hash);
     let st = state.clone();
     tokio::spawn(async move {
-        let (_permit, _imports) = (permit, imports);
-        let stored = blocking(move || Ok(st.xet()?.put_xorb(&bytes, &hash)?))
+        let (_permit, _pending) = (permit, pending);
+        let stored = blocking(move || Ok(st.xet()?.put_verified_xorb(&verified_xorb)?))
             .await
             .map_err(|e| refuse_when_full(e, StatusCode::PAYLOAD_TOO_LARGE));
         tracing::debug!(
@@ -399,10 +400,55 @@ async fn upload_xorb(
 /// Xorbs received and verified at once, each holding its body until its import ends.
 static VERIFIERS: Semaphore = Semaphore::const_new(XORB_VERIFIERS);
 
-/// Imports of answered xorbs hold this for reading; a shard takes it for writing, so it is
-/// checked only once every xorb answered before it is in the store.
-static IMPORTS: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
-    std::sync::LazyLock::new(Default::default);
+/// The imports of answered xorbs still running, by xorb: a shard waits only for those of the
+/// xorbs it names (another session's imports do not hold it up).
+static PENDING: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<XetHash, tokio::sync::watch::Receiver<()>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// One running import of an answered xorb, registered in [`PENDING`] until dropped; a shard
+/// naming the xorb waits for that.
+struct Pending {
+    xorb: XetHash,
+    done: tokio::sync::watch::Sender<()>,
+}
+
+impl Pending {
+    fn start(xorb: XetHash) -> Self {
+        let (done, rx) = tokio::sync::watch::channel(());
+        PENDING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(xorb, rx);
+        Self { xorb, done }
+    }
+
+    /// Waits until no import of these xorbs is running.
+    async fn wait_for(xorbs: impl Iterator<Item = XetHash>) {
+        let waits: Vec<_> = {
+            let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+            xorbs.filter_map(|x| pending.get(&x).cloned()).collect()
+        };
+        for mut rx in waits {
+            // Nothing is ever sent: `changed` ends (with an error) when the import drops its
+            // sender.
+            while rx.changed().await.is_ok() {}
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        // Unless a later upload of the same xorb registered its own import meanwhile.
+        if pending
+            .get(&self.xorb)
+            .is_some_and(|rx| rx.same_channel(&self.done.subscribe()))
+        {
+            pending.remove(&self.xorb);
+        }
+    }
+}
 
 /// Why the import of an answered xorb failed (a full disk, an I/O error), for the shard that
 /// names it; bounded.
@@ -435,11 +481,16 @@ async fn upload_shard(
     let bytes = read_body(body, hub_xet::shard::MAX_SHARD_BYTES, "shard").await?;
     let received = t0.elapsed();
     state.metrics().xet_received(bytes.len() as u64);
-    // Every xorb answered so far is in the store (or failed: then that failure is the answer).
-    drop(IMPORTS.write().await);
+    // Every xorb the shard names that was answered is in the store (or failed: then that
+    // failure is the answer).
     if let Ok(files) = hub_xet::shard::parse_shard(&bytes) {
+        let named: Vec<XetHash> = files
+            .iter()
+            .flat_map(|f| f.segments.iter().map(|s| s.xorb))
+            .collect();
+        Pending::wait_for(named.iter().copied()).await;
         let mut failed = FAILED_IMPORTS.lock().unwrap_or_else(|e| e.into_inner());
-        for x in files.iter().flat_map(|f| f.segments.iter().map(|s| s.xorb)) {
+        for x in named {
             if let Some(e) = failed.remove(&x) {
                 return Err(e);
             }
@@ -549,16 +600,29 @@ async fn global_dedup(
     let now = now();
     let answer = blocking(move || {
         let mut files = Vec::new();
+        // Owners that no longer hold their file (whoever may read them): forgotten, so the
+        // index does not keep what no repository has any more.
+        let mut stale = Vec::new();
         for (file, owners) in candidates {
-            for id in owners
-                .iter()
-                .filter_map(|o| may_read.get(o).cloned().flatten())
-            {
-                if st.hub().owns_lfs(&id, &file.sha256)? {
-                    files.push(file);
-                    break;
+            let mut offered = false;
+            for owner in &owners {
+                let Some(id) = repo_from_label(owner) else {
+                    stale.push((file.file_hash, owner.clone()));
+                    continue;
+                };
+                if !st.hub().owns_lfs(&id, &file.sha256)? {
+                    stale.push((file.file_hash, owner.clone()));
+                } else if may_read.get(owner).is_some_and(Option::is_some) {
+                    offered = true;
                 }
             }
+            if offered {
+                files.push(file);
+            }
+        }
+        let forgotten = st.xet()?.forget_stale(&chunk, &stale)?;
+        if forgotten > 0 {
+            tracing::debug!(%chunk, forgotten, "global dedup: files no repository holds forgotten");
         }
         let msg = format!("xet-dedup\n{chunk}\n{now}");
         let answer_key = *blake3::keyed_hash(key()?, msg.as_bytes()).as_bytes();

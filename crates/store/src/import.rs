@@ -39,7 +39,7 @@ use crate::chunker::format::{Probe, probe};
 use crate::error::StoreError;
 use crate::index::{BLOCKS, BlockRecord, CHUNKS, ChunkLoc, FILES, MANIFESTS};
 use crate::{Expected, FileInfo, Inner, VerifiedChunk};
-use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
+use hub_protocol::manifest::{ChunkRef, Hash, MAX_CHUNK_LEN, Manifest, Sha256};
 use redb::{ReadableDatabase, ReadableTable};
 use sha2::Digest;
 use std::collections::{BTreeSet, HashSet};
@@ -307,7 +307,42 @@ pub(crate) fn import_verified(
     let _shared = inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
     inner.check_headroom(manifest.size)?;
     let mut placed = Vec::new();
-    let result = import_verified_placed(inner, manifest, chunks, &mut placed);
+    let result = import_verified_placed(inner, manifest, true, chunks, &mut placed);
+    inner.release_placed(&placed, result.is_err());
+    result
+}
+
+/// Imports a file from chunks whose boundaries and ids the caller computed as it verified
+/// them (see [`Store::import_chunks`](crate::Store::import_chunks)): as [`import_verified`],
+/// but the SHA-256 is the one computed here, not checked against an announced one.
+pub(crate) fn import_chunks(
+    inner: &Inner,
+    refs: Vec<ChunkRef>,
+    chunks: &mut dyn Iterator<Item = io::Result<VerifiedChunk>>,
+) -> Result<FileInfo, StoreError> {
+    let manifest = Manifest {
+        size: refs.iter().map(|c| u64::from(c.len)).sum(),
+        sha256: Sha256([0; 32]),
+        blake3: Manifest::chunk_list_hash(&refs),
+        chunks: refs,
+    };
+    if let Some((index, c)) = manifest
+        .chunks
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.len == 0 || c.len > MAX_CHUNK_LEN)
+    {
+        // Reported against the largest length a chunk may have.
+        return Err(StoreError::ChunkLen {
+            index,
+            len: c.len as usize,
+            expected: MAX_CHUNK_LEN,
+        });
+    }
+    let _shared = inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+    inner.check_headroom(manifest.size)?;
+    let mut placed = Vec::new();
+    let result = import_verified_placed(inner, &manifest, false, chunks, &mut placed);
     inner.release_placed(&placed, result.is_err());
     result
 }
@@ -315,6 +350,7 @@ pub(crate) fn import_verified(
 fn import_verified_placed(
     inner: &Inner,
     manifest: &Manifest,
+    check_sha256: bool,
     chunks: &mut dyn Iterator<Item = io::Result<VerifiedChunk>>,
     placed: &mut Vec<Hash>,
 ) -> Result<FileInfo, StoreError> {
@@ -391,6 +427,13 @@ fn import_verified_placed(
             }
         }
     })?;
+    if !check_sha256 {
+        let manifest = Manifest {
+            sha256: sha,
+            ..manifest.clone()
+        };
+        return commit(inner, &blocks, &manifest, new_bytes);
+    }
     if sha != manifest.sha256 {
         return Err(StoreError::Mismatch {
             sha256: sha,

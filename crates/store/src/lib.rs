@@ -46,7 +46,7 @@ pub mod recent;
 
 pub use compose::Slice;
 pub use error::StoreError;
-pub use hub_protocol::manifest::{Hash, Manifest, Sha256};
+pub use hub_protocol::manifest::{ChunkRef, Hash, Manifest, Sha256};
 pub use lease::Lease;
 pub use maintenance::{CorruptBlock, FsckReport, GcReport, Progress, Stats};
 pub use read::FileReader;
@@ -261,6 +261,21 @@ impl Store {
         mut chunks: impl Iterator<Item = std::io::Result<VerifiedChunk>>,
     ) -> Result<FileInfo, StoreError> {
         import::import_verified(&self.inner, manifest, &mut chunks)
+    }
+
+    /// Imports a file from `chunks` whose boundaries and BLAKE3 ids (`refs`) the caller has
+    /// computed while verifying them another way (a Xet xorb: each chunk decoded and hashed
+    /// once, for both hashes): no chunker pass and no second BLAKE3, and the SHA-256 is
+    /// computed here (nothing announced it). `chunks` yields one item per entry of `refs`, in
+    /// order, each of its entry's length (else [`StoreError::ChunkLen`], keeping nothing);
+    /// every length must be 1 ..= 128 KiB. Durability and visibility as
+    /// [`Store::import_reader`].
+    pub fn import_chunks(
+        &self,
+        refs: Vec<ChunkRef>,
+        mut chunks: impl Iterator<Item = std::io::Result<VerifiedChunk>>,
+    ) -> Result<FileInfo, StoreError> {
+        import::import_chunks(&self.inner, refs, &mut chunks)
     }
 
     /// Imports the file at `path` (its size helps reject hostile headers early).

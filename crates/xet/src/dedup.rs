@@ -221,6 +221,45 @@ impl XetIndex {
         Ok(())
     }
 
+    /// Forgets, for global dedup, owners that no longer hold their file (`stale`: the file
+    /// and owner pairs the caller found gone: a deleted repository, a released object), and
+    /// the entry `chunk` → file of each such file left with no owner, in one transaction: the
+    /// chunk's list (at most [`MAX_FILES_PER_CHUNK`]) frees its place for new files. An owner
+    /// recorded meanwhile keeps the file listed; a file uploaded again through a shard is
+    /// indexed again ([`crate::XetIndex::put_shard`]). Returns how many entries of `chunk`
+    /// went.
+    pub fn forget_stale(
+        &self,
+        chunk: &XetHash,
+        stale: &[(XetHash, String)],
+    ) -> Result<usize, XetError> {
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(XetError::db)?;
+        let mut removed = 0;
+        {
+            let mut owners = txn.open_multimap_table(OWNERS).map_err(XetError::db)?;
+            let mut dedup = txn.open_multimap_table(DEDUP).map_err(XetError::db)?;
+            for (file, owner) in stale {
+                owners
+                    .remove(&file.0, owner.as_str())
+                    .map_err(XetError::db)?;
+            }
+            let files: std::collections::BTreeSet<XetHash> =
+                stale.iter().map(|(f, _)| *f).collect();
+            for file in files {
+                if owners.get(&file.0).map_err(XetError::db)?.is_empty()
+                    && dedup.remove(&chunk.0, &file.0).map_err(XetError::db)?
+                {
+                    removed += 1;
+                }
+            }
+        }
+        txn.commit().map_err(XetError::db)?;
+        Ok(removed)
+    }
+
     /// The stored files that hold `chunk` (if it was indexed: an eligible chunk or a file's
     /// first), each with the owners recorded for it; at most [`MAX_CANDIDATES`].
     pub fn dedup_candidates(

@@ -3,8 +3,9 @@
 //! uploaded.
 //!
 //! The store stays the one place bytes live: a verified xorb's *uncompressed* chunks are
-//! imported into `hub-store` as one object (its own content-defined chunks, deduplicated with
-//! everything else), and the index keeps, per xorb, that object's SHA-256 and the xorb's Xet
+//! imported into `hub-store` as one object, with the xorb's own chunk boundaries and the
+//! store ids computed while verifying it (deduplicated with everything else by those ids),
+//! and the index keeps, per xorb, that object's SHA-256 and the xorb's Xet
 //! chunk list — a second index over the same bytes. A verified shard turns each file it
 //! describes into an ordinary store object (composed from the xorbs' chunks with
 //! [`Store::compose`], checked against its Xet file hash and its SHA-256), so LFS, resolve and
@@ -36,7 +37,7 @@ pub mod xorb;
 
 pub use hash::XetHash;
 
-use hub_store::{Expected, Sha256, Slice, Store, StoreError};
+use hub_store::{Expected, Sha256, Slice, Store, StoreError, VerifiedChunk};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use shard::ShardFile;
 use std::path::Path;
@@ -262,26 +263,31 @@ impl XetIndex {
         if self.xorb(hash)?.is_some() {
             return Ok(false);
         }
-        // Decoded and verified a chunk at a time as the store imports it: a bad xorb fails the
-        // import's last read, so nothing of it is kept, and no second copy is held.
-        let mut reader = xorb::XorbReader::new(bytes, *hash)?;
-        let imported = self.store.import_reader(&mut reader);
-        if let Some(e) = reader.take_error() {
-            return Err(e);
+        self.put_verified_xorb(&xorb::verify_xorb(bytes.to_vec(), hash)?)
+    }
+
+    /// Stores a xorb [`xorb::verify_xorb`] checked: its uncompressed chunks become one store
+    /// object with the xorb's own chunk boundaries and the ids the check computed
+    /// ([`Store::import_chunks`]), so the chunks are decoded once more but not hashed again
+    /// (only the object's SHA-256 is computed). `Ok(false)`: it was stored already.
+    pub fn put_verified_xorb(&self, x: &xorb::VerifiedXorb) -> Result<bool, XetError> {
+        if self.xorb(x.hash())?.is_some() {
+            return Ok(false);
         }
-        let info = imported?;
-        let chunks = reader
-            .into_chunks()
-            .ok_or_else(|| XetError::Malformed("xorb: not read to its end".into()))?;
+        let info = self.store.import_chunks(
+            x.chunk_refs(),
+            x.decoded()
+                .map(|c| c.map(VerifiedChunk::Bytes).map_err(std::io::Error::other)),
+        )?;
         self.store.add_root(&info.sha256)?;
         let record = XorbRecord {
             sha256: info.sha256,
-            chunks,
+            chunks: x.chunks().to_vec(),
         };
         let txn = self.db.begin_write().map_err(XetError::db)?;
         txn.open_table(XORBS)
             .map_err(XetError::db)?
-            .insert(&hash.0, record.encode().as_slice())
+            .insert(&x.hash().0, record.encode().as_slice())
             .map_err(XetError::db)?;
         txn.commit().map_err(XetError::db)?;
         Ok(true)
@@ -358,13 +364,10 @@ impl XetIndex {
             checked.push(self.check_file(f)?);
         }
         let mut records = Vec::with_capacity(files.len());
-        // Per new file, its chunk hashes (for the global-dedup index).
+        // Per file, its chunk hashes (for the global-dedup index: files stored already too,
+        // whose entries may have been forgotten when their owners let them go).
         let mut new_files: Vec<(XetHash, Vec<XetHash>)> = Vec::new();
         for (f, (parts, size)) in files.iter().zip(checked) {
-            if let Some(r) = self.file(&f.file_hash)? {
-                records.push(r);
-                continue;
-            }
             new_files.push((
                 f.file_hash,
                 parts
@@ -376,6 +379,10 @@ impl XetIndex {
                     })
                     .collect(),
             ));
+            if let Some(r) = self.file(&f.file_hash)? {
+                records.push(r);
+                continue;
+            }
             // The file references the chunks its xorbs' objects already hold: its bytes are
             // read once, for the SHA-256 check, and not chunked or stored again.
             let slices: Vec<Slice> = parts

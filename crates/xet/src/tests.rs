@@ -143,6 +143,92 @@ fn bad_shards_are_refused_and_record_nothing() {
     assert!(index.store().fsck(|_| {}).unwrap().is_clean());
 }
 
+/// A verified xorb is stored with its own chunks: the store object's manifest lists exactly
+/// the xorb's chunk boundaries with the ids the check computed (no chunker pass, no second
+/// hash), its SHA-256 is the bytes', fsck finds every id right, and a file composed of whole
+/// chunks of it stores no new chunk. Chunks of the wrong length or out of bounds are refused
+/// and keep nothing.
+#[test]
+fn a_verified_xorb_keeps_its_chunks_and_ids_in_the_store() {
+    let (_dir, index) = setup();
+    // Sizes around the store chunker's bounds: its CDC would cut these elsewhere.
+    let a: Vec<Vec<u8>> = [9000usize, 131_072, 70_000, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (0..*n).map(|j| (j * 31 + i * 7) as u8).collect())
+        .collect();
+    let (ax, ah) = xorb_of(&a);
+    let v = xorb::verify_xorb(ax.clone(), &ah).unwrap();
+    assert_eq!(v.chunks().len(), 4);
+    assert!(index.put_verified_xorb(&v).unwrap());
+    assert!(!index.put_verified_xorb(&v).unwrap());
+    let record = index.xorb(&ah).unwrap().unwrap();
+    let (_, manifest) = index.store().manifest(&record.sha256).unwrap();
+    let expected: Vec<hub_store::ChunkRef> = a
+        .iter()
+        .map(|c| hub_store::ChunkRef {
+            id: hub_store::Hash::of(c),
+            len: c.len() as u32,
+        })
+        .collect();
+    assert_eq!(manifest.chunks, expected);
+    let data: Vec<u8> = a.concat();
+    assert_eq!(
+        record.sha256.0,
+        <[u8; 32]>::from(sha2::Sha256::digest(&data))
+    );
+    assert!(index.store().fsck(|_| {}).unwrap().is_clean());
+
+    // A file of chunks 1..3: composed of whole stored chunks, so no chunk is added.
+    let chunks_before = index.store().stats().unwrap().chunks;
+    let part = &a[1..3];
+    let hashes: Vec<(XetHash, u64)> = part
+        .iter()
+        .map(|c| (chunk_hash(c), c.len() as u64))
+        .collect();
+    let f = ShardFile {
+        file_hash: file_hash(&hashes),
+        segments: vec![Segment {
+            xorb: ah,
+            unpacked_bytes: part.iter().map(|c| c.len() as u32).sum(),
+            start: 1,
+            end: 3,
+        }],
+        sha256: Some(sha2::Sha256::digest(part.concat()).into()),
+    };
+    index
+        .put_shard(&shard_of(std::slice::from_ref(&f)))
+        .unwrap();
+    assert_eq!(index.store().stats().unwrap().chunks, chunks_before);
+
+    // The store refuses chunk lists it could not keep, and chunks that are not their length.
+    let files = index.store().files().unwrap().len();
+    let refs = |len| {
+        vec![hub_store::ChunkRef {
+            id: hub_store::Hash::of(b"x"),
+            len,
+        }]
+    };
+    let one = || std::iter::once(Ok(hub_store::VerifiedChunk::Bytes(b"xy".to_vec())));
+    for len in [0, 128 * 1024 + 1, 1] {
+        assert!(matches!(
+            index.store().import_chunks(refs(len), one()),
+            Err(StoreError::ChunkLen { .. })
+        ));
+    }
+    assert_eq!(index.store().files().unwrap().len(), files);
+    assert!(index.store().fsck(|_| {}).unwrap().is_clean());
+
+    // An empty chunk is malformed.
+    let mut empty = Vec::new();
+    xorb::write_uncompressed_chunk(&mut empty, b"");
+    let eh = xorb_hash(&[(chunk_hash(b""), 0)]);
+    assert!(matches!(
+        xorb::verify_xorb(empty, &eh),
+        Err(XetError::Malformed(_))
+    ));
+}
+
 /// Global dedup: a file's first chunk finds the file, with the owners recorded for it; the
 /// answer lists its xorbs with exactly the file's chunks, keyed, and hides the other chunks
 /// of those xorbs (zero hash, no length) at their positions.

@@ -6,6 +6,7 @@
 
 use crate::hash::{XetHash, chunk_hash, xorb_hash};
 use crate::{XetError, lz4};
+use hub_store::{ChunkRef, Hash};
 
 /// Largest chunk (uncompressed), as Xet's chunker makes them.
 pub const MAX_CHUNK_BYTES: usize = 128 * 1024;
@@ -20,7 +21,7 @@ pub const CHUNK_HEADER_LEN: usize = 8;
 
 const FOOTER_IDENT: &[u8; 7] = b"XETBLOB";
 
-/// A verified xorb.
+/// A parsed xorb, its bytes decoded (tests and fuzzing; the node uses [`verify_xorb`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Xorb {
     pub hash: XetHash,
@@ -36,83 +37,137 @@ fn bad(what: String) -> XetError {
 
 /// Parses, decompresses and hashes a serialized xorb; it must hash to `expected`.
 pub fn parse_xorb(bytes: &[u8], expected: &XetHash) -> Result<Xorb, XetError> {
-    let mut reader = XorbReader::new(bytes, *expected)?;
     let mut data = Vec::new();
-    let read = std::io::Read::read_to_end(&mut reader, &mut data);
-    if let Some(e) = reader.take_error() {
-        return Err(e);
+    let mut chunks = Vec::new();
+    for chunk in Chunks::new(bytes)? {
+        let chunk = chunk?;
+        chunks.push((chunk_hash(&chunk), chunk.len() as u32));
+        data.extend_from_slice(&chunk);
     }
-    read.map_err(|e| bad(e.to_string()))?;
+    check_xorb_hash(&chunks, expected)?;
     Ok(Xorb {
         hash: *expected,
-        chunks: reader.chunks,
+        chunks,
         data,
     })
 }
 
-/// Checks a serialized xorb without keeping its bytes: every chunk decoded and hashed, the
-/// xorb hash `expected` (the check [`crate::XetIndex::put_xorb`] also makes as it imports).
-pub fn verify_xorb(bytes: &[u8], expected: &XetHash) -> Result<(), XetError> {
-    let mut reader = XorbReader::new(bytes, *expected)?;
-    let read = std::io::copy(&mut reader, &mut std::io::sink());
-    if let Some(e) = reader.take_error() {
-        return Err(e);
+/// A serialized xorb that [`verify_xorb`] checked, with what the check computed: each
+/// chunk's Xet hash and length, and each chunk's store id (its BLAKE3), so that storing it
+/// ([`crate::XetIndex::put_verified_xorb`]) decodes the chunks once more but hashes nothing
+/// but the object's SHA-256. It owns the bytes it checked, so the ids always describe them.
+#[derive(Debug)]
+pub struct VerifiedXorb {
+    hash: XetHash,
+    chunks: Vec<(XetHash, u32)>,
+    ids: Vec<Hash>,
+    bytes: Vec<u8>,
+}
+
+impl VerifiedXorb {
+    pub fn hash(&self) -> &XetHash {
+        &self.hash
     }
-    read.map_err(|e| bad(e.to_string()))?;
+
+    /// Each chunk's Xet hash and uncompressed length, in order.
+    pub fn chunks(&self) -> &[(XetHash, u32)] {
+        &self.chunks
+    }
+
+    /// Each chunk's store id and length: the manifest of the xorb's store object.
+    pub fn chunk_refs(&self) -> Vec<ChunkRef> {
+        self.ids
+            .iter()
+            .zip(&self.chunks)
+            .map(|(id, (_, len))| ChunkRef { id: *id, len: *len })
+            .collect()
+    }
+
+    /// The chunks' uncompressed bytes, decoded again from the serialized xorb (no hashing).
+    pub fn decoded(&self) -> impl Iterator<Item = Result<Vec<u8>, XetError>> + '_ {
+        Chunks {
+            bytes: &self.bytes,
+            at: 0,
+            count: 0,
+            total: 0,
+            failed: false,
+        }
+    }
+
+    /// The serialized xorb's length.
+    pub fn serialized_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Checks a serialized xorb, decoding each chunk once: header rules, size limits, every chunk
+/// hashed (its Xet hash, and its store id on the same decoded bytes), the xorb hash
+/// `expected`.
+pub fn verify_xorb(bytes: Vec<u8>, expected: &XetHash) -> Result<VerifiedXorb, XetError> {
+    let mut chunks = Vec::new();
+    let mut ids = Vec::new();
+    for chunk in Chunks::new(&bytes)? {
+        let chunk = chunk?;
+        chunks.push((chunk_hash(&chunk), chunk.len() as u32));
+        ids.push(Hash::of(&chunk));
+    }
+    check_xorb_hash(&chunks, expected)?;
+    Ok(VerifiedXorb {
+        hash: *expected,
+        chunks,
+        ids,
+        bytes,
+    })
+}
+
+/// The xorb hash of `chunks` must be `expected`.
+fn check_xorb_hash(chunks: &[(XetHash, u32)], expected: &XetHash) -> Result<(), XetError> {
+    if chunks.is_empty() {
+        return Err(bad("no chunks".into()));
+    }
+    let sized: Vec<(XetHash, u64)> = chunks.iter().map(|(h, l)| (*h, u64::from(*l))).collect();
+    let hash = xorb_hash(&sized);
+    if hash != *expected {
+        return Err(XetError::HashMismatch {
+            what: "xorb",
+            claimed: expected.hex(),
+            actual: hash.hex(),
+        });
+    }
     Ok(())
 }
 
-/// A serialized xorb read as its uncompressed bytes, one chunk at a time, verified as it goes
-/// (header rules, size limits, every chunk hashed); after the last chunk the xorb hash must be
-/// `expected`, else that read fails. An import fed by this reader therefore keeps nothing of
-/// a bad xorb, and memory stays at one chunk besides the serialized bytes.
+/// A serialized xorb's chunks, decoded one at a time (header rules and size limits checked,
+/// nothing hashed); stops after the first error.
 #[derive(Debug)]
-pub struct XorbReader<'a> {
+struct Chunks<'a> {
     bytes: &'a [u8],
     at: usize,
-    expected: XetHash,
-    chunks: Vec<(XetHash, u32)>,
+    count: usize,
     total: usize,
-    plain: Vec<u8>,
-    plain_at: usize,
-    done: bool,
-    error: Option<XetError>,
+    failed: bool,
 }
 
-impl<'a> XorbReader<'a> {
-    pub fn new(bytes: &'a [u8], expected: XetHash) -> Result<Self, XetError> {
+impl<'a> Chunks<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, XetError> {
         if bytes.len() > MAX_XORB_UPLOAD {
             return Err(XetError::TooLarge("xorb"));
         }
         Ok(Self {
             bytes,
             at: 0,
-            expected,
-            chunks: Vec::new(),
+            count: 0,
             total: 0,
-            plain: Vec::new(),
-            plain_at: 0,
-            done: false,
-            error: None,
+            failed: false,
         })
     }
 
-    /// Why a read failed, when the xorb is at fault.
-    pub fn take_error(&mut self) -> Option<XetError> {
-        self.error.take()
-    }
-
-    /// Each chunk's hash and uncompressed length, once the whole xorb was read and verified.
-    pub fn into_chunks(self) -> Option<Vec<(XetHash, u32)>> {
-        (self.done && self.error.is_none()).then_some(self.chunks)
-    }
-
-    /// Decodes the next chunk into `plain`; `false` at the end (footer or end of bytes).
-    fn next_chunk(&mut self) -> Result<bool, XetError> {
+    /// Decodes the next chunk; `None` at the end (footer or end of bytes).
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, XetError> {
         let at = self.at;
         let rest = &self.bytes[at..];
         if rest.is_empty() || rest.starts_with(FOOTER_IDENT) {
-            return Ok(false);
+            return Ok(None);
         }
         let Some(header) = rest.get(..CHUNK_HEADER_LEN) else {
             return Err(bad(format!("truncated chunk header at byte {at}")));
@@ -131,6 +186,9 @@ impl<'a> XorbReader<'a> {
                 "chunk at byte {at} is over the chunk size limit"
             )));
         }
+        if uncompressed == 0 {
+            return Err(bad(format!("chunk at byte {at} is empty")));
+        }
         let start = at + CHUNK_HEADER_LEN;
         let Some(body) = self.bytes.get(start..start + compressed) else {
             return Err(bad(format!("chunk at byte {at} is truncated")));
@@ -147,63 +205,26 @@ impl<'a> XorbReader<'a> {
                 plain.len()
             )));
         }
-        if self.chunks.len() == MAX_XORB_CHUNKS || self.total + plain.len() > MAX_XORB_BYTES {
+        if self.count == MAX_XORB_CHUNKS || self.total + plain.len() > MAX_XORB_BYTES {
             return Err(XetError::TooLarge("xorb"));
         }
-        self.chunks.push((chunk_hash(&plain), uncompressed as u32));
+        self.count += 1;
         self.total += plain.len();
-        self.plain = plain;
-        self.plain_at = 0;
         self.at = start + compressed;
-        Ok(true)
-    }
-
-    /// Checks the xorb hash once every chunk was read.
-    fn finish(&self) -> Result<(), XetError> {
-        if self.chunks.is_empty() {
-            return Err(bad("no chunks".into()));
-        }
-        let sized: Vec<(XetHash, u64)> = self
-            .chunks
-            .iter()
-            .map(|(h, l)| (*h, u64::from(*l)))
-            .collect();
-        let hash = xorb_hash(&sized);
-        if hash != self.expected {
-            return Err(XetError::HashMismatch {
-                what: "xorb",
-                claimed: self.expected.hex(),
-                actual: hash.hex(),
-            });
-        }
-        Ok(())
+        Ok(Some(plain))
     }
 }
 
-impl std::io::Read for XorbReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.error.is_some() {
-                return Err(std::io::Error::other("xorb refused"));
-            }
-            if self.plain_at < self.plain.len() {
-                let n = out.len().min(self.plain.len() - self.plain_at);
-                out[..n].copy_from_slice(&self.plain[self.plain_at..self.plain_at + n]);
-                self.plain_at += n;
-                return Ok(n);
-            }
-            if self.done {
-                return Ok(0);
-            }
-            match self.next_chunk() {
-                Ok(true) => {}
-                Ok(false) => match self.finish() {
-                    Ok(()) => self.done = true,
-                    Err(e) => self.error = Some(e),
-                },
-                Err(e) => self.error = Some(e),
-            }
+impl Iterator for Chunks<'_> {
+    type Item = Result<Vec<u8>, XetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
         }
+        let next = self.next_chunk().transpose();
+        self.failed = matches!(next, Some(Err(_)));
+        next
     }
 }
 

@@ -261,3 +261,64 @@ async fn global_dedup_answers_only_with_chunks_the_caller_may_read() {
         "a raw chunk hash leaked"
     );
 }
+
+/// Global dedup forgets files that no repository holds any more: once the only repository
+/// holding a file is deleted, a query for its chunk answers 404 and the chunk's entry goes
+/// from the index (so the chunk's list, at most 64 files, does not fill with files nobody
+/// has); uploading the file again through a shard for another repository indexes it again.
+#[tokio::test]
+async fn global_dedup_forgets_files_no_repository_holds() {
+    let f = crate::testing::fixture().await;
+    let gone = repo_with_token(&f, "gone", false).await;
+    let asker = repo_with_token(&f, "asker", false).await;
+    let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![70 + i; 9100]).collect();
+    let hashes = upload_file(&f, &gone, &chunks).await;
+    let query = |token: String| {
+        let app = f.app.clone();
+        let chunk = hashes[0];
+        async move {
+            send(
+                &app,
+                "GET",
+                &format!("/v1/chunks/default-merkledb/{chunk}"),
+                Some(&token),
+                &[],
+                "",
+            )
+            .await
+        }
+    };
+    assert_eq!(query(asker.clone()).await.status, StatusCode::OK);
+    let candidates = |f: &crate::testing::Fixture| {
+        f.state
+            .xet()
+            .unwrap()
+            .dedup_candidates(&hashes[0])
+            .unwrap()
+            .len()
+    };
+    assert_eq!(candidates(&f), 1);
+
+    let deleted = send(
+        &f.app,
+        "DELETE",
+        "/api/repos/delete",
+        Some(&f.admin),
+        &[],
+        json!({ "name": "gone", "organization": "admin" }).to_string(),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text());
+    let refused = query(asker.clone()).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.text());
+    assert_eq!(
+        candidates(&f),
+        0,
+        "the entry of a file nobody holds is forgotten"
+    );
+
+    let again = repo_with_token(&f, "again", false).await;
+    upload_file(&f, &again, &chunks).await;
+    assert_eq!(candidates(&f), 1);
+    assert_eq!(query(asker).await.status, StatusCode::OK);
+}
