@@ -28,7 +28,7 @@
 
 use hub_protocol::repo::RepoId;
 use hub_repo::Repos;
-use hub_store::{Expected, Hash, Sha256, Store};
+use hub_store::{ChunkRef, Hash, Sha256, Store, VerifiedChunk};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -491,29 +491,54 @@ pub fn import(
         {
             continue;
         }
+        // The file keeps the sender's chunk boundaries (its manifest, as the header lists
+        // it): a later incremental bundle names chunks by the sender's ids, which this store
+        // then holds whatever cut the sender used (CDC, or a Xet upload's own chunks).
+        let mut refs = Vec::with_capacity(f.chunks.len());
         let mut pieces = Vec::with_capacity(f.chunks.len());
         for (c, len) in &f.chunks {
+            let chunk = Hash(unhex::<32>(c)?);
+            refs.push(ChunkRef {
+                id: chunk,
+                len: *len,
+            });
             pieces.push(match at.get(c) {
                 Some(&(off, l)) if l == *len => Piece::Spool(off, l),
-                _ => Piece::Store(Hash(unhex::<32>(c)?)),
+                _ => Piece::Store,
             });
             chunk_bytes += u64::from(*len);
         }
-        let reader = Rebuild {
-            spool: &spool,
-            store,
-            pieces: pieces.into_iter(),
-            current: io::Cursor::new(Vec::new()),
-            file: f.sha256.clone(),
+        let manifest = hub_store::Manifest {
+            size: f.size,
+            sha256: sha,
+            blake3: hub_store::Manifest::chunk_list_hash(&refs),
+            chunks: refs,
         };
+        if manifest.size
+            != manifest
+                .chunks
+                .iter()
+                .map(|c| u64::from(c.len))
+                .sum::<u64>()
+        {
+            return Err(BundleError::Malformed(format!(
+                "file {}: its chunks do not add up to its size",
+                f.sha256
+            )));
+        }
+        // Carried chunks were checked against their BLAKE3 ids as they were spooled; the
+        // store reads back and checks the ones it holds; the SHA-256 of the whole is checked
+        // by the import, which keeps nothing when any of it is wrong.
+        let chunks = pieces.into_iter().map(|piece| match piece {
+            Piece::Spool(off, len) => {
+                let mut data = vec![0u8; len as usize];
+                spool.read_exact_at(&mut data, off)?;
+                Ok(VerifiedChunk::Bytes(data))
+            }
+            Piece::Store => Ok(VerifiedChunk::Stored),
+        });
         store
-            .import_expecting(
-                reader,
-                Expected {
-                    sha256: sha,
-                    size: f.size,
-                },
-            )
+            .import_verified(&manifest, chunks)
             .map_err(|e| BundleError::Store(format!("rebuild {}: {e}", f.sha256)))?;
     }
 
@@ -554,50 +579,10 @@ pub fn import(
     })
 }
 
+/// Where a file's chunk comes from: the bundle's spool (offset, length) or this store.
 enum Piece {
     Spool(u64, u32),
-    Store(Hash),
-}
-
-/// A file's bytes from its pieces, in order.
-struct Rebuild<'a> {
-    spool: &'a File,
-    store: &'a Store,
-    pieces: std::vec::IntoIter<Piece>,
-    current: io::Cursor<Vec<u8>>,
-    file: String,
-}
-
-impl Read for Rebuild<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let n = self.current.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            let Some(piece) = self.pieces.next() else {
-                return Ok(0);
-            };
-            let data = match piece {
-                Piece::Spool(off, len) => {
-                    let mut data = vec![0u8; len as usize];
-                    self.spool.read_exact_at(&mut data, off)?;
-                    data
-                }
-                Piece::Store(id) => self
-                    .store
-                    .read_chunk(&id)
-                    .map_err(io::Error::other)?
-                    .ok_or_else(|| {
-                        io::Error::other(BundleError::MissingChunk {
-                            file: self.file.clone(),
-                            chunk: hex(&id.0),
-                        })
-                    })?,
-            };
-            self.current = io::Cursor::new(data);
-        }
-    }
+    Store,
 }
 
 /// Ref names and their commits.
