@@ -514,6 +514,24 @@ pub fn import(
             blake3: hub_store::Manifest::chunk_list_hash(&refs),
             chunks: refs,
         };
+        // A chunk neither carried nor held is named before anything is written (one index
+        // lookup for all of them; the import reads and checks the held ones).
+        let held: Vec<Hash> = manifest
+            .chunks
+            .iter()
+            .zip(&pieces)
+            .filter(|(_, p)| matches!(p, Piece::Store))
+            .map(|(c, _)| c.id)
+            .collect();
+        let present = store
+            .has_chunks(&held)
+            .map_err(|e| BundleError::Store(e.to_string()))?;
+        if let Some((id, _)) = held.iter().zip(&present).find(|(_, here)| !**here) {
+            return Err(BundleError::MissingChunk {
+                file: f.sha256.clone(),
+                chunk: hex(&id.0),
+            });
+        }
         if manifest.size
             != manifest
                 .chunks
