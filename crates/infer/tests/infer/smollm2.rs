@@ -239,3 +239,57 @@ fn smollm2_q4_1_resident_memory_is_at_most_the_file_plus_kv_cache() -> Result<()
     );
     Ok(())
 }
+
+/// Diagnostic (issue #23): for each chat prompt of the tests above and each way of holding the
+/// weights, the top tokens at the first answer position (where greedy answers part ways).
+#[test]
+#[ignore]
+fn smollm2_diag_margins() -> Result<()> {
+    use hub_infer::model::BatchItem;
+    let path = smollm2_gguf()?;
+    let gguf = GgufFile::open(&path)?;
+    let tokenizer = HfTokenizer::from_gguf(&gguf)?;
+    let special = tokenizer.special_tokens().clone();
+    let template = ChatTemplate::from_gguf(&gguf, special.bos_text(), special.eos_text())?;
+    for weights in [
+        GgufWeights::DequantizeToF32,
+        GgufWeights::Quantized,
+        GgufWeights::QuantizedCandle,
+    ] {
+        let model = Llama::from_gguf(&gguf, weights, &Device::Cpu)?;
+        for q in [
+            "What is the capital of France?",
+            "Name three colors.",
+            "Write one sentence about the sea.",
+        ] {
+            let text = template.render(&[ChatMessage::new("user", q)], true)?;
+            let prompt = tokenizer.encode(&text, false)?;
+            let kv = model.new_kv_store(8, 16)?;
+            let table: Vec<u32> = (0..8).collect();
+            let out = model.forward(
+                &kv,
+                &[BatchItem {
+                    tokens: &prompt,
+                    start_pos: 0,
+                    block_table: &table,
+                    all_logits: false,
+                }],
+            )?;
+            let row = &out[0].data;
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let top: Vec<String> = idx[..4]
+                .iter()
+                .map(|&t| {
+                    format!(
+                        "{:?}={:.3}",
+                        tokenizer.decode(&[t as u32], false).unwrap_or_default(),
+                        row[t]
+                    )
+                })
+                .collect();
+            eprintln!("{weights:?} {q:?}: {}", top.join(" "));
+        }
+    }
+    Ok(())
+}
