@@ -172,11 +172,21 @@ fn smollm2_q4_1_chat_generates_paris_deterministically_across_batches() -> Resul
         streamed.push_str(&stream.finish(&tokenizer)?);
         let answer = tokenizer.decode(&alone, true)?;
         assert_eq!(streamed, answer);
-        let colors = tokenizer.decode(&batched[1], true)?;
-        assert!(
-            colors.to_lowercase().contains("blue"),
-            "{weights:?}: {colors:?}"
-        );
+        let colors = tokenizer.decode(&batched[1], true)?.to_lowercase();
+        // f32: "1. Red\n2. Blue\n3. Green". The first token is a near-tie ("1" 28.846 vs
+        // "The" 28.807 in f32; 8-bit activations pick "The", as candle's Q8_1 path — llama.cpp's
+        // scheme — does: `smollm2_diag_margins`), and the quantized answer goes on "The most
+        // obvious color is black, …": it must still name a color.
+        let named = ["red", "blue", "green", "black", "white", "yellow"];
+        match weights {
+            GgufWeights::DequantizeToF32 => {
+                assert!(colors.contains("blue"), "{weights:?}: {colors:?}")
+            }
+            _ => assert!(
+                named.iter().any(|c| colors.contains(c)),
+                "{weights:?}: {colors:?}"
+            ),
+        }
         let sea = tokenizer.decode(&batched[2], true)?;
         assert!(sea.to_lowercase().contains("sea"), "{weights:?}: {sea:?}");
         match weights {
@@ -184,7 +194,9 @@ fn smollm2_q4_1_chat_generates_paris_deterministically_across_batches() -> Resul
                 assert_eq!(answer, "The capital of France is Paris.")
             }
             // With 8-bit activations (as llama.cpp computes Q4_1) the 135M model's greedy
-            // answer drifts off ("L'Étoile, la Marseillaise, …"); assert only that it is text.
+            // answer starts "L'Étoile, la Marseillaise, …", as llama.cpp's own (`llama-simple`
+            // on this file: "L'Éto…"): the f32 model prefers "The" by 0.08 logits only (ADR
+            // 0014, round 5); assert only that it is text.
             _ => assert!(
                 !answer.trim().is_empty() && !answer.contains('\u{FFFD}'),
                 "{answer:?}"
