@@ -80,6 +80,8 @@ pub(crate) const SWARM_MAX_IN_FLIGHT: usize = MAX_BYTES_IN_FLIGHT / SWARM_BATCH_
 const _: () = assert!(
     SWARM_BATCH_BYTES >= hub_protocol::manifest::MAX_CHUNK_LEN as usize
         && SWARM_BATCH_CHUNKS <= MAX_CHUNKS_PER_REQUEST
+        && SWARM_MAX_IN_FLIGHT > MAX_IN_FLIGHT
+        && SWARM_MAX_IN_FLIGHT * SWARM_BATCH_BYTES <= MAX_BYTES_IN_FLIGHT
 );
 /// Swarming takes batches span by span: the rarest of the lowest span with one to ask for.
 pub(crate) const SWARM_SPAN_CHUNKS: u32 = 1024;
@@ -886,8 +888,6 @@ mod tests {
         }
         let got: Vec<Assignment> = std::iter::from_fn(|| s.next(t, 0)).collect();
         assert_eq!(got.len(), SWARM_MAX_IN_FLIGHT);
-        assert!(SWARM_MAX_IN_FLIGHT > MAX_IN_FLIGHT);
-        assert!(SWARM_MAX_IN_FLIGHT * SWARM_BATCH_BYTES <= MAX_BYTES_IN_FLIGHT);
         let mut s = Scheduler::swarming(&small(100), &ps[..3], 5, u32::MAX);
         for &p in &ps[..3] {
             s.set_holds(p, Holds::All);
