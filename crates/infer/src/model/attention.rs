@@ -75,8 +75,12 @@ pub(crate) struct StepLayout {
     sin: Tensor,
     /// Per item: (token offset, first slot, length).
     write_runs: Vec<Vec<(usize, usize, usize)>>,
-    context_slots: Vec<Tensor>,
-    masks: Vec<Option<Tensor>>,
+    /// Per item: position of its first new token.
+    starts: Vec<usize>,
+    /// Per item: the cache slot of every position of its context.
+    slots: Vec<Vec<u32>>,
+    /// Off the CPU only (candle's ops): per item its slots as a tensor and its causal mask.
+    candle: Option<(Vec<Tensor>, Vec<Option<Tensor>>)>,
     groups: usize,
 }
 
@@ -95,8 +99,10 @@ impl StepLayout {
         let mut offsets = Vec::with_capacity(batch.len());
         let mut lens = Vec::with_capacity(batch.len());
         let mut write_runs = Vec::with_capacity(batch.len());
-        let mut context_slots = Vec::with_capacity(batch.len());
-        let mut masks = Vec::with_capacity(batch.len());
+        let mut starts = Vec::with_capacity(batch.len());
+        let mut all_slots = Vec::with_capacity(batch.len());
+        let mut context_slots = Vec::new();
+        let mut masks = Vec::new();
         for item in batch {
             let n = item.tokens.len();
             let end = item.start_pos + n;
@@ -117,6 +123,11 @@ impl StepLayout {
                 }
             }
             write_runs.push(runs);
+            starts.push(item.start_pos);
+            if dev.is_cpu() {
+                all_slots.push(slots);
+                continue;
+            }
             context_slots.push(Tensor::from_vec(slots, end, dev)?);
             masks.push(if n > 1 {
                 // Row r is query token r % n (the g query heads of a K/V head are stacked).
@@ -139,8 +150,9 @@ impl StepLayout {
             cos: cos.index_select(&positions, 0)?,
             sin: sin.index_select(&positions, 0)?,
             write_runs,
-            context_slots,
-            masks,
+            starts,
+            slots: all_slots,
+            candle: (!dev.is_cpu()).then_some((context_slots, masks)),
             groups,
         })
     }
@@ -174,22 +186,27 @@ impl StepLayout {
         };
         let q = candle_nn::rotary_emb::rope_thd(&q, &self.cos, &self.sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope_thd(&k, &self.cos, &self.sin)?.squeeze(0)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let groups = self.groups;
-        let mut outs = Vec::with_capacity(self.lens.len());
-        for (s, (&off, &n)) in self.offsets.iter().zip(&self.lens).enumerate() {
+        for (s, &off) in self.offsets.iter().enumerate() {
             for &(t, slot, len) in &self.write_runs[s] {
                 k_cache.slice_set(&k.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
                 v_cache.slice_set(&v.narrow(0, off + t, len)?.contiguous()?, 0, slot)?;
             }
-            let ctx = self.context_slots[s].dims1()?;
+        }
+        let Some((context_slots, masks)) = &self.candle else {
+            return self.attend_cpu(&q, (k_cache, v_cache), (nh, nkv, hd));
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let groups = self.groups;
+        let mut outs = Vec::with_capacity(self.lens.len());
+        for (s, (&off, &n)) in self.offsets.iter().zip(&self.lens).enumerate() {
+            let ctx = context_slots[s].dims1()?;
             // (ctx, kv, d) -> (kv, ctx, d)
             let ks = k_cache
-                .index_select(&self.context_slots[s], 0)?
+                .index_select(&context_slots[s], 0)?
                 .transpose(0, 1)?
                 .contiguous()?;
             let vs = v_cache
-                .index_select(&self.context_slots[s], 0)?
+                .index_select(&context_slots[s], 0)?
                 .transpose(0, 1)?
                 .contiguous()?;
             // (n, h, d) -> (h, n, d) -> (kv, g*n, d)
@@ -199,7 +216,7 @@ impl StepLayout {
                 .contiguous()?
                 .reshape((nkv, groups * n, hd))?;
             let mut att = (qs.matmul(&ks.t()?)? * scale)?;
-            if let Some(mask) = &self.masks[s] {
+            if let Some(mask) = &masks[s] {
                 att = att.broadcast_add(mask)?;
             }
             let att = candle_nn::ops::softmax_last_dim(&att)?;
@@ -212,5 +229,60 @@ impl StepLayout {
             outs.push(o);
         }
         Tensor::cat(&outs, 0)
+    }
+
+    /// [`StepLayout::attend`] on the CPU: every sequence and head in one
+    /// [`hub_quant::attention::paged_attention`] call over the cache's memory (no per-sequence
+    /// gathers, masks or small matmuls), on the caller's rayon pool.
+    fn attend_cpu(
+        &self,
+        q: &Tensor,
+        (k_cache, v_cache): (&Tensor, &Tensor),
+        (nh, nkv, hd): (usize, usize, usize),
+    ) -> candle_core::Result<Tensor> {
+        use hub_quant::attention::{AttnSeq, AttnShape, paged_attention};
+        let total = self.total();
+        let q = q.contiguous()?;
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k_cache.storage_and_layout();
+        let (vs, vl) = v_cache.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(qs),
+            candle_core::Storage::Cpu(ks),
+            candle_core::Storage::Cpu(vs),
+        ) = (&*qs, &*ks, &*vs)
+        else {
+            candle_core::bail!("CPU attention on tensors off the CPU");
+        };
+        fn f32s<'a>(
+            s: &'a candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> candle_core::Result<&'a [f32]> {
+            let (a, b) = l
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("attention: non-contiguous".into()))?;
+            s.as_slice::<f32>().map(|x| &x[a..b])
+        }
+        let (q, k, v) = (f32s(qs, ql)?, f32s(ks, kl)?, f32s(vs, vl)?);
+        let seqs: Vec<AttnSeq<'_>> = (0..self.lens.len())
+            .map(|s| AttnSeq {
+                token_offset: self.offsets[s],
+                len: self.lens[s],
+                start: self.starts[s],
+                slots: &self.slots[s],
+            })
+            .collect();
+        let shape = AttnShape {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        if q.len() != total * nh * hd || k.len() != v.len() || !k.len().is_multiple_of(nkv * hd) {
+            candle_core::bail!("attention: q or cache of the wrong size");
+        }
+        let mut out = vec![0f32; total * nh * hd];
+        paged_attention(q, k, v, &seqs, shape, &mut out);
+        Tensor::from_vec(out, (total, nh * hd), k_cache.device())
     }
 }

@@ -172,11 +172,21 @@ fn smollm2_q4_1_chat_generates_paris_deterministically_across_batches() -> Resul
         streamed.push_str(&stream.finish(&tokenizer)?);
         let answer = tokenizer.decode(&alone, true)?;
         assert_eq!(streamed, answer);
-        let colors = tokenizer.decode(&batched[1], true)?;
-        assert!(
-            colors.to_lowercase().contains("blue"),
-            "{weights:?}: {colors:?}"
-        );
+        let colors = tokenizer.decode(&batched[1], true)?.to_lowercase();
+        // f32: "1. Red\n2. Blue\n3. Green". The first token is a near-tie ("1" 28.846 vs
+        // "The" 28.807 in f32; 8-bit activations pick "The", as candle's Q8_1 path — llama.cpp's
+        // scheme — does: `smollm2_diag_margins`), and the quantized answer goes on "The most
+        // obvious color is black, …": it must still name a color.
+        let named = ["red", "blue", "green", "black", "white", "yellow"];
+        match weights {
+            GgufWeights::DequantizeToF32 => {
+                assert!(colors.contains("blue"), "{weights:?}: {colors:?}")
+            }
+            _ => assert!(
+                named.iter().any(|c| colors.contains(c)),
+                "{weights:?}: {colors:?}"
+            ),
+        }
         let sea = tokenizer.decode(&batched[2], true)?;
         assert!(sea.to_lowercase().contains("sea"), "{weights:?}: {sea:?}");
         match weights {
@@ -184,7 +194,9 @@ fn smollm2_q4_1_chat_generates_paris_deterministically_across_batches() -> Resul
                 assert_eq!(answer, "The capital of France is Paris.")
             }
             // With 8-bit activations (as llama.cpp computes Q4_1) the 135M model's greedy
-            // answer drifts off ("L'Étoile, la Marseillaise, …"); assert only that it is text.
+            // answer starts "L'Étoile, la Marseillaise, …", as llama.cpp's own (`llama-simple`
+            // on this file: "L'Éto…"): the f32 model prefers "The" by 0.08 logits only (ADR
+            // 0014, round 5); assert only that it is text.
             _ => assert!(
                 !answer.trim().is_empty() && !answer.contains('\u{FFFD}'),
                 "{answer:?}"
@@ -237,5 +249,59 @@ fn smollm2_q4_1_resident_memory_is_at_most_the_file_plus_kv_cache() -> Result<()
         added as f64 <= 1.2 * file as f64 + kv as f64,
         "resident grew by {added} bytes: more than 1.2 × {file} + {kv}"
     );
+    Ok(())
+}
+
+/// Diagnostic (issue #23): for each chat prompt of the tests above and each way of holding the
+/// weights, the top tokens at the first answer position (where greedy answers part ways).
+#[test]
+#[ignore]
+fn smollm2_diag_margins() -> Result<()> {
+    use hub_infer::model::BatchItem;
+    let path = smollm2_gguf()?;
+    let gguf = GgufFile::open(&path)?;
+    let tokenizer = HfTokenizer::from_gguf(&gguf)?;
+    let special = tokenizer.special_tokens().clone();
+    let template = ChatTemplate::from_gguf(&gguf, special.bos_text(), special.eos_text())?;
+    for weights in [
+        GgufWeights::DequantizeToF32,
+        GgufWeights::Quantized,
+        GgufWeights::QuantizedCandle,
+    ] {
+        let model = Llama::from_gguf(&gguf, weights, &Device::Cpu)?;
+        for q in [
+            "What is the capital of France?",
+            "Name three colors.",
+            "Write one sentence about the sea.",
+        ] {
+            let text = template.render(&[ChatMessage::new("user", q)], true)?;
+            let prompt = tokenizer.encode(&text, false)?;
+            let kv = model.new_kv_store(8, 16)?;
+            let table: Vec<u32> = (0..8).collect();
+            let out = model.forward(
+                &kv,
+                &[BatchItem {
+                    tokens: &prompt,
+                    start_pos: 0,
+                    block_table: &table,
+                    all_logits: false,
+                }],
+            )?;
+            let row = &out[0].data;
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let top: Vec<String> = idx[..4]
+                .iter()
+                .map(|&t| {
+                    format!(
+                        "{:?}={:.3}",
+                        tokenizer.decode(&[t as u32], false).unwrap_or_default(),
+                        row[t]
+                    )
+                })
+                .collect();
+            eprintln!("{weights:?} {q:?}: {}", top.join(" "));
+        }
+    }
     Ok(())
 }
