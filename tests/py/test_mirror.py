@@ -123,10 +123,13 @@ def test_pull_through_with_hf_hub_and_the_upstreams_headers(sites, tmp_path):
         admin.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo)
     assert up.url in str(e.value)
 
+    # The object's line is written once the flight stored it (after the client's last byte).
+    oid = hashlib.sha256(weights).hexdigest()
+    wait_for("the object's audit line", lambda: any(e.get("object") == oid for e in audit_lines(mirror)), mirror)
     events = audit_lines(mirror)
     pulled = [e for e in events if e["action"] == "mirror" and e["repo"] == f"models/{repo}"]
     assert any(e.get("commit") == commit for e in pulled)
-    assert any(e.get("object") == hashlib.sha256(weights).hexdigest() for e in pulled)
+    assert any(e.get("object") == oid for e in pulled)
     assert any(e["action"] == "read" and e["actor"] == "anonymous" for e in events)
 
 
@@ -779,9 +782,13 @@ def test_a_gated_upstream_repo_through_the_sites_token(node_factory, tmp_path):
     for name, data in files.items():
         path = hf_hub_download(repo, name, endpoint=mirror.url, token=False, cache_dir=tmp_path / "c1")
         assert open(path, "rb").read() == data
-    pulled = [e for e in audit_lines(mirror) if e["action"] == "mirror" and e["repo"] == f"models/{repo}"]
-    assert any(e.get("commit") == commit for e in pulled)
-    assert any(e.get("object") == hashlib.sha256(weights).hexdigest() for e in pulled)
+    def pulled():
+        return [e for e in audit_lines(mirror) if e["action"] == "mirror" and e["repo"] == f"models/{repo}"]
+
+    assert any(e.get("commit") == commit for e in pulled())
+    # The object's line is written once the flight stored it (after the client's last byte).
+    oid = hashlib.sha256(weights).hexdigest()
+    wait_for("the object's audit line", lambda: any(e.get("object") == oid for e in pulled()), mirror)
 
     # Without the token: the Hub's gated error, from the client and on the wire; not a 500.
     with pytest.raises(GatedRepoError) as e:
