@@ -844,3 +844,30 @@ def test_two_sites_mirror_each_others_public_namespaces_over_the_mesh(node_facto
     # Each site keeps its accounts: a token of one site means nothing at the other.
     assert request("GET", f"{b.url}/api/whoami-v2", token=a.admin_token)[0] == 401
     assert request("GET", f"{a.url}/api/whoami-v2", token=b.admin_token)[0] == 401
+
+
+def test_datasets_and_spaces_pull_through_as_models_do(sites, tmp_path):
+    """A dataset (with an LFS file) and a Space's repo are pulled through the mirror with the
+    upstream's commit shas and bytes, by `snapshot_download` and `hf_hub_download`."""
+    up, mirror = sites
+    api = HfApi(endpoint=up.url, token=up.admin_token)
+    rows = blob(MIB + 9, 31)
+    api.create_repo("alice/table", repo_type="dataset")
+    ds = api.create_commit("alice/table", repo_type="dataset", commit_message="data", operations=[
+        CommitOperationAdd(path_in_repo="data/train.parquet", path_or_fileobj=rows),
+        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=b"---\nlicense: mit\n---\n"),
+    ]).oid
+    api.create_repo("alice/demo", repo_type="space", space_sdk="static")
+    sp = api.upload_file(path_or_fileobj=b"<h1>demo</h1>\n", path_in_repo="index.html",
+                         repo_id="alice/demo", repo_type="space").oid
+
+    at_mirror = HfApi(endpoint=mirror.url)
+    assert at_mirror.dataset_info("alice/table").sha == ds
+    snap = snapshot_download("alice/table", repo_type="dataset", endpoint=mirror.url, cache_dir=tmp_path / "c1")
+    assert open(os.path.join(snap, "data", "train.parquet"), "rb").read() == rows
+    assert at_mirror.space_info("alice/demo").sha == sp
+    path = hf_hub_download("alice/demo", "index.html", repo_type="space", endpoint=mirror.url,
+                           cache_dir=tmp_path / "c2")
+    assert open(path, "rb").read() == b"<h1>demo</h1>\n"
+    repos = {e["repo"] for e in audit_lines(mirror) if e["action"] == "mirror"}
+    assert {"datasets/alice/table", "spaces/alice/demo"} <= repos
