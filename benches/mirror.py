@@ -11,7 +11,12 @@ hashed and checked. Xet is off in the client (`HF_HUB_DISABLE_XET`): the mirror 
 so both sides download over plain HTTP.
 
     python benches/mirror.py [HUBMESH_BIN] [--size-mib 1024] [--rounds 3] [--build release|debug]
+                             [--baseline-bin OTHER_HUBMESH]
         → benches/results/mirror.md
+
+With `--baseline-bin`, each round also runs a cold pull-through through a fresh mirror of that
+other binary (an older build, say), in the same rotation, so both mirrors are measured in the
+same run against the same direct downloads.
 """
 import hashlib, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
@@ -71,6 +76,15 @@ def main():
     size_mib = int(args[args.index("--size-mib") + 1]) if "--size-mib" in args else 1024
     rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else 3
     build = args[args.index("--build") + 1] if "--build" in args else "debug"
+    baseline_bin = args[args.index("--baseline-bin") + 1] if "--baseline-bin" in args else None
+    main_bin = str(conftest.hubmesh_bin())
+
+    def start_mirror(data, binary=None):
+        os.environ["HUBMESH_BIN"] = binary or main_bin
+        try:
+            return conftest.start_node(data, "--upstream", up.url)
+        finally:
+            os.environ["HUBMESH_BIN"] = main_bin
     work = Path(tempfile.mkdtemp(prefix="mirror-bench-"))
     nodes = []
     try:
@@ -94,23 +108,31 @@ def main():
         rows = []
         for r in range(rounds):
             la = load()
-            mirror = conftest.start_node(work / f"mirror{r}", "--upstream", up.url)
+            mirror = start_mirror(work / f"mirror{r}")
             nodes.append(mirror)
-            order = ["direct", "mirror"] if r % 2 == 0 else ["mirror", "direct"]
+            kinds = ["direct", "mirror"] + (["baseline"] if baseline_bin else [])
+            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
             took = {}
             for which in order:
-                url = up.url if which == "direct" else mirror.url
-                took[which], got = snapshot(url, work / f"cache-{which}")
+                if which == "baseline":
+                    base = start_mirror(work / f"baseline{r}", baseline_bin)
+                    nodes.append(base)
+                    took[which], got = snapshot(base.url, work / "cache-baseline")
+                    base.kill()
+                    shutil.rmtree(base.data)
+                else:
+                    url = up.url if which == "direct" else mirror.url
+                    took[which], got = snapshot(url, work / f"cache-{which}")
                 assert got == sha, which
             warm, got = snapshot(mirror.url, work / "cache-warm")
             assert got == sha
             mirror.kill()
             shutil.rmtree(mirror.data)
-            rows.append((r + 1, la, "→".join(order), took["direct"], took["mirror"], warm))
+            rows.append((r + 1, la, "→".join(order), took["direct"], took["mirror"], warm, took.get("baseline")))
             print(rows[-1], file=sys.stderr)
         la_get = load()
         _, direct_get, d_sha = get(up.url + path)
-        mirror = conftest.start_node(work / "mirror-get", "--upstream", up.url)
+        mirror = start_mirror(work / "mirror-get")
         nodes.append(mirror)
         first, cold_get, c_sha = get(mirror.url + path)
         assert d_sha == c_sha == sha
@@ -143,13 +165,23 @@ def main():
             "| round | load | order | direct (s) | mirror cold (s) | cold / direct speed | mirror warm (s) |",
             "|---|---|---|---|---|---|---|",
         ]
-        for n, la, order, direct, cold, warm in rows:
+        for n, la, order, direct, cold, warm, _ in rows:
             out.append(f"| {n} | {la} | {order} | {direct:.2f} ({mib / direct:.0f} MiB/s) | "
                        f"{cold:.2f} ({mib / cold:.0f} MiB/s) | {direct / cold:.2f}× | {warm:.2f} ({mib / warm:.0f} MiB/s) |")
-        ratios = sorted(d / c for _, _, _, d, c, _ in rows)
+        ratios = sorted(d / c for _, _, _, d, c, _, _ in rows)
         out += [
             "",
             f"Cold / direct: median {ratios[len(ratios) // 2]:.2f}×, range {ratios[0]:.2f}–{ratios[-1]:.2f}×.",
+        ]
+        if baseline_bin:
+            base = sorted(d / b for _, _, _, d, _, _, b in rows)
+            out += [
+                "",
+                f"Baseline mirror (`{baseline_bin}`), cold, same rounds: "
+                + ", ".join(f"{b:.2f} s ({d / b:.2f}×)" for _, _, _, d, _, _, b in rows)
+                + f"; median {base[len(base) // 2]:.2f}× direct.",
+            ]
+        out += [
             "",
             f"Raw GET of the resolve URL (load {la_get}): direct {direct_get:.2f} s, through a cold mirror "
             f"{cold_get:.2f} s ({direct_get / cold_get:.2f}×), first byte after {first:.3f} s (includes the "

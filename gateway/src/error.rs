@@ -337,6 +337,11 @@ impl From<AccessError> for AppError {
                 code: "GatedRepo",
                 message: e.to_string(),
             },
+            AccessError::UpstreamGated(message) => AppError::Coded {
+                status: StatusCode::FORBIDDEN,
+                code: "GatedRepo",
+                message,
+            },
             AccessError::Internal(e) => e.into(),
             other => AppError::internal(other),
         }

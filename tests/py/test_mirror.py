@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import cli, hubmesh_bin, wait_for
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
 MIB = 1024 * 1024
 
@@ -123,10 +123,13 @@ def test_pull_through_with_hf_hub_and_the_upstreams_headers(sites, tmp_path):
         admin.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo)
     assert up.url in str(e.value)
 
+    # The object's line is written once the flight stored it (after the client's last byte).
+    oid = hashlib.sha256(weights).hexdigest()
+    wait_for("the object's audit line", lambda: any(e.get("object") == oid for e in audit_lines(mirror)), mirror)
     events = audit_lines(mirror)
     pulled = [e for e in events if e["action"] == "mirror" and e["repo"] == f"models/{repo}"]
     assert any(e.get("commit") == commit for e in pulled)
-    assert any(e.get("object") == hashlib.sha256(weights).hexdigest() for e in pulled)
+    assert any(e.get("object") == oid for e in pulled)
     assert any(e["action"] == "read" and e["actor"] == "anonymous" for e in events)
 
 
@@ -751,3 +754,120 @@ def test_a_file_streamed_while_evicted_is_delivered_whole(node_factory, tmp_path
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
     assert metric(up, LFS_GETS) == pulls + 1
     wait_for("the pull to be stored", lambda: held_objects(mirror) == {digest}, node=mirror)
+
+
+def test_a_gated_upstream_repo_through_the_sites_token(node_factory, tmp_path):
+    """The upstream gates a repo; the site's `upstream_token` belongs to a user it granted
+    access, so the site's users download through the mirror. A mirror without the token gets
+    the upstream's gate as the Hub's `GatedRepo` error (403), naming what to set."""
+    up = node_factory("upstream", "--admin", "alice")
+    cli(up, "user", "add", "site")
+    site_token = cli(up, "token", "create", "site", "--scope", "read")
+    weights = blob(2 * MIB + 3, 11)
+    files = {"config.json": b'{"model_type": "gated"}\n', "model.safetensors": weights}
+    repo, commit = make_repo(up, "gated", files)
+    admin = HfApi(endpoint=up.url, token=up.admin_token)
+    admin.update_repo_settings(repo, gated="manual")
+    with pytest.raises(GatedRepoError):
+        hf_hub_download(repo, "config.json", endpoint=up.url, token=site_token, cache_dir=tmp_path / "denied")
+    admin.grant_access(repo, "site")
+
+    config = tmp_path / "mirror.toml"
+    config.write_text(f'[mirror]\nupstream = "{up.url}"\nupstream_token = "{site_token}"\n')
+    mirror = node_factory("mirror", "--config", str(config))
+    bare = node_factory("bare-mirror", "--upstream", up.url)
+
+    # A user of the site (no upstream account, no token) downloads through the mirror.
+    assert HfApi(endpoint=mirror.url).model_info(repo).sha == commit
+    for name, data in files.items():
+        path = hf_hub_download(repo, name, endpoint=mirror.url, token=False, cache_dir=tmp_path / "c1")
+        assert open(path, "rb").read() == data
+    def pulled():
+        return [e for e in audit_lines(mirror) if e["action"] == "mirror" and e["repo"] == f"models/{repo}"]
+
+    assert any(e.get("commit") == commit for e in pulled())
+    # The object's line is written once the flight stored it (after the client's last byte).
+    oid = hashlib.sha256(weights).hexdigest()
+    wait_for("the object's audit line", lambda: any(e.get("object") == oid for e in pulled()), mirror)
+
+    # Without the token: the Hub's gated error, from the client and on the wire; not a 500.
+    with pytest.raises(GatedRepoError) as e:
+        hf_hub_download(repo, "model.safetensors", endpoint=bare.url, token=False, cache_dir=tmp_path / "c2")
+    assert e.value.response.status_code == 403
+    status, headers, body = request("GET", f"{bare.url}/{repo}/resolve/main/config.json")
+    assert status == 403 and headers["X-Error-Code"] == "GatedRepo", body
+    assert up.url in headers["X-Error-Message"] and "upstream_token" in headers["X-Error-Message"]
+
+
+def test_two_sites_mirror_each_others_public_namespaces_over_the_mesh(node_factory, tmp_path):
+    """Two sites on one p2p mesh, each with its own accounts: site B seeds `alice/*` (site A's
+    namespace) and A seeds `bob/*`. Public repos cross with their signed refs (same commit
+    shas) and their LFS content verified chunk by chunk; private repos never cross; neither
+    site accepts the other's tokens."""
+    a = node_factory("site-a", "--admin", "alice", "--seed", "bob/*")
+    b = node_factory("site-b", "--admin", "bob", "--bootstrap", a.info["p2p"][0], "--seed", "alice/*")
+    weights = blob(3 * MIB + 1, 21)
+    on_a = HfApi(endpoint=a.url, token=a.admin_token)
+    on_b = HfApi(endpoint=b.url, token=b.admin_token)
+    on_a.create_repo("alice/secret", private=True)
+    on_a.upload_file(path_or_fileobj=b"private a\n", path_in_repo="leak.txt", repo_id="alice/secret")
+    on_b.create_repo("bob/secret", private=True)
+    on_b.upload_file(path_or_fileobj=b"private b\n", path_in_repo="leak.txt", repo_id="bob/secret")
+    repo_a, commit_a = make_repo(a, "weights", {"model.safetensors": weights, "config.json": b"{}"})
+    on_b.create_repo("bob/data", repo_type="dataset")
+    commit_b = on_b.upload_file(path_or_fileobj=b"a,b\n1,2\n", path_in_repo="train.csv",
+                                repo_id="bob/data", repo_type="dataset").oid
+
+    def at(node, kind, repo, sha):
+        status, _, body = request("GET", f"{node.url}/api/{kind}/{repo}")
+        return status == 200 and json.loads(body).get("sha") == sha
+
+    wait_for("site A's repo at site B", lambda: at(b, "models", repo_a, commit_a), b)
+    wait_for("site B's dataset at site A", lambda: at(a, "datasets", "bob/data", commit_b), a)
+    path = hf_hub_download(repo_a, "model.safetensors", endpoint=b.url, token=False, cache_dir=tmp_path / "c1")
+    assert open(path, "rb").read() == weights
+    path = hf_hub_download("bob/data", "train.csv", repo_type="dataset", endpoint=a.url, token=False,
+                           cache_dir=tmp_path / "c2")
+    assert open(path, "rb").read() == b"a,b\n1,2\n"
+    # The LFS object came to B over the mesh, each chunk checked against A's signed manifest.
+    _, _, body = request("GET", f"{b.url}/api/mesh/repos/model/{repo_a}")
+    lfs = json.loads(body)["lfs"]
+    assert lfs["fetched"] == 1 and lfs["missing"] == 0, lfs
+    assert "ref update accepted" in b.log() and "ref update accepted" in a.log()
+
+    # Private repos stay home, by the Hub API, listings and git.
+    for node, other in ((b, "alice/secret"), (a, "bob/secret")):
+        assert request("GET", f"{node.url}/api/models/{other}")[0] == 404
+        assert request("GET", f"{node.url}/{other}.git/info/refs?service=git-upload-pack")[0] in (401, 404)
+    _, _, listed = request("GET", f"{b.url}/api/models?author=alice")
+    assert [m["id"] for m in json.loads(listed)] == [repo_a]
+    # Each site keeps its accounts: a token of one site means nothing at the other.
+    assert request("GET", f"{b.url}/api/whoami-v2", token=a.admin_token)[0] == 401
+    assert request("GET", f"{a.url}/api/whoami-v2", token=b.admin_token)[0] == 401
+
+
+def test_datasets_and_spaces_pull_through_as_models_do(sites, tmp_path):
+    """A dataset (with an LFS file) and a Space's repo are pulled through the mirror with the
+    upstream's commit shas and bytes, by `snapshot_download` and `hf_hub_download`."""
+    up, mirror = sites
+    api = HfApi(endpoint=up.url, token=up.admin_token)
+    rows = blob(MIB + 9, 31)
+    api.create_repo("alice/table", repo_type="dataset")
+    ds = api.create_commit("alice/table", repo_type="dataset", commit_message="data", operations=[
+        CommitOperationAdd(path_in_repo="data/train.parquet", path_or_fileobj=rows),
+        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=b"---\nlicense: mit\n---\n"),
+    ]).oid
+    api.create_repo("alice/demo", repo_type="space", space_sdk="static")
+    sp = api.upload_file(path_or_fileobj=b"<h1>demo</h1>\n", path_in_repo="index.html",
+                         repo_id="alice/demo", repo_type="space").oid
+
+    at_mirror = HfApi(endpoint=mirror.url)
+    assert at_mirror.dataset_info("alice/table").sha == ds
+    snap = snapshot_download("alice/table", repo_type="dataset", endpoint=mirror.url, cache_dir=tmp_path / "c1")
+    assert open(os.path.join(snap, "data", "train.parquet"), "rb").read() == rows
+    assert at_mirror.space_info("alice/demo").sha == sp
+    path = hf_hub_download("alice/demo", "index.html", repo_type="space", endpoint=mirror.url,
+                           cache_dir=tmp_path / "c2")
+    assert open(path, "rb").read() == b"<h1>demo</h1>\n"
+    repos = {e["repo"] for e in audit_lines(mirror) if e["action"] == "mirror"}
+    assert {"datasets/alice/table", "spaces/alice/demo"} <= repos

@@ -91,6 +91,10 @@ pub enum AccessError {
     /// `anonymous`: no token was sent, so logging in may be enough.
     #[error("{}", gated_message(repo, *anonymous))]
     Gated { repo: RepoId, anonymous: bool },
+    /// A pull-through mirror's upstream gates the repo and did not let the mirror in (also
+    /// `GatedRepo`); the text names the upstream and the token to set.
+    #[error("{0}")]
+    UpstreamGated(String),
     #[error("access check failed")]
     Internal(#[source] Error),
 }
@@ -249,6 +253,7 @@ impl Hub {
             Err(EnsureError::Unknown) => Err(AccessError::NotFound),
             Err(EnsureError::Unavailable(why)) => Err(AccessError::Upstream(why)),
             Err(EnsureError::Refused(why)) => Err(AccessError::Refused(why)),
+            Err(EnsureError::Gated(why)) => Err(AccessError::UpstreamGated(why)),
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum EnsureError {
     /// A pull-through mirror's policy refuses the repo; the text says which rule.
     #[error("{0}")]
     Refused(String),
+    /// A pull-through mirror's upstream gates the repo and did not let the mirror's token
+    /// in (the Hub's `GatedRepo`); the text names the upstream.
+    #[error("{0}")]
+    Gated(String),
 }
 
 /// Why an LFS object could not be had from the mesh by a deadline.

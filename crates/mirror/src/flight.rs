@@ -11,8 +11,10 @@
 //! ([`hub_store::Store::import_expecting`], which checks again) and adopted by the repo; that
 //! is the flight's outcome, which waiters that need the store (range requests, batch
 //! downloads) wait for. Importing after the download rather than in the same pass keeps the
-//! store's ingest off the client's path (see `benches/results/mirror.md`). The spool has no
-//! name, so it goes away with the last reader whatever happens.
+//! store's ingest off the client's path, and the import runs at a lower priority (nice +10,
+//! inherited by the store's stage threads) so that on a busy node the readers still
+//! streaming the spool come first (see `benches/results/mirror.md`). The spool has no name,
+//! so it goes away with the last reader whatever happens.
 
 use hub_store::{Expected, Sha256, Store};
 use std::fs::File;
@@ -83,17 +85,31 @@ impl Flight {
         }
         self.changed.notify_all();
         let result = verified.and_then(|()| {
-            let spool = SpoolReader {
-                flight: self,
-                pos: 0,
-            };
-            let expected = Expected {
-                sha256: self.sha256,
-                size: self.size,
-            };
-            store
-                .import_expecting(spool, expected)
-                .map_err(|e| format!("store the upstream's bytes: {e}"))?;
+            // The import (SHA-256 again, chunker, BLAKE3, block writes: about as much CPU as
+            // the download itself) runs behind the readers still streaming the spool, on a
+            // thread of its own at a lower priority; the store's stage threads it starts
+            // inherit that priority. See `benches/results/mirror.md`.
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("mirror-import".into())
+                    .spawn_scoped(s, || {
+                        lower_priority();
+                        let spool = SpoolReader {
+                            flight: self,
+                            pos: 0,
+                        };
+                        let expected = Expected {
+                            sha256: self.sha256,
+                            size: self.size,
+                        };
+                        store
+                            .import_expecting(spool, expected)
+                            .map_err(|e| format!("store the upstream's bytes: {e}"))
+                    })
+                    .map_err(|e| format!("start the store import: {e}"))?
+                    .join()
+                    .map_err(|_| "the store import panicked".to_string())?
+            })?;
             adopt()
         });
         self.finish(result.clone());
@@ -235,6 +251,19 @@ impl Flight {
                 return;
             }
         }
+    }
+}
+
+/// How much nicer than the node the import of a verified spool runs.
+const IMPORT_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`IMPORT_NICE`] (on Linux `setpriority` with pid 0
+/// acts on the calling thread only, and threads it starts inherit it). Best effort: a failure
+/// only means the import competes with the readers at the same priority.
+fn lower_priority() {
+    let now = rustix::process::getpriority_process(None).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(None, (now + IMPORT_NICE).min(19)) {
+        tracing::debug!("mirror import keeps its priority: {e}");
     }
 }
 

@@ -162,6 +162,9 @@ pub enum PullError {
     /// The upstream does not have it (or not for this mirror's token).
     #[error("{0}")]
     NotFound(String),
+    /// The upstream gates the repo and did not let this mirror's token in.
+    #[error("{0}")]
+    Gated(String),
     /// The upstream could not be asked (unreachable, offline mode, a bad answer).
     #[error("{0}")]
     Unavailable(String),
@@ -498,10 +501,15 @@ impl Mirror {
         let upstream = self.upstream_or_offline(id)?;
         let up_err = |e: UpstreamError| match e {
             e @ UpstreamError::NotFound { .. } => PullError::NotFound(e.to_string()),
+            e @ UpstreamError::Gated { .. } => PullError::Gated(e.to_string()),
             e => PullError::Unavailable(e.to_string()),
         };
         let info = upstream.repo_info(id).map_err(up_err)?;
         let (mut refs, peeled) = upstream.advertisement(id).map_err(up_err)?;
+        // A gated upstream repo's grants (`refs/hub/gate` of an upstream `hubmesh`) name the
+        // upstream's accounts, which mean nothing at this site: the site reads it with its
+        // own `upstream_token`, and who may read it here is this site's matter.
+        refs.remove(hub_core::gate::GATE_REF);
         // A pin at a revision: `main` is that commit (a pinned tag kept beside it), and no
         // other ref of the upstream is followed (policy module docs).
         let pin = lock(&self.inner.policy).pinned_revision(id);
@@ -775,6 +783,7 @@ impl MeshPort for MirrorPort {
                     Err(EnsureError::Unknown)
                 }
                 Ok(Err(PullError::Refused(why))) => Err(EnsureError::Refused(why)),
+                Ok(Err(PullError::Gated(why))) => Err(EnsureError::Gated(why)),
                 Ok(Err(e @ (PullError::Unavailable(_) | PullError::Failed(_)))) => {
                     Err(EnsureError::Unavailable(e.to_string()))
                 }

@@ -36,12 +36,34 @@ pub enum UpstreamError {
     /// Not there, or not visible with this mirror's token (401/403/404).
     #[error("upstream {upstream} has no {what}")]
     NotFound { upstream: String, what: String },
+    /// A gated repo the upstream does not let this mirror's token (or no token) read: its
+    /// `GatedRepo` error.
+    #[error("{}", gated_message(upstream, repo, *with_token))]
+    Gated {
+        upstream: String,
+        repo: String,
+        with_token: bool,
+    },
     /// Connection refused, timeouts, TLS, a broken body.
     #[error("upstream {upstream} unreachable: {reason}")]
     Unreachable { upstream: String, reason: String },
     /// An answer that is not what the protocol says.
     #[error("upstream {upstream} answered badly: {reason}")]
     Protocol { upstream: String, reason: String },
+}
+
+fn gated_message(upstream: &str, repo: &str, with_token: bool) -> String {
+    if with_token {
+        format!(
+            "{repo} is gated at upstream {upstream}, and the user of this mirror's upstream token \
+             has not been granted access to it"
+        )
+    } else {
+        format!(
+            "{repo} is gated at upstream {upstream}; this mirror has no upstream token \
+             ([mirror] upstream_token: a token of a user the upstream granted access)"
+        )
+    }
 }
 
 /// Timeouts of upstream calls.
@@ -214,6 +236,27 @@ impl Upstream {
         }
     }
 
+    /// A 401/403 that the upstream marks as its `GatedRepo` error (`X-Error-Code`).
+    fn check_gate<B>(
+        &self,
+        resp: &ureq::http::Response<B>,
+        id: &RepoId,
+    ) -> Result<(), UpstreamError> {
+        let gated = matches!(resp.status().as_u16(), 401 | 403)
+            && resp
+                .headers()
+                .get("x-error-code")
+                .is_some_and(|v| v.as_bytes() == b"GatedRepo");
+        if gated {
+            return Err(UpstreamError::Gated {
+                upstream: self.base.clone(),
+                repo: id.hub_id(),
+                with_token: self.token.is_some(),
+            });
+        }
+        Ok(())
+    }
+
     fn repo_url(&self, id: &RepoId) -> String {
         format!(
             "{}/{}{}/{}",
@@ -269,6 +312,7 @@ impl Upstream {
             .auth(self.agent.get(&url))
             .call()
             .map_err(|e| self.unreachable(e))?;
+        self.check_gate(&resp, id)?;
         self.check(resp.status().as_u16(), || {
             format!("git repository {}", id.hub_id())
         })?;
@@ -301,6 +345,7 @@ impl Upstream {
             .header("accept", "application/x-git-upload-pack-result")
             .send(&request[..])
             .map_err(|e| self.unreachable(e))?;
+        self.check_gate(&resp, id)?;
         self.check(resp.status().as_u16(), || {
             format!("git repository {}", id.hub_id())
         })?;
@@ -344,6 +389,7 @@ impl Upstream {
             .header("content-type", "application/vnd.git-lfs+json")
             .send(serde_json::to_vec(&body).unwrap_or_default().as_slice())
             .map_err(|e| self.unreachable(e))?;
+        self.check_gate(&resp, id)?;
         self.check(resp.status().as_u16(), || {
             format!("LFS objects for {}", id.hub_id())
         })?;
