@@ -168,13 +168,18 @@ fn two_sources_fetch_faster_than_one_each_serving_a_share() {
     // One source is bound by its cap: 16 MiB at 16 Mbit/s take 8.39 s (tbf lets a 64 KiB
     // burst through first).
     let optimum = v["optimum_one_source_s"].as_f64().unwrap();
-    assert!(one["seconds"].as_f64().unwrap() >= 0.95 * optimum, "{v}");
-    // Each of the two sources served a fair share, and the fetch was faster by a margin
-    // well beyond noise; start-up (the same in both) is inside both times. The ≥ 1.8× figure,
-    // with start-up amortised over a larger file, is in benches/results/p2p.md.
+    assert!(
+        one["lfs_phase_seconds"].as_f64().unwrap() >= 0.9 * optimum,
+        "{v}"
+    );
+    // Each of the two sources served a fair share, and the LFS phase (from the git sync to
+    // stored: what the caps bound; start-up of a debug node on a loaded machine took seconds)
+    // was faster by a margin well beyond noise. The release figures are in
+    // benches/results/p2p.md.
     let size = v["file_bytes"].as_f64().unwrap();
     for served in two["chunk_bytes_served_by_source"].as_array().unwrap() {
         assert!(served.as_f64().unwrap() >= 0.25 * size, "{v}");
     }
-    assert!(v["speedup"].as_f64().unwrap() >= 1.4, "{v}");
+    assert!(v["speedup_lfs_phase"].as_f64().unwrap() >= 1.5, "{v}");
+    assert!(v["speedup"].as_f64().unwrap() > 1.0, "{v}");
 }
