@@ -24,9 +24,12 @@
 //!   which it does not own, and a second liar serves corrupt chunks
 //!   (`HUBMESH_TEST_CORRUPT_CHUNKS`); nobody may take the liar's refs, every node must end
 //!   with the origin's verified bytes, and the corrupt chunks must be counted as rejected.
+//! - **two-sources** (module `two_sources`): a fetch from one capped source, then one from
+//!   two, each capped at the same rate (issue #17: two ≥ 1.8× one).
 
 mod netns;
 mod node;
+mod two_sources;
 mod upload;
 
 use crate::report::{Spread, round3, table};
@@ -112,6 +115,7 @@ pub fn run(scenario: &Scenario, options: &LabOptions) -> Result<Value> {
         Kind::Churn => lab.churn_scenario(),
         Kind::PartitionHeal => lab.partition_scenario(),
         Kind::Forgery => lab.forgery_scenario(),
+        Kind::TwoSources => lab.two_sources_scenario(),
         Kind::Sim => bail!("the simulation is not a lab scenario"),
     };
     // Stop the nodes before the directory goes.

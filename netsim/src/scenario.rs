@@ -1,7 +1,7 @@
 //! Scenario files (`netsim/scenarios/*.toml`): which half runs and with what sizes.
 //!
 //! ```toml
-//! kind = "fanout"     # fanout | churn | partition-heal | forgery | sim
+//! kind = "fanout"     # fanout | churn | partition-heal | forgery | two-sources | sim
 //! nodes = 12          # lab: nodes besides the origin
 //! file_mib = 256
 //! rate_mbit = 400     # every node's link, each direction (tc tbf)
@@ -17,7 +17,8 @@ use std::path::Path;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
-    /// Which scenario: `fanout`, `churn`, `partition-heal`, `forgery` (real nodes) or `sim`.
+    /// Which scenario: `fanout`, `churn`, `partition-heal`, `forgery`, `two-sources` (real
+    /// nodes) or `sim`.
     pub kind: Kind,
     /// Seeds the simulation's generator (deliveries, topology) and the lab's file bytes.
     #[serde(default = "default_seed")]
@@ -48,6 +49,7 @@ pub enum Kind {
     Churn,
     PartitionHeal,
     Forgery,
+    TwoSources,
     Sim,
 }
 

@@ -706,7 +706,8 @@ async fn serve_stream(
         })
         .await
         .map_err(|e| (FAILED, format!("serving task: {e}")))??;
-        send.write_all(&encoded)
+        // Handed over as it is: `write_all` would copy the whole batch into the stream.
+        send.write_chunk(bytes::Bytes::from(encoded))
             .await
             .map_err(|e| (FAILED, format!("write: {e}")))?;
         send.finish()

@@ -465,8 +465,7 @@ impl Store {
                 out.push(None);
                 continue;
             };
-            let mut buf = vec![0u8; loc.len as usize];
-            std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, loc.offset)
+            let buf = read_at(file, loc.offset, loc.len as usize)
                 .map_err(StoreError::io("read", &path))?;
             if verify && Hash::of(&buf) != *id {
                 return Err(StoreError::Corrupt {
@@ -573,4 +572,21 @@ impl AsyncStore {
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         self.run(|s| s.stats()).await
     }
+}
+
+/// `len` bytes of `file` from `offset` into a fresh buffer, read into its spare capacity
+/// without zero-filling it first (`Take<&File>::read_to_end`; the blob endpoint reads every
+/// chunk it serves this way, issue 17). Fails with `UnexpectedEof` if the file is shorter.
+fn read_at(mut file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "block file shorter than its index says",
+        ));
+    }
+    Ok(buf)
 }

@@ -108,6 +108,13 @@ impl LabNet {
         Ok(Self { cut: Vec::new() })
     }
 
+    /// Removes the cap on node `i`'s download (the tbf on `hv{i}`), keeping its upload's: a
+    /// fetcher whose speed only its sources' caps should bound (two-sources scenario).
+    pub fn unshape_download(&self, i: usize) -> Result<()> {
+        let hv = format!("hv{i}");
+        run("tc", &["qdisc", "del", "dev", hv.as_str(), "root"])
+    }
+
     /// A command that runs `program` in node `i`'s namespace.
     pub fn command(&self, i: usize, program: &std::path::Path) -> Command {
         let mut command = Command::new("nsenter");
