@@ -56,6 +56,7 @@ mod blobs;
 mod codec;
 mod frames;
 mod peers;
+pub mod shard;
 mod swarm;
 
 pub use blobs::{Admission, BindError, BlobSource, Blobs, GetError, Place, ReadError};
