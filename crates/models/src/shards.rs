@@ -302,6 +302,7 @@ impl Shards {
             .await
             .map_err(|_| PlaceError::Task)??
         };
+        ShardLayout::even(&config, tp, pp).map_err(|e| PlaceError::Unsupported(e.to_string()))?;
         let oid = parse_oid(&commit).ok_or(PlaceError::Task)?;
         let snapshot = self.models.snapshot();
         let engine = &snapshot.engine;
