@@ -100,6 +100,12 @@ pub enum BlockResponse {
     /// The chunks the responder holds: bit `i % 8` of byte `i / 8` is chunk `i` of the
     /// manifest (at most [`MAX_HAVE_LEN`] bytes; bits past the manifest's end are zero).
     Have(Vec<u8>),
+    /// The answer to `Have` of a responder that is fetching the object: `held` as in
+    /// [`BlockResponse::Have`], and `coming`, the chunks it has asked a peer for and not
+    /// received yet (same layout and bound). Requesters use `coming` to leave those chunks to
+    /// it rather than ask the origin for them a second time (ADR 0016); it is a hint, never a
+    /// promise: only `held` chunks are requested from the responder.
+    Fetching { held: Vec<u8>, coming: Vec<u8> },
 }
 
 /// Largest bitmap a [`BlockResponse::Have`] carries: one bit per chunk of the largest
@@ -191,6 +197,7 @@ impl BlockResponse {
             Self::Chunks(c) => 4 + c.iter().map(|c| 4 + c.len()).sum::<usize>(),
             Self::Blobs(addrs) => 1 + addrs.len() * 19,
             Self::Have(bits) => 4 + bits.len(),
+            Self::Fetching { held, coming } => 8 + held.len() + coming.len(),
             _ => 0,
         };
         let mut w = Writer::with_capacity(3 + len);
@@ -234,6 +241,13 @@ impl BlockResponse {
                 w.u8(5);
                 w.u32(bits.len() as u32);
                 w.bytes(bits);
+            }
+            Self::Fetching { held, coming } => {
+                w.u8(6);
+                for bits in [held, coming] {
+                    w.u32(bits.len() as u32);
+                    w.bytes(bits);
+                }
             }
         }
         w.finish()
@@ -290,18 +304,26 @@ impl BlockResponse {
                 }
                 Self::Blobs(addrs)
             }
-            5 => {
-                let len = r.u32()? as usize;
-                if len > MAX_HAVE_LEN {
-                    return Err(DecodeError::NotCanonical("have bitmap length"));
-                }
-                Self::Have(r.take(len)?.to_vec())
+            5 => Self::Have(have_bitmap(&mut r)?),
+            6 => {
+                let held = have_bitmap(&mut r)?;
+                let coming = have_bitmap(&mut r)?;
+                Self::Fetching { held, coming }
             }
             _ => return Err(DecodeError::NotCanonical("unknown block response")),
         };
         r.end()?;
         Ok(response)
     }
+}
+
+/// A length-prefixed `Have` bitmap of at most [`MAX_HAVE_LEN`] bytes.
+fn have_bitmap(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let len = r.u32()? as usize;
+    if len > MAX_HAVE_LEN {
+        return Err(DecodeError::NotCanonical("have bitmap length"));
+    }
+    Ok(r.take(len)?.to_vec())
 }
 
 /// Why a peer's manifest or chunks were refused.
@@ -427,6 +449,14 @@ mod tests {
             ]),
             BlockResponse::Have(Vec::new()),
             BlockResponse::Have(vec![0b1010_0101; MAX_HAVE_LEN]),
+            BlockResponse::Fetching {
+                held: Vec::new(),
+                coming: Vec::new(),
+            },
+            BlockResponse::Fetching {
+                held: vec![0b0000_1111; 3],
+                coming: vec![0b1111_0000; MAX_HAVE_LEN],
+            },
         ] {
             assert_eq!(BlockResponse::decode(&response.encode()).unwrap(), response);
         }
@@ -463,6 +493,20 @@ mod tests {
         let mut bytes = BlockResponse::Have(vec![0; 4]).encode();
         bytes[3..7].copy_from_slice(&(MAX_HAVE_LEN as u32 + 1).to_le_bytes());
         assert!(BlockResponse::decode(&bytes).is_err());
+        // The same for either bitmap of a fetching responder's answer.
+        let fetching = BlockResponse::Fetching {
+            held: vec![0; 4],
+            coming: vec![0; 4],
+        };
+        let mut bytes = fetching.encode();
+        bytes[11..15].copy_from_slice(&(MAX_HAVE_LEN as u32 + 1).to_le_bytes());
+        assert!(BlockResponse::decode(&bytes).is_err());
+        let mut bytes = fetching.encode();
+        bytes[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(BlockResponse::decode(&bytes).is_err());
+        // Truncated: the second bitmap is missing.
+        let bytes = fetching.encode();
+        assert!(BlockResponse::decode(&bytes[..11]).is_err());
         // A pack request is not a block request.
         assert!(matches!(
             BlockRequest::decode(&BlockResponse::NotFound.encode()),

@@ -254,7 +254,10 @@ fn serve_partial(
             }
             BlockResponse::Manifest(bytes)
         }
-        BlockRequest::Have { .. } => BlockResponse::Have(bitmap(&arriving.held())),
+        BlockRequest::Have { .. } => BlockResponse::Fetching {
+            held: bitmap(&arriving.held()),
+            coming: bitmap(&arriving.coming()),
+        },
         BlockRequest::Blobs => BlockResponse::NotFound,
         BlockRequest::Chunks { first, count, .. } => {
             let mut chunks = Vec::new();
@@ -751,6 +754,9 @@ pub(crate) struct Arriving {
     spool: Arc<File>,
     /// Per chunk, its offset in the spool (or [`NOT_SPOOLED`]), as batches are spooled.
     at: Arc<Mutex<Vec<u64>>>,
+    /// Per chunk, whether a request for it is in flight (told to peers with what is held,
+    /// so they leave it to this fetch rather than ask the origin for it too).
+    coming: Arc<Mutex<Vec<bool>>>,
     /// Chunks verified and readable, in order from the first.
     frontier: tokio::sync::watch::Receiver<u32>,
 }
@@ -770,6 +776,23 @@ impl Arriving {
         (self.local.iter().zip(at.iter()))
             .map(|(&local, &at)| local || at != NOT_SPOOLED)
             .collect()
+    }
+
+    /// Which chunks a request is in flight for.
+    fn coming(&self) -> Vec<bool> {
+        self.coming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Marks chunks `range` as asked for (`true`) or no longer (`false`).
+    fn set_coming(&self, range: std::ops::Range<usize>, on: bool) {
+        let mut coming = self.coming.lock().unwrap_or_else(PoisonError::into_inner);
+        let end = range.end.min(coming.len());
+        if let Some(flags) = coming.get_mut(range.start.min(end)..end) {
+            flags.fill(on);
+        }
     }
 
     /// Chunk `i`, if held, read back and checked against its id (blocking).
@@ -1078,6 +1101,7 @@ where
         local: Arc::new(local.clone()),
         spool: s.file.clone(),
         at: Arc::new(Mutex::new(s.at.clone())),
+        coming: Arc::new(Mutex::new(vec![false; local.len()])),
         frontier: frontier_rx,
     });
     let _registered = arriving.as_ref().map(|a| {
@@ -1085,7 +1109,7 @@ where
         Registered { arrivals, sha256 }
     });
     let lens: Vec<u32> = manifest.chunks.iter().map(|c| c.len).collect();
-    let batches = crate::schedule::plan(&lens, &have);
+    let batches = crate::schedule::plan_swarming(&lens, &have);
     // Swarming (ADR 0016): peers' holdings come from `Have` polls; with a spool, verified
     // batches past the reorder window wait there, so the whole object is the window.
     let window = if spool.is_some() {
@@ -1095,8 +1119,10 @@ where
     };
     let mut scheduler =
         crate::schedule::Scheduler::swarming(&batches, &candidates, seed(p2p), window);
-    let mut polls: tokio::task::JoinSet<(PeerId, Option<Option<Vec<u8>>>)> =
-        tokio::task::JoinSet::new();
+    // A poll's answer: `None`, no usable answer; `Some(None)`, it neither holds nor fetches
+    // the object; else the chunks it holds and those it has coming.
+    type Polled = Option<Option<(Vec<u8>, Vec<u8>)>>;
+    let mut polls: tokio::task::JoinSet<(PeerId, Polled)> = tokio::task::JoinSet::new();
     let mut polling: HashSet<PeerId> = HashSet::new();
     let mut next_poll = tokio::time::Instant::now();
     let mut progress_at = tokio::time::Instant::now();
@@ -1179,7 +1205,10 @@ where
                         let answer = p2p.fetch_blocks(peer, BlockRequest::Have { sha256 }).await;
                         // `Some(None)`: it neither holds nor fetches the object.
                         let bits = match answer {
-                            Ok(BlockResponse::Have(bits)) => Some(Some(bits)),
+                            Ok(BlockResponse::Have(bits)) => Some(Some((bits, Vec::new()))),
+                            Ok(BlockResponse::Fetching { held, coming }) => {
+                                Some(Some((held, coming)))
+                            }
                             Ok(BlockResponse::NotFound) => Some(None),
                             _ => None,
                         };
@@ -1197,8 +1226,11 @@ where
         {
             let (p2p, stats) = (p2p.clone(), stats.clone());
             let range = a.batch.first as usize..(a.batch.first + a.batch.count) as usize;
-            let wanted = manifest.chunks[range].to_vec();
+            let wanted = manifest.chunks[range.clone()].to_vec();
             tracing::trace!(peer = %a.peer, %sha256, first = a.batch.first, count = a.batch.count, "asking for a batch");
+            if let Some(arriving) = &arriving {
+                arriving.set_coming(range.clone(), true);
+            }
             flying.spawn(async move {
                 let got = fetch_batch(
                     &p2p,
@@ -1242,18 +1274,25 @@ where
                 if let Ok((peer, bits)) = polled {
                     polling.remove(&peer);
                     match bits {
-                        Some(Some(bits)) => {
+                        Some(Some((bits, coming))) => {
                             let holds = crate::schedule::Holds::from_bitmap(&bits, total as usize);
-                            tracing::trace!(%peer, %sha256, held = bits.iter().map(|b| b.count_ones()).sum::<u32>(), "have");
+                            tracing::trace!(%peer, %sha256, held = bits.iter().map(|b| b.count_ones()).sum::<u32>(), coming = coming.iter().map(|b| b.count_ones()).sum::<u32>(), "have");
                             scheduler.set_holds(peer, holds);
+                            let coming = (0..total as usize)
+                                .map(|i| coming.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+                                .collect();
+                            scheduler.set_coming(peer, coming);
                             answering.insert(peer);
                         }
                         Some(None) => {
                             tracing::trace!(%peer, %sha256, "neither holds nor fetches");
                             answering.remove(&peer);
+                            scheduler.set_coming(peer, Vec::new());
                         }
                         None => {
+                            // Gone or failing: what it had coming may never come.
                             answering.remove(&peer);
+                            scheduler.set_coming(peer, Vec::new());
                         }
                     }
                 }
@@ -1364,6 +1403,10 @@ where
                 crate::schedule::Outcome::Failed
             }
         };
+        if let Some(arriving) = &arriving {
+            let range = a.batch.first as usize..(a.batch.first + a.batch.count) as usize;
+            arriving.set_coming(range, false);
+        }
         scheduler.finish(a.id, now, outcome);
     }
     drop(tx);
@@ -1749,6 +1792,7 @@ mod tests {
             local: Arc::new(vec![false; n]),
             spool: spool.file.clone(),
             at: Arc::new(Mutex::new(spool.at.clone())),
+            coming: Arc::new(Mutex::new(vec![false; n])),
             frontier,
         };
         let wait = std::time::Duration::from_secs(10);

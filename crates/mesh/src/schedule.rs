@@ -26,10 +26,25 @@
 //! a provider that holds its first chunk, trimmed to the run it holds (the rest goes back).
 //! The batch handed out is the *rarest* one (fewest usable providers hold it), ties broken at
 //! random, so fetchers that start together ask the origin for different parts and then trade
-//! them; among the idle holders of that batch, one that holds only part of the object is
-//! preferred to one that holds it whole, so the origin is not asked for what others have.
+//! them; among the idle holders of that batch, a peer (one that holds only part of the
+//! object, or did during this fetch) is preferred to a seed (one that held it whole all
+//! along: the origin), and a seed is asked only for what no usable peer holds, so the origin
+//! is not asked for what others have.
 //! The window is set by the caller (the whole object when verified batches go to a spool
 //! rather than memory).
+//!
+//! Swarming batches are smaller ([`plan_swarming`]: at most [`SWARM_BATCH_CHUNKS`] chunks and
+//! [`SWARM_BATCH_BYTES`] bytes, so up to [`SWARM_MAX_IN_FLIGHT`] of them fill the same
+//! [`MAX_BYTES_IN_FLIGHT`]): a batch is what a peer must receive whole before it can pass it
+//! on, and a link shared by a dozen requests serves a 4 MiB batch in tens of seconds. A
+//! provider that is fetching the object also says which chunks it has asked for and not
+//! received yet (`coming`, [`Scheduler::set_coming`]): a batch some usable partial provider
+//! has coming is not asked of a whole holder (the origin) while this fetch has anything else
+//! in flight, so the origin sends each part about once and the fetchers trade the rest. The
+//! rarity of a batch counts its holders and those it is coming to; batches are taken span by
+//! span ([`SWARM_SPAN_CHUNKS`]: lower spans first, the rarest within a span), so the import,
+//! which needs the object in order, keeps up while the object arrives instead of reading
+//! all of it at the end.
 
 use hub_protocol::blocks::{MAX_BATCH_BYTES, MAX_CHUNKS_PER_REQUEST};
 use libp2p::PeerId;
@@ -56,6 +71,20 @@ pub(crate) const UNMEASURED: f64 = 1e15;
 const MAX_SCANNED: usize = 4096;
 /// Weight of the newest sample in the rate average.
 const RATE_WEIGHT: f64 = 0.5;
+/// Chunks in one swarming batch, at most (about 1 MiB of 64 KiB chunks).
+pub(crate) const SWARM_BATCH_CHUNKS: u32 = 16;
+/// Bytes in one swarming batch, at most (one chunk may be up to `MAX_CHUNK_LEN`, less).
+pub(crate) const SWARM_BATCH_BYTES: usize = 1024 * 1024;
+/// Swarming batches in flight at once for one object, over all its providers.
+pub(crate) const SWARM_MAX_IN_FLIGHT: usize = MAX_BYTES_IN_FLIGHT / SWARM_BATCH_BYTES;
+const _: () = assert!(
+    SWARM_BATCH_BYTES >= hub_protocol::manifest::MAX_CHUNK_LEN as usize
+        && SWARM_BATCH_CHUNKS <= MAX_CHUNKS_PER_REQUEST
+        && SWARM_MAX_IN_FLIGHT > MAX_IN_FLIGHT
+        && SWARM_MAX_IN_FLIGHT * SWARM_BATCH_BYTES <= MAX_BYTES_IN_FLIGHT
+);
+/// Swarming takes batches span by span: the rarest of the lowest span with one to ask for.
+pub(crate) const SWARM_SPAN_CHUNKS: u32 = 1024;
 
 /// Chunks `first..first + count` of the object's manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +152,22 @@ struct Provider {
     /// Requests in flight on it.
     busy: u32,
     holds: Holds,
+    /// Chunks it said it has asked some peer for (swarming; empty otherwise).
+    coming: Vec<bool>,
+    /// It said it held only part of the object at some point (it was fetching it): a peer
+    /// that finished, not a seed such as the origin.
+    was_partial: bool,
 }
 
 impl Provider {
     fn usable(&self) -> bool {
         !self.bad && self.failures < MAX_FAILURES
+    }
+
+    /// Holds the whole object and never said otherwise: the origin, or a node that stored
+    /// it before this fetch began. Swarming asks it only for what no peer can pass on.
+    fn is_seed(&self) -> bool {
+        self.holds == Holds::All && !self.was_partial
     }
 
     fn score(&self) -> f64 {
@@ -161,10 +201,22 @@ pub(crate) struct Scheduler {
     /// Swarming: rarest batch first, ties broken by this generator (xorshift64); `None`:
     /// lowest batch first.
     rarest: Option<u64>,
+    /// Requests in flight at once, at most.
+    max_in_flight: usize,
 }
 
 /// Cuts the chunks not held locally into batches a provider answers in full.
 pub(crate) fn plan(lens: &[u32], local: &[bool]) -> Vec<Batch> {
+    plan_within(lens, local, MAX_CHUNKS_PER_REQUEST, MAX_BATCH_BYTES)
+}
+
+/// [`plan`] for a swarming fetch: batches of at most [`SWARM_BATCH_CHUNKS`] chunks and
+/// [`SWARM_BATCH_BYTES`] bytes.
+pub(crate) fn plan_swarming(lens: &[u32], local: &[bool]) -> Vec<Batch> {
+    plan_within(lens, local, SWARM_BATCH_CHUNKS, SWARM_BATCH_BYTES)
+}
+
+fn plan_within(lens: &[u32], local: &[bool], max_chunks: u32, max_bytes: usize) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut current: Option<(Batch, usize)> = None;
     for (i, (&len, &have)) in lens.iter().zip(local).enumerate() {
@@ -175,8 +227,7 @@ pub(crate) fn plan(lens: &[u32], local: &[bool]) -> Vec<Batch> {
         }
         match &mut current {
             Some((batch, bytes))
-                if batch.count < MAX_CHUNKS_PER_REQUEST
-                    && *bytes + len as usize <= MAX_BATCH_BYTES =>
+                if batch.count < max_chunks && *bytes + len as usize <= max_bytes =>
             {
                 batch.count += 1;
                 *bytes += len as usize;
@@ -200,6 +251,7 @@ impl Scheduler {
             next_id: 0,
             window: WINDOW_CHUNKS,
             rarest: None,
+            max_in_flight: MAX_IN_FLIGHT,
         };
         for &peer in providers {
             scheduler.add_provider(peer);
@@ -209,7 +261,8 @@ impl Scheduler {
 
     /// A scheduler for swarming: providers hold nothing until [`Scheduler::set_holds`] says
     /// otherwise, the rarest batch goes first (ties broken with `seed`), and batches are
-    /// handed out up to `window` chunks past the frontier.
+    /// handed out up to `window` chunks past the frontier. `batches` come from
+    /// [`plan_swarming`] (up to [`SWARM_MAX_IN_FLIGHT`] of them are in flight at once).
     pub(crate) fn swarming(
         batches: &[Batch],
         providers: &[PeerId],
@@ -221,6 +274,7 @@ impl Scheduler {
             p.holds = Holds::Part(Vec::new());
         }
         scheduler.window = window;
+        scheduler.max_in_flight = SWARM_MAX_IN_FLIGHT;
         // splitmix64 of the seed: xorshift's first outputs from a small state grow with it.
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -232,7 +286,17 @@ impl Scheduler {
     /// What `peer` holds now (a no-op for a peer that is not a provider).
     pub(crate) fn set_holds(&mut self, peer: PeerId, holds: Holds) {
         if let Some((_, p)) = self.providers.iter_mut().find(|(p, _)| *p == peer) {
+            p.was_partial |= holds != Holds::All;
             p.holds = holds;
+        }
+    }
+
+    /// Which chunks `peer` has asked some peer for and not received yet (from its `Have`
+    /// answer): a whole holder is not asked for them while this fetch has other requests in
+    /// flight (a no-op for a peer that is not a provider).
+    pub(crate) fn set_coming(&mut self, peer: PeerId, coming: Vec<bool>) {
+        if let Some((_, p)) = self.providers.iter_mut().find(|(p, _)| *p == peer) {
+            p.coming = coming;
         }
     }
 
@@ -292,7 +356,7 @@ impl Scheduler {
     /// The next request to make, if a batch within the window and an idle usable provider
     /// that holds it are both there. Call until `None`.
     pub(crate) fn next(&mut self, now: Instant, frontier: u32) -> Option<Assignment> {
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
+        if self.in_flight.len() >= self.max_in_flight {
             return None;
         }
         let limit = frontier.saturating_add(self.window);
@@ -307,16 +371,13 @@ impl Scheduler {
             return None;
         }
         let idle = |p: &Provider| p.usable() && p.busy < MAX_PER_PROVIDER && p.holds.has(first);
-        // Outside swarming every provider holds everything; in it, a holder of part of the
-        // object goes before one that holds it whole (the origin, or a finished peer).
-        let partial_idle = self
-            .providers
-            .iter()
-            .any(|(_, p)| idle(p) && p.holds != Holds::All);
+        // Outside swarming every provider is a seed; in it, a peer (one that holds part of
+        // the object, or held part of it during this fetch) goes before a seed (the origin).
+        let peer_idle = self.providers.iter().any(|(_, p)| idle(p) && !p.is_seed());
         let (peer, provider) = self
             .providers
             .iter_mut()
-            .filter(|(_, p)| idle(p) && (!partial_idle || p.holds != Holds::All))
+            .filter(|(_, p)| idle(p) && (!peer_idle || !p.is_seed()))
             // The first of equal scores wins: `max_by` keeps the last, so compare reversed.
             .rev()
             .max_by(|(_, a), (_, b)| a.share().total_cmp(&b.share()))?;
@@ -337,10 +398,15 @@ impl Scheduler {
         Some(Assignment { id, peer, batch })
     }
 
-    /// Swarming: the pending batch below `limit` that the fewest usable providers hold and
-    /// an idle one does (ties at random), if any.
+    /// Swarming: among the pending batches below `limit` that an idle usable provider may
+    /// be asked for, one of the lowest span ([`SWARM_SPAN_CHUNKS`]) that the fewest usable
+    /// providers hold or have coming (ties at random), if any. A seed (the origin) may be
+    /// asked only for a batch no usable peer holds or has coming: the others wait for the
+    /// peers, unless nothing is in flight here (so a false claim can slow a fetch, never
+    /// stop it).
     fn rarest_batch(&mut self, limit: u32) -> Option<(u32, u32)> {
-        let mut best: Option<(usize, u64, u32, u32)> = None;
+        let mut best: Option<(u32, usize, u64, u32, u32)> = None;
+        let idle_here = self.in_flight.is_empty();
         let candidates: Vec<(u32, u32)> = self
             .pending
             .range(..limit)
@@ -348,23 +414,37 @@ impl Scheduler {
             .map(|(&f, &c)| (f, c))
             .collect();
         for (first, count) in candidates {
-            let mut holders = 0;
-            let mut idle = false;
-            for (_, p) in &self.providers {
-                if p.usable() && p.holds.has(first) {
+            let span = first / SWARM_SPAN_CHUNKS;
+            if best.is_some_and(|(s, ..)| s < span) {
+                // `pending` is in order: every later batch is in a later span.
+                break;
+            }
+            let (mut holders, mut peers, mut coming) = (0, 0, 0);
+            let (mut idle_peer, mut idle_seed) = (false, false);
+            for (_, p) in self.providers.iter().filter(|(_, p)| p.usable()) {
+                if p.holds.has(first) {
                     holders += 1;
-                    idle |= p.busy < MAX_PER_PROVIDER;
+                    let idle = p.busy < MAX_PER_PROVIDER;
+                    if p.is_seed() {
+                        idle_seed |= idle;
+                    } else {
+                        peers += 1;
+                        idle_peer |= idle;
+                    }
+                } else if p.coming.get(first as usize).copied().unwrap_or(false) {
+                    coming += 1;
                 }
             }
-            if !idle {
+            if !(idle_peer || idle_seed && (peers + coming == 0 || idle_here)) {
                 continue;
             }
             let tie = self.random();
-            if best.is_none_or(|(h, t, _, _)| (holders, tie) < (h, t)) {
-                best = Some((holders, tie, first, count));
+            let key = (span, holders + coming, tie);
+            if best.is_none_or(|(s, r, t, _, _)| key < (s, r, t)) {
+                best = Some((span, holders + coming, tie, first, count));
             }
         }
-        best.map(|(_, _, first, count)| (first, count))
+        best.map(|(_, _, _, first, count)| (first, count))
     }
 
     /// Records how request `id` ended; unknown ids are ignored.
@@ -781,5 +861,110 @@ mod tests {
             },
         );
         assert!(s.is_done());
+    }
+
+    fn small(n: u32) -> Vec<Batch> {
+        plan_swarming(
+            &vec![65_536; (n * SWARM_BATCH_CHUNKS) as usize],
+            &vec![false; (n * SWARM_BATCH_CHUNKS) as usize],
+        )
+    }
+
+    #[test]
+    fn swarming_batches_are_small_and_each_provider_s_pipeline_is_bounded() {
+        // 1 MiB batches of 64 KiB chunks; 128 KiB chunks: eight to a batch.
+        let planned = small(4);
+        assert_eq!(planned.len(), 4);
+        assert!(planned.iter().all(|b| b.count == SWARM_BATCH_CHUNKS));
+        let big = plan_swarming(&[131_072; 20], &[false; 20]);
+        assert_eq!(big.iter().map(|b| b.count).collect::<Vec<_>>(), [8, 8, 4]);
+        // More small batches fly at once than big ones, each provider at most
+        // `MAX_PER_PROVIDER` deep, the object at most `MAX_BYTES_IN_FLIGHT`.
+        let t = Instant::now();
+        let ps = peers(40);
+        let mut s = Scheduler::swarming(&small(100), &ps, 5, u32::MAX);
+        for &p in &ps {
+            s.set_holds(p, part(1600, 0..1600));
+        }
+        let got: Vec<Assignment> = std::iter::from_fn(|| s.next(t, 0)).collect();
+        assert_eq!(got.len(), SWARM_MAX_IN_FLIGHT);
+        let mut s = Scheduler::swarming(&small(100), &ps[..3], 5, u32::MAX);
+        for &p in &ps[..3] {
+            s.set_holds(p, Holds::All);
+        }
+        let got: Vec<Assignment> = std::iter::from_fn(|| s.next(t, 0)).collect();
+        assert_eq!(got.len(), 3 * MAX_PER_PROVIDER as usize);
+        for &p in &ps[..3] {
+            let depth = got.iter().filter(|a| a.peer == p).count();
+            assert_eq!(depth, MAX_PER_PROVIDER as usize);
+        }
+    }
+
+    #[test]
+    fn what_a_peer_has_coming_is_not_asked_of_the_origin_while_anything_else_flies() {
+        let t = Instant::now();
+        let ps = peers(2);
+        let (origin, peer) = (ps[0], ps[1]);
+        let batches = small(3);
+        let mut s = Scheduler::swarming(&batches, &ps, 9, u32::MAX);
+        s.set_holds(origin, Holds::All);
+        // The peer holds nothing yet and has batches 0 and 2 coming (from the origin).
+        s.set_holds(peer, part(48, 0..0));
+        let mut coming = vec![false; 48];
+        coming[0..16].fill(true);
+        coming[32..48].fill(true);
+        s.set_coming(peer, coming);
+        // Only batch 1 is the origin's to send here; the others are left to the peer.
+        let a = s.next(t, 0).unwrap();
+        assert_eq!((a.peer, a.batch), (origin, batches[1]));
+        assert_eq!(s.next(t, 0), None);
+        // Once the peer holds batch 0, it is asked for it (not the origin).
+        s.set_holds(peer, part(48, 0..16));
+        let b = s.next(t, 0).unwrap();
+        assert_eq!((b.peer, b.batch), (peer, batches[0]));
+        assert_eq!(s.next(t, 0), None, "batch 2 still waits for the peer");
+        // With nothing in flight, a claim alone does not hold the fetch up: the origin is
+        // asked for batch 2 after all.
+        let served = Outcome::Served {
+            chunks: 16,
+            bytes: 1 << 20,
+        };
+        s.finish(a.id, t, served);
+        s.finish(b.id, t, served);
+        let c = s.next(t, 0).unwrap();
+        assert_eq!((c.peer, c.batch), (origin, batches[2]));
+    }
+
+    #[test]
+    fn swarming_takes_the_lowest_span_first_and_the_rarest_within_it() {
+        let t = Instant::now();
+        let ps = peers(3);
+        let (origin, a, b) = (ps[0], ps[1], ps[2]);
+        let n = 2 * SWARM_SPAN_CHUNKS / SWARM_BATCH_CHUNKS;
+        let batches = small(n);
+        let chunks = (n * SWARM_BATCH_CHUNKS) as usize;
+        let span = SWARM_SPAN_CHUNKS as usize;
+        let mut s = Scheduler::swarming(&batches, &ps, 13, u32::MAX);
+        s.set_holds(origin, Holds::All);
+        // The first span is held by a and b too except its last batch, held by a; the
+        // second span by the origin only (rarer, but later).
+        s.set_holds(a, part(chunks, 0..span));
+        s.set_holds(b, part(chunks, 0..span - 16));
+        let first = s.next(t, 0).unwrap();
+        assert_eq!((first.peer, first.batch.first), (a, SWARM_SPAN_CHUNKS - 16));
+        let rest: Vec<Assignment> = std::iter::from_fn(|| s.next(t, 0)).collect();
+        // The first span is drawn from a and b; once they are busy, the origin sends the
+        // second span (nothing of it is coming elsewhere).
+        for x in &rest {
+            if x.batch.first < SWARM_SPAN_CHUNKS {
+                assert_ne!(x.peer, origin, "{x:?}");
+            } else {
+                assert_eq!(x.peer, origin, "{x:?}");
+            }
+        }
+        assert_eq!(
+            rest.iter().filter(|x| x.peer == origin).count(),
+            MAX_PER_PROVIDER as usize
+        );
     }
 }

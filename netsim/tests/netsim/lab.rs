@@ -94,6 +94,25 @@ fn fanout_every_node_completes_with_verified_bytes() {
     assert!((shares - 1.0).abs() < 0.01, "{v}");
 }
 
+/// Swarming (ADR 0016) on shaped links: the fetchers leave to each other what one of them is
+/// getting from the origin, so the origin sends each part about once (the goal:
+/// at most 1.5 copies) and the seeders serve the rest.
+#[test]
+fn fanout_the_origin_sends_each_part_about_once() {
+    let scenario =
+        "kind = \"fanout\"\nnodes = 4\nfile_mib = 24\nrate_mbit = 40\ndeadline_s = 180\n";
+    let Some(v) = run("fanout", scenario) else {
+        return;
+    };
+    assert_eq!(v["nodes_completed"], 4, "{v}");
+    assert_eq!(v["nodes_verified"], 4, "{v}");
+    let origin = v["origin_chunk_copies"].as_f64().unwrap();
+    assert!(
+        origin <= 1.5,
+        "the origin sent {origin} copies of its chunks: {v}"
+    );
+}
+
 #[test]
 fn churn_every_survivor_completes_with_verified_bytes() {
     let scenario = "kind = \"churn\"\nnodes = 4\nfile_mib = 8\nrate_mbit = 100\nkill_share = 0.25\ndeadline_s = 120\n";

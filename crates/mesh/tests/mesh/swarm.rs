@@ -257,7 +257,9 @@ async fn have(asker: &Node, peer: &Node, sha256: Sha256) -> Option<usize> {
         .fetch_blocks(peer.p2p.peer_id(), BlockRequest::Have { sha256 })
         .await
     {
-        Ok(BlockResponse::Have(bits)) => Some(bits.iter().map(|b| b.count_ones() as usize).sum()),
+        Ok(BlockResponse::Have(bits) | BlockResponse::Fetching { held: bits, .. }) => {
+            Some(bits.iter().map(|b| b.count_ones() as usize).sum())
+        }
         _ => None,
     }
 }
