@@ -52,6 +52,7 @@ pub mod metrics;
 mod mirror;
 pub use mirror::BundleSite;
 mod pages;
+mod placements;
 mod routes;
 mod spaces;
 #[cfg(test)]
@@ -136,6 +137,8 @@ struct Inner {
     inference: std::sync::OnceLock<Arc<hub_models::Models>>,
     /// Set once by [`AppState::enable_compute`]; every inference request runs here until then.
     compute: std::sync::OnceLock<Arc<hub_models::Compute>>,
+    /// Set once by [`AppState::enable_shards`]: sharded models' placements (`placements`).
+    shards: std::sync::OnceLock<Arc<hub_models::Shards>>,
     /// Set once by [`AppState::enable_spaces`]; the Spaces routes answer 503 until then.
     spaces: std::sync::OnceLock<hub_spaces::Spaces>,
     /// Where the Spaces this node does not run were placed (`spaces::remote`).
@@ -189,6 +192,7 @@ impl AppState {
                 git,
                 inference: std::sync::OnceLock::new(),
                 compute: std::sync::OnceLock::new(),
+                shards: std::sync::OnceLock::new(),
                 spaces: std::sync::OnceLock::new(),
                 space_placements: hub_spaces::mesh::Placements::default(),
                 xet: std::sync::OnceLock::new(),
@@ -291,6 +295,16 @@ impl AppState {
 
     pub(crate) fn compute(&self) -> Option<&Arc<hub_models::Compute>> {
         self.inner.compute.get()
+    }
+
+    /// Serves `GET/POST /api/mesh/placements` from `shards` (sharded models; the node builds
+    /// it and starts its shard server). Returns `false` when it was enabled already.
+    pub fn enable_shards(&self, shards: Arc<hub_models::Shards>) -> bool {
+        self.inner.shards.set(shards).is_ok()
+    }
+
+    pub(crate) fn shards(&self) -> Option<&Arc<hub_models::Shards>> {
+        self.inner.shards.get()
     }
 
     /// Runs Space apps and serves their runtime API (the `spaces` module) from `spaces`, which

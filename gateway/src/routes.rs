@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::git::routes())
         .merge(crate::admin::routes())
         .merge(crate::mesh::routes())
+        .merge(crate::placements::routes())
         .merge(crate::mirror::routes())
         .merge(crate::compute::routes())
         .merge(crate::spaces::routes())

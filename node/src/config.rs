@@ -37,6 +37,13 @@
 //! allow_peers = []          # peers whose jobs a `mesh` node runs; empty: every peer
 //! cache_entries = 256       # response cache of deterministic requests (0: off)
 //! threads = 2               # workers of the engine pool all models decode on; default: one per core
+//! shard_step_timeout_secs = 30  # a sharded model's worker must answer a step within this
+//!
+//! [[inference.placement]]   # models this node places over several nodes once they advertise
+//! model = "meta-llama/Llama-3.2-1B"
+//! tensor_parallel = 2       # ranks per stage (this node is rank 0)
+//! pipeline_parallel = 1     # stages
+//! sync = "f32"              # f32 | q8 (8-bit all-reduce)
 //!
 //! [spaces]
 //! mode = "local"            # local: run this gateway's Space apps | mesh: also peers' | off: place all on peers
@@ -266,6 +273,29 @@ pub struct InferenceSection {
     /// `threads`); at most this many cores compute inference at once. Unset: one per core.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Seconds a worker of a sharded model has to answer one step (and one all-reduce).
+    pub shard_step_timeout_secs: u64,
+    /// Models this node places over several nodes (`POST /api/mesh/placements` at start-up,
+    /// retried until enough nodes advertise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<PlacementEntry>,
+}
+
+/// One `[[inference.placement]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementEntry {
+    pub model: String,
+    #[serde(default = "one")]
+    pub tensor_parallel: usize,
+    #[serde(default = "one")]
+    pub pipeline_parallel: usize,
+    #[serde(default)]
+    pub sync: hub_protocol::placement::Sync,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for InferenceSection {
@@ -280,6 +310,8 @@ impl Default for InferenceSection {
             allow_peers: Vec::new(),
             cache_entries: 256,
             threads: None,
+            shard_step_timeout_secs: 30,
+            placement: Vec::new(),
         }
     }
 }

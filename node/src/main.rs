@@ -11,6 +11,7 @@ mod client;
 mod config;
 mod datadir;
 mod serve;
+mod shards;
 mod store_cmd;
 mod up;
 

@@ -199,9 +199,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     state.enable_compute(compute.clone());
     compute.start(
         p2p.clone(),
-        Some(models),
+        Some(models.clone()),
         hub_gateway::forwarded_jobs(&state),
     );
+    if compute.mode() != hub_compute::Mode::Off {
+        crate::shards::start(&config, &state, models, compute.clone(), &p2p, &cancel);
+    }
     if config.spaces_enabled()? {
         start_spaces(&config, &data, &state, &compute, &p2p).await?;
     }

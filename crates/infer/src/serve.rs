@@ -33,7 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bert::Embedder;
 use crate::chat::{ChatTemplate, ChatTemplateError};
-use crate::engine::{Engine, EngineConfig, EngineInitError, GenerateRequest, TokenEvent};
+use crate::engine::{
+    Engine, EngineConfig, EngineInitError, GenerateRequest, StepModel, TokenEvent,
+};
 use crate::gguf::{GgufError, GgufFile};
 use crate::model::{GgufWeights, Llama, LoadError};
 use crate::sampling::{Sampled, SamplingParams};
@@ -214,7 +216,7 @@ struct Load {
 }
 
 impl Load {
-    fn of(engine: &Engine) -> Self {
+    fn of<M: StepModel>(engine: &Engine<M>) -> Self {
         let s = engine.scheduler();
         Self {
             waiting: s.num_waiting() as i64,
@@ -329,6 +331,23 @@ impl ModelHandle {
             template,
         } = loaded;
         let weight_bytes = model.weight_bytes();
+        Self::spawn_engine(model, weight_bytes, tokenizer, template, config, observer)
+    }
+
+    /// Starts the engine thread for any [`StepModel`] (a [`Llama`], or a sharded model:
+    /// [`sharded`]) holding `weight_bytes` here.
+    fn spawn_engine<M>(
+        model: M,
+        weight_bytes: u64,
+        tokenizer: HfTokenizer,
+        template: Option<ChatTemplate>,
+        config: ServeConfig,
+        observer: Option<Arc<dyn ServeObserver>>,
+    ) -> Result<Self, EngineInitError>
+    where
+        M: StepModel + Send + 'static,
+        M::Cache: Send,
+    {
         let engine = Engine::new(model, config.engine.clone())?;
         let memory_bytes = weight_bytes + engine.kv_cache_bytes() as u64;
         let limits = engine.scheduler().config();
@@ -429,12 +448,15 @@ impl ModelHandle {
     }
 }
 
-fn engine_loop(
-    mut engine: Engine,
+fn engine_loop<M>(
+    mut engine: Engine<M>,
     pool: &rayon::ThreadPool,
     commands: StdReceiver<Command>,
     mut reporter: Reporter,
-) {
+) where
+    M: StepModel + Send,
+    M::Cache: Send,
+{
     let mut streams: HashMap<RequestId, mpsc::Sender<StreamEvent>> = HashMap::new();
     let mut next_id: RequestId = 0;
     let mut disconnected = false;
@@ -531,8 +553,8 @@ fn engine_loop(
     }
 }
 
-fn handle(
-    engine: &mut Engine,
+fn handle<M: StepModel>(
+    engine: &mut Engine<M>,
     streams: &mut HashMap<RequestId, mpsc::Sender<StreamEvent>>,
     next_id: &mut RequestId,
     cancelled: u64,
@@ -1123,5 +1145,6 @@ impl Registry {
 /// Test fixtures for this crate and the crates above it (feature `test-support`).
 #[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
+pub mod sharded;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,7 @@
 
 pub mod collective;
 pub mod local;
+pub mod remote;
 pub mod source;
 pub mod stage;
 

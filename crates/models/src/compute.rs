@@ -114,6 +114,11 @@ impl Compute {
         }
     }
 
+    /// The node key (signs adverts and placements).
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// This node's key, as its adverts name it.
     pub fn me(&self) -> PublicKey {
         self.me

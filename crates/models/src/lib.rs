@@ -42,6 +42,7 @@ mod compute;
 mod error;
 pub mod files;
 mod models;
+mod shards;
 mod snapshot;
 mod stream;
 
@@ -50,6 +51,7 @@ pub use error::{FetchError, LoadError, LoadFailure, ModelError, Wait, error_chai
 #[cfg(any(test, feature = "test-support"))]
 pub use models::LoadHook;
 pub use models::{DEFAULT_LOAD_WAIT, HF_LOAD_GRACE, LOAD_ESTIMATE, Models, ModelsConfig, Opened};
+pub use shards::{PlaceError, Shards, ShardsConfig};
 pub use snapshot::{LoadCounters, LoadSnapshot};
 pub use stream::{
     BodyError, HOP_HEADERS, JobAnswer, JobError, JobHandler, MAX_REMOTE_JOBS, OPEN_TIMEOUT,

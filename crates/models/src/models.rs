@@ -155,6 +155,20 @@ impl Models {
             .len()
     }
 
+    /// Blocking: the model directory of `commit` of `id` in the model cache (see
+    /// [`materialize`]).
+    pub(crate) fn materialize(&self, id: &RepoId, commit: &str) -> Result<PathBuf, LoadFailure> {
+        materialize(&self.repos, &self.store, id, commit, &self.cache_dir)
+    }
+
+    pub(crate) fn repos(&self) -> &Arc<Repos> {
+        &self.repos
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The registry of loaded models (the memory budget).
     pub fn registry(&self) -> &Registry {
         &self.registry

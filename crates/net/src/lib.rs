@@ -25,7 +25,7 @@
 //! it moves bytes and checks them against hashes it is given (`hub-protocol`'s chunk ids and
 //! manifest ids); what is stored where, and who may read it, is its callers' business. Module
 //! dependencies point one way: `blobs` uses `peers` and `codec`, `swarm` uses those three,
-//! `frames` none (`scripts/module-cycles` checks it).
+//! `frames` and `shard` (the blocking halves of `/hubmesh/shard/1` streams) none (`scripts/module-cycles` checks it).
 //!
 //! Who spawns whom: the node (through `hub_mesh::spawn_replicating`, or [`spawn`] without
 //! replication) calls [`bind`], which binds every listen address, waits until each listener
@@ -56,6 +56,7 @@ mod blobs;
 mod codec;
 mod frames;
 mod peers;
+pub mod shard;
 mod swarm;
 
 pub use blobs::{Admission, BindError, BlobSource, Blobs, GetError, Place, ReadError};

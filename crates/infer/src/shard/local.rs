@@ -16,6 +16,7 @@
 //! `step_timeout`. A dead worker fails every later step with [`ForwardError::Shard`] — the
 //! engine aborts the requests in flight, and whoever placed the model places it again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -24,7 +25,8 @@ use std::time::Duration;
 use candle_core::Device;
 
 use super::ShardLayout;
-use super::collective::{Collective, StarCollective, SyncPrecision, Traffic};
+use super::collective::{Collective, StarCollective, SyncPrecision, Traffic, channel_link};
+use super::remote::RemoteRank;
 use super::source::ShardSource;
 use super::stage::{StageInput, StageLoadError, StageOutput, StageShard};
 use crate::config::LlamaConfig;
@@ -49,16 +51,16 @@ pub struct WorkerError {
     pub message: String,
 }
 
-#[derive(Debug)]
-struct OwnedItem {
-    tokens: Vec<u32>,
-    start_pos: usize,
-    block_table: Vec<u32>,
-    all_logits: bool,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OwnedItem {
+    pub(super) tokens: Vec<u32>,
+    pub(super) start_pos: usize,
+    pub(super) block_table: Vec<u32>,
+    pub(super) all_logits: bool,
 }
 
 #[derive(Debug)]
-enum Job {
+pub(super) enum Job {
     Cache {
         num_blocks: usize,
         block_size: usize,
@@ -73,14 +75,14 @@ enum Job {
 }
 
 #[derive(Debug)]
-enum Reply {
+pub(super) enum Reply {
     Cache(usize),
     Out(StageOutput),
     Traffic(Traffic),
 }
 
 #[derive(Debug)]
-struct Worker {
+pub(super) struct Worker {
     stage: usize,
     rank: usize,
     tx: SyncSender<Job>,
@@ -100,7 +102,7 @@ pub struct LocalShardedLlama {
     /// Bytes of hidden states and batch descriptions the driver sent or relayed.
     relayed: std::sync::atomic::AtomicU64,
     /// Set when a worker failed: every later step fails at once.
-    failed: std::sync::atomic::AtomicBool,
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The worker-side state of [`LocalShardedLlama`] caches: nothing lives with the driver.
@@ -109,7 +111,7 @@ pub struct ShardedCache {
     bytes: usize,
 }
 
-fn worker_loop(
+pub(super) fn worker_loop(
     shard: StageShard,
     mut coll: StarCollective,
     jobs: Receiver<Job>,
@@ -168,7 +170,7 @@ fn worker_loop(
 }
 
 /// `{:#}`-style display of an error and its sources.
-struct Chain<'a>(&'a dyn std::error::Error);
+pub(super) struct Chain<'a>(&'a dyn std::error::Error);
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,13 +193,70 @@ impl LocalShardedLlama {
         source: &mut dyn ShardSource,
         device: &Device,
     ) -> Result<Self, StageLoadError> {
+        Self::load_with_remote(config, shard, source, device, HashMap::new())
+    }
+
+    /// As [`Self::load`], but the workers `(stage, rank)` in `remote` run in other processes
+    /// (see [`super::remote`]); only the other ranks are loaded here. Rank 0 of a stage with
+    /// more than one rank must be local (it is the all-reduce root).
+    pub fn load_with_remote(
+        config: &LlamaConfig,
+        shard: LocalShardConfig,
+        source: &mut dyn ShardSource,
+        device: &Device,
+        mut remote: HashMap<(usize, usize), RemoteRank>,
+    ) -> Result<Self, StageLoadError> {
         shard.layout.validate(config)?;
         let tp = shard.layout.tensor_parallel;
+        if let Some(&(stage, rank)) = remote
+            .keys()
+            .find(|&&(s, r)| r >= tp || s >= shard.layout.stages.len() || (r == 0 && tp > 1))
+        {
+            return Err(StageLoadError::Position { stage, rank });
+        }
         let mut workers = Vec::with_capacity(shard.layout.stages.len());
         for stage in 0..shard.layout.stages.len() {
-            let group = StarCollective::local_group(tp, shard.precision, shard.step_timeout);
+            // The stage's group: rank 0 is the root, with one link per other rank, in-process
+            // or over the remote rank's stream.
+            let mut root_links: Vec<Box<dyn super::collective::Link>> = Vec::new();
+            let mut members: Vec<Option<StarCollective>> = vec![None];
+            for rank in 1..tp {
+                match remote.get_mut(&(stage, rank)).and_then(|r| r.link.take()) {
+                    Some(link) => {
+                        root_links.push(link);
+                        members.push(None);
+                    }
+                    None => {
+                        let (a, b) = channel_link(shard.step_timeout);
+                        root_links.push(Box::new(a));
+                        members.push(Some(StarCollective::member(
+                            rank,
+                            tp,
+                            shard.precision,
+                            Box::new(b),
+                        )));
+                    }
+                }
+            }
+            members[0] = Some(if tp == 1 {
+                StarCollective::solo()
+            } else {
+                StarCollective::root(shard.precision, root_links)
+            });
             let mut ranks = Vec::with_capacity(tp);
-            for (rank, coll) in group.into_iter().enumerate() {
+            for (rank, coll) in members.into_iter().enumerate() {
+                if let Some(r) = remote.remove(&(stage, rank)) {
+                    ranks.push(Worker {
+                        stage,
+                        rank,
+                        tx: r.jobs,
+                        rx: r.replies,
+                        thread: None,
+                        weight_bytes: r.weight_bytes,
+                    });
+                    continue;
+                }
+                let coll = coll.expect("a local rank has its collective");
                 let s = StageShard::load(config, &shard.layout, stage, rank, source, device)?;
                 let weight_bytes = s.weight_bytes();
                 let (tx, jobs) = sync_channel(2);
@@ -223,8 +282,14 @@ impl LocalShardedLlama {
             shard,
             workers,
             relayed: 0.into(),
-            failed: false.into(),
+            failed: Arc::new(false.into()),
         })
+    }
+
+    /// A flag set once a worker has failed (the model then fails every step until it is
+    /// placed again): whoever placed the model watches it while an engine owns the model.
+    pub fn failure_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.failed.clone()
     }
 
     pub fn layout(&self) -> &ShardLayout {

@@ -446,3 +446,158 @@ fn killed_worker_fails_the_step_instead_of_hanging() -> Result<()> {
     );
     Ok(())
 }
+
+/// Serves `(stage, rank)` of `layout` on a fresh loopback TCP listener, loading its shard by
+/// ranged reads of `path` — a worker in another process as far as the coordinator can tell
+/// (the mesh carries the same frames on a `/hubmesh/shard/1` stream). Returns the socket the
+/// coordinator talks on and, for the test to kill it, a clone of the worker's end.
+fn tcp_worker(
+    path: &std::path::Path,
+    config: &LlamaConfig,
+    layout: &ShardLayout,
+    (stage, rank): (usize, usize),
+) -> Result<(std::net::TcpStream, std::net::TcpStream)> {
+    use hub_infer::shard::remote::serve_worker;
+    use hub_infer::shard::stage::StageShard;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let coordinator = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (worker, _) = listener.accept()?;
+    let killer = worker.try_clone()?;
+    let mut source = SafetensorsRanges::new(std::fs::File::open(path)?)?;
+    let shard = StageShard::load(config, layout, stage, rank, &mut source, &Device::Cpu)?;
+    let tp = layout.tensor_parallel;
+    std::thread::spawn(move || {
+        let reader = worker.try_clone().expect("clone socket");
+        let _ = serve_worker(
+            shard,
+            rank,
+            tp,
+            SyncPrecision::F32,
+            Duration::from_secs(30),
+            reader,
+            worker,
+        );
+    });
+    Ok((coordinator, killer))
+}
+
+fn remote_sharded(
+    path: &std::path::Path,
+    config: &LlamaConfig,
+    (tp, pp): (usize, usize),
+    remote_at: &[(usize, usize)],
+    step_timeout: Duration,
+) -> Result<(LocalShardedLlama, Vec<std::net::TcpStream>)> {
+    use hub_infer::shard::remote::RemoteRank;
+    let layout = ShardLayout::even(config, tp, pp)?;
+    let mut remote = HashMap::new();
+    let mut killers = Vec::new();
+    for &at in remote_at {
+        let (sock, killer) = tcp_worker(path, config, &layout, at)?;
+        let rank = RemoteRank::connect(
+            "test-worker",
+            sock.try_clone()?,
+            sock,
+            Duration::from_secs(30),
+            step_timeout,
+        )?;
+        remote.insert(at, rank);
+        killers.push(killer);
+    }
+    let mut local = SafetensorsRanges::new(std::fs::File::open(path)?)?;
+    let model = LocalShardedLlama::load_with_remote(
+        config,
+        LocalShardConfig {
+            layout,
+            precision: SyncPrecision::F32,
+            step_timeout,
+        },
+        &mut local,
+        &Device::Cpu,
+        remote,
+    )?;
+    Ok((model, killers))
+}
+
+/// Workers behind framed byte streams (the remote protocol, over real loopback sockets):
+/// tp=2 with rank 1 remote, pp=2 with the second stage remote, tp=2×pp=2 with both rank 1s
+/// remote — every logit row within 1e-4 of single-node and every greedy token equal; the
+/// remote rank holds only its half of the layers.
+#[test]
+fn remote_workers_over_streams_equal_single_node() -> Result<()> {
+    let config = gqa_config();
+    let weights = weights_for(&config, 35)?;
+    let dir = tempfile::tempdir()?;
+    write_model_with(dir.path(), &config, &weights, DType::F32)?;
+    let path = dir.path().join("model.safetensors");
+    let c: LlamaConfig = serde_json::from_value(config.clone())?;
+    let single = Llama::from_tensors(c.clone(), weights.clone(), &Device::Cpu)?;
+    let want = run_rows(&single, &prompts(), 6)?;
+    for (layout, remote_at) in [
+        ((2, 1), vec![(0, 1)]),
+        ((1, 2), vec![(1, 0)]),
+        ((2, 2), vec![(0, 1), (1, 1)]),
+    ] {
+        let (model, _killers) =
+            remote_sharded(&path, &c, layout, &remote_at, Duration::from_secs(30))?;
+        let got = run_rows(&model, &prompts(), 6)?;
+        let (worst, same) = compare(&want, &got);
+        ensure!(worst < TOL, "layout {layout:?}: max logit diff {worst}");
+        ensure!(same, "layout {layout:?}: a greedy token differs");
+        if layout == (2, 1) {
+            let held = model.weight_bytes()[0].clone();
+            let embed = (c.vocab_size * c.hidden_size * 4) as u64;
+            ensure!(
+                held[1] + embed < held[0] + held[0] / 10 && held[1] > 0,
+                "rank 1 holds {held:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A remote worker whose connection dies (its process was killed) fails the next step at once
+/// with an error naming it — not after the step timeout, and not a hang.
+#[test]
+fn remote_worker_dying_fails_the_step_at_once() -> Result<()> {
+    let config = gqa_config();
+    let weights = weights_for(&config, 36)?;
+    let dir = tempfile::tempdir()?;
+    write_model_with(dir.path(), &config, &weights, DType::F32)?;
+    let path = dir.path().join("model.safetensors");
+    let c: LlamaConfig = serde_json::from_value(config.clone())?;
+    let (model, killers) = remote_sharded(&path, &c, (2, 1), &[(0, 1)], Duration::from_secs(120))?;
+    let kv = model.new_cache(8, BLOCK)?;
+    let table = [0u32, 1];
+    let tokens = prompt(6, 2);
+    let step = |start: usize, toks: &[u32]| {
+        model.forward(
+            &kv,
+            &[BatchItem {
+                tokens: toks,
+                start_pos: start,
+                block_table: &table,
+                all_logits: false,
+            }],
+        )
+    };
+    step(0, &tokens)?;
+    killers[0].shutdown(std::net::Shutdown::Both)?;
+    let started = Instant::now();
+    let err = step(6, &tokens[..1]).expect_err("a step without its worker");
+    let waited = started.elapsed();
+    let message = format!("{:#}", anyhow::Error::from(err));
+    // The root's all-reduce link to rank 1 closed, or rank 1 is gone: either is named.
+    ensure!(
+        message.contains("stage 0 rank")
+            && (message.contains("closed") || message.contains("gone")),
+        "error says which worker lost its link: {message}"
+    );
+    ensure!(
+        waited < Duration::from_secs(10),
+        "failed after {waited:?}, the timeout is 120 s"
+    );
+    // And the model stays failed.
+    ensure!(step(7, &tokens[..1]).is_err());
+    Ok(())
+}
