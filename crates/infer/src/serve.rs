@@ -93,12 +93,11 @@ pub enum ModelLoadError {
 }
 
 impl LoadedModel {
-    /// Loads a model directory: a `*.gguf` file (the first by name; dequantized to f32 — with
-    /// [`GgufWeights::Quantized`], hub-quant's 8-bit activations, SmolLM2-135M Q4_1 answers
-    /// "What is the capital of France?" greedily with "L'Étoile, la Cité, …" instead of "Paris",
-    /// so the route switches once that accuracy gap is understood; issue #23), or else
-    /// `config.json` + safetensors + `tokenizer.json`. A missing chat template is not an error.
-    /// On the CPU (serving on accelerators is future work).
+    /// Loads a model directory: a `*.gguf` file (the first by name; its weights stay in the
+    /// file's quantization, run by hub-quant's kernels with 8-bit activations, as llama.cpp
+    /// runs them — ADR 0014), or else `config.json` + safetensors + `tokenizer.json`. A
+    /// missing chat template is not an error. On the CPU (serving on accelerators is future
+    /// work).
     pub fn from_dir(dir: &Path) -> Result<Self, ModelLoadError> {
         let device = &Device::Cpu;
         let io = |source| ModelLoadError::Io {
@@ -120,7 +119,7 @@ impl LoadedModel {
         };
         if let Some(path) = ggufs.first() {
             let gguf = GgufFile::open(path)?;
-            let model = Llama::from_gguf(&gguf, GgufWeights::DequantizeToF32, device)?;
+            let model = Llama::from_gguf(&gguf, GgufWeights::Quantized, device)?;
             let tokenizer = HfTokenizer::from_gguf(&gguf)?;
             let special = tokenizer.special_tokens().clone();
             let template = optional(ChatTemplate::from_gguf(
