@@ -23,7 +23,7 @@ from huggingface_hub import HfApi
 from conftest import hubmesh_bin
 from conftest import wait_for as poll
 
-from test_inference import GGUF_NAME, QUESTION, gguf  # noqa: F401  (the gguf fixture)
+from test_inference import ANSWER, GGUF_NAME, QUESTION, gguf  # noqa: F401  (the gguf fixture)
 
 openai = pytest.importorskip("openai")
 
@@ -63,10 +63,15 @@ def client_for(node, **kw):
                          timeout=kw.get("timeout", 300))
 
 
-def chat(node, **kw):
+# Sampled requests that must keep a node busy for a while ask for something long (the greedy
+# QUESTION's answer is one short sentence).
+LONG = [{"role": "user", "content": "Write a long story about a dragon who learns to fly."}]
+
+
+def chat(node, messages=QUESTION, **kw):
     """A non-streamed chat completion; returns (answer, response headers)."""
     raw = client_for(node).chat.completions.with_raw_response.create(
-        model=MODEL, messages=QUESTION, **kw)
+        model=MODEL, messages=messages, **kw)
     return raw.parse().choices[0].message.content, raw.headers
 
 
@@ -124,7 +129,7 @@ def test_compute_mesh_routes_fails_over_and_caches(mesh):
     assert h2["x-hubmesh-served-by"] == b_id
     assert h2["x-hubmesh-cache"] == "hit"
     assert second == first
-    assert "Paris" in first, first
+    assert ANSWER in first, first
 
     # 2. Streaming through A with the openai client.
     raw = client_for(a).chat.completions.with_raw_response.create(
@@ -135,7 +140,7 @@ def test_compute_mesh_routes_fails_over_and_caches(mesh):
 
     # A client that goes away mid-stream cancels the sequence on B (it would run ~300 tokens).
     stream = client_for(a).chat.completions.create(
-        model=MODEL, messages=QUESTION, temperature=0.9, max_tokens=300, stream=True)
+        model=MODEL, messages=LONG, temperature=0.9, max_tokens=300, stream=True)
     chunks = iter(stream)
     next(chunks)
     next(chunks)
@@ -150,7 +155,7 @@ def test_compute_mesh_routes_fails_over_and_caches(mesh):
     # 3. Saturate B (one running, one queued): the excess goes to C, which fetches the model
     #    from B over p2p, loads it and serves; every request succeeds.
     def sampled(i):
-        return chat(a, temperature=0.9, max_tokens=24)
+        return chat(a, messages=LONG, temperature=0.9, max_tokens=24)
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(sampled, range(6)))
@@ -167,7 +172,7 @@ def test_compute_mesh_routes_fails_over_and_caches(mesh):
     long_requests = []
     for node in (b, c):
         t = threading.Thread(target=lambda n=node: _ignore(lambda: chat(
-            n, temperature=0.9, max_tokens=160)), daemon=True)
+            n, messages=LONG, temperature=0.9, max_tokens=160)), daemon=True)
         t.start()
         long_requests.append(t)
         wait_for(f"{node.data.name} busy", lambda n=node: metric(n, "inference_running_sequences") >= 1)
@@ -195,7 +200,7 @@ def test_compute_mesh_routes_fails_over_and_caches(mesh):
     for t in long_requests:
         t.join(timeout=300)
     stream = client_for(a).chat.completions.create(
-        model=MODEL, messages=QUESTION, temperature=0.9, max_tokens=400, stream=True)
+        model=MODEL, messages=LONG, temperature=0.9, max_tokens=400, stream=True)
     chunks = iter(stream)
     next(chunks)
     next(chunks)
