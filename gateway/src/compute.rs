@@ -132,7 +132,13 @@ fn decide(
     presence: Presence,
 ) -> hub_compute::Decision {
     let load = state.inference().map(|m| m.snapshot());
-    let rtts: HashMap<PublicKey, Duration> = state
+    compute.decide(load.as_ref(), model, presence.held, &peer_rtts(state))
+}
+
+/// The round-trip time to each connected peer that has one measured, by node key: what the
+/// router and the shard planner weigh candidates by.
+pub(crate) fn peer_rtts(state: &AppState) -> HashMap<PublicKey, Duration> {
+    state
         .p2p()
         .peers()
         .into_iter()
@@ -140,8 +146,7 @@ fn decide(
             let key = hub_net::key_of_peer_id(&peer)?;
             Some((PublicKey(key), info.rtt?))
         })
-        .collect();
-    compute.decide(load.as_ref(), model, presence.held, &rtts)
+        .collect()
 }
 
 /// The inference routes behind [`layer`] (the router serves them; the job handler runs

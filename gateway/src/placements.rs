@@ -12,9 +12,6 @@
 //!   `ShardWorkerFailed` (502: a chosen node did not load its shard), `ShardingUnavailable`
 //!   (503: inference is off here).
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -136,15 +133,7 @@ async fn place(
             "inference is off on this node".into(),
         )
     })?;
-    let rtts: HashMap<PublicKey, Duration> = state
-        .p2p()
-        .peers()
-        .into_iter()
-        .filter_map(|(peer, info)| {
-            let key = hub_net::key_of_peer_id(&peer)?;
-            Some((PublicKey(key), info.rtt?))
-        })
-        .collect();
+    let rtts = crate::compute::peer_rtts(&state);
     let signed = shards
         .place(
             &model,
