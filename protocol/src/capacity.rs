@@ -186,7 +186,8 @@ pub struct LoadedModel {
 /// [`Mode::Mesh`] with a free slot and at least `memory_per_slot_bytes` free (hub-compute's
 /// `place_space`). A node with Spaces off advertises [`SpaceSlots::default`] (mode off, no
 /// slots).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized as is in the capacity table's view (`/api/mesh/compute`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SpaceSlots {
     /// `off`: runs no Space apps; `local`: only its own gateway's; `mesh`: also peers'.
     pub mode: Mode,

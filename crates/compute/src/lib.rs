@@ -76,6 +76,4 @@ pub use placement::{
 };
 pub use route::{Candidate, Decision, LocalState, RouteRequest, Target, route};
 pub use space::place_space;
-pub use table::{
-    Accepted, CapacityTable, ModelView, NodeView, Rejected, SpaceSlotsView, TableConfig, TableView,
-};
+pub use table::{Accepted, CapacityTable, ModelView, NodeView, Rejected, TableConfig, TableView};

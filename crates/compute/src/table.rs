@@ -16,7 +16,7 @@
 //! refuses new nodes instead of evicting live ones, so a flood of fresh keys cannot push out
 //! the nodes already known; who may gossip at all is the swarm's business.
 
-use hub_protocol::capacity::{CapacityAdvert, DeviceKind, Mode, SignedCapacityAdvert};
+use hub_protocol::capacity::{CapacityAdvert, DeviceKind, Mode, SignedCapacityAdvert, SpaceSlots};
 use hub_protocol::signed::{DecodeError, PublicKey};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -234,20 +234,7 @@ pub struct NodeView {
     pub free_kv_blocks: u32,
     pub kv_block_tokens: u32,
     pub models: Vec<ModelView>,
-    pub spaces: SpaceSlotsView,
-}
-
-/// The Space slots of a [`NodeView`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SpaceSlotsView {
-    pub mode: Mode,
-    pub cpus: u32,
-    pub memory_total_bytes: u64,
-    pub memory_free_bytes: u64,
-    pub memory_per_slot_bytes: u64,
-    pub slots_total: u16,
-    pub slots_free: u16,
-    pub hardware: String,
+    pub spaces: SpaceSlots,
 }
 
 /// One loaded model of a [`NodeView`].
@@ -287,16 +274,7 @@ impl From<&CapacityAdvert> for NodeView {
                     running: m.running,
                 })
                 .collect(),
-            spaces: SpaceSlotsView {
-                mode: a.spaces.mode,
-                cpus: a.spaces.cpus,
-                memory_total_bytes: a.spaces.memory_total_bytes,
-                memory_free_bytes: a.spaces.memory_free_bytes,
-                memory_per_slot_bytes: a.spaces.memory_per_slot_bytes,
-                slots_total: a.spaces.slots_total,
-                slots_free: a.spaces.slots_free,
-                hardware: a.spaces.hardware.clone(),
-            },
+            spaces: a.spaces.clone(),
         }
     }
 }
